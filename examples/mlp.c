@@ -1,0 +1,272 @@
+/* mlp.c — train a small perceptron on the UCI handwritten digits through
+ * libregopt with AdamW, a linear warm-up/decay schedule and dropout, and
+ * report train and test accuracy.
+ *
+ *   ./examples/mlp --data data/digits.csv [--epochs 40] [--batch 64] ...
+ *
+ * The host (digits_mlp.h) owns the network; the library zeroes gradients,
+ * computes the loss and its gradient, clips, schedules and updates. */
+#include "digits_mlp.h"
+
+#include <stdarg.h>
+
+typedef struct options {
+    const char *data;
+    long epochs, batch, hidden, seed;
+    double lr, wd, dropout, min_test_acc, test_fraction;
+    int quiet;
+} options;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: mlp [options]\n"
+            "  --data PATH          digits CSV (default data/digits.csv)\n"
+            "  --epochs N           passes over the training set (default 40)\n"
+            "  --batch N            rows per step (default 64)\n"
+            "  --hidden N           hidden units (default 128)\n"
+            "  --lr X               AdamW learning rate (default 3e-3)\n"
+            "  --weight-decay X     AdamW weight decay (default 1e-2, none on biases)\n"
+            "  --dropout X          dropout probability of the hidden layer (default 0.1)\n"
+            "  --seed N             seed of the split, the weights and dropout (default 1)\n"
+            "  --test-fraction X    share of the data held out for testing (default 0.2)\n"
+            "  --min-test-acc X     exit with status 1 if test accuracy is below X\n"
+            "  --quiet              print only the final line\n"
+            "  --help               this text\n");
+}
+
+static int fail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("mlp: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputs("\n", stderr);
+    va_end(ap);
+    return 2;
+}
+
+static int parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    long v;
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_double(const char *s, double lo, double hi, double *out)
+{
+    char *end;
+    double v;
+    errno = 0;
+    v = strtod(s, &end);
+    if (errno || *end || end == s || !(v >= lo && v <= hi))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, options *o)
+{
+    int i;
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0;
+        if (!strcmp(a, "--help")) {
+            usage(stdout);
+            exit(0);
+        } else if (!strcmp(a, "--quiet")) {
+            o->quiet = 1;
+            continue;
+        }
+        if (!v)
+            return fail("%s needs a value (see --help)", a);
+        if (!strcmp(a, "--data")) o->data = v;
+        else if (!strcmp(a, "--epochs")) bad = parse_long(v, 1, 100000, &o->epochs);
+        else if (!strcmp(a, "--batch")) bad = parse_long(v, 1, 100000, &o->batch);
+        else if (!strcmp(a, "--hidden")) bad = parse_long(v, 1, 100000, &o->hidden);
+        else if (!strcmp(a, "--seed")) bad = parse_long(v, 0, 2147483647L, &o->seed);
+        else if (!strcmp(a, "--lr")) bad = parse_double(v, 1e-12, 1e3, &o->lr);
+        else if (!strcmp(a, "--weight-decay")) bad = parse_double(v, 0, 1e3, &o->wd);
+        else if (!strcmp(a, "--dropout")) bad = parse_double(v, 0, 0.95, &o->dropout);
+        else if (!strcmp(a, "--test-fraction")) bad = parse_double(v, 0.01, 0.99, &o->test_fraction);
+        else if (!strcmp(a, "--min-test-acc")) bad = parse_double(v, 0, 1, &o->min_test_acc);
+        else return fail("unknown option %s (see --help)", a);
+        if (bad)
+            return fail("bad value for %s: '%s' (see --help for the range)", a, v);
+        i++;
+    }
+    return 0;
+}
+
+/* Gather rows idx[0..n) of the data set into contiguous buffers. */
+static void gather(const digits *d, const size_t *idx, size_t n, float *x, int32_t *y)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        memcpy(x + i * DIGITS_FEATURES, d->x + idx[i] * DIGITS_FEATURES,
+               DIGITS_FEATURES * sizeof *x);
+        y[i] = d->y[idx[i]];
+    }
+}
+
+/* Accuracy and loss of the current weights on n rows (dropout off). */
+static int evaluate(regopt_trainer *t, const float *x, const int32_t *y, size_t n,
+                    float *out, double *acc, double *loss)
+{
+    mlp_batch hb;
+    regopt_batch b;
+    regopt_status st;
+    hb.x = x;
+    regopt_batch_init(&b);
+    b.data = &hb;
+    b.rows = n;
+    b.labels = y;
+    st = regopt_trainer_evaluate(t, &b, loss, out);
+    if (st != REGOPT_OK)
+        return fail("evaluate: %s", regopt_trainer_message(t));
+    *acc = accuracy(out, y, n, DIGITS_CLASSES);
+    return 0;
+}
+
+#define CHECK(call, handle_msg)                                                      \
+    do {                                                                            \
+        regopt_status st_ = (call);                                                 \
+        if (st_ != REGOPT_OK) {                                                     \
+            rc = fail("%s failed: %s (%s)", #call, regopt_status_string(st_), handle_msg); \
+            goto done;                                                              \
+        }                                                                           \
+    } while (0)
+
+int main(int argc, char **argv)
+{
+    options o = {"data/digits.csv", 40, 64, 128, 1, 3e-3, 1e-2, 0.1, -1.0, 0.2, 0};
+    digits d = {0, NULL, NULL};
+    mlp net;
+    regopt_model *model = NULL;
+    regopt_optimizer *opt = NULL;
+    regopt_trainer *tr = NULL;
+    regopt_status st;
+    size_t *idx = NULL, n_test, n_train, steps_per_epoch, i;
+    float *xtr = NULL, *xte = NULL, *out = NULL, *xb;
+    int32_t *ytr = NULL, *yte = NULL, *yb;
+    double tr_acc = 0, te_acc = 0, tr_loss = 0, te_loss = 0;
+    long e;
+    int rc = parse_args(argc, argv, &o);
+    if (rc)
+        return rc;
+    memset(&net, 0, sizeof net);
+    if (digits_load(o.data, &d))
+        return 2;
+
+    /* split */
+    n_test = (size_t)((double)d.n * o.test_fraction + 0.5);
+    n_train = d.n - n_test;
+    idx = malloc(d.n * sizeof *idx);
+    xtr = malloc(n_train * DIGITS_FEATURES * sizeof *xtr);
+    xte = malloc(n_test * DIGITS_FEATURES * sizeof *xte);
+    ytr = malloc(n_train * sizeof *ytr);
+    yte = malloc(n_test * sizeof *yte);
+    xb = malloc((size_t)o.batch * DIGITS_FEATURES * sizeof *xb);
+    yb = malloc((size_t)o.batch * sizeof *yb);
+    out = malloc(d.n * DIGITS_CLASSES * sizeof *out);
+    if (!idx || !xtr || !xte || !ytr || !yte || !xb || !yb || !out) {
+        rc = fail("out of memory");
+        goto done;
+    }
+    shuffle_indices(idx, d.n, (uint64_t)o.seed);
+    gather(&d, idx, n_train, xtr, ytr);
+    gather(&d, idx + n_train, n_test, xte, yte);
+
+    /* host network + library handles */
+    if (mlp_init(&net, (size_t)o.hidden, d.n, (float)o.dropout, (uint64_t)o.seed)) {
+        rc = fail("out of memory");
+        goto done;
+    }
+    model = regopt_model_create(NULL, &st);
+    opt = regopt_optimizer_create(REGOPT_ADAMW, NULL, &st);
+    if (!model || !opt) {
+        rc = fail("create: %s", regopt_last_error_message());
+        goto done;
+    }
+    CHECK(mlp_register(&net, model), regopt_model_message(model));
+    steps_per_epoch = (n_train + (size_t)o.batch - 1) / (size_t)o.batch;
+    CHECK(regopt_optimizer_set_double(opt, REGOPT_OPT_LR, o.lr), regopt_optimizer_message(opt));
+    CHECK(regopt_optimizer_set_double(opt, REGOPT_OPT_WEIGHT_DECAY, o.wd),
+          regopt_optimizer_message(opt));
+    CHECK(regopt_optimizer_set_group(opt, 1, REGOPT_GROUP_WEIGHT_DECAY, 0.0),
+          regopt_optimizer_message(opt));
+    CHECK(regopt_optimizer_set_int(opt, REGOPT_OPT_SCHEDULE, REGOPT_SCHEDULE_LINEAR),
+          regopt_optimizer_message(opt));
+    CHECK(regopt_optimizer_set_int(opt, REGOPT_OPT_TOTAL_STEPS,
+                                   (int64_t)(steps_per_epoch * (size_t)o.epochs)),
+          regopt_optimizer_message(opt));
+    CHECK(regopt_optimizer_set_int(opt, REGOPT_OPT_WARMUP_STEPS, (int64_t)steps_per_epoch),
+          regopt_optimizer_message(opt));
+    CHECK(regopt_optimizer_set_double(opt, REGOPT_OPT_CLIP_NORM, 5.0),
+          regopt_optimizer_message(opt));
+    tr = regopt_trainer_create(model, opt, &st);
+    if (!tr) {
+        rc = fail("regopt_trainer_create: %s", regopt_last_error_message());
+        goto done;
+    }
+    CHECK(regopt_trainer_set_int(tr, REGOPT_TRAINER_SEED, o.seed), regopt_trainer_message(tr));
+    CHECK(regopt_trainer_reserve(tr, d.n), regopt_trainer_message(tr));
+
+    if (!o.quiet)
+        printf("digits: %zu train, %zu test; MLP 64-%ld-10, dropout %.2f; AdamW lr %g, "
+               "wd %g; %ld epochs of %zu steps\n",
+               n_train, n_test, o.hidden, o.dropout, o.lr, o.wd, o.epochs, steps_per_epoch);
+    for (e = 1; e <= o.epochs; e++) {
+        size_t *order = idx; /* reuse: a fresh permutation of the training rows */
+        double loss_sum = 0.0;
+        shuffle_indices(order, n_train, (uint64_t)o.seed * 1000003u + (uint64_t)e);
+        for (i = 0; i < n_train; i += (size_t)o.batch) {
+            size_t n = n_train - i < (size_t)o.batch ? n_train - i : (size_t)o.batch, r;
+            mlp_batch hb;
+            regopt_batch b;
+            double l;
+            for (r = 0; r < n; r++) {
+                memcpy(xb + r * DIGITS_FEATURES, xtr + order[i + r] * DIGITS_FEATURES,
+                       DIGITS_FEATURES * sizeof *xb);
+                yb[r] = ytr[order[i + r]];
+            }
+            hb.x = xb;
+            regopt_batch_init(&b);
+            b.data = &hb;
+            b.rows = n;
+            b.labels = yb;
+            CHECK(regopt_trainer_step(tr, &b, 1), regopt_trainer_message(tr));
+            CHECK(regopt_trainer_get_double(tr, REGOPT_STAT_LOSS, &l), regopt_trainer_message(tr));
+            loss_sum += l * (double)n;
+        }
+        if (!o.quiet && (e % 5 == 0 || e == 1)) {
+            if ((rc = evaluate(tr, xte, yte, n_test, out, &te_acc, &te_loss)) != 0)
+                goto done;
+            printf("epoch %3ld  train loss %.4f  test loss %.4f  test acc %.4f\n", e,
+                   loss_sum / (double)n_train, te_loss, te_acc);
+        }
+    }
+    if ((rc = evaluate(tr, xtr, ytr, n_train, out, &tr_acc, &tr_loss)) != 0 ||
+        (rc = evaluate(tr, xte, yte, n_test, out, &te_acc, &te_loss)) != 0)
+        goto done;
+    printf("RESULT method=adamw train_acc=%.4f test_acc=%.4f test_loss=%.4f\n", tr_acc, te_acc,
+           te_loss);
+    if (o.min_test_acc >= 0.0 && te_acc < o.min_test_acc) {
+        fprintf(stderr, "mlp: test accuracy %.4f is below the required %.4f\n", te_acc,
+                o.min_test_acc);
+        rc = 1;
+    }
+done:
+    regopt_trainer_free(tr);
+    regopt_optimizer_free(opt);
+    regopt_model_free(model);
+    mlp_free(&net);
+    digits_free(&d);
+    free(idx); free(xtr); free(xte); free(ytr); free(yte); free(xb); free(yb); free(out);
+    return rc;
+}

@@ -1,0 +1,631 @@
+/*
+ * regopt.h — libregopt, regularized training for any host network.
+ *
+ * ============================================================================
+ * OVERVIEW
+ * ============================================================================
+ *
+ * libregopt wraps published regularized-training methods (SAM and its
+ * variants, R-Drop, SMART) and the usual base optimizers (SGD, Adam, AdamW,
+ * RAdam, schedules, clipping) around a network that the library never owns.
+ * The host keeps its network, activations, parameter and gradient buffers and
+ * data; the library owns the loss and regularizer math, the orchestration of
+ * the extra passes, and the optimizer state.
+ *
+ * Handles (all opaque, created with *_create, released with *_free; freeing
+ * NULL is a no-op):
+ *
+ *   regopt_model      describes the host network: its parameter tensors
+ *                     (host-owned float data and grad buffers, a name and a
+ *                     parameter group each), the width of one output row, the
+ *                     width of one input-embedding row (optional), how many
+ *                     activation slots the host keeps, and two callbacks.
+ *   regopt_optimizer  a base update rule and its hyperparameters: kind,
+ *                     learning rate, schedule, weight decay, per-group
+ *                     overrides, global gradient-norm clipping. It holds
+ *                     configuration only; the moments live in the trainer.
+ *   regopt_trainer    binds one model and one optimizer, owns every piece of
+ *                     training state (moments, step count, RNG position,
+ *                     scratch buffers), runs steps and keeps per-step
+ *                     statistics.
+ *
+ * Ownership. A trainer borrows its model and optimizer: both must stay alive
+ * (and be freed after it). While a trainer is bound to a model the model is
+ * frozen: parameters and callbacks can no longer change. Parameter and
+ * gradient buffers stay in host memory; the library reads and writes them in
+ * place during a step and never keeps pointers to memory it did not get from
+ * the host or its own allocator.
+ *
+ * The callbacks. The host supplies forward and backward functions with the
+ * signature regopt_pass_fn. Each receives a regopt_pass descriptor:
+ *
+ *   forward   fill pass->outputs (pass->rows x pass->output_width floats)
+ *             for the host batch pass->batch, in activation slot pass->slot,
+ *             with dropout driven by pass->seed when REGOPT_PASS_TRAIN is set,
+ *             adding pass->input_perturbation to the input embeddings when it
+ *             is not NULL.
+ *   backward  given pass->d_outputs = d(loss)/d(outputs) for the forward
+ *             that filled the same slot, ADD the parameter gradients into the
+ *             registered grad buffers (accumulate, never overwrite: the
+ *             library zeroes them at the start of a step), and write
+ *             d(loss)/d(input embeddings) to pass->d_input when it is not NULL.
+ *
+ * Both return 0 on success. Any other value aborts the step: the library puts
+ * every parameter, all optimizer state, the step count and the RNG position
+ * back to what they were before the step, and returns REGOPT_ERR_FORWARD or
+ * REGOPT_ERR_BACKWARD with a message naming the callback and its return value.
+ * Callbacks must not call back into the same trainer.
+ *
+ * A step. regopt_trainer_step(trainer, batches, count) runs one optimizer
+ * update over `count` micro-batches (gradient accumulation):
+ *
+ *   1. validate every batch descriptor and the configuration (nothing has
+ *      changed yet if this fails);
+ *   2. zero the registered gradient buffers;
+ *   3. for each micro-batch b = 0 .. count-1, in order:
+ *        forward(slot 0, flags TRAIN, seed s_b)  -> outputs
+ *        the library computes the loss and d(loss)/d(outputs)
+ *        backward(slot 0, d_outputs)             -> host adds gradients
+ *   4. global gradient L2 norm; a non-finite loss or gradient aborts here;
+ *   5. clipping (optional) and the optimizer update, fused into one pass per
+ *      tensor; the step count advances.
+ *
+ * The task loss of a step is the weighted mean over every unmasked row of
+ * every micro-batch: L = sum_i m_i w_i l_i / sum_i m_i w_i, so k micro-batches
+ * of n rows give exactly the gradient of one batch of k*n rows.
+ * Without regularizers a step makes `count` forward and `count` backward
+ * calls, all in slot 0. Regularizers (added by later versions) document their
+ * own extra calls.
+ *
+ * Randomness. Dropout seeds (and later the SMART noise) come from Philox4x32-10
+ * (Salmon et al., SC'11), a counter-based generator: the seed handed to a pass
+ * is a pure function of the trainer seed (REGOPT_TRAINER_SEED), the step
+ * count, the micro-batch index and the pass role, so the same seed gives the
+ * same run on every machine, and a step that is rolled back and retried sees
+ * the same seeds. regopt_random_uniform() and regopt_random_normal() expose
+ * the same generator so hosts can draw dropout masks from pass->seed.
+ *
+ * Errors. Every function that can fail returns a regopt_status (REGOPT_OK = 0,
+ * errors negative, values fixed forever) or, for constructors, a handle and
+ * the status through an out parameter. regopt_status_string() names a code;
+ * each handle keeps a one-line message with the details of its last failure
+ * (regopt_trainer_message() and friends), and regopt_last_error_message()
+ * holds the message of the last failure in this thread that had no handle to
+ * write to (a failed constructor, a NULL handle).
+ *
+ * Threads. The library has no global mutable state. Distinct handles may be
+ * used from distinct threads at the same time; one handle must not be used
+ * from two threads at once. A model or optimizer shared by several trainers
+ * must not be modified while any of them steps.
+ *
+ * Memory. Constructors take an optional regopt_allocator (NULL: malloc/free).
+ * All training state is allocated when the trainer is created; scratch buffers
+ * grow to the largest batch seen (or the size given to regopt_trainer_reserve)
+ * and are then reused: a step never allocates once the batch sizes have been
+ * seen.
+ *
+ * Numbers. Parameters, gradients and outputs are float32. Scalars (losses,
+ * norms, options) cross the API as double.
+ *
+ * ABI. Functions are exported with the regopt_ prefix only; the shared
+ * library's SONAME is libregopt.so.0. Enum values never change and new ones
+ * are appended; descriptor structs begin with their own size and only ever
+ * grow at the end; every struct size is also available from a function for
+ * bindings. Nothing is passed or returned by value except scalars.
+ */
+#ifndef REGOPT_H
+#define REGOPT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Version (this header is the single source; the build reads it)          */
+/* ------------------------------------------------------------------------ */
+
+#define REGOPT_VERSION_MAJOR 0
+#define REGOPT_VERSION_MINOR 1
+#define REGOPT_VERSION_PATCH 0
+#define REGOPT_VERSION_NUMBER                                                 \
+    (REGOPT_VERSION_MAJOR * 10000 + REGOPT_VERSION_MINOR * 100 +              \
+     REGOPT_VERSION_PATCH)
+#define REGOPT_STRINGIFY_(x) #x
+#define REGOPT_STRINGIFY(x) REGOPT_STRINGIFY_(x)
+#define REGOPT_VERSION_STRING                                                 \
+    REGOPT_STRINGIFY(REGOPT_VERSION_MAJOR) "."                                \
+    REGOPT_STRINGIFY(REGOPT_VERSION_MINOR) "."                                \
+    REGOPT_STRINGIFY(REGOPT_VERSION_PATCH)
+
+#if defined(_WIN32) && defined(REGOPT_BUILDING_DLL)
+#define REGOPT_API __declspec(dllexport)
+#elif defined(__GNUC__) && __GNUC__ >= 4
+#define REGOPT_API __attribute__((visibility("default")))
+#else
+#define REGOPT_API
+#endif
+
+#if defined(__GNUC__) && __GNUC__ >= 4
+#define REGOPT_NODISCARD __attribute__((warn_unused_result))
+#else
+#define REGOPT_NODISCARD
+#endif
+
+/* Version of the library actually loaded: MAJOR*10000 + MINOR*100 + PATCH.
+ * Compare with REGOPT_VERSION_NUMBER to detect a header/library mismatch. */
+REGOPT_API unsigned regopt_version_number(void);
+/* "MAJOR.MINOR.PATCH" of the library actually loaded (static text). */
+REGOPT_API const char *regopt_version_string(void);
+
+/* ------------------------------------------------------------------------ */
+/* Status codes (values are fixed forever; retired codes stay reserved)     */
+/* ------------------------------------------------------------------------ */
+
+typedef enum regopt_status {
+    REGOPT_OK = 0,
+    REGOPT_ERR_NULL_POINTER = -1,     /* a required pointer or handle is NULL */
+    REGOPT_ERR_INVALID_ARGUMENT = -2, /* bad size, count, label, combination */
+    REGOPT_ERR_OUT_OF_RANGE = -3,     /* option value outside its bounds, NaN/inf */
+    REGOPT_ERR_UNKNOWN_KEY = -4,      /* key or name unknown, or not for this handle */
+    REGOPT_ERR_UNSUPPORTED = -5,      /* valid request this build cannot serve (dtype) */
+    REGOPT_ERR_NO_MEMORY = -6,        /* the allocator returned NULL */
+    REGOPT_ERR_STATE = -7,            /* not allowed now (model bound, missing callback) */
+    REGOPT_ERR_FORWARD = -8,          /* the forward callback returned non-zero */
+    REGOPT_ERR_BACKWARD = -9,         /* the backward callback returned non-zero */
+    REGOPT_ERR_LOSS_CALLBACK = -10,   /* the user loss callback returned non-zero */
+    REGOPT_ERR_NONFINITE_LOSS = -11,  /* the loss of a step is NaN or infinite */
+    REGOPT_ERR_NONFINITE_GRADIENT = -12 /* a gradient is NaN or infinite */
+} regopt_status;
+
+/* Static text naming a status code ("REGOPT_ERR_OUT_OF_RANGE: ..."); an
+ * unknown code gives "unknown status". Never NULL. */
+REGOPT_API const char *regopt_status_string(regopt_status status);
+
+/* The detail message of the last failure in the calling thread that had no
+ * handle to record it (a constructor that returned NULL, a NULL handle).
+ * Empty string when there is none. Valid until the next failing call in this
+ * thread. */
+REGOPT_API const char *regopt_last_error_message(void);
+
+/* ------------------------------------------------------------------------ */
+/* Allocator hooks                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* Optional memory hooks, passed by pointer to constructors and copied.
+ * alloc must return memory aligned at least as malloc does, or NULL. The
+ * handle frees everything it allocated with the same hooks. Fields are only
+ * ever appended. */
+typedef struct regopt_allocator {
+    void *(*alloc)(size_t size, void *user);
+    void (*free)(void *ptr, void *user);
+    void *user;
+} regopt_allocator;
+
+/* ------------------------------------------------------------------------ */
+/* Options and statistics: one key space                                    */
+/* ------------------------------------------------------------------------ */
+
+/* Keys have fixed values, grouped by the handle they apply to. New keys are
+ * appended inside their range. Each key has a name for bindings
+ * (regopt_key_from_name), a type (double or integer), bounds and a default
+ * (regopt_key_info). Setting a key on a handle it does not apply to returns
+ * REGOPT_ERR_UNKNOWN_KEY; a value outside the bounds returns
+ * REGOPT_ERR_OUT_OF_RANGE with a message naming key, value and range. */
+typedef enum regopt_key {
+    /* Optimizer (regopt_optimizer_set_*), 100..199. */
+    REGOPT_OPT_LR = 100,           /* "optimizer.lr": base learning rate, (0, 1e3], default 1e-3 */
+    REGOPT_OPT_WEIGHT_DECAY = 101, /* "optimizer.weight_decay": [0, 1e3]; default 0, AdamW 1e-2.
+                                      SGD, Adam, RAdam: coupled L2 (g += wd*w);
+                                      AdamW: decoupled (w *= 1 - lr*wd) */
+    REGOPT_OPT_MOMENTUM = 102,     /* "optimizer.momentum": SGD only, [0, 1), default 0 */
+    REGOPT_OPT_DAMPENING = 103,    /* "optimizer.dampening": SGD only, [0, 1], default 0 */
+    REGOPT_OPT_NESTEROV = 104,     /* "optimizer.nesterov": SGD only, int 0/1, default 0;
+                                      needs momentum > 0 and dampening 0 */
+    REGOPT_OPT_BETA1 = 105,        /* "optimizer.beta1": Adam family, [0, 1), default 0.9 */
+    REGOPT_OPT_BETA2 = 106,        /* "optimizer.beta2": Adam family, [0, 1), default 0.999 */
+    REGOPT_OPT_EPS = 107,          /* "optimizer.eps": Adam family, (0, 1], default 1e-8 */
+    REGOPT_OPT_AMSGRAD = 108,      /* "optimizer.amsgrad": Adam/AdamW, int 0/1, default 0 */
+    REGOPT_OPT_SCHEDULE = 120,     /* "optimizer.schedule": regopt_schedule, default CONSTANT */
+    REGOPT_OPT_WARMUP_STEPS = 121, /* "optimizer.warmup_steps": int [0, 2^53], default 0 */
+    REGOPT_OPT_TOTAL_STEPS = 122,  /* "optimizer.total_steps": int [0, 2^53], default 0;
+                                      required (> 0) by LINEAR and COSINE */
+    REGOPT_OPT_MIN_LR_RATIO = 123, /* "optimizer.min_lr_ratio": [0, 1], default 0: the
+                                      floor of LINEAR/COSINE decay as a fraction of lr */
+    REGOPT_OPT_CLIP_NORM = 130,    /* "optimizer.clip_norm": global gradient L2 norm
+                                      limit, [0, 1e30], default 0 = no clipping */
+
+    /* Per parameter group (regopt_optimizer_set_group), 150..199. */
+    REGOPT_GROUP_LR_SCALE = 150,     /* "group.lr_scale": [0, 1e6], default 1: the group's
+                                        lr is the scheduled lr times this */
+    REGOPT_GROUP_WEIGHT_DECAY = 151, /* "group.weight_decay": [-1, 1e3], default -1 =
+                                        use optimizer.weight_decay; 0 = no decay
+                                        (biases, normalisation weights) */
+
+    /* Trainer (regopt_trainer_set_*), 300..399. */
+    REGOPT_TRAINER_LOSS = 300,            /* "trainer.loss": regopt_loss_kind, default
+                                             SOFTMAX_CE */
+    REGOPT_TRAINER_LABEL_SMOOTHING = 301, /* "trainer.label_smoothing": [0, 1),
+                                             default 0 (torch convention) */
+    REGOPT_TRAINER_SEED = 302,            /* "trainer.seed": int, any value, default 0 */
+
+    /* Statistics of the last successful step (regopt_trainer_get_double),
+     * read-only, 900..999. Before the first step they read 0. */
+    REGOPT_STAT_LOSS = 900,       /* "stat.loss": task loss (weighted mean) */
+    REGOPT_STAT_OBJECTIVE = 901,  /* "stat.objective": task loss + regularizer terms */
+    REGOPT_STAT_GRAD_NORM = 902,  /* "stat.grad_norm": global L2 norm before clipping */
+    REGOPT_STAT_CLIP_SCALE = 903, /* "stat.clip_scale": factor applied by clipping (1 = none) */
+    REGOPT_STAT_LR = 904,         /* "stat.lr": scheduled lr used by the update */
+    REGOPT_STAT_STEP = 905,       /* "stat.step": completed steps (also readable as int) */
+    REGOPT_STAT_WEIGHT = 906,     /* "stat.weight": sum of m_i*w_i over the step's rows */
+    REGOPT_STAT_FORWARD_CALLS = 907,  /* "stat.forward_calls" in the last step */
+    REGOPT_STAT_BACKWARD_CALLS = 908  /* "stat.backward_calls" in the last step */
+} regopt_key;
+
+/* Value types reported by regopt_key_info. */
+#define REGOPT_TYPE_DOUBLE 1
+#define REGOPT_TYPE_INT 2
+
+/* Flags reported by regopt_key_info. */
+#define REGOPT_KEY_MIN_EXCLUSIVE 0x1u /* min itself is not allowed */
+#define REGOPT_KEY_MAX_EXCLUSIVE 0x2u /* max itself is not allowed */
+#define REGOPT_KEY_READ_ONLY 0x4u     /* a statistic */
+#define REGOPT_KEY_GROUP 0x8u         /* set with regopt_optimizer_set_group */
+
+/* Describe a key. Every out pointer may be NULL. name: "optimizer.lr" (static
+ * text); type: REGOPT_TYPE_*; min/max: the bounds (integers converted to
+ * double); default_value: the value a new handle holds (for
+ * REGOPT_OPT_WEIGHT_DECAY the non-AdamW default 0; AdamW starts at 1e-2);
+ * flags: REGOPT_KEY_*. Unknown key: REGOPT_ERR_UNKNOWN_KEY. */
+REGOPT_API regopt_status regopt_key_info(regopt_key key, const char **name,
+                                         int *type, double *min, double *max,
+                                         double *default_value,
+                                         uint32_t *flags);
+
+/* Look a key up by its name ("optimizer.lr"). Unknown: REGOPT_ERR_UNKNOWN_KEY
+ * and *key untouched. */
+REGOPT_API regopt_status regopt_key_from_name(const char *name,
+                                              regopt_key *key);
+
+/* ------------------------------------------------------------------------ */
+/* Random numbers (Philox4x32-10, counter based)                            */
+/* ------------------------------------------------------------------------ */
+
+/* Element i of the stream `seed` is a pure function of (seed, i): word i%4 of
+ * Philox4x32-10 with key {low32(seed), high32(seed)} and counter
+ * {low32(i/4), high32(i/4), 0, 0}.
+ *
+ * regopt_random_uniform fills out[k] with element (offset + k) mapped to
+ * [0, 1) as (word >> 8) * 2^-24. Hosts draw inverted-dropout masks from a
+ * pass's seed with it: keep unit k when out[k] >= p_drop.
+ * regopt_random_normal fills out[k] with standard normal draws (Box-Muller on
+ * the pairs of words of each block; out[k] depends on offset + k only).
+ * Both return REGOPT_ERR_NULL_POINTER for a NULL out with n > 0. */
+REGOPT_API regopt_status regopt_random_uniform(uint64_t seed, uint64_t offset,
+                                               float *out, size_t n);
+REGOPT_API regopt_status regopt_random_normal(uint64_t seed, uint64_t offset,
+                                              float *out, size_t n);
+
+/* ------------------------------------------------------------------------ */
+/* The callback contract                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* Pass flags (bits of regopt_pass.flags). */
+#define REGOPT_PASS_TRAIN 0x1u             /* training mode: dropout on, use pass->seed */
+#define REGOPT_PASS_NO_GRAD 0x2u           /* no backward will follow this forward */
+#define REGOPT_PASS_PERTURBED_WEIGHTS 0x4u /* weights are temporarily perturbed
+                                              (SAM): do not update batch-norm
+                                              running statistics */
+#define REGOPT_PASS_TEACHER 0x8u           /* the teacher's (EMA) weights are in
+                                              the parameter buffers (SMART) */
+#define REGOPT_PASS_NO_PARAM_GRAD 0x10u    /* backward: compute d_input only, do
+                                              not touch parameter gradients */
+
+/* What one callback invocation is about. The library fills it; the host
+ * reads it (and writes through the non-const pointers). `size` is
+ * sizeof(regopt_pass) as the library was built: fields beyond it do not
+ * exist. Fields are only ever appended. */
+typedef struct regopt_pass {
+    size_t size;
+    const void *batch;        /* regopt_batch.data of the micro-batch */
+    size_t rows;              /* rows of this pass */
+    int32_t slot;             /* activation slot, 0 .. slots-1 */
+    uint32_t flags;           /* REGOPT_PASS_* */
+    uint64_t seed;            /* dropout seed for this pass */
+    size_t micro_batch;       /* index of the micro-batch within the step */
+    size_t output_width;      /* floats per output row */
+    float *outputs;           /* forward: write rows*output_width floats.
+                                 backward: the outputs of that forward */
+    const float *d_outputs;   /* backward: d(loss)/d(outputs), same shape;
+                                 forward: NULL */
+    const float *input_perturbation; /* forward: NULL, or input_rows *
+                                        input_width floats to add to the
+                                        input embeddings */
+    float *d_input;           /* backward: NULL, or write d(loss)/d(input
+                                 embeddings), input_rows * input_width */
+    size_t input_rows;        /* embedding rows of this batch (0: no inputs) */
+    size_t input_width;       /* regopt_model_set_input_width */
+} regopt_pass;
+
+/* Forward and backward callbacks: return 0 on success, anything else aborts
+ * the step (see the overview). */
+typedef int (*regopt_pass_fn)(const regopt_pass *pass, void *user);
+
+/* Called once with the callbacks' user pointer when it is no longer needed
+ * (model freed, callbacks replaced); lets bindings release their objects. */
+typedef void (*regopt_free_fn)(void *user);
+
+/* ------------------------------------------------------------------------ */
+/* Batches                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* One (micro-)batch handed to a step. Initialise with regopt_batch_init (or
+ * zero it and set size = sizeof(regopt_batch)), then fill what applies.
+ * The library reads the arrays during the call only. */
+typedef struct regopt_batch {
+    size_t size;              /* sizeof(regopt_batch) */
+    const void *data;         /* host's own batch pointer, passed to callbacks */
+    size_t rows;              /* rows (examples, or tokens), > 0 */
+    const int32_t *labels;    /* SOFTMAX_CE: rows class indices in
+                                 [0, output_width); ignored on masked rows */
+    const float *targets;     /* MSE: rows * output_width targets */
+    const uint8_t *mask;      /* optional: 1 = KEEP the row, 0 = PADDING.
+                                 Any non-zero value keeps. NULL: keep all */
+    const float *weights;     /* optional: per-row weights >= 0, finite */
+    size_t input_rows;        /* embedding rows of this batch when the model
+                                 has an input width (0: same as rows) */
+} regopt_batch;
+
+/* Zero *batch and set batch->size. NULL is ignored. */
+REGOPT_API void regopt_batch_init(regopt_batch *batch);
+
+/* Struct sizes for bindings that must not hard-code the layout. */
+REGOPT_API size_t regopt_sizeof_batch(void);
+REGOPT_API size_t regopt_sizeof_pass(void);
+REGOPT_API size_t regopt_sizeof_allocator(void);
+
+/* ------------------------------------------------------------------------ */
+/* Model                                                                    */
+/* ------------------------------------------------------------------------ */
+
+typedef struct regopt_model regopt_model;
+
+/* Element types of parameter tensors. Only FLOAT32 is supported for now;
+ * the others are reserved and rejected with REGOPT_ERR_UNSUPPORTED. */
+typedef enum regopt_dtype {
+    REGOPT_DTYPE_FLOAT32 = 1,
+    REGOPT_DTYPE_FLOAT16 = 2,
+    REGOPT_DTYPE_BFLOAT16 = 3,
+    REGOPT_DTYPE_FLOAT64 = 4
+} regopt_dtype;
+
+/* Parameter groups are numbered 0 .. REGOPT_MAX_GROUPS-1. */
+#define REGOPT_MAX_GROUPS 64
+/* Longest parameter name, in bytes, without the terminating NUL. */
+#define REGOPT_MAX_NAME 255
+
+/* A new, empty model: output width 0 (must be set), input width 0, one slot,
+ * no callbacks. allocator may be NULL. NULL on failure, with *status set
+ * (status may be NULL) and regopt_last_error_message() explaining. */
+REGOPT_API regopt_model *regopt_model_create(const regopt_allocator *allocator,
+                                             regopt_status *status);
+
+/* Release the model and call the free hook of its callbacks. The model must
+ * not be bound to a live trainer. NULL is a no-op. */
+REGOPT_API void regopt_model_free(regopt_model *model);
+
+/* Register one host tensor of `count` elements. name: non-empty, unique in
+ * the model, at most REGOPT_MAX_NAME bytes (copied). data: the values,
+ * updated in place by the optimizer. grad: where backward accumulates the
+ * gradient; NULL registers a frozen tensor that is never updated. data and
+ * grad must not overlap. dtype: REGOPT_DTYPE_FLOAT32. group: 0 ..
+ * REGOPT_MAX_GROUPS-1. Fails with REGOPT_ERR_STATE once the model is bound
+ * to a trainer. */
+REGOPT_API regopt_status regopt_model_add_param(regopt_model *model,
+                                                const char *name, void *data,
+                                                void *grad, size_t count,
+                                                regopt_dtype dtype,
+                                                int32_t group);
+
+/* Floats per output row: the number of classes, or the regression width. */
+REGOPT_API regopt_status regopt_model_set_output_width(regopt_model *model,
+                                                       size_t width);
+
+/* Floats per input-embedding row (needed by input-perturbing regularizers
+ * such as SMART); 0 = the host exposes no embeddings (default). */
+REGOPT_API regopt_status regopt_model_set_input_width(regopt_model *model,
+                                                      size_t width);
+
+/* How many activation slots the host can keep at once (1 .. 16, default 1).
+ * A regularizer that needs more slots than this is refused when added. */
+REGOPT_API regopt_status regopt_model_set_slots(regopt_model *model,
+                                                int32_t slots);
+
+/* Install the forward and backward callbacks (both required) and their user
+ * pointer. free_user (may be NULL) is called with user when the model is
+ * freed or the callbacks are replaced. If this call fails, free_user is not
+ * called and nothing changes. */
+REGOPT_API regopt_status regopt_model_set_callbacks(regopt_model *model,
+                                                    regopt_pass_fn forward,
+                                                    regopt_pass_fn backward,
+                                                    void *user,
+                                                    regopt_free_fn free_user);
+
+/* Number of registered tensors / of their elements (0 for NULL). */
+REGOPT_API size_t regopt_model_param_count(const regopt_model *model);
+REGOPT_API size_t regopt_model_element_count(const regopt_model *model);
+
+/* One-line detail of the model's last failure ("" if none). */
+REGOPT_API const char *regopt_model_message(const regopt_model *model);
+
+/* ------------------------------------------------------------------------ */
+/* Optimizer                                                                */
+/* ------------------------------------------------------------------------ */
+
+typedef struct regopt_optimizer regopt_optimizer;
+
+/* Base update rules; each matches torch.optim's update and defaults:
+ *   SGD    g += wd*w; b = momentum*b + (1-dampening)*g (b = g on the first
+ *          step); g = nesterov ? g + momentum*b : b; w -= lr*g
+ *   ADAM   g += wd*w; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
+ *          w -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
+ *          (AMSGrad: v replaced by its running maximum in the denominator)
+ *   ADAMW  w *= 1 - lr*wd, then ADAM without the coupled term
+ *   RADAM  Liu et al. 2020: g += wd*w; moments as ADAM;
+ *          rho_inf = 2/(1-b2) - 1, rho_t = rho_inf - 2t b2^t/(1-b2^t);
+ *          rho_t > 5: w -= lr * m/(1-b1^t) * r_t * sqrt(1-b2^t)/(sqrt(v)+eps)
+ *          with r_t = sqrt((rho_t-4)(rho_t-2)rho_inf /
+ *                          ((rho_inf-4)(rho_inf-2)rho_t));
+ *          otherwise w -= lr * m/(1-b1^t). */
+typedef enum regopt_optimizer_kind {
+    REGOPT_SGD = 1,
+    REGOPT_ADAM = 2,
+    REGOPT_ADAMW = 3,
+    REGOPT_RADAM = 4
+} regopt_optimizer_kind;
+
+/* Learning-rate schedules (REGOPT_OPT_SCHEDULE). With t = completed steps,
+ * W = warmup steps, T = total steps, r = min_lr_ratio, the lr of the next
+ * update is lr * f(t) where (the Hugging Face transformers conventions):
+ *   CONSTANT  f = t < W ? t/W : 1
+ *   LINEAR    f = t < W ? t/W : r + (1-r) * max(0, (T-t)/(T-W))
+ *   COSINE    f = t < W ? t/W : r + (1-r) * 0.5*(1 + cos(pi * min(1, (t-W)/(T-W))))
+ * With W > 0 the first update therefore uses lr 0, exactly like
+ * get_linear_schedule_with_warmup + torch.optim.lr_scheduler.LambdaLR. */
+typedef enum regopt_schedule {
+    REGOPT_SCHEDULE_CONSTANT = 0,
+    REGOPT_SCHEDULE_LINEAR = 1,
+    REGOPT_SCHEDULE_COSINE = 2
+} regopt_schedule;
+
+/* A new optimizer of the given kind with torch.optim's defaults. NULL on
+ * failure, with *status set (status may be NULL). */
+REGOPT_API regopt_optimizer *regopt_optimizer_create(
+    regopt_optimizer_kind kind, const regopt_allocator *allocator,
+    regopt_status *status);
+
+/* NULL is a no-op. Must not be bound to a live trainer. */
+REGOPT_API void regopt_optimizer_free(regopt_optimizer *opt);
+
+REGOPT_API regopt_optimizer_kind
+regopt_optimizer_get_kind(const regopt_optimizer *opt);
+
+/* Set or read an optimizer key. Integer keys accept a double only when it is
+ * integral; double keys accept integers. Changes take effect at the next
+ * step (a learning rate may be changed between steps). */
+REGOPT_API regopt_status regopt_optimizer_set_double(regopt_optimizer *opt,
+                                                     regopt_key key,
+                                                     double value);
+REGOPT_API regopt_status regopt_optimizer_set_int(regopt_optimizer *opt,
+                                                  regopt_key key,
+                                                  int64_t value);
+REGOPT_API regopt_status regopt_optimizer_get_double(
+    const regopt_optimizer *opt, regopt_key key, double *value);
+REGOPT_API regopt_status regopt_optimizer_get_int(const regopt_optimizer *opt,
+                                                  regopt_key key,
+                                                  int64_t *value);
+
+/* Per-group keys (REGOPT_GROUP_*) for group 0 .. REGOPT_MAX_GROUPS-1. */
+REGOPT_API regopt_status regopt_optimizer_set_group(regopt_optimizer *opt,
+                                                    int32_t group,
+                                                    regopt_key key,
+                                                    double value);
+REGOPT_API regopt_status regopt_optimizer_get_group(
+    const regopt_optimizer *opt, int32_t group, regopt_key key,
+    double *value);
+
+REGOPT_API const char *regopt_optimizer_message(const regopt_optimizer *opt);
+
+/* ------------------------------------------------------------------------ */
+/* Losses                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* Task losses (REGOPT_TRAINER_LOSS). Per row i, with z = output row:
+ *   SOFTMAX_CE  l_i = -sum_k q_k log softmax(z)_k, q = (1-s) onehot(y_i) + s/K
+ *               (s = label smoothing, K = output width); dl/dz = softmax(z) - q
+ *   MSE         l_i = (1/K) sum_k (z_k - t_ik)^2 (torch's MSELoss mean)
+ *   CALLBACK    l_i and dl_i/dz from regopt_trainer_set_loss_callback
+ * The step's loss is sum_i m_i w_i l_i / sum_i m_i w_i over all rows of all
+ * micro-batches (m = mask, w = weight, both 1 when absent). */
+typedef enum regopt_loss_kind {
+    REGOPT_LOSS_SOFTMAX_CE = 0,
+    REGOPT_LOSS_MSE = 1,
+    REGOPT_LOSS_CALLBACK = 2
+} regopt_loss_kind;
+
+/* A user loss: for the `rows` output rows of `width` floats in outputs (the
+ * rows of `batch`), write the per-row loss to row_loss[i] and its gradient
+ * d row_loss[i] / d outputs[i*width + k] to d_outputs[i*width + k]. The
+ * library applies mask, weights and the mean. Return 0 on success; anything
+ * else aborts the step with REGOPT_ERR_LOSS_CALLBACK. */
+typedef int (*regopt_loss_fn)(const regopt_batch *batch, const float *outputs,
+                              size_t rows, size_t width, float *row_loss,
+                              float *d_outputs, void *user);
+
+/* ------------------------------------------------------------------------ */
+/* Trainer                                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef struct regopt_trainer regopt_trainer;
+
+/* Bind a model (with callbacks and at least one parameter with a gradient,
+ * and an output width) and an optimizer, and allocate all training state
+ * from the model's allocator. Both are borrowed, see the overview. NULL on
+ * failure, with *status set (status may be NULL). */
+REGOPT_API regopt_trainer *regopt_trainer_create(regopt_model *model,
+                                                 regopt_optimizer *opt,
+                                                 regopt_status *status);
+
+/* Release the trainer and unbind its model. NULL is a no-op. */
+REGOPT_API void regopt_trainer_free(regopt_trainer *trainer);
+
+/* Trainer keys (REGOPT_TRAINER_*) and, for get, statistics (REGOPT_STAT_*). */
+REGOPT_API regopt_status regopt_trainer_set_double(regopt_trainer *trainer,
+                                                   regopt_key key,
+                                                   double value);
+REGOPT_API regopt_status regopt_trainer_set_int(regopt_trainer *trainer,
+                                                regopt_key key,
+                                                int64_t value);
+REGOPT_API regopt_status regopt_trainer_get_double(
+    const regopt_trainer *trainer, regopt_key key, double *value);
+REGOPT_API regopt_status regopt_trainer_get_int(const regopt_trainer *trainer,
+                                                regopt_key key,
+                                                int64_t *value);
+
+/* Install a user loss and switch REGOPT_TRAINER_LOSS to CALLBACK. fn NULL:
+ * back to SOFTMAX_CE. free_user (may be NULL) is called with user when the
+ * trainer is freed or the loss replaced. */
+REGOPT_API regopt_status regopt_trainer_set_loss_callback(
+    regopt_trainer *trainer, regopt_loss_fn fn, void *user,
+    regopt_free_fn free_user);
+
+/* Size the scratch buffers for batches of up to max_rows rows now, so that
+ * not even the first step allocates. Optional. */
+REGOPT_API regopt_status regopt_trainer_reserve(regopt_trainer *trainer,
+                                                size_t max_rows);
+
+/* One training step over `count` micro-batches (see the overview). On any
+ * failure nothing has changed: parameters, optimizer state, step count and
+ * RNG position are as before the call (the gradient buffers hold whatever
+ * the failed pass left). */
+REGOPT_API REGOPT_NODISCARD regopt_status
+regopt_trainer_step(regopt_trainer *trainer, const regopt_batch *batches,
+                    size_t count);
+
+/* Evaluation: one forward in slot 0 with flags NO_GRAD (dropout off). If
+ * outputs is not NULL it receives rows * output_width floats. If loss is not
+ * NULL it receives the weighted mean task loss (labels or targets needed
+ * unless the loss is a callback). Changes no training state. */
+REGOPT_API REGOPT_NODISCARD regopt_status
+regopt_trainer_evaluate(regopt_trainer *trainer, const regopt_batch *batch,
+                        double *loss, float *outputs);
+
+REGOPT_API const char *regopt_trainer_message(const regopt_trainer *trainer);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* REGOPT_H */

@@ -1,0 +1,20 @@
+#!/bin/sh
+# Install the Debian packages libregopt needs to build, test and run its
+# examples, if any is missing. Fast no-op when everything is there.
+set -e
+PKGS="build-essential g++ pkg-config libopenblas-dev check meson ninja-build"
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+        missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+echo "install-deps: installing:$missing"
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO=sudo
+else
+    SUDO=
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends $missing

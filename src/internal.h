@@ -1,0 +1,224 @@
+/* internal.h — shared declarations of libregopt's translation units.
+ * Nothing here is exported: the public API is include/regopt.h only, and
+ * internal names use the ro_ prefix so the linker script can never export
+ * them by accident. */
+#ifndef REGOPT_INTERNAL_H
+#define REGOPT_INTERNAL_H
+
+#include "regopt.h"
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define RO_MSG_SIZE 256
+
+/* Handle tags: catch a handle of the wrong kind (easy to pass from ctypes,
+ * where every handle is a void pointer) and use after free. */
+#define RO_MAGIC_MODEL 0x4d4f444cu     /* "MODL" */
+#define RO_MAGIC_OPTIMIZER 0x4f505449u /* "OPTI" */
+#define RO_MAGIC_TRAINER 0x54524e52u   /* "TRNR" */
+#define RO_MAGIC_DEAD 0xdeadbeefu
+
+/* ---- status.c: messages ------------------------------------------------ */
+
+/* Format a one-line message into buf (RO_MSG_SIZE bytes) and return st. */
+regopt_status ro_fail(char *buf, regopt_status st, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+/* The same, into the calling thread's message slot. */
+regopt_status ro_fail_tls(regopt_status st, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* ---- alloc.c ----------------------------------------------------------- */
+
+typedef struct ro_alloc {
+    void *(*alloc)(size_t size, void *user);
+    void (*free)(void *ptr, void *user);
+    void *user;
+} ro_alloc;
+
+/* Copy the hooks (NULL: libc). Both functions or neither. */
+regopt_status ro_alloc_init(ro_alloc *a, const regopt_allocator *user_hooks);
+void *ro_malloc(const ro_alloc *a, size_t size);
+void *ro_calloc(const ro_alloc *a, size_t count, size_t size);
+void ro_free(const ro_alloc *a, void *ptr);
+
+/* ---- keys.c: the key table --------------------------------------------- */
+
+enum ro_key_owner {
+    RO_OWNER_OPTIMIZER = 1,
+    RO_OWNER_GROUP = 2,
+    RO_OWNER_TRAINER = 3,
+    RO_OWNER_STAT = 4
+};
+
+typedef struct ro_key_desc {
+    regopt_key key;
+    const char *name;
+    int type;       /* REGOPT_TYPE_* */
+    int owner;      /* ro_key_owner */
+    double min, max, def;
+    uint32_t flags; /* REGOPT_KEY_* */
+} ro_key_desc;
+
+const ro_key_desc *ro_key_find(regopt_key key);
+/* Check that value is allowed for d (finite, in bounds, integral for
+ * integer keys); on failure write a message naming the key, the value and
+ * the range. */
+regopt_status ro_key_check(const ro_key_desc *d, double value, char *msg);
+
+/* ---- rng.c ------------------------------------------------------------- */
+
+void ro_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2],
+                      uint32_t out[4]);
+
+/* Roles of the passes whose seeds the trainer draws (counter word 3). */
+enum ro_seed_role { RO_SEED_TASK = 1 };
+
+/* The 64-bit dropout seed of one pass: Philox keyed by the trainer seed with
+ * counter {step low, step high, micro-batch, role}. */
+uint64_t ro_pass_seed(uint64_t trainer_seed, uint64_t step,
+                      uint32_t micro_batch, uint32_t role);
+
+/* ---- model.c ----------------------------------------------------------- */
+
+typedef struct ro_param {
+    char *name;
+    float *data;
+    float *grad;   /* NULL: frozen */
+    size_t count;
+    size_t offset; /* into flat optimizer state, counting trainable only */
+    int32_t group;
+} ro_param;
+
+struct regopt_model {
+    uint32_t magic;
+    ro_alloc alloc;
+    ro_param *params;
+    size_t n_params, cap_params;
+    size_t n_elements;  /* all registered elements */
+    size_t n_trainable; /* elements of tensors with a gradient */
+    size_t output_width;
+    size_t input_width;
+    int32_t slots;
+    regopt_pass_fn forward, backward;
+    void *user;
+    regopt_free_fn free_user;
+    int bound; /* number of live trainers using this model */
+    char msg[RO_MSG_SIZE];
+};
+
+/* Validate a handle; on failure fill the thread-local message. */
+regopt_status ro_model_check(const regopt_model *m, const char *func);
+
+/* ---- optimizer.c ------------------------------------------------------- */
+
+typedef struct ro_group_cfg {
+    double lr_scale;
+    double weight_decay; /* -1: inherit */
+} ro_group_cfg;
+
+struct regopt_optimizer {
+    uint32_t magic;
+    ro_alloc alloc;
+    regopt_optimizer_kind kind;
+    double lr, weight_decay, momentum, dampening, beta1, beta2, eps;
+    int nesterov, amsgrad;
+    int schedule;
+    int64_t warmup_steps, total_steps;
+    double min_lr_ratio;
+    double clip_norm;
+    ro_group_cfg groups[REGOPT_MAX_GROUPS];
+    int bound;
+    char msg[RO_MSG_SIZE];
+};
+
+regopt_status ro_optimizer_check(const regopt_optimizer *o, const char *func);
+/* Cross-key consistency that single setters cannot check (order-free):
+ * nesterov needs momentum, decaying schedules need total_steps. */
+regopt_status ro_optimizer_validate(const regopt_optimizer *o, char *msg);
+/* Elements of optimizer state per trainable element for this config. */
+size_t ro_optimizer_state_per_element(const regopt_optimizer *o);
+
+/* ---- schedule.c -------------------------------------------------------- */
+
+/* lr multiplier f(t) for t completed steps (header: regopt_schedule). */
+double ro_schedule_factor(const regopt_optimizer *o, uint64_t t);
+
+/* ---- optim_sgd.c / optim_adam.c: fused per-tensor updates -------------- */
+
+/* Per-step scalars of one update, computed once per tensor group. */
+typedef struct ro_update {
+    float lr;          /* lr of the group (scheduled, scaled) */
+    float wd;          /* weight decay of the group */
+    float grad_scale;  /* clipping factor applied to the gradient */
+    /* SGD */
+    float momentum, dampening;
+    int nesterov;
+    int first;         /* momentum buffer not initialised yet */
+    /* Adam family */
+    float beta1, beta2, eps;
+    float step_size;   /* Adam: lr / (1 - b1^t); RAdam: see optim_adam.c */
+    float bc2_sqrt;    /* sqrt(1 - b2^t) */
+    int amsgrad;
+    int rectified;     /* RAdam: rho_t > 5 */
+} ro_update;
+
+void ro_sgd_update(const ro_update *u, float *w, const float *g, float *buf,
+                   size_t n);
+void ro_adam_update(const ro_update *u, float *w, const float *g, float *m,
+                    float *v, float *vmax, size_t n, int decoupled);
+void ro_radam_update(const ro_update *u, float *w, const float *g, float *m,
+                     float *v, size_t n);
+/* Fill the Adam-family scalars of u for step t (1-based). */
+void ro_adam_scalars(ro_update *u, const regopt_optimizer *o, uint64_t t,
+                     double lr);
+
+/* ---- kernels.c --------------------------------------------------------- */
+
+double ro_sum_squares(const float *x, size_t n);
+void ro_zero(float *x, size_t n);
+
+/* ---- loss.c ------------------------------------------------------------ */
+
+/* Per-row softmax cross-entropy with label smoothing s: returns l and writes
+ * dl/dz = softmax(z) - q (scaled by coef) into dz (may be NULL). */
+double ro_softmax_ce_row(const float *z, size_t k, int32_t label, double s,
+                         float coef, float *dz);
+/* Per-row mean squared error over k outputs, gradient scaled by coef. */
+double ro_mse_row(const float *z, const float *t, size_t k, float coef,
+                  float *dz);
+
+/* ---- batch.c ----------------------------------------------------------- */
+
+/* Validate the batches of one call against the model and loss kind and
+ * return the total weight sum_i m_i w_i and the largest row count. */
+regopt_status ro_batches_check(const regopt_batch *b, size_t count,
+                               const regopt_model *m, int loss_kind,
+                               int need_targets, double *total_weight,
+                               size_t *max_rows, char *msg);
+/* The first version's descriptor ends at input_rows: hosts built against it
+ * pass at least this many bytes. */
+#define RO_BATCH_V1_SIZE (offsetof(regopt_batch, input_rows) + sizeof(size_t))
+
+/* Descriptor i of an array whose stride is the size the host's header gave
+ * it (batches[0].size), so an older host's smaller structs index right. */
+static inline const regopt_batch *ro_batch_at(const regopt_batch *b, size_t i)
+{
+    return (const regopt_batch *)(const void *)((const char *)b + i * b->size);
+}
+
+/* m_i * w_i for row i. */
+static inline float ro_row_weight(const regopt_batch *b, size_t i)
+{
+    float w = b->weights ? b->weights[i] : 1.0f;
+    return (b->mask && !b->mask[i]) ? 0.0f : w;
+}
+
+#endif

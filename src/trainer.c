@@ -1,0 +1,588 @@
+/* trainer.c — binds a model and an optimizer, owns the training state and
+ * runs steps. A step is a transaction: it validates everything, runs the
+ * passes (which only touch gradient buffers and scratch memory), checks
+ * that loss and gradient are finite, and only then commits the update.
+ * Nothing that can fail happens after the first parameter is written, so a
+ * failed step leaves parameters and optimizer state exactly as they were. */
+#include "internal.h"
+
+#include <math.h>
+#include <string.h>
+
+#define N_STATS (REGOPT_STAT_BACKWARD_CALLS - REGOPT_STAT_LOSS + 1)
+
+struct regopt_trainer {
+    uint32_t magic;
+    ro_alloc alloc;
+    regopt_model *model;
+    regopt_optimizer *opt;
+
+    /* options */
+    int loss_kind;
+    double label_smoothing;
+    uint64_t seed;
+    regopt_loss_fn loss_fn;
+    void *loss_user;
+    regopt_free_fn loss_free;
+
+    /* training state */
+    uint64_t step;      /* completed updates */
+    int momentum_ready; /* SGD: the momentum buffer holds a value */
+    float *state;       /* optimizer moments, n_trainable * per_element */
+    size_t per_element;
+
+    /* scratch, grown to the largest batch and then reused */
+    size_t cap_rows;
+    float *outputs, *d_outputs, *row_loss;
+
+    size_t forward_calls, backward_calls; /* of the step under way */
+    double stats[N_STATS];
+    char msg[RO_MSG_SIZE];
+};
+
+static regopt_status trainer_check(const regopt_trainer *t, const char *func)
+{
+    if (!t)
+        return ro_fail_tls(REGOPT_ERR_NULL_POINTER, "%s: trainer is NULL", func);
+    if (t->magic != RO_MAGIC_TRAINER)
+        return ro_fail_tls(REGOPT_ERR_INVALID_ARGUMENT,
+                           "%s: not a live regopt_trainer handle", func);
+    return REGOPT_OK;
+}
+
+/* ---- creation ---------------------------------------------------------- */
+
+static regopt_status model_ready(const regopt_model *m)
+{
+    if (!m->forward || !m->backward)
+        return ro_fail_tls(REGOPT_ERR_STATE,
+                           "regopt_trainer_create: the model has no callbacks");
+    if (m->output_width == 0)
+        return ro_fail_tls(REGOPT_ERR_STATE,
+                           "regopt_trainer_create: the model's output width is not set");
+    if (m->n_trainable == 0)
+        return ro_fail_tls(REGOPT_ERR_STATE,
+                           "regopt_trainer_create: the model has no parameter with a gradient");
+    return REGOPT_OK;
+}
+
+regopt_trainer *regopt_trainer_create(regopt_model *m, regopt_optimizer *o,
+                                      regopt_status *status)
+{
+    regopt_trainer *t = NULL;
+    regopt_status st = ro_model_check(m, "regopt_trainer_create");
+    if (st == REGOPT_OK)
+        st = ro_optimizer_check(o, "regopt_trainer_create");
+    if (st == REGOPT_OK)
+        st = model_ready(m);
+    if (st == REGOPT_OK) {
+        t = ro_calloc(&m->alloc, 1, sizeof *t);
+        if (t) {
+            t->alloc = m->alloc;
+            t->per_element = ro_optimizer_state_per_element(o);
+            if (o->kind != REGOPT_RADAM && o->kind != REGOPT_SGD && !o->amsgrad)
+                t->per_element = 2; /* no AMSGrad maximum unless asked at creation */
+            t->state = ro_calloc(&t->alloc, m->n_trainable, t->per_element * sizeof(float));
+            if (!t->state) {
+                ro_free(&t->alloc, t);
+                t = NULL;
+            }
+        }
+        if (!t)
+            st = ro_fail_tls(REGOPT_ERR_NO_MEMORY, "regopt_trainer_create: out of memory "
+                             "for %zu optimizer state elements", m->n_trainable);
+    }
+    if (status)
+        *status = st;
+    if (!t)
+        return NULL;
+    t->magic = RO_MAGIC_TRAINER;
+    t->model = m;
+    t->opt = o;
+    t->loss_kind = REGOPT_LOSS_SOFTMAX_CE;
+    t->stats[REGOPT_STAT_CLIP_SCALE - REGOPT_STAT_LOSS] = 1.0;
+    m->bound++;
+    o->bound++;
+    return t;
+}
+
+static void free_scratch(regopt_trainer *t)
+{
+    ro_free(&t->alloc, t->outputs);
+    ro_free(&t->alloc, t->d_outputs);
+    ro_free(&t->alloc, t->row_loss);
+    t->outputs = t->d_outputs = t->row_loss = NULL;
+    t->cap_rows = 0;
+}
+
+void regopt_trainer_free(regopt_trainer *t)
+{
+    ro_alloc a;
+    if (!t || t->magic != RO_MAGIC_TRAINER)
+        return;
+    if (t->loss_free)
+        t->loss_free(t->loss_user);
+    if (t->model->magic == RO_MAGIC_MODEL)
+        t->model->bound--;
+    if (t->opt->magic == RO_MAGIC_OPTIMIZER)
+        t->opt->bound--;
+    free_scratch(t);
+    ro_free(&t->alloc, t->state);
+    a = t->alloc;
+    t->magic = RO_MAGIC_DEAD;
+    ro_free(&a, t);
+}
+
+/* Grow the scratch buffers to `rows` rows. The old buffers stay in place
+ * until the new ones all exist, so a failure changes nothing. */
+static regopt_status reserve_rows(regopt_trainer *t, size_t rows)
+{
+    size_t k = t->model->output_width;
+    float *o, *d, *l;
+    if (rows <= t->cap_rows)
+        return REGOPT_OK;
+    o = ro_calloc(&t->alloc, rows, k * sizeof(float));
+    d = ro_calloc(&t->alloc, rows, k * sizeof(float));
+    l = ro_calloc(&t->alloc, rows, sizeof(float));
+    if (!o || !d || !l) {
+        ro_free(&t->alloc, o);
+        ro_free(&t->alloc, d);
+        ro_free(&t->alloc, l);
+        return ro_fail(t->msg, REGOPT_ERR_NO_MEMORY,
+                       "out of memory for scratch buffers of %zu rows x %zu outputs", rows, k);
+    }
+    free_scratch(t);
+    t->outputs = o;
+    t->d_outputs = d;
+    t->row_loss = l;
+    t->cap_rows = rows;
+    return REGOPT_OK;
+}
+
+regopt_status regopt_trainer_reserve(regopt_trainer *t, size_t max_rows)
+{
+    regopt_status st = trainer_check(t, "regopt_trainer_reserve");
+    if (st != REGOPT_OK)
+        return st;
+    if (max_rows == 0 || max_rows > ((size_t)1 << 40) / t->model->output_width)
+        return ro_fail(t->msg, REGOPT_ERR_INVALID_ARGUMENT,
+                       "regopt_trainer_reserve: max_rows %zu is out of range", max_rows);
+    return reserve_rows(t, max_rows);
+}
+
+/* ---- options and statistics -------------------------------------------- */
+
+static regopt_status trainer_key(const regopt_trainer *t, regopt_key key,
+                                 int readable, const ro_key_desc **out)
+{
+    const ro_key_desc *d = ro_key_find(key);
+    int ok = d && (d->owner == RO_OWNER_TRAINER || (readable && d->owner == RO_OWNER_STAT));
+    if (!ok)
+        return ro_fail((char *)t->msg, REGOPT_ERR_UNKNOWN_KEY,
+                       "key %d (%s) is not a trainer %s", (int)key,
+                       d ? d->name : "unknown", readable ? "key or statistic" : "key");
+    *out = d;
+    return REGOPT_OK;
+}
+
+static regopt_status set_value(regopt_trainer *t, regopt_key key, double dv,
+                               int64_t iv, int is_int)
+{
+    const ro_key_desc *d = NULL;
+    regopt_status st = trainer_key(t, key, 0, &d);
+    if (st != REGOPT_OK)
+        return st;
+    if (key == REGOPT_TRAINER_SEED) { /* the full int64 range, exactly */
+        if (!is_int) {
+            if (!(dv >= -9223372036854775808.0 && dv < 9223372036854775808.0) ||
+                dv != floor(dv))
+                return ro_fail(t->msg, REGOPT_ERR_OUT_OF_RANGE,
+                               "trainer.seed takes an integer, got %.17g", dv);
+            iv = (int64_t)dv;
+        }
+        t->seed = (uint64_t)iv;
+        return REGOPT_OK;
+    }
+    if (is_int)
+        dv = (double)iv;
+    st = ro_key_check(d, dv, t->msg);
+    if (st != REGOPT_OK)
+        return st;
+    if (key == REGOPT_TRAINER_LOSS) {
+        if (dv == REGOPT_LOSS_CALLBACK && !t->loss_fn)
+            return ro_fail(t->msg, REGOPT_ERR_STATE,
+                           "trainer.loss = callback needs regopt_trainer_set_loss_callback");
+        t->loss_kind = (int)dv;
+    } else if (key == REGOPT_TRAINER_LABEL_SMOOTHING) {
+        t->label_smoothing = dv;
+    }
+    return REGOPT_OK;
+}
+
+regopt_status regopt_trainer_set_double(regopt_trainer *t, regopt_key key, double value)
+{
+    regopt_status st = trainer_check(t, "regopt_trainer_set_double");
+    return st == REGOPT_OK ? set_value(t, key, value, 0, 0) : st;
+}
+
+regopt_status regopt_trainer_set_int(regopt_trainer *t, regopt_key key, int64_t value)
+{
+    regopt_status st = trainer_check(t, "regopt_trainer_set_int");
+    return st == REGOPT_OK ? set_value(t, key, 0.0, value, 1) : st;
+}
+
+static regopt_status get_value(const regopt_trainer *t, regopt_key key,
+                               double *dv, int64_t *iv, const char *func)
+{
+    const ro_key_desc *d = NULL;
+    regopt_status st = trainer_check(t, func);
+    if (st == REGOPT_OK && !dv && !iv)
+        st = ro_fail((char *)t->msg, REGOPT_ERR_NULL_POINTER, "%s: value is NULL", func);
+    if (st == REGOPT_OK)
+        st = trainer_key(t, key, 1, &d);
+    if (st != REGOPT_OK)
+        return st;
+    if (key == REGOPT_TRAINER_SEED) {
+        if (iv)
+            *iv = (int64_t)t->seed;
+        else
+            *dv = (double)(int64_t)t->seed;
+        return REGOPT_OK;
+    }
+    if (key == REGOPT_STAT_STEP) {
+        if (iv)
+            *iv = (int64_t)t->step;
+        else
+            *dv = (double)t->step;
+        return REGOPT_OK;
+    }
+    {
+        double v = key == REGOPT_TRAINER_LOSS              ? (double)t->loss_kind
+                   : key == REGOPT_TRAINER_LABEL_SMOOTHING ? t->label_smoothing
+                                                           : t->stats[key - REGOPT_STAT_LOSS];
+        if (iv)
+            *iv = (int64_t)v;
+        else
+            *dv = v;
+    }
+    return REGOPT_OK;
+}
+
+regopt_status regopt_trainer_get_double(const regopt_trainer *t, regopt_key key,
+                                        double *value)
+{
+    if (t && t->magic == RO_MAGIC_TRAINER && !value)
+        return ro_fail((char *)t->msg, REGOPT_ERR_NULL_POINTER,
+                       "regopt_trainer_get_double: value is NULL");
+    return get_value(t, key, value, NULL, "regopt_trainer_get_double");
+}
+
+regopt_status regopt_trainer_get_int(const regopt_trainer *t, regopt_key key,
+                                     int64_t *value)
+{
+    if (t && t->magic == RO_MAGIC_TRAINER && !value)
+        return ro_fail((char *)t->msg, REGOPT_ERR_NULL_POINTER,
+                       "regopt_trainer_get_int: value is NULL");
+    return get_value(t, key, NULL, value, "regopt_trainer_get_int");
+}
+
+regopt_status regopt_trainer_set_loss_callback(regopt_trainer *t, regopt_loss_fn fn,
+                                               void *user, regopt_free_fn free_user)
+{
+    regopt_status st = trainer_check(t, "regopt_trainer_set_loss_callback");
+    if (st != REGOPT_OK)
+        return st;
+    if (t->loss_free && t->loss_user != user)
+        t->loss_free(t->loss_user);
+    t->loss_fn = fn;
+    t->loss_user = fn ? user : NULL;
+    t->loss_free = fn ? free_user : NULL;
+    t->loss_kind = fn ? REGOPT_LOSS_CALLBACK : REGOPT_LOSS_SOFTMAX_CE;
+    return REGOPT_OK;
+}
+
+const char *regopt_trainer_message(const regopt_trainer *t)
+{
+    if (!t || t->magic != RO_MAGIC_TRAINER)
+        return "invalid regopt_trainer handle";
+    return t->msg;
+}
+
+/* ---- the loss ---------------------------------------------------------- */
+
+/* Loss of one batch's outputs, already scaled: returns sum_i c_i l_i with
+ * c_i = m_i w_i * inv_weight, and writes c_i dl_i/dz_i into dz (NULL: loss
+ * only). Masked rows get a zero gradient whatever their labels hold. */
+static regopt_status batch_loss(regopt_trainer *t, const regopt_batch *b,
+                                const float *z, double inv_weight, float *dz,
+                                double *loss)
+{
+    size_t i, j, k = t->model->output_width;
+    double sum = 0.0;
+    if (t->loss_kind == REGOPT_LOSS_CALLBACK) {
+        float *g = dz ? dz : t->d_outputs;
+        int rc = t->loss_fn(b, z, b->rows, k, t->row_loss, g, t->loss_user);
+        if (rc != 0)
+            return ro_fail(t->msg, REGOPT_ERR_LOSS_CALLBACK,
+                           "the loss callback returned %d", rc);
+        for (i = 0; i < b->rows; i++) {
+            float c = (float)(ro_row_weight(b, i) * inv_weight);
+            if (c != 0.0f)
+                sum += (double)c * t->row_loss[i];
+            for (j = 0; j < k; j++)
+                g[i * k + j] = c != 0.0f ? c * g[i * k + j] : 0.0f;
+        }
+    } else {
+        for (i = 0; i < b->rows; i++) {
+            float c = (float)(ro_row_weight(b, i) * inv_weight);
+            float *dzi = dz ? dz + i * k : NULL;
+            if (c == 0.0f) {
+                if (dzi)
+                    ro_zero(dzi, k);
+                continue;
+            }
+            sum += c * (t->loss_kind == REGOPT_LOSS_MSE
+                            ? ro_mse_row(z + i * k, b->targets + i * k, k, c, dzi)
+                            : ro_softmax_ce_row(z + i * k, k, b->labels[i],
+                                                t->label_smoothing, c, dzi));
+        }
+    }
+    *loss = sum;
+    return REGOPT_OK;
+}
+
+/* ---- passes ------------------------------------------------------------ */
+
+static void pass_init(const regopt_trainer *t, regopt_pass *p, const regopt_batch *b,
+                      size_t bi, uint32_t flags, uint64_t seed)
+{
+    const regopt_model *m = t->model;
+    memset(p, 0, sizeof *p);
+    p->size = sizeof *p;
+    p->batch = b->data;
+    p->rows = b->rows;
+    p->slot = 0;
+    p->flags = flags;
+    p->seed = seed;
+    p->micro_batch = bi;
+    p->output_width = m->output_width;
+    p->outputs = t->outputs;
+    p->input_width = m->input_width;
+    p->input_rows = m->input_width ? (b->input_rows ? b->input_rows : b->rows) : 0;
+}
+
+static regopt_status call_forward(regopt_trainer *t, regopt_pass *p)
+{
+    int rc = t->model->forward(p, t->model->user);
+    t->forward_calls++;
+    if (rc != 0)
+        return ro_fail(t->msg, REGOPT_ERR_FORWARD,
+                       "the forward callback returned %d (micro-batch %zu, slot %d)", rc,
+                       p->micro_batch, (int)p->slot);
+    return REGOPT_OK;
+}
+
+static regopt_status call_backward(regopt_trainer *t, regopt_pass *p)
+{
+    int rc = t->model->backward(p, t->model->user);
+    t->backward_calls++;
+    if (rc != 0)
+        return ro_fail(t->msg, REGOPT_ERR_BACKWARD,
+                       "the backward callback returned %d (micro-batch %zu, slot %d)", rc,
+                       p->micro_batch, (int)p->slot);
+    return REGOPT_OK;
+}
+
+/* Forward, loss and backward of one micro-batch; adds its share of the
+ * step's loss to *loss. */
+static regopt_status task_pass(regopt_trainer *t, const regopt_batch *b, size_t bi,
+                               double inv_weight, double *loss)
+{
+    regopt_pass p;
+    double l;
+    regopt_status st;
+    uint64_t seed = ro_pass_seed(t->seed, t->step, (uint32_t)bi, RO_SEED_TASK);
+    pass_init(t, &p, b, bi, REGOPT_PASS_TRAIN, seed);
+    st = call_forward(t, &p);
+    if (st == REGOPT_OK)
+        st = batch_loss(t, b, t->outputs, inv_weight, t->d_outputs, &l);
+    if (st == REGOPT_OK && !isfinite(l))
+        st = ro_fail(t->msg, REGOPT_ERR_NONFINITE_LOSS,
+                     "the loss of micro-batch %zu is %g", bi, l);
+    if (st != REGOPT_OK)
+        return st;
+    *loss += l;
+    p.d_outputs = t->d_outputs;
+    return call_backward(t, &p);
+}
+
+/* ---- the update -------------------------------------------------------- */
+
+static regopt_status gradient_norm(regopt_trainer *t, double *norm)
+{
+    const regopt_model *m = t->model;
+    double s = 0.0;
+    size_t i;
+    for (i = 0; i < m->n_params; i++)
+        if (m->params[i].grad)
+            s += ro_sum_squares(m->params[i].grad, m->params[i].count);
+    if (!isfinite(s)) {
+        for (i = 0; i < m->n_params; i++) {
+            const ro_param *p = &m->params[i];
+            if (p->grad && !isfinite(ro_sum_squares(p->grad, p->count)))
+                break;
+        }
+        return ro_fail(t->msg, REGOPT_ERR_NONFINITE_GRADIENT,
+                       "the gradient of parameter \"%.64s\" is not finite",
+                       i < m->n_params ? m->params[i].name : "?");
+    }
+    *norm = sqrt(s);
+    return REGOPT_OK;
+}
+
+/* torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), capped
+ * at 1. */
+static double clip_scale(const regopt_optimizer *o, double norm)
+{
+    double c;
+    if (o->clip_norm <= 0.0)
+        return 1.0;
+    c = o->clip_norm / (norm + 1e-6);
+    return c < 1.0 ? c : 1.0;
+}
+
+static void apply_update(regopt_trainer *t, double lr, double scale)
+{
+    const regopt_model *m = t->model;
+    const regopt_optimizer *o = t->opt;
+    size_t n = m->n_trainable, i;
+    ro_update u;
+    memset(&u, 0, sizeof u);
+    u.grad_scale = (float)scale;
+    u.momentum = (float)o->momentum;
+    u.dampening = (float)o->dampening;
+    u.nesterov = o->nesterov;
+    u.first = !t->momentum_ready;
+    for (i = 0; i < m->n_params; i++) {
+        const ro_param *p = &m->params[i];
+        const ro_group_cfg *g = &o->groups[p->group];
+        double glr = lr * g->lr_scale;
+        float *st = t->state + p->offset;
+        if (!p->grad)
+            continue;
+        u.lr = (float)glr;
+        u.wd = (float)(g->weight_decay >= 0.0 ? g->weight_decay : o->weight_decay);
+        if (o->kind == REGOPT_SGD) {
+            ro_sgd_update(&u, p->data, p->grad, st, p->count);
+            continue;
+        }
+        ro_adam_scalars(&u, o, t->step + 1, glr);
+        if (o->kind == REGOPT_RADAM)
+            ro_radam_update(&u, p->data, p->grad, st, st + n, p->count);
+        else
+            ro_adam_update(&u, p->data, p->grad, st, st + n,
+                           t->per_element > 2 ? st + 2 * n : NULL, p->count,
+                           o->kind == REGOPT_ADAMW);
+    }
+    if (o->kind == REGOPT_SGD && o->momentum > 0.0)
+        t->momentum_ready = 1;
+}
+
+/* ---- step and evaluate ------------------------------------------------- */
+
+static regopt_status step_config_check(regopt_trainer *t)
+{
+    const regopt_optimizer *o = t->opt;
+    regopt_status st = ro_optimizer_validate(o, t->msg);
+    if (st != REGOPT_OK)
+        return st;
+    if ((o->kind == REGOPT_ADAM || o->kind == REGOPT_ADAMW) && o->amsgrad &&
+        t->per_element < 3)
+        return ro_fail(t->msg, REGOPT_ERR_STATE,
+                       "optimizer.amsgrad was switched on after the trainer was created");
+    if (t->loss_kind == REGOPT_LOSS_CALLBACK && !t->loss_fn)
+        return ro_fail(t->msg, REGOPT_ERR_STATE, "the loss is a callback but none is set");
+    return REGOPT_OK;
+}
+
+static void zero_gradients(const regopt_model *m)
+{
+    size_t i;
+    for (i = 0; i < m->n_params; i++)
+        if (m->params[i].grad)
+            ro_zero(m->params[i].grad, m->params[i].count);
+}
+
+#define STAT(t, k) ((t)->stats[(k) - REGOPT_STAT_LOSS])
+
+regopt_status regopt_trainer_step(regopt_trainer *t, const regopt_batch *batches,
+                                  size_t count)
+{
+    double weight = 0.0, loss = 0.0, norm = 0.0, scale, lr;
+    size_t rows, bi;
+    regopt_status st = trainer_check(t, "regopt_trainer_step");
+    if (st != REGOPT_OK)
+        return st;
+    st = step_config_check(t);
+    if (st == REGOPT_OK)
+        st = ro_batches_check(batches, count, t->model, t->loss_kind,
+                              t->loss_kind != REGOPT_LOSS_CALLBACK, &weight, &rows, t->msg);
+    if (st == REGOPT_OK)
+        st = reserve_rows(t, rows);
+    if (st != REGOPT_OK)
+        return st;
+
+    t->forward_calls = t->backward_calls = 0;
+    zero_gradients(t->model);
+    for (bi = 0; bi < count && st == REGOPT_OK; bi++)
+        st = task_pass(t, ro_batch_at(batches, bi), bi, 1.0 / weight, &loss);
+    if (st == REGOPT_OK)
+        st = gradient_norm(t, &norm);
+    if (st != REGOPT_OK)
+        return st;
+
+    /* commit: nothing below can fail */
+    scale = clip_scale(t->opt, norm);
+    lr = t->opt->lr * ro_schedule_factor(t->opt, t->step);
+    apply_update(t, lr, scale);
+    t->step++;
+    STAT(t, REGOPT_STAT_LOSS) = loss;
+    STAT(t, REGOPT_STAT_OBJECTIVE) = loss;
+    STAT(t, REGOPT_STAT_GRAD_NORM) = norm;
+    STAT(t, REGOPT_STAT_CLIP_SCALE) = scale;
+    STAT(t, REGOPT_STAT_LR) = lr;
+    STAT(t, REGOPT_STAT_WEIGHT) = weight;
+    STAT(t, REGOPT_STAT_FORWARD_CALLS) = (double)t->forward_calls;
+    STAT(t, REGOPT_STAT_BACKWARD_CALLS) = (double)t->backward_calls;
+    return REGOPT_OK;
+}
+
+regopt_status regopt_trainer_evaluate(regopt_trainer *t, const regopt_batch *batch,
+                                      double *loss, float *outputs)
+{
+    double weight = 1.0, l = 0.0;
+    size_t rows;
+    regopt_pass p;
+    regopt_status st = trainer_check(t, "regopt_trainer_evaluate");
+    if (st != REGOPT_OK)
+        return st;
+    if (loss && t->loss_kind == REGOPT_LOSS_CALLBACK && !t->loss_fn)
+        return ro_fail(t->msg, REGOPT_ERR_STATE, "the loss is a callback but none is set");
+    st = ro_batches_check(batch, 1, t->model, t->loss_kind,
+                          loss && t->loss_kind != REGOPT_LOSS_CALLBACK, &weight, &rows, t->msg);
+    if (st == REGOPT_OK)
+        st = reserve_rows(t, rows);
+    if (st != REGOPT_OK)
+        return st;
+    pass_init(t, &p, batch, 0, REGOPT_PASS_NO_GRAD, 0);
+    st = call_forward(t, &p);
+    if (st == REGOPT_OK && loss)
+        st = batch_loss(t, batch, t->outputs, 1.0 / weight, NULL, &l);
+    if (st != REGOPT_OK)
+        return st;
+    if (loss)
+        *loss = l;
+    if (outputs)
+        memcpy(outputs, t->outputs, batch->rows * t->model->output_width * sizeof(float));
+    return REGOPT_OK;
+}
