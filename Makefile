@@ -37,7 +37,7 @@ CHECK_LIBS   := $(shell $(PKG_CONFIG) --libs check 2>/dev/null)
 SRC  := $(wildcard src/*.c)
 OBJ  := $(patsubst src/%.c,build/obj/%.o,$(SRC))
 TEST_SRC := $(filter-out test/header_c99.c,$(wildcard test/check_*.c))
-EXAMPLES := examples/mlp
+EXAMPLES := examples/mlp examples/minimal
 APP_CFLAGS := -std=c11 $(WARN) -Iinclude
 RPATH := -Wl,-rpath,$(abspath lib)
 
@@ -80,10 +80,11 @@ test/check_regopt: $(TEST_SRC) test/tests.h $(STLIB)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(APP_CFLAGS) $(CHECK_CFLAGS) -Isrc $(TEST_SRC) -o $@ \
 	    $(STLIB) $(CHECK_LIBS) -lm
 
-test/header_c99: test/header_c99.c include/regopt.h
-	$(CC) -std=c99 -pedantic-errors $(WARN) -Iinclude $< -o $@
-test/header_cxx: test/header_cxx.cpp include/regopt.h
-	$(CXX) -std=c++11 -pedantic-errors $(WARN) -Iinclude $< -o $@
+# The header alone, as strict C99 and as C++, linked to the shared library.
+test/header_c99: test/header_c99.c include/regopt.h lib
+	$(CC) -std=c99 -pedantic-errors $(WARN) -Iinclude $< -o $@ -Llib -lregopt $(RPATH)
+test/header_cxx: test/header_cxx.cpp include/regopt.h lib
+	$(CXX) -std=c++11 -pedantic-errors $(WARN) -Iinclude $< -o $@ -Llib -lregopt $(RPATH)
 
 deps:
 	@sh scripts/install-deps.sh
@@ -92,6 +93,7 @@ run-check: all test/header_c99 test/header_cxx
 	./test/header_c99
 	./test/header_cxx
 	sh test/check_symbols.sh $(SHLIB) $(SONAME)
+	./examples/minimal
 	./examples/mlp --data data/digits.csv --min-test-acc 0.95 --quiet
 	./test/check_regopt
 

@@ -606,7 +606,9 @@ REGOPT_API regopt_status regopt_trainer_set_loss_callback(
 REGOPT_API regopt_status regopt_trainer_reserve(regopt_trainer *trainer,
                                                 size_t max_rows);
 
-/* One training step over `count` micro-batches (see the overview). On any
+/* One training step over `count` micro-batches (see the overview).
+ * batches is an array of `count` descriptors whose stride is batches[0].size,
+ * so hosts built against an older, smaller regopt_batch index correctly. On any
  * failure nothing has changed: parameters, optimizer state, step count and
  * RNG position are as before the call (the gradient buffers hold whatever
  * the failed pass left). */

@@ -177,6 +177,9 @@ static regopt_status trainer_key(const regopt_trainer *t, regopt_key key,
 {
     const ro_key_desc *d = ro_key_find(key);
     int ok = d && (d->owner == RO_OWNER_TRAINER || (readable && d->owner == RO_OWNER_STAT));
+    if (d && d->owner == RO_OWNER_STAT && !readable)
+        return ro_fail((char *)t->msg, REGOPT_ERR_STATE,
+                       "%s is a statistic and cannot be set", d->name);
     if (!ok)
         return ro_fail((char *)t->msg, REGOPT_ERR_UNKNOWN_KEY,
                        "key %d (%s) is not a trainer %s", (int)key,
@@ -310,9 +313,10 @@ const char *regopt_trainer_message(const regopt_trainer *t)
 
 /* ---- the loss ---------------------------------------------------------- */
 
-/* Loss of one batch's outputs, already scaled: returns sum_i c_i l_i with
- * c_i = m_i w_i * inv_weight, and writes c_i dl_i/dz_i into dz (NULL: loss
- * only). Masked rows get a zero gradient whatever their labels hold. */
+/* Loss of one batch's outputs, already scaled: returns inv_weight *
+ * sum_i m_i w_i l_i (accumulated in double), and writes c_i dl_i/dz_i with
+ * c_i = m_i w_i * inv_weight into dz (NULL: loss only). Masked rows get a
+ * zero gradient whatever their labels or outputs hold. */
 static regopt_status batch_loss(regopt_trainer *t, const regopt_batch *b,
                                 const float *z, double inv_weight, float *dz,
                                 double *loss)
@@ -326,28 +330,28 @@ static regopt_status batch_loss(regopt_trainer *t, const regopt_batch *b,
             return ro_fail(t->msg, REGOPT_ERR_LOSS_CALLBACK,
                            "the loss callback returned %d", rc);
         for (i = 0; i < b->rows; i++) {
-            float c = (float)(ro_row_weight(b, i) * inv_weight);
-            if (c != 0.0f)
-                sum += (double)c * t->row_loss[i];
+            float rw = ro_row_weight(b, i), c = (float)(rw * inv_weight);
+            if (rw != 0.0f)
+                sum += (double)rw * t->row_loss[i];
             for (j = 0; j < k; j++)
-                g[i * k + j] = c != 0.0f ? c * g[i * k + j] : 0.0f;
+                g[i * k + j] = rw != 0.0f ? c * g[i * k + j] : 0.0f;
         }
     } else {
         for (i = 0; i < b->rows; i++) {
-            float c = (float)(ro_row_weight(b, i) * inv_weight);
+            float rw = ro_row_weight(b, i), c = (float)(rw * inv_weight);
             float *dzi = dz ? dz + i * k : NULL;
-            if (c == 0.0f) {
+            if (rw == 0.0f) {
                 if (dzi)
                     ro_zero(dzi, k);
                 continue;
             }
-            sum += c * (t->loss_kind == REGOPT_LOSS_MSE
+            sum += rw * (t->loss_kind == REGOPT_LOSS_MSE
                             ? ro_mse_row(z + i * k, b->targets + i * k, k, c, dzi)
                             : ro_softmax_ce_row(z + i * k, k, b->labels[i],
                                                 t->label_smoothing, c, dzi));
         }
     }
-    *loss = sum;
+    *loss = sum * inv_weight;
     return REGOPT_OK;
 }
 

@@ -1,0 +1,19 @@
+/* check_main.c — the one runner of every Check suite. */
+#include "tests.h"
+
+#include <stdlib.h>
+
+int main(void)
+{
+    SRunner *sr = srunner_create(suite_status());
+    int failed;
+    srunner_add_suite(sr, suite_rng());
+    srunner_add_suite(sr, suite_model());
+    srunner_add_suite(sr, suite_loss());
+    srunner_add_suite(sr, suite_optim());
+    srunner_add_suite(sr, suite_trainer());
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,15 @@
+/* tests.h — the Check suites of libregopt, one per source concept. */
+#ifndef REGOPT_TESTS_H
+#define REGOPT_TESTS_H
+
+#include <check.h>
+#include <regopt.h>
+
+Suite *suite_status(void);  /* check_status.c: versions, status codes, keys */
+Suite *suite_rng(void);     /* check_rng.c: Philox known answers, uniform, normal */
+Suite *suite_model(void);   /* check_model.c: registration and its bad inputs */
+Suite *suite_loss(void);    /* check_loss.c: losses, finite differences */
+Suite *suite_optim(void);   /* check_optim.c: optimizers and schedules vs formulas */
+Suite *suite_trainer(void); /* check_trainer.c: steps, accumulation, rollback */
+
+#endif
