@@ -159,11 +159,12 @@ typedef struct ro_update {
     float wd;          /* weight decay of the group */
     float grad_scale;  /* clipping factor applied to the gradient */
     /* SGD */
-    float momentum, dampening;
+    float momentum, one_minus_dampening; /* the latter rounded from double */
     int nesterov;
     int first;         /* momentum buffer not initialised yet */
     /* Adam family */
     float beta1, beta2, eps;
+    float one_minus_beta1, one_minus_beta2; /* rounded from double, as torch */
     float step_size;   /* Adam: lr / (1 - b1^t); RAdam: see optim_adam.c */
     float bc2_sqrt;    /* sqrt(1 - b2^t) */
     int amsgrad;

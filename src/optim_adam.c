@@ -12,6 +12,10 @@ void ro_adam_scalars(ro_update *u, const regopt_optimizer *o, uint64_t t,
     double bc1 = 1.0 - pow(b1, tt), bc2 = 1.0 - pow(b2, tt);
     u->beta1 = (float)b1;
     u->beta2 = (float)b2;
+    /* torch passes 1 - beta as a Python float: round the difference, not
+     * beta (1 - (float)0.999 is off by 1.3e-5 relative) */
+    u->one_minus_beta1 = (float)(1.0 - b1);
+    u->one_minus_beta2 = (float)(1.0 - b2);
     u->eps = (float)o->eps;
     u->amsgrad = o->amsgrad;
     u->bc2_sqrt = (float)sqrt(bc2);
@@ -36,7 +40,7 @@ void ro_adam_update(const ro_update *u, float *w, const float *g, float *m,
                     float *v, float *vmax, size_t n, int decoupled)
 {
     const float b1 = u->beta1, b2 = u->beta2, s = u->grad_scale;
-    const float a1 = 1.0f - b1, a2 = 1.0f - b2;
+    const float a1 = u->one_minus_beta1, a2 = u->one_minus_beta2;
     const float step = u->step_size, bc2s = u->bc2_sqrt, eps = u->eps;
     const float wd = decoupled ? 0.0f : u->wd;
     const float shrink = decoupled ? 1.0f - u->lr * u->wd : 1.0f;
@@ -63,7 +67,7 @@ void ro_radam_update(const ro_update *u, float *w, const float *g, float *m,
                      float *v, size_t n)
 {
     const float b1 = u->beta1, b2 = u->beta2, s = u->grad_scale;
-    const float a1 = 1.0f - b1, a2 = 1.0f - b2, wd = u->wd;
+    const float a1 = u->one_minus_beta1, a2 = u->one_minus_beta2, wd = u->wd;
     const float step = u->step_size, bc2s = u->bc2_sqrt, eps = u->eps;
     size_t i;
     for (i = 0; i < n; i++) {

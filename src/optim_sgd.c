@@ -6,7 +6,7 @@ void ro_sgd_update(const ro_update *u, float *w, const float *g, float *buf,
                    size_t n)
 {
     const float lr = u->lr, wd = u->wd, s = u->grad_scale;
-    const float mu = u->momentum, keep = 1.0f - u->dampening;
+    const float mu = u->momentum, keep = u->one_minus_dampening;
     size_t i;
     if (mu == 0.0f) {
         for (i = 0; i < n; i++)

@@ -172,6 +172,18 @@ regopt_status regopt_optimizer_set_double(regopt_optimizer *o, regopt_key key,
 regopt_status regopt_optimizer_set_int(regopt_optimizer *o, regopt_key key,
                                        int64_t value)
 {
+    const ro_key_desc *d = NULL;
+    regopt_status st = ro_optimizer_check(o, "regopt_optimizer_set_int");
+    if (st == REGOPT_OK)
+        st = find_key(o, key, &d);
+    if (st != REGOPT_OK)
+        return st;
+    /* Compare integers as integers: (double)(2^53 + 1) would round into range. */
+    if (d->type == REGOPT_TYPE_INT &&
+        (value < (int64_t)d->min || value > (int64_t)d->max))
+        return ro_fail(o->msg, REGOPT_ERR_OUT_OF_RANGE,
+                       "%s must be in [%.17g, %.17g], got %lld", d->name, d->min, d->max,
+                       (long long)value);
     return regopt_optimizer_set_double(o, key, (double)value);
 }
 

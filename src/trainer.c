@@ -100,7 +100,6 @@ regopt_trainer *regopt_trainer_create(regopt_model *m, regopt_optimizer *o,
     t->model = m;
     t->opt = o;
     t->loss_kind = REGOPT_LOSS_SOFTMAX_CE;
-    t->stats[REGOPT_STAT_CLIP_SCALE - REGOPT_STAT_LOSS] = 1.0;
     m->bound++;
     o->bound++;
     return t;
@@ -464,7 +463,7 @@ static void apply_update(regopt_trainer *t, double lr, double scale)
     memset(&u, 0, sizeof u);
     u.grad_scale = (float)scale;
     u.momentum = (float)o->momentum;
-    u.dampening = (float)o->dampening;
+    u.one_minus_dampening = (float)(1.0 - o->dampening);
     u.nesterov = o->nesterov;
     u.first = !t->momentum_ready;
     for (i = 0; i < m->n_params; i++) {

@@ -537,7 +537,7 @@ START_TEST(trainer_options_are_checked)
                      REGOPT_ERR_NULL_POINTER);
     /* statistics before any step */
     ck_assert_int_eq(regopt_trainer_get_double(r->t, REGOPT_STAT_CLIP_SCALE, &v), REGOPT_OK);
-    ck_assert_double_eq(v, 1.0);
+    ck_assert_double_eq(v, 0.0);
     ck_assert_int_eq(regopt_trainer_get_double(r->t, REGOPT_STAT_LOSS, &v), REGOPT_OK);
     ck_assert_double_eq(v, 0.0);
     run_close(r);
