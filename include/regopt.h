@@ -66,8 +66,10 @@
  *        forward(slot 0, flags TRAIN, seed s_b)  -> outputs
  *        the library computes the loss and d(loss)/d(outputs)
  *        backward(slot 0, d_outputs)             -> host adds gradients
- *   4. global gradient L2 norm; a non-finite loss or gradient aborts here;
- *   5. clipping (optional) and the optimizer update, fused into one pass per
+ *   4. with data-parallel training, one all-reduce of the gradients
+ *      (regopt_trainer_set_allreduce);
+ *   5. global gradient L2 norm; a non-finite loss or gradient aborts here;
+ *   6. clipping (optional) and the optimizer update, fused into one pass per
  *      tensor; the step count advances.
  *
  * The task loss of a step is the weighted mean over every unmasked row of
@@ -177,7 +179,9 @@ typedef enum regopt_status {
     REGOPT_ERR_BACKWARD = -9,         /* the backward callback returned non-zero */
     REGOPT_ERR_LOSS_CALLBACK = -10,   /* the user loss callback returned non-zero */
     REGOPT_ERR_NONFINITE_LOSS = -11,  /* the loss of a step is NaN or infinite */
-    REGOPT_ERR_NONFINITE_GRADIENT = -12 /* a gradient is NaN or infinite */
+    REGOPT_ERR_NONFINITE_GRADIENT = -12, /* a gradient is NaN or infinite */
+    REGOPT_ERR_ALLREDUCE = -13        /* the all-reduce callback failed, or another
+                                         replica's step failed */
 } regopt_status;
 
 /* Static text naming a status code ("REGOPT_ERR_OUT_OF_RANGE: ..."); an
@@ -331,6 +335,9 @@ typedef struct regopt_pass {
     size_t size;
     const void *batch;        /* regopt_batch.data of the micro-batch */
     size_t rows;              /* rows of this pass */
+    size_t row_offset;        /* the pass covers rows [row_offset, row_offset +
+                                 rows) of the batch; 0 unless a regularizer
+                                 splits batches */
     int32_t slot;             /* activation slot, 0 .. slots-1 */
     uint32_t flags;           /* REGOPT_PASS_* */
     uint64_t seed;            /* dropout seed for this pass */
@@ -600,6 +607,26 @@ REGOPT_API regopt_status regopt_trainer_get_int(const regopt_trainer *trainer,
 REGOPT_API regopt_status regopt_trainer_set_loss_callback(
     regopt_trainer *trainer, regopt_loss_fn fn, void *user,
     regopt_free_fn free_user);
+
+/* Data-parallel training. The callback must sum `count` floats in place
+ * over all replicas (MPI_Allreduce with MPI_SUM, NCCL, ...) and return 0;
+ * anything else fails the step with REGOPT_ERR_ALLREDUCE. Each step calls it
+ * once, after the gradient passes and before the norm, clipping and update,
+ * on one buffer: the gradients scaled by this replica's weight, then the
+ * weight and the weighted loss. The library divides by the summed weight, so
+ * every replica applies the exact global weighted mean, whatever its shard
+ * size or mask. A replica whose passes fail still joins the all-reduce (with
+ * a failure mark) so that its peers never wait forever: they roll back too
+ * and return REGOPT_ERR_ALLREDUCE. Every replica must call step with the
+ * same number of micro-batches. fn NULL: single process (default).
+ * free_user as for regopt_trainer_set_loss_callback. Allocates a buffer of
+ * (trainable elements + 3) floats now, never in the step. */
+typedef int (*regopt_allreduce_fn)(float *buffer, size_t count, void *user);
+
+REGOPT_API regopt_status regopt_trainer_set_allreduce(regopt_trainer *trainer,
+                                                      regopt_allreduce_fn fn,
+                                                      void *user,
+                                                      regopt_free_fn free_user);
 
 /* Size the scratch buffers for batches of up to max_rows rows now, so that
  * not even the first step allocates. Optional. */

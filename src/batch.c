@@ -74,8 +74,8 @@ static regopt_status check_one(const regopt_batch *b, size_t bi,
 
 regopt_status ro_batches_check(const regopt_batch *b, size_t count,
                                const regopt_model *m, int loss_kind,
-                               int need_targets, double *total_weight,
-                               size_t *max_rows, char *msg)
+                               int need_targets, int allow_zero_weight,
+                               double *total_weight, size_t *max_rows, char *msg)
 {
     size_t bi, rows = 0;
     double total = 0.0;
@@ -100,7 +100,7 @@ regopt_status ro_batches_check(const regopt_batch *b, size_t count,
         if (x->rows > rows)
             rows = x->rows;
     }
-    if (!(total > 0.0) || !isfinite(total))
+    if (!isfinite(total) || (!(total > 0.0) && !allow_zero_weight))
         return ro_fail(msg, REGOPT_ERR_INVALID_ARGUMENT,
                        "the batches have no weight: every row is masked or weighted 0 "
                        "(total %g)", total);

@@ -199,11 +199,13 @@ double ro_mse_row(const float *z, const float *t, size_t k, float coef,
 /* ---- batch.c ----------------------------------------------------------- */
 
 /* Validate the batches of one call against the model and loss kind and
- * return the total weight sum_i m_i w_i and the largest row count. */
+ * return the total weight sum_i m_i w_i and the largest row count. A zero
+ * total is an error unless allowed (a data-parallel replica may hold only
+ * padding; the check then happens after the all-reduce). */
 regopt_status ro_batches_check(const regopt_batch *b, size_t count,
                                const regopt_model *m, int loss_kind,
-                               int need_targets, double *total_weight,
-                               size_t *max_rows, char *msg);
+                               int need_targets, int allow_zero_weight,
+                               double *total_weight, size_t *max_rows, char *msg);
 /* The first version's descriptor ends at input_rows: hosts built against it
  * pass at least this many bytes. */
 #define RO_BATCH_V1_SIZE (offsetof(regopt_batch, input_rows) + sizeof(size_t))

@@ -27,6 +27,7 @@ const char *regopt_status_string(regopt_status status)
     case REGOPT_ERR_LOSS_CALLBACK: return "REGOPT_ERR_LOSS_CALLBACK: the loss callback failed";
     case REGOPT_ERR_NONFINITE_LOSS: return "REGOPT_ERR_NONFINITE_LOSS: the loss is NaN or infinite";
     case REGOPT_ERR_NONFINITE_GRADIENT: return "REGOPT_ERR_NONFINITE_GRADIENT: a gradient is NaN or infinite";
+    case REGOPT_ERR_ALLREDUCE: return "REGOPT_ERR_ALLREDUCE: the all-reduce failed, here or on another replica";
     }
     return "unknown status";
 }

@@ -24,6 +24,10 @@ struct regopt_trainer {
     regopt_loss_fn loss_fn;
     void *loss_user;
     regopt_free_fn loss_free;
+    regopt_allreduce_fn allreduce;
+    void *allreduce_user;
+    regopt_free_fn allreduce_free;
+    float *sync;        /* all-reduce buffer: n_trainable + 3 floats */
 
     /* training state */
     uint64_t step;      /* completed updates */
@@ -121,6 +125,9 @@ void regopt_trainer_free(regopt_trainer *t)
         return;
     if (t->loss_free)
         t->loss_free(t->loss_user);
+    if (t->allreduce_free)
+        t->allreduce_free(t->allreduce_user);
+    ro_free(&t->alloc, t->sync);
     if (t->model->magic == RO_MAGIC_MODEL)
         t->model->bound--;
     if (t->opt->magic == RO_MAGIC_OPTIMIZER)
@@ -303,6 +310,28 @@ regopt_status regopt_trainer_set_loss_callback(regopt_trainer *t, regopt_loss_fn
     return REGOPT_OK;
 }
 
+regopt_status regopt_trainer_set_allreduce(regopt_trainer *t, regopt_allreduce_fn fn,
+                                           void *user, regopt_free_fn free_user)
+{
+    regopt_status st = trainer_check(t, "regopt_trainer_set_allreduce");
+    float *buf = NULL;
+    if (st != REGOPT_OK)
+        return st;
+    if (fn && !t->sync) {
+        buf = ro_calloc(&t->alloc, t->model->n_trainable + 3, sizeof(float));
+        if (!buf)
+            return ro_fail(t->msg, REGOPT_ERR_NO_MEMORY,
+                           "out of memory for the all-reduce buffer");
+        t->sync = buf;
+    }
+    if (t->allreduce_free && t->allreduce_user != user)
+        t->allreduce_free(t->allreduce_user);
+    t->allreduce = fn;
+    t->allreduce_user = fn ? user : NULL;
+    t->allreduce_free = fn ? free_user : NULL;
+    return REGOPT_OK;
+}
+
 const char *regopt_trainer_message(const regopt_trainer *t)
 {
     if (!t || t->magic != RO_MAGIC_TRAINER)
@@ -419,6 +448,57 @@ static regopt_status task_pass(regopt_trainer *t, const regopt_batch *b, size_t 
     return call_backward(t, &p);
 }
 
+/* ---- data parallel ----------------------------------------------------- */
+
+/* One all-reduce per step. Layout: [g * weight (trainable elements), weight,
+ * loss * weight, failed]. Scaling by the local weight before the sum and
+ * dividing by the summed weight after it gives every replica the global
+ * weighted mean. A replica whose passes failed (local != OK) still joins, so
+ * no peer blocks, and its mark makes every peer roll back as well. */
+static regopt_status sync_gradients(regopt_trainer *t, regopt_status local,
+                                    double *weight, double *loss)
+{
+    const regopt_model *m = t->model;
+    size_t n = m->n_trainable, i, j;
+    float *buf = t->sync;
+    double w;
+    int rc;
+    if (!t->allreduce)
+        return local;
+    for (i = 0; i < m->n_params; i++) {
+        const ro_param *p = &m->params[i];
+        float s = local == REGOPT_OK ? (float)*weight : 0.0f;
+        if (p->grad)
+            for (j = 0; j < p->count; j++)
+                buf[p->offset + j] = s * p->grad[j];
+    }
+    buf[n] = local == REGOPT_OK ? (float)*weight : 0.0f;
+    buf[n + 1] = local == REGOPT_OK ? (float)(*loss * *weight) : 0.0f;
+    buf[n + 2] = local == REGOPT_OK ? 0.0f : 1.0f;
+    rc = t->allreduce(buf, n + 3, t->allreduce_user);
+    if (local != REGOPT_OK)
+        return local;
+    if (rc != 0)
+        return ro_fail(t->msg, REGOPT_ERR_ALLREDUCE, "the all-reduce callback returned %d", rc);
+    if (buf[n + 2] != 0.0f)
+        return ro_fail(t->msg, REGOPT_ERR_ALLREDUCE,
+                       "the step failed on %g other replica(s)", (double)buf[n + 2]);
+    w = buf[n];
+    if (!(w > 0.0) || !isfinite(w))
+        return ro_fail(t->msg, REGOPT_ERR_INVALID_ARGUMENT,
+                       "the batches of all replicas have no weight (total %g)", w);
+    for (i = 0; i < m->n_params; i++) {
+        const ro_param *p = &m->params[i];
+        float inv = (float)(1.0 / w);
+        if (p->grad)
+            for (j = 0; j < p->count; j++)
+                p->grad[j] = buf[p->offset + j] * inv;
+    }
+    *loss = buf[n + 1] / w;
+    *weight = w;
+    return REGOPT_OK;
+}
+
 /* ---- the update -------------------------------------------------------- */
 
 static regopt_status gradient_norm(regopt_trainer *t, double *norm)
@@ -529,7 +609,8 @@ regopt_status regopt_trainer_step(regopt_trainer *t, const regopt_batch *batches
     st = step_config_check(t);
     if (st == REGOPT_OK)
         st = ro_batches_check(batches, count, t->model, t->loss_kind,
-                              t->loss_kind != REGOPT_LOSS_CALLBACK, &weight, &rows, t->msg);
+                              t->loss_kind != REGOPT_LOSS_CALLBACK, t->allreduce != NULL,
+                              &weight, &rows, t->msg);
     if (st == REGOPT_OK)
         st = reserve_rows(t, rows);
     if (st != REGOPT_OK)
@@ -537,8 +618,11 @@ regopt_status regopt_trainer_step(regopt_trainer *t, const regopt_batch *batches
 
     t->forward_calls = t->backward_calls = 0;
     zero_gradients(t->model);
+    /* a replica may hold only padding: its gradient is then zero */
     for (bi = 0; bi < count && st == REGOPT_OK; bi++)
-        st = task_pass(t, ro_batch_at(batches, bi), bi, 1.0 / weight, &loss);
+        st = task_pass(t, ro_batch_at(batches, bi), bi, weight > 0.0 ? 1.0 / weight : 0.0,
+                       &loss);
+    st = sync_gradients(t, st, &weight, &loss);
     if (st == REGOPT_OK)
         st = gradient_norm(t, &norm);
     if (st != REGOPT_OK)
@@ -572,7 +656,8 @@ regopt_status regopt_trainer_evaluate(regopt_trainer *t, const regopt_batch *bat
     if (loss && t->loss_kind == REGOPT_LOSS_CALLBACK && !t->loss_fn)
         return ro_fail(t->msg, REGOPT_ERR_STATE, "the loss is a callback but none is set");
     st = ro_batches_check(batch, 1, t->model, t->loss_kind,
-                          loss && t->loss_kind != REGOPT_LOSS_CALLBACK, &weight, &rows, t->msg);
+                          loss && t->loss_kind != REGOPT_LOSS_CALLBACK, 0, &weight, &rows,
+                          t->msg);
     if (st == REGOPT_OK)
         st = reserve_rows(t, rows);
     if (st != REGOPT_OK)

@@ -36,6 +36,7 @@ START_TEST(status_codes_are_fixed_and_named)
         {REGOPT_ERR_LOSS_CALLBACK, -10, "REGOPT_ERR_LOSS_CALLBACK"},
         {REGOPT_ERR_NONFINITE_LOSS, -11, "REGOPT_ERR_NONFINITE_LOSS"},
         {REGOPT_ERR_NONFINITE_GRADIENT, -12, "REGOPT_ERR_NONFINITE_GRADIENT"},
+        {REGOPT_ERR_ALLREDUCE, -13, "REGOPT_ERR_ALLREDUCE"},
     };
     size_t i;
     for (i = 0; i < sizeof codes / sizeof codes[0]; i++) {
