@@ -76,8 +76,8 @@
  * every micro-batch: L = sum_i m_i w_i l_i / sum_i m_i w_i, so k micro-batches
  * of n rows give exactly the gradient of one batch of k*n rows.
  * Without regularizers a step makes `count` forward and `count` backward
- * calls, all in slot 0. Regularizers (added by later versions) document their
- * own extra calls.
+ * calls, all in slot 0. Regularizers (regopt_trainer_add_regularizer)
+ * document their own extra calls.
  *
  * Randomness. Dropout seeds (and later the SMART noise) come from Philox4x32-10
  * (Salmon et al., SC'11), a counter-based generator: the seed handed to a pass
@@ -247,6 +247,11 @@ typedef enum regopt_key {
     REGOPT_GROUP_WEIGHT_DECAY = 151, /* "group.weight_decay": [-1, 1e3], default -1 =
                                         use optimizer.weight_decay; 0 = no decay
                                         (biases, normalisation weights) */
+    /* Per parameter group of the trainer (regopt_trainer_set_group). */
+    REGOPT_GROUP_SAM_ADAPTIVE = 152, /* "group.sam_adaptive": int 0/1, default 1: ASAM
+                                        scales this group's tensors by |w| + eta;
+                                        0 = unscaled (SamsungLabs scales weights
+                                        only: set 0 on bias/norm groups) */
 
     /* Trainer (regopt_trainer_set_*), 300..399. */
     REGOPT_TRAINER_LOSS = 300,            /* "trainer.loss": regopt_loss_kind, default
@@ -254,6 +259,43 @@ typedef enum regopt_key {
     REGOPT_TRAINER_LABEL_SMOOTHING = 301, /* "trainer.label_smoothing": [0, 1),
                                              default 0 (torch convention) */
     REGOPT_TRAINER_SEED = 302,            /* "trainer.seed": int, any value, default 0 */
+
+    /* SAM family (regopt_trainer_set_*, after or before adding
+     * REGOPT_REG_SAM), 1000..1099. See "SAM family" below. */
+    REGOPT_SAM_RHO = 1000,          /* "sam.rho": ascent radius (rho_max of GSAM),
+                                       [0, 1e3], default 0.05 (ASAM: 0.5 - 2) */
+    REGOPT_SAM_DELTA = 1001,        /* "sam.delta": added to the norm in the ascent
+                                       denominator, [0, 1], default 1e-12 (use
+                                       >= 1e-7 for half-precision hosts) */
+    REGOPT_SAM_ADAPTIVE = 1002,     /* "sam.adaptive": int 0/1, default 0; 1 = ASAM */
+    REGOPT_SAM_ETA = 1003,          /* "sam.eta": ASAM's T_w = |w| + eta, [0, 1e3],
+                                       default 0.01 (0 = davda54 adaptive=True) */
+    REGOPT_SAM_GSAM = 1004,         /* "sam.gsam": int 0/1, default 0; 1 = GSAM update */
+    REGOPT_SAM_GSAM_ALPHA = 1005,   /* "sam.gsam_alpha": [0, 1e3], default 0.4 */
+    REGOPT_SAM_RHO_MIN = 1006,      /* "sam.rho_min": [0, 1e3], default 0 */
+    REGOPT_SAM_RHO_FOLLOWS_LR = 1007, /* "sam.rho_follows_lr": int 0/1, default 0;
+                                       1 = rho moves with the scheduled lr between
+                                       rho_min and rho (GSAM) */
+    REGOPT_SAM_EVERY = 1008,        /* "sam.every": int [1, 2^31], default 1: make the
+                                       ascent on steps 0, k, 2k, ... only */
+    REGOPT_SAM_M_ROWS = 1009,       /* "sam.m_rows": int [0, 2^31], default 0 = one
+                                       ascent for the whole step; m > 0 =
+                                       m-sharpness: every m rows of each
+                                       micro-batch make their own ascent and the
+                                       perturbed gradients are averaged */
+    REGOPT_SAM_SAME_SEED = 1010,    /* "sam.same_seed": int 0/1, default 1: the
+                                       perturbed pass reuses the clean pass's
+                                       dropout seed (google-research); 0 = a fresh
+                                       seed (davda54) */
+    REGOPT_SAM_ASCENT_WEIGHT_DECAY = 1011, /* "sam.ascent_weight_decay": [0, 1e3],
+                                       default 0: add wd*w to the ascent gradient
+                                       before it is normalised (google-research's
+                                       L2 term in the objective) */
+    REGOPT_SAM_SYNC_ASCENT = 1012,  /* "sam.sync_ascent": int 0/1, default 0: with an
+                                       all-reduce, also average the ascent gradient
+                                       over replicas (default: each replica
+                                       perturbs with its own shard's gradient,
+                                       m-sharpness with m = shard) */
 
     /* Statistics of the last successful step (regopt_trainer_get_double),
      * read-only, 900..999. Before the first step they read 0. */
@@ -265,7 +307,15 @@ typedef enum regopt_key {
     REGOPT_STAT_STEP = 905,       /* "stat.step": completed steps (also readable as int) */
     REGOPT_STAT_WEIGHT = 906,     /* "stat.weight": sum of m_i*w_i over the step's rows */
     REGOPT_STAT_FORWARD_CALLS = 907,  /* "stat.forward_calls" in the last step */
-    REGOPT_STAT_BACKWARD_CALLS = 908  /* "stat.backward_calls" in the last step */
+    REGOPT_STAT_BACKWARD_CALLS = 908, /* "stat.backward_calls" in the last step */
+    REGOPT_STAT_SAM_CLEAN_LOSS = 909,     /* "stat.sam_clean_loss": L(w) */
+    REGOPT_STAT_SAM_PERTURBED_LOSS = 910, /* "stat.sam_perturbed_loss": L(w + eps) */
+    REGOPT_STAT_SAM_SHARPNESS = 911,      /* "stat.sam_sharpness": L(w + eps) - L(w) */
+    REGOPT_STAT_SAM_ASCENT_NORM = 912,    /* "stat.sam_ascent_norm": ||g|| (ASAM:
+                                             ||T_w g||), the ascent denominator */
+    REGOPT_STAT_SAM_RHO = 913,            /* "stat.sam_rho": rho in force */
+    REGOPT_STAT_SAM_APPLIED = 914         /* "stat.sam_applied": 1 if the last step made
+                                             the ascent, 0 for a plain step */
 } regopt_key;
 
 /* Value types reported by regopt_key_info. */
@@ -608,6 +658,67 @@ REGOPT_API regopt_status regopt_trainer_set_loss_callback(
     regopt_trainer *trainer, regopt_loss_fn fn, void *user,
     regopt_free_fn free_user);
 
+/* Per-group trainer keys (REGOPT_GROUP_SAM_ADAPTIVE) for group 0 ..
+ * REGOPT_MAX_GROUPS-1. */
+REGOPT_API regopt_status regopt_trainer_set_group(regopt_trainer *trainer,
+                                                  int32_t group, regopt_key key,
+                                                  double value);
+REGOPT_API regopt_status regopt_trainer_get_group(const regopt_trainer *trainer,
+                                                  int32_t group, regopt_key key,
+                                                  double *value);
+
+/* ------------------------------------------------------------------------ */
+/* Regularizers                                                             */
+/* ------------------------------------------------------------------------ */
+
+/* Regularizers belong to a trainer: they are switched on by kind, and their
+ * options are trainer keys (REGOPT_SAM_* ...), so there is no handle to keep
+ * alive and one checkpoint holds everything. They compose: a loss-side
+ * regularizer runs inside each gradient evaluation, a step-side one (the SAM
+ * family) decides where the gradients are evaluated.
+ *
+ * SAM family (REGOPT_REG_SAM; Foret et al. 2021, Alg. 1; ASAM, Kwon et al.
+ * 2021; GSAM, Zhuang et al. 2022). A SAM step, with g the gradient of the
+ * step's loss over all its micro-batches (so gradient accumulation works):
+ *   1. clean passes: forward/backward of every micro-batch at w (flags
+ *      TRAIN) -> g, L(w). With sam.sync_ascent, g is all-reduced.
+ *   2. ascent: a = g + ascent_weight_decay * w, T = |w| + eta for ASAM
+ *      tensors (1 otherwise), eps = rho * T^2 a / (||T a|| + delta), where the
+ *      norm is ONE global L2 norm over every trainable tensor. If ||T a|| = 0
+ *      there is no ascent: the step is a plain step on g.
+ *   3. w is saved, w += eps; perturbed passes: forward/backward of every
+ *      micro-batch (flags TRAIN | PERTURBED_WEIGHTS, so hosts freeze
+ *      batch-norm statistics; dropout seed: sam.same_seed) -> g_p, L(w + eps).
+ *   4. w is restored by copy (bit-exact), whatever happened in 3.
+ *   5. GSAM: g_perp = g - <g, u> u with u = g_p / (||g_p|| + delta); the
+ *      update direction is g_p - alpha * g_perp. Otherwise it is g_p.
+ *   6. the base optimizer steps from the restored w with that gradient (its
+ *      weight decay at the restored w), after the data-parallel all-reduce
+ *      and clipping, exactly as in a plain step.
+ * Callbacks per SAM step: 2 forward and 2 backward per micro-batch, in the
+ * order clean(0..count-1), perturbed(0..count-1), all in slot 0. With
+ * sam.m_rows = m, each micro-batch is cut into chunks of m rows (the last may
+ * be shorter; regopt_pass.row_offset says where a chunk starts), and each
+ * chunk makes steps 1-4 alone: clean(chunk), perturbed(chunk), and the
+ * perturbed gradients of all chunks are summed with the step's loss
+ * weighting, i.e. averaged. Steps where sam.every does not divide the step
+ * count are plain steps (1 forward + 1 backward per micro-batch).
+ * rho in force: sam.rho, or with sam.rho_follows_lr,
+ *   rho_t = rho_min + (rho - rho_min)(lr_t - lr_min)/(lr_max - lr_min)
+ * where lr_max = optimizer.lr and lr_min = optimizer.lr * min_lr_ratio.
+ * Tensors registered without a gradient are never perturbed; tensors whose
+ * gradient a pass leaves at zero get eps = 0. */
+typedef enum regopt_regularizer {
+    REGOPT_REG_SAM = 1
+} regopt_regularizer;
+
+/* Switch a regularizer on (allocating its buffers now, never in a step) or
+ * off. Adding one that is already on returns REGOPT_ERR_STATE. */
+REGOPT_API regopt_status regopt_trainer_add_regularizer(regopt_trainer *trainer,
+                                                        regopt_regularizer kind);
+REGOPT_API regopt_status regopt_trainer_remove_regularizer(regopt_trainer *trainer,
+                                                           regopt_regularizer kind);
+
 /* Data-parallel training. The callback must sum `count` floats in place
  * over all replicas (MPI_Allreduce with MPI_SUM, NCCL, ...) and return 0;
  * anything else fails the step with REGOPT_ERR_ALLREDUCE. Each step calls it
@@ -620,7 +731,7 @@ REGOPT_API regopt_status regopt_trainer_set_loss_callback(
  * and return REGOPT_ERR_ALLREDUCE. Every replica must call step with the
  * same number of micro-batches. fn NULL: single process (default).
  * free_user as for regopt_trainer_set_loss_callback. Allocates a buffer of
- * (trainable elements + 3) floats now, never in the step. */
+ * (trainable elements + 4) floats now, never in the step. */
 typedef int (*regopt_allreduce_fn)(float *buffer, size_t count, void *user);
 
 REGOPT_API regopt_status regopt_trainer_set_allreduce(regopt_trainer *trainer,

@@ -53,9 +53,11 @@ void ro_free(const ro_alloc *a, void *ptr);
 
 enum ro_key_owner {
     RO_OWNER_OPTIMIZER = 1,
-    RO_OWNER_GROUP = 2,
+    RO_OWNER_GROUP = 2,         /* regopt_optimizer_set_group */
     RO_OWNER_TRAINER = 3,
-    RO_OWNER_STAT = 4
+    RO_OWNER_STAT = 4,
+    RO_OWNER_TRAINER_GROUP = 5, /* regopt_trainer_set_group */
+    RO_OWNER_SAM = 6            /* trainer keys of the SAM family */
 };
 
 typedef struct ro_key_desc {
@@ -79,7 +81,7 @@ void ro_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2],
                       uint32_t out[4]);
 
 /* Roles of the passes whose seeds the trainer draws (counter word 3). */
-enum ro_seed_role { RO_SEED_TASK = 1 };
+enum ro_seed_role { RO_SEED_TASK = 1, RO_SEED_SAM_PERTURBED = 2 };
 
 /* The 64-bit dropout seed of one pass: Philox keyed by the trainer seed with
  * counter {step low, step high, micro-batch, role}. */
@@ -145,6 +147,103 @@ regopt_status ro_optimizer_check(const regopt_optimizer *o, const char *func);
 regopt_status ro_optimizer_validate(const regopt_optimizer *o, char *msg);
 /* Elements of optimizer state per trainable element for this config. */
 size_t ro_optimizer_state_per_element(const regopt_optimizer *o);
+
+/* ---- trainer.c --------------------------------------------------------- */
+
+#define RO_N_STATS (REGOPT_STAT_SAM_APPLIED - REGOPT_STAT_LOSS + 1)
+#define RO_STAT(t, k) ((t)->stats[(k) - REGOPT_STAT_LOSS])
+
+/* SAM family configuration (sam.* keys) and buffers. */
+typedef struct ro_sam {
+    int enabled;
+    double rho, delta, eta, gsam_alpha, rho_min, ascent_wd;
+    int adaptive, gsam, rho_follows_lr, same_seed, sync_ascent;
+    int64_t every, m_rows;
+    uint8_t group_adaptive[REGOPT_MAX_GROUPS];
+    float *save;  /* w before the ascent, restored by copy (n_trainable) */
+    float *accum; /* m-sharpness: sum of the chunks' perturbed gradients */
+    float *clean; /* GSAM: the clean gradient */
+} ro_sam;
+
+/* What a SAM step measured; committed to the statistics on success. */
+typedef struct ro_sam_result {
+    double clean_loss, perturbed_loss, ascent_norm, rho;
+    int applied;
+} ro_sam_result;
+
+
+struct regopt_trainer {
+    uint32_t magic;
+    ro_alloc alloc;
+    regopt_model *model;
+    regopt_optimizer *opt;
+
+    /* options */
+    int loss_kind;
+    double label_smoothing;
+    uint64_t seed;
+    regopt_loss_fn loss_fn;
+    void *loss_user;
+    regopt_free_fn loss_free;
+    regopt_allreduce_fn allreduce;
+    void *allreduce_user;
+    regopt_free_fn allreduce_free;
+    float *sync;        /* all-reduce buffer: n_trainable + RO_SYNC_EXTRA floats */
+
+    /* training state */
+    uint64_t step;      /* completed updates */
+    int momentum_ready; /* SGD: the momentum buffer holds a value */
+    float *state;       /* optimizer moments, n_trainable * per_element */
+    size_t per_element;
+
+    /* scratch, grown to the largest batch and then reused */
+    size_t cap_rows;
+    float *outputs, *d_outputs, *row_loss;
+
+    size_t forward_calls, backward_calls; /* of the step under way */
+    ro_sam sam;
+    double stats[RO_N_STATS];
+    char msg[RO_MSG_SIZE];
+};
+
+
+regopt_status ro_trainer_check(const regopt_trainer *t, const char *func);
+void ro_zero_gradients(const regopt_model *m);
+/* Forward, loss and backward over rows [r0, r0 + rows) of micro-batch bi
+ * (all rows: r0 = 0, rows = b->rows), adding to the gradients and adding
+ * the loss scaled by inv_weight to *loss. chunk distinguishes the dropout
+ * seeds of several chunks of one micro-batch. */
+regopt_status ro_gradient_rows(regopt_trainer *t, const regopt_batch *b, size_t bi,
+                               size_t r0, size_t rows, double inv_weight,
+                               uint32_t flags, uint32_t role, uint32_t chunk,
+                               double *loss);
+/* Zero the gradients, then ro_gradient_rows over every micro-batch. */
+regopt_status ro_gradient(regopt_trainer *t, const regopt_batch *batches, size_t count,
+                          double inv_weight, uint32_t flags, uint32_t role, double *loss);
+/* The data-parallel all-reduce of the gradients (a no-op without one). */
+regopt_status ro_sync_gradients(regopt_trainer *t, regopt_status local, double *weight,
+                                double *loss, double *loss2);
+/* Floats after the gradients in the all-reduce buffer. */
+#define RO_SYNC_EXTRA 4
+/* The scheduled learning rate of the next update. */
+double ro_trainer_lr(const regopt_trainer *t);
+
+/* ---- sam.c ------------------------------------------------------------- */
+
+void ro_sam_defaults(ro_sam *s);
+/* Allocate what the current SAM options need (idempotent). */
+regopt_status ro_sam_reserve(regopt_trainer *t);
+void ro_sam_release(regopt_trainer *t);
+/* Whether the step under way makes the SAM ascent (sam.every). */
+int ro_sam_due(const regopt_trainer *t);
+regopt_status ro_sam_set(regopt_trainer *t, regopt_key key, double value);
+double ro_sam_get(const regopt_trainer *t, regopt_key key);
+/* Validate SAM options against each other and the trainer. */
+regopt_status ro_sam_validate(regopt_trainer *t, const regopt_batch *b, size_t count);
+/* The final gradient of a SAM step into the gradient buffers, including
+ * every data-parallel synchronisation; weights are restored on return. */
+regopt_status ro_sam_gradient(regopt_trainer *t, const regopt_batch *batches, size_t count,
+                              double *weight, double *loss, ro_sam_result *res);
 
 /* ---- schedule.c -------------------------------------------------------- */
 

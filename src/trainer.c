@@ -9,42 +9,7 @@
 #include <math.h>
 #include <string.h>
 
-#define N_STATS (REGOPT_STAT_BACKWARD_CALLS - REGOPT_STAT_LOSS + 1)
-
-struct regopt_trainer {
-    uint32_t magic;
-    ro_alloc alloc;
-    regopt_model *model;
-    regopt_optimizer *opt;
-
-    /* options */
-    int loss_kind;
-    double label_smoothing;
-    uint64_t seed;
-    regopt_loss_fn loss_fn;
-    void *loss_user;
-    regopt_free_fn loss_free;
-    regopt_allreduce_fn allreduce;
-    void *allreduce_user;
-    regopt_free_fn allreduce_free;
-    float *sync;        /* all-reduce buffer: n_trainable + 3 floats */
-
-    /* training state */
-    uint64_t step;      /* completed updates */
-    int momentum_ready; /* SGD: the momentum buffer holds a value */
-    float *state;       /* optimizer moments, n_trainable * per_element */
-    size_t per_element;
-
-    /* scratch, grown to the largest batch and then reused */
-    size_t cap_rows;
-    float *outputs, *d_outputs, *row_loss;
-
-    size_t forward_calls, backward_calls; /* of the step under way */
-    double stats[N_STATS];
-    char msg[RO_MSG_SIZE];
-};
-
-static regopt_status trainer_check(const regopt_trainer *t, const char *func)
+regopt_status ro_trainer_check(const regopt_trainer *t, const char *func)
 {
     if (!t)
         return ro_fail_tls(REGOPT_ERR_NULL_POINTER, "%s: trainer is NULL", func);
@@ -104,6 +69,7 @@ regopt_trainer *regopt_trainer_create(regopt_model *m, regopt_optimizer *o,
     t->model = m;
     t->opt = o;
     t->loss_kind = REGOPT_LOSS_SOFTMAX_CE;
+    ro_sam_defaults(&t->sam);
     m->bound++;
     o->bound++;
     return t;
@@ -133,6 +99,7 @@ void regopt_trainer_free(regopt_trainer *t)
     if (t->opt->magic == RO_MAGIC_OPTIMIZER)
         t->opt->bound--;
     free_scratch(t);
+    ro_sam_release(t);
     ro_free(&t->alloc, t->state);
     a = t->alloc;
     t->magic = RO_MAGIC_DEAD;
@@ -167,7 +134,7 @@ static regopt_status reserve_rows(regopt_trainer *t, size_t rows)
 
 regopt_status regopt_trainer_reserve(regopt_trainer *t, size_t max_rows)
 {
-    regopt_status st = trainer_check(t, "regopt_trainer_reserve");
+    regopt_status st = ro_trainer_check(t, "regopt_trainer_reserve");
     if (st != REGOPT_OK)
         return st;
     if (max_rows == 0 || max_rows > ((size_t)1 << 40) / t->model->output_width)
@@ -182,7 +149,8 @@ static regopt_status trainer_key(const regopt_trainer *t, regopt_key key,
                                  int readable, const ro_key_desc **out)
 {
     const ro_key_desc *d = ro_key_find(key);
-    int ok = d && (d->owner == RO_OWNER_TRAINER || (readable && d->owner == RO_OWNER_STAT));
+    int ok = d && (d->owner == RO_OWNER_TRAINER || d->owner == RO_OWNER_SAM ||
+                   (readable && d->owner == RO_OWNER_STAT));
     if (d && d->owner == RO_OWNER_STAT && !readable)
         return ro_fail((char *)t->msg, REGOPT_ERR_STATE,
                        "%s is a statistic and cannot be set", d->name);
@@ -217,6 +185,8 @@ static regopt_status set_value(regopt_trainer *t, regopt_key key, double dv,
     st = ro_key_check(d, dv, t->msg);
     if (st != REGOPT_OK)
         return st;
+    if (d->owner == RO_OWNER_SAM)
+        return ro_sam_set(t, key, dv);
     if (key == REGOPT_TRAINER_LOSS) {
         if (dv == REGOPT_LOSS_CALLBACK && !t->loss_fn)
             return ro_fail(t->msg, REGOPT_ERR_STATE,
@@ -230,13 +200,13 @@ static regopt_status set_value(regopt_trainer *t, regopt_key key, double dv,
 
 regopt_status regopt_trainer_set_double(regopt_trainer *t, regopt_key key, double value)
 {
-    regopt_status st = trainer_check(t, "regopt_trainer_set_double");
+    regopt_status st = ro_trainer_check(t, "regopt_trainer_set_double");
     return st == REGOPT_OK ? set_value(t, key, value, 0, 0) : st;
 }
 
 regopt_status regopt_trainer_set_int(regopt_trainer *t, regopt_key key, int64_t value)
 {
-    regopt_status st = trainer_check(t, "regopt_trainer_set_int");
+    regopt_status st = ro_trainer_check(t, "regopt_trainer_set_int");
     return st == REGOPT_OK ? set_value(t, key, 0.0, value, 1) : st;
 }
 
@@ -244,7 +214,7 @@ static regopt_status get_value(const regopt_trainer *t, regopt_key key,
                                double *dv, int64_t *iv, const char *func)
 {
     const ro_key_desc *d = NULL;
-    regopt_status st = trainer_check(t, func);
+    regopt_status st = ro_trainer_check(t, func);
     if (st == REGOPT_OK && !dv && !iv)
         st = ro_fail((char *)t->msg, REGOPT_ERR_NULL_POINTER, "%s: value is NULL", func);
     if (st == REGOPT_OK)
@@ -268,6 +238,7 @@ static regopt_status get_value(const regopt_trainer *t, regopt_key key,
     {
         double v = key == REGOPT_TRAINER_LOSS              ? (double)t->loss_kind
                    : key == REGOPT_TRAINER_LABEL_SMOOTHING ? t->label_smoothing
+                   : d->owner == RO_OWNER_SAM              ? ro_sam_get(t, key)
                                                            : t->stats[key - REGOPT_STAT_LOSS];
         if (iv)
             *iv = (int64_t)v;
@@ -298,7 +269,7 @@ regopt_status regopt_trainer_get_int(const regopt_trainer *t, regopt_key key,
 regopt_status regopt_trainer_set_loss_callback(regopt_trainer *t, regopt_loss_fn fn,
                                                void *user, regopt_free_fn free_user)
 {
-    regopt_status st = trainer_check(t, "regopt_trainer_set_loss_callback");
+    regopt_status st = ro_trainer_check(t, "regopt_trainer_set_loss_callback");
     if (st != REGOPT_OK)
         return st;
     if (t->loss_free && t->loss_user != user)
@@ -313,12 +284,12 @@ regopt_status regopt_trainer_set_loss_callback(regopt_trainer *t, regopt_loss_fn
 regopt_status regopt_trainer_set_allreduce(regopt_trainer *t, regopt_allreduce_fn fn,
                                            void *user, regopt_free_fn free_user)
 {
-    regopt_status st = trainer_check(t, "regopt_trainer_set_allreduce");
+    regopt_status st = ro_trainer_check(t, "regopt_trainer_set_allreduce");
     float *buf = NULL;
     if (st != REGOPT_OK)
         return st;
     if (fn && !t->sync) {
-        buf = ro_calloc(&t->alloc, t->model->n_trainable + 3, sizeof(float));
+        buf = ro_calloc(&t->alloc, t->model->n_trainable + RO_SYNC_EXTRA, sizeof(float));
         if (!buf)
             return ro_fail(t->msg, REGOPT_ERR_NO_MEMORY,
                            "out of memory for the all-reduce buffer");
@@ -329,6 +300,84 @@ regopt_status regopt_trainer_set_allreduce(regopt_trainer *t, regopt_allreduce_f
     t->allreduce = fn;
     t->allreduce_user = fn ? user : NULL;
     t->allreduce_free = fn ? free_user : NULL;
+    return REGOPT_OK;
+}
+
+static regopt_status trainer_group_key(const regopt_trainer *t, int32_t group,
+                                       regopt_key key, const ro_key_desc **out)
+{
+    const ro_key_desc *d = ro_key_find(key);
+    if (!d || d->owner != RO_OWNER_TRAINER_GROUP)
+        return ro_fail((char *)t->msg, REGOPT_ERR_UNKNOWN_KEY,
+                       "key %d (%s) is not a trainer group key", (int)key,
+                       d ? d->name : "unknown");
+    if (group < 0 || group >= REGOPT_MAX_GROUPS)
+        return ro_fail((char *)t->msg, REGOPT_ERR_OUT_OF_RANGE,
+                       "group must be in [0, %d], got %d", REGOPT_MAX_GROUPS - 1, (int)group);
+    *out = d;
+    return REGOPT_OK;
+}
+
+regopt_status regopt_trainer_set_group(regopt_trainer *t, int32_t group, regopt_key key,
+                                       double value)
+{
+    const ro_key_desc *d = NULL;
+    regopt_status st = ro_trainer_check(t, "regopt_trainer_set_group");
+    if (st == REGOPT_OK)
+        st = trainer_group_key(t, group, key, &d);
+    if (st == REGOPT_OK)
+        st = ro_key_check(d, value, t->msg);
+    if (st == REGOPT_OK)
+        t->sam.group_adaptive[group] = (uint8_t)value;
+    return st;
+}
+
+regopt_status regopt_trainer_get_group(const regopt_trainer *t, int32_t group,
+                                       regopt_key key, double *value)
+{
+    const ro_key_desc *d = NULL;
+    regopt_status st = ro_trainer_check(t, "regopt_trainer_get_group");
+    if (st == REGOPT_OK && !value)
+        st = ro_fail((char *)t->msg, REGOPT_ERR_NULL_POINTER,
+                     "regopt_trainer_get_group: value is NULL");
+    if (st == REGOPT_OK)
+        st = trainer_group_key(t, group, key, &d);
+    if (st == REGOPT_OK)
+        *value = t->sam.group_adaptive[group];
+    return st;
+}
+
+regopt_status regopt_trainer_add_regularizer(regopt_trainer *t, regopt_regularizer kind)
+{
+    regopt_status st = ro_trainer_check(t, "regopt_trainer_add_regularizer");
+    if (st != REGOPT_OK)
+        return st;
+    if (kind != REGOPT_REG_SAM)
+        return ro_fail(t->msg, REGOPT_ERR_INVALID_ARGUMENT, "unknown regularizer kind %d",
+                       (int)kind);
+    if (t->sam.enabled)
+        return ro_fail(t->msg, REGOPT_ERR_STATE, "the SAM regularizer is already on");
+    t->sam.enabled = 1;
+    st = ro_sam_reserve(t);
+    if (st != REGOPT_OK) {
+        t->sam.enabled = 0;
+        ro_sam_release(t);
+    }
+    return st;
+}
+
+regopt_status regopt_trainer_remove_regularizer(regopt_trainer *t, regopt_regularizer kind)
+{
+    regopt_status st = ro_trainer_check(t, "regopt_trainer_remove_regularizer");
+    if (st != REGOPT_OK)
+        return st;
+    if (kind != REGOPT_REG_SAM)
+        return ro_fail(t->msg, REGOPT_ERR_INVALID_ARGUMENT, "unknown regularizer kind %d",
+                       (int)kind);
+    if (!t->sam.enabled)
+        return ro_fail(t->msg, REGOPT_ERR_STATE, "the SAM regularizer is not on");
+    t->sam.enabled = 0;
+    ro_sam_release(t);
     return REGOPT_OK;
 }
 
@@ -425,19 +474,38 @@ static regopt_status call_backward(regopt_trainer *t, regopt_pass *p)
     return REGOPT_OK;
 }
 
-/* Forward, loss and backward of one micro-batch; adds its share of the
- * step's loss to *loss. */
-static regopt_status task_pass(regopt_trainer *t, const regopt_batch *b, size_t bi,
-                               double inv_weight, double *loss)
+/* A view of rows [r0, r0 + rows) of a batch: same host data, shifted
+ * per-row arrays, so the loss code never needs to know about chunks. */
+static void batch_rows(regopt_batch *v, const regopt_batch *b, size_t r0, size_t rows,
+                       size_t k)
+{
+    regopt_batch_init(v);
+    v->data = b->data;
+    v->rows = rows;
+    v->labels = b->labels ? b->labels + r0 : NULL;
+    v->targets = b->targets ? b->targets + r0 * k : NULL;
+    v->mask = b->mask ? b->mask + r0 : NULL;
+    v->weights = b->weights ? b->weights + r0 : NULL;
+    v->input_rows = b->input_rows && b->input_rows != b->rows
+                        ? b->input_rows / b->rows * rows : 0;
+}
+
+regopt_status ro_gradient_rows(regopt_trainer *t, const regopt_batch *b, size_t bi,
+                               size_t r0, size_t rows, double inv_weight,
+                               uint32_t flags, uint32_t role, uint32_t chunk,
+                               double *loss)
 {
     regopt_pass p;
-    double l;
+    regopt_batch v;
+    double l = 0.0;
     regopt_status st;
-    uint64_t seed = ro_pass_seed(t->seed, t->step, (uint32_t)bi, RO_SEED_TASK);
-    pass_init(t, &p, b, bi, REGOPT_PASS_TRAIN, seed);
+    uint64_t seed = ro_pass_seed(t->seed, t->step, (uint32_t)bi, role | (chunk << 8));
+    batch_rows(&v, b, r0, rows, t->model->output_width);
+    pass_init(t, &p, &v, bi, flags, seed);
+    p.row_offset = r0;
     st = call_forward(t, &p);
     if (st == REGOPT_OK)
-        st = batch_loss(t, b, t->outputs, inv_weight, t->d_outputs, &l);
+        st = batch_loss(t, &v, t->outputs, inv_weight, t->d_outputs, &l);
     if (st == REGOPT_OK && !isfinite(l))
         st = ro_fail(t->msg, REGOPT_ERR_NONFINITE_LOSS,
                      "the loss of micro-batch %zu is %g", bi, l);
@@ -448,15 +516,28 @@ static regopt_status task_pass(regopt_trainer *t, const regopt_batch *b, size_t 
     return call_backward(t, &p);
 }
 
+regopt_status ro_gradient(regopt_trainer *t, const regopt_batch *batches, size_t count,
+                          double inv_weight, uint32_t flags, uint32_t role, double *loss)
+{
+    regopt_status st = REGOPT_OK;
+    size_t bi;
+    ro_zero_gradients(t->model);
+    for (bi = 0; bi < count && st == REGOPT_OK; bi++) {
+        const regopt_batch *b = ro_batch_at(batches, bi);
+        st = ro_gradient_rows(t, b, bi, 0, b->rows, inv_weight, flags, role, 0, loss);
+    }
+    return st;
+}
+
 /* ---- data parallel ----------------------------------------------------- */
 
 /* One all-reduce per step. Layout: [g * weight (trainable elements), weight,
- * loss * weight, failed]. Scaling by the local weight before the sum and
+ * loss * weight, loss2 * weight, failed]. Scaling by the local weight before the sum and
  * dividing by the summed weight after it gives every replica the global
  * weighted mean. A replica whose passes failed (local != OK) still joins, so
  * no peer blocks, and its mark makes every peer roll back as well. */
-static regopt_status sync_gradients(regopt_trainer *t, regopt_status local,
-                                    double *weight, double *loss)
+regopt_status ro_sync_gradients(regopt_trainer *t, regopt_status local, double *weight,
+                                double *loss, double *loss2)
 {
     const regopt_model *m = t->model;
     size_t n = m->n_trainable, i, j;
@@ -474,15 +555,16 @@ static regopt_status sync_gradients(regopt_trainer *t, regopt_status local,
     }
     buf[n] = local == REGOPT_OK ? (float)*weight : 0.0f;
     buf[n + 1] = local == REGOPT_OK ? (float)(*loss * *weight) : 0.0f;
-    buf[n + 2] = local == REGOPT_OK ? 0.0f : 1.0f;
-    rc = t->allreduce(buf, n + 3, t->allreduce_user);
+    buf[n + 2] = local == REGOPT_OK && loss2 ? (float)(*loss2 * *weight) : 0.0f;
+    buf[n + 3] = local == REGOPT_OK ? 0.0f : 1.0f;
+    rc = t->allreduce(buf, n + RO_SYNC_EXTRA, t->allreduce_user);
     if (local != REGOPT_OK)
         return local;
     if (rc != 0)
         return ro_fail(t->msg, REGOPT_ERR_ALLREDUCE, "the all-reduce callback returned %d", rc);
-    if (buf[n + 2] != 0.0f)
+    if (buf[n + 3] != 0.0f)
         return ro_fail(t->msg, REGOPT_ERR_ALLREDUCE,
-                       "the step failed on %g other replica(s)", (double)buf[n + 2]);
+                       "the step failed on %g other replica(s)", (double)buf[n + 3]);
     w = buf[n];
     if (!(w > 0.0) || !isfinite(w))
         return ro_fail(t->msg, REGOPT_ERR_INVALID_ARGUMENT,
@@ -495,6 +577,8 @@ static regopt_status sync_gradients(regopt_trainer *t, regopt_status local,
                 p->grad[j] = buf[p->offset + j] * inv;
     }
     *loss = buf[n + 1] / w;
+    if (loss2)
+        *loss2 = buf[n + 2] / w;
     *weight = w;
     return REGOPT_OK;
 }
@@ -588,7 +672,7 @@ static regopt_status step_config_check(regopt_trainer *t)
     return REGOPT_OK;
 }
 
-static void zero_gradients(const regopt_model *m)
+void ro_zero_gradients(const regopt_model *m)
 {
     size_t i;
     for (i = 0; i < m->n_params; i++)
@@ -596,14 +680,30 @@ static void zero_gradients(const regopt_model *m)
             ro_zero(m->params[i].grad, m->params[i].count);
 }
 
-#define STAT(t, k) ((t)->stats[(k) - REGOPT_STAT_LOSS])
+
+double ro_trainer_lr(const regopt_trainer *t)
+{
+    return t->opt->lr * ro_schedule_factor(t->opt, t->step);
+}
+
+static void commit_sam_stats(regopt_trainer *t, const ro_sam_result *r)
+{
+    RO_STAT(t, REGOPT_STAT_SAM_CLEAN_LOSS) = r->clean_loss;
+    RO_STAT(t, REGOPT_STAT_SAM_PERTURBED_LOSS) = r->perturbed_loss;
+    RO_STAT(t, REGOPT_STAT_SAM_SHARPNESS) = r->perturbed_loss - r->clean_loss;
+    RO_STAT(t, REGOPT_STAT_SAM_ASCENT_NORM) = r->ascent_norm;
+    RO_STAT(t, REGOPT_STAT_SAM_RHO) = r->rho;
+    RO_STAT(t, REGOPT_STAT_SAM_APPLIED) = r->applied;
+}
 
 regopt_status regopt_trainer_step(regopt_trainer *t, const regopt_batch *batches,
                                   size_t count)
 {
     double weight = 0.0, loss = 0.0, norm = 0.0, scale, lr;
-    size_t rows, bi;
-    regopt_status st = trainer_check(t, "regopt_trainer_step");
+    size_t rows;
+    int sam = 0;
+    ro_sam_result res;
+    regopt_status st = ro_trainer_check(t, "regopt_trainer_step");
     if (st != REGOPT_OK)
         return st;
     st = step_config_check(t);
@@ -611,18 +711,26 @@ regopt_status regopt_trainer_step(regopt_trainer *t, const regopt_batch *batches
         st = ro_batches_check(batches, count, t->model, t->loss_kind,
                               t->loss_kind != REGOPT_LOSS_CALLBACK, t->allreduce != NULL,
                               &weight, &rows, t->msg);
+    if (st == REGOPT_OK && t->sam.enabled) {
+        sam = ro_sam_due(t);
+        st = ro_sam_validate(t, batches, count);
+    }
     if (st == REGOPT_OK)
         st = reserve_rows(t, rows);
     if (st != REGOPT_OK)
         return st;
 
     t->forward_calls = t->backward_calls = 0;
-    zero_gradients(t->model);
-    /* a replica may hold only padding: its gradient is then zero */
-    for (bi = 0; bi < count && st == REGOPT_OK; bi++)
-        st = task_pass(t, ro_batch_at(batches, bi), bi, weight > 0.0 ? 1.0 / weight : 0.0,
-                       &loss);
-    st = sync_gradients(t, st, &weight, &loss);
+    memset(&res, 0, sizeof res);
+    if (sam) {
+        st = ro_sam_gradient(t, batches, count, &weight, &loss, &res);
+    } else {
+        /* a replica may hold only padding: its gradient is then zero */
+        st = ro_gradient(t, batches, count, weight > 0.0 ? 1.0 / weight : 0.0,
+                         REGOPT_PASS_TRAIN, RO_SEED_TASK, &loss);
+        st = ro_sync_gradients(t, st, &weight, &loss, NULL);
+        res.clean_loss = res.perturbed_loss = loss;
+    }
     if (st == REGOPT_OK)
         st = gradient_norm(t, &norm);
     if (st != REGOPT_OK)
@@ -630,17 +738,19 @@ regopt_status regopt_trainer_step(regopt_trainer *t, const regopt_batch *batches
 
     /* commit: nothing below can fail */
     scale = clip_scale(t->opt, norm);
-    lr = t->opt->lr * ro_schedule_factor(t->opt, t->step);
+    lr = ro_trainer_lr(t);
     apply_update(t, lr, scale);
     t->step++;
-    STAT(t, REGOPT_STAT_LOSS) = loss;
-    STAT(t, REGOPT_STAT_OBJECTIVE) = loss;
-    STAT(t, REGOPT_STAT_GRAD_NORM) = norm;
-    STAT(t, REGOPT_STAT_CLIP_SCALE) = scale;
-    STAT(t, REGOPT_STAT_LR) = lr;
-    STAT(t, REGOPT_STAT_WEIGHT) = weight;
-    STAT(t, REGOPT_STAT_FORWARD_CALLS) = (double)t->forward_calls;
-    STAT(t, REGOPT_STAT_BACKWARD_CALLS) = (double)t->backward_calls;
+    RO_STAT(t, REGOPT_STAT_LOSS) = loss;
+    RO_STAT(t, REGOPT_STAT_OBJECTIVE) = sam ? res.perturbed_loss : loss;
+    RO_STAT(t, REGOPT_STAT_GRAD_NORM) = norm;
+    RO_STAT(t, REGOPT_STAT_CLIP_SCALE) = scale;
+    RO_STAT(t, REGOPT_STAT_LR) = lr;
+    RO_STAT(t, REGOPT_STAT_WEIGHT) = weight;
+    RO_STAT(t, REGOPT_STAT_FORWARD_CALLS) = (double)t->forward_calls;
+    RO_STAT(t, REGOPT_STAT_BACKWARD_CALLS) = (double)t->backward_calls;
+    if (t->sam.enabled)
+        commit_sam_stats(t, &res);
     return REGOPT_OK;
 }
 
@@ -650,7 +760,7 @@ regopt_status regopt_trainer_evaluate(regopt_trainer *t, const regopt_batch *bat
     double weight = 1.0, l = 0.0;
     size_t rows;
     regopt_pass p;
-    regopt_status st = trainer_check(t, "regopt_trainer_evaluate");
+    regopt_status st = ro_trainer_check(t, "regopt_trainer_evaluate");
     if (st != REGOPT_OK)
         return st;
     if (loss && t->loss_kind == REGOPT_LOSS_CALLBACK && !t->loss_fn)

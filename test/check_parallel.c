@@ -115,7 +115,7 @@ static void comm_open(comm *c)
 {
     memset(c, 0, sizeof *c);
     pthread_barrier_init(&c->bar, NULL, R);
-    c->sum = calloc(TH_D * TH_K + TH_K + 3, sizeof(float));
+    c->sum = calloc(TH_D * TH_K + TH_K + 4, sizeof(float));
     c->fail_rank = -1;
 }
 

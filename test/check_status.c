@@ -82,7 +82,13 @@ static const regopt_key all_keys[] = {
     REGOPT_GROUP_WEIGHT_DECAY, REGOPT_TRAINER_LOSS, REGOPT_TRAINER_LABEL_SMOOTHING,
     REGOPT_TRAINER_SEED, REGOPT_STAT_LOSS, REGOPT_STAT_OBJECTIVE, REGOPT_STAT_GRAD_NORM,
     REGOPT_STAT_CLIP_SCALE, REGOPT_STAT_LR, REGOPT_STAT_STEP, REGOPT_STAT_WEIGHT,
-    REGOPT_STAT_FORWARD_CALLS, REGOPT_STAT_BACKWARD_CALLS};
+    REGOPT_STAT_FORWARD_CALLS, REGOPT_STAT_BACKWARD_CALLS, REGOPT_GROUP_SAM_ADAPTIVE,
+    REGOPT_SAM_RHO, REGOPT_SAM_DELTA, REGOPT_SAM_ADAPTIVE, REGOPT_SAM_ETA, REGOPT_SAM_GSAM,
+    REGOPT_SAM_GSAM_ALPHA, REGOPT_SAM_RHO_MIN, REGOPT_SAM_RHO_FOLLOWS_LR, REGOPT_SAM_EVERY,
+    REGOPT_SAM_M_ROWS, REGOPT_SAM_SAME_SEED, REGOPT_SAM_ASCENT_WEIGHT_DECAY,
+    REGOPT_SAM_SYNC_ASCENT, REGOPT_STAT_SAM_CLEAN_LOSS, REGOPT_STAT_SAM_PERTURBED_LOSS,
+    REGOPT_STAT_SAM_SHARPNESS, REGOPT_STAT_SAM_ASCENT_NORM, REGOPT_STAT_SAM_RHO,
+    REGOPT_STAT_SAM_APPLIED};
 
 START_TEST(key_values_are_fixed)
 {
@@ -93,6 +99,10 @@ START_TEST(key_values_are_fixed)
     ck_assert_int_eq(REGOPT_TRAINER_SEED, 302);
     ck_assert_int_eq(REGOPT_STAT_LOSS, 900);
     ck_assert_int_eq(REGOPT_STAT_BACKWARD_CALLS, 908);
+    ck_assert_int_eq(REGOPT_SAM_RHO, 1000);
+    ck_assert_int_eq(REGOPT_SAM_SYNC_ASCENT, 1012);
+    ck_assert_int_eq(REGOPT_STAT_SAM_APPLIED, 914);
+    ck_assert_int_eq(REGOPT_REG_SAM, 1);
     ck_assert_int_eq(REGOPT_PASS_NO_PARAM_GRAD, 0x10);
     ck_assert_int_eq(REGOPT_DTYPE_FLOAT32, 1);
     ck_assert_int_eq(REGOPT_RADAM, 4);
@@ -116,7 +126,8 @@ START_TEST(every_key_has_a_name_that_round_trips)
                       lo, hi);
         ck_assert_int_eq(regopt_key_from_name(name, &back), REGOPT_OK);
         ck_assert_int_eq(back, all_keys[i]);
-        ck_assert_int_eq(!!(flags & REGOPT_KEY_READ_ONLY), all_keys[i] >= 900);
+        ck_assert_int_eq(!!(flags & REGOPT_KEY_READ_ONLY),
+                         all_keys[i] >= 900 && all_keys[i] < 1000);
         ck_assert_int_eq(!!(flags & REGOPT_KEY_GROUP),
                          all_keys[i] >= 150 && all_keys[i] < 200);
     }
