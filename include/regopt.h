@@ -97,7 +97,8 @@
  *
  * Threads. The library has no global mutable state. Distinct handles may be
  * used from distinct threads at the same time; one handle must not be used
- * from two threads at once. A model or optimizer shared by several trainers
+ * from two threads at once. Creating or freeing a trainer counts as a use of
+ * its model and optimizer. A model or optimizer shared by several trainers
  * must not be modified while any of them steps.
  *
  * Memory. Constructors take an optional regopt_allocator (NULL: malloc/free).
@@ -199,10 +200,13 @@ REGOPT_API const char *regopt_last_error_message(void);
 /* ------------------------------------------------------------------------ */
 
 /* Optional memory hooks, passed by pointer to constructors and copied.
- * alloc must return memory aligned at least as malloc does, or NULL. The
- * handle frees everything it allocated with the same hooks. Fields are only
- * ever appended. */
+ * Set size = sizeof(regopt_allocator) (fields are only ever appended, and
+ * size tells the library which exist). alloc must return memory aligned at
+ * least as malloc does, or NULL; both functions are required. The handle
+ * frees everything it allocated with the same hooks; a trainer allocates
+ * from its model's hooks. */
 typedef struct regopt_allocator {
+    size_t size;
     void *(*alloc)(size_t size, void *user);
     void (*free)(void *ptr, void *user);
     void *user;
@@ -216,8 +220,11 @@ typedef struct regopt_allocator {
  * appended inside their range. Each key has a name for bindings
  * (regopt_key_from_name), a type (double or integer), bounds and a default
  * (regopt_key_info). Setting a key on a handle it does not apply to returns
- * REGOPT_ERR_UNKNOWN_KEY; a value outside the bounds returns
- * REGOPT_ERR_OUT_OF_RANGE with a message naming key, value and range. */
+ * REGOPT_ERR_UNKNOWN_KEY (setting a statistic on the trainer:
+ * REGOPT_ERR_STATE); a value outside the bounds returns
+ * REGOPT_ERR_OUT_OF_RANGE with a message naming key, value and range.
+ * Reading a double key through a *_get_int function works when the value is
+ * integral, and returns REGOPT_ERR_OUT_OF_RANGE otherwise. */
 typedef enum regopt_key {
     /* Optimizer (regopt_optimizer_set_*), 100..199. */
     REGOPT_OPT_LR = 100,           /* "optimizer.lr": base learning rate, (0, 1e3], default 1e-3 */
@@ -231,7 +238,9 @@ typedef enum regopt_key {
     REGOPT_OPT_BETA1 = 105,        /* "optimizer.beta1": Adam family, [0, 1), default 0.9 */
     REGOPT_OPT_BETA2 = 106,        /* "optimizer.beta2": Adam family, [0, 1), default 0.999 */
     REGOPT_OPT_EPS = 107,          /* "optimizer.eps": Adam family, (0, 1], default 1e-8 */
-    REGOPT_OPT_AMSGRAD = 108,      /* "optimizer.amsgrad": Adam/AdamW, int 0/1, default 0 */
+    REGOPT_OPT_AMSGRAD = 108,      /* "optimizer.amsgrad": Adam/AdamW, int 0/1, default 0;
+                                      set it before regopt_trainer_create (the
+                                      trainer sizes its state then) */
     REGOPT_OPT_SCHEDULE = 120,     /* "optimizer.schedule": regopt_schedule, default CONSTANT */
     REGOPT_OPT_WARMUP_STEPS = 121, /* "optimizer.warmup_steps": int [0, 2^53], default 0 */
     REGOPT_OPT_TOTAL_STEPS = 122,  /* "optimizer.total_steps": int [0, 2^53], default 0;
@@ -258,7 +267,9 @@ typedef enum regopt_key {
                                              SOFTMAX_CE */
     REGOPT_TRAINER_LABEL_SMOOTHING = 301, /* "trainer.label_smoothing": [0, 1),
                                              default 0 (torch convention) */
-    REGOPT_TRAINER_SEED = 302,            /* "trainer.seed": int, any value, default 0 */
+    REGOPT_TRAINER_SEED = 302,            /* "trainer.seed": int, any int64 (read it
+                                             with regopt_trainer_get_int: a double
+                                             holds 53 bits), default 0 */
 
     /* SAM family (regopt_trainer_set_*, after or before adding
      * REGOPT_REG_SAM), 1000..1099. See "SAM family" below. */
@@ -469,8 +480,9 @@ typedef enum regopt_dtype {
 REGOPT_API regopt_model *regopt_model_create(const regopt_allocator *allocator,
                                              regopt_status *status);
 
-/* Release the model and call the free hook of its callbacks. The model must
- * not be bound to a live trainer. NULL is a no-op. */
+/* Release the model and call the free hook of its callbacks. NULL is a
+ * no-op. While a trainer is bound to it nothing is freed (the reason goes to
+ * regopt_last_error_message): free the trainer first. */
 REGOPT_API void regopt_model_free(regopt_model *model);
 
 /* Register one host tensor of `count` elements. name: non-empty, unique in
@@ -550,7 +562,9 @@ typedef enum regopt_optimizer_kind {
  *   LINEAR    f = t < W ? t/W : r + (1-r) * max(0, (T-t)/(T-W))
  *   COSINE    f = t < W ? t/W : r + (1-r) * 0.5*(1 + cos(pi * min(1, (t-W)/(T-W))))
  * With W > 0 the first update therefore uses lr 0, exactly like
- * get_linear_schedule_with_warmup + torch.optim.lr_scheduler.LambdaLR. */
+ * get_linear_schedule_with_warmup + torch.optim.lr_scheduler.LambdaLR.
+ * One deliberate difference: after T steps COSINE holds its floor, where
+ * Hugging Face's formula would rise again. */
 typedef enum regopt_schedule {
     REGOPT_SCHEDULE_CONSTANT = 0,
     REGOPT_SCHEDULE_LINEAR = 1,
@@ -563,9 +577,11 @@ REGOPT_API regopt_optimizer *regopt_optimizer_create(
     regopt_optimizer_kind kind, const regopt_allocator *allocator,
     regopt_status *status);
 
-/* NULL is a no-op. Must not be bound to a live trainer. */
+/* NULL is a no-op. While a trainer is bound to it nothing is freed (the
+ * reason goes to regopt_last_error_message): free the trainer first. */
 REGOPT_API void regopt_optimizer_free(regopt_optimizer *opt);
 
+/* The kind given at creation; 0 for NULL or a handle of another type. */
 REGOPT_API regopt_optimizer_kind
 regopt_optimizer_get_kind(const regopt_optimizer *opt);
 
@@ -593,6 +609,7 @@ REGOPT_API regopt_status regopt_optimizer_get_group(
     const regopt_optimizer *opt, int32_t group, regopt_key key,
     double *value);
 
+/* One-line detail of the optimizer's last failure ("" if none); never NULL. */
 REGOPT_API const char *regopt_optimizer_message(const regopt_optimizer *opt);
 
 /* ------------------------------------------------------------------------ */
@@ -729,7 +746,11 @@ REGOPT_API regopt_status regopt_trainer_remove_regularizer(regopt_trainer *train
  * size or mask. A replica whose passes fail still joins the all-reduce (with
  * a failure mark) so that its peers never wait forever: they roll back too
  * and return REGOPT_ERR_ALLREDUCE. Every replica must call step with the
- * same number of micro-batches. fn NULL: single process (default).
+ * same number of micro-batches. A replica whose step fails validation also
+ * joins (the first all-reduce of the step) with its failure mark. A non-zero
+ * return from the callback itself means the communication broke: the
+ * replicas may then disagree, and the job should stop. fn NULL: single
+ * process (default).
  * free_user as for regopt_trainer_set_loss_callback. Allocates a buffer of
  * (trainable elements + 4) floats now, never in the step. */
 typedef int (*regopt_allreduce_fn)(float *buffer, size_t count, void *user);
@@ -762,6 +783,9 @@ REGOPT_API REGOPT_NODISCARD regopt_status
 regopt_trainer_evaluate(regopt_trainer *trainer, const regopt_batch *batch,
                         double *loss, float *outputs);
 
+/* One-line detail of the trainer's last failure ("" if none); never NULL.
+ * After a failed step it names the cause: the callback and its return
+ * value, the micro-batch, the row, the key and its range, ... */
 REGOPT_API const char *regopt_trainer_message(const regopt_trainer *trainer);
 
 #ifdef __cplusplus

@@ -18,6 +18,10 @@ static void libc_free(void *ptr, void *user)
 
 regopt_status ro_alloc_init(ro_alloc *a, const regopt_allocator *hooks)
 {
+    if (hooks && hooks->size < sizeof(regopt_allocator))
+        return ro_fail_tls(REGOPT_ERR_INVALID_ARGUMENT,
+                           "allocator size is %zu, expected %zu (set size = "
+                           "sizeof(regopt_allocator))", hooks->size, sizeof(regopt_allocator));
     if (hooks && (!hooks->alloc || !hooks->free))
         return ro_fail_tls(REGOPT_ERR_INVALID_ARGUMENT,
                            "allocator must set both alloc and free");

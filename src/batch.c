@@ -58,6 +58,16 @@ static regopt_status check_one(const regopt_batch *b, size_t bi,
                                const regopt_model *m, int loss_kind,
                                int need_targets, char *msg)
 {
+    if (b->size > sizeof(regopt_batch)) {
+        /* from a newer header: fine as long as the fields we do not know are unset */
+        const unsigned char *tail = (const unsigned char *)b + sizeof(regopt_batch);
+        size_t i;
+        for (i = 0; i < b->size - sizeof(regopt_batch); i++)
+            if (tail[i])
+                return ro_fail(msg, REGOPT_ERR_UNSUPPORTED,
+                               "batch %zu sets fields newer than this library (%s)", bi,
+                               REGOPT_VERSION_STRING);
+    }
     if (b->rows == 0)
         return ro_fail(msg, REGOPT_ERR_INVALID_ARGUMENT, "batch %zu: rows is 0", bi);
     if (b->rows > ((size_t)1 << 40) / m->output_width)
@@ -84,7 +94,7 @@ regopt_status ro_batches_check(const regopt_batch *b, size_t count,
     if (count == 0)
         return ro_fail(msg, REGOPT_ERR_INVALID_ARGUMENT, "batch count is 0");
     /* The stride is batches[0].size: check it before indexing the rest. */
-    if (b->size < RO_BATCH_V1_SIZE || b->size > sizeof(regopt_batch))
+    if (b->size < RO_BATCH_V1_SIZE || b->size > 4096)
         return ro_fail(msg, REGOPT_ERR_INVALID_ARGUMENT,
                        "batch 0: size field is %zu, expected %zu (use regopt_batch_init)",
                        b->size, sizeof(regopt_batch));
@@ -100,10 +110,12 @@ regopt_status ro_batches_check(const regopt_batch *b, size_t count,
         if (x->rows > rows)
             rows = x->rows;
     }
-    if (!isfinite(total) || (!(total > 0.0) && !allow_zero_weight))
+    if (!isfinite(total))
         return ro_fail(msg, REGOPT_ERR_INVALID_ARGUMENT,
-                       "the batches have no weight: every row is masked or weighted 0 "
-                       "(total %g)", total);
+                       "the total row weight overflows (%g)", total);
+    if (!(total > 0.0) && !allow_zero_weight)
+        return ro_fail(msg, REGOPT_ERR_INVALID_ARGUMENT,
+                       "the batches have no weight: every row is masked or weighted 0");
     *total_weight = total;
     *max_rows = rows;
     return REGOPT_OK;

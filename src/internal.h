@@ -75,6 +75,10 @@ const ro_key_desc *ro_key_find(regopt_key key);
  * the range. */
 regopt_status ro_key_check(const ro_key_desc *d, double value, char *msg);
 
+/* A double read through a *_get_int call: integral and within int64, or a
+ * clear error (never an undefined conversion). */
+regopt_status ro_to_int64(double v, const char *name, int64_t *out, char *msg);
+
 /* ---- rng.c ------------------------------------------------------------- */
 
 void ro_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2],

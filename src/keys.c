@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define D REGOPT_TYPE_DOUBLE
@@ -35,7 +36,7 @@ static const ro_key_desc key_table[] = {
     {REGOPT_TRAINER_LOSS, "trainer.loss", I, RO_OWNER_TRAINER, 0, 2, 0, 0},
     {REGOPT_TRAINER_LABEL_SMOOTHING, "trainer.label_smoothing", D, RO_OWNER_TRAINER, 0, 1, 0, MAXX},
     {REGOPT_TRAINER_SEED, "trainer.seed", I, RO_OWNER_TRAINER, -9223372036854775808.0,
-     9223372036854775807.0, 0, 0},
+     9223372036854775808.0, 0, MAXX},
     {REGOPT_SAM_RHO, "sam.rho", D, RO_OWNER_SAM, 0, 1e3, 0.05, 0},
     {REGOPT_SAM_DELTA, "sam.delta", D, RO_OWNER_SAM, 0, 1, 1e-12, 0},
     {REGOPT_SAM_ADAPTIVE, "sam.adaptive", I, RO_OWNER_SAM, 0, 1, 0, 0},
@@ -68,6 +69,16 @@ static const ro_key_desc key_table[] = {
 };
 
 #define N_KEYS (sizeof key_table / sizeof key_table[0])
+
+/* The shortest of %.15g / %.17g that reads back as v: "0.1", not
+ * "0.10000000000000001", yet exact when it must be. */
+static const char *fmt(char buf[32], double v)
+{
+    snprintf(buf, 32, "%.15g", v);
+    if (strtod(buf, NULL) != v)
+        snprintf(buf, 32, "%.17g", v);
+    return buf;
+}
 
 const ro_key_desc *ro_key_find(regopt_key key)
 {
@@ -125,13 +136,24 @@ regopt_status ro_key_check(const ro_key_desc *d, double value, char *msg)
                        d->name);
     lo_ok = (d->flags & REGOPT_KEY_MIN_EXCLUSIVE) ? value > d->min : value >= d->min;
     hi_ok = (d->flags & REGOPT_KEY_MAX_EXCLUSIVE) ? value < d->max : value <= d->max;
+    char a[32], b[32], c[32];
     if (!isfinite(value) || !lo_ok || !hi_ok)
-        return ro_fail(msg, REGOPT_ERR_OUT_OF_RANGE, "%s must be in %c%.17g, %.17g%c, got %.17g",
+        return ro_fail(msg, REGOPT_ERR_OUT_OF_RANGE, "%s must be in %c%s, %s%c, got %s",
                        d->name, (d->flags & REGOPT_KEY_MIN_EXCLUSIVE) ? '(' : '[',
-                       d->min, d->max, (d->flags & REGOPT_KEY_MAX_EXCLUSIVE) ? ')' : ']',
-                       value);
+                       fmt(a, d->min), fmt(b, d->max),
+                       (d->flags & REGOPT_KEY_MAX_EXCLUSIVE) ? ')' : ']', fmt(c, value));
     if (d->type == REGOPT_TYPE_INT && value != floor(value))
-        return ro_fail(msg, REGOPT_ERR_OUT_OF_RANGE, "%s takes an integer, got %.17g",
-                       d->name, value);
+        return ro_fail(msg, REGOPT_ERR_OUT_OF_RANGE, "%s takes an integer, got %s", d->name,
+                       fmt(a, value));
+    return REGOPT_OK;
+}
+
+regopt_status ro_to_int64(double v, const char *name, int64_t *out, char *msg)
+{
+    char a[32];
+    if (!(v >= -9223372036854775808.0 && v < 9223372036854775808.0) || v != floor(v))
+        return ro_fail(msg, REGOPT_ERR_OUT_OF_RANGE,
+                       "%s is %s, which is not an int64: read it as a double", name, fmt(a, v));
+    *out = (int64_t)v;
     return REGOPT_OK;
 }

@@ -14,8 +14,13 @@ double ro_softmax_ce_row(const float *z, size_t k, int32_t label, double s,
     for (j = 1; j < k; j++)
         if (z[j] > zmax)
             zmax = z[j];
-    for (j = 0; j < k; j++)
-        sum += exp((double)(z[j] - zmax));
+    /* exp once per logit: kept in dz (when there is one) for the gradient */
+    for (j = 0; j < k; j++) {
+        float e = expf(z[j] - zmax);
+        if (dz)
+            dz[j] = e;
+        sum += e;
+    }
     lse = (double)zmax + log(sum);
     /* l = lse - sum_j q_j z_j with q = (1-s) onehot + s/K */
     if (s > 0.0) {
@@ -25,12 +30,10 @@ double ro_softmax_ce_row(const float *z, size_t k, int32_t label, double s,
     }
     loss = lse - (1.0 - s) * z[label] - s * zbar;
     if (dz) {
-        double uni = s / (double)k;
-        for (j = 0; j < k; j++) {
-            double p = exp((double)z[j] - lse);
-            double q = uni + ((int32_t)j == label ? 1.0 - s : 0.0);
-            dz[j] = (float)(coef * (p - q));
-        }
+        float inv = (float)(1.0 / sum), uni = (float)(s / (double)k);
+        for (j = 0; j < k; j++)
+            dz[j] = coef * (dz[j] * inv - uni);
+        dz[label] -= coef * (float)(1.0 - s);
     }
     return loss;
 }

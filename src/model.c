@@ -59,6 +59,11 @@ void regopt_model_free(regopt_model *m)
     ro_alloc a;
     if (!m || m->magic != RO_MAGIC_MODEL)
         return;
+    if (m->bound) { /* a trainer still calls its callbacks: refuse rather than dangle */
+        ro_fail_tls(REGOPT_ERR_STATE, "regopt_model_free: still bound to %d trainer(s); "
+                    "free them first (nothing was freed)", m->bound);
+        return;
+    }
     if (m->free_user)
         m->free_user(m->user);
     for (i = 0; i < m->n_params; i++)
@@ -95,9 +100,10 @@ static regopt_status check_param(regopt_model *m, const char *name, void *data,
         return ro_fail(m->msg, st, "parameter \"%.64s\": dtype %d is not supported "
                        "(only REGOPT_DTYPE_FLOAT32 = 1)", name, (int)dtype);
     }
-    if (count == 0 || count > SIZE_MAX / sizeof(float))
+    if (count == 0 || count > SIZE_MAX / (4 * sizeof(float)))
         return ro_fail(m->msg, REGOPT_ERR_INVALID_ARGUMENT,
-                       "parameter \"%.64s\": element count must be > 0, got %zu", name, count);
+                       "parameter \"%.64s\": element count %zu is %s", name, count,
+                       count ? "too large" : "zero");
     if (group < 0 || group >= REGOPT_MAX_GROUPS)
         return ro_fail(m->msg, REGOPT_ERR_OUT_OF_RANGE,
                        "parameter \"%.64s\": group must be in [0, %d], got %d", name,

@@ -69,6 +69,11 @@ void regopt_optimizer_free(regopt_optimizer *o)
     ro_alloc a;
     if (!o || o->magic != RO_MAGIC_OPTIMIZER)
         return;
+    if (o->bound) { /* a trainer still reads it: refuse rather than dangle */
+        ro_fail_tls(REGOPT_ERR_STATE, "regopt_optimizer_free: still bound to %d trainer(s); "
+                    "free them first (nothing was freed)", o->bound);
+        return;
+    }
     a = o->alloc;
     o->magic = RO_MAGIC_DEAD;
     ro_free(&a, o);
@@ -221,7 +226,7 @@ regopt_status regopt_optimizer_get_int(const regopt_optimizer *o, regopt_key key
                    : ro_optimizer_check(o, "regopt_optimizer_get_int");
     st = regopt_optimizer_get_double(o, key, &v);
     if (st == REGOPT_OK)
-        *value = (int64_t)v;
+        st = ro_to_int64(v, ro_key_find(key)->name, value, (char *)o->msg);
     return st;
 }
 
@@ -249,6 +254,9 @@ regopt_status regopt_optimizer_set_group(regopt_optimizer *o, int32_t group,
         st = group_key(o, group, key, &d);
     if (st == REGOPT_OK)
         st = ro_key_check(d, value, o->msg);
+    if (st == REGOPT_OK && key == REGOPT_GROUP_WEIGHT_DECAY && value < 0.0 && value != -1.0)
+        st = ro_fail(o->msg, REGOPT_ERR_OUT_OF_RANGE,
+                     "group.weight_decay must be -1 (inherit) or in [0, 1000], got %.17g", value);
     if (st != REGOPT_OK)
         return st;
     if (key == REGOPT_GROUP_LR_SCALE)

@@ -236,14 +236,21 @@ static regopt_status get_value(const regopt_trainer *t, regopt_key key,
         return REGOPT_OK;
     }
     {
-        double v = key == REGOPT_TRAINER_LOSS              ? (double)t->loss_kind
-                   : key == REGOPT_TRAINER_LABEL_SMOOTHING ? t->label_smoothing
-                   : d->owner == RO_OWNER_SAM              ? ro_sam_get(t, key)
-                                                           : t->stats[key - REGOPT_STAT_LOSS];
+        double v;
+        if (key == REGOPT_TRAINER_LOSS)
+            v = (double)t->loss_kind;
+        else if (key == REGOPT_TRAINER_LABEL_SMOOTHING)
+            v = t->label_smoothing;
+        else if (d->owner == RO_OWNER_SAM)
+            v = ro_sam_get(t, key);
+        else if (d->owner == RO_OWNER_STAT && key >= REGOPT_STAT_LOSS &&
+                 key < REGOPT_STAT_LOSS + RO_N_STATS)
+            v = t->stats[key - REGOPT_STAT_LOSS];
+        else /* a trainer key without storage here: a bug, reported as one */
+            return ro_fail((char *)t->msg, REGOPT_ERR_UNKNOWN_KEY, "%s cannot be read", d->name);
         if (iv)
-            *iv = (int64_t)v;
-        else
-            *dv = v;
+            return ro_to_int64(v, d->name, iv, (char *)t->msg);
+        *dv = v;
     }
     return REGOPT_OK;
 }
@@ -272,7 +279,8 @@ regopt_status regopt_trainer_set_loss_callback(regopt_trainer *t, regopt_loss_fn
     regopt_status st = ro_trainer_check(t, "regopt_trainer_set_loss_callback");
     if (st != REGOPT_OK)
         return st;
-    if (t->loss_free && t->loss_user != user)
+    /* release the old user data unless the same one comes back with a callback */
+    if (t->loss_free && (t->loss_user != user || !fn))
         t->loss_free(t->loss_user);
     t->loss_fn = fn;
     t->loss_user = fn ? user : NULL;
@@ -295,7 +303,7 @@ regopt_status regopt_trainer_set_allreduce(regopt_trainer *t, regopt_allreduce_f
                            "out of memory for the all-reduce buffer");
         t->sync = buf;
     }
-    if (t->allreduce_free && t->allreduce_user != user)
+    if (t->allreduce_free && (t->allreduce_user != user || !fn))
         t->allreduce_free(t->allreduce_user);
     t->allreduce = fn;
     t->allreduce_user = fn ? user : NULL;
@@ -548,8 +556,12 @@ regopt_status ro_sync_gradients(regopt_trainer *t, regopt_status local, double *
         return local;
     for (i = 0; i < m->n_params; i++) {
         const ro_param *p = &m->params[i];
-        float s = local == REGOPT_OK ? (float)*weight : 0.0f;
-        if (p->grad)
+        float s = (float)*weight;
+        if (!p->grad)
+            continue;
+        if (local != REGOPT_OK) /* zeros, not 0 * grad: the grad may be inf */
+            ro_zero(buf + p->offset, p->count);
+        else
             for (j = 0; j < p->count; j++)
                 buf[p->offset + j] = s * p->grad[j];
     }
@@ -717,8 +729,13 @@ regopt_status regopt_trainer_step(regopt_trainer *t, const regopt_batch *batches
     }
     if (st == REGOPT_OK)
         st = reserve_rows(t, rows);
-    if (st != REGOPT_OK)
+    if (st != REGOPT_OK) {
+        /* a replica that cannot even start still joins the first all-reduce
+           with its failure mark, so that no peer waits for it forever */
+        if (t->allreduce)
+            (void)ro_sync_gradients(t, st, &weight, &loss, NULL);
         return st;
+    }
 
     t->forward_calls = t->backward_calls = 0;
     memset(&res, 0, sizeof res);
@@ -766,8 +783,8 @@ regopt_status regopt_trainer_evaluate(regopt_trainer *t, const regopt_batch *bat
     if (loss && t->loss_kind == REGOPT_LOSS_CALLBACK && !t->loss_fn)
         return ro_fail(t->msg, REGOPT_ERR_STATE, "the loss is a callback but none is set");
     st = ro_batches_check(batch, 1, t->model, t->loss_kind,
-                          loss && t->loss_kind != REGOPT_LOSS_CALLBACK, 0, &weight, &rows,
-                          t->msg);
+                          loss && t->loss_kind != REGOPT_LOSS_CALLBACK, loss == NULL, &weight,
+                          &rows, t->msg);
     if (st == REGOPT_OK)
         st = reserve_rows(t, rows);
     if (st != REGOPT_OK)

@@ -172,6 +172,13 @@ START_TEST(bound_model_is_frozen)
     ck_assert_int_eq(regopt_model_set_slots(m, 2), REGOPT_ERR_STATE);
     ck_assert_int_eq(regopt_model_set_callbacks(m, noop_pass, noop_pass, NULL, NULL),
                      REGOPT_ERR_STATE);
+    /* freeing a bound model or optimizer is refused, not a crash later */
+    regopt_model_free(m);
+    ck_assert_ptr_nonnull(strstr(regopt_last_error_message(), "still bound"));
+    ck_assert_int_eq(h.freed, 0);
+    regopt_optimizer_free(o);
+    ck_assert_ptr_nonnull(strstr(regopt_last_error_message(), "still bound"));
+    ck_assert_int_eq(regopt_optimizer_get_kind(o), REGOPT_SGD);
     regopt_trainer_free(t);
     /* unbound again */
     ck_assert_int_eq(ADD(m, "c", data, grad, 1, REGOPT_DTYPE_FLOAT32, 0), REGOPT_OK);
@@ -203,7 +210,7 @@ static void count_release(void *p, void *user)
 START_TEST(allocator_hooks_see_everything)
 {
     counting c = {0, 0, 0};
-    regopt_allocator a = {count_alloc, count_release, &c};
+    regopt_allocator a = {sizeof(regopt_allocator), count_alloc, count_release, &c};
     regopt_model *m = regopt_model_create(&a, NULL);
     int i;
     char name[8];
@@ -224,7 +231,7 @@ END_TEST
 START_TEST(out_of_memory_is_reported)
 {
     counting c = {0, 0, 1};
-    regopt_allocator a = {count_alloc, count_release, &c};
+    regopt_allocator a = {sizeof(regopt_allocator), count_alloc, count_release, &c};
     regopt_status st = REGOPT_OK;
     regopt_model *m = regopt_model_create(&a, &st);
     ck_assert_ptr_null(m);

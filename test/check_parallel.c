@@ -195,6 +195,30 @@ START_TEST(a_failing_replica_stops_every_replica)
 }
 END_TEST
 
+/* A replica whose batch fails validation (a label out of range in its
+ * shard only) joins the all-reduce anyway: no peer hangs. */
+START_TEST(a_replica_with_a_bad_batch_does_not_hang_its_peers)
+{
+    comm c;
+    replica rs[R];
+    float w0[TH_D * TH_K];
+    comm_open(&c);
+    replica_open(&rs[0], &c, 0, 0, 6);
+    replica_open(&rs[1], &c, 1, 6, 6);
+    memcpy(w0, rs[0].h.w, sizeof w0);
+    rs[1].y[2] = TH_K; /* out of range */
+    run_replicas(rs, 1);
+    ck_assert_int_eq(rs[1].last, REGOPT_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(rs[0].last, REGOPT_ERR_ALLREDUCE);
+    ck_assert_int_eq(c.calls[0], 1);
+    ck_assert_int_eq(c.calls[1], 1);
+    ck_assert_int_eq(memcmp(w0, rs[0].h.w, sizeof w0), 0);
+    replica_close(&rs[0]);
+    replica_close(&rs[1]);
+    comm_close(&c);
+}
+END_TEST
+
 START_TEST(a_failing_allreduce_is_reported)
 {
     comm c;
@@ -209,7 +233,9 @@ START_TEST(a_failing_allreduce_is_reported)
     ck_assert_int_eq(rs[0].last, REGOPT_ERR_ALLREDUCE);
     ck_assert_ptr_nonnull(strstr(regopt_trainer_message(rs[0].t), "returned 4"));
     ck_assert_int_eq(memcmp(w0, rs[0].h.w, sizeof w0), 0);
-    ck_assert_int_eq(rs[1].last, REGOPT_OK); /* its own callback succeeded */
+    /* its own callback succeeded: the replicas now disagree, which is why the
+       header calls a failing all-reduce callback fatal for the job */
+    ck_assert_int_eq(rs[1].last, REGOPT_OK);
     replica_close(&rs[0]);
     replica_close(&rs[1]);
     comm_close(&c);
@@ -262,6 +288,7 @@ Suite *suite_parallel(void)
     TCase *tc = tcase_create("allreduce");
     tcase_add_test(tc, replicas_agree_with_one_process);
     tcase_add_test(tc, a_failing_replica_stops_every_replica);
+    tcase_add_test(tc, a_replica_with_a_bad_batch_does_not_hang_its_peers);
     tcase_add_test(tc, a_failing_allreduce_is_reported);
     tcase_add_test(tc, padding_only_shard_and_world_of_one);
     suite_add_tcase(s, tc);

@@ -66,11 +66,15 @@ END_TEST
 
 START_TEST(allocator_needs_both_hooks)
 {
-    regopt_allocator a = {NULL, NULL, NULL};
+    regopt_allocator a = {sizeof(regopt_allocator), NULL, NULL, NULL};
     regopt_status st = REGOPT_OK;
     ck_assert_ptr_null(regopt_model_create(&a, &st));
     ck_assert_int_eq(st, REGOPT_ERR_INVALID_ARGUMENT);
     ck_assert_ptr_nonnull(strstr(regopt_last_error_message(), "alloc and free"));
+    a.size = 0; /* forgot to set the size */
+    ck_assert_ptr_null(regopt_optimizer_create(REGOPT_SGD, &a, &st));
+    ck_assert_int_eq(st, REGOPT_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(regopt_last_error_message(), "sizeof(regopt_allocator)"));
 }
 END_TEST
 

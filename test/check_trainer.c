@@ -324,7 +324,7 @@ static void count_release(void *p, void *user)
 START_TEST(no_allocation_after_the_first_step)
 {
     counting c = {0, 0};
-    regopt_allocator a = {count_alloc, count_release, &c};
+    regopt_allocator a = {sizeof(regopt_allocator), count_alloc, count_release, &c};
     run *r = run_open(REGOPT_ADAMW, &a);
     long before;
     int i;
@@ -341,7 +341,7 @@ END_TEST
 START_TEST(reserve_makes_even_the_first_step_allocation_free)
 {
     counting c = {0, 0};
-    regopt_allocator a = {count_alloc, count_release, &c};
+    regopt_allocator a = {sizeof(regopt_allocator), count_alloc, count_release, &c};
     run *r = run_open(REGOPT_SGD, &a);
     long before;
     ck_assert_int_eq(regopt_trainer_reserve(r->t, N), REGOPT_OK);
@@ -478,8 +478,23 @@ START_TEST(bad_step_arguments_call_nothing)
     b.size = 8;
     ck_assert_int_eq(regopt_trainer_step(r->t, &b, 1), REGOPT_ERR_INVALID_ARGUMENT);
     ck_assert_ptr_nonnull(strstr(regopt_trainer_message(r->t), "regopt_batch_init"));
-    b.size = sizeof b + 64; /* from a newer header than this library */
+    b.size = 5000;
     ck_assert_int_eq(regopt_trainer_step(r->t, &b, 1), REGOPT_ERR_INVALID_ARGUMENT);
+    {
+        /* from a newer, larger header: fine while the unknown fields are unset */
+        struct { regopt_batch b; unsigned char extra[64]; } newer;
+        memset(&newer, 0, sizeof newer);
+        newer.b = r->b[0];
+        newer.b.size = sizeof newer;
+        r->h.fail_forward = 1;
+        ck_assert_int_eq(regopt_trainer_step(r->t, &newer.b, 1), REGOPT_ERR_FORWARD);
+        r->h.fail_forward = 0;
+        r->h.forwards = 0;
+        r->h.ncalls = 0;
+        newer.extra[10] = 1;
+        ck_assert_int_eq(regopt_trainer_step(r->t, &newer.b, 1), REGOPT_ERR_UNSUPPORTED);
+        ck_assert_ptr_nonnull(strstr(regopt_trainer_message(r->t), "newer than this library"));
+    }
     b = r->b[0];
     b.rows = 0;
     ck_assert_int_eq(regopt_trainer_step(r->t, &b, 1), REGOPT_ERR_INVALID_ARGUMENT);
@@ -571,6 +586,83 @@ START_TEST(step_statistics)
 }
 END_TEST
 
+START_TEST(integer_reads_of_double_values)
+{
+    run *r = run_open(REGOPT_SGD, NULL);
+    int64_t v = 42;
+    ck_assert_int_eq(regopt_optimizer_set_double(r->o, REGOPT_OPT_LR, 0.7), REGOPT_OK);
+    ck_assert_int_eq(regopt_optimizer_get_int(r->o, REGOPT_OPT_LR, &v), REGOPT_ERR_OUT_OF_RANGE);
+    ck_assert_ptr_nonnull(strstr(regopt_optimizer_message(r->o), "optimizer.lr is 0.7"));
+    ck_assert_int_eq(v, 42);
+    ck_assert_int_eq(regopt_optimizer_set_double(r->o, REGOPT_OPT_CLIP_NORM, 1e30), REGOPT_OK);
+    ck_assert_int_eq(regopt_optimizer_get_int(r->o, REGOPT_OPT_CLIP_NORM, &v),
+                     REGOPT_ERR_OUT_OF_RANGE);
+    ck_assert_int_eq(regopt_optimizer_set_double(r->o, REGOPT_OPT_CLIP_NORM, 3.0), REGOPT_OK);
+    ck_assert_int_eq(regopt_optimizer_get_int(r->o, REGOPT_OPT_CLIP_NORM, &v), REGOPT_OK);
+    ck_assert_int_eq(v, 3);
+    must_step(r, 0);
+    ck_assert_int_eq(regopt_trainer_get_int(r->t, REGOPT_STAT_LOSS, &v), REGOPT_ERR_OUT_OF_RANGE);
+    ck_assert_int_eq(regopt_trainer_get_int(r->t, REGOPT_STAT_FORWARD_CALLS, &v), REGOPT_OK);
+    ck_assert_int_eq(v, 1);
+    /* group weight decay: -1 inherits, other negatives are errors */
+    ck_assert_int_eq(regopt_optimizer_set_group(r->o, 1, REGOPT_GROUP_WEIGHT_DECAY, -0.5),
+                     REGOPT_ERR_OUT_OF_RANGE);
+    ck_assert_int_eq(regopt_optimizer_set_group(r->o, 1, REGOPT_GROUP_WEIGHT_DECAY, -1.0),
+                     REGOPT_OK);
+    run_close(r);
+}
+END_TEST
+
+static int zero_loss(const regopt_batch *b, const float *z, size_t rows, size_t k,
+                     float *row_loss, float *dz, void *user)
+{
+    (void)b; (void)z; (void)user;
+    memset(row_loss, 0, rows * sizeof *row_loss);
+    memset(dz, 0, rows * k * sizeof *dz);
+    return 0;
+}
+
+static int loss_user_freed;
+static void free_loss_user(void *u)
+{
+    (void)u;
+    loss_user_freed++;
+}
+
+START_TEST(loss_user_data_is_released_exactly_once)
+{
+    run *r = run_open(REGOPT_SGD, NULL);
+    int a;
+    loss_user_freed = 0;
+    ck_assert_int_eq(regopt_trainer_set_loss_callback(r->t, zero_loss, &a, free_loss_user),
+                     REGOPT_OK);
+    ck_assert_int_eq(regopt_trainer_set_loss_callback(r->t, zero_loss, &a, free_loss_user),
+                     REGOPT_OK);
+    ck_assert_int_eq(loss_user_freed, 0);
+    /* switching the loss callback off releases its user data */
+    ck_assert_int_eq(regopt_trainer_set_loss_callback(r->t, NULL, &a, NULL), REGOPT_OK);
+    ck_assert_int_eq(loss_user_freed, 1);
+    ck_assert_int_eq(regopt_trainer_set_loss_callback(r->t, zero_loss, &a, free_loss_user),
+                     REGOPT_OK);
+    run_close(r);
+    ck_assert_int_eq(loss_user_freed, 2);
+}
+END_TEST
+
+START_TEST(evaluate_outputs_of_padding_only)
+{
+    run *r = run_open(REGOPT_SGD, NULL);
+    uint8_t none[N] = {0};
+    float out[N * TH_K];
+    double l;
+    r->b[0].mask = none;
+    ck_assert_int_eq(regopt_trainer_evaluate(r->t, &r->b[0], NULL, out), REGOPT_OK);
+    ck_assert_int_eq(regopt_trainer_evaluate(r->t, &r->b[0], &l, out),
+                     REGOPT_ERR_INVALID_ARGUMENT);
+    run_close(r);
+}
+END_TEST
+
 START_TEST(amsgrad_after_creation_is_refused)
 {
     run *r = run_open(REGOPT_ADAM, NULL);
@@ -611,6 +703,9 @@ Suite *suite_trainer(void)
     tcase_add_test(tc, bad_step_arguments_call_nothing);
     tcase_add_test(tc, trainer_options_are_checked);
     tcase_add_test(tc, amsgrad_after_creation_is_refused);
+    tcase_add_test(tc, integer_reads_of_double_values);
+    tcase_add_test(tc, loss_user_data_is_released_exactly_once);
+    tcase_add_test(tc, evaluate_outputs_of_padding_only);
     suite_add_tcase(s, tc);
     return s;
 }

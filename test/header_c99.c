@@ -8,7 +8,7 @@ int main(void)
 {
     regopt_batch b;
     regopt_pass p;
-    regopt_allocator a = {0, 0, 0};
+    regopt_allocator a = {sizeof(regopt_allocator), 0, 0, 0};
     regopt_batch_init(&b);
     (void)p;
     (void)a;
