@@ -107,27 +107,43 @@ static void shuffle_indices(size_t *idx, size_t n, uint64_t seed)
 
 typedef struct mlp_batch { /* what the host passes as regopt_batch.data */
     const float *x;        /* rows x 64 */
+    size_t row_base;       /* global index of row 0: dropout masks are drawn per
+                              global row, so a data-parallel shard or an
+                              m-sharpness chunk sees the units a single process
+                              would */
 } mlp_batch;
 
 typedef struct mlp {
     size_t in, hid, out, max_rows;
     float drop;                       /* dropout probability on the hidden layer */
+    int bn;                           /* batch normalisation after the first layer */
     float *w1, *b1, *w2, *b2;         /* parameters: w1 in x hid, w2 hid x out */
     float *g1, *gb1, *g2, *gb2;       /* their gradients */
+    float *gamma, *beta, *ggamma, *gbeta; /* batch-norm scale and shift */
+    float *run_mean, *run_var;        /* batch-norm running statistics */
+    long bn_updates;                  /* times the running statistics moved */
     float *h[MLP_SLOTS];              /* hidden activations after ReLU and dropout */
     float *keep[MLP_SLOTS];           /* dropout scale per unit (0 or 1/(1-p)) */
+    float *xhat[MLP_SLOTS];           /* batch-norm: normalised pre-activations */
+    float *inv_std[MLP_SLOTS];        /* batch-norm: 1/sqrt(var + eps) per unit */
+    int bn_train[MLP_SLOTS];          /* the slot's forward used batch statistics */
     const float *x[MLP_SLOTS];        /* input of the slot's forward */
     float *dh;                        /* scratch: d(hidden) */
 } mlp;
 
+#define BN_EPS 1e-5f
+#define BN_MOMENTUM 0.1f /* torch.nn.BatchNorm1d */
+
 static float *mlp_alloc(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
 
 /* He-initialised weights from the library's normal generator. */
-static int mlp_init(mlp *m, size_t hidden, size_t max_rows, float drop, uint64_t seed)
+static int mlp_init(mlp *m, size_t hidden, size_t max_rows, float drop, int bn,
+                    uint64_t seed)
 {
     size_t i, s;
     float scale;
     memset(m, 0, sizeof *m);
+    m->bn = bn;
     m->in = DIGITS_FEATURES;
     m->hid = hidden;
     m->out = DIGITS_CLASSES;
@@ -148,9 +164,21 @@ static int mlp_init(mlp *m, size_t hidden, size_t max_rows, float drop, uint64_t
     for (s = 0; s < MLP_SLOTS; s++) {
         m->h[s] = mlp_alloc(max_rows * m->hid);
         m->keep[s] = mlp_alloc(max_rows * m->hid);
-        if (!m->h[s] || !m->keep[s])
+        m->xhat[s] = mlp_alloc(bn ? max_rows * m->hid : 0);
+        m->inv_std[s] = mlp_alloc(m->hid);
+        if (!m->h[s] || !m->keep[s] || !m->xhat[s] || !m->inv_std[s])
             return -1;
     }
+    m->gamma = mlp_alloc(m->hid);
+    m->beta = mlp_alloc(m->hid);
+    m->ggamma = mlp_alloc(m->hid);
+    m->gbeta = mlp_alloc(m->hid);
+    m->run_mean = mlp_alloc(m->hid);
+    m->run_var = mlp_alloc(m->hid);
+    if (!m->gamma || !m->beta || !m->ggamma || !m->gbeta || !m->run_mean || !m->run_var)
+        return -1;
+    for (i = 0; i < m->hid; i++)
+        m->gamma[i] = m->run_var[i] = 1.0f;
     if (regopt_random_normal(seed, 0, m->w1, m->in * m->hid) != REGOPT_OK ||
         regopt_random_normal(seed, 1u << 30, m->w2, m->hid * m->out) != REGOPT_OK)
         return -1;
@@ -169,13 +197,83 @@ static void mlp_free(mlp *m)
     free(m->w1); free(m->b1); free(m->w2); free(m->b2);
     free(m->g1); free(m->gb1); free(m->g2); free(m->gb2);
     free(m->dh);
+    free(m->gamma); free(m->beta); free(m->ggamma); free(m->gbeta);
+    free(m->run_mean); free(m->run_var);
     for (s = 0; s < MLP_SLOTS; s++) {
         free(m->h[s]);
         free(m->keep[s]);
+        free(m->xhat[s]);
+        free(m->inv_std[s]);
     }
 }
 
-/* outputs = dropout(relu(x w1 + b1)) w2 + b2 */
+/* Batch normalisation of the n x H pre-activations in h, in place. In
+ * training it uses the batch's statistics and moves the running ones --
+ * except in SAM's perturbed pass (REGOPT_PASS_PERTURBED_WEIGHTS), which must
+ * not count twice. Otherwise it uses the running statistics. */
+static void bn_forward(mlp *m, int s, float *h, size_t n, uint32_t flags)
+{
+    size_t H = m->hid, i, j;
+    int train = (flags & REGOPT_PASS_TRAIN) != 0;
+    m->bn_train[s] = train;
+    for (j = 0; j < H; j++) {
+        double mean = 0.0, var = 0.0;
+        float inv;
+        if (train) {
+            for (i = 0; i < n; i++)
+                mean += h[i * H + j];
+            mean /= (double)n;
+            for (i = 0; i < n; i++)
+                var += (h[i * H + j] - mean) * (h[i * H + j] - mean);
+            var /= (double)n;
+            if (!(flags & REGOPT_PASS_PERTURBED_WEIGHTS)) {
+                double unbiased = n > 1 ? var * (double)n / (double)(n - 1) : var;
+                m->run_mean[j] = (1.0f - BN_MOMENTUM) * m->run_mean[j] + BN_MOMENTUM * (float)mean;
+                m->run_var[j] = (1.0f - BN_MOMENTUM) * m->run_var[j] + BN_MOMENTUM * (float)unbiased;
+            }
+        } else {
+            mean = m->run_mean[j];
+            var = m->run_var[j];
+        }
+        inv = 1.0f / sqrtf((float)var + BN_EPS);
+        m->inv_std[s][j] = inv;
+        for (i = 0; i < n; i++) {
+            float xh = (h[i * H + j] - (float)mean) * inv;
+            m->xhat[s][i * H + j] = xh;
+            h[i * H + j] = m->gamma[j] * xh + m->beta[j];
+        }
+    }
+    if (train && !(flags & REGOPT_PASS_PERTURBED_WEIGHTS))
+        m->bn_updates++;
+}
+
+/* d(pre-activation) from d(bn output) in dh, in place; accumulates d gamma,
+ * d beta. Training mode: dx = inv/N (N dxh - sum dxh - xh sum(dxh xh)). */
+static void bn_backward(mlp *m, int s, float *dh, size_t n)
+{
+    size_t H = m->hid, i, j;
+    const float *xh = m->xhat[s];
+    for (j = 0; j < H; j++) {
+        double sd = 0.0, sdx = 0.0;
+        float inv = m->inv_std[s][j];
+        for (i = 0; i < n; i++) {
+            float dy = dh[i * H + j];
+            m->ggamma[j] += dy * xh[i * H + j];
+            m->gbeta[j] += dy;
+            sd += dy * m->gamma[j];
+            sdx += dy * m->gamma[j] * xh[i * H + j];
+        }
+        for (i = 0; i < n; i++) {
+            float dxh = dh[i * H + j] * m->gamma[j];
+            dh[i * H + j] = m->bn_train[s]
+                                ? inv / (float)n *
+                                      ((float)n * dxh - (float)sd - xh[i * H + j] * (float)sdx)
+                                : dxh * inv;
+        }
+    }
+}
+
+/* outputs = dropout(relu(bn(x w1 + b1))) w2 + b2, bn optional */
 static int mlp_forward(const regopt_pass *p, void *user)
 {
     mlp *m = user;
@@ -185,15 +283,19 @@ static int mlp_forward(const regopt_pass *p, void *user)
     float *h = m->h[s], *keep = m->keep[s];
     if (s < 0 || s >= MLP_SLOTS || n > m->max_rows || p->output_width != m->out)
         return 1;
-    m->x[s] = b->x;
     for (i = 0; i < n; i++)
         memcpy(h + i * H, m->b1, H * sizeof *h);
+    m->x[s] = b->x + p->row_offset * m->in;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)H, (int)m->in,
-                1.0f, b->x, (int)m->in, m->w1, (int)H, 1.0f, h, (int)H);
+                1.0f, m->x[s], (int)m->in, m->w1, (int)H, 1.0f, h, (int)H);
+    if (m->bn)
+        bn_forward(m, s, h, n, p->flags);
     if ((p->flags & REGOPT_PASS_TRAIN) && m->drop > 0.0f) {
-        /* inverted dropout: the mask is element k of the pass's stream */
+        /* inverted dropout: unit j of global row r is element r*H + j of the
+           pass's stream */
         float inv = 1.0f / (1.0f - m->drop);
-        if (regopt_random_uniform(p->seed, 0, keep, n * H) != REGOPT_OK)
+        if (regopt_random_uniform(p->seed, (b->row_base + p->row_offset) * H, keep, n * H) !=
+            REGOPT_OK)
             return 2;
         for (j = 0; j < n * H; j++)
             keep[j] = keep[j] >= m->drop ? inv : 0.0f;
@@ -232,6 +334,8 @@ static int mlp_backward(const regopt_pass *p, void *user)
                 (int)K, m->w2, (int)K, 0.0f, m->dh, (int)H);
     for (j = 0; j < n * H; j++)
         m->dh[j] = h[j] > 0.0f ? m->dh[j] * keep[j] : 0.0f;
+    if (m->bn)
+        bn_backward(m, s, m->dh, n);
     /* g1 += x^T dh ; gb1 += column sums of dh */
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)m->in, (int)H, (int)n, 1.0f,
                 m->x[s], (int)m->in, m->dh, (int)H, 1.0f, m->g1, (int)H);
@@ -241,8 +345,8 @@ static int mlp_backward(const regopt_pass *p, void *user)
     return 0;
 }
 
-/* Register the four tensors (biases in group 1, so they can be spared weight
- * decay) and the callbacks. */
+/* Register the tensors (biases and batch-norm parameters in group 1, so they
+ * can be spared weight decay and ASAM's scaling) and the callbacks. */
 static regopt_status mlp_register(mlp *m, regopt_model *model)
 {
     regopt_status st;
@@ -254,6 +358,10 @@ static regopt_status mlp_register(mlp *m, regopt_model *model)
                                      REGOPT_DTYPE_FLOAT32, 0)) != REGOPT_OK ||
         (st = regopt_model_add_param(model, "b2", m->b2, m->gb2, m->out,
                                      REGOPT_DTYPE_FLOAT32, 1)) != REGOPT_OK ||
+        (m->bn && (st = regopt_model_add_param(model, "bn.gamma", m->gamma, m->ggamma, m->hid,
+                                               REGOPT_DTYPE_FLOAT32, 1)) != REGOPT_OK) ||
+        (m->bn && (st = regopt_model_add_param(model, "bn.beta", m->beta, m->gbeta, m->hid,
+                                               REGOPT_DTYPE_FLOAT32, 1)) != REGOPT_OK) ||
         (st = regopt_model_set_output_width(model, m->out)) != REGOPT_OK ||
         (st = regopt_model_set_slots(model, MLP_SLOTS)) != REGOPT_OK)
         return st;

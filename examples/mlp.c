@@ -1,20 +1,25 @@
 /* mlp.c — train a small perceptron on the UCI handwritten digits through
- * libregopt with AdamW, a linear warm-up/decay schedule and dropout, and
- * report train and test accuracy.
+ * libregopt with AdamW, a linear warm-up/decay schedule and dropout, plain
+ * or wrapped in a sharpness-aware method, and report train and test
+ * accuracy.
  *
- *   ./examples/mlp --data data/digits.csv [--epochs 40] [--batch 64] ...
+ *   ./examples/mlp --data data/digits.csv [--method sam] [--bn] ...
  *
  * The host (digits_mlp.h) owns the network; the library zeroes gradients,
- * computes the loss and its gradient, clips, schedules and updates. */
+ * computes the loss and its gradient, runs SAM's extra passes, clips,
+ * schedules and updates. With --bn the host has a batch-norm layer whose
+ * running statistics it updates only in passes without
+ * REGOPT_PASS_PERTURBED_WEIGHTS: the program checks they moved exactly once
+ * per step. */
 #include "digits_mlp.h"
 
 #include <stdarg.h>
 
 typedef struct options {
-    const char *data;
-    long epochs, batch, hidden, seed;
-    double lr, wd, dropout, min_test_acc, test_fraction;
-    int quiet;
+    const char *data, *method;
+    long epochs, batch, hidden, seed, m_rows, every;
+    double lr, wd, dropout, min_test_acc, test_fraction, rho;
+    int quiet, bn;
 } options;
 
 static void usage(FILE *f)
@@ -30,6 +35,11 @@ static void usage(FILE *f)
             "  --dropout X          dropout probability of the hidden layer (default 0.1)\n"
             "  --seed N             seed of the split, the weights and dropout (default 1)\n"
             "  --test-fraction X    share of the data held out for testing (default 0.2)\n"
+            "  --method M           adamw (default), sam, asam or gsam (each wraps AdamW)\n"
+            "  --rho X              SAM radius (default 0.05; asam 1.0)\n"
+            "  --m-rows N           m-sharpness: one ascent per N rows (default 0 = batch)\n"
+            "  --every K            SAM ascent every K-th step (default 1)\n"
+            "  --bn                 batch normalisation after the first layer\n"
             "  --min-test-acc X     exit with status 1 if test accuracy is below X\n"
             "  --quiet              print only the final line\n"
             "  --help               this text\n");
@@ -82,10 +92,20 @@ static int parse_args(int argc, char **argv, options *o)
         } else if (!strcmp(a, "--quiet")) {
             o->quiet = 1;
             continue;
+        } else if (!strcmp(a, "--bn")) {
+            o->bn = 1;
+            continue;
         }
         if (!v)
             return fail("%s needs a value (see --help)", a);
         if (!strcmp(a, "--data")) o->data = v;
+        else if (!strcmp(a, "--method")) {
+            o->method = v;
+            bad = strcmp(v, "adamw") && strcmp(v, "sam") && strcmp(v, "asam") && strcmp(v, "gsam");
+        }
+        else if (!strcmp(a, "--rho")) bad = parse_double(v, 0, 100, &o->rho);
+        else if (!strcmp(a, "--m-rows")) bad = parse_long(v, 0, 100000, &o->m_rows);
+        else if (!strcmp(a, "--every")) bad = parse_long(v, 1, 100000, &o->every);
         else if (!strcmp(a, "--epochs")) bad = parse_long(v, 1, 100000, &o->epochs);
         else if (!strcmp(a, "--batch")) bad = parse_long(v, 1, 100000, &o->batch);
         else if (!strcmp(a, "--hidden")) bad = parse_long(v, 1, 100000, &o->hidden);
@@ -122,6 +142,7 @@ static int evaluate(regopt_trainer *t, const float *x, const int32_t *y, size_t 
     regopt_batch b;
     regopt_status st;
     hb.x = x;
+    hb.row_base = 0;
     regopt_batch_init(&b);
     b.data = &hb;
     b.rows = n;
@@ -144,7 +165,8 @@ static int evaluate(regopt_trainer *t, const float *x, const int32_t *y, size_t 
 
 int main(int argc, char **argv)
 {
-    options o = {"data/digits.csv", 40, 64, 128, 1, 3e-3, 1e-2, 0.1, -1.0, 0.2, 0};
+    options o = {"data/digits.csv", "adamw", 40, 64, 128, 1, 0, 1,
+                 3e-3, 1e-2, 0.1, -1.0, 0.2, -1.0, 0, 0};
     digits d = {0, NULL, NULL};
     mlp net;
     regopt_model *model = NULL;
@@ -183,7 +205,7 @@ int main(int argc, char **argv)
     gather(&d, idx + n_train, n_test, xte, yte);
 
     /* host network + library handles */
-    if (mlp_init(&net, (size_t)o.hidden, d.n, (float)o.dropout, (uint64_t)o.seed)) {
+    if (mlp_init(&net, (size_t)o.hidden, d.n, (float)o.dropout, o.bn, (uint64_t)o.seed)) {
         rc = fail("out of memory");
         goto done;
     }
@@ -216,11 +238,26 @@ int main(int argc, char **argv)
     }
     CHECK(regopt_trainer_set_int(tr, REGOPT_TRAINER_SEED, o.seed), regopt_trainer_message(tr));
     CHECK(regopt_trainer_reserve(tr, d.n), regopt_trainer_message(tr));
+    if (strcmp(o.method, "adamw") != 0) {
+        int asam = !strcmp(o.method, "asam");
+        CHECK(regopt_trainer_add_regularizer(tr, REGOPT_REG_SAM), regopt_trainer_message(tr));
+        CHECK(regopt_trainer_set_double(tr, REGOPT_SAM_RHO, o.rho >= 0 ? o.rho : asam ? 1.0 : 0.05),
+              regopt_trainer_message(tr));
+        CHECK(regopt_trainer_set_int(tr, REGOPT_SAM_ADAPTIVE, asam), regopt_trainer_message(tr));
+        /* ASAM scales weights only (SamsungLabs): not biases nor batch-norm */
+        CHECK(regopt_trainer_set_group(tr, 1, REGOPT_GROUP_SAM_ADAPTIVE, 0),
+              regopt_trainer_message(tr));
+        CHECK(regopt_trainer_set_int(tr, REGOPT_SAM_GSAM, !strcmp(o.method, "gsam")),
+              regopt_trainer_message(tr));
+        CHECK(regopt_trainer_set_int(tr, REGOPT_SAM_M_ROWS, o.m_rows), regopt_trainer_message(tr));
+        CHECK(regopt_trainer_set_int(tr, REGOPT_SAM_EVERY, o.every), regopt_trainer_message(tr));
+    }
 
     if (!o.quiet)
-        printf("digits: %zu train, %zu test; MLP 64-%ld-10, dropout %.2f; AdamW lr %g, "
-               "wd %g; %ld epochs of %zu steps\n",
-               n_train, n_test, o.hidden, o.dropout, o.lr, o.wd, o.epochs, steps_per_epoch);
+        printf("digits: %zu train, %zu test; MLP 64-%ld-10%s, dropout %.2f; %s over AdamW "
+               "lr %g, wd %g; %ld epochs of %zu steps\n",
+               n_train, n_test, o.hidden, o.bn ? " with batch norm" : "", o.dropout, o.method,
+               o.lr, o.wd, o.epochs, steps_per_epoch);
     for (e = 1; e <= o.epochs; e++) {
         size_t *order = idx; /* reuse: a fresh permutation of the training rows */
         double loss_sum = 0.0;
@@ -236,6 +273,7 @@ int main(int argc, char **argv)
                 yb[r] = ytr[order[i + r]];
             }
             hb.x = xb;
+            hb.row_base = 0;
             regopt_batch_init(&b);
             b.data = &hb;
             b.rows = n;
@@ -245,17 +283,32 @@ int main(int argc, char **argv)
             loss_sum += l * (double)n;
         }
         if (!o.quiet && (e % 5 == 0 || e == 1)) {
+            double sharp = 0.0;
             if ((rc = evaluate(tr, xte, yte, n_test, out, &te_acc, &te_loss)) != 0)
                 goto done;
-            printf("epoch %3ld  train loss %.4f  test loss %.4f  test acc %.4f\n", e,
+            printf("epoch %3ld  train loss %.4f  test loss %.4f  test acc %.4f", e,
                    loss_sum / (double)n_train, te_loss, te_acc);
+            if (strcmp(o.method, "adamw") != 0 &&
+                regopt_trainer_get_double(tr, REGOPT_STAT_SAM_SHARPNESS, &sharp) == REGOPT_OK)
+                printf("  sharpness %.4f", sharp);
+            printf("\n");
         }
     }
     if ((rc = evaluate(tr, xtr, ytr, n_train, out, &tr_acc, &tr_loss)) != 0 ||
         (rc = evaluate(tr, xte, yte, n_test, out, &te_acc, &te_loss)) != 0)
         goto done;
-    printf("RESULT method=adamw train_acc=%.4f test_acc=%.4f test_loss=%.4f\n", tr_acc, te_acc,
-           te_loss);
+    printf("RESULT method=%s train_acc=%.4f test_acc=%.4f test_loss=%.4f\n", o.method, tr_acc,
+           te_acc, te_loss);
+    if (o.bn) {
+        int64_t steps = 0;
+        CHECK(regopt_trainer_get_int(tr, REGOPT_STAT_STEP, &steps), regopt_trainer_message(tr));
+        printf("batch norm: running statistics moved %ld times in %lld steps\n",
+               net.bn_updates, (long long)steps);
+        if (net.bn_updates != (long)steps) {
+            fprintf(stderr, "mlp: batch-norm statistics must move once per step\n");
+            rc = 1;
+        }
+    }
     if (o.min_test_acc >= 0.0 && te_acc < o.min_test_acc) {
         fprintf(stderr, "mlp: test accuracy %.4f is below the required %.4f\n", te_acc,
                 o.min_test_acc);
