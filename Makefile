@@ -34,6 +34,11 @@ BLAS_LIBS   := $(if $(BLAS_PC),$(shell $(PKG_CONFIG) --libs $(BLAS_PC)),-lcblas)
 CHECK_CFLAGS := $(shell $(PKG_CONFIG) --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell $(PKG_CONFIG) --libs check 2>/dev/null)
 
+# Open MPI (the data-parallel example and its test) where mpicc is found.
+MPICC    ?= mpicc
+HAVE_MPI := $(shell command -v $(MPICC) >/dev/null 2>&1 && echo yes)
+MPI_EXAMPLES := $(if $(HAVE_MPI),examples/mpi_sam)
+
 SRC  := $(wildcard src/*.c)
 OBJ  := $(patsubst src/%.c,build/obj/%.o,$(SRC))
 TEST_SRC := $(filter-out test/header_c99.c,$(wildcard test/check_*.c))
@@ -42,7 +47,7 @@ APP_CFLAGS := -std=c11 $(WARN) -Iinclude
 RPATH := -Wl,-rpath,$(abspath lib)
 
 .PHONY: all lib check demo deps run-check run-demo install uninstall clean
-all: lib $(EXAMPLES) test/check_regopt
+all: lib $(EXAMPLES) $(MPI_EXAMPLES) test/check_regopt
 
 lib: $(SHLIB) lib/$(SONAME) lib/libregopt.so $(STLIB) pkgconfig/regopt.pc
 
@@ -70,8 +75,12 @@ pkgconfig/regopt.pc: pkgconfig/regopt.pc.in include/regopt.h
 	    -e 's|@includedir@|$(INCLUDEDIR)|' -e 's|@version@|$(VERSION)|' $< > $@
 
 # Examples link the shared library, so the exported ABI is what they use.
-examples/%: examples/%.c lib
+examples/%: examples/%.c examples/digits_mlp.h lib
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(APP_CFLAGS) $(BLAS_CFLAGS) $< -o $@ \
+	    -Llib -lregopt $(RPATH) $(BLAS_LIBS) -lm
+
+examples/mpi_sam: examples/mpi_sam.c examples/digits_mlp.h lib
+	$(MPICC) $(CPPFLAGS) $(CFLAGS) $(APP_CFLAGS) $(BLAS_CFLAGS) $< -o $@ \
 	    -Llib -lregopt $(RPATH) $(BLAS_LIBS) -lm
 
 # The Check runner links the static archive, so tests may also reach
@@ -95,7 +104,10 @@ run-check: all test/header_c99 test/header_cxx
 	sh test/check_symbols.sh $(SHLIB) $(SONAME)
 	./examples/minimal
 	./examples/mlp --data data/digits.csv --min-test-acc 0.95 --quiet
+	./examples/mlp --data data/digits.csv --method sam --bn --min-test-acc 0.95 --quiet
+	./examples/mlp --data data/digits.csv --method asam --m-rows 16 --min-test-acc 0.95 --quiet
 	./test/check_regopt
+	$(if $(HAVE_MPI),sh test/check_mpi.sh examples/mpi_sam data/digits.csv,@echo "check: no mpicc, MPI test skipped")
 
 check: deps
 	@$(MAKE) --no-print-directory run-check
@@ -121,5 +133,5 @@ uninstall:
 	    $(DESTDIR)$(LIBDIR)/libregopt.a $(DESTDIR)$(PCDIR)/regopt.pc
 
 clean:
-	rm -rf build lib pkgconfig/regopt.pc $(EXAMPLES) test/check_regopt \
+	rm -rf build lib pkgconfig/regopt.pc $(EXAMPLES) examples/mpi_sam test/check_regopt \
 	    test/header_c99 test/header_cxx
