@@ -151,7 +151,8 @@ typedef struct mlp {
     float *h[MLP_SLOTS];              /* hidden activations after ReLU and dropout */
     float *keep[MLP_SLOTS];           /* dropout scale per unit (0 or 1/(1-p)) */
     float *xhat[MLP_SLOTS];           /* batch-norm: normalised pre-activations */
-    float *inv_std[MLP_SLOTS];        /* batch-norm: 1/sqrt(var + eps) per unit */
+    float *inv_std[MLP_SLOTS];        /* batch-norm: 1/sqrt(var + eps) per unit and half */
+    float *xd[MLP_SLOTS];             /* R-Drop doubled pass: the input twice */
     int bn_train[MLP_SLOTS];          /* the slot's forward used batch statistics */
     const float *x[MLP_SLOTS];        /* input of the slot's forward */
     float *dh;                        /* scratch: d(hidden) */
@@ -183,16 +184,18 @@ static int mlp_init(mlp *m, size_t hidden, size_t max_rows, float drop, int bn,
     m->gb1 = mlp_alloc(m->hid);
     m->g2 = mlp_alloc(m->hid * m->out);
     m->gb2 = mlp_alloc(m->out);
-    m->dh = mlp_alloc(max_rows * m->hid);
+    /* room for a doubled batch (R-Drop): 2 x max_rows rows */
+    m->dh = mlp_alloc(2 * max_rows * m->hid);
     if (!m->w1 || !m->b1 || !m->w2 || !m->b2 || !m->g1 || !m->gb1 || !m->g2 ||
         !m->gb2 || !m->dh)
         return -1;
     for (s = 0; s < MLP_SLOTS; s++) {
-        m->h[s] = mlp_alloc(max_rows * m->hid);
-        m->keep[s] = mlp_alloc(max_rows * m->hid);
-        m->xhat[s] = mlp_alloc(bn ? max_rows * m->hid : 0);
-        m->inv_std[s] = mlp_alloc(m->hid);
-        if (!m->h[s] || !m->keep[s] || !m->xhat[s] || !m->inv_std[s])
+        m->h[s] = mlp_alloc(2 * max_rows * m->hid);
+        m->keep[s] = mlp_alloc(2 * max_rows * m->hid);
+        m->xhat[s] = mlp_alloc(bn ? 2 * max_rows * m->hid : 0);
+        m->inv_std[s] = mlp_alloc(2 * m->hid);
+        m->xd[s] = mlp_alloc(2 * max_rows * m->in);
+        if (!m->h[s] || !m->keep[s] || !m->xhat[s] || !m->inv_std[s] || !m->xd[s])
             return -1;
     }
     m->gamma = mlp_alloc(m->hid);
@@ -230,16 +233,21 @@ static void mlp_free(mlp *m)
         free(m->keep[s]);
         free(m->xhat[s]);
         free(m->inv_std[s]);
+        free(m->xd[s]);
     }
 }
 
-/* Batch normalisation of the n x H pre-activations in h, in place. In
+/* Batch normalisation of the n x H pre-activations of one half of the
+ * slot (half 1 only in a doubled R-Drop pass, so each copy of the batch is
+ * normalised alone, as in two separate passes), in place. In
  * training it uses the batch's statistics and moves the running ones --
  * except in SAM's perturbed pass (REGOPT_PASS_PERTURBED_WEIGHTS), which must
  * not count twice. Otherwise it uses the running statistics. */
-static void bn_forward(mlp *m, int s, float *h, size_t n, uint32_t flags)
+static void bn_forward(mlp *m, int s, size_t half, size_t n, uint32_t flags)
 {
     size_t H = m->hid, i, j;
+    float *h = m->h[s] + half * n * H, *xhat = m->xhat[s] + half * n * H;
+    float *inv_std = m->inv_std[s] + half * H;
     int train = (flags & REGOPT_PASS_TRAIN) != 0;
     m->bn_train[s] = train;
     for (j = 0; j < H; j++) {
@@ -262,10 +270,10 @@ static void bn_forward(mlp *m, int s, float *h, size_t n, uint32_t flags)
             var = m->run_var[j];
         }
         inv = 1.0f / sqrtf((float)var + BN_EPS);
-        m->inv_std[s][j] = inv;
+        inv_std[j] = inv;
         for (i = 0; i < n; i++) {
             float xh = (h[i * H + j] - (float)mean) * inv;
-            m->xhat[s][i * H + j] = xh;
+            xhat[i * H + j] = xh;
             h[i * H + j] = m->gamma[j] * xh + m->beta[j];
         }
     }
@@ -275,13 +283,14 @@ static void bn_forward(mlp *m, int s, float *h, size_t n, uint32_t flags)
 
 /* d(pre-activation) from d(bn output) in dh, in place; accumulates d gamma,
  * d beta. Training mode: dx = inv/N (N dxh - sum dxh - xh sum(dxh xh)). */
-static void bn_backward(mlp *m, int s, float *dh, size_t n)
+static void bn_backward(mlp *m, int s, size_t half, size_t n)
 {
     size_t H = m->hid, i, j;
-    const float *xh = m->xhat[s];
+    const float *xh = m->xhat[s] + half * n * H;
+    float *dh = m->dh + half * n * H;
     for (j = 0; j < H; j++) {
         double sd = 0.0, sdx = 0.0;
-        float inv = m->inv_std[s][j];
+        float inv = m->inv_std[s][half * H + j];
         for (i = 0; i < n; i++) {
             float dy = dh[i * H + j];
             m->ggamma[j] += dy * xh[i * H + j];
@@ -299,41 +308,50 @@ static void bn_backward(mlp *m, int s, float *dh, size_t n)
     }
 }
 
-/* outputs = dropout(relu(bn(x w1 + b1))) w2 + b2, bn optional */
+/* outputs = dropout(relu(bn(x w1 + b1))) w2 + b2, bn optional. A doubled
+ * pass (R-Drop) runs rows = 2n: the batch twice, with seed and seed2. */
 static int mlp_forward(const regopt_pass *p, void *user)
 {
     mlp *m = user;
     const mlp_batch *b = p->batch;
-    size_t n = p->rows, H = m->hid, i, j;
-    int s = p->slot;
+    int s = p->slot, doubled = (p->flags & REGOPT_PASS_DOUBLED) != 0;
+    size_t rows = p->rows, n = doubled ? rows / 2 : rows, H = m->hid, i, j, half;
     float *h = m->h[s], *keep = m->keep[s];
     if (s < 0 || s >= MLP_SLOTS || n > m->max_rows || p->output_width != m->out)
         return 1;
-    for (i = 0; i < n; i++)
-        memcpy(h + i * H, m->b1, H * sizeof *h);
     m->x[s] = b->x + p->row_offset * m->in;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)H, (int)m->in,
-                1.0f, m->x[s], (int)m->in, m->w1, (int)H, 1.0f, h, (int)H);
-    if (m->bn)
-        bn_forward(m, s, h, n, p->flags);
-    if ((p->flags & REGOPT_PASS_TRAIN) && m->drop > 0.0f) {
-        /* inverted dropout: unit j of global row r is element r*H + j of the
-           pass's stream */
-        float inv = 1.0f / (1.0f - m->drop);
-        if (regopt_random_uniform(p->seed, (b->row_base + p->row_offset) * H, keep, n * H) !=
-            REGOPT_OK)
-            return 2;
-        for (j = 0; j < n * H; j++)
-            keep[j] = keep[j] >= m->drop ? inv : 0.0f;
-    } else {
-        for (j = 0; j < n * H; j++)
-            keep[j] = 1.0f;
+    if (doubled) { /* R-Drop: the batch twice, one matrix product */
+        memcpy(m->xd[s], m->x[s], n * m->in * sizeof(float));
+        memcpy(m->xd[s] + n * m->in, m->x[s], n * m->in * sizeof(float));
+        m->x[s] = m->xd[s];
     }
-    for (j = 0; j < n * H; j++)
+    for (i = 0; i < rows; i++)
+        memcpy(h + i * H, m->b1, H * sizeof *h);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)H, (int)m->in,
+                1.0f, m->x[s], (int)m->in, m->w1, (int)H, 1.0f, h, (int)H);
+    for (half = 0; half < (doubled ? 2u : 1u); half++) {
+        float *kh = keep + half * n * H;
+        if (m->bn)
+            bn_forward(m, s, half, n, p->flags);
+        if ((p->flags & REGOPT_PASS_TRAIN) && m->drop > 0.0f) {
+            /* inverted dropout: unit j of global row r is element r*H + j of
+               the pass's stream (the second half's stream is seed2) */
+            float inv = 1.0f / (1.0f - m->drop);
+            if (regopt_random_uniform(half ? p->seed2 : p->seed,
+                                      (b->row_base + p->row_offset) * H, kh, n * H) != REGOPT_OK)
+                return 2;
+            for (j = 0; j < n * H; j++)
+                kh[j] = kh[j] >= m->drop ? inv : 0.0f;
+        } else {
+            for (j = 0; j < n * H; j++)
+                kh[j] = 1.0f;
+        }
+    }
+    for (j = 0; j < rows * H; j++)
         h[j] = h[j] > 0.0f ? h[j] * keep[j] : 0.0f;
-    for (i = 0; i < n; i++)
+    for (i = 0; i < rows; i++)
         memcpy(p->outputs + i * m->out, m->b2, m->out * sizeof(float));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)m->out, (int)H,
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)m->out, (int)H,
                 1.0f, h, (int)H, m->w2, (int)m->out, 1.0f, p->outputs, (int)m->out);
     return 0;
 }
@@ -342,10 +360,10 @@ static int mlp_forward(const regopt_pass *p, void *user)
 static int mlp_backward(const regopt_pass *p, void *user)
 {
     mlp *m = user;
-    size_t n = p->rows, H = m->hid, K = m->out, i, j;
-    int s = p->slot;
+    int s = p->slot, doubled = (p->flags & REGOPT_PASS_DOUBLED) != 0;
+    size_t n = p->rows, H = m->hid, K = m->out, i, j, half;
     const float *dz = p->d_outputs, *h = m->h[s], *keep = m->keep[s];
-    if (s < 0 || s >= MLP_SLOTS || n > m->max_rows)
+    if (s < 0 || s >= MLP_SLOTS || n > (doubled ? 2 : 1) * m->max_rows)
         return 1;
     if (p->flags & REGOPT_PASS_NO_PARAM_GRAD)
         return 3; /* this host exposes no input embeddings */
@@ -360,8 +378,8 @@ static int mlp_backward(const regopt_pass *p, void *user)
                 (int)K, m->w2, (int)K, 0.0f, m->dh, (int)H);
     for (j = 0; j < n * H; j++)
         m->dh[j] = h[j] > 0.0f ? m->dh[j] * keep[j] : 0.0f;
-    if (m->bn)
-        bn_backward(m, s, m->dh, n);
+    for (half = 0; m->bn && half < (doubled ? 2u : 1u); half++)
+        bn_backward(m, s, half, doubled ? n / 2 : n);
     /* g1 += x^T dh ; gb1 += column sums of dh */
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)m->in, (int)H, (int)n, 1.0f,
                 m->x[s], (int)m->in, m->dh, (int)H, 1.0f, m->g1, (int)H);
@@ -390,6 +408,9 @@ static regopt_status mlp_register(mlp *m, regopt_model *model)
                                                REGOPT_DTYPE_FLOAT32, 1)) != REGOPT_OK) ||
         (st = regopt_model_set_output_width(model, m->out)) != REGOPT_OK ||
         (st = regopt_model_set_slots(model, MLP_SLOTS)) != REGOPT_OK)
+        return st;
+    /* the forward also takes R-Drop's doubled batches */
+    if ((st = regopt_model_set_capabilities(model, REGOPT_CAP_DOUBLED_BATCH)) != REGOPT_OK)
         return st;
     return regopt_model_set_callbacks(model, mlp_forward, mlp_backward, m, NULL);
 }

@@ -1,7 +1,7 @@
 /* mlp.c — train a small perceptron on the UCI handwritten digits through
  * libregopt with AdamW, a linear warm-up/decay schedule and dropout, plain
- * or wrapped in a sharpness-aware method, and report train and test
- * accuracy.
+ * or wrapped in a sharpness-aware method and/or R-Drop, and report train and
+ * test accuracy.
  *
  *   ./examples/mlp --data data/digits.csv [--method sam] [--bn] ...
  *
@@ -18,8 +18,8 @@
 typedef struct options {
     const char *data, *method;
     long epochs, batch, hidden, seed, m_rows, every;
-    double lr, wd, dropout, min_test_acc, test_fraction, rho;
-    int quiet, bn;
+    double lr, wd, dropout, min_test_acc, test_fraction, rho, rdrop;
+    int quiet, bn, two_call;
 } options;
 
 static void usage(FILE *f)
@@ -40,6 +40,8 @@ static void usage(FILE *f)
             "  --m-rows N           m-sharpness: one ascent per N rows (default 0 = batch)\n"
             "  --every K            SAM ascent every K-th step (default 1)\n"
             "  --bn                 batch normalisation after the first layer\n"
+            "  --rdrop ALPHA        add R-Drop with this consistency weight (e.g. 1)\n"
+            "  --two-call           R-Drop as two forward calls, not one doubled batch\n"
             "  --min-test-acc X     exit with status 1 if test accuracy is below X\n"
             "  --quiet              print only the final line\n"
             "  --help               this text\n");
@@ -71,6 +73,9 @@ static int parse_args(int argc, char **argv, options *o)
         } else if (!strcmp(a, "--bn")) {
             o->bn = 1;
             continue;
+        } else if (!strcmp(a, "--two-call")) {
+            o->two_call = 1;
+            continue;
         }
         if (!v)
             return fail("%s needs a value (see --help)", a);
@@ -80,6 +85,7 @@ static int parse_args(int argc, char **argv, options *o)
             bad = strcmp(v, "adamw") && strcmp(v, "sam") && strcmp(v, "asam") && strcmp(v, "gsam");
         }
         else if (!strcmp(a, "--rho")) bad = parse_double(v, 0, 100, &o->rho);
+        else if (!strcmp(a, "--rdrop")) bad = parse_double(v, 0, 1e4, &o->rdrop);
         else if (!strcmp(a, "--m-rows")) bad = parse_long(v, 0, 100000, &o->m_rows);
         else if (!strcmp(a, "--every")) bad = parse_long(v, 1, 100000, &o->every);
         else if (!strcmp(a, "--epochs")) bad = parse_long(v, 1, 100000, &o->epochs);
@@ -142,7 +148,7 @@ static int evaluate(regopt_trainer *t, const float *x, const int32_t *y, size_t 
 int main(int argc, char **argv)
 {
     options o = {"data/digits.csv", "adamw", 40, 64, 128, 1, 0, 1,
-                 3e-3, 1e-2, 0.1, -1.0, 0.2, -1.0, 0, 0};
+                 3e-3, 1e-2, 0.1, -1.0, 0.2, -1.0, -1.0, 0, 0, 0};
     digits d = {0, NULL, NULL};
     mlp net;
     regopt_model *model = NULL;
@@ -229,11 +235,17 @@ int main(int argc, char **argv)
         CHECK(regopt_trainer_set_int(tr, REGOPT_SAM_EVERY, o.every), regopt_trainer_message(tr));
     }
 
+    if (o.rdrop >= 0.0) {
+        CHECK(regopt_trainer_add_regularizer(tr, REGOPT_REG_RDROP), regopt_trainer_message(tr));
+        CHECK(regopt_trainer_set_double(tr, REGOPT_RDROP_ALPHA, o.rdrop), regopt_trainer_message(tr));
+        CHECK(regopt_trainer_set_int(tr, REGOPT_RDROP_DOUBLED, !o.two_call),
+              regopt_trainer_message(tr));
+    }
     if (!o.quiet)
-        printf("digits: %zu train, %zu test; MLP 64-%ld-10%s, dropout %.2f; %s over AdamW "
+        printf("digits: %zu train, %zu test; MLP 64-%ld-10%s, dropout %.2f; %s%s over AdamW "
                "lr %g, wd %g; %ld epochs of %zu steps\n",
                n_train, n_test, o.hidden, o.bn ? " with batch norm" : "", o.dropout, o.method,
-               o.lr, o.wd, o.epochs, steps_per_epoch);
+               o.rdrop >= 0.0 ? " + R-Drop" : "", o.lr, o.wd, o.epochs, steps_per_epoch);
     for (e = 1; e <= o.epochs; e++) {
         size_t *order = idx; /* reuse: a fresh permutation of the training rows */
         double loss_sum = 0.0;
@@ -273,15 +285,19 @@ int main(int argc, char **argv)
     if ((rc = evaluate(tr, xtr, ytr, n_train, out, &tr_acc, &tr_loss)) != 0 ||
         (rc = evaluate(tr, xte, yte, n_test, out, &te_acc, &te_loss)) != 0)
         goto done;
-    printf("RESULT method=%s train_acc=%.4f test_acc=%.4f test_loss=%.4f\n", o.method, tr_acc,
-           te_acc, te_loss);
+    printf("RESULT method=%s%s train_acc=%.4f test_acc=%.4f test_loss=%.4f\n", o.method,
+           o.rdrop >= 0.0 ? "+rdrop" : "", tr_acc, te_acc, te_loss);
     if (o.bn) {
         int64_t steps = 0;
         CHECK(regopt_trainer_get_int(tr, REGOPT_STAT_STEP, &steps), regopt_trainer_message(tr));
+        /* once per training pass at w: R-Drop makes two, SAM's perturbed
+           passes make none */
+        long per_step = o.rdrop >= 0.0 ? 2 : 1;
         printf("batch norm: running statistics moved %ld times in %lld steps\n",
                net.bn_updates, (long long)steps);
-        if (net.bn_updates != (long)steps) {
-            fprintf(stderr, "mlp: batch-norm statistics must move once per step\n");
+        if (net.bn_updates != per_step * (long)steps) {
+            fprintf(stderr, "mlp: batch-norm statistics must move %ld time(s) per step\n",
+                    per_step);
             rc = 1;
         }
     }

@@ -308,10 +308,30 @@ typedef enum regopt_key {
                                        perturbs with its own shard's gradient,
                                        m-sharpness with m = shard) */
 
+    /* R-Drop (regopt_trainer_set_*), 1100..1199. See "R-Drop" below. */
+    REGOPT_RDROP_ALPHA = 1100,      /* "rdrop.alpha": weight of the consistency term,
+                                       [0, 1e4], default 1 (paper: 0.3 ViT .. 5 MT) */
+    REGOPT_RDROP_CE_WEIGHT = 1101,  /* "rdrop.ce_weight": weight of each pass's task
+                                       loss, [0, 1e3], default 1 (paper, Eq. 3);
+                                       0.5 = the R-Drop README's (CE1 + CE2)/2 */
+    REGOPT_RDROP_KL_SUM = 1102,     /* "rdrop.kl_sum": int 0/1, default 0 = the
+                                       consistency term is a weighted mean over
+                                       rows like the task loss; 1 = summed over
+                                       rows (fairseq's reduction) */
+    REGOPT_RDROP_EVERY = 1103,      /* "rdrop.every": int [1, 2^31], default 1: R-Drop
+                                       on steps 0, k, 2k, ..., a single plain pass
+                                       otherwise */
+    REGOPT_RDROP_DOUBLED = 1104,    /* "rdrop.doubled": int 0/1, default 1: when the
+                                       model declares REGOPT_CAP_DOUBLED_BATCH, run
+                                       both passes as one forward over 2n rows */
+
     /* Statistics of the last successful step (regopt_trainer_get_double),
      * read-only, 900..999. Before the first step they read 0. */
-    REGOPT_STAT_LOSS = 900,       /* "stat.loss": task loss (weighted mean) */
-    REGOPT_STAT_OBJECTIVE = 901,  /* "stat.objective": task loss + regularizer terms */
+    REGOPT_STAT_LOSS = 900,       /* "stat.loss": task loss (weighted mean) at w; with
+                                     R-Drop the mean of its two passes */
+    REGOPT_STAT_OBJECTIVE = 901,  /* "stat.objective": the objective whose gradient
+                                     the step used: task loss + loss-side terms
+                                     (with SAM: at w + eps) */
     REGOPT_STAT_GRAD_NORM = 902,  /* "stat.grad_norm": global L2 norm before clipping */
     REGOPT_STAT_CLIP_SCALE = 903, /* "stat.clip_scale": factor applied by clipping (1 = none) */
     REGOPT_STAT_LR = 904,         /* "stat.lr": scheduled lr used by the update */
@@ -325,8 +345,16 @@ typedef enum regopt_key {
     REGOPT_STAT_SAM_ASCENT_NORM = 912,    /* "stat.sam_ascent_norm": ||g|| (ASAM:
                                              ||T_w g||), the ascent denominator */
     REGOPT_STAT_SAM_RHO = 913,            /* "stat.sam_rho": rho in force */
-    REGOPT_STAT_SAM_APPLIED = 914         /* "stat.sam_applied": 1 if the last step made
+    REGOPT_STAT_SAM_APPLIED = 914,        /* "stat.sam_applied": 1 if the last step made
                                              the ascent, 0 for a plain step */
+    REGOPT_STAT_RDROP_LOSS1 = 915,        /* "stat.rdrop_loss1": task loss of pass 1 */
+    REGOPT_STAT_RDROP_LOSS2 = 916,        /* "stat.rdrop_loss2": task loss of pass 2 */
+    REGOPT_STAT_RDROP_CONSISTENCY = 917,  /* "stat.rdrop_consistency": the consistency
+                                             term before alpha: mean (or sum) of
+                                             (KL(P1||P2) + KL(P2||P1))/2, or of the
+                                             squared difference for MSE */
+    REGOPT_STAT_RDROP_APPLIED = 918       /* "stat.rdrop_applied": 1 if the last step ran
+                                             R-Drop, 0 for a plain step */
 } regopt_key;
 
 /* Value types reported by regopt_key_info. */
@@ -387,6 +415,11 @@ REGOPT_API regopt_status regopt_random_normal(uint64_t seed, uint64_t offset,
                                               the parameter buffers (SMART) */
 #define REGOPT_PASS_NO_PARAM_GRAD 0x10u    /* backward: compute d_input only, do
                                               not touch parameter gradients */
+#define REGOPT_PASS_DOUBLED 0x20u          /* the batch twice in one pass (R-Drop):
+                                              rows [0, n) with dropout seed `seed`,
+                                              rows [n, 2n) with `seed2`, n = rows/2;
+                                              only for models that declare
+                                              REGOPT_CAP_DOUBLED_BATCH */
 
 /* What one callback invocation is about. The library fills it; the host
  * reads it (and writes through the non-const pointers). `size` is
@@ -415,6 +448,8 @@ typedef struct regopt_pass {
                                  embeddings), input_rows * input_width */
     size_t input_rows;        /* embedding rows of this batch (0: no inputs) */
     size_t input_width;       /* regopt_model_set_input_width */
+    uint64_t seed2;           /* REGOPT_PASS_DOUBLED: dropout seed of the second
+                                 half; 0 otherwise */
 } regopt_pass;
 
 /* Forward and backward callbacks: return 0 on success, anything else aborts
@@ -511,6 +546,14 @@ REGOPT_API regopt_status regopt_model_set_input_width(regopt_model *model,
  * A regularizer that needs more slots than this is refused when added. */
 REGOPT_API regopt_status regopt_model_set_slots(regopt_model *model,
                                                 int32_t slots);
+
+/* Host capabilities (bits of regopt_model_set_capabilities). */
+#define REGOPT_CAP_DOUBLED_BATCH 0x1u /* the forward accepts REGOPT_PASS_DOUBLED */
+
+/* Declare what the host's callbacks can do beyond the basic contract
+ * (REGOPT_CAP_* bits; default 0). Unknown bits: REGOPT_ERR_INVALID_ARGUMENT. */
+REGOPT_API regopt_status regopt_model_set_capabilities(regopt_model *model,
+                                                       uint32_t caps);
 
 /* Install the forward and backward callbacks (both required) and their user
  * pointer. free_user (may be NULL) is called with user when the model is
@@ -722,11 +765,35 @@ REGOPT_API regopt_status regopt_trainer_get_group(const regopt_trainer *trainer,
  * count are plain steps (1 forward + 1 backward per micro-batch).
  * rho in force: sam.rho, or with sam.rho_follows_lr,
  *   rho_t = rho_min + (rho - rho_min)(lr_t - lr_min)/(lr_max - lr_min)
- * where lr_max = optimizer.lr and lr_min = optimizer.lr * min_lr_ratio.
+ * where lr_max = optimizer.lr and lr_min = optimizer.lr * min_lr_ratio,
+ * clamped to [rho_min, rho] (during warm-up lr_t < lr_min).
  * Tensors registered without a gradient are never perturbed; tensors whose
- * gradient a pass leaves at zero get eps = 0. */
+ * ascent gradient a = g + ascent_weight_decay * w is zero get eps = 0.
+ * SAM statistics of a plain step (sam.every, or ||T a|| = 0): sam_applied 0,
+ * perturbed loss = clean loss, sharpness 0; on sam.every's plain steps
+ * sam_rho and sam_ascent_norm read 0 too.
+ *
+ * R-Drop (REGOPT_REG_RDROP; Liang et al. 2021, Eq. 3). Each micro-batch runs
+ * twice with different dropout seeds, and per row
+ *   l_i = w_ce (l(z1_i) + l(z2_i)) + alpha * c(z1_i, z2_i)
+ * where l is the task loss and c the consistency term:
+ *   softmax CE or a user loss:  c = (KL(P1||P2) + KL(P2||P1)) / 2, P = softmax(z)
+ *   MSE (regression):           c = mean_k (z1_k - z2_k)^2
+ * averaged like the task loss over unmasked rows (mask 1 = KEEP, 0 =
+ * padding, so padded tokens contribute nothing), or with rdrop.kl_sum the
+ * consistency term summed over rows instead. Gradients flow into both passes;
+ * nothing is detached. Callbacks per micro-batch: forward(slot 0, seed s1),
+ * forward(slot 1, seed s2), backward(slot 0), backward(slot 1) -- the model
+ * needs 2 slots -- or, for a model with REGOPT_CAP_DOUBLED_BATCH (and
+ * rdrop.doubled = 1), one forward(slot 0, 2n rows, flags DOUBLED, seed s1,
+ * seed2 s2) and one backward over the 2n output rows: the same numbers from
+ * fewer, larger matrix products. s1 is the seed the pass would have without
+ * R-Drop; both are reproducible from trainer.seed. With SAM, both of SAM's
+ * gradient evaluations use the R-Drop objective (2 x 2 passes).
+ */
 typedef enum regopt_regularizer {
-    REGOPT_REG_SAM = 1
+    REGOPT_REG_SAM = 1,
+    REGOPT_REG_RDROP = 2
 } regopt_regularizer;
 
 /* Switch a regularizer on (allocating its buffers now, never in a step) or

@@ -57,7 +57,8 @@ enum ro_key_owner {
     RO_OWNER_TRAINER = 3,
     RO_OWNER_STAT = 4,
     RO_OWNER_TRAINER_GROUP = 5, /* regopt_trainer_set_group */
-    RO_OWNER_SAM = 6            /* trainer keys of the SAM family */
+    RO_OWNER_SAM = 6,           /* trainer keys of the SAM family */
+    RO_OWNER_RDROP = 7          /* trainer keys of R-Drop */
 };
 
 typedef struct ro_key_desc {
@@ -85,7 +86,11 @@ void ro_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2],
                       uint32_t out[4]);
 
 /* Roles of the passes whose seeds the trainer draws (counter word 3). */
-enum ro_seed_role { RO_SEED_TASK = 1, RO_SEED_SAM_PERTURBED = 2 };
+enum ro_seed_role {
+    RO_SEED_TASK = 1,
+    RO_SEED_SAM_PERTURBED = 2,
+    RO_SEED_SECOND = 0x80 /* or-ed in: R-Drop's second pass */
+};
 
 /* The 64-bit dropout seed of one pass: Philox keyed by the trainer seed with
  * counter {step low, step high, micro-batch, role}. */
@@ -113,6 +118,7 @@ struct regopt_model {
     size_t output_width;
     size_t input_width;
     int32_t slots;
+    uint32_t caps; /* REGOPT_CAP_* */
     regopt_pass_fn forward, backward;
     void *user;
     regopt_free_fn free_user;
@@ -154,7 +160,7 @@ size_t ro_optimizer_state_per_element(const regopt_optimizer *o);
 
 /* ---- trainer.c --------------------------------------------------------- */
 
-#define RO_N_STATS (REGOPT_STAT_SAM_APPLIED - REGOPT_STAT_LOSS + 1)
+#define RO_N_STATS (REGOPT_STAT_RDROP_APPLIED - REGOPT_STAT_LOSS + 1)
 #define RO_STAT(t, k) ((t)->stats[(k) - REGOPT_STAT_LOSS])
 
 /* SAM family configuration (sam.* keys) and buffers. */
@@ -168,6 +174,18 @@ typedef struct ro_sam {
     float *accum; /* m-sharpness: sum of the chunks' perturbed gradients */
     float *clean; /* GSAM: the clean gradient */
 } ro_sam;
+
+/* R-Drop configuration (rdrop.* keys). */
+typedef struct ro_rdrop {
+    int enabled;
+    double alpha, ce_weight;
+    int kl_sum, doubled;
+    int64_t every;
+} ro_rdrop;
+
+/* Terms of the step's objective at w, accumulated over micro-batches by the
+ * passes that are not SAM-perturbed, all-reduced with the gradients. */
+enum { RO_ACC_TASK, RO_ACC_LOSS1, RO_ACC_LOSS2, RO_ACC_CONSISTENCY, RO_ACC_N };
 
 /* What a SAM step measured; committed to the statistics on success. */
 typedef struct ro_sam_result {
@@ -206,13 +224,30 @@ struct regopt_trainer {
 
     size_t forward_calls, backward_calls; /* of the step under way */
     ro_sam sam;
+    ro_rdrop rdrop;
+    int rdrop_now;      /* R-Drop runs in the step under way */
+    double acc[RO_ACC_N];
     double stats[RO_N_STATS];
     char msg[RO_MSG_SIZE];
 };
 
 
 regopt_status ro_trainer_check(const regopt_trainer *t, const char *func);
+
+/* ---- passes.c ---------------------------------------------------------- */
+
 void ro_zero_gradients(const regopt_model *m);
+/* Task loss of a batch's outputs z: returns inv_weight * sum_i m_i w_i l_i
+ * and writes m_i w_i * inv_weight * grad_scale * dl_i/dz_i into dz (NULL:
+ * loss only). Masked rows get zero gradient whatever they hold. */
+regopt_status ro_batch_loss(regopt_trainer *t, const regopt_batch *b, const float *z,
+                            double inv_weight, double grad_scale, float *dz, double *loss);
+void ro_pass_init(const regopt_trainer *t, regopt_pass *p, const regopt_batch *b, size_t bi,
+                  uint32_t flags, uint64_t seed);
+regopt_status ro_call_forward(regopt_trainer *t, regopt_pass *p);
+regopt_status ro_call_backward(regopt_trainer *t, regopt_pass *p);
+/* A view of rows [r0, r0 + rows) of b (shifted per-row arrays). */
+void ro_batch_rows(regopt_batch *v, const regopt_batch *b, size_t r0, size_t rows, size_t k);
 /* Forward, loss and backward over rows [r0, r0 + rows) of micro-batch bi
  * (all rows: r0 = 0, rows = b->rows), adding to the gradients and adding
  * the loss scaled by inv_weight to *loss. chunk distinguishes the dropout
@@ -224,13 +259,24 @@ regopt_status ro_gradient_rows(regopt_trainer *t, const regopt_batch *b, size_t 
 /* Zero the gradients, then ro_gradient_rows over every micro-batch. */
 regopt_status ro_gradient(regopt_trainer *t, const regopt_batch *batches, size_t count,
                           double inv_weight, uint32_t flags, uint32_t role, double *loss);
+/* ---- allreduce.c ------------------------------------------------------- */
+
 /* The data-parallel all-reduce of the gradients (a no-op without one). */
 regopt_status ro_sync_gradients(regopt_trainer *t, regopt_status local, double *weight,
                                 double *loss, double *loss2);
 /* Floats after the gradients in the all-reduce buffer. */
-#define RO_SYNC_EXTRA 4
+#define RO_SYNC_EXTRA (4 + RO_ACC_N)
 /* The scheduled learning rate of the next update. */
 double ro_trainer_lr(const regopt_trainer *t);
+
+/* ---- update.c ---------------------------------------------------------- */
+
+/* Global L2 norm of the gradients; NONFINITE_GRADIENT names the tensor. */
+regopt_status ro_gradient_norm(regopt_trainer *t, double *norm);
+/* torch's clip_grad_norm_ factor (1 = no clipping). */
+double ro_clip_scale(const regopt_optimizer *o, double norm);
+/* The fused base-optimizer update of every trainable tensor. */
+void ro_apply_update(regopt_trainer *t, double lr, double scale);
 
 /* ---- sam.c ------------------------------------------------------------- */
 
@@ -248,6 +294,22 @@ regopt_status ro_sam_validate(regopt_trainer *t, const regopt_batch *b, size_t c
  * every data-parallel synchronisation; weights are restored on return. */
 regopt_status ro_sam_gradient(regopt_trainer *t, const regopt_batch *batches, size_t count,
                               double *weight, double *loss, ro_sam_result *res);
+
+/* ---- rdrop.c ----------------------------------------------------------- */
+
+void ro_rdrop_defaults(ro_rdrop *r);
+regopt_status ro_rdrop_set(regopt_trainer *t, regopt_key key, double value);
+double ro_rdrop_get(const regopt_trainer *t, regopt_key key);
+/* The model can run R-Drop (two slots, or doubled batches). */
+regopt_status ro_rdrop_check_model(regopt_trainer *t);
+/* Whether the step under way runs R-Drop (rdrop.every). */
+int ro_rdrop_due(const regopt_trainer *t);
+/* Output rows the scratch buffers need per batch row. */
+size_t ro_rows_factor(const regopt_trainer *t);
+/* ro_gradient_rows with R-Drop: both passes, the joint loss, both backwards. */
+regopt_status ro_rdrop_rows(regopt_trainer *t, const regopt_batch *v, size_t bi,
+                            size_t r0, double inv_weight, uint32_t flags, uint32_t role,
+                            uint32_t chunk, double *loss);
 
 /* ---- schedule.c -------------------------------------------------------- */
 
@@ -298,6 +360,12 @@ double ro_softmax_ce_row(const float *z, size_t k, int32_t label, double s,
 /* Per-row mean squared error over k outputs, gradient scaled by coef. */
 double ro_mse_row(const float *z, const float *t, size_t k, float coef,
                   float *dz);
+
+/* R-Drop's consistency terms; gradients scaled by coef are ADDED to d1, d2. */
+double ro_sym_kl_row(const float *z1, const float *z2, size_t k, float coef, float *d1,
+                     float *d2);
+double ro_sq_diff_row(const float *z1, const float *z2, size_t k, float coef, float *d1,
+                      float *d2);
 
 /* ---- batch.c ----------------------------------------------------------- */
 

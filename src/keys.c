@@ -50,6 +50,11 @@ static const ro_key_desc key_table[] = {
     {REGOPT_SAM_SAME_SEED, "sam.same_seed", I, RO_OWNER_SAM, 0, 1, 1, 0},
     {REGOPT_SAM_ASCENT_WEIGHT_DECAY, "sam.ascent_weight_decay", D, RO_OWNER_SAM, 0, 1e3, 0, 0},
     {REGOPT_SAM_SYNC_ASCENT, "sam.sync_ascent", I, RO_OWNER_SAM, 0, 1, 0, 0},
+    {REGOPT_RDROP_ALPHA, "rdrop.alpha", D, RO_OWNER_RDROP, 0, 1e4, 1, 0},
+    {REGOPT_RDROP_CE_WEIGHT, "rdrop.ce_weight", D, RO_OWNER_RDROP, 0, 1e3, 1, 0},
+    {REGOPT_RDROP_KL_SUM, "rdrop.kl_sum", I, RO_OWNER_RDROP, 0, 1, 0, 0},
+    {REGOPT_RDROP_EVERY, "rdrop.every", I, RO_OWNER_RDROP, 1, 2147483648.0, 1, 0},
+    {REGOPT_RDROP_DOUBLED, "rdrop.doubled", I, RO_OWNER_RDROP, 0, 1, 1, 0},
     {REGOPT_STAT_LOSS, "stat.loss", D, RO_OWNER_STAT, -HUGE_VAL, HUGE_VAL, 0, RO},
     {REGOPT_STAT_OBJECTIVE, "stat.objective", D, RO_OWNER_STAT, -HUGE_VAL, HUGE_VAL, 0, RO},
     {REGOPT_STAT_GRAD_NORM, "stat.grad_norm", D, RO_OWNER_STAT, 0, HUGE_VAL, 0, RO},
@@ -66,6 +71,11 @@ static const ro_key_desc key_table[] = {
     {REGOPT_STAT_SAM_ASCENT_NORM, "stat.sam_ascent_norm", D, RO_OWNER_STAT, 0, HUGE_VAL, 0, RO},
     {REGOPT_STAT_SAM_RHO, "stat.sam_rho", D, RO_OWNER_STAT, 0, HUGE_VAL, 0, RO},
     {REGOPT_STAT_SAM_APPLIED, "stat.sam_applied", I, RO_OWNER_STAT, 0, 1, 0, RO},
+    {REGOPT_STAT_RDROP_LOSS1, "stat.rdrop_loss1", D, RO_OWNER_STAT, -HUGE_VAL, HUGE_VAL, 0, RO},
+    {REGOPT_STAT_RDROP_LOSS2, "stat.rdrop_loss2", D, RO_OWNER_STAT, -HUGE_VAL, HUGE_VAL, 0, RO},
+    {REGOPT_STAT_RDROP_CONSISTENCY, "stat.rdrop_consistency", D, RO_OWNER_STAT, -HUGE_VAL,
+     HUGE_VAL, 0, RO},
+    {REGOPT_STAT_RDROP_APPLIED, "stat.rdrop_applied", I, RO_OWNER_STAT, 0, 1, 0, RO},
 };
 
 #define N_KEYS (sizeof key_table / sizeof key_table[0])

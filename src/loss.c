@@ -50,3 +50,58 @@ double ro_mse_row(const float *z, const float *t, size_t k, float coef, float *d
     }
     return sum / (double)k;
 }
+
+/* R-Drop's consistency term for classification (Liang et al. 2021, Eq. 2):
+ * c = (KL(P||Q) + KL(Q||P)) / 2 with P = softmax(z1), Q = softmax(z2), from
+ * log-softmax with the maxima subtracted. With r = log P - log Q,
+ *   dc/dz1 = (P (r - KL(P||Q)) + P - Q) / 2
+ *   dc/dz2 = (Q (-r - KL(Q||P)) + Q - P) / 2
+ * scaled by coef and ADDED to d1, d2 (which hold the task-loss gradients). */
+double ro_sym_kl_row(const float *z1, const float *z2, size_t k, float coef, float *d1,
+                     float *d2)
+{
+    float m1 = z1[0], m2 = z2[0];
+    double s1 = 0.0, s2 = 0.0, l1, l2, kpq = 0.0, kqp = 0.0;
+    size_t j;
+    for (j = 1; j < k; j++) {
+        m1 = z1[j] > m1 ? z1[j] : m1;
+        m2 = z2[j] > m2 ? z2[j] : m2;
+    }
+    for (j = 0; j < k; j++) {
+        s1 += expf(z1[j] - m1);
+        s2 += expf(z2[j] - m2);
+    }
+    l1 = (double)m1 + log(s1); /* log-sum-exp: log P_j = z1_j - l1 */
+    l2 = (double)m2 + log(s2);
+    for (j = 0; j < k; j++) {
+        double r = ((double)z1[j] - l1) - ((double)z2[j] - l2);
+        double p = exp((double)z1[j] - l1), q = exp((double)z2[j] - l2);
+        kpq += p * r;
+        kqp -= q * r;
+    }
+    if (d1 && d2)
+        for (j = 0; j < k; j++) {
+            double r = ((double)z1[j] - l1) - ((double)z2[j] - l2);
+            double p = exp((double)z1[j] - l1), q = exp((double)z2[j] - l2);
+            d1[j] += (float)(coef * 0.5 * (p * (r - kpq) + p - q));
+            d2[j] += (float)(coef * 0.5 * (q * (-r - kqp) + q - p));
+        }
+    return 0.5 * (kpq + kqp);
+}
+
+/* The regression form: c = mean_k (z1_k - z2_k)^2, gradients added. */
+double ro_sq_diff_row(const float *z1, const float *z2, size_t k, float coef, float *d1,
+                      float *d2)
+{
+    double sum = 0.0, scale = 2.0 * coef / (double)k;
+    size_t j;
+    for (j = 0; j < k; j++) {
+        double d = (double)z1[j] - z2[j];
+        sum += d * d;
+        if (d1 && d2) {
+            d1[j] += (float)(scale * d);
+            d2[j] -= (float)(scale * d);
+        }
+    }
+    return sum / (double)k;
+}

@@ -203,6 +203,18 @@ regopt_status regopt_model_set_slots(regopt_model *m, int32_t slots)
     return REGOPT_OK;
 }
 
+regopt_status regopt_model_set_capabilities(regopt_model *m, uint32_t caps)
+{
+    regopt_status st = check_mutable(m, "regopt_model_set_capabilities");
+    if (st != REGOPT_OK)
+        return st;
+    if (caps & ~(uint32_t)REGOPT_CAP_DOUBLED_BATCH)
+        return ro_fail(m->msg, REGOPT_ERR_INVALID_ARGUMENT,
+                       "unknown capability bits 0x%x", (unsigned)(caps & ~REGOPT_CAP_DOUBLED_BATCH));
+    m->caps = caps;
+    return REGOPT_OK;
+}
+
 regopt_status regopt_model_set_callbacks(regopt_model *m, regopt_pass_fn forward,
                                          regopt_pass_fn backward, void *user,
                                          regopt_free_fn free_user)

@@ -145,9 +145,13 @@ static double rho_in_force(const regopt_trainer *t)
 {
     const ro_sam *s = &t->sam;
     double lr_max = t->opt->lr, lr_min = lr_max * t->opt->min_lr_ratio;
+    double r, lo = s->rho_min < s->rho ? s->rho_min : s->rho, hi = s->rho_min + s->rho - lo;
     if (!s->rho_follows_lr || !(lr_max > lr_min))
         return s->rho;
-    return s->rho_min + (s->rho - s->rho_min) * (ro_trainer_lr(t) - lr_min) / (lr_max - lr_min);
+    r = s->rho_min + (s->rho - s->rho_min) * (ro_trainer_lr(t) - lr_min) / (lr_max - lr_min);
+    /* during warm-up lr < lr_min: never let rho leave [rho_min, rho] (a
+       negative radius would descend instead of ascend) */
+    return r < lo ? lo : r > hi ? hi : r;
 }
 
 static int adaptive(const regopt_trainer *t, const ro_param *p)

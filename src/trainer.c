@@ -70,6 +70,7 @@ regopt_trainer *regopt_trainer_create(regopt_model *m, regopt_optimizer *o,
     t->opt = o;
     t->loss_kind = REGOPT_LOSS_SOFTMAX_CE;
     ro_sam_defaults(&t->sam);
+    ro_rdrop_defaults(&t->rdrop);
     m->bound++;
     o->bound++;
     return t;
@@ -140,7 +141,7 @@ regopt_status regopt_trainer_reserve(regopt_trainer *t, size_t max_rows)
     if (max_rows == 0 || max_rows > ((size_t)1 << 40) / t->model->output_width)
         return ro_fail(t->msg, REGOPT_ERR_INVALID_ARGUMENT,
                        "regopt_trainer_reserve: max_rows %zu is out of range", max_rows);
-    return reserve_rows(t, max_rows);
+    return reserve_rows(t, max_rows * ro_rows_factor(t));
 }
 
 /* ---- options and statistics -------------------------------------------- */
@@ -150,6 +151,7 @@ static regopt_status trainer_key(const regopt_trainer *t, regopt_key key,
 {
     const ro_key_desc *d = ro_key_find(key);
     int ok = d && (d->owner == RO_OWNER_TRAINER || d->owner == RO_OWNER_SAM ||
+                   d->owner == RO_OWNER_RDROP ||
                    (readable && d->owner == RO_OWNER_STAT));
     if (d && d->owner == RO_OWNER_STAT && !readable)
         return ro_fail((char *)t->msg, REGOPT_ERR_STATE,
@@ -187,6 +189,8 @@ static regopt_status set_value(regopt_trainer *t, regopt_key key, double dv,
         return st;
     if (d->owner == RO_OWNER_SAM)
         return ro_sam_set(t, key, dv);
+    if (d->owner == RO_OWNER_RDROP)
+        return ro_rdrop_set(t, key, dv);
     if (key == REGOPT_TRAINER_LOSS) {
         if (dv == REGOPT_LOSS_CALLBACK && !t->loss_fn)
             return ro_fail(t->msg, REGOPT_ERR_STATE,
@@ -243,6 +247,8 @@ static regopt_status get_value(const regopt_trainer *t, regopt_key key,
             v = t->label_smoothing;
         else if (d->owner == RO_OWNER_SAM)
             v = ro_sam_get(t, key);
+        else if (d->owner == RO_OWNER_RDROP)
+            v = ro_rdrop_get(t, key);
         else if (d->owner == RO_OWNER_STAT && key >= REGOPT_STAT_LOSS &&
                  key < REGOPT_STAT_LOSS + RO_N_STATS)
             v = t->stats[key - REGOPT_STAT_LOSS];
@@ -286,28 +292,6 @@ regopt_status regopt_trainer_set_loss_callback(regopt_trainer *t, regopt_loss_fn
     t->loss_user = fn ? user : NULL;
     t->loss_free = fn ? free_user : NULL;
     t->loss_kind = fn ? REGOPT_LOSS_CALLBACK : REGOPT_LOSS_SOFTMAX_CE;
-    return REGOPT_OK;
-}
-
-regopt_status regopt_trainer_set_allreduce(regopt_trainer *t, regopt_allreduce_fn fn,
-                                           void *user, regopt_free_fn free_user)
-{
-    regopt_status st = ro_trainer_check(t, "regopt_trainer_set_allreduce");
-    float *buf = NULL;
-    if (st != REGOPT_OK)
-        return st;
-    if (fn && !t->sync) {
-        buf = ro_calloc(&t->alloc, t->model->n_trainable + RO_SYNC_EXTRA, sizeof(float));
-        if (!buf)
-            return ro_fail(t->msg, REGOPT_ERR_NO_MEMORY,
-                           "out of memory for the all-reduce buffer");
-        t->sync = buf;
-    }
-    if (t->allreduce_free && (t->allreduce_user != user || !fn))
-        t->allreduce_free(t->allreduce_user);
-    t->allreduce = fn;
-    t->allreduce_user = fn ? user : NULL;
-    t->allreduce_free = fn ? free_user : NULL;
     return REGOPT_OK;
 }
 
@@ -355,16 +339,21 @@ regopt_status regopt_trainer_get_group(const regopt_trainer *t, int32_t group,
     return st;
 }
 
-regopt_status regopt_trainer_add_regularizer(regopt_trainer *t, regopt_regularizer kind)
+static regopt_status add_rdrop(regopt_trainer *t)
 {
-    regopt_status st = ro_trainer_check(t, "regopt_trainer_add_regularizer");
+    regopt_status st = ro_rdrop_check_model(t);
     if (st != REGOPT_OK)
         return st;
-    if (kind != REGOPT_REG_SAM)
-        return ro_fail(t->msg, REGOPT_ERR_INVALID_ARGUMENT, "unknown regularizer kind %d",
-                       (int)kind);
-    if (t->sam.enabled)
-        return ro_fail(t->msg, REGOPT_ERR_STATE, "the SAM regularizer is already on");
+    /* both passes' outputs live side by side: twice the rows */
+    st = reserve_rows(t, t->cap_rows * 2);
+    if (st == REGOPT_OK)
+        t->rdrop.enabled = 1;
+    return st;
+}
+
+static regopt_status add_sam(regopt_trainer *t)
+{
+    regopt_status st;
     t->sam.enabled = 1;
     st = ro_sam_reserve(t);
     if (st != REGOPT_OK) {
@@ -374,18 +363,52 @@ regopt_status regopt_trainer_add_regularizer(regopt_trainer *t, regopt_regulariz
     return st;
 }
 
+static int *enabled_flag(regopt_trainer *t, regopt_regularizer kind)
+{
+    switch (kind) {
+    case REGOPT_REG_SAM: return &t->sam.enabled;
+    case REGOPT_REG_RDROP: return &t->rdrop.enabled;
+    }
+    return NULL;
+}
+
+static const char *reg_name(regopt_regularizer kind)
+{
+    return kind == REGOPT_REG_SAM ? "SAM" : "R-Drop";
+}
+
+regopt_status regopt_trainer_add_regularizer(regopt_trainer *t, regopt_regularizer kind)
+{
+    regopt_status st = ro_trainer_check(t, "regopt_trainer_add_regularizer");
+    int *on;
+    if (st != REGOPT_OK)
+        return st;
+    on = enabled_flag(t, kind);
+    if (!on)
+        return ro_fail(t->msg, REGOPT_ERR_INVALID_ARGUMENT, "unknown regularizer kind %d",
+                       (int)kind);
+    if (*on)
+        return ro_fail(t->msg, REGOPT_ERR_STATE, "the %s regularizer is already on",
+                       reg_name(kind));
+    return kind == REGOPT_REG_SAM ? add_sam(t) : add_rdrop(t);
+}
+
 regopt_status regopt_trainer_remove_regularizer(regopt_trainer *t, regopt_regularizer kind)
 {
     regopt_status st = ro_trainer_check(t, "regopt_trainer_remove_regularizer");
+    int *on;
     if (st != REGOPT_OK)
         return st;
-    if (kind != REGOPT_REG_SAM)
+    on = enabled_flag(t, kind);
+    if (!on)
         return ro_fail(t->msg, REGOPT_ERR_INVALID_ARGUMENT, "unknown regularizer kind %d",
                        (int)kind);
-    if (!t->sam.enabled)
-        return ro_fail(t->msg, REGOPT_ERR_STATE, "the SAM regularizer is not on");
-    t->sam.enabled = 0;
-    ro_sam_release(t);
+    if (!*on)
+        return ro_fail(t->msg, REGOPT_ERR_STATE, "the %s regularizer is not on",
+                       reg_name(kind));
+    *on = 0;
+    if (kind == REGOPT_REG_SAM)
+        ro_sam_release(t);
     return REGOPT_OK;
 }
 
@@ -394,277 +417,6 @@ const char *regopt_trainer_message(const regopt_trainer *t)
     if (!t || t->magic != RO_MAGIC_TRAINER)
         return "invalid regopt_trainer handle";
     return t->msg;
-}
-
-/* ---- the loss ---------------------------------------------------------- */
-
-/* Loss of one batch's outputs, already scaled: returns inv_weight *
- * sum_i m_i w_i l_i (accumulated in double), and writes c_i dl_i/dz_i with
- * c_i = m_i w_i * inv_weight into dz (NULL: loss only). Masked rows get a
- * zero gradient whatever their labels or outputs hold. */
-static regopt_status batch_loss(regopt_trainer *t, const regopt_batch *b,
-                                const float *z, double inv_weight, float *dz,
-                                double *loss)
-{
-    size_t i, j, k = t->model->output_width;
-    double sum = 0.0;
-    if (t->loss_kind == REGOPT_LOSS_CALLBACK) {
-        float *g = dz ? dz : t->d_outputs;
-        int rc = t->loss_fn(b, z, b->rows, k, t->row_loss, g, t->loss_user);
-        if (rc != 0)
-            return ro_fail(t->msg, REGOPT_ERR_LOSS_CALLBACK,
-                           "the loss callback returned %d", rc);
-        for (i = 0; i < b->rows; i++) {
-            float rw = ro_row_weight(b, i), c = (float)(rw * inv_weight);
-            if (rw != 0.0f)
-                sum += (double)rw * t->row_loss[i];
-            for (j = 0; j < k; j++)
-                g[i * k + j] = rw != 0.0f ? c * g[i * k + j] : 0.0f;
-        }
-    } else {
-        for (i = 0; i < b->rows; i++) {
-            float rw = ro_row_weight(b, i), c = (float)(rw * inv_weight);
-            float *dzi = dz ? dz + i * k : NULL;
-            if (rw == 0.0f) {
-                if (dzi)
-                    ro_zero(dzi, k);
-                continue;
-            }
-            sum += rw * (t->loss_kind == REGOPT_LOSS_MSE
-                            ? ro_mse_row(z + i * k, b->targets + i * k, k, c, dzi)
-                            : ro_softmax_ce_row(z + i * k, k, b->labels[i],
-                                                t->label_smoothing, c, dzi));
-        }
-    }
-    *loss = sum * inv_weight;
-    return REGOPT_OK;
-}
-
-/* ---- passes ------------------------------------------------------------ */
-
-static void pass_init(const regopt_trainer *t, regopt_pass *p, const regopt_batch *b,
-                      size_t bi, uint32_t flags, uint64_t seed)
-{
-    const regopt_model *m = t->model;
-    memset(p, 0, sizeof *p);
-    p->size = sizeof *p;
-    p->batch = b->data;
-    p->rows = b->rows;
-    p->slot = 0;
-    p->flags = flags;
-    p->seed = seed;
-    p->micro_batch = bi;
-    p->output_width = m->output_width;
-    p->outputs = t->outputs;
-    p->input_width = m->input_width;
-    p->input_rows = m->input_width ? (b->input_rows ? b->input_rows : b->rows) : 0;
-}
-
-static regopt_status call_forward(regopt_trainer *t, regopt_pass *p)
-{
-    int rc = t->model->forward(p, t->model->user);
-    t->forward_calls++;
-    if (rc != 0)
-        return ro_fail(t->msg, REGOPT_ERR_FORWARD,
-                       "the forward callback returned %d (micro-batch %zu, slot %d)", rc,
-                       p->micro_batch, (int)p->slot);
-    return REGOPT_OK;
-}
-
-static regopt_status call_backward(regopt_trainer *t, regopt_pass *p)
-{
-    int rc = t->model->backward(p, t->model->user);
-    t->backward_calls++;
-    if (rc != 0)
-        return ro_fail(t->msg, REGOPT_ERR_BACKWARD,
-                       "the backward callback returned %d (micro-batch %zu, slot %d)", rc,
-                       p->micro_batch, (int)p->slot);
-    return REGOPT_OK;
-}
-
-/* A view of rows [r0, r0 + rows) of a batch: same host data, shifted
- * per-row arrays, so the loss code never needs to know about chunks. */
-static void batch_rows(regopt_batch *v, const regopt_batch *b, size_t r0, size_t rows,
-                       size_t k)
-{
-    regopt_batch_init(v);
-    v->data = b->data;
-    v->rows = rows;
-    v->labels = b->labels ? b->labels + r0 : NULL;
-    v->targets = b->targets ? b->targets + r0 * k : NULL;
-    v->mask = b->mask ? b->mask + r0 : NULL;
-    v->weights = b->weights ? b->weights + r0 : NULL;
-    v->input_rows = b->input_rows && b->input_rows != b->rows
-                        ? b->input_rows / b->rows * rows : 0;
-}
-
-regopt_status ro_gradient_rows(regopt_trainer *t, const regopt_batch *b, size_t bi,
-                               size_t r0, size_t rows, double inv_weight,
-                               uint32_t flags, uint32_t role, uint32_t chunk,
-                               double *loss)
-{
-    regopt_pass p;
-    regopt_batch v;
-    double l = 0.0;
-    regopt_status st;
-    uint64_t seed = ro_pass_seed(t->seed, t->step, (uint32_t)bi, role | (chunk << 8));
-    batch_rows(&v, b, r0, rows, t->model->output_width);
-    pass_init(t, &p, &v, bi, flags, seed);
-    p.row_offset = r0;
-    st = call_forward(t, &p);
-    if (st == REGOPT_OK)
-        st = batch_loss(t, &v, t->outputs, inv_weight, t->d_outputs, &l);
-    if (st == REGOPT_OK && !isfinite(l))
-        st = ro_fail(t->msg, REGOPT_ERR_NONFINITE_LOSS,
-                     "the loss of micro-batch %zu is %g", bi, l);
-    if (st != REGOPT_OK)
-        return st;
-    *loss += l;
-    p.d_outputs = t->d_outputs;
-    return call_backward(t, &p);
-}
-
-regopt_status ro_gradient(regopt_trainer *t, const regopt_batch *batches, size_t count,
-                          double inv_weight, uint32_t flags, uint32_t role, double *loss)
-{
-    regopt_status st = REGOPT_OK;
-    size_t bi;
-    ro_zero_gradients(t->model);
-    for (bi = 0; bi < count && st == REGOPT_OK; bi++) {
-        const regopt_batch *b = ro_batch_at(batches, bi);
-        st = ro_gradient_rows(t, b, bi, 0, b->rows, inv_weight, flags, role, 0, loss);
-    }
-    return st;
-}
-
-/* ---- data parallel ----------------------------------------------------- */
-
-/* One all-reduce per step. Layout: [g * weight (trainable elements), weight,
- * loss * weight, loss2 * weight, failed]. Scaling by the local weight before the sum and
- * dividing by the summed weight after it gives every replica the global
- * weighted mean. A replica whose passes failed (local != OK) still joins, so
- * no peer blocks, and its mark makes every peer roll back as well. */
-regopt_status ro_sync_gradients(regopt_trainer *t, regopt_status local, double *weight,
-                                double *loss, double *loss2)
-{
-    const regopt_model *m = t->model;
-    size_t n = m->n_trainable, i, j;
-    float *buf = t->sync;
-    double w;
-    int rc;
-    if (!t->allreduce)
-        return local;
-    for (i = 0; i < m->n_params; i++) {
-        const ro_param *p = &m->params[i];
-        float s = (float)*weight;
-        if (!p->grad)
-            continue;
-        if (local != REGOPT_OK) /* zeros, not 0 * grad: the grad may be inf */
-            ro_zero(buf + p->offset, p->count);
-        else
-            for (j = 0; j < p->count; j++)
-                buf[p->offset + j] = s * p->grad[j];
-    }
-    buf[n] = local == REGOPT_OK ? (float)*weight : 0.0f;
-    buf[n + 1] = local == REGOPT_OK ? (float)(*loss * *weight) : 0.0f;
-    buf[n + 2] = local == REGOPT_OK && loss2 ? (float)(*loss2 * *weight) : 0.0f;
-    buf[n + 3] = local == REGOPT_OK ? 0.0f : 1.0f;
-    rc = t->allreduce(buf, n + RO_SYNC_EXTRA, t->allreduce_user);
-    if (local != REGOPT_OK)
-        return local;
-    if (rc != 0)
-        return ro_fail(t->msg, REGOPT_ERR_ALLREDUCE, "the all-reduce callback returned %d", rc);
-    if (buf[n + 3] != 0.0f)
-        return ro_fail(t->msg, REGOPT_ERR_ALLREDUCE,
-                       "the step failed on %g other replica(s)", (double)buf[n + 3]);
-    w = buf[n];
-    if (!(w > 0.0) || !isfinite(w))
-        return ro_fail(t->msg, REGOPT_ERR_INVALID_ARGUMENT,
-                       "the batches of all replicas have no weight (total %g)", w);
-    for (i = 0; i < m->n_params; i++) {
-        const ro_param *p = &m->params[i];
-        float inv = (float)(1.0 / w);
-        if (p->grad)
-            for (j = 0; j < p->count; j++)
-                p->grad[j] = buf[p->offset + j] * inv;
-    }
-    *loss = buf[n + 1] / w;
-    if (loss2)
-        *loss2 = buf[n + 2] / w;
-    *weight = w;
-    return REGOPT_OK;
-}
-
-/* ---- the update -------------------------------------------------------- */
-
-static regopt_status gradient_norm(regopt_trainer *t, double *norm)
-{
-    const regopt_model *m = t->model;
-    double s = 0.0;
-    size_t i;
-    for (i = 0; i < m->n_params; i++)
-        if (m->params[i].grad)
-            s += ro_sum_squares(m->params[i].grad, m->params[i].count);
-    if (!isfinite(s)) {
-        for (i = 0; i < m->n_params; i++) {
-            const ro_param *p = &m->params[i];
-            if (p->grad && !isfinite(ro_sum_squares(p->grad, p->count)))
-                break;
-        }
-        return ro_fail(t->msg, REGOPT_ERR_NONFINITE_GRADIENT,
-                       "the gradient of parameter \"%.64s\" is not finite",
-                       i < m->n_params ? m->params[i].name : "?");
-    }
-    *norm = sqrt(s);
-    return REGOPT_OK;
-}
-
-/* torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6), capped
- * at 1. */
-static double clip_scale(const regopt_optimizer *o, double norm)
-{
-    double c;
-    if (o->clip_norm <= 0.0)
-        return 1.0;
-    c = o->clip_norm / (norm + 1e-6);
-    return c < 1.0 ? c : 1.0;
-}
-
-static void apply_update(regopt_trainer *t, double lr, double scale)
-{
-    const regopt_model *m = t->model;
-    const regopt_optimizer *o = t->opt;
-    size_t n = m->n_trainable, i;
-    ro_update u;
-    memset(&u, 0, sizeof u);
-    u.grad_scale = (float)scale;
-    u.momentum = (float)o->momentum;
-    u.one_minus_dampening = (float)(1.0 - o->dampening);
-    u.nesterov = o->nesterov;
-    u.first = !t->momentum_ready;
-    for (i = 0; i < m->n_params; i++) {
-        const ro_param *p = &m->params[i];
-        const ro_group_cfg *g = &o->groups[p->group];
-        double glr = lr * g->lr_scale;
-        float *st = t->state + p->offset;
-        if (!p->grad)
-            continue;
-        u.lr = (float)glr;
-        u.wd = (float)(g->weight_decay >= 0.0 ? g->weight_decay : o->weight_decay);
-        if (o->kind == REGOPT_SGD) {
-            ro_sgd_update(&u, p->data, p->grad, st, p->count);
-            continue;
-        }
-        ro_adam_scalars(&u, o, t->step + 1, glr);
-        if (o->kind == REGOPT_RADAM)
-            ro_radam_update(&u, p->data, p->grad, st, st + n, p->count);
-        else
-            ro_adam_update(&u, p->data, p->grad, st, st + n,
-                           t->per_element > 2 ? st + 2 * n : NULL, p->count,
-                           o->kind == REGOPT_ADAMW);
-    }
-    if (o->kind == REGOPT_SGD && o->momentum > 0.0)
-        t->momentum_ready = 1;
 }
 
 /* ---- step and evaluate ------------------------------------------------- */
@@ -683,15 +435,6 @@ static regopt_status step_config_check(regopt_trainer *t)
         return ro_fail(t->msg, REGOPT_ERR_STATE, "the loss is a callback but none is set");
     return REGOPT_OK;
 }
-
-void ro_zero_gradients(const regopt_model *m)
-{
-    size_t i;
-    for (i = 0; i < m->n_params; i++)
-        if (m->params[i].grad)
-            ro_zero(m->params[i].grad, m->params[i].count);
-}
-
 
 double ro_trainer_lr(const regopt_trainer *t)
 {
@@ -728,7 +471,7 @@ regopt_status regopt_trainer_step(regopt_trainer *t, const regopt_batch *batches
         st = ro_sam_validate(t, batches, count);
     }
     if (st == REGOPT_OK)
-        st = reserve_rows(t, rows);
+        st = reserve_rows(t, rows * ro_rows_factor(t));
     if (st != REGOPT_OK) {
         /* a replica that cannot even start still joins the first all-reduce
            with its failure mark, so that no peer waits for it forever */
@@ -739,6 +482,8 @@ regopt_status regopt_trainer_step(regopt_trainer *t, const regopt_batch *batches
 
     t->forward_calls = t->backward_calls = 0;
     memset(&res, 0, sizeof res);
+    memset(t->acc, 0, sizeof t->acc);
+    t->rdrop_now = ro_rdrop_due(t);
     if (sam) {
         st = ro_sam_gradient(t, batches, count, &weight, &loss, &res);
     } else {
@@ -749,16 +494,16 @@ regopt_status regopt_trainer_step(regopt_trainer *t, const regopt_batch *batches
         res.clean_loss = res.perturbed_loss = loss;
     }
     if (st == REGOPT_OK)
-        st = gradient_norm(t, &norm);
+        st = ro_gradient_norm(t, &norm);
     if (st != REGOPT_OK)
         return st;
 
     /* commit: nothing below can fail */
-    scale = clip_scale(t->opt, norm);
+    scale = ro_clip_scale(t->opt, norm);
     lr = ro_trainer_lr(t);
-    apply_update(t, lr, scale);
+    ro_apply_update(t, lr, scale);
     t->step++;
-    RO_STAT(t, REGOPT_STAT_LOSS) = loss;
+    RO_STAT(t, REGOPT_STAT_LOSS) = t->acc[RO_ACC_TASK];
     RO_STAT(t, REGOPT_STAT_OBJECTIVE) = sam ? res.perturbed_loss : loss;
     RO_STAT(t, REGOPT_STAT_GRAD_NORM) = norm;
     RO_STAT(t, REGOPT_STAT_CLIP_SCALE) = scale;
@@ -768,6 +513,12 @@ regopt_status regopt_trainer_step(regopt_trainer *t, const regopt_batch *batches
     RO_STAT(t, REGOPT_STAT_BACKWARD_CALLS) = (double)t->backward_calls;
     if (t->sam.enabled)
         commit_sam_stats(t, &res);
+    if (t->rdrop.enabled) {
+        RO_STAT(t, REGOPT_STAT_RDROP_LOSS1) = t->rdrop_now ? t->acc[RO_ACC_LOSS1] : 0.0;
+        RO_STAT(t, REGOPT_STAT_RDROP_LOSS2) = t->rdrop_now ? t->acc[RO_ACC_LOSS2] : 0.0;
+        RO_STAT(t, REGOPT_STAT_RDROP_CONSISTENCY) = t->acc[RO_ACC_CONSISTENCY];
+        RO_STAT(t, REGOPT_STAT_RDROP_APPLIED) = t->rdrop_now;
+    }
     return REGOPT_OK;
 }
 
@@ -789,10 +540,10 @@ regopt_status regopt_trainer_evaluate(regopt_trainer *t, const regopt_batch *bat
         st = reserve_rows(t, rows);
     if (st != REGOPT_OK)
         return st;
-    pass_init(t, &p, batch, 0, REGOPT_PASS_NO_GRAD, 0);
-    st = call_forward(t, &p);
+    ro_pass_init(t, &p, batch, 0, REGOPT_PASS_NO_GRAD, 0);
+    st = ro_call_forward(t, &p);
     if (st == REGOPT_OK && loss)
-        st = batch_loss(t, batch, t->outputs, 1.0 / weight, NULL, &l);
+        st = ro_batch_loss(t, batch, t->outputs, 1.0 / weight, 1.0, NULL, &l);
     if (st != REGOPT_OK)
         return st;
     if (loss)

@@ -12,5 +12,6 @@ Suite *suite_loss(void);    /* check_loss.c: losses, finite differences */
 Suite *suite_optim(void);   /* check_optim.c: optimizers and schedules vs formulas */
 Suite *suite_trainer(void); /* check_trainer.c: steps, accumulation, rollback */
 Suite *suite_parallel(void); /* check_parallel.c: data-parallel all-reduce */
+Suite *suite_sam(void);
 
 #endif
