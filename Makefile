@@ -42,7 +42,7 @@ MPI_EXAMPLES := $(if $(HAVE_MPI),examples/mpi_sam)
 SRC  := $(wildcard src/*.c)
 OBJ  := $(patsubst src/%.c,build/obj/%.o,$(SRC))
 TEST_SRC := $(filter-out test/header_c99.c,$(wildcard test/check_*.c))
-EXAMPLES := examples/mlp examples/minimal
+EXAMPLES := examples/mlp examples/minimal examples/charlm
 APP_CFLAGS := -std=c11 $(WARN) -Iinclude
 RPATH := -Wl,-rpath,$(abspath lib)
 
@@ -75,7 +75,7 @@ pkgconfig/regopt.pc: pkgconfig/regopt.pc.in include/regopt.h
 	    -e 's|@includedir@|$(INCLUDEDIR)|' -e 's|@version@|$(VERSION)|' $< > $@
 
 # Examples link the shared library, so the exported ABI is what they use.
-examples/%: examples/%.c examples/digits_mlp.h lib
+examples/%: examples/%.c examples/digits_mlp.h examples/cli.h lib
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(APP_CFLAGS) $(BLAS_CFLAGS) $< -o $@ \
 	    -Llib -lregopt $(RPATH) $(BLAS_LIBS) -lm
 
@@ -106,6 +106,8 @@ run-check: all test/header_c99 test/header_cxx
 	./examples/mlp --data data/digits.csv --min-test-acc 0.95 --quiet
 	./examples/mlp --data data/digits.csv --method sam --bn --min-test-acc 0.95 --quiet
 	./examples/mlp --data data/digits.csv --method asam --m-rows 16 --min-test-acc 0.95 --quiet
+	./examples/mlp --data data/digits.csv --rdrop 1 --bn --min-test-acc 0.95 --quiet
+	./examples/charlm --rdrop 1 --epochs 4 --max-bits 4.5
 	./test/check_regopt
 	$(if $(HAVE_MPI),sh test/check_mpi.sh examples/mpi_sam data/digits.csv,@echo "check: no mpicc, MPI test skipped")
 

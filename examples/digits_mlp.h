@@ -8,6 +8,8 @@
 #ifndef DIGITS_MLP_H
 #define DIGITS_MLP_H
 
+#include "cli.h"
+
 #include <cblas.h>
 #include <regopt.h>
 
@@ -101,32 +103,6 @@ static void shuffle_indices(size_t *idx, size_t n, uint64_t seed)
         idx[i - 1] = idx[j];
         idx[j] = t;
     }
-}
-
-/* ---- command lines ----------------------------------------------------- */
-
-static int parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    long v;
-    errno = 0;
-    v = strtol(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi)
-        return -1;
-    *out = v;
-    return 0;
-}
-
-static int parse_double(const char *s, double lo, double hi, double *out)
-{
-    char *end;
-    double v;
-    errno = 0;
-    v = strtod(s, &end);
-    if (errno || *end || end == s || !(v >= lo && v <= hi))
-        return -1;
-    *out = v;
-    return 0;
 }
 
 /* ---- the network ------------------------------------------------------- */
