@@ -325,6 +325,42 @@ typedef enum regopt_key {
                                        model declares REGOPT_CAP_DOUBLED_BATCH, run
                                        both passes as one forward over 2n rows */
 
+    /* SMART adversarial term (regopt_trainer_set_*), 1200..1249. See "SMART". */
+    REGOPT_SMART_LAMBDA = 1200,     /* "smart.lambda": lambda_s, [0, 1e4], default 1
+                                       (paper: 1, 3, 5) */
+    REGOPT_SMART_EPSILON = 1201,    /* "smart.epsilon": radius of the p-ball (paper
+                                       mode) or the normaliser's epsilon (mt-dnn
+                                       mode), (0, 1e3], default 1e-5 */
+    REGOPT_SMART_SIGMA = 1202,      /* "smart.sigma": std of the initial noise,
+                                       [0, 1e3], default 1e-5 */
+    REGOPT_SMART_ETA = 1203,        /* "smart.eta": ascent step, [0, 1e3], default 1e-3 */
+    REGOPT_SMART_STEPS = 1204,      /* "smart.steps": K ascent steps, int [1, 100],
+                                       default 1 */
+    REGOPT_SMART_NORM = 1205,       /* "smart.norm": per-row norm of the gradient
+                                       normalisation and the projection:
+                                       REGOPT_SMART_NORM_INF (default), _L1, _L2 */
+    REGOPT_SMART_MTDNN = 1206,      /* "smart.mtdnn": int 0/1, default 0 = the paper's
+                                       projected ascent; 1 = namisan/mt-dnn's unit
+                                       normalisation without projection */
+    REGOPT_SMART_STABLE_KL = 1207,  /* "smart.stable_kl": int 0/1, default 0; 1 = the
+                                       ascent's inner loss is mt-dnn's log-odds
+                                       "stable KL" (classification only) */
+    REGOPT_SMART_SAME_SEED = 1208,  /* "smart.same_seed": int 0/1, default 1: the
+                                       adversarial passes reuse the clean pass's
+                                       dropout seed (the perturbation is then the
+                                       only difference); 0 = fresh seeds (mt-dnn) */
+
+    /* Bregman proximal point term (regopt_trainer_set_*), 1250..1299. */
+    REGOPT_BREGMAN_MU = 1250,       /* "bregman.mu": mu, [0, 1e4], default 1 */
+    REGOPT_BREGMAN_BETA = 1251,     /* "bregman.beta": EMA momentum early on, [0, 1),
+                                       default 0.99 (0 = vanilla proximal point) */
+    REGOPT_BREGMAN_BETA_LATE = 1252, /* "bregman.beta_late": EMA momentum after the
+                                       switch, [0, 1), default 0.999 */
+    REGOPT_BREGMAN_SWITCH = 1253,   /* "bregman.switch": fraction of
+                                       optimizer.total_steps after which beta_late
+                                       applies, [0, 1], default 0.1 (total_steps 0:
+                                       beta throughout) */
+
     /* Statistics of the last successful step (regopt_trainer_get_double),
      * read-only, 900..999. Before the first step they read 0. */
     REGOPT_STAT_LOSS = 900,       /* "stat.loss": task loss (weighted mean) at w; with
@@ -353,9 +389,22 @@ typedef enum regopt_key {
                                              term before alpha: mean (or sum) of
                                              (KL(P1||P2) + KL(P2||P1))/2, or of the
                                              squared difference for MSE */
-    REGOPT_STAT_RDROP_APPLIED = 918       /* "stat.rdrop_applied": 1 if the last step ran
+    REGOPT_STAT_RDROP_APPLIED = 918,      /* "stat.rdrop_applied": 1 if the last step ran
                                              R-Drop, 0 for a plain step */
+    REGOPT_STAT_SMART_RS = 919,           /* "stat.smart_rs": R_s, the adversarial term
+                                             before lambda */
+    REGOPT_STAT_SMART_NOISE_NORM = 920,   /* "stat.smart_noise_norm": mean over
+                                             embedding rows of ||nu||_p after the
+                                             ascent */
+    REGOPT_STAT_BREGMAN_D = 921,          /* "stat.bregman_d": D_Breg before mu */
+    REGOPT_STAT_BREGMAN_BETA = 922        /* "stat.bregman_beta": beta of the EMA update
+                                             made by the last step */
 } regopt_key;
+
+/* Values of REGOPT_SMART_NORM. */
+#define REGOPT_SMART_NORM_INF 0
+#define REGOPT_SMART_NORM_L1 1
+#define REGOPT_SMART_NORM_L2 2
 
 /* Value types reported by regopt_key_info. */
 #define REGOPT_TYPE_DOUBLE 1
@@ -790,10 +839,53 @@ REGOPT_API regopt_status regopt_trainer_get_group(const regopt_trainer *trainer,
  * fewer, larger matrix products. s1 is the seed the pass would have without
  * R-Drop; both are reproducible from trainer.seed. With SAM, both of SAM's
  * gradient evaluations use the R-Drop objective (2 x 2 passes).
+ *
+ * SMART (Jiang et al. 2020, Eq. 1-3): min L(w) + lambda_s R_s(w) +
+ * mu D_Breg(w, w~), as two regularizers that may be used together or alone.
+ *
+ * REGOPT_REG_SMART, the smoothness-inducing adversarial term R_s, needs
+ * regopt_model_set_input_width(d): the host adds pass->input_perturbation
+ * (input_rows x d floats; batch.input_rows, default rows) to its input
+ * embeddings, and in backward writes d(loss)/d(embeddings) to pass->d_input
+ * when it is not NULL. Per micro-batch, after the clean forward z = f(x):
+ *   1. nu ~ N(0, sigma^2), drawn from the library's generator;
+ *   2. K times: forward(f(x + nu)), then backward flagged NO_PARAM_GRAD
+ *      (the host must leave parameter gradients alone and only fill d_input)
+ *      with d(l_s(f(x + nu), sg(z)))/d(outputs) -> g = d/d nu; per embedding
+ *      row, g^ = g / ||g||_p (0 where g = 0), and
+ *        paper mode:  nu <- projection onto {||nu||_p <= epsilon} of nu + eta g^
+ *        mt-dnn mode: d = nu + eta g, nu <- d / (||d||_p + epsilon)
+ *   3. R_s = l_s(f(x + nu), f(x)), weighted mean over rows, with gradients
+ *      into BOTH passes: a final forward(f(x + nu)) and its backward with
+ *      parameter gradients.
+ * l_s is the symmetric KL, KL(P||Q) + KL(Q||P) (not halved), for
+ * classification; the squared error mean_k (a_k - b_k)^2 for MSE; the
+ * ascent may use mt-dnn's stable KL instead (smart.stable_kl).
+ * Callbacks per micro-batch: forward(slot 0) [clean], then K x (forward(slot
+ * s), backward(slot s, NO_PARAM_GRAD)), forward(slot s), backward(slot s),
+ * backward(slot 0), where s = 1 (2 with two-call R-Drop): K + 2 forwards.
+ *
+ * REGOPT_REG_BREGMAN, the momentum Bregman proximal point term:
+ * D_Breg = weighted mean over rows of l_s(f(x; w), sg(f(x; w~))), where the
+ * teacher w~ is an exponential moving average of the parameters, set to w at
+ * the first step and updated after every optimizer update:
+ *   w~ <- beta w~ + (1 - beta) w   (beta, then beta_late after bregman.switch
+ *                                  of optimizer.total_steps).
+ * Once per step, before any other pass, the library swaps the teacher's
+ * weights into the host's buffers in place (no extra copy of the model),
+ * runs one forward per micro-batch flagged TEACHER | NO_GRAD (dropout off)
+ * into slot 0, and swaps the student weights back bit-exactly; the teacher's
+ * outputs are kept for the step. +1 forward per micro-batch.
+ *
+ * With R-Drop, the SMART and Bregman terms apply to the first of R-Drop's
+ * passes. With SAM, both of SAM's gradient evaluations include them (the
+ * teacher's outputs are computed once per step).
  */
 typedef enum regopt_regularizer {
     REGOPT_REG_SAM = 1,
-    REGOPT_REG_RDROP = 2
+    REGOPT_REG_RDROP = 2,
+    REGOPT_REG_SMART = 3,
+    REGOPT_REG_BREGMAN = 4
 } regopt_regularizer;
 
 /* Switch a regularizer on (allocating its buffers now, never in a step) or

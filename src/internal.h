@@ -58,7 +58,9 @@ enum ro_key_owner {
     RO_OWNER_STAT = 4,
     RO_OWNER_TRAINER_GROUP = 5, /* regopt_trainer_set_group */
     RO_OWNER_SAM = 6,           /* trainer keys of the SAM family */
-    RO_OWNER_RDROP = 7          /* trainer keys of R-Drop */
+    RO_OWNER_RDROP = 7,         /* trainer keys of R-Drop */
+    RO_OWNER_SMART = 8,
+    RO_OWNER_BREGMAN = 9
 };
 
 typedef struct ro_key_desc {
@@ -89,6 +91,8 @@ void ro_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2],
 enum ro_seed_role {
     RO_SEED_TASK = 1,
     RO_SEED_SAM_PERTURBED = 2,
+    RO_SEED_SMART_NOISE = 3,
+    RO_SEED_SMART_ADV = 4,
     RO_SEED_SECOND = 0x80 /* or-ed in: R-Drop's second pass */
 };
 
@@ -160,7 +164,7 @@ size_t ro_optimizer_state_per_element(const regopt_optimizer *o);
 
 /* ---- trainer.c --------------------------------------------------------- */
 
-#define RO_N_STATS (REGOPT_STAT_RDROP_APPLIED - REGOPT_STAT_LOSS + 1)
+#define RO_N_STATS (REGOPT_STAT_BREGMAN_BETA - REGOPT_STAT_LOSS + 1)
 #define RO_STAT(t, k) ((t)->stats[(k) - REGOPT_STAT_LOSS])
 
 /* SAM family configuration (sam.* keys) and buffers. */
@@ -185,7 +189,31 @@ typedef struct ro_rdrop {
 
 /* Terms of the step's objective at w, accumulated over micro-batches by the
  * passes that are not SAM-perturbed, all-reduced with the gradients. */
-enum { RO_ACC_TASK, RO_ACC_LOSS1, RO_ACC_LOSS2, RO_ACC_CONSISTENCY, RO_ACC_N };
+enum {
+    RO_ACC_TASK, RO_ACC_LOSS1, RO_ACC_LOSS2, RO_ACC_CONSISTENCY,
+    RO_ACC_SMART_RS, RO_ACC_NOISE_SUM, RO_ACC_NOISE_ROWS, RO_ACC_BREGMAN,
+    RO_ACC_N
+};
+
+/* SMART's adversarial term (smart.* keys) and its buffers. */
+typedef struct ro_smart {
+    int enabled;
+    double lambda, epsilon, sigma, eta;
+    int steps, norm, mtdnn, stable_kl, same_seed;
+    float *nu, *g;  /* perturbation and its gradient, cap_in embedding rows */
+    float *sort;    /* L1 projection scratch, input width */
+    size_t cap_in;
+} ro_smart;
+
+/* The Bregman proximal term (bregman.* keys): EMA teacher and its outputs. */
+typedef struct ro_bregman {
+    int enabled, ready;   /* ready: the teacher holds weights */
+    double mu, beta, beta_late, sw;
+    float *teacher;       /* n_trainable */
+    float *out;           /* the teacher's outputs for the step's rows */
+    size_t cap_out;       /* rows */
+    double last_beta;
+} ro_bregman;
 
 /* What a SAM step measured; committed to the statistics on success. */
 typedef struct ro_sam_result {
@@ -225,7 +253,10 @@ struct regopt_trainer {
     size_t forward_calls, backward_calls; /* of the step under way */
     ro_sam sam;
     ro_rdrop rdrop;
+    ro_smart smart;
+    ro_bregman bregman;
     int rdrop_now;      /* R-Drop runs in the step under way */
+    const regopt_batch *batches; /* of the step under way (teacher outputs) */
     double acc[RO_ACC_N];
     double stats[RO_N_STATS];
     char msg[RO_MSG_SIZE];
@@ -256,6 +287,8 @@ regopt_status ro_gradient_rows(regopt_trainer *t, const regopt_batch *b, size_t 
                                size_t r0, size_t rows, double inv_weight,
                                uint32_t flags, uint32_t role, uint32_t chunk,
                                double *loss);
+/* Embedding rows of a batch view (input_rows, or rows when 0). */
+size_t ro_input_rows(const regopt_batch *v);
 /* Zero the gradients, then ro_gradient_rows over every micro-batch. */
 regopt_status ro_gradient(regopt_trainer *t, const regopt_batch *batches, size_t count,
                           double inv_weight, uint32_t flags, uint32_t role, double *loss);
@@ -306,10 +339,48 @@ regopt_status ro_rdrop_check_model(regopt_trainer *t);
 int ro_rdrop_due(const regopt_trainer *t);
 /* Output rows the scratch buffers need per batch row. */
 size_t ro_rows_factor(const regopt_trainer *t);
-/* ro_gradient_rows with R-Drop: both passes, the joint loss, both backwards. */
-regopt_status ro_rdrop_rows(regopt_trainer *t, const regopt_batch *v, size_t bi,
-                            size_t r0, double inv_weight, uint32_t flags, uint32_t role,
-                            uint32_t chunk, double *loss);
+/* Both R-Drop forwards (doubled or two calls) from the first pass p1;
+ * outputs land as [z1 | z2]. */
+regopt_status ro_rdrop_forwards(regopt_trainer *t, regopt_pass *p1, regopt_pass *p2,
+                                uint64_t s2);
+regopt_status ro_rdrop_backwards(regopt_trainer *t, regopt_pass *p1, regopt_pass *p2,
+                                 size_t n);
+/* The consistency term of a view's rows, alpha * its gradient added. */
+double ro_rdrop_consistency(const regopt_trainer *t, const regopt_batch *v, const float *z1,
+                            const float *z2, double inv_weight, float *d1, float *d2);
+
+/* ---- smart.c ----------------------------------------------------------- */
+
+void ro_smart_defaults(ro_smart *s);
+regopt_status ro_smart_set(regopt_trainer *t, regopt_key key, double value);
+double ro_smart_get(const regopt_trainer *t, regopt_key key);
+regopt_status ro_smart_add(regopt_trainer *t);
+void ro_smart_release(regopt_trainer *t);
+/* Grow the noise buffers to the step's largest embedding row count. */
+regopt_status ro_smart_reserve(regopt_trainer *t, const regopt_batch *b, size_t count);
+/* The slot SMART's adversarial passes use. */
+int32_t ro_smart_slot(const regopt_trainer *t);
+/* R_s for a view whose clean outputs z (and their gradient dz) are given:
+ * the ascent and the final adversarial pass with its backward; adds
+ * lambda * dR_s/dz to dz; *rs = R_s. */
+regopt_status ro_smart_term(regopt_trainer *t, const regopt_batch *v, size_t bi, size_t r0,
+                            uint32_t flags, uint64_t seed, uint32_t role, uint32_t chunk,
+                            double inv_weight, const float *z, float *dz, double *rs);
+
+/* ---- bregman.c --------------------------------------------------------- */
+
+void ro_bregman_defaults(ro_bregman *b);
+regopt_status ro_bregman_set(regopt_trainer *t, regopt_key key, double value);
+double ro_bregman_get(const regopt_trainer *t, regopt_key key);
+regopt_status ro_bregman_add(regopt_trainer *t);
+void ro_bregman_release(regopt_trainer *t);
+/* The teacher's outputs for every row of the step (one weight swap). */
+regopt_status ro_bregman_teacher(regopt_trainer *t, const regopt_batch *b, size_t count);
+/* D_Breg of a view, mu * its gradient added to dz. */
+double ro_bregman_term(const regopt_trainer *t, const regopt_batch *v, size_t bi, size_t r0,
+                       const float *z, double inv_weight, float *dz);
+/* After the update: w~ <- beta w~ + (1 - beta) w. */
+void ro_bregman_update(regopt_trainer *t);
 
 /* ---- schedule.c -------------------------------------------------------- */
 
@@ -366,6 +437,7 @@ double ro_sym_kl_row(const float *z1, const float *z2, size_t k, float coef, flo
                      float *d2);
 double ro_sq_diff_row(const float *z1, const float *z2, size_t k, float coef, float *d1,
                       float *d2);
+double ro_stable_kl_row(const float *a, const float *b, size_t k, float coef, float *da);
 
 /* ---- batch.c ----------------------------------------------------------- */
 

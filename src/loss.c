@@ -56,7 +56,8 @@ double ro_mse_row(const float *z, const float *t, size_t k, float coef, float *d
  * log-softmax with the maxima subtracted. With r = log P - log Q,
  *   dc/dz1 = (P (r - KL(P||Q)) + P - Q) / 2
  *   dc/dz2 = (Q (-r - KL(Q||P)) + Q - P) / 2
- * scaled by coef and ADDED to d1, d2 (which hold the task-loss gradients). */
+ * scaled by coef and ADDED to d1, d2 (which hold the task-loss gradients);
+ * either may be NULL (a detached side). */
 double ro_sym_kl_row(const float *z1, const float *z2, size_t k, float coef, float *d1,
                      float *d2)
 {
@@ -79,12 +80,14 @@ double ro_sym_kl_row(const float *z1, const float *z2, size_t k, float coef, flo
         kpq += p * r;
         kqp -= q * r;
     }
-    if (d1 && d2)
+    if (d1 || d2)
         for (j = 0; j < k; j++) {
             double r = ((double)z1[j] - l1) - ((double)z2[j] - l2);
             double p = exp((double)z1[j] - l1), q = exp((double)z2[j] - l2);
-            d1[j] += (float)(coef * 0.5 * (p * (r - kpq) + p - q));
-            d2[j] += (float)(coef * 0.5 * (q * (-r - kqp) + q - p));
+            if (d1)
+                d1[j] += (float)(coef * 0.5 * (p * (r - kpq) + p - q));
+            if (d2)
+                d2[j] += (float)(coef * 0.5 * (q * (-r - kqp) + q - p));
         }
     return 0.5 * (kpq + kqp);
 }
@@ -98,10 +101,46 @@ double ro_sq_diff_row(const float *z1, const float *z2, size_t k, float coef, fl
     for (j = 0; j < k; j++) {
         double d = (double)z1[j] - z2[j];
         sum += d * d;
-        if (d1 && d2) {
+        if (d1)
             d1[j] += (float)(scale * d);
+        if (d2)
             d2[j] -= (float)(scale * d);
-        }
     }
     return sum / (double)k;
+}
+
+/* mt-dnn's "stable KL" of adversarial logits a against detached target
+ * logits b: sum_k p_k (r_p,k - r_q,k) * 2 with p = softmax(a), q =
+ * softmax(b) and r = -log(1/(x + 1e-6) - 1 + 1e-6) (log-odds) held constant,
+ * so the gradient flows through p only: d/da_j = p_j (c_j - sum_k p_k c_k),
+ * c = 2 (r_p - r_q). Gradient scaled by coef, added to da. */
+double ro_stable_kl_row(const float *a, const float *b, size_t k, float coef, float *da)
+{
+    float ma = a[0], mb = b[0];
+    double sa = 0.0, sb = 0.0, la, lb, loss = 0.0, mean_c = 0.0;
+    const double eps = 1e-6;
+    size_t j;
+    for (j = 1; j < k; j++) {
+        ma = a[j] > ma ? a[j] : ma;
+        mb = b[j] > mb ? b[j] : mb;
+    }
+    for (j = 0; j < k; j++) {
+        sa += expf(a[j] - ma);
+        sb += expf(b[j] - mb);
+    }
+    la = (double)ma + log(sa);
+    lb = (double)mb + log(sb);
+    for (j = 0; j < k; j++) {
+        double p = exp((double)a[j] - la), q = exp((double)b[j] - lb);
+        double c = 2.0 * (-log(1.0 / (p + eps) - 1.0 + eps) + log(1.0 / (q + eps) - 1.0 + eps));
+        loss += p * c;
+        mean_c += p * c;
+    }
+    if (da)
+        for (j = 0; j < k; j++) {
+            double p = exp((double)a[j] - la), q = exp((double)b[j] - lb);
+            double c = 2.0 * (-log(1.0 / (p + eps) - 1.0 + eps) + log(1.0 / (q + eps) - 1.0 + eps));
+            da[j] += (float)(coef * p * (c - mean_c));
+        }
+    return loss;
 }

@@ -103,34 +103,81 @@ void ro_batch_rows(regopt_batch *v, const regopt_batch *b, size_t r0, size_t row
                         ? b->input_rows / b->rows * rows : 0;
 }
 
+size_t ro_input_rows(const regopt_batch *v)
+{
+    return v->input_rows ? v->input_rows : v->rows;
+}
+
+/* The loss-side terms of one view, on outputs already computed: task loss
+ * (per R-Drop pass), R-Drop's consistency, Bregman's proximal term and
+ * SMART's adversarial term (whose own passes run here). Gradients w.r.t.
+ * the clean outputs land in t->d_outputs; returns the objective. */
+static regopt_status loss_terms(regopt_trainer *t, const regopt_batch *v, size_t bi,
+                                size_t r0, uint32_t flags, uint64_t seed, uint32_t role,
+                                uint32_t chunk, double inv_weight, double *objective)
+{
+    size_t nk = v->rows * t->model->output_width;
+    float *z = t->outputs, *dz = t->d_outputs;
+    int two = t->rdrop_now;
+    double w_ce = two ? t->rdrop.ce_weight : 1.0, l1 = 0.0, l2 = 0.0, c = 0.0, br = 0.0,
+           rs = 0.0;
+    regopt_status st = ro_batch_loss(t, v, z, inv_weight, w_ce, dz, &l1);
+    if (st == REGOPT_OK && two)
+        st = ro_batch_loss(t, v, z + nk, inv_weight, w_ce, dz + nk, &l2);
+    if (st != REGOPT_OK)
+        return st;
+    if (two)
+        c = ro_rdrop_consistency(t, v, z, z + nk, inv_weight, dz, dz + nk);
+    if (t->bregman.enabled)
+        br = ro_bregman_term(t, v, bi, r0, z, inv_weight, dz);
+    if (t->smart.enabled)
+        st = ro_smart_term(t, v, bi, r0, flags, seed, role, chunk, inv_weight, z, dz, &rs);
+    if (st != REGOPT_OK)
+        return st;
+    *objective = (two ? w_ce * (l1 + l2) + t->rdrop.alpha * c : l1) + t->bregman.mu * br *
+                 t->bregman.enabled + t->smart.lambda * rs * t->smart.enabled;
+    if (!(flags & REGOPT_PASS_PERTURBED_WEIGHTS)) { /* terms of the objective at w */
+        t->acc[RO_ACC_TASK] += two ? 0.5 * (l1 + l2) : l1;
+        t->acc[RO_ACC_LOSS1] += l1;
+        t->acc[RO_ACC_LOSS2] += l2;
+        t->acc[RO_ACC_CONSISTENCY] += c;
+        t->acc[RO_ACC_BREGMAN] += br;
+        t->acc[RO_ACC_SMART_RS] += rs;
+    }
+    return REGOPT_OK;
+}
+
 regopt_status ro_gradient_rows(regopt_trainer *t, const regopt_batch *b, size_t bi,
                                size_t r0, size_t rows, double inv_weight,
                                uint32_t flags, uint32_t role, uint32_t chunk,
                                double *loss)
 {
-    regopt_pass p;
+    regopt_pass p1, p2;
     regopt_batch v;
-    double l = 0.0;
+    double obj = 0.0;
     regopt_status st;
-    uint64_t seed = ro_pass_seed(t->seed, t->step, (uint32_t)bi, role | (chunk << 8));
+    uint64_t s1 = ro_pass_seed(t->seed, t->step, (uint32_t)bi, role | (chunk << 8));
     ro_batch_rows(&v, b, r0, rows, t->model->output_width);
+    ro_pass_init(t, &p1, &v, bi, flags, s1);
+    p1.row_offset = r0;
     if (t->rdrop_now)
-        return ro_rdrop_rows(t, &v, bi, r0, inv_weight, flags, role, chunk, loss);
-    ro_pass_init(t, &p, &v, bi, flags, seed);
-    p.row_offset = r0;
-    st = ro_call_forward(t, &p);
+        st = ro_rdrop_forwards(t, &p1, &p2,
+                               ro_pass_seed(t->seed, t->step, (uint32_t)bi,
+                                            role | RO_SEED_SECOND | (chunk << 8)));
+    else
+        st = ro_call_forward(t, &p1);
     if (st == REGOPT_OK)
-        st = ro_batch_loss(t, &v, t->outputs, inv_weight, 1.0, t->d_outputs, &l);
-    if (st == REGOPT_OK && !isfinite(l))
+        st = loss_terms(t, &v, bi, r0, flags, s1, role, chunk, inv_weight, &obj);
+    if (st == REGOPT_OK && !isfinite(obj))
         st = ro_fail(t->msg, REGOPT_ERR_NONFINITE_LOSS,
-                     "the loss of micro-batch %zu is %g", bi, l);
+                     "the loss of micro-batch %zu is %g", bi, obj);
     if (st != REGOPT_OK)
         return st;
-    *loss += l;
-    if (!(flags & REGOPT_PASS_PERTURBED_WEIGHTS))
-        t->acc[RO_ACC_TASK] += l;
-    p.d_outputs = t->d_outputs;
-    return ro_call_backward(t, &p);
+    *loss += obj;
+    if (t->rdrop_now)
+        return ro_rdrop_backwards(t, &p1, &p2, rows);
+    p1.d_outputs = t->d_outputs;
+    return ro_call_backward(t, &p1);
 }
 
 regopt_status ro_gradient(regopt_trainer *t, const regopt_batch *batches, size_t count,

@@ -64,13 +64,14 @@ int ro_rdrop_due(const regopt_trainer *t)
 
 size_t ro_rows_factor(const regopt_trainer *t)
 {
-    return t->rdrop.enabled ? 2 : 1;
+    /* [R-Drop pass 1 | R-Drop pass 2 | SMART's adversarial pass] */
+    return (t->rdrop.enabled ? 2 : 1) + (t->smart.enabled ? 1 : 0);
 }
 
 /* The consistency term of n rows, scaled like the task loss (or summed),
  * its gradient (times alpha) added to d1, d2. */
-static double consistency(const regopt_trainer *t, const regopt_batch *v, const float *z1,
-                          const float *z2, double inv_weight, float *d1, float *d2)
+double ro_rdrop_consistency(const regopt_trainer *t, const regopt_batch *v, const float *z1,
+                            const float *z2, double inv_weight, float *d1, float *d2)
 {
     size_t i, k = t->model->output_width;
     double sum = 0.0, norm = t->rdrop.kl_sum ? 1.0 : inv_weight;
@@ -88,8 +89,8 @@ static double consistency(const regopt_trainer *t, const regopt_batch *v, const 
 
 /* Both forwards: one doubled pass (2n rows, slot 0) or two passes in slots
  * 0 and 1. Either way the outputs land as [z1 (n rows) | z2 (n rows)]. */
-static regopt_status forwards(regopt_trainer *t, regopt_pass *p1, regopt_pass *p2,
-                              uint64_t s2)
+regopt_status ro_rdrop_forwards(regopt_trainer *t, regopt_pass *p1, regopt_pass *p2,
+                                uint64_t s2)
 {
     regopt_status st;
     size_t n = p1->rows;
@@ -107,7 +108,8 @@ static regopt_status forwards(regopt_trainer *t, regopt_pass *p1, regopt_pass *p
     return st == REGOPT_OK ? ro_call_forward(t, p2) : st;
 }
 
-static regopt_status backwards(regopt_trainer *t, regopt_pass *p1, regopt_pass *p2, size_t n)
+regopt_status ro_rdrop_backwards(regopt_trainer *t, regopt_pass *p1, regopt_pass *p2,
+                                 size_t n)
 {
     regopt_status st;
     p1->d_outputs = t->d_outputs;
@@ -116,43 +118,4 @@ static regopt_status backwards(regopt_trainer *t, regopt_pass *p1, regopt_pass *
     p2->d_outputs = t->d_outputs + n * t->model->output_width;
     st = ro_call_backward(t, p1);
     return st == REGOPT_OK ? ro_call_backward(t, p2) : st;
-}
-
-regopt_status ro_rdrop_rows(regopt_trainer *t, const regopt_batch *v, size_t bi, size_t r0,
-                            double inv_weight, uint32_t flags, uint32_t role, uint32_t chunk,
-                            double *loss)
-{
-    size_t n = v->rows, k = t->model->output_width;
-    const ro_rdrop *r = &t->rdrop;
-    float *z1 = t->outputs, *z2 = t->outputs + n * k;
-    float *d1 = t->d_outputs, *d2 = t->d_outputs + n * k;
-    double l1 = 0.0, l2 = 0.0, c = 0.0, obj;
-    regopt_pass p1, p2;
-    regopt_status st;
-    uint64_t s1 = ro_pass_seed(t->seed, t->step, (uint32_t)bi, role | (chunk << 8));
-    uint64_t s2 = ro_pass_seed(t->seed, t->step, (uint32_t)bi,
-                               role | RO_SEED_SECOND | (chunk << 8));
-    ro_pass_init(t, &p1, v, bi, flags, s1);
-    p1.row_offset = r0;
-    st = forwards(t, &p1, &p2, s2);
-    if (st == REGOPT_OK)
-        st = ro_batch_loss(t, v, z1, inv_weight, r->ce_weight, d1, &l1);
-    if (st == REGOPT_OK)
-        st = ro_batch_loss(t, v, z2, inv_weight, r->ce_weight, d2, &l2);
-    if (st == REGOPT_OK)
-        c = consistency(t, v, z1, z2, inv_weight, d1, d2);
-    obj = r->ce_weight * (l1 + l2) + r->alpha * c;
-    if (st == REGOPT_OK && !isfinite(obj))
-        st = ro_fail(t->msg, REGOPT_ERR_NONFINITE_LOSS,
-                     "the R-Drop loss of micro-batch %zu is %g", bi, obj);
-    if (st != REGOPT_OK)
-        return st;
-    *loss += obj;
-    if (!(flags & REGOPT_PASS_PERTURBED_WEIGHTS)) {
-        t->acc[RO_ACC_TASK] += 0.5 * (l1 + l2);
-        t->acc[RO_ACC_LOSS1] += l1;
-        t->acc[RO_ACC_LOSS2] += l2;
-        t->acc[RO_ACC_CONSISTENCY] += c;
-    }
-    return backwards(t, &p1, &p2, n);
 }

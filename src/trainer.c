@@ -71,6 +71,8 @@ regopt_trainer *regopt_trainer_create(regopt_model *m, regopt_optimizer *o,
     t->loss_kind = REGOPT_LOSS_SOFTMAX_CE;
     ro_sam_defaults(&t->sam);
     ro_rdrop_defaults(&t->rdrop);
+    ro_smart_defaults(&t->smart);
+    ro_bregman_defaults(&t->bregman);
     m->bound++;
     o->bound++;
     return t;
@@ -101,6 +103,8 @@ void regopt_trainer_free(regopt_trainer *t)
         t->opt->bound--;
     free_scratch(t);
     ro_sam_release(t);
+    ro_smart_release(t);
+    ro_bregman_release(t);
     ro_free(&t->alloc, t->state);
     a = t->alloc;
     t->magic = RO_MAGIC_DEAD;
@@ -151,7 +155,8 @@ static regopt_status trainer_key(const regopt_trainer *t, regopt_key key,
 {
     const ro_key_desc *d = ro_key_find(key);
     int ok = d && (d->owner == RO_OWNER_TRAINER || d->owner == RO_OWNER_SAM ||
-                   d->owner == RO_OWNER_RDROP ||
+                   d->owner == RO_OWNER_RDROP || d->owner == RO_OWNER_SMART ||
+                   d->owner == RO_OWNER_BREGMAN ||
                    (readable && d->owner == RO_OWNER_STAT));
     if (d && d->owner == RO_OWNER_STAT && !readable)
         return ro_fail((char *)t->msg, REGOPT_ERR_STATE,
@@ -191,6 +196,10 @@ static regopt_status set_value(regopt_trainer *t, regopt_key key, double dv,
         return ro_sam_set(t, key, dv);
     if (d->owner == RO_OWNER_RDROP)
         return ro_rdrop_set(t, key, dv);
+    if (d->owner == RO_OWNER_SMART)
+        return ro_smart_set(t, key, dv);
+    if (d->owner == RO_OWNER_BREGMAN)
+        return ro_bregman_set(t, key, dv);
     if (key == REGOPT_TRAINER_LOSS) {
         if (dv == REGOPT_LOSS_CALLBACK && !t->loss_fn)
             return ro_fail(t->msg, REGOPT_ERR_STATE,
@@ -249,6 +258,10 @@ static regopt_status get_value(const regopt_trainer *t, regopt_key key,
             v = ro_sam_get(t, key);
         else if (d->owner == RO_OWNER_RDROP)
             v = ro_rdrop_get(t, key);
+        else if (d->owner == RO_OWNER_SMART)
+            v = ro_smart_get(t, key);
+        else if (d->owner == RO_OWNER_BREGMAN)
+            v = ro_bregman_get(t, key);
         else if (d->owner == RO_OWNER_STAT && key >= REGOPT_STAT_LOSS &&
                  key < REGOPT_STAT_LOSS + RO_N_STATS)
             v = t->stats[key - REGOPT_STAT_LOSS];
@@ -339,15 +352,29 @@ regopt_status regopt_trainer_get_group(const regopt_trainer *t, int32_t group,
     return st;
 }
 
+/* Output rows of scratch per batch row grow with R-Drop and SMART: re-size
+ * what exists now, so that no step has to. */
+static regopt_status regrow(regopt_trainer *t, size_t old_factor)
+{
+    size_t batch_rows = t->cap_rows / old_factor;
+    return batch_rows ? reserve_rows(t, batch_rows * ro_rows_factor(t)) : REGOPT_OK;
+}
+
 static regopt_status add_rdrop(regopt_trainer *t)
 {
+    size_t f = ro_rows_factor(t);
     regopt_status st = ro_rdrop_check_model(t);
     if (st != REGOPT_OK)
         return st;
-    /* both passes' outputs live side by side: twice the rows */
-    st = reserve_rows(t, t->cap_rows * 2);
+    t->rdrop.enabled = 1;
+    if (t->smart.enabled && t->model->slots < ro_smart_slot(t) + 1)
+        st = ro_fail(t->msg, REGOPT_ERR_STATE,
+                     "R-Drop and SMART together need %d activation slots (the model has %d)",
+                     (int)ro_smart_slot(t) + 1, (int)t->model->slots);
     if (st == REGOPT_OK)
-        t->rdrop.enabled = 1;
+        st = regrow(t, f);
+    if (st != REGOPT_OK)
+        t->rdrop.enabled = 0;
     return st;
 }
 
@@ -363,18 +390,32 @@ static regopt_status add_sam(regopt_trainer *t)
     return st;
 }
 
+static regopt_status add_smart(regopt_trainer *t)
+{
+    size_t f = ro_rows_factor(t);
+    regopt_status st = ro_smart_add(t);
+    if (st == REGOPT_OK)
+        st = regrow(t, f);
+    if (st != REGOPT_OK)
+        ro_smart_release(t);
+    return st;
+}
+
 static int *enabled_flag(regopt_trainer *t, regopt_regularizer kind)
 {
     switch (kind) {
     case REGOPT_REG_SAM: return &t->sam.enabled;
     case REGOPT_REG_RDROP: return &t->rdrop.enabled;
+    case REGOPT_REG_SMART: return &t->smart.enabled;
+    case REGOPT_REG_BREGMAN: return &t->bregman.enabled;
     }
     return NULL;
 }
 
 static const char *reg_name(regopt_regularizer kind)
 {
-    return kind == REGOPT_REG_SAM ? "SAM" : "R-Drop";
+    static const char *names[] = {"?", "SAM", "R-Drop", "SMART", "Bregman"};
+    return names[kind >= 1 && kind <= 4 ? kind : 0];
 }
 
 regopt_status regopt_trainer_add_regularizer(regopt_trainer *t, regopt_regularizer kind)
@@ -390,7 +431,12 @@ regopt_status regopt_trainer_add_regularizer(regopt_trainer *t, regopt_regulariz
     if (*on)
         return ro_fail(t->msg, REGOPT_ERR_STATE, "the %s regularizer is already on",
                        reg_name(kind));
-    return kind == REGOPT_REG_SAM ? add_sam(t) : add_rdrop(t);
+    switch (kind) {
+    case REGOPT_REG_SAM: return add_sam(t);
+    case REGOPT_REG_RDROP: return add_rdrop(t);
+    case REGOPT_REG_SMART: return add_smart(t);
+    default: return ro_bregman_add(t);
+    }
 }
 
 regopt_status regopt_trainer_remove_regularizer(regopt_trainer *t, regopt_regularizer kind)
@@ -409,6 +455,10 @@ regopt_status regopt_trainer_remove_regularizer(regopt_trainer *t, regopt_regula
     *on = 0;
     if (kind == REGOPT_REG_SAM)
         ro_sam_release(t);
+    else if (kind == REGOPT_REG_SMART)
+        ro_smart_release(t);
+    else if (kind == REGOPT_REG_BREGMAN)
+        ro_bregman_release(t);
     return REGOPT_OK;
 }
 
@@ -472,6 +522,8 @@ regopt_status regopt_trainer_step(regopt_trainer *t, const regopt_batch *batches
     }
     if (st == REGOPT_OK)
         st = reserve_rows(t, rows * ro_rows_factor(t));
+    if (st == REGOPT_OK)
+        st = ro_smart_reserve(t, batches, count);
     if (st != REGOPT_OK) {
         /* a replica that cannot even start still joins the first all-reduce
            with its failure mark, so that no peer waits for it forever */
@@ -484,7 +536,11 @@ regopt_status regopt_trainer_step(regopt_trainer *t, const regopt_batch *batches
     memset(&res, 0, sizeof res);
     memset(t->acc, 0, sizeof t->acc);
     t->rdrop_now = ro_rdrop_due(t);
-    if (sam) {
+    t->batches = batches;
+    st = ro_bregman_teacher(t, batches, count);
+    if (st != REGOPT_OK) /* still joins the all-reduce, with its failure mark */
+        st = ro_sync_gradients(t, st, &weight, &loss, NULL);
+    else if (sam) {
         st = ro_sam_gradient(t, batches, count, &weight, &loss, &res);
     } else {
         /* a replica may hold only padding: its gradient is then zero */
@@ -502,6 +558,8 @@ regopt_status regopt_trainer_step(regopt_trainer *t, const regopt_batch *batches
     scale = ro_clip_scale(t->opt, norm);
     lr = ro_trainer_lr(t);
     ro_apply_update(t, lr, scale);
+    if (t->bregman.enabled)
+        ro_bregman_update(t); /* the EMA follows every update */
     t->step++;
     RO_STAT(t, REGOPT_STAT_LOSS) = t->acc[RO_ACC_TASK];
     RO_STAT(t, REGOPT_STAT_OBJECTIVE) = sam ? res.perturbed_loss : loss;
@@ -519,6 +577,11 @@ regopt_status regopt_trainer_step(regopt_trainer *t, const regopt_batch *batches
         RO_STAT(t, REGOPT_STAT_RDROP_CONSISTENCY) = t->acc[RO_ACC_CONSISTENCY];
         RO_STAT(t, REGOPT_STAT_RDROP_APPLIED) = t->rdrop_now;
     }
+    RO_STAT(t, REGOPT_STAT_SMART_RS) = t->acc[RO_ACC_SMART_RS];
+    RO_STAT(t, REGOPT_STAT_SMART_NOISE_NORM) =
+        t->acc[RO_ACC_NOISE_ROWS] > 0.0 ? t->acc[RO_ACC_NOISE_SUM] / t->acc[RO_ACC_NOISE_ROWS] : 0.0;
+    RO_STAT(t, REGOPT_STAT_BREGMAN_D) = t->acc[RO_ACC_BREGMAN];
+    RO_STAT(t, REGOPT_STAT_BREGMAN_BETA) = t->bregman.enabled ? t->bregman.last_beta : 0.0;
     return REGOPT_OK;
 }
 
