@@ -219,12 +219,15 @@ static void mlp_free(mlp *m)
  * training it uses the batch's statistics and moves the running ones --
  * except in SAM's perturbed pass (REGOPT_PASS_PERTURBED_WEIGHTS), which must
  * not count twice. Otherwise it uses the running statistics. */
-static void bn_forward(mlp *m, int s, size_t half, size_t n, uint32_t flags)
+static void bn_forward(mlp *m, int s, size_t half, size_t n, uint32_t flags, int adversarial)
 {
     size_t H = m->hid, i, j;
     float *h = m->h[s] + half * n * H, *xhat = m->xhat[s] + half * n * H;
     float *inv_std = m->inv_std[s] + half * H;
     int train = (flags & REGOPT_PASS_TRAIN) != 0;
+    /* statistics move in clean training passes only: not in SAM's perturbed
+       weights, nor in SMART's perturbed inputs */
+    int update = train && !(flags & REGOPT_PASS_PERTURBED_WEIGHTS) && !adversarial;
     m->bn_train[s] = train;
     for (j = 0; j < H; j++) {
         double mean = 0.0, var = 0.0;
@@ -236,7 +239,7 @@ static void bn_forward(mlp *m, int s, size_t half, size_t n, uint32_t flags)
             for (i = 0; i < n; i++)
                 var += (h[i * H + j] - mean) * (h[i * H + j] - mean);
             var /= (double)n;
-            if (!(flags & REGOPT_PASS_PERTURBED_WEIGHTS)) {
+            if (update) {
                 double unbiased = n > 1 ? var * (double)n / (double)(n - 1) : var;
                 m->run_mean[j] = (1.0f - BN_MOMENTUM) * m->run_mean[j] + BN_MOMENTUM * (float)mean;
                 m->run_var[j] = (1.0f - BN_MOMENTUM) * m->run_var[j] + BN_MOMENTUM * (float)unbiased;
@@ -253,13 +256,13 @@ static void bn_forward(mlp *m, int s, size_t half, size_t n, uint32_t flags)
             h[i * H + j] = m->gamma[j] * xh + m->beta[j];
         }
     }
-    if (train && !(flags & REGOPT_PASS_PERTURBED_WEIGHTS))
+    if (update)
         m->bn_updates++;
 }
 
 /* d(pre-activation) from d(bn output) in dh, in place; accumulates d gamma,
  * d beta. Training mode: dx = inv/N (N dxh - sum dxh - xh sum(dxh xh)). */
-static void bn_backward(mlp *m, int s, size_t half, size_t n)
+static void bn_backward(mlp *m, int s, size_t half, size_t n, int params)
 {
     size_t H = m->hid, i, j;
     const float *xh = m->xhat[s] + half * n * H;
@@ -269,8 +272,10 @@ static void bn_backward(mlp *m, int s, size_t half, size_t n)
         float inv = m->inv_std[s][half * H + j];
         for (i = 0; i < n; i++) {
             float dy = dh[i * H + j];
-            m->ggamma[j] += dy * xh[i * H + j];
-            m->gbeta[j] += dy;
+            if (params) {
+                m->ggamma[j] += dy * xh[i * H + j];
+                m->gbeta[j] += dy;
+            }
             sd += dy * m->gamma[j];
             sdx += dy * m->gamma[j] * xh[i * H + j];
         }
@@ -301,6 +306,13 @@ static int mlp_forward(const regopt_pass *p, void *user)
         memcpy(m->xd[s] + n * m->in, m->x[s], n * m->in * sizeof(float));
         m->x[s] = m->xd[s];
     }
+    if (p->input_perturbation) { /* SMART: the pixels are this host's embeddings */
+        if (doubled || p->input_rows != n || p->input_width != m->in)
+            return 4;
+        for (j = 0; j < n * m->in; j++)
+            m->xd[s][j] = m->x[s][j] + p->input_perturbation[j];
+        m->x[s] = m->xd[s];
+    }
     for (i = 0; i < rows; i++)
         memcpy(h + i * H, m->b1, H * sizeof *h);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)H, (int)m->in,
@@ -308,7 +320,7 @@ static int mlp_forward(const regopt_pass *p, void *user)
     for (half = 0; half < (doubled ? 2u : 1u); half++) {
         float *kh = keep + half * n * H;
         if (m->bn)
-            bn_forward(m, s, half, n, p->flags);
+            bn_forward(m, s, half, n, p->flags, p->input_perturbation != NULL);
         if ((p->flags & REGOPT_PASS_TRAIN) && m->drop > 0.0f) {
             /* inverted dropout: unit j of global row r is element r*H + j of
                the pass's stream (the second half's stream is seed2) */
@@ -339,29 +351,34 @@ static int mlp_backward(const regopt_pass *p, void *user)
     int s = p->slot, doubled = (p->flags & REGOPT_PASS_DOUBLED) != 0;
     size_t n = p->rows, H = m->hid, K = m->out, i, j, half;
     const float *dz = p->d_outputs, *h = m->h[s], *keep = m->keep[s];
-    if (s < 0 || s >= MLP_SLOTS || n > (doubled ? 2 : 1) * m->max_rows)
+    int params = !(p->flags & REGOPT_PASS_NO_PARAM_GRAD); /* SMART's ascent: d_input only */
+    if (s < 0 || s >= MLP_SLOTS || n > (doubled ? 2 : 1) * m->max_rows ||
+        (p->d_input && doubled))
         return 1;
-    if (p->flags & REGOPT_PASS_NO_PARAM_GRAD)
-        return 3; /* this host exposes no input embeddings */
-    /* g2 += h^T dz ; gb2 += column sums of dz */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)H, (int)K, (int)n, 1.0f, h,
-                (int)H, dz, (int)K, 1.0f, m->g2, (int)K);
-    for (i = 0; i < n; i++)
-        for (j = 0; j < K; j++)
-            m->gb2[j] += dz[i * K + j];
+    if (params) { /* g2 += h^T dz ; gb2 += column sums of dz */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)H, (int)K, (int)n, 1.0f, h,
+                    (int)H, dz, (int)K, 1.0f, m->g2, (int)K);
+        for (i = 0; i < n; i++)
+            for (j = 0; j < K; j++)
+                m->gb2[j] += dz[i * K + j];
+    }
     /* dh = (dz w2^T) * relu'(pre) * dropout scale; h > 0 exactly where both hold */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)H, (int)K, 1.0f, dz,
                 (int)K, m->w2, (int)K, 0.0f, m->dh, (int)H);
     for (j = 0; j < n * H; j++)
         m->dh[j] = h[j] > 0.0f ? m->dh[j] * keep[j] : 0.0f;
     for (half = 0; m->bn && half < (doubled ? 2u : 1u); half++)
-        bn_backward(m, s, half, doubled ? n / 2 : n);
-    /* g1 += x^T dh ; gb1 += column sums of dh */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)m->in, (int)H, (int)n, 1.0f,
-                m->x[s], (int)m->in, m->dh, (int)H, 1.0f, m->g1, (int)H);
-    for (i = 0; i < n; i++)
-        for (j = 0; j < H; j++)
-            m->gb1[j] += m->dh[i * H + j];
+        bn_backward(m, s, half, doubled ? n / 2 : n, params);
+    if (params) { /* g1 += x^T dh ; gb1 += column sums of dh */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)m->in, (int)H, (int)n, 1.0f,
+                    m->x[s], (int)m->in, m->dh, (int)H, 1.0f, m->g1, (int)H);
+        for (i = 0; i < n; i++)
+            for (j = 0; j < H; j++)
+                m->gb1[j] += m->dh[i * H + j];
+    }
+    if (p->d_input) /* d(loss)/d(input) = dh w1^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)m->in, (int)H, 1.0f,
+                    m->dh, (int)H, m->w1, (int)H, 0.0f, p->d_input, (int)m->in);
     return 0;
 }
 
@@ -383,6 +400,7 @@ static regopt_status mlp_register(mlp *m, regopt_model *model)
         (m->bn && (st = regopt_model_add_param(model, "bn.beta", m->beta, m->gbeta, m->hid,
                                                REGOPT_DTYPE_FLOAT32, 1)) != REGOPT_OK) ||
         (st = regopt_model_set_output_width(model, m->out)) != REGOPT_OK ||
+        (st = regopt_model_set_input_width(model, m->in)) != REGOPT_OK ||
         (st = regopt_model_set_slots(model, MLP_SLOTS)) != REGOPT_OK)
         return st;
     /* the forward also takes R-Drop's doubled batches */

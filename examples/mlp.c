@@ -18,7 +18,7 @@
 typedef struct options {
     const char *data, *method;
     long epochs, batch, hidden, seed, m_rows, every;
-    double lr, wd, dropout, min_test_acc, test_fraction, rho, rdrop;
+    double lr, wd, dropout, min_test_acc, test_fraction, rho, rdrop, smart, bregman;
     int quiet, bn, two_call;
 } options;
 
@@ -42,6 +42,8 @@ static void usage(FILE *f)
             "  --bn                 batch normalisation after the first layer\n"
             "  --rdrop ALPHA        add R-Drop with this consistency weight (e.g. 1)\n"
             "  --two-call           R-Drop as two forward calls, not one doubled batch\n"
+            "  --smart LAMBDA       add SMART's adversarial term on the pixels (e.g. 1)\n"
+            "  --bregman MU         add SMART's Bregman proximal term (e.g. 1)\n"
             "  --min-test-acc X     exit with status 1 if test accuracy is below X\n"
             "  --quiet              print only the final line\n"
             "  --help               this text\n");
@@ -86,6 +88,8 @@ static int parse_args(int argc, char **argv, options *o)
         }
         else if (!strcmp(a, "--rho")) bad = parse_double(v, 0, 100, &o->rho);
         else if (!strcmp(a, "--rdrop")) bad = parse_double(v, 0, 1e4, &o->rdrop);
+        else if (!strcmp(a, "--smart")) bad = parse_double(v, 0, 1e4, &o->smart);
+        else if (!strcmp(a, "--bregman")) bad = parse_double(v, 0, 1e4, &o->bregman);
         else if (!strcmp(a, "--m-rows")) bad = parse_long(v, 0, 100000, &o->m_rows);
         else if (!strcmp(a, "--every")) bad = parse_long(v, 1, 100000, &o->every);
         else if (!strcmp(a, "--epochs")) bad = parse_long(v, 1, 100000, &o->epochs);
@@ -148,7 +152,7 @@ static int evaluate(regopt_trainer *t, const float *x, const int32_t *y, size_t 
 int main(int argc, char **argv)
 {
     options o = {"data/digits.csv", "adamw", 40, 64, 128, 1, 0, 1,
-                 3e-3, 1e-2, 0.1, -1.0, 0.2, -1.0, -1.0, 0, 0, 0};
+                 3e-3, 1e-2, 0.1, -1.0, 0.2, -1.0, -1.0, -1.0, -1.0, 0, 0, 0};
     digits d = {0, NULL, NULL};
     mlp net;
     regopt_model *model = NULL;
@@ -241,11 +245,26 @@ int main(int argc, char **argv)
         CHECK(regopt_trainer_set_int(tr, REGOPT_RDROP_DOUBLED, !o.two_call),
               regopt_trainer_message(tr));
     }
+    if (o.smart >= 0.0) { /* perturb the pixels: a tenth of their 0..1 range */
+        CHECK(regopt_trainer_add_regularizer(tr, REGOPT_REG_SMART), regopt_trainer_message(tr));
+        CHECK(regopt_trainer_set_double(tr, REGOPT_SMART_LAMBDA, o.smart), regopt_trainer_message(tr));
+        CHECK(regopt_trainer_set_double(tr, REGOPT_SMART_EPSILON, 0.1), regopt_trainer_message(tr));
+        CHECK(regopt_trainer_set_double(tr, REGOPT_SMART_ETA, 0.05), regopt_trainer_message(tr));
+        CHECK(regopt_trainer_set_double(tr, REGOPT_SMART_SIGMA, 0.01), regopt_trainer_message(tr));
+    }
+    if (o.bregman >= 0.0) {
+        CHECK(regopt_trainer_add_regularizer(tr, REGOPT_REG_BREGMAN), regopt_trainer_message(tr));
+        CHECK(regopt_trainer_set_double(tr, REGOPT_BREGMAN_MU, o.bregman),
+              regopt_trainer_message(tr));
+    }
     if (!o.quiet)
         printf("digits: %zu train, %zu test; MLP 64-%ld-10%s, dropout %.2f; %s%s over AdamW "
                "lr %g, wd %g; %ld epochs of %zu steps\n",
                n_train, n_test, o.hidden, o.bn ? " with batch norm" : "", o.dropout, o.method,
                o.rdrop >= 0.0 ? " + R-Drop" : "", o.lr, o.wd, o.epochs, steps_per_epoch);
+    if (!o.quiet && (o.smart >= 0.0 || o.bregman >= 0.0))
+        printf("        + SMART%s%s\n", o.smart >= 0.0 ? " adversarial" : "",
+               o.bregman >= 0.0 ? " Bregman" : "");
     for (e = 1; e <= o.epochs; e++) {
         size_t *order = idx; /* reuse: a fresh permutation of the training rows */
         double loss_sum = 0.0;
@@ -285,13 +304,14 @@ int main(int argc, char **argv)
     if ((rc = evaluate(tr, xtr, ytr, n_train, out, &tr_acc, &tr_loss)) != 0 ||
         (rc = evaluate(tr, xte, yte, n_test, out, &te_acc, &te_loss)) != 0)
         goto done;
-    printf("RESULT method=%s%s train_acc=%.4f test_acc=%.4f test_loss=%.4f\n", o.method,
-           o.rdrop >= 0.0 ? "+rdrop" : "", tr_acc, te_acc, te_loss);
+    printf("RESULT method=%s%s%s%s train_acc=%.4f test_acc=%.4f test_loss=%.4f\n", o.method,
+           o.rdrop >= 0.0 ? "+rdrop" : "", o.smart >= 0.0 ? "+smart" : "",
+           o.bregman >= 0.0 ? "+bregman" : "", tr_acc, te_acc, te_loss);
     if (o.bn) {
         int64_t steps = 0;
         CHECK(regopt_trainer_get_int(tr, REGOPT_STAT_STEP, &steps), regopt_trainer_message(tr));
-        /* once per training pass at w: R-Drop makes two, SAM's perturbed
-           passes make none */
+        /* once per clean training pass at w: R-Drop makes two; SAM's
+           perturbed passes, SMART's adversarial and teacher passes none */
         long per_step = o.rdrop >= 0.0 ? 2 : 1;
         printf("batch norm: running statistics moved %ld times in %lld steps\n",
                net.bn_updates, (long long)steps);

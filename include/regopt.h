@@ -492,7 +492,9 @@ typedef struct regopt_pass {
                                  forward: NULL */
     const float *input_perturbation; /* forward: NULL, or input_rows *
                                         input_width floats to add to the
-                                        input embeddings */
+                                        input embeddings (SMART's
+                                        adversarial passes: hosts keep
+                                        batch-norm statistics still) */
     float *d_input;           /* backward: NULL, or write d(loss)/d(input
                                  embeddings), input_rows * input_width */
     size_t input_rows;        /* embedding rows of this batch (0: no inputs) */

@@ -13,5 +13,6 @@ Suite *suite_optim(void);   /* check_optim.c: optimizers and schedules vs formul
 Suite *suite_trainer(void); /* check_trainer.c: steps, accumulation, rollback */
 Suite *suite_parallel(void); /* check_parallel.c: data-parallel all-reduce */
 Suite *suite_sam(void);
+Suite *suite_rdrop(void);
 
 #endif
