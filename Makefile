@@ -42,7 +42,7 @@ MPI_EXAMPLES := $(if $(HAVE_MPI),examples/mpi_sam)
 SRC  := $(wildcard src/*.c)
 OBJ  := $(patsubst src/%.c,build/obj/%.o,$(SRC))
 TEST_SRC := $(filter-out test/header_c99.c,$(wildcard test/check_*.c))
-EXAMPLES := examples/mlp examples/minimal examples/charlm
+EXAMPLES := examples/mlp examples/minimal examples/charlm examples/textcls
 APP_CFLAGS := -std=c11 $(WARN) -Iinclude
 RPATH := -Wl,-rpath,$(abspath lib)
 
@@ -108,6 +108,8 @@ run-check: all test/header_c99 test/header_cxx
 	./examples/mlp --data data/digits.csv --method asam --m-rows 16 --min-test-acc 0.95 --quiet
 	./examples/mlp --data data/digits.csv --rdrop 1 --bn --min-test-acc 0.95 --quiet
 	./examples/charlm --rdrop 1 --epochs 4 --max-bits 4.5
+	./examples/textcls --smart 1 --bregman 1 --epochs 5 --min-acc 0.45
+	./examples/mlp --data data/digits.csv --smart 1 --bregman 1 --bn --min-test-acc 0.95 --quiet
 	./test/check_regopt
 	$(if $(HAVE_MPI),sh test/check_mpi.sh examples/mpi_sam data/digits.csv,@echo "check: no mpicc, MPI test skipped")
 
