@@ -471,6 +471,20 @@ const char *regopt_trainer_message(const regopt_trainer *t)
 
 /* ---- step and evaluate ------------------------------------------------- */
 
+/* Options can change after the regularizers were added (rdrop.doubled):
+ * check the slots the step will use against what the host declared. */
+static regopt_status slots_check(regopt_trainer *t)
+{
+    int32_t need = t->smart.enabled ? ro_smart_slot(t) + 1
+                   : t->rdrop.enabled ? ro_smart_slot(t) : 1;
+    if (t->model->slots < need)
+        return ro_fail(t->msg, REGOPT_ERR_STATE,
+                       "the regularizers on need %d activation slots (the model has %d%s)",
+                       (int)need, (int)t->model->slots,
+                       t->rdrop.enabled && !t->rdrop.doubled ? "; rdrop.doubled is 0" : "");
+    return REGOPT_OK;
+}
+
 static regopt_status step_config_check(regopt_trainer *t)
 {
     const regopt_optimizer *o = t->opt;
@@ -483,7 +497,7 @@ static regopt_status step_config_check(regopt_trainer *t)
                        "optimizer.amsgrad was switched on after the trainer was created");
     if (t->loss_kind == REGOPT_LOSS_CALLBACK && !t->loss_fn)
         return ro_fail(t->msg, REGOPT_ERR_STATE, "the loss is a callback but none is set");
-    return REGOPT_OK;
+    return slots_check(t);
 }
 
 double ro_trainer_lr(const regopt_trainer *t)
