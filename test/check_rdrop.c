@@ -970,8 +970,9 @@ START_TEST(needs_two_slots_or_doubled)
 END_TEST
 
 /* A 1-slot model with the doubled capability cannot run the two-call mode:
- * rdrop.doubled = 0 must be refused (when set or at the step), never turn
- * into a pass in slot 1. */
+ * rdrop.doubled = 0 must be refused (REGOPT_ERR_STATE when set or at the
+ * step) or fall back to the doubled pass; it must never turn into a pass in
+ * slot 1, which the model does not have. */
 START_TEST(doubled_off_on_one_slot_model)
 {
     rig *r = rig_open(4, 1, CAP, 1, REGOPT_SGD, NULL);
@@ -984,11 +985,12 @@ START_TEST(doubled_off_on_one_slot_model)
     st = regopt_trainer_set_int(r->t, REGOPT_RDROP_DOUBLED, 0);
     if (st == REGOPT_OK) {
         st = regopt_trainer_step(r->t, d.b, 1);
-        ck_assert_msg(st == REGOPT_ERR_STATE,
+        ck_assert_msg(st == REGOPT_ERR_STATE || (st == REGOPT_OK && r->h.violations == 0),
                       "step with rdrop.doubled = 0 on a 1-slot model: %s (%s), host saw %d "
                       "contract violations (slot >= slots)",
                       regopt_status_string(st), regopt_trainer_message(r->t), r->h.violations);
-        ck_assert(memcmp(p0, r->h.p, sizeof p0) == 0);
+        if (st != REGOPT_OK)
+            ck_assert(memcmp(p0, r->h.p, sizeof p0) == 0);
     } else {
         ck_assert(st == REGOPT_ERR_STATE);
     }
