@@ -921,8 +921,10 @@ REGOPT_API regopt_status regopt_trainer_set_allreduce(regopt_trainer *trainer,
                                                       void *user,
                                                       regopt_free_fn free_user);
 
-/* Size the scratch buffers for batches of up to max_rows rows now, so that
- * not even the first step allocates. Optional. */
+/* Size every buffer now for steps of up to max_rows rows (all micro-batches
+ * of a step together) and up to max_rows embedding rows per micro-batch, so
+ * that not even the first step allocates; regularizers added later get room
+ * for the same size when added. Optional. */
 REGOPT_API regopt_status regopt_trainer_reserve(regopt_trainer *trainer,
                                                 size_t max_rows);
 

@@ -102,6 +102,22 @@ static size_t rows_before(const regopt_batch *b, size_t bi)
     return r;
 }
 
+regopt_status ro_bregman_grow(regopt_trainer *t, size_t rows)
+{
+    ro_bregman *br = &t->bregman;
+    float *o;
+    if (rows <= br->cap_out)
+        return REGOPT_OK;
+    o = ro_calloc(&t->alloc, rows, t->model->output_width * sizeof(float));
+    if (!o)
+        return ro_fail(t->msg, REGOPT_ERR_NO_MEMORY,
+                       "out of memory for the teacher's outputs (%zu rows)", rows);
+    ro_free(&t->alloc, br->out);
+    br->out = o;
+    br->cap_out = rows;
+    return REGOPT_OK;
+}
+
 regopt_status ro_bregman_teacher(regopt_trainer *t, const regopt_batch *b, size_t count)
 {
     ro_bregman *br = &t->bregman;
@@ -109,15 +125,8 @@ regopt_status ro_bregman_teacher(regopt_trainer *t, const regopt_batch *b, size_
     regopt_status st = REGOPT_OK;
     if (!br->enabled)
         return REGOPT_OK;
-    if (rows > br->cap_out) {
-        float *o = ro_calloc(&t->alloc, rows, k * sizeof(float));
-        if (!o)
-            return ro_fail(t->msg, REGOPT_ERR_NO_MEMORY,
-                           "out of memory for the teacher's outputs (%zu rows)", rows);
-        ro_free(&t->alloc, br->out);
-        br->out = o;
-        br->cap_out = rows;
-    }
+    if (ro_bregman_grow(t, rows) != REGOPT_OK)
+        return REGOPT_ERR_NO_MEMORY;
     /* the first step's teacher is the student itself; `ready` is set only
        when the step commits, so a failed first step starts over */
     if (!br->ready)

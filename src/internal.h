@@ -247,6 +247,7 @@ struct regopt_trainer {
     size_t per_element;
 
     /* scratch, grown to the largest batch and then reused */
+    size_t reserved;    /* batch rows every buffer has room for */
     size_t cap_rows;
     float *outputs, *d_outputs, *row_loss;
 
@@ -356,6 +357,8 @@ regopt_status ro_smart_set(regopt_trainer *t, regopt_key key, double value);
 double ro_smart_get(const regopt_trainer *t, regopt_key key);
 regopt_status ro_smart_add(regopt_trainer *t);
 void ro_smart_release(regopt_trainer *t);
+/* Grow the noise buffers to `rows` embedding rows (no-op when large enough). */
+regopt_status ro_smart_grow(regopt_trainer *t, size_t rows);
 /* Grow the noise buffers to the step's largest embedding row count. */
 regopt_status ro_smart_reserve(regopt_trainer *t, const regopt_batch *b, size_t count);
 /* The slot SMART's adversarial passes use. */
@@ -374,6 +377,8 @@ regopt_status ro_bregman_set(regopt_trainer *t, regopt_key key, double value);
 double ro_bregman_get(const regopt_trainer *t, regopt_key key);
 regopt_status ro_bregman_add(regopt_trainer *t);
 void ro_bregman_release(regopt_trainer *t);
+/* Room for the teacher's outputs of `rows` rows per step. */
+regopt_status ro_bregman_grow(regopt_trainer *t, size_t rows);
 /* The teacher's outputs for every row of the step (one weight swap). */
 regopt_status ro_bregman_teacher(regopt_trainer *t, const regopt_batch *b, size_t count);
 /* D_Breg of a view, mu * its gradient added to dz. */

@@ -64,7 +64,7 @@ int32_t ro_smart_slot(const regopt_trainer *t)
     return two_call ? 2 : 1;
 }
 
-static regopt_status grow(regopt_trainer *t, size_t rows)
+regopt_status ro_smart_grow(regopt_trainer *t, size_t rows)
 {
     ro_smart *s = &t->smart;
     size_t d = t->model->input_width;
@@ -125,7 +125,7 @@ regopt_status ro_smart_reserve(regopt_trainer *t, const regopt_batch *b, size_t 
         size_t r = ro_input_rows(ro_batch_at(b, bi));
         rows = r > rows ? r : rows;
     }
-    return grow(t, rows);
+    return ro_smart_grow(t, rows);
 }
 
 /* ---- norms and projections of one embedding row ----------------------- */

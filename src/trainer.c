@@ -137,6 +137,20 @@ static regopt_status reserve_rows(regopt_trainer *t, size_t rows)
     return REGOPT_OK;
 }
 
+/* Every buffer sized for batches of `rows` rows: outputs of all passes,
+ * SMART's noise (rows embedding rows), the teacher's outputs. */
+static regopt_status reserve_all(regopt_trainer *t, size_t rows)
+{
+    regopt_status st = reserve_rows(t, rows * ro_rows_factor(t));
+    if (st == REGOPT_OK && t->smart.enabled)
+        st = ro_smart_grow(t, rows);
+    if (st == REGOPT_OK && t->bregman.enabled)
+        st = ro_bregman_grow(t, rows);
+    if (st == REGOPT_OK && rows > t->reserved)
+        t->reserved = rows;
+    return st;
+}
+
 regopt_status regopt_trainer_reserve(regopt_trainer *t, size_t max_rows)
 {
     regopt_status st = ro_trainer_check(t, "regopt_trainer_reserve");
@@ -145,7 +159,7 @@ regopt_status regopt_trainer_reserve(regopt_trainer *t, size_t max_rows)
     if (max_rows == 0 || max_rows > ((size_t)1 << 40) / t->model->output_width)
         return ro_fail(t->msg, REGOPT_ERR_INVALID_ARGUMENT,
                        "regopt_trainer_reserve: max_rows %zu is out of range", max_rows);
-    return reserve_rows(t, max_rows * ro_rows_factor(t));
+    return reserve_all(t, max_rows);
 }
 
 /* ---- options and statistics -------------------------------------------- */
@@ -352,17 +366,15 @@ regopt_status regopt_trainer_get_group(const regopt_trainer *t, int32_t group,
     return st;
 }
 
-/* Output rows of scratch per batch row grow with R-Drop and SMART: re-size
- * what exists now, so that no step has to. */
-static regopt_status regrow(regopt_trainer *t, size_t old_factor)
+/* A regularizer just added needs room for the batches already reserved or
+ * seen: make it now, so that no step has to. */
+static regopt_status regrow(regopt_trainer *t)
 {
-    size_t batch_rows = t->cap_rows / old_factor;
-    return batch_rows ? reserve_rows(t, batch_rows * ro_rows_factor(t)) : REGOPT_OK;
+    return t->reserved ? reserve_all(t, t->reserved) : REGOPT_OK;
 }
 
 static regopt_status add_rdrop(regopt_trainer *t)
 {
-    size_t f = ro_rows_factor(t);
     regopt_status st = ro_rdrop_check_model(t);
     if (st != REGOPT_OK)
         return st;
@@ -372,7 +384,7 @@ static regopt_status add_rdrop(regopt_trainer *t)
                      "R-Drop and SMART together need %d activation slots (the model has %d)",
                      (int)ro_smart_slot(t) + 1, (int)t->model->slots);
     if (st == REGOPT_OK)
-        st = regrow(t, f);
+        st = regrow(t);
     if (st != REGOPT_OK)
         t->rdrop.enabled = 0;
     return st;
@@ -392,12 +404,21 @@ static regopt_status add_sam(regopt_trainer *t)
 
 static regopt_status add_smart(regopt_trainer *t)
 {
-    size_t f = ro_rows_factor(t);
     regopt_status st = ro_smart_add(t);
     if (st == REGOPT_OK)
-        st = regrow(t, f);
+        st = regrow(t);
     if (st != REGOPT_OK)
         ro_smart_release(t);
+    return st;
+}
+
+static regopt_status add_bregman(regopt_trainer *t)
+{
+    regopt_status st = ro_bregman_add(t);
+    if (st == REGOPT_OK)
+        st = regrow(t);
+    if (st != REGOPT_OK)
+        ro_bregman_release(t);
     return st;
 }
 
@@ -435,7 +456,7 @@ regopt_status regopt_trainer_add_regularizer(regopt_trainer *t, regopt_regulariz
     case REGOPT_REG_SAM: return add_sam(t);
     case REGOPT_REG_RDROP: return add_rdrop(t);
     case REGOPT_REG_SMART: return add_smart(t);
-    default: return ro_bregman_add(t);
+    default: return add_bregman(t);
     }
 }
 
@@ -534,8 +555,8 @@ regopt_status regopt_trainer_step(regopt_trainer *t, const regopt_batch *batches
         sam = ro_sam_due(t);
         st = ro_sam_validate(t, batches, count);
     }
-    if (st == REGOPT_OK)
-        st = reserve_rows(t, rows * ro_rows_factor(t));
+    if (st == REGOPT_OK && rows > t->reserved)
+        st = reserve_all(t, rows);
     if (st == REGOPT_OK)
         st = ro_smart_reserve(t, batches, count);
     if (st != REGOPT_OK) {

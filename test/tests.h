@@ -15,4 +15,6 @@ Suite *suite_parallel(void); /* check_parallel.c: data-parallel all-reduce */
 Suite *suite_sam(void);
 Suite *suite_rdrop(void);
 
+Suite *suite_smart(void);   /* check_smart.c: SMART adversarial and Bregman terms */
+
 #endif
