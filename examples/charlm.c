@@ -302,7 +302,7 @@ int main(int argc, char **argv)
     double alpha = -1.0, lr = 1e-2, drop = 0.3, max_bits = -1.0;
     corpus c = {0, NULL, NULL};
     lm m;
-    lm_batch *b = malloc(sizeof *b);
+    lm_batch *b = NULL;
     regopt_model *model = NULL;
     regopt_optimizer *opt = NULL;
     regopt_trainer *tr = NULL;
@@ -336,6 +336,7 @@ int main(int argc, char **argv)
         a++;
     }
     memset(&m, 0, sizeof m);
+    b = malloc(sizeof *b);
     if (!b || load_lines(path, &c) != 0) {
         fprintf(stderr, "charlm: no usable text in %s\n", path);
         goto done;

@@ -317,7 +317,9 @@ typedef enum regopt_key {
     REGOPT_RDROP_KL_SUM = 1102,     /* "rdrop.kl_sum": int 0/1, default 0 = the
                                        consistency term is a weighted mean over
                                        rows like the task loss; 1 = summed over
-                                       rows (fairseq's reduction) */
+                                       rows (fairseq's reduction; data parallel:
+                                       each replica's sum, averaged over replicas
+                                       by row weight like every term) */
     REGOPT_RDROP_EVERY = 1103,      /* "rdrop.every": int [1, 2^31], default 1: R-Drop
                                        on steps 0, k, 2k, ..., a single plain pass
                                        otherwise */
@@ -375,11 +377,14 @@ typedef enum regopt_key {
     REGOPT_STAT_WEIGHT = 906,     /* "stat.weight": sum of m_i*w_i over the step's rows */
     REGOPT_STAT_FORWARD_CALLS = 907,  /* "stat.forward_calls" in the last step */
     REGOPT_STAT_BACKWARD_CALLS = 908, /* "stat.backward_calls" in the last step */
-    REGOPT_STAT_SAM_CLEAN_LOSS = 909,     /* "stat.sam_clean_loss": L(w) */
+    REGOPT_STAT_SAM_CLEAN_LOSS = 909,     /* "stat.sam_clean_loss": L(w), L the whole
+                                             objective (with R-Drop, SMART, Bregman
+                                             terms when those are on) */
     REGOPT_STAT_SAM_PERTURBED_LOSS = 910, /* "stat.sam_perturbed_loss": L(w + eps) */
     REGOPT_STAT_SAM_SHARPNESS = 911,      /* "stat.sam_sharpness": L(w + eps) - L(w) */
     REGOPT_STAT_SAM_ASCENT_NORM = 912,    /* "stat.sam_ascent_norm": ||g|| (ASAM:
-                                             ||T_w g||), the ascent denominator */
+                                             ||T_w g||), the ascent denominator;
+                                             with sam.m_rows the mean over chunks */
     REGOPT_STAT_SAM_RHO = 913,            /* "stat.sam_rho": rho in force */
     REGOPT_STAT_SAM_APPLIED = 914,        /* "stat.sam_applied": 1 if the last step made
                                              the ascent, 0 for a plain step */
@@ -393,9 +398,9 @@ typedef enum regopt_key {
                                              R-Drop, 0 for a plain step */
     REGOPT_STAT_SMART_RS = 919,           /* "stat.smart_rs": R_s, the adversarial term
                                              before lambda */
-    REGOPT_STAT_SMART_NOISE_NORM = 920,   /* "stat.smart_noise_norm": mean over
-                                             embedding rows of ||nu||_p after the
-                                             ascent */
+    REGOPT_STAT_SMART_NOISE_NORM = 920,   /* "stat.smart_noise_norm": mean over all
+                                             embedding rows (padding included) of
+                                             ||nu||_p after the ascent */
     REGOPT_STAT_BREGMAN_D = 921,          /* "stat.bregman_d": D_Breg before mu */
     REGOPT_STAT_BREGMAN_BETA = 922        /* "stat.bregman_beta": beta of the EMA update
                                              made by the last step */
@@ -812,7 +817,12 @@ REGOPT_API regopt_status regopt_trainer_get_group(const regopt_trainer *trainer,
  * be shorter; regopt_pass.row_offset says where a chunk starts), and each
  * chunk makes steps 1-4 alone: clean(chunk), perturbed(chunk), and the
  * perturbed gradients of all chunks are summed with the step's loss
- * weighting, i.e. averaged. Steps where sam.every does not divide the step
+ * weighting, i.e. averaged. A user loss callback then receives a view of
+ * the chunk's rows (labels, targets, mask, weights shifted; batch->data is
+ * the whole batch's; pass->row_offset says where the chunk starts).
+ * Data parallel without sam.sync_ascent: each replica makes its ascent (and
+ * the GSAM combination) with its own gradients; the final directions are
+ * averaged. Steps where sam.every does not divide the step
  * count are plain steps (1 forward + 1 backward per micro-batch).
  * rho in force: sam.rho, or with sam.rho_follows_lr,
  *   rho_t = rho_min + (rho - rho_min)(lr_t - lr_min)/(lr_max - lr_min)
@@ -900,8 +910,8 @@ REGOPT_API regopt_status regopt_trainer_remove_regularizer(regopt_trainer *train
 /* Data-parallel training. The callback must sum `count` floats in place
  * over all replicas (MPI_Allreduce with MPI_SUM, NCCL, ...) and return 0;
  * anything else fails the step with REGOPT_ERR_ALLREDUCE. Each step calls it
- * once, after the gradient passes and before the norm, clipping and update,
- * on one buffer: the gradients scaled by this replica's weight, then the
+ * once (twice with sam.sync_ascent: for the ascent gradient too), after the
+ * gradient passes and before the norm, clipping and update, on one buffer: the gradients scaled by this replica's weight, then the
  * weight and the weighted loss. The library divides by the summed weight, so
  * every replica applies the exact global weighted mean, whatever its shard
  * size or mask. A replica whose passes fail still joins the all-reduce (with

@@ -99,8 +99,10 @@ void ro_batch_rows(regopt_batch *v, const regopt_batch *b, size_t r0, size_t row
     v->targets = b->targets ? b->targets + r0 * k : NULL;
     v->mask = b->mask ? b->mask + r0 : NULL;
     v->weights = b->weights ? b->weights + r0 : NULL;
-    v->input_rows = b->input_rows && b->input_rows != b->rows
-                        ? b->input_rows / b->rows * rows : 0;
+    /* a whole batch keeps its embedding rows; a chunk (m-sharpness, where
+       they must be a multiple of rows) gets its share */
+    v->input_rows = rows == b->rows ? b->input_rows
+                    : b->input_rows ? b->input_rows / b->rows * rows : 0;
 }
 
 size_t ro_input_rows(const regopt_batch *v)

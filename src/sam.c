@@ -160,10 +160,10 @@ static int adaptive(const regopt_trainer *t, const ro_param *p)
 }
 
 /* ||T a||, a = g + wd w (the ascent gradient), T = |w| + eta on ASAM tensors. */
-static double ascent_norm(const regopt_trainer *t)
+static double ascent_norm(const regopt_trainer *t, double wd_scale)
 {
     const regopt_model *m = t->model;
-    const float wd = (float)t->sam.ascent_wd, eta = (float)t->sam.eta;
+    const float wd = (float)(t->sam.ascent_wd * wd_scale), eta = (float)t->sam.eta;
     double sum = 0.0;
     size_t i, j;
     for (i = 0; i < m->n_params; i++) {
@@ -184,10 +184,11 @@ static double ascent_norm(const regopt_trainer *t)
 }
 
 /* Save w and move it to w + eps, eps = scale * T^2 a, in one pass. */
-static void perturb(regopt_trainer *t, double scale)
+static void perturb(regopt_trainer *t, double scale, double wd_scale)
 {
     const regopt_model *m = t->model;
-    const float wd = (float)t->sam.ascent_wd, eta = (float)t->sam.eta, c = (float)scale;
+    const float wd = (float)(t->sam.ascent_wd * wd_scale), eta = (float)t->sam.eta;
+    const float c = (float)scale;
     size_t i, j;
     for (i = 0; i < m->n_params; i++) {
         const ro_param *p = &m->params[i];
@@ -294,15 +295,16 @@ static uint32_t perturbed_role(const regopt_trainer *t)
  * buffers keep g) when ||T a|| = 0. */
 typedef regopt_status (*ro_passes_fn)(regopt_trainer *t, void *ctx, double *loss);
 
-static regopt_status ascend(regopt_trainer *t, double rho, ro_passes_fn passes, void *ctx,
-                            double *norm, double *loss, int *applied)
+static regopt_status ascend(regopt_trainer *t, double rho, double wd_scale,
+                            ro_passes_fn passes, void *ctx, double *norm, double *loss,
+                            int *applied)
 {
     regopt_status st;
-    *norm = ascent_norm(t);
+    *norm = ascent_norm(t, wd_scale);
     st = check_norm(t, *norm);
     if (st != REGOPT_OK || *norm == 0.0)
         return st;
-    perturb(t, rho / (*norm + t->sam.delta));
+    perturb(t, rho / (*norm + t->sam.delta), wd_scale);
     st = passes(t, ctx, loss);
     restore(t);
     *applied = 1;
@@ -344,7 +346,8 @@ static regopt_status whole_step(regopt_trainer *t, const whole_ctx *c, double *w
     if (st == REGOPT_OK && t->sam.gsam)
         gather(t, t->sam.clean, 0);
     if (st == REGOPT_OK)
-        st = ascend(t, r->rho, whole_perturbed, (void *)c, &r->ascent_norm, &pert, &r->applied);
+        st = ascend(t, r->rho, 1.0, whole_perturbed, (void *)c, &r->ascent_norm, &pert,
+                    &r->applied);
     if (st == REGOPT_OK && r->applied && t->sam.gsam)
         gsam_combine(t);
     r->perturbed_loss = r->applied ? pert : r->clean_loss;
@@ -380,8 +383,17 @@ static regopt_status chunk_step(regopt_trainer *t, chunk_ctx *c, ro_sam_result *
                           RO_SEED_TASK, c->chunk, &clean);
     if (st == REGOPT_OK && t->sam.gsam)
         gather(t, t->sam.clean, 1);
-    if (st == REGOPT_OK)
-        st = ascend(t, r->rho, chunk_perturbed, c, &norm, &pert, &applied);
+    if (st == REGOPT_OK) {
+        /* the chunk's gradient carries its share of the step's weight: give
+           the ascent's weight-decay term the same share */
+        double share = 0.0;
+        size_t i;
+        regopt_batch v;
+        ro_batch_rows(&v, c->b, c->r0, c->rows, t->model->output_width);
+        for (i = 0; i < v.rows; i++)
+            share += ro_row_weight(&v, i);
+        st = ascend(t, r->rho, share * c->inv_weight, chunk_perturbed, c, &norm, &pert, &applied);
+    }
     if (st != REGOPT_OK)
         return st;
     gather(t, t->sam.accum, 1);

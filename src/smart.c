@@ -239,6 +239,14 @@ static double smooth_loss(const regopt_trainer *t, const regopt_batch *v, const 
     return sum * inv_weight;
 }
 
+/* The counter word of SMART's draws: its kind in bits 0-3, the evaluation
+ * it belongs to (clean or SAM-perturbed) in bits 4-5, the chunk above bit 8,
+ * so no two draws of a step share a stream. */
+static uint32_t smart_role(uint32_t kind, uint32_t role, uint32_t chunk)
+{
+    return kind | ((role & 3u) << 4) | (chunk << 8);
+}
+
 regopt_status ro_smart_term(regopt_trainer *t, const regopt_batch *v, size_t bi, size_t r0,
                             uint32_t flags, uint64_t seed, uint32_t role, uint32_t chunk,
                             double inv_weight, const float *z, float *dz, double *rs)
@@ -250,13 +258,13 @@ regopt_status ro_smart_term(regopt_trainer *t, const regopt_batch *v, size_t bi,
     uint64_t adv_seed = s->same_seed
                             ? seed
                             : ro_pass_seed(t->seed, t->step, (uint32_t)bi,
-                                           RO_SEED_SMART_ADV | (role << 16) | (chunk << 8));
+                                           smart_role(RO_SEED_SMART_ADV, role, chunk));
     regopt_pass p;
     regopt_status st;
     int it;
     /* nu ~ N(0, sigma^2), reproducible from the trainer seed */
     regopt_random_normal(ro_pass_seed(t->seed, t->step, (uint32_t)bi,
-                                      RO_SEED_SMART_NOISE | (role << 16) | (chunk << 8)),
+                                      smart_role(RO_SEED_SMART_NOISE, role, chunk)),
                          0, s->nu, in * d);
     for (i = 0; i < in * d; i++)
         s->nu[i] *= (float)s->sigma;
