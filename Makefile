@@ -42,7 +42,7 @@ MPI_EXAMPLES := $(if $(HAVE_MPI),examples/mpi_sam)
 SRC  := $(wildcard src/*.c)
 OBJ  := $(patsubst src/%.c,build/obj/%.o,$(SRC))
 TEST_SRC := $(filter-out test/header_c99.c,$(wildcard test/check_*.c))
-EXAMPLES := examples/mlp examples/minimal examples/charlm examples/textcls
+EXAMPLES := examples/mlp examples/minimal examples/charlm examples/textcls examples/demo
 APP_CFLAGS := -std=c11 $(WARN) -Iinclude
 RPATH := -Wl,-rpath,$(abspath lib)
 
@@ -109,6 +109,10 @@ run-check: all test/header_c99 test/header_cxx
 	./examples/mlp --data data/digits.csv --rdrop 1 --bn --min-test-acc 0.95 --quiet
 	./examples/charlm --rdrop 1 --epochs 4 --max-bits 4.5
 	./examples/textcls --smart 1 --bregman 1 --epochs 5 --min-acc 0.45
+	@mkdir -p build
+	OPENBLAS_NUM_THREADS=1 ./examples/demo --seeds 1 --epochs 6 --quiet \
+	    --csv build/demo_test.csv --svg build/demo_test.svg
+	@grep -q '</svg>' build/demo_test.svg && test $$(wc -l < build/demo_test.csv) -eq 7
 	./examples/mlp --data data/digits.csv --smart 1 --bregman 1 --bn --min-test-acc 0.95 --quiet
 	./test/check_regopt
 	$(if $(HAVE_MPI),sh test/check_mpi.sh examples/mpi_sam data/digits.csv,@echo "check: no mpicc, MPI test skipped")
@@ -116,8 +120,9 @@ run-check: all test/header_c99 test/header_cxx
 check: deps
 	@$(MAKE) --no-print-directory run-check
 
+# One BLAS thread: the demo's matrices are small, threads only add overhead.
 run-demo: all
-	./examples/mlp --data data/digits.csv
+	OPENBLAS_NUM_THREADS=1 ./examples/demo --data data/digits.csv
 
 demo: deps
 	@$(MAKE) --no-print-directory run-demo
