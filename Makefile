@@ -85,7 +85,7 @@ examples/mpi_sam: examples/mpi_sam.c examples/digits_mlp.h lib
 
 # The Check runner links the static archive, so tests may also reach
 # internal functions (the Philox known-answer test does).
-test/check_regopt: $(TEST_SRC) test/tests.h $(STLIB)
+test/check_regopt: $(TEST_SRC) $(wildcard test/*.h) $(STLIB)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(APP_CFLAGS) $(CHECK_CFLAGS) -Isrc $(TEST_SRC) -o $@ \
 	    $(STLIB) $(CHECK_LIBS) -lm
 

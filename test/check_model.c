@@ -2,6 +2,7 @@
 #include "tests.h"
 
 #include "test_host.h"
+#include "test_util.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -188,29 +189,11 @@ START_TEST(bound_model_is_frozen)
 }
 END_TEST
 
-/* An allocator that counts, and can be told to fail. */
-typedef struct counting {
-    long allocs, frees, fail_at;
-} counting;
-
-static void *count_alloc(size_t n, void *user)
-{
-    counting *c = user;
-    if (++c->allocs == c->fail_at)
-        return NULL;
-    return malloc(n);
-}
-
-static void count_release(void *p, void *user)
-{
-    ((counting *)user)->frees++;
-    free(p);
-}
 
 START_TEST(allocator_hooks_see_everything)
 {
     counting c = {0, 0, 0};
-    regopt_allocator a = {sizeof(regopt_allocator), count_alloc, count_release, &c};
+    regopt_allocator a = COUNTING_ALLOCATOR(&c);
     regopt_model *m = regopt_model_create(&a, NULL);
     int i;
     char name[8];
@@ -231,7 +214,7 @@ END_TEST
 START_TEST(out_of_memory_is_reported)
 {
     counting c = {0, 0, 1};
-    regopt_allocator a = {sizeof(regopt_allocator), count_alloc, count_release, &c};
+    regopt_allocator a = COUNTING_ALLOCATOR(&c);
     regopt_status st = REGOPT_OK;
     regopt_model *m = regopt_model_create(&a, &st);
     ck_assert_ptr_null(m);

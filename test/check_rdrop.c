@@ -6,46 +6,13 @@
  * Expected values come from closed forms or from double-precision
  * references written here, never from the library's own output. */
 #include "tests.h"
+#include "test_util.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define MUST(call)                                                                         \
-    do {                                                                                   \
-        regopt_status st_ = (call);                                                        \
-        ck_assert_msg(st_ == REGOPT_OK, "%s -> %s", #call, regopt_status_string(st_));     \
-    } while (0)
-
-#define TMUST(t, call)                                                                     \
-    do {                                                                                   \
-        regopt_status st_ = (call);                                                        \
-        ck_assert_msg(st_ == REGOPT_OK, "%s -> %s: %s", #call, regopt_status_string(st_),  \
-                      regopt_trainer_message(t));                                          \
-    } while (0)
-
-static double stat(const regopt_trainer *t, regopt_key key)
-{
-    double v = -12345.0;
-    MUST(regopt_trainer_get_double(t, key, &v));
-    return v;
-}
-
-static int64_t stat_int(const regopt_trainer *t, regopt_key key)
-{
-    int64_t v = -12345;
-    MUST(regopt_trainer_get_int(t, key, &v));
-    return v;
-}
-
-/* |got - want| <= tol * max(|want|, scale) */
-static void near(double got, double want, double tol, double scale, const char *what)
-{
-    double m = fabs(want) > scale ? fabs(want) : scale;
-    ck_assert_msg(fabs(got - want) <= tol * m, "%s: got %.17g, want %.17g (tol %g)", what, got,
-                  want, tol * m);
-}
 
 /* ======================================================================== */
 /* The host: its parameters ARE the outputs. Row r (global: batch row0 +     */
@@ -1146,26 +1113,10 @@ END_TEST
 /* 9. Allocation                                                            */
 /* ======================================================================== */
 
-typedef struct counter {
-    long allocs, frees;
-} counter;
-
-static void *c_alloc(size_t n, void *user)
-{
-    ((counter *)user)->allocs++;
-    return malloc(n);
-}
-
-static void c_free(void *p, void *user)
-{
-    if (p)
-        ((counter *)user)->frees++;
-    free(p);
-}
 
 static void alloc_case(int doubled, int reserve)
 {
-    counter cn = {0, 0};
+    counting cn = {0, 0, 0};
     regopt_allocator al;
     rig *r;
     rdata d, one;
@@ -1173,8 +1124,8 @@ static void alloc_case(int doubled, int reserve)
     long after;
     int s;
     al.size = sizeof al;
-    al.alloc = c_alloc;
-    al.free = c_free;
+    al.alloc = count_alloc;
+    al.free = count_release;
     al.user = &cn;
     r = doubled ? rig_open(4, 1, CAP, 0, REGOPT_ADAM, &al) : rig_open(4, 2, 0, 0, REGOPT_ADAM, &al);
     if (reserve == 1)

@@ -4,6 +4,7 @@
  * Expected values come from closed forms or from double-precision
  * references written here, never from the library's own output. */
 #include "tests.h"
+#include "test_util.h"
 
 #include "test_host.h"
 
@@ -12,41 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MUST(call)                                                                         \
-    do {                                                                                   \
-        regopt_status st_ = (call);                                                        \
-        ck_assert_msg(st_ == REGOPT_OK, "%s -> %s", #call, regopt_status_string(st_));     \
-    } while (0)
-
-#define TMUST(t, call)                                                                     \
-    do {                                                                                   \
-        regopt_status st_ = (call);                                                        \
-        ck_assert_msg(st_ == REGOPT_OK, "%s -> %s: %s", #call, regopt_status_string(st_),  \
-                      regopt_trainer_message(t));                                          \
-    } while (0)
-
-static double stat(const regopt_trainer *t, regopt_key key)
-{
-    double v = -12345.0;
-    MUST(regopt_trainer_get_double(t, key, &v));
-    return v;
-}
-
-static int64_t stat_int(const regopt_trainer *t, regopt_key key)
-{
-    int64_t v = -12345;
-    MUST(regopt_trainer_get_int(t, key, &v));
-    return v;
-}
-
-/* |got - want| <= tol * max(|want|, scale): relative, with a floor at the
- * magnitude of the operands the value was computed from. */
-static void near(double got, double want, double tol, double scale, const char *what)
-{
-    double m = fabs(want) > scale ? fabs(want) : scale;
-    ck_assert_msg(fabs(got - want) <= tol * m, "%s: got %.17g, want %.17g (tol %g)", what, got,
-                  want, tol * m);
-}
 
 /* ======================================================================== */
 /* Quadratic host: L = 1/2 sum h_i w_i^2, h = [1, 10], one output row = L.  */
@@ -1278,26 +1244,11 @@ END_TEST
 /* 13. No allocation in steps                                               */
 /* ======================================================================== */
 
-typedef struct counting {
-    long allocs, frees;
-} counting;
-
-static void *count_alloc(size_t n, void *user)
-{
-    ((counting *)user)->allocs++;
-    return malloc(n);
-}
-
-static void count_release(void *p, void *user)
-{
-    ((counting *)user)->frees++;
-    free(p);
-}
 
 START_TEST(no_allocation_in_sam_steps)
 {
-    counting c = {0, 0};
-    regopt_allocator a = {sizeof(regopt_allocator), count_alloc, count_release, &c};
+    counting c = {0, 0, 0};
+    regopt_allocator a = COUNTING_ALLOCATOR(&c);
     lrun *r = lrun_open(REGOPT_ADAM, 0.05, &a, 0);
     long before;
     int i;

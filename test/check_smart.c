@@ -10,6 +10,7 @@
  * difference, or a double-precision reference written here -- never from
  * the library's own output. */
 #include "tests.h"
+#include "test_util.h"
 
 #include <float.h>
 #include <math.h>
@@ -1426,22 +1427,6 @@ END_TEST
 /* 9. Allocation                                                            */
 /* ======================================================================== */
 
-typedef struct sm_count {
-    long allocs, frees;
-} sm_count;
-
-static void *sm_alloc(size_t n, void *user)
-{
-    ((sm_count *)user)->allocs++;
-    return malloc(n);
-}
-
-static void sm_release(void *p, void *user)
-{
-    if (p)
-        ((sm_count *)user)->frees++;
-    free(p);
-}
 
 static sm_run *alloc_run(const regopt_allocator *a, int sam)
 {
@@ -1457,8 +1442,8 @@ START_TEST(no_allocation_after_the_first_step)
 {
     int sam;
     for (sam = 0; sam < 2; sam++) {
-        sm_count c = {0, 0};
-        regopt_allocator a = {sizeof(regopt_allocator), sm_alloc, sm_release, &c};
+        counting c = {0, 0, 0};
+        regopt_allocator a = {sizeof(regopt_allocator), count_alloc, count_release, &c};
         sm_run *r = alloc_run(&a, sam);
         sm_set s;
         long before;
@@ -1485,8 +1470,8 @@ END_TEST
  * allocate. */
 START_TEST(reserve_makes_the_first_smart_step_allocation_free)
 {
-    sm_count c = {0, 0};
-    regopt_allocator a = {sizeof(regopt_allocator), sm_alloc, sm_release, &c};
+    counting c = {0, 0, 0};
+    regopt_allocator a = {sizeof(regopt_allocator), count_alloc, count_release, &c};
     sm_run *r = alloc_run(&a, 1);
     sm_set s;
     long before;

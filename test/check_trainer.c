@@ -3,6 +3,7 @@
 #include "tests.h"
 
 #include "test_host.h"
+#include "test_util.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -305,26 +306,11 @@ END_TEST
 
 /* ---- allocation ---------------------------------------------------------- */
 
-typedef struct counting {
-    long allocs, frees;
-} counting;
-
-static void *count_alloc(size_t n, void *user)
-{
-    ((counting *)user)->allocs++;
-    return malloc(n);
-}
-
-static void count_release(void *p, void *user)
-{
-    ((counting *)user)->frees++;
-    free(p);
-}
 
 START_TEST(no_allocation_after_the_first_step)
 {
-    counting c = {0, 0};
-    regopt_allocator a = {sizeof(regopt_allocator), count_alloc, count_release, &c};
+    counting c = {0, 0, 0};
+    regopt_allocator a = COUNTING_ALLOCATOR(&c);
     run *r = run_open(REGOPT_ADAMW, &a);
     long before;
     int i;
@@ -340,8 +326,8 @@ END_TEST
 
 START_TEST(reserve_makes_even_the_first_step_allocation_free)
 {
-    counting c = {0, 0};
-    regopt_allocator a = {sizeof(regopt_allocator), count_alloc, count_release, &c};
+    counting c = {0, 0, 0};
+    regopt_allocator a = COUNTING_ALLOCATOR(&c);
     run *r = run_open(REGOPT_SGD, &a);
     long before;
     ck_assert_int_eq(regopt_trainer_reserve(r->t, N), REGOPT_OK);
