@@ -12,6 +12,8 @@ DESTDIR    ?=
 PKG_CONFIG ?= pkg-config
 CXX        ?= c++
 CFLAGS     ?= -O2 -g
+# Debian's interpreter: python3-numpy and python3-torch live under it.
+PYTHON     ?= /usr/bin/python3
 
 # The version lives in the header only.
 hdr_version = $(shell sed -n 's/^\#define REGOPT_VERSION_$(1) \([0-9][0-9]*\)$$/\1/p' include/regopt.h)
@@ -115,6 +117,7 @@ run-check: all test/header_c99 test/header_cxx
 	@grep -q '</svg>' build/demo_test.svg && test $$(wc -l < build/demo_test.csv) -eq 7
 	./examples/mlp --data data/digits.csv --smart 1 --bregman 1 --bn --min-test-acc 0.95 --quiet
 	./test/check_regopt
+	REGOPT_LIBRARY=$(CURDIR)/lib/$(SONAME) $(PYTHON) -m unittest discover -s python/tests
 	$(if $(HAVE_MPI),sh test/check_mpi.sh examples/mpi_sam data/digits.csv,@echo "check: no mpicc, MPI test skipped")
 
 check: deps

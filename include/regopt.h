@@ -922,8 +922,10 @@ REGOPT_API regopt_status regopt_trainer_remove_regularizer(regopt_trainer *train
  * return from the callback itself means the communication broke: the
  * replicas may then disagree, and the job should stop. fn NULL: single
  * process (default).
- * free_user as for regopt_trainer_set_loss_callback. Allocates a buffer of
- * (trainable elements + 4) floats now, never in the step. */
+ * free_user as for regopt_trainer_set_loss_callback. Allocates the buffer
+ * now, never in the step: the trainable elements followed by a few floats
+ * of step totals (loss, weights, statistics, failure mark). Their number may
+ * grow in a later version: always reduce exactly `count` floats. */
 typedef int (*regopt_allreduce_fn)(float *buffer, size_t count, void *user);
 
 REGOPT_API regopt_status regopt_trainer_set_allreduce(regopt_trainer *trainer,

@@ -2,7 +2,7 @@
 # Install the Debian packages libregopt needs to build, test and run its
 # examples, if any is missing. Fast no-op when everything is there.
 set -e
-PKGS="build-essential g++ pkg-config libopenblas-dev check meson ninja-build openmpi-bin libopenmpi-dev"
+PKGS="build-essential g++ pkg-config libopenblas-dev check meson ninja-build openmpi-bin libopenmpi-dev python3-numpy python3-torch"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

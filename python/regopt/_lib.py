@@ -1,0 +1,292 @@
+"""Low-level ctypes declarations of libregopt (include/regopt.h).
+
+Everything here mirrors the C header one to one; the Pythonic layer lives in
+regopt/_core.py. The library is located, in this order, through
+
+  1. the environment variable REGOPT_LIBRARY (a path to libregopt.so.0),
+  2. the repository's lib/ directory (python/regopt/../../lib/libregopt.so.0),
+  3. the system (ctypes.util.find_library('regopt')),
+
+and refused when its major version differs from the one this binding was
+written for, or when its descriptor structs are smaller than ours.
+"""
+import ctypes
+import ctypes.util
+import os
+
+# The version of include/regopt.h this binding was written against.
+BINDING_VERSION = (0, 1, 0)
+BINDING_VERSION_NUMBER = BINDING_VERSION[0] * 10000 + BINDING_VERSION[1] * 100 + BINDING_VERSION[2]
+
+
+class LibraryNotFound(ImportError):
+    """libregopt.so.0 could not be located or loaded."""
+
+
+class LibraryVersionError(ImportError):
+    """The loaded libregopt is not ABI-compatible with this binding."""
+
+
+# --------------------------------------------------------------------------
+# Structs (field for field as in regopt.h; fields are only ever appended)
+# --------------------------------------------------------------------------
+
+c_size_t = ctypes.c_size_t
+c_float_p = ctypes.POINTER(ctypes.c_float)
+
+
+class Pass(ctypes.Structure):
+    """struct regopt_pass."""
+    _fields_ = [
+        ("size", c_size_t),
+        ("batch", ctypes.c_void_p),
+        ("rows", c_size_t),
+        ("row_offset", c_size_t),
+        ("slot", ctypes.c_int32),
+        ("flags", ctypes.c_uint32),
+        ("seed", ctypes.c_uint64),
+        ("micro_batch", c_size_t),
+        ("output_width", c_size_t),
+        ("outputs", c_float_p),
+        ("d_outputs", c_float_p),
+        ("input_perturbation", c_float_p),
+        ("d_input", c_float_p),
+        ("input_rows", c_size_t),
+        ("input_width", c_size_t),
+        ("seed2", ctypes.c_uint64),
+    ]
+
+
+class Batch(ctypes.Structure):
+    """struct regopt_batch."""
+    _fields_ = [
+        ("size", c_size_t),
+        ("data", ctypes.c_void_p),
+        ("rows", c_size_t),
+        ("labels", ctypes.POINTER(ctypes.c_int32)),
+        ("targets", c_float_p),
+        ("mask", ctypes.POINTER(ctypes.c_uint8)),
+        ("weights", c_float_p),
+        ("input_rows", c_size_t),
+    ]
+
+
+ALLOC_FN = ctypes.CFUNCTYPE(ctypes.c_void_p, c_size_t, ctypes.c_void_p)
+FREE_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+
+
+class Allocator(ctypes.Structure):
+    """struct regopt_allocator."""
+    _fields_ = [
+        ("size", c_size_t),
+        ("alloc", ALLOC_FN),
+        ("free", FREE_FN),
+        ("user", ctypes.c_void_p),
+    ]
+
+
+PASS_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(Pass), ctypes.c_void_p)
+USER_FREE_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+LOSS_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(Batch), c_float_p, c_size_t,
+                           c_size_t, c_float_p, c_float_p, ctypes.c_void_p)
+ALLREDUCE_FN = ctypes.CFUNCTYPE(ctypes.c_int, c_float_p, c_size_t, ctypes.c_void_p)
+
+# --------------------------------------------------------------------------
+# Constants
+# --------------------------------------------------------------------------
+
+OK = 0
+ERR_NULL_POINTER = -1
+ERR_INVALID_ARGUMENT = -2
+ERR_OUT_OF_RANGE = -3
+ERR_UNKNOWN_KEY = -4
+ERR_UNSUPPORTED = -5
+ERR_NO_MEMORY = -6
+ERR_STATE = -7
+ERR_FORWARD = -8
+ERR_BACKWARD = -9
+ERR_LOSS_CALLBACK = -10
+ERR_NONFINITE_LOSS = -11
+ERR_NONFINITE_GRADIENT = -12
+ERR_ALLREDUCE = -13
+
+TYPE_DOUBLE = 1
+TYPE_INT = 2
+KEY_MIN_EXCLUSIVE = 0x1
+KEY_MAX_EXCLUSIVE = 0x2
+KEY_READ_ONLY = 0x4
+KEY_GROUP = 0x8
+
+PASS_TRAIN = 0x1
+PASS_NO_GRAD = 0x2
+PASS_PERTURBED_WEIGHTS = 0x4
+PASS_TEACHER = 0x8
+PASS_NO_PARAM_GRAD = 0x10
+PASS_DOUBLED = 0x20
+
+CAP_DOUBLED_BATCH = 0x1
+
+DTYPE_FLOAT32 = 1
+DTYPE_FLOAT16 = 2
+DTYPE_BFLOAT16 = 3
+DTYPE_FLOAT64 = 4
+
+MAX_GROUPS = 64
+MAX_NAME = 255
+
+SGD, ADAM, ADAMW, RADAM = 1, 2, 3, 4
+SCHEDULE_CONSTANT, SCHEDULE_LINEAR, SCHEDULE_COSINE = 0, 1, 2
+LOSS_SOFTMAX_CE, LOSS_MSE, LOSS_CALLBACK = 0, 1, 2
+REG_SAM, REG_RDROP, REG_SMART, REG_BREGMAN = 1, 2, 3, 4
+SMART_NORM_INF, SMART_NORM_L1, SMART_NORM_L2 = 0, 1, 2
+
+# --------------------------------------------------------------------------
+# Function prototypes: name -> (restype, argtypes)
+# --------------------------------------------------------------------------
+
+_vp = ctypes.c_void_p
+_st = ctypes.c_int  # regopt_status (an int-sized enum)
+_key = ctypes.c_int
+_d = ctypes.c_double
+_i64 = ctypes.c_int64
+_i32 = ctypes.c_int32
+_dp = ctypes.POINTER(ctypes.c_double)
+_i64p = ctypes.POINTER(ctypes.c_int64)
+_stp = ctypes.POINTER(ctypes.c_int)
+_cs = ctypes.c_char_p
+
+PROTOTYPES = {
+    "regopt_version_number": (ctypes.c_uint, []),
+    "regopt_version_string": (_cs, []),
+    "regopt_status_string": (_cs, [_st]),
+    "regopt_last_error_message": (_cs, []),
+    "regopt_key_info": (_st, [_key, ctypes.POINTER(_cs), ctypes.POINTER(ctypes.c_int), _dp, _dp,
+                              _dp, ctypes.POINTER(ctypes.c_uint32)]),
+    "regopt_key_from_name": (_st, [_cs, ctypes.POINTER(ctypes.c_int)]),
+    "regopt_random_uniform": (_st, [ctypes.c_uint64, ctypes.c_uint64, c_float_p, c_size_t]),
+    "regopt_random_normal": (_st, [ctypes.c_uint64, ctypes.c_uint64, c_float_p, c_size_t]),
+    "regopt_batch_init": (None, [ctypes.POINTER(Batch)]),
+    "regopt_sizeof_batch": (c_size_t, []),
+    "regopt_sizeof_pass": (c_size_t, []),
+    "regopt_sizeof_allocator": (c_size_t, []),
+    # model
+    "regopt_model_create": (_vp, [ctypes.POINTER(Allocator), _stp]),
+    "regopt_model_free": (None, [_vp]),
+    "regopt_model_add_param": (_st, [_vp, _cs, _vp, _vp, c_size_t, ctypes.c_int, _i32]),
+    "regopt_model_set_output_width": (_st, [_vp, c_size_t]),
+    "regopt_model_set_input_width": (_st, [_vp, c_size_t]),
+    "regopt_model_set_slots": (_st, [_vp, _i32]),
+    "regopt_model_set_capabilities": (_st, [_vp, ctypes.c_uint32]),
+    "regopt_model_set_callbacks": (_st, [_vp, PASS_FN, PASS_FN, _vp, USER_FREE_FN]),
+    "regopt_model_param_count": (c_size_t, [_vp]),
+    "regopt_model_element_count": (c_size_t, [_vp]),
+    "regopt_model_message": (_cs, [_vp]),
+    # optimizer
+    "regopt_optimizer_create": (_vp, [ctypes.c_int, ctypes.POINTER(Allocator), _stp]),
+    "regopt_optimizer_free": (None, [_vp]),
+    "regopt_optimizer_get_kind": (ctypes.c_int, [_vp]),
+    "regopt_optimizer_set_double": (_st, [_vp, _key, _d]),
+    "regopt_optimizer_set_int": (_st, [_vp, _key, _i64]),
+    "regopt_optimizer_get_double": (_st, [_vp, _key, _dp]),
+    "regopt_optimizer_get_int": (_st, [_vp, _key, _i64p]),
+    "regopt_optimizer_set_group": (_st, [_vp, _i32, _key, _d]),
+    "regopt_optimizer_get_group": (_st, [_vp, _i32, _key, _dp]),
+    "regopt_optimizer_message": (_cs, [_vp]),
+    # trainer
+    "regopt_trainer_create": (_vp, [_vp, _vp, _stp]),
+    "regopt_trainer_free": (None, [_vp]),
+    "regopt_trainer_set_double": (_st, [_vp, _key, _d]),
+    "regopt_trainer_set_int": (_st, [_vp, _key, _i64]),
+    "regopt_trainer_get_double": (_st, [_vp, _key, _dp]),
+    "regopt_trainer_get_int": (_st, [_vp, _key, _i64p]),
+    "regopt_trainer_set_loss_callback": (_st, [_vp, LOSS_FN, _vp, USER_FREE_FN]),
+    "regopt_trainer_set_group": (_st, [_vp, _i32, _key, _d]),
+    "regopt_trainer_get_group": (_st, [_vp, _i32, _key, _dp]),
+    "regopt_trainer_add_regularizer": (_st, [_vp, ctypes.c_int]),
+    "regopt_trainer_remove_regularizer": (_st, [_vp, ctypes.c_int]),
+    "regopt_trainer_set_allreduce": (_st, [_vp, ALLREDUCE_FN, _vp, USER_FREE_FN]),
+    "regopt_trainer_reserve": (_st, [_vp, c_size_t]),
+    "regopt_trainer_step": (_st, [_vp, ctypes.POINTER(Batch), c_size_t]),
+    "regopt_trainer_evaluate": (_st, [_vp, ctypes.POINTER(Batch), _dp, c_float_p]),
+    "regopt_trainer_message": (_cs, [_vp]),
+}
+
+
+def _candidates():
+    env = os.environ.get("REGOPT_LIBRARY")
+    if env:
+        # An explicit choice is final: do not silently fall back to another copy.
+        return [("REGOPT_LIBRARY", env)]
+    out = []
+    here = os.path.dirname(os.path.abspath(__file__))
+    repo_lib = os.path.normpath(os.path.join(here, "..", "..", "lib", "libregopt.so.0"))
+    if os.path.exists(repo_lib):
+        out.append(("repository lib/", repo_lib))
+    found = ctypes.util.find_library("regopt")
+    if found:
+        out.append(("system", found))
+    return out
+
+
+def check_version(number, binding=BINDING_VERSION):
+    """Raise LibraryVersionError unless a library of version `number`
+    (MAJOR*10000 + MINOR*100 + PATCH) can serve this binding."""
+    major = number // 10000
+    if major != binding[0]:
+        raise LibraryVersionError(
+            "libregopt %d.%d.%d is loaded but this binding was written for major version %d "
+            "(%d.%d.%d): the ABI differs; install a libregopt %d.x or a matching binding"
+            % (major, number // 100 % 100, number % 100, binding[0], binding[0], binding[1],
+               binding[2], binding[0]))
+
+
+def _declare(lib):
+    for name, (restype, argtypes) in PROTOTYPES.items():
+        fn = getattr(lib, name)  # AttributeError: a symbol this binding needs is missing
+        fn.restype = restype
+        fn.argtypes = argtypes
+
+
+def check_struct_sizes(lib, number):
+    """Our ctypes structs must match the library's: exactly when the library
+    is the version we were written for, and never larger otherwise (structs
+    only grow at the end, so a newer library may have a longer one)."""
+    for what, ours, theirs in (("regopt_pass", ctypes.sizeof(Pass), lib.regopt_sizeof_pass()),
+                               ("regopt_batch", ctypes.sizeof(Batch), lib.regopt_sizeof_batch()),
+                               ("regopt_allocator", ctypes.sizeof(Allocator),
+                                lib.regopt_sizeof_allocator())):
+        if ours > theirs or (number == BINDING_VERSION_NUMBER and ours != theirs):
+            raise LibraryVersionError(
+                "struct %s: the binding's ctypes declaration is %d bytes, the library's is %d "
+                "(libregopt %s)" % (what, ours, theirs, lib.regopt_version_string().decode()))
+
+
+def load(path=None):
+    """Load and check libregopt; returns (CDLL, path). path None: the search
+    order described in the module docstring."""
+    tried = []
+    cands = [("argument", path)] if path else _candidates()
+    for origin, cand in cands:
+        try:
+            lib = ctypes.CDLL(cand)
+        except OSError as exc:
+            tried.append("%s %s: %s" % (origin, cand, exc))
+            continue
+        lib.regopt_version_number.restype = ctypes.c_uint
+        lib.regopt_version_number.argtypes = []
+        number = lib.regopt_version_number()
+        check_version(number)
+        try:
+            _declare(lib)
+        except AttributeError as exc:
+            raise LibraryVersionError("libregopt at %s lacks a symbol this binding needs: %s"
+                                      % (cand, exc)) from None
+        check_struct_sizes(lib, number)
+        return lib, cand
+    raise LibraryNotFound(
+        "libregopt not found; set REGOPT_LIBRARY=/path/to/libregopt.so.0, build the "
+        "repository's lib/ (make lib), or install it. Tried: "
+        + ("; ".join(tried) if tried else "nothing (no candidate exists)"))
+
+
+lib, library_path = load()
