@@ -118,6 +118,10 @@ run-check: all test/header_c99 test/header_cxx
 	./examples/mlp --data data/digits.csv --smart 1 --bregman 1 --bn --min-test-acc 0.95 --quiet
 	./test/check_regopt
 	REGOPT_LIBRARY=$(CURDIR)/lib/$(SONAME) $(PYTHON) -m unittest discover -s python/tests
+	@if $(PYTHON) -c 'import torch' 2>/dev/null; then \
+	    echo REGOPT_LIBRARY=lib/$(SONAME) $(PYTHON) examples/torch_finetune.py --min-test-acc 0.9; \
+	    REGOPT_LIBRARY=$(CURDIR)/lib/$(SONAME) $(PYTHON) examples/torch_finetune.py --min-test-acc 0.9 > build/torch_finetune.log || { cat build/torch_finetune.log; exit 1; }; tail -1 build/torch_finetune.log; \
+	else echo 'check: no python3-torch, torch example skipped'; fi
 	$(if $(HAVE_MPI),sh test/check_mpi.sh examples/mpi_sam data/digits.csv,@echo "check: no mpicc, MPI test skipped")
 
 check: deps
