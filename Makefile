@@ -117,6 +117,7 @@ run-check: all test/header_c99 test/header_cxx
 	@grep -q '</svg>' build/demo_test.svg && test $$(wc -l < build/demo_test.csv) -eq 7
 	./examples/mlp --data data/digits.csv --smart 1 --bregman 1 --bn --min-test-acc 0.95 --quiet
 	./test/check_regopt
+	sh test/check_resume.sh examples/mlp data/digits.csv
 	REGOPT_LIBRARY=$(CURDIR)/lib/$(SONAME) $(PYTHON) -m unittest discover -s python/tests
 	@if $(PYTHON) -c 'import torch' 2>/dev/null; then \
 	    echo REGOPT_LIBRARY=lib/$(SONAME) $(PYTHON) examples/torch_finetune.py --min-test-acc 0.9; \

@@ -399,6 +399,12 @@ static regopt_status mlp_register(mlp *m, regopt_model *model)
                                                REGOPT_DTYPE_FLOAT32, 1)) != REGOPT_OK) ||
         (m->bn && (st = regopt_model_add_param(model, "bn.beta", m->beta, m->gbeta, m->hid,
                                                REGOPT_DTYPE_FLOAT32, 1)) != REGOPT_OK) ||
+        /* the running statistics as frozen tensors (no gradient): the
+           optimizer leaves them alone, checkpoints carry them */
+        (m->bn && (st = regopt_model_add_param(model, "bn.running_mean", m->run_mean, NULL,
+                                               m->hid, REGOPT_DTYPE_FLOAT32, 1)) != REGOPT_OK) ||
+        (m->bn && (st = regopt_model_add_param(model, "bn.running_var", m->run_var, NULL,
+                                               m->hid, REGOPT_DTYPE_FLOAT32, 1)) != REGOPT_OK) ||
         (st = regopt_model_set_output_width(model, m->out)) != REGOPT_OK ||
         (st = regopt_model_set_input_width(model, m->in)) != REGOPT_OK ||
         (st = regopt_model_set_slots(model, MLP_SLOTS)) != REGOPT_OK)

@@ -20,6 +20,8 @@ typedef struct options {
     long epochs, batch, hidden, seed, m_rows, every;
     double lr, wd, dropout, min_test_acc, test_fraction, rho, rdrop, smart, bregman;
     int quiet, bn, two_call;
+    const char *save, *resume; /* checkpoint paths */
+    long stop_after;           /* stop after this many epochs (0: run all) */
 } options;
 
 static void usage(FILE *f)
@@ -44,6 +46,10 @@ static void usage(FILE *f)
             "  --two-call           R-Drop as two forward calls, not one doubled batch\n"
             "  --smart LAMBDA       add SMART's adversarial term on the pixels (e.g. 1)\n"
             "  --bregman MU         add SMART's Bregman proximal term (e.g. 1)\n"
+            "  --save PATH          save a checkpoint (state, weights, options) after\n"
+            "                       every epoch, atomically\n"
+            "  --resume PATH        continue from a checkpoint written by --save\n"
+            "  --stop-after N       stop after epoch N (to simulate an interruption)\n"
             "  --min-test-acc X     exit with status 1 if test accuracy is below X\n"
             "  --quiet              print only the final line\n"
             "  --help               this text\n");
@@ -100,6 +106,9 @@ static int parse_args(int argc, char **argv, options *o)
         else if (!strcmp(a, "--weight-decay")) bad = parse_double(v, 0, 1e3, &o->wd);
         else if (!strcmp(a, "--dropout")) bad = parse_double(v, 0, 0.95, &o->dropout);
         else if (!strcmp(a, "--test-fraction")) bad = parse_double(v, 0.01, 0.99, &o->test_fraction);
+        else if (!strcmp(a, "--save")) o->save = v;
+        else if (!strcmp(a, "--resume")) o->resume = v;
+        else if (!strcmp(a, "--stop-after")) bad = parse_long(v, 1, 100000, &o->stop_after);
         else if (!strcmp(a, "--min-test-acc")) bad = parse_double(v, 0, 1, &o->min_test_acc);
         else return fail("unknown option %s (see --help)", a);
         if (bad)
@@ -121,6 +130,26 @@ static void gather(const digits *d, const size_t *idx, size_t n, float *x, int32
 }
 
 /* Accuracy and loss of the current weights on n rows (dropout off). */
+/* FNV-1a over the bytes of every weight: equal hashes = equal bits, so two
+ * runs (say, one interrupted and resumed) can be compared from their output. */
+static unsigned long weights_hash(const mlp *m)
+{
+    const float *arrays[8] = {m->w1, m->b1, m->w2, m->b2, m->gamma, m->beta, m->run_mean,
+                              m->run_var};
+    size_t sizes[8] = {m->in * m->hid, m->hid, m->hid * m->out, m->out, m->hid, m->hid,
+                       m->hid, m->hid};
+    uint32_t h = 2166136261u;
+    size_t a, i;
+    for (a = 0; a < 8; a++) {
+        const unsigned char *p = (const unsigned char *)arrays[a];
+        if (!p || (a >= 4 && !m->bn))
+            continue;
+        for (i = 0; i < sizes[a] * sizeof(float); i++)
+            h = (h ^ p[i]) * 16777619u;
+    }
+    return (unsigned long)h;
+}
+
 static int evaluate(regopt_trainer *t, const float *x, const int32_t *y, size_t n,
                     float *out, double *acc, double *loss)
 {
@@ -152,7 +181,7 @@ static int evaluate(regopt_trainer *t, const float *x, const int32_t *y, size_t 
 int main(int argc, char **argv)
 {
     options o = {"data/digits.csv", "adamw", 40, 64, 128, 1, 0, 1,
-                 3e-3, 1e-2, 0.1, -1.0, 0.2, -1.0, -1.0, -1.0, -1.0, 0, 0, 0};
+                 3e-3, 1e-2, 0.1, -1.0, 0.2, -1.0, -1.0, -1.0, -1.0, 0, 0, 0, NULL, NULL, 0};
     digits d = {0, NULL, NULL};
     mlp net;
     regopt_model *model = NULL;
@@ -163,7 +192,8 @@ int main(int argc, char **argv)
     float *xtr = NULL, *xte = NULL, *out = NULL, *xb;
     int32_t *ytr = NULL, *yte = NULL, *yb;
     double tr_acc = 0, te_acc = 0, tr_loss = 0, te_loss = 0;
-    long e;
+    long e, first = 1;
+    int64_t resumed_at = 0; /* steps done before this process started */
     int rc = parse_args(argc, argv, &o);
     if (rc)
         return rc;
@@ -265,7 +295,25 @@ int main(int argc, char **argv)
     if (!o.quiet && (o.smart >= 0.0 || o.bregman >= 0.0))
         printf("        + SMART%s%s\n", o.smart >= 0.0 ? " adversarial" : "",
                o.bregman >= 0.0 ? " Bregman" : "");
-    for (e = 1; e <= o.epochs; e++) {
+    if (o.resume) {
+        /* everything the library holds: weights (batch-norm statistics
+           included, registered frozen), moments, step, seed, teacher */
+        int64_t done = 0;
+        CHECK(regopt_trainer_load_file(tr, REGOPT_CHECKPOINT_PARAMS | REGOPT_CHECKPOINT_OPTIONS,
+                                       o.resume),
+              regopt_trainer_message(tr));
+        CHECK(regopt_trainer_get_int(tr, REGOPT_STAT_STEP, &done), regopt_trainer_message(tr));
+        if (done % (int64_t)steps_per_epoch != 0) {
+            rc = fail("%s: %lld steps is not a whole number of epochs", o.resume,
+                      (long long)done);
+            goto done;
+        }
+        first = 1 + (long)(done / (int64_t)steps_per_epoch);
+        resumed_at = done;
+        if (!o.quiet)
+            printf("resumed from %s after epoch %ld\n", o.resume, first - 1);
+    }
+    for (e = first; e <= o.epochs; e++) {
         size_t *order = idx; /* reuse: a fresh permutation of the training rows */
         double loss_sum = 0.0;
         shuffle_indices(order, n_train, (uint64_t)o.seed * 1000003u + (uint64_t)e);
@@ -300,13 +348,23 @@ int main(int argc, char **argv)
                 printf("  sharpness %.4f", sharp);
             printf("\n");
         }
+        if (o.save)
+            CHECK(regopt_trainer_save_file(tr, REGOPT_CHECKPOINT_PARAMS |
+                                                   REGOPT_CHECKPOINT_OPTIONS, o.save),
+                  regopt_trainer_message(tr));
+        if (o.stop_after && e == o.stop_after) {
+            printf("stopped after epoch %ld%s%s\n", e, o.save ? "; checkpoint in " : "",
+                   o.save ? o.save : "");
+            goto done;
+        }
     }
     if ((rc = evaluate(tr, xtr, ytr, n_train, out, &tr_acc, &tr_loss)) != 0 ||
         (rc = evaluate(tr, xte, yte, n_test, out, &te_acc, &te_loss)) != 0)
         goto done;
-    printf("RESULT method=%s%s%s%s train_acc=%.4f test_acc=%.4f test_loss=%.4f\n", o.method,
+    printf("RESULT method=%s%s%s%s train_acc=%.4f test_acc=%.4f test_loss=%.4f "
+           "weights=%08lx\n", o.method,
            o.rdrop >= 0.0 ? "+rdrop" : "", o.smart >= 0.0 ? "+smart" : "",
-           o.bregman >= 0.0 ? "+bregman" : "", tr_acc, te_acc, te_loss);
+           o.bregman >= 0.0 ? "+bregman" : "", tr_acc, te_acc, te_loss, weights_hash(&net));
     if (o.bn) {
         int64_t steps = 0;
         CHECK(regopt_trainer_get_int(tr, REGOPT_STAT_STEP, &steps), regopt_trainer_message(tr));
@@ -315,7 +373,7 @@ int main(int argc, char **argv)
         long per_step = o.rdrop >= 0.0 ? 2 : 1;
         printf("batch norm: running statistics moved %ld times in %lld steps\n",
                net.bn_updates, (long long)steps);
-        if (net.bn_updates != per_step * (long)steps) {
+        if (net.bn_updates != per_step * (long)(steps - resumed_at)) {
             fprintf(stderr, "mlp: batch-norm statistics must move %ld time(s) per step\n",
                     per_step);
             rc = 1;

@@ -181,8 +181,14 @@ typedef enum regopt_status {
     REGOPT_ERR_LOSS_CALLBACK = -10,   /* the user loss callback returned non-zero */
     REGOPT_ERR_NONFINITE_LOSS = -11,  /* the loss of a step is NaN or infinite */
     REGOPT_ERR_NONFINITE_GRADIENT = -12, /* a gradient is NaN or infinite */
-    REGOPT_ERR_ALLREDUCE = -13        /* the all-reduce callback failed, or another
+    REGOPT_ERR_ALLREDUCE = -13,       /* the all-reduce callback failed, or another
                                          replica's step failed */
+    REGOPT_ERR_CORRUPT = -14,         /* a checkpoint is damaged: magic, size,
+                                         truncation, CRC, malformed section */
+    REGOPT_ERR_MISMATCH = -15,        /* a checkpoint belongs to another setup:
+                                         model layout, optimizer or regularizers */
+    REGOPT_ERR_IO = -16               /* a file operation or a checkpoint
+                                         read/write callback failed */
 } regopt_status;
 
 /* Static text naming a status code ("REGOPT_ERR_OUT_OF_RANGE: ..."); an
@@ -957,6 +963,123 @@ regopt_trainer_step(regopt_trainer *trainer, const regopt_batch *batches,
 REGOPT_API REGOPT_NODISCARD regopt_status
 regopt_trainer_evaluate(regopt_trainer *trainer, const regopt_batch *batch,
                         double *loss, float *outputs);
+
+/* ------------------------------------------------------------------------ */
+/* Checkpoints                                                              */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A checkpoint holds the whole training state of a trainer, so that training
+ * resumed from it continues bit for bit as if it had never stopped:
+ *
+ *   - the step count (which is also the schedule position, the sam.every /
+ *     rdrop.every phase and the GSAM rho position),
+ *   - the optimizer moments (SGD momentum and whether it is primed; Adam's
+ *     first and second moments and AMSGrad's maximum; RAdam's moments),
+ *   - the RNG state: trainer.seed (every dropout and SMART noise draw is a
+ *     function of the seed and the step count, so nothing else is needed),
+ *   - every regularizer's state: the Bregman teacher's EMA weights and the
+ *     beta in force; SAM, R-Drop and SMART keep nothing across steps (their
+ *     buffers are per step), so the step count covers them,
+ *   - the last step's statistics,
+ *   - with REGOPT_CHECKPOINT_OPTIONS, every option of the optimizer and the
+ *     trainer (groups included; not callbacks),
+ *   - with REGOPT_CHECKPOINT_PARAMS, the values of every registered tensor
+ *     (frozen ones too).
+ * Gradient accumulation and clipping are within a step: between steps there
+ * is no state to save. Callbacks, the all-reduce hook and allocator are the
+ * host's and are not saved.
+ *
+ * Loading needs a trainer built the same way: the same parameter tensors
+ * (names, element counts, groups, trainable or frozen, in registration
+ * order), the same optimizer kind and state size (optimizer.amsgrad) and the
+ * same regularizers added. It validates the whole checkpoint before it
+ * changes anything; on any failure the trainer, its optimizer and the host's
+ * parameters are untouched and the status says why:
+ *   REGOPT_ERR_CORRUPT     wrong magic, wrong size or truncated, a CRC that
+ *                          does not match, a malformed or missing section;
+ *   REGOPT_ERR_UNSUPPORTED a format version newer than this library reads;
+ *   REGOPT_ERR_MISMATCH    a different model layout, optimizer kind or set of
+ *                          regularizers, or parameters/options asked for but
+ *                          not saved;
+ *   REGOPT_ERR_OUT_OF_RANGE an option value this library refuses;
+ *   REGOPT_ERR_IO          the file or the read callback failed.
+ * Options (with REGOPT_CHECKPOINT_OPTIONS) are applied through the usual
+ * setters; keys this library does not know (a newer writer) are skipped.
+ *
+ * Format (version 1; every integer little-endian, floats as IEEE-754 bit
+ * patterns in little-endian byte order):
+ *   header, 32 bytes:  "REGOPTCK" | u32 version | u32 section count |
+ *                      u64 total size | u32 flags saved | u32 CRC-32 of the
+ *                      28 bytes before it followed by the whole table
+ *   table, 48 bytes per section: char name[24] (NUL-padded) | u64 offset |
+ *                      u64 size | u32 CRC-32 of the section | u32 0
+ *   sections back to back after the table, in table order, the last one
+ *   ending at the total size: every byte is covered by a CRC.
+ * CRC-32 is the IEEE 802.3 / zlib polynomial. Sections of version 1: "trainer"
+ * (step, seed, optimizer kind and state size, regularizers, teacher flag and
+ * beta, statistics), "model" (tensor names, counts, groups, trainable
+ * flags), "moments", "teacher" (when the Bregman teacher holds weights),
+ * "params" and "options" (when saved). A reader skips sections it does not
+ * know, so later writers can add sections while staying readable.
+ */
+
+/* Flags of save and load (or-ed). */
+enum {
+    REGOPT_CHECKPOINT_PARAMS = 1u, /* save: include the host's tensors;
+                                      load: copy them into the host's buffers */
+    REGOPT_CHECKPOINT_OPTIONS = 2u /* save: include every option;
+                                      load: apply them */
+};
+
+/* Write callback: take `size` bytes. Returns 0 on success; anything else
+ * aborts the save (REGOPT_ERR_IO). Called with chunks of at most 64 KiB. */
+typedef int (*regopt_write_fn)(const void *data, size_t size, void *user);
+/* Read callback: fill `data` with exactly the next `size` bytes. Returns 0
+ * on success, anything else (including end of data) aborts the load. */
+typedef int (*regopt_read_fn)(void *data, size_t size, void *user);
+
+/* The exact size in bytes of the checkpoint regopt_trainer_save* would write
+ * now with these flags. */
+REGOPT_API regopt_status regopt_trainer_checkpoint_size(const regopt_trainer *trainer,
+                                                        uint32_t flags, size_t *size);
+
+/* Save through a write callback (in order, no seeking). */
+REGOPT_API REGOPT_NODISCARD regopt_status
+regopt_trainer_save(const regopt_trainer *trainer, uint32_t flags, regopt_write_fn write,
+                    void *user);
+
+/* Save into buffer[0 .. capacity). *written (may be NULL) receives the
+ * checkpoint's size, also when the buffer is too small (then
+ * REGOPT_ERR_INVALID_ARGUMENT and nothing written). */
+REGOPT_API REGOPT_NODISCARD regopt_status
+regopt_trainer_save_buffer(const regopt_trainer *trainer, uint32_t flags, void *buffer,
+                           size_t capacity, size_t *written);
+
+/* Save to a file, atomically: the checkpoint is written to a temporary file
+ * in the same directory, flushed and fsync'ed, then renamed over `path` and
+ * the directory is fsync'ed. A failure or a crash at any point leaves the
+ * previous file under `path` (if any) intact and no temporary file behind
+ * (a crash may leave one, named path.tmp.XXXXXX). POSIX only. */
+REGOPT_API REGOPT_NODISCARD regopt_status
+regopt_trainer_save_file(const regopt_trainer *trainer, uint32_t flags, const char *path);
+
+/* Load through a read callback. The library reads the 32-byte header, then
+ * the rest in one call. A checkpoint larger than twice what this trainer
+ * would write with every flag, plus 1 MiB, is refused as damaged (so a
+ * damaged size field cannot make the library allocate without bound). */
+REGOPT_API REGOPT_NODISCARD regopt_status
+regopt_trainer_load(regopt_trainer *trainer, uint32_t flags, regopt_read_fn read,
+                    void *user);
+
+/* Load from memory (the buffer is only read, during the call). */
+REGOPT_API REGOPT_NODISCARD regopt_status
+regopt_trainer_load_buffer(regopt_trainer *trainer, uint32_t flags, const void *buffer,
+                           size_t size);
+
+/* Load from a file (same size limit as regopt_trainer_load). */
+REGOPT_API REGOPT_NODISCARD regopt_status
+regopt_trainer_load_file(regopt_trainer *trainer, uint32_t flags, const char *path);
 
 /* One-line detail of the trainer's last failure ("" if none); never NULL.
  * After a failed step it names the cause: the callback and its return

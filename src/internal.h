@@ -73,6 +73,8 @@ typedef struct ro_key_desc {
 } ro_key_desc;
 
 const ro_key_desc *ro_key_find(regopt_key key);
+/* The i-th entry of the key table, NULL past the end (for iteration). */
+const ro_key_desc *ro_key_at(size_t i);
 /* Check that value is allowed for d (finite, in bounds, integral for
  * integer keys); on failure write a message naming the key, the value and
  * the range. */
@@ -386,6 +388,70 @@ double ro_bregman_term(const regopt_trainer *t, const regopt_batch *v, size_t bi
                        const float *z, double inv_weight, float *dz);
 /* After the update: w~ <- beta w~ + (1 - beta) w. */
 void ro_bregman_update(regopt_trainer *t);
+
+/* ---- crc32.c ----------------------------------------------------------- */
+
+/* CRC-32 (IEEE 802.3, zlib's crc32): continue `crc` (0 to start) over n bytes. */
+uint32_t ro_crc32(uint32_t crc, const void *data, size_t n);
+
+/* ---- checkpoint_format.c / checkpoint.c -------------------------------- */
+
+#define RO_CK_MAX_SECTIONS 8 /* written by this version */
+#define RO_CK_MAX_FOUND 64    /* remembered when reading */
+
+/* A byte sink for checkpoint sections: encodes little-endian, keeps the
+ * size and (when crc_on) the CRC-32 of everything put, and passes the bytes
+ * to `write` through `buf` (write NULL: measure only). */
+typedef struct ro_ck_sink {
+    regopt_write_fn write;
+    void *user;
+    unsigned char *buf;
+    size_t cap, used;
+    uint64_t size;
+    uint32_t crc;
+    int crc_on, failed;
+} ro_ck_sink;
+
+void ro_ck_put(ro_ck_sink *s, const void *data, size_t n);
+void ro_ck_u32(ro_ck_sink *s, uint32_t v);
+void ro_ck_u64(ro_ck_sink *s, uint64_t v);
+void ro_ck_f64(ro_ck_sink *s, double v);
+void ro_ck_floats(ro_ck_sink *s, const float *f, size_t n);
+uint32_t ro_ck_rd32(const unsigned char *p);
+uint64_t ro_ck_rd64(const unsigned char *p);
+double ro_ck_rdf64(const unsigned char *p);
+void ro_ck_rdfloats(float *dst, const unsigned char *src, size_t n);
+
+/* A section of the trainer's checkpoint: its name and what writes it. */
+typedef struct ro_ck_section {
+    const char *name;
+    void (*emit)(const regopt_trainer *t, ro_ck_sink *s);
+} ro_ck_section;
+
+/* A section found in a checkpoint being loaded (CRC already checked). */
+typedef struct ro_ck_found {
+    char name[25];
+    const unsigned char *data;
+    uint64_t size;
+} ro_ck_found;
+
+/* The sections a save with these flags writes, in order; returns how many. */
+size_t ro_ck_sections(const regopt_trainer *t, uint32_t flags, ro_ck_section *out);
+/* Validate the found sections against the trainer, then apply them; on
+ * failure nothing has changed. */
+regopt_status ro_ck_restore(regopt_trainer *t, uint32_t flags, const ro_ck_found *found,
+                            size_t count);
+/* Save / load through callbacks (checkpoint_format.c), shared by the
+ * buffer, callback and file entry points. */
+regopt_status ro_ck_save(const regopt_trainer *t, uint32_t flags, regopt_write_fn write,
+                         void *user, uint64_t *total);
+regopt_status ro_ck_load_memory(regopt_trainer *t, uint32_t flags, const unsigned char *buf,
+                                size_t size);
+/* Total size announced by a 32-byte header after checking magic, version
+ * and header CRC; and the largest checkpoint this trainer accepts. */
+regopt_status ro_ck_header(regopt_trainer *t, const unsigned char *h, uint64_t *total);
+uint64_t ro_ck_limit(const regopt_trainer *t);
+#define RO_CK_HEADER 32u
 
 /* ---- schedule.c -------------------------------------------------------- */
 

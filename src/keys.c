@@ -116,6 +116,11 @@ const ro_key_desc *ro_key_find(regopt_key key)
     return NULL;
 }
 
+const ro_key_desc *ro_key_at(size_t i)
+{
+    return i < N_KEYS ? &key_table[i] : NULL;
+}
+
 regopt_status regopt_key_info(regopt_key key, const char **name, int *type,
                               double *min, double *max, double *default_value,
                               uint32_t *flags)

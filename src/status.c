@@ -28,6 +28,9 @@ const char *regopt_status_string(regopt_status status)
     case REGOPT_ERR_NONFINITE_LOSS: return "REGOPT_ERR_NONFINITE_LOSS: the loss is NaN or infinite";
     case REGOPT_ERR_NONFINITE_GRADIENT: return "REGOPT_ERR_NONFINITE_GRADIENT: a gradient is NaN or infinite";
     case REGOPT_ERR_ALLREDUCE: return "REGOPT_ERR_ALLREDUCE: the all-reduce failed, here or on another replica";
+    case REGOPT_ERR_CORRUPT: return "REGOPT_ERR_CORRUPT: the checkpoint is damaged";
+    case REGOPT_ERR_MISMATCH: return "REGOPT_ERR_MISMATCH: the checkpoint does not fit this trainer";
+    case REGOPT_ERR_IO: return "REGOPT_ERR_IO: a file or checkpoint callback operation failed";
     }
     return "unknown status";
 }

@@ -15,6 +15,7 @@ Suite *suite_parallel(void); /* check_parallel.c: data-parallel all-reduce */
 Suite *suite_sam(void);
 Suite *suite_rdrop(void);
 
+Suite *suite_checkpoint(void); /* check_checkpoint.c: save, resume, damage */
 Suite *suite_smart(void);   /* check_smart.c: SMART adversarial and Bregman terms */
 
 #endif
