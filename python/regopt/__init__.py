@@ -23,11 +23,13 @@ from . import _lib
 from ._lib import (BINDING_VERSION, LibraryNotFound, LibraryVersionError, library_path,
                    PASS_TRAIN, PASS_NO_GRAD, PASS_PERTURBED_WEIGHTS, PASS_TEACHER,
                    PASS_NO_PARAM_GRAD, PASS_DOUBLED, CAP_DOUBLED_BATCH, MAX_GROUPS, MAX_NAME,
+                   CHECKPOINT_PARAMS, CHECKPOINT_OPTIONS,
                    DTYPE_FLOAT32, DTYPE_FLOAT16, DTYPE_BFLOAT16, DTYPE_FLOAT64)
 from ._core import (
     Error, NullPointer, InvalidArgument, OutOfRange, UnknownKey, Unsupported, NoMemory,
     StateError, ForwardFailed, BackwardFailed, LossCallbackFailed, NonFiniteLoss,
-    NonFiniteGradient, AllreduceFailed, ERRORS,
+    NonFiniteGradient, AllreduceFailed, CorruptCheckpoint, CheckpointMismatch,
+    CheckpointIOError, ERRORS,
     status_string, last_error_message, version, version_number,
     KeyInfo, key_from_name, key_info, keys,
     live_handles, pending_callbacks,
@@ -43,12 +45,13 @@ __version__ = "%d.%d.%d" % BINDING_VERSION
 __all__ = [
     "Error", "NullPointer", "InvalidArgument", "OutOfRange", "UnknownKey", "Unsupported",
     "NoMemory", "StateError", "ForwardFailed", "BackwardFailed", "LossCallbackFailed",
-    "NonFiniteLoss", "NonFiniteGradient", "AllreduceFailed", "LibraryNotFound",
+    "NonFiniteLoss", "NonFiniteGradient", "AllreduceFailed", "CorruptCheckpoint",
+    "CheckpointMismatch", "CheckpointIOError", "LibraryNotFound",
     "LibraryVersionError", "status_string", "last_error_message", "version", "version_number",
     "KeyInfo", "key_from_name", "key_info", "keys", "live_handles", "pending_callbacks",
     "Allocator", "CountingAllocator", "Pass", "Batch", "BatchView", "Model", "Optimizer",
     "Trainer", "Regularizer", "SAM", "RDrop", "SMART", "Bregman", "random_uniform",
     "random_normal", "dropout_mask", "PASS_TRAIN", "PASS_NO_GRAD", "PASS_PERTURBED_WEIGHTS",
     "PASS_TEACHER", "PASS_NO_PARAM_GRAD", "PASS_DOUBLED", "CAP_DOUBLED_BATCH", "MAX_GROUPS",
-    "MAX_NAME", "library_path",
+    "MAX_NAME", "library_path", "CHECKPOINT_PARAMS", "CHECKPOINT_OPTIONS",
 ]

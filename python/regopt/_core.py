@@ -3,6 +3,7 @@ Trainer, regularizers, batches, allocators. See regopt/__init__.py."""
 import collections
 import ctypes
 import itertools
+import os
 import sys
 import threading
 import weakref
@@ -91,10 +92,26 @@ class AllreduceFailed(Error):
     status = L.ERR_ALLREDUCE
 
 
+class CorruptCheckpoint(Error, ValueError):
+    """The checkpoint is damaged (magic, size, truncation, CRC, section)."""
+    status = L.ERR_CORRUPT
+
+
+class CheckpointMismatch(Error, ValueError):
+    """The checkpoint belongs to another model layout, optimizer or set of
+    regularizers, or lacks the parameters/options asked for."""
+    status = L.ERR_MISMATCH
+
+
+class CheckpointIOError(Error, OSError):
+    """A file operation on a checkpoint failed."""
+    status = L.ERR_IO
+
+
 ERRORS = {cls.status: cls for cls in (
     NullPointer, InvalidArgument, OutOfRange, UnknownKey, Unsupported, NoMemory, StateError,
     ForwardFailed, BackwardFailed, LossCallbackFailed, NonFiniteLoss, NonFiniteGradient,
-    AllreduceFailed)}
+    AllreduceFailed, CorruptCheckpoint, CheckpointMismatch, CheckpointIOError)}
 
 
 def _error(status, message):
@@ -1460,6 +1477,85 @@ class Trainer(_Handle, _Options):
     def reserve(self, max_rows):
         """Size the scratch buffers for batches of up to max_rows rows now."""
         _check(lib.regopt_trainer_reserve(self._p(), int(max_rows)), self._msg)
+
+    # -- checkpoints -------------------------------------------------------
+    @staticmethod
+    def _ck_flags(params, options):
+        return (L.CHECKPOINT_PARAMS if params else 0) | (L.CHECKPOINT_OPTIONS if options else 0)
+
+    def to_bytes(self, *, params=True, options=True):
+        """The whole training state as a checkpoint (bytes): step, seed,
+        optimizer moments, the Bregman teacher, statistics, and by default
+        the model's tensors and every option. See regopt.h, "Checkpoints"."""
+        flags = self._ck_flags(params, options)
+        size = ctypes.c_size_t(0)
+        _check(lib.regopt_trainer_checkpoint_size(self._p(), flags, ctypes.byref(size)),
+               self._msg)
+        buf = ctypes.create_string_buffer(max(size.value, 1))
+        written = ctypes.c_size_t(0)
+        _check(lib.regopt_trainer_save_buffer(self._p(), flags, buf, size.value,
+                                              ctypes.byref(written)), self._msg)
+        return buf.raw[:written.value]
+
+    def from_bytes(self, data, *, params=True, options=True):
+        """Restore a checkpoint made by to_bytes() (or save()). Everything is
+        validated first: on any error (CorruptCheckpoint, CheckpointMismatch,
+        OutOfRange, ...) the trainer and the tensors are unchanged."""
+        data = bytes(data)
+        _check(lib.regopt_trainer_load_buffer(self._p(), self._ck_flags(params, options),
+                                              data, len(data)), self._msg)
+
+    def save(self, path, *, params=True, options=True):
+        """Write a checkpoint to path atomically (temporary file, fsync, rename)."""
+        _check(lib.regopt_trainer_save_file(self._p(), self._ck_flags(params, options),
+                                            os.fsencode(path)), self._msg)
+
+    def load(self, path, *, params=True, options=True):
+        """Restore a checkpoint file written by save() or regopt_trainer_save_file."""
+        _check(lib.regopt_trainer_load_file(self._p(), self._ck_flags(params, options),
+                                            os.fsencode(path)), self._msg)
+
+    def write_to(self, fileobj, *, params=True, options=True):
+        """Stream a checkpoint to a binary file-like object (anything with
+        write()), through regopt_trainer_save's write callback: for hosts that
+        keep checkpoints in their own containers. An exception raised by
+        write() aborts the save and is re-raised here."""
+        failure = []
+
+        def write(data, size, user):
+            try:
+                fileobj.write(ctypes.string_at(data, size))
+                return 0
+            except BaseException as e:  # re-raised below, after the C call returns
+                failure.append(e)
+                return 1
+        cb = L.WRITE_FN(write)
+        st = lib.regopt_trainer_save(self._p(), self._ck_flags(params, options), cb, None)
+        if failure:
+            raise failure[0]
+        _check(st, self._msg)
+
+    def read_from(self, fileobj, *, params=True, options=True):
+        """Restore a checkpoint from a binary file-like object (anything with
+        read(n)), through regopt_trainer_load's read callback. Reads exactly
+        the checkpoint's bytes; a short read is CheckpointIOError."""
+        failure = []
+
+        def read(dst, size, user):
+            try:
+                chunk = fileobj.read(size)
+                if chunk is None or len(chunk) != size:
+                    return 1
+                ctypes.memmove(dst, chunk, size)
+                return 0
+            except BaseException as e:
+                failure.append(e)
+                return 1
+        cb = L.READ_FN(read)
+        st = lib.regopt_trainer_load(self._p(), self._ck_flags(params, options), cb, None)
+        if failure:
+            raise failure[0]
+        _check(st, self._msg)
 
     # -- steps -------------------------------------------------------------
     def _prepare(self, batches):

@@ -90,6 +90,8 @@ USER_FREE_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 LOSS_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(Batch), c_float_p, c_size_t,
                            c_size_t, c_float_p, c_float_p, ctypes.c_void_p)
 ALLREDUCE_FN = ctypes.CFUNCTYPE(ctypes.c_int, c_float_p, c_size_t, ctypes.c_void_p)
+WRITE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, c_size_t, ctypes.c_void_p)
+READ_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, c_size_t, ctypes.c_void_p)
 
 # --------------------------------------------------------------------------
 # Constants
@@ -109,6 +111,12 @@ ERR_LOSS_CALLBACK = -10
 ERR_NONFINITE_LOSS = -11
 ERR_NONFINITE_GRADIENT = -12
 ERR_ALLREDUCE = -13
+ERR_CORRUPT = -14
+ERR_MISMATCH = -15
+ERR_IO = -16
+
+CHECKPOINT_PARAMS = 0x1
+CHECKPOINT_OPTIONS = 0x2
 
 TYPE_DOUBLE = 1
 TYPE_INT = 2
@@ -209,6 +217,15 @@ PROTOTYPES = {
     "regopt_trainer_step": (_st, [_vp, ctypes.POINTER(Batch), c_size_t]),
     "regopt_trainer_evaluate": (_st, [_vp, ctypes.POINTER(Batch), _dp, c_float_p]),
     "regopt_trainer_message": (_cs, [_vp]),
+    # checkpoints
+    "regopt_trainer_checkpoint_size": (_st, [_vp, ctypes.c_uint32, ctypes.POINTER(c_size_t)]),
+    "regopt_trainer_save_buffer": (_st, [_vp, ctypes.c_uint32, _vp, c_size_t,
+                                         ctypes.POINTER(c_size_t)]),
+    "regopt_trainer_save": (_st, [_vp, ctypes.c_uint32, WRITE_FN, _vp]),
+    "regopt_trainer_load": (_st, [_vp, ctypes.c_uint32, READ_FN, _vp]),
+    "regopt_trainer_save_file": (_st, [_vp, ctypes.c_uint32, _cs]),
+    "regopt_trainer_load_buffer": (_st, [_vp, ctypes.c_uint32, _vp, c_size_t]),
+    "regopt_trainer_load_file": (_st, [_vp, ctypes.c_uint32, _cs]),
 }
 
 

@@ -2,10 +2,12 @@
 errors and their messages, callbacks (exceptions, rollback), lifetimes."""
 import ctypes
 import gc
+import io
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import traceback
 import unittest
 
@@ -197,6 +199,16 @@ class EveryFunctionTest(HandleCheck):
                 t.set_allreduce(None)
                 t.evaluate(data=x, labels=y)
                 t.stats(), t.steps, t.message
+                ck = t.to_bytes()
+                t.from_bytes(ck)
+                stream = io.BytesIO()
+                t.write_to(stream)
+                self.assertEqual(stream.getvalue(), ck)
+                stream.seek(0)
+                t.read_from(stream)
+                with tempfile.TemporaryDirectory() as d:
+                    t.save(os.path.join(d, "c"))
+                    t.load(os.path.join(d, "c"))
         self.assertEqual(alloc.live, 0)
 
 
@@ -664,7 +676,7 @@ class RandomTest(unittest.TestCase):
             self.assertEqual(cls("x").status, code)
         self.assertEqual(regopt.status_string(0), "REGOPT_OK: success")
         self.assertEqual(regopt.status_string(-999), "unknown status")
-        self.assertEqual(len(regopt.ERRORS), 13)
+        self.assertEqual(len(regopt.ERRORS), 16)
 
 
 if __name__ == "__main__":
