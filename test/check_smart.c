@@ -1488,6 +1488,92 @@ END_TEST
 
 /* ======================================================================== */
 
+/* Regression: a batch whose embedding-row count is not a multiple of its
+ * rows (token-level inputs of varied lengths) keeps that count in every
+ * pass; once it was rounded down to a multiple, so the host and the noise
+ * buffers disagreed. Host: z_i = a . (sum of all embedding rows) + b_i. */
+typedef struct ragged {
+    float a[2], b[2], ga[2], gb[2];
+    const float *e;
+    float sum[2];
+    size_t seen_rows[16];
+    int passes, perturbed;
+} ragged;
+
+static int ragged_forward(const regopt_pass *p, void *user)
+{
+    ragged *r = user;
+    size_t i, j;
+    if (r->passes < 16)
+        r->seen_rows[r->passes] = p->input_rows;
+    r->passes++;
+    r->perturbed += p->input_perturbation != NULL;
+    r->sum[0] = r->sum[1] = 0.0f;
+    for (i = 0; i < p->input_rows; i++)
+        for (j = 0; j < 2; j++)
+            r->sum[j] += r->e[i * 2 + j] +
+                         (p->input_perturbation ? p->input_perturbation[i * 2 + j] : 0.0f);
+    for (i = 0; i < p->rows; i++)
+        p->outputs[i * 2 + 0] = r->a[0] * r->sum[0] + r->b[0],
+        p->outputs[i * 2 + 1] = r->a[1] * r->sum[1] + r->b[1];
+    return 0;
+}
+
+static int ragged_backward(const regopt_pass *p, void *user)
+{
+    ragged *r = user;
+    size_t i;
+    float d0 = 0.0f, d1 = 0.0f;
+    for (i = 0; i < p->rows; i++)
+        d0 += p->d_outputs[i * 2], d1 += p->d_outputs[i * 2 + 1];
+    if (p->d_input)
+        for (i = 0; i < p->input_rows; i++)
+            p->d_input[i * 2] = r->a[0] * d0, p->d_input[i * 2 + 1] = r->a[1] * d1;
+    if (p->flags & REGOPT_PASS_NO_PARAM_GRAD)
+        return 0;
+    r->ga[0] += d0 * r->sum[0], r->ga[1] += d1 * r->sum[1];
+    r->gb[0] += d0, r->gb[1] += d1;
+    return 0;
+}
+
+START_TEST(ragged_input_rows_kept)
+{
+    static const float e[5 * 2] = {0.1f, -0.2f, 0.3f, 0.4f, -0.5f, 0.6f, 0.7f, -0.8f, 0.9f, 1.0f};
+    static const int32_t y[2] = {0, 1};
+    ragged r;
+    regopt_model *m = regopt_model_create(NULL, NULL);
+    regopt_optimizer *o = regopt_optimizer_create(REGOPT_ADAMW, NULL, NULL);
+    regopt_trainer *t;
+    regopt_batch b;
+    int i;
+    memset(&r, 0, sizeof r);
+    r.a[0] = 0.5f, r.a[1] = -0.25f;
+    r.e = e;
+    SM_MUST(regopt_model_add_param(m, "a", r.a, r.ga, 2, REGOPT_DTYPE_FLOAT32, 0));
+    SM_MUST(regopt_model_add_param(m, "b", r.b, r.gb, 2, REGOPT_DTYPE_FLOAT32, 0));
+    SM_MUST(regopt_model_set_output_width(m, 2));
+    SM_MUST(regopt_model_set_input_width(m, 2));
+    SM_MUST(regopt_model_set_slots(m, 2));
+    SM_MUST(regopt_model_set_callbacks(m, ragged_forward, ragged_backward, &r, NULL));
+    t = regopt_trainer_create(m, o, NULL);
+    ck_assert_ptr_nonnull(t);
+    SM_TMUST(t, regopt_trainer_add_regularizer(t, REGOPT_REG_SMART));
+    SM_TMUST(t, regopt_trainer_set_int(t, REGOPT_SMART_STEPS, 2));
+    regopt_batch_init(&b);
+    b.rows = 2;
+    b.input_rows = 5; /* 2 + 3 tokens: not a multiple of 2 */
+    b.labels = y;
+    SM_TMUST(t, regopt_trainer_step(t, &b, 1));
+    ck_assert_int_ge(r.perturbed, 3); /* noise pass, 2 ascent steps... */
+    for (i = 0; i < r.passes && i < 16; i++)
+        ck_assert_msg(r.seen_rows[i] == 5, "pass %d saw %zu embedding rows, want 5", i,
+                      r.seen_rows[i]);
+    regopt_trainer_free(t);
+    regopt_optimizer_free(o);
+    regopt_model_free(m);
+}
+END_TEST
+
 Suite *suite_smart(void)
 {
     Suite *s = suite_create("smart");
@@ -1514,6 +1600,7 @@ Suite *suite_smart(void)
     tcase_add_test(tc, order_k3_fresh_seed);
     tcase_add_test(tc, order_k2_bregman);
     tcase_add_test(tc, rdrop_moves_smart_to_slot_2);
+    tcase_add_test(tc, ragged_input_rows_kept);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("teacher");
