@@ -1003,7 +1003,15 @@ regopt_trainer_evaluate(regopt_trainer *trainer, const regopt_batch *batch,
  *                          regularizers, or parameters/options asked for but
  *                          not saved;
  *   REGOPT_ERR_OUT_OF_RANGE an option value this library refuses;
- *   REGOPT_ERR_IO          the file or the read callback failed.
+ *   REGOPT_ERR_STATE       an option the trainer cannot take now (a loss
+ *                          callback that is not set);
+ *   REGOPT_ERR_IO          the file or the read callback failed;
+ *   REGOPT_ERR_NO_MEMORY, REGOPT_ERR_NULL_POINTER, REGOPT_ERR_INVALID_ARGUMENT
+ *                          as everywhere.
+ * Values are checked too, not only CRCs: a step count beyond 2^53, a
+ * non-finite moment or teacher weight, or a negative second moment is
+ * REGOPT_ERR_CORRUPT (a CRC proves the bytes are what was written, not that
+ * the writer wrote sense).
  * Options (with REGOPT_CHECKPOINT_OPTIONS) are applied through the usual
  * setters; keys this library does not know (a newer writer) are skipped.
  *
@@ -1016,12 +1024,32 @@ regopt_trainer_evaluate(regopt_trainer *trainer, const regopt_batch *batch,
  *                      u64 size | u32 CRC-32 of the section | u32 0
  *   sections back to back after the table, in table order, the last one
  *   ending at the total size: every byte is covered by a CRC.
- * CRC-32 is the IEEE 802.3 / zlib polynomial. Sections of version 1: "trainer"
- * (step, seed, optimizer kind and state size, regularizers, teacher flag and
- * beta, statistics), "model" (tensor names, counts, groups, trainable
- * flags), "moments", "teacher" (when the Bregman teacher holds weights),
- * "params" and "options" (when saved). A reader skips sections it does not
- * know, so later writers can add sections while staying readable.
+ * CRC-32 is the IEEE 802.3 / zlib polynomial. The header's flags say what
+ * was saved (informational). Sections of version 1 (offsets in bytes; pad
+ * fields are 0 and checked):
+ *   "trainer"  u64 step @0 | u64 seed @8 | u32 optimizer kind @16 | u32
+ *              state floats per element @20 | u32 SGD momentum primed @24 |
+ *              u32 regularizers @28 (bit 1 << REGOPT_REG_*) | u64 trainable
+ *              elements @32 | u32 teacher holds weights @40 | u32 pad @44 |
+ *              f64 Bregman beta of the last step @48 | u32 statistics count
+ *              n @56 | u32 pad @60 | n f64 statistics (REGOPT_STAT_LOSS
+ *              onwards, in key order) @64
+ *   "model"    u32 tensor count | u32 pad | per tensor: u32 name length |
+ *              u32 group | u64 elements | u32 trainable (0/1) | u32 pad |
+ *              the name's bytes (no NUL)
+ *   "moments"  per_element blocks of (trainable elements) floats, tensors
+ *              in registration order within a block: SGD the momentum;
+ *              Adam/AdamW m, v (and AMSGrad's max of v); RAdam m, v
+ *   "teacher"  the Bregman teacher's weights (trainable elements), present
+ *              when it holds weights
+ *   "params"   every registered tensor's values in registration order,
+ *              frozen ones included (REGOPT_CHECKPOINT_PARAMS)
+ *   "options"  u32 count | u32 pad | 24-byte entries: u32 regopt_key | u32
+ *              group (0xffffffff: not a group key) | u32 type
+ *              (REGOPT_TYPE_*) | u32 pad | i64 or f64 value
+ *              (REGOPT_CHECKPOINT_OPTIONS)
+ * A reader skips sections it does not know, so later writers can add
+ * sections while staying readable.
  */
 
 /* Flags of save and load (or-ed). */
@@ -1060,7 +1088,10 @@ regopt_trainer_save_buffer(const regopt_trainer *trainer, uint32_t flags, void *
  * in the same directory, flushed and fsync'ed, then renamed over `path` and
  * the directory is fsync'ed. A failure or a crash at any point leaves the
  * previous file under `path` (if any) intact and no temporary file behind
- * (a crash may leave one, named path.tmp.XXXXXX). POSIX only. */
+ * (a crash may leave one, named path.tmp.PID.N). A new file gets mode 0666
+ * less the umask; a replaced one keeps its permission bits. When `path` is
+ * a symbolic link, the file it points to is replaced, not the link. POSIX
+ * only. */
 REGOPT_API REGOPT_NODISCARD regopt_status
 regopt_trainer_save_file(const regopt_trainer *trainer, uint32_t flags, const char *path);
 

@@ -6,12 +6,14 @@
 #include "internal.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
 #define TRAINER_FIXED 64u /* bytes of the "trainer" section before the stats */
 #define OPTION_ENTRY 24u
 #define NO_GROUP 0xffffffffu
+#define RO_CK_MAX_STEP 9007199254740992ull /* 2^53, as stat.step */
 
 static uint32_t regularizer_mask(const regopt_trainer *t)
 {
@@ -34,7 +36,7 @@ static void emit_trainer(const regopt_trainer *t, ro_ck_sink *s)
     ro_ck_u64(s, t->model->n_trainable);
     ro_ck_u32(s, (uint32_t)t->bregman.ready);
     ro_ck_u32(s, 0);
-    ro_ck_f64(s, t->bregman.last_beta);
+    ro_ck_f64(s, t->bregman.enabled ? t->bregman.last_beta : 0.0);
     ro_ck_u32(s, RO_N_STATS);
     ro_ck_u32(s, 0);
     for (i = 0; i < RO_N_STATS; i++)
@@ -93,13 +95,17 @@ static int is_group(const ro_key_desc *d)
     return d->owner == RO_OWNER_GROUP || d->owner == RO_OWNER_TRAINER_GROUP;
 }
 
-/* Read one option's current value; 0 when it cannot be read. */
+/* Read one option's current value; 0 when it does not apply (an SGD key
+ * of an Adam optimizer). Inapplicable keys are skipped before any getter
+ * runs, so that saving never writes a failure into a handle's message. */
 static int read_option(const regopt_trainer *t, const ro_key_desc *d, int32_t g, double *dv,
                        int64_t *iv)
 {
     regopt_status st;
     *iv = 0;
     *dv = 0.0;
+    if (d->owner == RO_OWNER_OPTIMIZER && !ro_optimizer_key_applies(t->opt->kind, d->key))
+        return 0;
     if (d->owner == RO_OWNER_GROUP)
         st = regopt_optimizer_get_group(t->opt, g, d->key, dv);
     else if (d->owner == RO_OWNER_TRAINER_GROUP)
@@ -220,6 +226,9 @@ static void mask_names(uint32_t mask, char *buf, size_t cap)
     for (i = 1; i < 5; i++)
         if (mask & 1u << i)
             used += (size_t)snprintf(buf + used, cap - used, "%s%s", used ? "+" : "", names[i]);
+    if (mask & ~0x1eu) /* a newer writer's kinds, or damage: show them */
+        used += (size_t)snprintf(buf + used, cap - used, "%sunknown 0x%" PRIx32,
+                                 used ? "+" : "", mask & ~0x1eu);
     if (!used)
         snprintf(buf, cap, "none");
 }
@@ -244,9 +253,35 @@ static regopt_status parse_trainer(regopt_trainer *t, const ro_ck_found *f, ck_t
     if ((uint64_t)c->n_stats * 8u > f->size - TRAINER_FIXED)
         return ro_fail(t->msg, REGOPT_ERR_CORRUPT,
                        "the checkpoint's \"trainer\" section is too short for its statistics");
-    if (c->momentum_ready > 1 || c->teacher_ready > 1)
+    if (c->momentum_ready > 1 || c->teacher_ready > 1 || ro_ck_rd32(p + 44) != 0 ||
+        ro_ck_rd32(p + 60) != 0)
         return ro_fail(t->msg, REGOPT_ERR_CORRUPT,
                        "the checkpoint's \"trainer\" section holds a bad flag");
+    /* the step bound of stat.step; beyond it the schedule and Adam's bias
+       correction (1 - beta^(step+1)) would silently break */
+    if (c->step > RO_CK_MAX_STEP)
+        return ro_fail(t->msg, REGOPT_ERR_CORRUPT,
+                       "the checkpoint's step count %" PRIu64 " is beyond 2^53", c->step);
+    return REGOPT_OK;
+}
+
+/* Moments and teacher must be finite, and second moments (blocks 1 and 2
+ * of the Adam family: v and AMSGrad's maximum) non-negative: a CRC only
+ * proves the bytes are what was written, not that a forger wrote sense,
+ * and a NaN here would pass a step's checks and spread into the weights. */
+static regopt_status sane_floats(regopt_trainer *t, const ro_ck_found *f, size_t n,
+                                 size_t nonneg_from)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        uint32_t bits = ro_ck_rd32(f->data + 4 * i);
+        float v;
+        memcpy(&v, &bits, sizeof v);
+        if (!isfinite(v) || (i >= nonneg_from && v < 0.0f))
+            return ro_fail(t->msg, REGOPT_ERR_CORRUPT,
+                           "the checkpoint's \"%s\" section holds %s at element %zu", f->name,
+                           isfinite(v) ? "a negative second moment" : "a non-finite value", i);
+    }
     return REGOPT_OK;
 }
 
@@ -260,7 +295,8 @@ static regopt_status match_trainer(regopt_trainer *t, const ck_trainer *c)
     if (c->per_element != t->per_element)
         return ro_fail(t->msg, REGOPT_ERR_MISMATCH,
                        "the checkpoint keeps %" PRIu32 " optimizer values per element, this "
-                       "trainer %zu (optimizer.amsgrad differs?)", c->per_element, t->per_element);
+                       "trainer %zu (optimizer.amsgrad differs? it is fixed when the trainer "
+                       "is created)", c->per_element, t->per_element);
     if (c->n_trainable != t->model->n_trainable)
         return ro_fail(t->msg, REGOPT_ERR_MISMATCH,
                        "the checkpoint has %" PRIu64 " trainable elements, the model %zu",
@@ -283,8 +319,9 @@ static regopt_status match_model(regopt_trainer *t, const ro_ck_found *f)
     const regopt_model *m = t->model;
     const unsigned char *p = f->data, *end = f->data + f->size;
     uint32_t n, i;
-    if (f->size < 8)
-        return ro_fail(t->msg, REGOPT_ERR_CORRUPT, "the checkpoint's \"model\" section is short");
+    if (f->size < 8 || ro_ck_rd32(p + 4) != 0)
+        return ro_fail(t->msg, REGOPT_ERR_CORRUPT, "the checkpoint's \"model\" section is "
+                       "malformed");
     n = ro_ck_rd32(p);
     if (n != m->n_params)
         return ro_fail(t->msg, REGOPT_ERR_MISMATCH,
@@ -303,6 +340,9 @@ static regopt_status match_model(regopt_trainer *t, const ro_ck_found *f)
             return ro_fail(t->msg, REGOPT_ERR_MISMATCH,
                            "tensor %" PRIu32 " is \"%.*s\" in the checkpoint, \"%s\" in the model",
                            i, (int)(len > 64 ? 64 : len), (const char *)(p + 24), q->name);
+        if (ro_ck_rd32(p + 20) != 0 || ro_ck_rd32(p + 16) > 1)
+            return ro_fail(t->msg, REGOPT_ERR_CORRUPT,
+                           "the checkpoint's \"model\" section holds a bad flag");
         if (count != q->count || (int32_t)ro_ck_rd32(p + 4) != q->group ||
             ro_ck_rd32(p + 16) != (uint32_t)(q->grad != NULL))
             return ro_fail(t->msg, REGOPT_ERR_MISMATCH,
@@ -313,6 +353,9 @@ static regopt_status match_model(regopt_trainer *t, const ro_ck_found *f)
                            q->grad ? "" : " (frozen)");
         p += 24 + len;
     }
+    if (p != end)
+        return ro_fail(t->msg, REGOPT_ERR_CORRUPT,
+                       "the checkpoint's \"model\" section has bytes after its tensors");
     return REGOPT_OK;
 }
 
@@ -338,15 +381,20 @@ static regopt_status set_option(regopt_trainer *t, const ck_option *o)
 {
     const ro_key_desc *d = o->d;
     double v = d->type == REGOPT_TYPE_INT ? (double)o->ivalue : o->value;
-    if (d->owner == RO_OWNER_GROUP)
-        return regopt_optimizer_set_group(t->opt, o->group, d->key, v);
+    regopt_status st;
     if (d->owner == RO_OWNER_TRAINER_GROUP)
         return regopt_trainer_set_group(t, o->group, d->key, v);
-    if (d->owner == RO_OWNER_OPTIMIZER)
-        return d->type == REGOPT_TYPE_INT ? regopt_optimizer_set_int(t->opt, d->key, o->ivalue)
-                                          : regopt_optimizer_set_double(t->opt, d->key, v);
-    return d->type == REGOPT_TYPE_INT ? regopt_trainer_set_int(t, d->key, o->ivalue)
-                                      : regopt_trainer_set_double(t, d->key, v);
+    if (d->owner != RO_OWNER_GROUP && d->owner != RO_OWNER_OPTIMIZER)
+        return d->type == REGOPT_TYPE_INT ? regopt_trainer_set_int(t, d->key, o->ivalue)
+                                          : regopt_trainer_set_double(t, d->key, v);
+    if (d->owner == RO_OWNER_GROUP)
+        st = regopt_optimizer_set_group(t->opt, o->group, d->key, v);
+    else
+        st = d->type == REGOPT_TYPE_INT ? regopt_optimizer_set_int(t->opt, d->key, o->ivalue)
+                                        : regopt_optimizer_set_double(t->opt, d->key, v);
+    if (st != REGOPT_OK) /* the optimizer's setters report into its own message */
+        ro_fail(t->msg, st, "loading option %s: %s", d->name, t->opt->msg);
+    return st;
 }
 
 /* Decode entry i of the options section; 0 = skip it (unknown key). */
@@ -358,7 +406,7 @@ static regopt_status decode_option(regopt_trainer *t, const unsigned char *e, ck
     *use = 0;
     if (!d)
         return REGOPT_OK; /* a newer writer's key: skipped, as documented */
-    if (!saved_option(d) || type != (uint32_t)d->type ||
+    if (!saved_option(d) || type != (uint32_t)d->type || ro_ck_rd32(e + 12) != 0 ||
         (is_group(d) ? group >= REGOPT_MAX_GROUPS : group != NO_GROUP))
         return ro_fail(t->msg, REGOPT_ERR_CORRUPT,
                        "the checkpoint's option %s is malformed", d->name);
@@ -367,6 +415,12 @@ static regopt_status decode_option(regopt_trainer *t, const unsigned char *e, ck
     o->ivalue = (int64_t)ro_ck_rd64(e + 16);
     o->value = d->type == REGOPT_TYPE_INT ? (double)o->ivalue : ro_ck_rdf64(e + 16);
     *use = 1;
+    if (d->key == REGOPT_GROUP_WEIGHT_DECAY && o->value < 0.0 && o->value != -1.0)
+        return ro_fail(t->msg, REGOPT_ERR_OUT_OF_RANGE, "the checkpoint's group.weight_decay "
+                       "of group %d is %g: -1 (inherit) or >= 0", (int)o->group, o->value);
+    if (d->owner == RO_OWNER_OPTIMIZER && !ro_optimizer_key_applies(t->opt->kind, d->key))
+        return ro_fail(t->msg, REGOPT_ERR_CORRUPT, "the checkpoint's option %s does not "
+                       "apply to its optimizer", d->name);
     return ro_key_check(d, o->value, t->msg);
 }
 
@@ -460,10 +514,15 @@ regopt_status ro_ck_restore(regopt_trainer *t, uint32_t flags, const ro_ck_found
         st = match_model(t, model);
     if (st == REGOPT_OK)
         st = sized(t, moments, (uint64_t)t->model->n_trainable * t->per_element);
+    if (st == REGOPT_OK)
+        st = sane_floats(t, moments, t->model->n_trainable * t->per_element,
+                         t->opt->kind == REGOPT_SGD ? (size_t)-1 : t->model->n_trainable);
     if (st == REGOPT_OK && c.teacher_ready) {
         st = need(t, f, count, "teacher", &teacher);
         if (st == REGOPT_OK)
             st = sized(t, teacher, t->model->n_trainable);
+        if (st == REGOPT_OK)
+            st = sane_floats(t, teacher, t->model->n_trainable, (size_t)-1);
     }
     if (st == REGOPT_OK && (flags & REGOPT_CHECKPOINT_PARAMS)) {
         params = find(f, count, "params");

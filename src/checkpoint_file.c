@@ -3,12 +3,13 @@
  * one file system), which is flushed and fsync'ed before it is renamed over
  * the target; the directory is fsync'ed last so the rename itself is
  * durable. Whatever fails, the old file under the target name is intact. */
-#define _POSIX_C_SOURCE 200809L
+#define _XOPEN_SOURCE 700 /* realpath, lstat, fchmod: POSIX.1-2008 with XSI */
 #include "internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,40 +64,69 @@ static void sync_dir(char *tmp)
     }
 }
 
-static regopt_status write_temp(const regopt_trainer *t, uint32_t flags, const char *path,
-                                char *tmp)
+/* Create the temporary file next to `target` with O_EXCL, mode 0666 so that
+ * the umask applies as for any new file; a replaced checkpoint's permission
+ * bits carry over. On success tmp holds its name and *fd the descriptor. */
+static regopt_status create_temp(const regopt_trainer *t, const char *target, char *tmp,
+                                 size_t cap, int *fd)
 {
     char e[128];
     struct stat old;
+    unsigned attempt;
+    *fd = -1;
+    for (attempt = 0; attempt < 1000 && *fd < 0; attempt++) {
+        snprintf(tmp, cap, "%s.tmp.%ld.%u", target, (long)getpid(), attempt);
+        *fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (*fd < 0 && errno != EEXIST)
+            break;
+    }
+    if (*fd < 0)
+        return ro_fail((char *)t->msg, REGOPT_ERR_IO, "cannot create a temporary file next "
+                       "to %s: %s", target, why(errno, e, sizeof e));
+    if (stat(target, &old) == 0 && fchmod(*fd, old.st_mode & 0777) != 0)
+        return ro_fail((char *)t->msg, REGOPT_ERR_IO, "cannot give %s the permissions of %s: %s",
+                       tmp, target, why(errno, e, sizeof e));
+    return REGOPT_OK;
+}
+
+static regopt_status write_temp(const regopt_trainer *t, uint32_t flags, int fd,
+                                const char *tmp)
+{
+    char e[128];
     fd_out o;
     uint64_t total;
     regopt_status st;
+    o.fd = fd;
     o.err = 0;
-    o.fd = mkstemp(tmp);
-    if (o.fd < 0)
-        return ro_fail((char *)t->msg, REGOPT_ERR_IO, "cannot create a temporary file next "
-                       "to %s: %s", path, why(errno, e, sizeof e));
-    /* keep the permissions of the checkpoint being replaced, else rw-r--r-- */
-    (void)fchmod(o.fd, stat(path, &old) == 0 ? (old.st_mode & 07777) : 0644);
     st = ro_ck_save(t, flags, fd_write, &o, &total);
     if (st != REGOPT_OK && o.err)
         st = ro_fail((char *)t->msg, REGOPT_ERR_IO, "writing %s: %s", tmp,
                      why(o.err, e, sizeof e));
-    if (st == REGOPT_OK && fsync(o.fd) != 0)
+    if (st == REGOPT_OK && fsync(fd) != 0)
         st = ro_fail((char *)t->msg, REGOPT_ERR_IO, "fsync of %s: %s", tmp,
                      why(errno, e, sizeof e));
-    if (close(o.fd) != 0 && st == REGOPT_OK)
-        st = ro_fail((char *)t->msg, REGOPT_ERR_IO, "closing %s: %s", tmp,
-                     why(errno, e, sizeof e));
     return st;
+}
+
+/* Where the bytes go: path itself, or, when path is a symbolic link, the
+ * file it names (as a plain fopen-and-write would), so that renaming never
+ * replaces the link. NULL with errno set when a link cannot be resolved.
+ * buf (PATH_MAX bytes) keeps libc from allocating behind the hooks. */
+static const char *save_target(const char *path, char *buf)
+{
+    struct stat sb;
+    if (lstat(path, &sb) == 0 && S_ISLNK(sb.st_mode))
+        return realpath(path, buf);
+    return path;
 }
 
 regopt_status regopt_trainer_save_file(const regopt_trainer *t, uint32_t flags,
                                        const char *path)
 {
-    static const char suffix[] = ".tmp.XXXXXX";
-    char e[128], *tmp;
-    size_t len;
+    char e[128], resolved[PATH_MAX], *tmp = NULL;
+    const char *target;
+    size_t cap;
+    int fd = -1;
     regopt_status st = ro_trainer_check(t, "regopt_trainer_save_file");
     if (st == REGOPT_OK && !path)
         st = ro_fail((char *)t->msg, REGOPT_ERR_NULL_POINTER,
@@ -107,19 +137,27 @@ regopt_status regopt_trainer_save_file(const regopt_trainer *t, uint32_t flags,
                      "regopt_trainer_save_file: unknown flags 0x%" PRIx32, flags);
     if (st != REGOPT_OK)
         return st;
-    len = strlen(path);
-    tmp = ro_malloc(&t->alloc, len + sizeof suffix);
+    target = save_target(path, resolved);
+    if (!target)
+        return ro_fail((char *)t->msg, REGOPT_ERR_IO, "cannot resolve the link %s: %s", path,
+                       why(errno, e, sizeof e));
+    cap = strlen(target) + 32;
+    tmp = ro_malloc(&t->alloc, cap);
     if (!tmp)
-        return ro_fail((char *)t->msg, REGOPT_ERR_NO_MEMORY, "out of memory for a file name");
-    memcpy(tmp, path, len);
-    memcpy(tmp + len, suffix, sizeof suffix);
-    st = write_temp(t, flags, path, tmp);
-    if (st == REGOPT_OK && rename(tmp, path) != 0)
-        st = ro_fail((char *)t->msg, REGOPT_ERR_IO, "renaming %s to %s: %s", tmp, path,
+        st = ro_fail((char *)t->msg, REGOPT_ERR_NO_MEMORY, "out of memory for a file name");
+    if (st == REGOPT_OK)
+        st = create_temp(t, target, tmp, cap, &fd);
+    if (st == REGOPT_OK)
+        st = write_temp(t, flags, fd, tmp);
+    if (fd >= 0 && close(fd) != 0 && st == REGOPT_OK)
+        st = ro_fail((char *)t->msg, REGOPT_ERR_IO, "closing %s: %s", tmp,
                      why(errno, e, sizeof e));
-    if (st != REGOPT_OK)
-        (void)unlink(tmp); /* the target keeps its old content */
-    else
+    if (st == REGOPT_OK && rename(tmp, target) != 0)
+        st = ro_fail((char *)t->msg, REGOPT_ERR_IO, "renaming %s to %s: %s", tmp, target,
+                     why(errno, e, sizeof e));
+    if (st != REGOPT_OK && fd >= 0)
+        (void)unlink(tmp); /* ours (O_EXCL): the target keeps its old content */
+    else if (st == REGOPT_OK)
         sync_dir(tmp);
     ro_free(&t->alloc, tmp);
     return st;
@@ -155,7 +193,9 @@ regopt_status regopt_trainer_load_file(regopt_trainer *t, uint32_t flags, const 
         st = ro_fail(t->msg, REGOPT_ERR_NULL_POINTER, "regopt_trainer_load_file: path is NULL");
     if (st != REGOPT_OK)
         return st;
-    fd = open(path, O_RDONLY);
+    /* O_NONBLOCK: a FIFO under this name must not hang us before the
+       regular-file check */
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return ro_fail(t->msg, REGOPT_ERR_IO, "cannot open %s: %s", path,
                        why(errno, e, sizeof e));

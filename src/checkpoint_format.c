@@ -207,8 +207,8 @@ regopt_status ro_ck_save(const regopt_trainer *t, uint32_t flags, regopt_write_f
     sink_flush(&s);
     if (s.failed)
         return ro_fail((char *)t->msg, REGOPT_ERR_IO,
-                       "the checkpoint write callback failed after %" PRIu64 " of %" PRIu64
-                       " bytes", s.size, end);
+                       "the checkpoint write callback failed (a %" PRIu64 "-byte checkpoint)",
+                       end);
     return REGOPT_OK;
 }
 

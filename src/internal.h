@@ -161,6 +161,9 @@ regopt_status ro_optimizer_check(const regopt_optimizer *o, const char *func);
 /* Cross-key consistency that single setters cannot check (order-free):
  * nesterov needs momentum, decaying schedules need total_steps. */
 regopt_status ro_optimizer_validate(const regopt_optimizer *o, char *msg);
+/* Whether an optimizer key means something for this kind (momentum: SGD;
+ * betas: the Adam family; ...). */
+int ro_optimizer_key_applies(regopt_optimizer_kind kind, regopt_key key);
 /* Elements of optimizer state per trainable element for this config. */
 size_t ro_optimizer_state_per_element(const regopt_optimizer *o);
 

@@ -16,7 +16,7 @@ regopt_status ro_optimizer_check(const regopt_optimizer *o, const char *func)
     return REGOPT_OK;
 }
 
-static const char *kind_name(regopt_optimizer_kind k)
+static const char *optimizer_kind_name(regopt_optimizer_kind k)
 {
     switch (k) {
     case REGOPT_SGD: return "sgd";
@@ -84,7 +84,7 @@ regopt_optimizer_kind regopt_optimizer_get_kind(const regopt_optimizer *o)
     return (o && o->magic == RO_MAGIC_OPTIMIZER) ? o->kind : (regopt_optimizer_kind)0;
 }
 
-static int key_applies(regopt_optimizer_kind kind, regopt_key key)
+int ro_optimizer_key_applies(regopt_optimizer_kind kind, regopt_key key)
 {
     int sgd = kind == REGOPT_SGD;
     switch (key) {
@@ -142,9 +142,10 @@ static regopt_status find_key(const regopt_optimizer *o, regopt_key key,
         return ro_fail((char *)o->msg, REGOPT_ERR_UNKNOWN_KEY,
                        "key %d (%s) is not an optimizer key", (int)key,
                        d ? d->name : "unknown");
-    if (!key_applies(o->kind, key))
+    if (!ro_optimizer_key_applies(o->kind, key))
         return ro_fail((char *)o->msg, REGOPT_ERR_UNKNOWN_KEY,
-                       "%s does not apply to a %s optimizer", d->name, kind_name(o->kind));
+                       "%s does not apply to a %s optimizer", d->name,
+                       optimizer_kind_name(o->kind));
     *out = d;
     return REGOPT_OK;
 }

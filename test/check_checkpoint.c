@@ -9,9 +9,12 @@
  * Host: z = (x + nu) .* m W + b over D inputs, with an inverted-dropout
  * mask m drawn from the pass seed (so the seeds matter), the SMART
  * perturbation nu on the inputs and d(input) for the adversarial passes. */
-#define _POSIX_C_SOURCE 200809L
+#define _XOPEN_SOURCE 700 /* mkdtemp, symlink, lstat */
 #include "tests.h"
+/* test_util.h's stat() reads a statistic; here stat(2) is needed too */
+#define stat stat_of_trainer
 #include "test_util.h"
+#undef stat
 
 #include <dirent.h>
 #include <signal.h>
@@ -19,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -711,6 +715,221 @@ START_TEST(forged_sections)
 }
 END_TEST
 
+
+/* Values behind valid CRCs are checked too: a forged step count, NaN
+ * moments or teacher weights, negative second moments, bad flags. */
+static void forge_float(section *s, size_t n, const char *name, size_t idx, float v)
+{
+    int i = find_section(s, n, name);
+    uint32_t bits;
+    memcpy(&bits, &v, 4);
+    wr32(s[i].data + 4 * idx, bits);
+}
+
+START_TEST(forged_values)
+{
+    victim v;
+    section s[16];
+    size_t n, size;
+    unsigned char *b;
+    int i;
+    victim_make(&v, ALL);
+
+    n = split(v.ck, s);
+    i = find_section(s, n, "trainer");
+    wr64(s[i].data, ((uint64_t)1 << 53) + 1);
+    b = join(v.ck, s, n, 1, &size);
+    expect(&v, b, size, REGOPT_ERR_CORRUPT, "step count", "step 2^53+1");
+    free(b);
+
+    n = split(v.ck, s);
+    i = find_section(s, n, "trainer");
+    wr32(s[i].data + 24, 2); /* momentum primed = 2 */
+    b = join(v.ck, s, n, 1, &size);
+    expect(&v, b, size, REGOPT_ERR_CORRUPT, "flag", "momentum flag 2");
+    free(b);
+
+    n = split(v.ck, s);
+    forge_float(s, n, "moments", 3, NAN); /* a first moment */
+    b = join(v.ck, s, n, 1, &size);
+    expect(&v, b, size, REGOPT_ERR_CORRUPT, "non-finite", "NaN moment");
+    free(b);
+
+    n = split(v.ck, s);
+    forge_float(s, n, "moments", CD * CK + CK + 1, -1e-3f); /* v of the second block */
+    b = join(v.ck, s, n, 1, &size);
+    expect(&v, b, size, REGOPT_ERR_CORRUPT, "negative second moment", "negative v");
+    free(b);
+
+    n = split(v.ck, s);
+    forge_float(s, n, "moments", 1, -1e-3f); /* a negative first moment is fine */
+    b = join(v.ck, s, n, 1, &size);
+    ck_assert_int_eq(regopt_trainer_load_buffer(v.r.t, ALL, b, size), REGOPT_OK);
+    free(b);
+    TMUST(v.r.t, regopt_trainer_load_buffer(v.r.t, ALL, v.before, v.nbefore));
+
+    n = split(v.ck, s);
+    forge_float(s, n, "teacher", 0, INFINITY);
+    b = join(v.ck, s, n, 1, &size);
+    expect(&v, b, size, REGOPT_ERR_CORRUPT, "teacher", "inf teacher");
+    free(b);
+
+    /* the model section claims "b" is frozen: another layout */
+    n = split(v.ck, s);
+    i = find_section(s, n, "model");
+    wr32(s[i].data + 8 + 24 + 1 + 16, 0); /* tensor 1 ("b"), after "W" (name 1 byte) */
+    b = join(v.ck, s, n, 1, &size);
+    expect(&v, b, size, REGOPT_ERR_MISMATCH, "frozen", "b frozen");
+    free(b);
+
+    /* an option key from a newer library is skipped */
+    n = split(v.ck, s);
+    i = find_section(s, n, "options");
+    wr32(s[i].data + 8, 9999); /* the first entry's key */
+    b = join(v.ck, s, n, 1, &size);
+    TMUST(v.r.t, regopt_trainer_load_buffer(v.r.t, ALL, b, size));
+    free(b);
+    victim_free(&v);
+}
+END_TEST
+
+/* An option refused after others were applied: those are put back. */
+static int ck_loss(const regopt_batch *b, const float *z, size_t rows, size_t width,
+                   float *row_loss, float *dz, void *user)
+{
+    size_t i;
+    (void)b, (void)z, (void)user;
+    for (i = 0; i < rows; i++)
+        row_loss[i] = 0.0f;
+    for (i = 0; i < rows * width; i++)
+        dz[i] = 0.0f;
+    return 0;
+}
+
+START_TEST(options_rollback)
+{
+    rig a, b;
+    unsigned char *ck;
+    size_t n;
+    double lr, wd;
+    int64_t schedule;
+    rig_make(&a, C_ADAMW, 1, 1);
+    TMUST(a.t, regopt_trainer_set_loss_callback(a.t, ck_loss, NULL, NULL));
+    ck = rig_save(&a, ALL, &n);
+    rig_free(&a);
+    rig_make(&b, C_ADAMW, 1, 0); /* defaults, and no loss callback */
+    ck_assert_int_eq(regopt_trainer_load_buffer(b.t, ALL, ck, n), REGOPT_ERR_STATE);
+    ck_assert_ptr_nonnull(strstr(regopt_trainer_message(b.t), "callback"));
+    MUST(regopt_optimizer_get_double(b.o, REGOPT_OPT_LR, &lr));
+    MUST(regopt_optimizer_get_int(b.o, REGOPT_OPT_SCHEDULE, &schedule));
+    MUST(regopt_optimizer_get_group(b.o, 1, REGOPT_GROUP_WEIGHT_DECAY, &wd));
+    ck_assert(lr == 1e-3 && schedule == REGOPT_SCHEDULE_CONSTANT && wd == -1.0);
+    /* with the callback set, the same checkpoint loads */
+    TMUST(b.t, regopt_trainer_set_loss_callback(b.t, ck_loss, NULL, NULL));
+    TMUST(b.t, regopt_trainer_load_buffer(b.t, ALL, ck, n));
+    MUST(regopt_optimizer_get_double(b.o, REGOPT_OPT_LR, &lr));
+    ck_assert(lr == 0.05);
+    rig_free(&b);
+    free(ck);
+}
+END_TEST
+
+START_TEST(options_group_weight_decay)
+{
+    victim v;
+    section s[16];
+    size_t n, size, e, cnt;
+    unsigned char *b;
+    int i, hit = 0;
+    victim_make(&v, ALL);
+    n = split(v.ck, s);
+    i = find_section(s, n, "options");
+    cnt = rd32(s[i].data);
+    for (e = 0; e < cnt; e++) {
+        unsigned char *p = s[i].data + 8 + 24 * e;
+        if (rd32(p) == REGOPT_GROUP_WEIGHT_DECAY && rd32(p + 4) == 2) {
+            double bad = -0.5; /* inside the key's [-1, 1e3], but only -1 is special */
+            uint64_t bits;
+            memcpy(&bits, &bad, 8);
+            wr64(p + 16, bits);
+            hit = 1;
+        }
+    }
+    ck_assert(hit);
+    b = join(v.ck, s, n, 1, &size);
+    expect(&v, b, size, REGOPT_ERR_OUT_OF_RANGE, "group.weight_decay of group 2", "wd -0.5");
+    free(b);
+    victim_free(&v);
+}
+END_TEST
+
+/* A step-0 checkpoint loaded into a trained trainer resets everything:
+ * momentum no longer primed, teacher no longer holding weights. */
+START_TEST(load_fresh_into_trained)
+{
+    static const int configs[2] = {C_SGD, C_SMART};
+    int config = configs[_i];
+    rig a, b;
+    unsigned char *fresh, *now;
+    size_t nf, nn;
+    rig_make(&a, config, 1, 1);
+    fresh = rig_save(&a, ALL, &nf);
+    rig_free(&a);
+    rig_make(&b, config, 1, 1);
+    rig_step(&b, 0);
+    rig_step(&b, 1);
+    TMUST(b.t, regopt_trainer_load_buffer(b.t, ALL, fresh, nf));
+    now = rig_save(&b, ALL, &nn);
+    same_bytes(fresh, nf, now, nn, config_name[config]);
+    free(fresh);
+    free(now);
+    rig_free(&b);
+}
+END_TEST
+
+START_TEST(amsgrad_mismatch)
+{
+    victim v;
+    rig r;
+    victim_make(&v, ALL);
+    memset(&r, 0, sizeof r);
+    r.m = regopt_model_create(NULL, NULL);
+    MUST(regopt_model_add_param(r.m, "W", r.h.w, r.h.gw, CD * CK, REGOPT_DTYPE_FLOAT32, 0));
+    MUST(regopt_model_add_param(r.m, "b", r.h.b, r.h.gb, CK, REGOPT_DTYPE_FLOAT32, 1));
+    MUST(regopt_model_add_param(r.m, "scale", r.h.frozen, NULL, 2, REGOPT_DTYPE_FLOAT32, 1));
+    MUST(regopt_model_set_output_width(r.m, CK));
+    MUST(regopt_model_set_input_width(r.m, CD));
+    MUST(regopt_model_set_slots(r.m, CSLOTS));
+    MUST(regopt_model_set_callbacks(r.m, ck_forward, ck_backward, &r.h, NULL));
+    r.o = regopt_optimizer_create(REGOPT_ADAMW, NULL, NULL);
+    MUST(regopt_optimizer_set_int(r.o, REGOPT_OPT_AMSGRAD, 1));
+    r.t = regopt_trainer_create(r.m, r.o, NULL);
+    TMUST(r.t, regopt_trainer_add_regularizer(r.t, REGOPT_REG_SMART));
+    TMUST(r.t, regopt_trainer_add_regularizer(r.t, REGOPT_REG_BREGMAN));
+    ck_assert_int_eq(regopt_trainer_load_buffer(r.t, ALL, v.ck, v.n), REGOPT_ERR_MISMATCH);
+    ck_assert_ptr_nonnull(strstr(regopt_trainer_message(r.t), "amsgrad"));
+    rig_free(&r);
+    victim_free(&v);
+}
+END_TEST
+
+/* Saving reads every option without leaving a failure in any message. */
+START_TEST(save_leaves_messages_alone)
+{
+    victim v;
+    size_t n;
+    unsigned char *b;
+    victim_make(&v, ALL);
+    ck_assert_str_eq(regopt_optimizer_message(v.r.o), "");
+    b = rig_save(&v.r, ALL, &n);
+    ck_assert_str_eq(regopt_optimizer_message(v.r.o), "");
+    ck_assert_str_eq(regopt_trainer_message(v.r.t), "");
+    free(b);
+    victim_free(&v);
+}
+END_TEST
+
+
 /* ---- mismatches -------------------------------------------------------- */
 
 static void load_into(int config, int tweak, const unsigned char *ck, size_t n,
@@ -734,7 +953,7 @@ static void load_into(int config, int tweak, const unsigned char *ck, size_t n,
         r.t = regopt_trainer_create(r.m, r.o, NULL);
         TMUST(r.t, regopt_trainer_add_regularizer(r.t, REGOPT_REG_SMART));
         TMUST(r.t, regopt_trainer_add_regularizer(r.t, REGOPT_REG_BREGMAN));
-    } else if (tweak == 2) { /* the frozen tensor trainable, other group */
+    } else if (tweak == 2) { /* "b" in another group */
         regopt_trainer_free(r.t);
         regopt_model_free(r.m);
         r.m = regopt_model_create(NULL, NULL);
@@ -1023,6 +1242,52 @@ START_TEST(file_round_trip_and_atomicity)
 }
 END_TEST
 
+START_TEST(file_mode_and_symlink)
+{
+    char dir[] = "/tmp/regopt_ckmode_XXXXXX", path[96], link[96], real[96];
+    struct stat sb;
+    victim v;
+    mode_t old;
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/a.ckpt", dir);
+    victim_make(&v, ALL);
+    old = umask(077);
+    TMUST(v.r.t, regopt_trainer_save_file(v.r.t, ALL, path));
+    umask(old);
+    ck_assert_int_eq(stat(path, &sb), 0);
+    ck_assert_uint_eq(sb.st_mode & 0777, 0600); /* 0666 less the umask */
+    ck_assert_int_eq(chmod(path, 0640), 0);
+    TMUST(v.r.t, regopt_trainer_save_file(v.r.t, ALL, path));
+    ck_assert_int_eq(stat(path, &sb), 0);
+    ck_assert_uint_eq(sb.st_mode & 0777, 0640); /* a replaced file keeps its mode */
+    /* through a symbolic link: the link stays, its target gets the bytes */
+    snprintf(link, sizeof link, "%s/latest", dir);
+    ck_assert_int_eq(symlink("a.ckpt", link), 0);
+    rig_step(&v.r, 4);
+    TMUST(v.r.t, regopt_trainer_save_file(v.r.t, ALL, link));
+    ck_assert_int_eq(lstat(link, &sb), 0);
+    ck_assert(S_ISLNK(sb.st_mode));
+    {
+        size_t na, nb;
+        unsigned char *a = slurp(path, &na), *b = rig_save(&v.r, ALL, &nb);
+        same_bytes(b, nb, a, na, "the link's target");
+        free(a);
+        free(b);
+    }
+    ck_assert_int_eq(count_entries(dir), 2);
+    /* a dangling link is an I/O error naming it */
+    snprintf(real, sizeof real, "%s/dangling", dir);
+    ck_assert_int_eq(symlink("nowhere/x", real), 0);
+    ck_assert_int_eq(regopt_trainer_save_file(v.r.t, ALL, real), REGOPT_ERR_IO);
+    ck_assert_ptr_nonnull(strstr(regopt_trainer_message(v.r.t), "dangling"));
+    unlink(real);
+    unlink(link);
+    unlink(path);
+    rmdir(dir);
+    victim_free(&v);
+}
+END_TEST
+
 /* A load allocates only temporarily and a step after it still does not. */
 START_TEST(allocation_after_load)
 {
@@ -1088,6 +1353,12 @@ Suite *suite_checkpoint(void)
     tcase_add_test(tc, forged_sections);
     tcase_add_test(tc, mismatches_refused);
     tcase_add_test(tc, flags_not_saved);
+    tcase_add_test(tc, forged_values);
+    tcase_add_test(tc, options_rollback);
+    tcase_add_test(tc, options_group_weight_decay);
+    tcase_add_loop_test(tc, load_fresh_into_trained, 0, 2);
+    tcase_add_test(tc, amsgrad_mismatch);
+    tcase_add_test(tc, save_leaves_messages_alone);
     suite_add_tcase(s, tc);
     tc = tcase_create("api");
     tcase_set_timeout(tc, 60);
@@ -1095,6 +1366,7 @@ Suite *suite_checkpoint(void)
     tcase_add_test(tc, bad_arguments);
     tcase_add_test(tc, file_round_trip_and_atomicity);
     tcase_add_test(tc, allocation_after_load);
+    tcase_add_test(tc, file_mode_and_symlink);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1524,7 +1524,12 @@ class Trainer(_Handle, _Options):
 
         def write(data, size, user):
             try:
-                fileobj.write(ctypes.string_at(data, size))
+                view = memoryview(ctypes.string_at(data, size))
+                while view:  # raw streams may write less than asked
+                    n = fileobj.write(view)
+                    if n is None:  # non-blocking stream that would block
+                        return 1
+                    view = view[n:]
                 return 0
             except BaseException as e:  # re-raised below, after the C call returns
                 failure.append(e)
@@ -1543,10 +1548,13 @@ class Trainer(_Handle, _Options):
 
         def read(dst, size, user):
             try:
-                chunk = fileobj.read(size)
-                if chunk is None or len(chunk) != size:
-                    return 1
-                ctypes.memmove(dst, chunk, size)
+                got = 0
+                while got < size:  # raw streams and pipes may return less
+                    chunk = fileobj.read(size - got)
+                    if not chunk:  # end of data (or would block)
+                        return 1
+                    ctypes.memmove(dst + got, chunk, len(chunk))
+                    got += len(chunk)
                 return 0
             except BaseException as e:
                 failure.append(e)

@@ -131,8 +131,34 @@ class CheckpointTest(unittest.TestCase):
         np.testing.assert_array_equal(h.w, before[0])
         self.assertEqual(t.to_bytes(), before[1])
 
-        # streams: a short read, and a writer that raises
+        # streams that hand over a few bytes at a time still work
         import io
+
+        class Trickle(io.RawIOBase):
+            def __init__(self, data=b""):
+                self.data, self.out = data, bytearray()
+
+            def readable(self):
+                return True
+
+            def writable(self):
+                return True
+
+            def read(self, n=-1):
+                chunk, self.data = self.data[:min(n, 7)], self.data[min(n, 7):]
+                return chunk
+
+            def write(self, b):
+                self.out += bytes(b[:5])
+                return min(len(b), 5)
+        w = Trickle()
+        t.write_to(w)
+        self.assertEqual(bytes(w.out), t.to_bytes())
+        t.read_from(Trickle(good))
+        self.assertEqual(t.to_bytes(), good)
+        t.from_bytes(before[1])
+
+        # streams: a short read, and a writer that raises
         with self.assertRaises(regopt.CheckpointIOError):
             t.read_from(io.BytesIO(good[:100]))
 
