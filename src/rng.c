@@ -69,6 +69,46 @@ uint64_t ro_pass_seed(uint64_t trainer_seed, uint64_t step,
     return ((uint64_t)out[1] << 32) | out[0];
 }
 
+/* LANES consecutive blocks at once, first .. first + LANES - 1, as
+ * uniforms: the same rounds as ro_philox4x32_10, written lane by lane so
+ * that the compiler runs them in vector registers (the 32 x 32 -> 64-bit
+ * products map to pmuludq); hosts draw a dropout mask per unit from here,
+ * so it is in every training forward. */
+#define LANES 16
+
+static void uniform_lanes(uint64_t seed, uint64_t first, float *out)
+{
+    uint32_t c0[LANES], c1[LANES], c2[LANES], c3[LANES];
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    int r, l;
+    for (l = 0; l < LANES; l++) {
+        uint64_t b = first + (uint64_t)l;
+        c0[l] = (uint32_t)b;
+        c1[l] = (uint32_t)(b >> 32);
+        c2[l] = 0;
+        c3[l] = 0;
+    }
+    for (r = 0; r < 10; r++) {
+        for (l = 0; l < LANES; l++) {
+            uint64_t p0 = (uint64_t)PHILOX_M0 * c0[l], p1 = (uint64_t)PHILOX_M1 * c2[l];
+            uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1[l] ^ k0;
+            uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3[l] ^ k1;
+            c1[l] = (uint32_t)p1;
+            c3[l] = (uint32_t)p0;
+            c0[l] = n0;
+            c2[l] = n2;
+        }
+        k0 += PHILOX_W0;
+        k1 += PHILOX_W1;
+    }
+    for (l = 0; l < LANES; l++) { /* 24-bit values: exact as int32 and float */
+        out[4 * l] = (float)(int32_t)(c0[l] >> 8) * (1.0f / 16777216.0f);
+        out[4 * l + 1] = (float)(int32_t)(c1[l] >> 8) * (1.0f / 16777216.0f);
+        out[4 * l + 2] = (float)(int32_t)(c2[l] >> 8) * (1.0f / 16777216.0f);
+        out[4 * l + 3] = (float)(int32_t)(c3[l] >> 8) * (1.0f / 16777216.0f);
+    }
+}
+
 regopt_status regopt_random_uniform(uint64_t seed, uint64_t offset, float *out,
                                     size_t n)
 {
@@ -79,6 +119,11 @@ regopt_status regopt_random_uniform(uint64_t seed, uint64_t offset, float *out,
     while (k < n) {
         uint64_t e = offset + k;
         unsigned j;
+        if ((e & 3) == 0 && n - k >= 4 * LANES) {
+            uniform_lanes(seed, e >> 2, out + k);
+            k += 4 * LANES;
+            continue;
+        }
         block(seed, e >> 2, w);
         for (j = (unsigned)(e & 3); j < 4 && k < n; j++, k++)
             out[k] = (float)(w[j] >> 8) * (1.0f / 16777216.0f);
@@ -109,6 +154,20 @@ regopt_status regopt_random_normal(uint64_t seed, uint64_t offset, float *out,
         uint64_t e = offset + k;
         unsigned j;
         block(seed, e >> 2, w);
+        if ((e & 3) == 0 && n - k >= 4) {
+            /* a whole block: each pair's radius once for both of its
+               outputs (the same expressions as normal_of, so the same bits;
+               log dominates the cost) */
+            for (j = 0; j < 4; j += 2, k += 2) {
+                double u1 = ((double)w[j] + 1.0) * (1.0 / 4294967296.0);
+                double u2 = (double)w[j + 1] * (1.0 / 4294967296.0);
+                double r = sqrt(-2.0 * log(u1));
+                double a = 6.283185307179586 * u2;
+                out[k] = (float)(r * cos(a));
+                out[k + 1] = (float)(r * sin(a));
+            }
+            continue;
+        }
         for (j = (unsigned)(e & 3); j < 4 && k < n; j++, k++)
             out[k] = normal_of(w, j);
     }

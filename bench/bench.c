@@ -1,0 +1,691 @@
+/* bench.c — libregopt's step benchmark. Trains an MLP on synthetic data with
+ * every method and reports, per method, milliseconds per step, how the step
+ * splits between the host's callbacks and the library, allocations per step
+ * and the GFLOP/s achieved against the SGEMM rate measured between the
+ * runs; before that, the optimizer's throughput (a library step around a
+ * host that does nothing) against the copy/triad bandwidth. Timings on a
+ * shared machine are noisy, so every figure is a median over several runs
+ * and the targets are ratios of numbers measured side by side.
+ *
+ * Output: human-readable lines start with '#'; machine-readable lines are
+ *   BENCH kind=<env|sgemm|bandwidth|optimizer|sgemm_interleaved|step|
+ *              rdrop_doubled_speedup> key=value ...
+ * Run ./bench/bench --help for the options. */
+#define _POSIX_C_SOURCE 200112L
+#include "host_mlp.h"
+
+#include <cblas.h>
+#include <regopt.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- counting allocator ------------------------------------------------ */
+
+typedef struct counter {
+    long allocs, frees;
+} counter;
+
+static void *count_alloc(size_t size, void *user)
+{
+    ((counter *)user)->allocs++;
+    return malloc(size);
+}
+
+static void count_free(void *ptr, void *user)
+{
+    if (ptr)
+        ((counter *)user)->frees++;
+    free(ptr);
+}
+
+/* ---- small helpers ----------------------------------------------------- */
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, size_t n)
+{
+    qsort(v, n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static double min_of(const double *v, size_t n)
+{
+    double m = v[0];
+    size_t i;
+    for (i = 1; i < n; i++)
+        m = v[i] < m ? v[i] : m;
+    return m;
+}
+
+static double max_of(const double *v, size_t n)
+{
+    double m = v[0];
+    size_t i;
+    for (i = 1; i < n; i++)
+        m = v[i] > m ? v[i] : m;
+    return m;
+}
+
+static int parse_size(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    long v;
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* ---- methods ----------------------------------------------------------- */
+
+enum { M_PLAIN, M_SAM, M_ASAM, M_RDROP2, M_RDROP, M_SMART, M_SMART_SAM, M_COUNT };
+
+static const char *method_name[M_COUNT] = {"plain", "sam", "asam", "rdrop_twocall",
+                                           "rdrop_doubled", "smart", "smart_sam"};
+
+/* The options of each method, as the PyTorch peer (torch_bench.py) sets
+ * them: SAM rho 0.05; ASAM scaling every tensor by |w| (eta 0); R-Drop alpha
+ * 1; SMART one ascent step, paper defaults, Bregman teacher with beta 0.999
+ * throughout. The timing does not depend on these values. */
+static regopt_status configure(regopt_trainer *t, int method)
+{
+    regopt_status st = REGOPT_OK;
+    int sam = method == M_SAM || method == M_ASAM || method == M_SMART_SAM;
+    int smart = method == M_SMART || method == M_SMART_SAM;
+    if (sam) {
+        st = regopt_trainer_add_regularizer(t, REGOPT_REG_SAM);
+        if (st == REGOPT_OK)
+            st = regopt_trainer_set_double(t, REGOPT_SAM_RHO, 0.05);
+    }
+    if (st == REGOPT_OK && method == M_ASAM) {
+        st = regopt_trainer_set_int(t, REGOPT_SAM_ADAPTIVE, 1);
+        if (st == REGOPT_OK)
+            st = regopt_trainer_set_double(t, REGOPT_SAM_ETA, 0.0);
+    }
+    if (st == REGOPT_OK && (method == M_RDROP || method == M_RDROP2)) {
+        st = regopt_trainer_add_regularizer(t, REGOPT_REG_RDROP);
+        if (st == REGOPT_OK)
+            st = regopt_trainer_set_int(t, REGOPT_RDROP_DOUBLED, method == M_RDROP);
+    }
+    if (st == REGOPT_OK && smart) {
+        st = regopt_trainer_add_regularizer(t, REGOPT_REG_SMART);
+        if (st == REGOPT_OK)
+            st = regopt_trainer_add_regularizer(t, REGOPT_REG_BREGMAN);
+        if (st == REGOPT_OK)
+            st = regopt_trainer_set_double(t, REGOPT_BREGMAN_BETA, 0.999);
+    }
+    return st;
+}
+
+/* ---- one benchmarked training setup ------------------------------------ */
+
+typedef struct setup {
+    int method;
+    host_mlp host;
+    counter count;
+    regopt_model *model;
+    regopt_optimizer *opt;
+    regopt_trainer *trainer;
+    long first_allocs;      /* allocations made by the first step */
+    double *step_ms;        /* per run: median step time */
+    double *cb_share;       /* per run: callback time / step time (the library's
+                               share is the rest) */
+    double *lib_ms;         /* per run: mean (step - callbacks) */
+    double flops;           /* per step, counted by the host */
+    long timed_allocs;      /* allocations in all timed steps */
+    long timed_steps;
+} setup;
+
+typedef struct config {
+    const size_t *widths;
+    size_t layers, batch;
+    const char *size_name;
+    long runs, steps, warmup;
+    int ref_n;              /* the reference SGEMM: ref_n^3, before every run */
+    double sgemm_gflops;    /* its median over the runs */
+} config;
+
+static double sgemm_rate(int m, int n, int k, int reps);
+
+static int setup_create(setup *s, int method, const config *c)
+{
+    regopt_allocator a;
+    regopt_status st;
+    memset(s, 0, sizeof *s);
+    s->method = method;
+    a.size = sizeof a;
+    a.alloc = count_alloc;
+    a.free = count_free;
+    a.user = &s->count;
+    if (host_mlp_init(&s->host, c->widths, c->layers, c->batch, 0.1f, 42) != 0) {
+        fprintf(stderr, "bench: out of memory for the host network\n");
+        return -1;
+    }
+    s->model = regopt_model_create(&a, &st);
+    if (s->model)
+        st = host_mlp_register(&s->host, s->model);
+    if (st == REGOPT_OK)
+        s->opt = regopt_optimizer_create(REGOPT_ADAMW, &a, &st);
+    if (st == REGOPT_OK) /* the peer: torch.optim.AdamW(lr=1e-4), weight decay 1e-2 */
+        st = regopt_optimizer_set_double(s->opt, REGOPT_OPT_LR, 1e-4);
+    if (st == REGOPT_OK)
+        s->trainer = regopt_trainer_create(s->model, s->opt, &st);
+    if (st == REGOPT_OK)
+        st = configure(s->trainer, method);
+    if (st != REGOPT_OK) {
+        fprintf(stderr, "bench: setting up %s: %s %s\n", method_name[method],
+                regopt_status_string(st),
+                s->trainer ? regopt_trainer_message(s->trainer) : regopt_last_error_message());
+        return -1;
+    }
+    s->step_ms = calloc((size_t)c->runs, sizeof(double));
+    s->cb_share = calloc((size_t)c->runs, sizeof(double));
+    s->lib_ms = calloc((size_t)c->runs, sizeof(double));
+    return s->step_ms && s->cb_share && s->lib_ms ? 0 : -1;
+}
+
+static void setup_free(setup *s)
+{
+    regopt_trainer_free(s->trainer);
+    regopt_optimizer_free(s->opt);
+    regopt_model_free(s->model);
+    host_mlp_free(&s->host);
+    free(s->step_ms);
+    free(s->cb_share);
+    free(s->lib_ms);
+}
+
+static int one_step(setup *s, const regopt_batch *b)
+{
+    regopt_status st = regopt_trainer_step(s->trainer, b, 1);
+    if (st != REGOPT_OK) {
+        fprintf(stderr, "bench: %s step failed: %s %s\n", method_name[s->method],
+                regopt_status_string(st), regopt_trainer_message(s->trainer));
+        return -1;
+    }
+    return 0;
+}
+
+/* The first step may grow scratch buffers; count what it allocates, then
+ * warm caches and BLAS threads up. */
+static int setup_warm(setup *s, const regopt_batch *b, long warmup)
+{
+    long before = s->count.allocs, i;
+    if (one_step(s, b) != 0)
+        return -1;
+    s->first_allocs = s->count.allocs - before;
+    for (i = 1; i < warmup; i++)
+        if (one_step(s, b) != 0)
+            return -1;
+    return 0;
+}
+
+static int setup_run(setup *s, const regopt_batch *b, long run, long steps, double *scratch)
+{
+    double sum_step = 0.0, sum_cb = 0.0, flops0 = s->host.flops;
+    long allocs0 = s->count.allocs, i;
+    for (i = 0; i < steps; i++) {
+        double cb0 = s->host.cb_seconds, t0 = host_now(), dt;
+        if (one_step(s, b) != 0)
+            return -1;
+        dt = host_now() - t0;
+        scratch[i] = dt * 1e3;
+        sum_step += dt;
+        sum_cb += s->host.cb_seconds - cb0;
+    }
+    s->step_ms[run] = median(scratch, (size_t)steps);
+    s->cb_share[run] = sum_cb / sum_step;
+    s->lib_ms[run] = (sum_step - sum_cb) * 1e3 / (double)steps;
+    s->flops = (s->host.flops - flops0) / (double)steps;
+    s->timed_allocs += s->count.allocs - allocs0;
+    s->timed_steps += steps;
+    return 0;
+}
+
+static void setup_report(setup *s, const config *c, double *rdrop2_ms)
+{
+    long r = c->runs;
+    double *tmp = malloc((size_t)r * sizeof *tmp);
+    double ms, lo, hi, share, lib, gf;
+    if (!tmp)
+        return;
+    lo = min_of(s->step_ms, (size_t)r);
+    hi = max_of(s->step_ms, (size_t)r);
+    memcpy(tmp, s->step_ms, (size_t)r * sizeof *tmp);
+    ms = median(tmp, (size_t)r);
+    memcpy(tmp, s->cb_share, (size_t)r * sizeof *tmp);
+    share = median(tmp, (size_t)r);
+    memcpy(tmp, s->lib_ms, (size_t)r * sizeof *tmp);
+    lib = median(tmp, (size_t)r);
+    gf = s->flops / (ms * 1e-3) * 1e-9;
+    printf("# %-7s %-14s %9.3f ms (%.3f .. %.3f)  host %5.1f %%  library %5.1f %% (%.3f ms)"
+           "  allocs/step %.2f (first %ld)  %6.1f GFLOP/s = %.2f x sgemm\n",
+           c->size_name, method_name[s->method], ms, lo, hi, 100.0 * share,
+           100.0 * (1.0 - share), lib, (double)s->timed_allocs / (double)s->timed_steps,
+           s->first_allocs, gf, gf / c->sgemm_gflops);
+    printf("BENCH kind=step size=%s method=%s batch=%zu runs=%ld steps=%ld ms_median=%.4f "
+           "ms_min=%.4f ms_max=%.4f callback_share=%.4f library_share=%.4f library_ms=%.4f "
+           "allocs_per_step=%.4f first_step_allocs=%ld gflop_per_step=%.4f gflops=%.3f "
+           "gflops_ratio_sgemm=%.4f\n",
+           c->size_name, method_name[s->method], c->batch, r, c->steps, ms, lo, hi, share,
+           1.0 - share, lib, (double)s->timed_allocs / (double)s->timed_steps, s->first_allocs,
+           s->flops * 1e-9, gf, gf / c->sgemm_gflops);
+    if (s->method == M_RDROP2)
+        *rdrop2_ms = ms;
+    if (s->method == M_RDROP && *rdrop2_ms > 0.0)
+        printf("BENCH kind=rdrop_doubled_speedup size=%s value=%.4f\n", c->size_name,
+               *rdrop2_ms / ms);
+    free(tmp);
+}
+
+/* All methods of one model size, interleaved run by run so that a burst
+ * of load from elsewhere hits every method alike. */
+static int bench_size(const config *cfg, const int *methods, int n_methods,
+                      long *allocs_after)
+{
+    config cc = *cfg, *c = &cc;
+    double *sg = calloc((size_t)cfg->runs, sizeof *sg);
+    setup *s = calloc((size_t)n_methods, sizeof *s);
+    double *scratch = malloc((size_t)c->steps * sizeof *scratch), rdrop2_ms = 0.0;
+    float *x = malloc(c->batch * c->widths[0] * sizeof *x);
+    int32_t *y = malloc(c->batch * sizeof *y);
+    float *u = malloc(c->batch * sizeof *u);
+    regopt_batch b;
+    int i, rc = -1, made = 0;
+    long r;
+    size_t k = c->widths[c->layers], j;
+    if (!sg || !s || !scratch || !x || !y || !u)
+        goto out;
+    /* the peer's data: x ~ N(0, 1), uniformly random labels, one fixed batch */
+    if (regopt_random_normal(7, 0, x, c->batch * c->widths[0]) != REGOPT_OK ||
+        regopt_random_uniform(8, 0, u, c->batch) != REGOPT_OK)
+        goto out;
+    for (j = 0; j < c->batch; j++) {
+        y[j] = (int32_t)(u[j] * (float)k);
+        if (y[j] >= (int32_t)k)
+            y[j] = (int32_t)k - 1;
+    }
+    regopt_batch_init(&b);
+    b.data = x;
+    b.rows = c->batch;
+    b.labels = y;
+    for (i = 0; i < n_methods; i++, made++)
+        if (setup_create(&s[i], methods[i], c) != 0 || setup_warm(&s[i], &b, c->warmup) != 0)
+            goto out;
+    for (r = 0; r < c->runs; r++) {
+        /* the GEMM reference is measured between the runs too, so that the
+           ratios compare numbers taken under the same load */
+        sg[r] = sgemm_rate(c->ref_n, c->ref_n, c->ref_n, 3);
+        for (i = 0; i < n_methods; i++)
+            if (setup_run(&s[i], &b, r, c->steps, scratch) != 0)
+                goto out;
+    }
+    c->sgemm_gflops = median(sg, (size_t)c->runs);
+    printf("# sgemm %d^3 between the runs: %.1f GFLOP/s (the reference below)\n", c->ref_n,
+           c->sgemm_gflops);
+    printf("BENCH kind=sgemm_interleaved size=%s m=%d n=%d k=%d gflops=%.3f\n", c->size_name,
+           c->ref_n, c->ref_n, c->ref_n, c->sgemm_gflops);
+    for (i = 0; i < n_methods; i++) {
+        setup_report(&s[i], c, &rdrop2_ms);
+        *allocs_after += s[i].timed_allocs;
+    }
+    rc = 0;
+out:
+    for (i = 0; s && i < made + (rc != 0 && made < n_methods); i++)
+        setup_free(&s[i]);
+    free(s);
+    free(sg);
+    free(scratch);
+    free(x);
+    free(y);
+    free(u);
+    if (rc != 0)
+        fprintf(stderr, "bench: size %s failed\n", c->size_name);
+    return rc;
+}
+
+/* ---- reference rates: SGEMM and memory bandwidth ----------------------- */
+
+/* GFLOP/s of C = A B with m x k times k x n, the median of `reps`. */
+static double sgemm_rate(int m, int n, int k, int reps)
+{
+    float *a = calloc((size_t)m * k, sizeof(float)), *b = calloc((size_t)k * n, sizeof(float));
+    float *c = calloc((size_t)m * n, sizeof(float));
+    double *t = calloc((size_t)reps, sizeof(double)), rate = 0.0;
+    int i;
+    if (a && b && c && t) {
+        for (i = 0; i < m * k; i++)
+            a[i] = 0.001f * (float)(i % 97);
+        for (i = 0; i < k * n; i++)
+            b[i] = 0.001f * (float)(i % 89);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, k, b, n,
+                    0.0f, c, n); /* warm-up: threads, pages */
+        for (i = 0; i < reps; i++) {
+            double t0 = host_now();
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, k, b, n,
+                        0.0f, c, n);
+            t[i] = host_now() - t0;
+        }
+        rate = 2.0 * m * n * (double)k / median(t, (size_t)reps) * 1e-9;
+    }
+    free(a);
+    free(b);
+    free(c);
+    free(t);
+    return rate;
+}
+
+/* Blocks of 16 through block pointers, the form GCC -O2 vectorizes (its
+ * cost model refuses loops of unknown length), as the library's loops. */
+#define BLOCK 16
+
+static void copy_block(float *restrict a, const float *restrict b)
+{
+    size_t j;
+    for (j = 0; j < BLOCK; j++)
+        a[j] = b[j];
+}
+
+static void triad_block(float *restrict a, const float *restrict b, const float *restrict c,
+                        float s)
+{
+    size_t j;
+    for (j = 0; j < BLOCK; j++)
+        a[j] = b[j] + s * c[j];
+}
+
+/* STREAM's copy (a = b, 8 bytes per element) and triad (a = b + s c, 12
+ * bytes), vectorized as the library's loops are, median GB/s of `reps`
+ * (n is a multiple of BLOCK). */
+static int bandwidth(size_t n, int reps, double *copy_gbs, double *triad_gbs)
+{
+    float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b), *c = malloc(n * sizeof *c);
+    double *tc = calloc((size_t)reps, sizeof(double)), *tt = calloc((size_t)reps, sizeof(double));
+    volatile float sink;
+    size_t i;
+    int r, rc = -1;
+    if (a && b && c && tc && tt) {
+        const float s = 1.5f;
+        for (i = 0; i < n; i++) {
+            a[i] = 0.0f;
+            b[i] = 1.0f;
+            c[i] = 2.0f;
+        }
+        for (r = 0; r < reps; r++) {
+            double t0 = host_now();
+            for (i = 0; i + BLOCK <= n; i += BLOCK)
+                copy_block(a + i, b + i);
+            tc[r] = host_now() - t0;
+            t0 = host_now();
+            for (i = 0; i + BLOCK <= n; i += BLOCK)
+                triad_block(a + i, b + i, c + i, s);
+            tt[r] = host_now() - t0;
+        }
+        sink = a[n / 2];
+        (void)sink;
+        n -= n % BLOCK;
+        *copy_gbs = 8.0 * (double)n / median(tc, (size_t)reps) * 1e-9;
+        *triad_gbs = 12.0 * (double)n / median(tt, (size_t)reps) * 1e-9;
+        rc = 0;
+    }
+    free(a);
+    free(b);
+    free(c);
+    free(tc);
+    free(tt);
+    return rc;
+}
+
+/* ---- optimizer throughput through the public API ----------------------- */
+
+/* A host with one tensor of n elements and callbacks that do nothing: a
+ * step is then exactly the library's own work on the parameters -- zero the
+ * gradient, its norm, the fused update. */
+static int noop_forward(const regopt_pass *p, void *user)
+{
+    (void)user;
+    p->outputs[0] = 0.0f;
+    return 0;
+}
+
+static int noop_backward(const regopt_pass *p, void *user)
+{
+    (void)p;
+    (void)user;
+    return 0;
+}
+
+static int optimizer_rate(regopt_optimizer_kind kind, const char *name, size_t n, int reps,
+                          double triad_gbs)
+{
+    float *w = malloc(n * sizeof *w), *g = calloc(n, sizeof *g), target = 0.0f;
+    double *t = calloc((size_t)reps, sizeof(double));
+    counter cnt = {0, 0};
+    regopt_allocator a;
+    regopt_model *m = NULL;
+    regopt_optimizer *o = NULL;
+    regopt_trainer *tr = NULL;
+    regopt_status st = REGOPT_ERR_NO_MEMORY;
+    regopt_batch b;
+    float x = 0.0f;
+    int r, rc = -1;
+    /* bytes a fused implementation must move per element: the update reads
+       w, g and the moments and writes w and the moments; zeroing writes g,
+       the norm reads it */
+    double update_bytes = kind == REGOPT_SGD ? 20.0 : 28.0, total_bytes = update_bytes + 8.0;
+    a.size = sizeof a;
+    a.alloc = count_alloc;
+    a.free = count_free;
+    a.user = &cnt;
+    regopt_batch_init(&b);
+    b.data = &x;
+    b.rows = 1;
+    b.targets = &target;
+    if (w && g && t && regopt_random_normal(3, 0, w, n) == REGOPT_OK)
+        m = regopt_model_create(&a, &st);
+    if (m)
+        st = regopt_model_add_param(m, "w", w, g, n, REGOPT_DTYPE_FLOAT32, 0);
+    if (st == REGOPT_OK)
+        st = regopt_model_set_output_width(m, 1);
+    if (st == REGOPT_OK)
+        st = regopt_model_set_callbacks(m, noop_forward, noop_backward, NULL, NULL);
+    if (st == REGOPT_OK)
+        o = regopt_optimizer_create(kind, &a, &st);
+    if (st == REGOPT_OK && kind == REGOPT_SGD)
+        st = regopt_optimizer_set_double(o, REGOPT_OPT_MOMENTUM, 0.9);
+    if (st == REGOPT_OK)
+        tr = regopt_trainer_create(m, o, &st);
+    if (st == REGOPT_OK)
+        st = regopt_trainer_set_int(tr, REGOPT_TRAINER_LOSS, REGOPT_LOSS_MSE);
+    for (r = -2; r < reps && st == REGOPT_OK; r++) { /* two warm-up steps */
+        double t0 = host_now();
+        st = regopt_trainer_step(tr, &b, 1);
+        if (r >= 0)
+            t[r] = host_now() - t0;
+    }
+    if (st == REGOPT_OK) {
+        double sec = median(t, (size_t)reps), gbs = total_bytes * (double)n / sec * 1e-9;
+        printf("# optimizer %-12s n=%zu  %8.3f ms/step  %6.2f GB/s = %.2f x triad\n", name, n,
+               sec * 1e3, gbs, gbs / triad_gbs);
+        printf("BENCH kind=optimizer opt=%s n=%zu ms=%.4f bytes_per_element=%.0f gbs=%.3f "
+               "triad_gbs=%.3f ratio_triad=%.4f\n",
+               name, n, sec * 1e3, total_bytes, gbs, triad_gbs, gbs / triad_gbs);
+        rc = 0;
+    } else {
+        fprintf(stderr, "bench: optimizer %s: %s %s\n", name, regopt_status_string(st),
+                tr ? regopt_trainer_message(tr) : regopt_last_error_message());
+    }
+    regopt_trainer_free(tr);
+    regopt_optimizer_free(o);
+    regopt_model_free(m);
+    free(w);
+    free(g);
+    free(t);
+    return rc;
+}
+
+/* ---- main -------------------------------------------------------------- */
+
+static const size_t large_widths[] = {784, 1024, 1024, 10};
+static const size_t small_widths[] = {64, 256, 256, 10};
+
+static void usage(void)
+{
+    printf("usage: bench [--size large|small|all] [--methods m1,m2,...] [--runs R]\n"
+           "             [--steps S] [--warmup W] [--opt-n N] [--no-kernels] [--no-steps]\n"
+           "             [--smoke]\n"
+           "methods: plain sam asam rdrop_twocall rdrop_doubled smart smart_sam (default all)\n"
+           "large: 784-1024-1024-10 batch 128; small: 64-256-256-10 batch 32; ReLU,\n"
+           "dropout 0.1, AdamW lr 1e-4. Threads: OPENBLAS_NUM_THREADS.\n"
+           "--smoke: small size, 3 steps, tiny kernels; fails if a step allocates.\n");
+}
+
+static int parse_methods(const char *list, int *methods, int *n)
+{
+    char buf[256], *tok, *save = NULL;
+    int i;
+    if (strlen(list) >= sizeof buf)
+        return -1;
+    strcpy(buf, list);
+    *n = 0;
+    for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        for (i = 0; i < M_COUNT && strcmp(tok, method_name[i]) != 0; i++)
+            ;
+        if (i == M_COUNT || *n >= M_COUNT)
+            return -1;
+        methods[(*n)++] = i;
+    }
+    return *n > 0 ? 0 : -1;
+}
+
+int main(int argc, char **argv)
+{
+    const char *size = "all", *threads = getenv("OPENBLAS_NUM_THREADS");
+    int methods[M_COUNT], n_methods = M_COUNT, kernels = 1, steps_on = 1, smoke = 0, i;
+    long runs = 5, steps = -1, warmup = 3, opt_n = 10000000, allocs_after = 0;
+    double sgemm, copy_gbs = 0.0, triad_gbs = 0.0;
+    for (i = 0; i < M_COUNT; i++)
+        methods[i] = i;
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage();
+            return 0;
+        } else if (!strcmp(a, "--no-kernels")) {
+            kernels = 0;
+        } else if (!strcmp(a, "--no-steps")) {
+            steps_on = 0;
+        } else if (!strcmp(a, "--smoke")) {
+            smoke = 1;
+        } else if (!v) {
+            bad = 1;
+        } else if (!strcmp(a, "--size")) {
+            size = v;
+            bad = strcmp(v, "large") && strcmp(v, "small") && strcmp(v, "all");
+            i++;
+        } else if (!strcmp(a, "--methods")) {
+            bad = parse_methods(v, methods, &n_methods) != 0;
+            i++;
+        } else if (!strcmp(a, "--runs")) {
+            bad = parse_size(v, 1, 1000, &runs) != 0;
+            i++;
+        } else if (!strcmp(a, "--steps")) {
+            bad = parse_size(v, 1, 1000000, &steps) != 0;
+            i++;
+        } else if (!strcmp(a, "--warmup")) {
+            bad = parse_size(v, 1, 1000000, &warmup) != 0;
+            i++;
+        } else if (!strcmp(a, "--opt-n")) {
+            bad = parse_size(v, 1000, 1000000000L, &opt_n) != 0;
+            i++;
+        } else {
+            bad = 1;
+        }
+        if (bad) {
+            fprintf(stderr, "bench: bad argument %s%s%s (try --help)\n", a, v ? " " : "",
+                    v ? v : "");
+            return 2;
+        }
+    }
+    if (smoke) {
+        size = "small";
+        runs = 1;
+        steps = 3;
+        warmup = 1;
+        opt_n = 100000;
+    }
+    printf("BENCH kind=env version=%s openblas_threads=%s\n", regopt_version_string(),
+           threads ? threads : "unset");
+
+    /* the GEMM reference: a square product large enough to run at the BLAS's
+       full rate, and the large model's own first-layer product */
+    sgemm = sgemm_rate(smoke ? 256 : 1024, smoke ? 256 : 1024, smoke ? 256 : 1024,
+                       smoke ? 2 : 10);
+    printf("# sgemm %d^3: %.1f GFLOP/s\n", smoke ? 256 : 1024, sgemm);
+    printf("BENCH kind=sgemm m=%d n=%d k=%d gflops=%.3f\n", smoke ? 256 : 1024,
+           smoke ? 256 : 1024, smoke ? 256 : 1024, sgemm);
+    if (!smoke) {
+        /* the large model's first layer, at R-Drop's doubled rows too: what
+           one product of 2n rows can gain over two of n */
+        int m;
+        for (m = 128; m <= 256; m += 128) {
+            double g = sgemm_rate(m, 1024, 784, 20);
+            printf("# sgemm %dx784 * 784x1024 (large model, layer 1): %.1f GFLOP/s\n", m, g);
+            printf("BENCH kind=sgemm m=%d n=1024 k=784 gflops=%.3f\n", m, g);
+        }
+    }
+
+    if (kernels) {
+        if (bandwidth((size_t)opt_n, smoke ? 2 : 10, &copy_gbs, &triad_gbs) != 0)
+            return 1;
+        printf("# bandwidth n=%ld: copy %.2f GB/s, triad %.2f GB/s\n", opt_n, copy_gbs,
+               triad_gbs);
+        printf("BENCH kind=bandwidth n=%ld copy_gbs=%.3f triad_gbs=%.3f\n", opt_n, copy_gbs,
+               triad_gbs);
+        if (optimizer_rate(REGOPT_SGD, "sgd_momentum", (size_t)opt_n, smoke ? 2 : 10,
+                           triad_gbs) != 0 ||
+            optimizer_rate(REGOPT_ADAM, "adam", (size_t)opt_n, smoke ? 2 : 10, triad_gbs) != 0 ||
+            optimizer_rate(REGOPT_ADAMW, "adamw", (size_t)opt_n, smoke ? 2 : 10, triad_gbs) != 0)
+            return 1;
+    }
+
+    if (steps_on) {
+        config c;
+        c.sgemm_gflops = sgemm;
+        c.ref_n = smoke ? 256 : 1024;
+        c.runs = runs;
+        c.warmup = warmup;
+        c.layers = 3;
+        if (!strcmp(size, "large") || !strcmp(size, "all")) {
+            c.widths = large_widths;
+            c.batch = 128;
+            c.size_name = "large";
+            c.steps = steps > 0 ? steps : 20;
+            if (bench_size(&c, methods, n_methods, &allocs_after) != 0)
+                return 1;
+        }
+        if (!strcmp(size, "small") || !strcmp(size, "all")) {
+            c.widths = small_widths;
+            c.batch = 32;
+            c.size_name = "small";
+            c.steps = steps > 0 ? steps : 200;
+            if (bench_size(&c, methods, n_methods, &allocs_after) != 0)
+                return 1;
+        }
+    }
+    if (smoke && allocs_after != 0) {
+        fprintf(stderr, "bench: %ld allocations in steps after the first\n", allocs_after);
+        return 1;
+    }
+    return 0;
+}
