@@ -14,6 +14,20 @@ CXX        ?= c++
 CFLAGS     ?= -O2 -g
 # Debian's interpreter: python3-numpy and python3-torch live under it.
 PYTHON     ?= /usr/bin/python3
+# SANITIZE=1: everything built with ASan + UBSan, the first report fatal
+# (make check-asan builds so in a copy of the tree, build/asan/).
+# GCC warns that instrumented code "may truncate" snprintf output where the
+# plain build sees none (check_rdrop.c's message buffers); truncating a
+# message is harmless and snprintf-safe, so that warning is off here only.
+ifdef SANITIZE
+SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+override CFLAGS += $(SAN_FLAGS) -Wno-format-truncation
+# Open MPI 4.1 does not free what MPI_Init allocates, and reports it from
+# plugins it has unloaded, so no suppression can name it: the MPI run checks
+# memory errors but not leaks (check_parallel.c runs the same library paths
+# with LeakSanitizer on).
+MPI_ENV := ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
+endif
 
 # The version lives in the header only.
 hdr_version = $(shell sed -n 's/^\#define REGOPT_VERSION_$(1) \([0-9][0-9]*\)$$/\1/p' include/regopt.h)
@@ -93,9 +107,9 @@ test/check_regopt: $(TEST_SRC) $(wildcard test/*.h) $(STLIB)
 
 # The header alone, as strict C99 and as C++, linked to the shared library.
 test/header_c99: test/header_c99.c include/regopt.h lib
-	$(CC) -std=c99 -pedantic-errors $(WARN) -Iinclude $< -o $@ -Llib -lregopt $(RPATH)
+	$(CC) -std=c99 -pedantic-errors $(WARN) $(SAN_FLAGS) -Iinclude $< -o $@ -Llib -lregopt $(RPATH)
 test/header_cxx: test/header_cxx.cpp include/regopt.h lib
-	$(CXX) -std=c++11 -pedantic-errors $(WARN) -Iinclude $< -o $@ -Llib -lregopt $(RPATH)
+	$(CXX) -std=c++11 -pedantic-errors $(WARN) $(SAN_FLAGS) -Iinclude $< -o $@ -Llib -lregopt $(RPATH)
 
 deps:
 	@sh scripts/install-deps.sh
@@ -118,12 +132,16 @@ run-check: all test/header_c99 test/header_cxx
 	./examples/mlp --data data/digits.csv --smart 1 --bregman 1 --bn --min-test-acc 0.95 --quiet
 	./test/check_regopt
 	sh test/check_resume.sh examples/mlp data/digits.csv
+ifndef SANITIZE
 	REGOPT_LIBRARY=$(CURDIR)/lib/$(SONAME) $(PYTHON) -m unittest discover -s python/tests
 	@if $(PYTHON) -c 'import torch' 2>/dev/null; then \
 	    echo REGOPT_LIBRARY=lib/$(SONAME) $(PYTHON) examples/torch_finetune.py --min-test-acc 0.9; \
 	    REGOPT_LIBRARY=$(CURDIR)/lib/$(SONAME) $(PYTHON) examples/torch_finetune.py --min-test-acc 0.9 > build/torch_finetune.log || { cat build/torch_finetune.log; exit 1; }; tail -1 build/torch_finetune.log; \
 	else echo 'check: no python3-torch, torch example skipped'; fi
-	$(if $(HAVE_MPI),sh test/check_mpi.sh examples/mpi_sam data/digits.csv,@echo "check: no mpicc, MPI test skipped")
+else
+	@echo 'check: SANITIZE: Python tests skipped (python3 would have to load the ASan runtime first)'
+endif
+	$(if $(HAVE_MPI),$(MPI_ENV) sh test/check_mpi.sh examples/mpi_sam data/digits.csv,@echo "check: no mpicc, MPI test skipped")
 
 check: deps
 	@$(MAKE) --no-print-directory run-check
@@ -135,6 +153,8 @@ run-demo: all
 demo: deps
 	@$(MAKE) --no-print-directory run-demo
 
+# regopt.pc is written for this install's PREFIX, not copied: make cannot
+# see a changed variable, so pkgconfig/regopt.pc keeps the first build's.
 install: lib
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PCDIR)
 	install -m 644 include/regopt.h $(DESTDIR)$(INCLUDEDIR)/regopt.h
@@ -142,7 +162,10 @@ install: lib
 	ln -sf $(notdir $(SHLIB)) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libregopt.so
 	install -m 644 $(STLIB) $(DESTDIR)$(LIBDIR)/
-	install -m 644 pkgconfig/regopt.pc $(DESTDIR)$(PCDIR)/regopt.pc
+	sed -e 's|@prefix@|$(PREFIX)|' -e 's|@libdir@|$(LIBDIR)|' \
+	    -e 's|@includedir@|$(INCLUDEDIR)|' -e 's|@version@|$(VERSION)|' \
+	    pkgconfig/regopt.pc.in > $(DESTDIR)$(PCDIR)/regopt.pc
+	chmod 644 $(DESTDIR)$(PCDIR)/regopt.pc
 
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/regopt.h $(DESTDIR)$(LIBDIR)/$(notdir $(SHLIB)) \
@@ -152,3 +175,117 @@ uninstall:
 clean:
 	rm -rf build lib pkgconfig/regopt.pc $(EXAMPLES) examples/mpi_sam test/check_regopt \
 	    test/header_c99 test/header_cxx
+
+# ---- benchmarks (bench/, see bench/bench.c) -------------------------------
+# Not part of `make check`: check only adds bench-smoke, a run of a few
+# steps of the small model (about a second), so the program cannot rot.
+#   make bench                      every benchmark, then PyTorch vs libregopt
+#   make bench BENCH_THREADS=2      BLAS threads, the same on both sides
+# Debian 12's OpenBLAS (0.3.21) takes some newer Intel CPUs for a Prescott and
+# runs SGEMM five times slower: there, set OPENBLAS_CORETYPE=SkylakeX (it
+# applies to PyTorch too, which links the same OpenBLAS).
+BENCH_THREADS ?= 1
+BENCH_ARGS    ?=
+.PHONY: bench bench-smoke bench-clean
+bench/bench: bench/bench.c bench/host_mlp.c bench/host_mlp.h lib
+	$(CC) $(CPPFLAGS) $(CFLAGS) -std=c99 $(WARN) -Iinclude $(BLAS_CFLAGS) bench/bench.c \
+	    bench/host_mlp.c -o $@ -Llib -lregopt $(RPATH) $(BLAS_LIBS) -lm
+
+bench: bench/bench
+	OPENBLAS_NUM_THREADS=$(BENCH_THREADS) ./bench/bench $(BENCH_ARGS)
+	@if $(PYTHON) -c 'import torch' 2>/dev/null; then \
+	    echo "$(PYTHON) bench/vs_torch.py --threads $(BENCH_THREADS)"; \
+	    $(PYTHON) bench/vs_torch.py --threads $(BENCH_THREADS); \
+	else echo 'bench: no python3-torch, PyTorch comparison skipped'; fi
+
+bench-smoke: bench/bench
+	@mkdir -p build
+	OPENBLAS_NUM_THREADS=1 ./bench/bench --smoke > build/bench_smoke.log || \
+	    { cat build/bench_smoke.log; exit 1; }
+
+bench-clean:
+	rm -f bench/bench
+
+run-check: bench-smoke
+clean: bench-clean
+
+# ---- release guards: ABI, single file, install, sanitizers, fuzzing ------
+#   make abi-check           the ABI against the baseline in abi/ (abidiff)
+#   make abi-dump            after a public API change: rewrite abi/, commit it
+#                            with a CHANGELOG "ABI" note
+#   make amalgamation        dist/regopt.c + dist/regopt.h, the single-file build
+#   make check-amalgamation  Check suites and examples built from dist/ only
+#   make install-test        install into a temporary prefix, build consumers
+#                            (pkg-config shared/static, meson, C++), uninstall
+#   make check-asan          run-check and the fuzz corpus under ASan + UBSan,
+#                            in a copy of the tree (build/asan/)
+#   make check-valgrind      the C examples under memcheck (the Check suite runs
+#                            under ASan + LeakSanitizer in check-asan)
+#   make fuzz                libFuzzer binaries (clang-14) in build/fuzz/
+#   make fuzz-replay         each harness replays fuzz/corpus/<name>/ (no clang)
+# A harness is one file, fuzz/fuzz_<name>.c: these rules find it.
+FUZZ_CC    ?= clang-14
+FUZZ_NAMES := $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
+FUZZ_FLAGS := -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+# Leaks are errors; memcheck's "still reachable" (OpenBLAS's thread pool,
+# the dynamic loader) is not a leak.
+VALGRIND   := valgrind -q --error-exitcode=1 --leak-check=full \
+              --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect
+.PHONY: abi-check abi-dump amalgamation check-amalgamation install-test check-asan \
+        check-valgrind fuzz fuzz-replay
+
+abi-check:
+	sh scripts/abi-check.sh
+abi-dump:
+	sh scripts/abi-check.sh --update
+
+amalgamation:
+	$(PYTHON) scripts/amalgamate.py dist
+check-amalgamation:
+	CC="$(CC)" PYTHON="$(PYTHON)" sh scripts/amalgamate-check.sh
+
+install-test:
+	sh test/install_test.sh
+
+# A copy, so the sanitized objects never mix with the normal build's.
+check-asan: deps
+	rm -rf build/asan
+	mkdir -p build/asan
+	tar -cf - --exclude=./.git --exclude='./build*' --exclude=./lib --exclude=./dist . | \
+	    tar -xf - -C build/asan
+	$(MAKE) -C build/asan --no-print-directory clean
+	$(MAKE) -C build/asan --no-print-directory SANITIZE=1 all test/header_c99 test/header_cxx
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	    $(MAKE) -C build/asan --no-print-directory SANITIZE=1 run-check
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	    $(MAKE) -C build/asan --no-print-directory SANITIZE=1 fuzz-replay
+
+# Small runs: memcheck is some 30 times slower, and every code path of an
+# example is taken in its first epoch (charlm on the first lines of its text).
+check-valgrind: all
+	OPENBLAS_NUM_THREADS=1 $(VALGRIND) ./examples/minimal
+	OPENBLAS_NUM_THREADS=1 $(VALGRIND) ./examples/mlp --data data/digits.csv --epochs 1 \
+	    --method sam --bn --rdrop 1 --quiet
+	OPENBLAS_NUM_THREADS=1 $(VALGRIND) ./examples/mlp --data data/digits.csv --epochs 1 \
+	    --method asam --m-rows 16 --smart 1 --bregman 1 --quiet
+	@mkdir -p build
+	head -n 80 /usr/share/common-licenses/GPL-3 > build/charlm_vg.txt
+	OPENBLAS_NUM_THREADS=1 $(VALGRIND) ./examples/charlm --text build/charlm_vg.txt --rdrop 1 \
+	    --epochs 1 --hidden 32
+	OPENBLAS_NUM_THREADS=1 $(VALGRIND) ./examples/textcls --smart 1 --bregman 1 --epochs 1
+	OPENBLAS_NUM_THREADS=1 $(VALGRIND) ./examples/demo --seeds 1 --epochs 1 --quiet \
+	    --csv build/demo_vg.csv --svg build/demo_vg.svg
+
+fuzz: $(FUZZ_NAMES:%=build/fuzz/fuzz_%)
+build/fuzz/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz.h $(SRC) src/internal.h include/regopt.h
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(WARN) -Iinclude $< $(SRC) -lm -o $@
+
+build/fuzz/replay_%: fuzz/fuzz_%.c fuzz/replay_main.c fuzz/fuzz.h $(STLIB)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(APP_CFLAGS) $< fuzz/replay_main.c -o $@ $(STLIB) -lm
+fuzz-replay: $(FUZZ_NAMES:%=build/fuzz/replay_%)
+	@for n in $(FUZZ_NAMES); do \
+	    echo "build/fuzz/replay_$$n fuzz/corpus/$$n"; \
+	    ./build/fuzz/replay_$$n fuzz/corpus/$$n || exit 1; \
+	done

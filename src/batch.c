@@ -101,7 +101,14 @@ regopt_status ro_batches_check(const regopt_batch *b, size_t count,
     for (bi = 0; bi < count; bi++) {
         const regopt_batch *x = ro_batch_at(b, bi);
         double w = 0.0;
-        regopt_status st = check_one(x, bi, m, loss_kind, need_targets, msg);
+        regopt_status st;
+        /* One array, one header: a different size would make check_one
+         * read that many bytes past a descriptor the stride bounds. */
+        if (x->size != b->size)
+            return ro_fail(msg, REGOPT_ERR_INVALID_ARGUMENT,
+                           "batch %zu: size field is %zu, batch 0 says %zu", bi, x->size,
+                           b->size);
+        st = check_one(x, bi, m, loss_kind, need_targets, msg);
         if (st == REGOPT_OK)
             st = check_rows(x, bi, m, loss_kind, need_targets, &w, msg);
         if (st != REGOPT_OK)

@@ -490,6 +490,12 @@ START_TEST(bad_step_arguments_call_nothing)
     ck_assert_int_eq(regopt_trainer_step(r->t, r->b, 2), REGOPT_ERR_INVALID_ARGUMENT);
     ck_assert_ptr_nonnull(strstr(regopt_trainer_message(r->t), "batch 1"));
     r->b[1].rows = N;
+    /* one array, one stride: a later descriptor claiming a larger size would
+       make the library read past it (found by fuzz/fuzz_batch.c) */
+    r->b[1].size = sizeof(regopt_batch) + 64;
+    ck_assert_int_eq(regopt_trainer_step(r->t, r->b, 2), REGOPT_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(regopt_trainer_message(r->t), "batch 1: size field"));
+    r->b[1].size = sizeof(regopt_batch);
     ck_assert_int_eq(regopt_trainer_evaluate(NULL, r->b, &l, NULL), REGOPT_ERR_NULL_POINTER);
     ck_assert_int_eq(regopt_trainer_evaluate(r->t, NULL, &l, NULL), REGOPT_ERR_NULL_POINTER);
     ck_assert_int_eq(r->h.ncalls, 0);

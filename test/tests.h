@@ -17,5 +17,6 @@ Suite *suite_rdrop(void);
 
 Suite *suite_checkpoint(void); /* check_checkpoint.c: save, resume, damage */
 Suite *suite_smart(void);   /* check_smart.c: SMART adversarial and Bregman terms */
+Suite *suite_threads(void); /* check_threads.c: independent trainers in threads */
 
 #endif
