@@ -31,6 +31,8 @@ typedef struct host_mlp {
     float *mask;                      /* scratch: dropout uniforms */
     float *d0, *d1;                   /* scratch: d(activations), ping-pong */
     float *ones;                      /* 2 max_rows ones: bias gradients by sgemv */
+    float *tr0, *tr1;                 /* scratch: transposed d(outputs), d(inputs) */
+    int fast;                         /* the AVX-512 products are usable here */
     /* self-measurement */
     double cb_seconds;                /* time inside forward and backward */
     double flops;                     /* multiply-adds x 2 of the matrix products */

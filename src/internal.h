@@ -13,6 +13,22 @@
 
 #define RO_MSG_SIZE 256
 
+/* Runtime CPU dispatch (x86-64 with GCC or Clang): a hot loop is compiled once
+ * more for a wider instruction set and picked by __builtin_cpu_supports, so
+ * the library still runs on any x86-64. Every wider path gives the same
+ * bits as the baseline one: its operations are exact (integer arithmetic)
+ * or the same IEEE-rounded float operations in the same order, or (Adam's
+ * FMA path, see optim_adam.c) a sequence proved to round identically.
+ * Build with -DRO_NO_DISPATCH to leave the baseline only. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(RO_NO_DISPATCH)
+#define RO_X86_DISPATCH 1
+#define RO_TARGET(isa) __attribute__((target(isa)))
+#define RO_ALWAYS_INLINE static inline __attribute__((always_inline))
+#else
+#define RO_X86_DISPATCH 0
+#define RO_ALWAYS_INLINE static inline
+#endif
+
 /* Handle tags: catch a handle of the wrong kind (easy to pass from ctypes,
  * where every handle is a void pointer) and use after free. */
 #define RO_MAGIC_MODEL 0x4d4f444cu     /* "MODL" */
