@@ -4,7 +4,6 @@ import collections
 import ctypes
 import itertools
 import os
-import sys
 import threading
 import weakref
 
@@ -398,7 +397,35 @@ class _Options:
     _prefix = None
     _group_prefix = "group"
 
-    # subclasses provide _set_raw(key, is_int, value) and _get_raw(key, is_int)
+    _c = None  # "optimizer" or "trainer": the regopt_<_c>_{set,get}_* functions
+
+    def _fn(self, what):
+        return getattr(lib, "regopt_%s_%s" % (self._c, what))
+
+    def _set_raw(self, key, is_int, value):
+        _check(self._fn("set_int" if is_int else "set_double")(self._p(), key, value),
+               self._msg)
+
+    def _get_raw(self, key, is_int):
+        v = ctypes.c_int64() if is_int else ctypes.c_double()
+        _check(self._fn("get_int" if is_int else "get_double")(self._p(), key, ctypes.byref(v)),
+               self._msg)
+        return v.value
+
+    def set_group(self, group, **options):
+        """Per-group keys: set_group(1, weight_decay=0.0) on an optimizer
+        ("group.lr_scale", "group.weight_decay"), set_group(1, sam_adaptive=0)
+        on a trainer."""
+        for name, value in options.items():
+            key = key_from_name(_full_name(self._group_prefix, name))
+            _check(self._fn("set_group")(self._p(), int(group), key, float(value)), self._msg)
+        return self
+
+    def get_group(self, group, name):
+        key = key_from_name(_full_name(self._group_prefix, name))
+        v = ctypes.c_double()
+        _check(self._fn("get_group")(self._p(), int(group), key, ctypes.byref(v)), self._msg)
+        return v.value
 
     def set(self, **options):
         """Set options by keyword: lr=1e-3 -> "<prefix>.lr". Returns self."""
@@ -1021,6 +1048,7 @@ class Optimizer(_Handle, _Options):
 
     _kind = "optimizer"
     _prefix = "optimizer"
+    _c = "optimizer"
 
     def __init__(self, kind="adamw", *, allocator=None, **options):
         _Handle.__init__(self)
@@ -1059,37 +1087,6 @@ class Optimizer(_Handle, _Options):
             if v == k:
                 return name
         return k
-
-    def _set_raw(self, key, is_int, value):
-        if is_int:
-            st = lib.regopt_optimizer_set_int(self._p(), key, value)
-        else:
-            st = lib.regopt_optimizer_set_double(self._p(), key, value)
-        _check(st, self._msg)
-
-    def _get_raw(self, key, is_int):
-        if is_int:
-            v = ctypes.c_int64()
-            _check(lib.regopt_optimizer_get_int(self._p(), key, ctypes.byref(v)), self._msg)
-        else:
-            v = ctypes.c_double()
-            _check(lib.regopt_optimizer_get_double(self._p(), key, ctypes.byref(v)), self._msg)
-        return v.value
-
-    def set_group(self, group, **options):
-        """Per-group options: set_group(1, weight_decay=0.0, lr_scale=0.5)."""
-        for name, value in options.items():
-            key = key_from_name(_full_name("group", name))
-            st = lib.regopt_optimizer_set_group(self._p(), int(group), key, float(value))
-            _check(st, self._msg)
-        return self
-
-    def get_group(self, group, name):
-        key = key_from_name(_full_name("group", name))
-        v = ctypes.c_double()
-        _check(lib.regopt_optimizer_get_group(self._p(), int(group), key, ctypes.byref(v)),
-               self._msg)
-        return v.value
 
     def __getattr__(self, name):
         if name.startswith("_"):
@@ -1264,6 +1261,7 @@ class Trainer(_Handle, _Options):
 
     _kind = "trainer"
     _prefix = "trainer"
+    _c = "trainer"
 
     def __init__(self, model, optimizer, *, reserve=None, **options):
         _Handle.__init__(self)
@@ -1313,37 +1311,6 @@ class Trainer(_Handle, _Options):
         return self._msg() if self._ptr else ""
 
     # -- options -----------------------------------------------------------
-    def _set_raw(self, key, is_int, value):
-        if is_int:
-            st = lib.regopt_trainer_set_int(self._p(), key, value)
-        else:
-            st = lib.regopt_trainer_set_double(self._p(), key, value)
-        _check(st, self._msg)
-
-    def _get_raw(self, key, is_int):
-        if is_int:
-            v = ctypes.c_int64()
-            _check(lib.regopt_trainer_get_int(self._p(), key, ctypes.byref(v)), self._msg)
-        else:
-            v = ctypes.c_double()
-            _check(lib.regopt_trainer_get_double(self._p(), key, ctypes.byref(v)), self._msg)
-        return v.value
-
-    def set_group(self, group, **options):
-        """Per-group trainer keys: set_group(1, sam_adaptive=0)."""
-        for name, value in options.items():
-            key = key_from_name(_full_name("group", name))
-            _check(lib.regopt_trainer_set_group(self._p(), int(group), key, float(value)),
-                   self._msg)
-        return self
-
-    def get_group(self, group, name):
-        key = key_from_name(_full_name("group", name))
-        v = ctypes.c_double()
-        _check(lib.regopt_trainer_get_group(self._p(), int(group), key, ctypes.byref(v)),
-               self._msg)
-        return v.value
-
     # -- statistics --------------------------------------------------------
     def stat(self, name):
         """One statistic by short ("loss") or full ("stat.loss") name."""
