@@ -92,6 +92,23 @@ static int ck_backward(const regopt_pass *p, void *user)
     return 0;
 }
 
+/* The host's model: "W" in group 0, the bias as `b_name` in `b_group`, and
+ * the frozen "scale" (tests of other layouts change the bias's name or group). */
+static regopt_model *ck_model(ck_host *h, const char *b_name, int32_t b_group,
+                              const regopt_allocator *a)
+{
+    regopt_model *m = regopt_model_create(a, NULL);
+    ck_assert_ptr_nonnull(m);
+    MUST(regopt_model_add_param(m, "W", h->w, h->gw, CD * CK, REGOPT_DTYPE_FLOAT32, 0));
+    MUST(regopt_model_add_param(m, b_name, h->b, h->gb, CK, REGOPT_DTYPE_FLOAT32, b_group));
+    MUST(regopt_model_add_param(m, "scale", h->frozen, NULL, 2, REGOPT_DTYPE_FLOAT32, 1));
+    MUST(regopt_model_set_output_width(m, CK));
+    MUST(regopt_model_set_input_width(m, CD));
+    MUST(regopt_model_set_slots(m, CSLOTS));
+    MUST(regopt_model_set_callbacks(m, ck_forward, ck_backward, h, NULL));
+    return m;
+}
+
 /* The configurations of the resume tests. */
 enum { C_ADAMW, C_SGD, C_SAM, C_GSAM, C_RDROP, C_SMART, C_SMART_SAM, C_N };
 static const char *const config_name[C_N] = {"adamw", "sgd", "sam", "gsam", "rdrop",
@@ -117,15 +134,7 @@ static void rig_make(rig *r, int config, int init, int options)
         r->h.b[i] = init ? 0.05f * (float)i : -9.0f;
     r->h.frozen[0] = init ? 0.5f : 7.0f;
     r->h.frozen[1] = init ? -0.25f : 7.0f;
-    r->m = regopt_model_create(NULL, NULL);
-    ck_assert_ptr_nonnull(r->m);
-    MUST(regopt_model_add_param(r->m, "W", r->h.w, r->h.gw, CD * CK, REGOPT_DTYPE_FLOAT32, 0));
-    MUST(regopt_model_add_param(r->m, "b", r->h.b, r->h.gb, CK, REGOPT_DTYPE_FLOAT32, 1));
-    MUST(regopt_model_add_param(r->m, "scale", r->h.frozen, NULL, 2, REGOPT_DTYPE_FLOAT32, 1));
-    MUST(regopt_model_set_output_width(r->m, CK));
-    MUST(regopt_model_set_input_width(r->m, CD));
-    MUST(regopt_model_set_slots(r->m, CSLOTS));
-    MUST(regopt_model_set_callbacks(r->m, ck_forward, ck_backward, &r->h, NULL));
+    r->m = ck_model(&r->h, "b", 1, NULL);
     r->o = regopt_optimizer_create(config == C_SGD ? REGOPT_SGD : REGOPT_ADAMW, NULL, NULL);
     ck_assert_ptr_nonnull(r->o);
     if (options) {
@@ -248,33 +257,50 @@ static void same_bytes(const unsigned char *a, size_t na, const unsigned char *b
         ck_assert_msg(a[i] == b[i], "%s: first difference at byte %zu of %zu", what, i, na);
 }
 
+/* The checkpoint of a run interrupted after K_STEPS steps. */
+static unsigned char *interrupted(int config, uint32_t flags, size_t *n)
+{
+    rig a;
+    unsigned char *ck;
+    int s;
+    rig_make(&a, config, 1, 1);
+    for (s = 0; s < K_STEPS; s++)
+        rig_step(&a, s);
+    ck = rig_save(&a, flags, n);
+    rig_free(&a);
+    return ck;
+}
+
+/* Train a resumed rig from step K_STEPS to N_STEPS, then require its whole
+ * state to equal that of N uninterrupted steps, byte for byte; frees it. */
+static void finish_and_compare(rig *b, int config)
+{
+    unsigned char *ref, *end;
+    size_t nref, nend;
+    int s;
+    for (s = K_STEPS; s < N_STEPS; s++)
+        rig_step(b, s);
+    end = rig_save(b, ALL, &nend);
+    rig_free(b);
+    ref = reference(config, &nref);
+    same_bytes(ref, nref, end, nend, config_name[config]);
+    free(ref);
+    free(end);
+}
+
 /* Resume within the process; the checkpoint carries weights, moments,
  * teacher, seed and options into a rig built with defaults and garbage. */
 START_TEST(resume_in_process)
 {
     int config = _i;
-    rig a, b;
-    unsigned char *ref, *mid, *end;
-    size_t nref, nmid, nend;
-    int s;
-    ref = reference(config, &nref);
-    rig_make(&a, config, 1, 1);
-    for (s = 0; s < K_STEPS; s++)
-        rig_step(&a, s);
-    mid = rig_save(&a, ALL, &nmid);
-    rig_free(&a);
-
+    rig b;
+    size_t nmid;
+    unsigned char *mid = interrupted(config, ALL, &nmid);
     rig_make(&b, config, 0, 0);
     TMUST(b.t, regopt_trainer_load_buffer(b.t, ALL, mid, nmid));
     ck_assert_float_eq(b.h.frozen[0], 0.5f); /* frozen tensors come back too */
-    for (s = K_STEPS; s < N_STEPS; s++)
-        rig_step(&b, s);
-    end = rig_save(&b, ALL, &nend);
-    same_bytes(ref, nref, end, nend, config_name[config]);
-    rig_free(&b);
-    free(ref);
+    finish_and_compare(&b, config);
     free(mid);
-    free(end);
 }
 END_TEST
 
@@ -282,27 +308,14 @@ END_TEST
 START_TEST(resume_without_options)
 {
     int config = _i;
-    rig a, b;
-    unsigned char *ref, *mid, *end;
-    size_t nref, nmid, nend;
-    int s;
-    ref = reference(config, &nref);
-    rig_make(&a, config, 1, 1);
-    for (s = 0; s < K_STEPS; s++)
-        rig_step(&a, s);
-    mid = rig_save(&a, REGOPT_CHECKPOINT_PARAMS, &nmid);
-    rig_free(&a);
+    rig b;
+    size_t nmid;
+    unsigned char *mid = interrupted(config, REGOPT_CHECKPOINT_PARAMS, &nmid);
     rig_make(&b, config, 0, 1);
     TMUST(b.t, regopt_trainer_set_int(b.t, REGOPT_TRAINER_SEED, 99)); /* the RNG comes back */
     TMUST(b.t, regopt_trainer_load_buffer(b.t, REGOPT_CHECKPOINT_PARAMS, mid, nmid));
-    for (s = K_STEPS; s < N_STEPS; s++)
-        rig_step(&b, s);
-    end = rig_save(&b, ALL, &nend);
-    same_bytes(ref, nref, end, nend, config_name[config]);
-    rig_free(&b);
-    free(ref);
+    finish_and_compare(&b, config);
     free(mid);
-    free(end);
 }
 END_TEST
 
@@ -313,8 +326,6 @@ START_TEST(resume_fresh_process)
     int config = _i, s, status;
     char path[] = "/tmp/regopt_ckpt_XXXXXX";
     rig b;
-    unsigned char *ref, *end;
-    size_t nref, nend;
     pid_t pid;
     int fd = mkstemp(path);
     ck_assert_int_ge(fd, 0);
@@ -330,16 +341,9 @@ START_TEST(resume_fresh_process)
     }
     ck_assert_int_eq(waitpid(pid, &status, 0), pid);
     ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the saving child failed");
-    ref = reference(config, &nref);
     rig_make(&b, config, 0, 0);
     TMUST(b.t, regopt_trainer_load_file(b.t, ALL, path));
-    for (s = K_STEPS; s < N_STEPS; s++)
-        rig_step(&b, s);
-    end = rig_save(&b, ALL, &nend);
-    same_bytes(ref, nref, end, nend, config_name[config]);
-    rig_free(&b);
-    free(ref);
-    free(end);
+    finish_and_compare(&b, config);
     unlink(path);
 }
 END_TEST
@@ -893,14 +897,7 @@ START_TEST(amsgrad_mismatch)
     rig r;
     victim_make(&v, ALL);
     memset(&r, 0, sizeof r);
-    r.m = regopt_model_create(NULL, NULL);
-    MUST(regopt_model_add_param(r.m, "W", r.h.w, r.h.gw, CD * CK, REGOPT_DTYPE_FLOAT32, 0));
-    MUST(regopt_model_add_param(r.m, "b", r.h.b, r.h.gb, CK, REGOPT_DTYPE_FLOAT32, 1));
-    MUST(regopt_model_add_param(r.m, "scale", r.h.frozen, NULL, 2, REGOPT_DTYPE_FLOAT32, 1));
-    MUST(regopt_model_set_output_width(r.m, CK));
-    MUST(regopt_model_set_input_width(r.m, CD));
-    MUST(regopt_model_set_slots(r.m, CSLOTS));
-    MUST(regopt_model_set_callbacks(r.m, ck_forward, ck_backward, &r.h, NULL));
+    r.m = ck_model(&r.h, "b", 1, NULL);
     r.o = regopt_optimizer_create(REGOPT_ADAMW, NULL, NULL);
     MUST(regopt_optimizer_set_int(r.o, REGOPT_OPT_AMSGRAD, 1));
     r.t = regopt_trainer_create(r.m, r.o, NULL);
@@ -939,31 +936,10 @@ static void load_into(int config, int tweak, const unsigned char *ck, size_t n,
     size_t nb, na;
     unsigned char *before, *after;
     rig_make(&r, config, 0, 1);
-    if (tweak == 1) { /* a differently named tensor */
+    if (tweak) { /* a differently named bias (1), or the bias in group 0 (2) */
         regopt_trainer_free(r.t);
         regopt_model_free(r.m);
-        r.m = regopt_model_create(NULL, NULL);
-        MUST(regopt_model_add_param(r.m, "W", r.h.w, r.h.gw, CD * CK, REGOPT_DTYPE_FLOAT32, 0));
-        MUST(regopt_model_add_param(r.m, "bias", r.h.b, r.h.gb, CK, REGOPT_DTYPE_FLOAT32, 1));
-        MUST(regopt_model_add_param(r.m, "scale", r.h.frozen, NULL, 2, REGOPT_DTYPE_FLOAT32, 1));
-        MUST(regopt_model_set_output_width(r.m, CK));
-        MUST(regopt_model_set_input_width(r.m, CD));
-        MUST(regopt_model_set_slots(r.m, CSLOTS));
-        MUST(regopt_model_set_callbacks(r.m, ck_forward, ck_backward, &r.h, NULL));
-        r.t = regopt_trainer_create(r.m, r.o, NULL);
-        TMUST(r.t, regopt_trainer_add_regularizer(r.t, REGOPT_REG_SMART));
-        TMUST(r.t, regopt_trainer_add_regularizer(r.t, REGOPT_REG_BREGMAN));
-    } else if (tweak == 2) { /* "b" in another group */
-        regopt_trainer_free(r.t);
-        regopt_model_free(r.m);
-        r.m = regopt_model_create(NULL, NULL);
-        MUST(regopt_model_add_param(r.m, "W", r.h.w, r.h.gw, CD * CK, REGOPT_DTYPE_FLOAT32, 0));
-        MUST(regopt_model_add_param(r.m, "b", r.h.b, r.h.gb, CK, REGOPT_DTYPE_FLOAT32, 0));
-        MUST(regopt_model_add_param(r.m, "scale", r.h.frozen, NULL, 2, REGOPT_DTYPE_FLOAT32, 1));
-        MUST(regopt_model_set_output_width(r.m, CK));
-        MUST(regopt_model_set_input_width(r.m, CD));
-        MUST(regopt_model_set_slots(r.m, CSLOTS));
-        MUST(regopt_model_set_callbacks(r.m, ck_forward, ck_backward, &r.h, NULL));
+        r.m = ck_model(&r.h, tweak == 1 ? "bias" : "b", tweak == 1 ? 1 : 0, NULL);
         r.t = regopt_trainer_create(r.m, r.o, NULL);
         TMUST(r.t, regopt_trainer_add_regularizer(r.t, REGOPT_REG_SMART));
         TMUST(r.t, regopt_trainer_add_regularizer(r.t, REGOPT_REG_BREGMAN));
@@ -1302,14 +1278,7 @@ START_TEST(allocation_after_load)
     regopt_batch b;
     victim_make(&v, ALL);
     memset(&h, 0, sizeof h);
-    m = regopt_model_create(&a, NULL);
-    MUST(regopt_model_add_param(m, "W", h.w, h.gw, CD * CK, REGOPT_DTYPE_FLOAT32, 0));
-    MUST(regopt_model_add_param(m, "b", h.b, h.gb, CK, REGOPT_DTYPE_FLOAT32, 1));
-    MUST(regopt_model_add_param(m, "scale", h.frozen, NULL, 2, REGOPT_DTYPE_FLOAT32, 1));
-    MUST(regopt_model_set_output_width(m, CK));
-    MUST(regopt_model_set_input_width(m, CD));
-    MUST(regopt_model_set_slots(m, CSLOTS));
-    MUST(regopt_model_set_callbacks(m, ck_forward, ck_backward, &h, NULL));
+    m = ck_model(&h, "b", 1, &a);
     o = regopt_optimizer_create(REGOPT_ADAMW, &a, NULL);
     t = regopt_trainer_create(m, o, NULL);
     TMUST(t, regopt_trainer_add_regularizer(t, REGOPT_REG_SMART));
