@@ -187,7 +187,7 @@ clean:
 BENCH_THREADS ?= 1
 BENCH_ARGS    ?=
 .PHONY: bench bench-smoke bench-clean
-bench/bench: bench/bench.c bench/host_mlp.c bench/host_mlp.h lib
+bench/bench: bench/bench.c bench/host_mlp.c bench/host_mlp.h examples/cli.h lib
 	$(CC) $(CPPFLAGS) $(CFLAGS) -std=c99 $(WARN) -Iinclude $(BLAS_CFLAGS) bench/bench.c \
 	    bench/host_mlp.c -o $@ -Llib -lregopt $(RPATH) $(BLAS_LIBS) -lm
 

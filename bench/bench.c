@@ -13,6 +13,7 @@
  * Run ./bench/bench --help for the options. */
 #define _POSIX_C_SOURCE 200112L
 #include "host_mlp.h"
+#include "../examples/cli.h" /* parse_long: one strict parser for all programs */
 
 #include <cblas.h>
 #include <regopt.h>
@@ -71,18 +72,6 @@ static double max_of(const double *v, size_t n)
     for (i = 1; i < n; i++)
         m = v[i] > m ? v[i] : m;
     return m;
-}
-
-static int parse_size(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    long v;
-    errno = 0;
-    v = strtol(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi)
-        return -1;
-    *out = v;
-    return 0;
 }
 
 /* ---- methods ----------------------------------------------------------- */
@@ -597,16 +586,16 @@ int main(int argc, char **argv)
             bad = parse_methods(v, methods, &n_methods) != 0;
             i++;
         } else if (!strcmp(a, "--runs")) {
-            bad = parse_size(v, 1, 1000, &runs) != 0;
+            bad = parse_long(v, 1, 1000, &runs) != 0;
             i++;
         } else if (!strcmp(a, "--steps")) {
-            bad = parse_size(v, 1, 1000000, &steps) != 0;
+            bad = parse_long(v, 1, 1000000, &steps) != 0;
             i++;
         } else if (!strcmp(a, "--warmup")) {
-            bad = parse_size(v, 1, 1000000, &warmup) != 0;
+            bad = parse_long(v, 1, 1000000, &warmup) != 0;
             i++;
         } else if (!strcmp(a, "--opt-n")) {
-            bad = parse_size(v, 1000, 1000000000L, &opt_n) != 0;
+            bad = parse_long(v, 1000, 1000000000L, &opt_n) != 0;
             i++;
         } else {
             bad = 1;

@@ -6,7 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
-static int parse_long(const char *s, long lo, long hi, long *out)
+static inline int parse_long(const char *s, long lo, long hi, long *out)
 {
     char *end;
     long v;
@@ -18,7 +18,7 @@ static int parse_long(const char *s, long lo, long hi, long *out)
     return 0;
 }
 
-static int parse_double(const char *s, double lo, double hi, double *out)
+static inline int parse_double(const char *s, double lo, double hi, double *out)
 {
     char *end;
     double v;

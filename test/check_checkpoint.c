@@ -596,6 +596,24 @@ static int find_section(section *s, size_t n, const char *name)
     return -1;
 }
 
+/* Overwrite the value of option `key` (of `group`, or any group when -1) in
+ * the "options" section; fails the test when the entry is not there. */
+static void forge_option(section *s, size_t n, regopt_key key, int group, double value)
+{
+    int i = find_section(s, n, "options"), hit = 0;
+    size_t e, cnt = rd32(s[i].data);
+    for (e = 0; e < cnt; e++) {
+        unsigned char *p = s[i].data + 8 + 24 * e;
+        if (rd32(p) == (uint32_t)key && (group < 0 || rd32(p + 4) == (uint32_t)group)) {
+            uint64_t bits;
+            memcpy(&bits, &value, 8);
+            wr64(p + 16, bits);
+            hit = 1;
+        }
+    }
+    ck_assert_msg(hit, "option %d not in the checkpoint", (int)key);
+}
+
 START_TEST(rebuilt_checkpoint_loads)
 {
     /* the independent writer above reproduces the library's bytes exactly */
@@ -659,22 +677,7 @@ START_TEST(forged_sections)
 
     /* an option out of range: optimizer.lr = -1 */
     n = split(v.ck, s);
-    i = find_section(s, n, "options");
-    {
-        size_t e, cnt = rd32(s[i].data);
-        int hit = 0;
-        for (e = 0; e < cnt; e++) {
-            unsigned char *p = s[i].data + 8 + 24 * e;
-            if (rd32(p) == REGOPT_OPT_LR) {
-                double bad = -1.0;
-                uint64_t bits;
-                memcpy(&bits, &bad, 8);
-                wr64(p + 16, bits);
-                hit = 1;
-            }
-        }
-        ck_assert(hit);
-    }
+    forge_option(s, n, REGOPT_OPT_LR, -1, -1.0);
     b = join(v.ck, s, n, 1, &size);
     expect(&v, b, size, REGOPT_ERR_OUT_OF_RANGE, "optimizer.lr", "lr -1");
     free(b);
@@ -842,24 +845,12 @@ START_TEST(options_group_weight_decay)
 {
     victim v;
     section s[16];
-    size_t n, size, e, cnt;
+    size_t n, size;
     unsigned char *b;
-    int i, hit = 0;
     victim_make(&v, ALL);
     n = split(v.ck, s);
-    i = find_section(s, n, "options");
-    cnt = rd32(s[i].data);
-    for (e = 0; e < cnt; e++) {
-        unsigned char *p = s[i].data + 8 + 24 * e;
-        if (rd32(p) == REGOPT_GROUP_WEIGHT_DECAY && rd32(p + 4) == 2) {
-            double bad = -0.5; /* inside the key's [-1, 1e3], but only -1 is special */
-            uint64_t bits;
-            memcpy(&bits, &bad, 8);
-            wr64(p + 16, bits);
-            hit = 1;
-        }
-    }
-    ck_assert(hit);
+    /* inside the key's [-1, 1e3], but only -1 is special */
+    forge_option(s, n, REGOPT_GROUP_WEIGHT_DECAY, 2, -0.5);
     b = join(v.ck, s, n, 1, &size);
     expect(&v, b, size, REGOPT_ERR_OUT_OF_RANGE, "group.weight_decay of group 2", "wd -0.5");
     free(b);
