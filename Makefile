@@ -41,7 +41,7 @@ STLIB   := lib/libregopt.a
 
 WARN     := -Wall -Wextra -Wpedantic -Werror
 LIB_CFLAGS := -std=c11 -fPIC -fvisibility=hidden $(WARN) -Iinclude
-LIB_LIBS := -lm
+LIB_LIBS := -lm -pthread
 
 # CBLAS (examples, benchmarks): cblas.pc, then openblas.pc, then blas.pc.
 BLAS_PC     := $(firstword $(foreach p,cblas openblas blas,$(shell $(PKG_CONFIG) --exists $(p) 2>/dev/null && echo $(p))))
@@ -103,7 +103,7 @@ examples/mpi_sam: examples/mpi_sam.c examples/digits_mlp.h lib
 # internal functions (the Philox known-answer test does).
 test/check_regopt: $(TEST_SRC) $(wildcard test/*.h) $(STLIB)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(APP_CFLAGS) $(CHECK_CFLAGS) -Isrc $(TEST_SRC) -o $@ \
-	    $(STLIB) $(CHECK_LIBS) -lm
+	    $(STLIB) $(CHECK_LIBS) -lm -pthread
 
 # The header alone, as strict C99 and as C++, linked to the shared library.
 test/header_c99: test/header_c99.c include/regopt.h lib
@@ -132,6 +132,7 @@ run-check: all test/header_c99 test/header_cxx
 	./examples/mlp --data data/digits.csv --smart 1 --bregman 1 --bn --min-test-acc 0.95 --quiet
 	./test/check_regopt
 	sh test/check_resume.sh examples/mlp data/digits.csv
+	CC='$(CC)' sh test/check_dispatch.sh build/dispatch
 ifndef SANITIZE
 	REGOPT_LIBRARY=$(CURDIR)/lib/$(SONAME) $(PYTHON) -m unittest discover -s python/tests
 	@if $(PYTHON) -c 'import torch' 2>/dev/null; then \
@@ -189,7 +190,7 @@ BENCH_ARGS    ?=
 .PHONY: bench bench-smoke bench-clean
 bench/bench: bench/bench.c bench/host_mlp.c bench/host_mlp.h examples/cli.h lib
 	$(CC) $(CPPFLAGS) $(CFLAGS) -std=c99 $(WARN) -Iinclude $(BLAS_CFLAGS) bench/bench.c \
-	    bench/host_mlp.c -o $@ -Llib -lregopt $(RPATH) $(BLAS_LIBS) -lm
+	    bench/host_mlp.c -o $@ -Llib -lregopt $(RPATH) $(BLAS_LIBS) -lm -pthread
 
 bench: bench/bench
 	OPENBLAS_NUM_THREADS=$(BENCH_THREADS) ./bench/bench $(BENCH_ARGS)
@@ -279,11 +280,11 @@ check-valgrind: all
 fuzz: $(FUZZ_NAMES:%=build/fuzz/fuzz_%)
 build/fuzz/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz.h $(SRC) src/internal.h include/regopt.h
 	@mkdir -p $(@D)
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(WARN) -Iinclude $< $(SRC) -lm -o $@
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(WARN) -Iinclude $< $(SRC) -lm -pthread -o $@
 
 build/fuzz/replay_%: fuzz/fuzz_%.c fuzz/replay_main.c fuzz/fuzz.h $(STLIB)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(APP_CFLAGS) $< fuzz/replay_main.c -o $@ $(STLIB) -lm
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(APP_CFLAGS) $< fuzz/replay_main.c -o $@ $(STLIB) -lm -pthread
 fuzz-replay: $(FUZZ_NAMES:%=build/fuzz/replay_%)
 	@for n in $(FUZZ_NAMES); do \
 	    echo "build/fuzz/replay_$$n fuzz/corpus/$$n"; \

@@ -18,6 +18,7 @@
 #include <cblas.h>
 #include <regopt.h>
 
+#include <pthread.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -145,6 +146,9 @@ typedef struct config {
 
 static double sgemm_rate(int m, int n, int k, int reps);
 
+/* --lib-threads: REGOPT_TRAINER_THREADS of every trainer benchmarked. */
+static long lib_threads = 1;
+
 static int setup_create(setup *s, int method, const config *c)
 {
     regopt_allocator a;
@@ -168,6 +172,8 @@ static int setup_create(setup *s, int method, const config *c)
         st = regopt_optimizer_set_double(s->opt, REGOPT_OPT_LR, 1e-4);
     if (st == REGOPT_OK)
         s->trainer = regopt_trainer_create(s->model, s->opt, &st);
+    if (st == REGOPT_OK)
+        st = regopt_trainer_set_int(s->trainer, REGOPT_TRAINER_THREADS, lib_threads);
     if (st == REGOPT_OK)
         st = configure(s->trainer, method);
     if (st != REGOPT_OK) {
@@ -392,10 +398,57 @@ static void triad_block(float *restrict a, const float *restrict b, const float 
         a[j] = b[j] + s * c[j];
 }
 
+/* One thread's share of a copy or triad pass. */
+typedef struct stream_part {
+    float *a;
+    const float *b, *c; /* c NULL: copy */
+    size_t n;
+} stream_part;
+
+static void *stream_run(void *arg)
+{
+    const stream_part *p = arg;
+    size_t i;
+    if (!p->c)
+        for (i = 0; i + BLOCK <= p->n; i += BLOCK)
+            copy_block(p->a + i, p->b + i);
+    else
+        for (i = 0; i + BLOCK <= p->n; i += BLOCK)
+            triad_block(p->a + i, p->b + i, p->c + i, 1.5f);
+    return NULL;
+}
+
+/* Seconds for one pass over n elements split over `threads` threads (the
+ * calling one included), as the library splits its loops. */
+static double stream_pass(float *a, const float *b, const float *c, size_t n, int threads)
+{
+    stream_part part[256];
+    pthread_t tid[256];
+    int k, started = 0;
+    double t0 = host_now();
+    for (k = 0; k < threads; k++) {
+        size_t lo = n / BLOCK * (size_t)k / (size_t)threads * BLOCK;
+        size_t hi = n / BLOCK * (size_t)(k + 1) / (size_t)threads * BLOCK;
+        part[k].a = a + lo;
+        part[k].b = b + lo;
+        part[k].c = c ? c + lo : NULL;
+        part[k].n = hi - lo;
+    }
+    for (k = 1; k < threads; k++)
+        if (pthread_create(&tid[k], NULL, stream_run, &part[k]) == 0)
+            started = k;
+        else
+            stream_run(&part[k]);
+    stream_run(&part[0]);
+    for (k = 1; k <= started; k++)
+        pthread_join(tid[k], NULL);
+    return host_now() - t0;
+}
+
 /* STREAM's copy (a = b, 8 bytes per element) and triad (a = b + s c, 12
- * bytes), vectorized as the library's loops are, median GB/s of `reps`
- * (n is a multiple of BLOCK). */
-static int bandwidth(size_t n, int reps, double *copy_gbs, double *triad_gbs)
+ * bytes) on `threads` threads, vectorized as the library's loops are,
+ * median GB/s of `reps` (n is a multiple of BLOCK). */
+static int bandwidth(size_t n, int reps, int threads, double *copy_gbs, double *triad_gbs)
 {
     float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b), *c = malloc(n * sizeof *c);
     double *tc = calloc((size_t)reps, sizeof(double)), *tt = calloc((size_t)reps, sizeof(double));
@@ -403,21 +456,14 @@ static int bandwidth(size_t n, int reps, double *copy_gbs, double *triad_gbs)
     size_t i;
     int r, rc = -1;
     if (a && b && c && tc && tt) {
-        const float s = 1.5f;
         for (i = 0; i < n; i++) {
             a[i] = 0.0f;
             b[i] = 1.0f;
             c[i] = 2.0f;
         }
         for (r = 0; r < reps; r++) {
-            double t0 = host_now();
-            for (i = 0; i + BLOCK <= n; i += BLOCK)
-                copy_block(a + i, b + i);
-            tc[r] = host_now() - t0;
-            t0 = host_now();
-            for (i = 0; i + BLOCK <= n; i += BLOCK)
-                triad_block(a + i, b + i, c + i, s);
-            tt[r] = host_now() - t0;
+            tc[r] = stream_pass(a, b, NULL, n, threads);
+            tt[r] = stream_pass(a, b, c, n, threads);
         }
         sink = a[n / 2];
         (void)sink;
@@ -495,6 +541,8 @@ static int optimizer_rate(regopt_optimizer_kind kind, const char *name, size_t n
         tr = regopt_trainer_create(m, o, &st);
     if (st == REGOPT_OK)
         st = regopt_trainer_set_int(tr, REGOPT_TRAINER_LOSS, REGOPT_LOSS_MSE);
+    if (st == REGOPT_OK)
+        st = regopt_trainer_set_int(tr, REGOPT_TRAINER_THREADS, lib_threads);
     for (r = -2; r < reps && st == REGOPT_OK; r++) { /* two warm-up steps */
         double t0 = host_now();
         st = regopt_trainer_step(tr, &b, 1);
@@ -531,10 +579,12 @@ static void usage(void)
 {
     printf("usage: bench [--size large|small|all] [--methods m1,m2,...] [--runs R]\n"
            "             [--steps S] [--warmup W] [--opt-n N] [--no-kernels] [--no-steps]\n"
-           "             [--smoke]\n"
+           "             [--lib-threads T] [--smoke]\n"
            "methods: plain sam asam rdrop_twocall rdrop_doubled smart smart_sam (default all)\n"
            "large: 784-1024-1024-10 batch 128; small: 64-256-256-10 batch 32; ReLU,\n"
-           "dropout 0.1, AdamW lr 1e-4. Threads: OPENBLAS_NUM_THREADS.\n"
+           "dropout 0.1, AdamW lr 1e-4. Threads: OPENBLAS_NUM_THREADS for the host's\n"
+           "BLAS, --lib-threads (default 1) for the library's loops and the\n"
+           "copy/triad reference.\n"
            "--smoke: small size, 3 steps, tiny kernels; fails if a step allocates.\n");
 }
 
@@ -594,6 +644,9 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--warmup")) {
             bad = parse_long(v, 1, 1000000, &warmup) != 0;
             i++;
+        } else if (!strcmp(a, "--lib-threads")) {
+            bad = parse_long(v, 1, 256, &lib_threads) != 0;
+            i++;
         } else if (!strcmp(a, "--opt-n")) {
             bad = parse_long(v, 1000, 1000000000L, &opt_n) != 0;
             i++;
@@ -613,8 +666,8 @@ int main(int argc, char **argv)
         warmup = 1;
         opt_n = 100000;
     }
-    printf("BENCH kind=env version=%s openblas_threads=%s\n", regopt_version_string(),
-           threads ? threads : "unset");
+    printf("BENCH kind=env version=%s openblas_threads=%s lib_threads=%ld\n",
+           regopt_version_string(), threads ? threads : "unset", lib_threads);
 
     /* the GEMM reference: a square product large enough to run at the BLAS's
        full rate, and the large model's own first-layer product */
@@ -635,12 +688,12 @@ int main(int argc, char **argv)
     }
 
     if (kernels) {
-        if (bandwidth((size_t)opt_n, smoke ? 2 : 10, &copy_gbs, &triad_gbs) != 0)
+        if (bandwidth((size_t)opt_n, smoke ? 2 : 10, (int)lib_threads, &copy_gbs, &triad_gbs) != 0)
             return 1;
-        printf("# bandwidth n=%ld: copy %.2f GB/s, triad %.2f GB/s\n", opt_n, copy_gbs,
-               triad_gbs);
-        printf("BENCH kind=bandwidth n=%ld copy_gbs=%.3f triad_gbs=%.3f\n", opt_n, copy_gbs,
-               triad_gbs);
+        printf("# bandwidth n=%ld threads=%ld: copy %.2f GB/s, triad %.2f GB/s\n", opt_n,
+               lib_threads, copy_gbs, triad_gbs);
+        printf("BENCH kind=bandwidth n=%ld threads=%ld copy_gbs=%.3f triad_gbs=%.3f\n", opt_n,
+               lib_threads, copy_gbs, triad_gbs);
         if (optimizer_rate(REGOPT_SGD, "sgd_momentum", (size_t)opt_n, smoke ? 2 : 10,
                            triad_gbs) != 0 ||
             optimizer_rate(REGOPT_ADAM, "adam", (size_t)opt_n, smoke ? 2 : 10, triad_gbs) != 0 ||

@@ -100,6 +100,21 @@
  * from two threads at once. Creating or freeing a trainer counts as a use of
  * its model and optimizer. A model or optimizer shared by several trainers
  * must not be modified while any of them steps.
+ *   A trainer may also use threads of its own: REGOPT_TRAINER_THREADS = n > 1
+ * starts n - 1 worker threads (when the option is set, never in a step) that
+ * share the library's loops over the parameters -- the optimizer update,
+ * gradient zeroing and norms, SAM's perturb and restore, the Bregman
+ * teacher -- with the calling thread. The parameters are cut in chunks of
+ * 4096 elements counted from each tensor's start, and sums are added chunk
+ * by chunk in a fixed order, so results are bit-identical for every n;
+ * models under 16384 trainable elements run on the calling thread alone.
+ * Callbacks (forward, backward, loss, all-reduce, allocator) always run on
+ * the calling thread. Idle workers sleep on a condition variable after a
+ * few microseconds of spinning. The workers are joined when n is lowered or
+ * the trainer is freed; a trainer with workers must not be used in a child
+ * after fork(). Whether threads pay depends on the machine: the loops are
+ * memory-bound, and a second core helps only if it adds memory bandwidth
+ * and is not busy with the host's own threads (see README, Performance).
  *
  * Memory. Constructors take an optional regopt_allocator (NULL: malloc/free).
  * All training state is allocated when the trainer is created; scratch buffers
@@ -276,6 +291,15 @@ typedef enum regopt_key {
     REGOPT_TRAINER_SEED = 302,            /* "trainer.seed": int, any int64 (read it
                                              with regopt_trainer_get_int: a double
                                              holds 53 bits), default 0 */
+    REGOPT_TRAINER_THREADS = 303,         /* "trainer.threads": int in [1, 256],
+                                             default 1: threads for the library's
+                                             loops over the parameters (the
+                                             optimizer update, SAM's perturb and
+                                             restore, the Bregman teacher, norms).
+                                             Results are bit-identical for every
+                                             value; callbacks always run on the
+                                             calling thread. Not saved in
+                                             checkpoints. See "Threads" below. */
 
     /* SAM family (regopt_trainer_set_*, after or before adding
      * REGOPT_REG_SAM), 1000..1099. See "SAM family" below. */

@@ -57,7 +57,7 @@ for t in test/check_*.c; do
 done
 # shellcheck disable=SC2086
 $CC $CFLAGS $WARN $check_cflags -Idist -Itest -I"$out/stub" "$unit" $public \
-    -o "$out/check_regopt" $check_libs -lm
+    -o "$out/check_regopt" $check_libs -lm -pthread
 echo "amalgamate-check: Check suites built from dist/ only" \
      "($(grep -c '^#include "check' "$unit") with internals)"
 "$out/check_regopt"
@@ -74,9 +74,9 @@ if [ -n "$blas" ]; then
     blas_libs=$($PKG_CONFIG --libs "$blas")
 fi
 # shellcheck disable=SC2086
-$CC $CFLAGS $WARN -Idist examples/minimal.c dist/regopt.c -o "$out/minimal" -lm
+$CC $CFLAGS $WARN -Idist examples/minimal.c dist/regopt.c -o "$out/minimal" -lm -pthread
 # shellcheck disable=SC2086
-$CC $CFLAGS $WARN -Idist $blas_cflags examples/mlp.c dist/regopt.c -o "$out/mlp" $blas_libs -lm
+$CC $CFLAGS $WARN -Idist $blas_cflags examples/mlp.c dist/regopt.c -o "$out/mlp" $blas_libs -lm -pthread
 "$out/minimal"
 OPENBLAS_NUM_THREADS=1 "$out/mlp" --data data/digits.csv --min-test-acc 0.95 --quiet
 echo "amalgamate-check: ok (dist/regopt.c + dist/regopt.h: tests and examples pass)"

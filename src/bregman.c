@@ -78,37 +78,31 @@ static void swap_block(float *restrict a, float *restrict b)
     }
 }
 
-/* Exchange the host's weights and the teacher's, element by element: one
- * pass, no scratch, and doing it twice restores both bit for bit. */
-static void swap_weights(regopt_trainer *t)
+static void swap_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
-    const regopt_model *m = t->model;
-    size_t i, j;
-    for (i = 0; i < m->n_params; i++) {
-        const ro_param *p = &m->params[i];
-        float *w = p->data, *tw = t->bregman.teacher + p->offset;
-        if (!p->grad)
-            continue; /* frozen: the teacher's copy would be identical */
-        for (j = 0; j + BLOCK <= p->count; j += BLOCK)
-            swap_block(w + j, tw + j);
-        for (; j < p->count; j++) {
-            float x = w[j];
-            w[j] = tw[j];
-            tw[j] = x;
-        }
+    float *w = p->data + j0, *tw = ((const regopt_trainer *)ctx)->bregman.teacher + p->offset + j0;
+    size_t n = j1 - j0, j;
+    for (j = 0; j + BLOCK <= n; j += BLOCK)
+        swap_block(w + j, tw + j);
+    for (; j < n; j++) {
+        float x = w[j];
+        w[j] = tw[j];
+        tw[j] = x;
     }
 }
 
-static void copy_weights_to_teacher(regopt_trainer *t)
+/* Exchange the host's weights and the teacher's, element by element: one
+ * pass, no scratch, and doing it twice restores both bit for bit. Frozen
+ * tensors are left alone: the teacher's copy would be identical. */
+static void swap_weights(regopt_trainer *t) { ro_each_piece(t, swap_piece, t); }
+
+static void copy_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
-    const regopt_model *m = t->model;
-    size_t i;
-    for (i = 0; i < m->n_params; i++) {
-        const ro_param *p = &m->params[i];
-        if (p->grad)
-            memcpy(t->bregman.teacher + p->offset, p->data, p->count * sizeof(float));
-    }
+    const regopt_trainer *t = ctx;
+    memcpy(t->bregman.teacher + p->offset + j0, p->data + j0, (j1 - j0) * sizeof(float));
 }
+
+static void copy_weights_to_teacher(regopt_trainer *t) { ro_each_piece(t, copy_piece, t); }
 
 static size_t rows_before(const regopt_batch *b, size_t bi)
 {
@@ -187,24 +181,33 @@ static void ema_block(float *restrict tw, const float *restrict w, float beta, f
         tw[j] = beta * tw[j] + keep * w[j];
 }
 
+typedef struct ema_job {
+    const regopt_trainer *t;
+    float beta, keep;
+} ema_job;
+
+static void ema_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    const ema_job *e = ctx;
+    float *tw = e->t->bregman.teacher + p->offset + j0;
+    const float *w = p->data + j0;
+    size_t n = j1 - j0, j;
+    for (j = 0; j + BLOCK <= n; j += BLOCK)
+        ema_block(tw + j, w + j, e->beta, e->keep);
+    for (; j < n; j++)
+        tw[j] = e->beta * tw[j] + e->keep * w[j];
+}
+
 void ro_bregman_update(regopt_trainer *t)
 {
     ro_bregman *br = &t->bregman;
-    const regopt_model *m = t->model;
     int64_t total = t->opt->total_steps;
     int late = total > 0 && (double)t->step >= br->sw * (double)total;
-    float beta = (float)(late ? br->beta_late : br->beta), keep = (float)(1.0 - beta);
-    size_t i, j;
-    for (i = 0; i < m->n_params; i++) {
-        const ro_param *p = &m->params[i];
-        float *tw = br->teacher + p->offset;
-        if (!p->grad)
-            continue;
-        for (j = 0; j + BLOCK <= p->count; j += BLOCK)
-            ema_block(tw + j, p->data + j, beta, keep);
-        for (; j < p->count; j++)
-            tw[j] = beta * tw[j] + keep * p->data[j];
-    }
+    ema_job e;
+    e.t = t;
+    e.beta = (float)(late ? br->beta_late : br->beta);
+    e.keep = (float)(1.0 - e.beta);
+    ro_each_piece(t, ema_piece, &e);
     br->ready = 1;
-    br->last_beta = beta;
+    br->last_beta = e.beta;
 }

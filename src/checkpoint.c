@@ -80,12 +80,14 @@ static void emit_params(const regopt_trainer *t, ro_ck_sink *s)
 }
 
 /* Options worth saving: settable keys of the optimizer and the trainer.
- * trainer.seed is state, saved with the step in "trainer". */
+ * trainer.seed is state, saved with the step in "trainer"; trainer.threads
+ * is the machine's business, not the run's (results do not depend on it). */
 static int saved_option(const ro_key_desc *d)
 {
     if (d->flags & REGOPT_KEY_READ_ONLY)
         return 0;
-    if (d->owner == RO_OWNER_STAT || d->key == REGOPT_TRAINER_SEED)
+    if (d->owner == RO_OWNER_STAT || d->key == REGOPT_TRAINER_SEED ||
+        d->key == REGOPT_TRAINER_THREADS)
         return 0;
     return 1;
 }

@@ -282,6 +282,13 @@ struct regopt_trainer {
     double acc[RO_ACC_N];
     double stats[RO_N_STATS];
     char msg[RO_MSG_SIZE];
+
+    /* threads (parallel.c) */
+    unsigned threads;   /* REGOPT_TRAINER_THREADS */
+    struct ro_pool *pool; /* NULL on one thread */
+    size_t *chunk0;     /* per parameter: its first chunk */
+    size_t n_chunks;
+    double *chunk_sum;  /* per chunk, for ro_sum_pieces */
 };
 
 
@@ -289,7 +296,7 @@ regopt_status ro_trainer_check(const regopt_trainer *t, const char *func);
 
 /* ---- passes.c ---------------------------------------------------------- */
 
-void ro_zero_gradients(const regopt_model *m);
+void ro_zero_gradients(const regopt_trainer *t);
 /* Task loss of a batch's outputs z: returns inv_weight * sum_i m_i w_i l_i
  * and writes m_i w_i * inv_weight * grad_scale * dl_i/dz_i into dz (NULL:
  * loss only). Masked rows get zero gradient whatever they hold. */
@@ -507,9 +514,42 @@ void ro_radam_update(const ro_update *u, float *w, const float *g, float *m,
 void ro_adam_scalars(ro_update *u, const regopt_optimizer *o, uint64_t t,
                      double lr);
 
+/* ---- pool.c: worker threads -------------------------------------------- */
+
+/* One piece of a job: part in [0, parts). */
+typedef void (*ro_task_fn)(void *ctx, unsigned part, unsigned parts);
+typedef struct ro_pool ro_pool;
+ro_pool *ro_pool_create(const ro_alloc *a, unsigned parts);
+void ro_pool_free(ro_pool *p);
+/* Run fn on every part, part 0 on the calling thread; returns when all are
+ * done. No allocation, no system call when the workers are spinning. */
+void ro_pool_run(ro_pool *p, ro_task_fn fn, void *ctx);
+
+/* ---- parallel.c: loops over every trainable element -------------------- */
+
+#define RO_CHUNK 4096               /* elements; pieces start at multiples */
+#define RO_PAR_MIN (4 * RO_CHUNK)   /* fewer trainable elements: one thread */
+#define RO_MAX_THREADS 256
+
+/* Elements [j0, j1) of trainable tensor p. */
+typedef void (*ro_piece_fn)(void *ctx, const ro_param *p, size_t j0, size_t j1);
+typedef double (*ro_sum_fn)(void *ctx, const ro_param *p, size_t j0, size_t j1);
+/* fn over every trainable element, each once, on the trainer's threads. */
+void ro_each_piece(const regopt_trainer *t, ro_piece_fn fn, void *ctx);
+/* The sum of fn over every trainable element, chunk by chunk: the same
+ * bits on any number of threads. */
+double ro_sum_pieces(const regopt_trainer *t, ro_sum_fn fn, void *ctx);
+regopt_status ro_parallel_init(regopt_trainer *t);
+void ro_parallel_release(regopt_trainer *t);
+regopt_status ro_parallel_set_threads(regopt_trainer *t, unsigned threads);
+
 /* ---- kernels.c --------------------------------------------------------- */
 
 double ro_sum_squares(const float *x, size_t n);
+/* The sum of (T a)^2, a = g + wd w, T = |w| + eta if ad else 1, in the
+ * lanes of ro_sum_squares (ASAM's ascent norm). */
+double ro_sum_scaled_squares(const float *w, const float *g, size_t n, float wd, float eta,
+                             int ad);
 void ro_zero(float *x, size_t n);
 
 /* ---- loss.c ------------------------------------------------------------ */

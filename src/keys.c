@@ -37,6 +37,7 @@ static const ro_key_desc key_table[] = {
     {REGOPT_TRAINER_LABEL_SMOOTHING, "trainer.label_smoothing", D, RO_OWNER_TRAINER, 0, 1, 0, MAXX},
     {REGOPT_TRAINER_SEED, "trainer.seed", I, RO_OWNER_TRAINER, -9223372036854775808.0,
      9223372036854775808.0, 0, MAXX},
+    {REGOPT_TRAINER_THREADS, "trainer.threads", I, RO_OWNER_TRAINER, 1, RO_MAX_THREADS, 1, 0},
     {REGOPT_SAM_RHO, "sam.rho", D, RO_OWNER_SAM, 0, 1e3, 0.05, 0},
     {REGOPT_SAM_DELTA, "sam.delta", D, RO_OWNER_SAM, 0, 1, 1e-12, 0},
     {REGOPT_SAM_ADAPTIVE, "sam.adaptive", I, RO_OWNER_SAM, 0, 1, 0, 0},

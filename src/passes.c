@@ -187,7 +187,7 @@ regopt_status ro_gradient(regopt_trainer *t, const regopt_batch *batches, size_t
 {
     regopt_status st = REGOPT_OK;
     size_t bi;
-    ro_zero_gradients(t->model);
+    ro_zero_gradients(t);
     for (bi = 0; bi < count && st == REGOPT_OK; bi++) {
         const regopt_batch *b = ro_batch_at(batches, bi);
         st = ro_gradient_rows(t, b, bi, 0, b->rows, inv_weight, flags, role, 0, loss);
@@ -195,10 +195,10 @@ regopt_status ro_gradient(regopt_trainer *t, const regopt_batch *batches, size_t
     return st;
 }
 
-void ro_zero_gradients(const regopt_model *m)
+static void zero_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
-    size_t i;
-    for (i = 0; i < m->n_params; i++)
-        if (m->params[i].grad)
-            ro_zero(m->params[i].grad, m->params[i].count);
+    (void)ctx;
+    ro_zero(p->grad + j0, j1 - j0);
 }
+
+void ro_zero_gradients(const regopt_trainer *t) { ro_each_piece(t, zero_piece, NULL); }

@@ -159,54 +159,30 @@ static int adaptive(const regopt_trainer *t, const ro_param *p)
     return t->sam.adaptive && t->sam.group_adaptive[p->group];
 }
 
-/* x = T a for one element: a = g + wd w, T = |w| + eta (ASAM) or 1. */
-static float scaled(float w, float g, float wd, float eta, int ad)
-{
-    float a = g + wd * w;
-    return ad ? (fabsf(w) + eta) * a : a;
-}
+/* The scalars of one ascent, shared by its passes over the tensors. */
+typedef struct ascent_job {
+    const regopt_trainer *t;
+    float wd, eta, c;
+} ascent_job;
 
-/* Sum of x^2 over a tensor in double, with four partial sums as in
- * ro_sum_squares: one running sum would make every add wait for the last. */
-static double scaled_sum_squares(const float *w, const float *g, size_t n, float wd,
-                                 float eta, int ad)
+static double ascent_squares(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
-    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
-    size_t j = 0;
-    for (; j + 4 <= n; j += 4) {
-        float x0 = scaled(w[j], g[j], wd, eta, ad), x1 = scaled(w[j + 1], g[j + 1], wd, eta, ad);
-        float x2 = scaled(w[j + 2], g[j + 2], wd, eta, ad);
-        float x3 = scaled(w[j + 3], g[j + 3], wd, eta, ad);
-        s0 += (double)x0 * x0;
-        s1 += (double)x1 * x1;
-        s2 += (double)x2 * x2;
-        s3 += (double)x3 * x3;
-    }
-    for (; j < n; j++) {
-        float x = scaled(w[j], g[j], wd, eta, ad);
-        s0 += (double)x * x;
-    }
-    return (s0 + s1) + (s2 + s3);
+    const ascent_job *a = ctx;
+    int ad = adaptive(a->t, p);
+    if (!ad && a->wd == 0.0f)
+        return ro_sum_squares(p->grad + j0, j1 - j0);
+    return ro_sum_scaled_squares(p->data + j0, p->grad + j0, j1 - j0, a->wd, a->eta, ad);
 }
 
 /* ||T a||, a = g + wd w (the ascent gradient), T = |w| + eta on ASAM tensors. */
 static double ascent_norm(const regopt_trainer *t, double wd_scale)
 {
-    const regopt_model *m = t->model;
-    const float wd = (float)(t->sam.ascent_wd * wd_scale), eta = (float)t->sam.eta;
-    double sum = 0.0;
-    size_t i;
-    for (i = 0; i < m->n_params; i++) {
-        const ro_param *p = &m->params[i];
-        if (!p->grad)
-            continue;
-        if (!adaptive(t, p) && wd == 0.0f) {
-            sum += ro_sum_squares(p->grad, p->count);
-            continue;
-        }
-        sum += scaled_sum_squares(p->data, p->grad, p->count, wd, eta, adaptive(t, p));
-    }
-    return sqrt(sum);
+    ascent_job a;
+    a.t = t;
+    a.wd = (float)(t->sam.ascent_wd * wd_scale);
+    a.eta = (float)t->sam.eta;
+    a.c = 0.0f;
+    return sqrt(ro_sum_pieces(t, ascent_squares, &a));
 }
 
 /* GCC at -O2 vectorizes only loops whose trip count is a known multiple
@@ -238,46 +214,47 @@ static void perturb_block_adaptive(float *restrict w, const float *restrict g,
     }
 }
 
-/* Save w and move it to w + eps, eps = scale * T^2 a, in one pass. */
-static void perturb(regopt_trainer *t, double scale, double wd_scale)
+static void perturb_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
-    const regopt_model *m = t->model;
-    const float wd = (float)(t->sam.ascent_wd * wd_scale), eta = (float)t->sam.eta;
-    const float c = (float)scale;
-    size_t i, j;
-    for (i = 0; i < m->n_params; i++) {
-        const ro_param *p = &m->params[i];
-        float *save = t->sam.save + p->offset;
-        int ad = adaptive(t, p);
-        if (!p->grad)
-            continue;
-        j = 0;
-        if (!ad && wd == 0.0f) /* tw = 1: c (1 * 1 * a) is exactly c a */
-            for (; j + BLOCK <= p->count; j += BLOCK)
-                perturb_block(p->data + j, p->grad + j, save + j, c);
-        else if (ad)
-            for (; j + BLOCK <= p->count; j += BLOCK)
-                perturb_block_adaptive(p->data + j, p->grad + j, save + j, c, wd, eta);
-        for (; j < p->count; j++) {
-            float w = p->data[j], a = p->grad[j] + wd * w;
-            float tw = ad ? fabsf(w) + eta : 1.0f;
-            save[j] = w;
-            p->data[j] = w + c * (tw * tw * a);
-        }
+    const ascent_job *a = ctx;
+    const float wd = a->wd, eta = a->eta, c = a->c;
+    float *w = p->data + j0, *save = a->t->sam.save + p->offset + j0;
+    const float *g = p->grad + j0;
+    size_t n = j1 - j0, j = 0;
+    int ad = adaptive(a->t, p);
+    if (!ad && wd == 0.0f) /* tw = 1: c (1 * 1 * a) is exactly c a */
+        for (; j + BLOCK <= n; j += BLOCK)
+            perturb_block(w + j, g + j, save + j, c);
+    else if (ad)
+        for (; j + BLOCK <= n; j += BLOCK)
+            perturb_block_adaptive(w + j, g + j, save + j, c, wd, eta);
+    for (; j < n; j++) {
+        float x = w[j], s = g[j] + wd * x;
+        float tw = ad ? fabsf(x) + eta : 1.0f;
+        save[j] = x;
+        w[j] = x + c * (tw * tw * s);
     }
 }
 
-/* Put w back by copy: w + eps - eps is not w in floating point. */
-static void restore(regopt_trainer *t)
+/* Save w and move it to w + eps, eps = scale * T^2 a, in one pass. */
+static void perturb(regopt_trainer *t, double scale, double wd_scale)
 {
-    const regopt_model *m = t->model;
-    size_t i;
-    for (i = 0; i < m->n_params; i++) {
-        const ro_param *p = &m->params[i];
-        if (p->grad)
-            memcpy(p->data, t->sam.save + p->offset, p->count * sizeof(float));
-    }
+    ascent_job a;
+    a.t = t;
+    a.wd = (float)(t->sam.ascent_wd * wd_scale);
+    a.eta = (float)t->sam.eta;
+    a.c = (float)scale;
+    ro_each_piece(t, perturb_piece, &a);
 }
+
+static void restore_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    const regopt_trainer *t = ctx;
+    memcpy(p->data + j0, t->sam.save + p->offset + j0, (j1 - j0) * sizeof(float));
+}
+
+/* Put w back by copy: w + eps - eps is not w in floating point. */
+static void restore(regopt_trainer *t) { ro_each_piece(t, restore_piece, t); }
 
 /* dst (flat, trainable order) += or = the gradient buffers. */
 static void gather(const regopt_trainer *t, float *dst, int add)
@@ -428,7 +405,7 @@ typedef struct chunk_ctx {
 static regopt_status chunk_perturbed(regopt_trainer *t, void *ctx, double *loss)
 {
     const chunk_ctx *c = ctx;
-    ro_zero_gradients(t->model);
+    ro_zero_gradients(t);
     return ro_gradient_rows(t, c->b, c->bi, c->r0, c->rows, c->inv_weight,
                             REGOPT_PASS_TRAIN | REGOPT_PASS_PERTURBED_WEIGHTS,
                             perturbed_role(t), c->chunk, loss);
@@ -440,7 +417,7 @@ static regopt_status chunk_step(regopt_trainer *t, chunk_ctx *c, ro_sam_result *
     double clean = 0.0, pert = 0.0, norm = 0.0;
     int applied = 0;
     regopt_status st;
-    ro_zero_gradients(t->model);
+    ro_zero_gradients(t);
     st = ro_gradient_rows(t, c->b, c->bi, c->r0, c->rows, c->inv_weight, REGOPT_PASS_TRAIN,
                           RO_SEED_TASK, c->chunk, &clean);
     if (st == REGOPT_OK && t->sam.gsam)

@@ -51,8 +51,10 @@ regopt_trainer *regopt_trainer_create(regopt_model *m, regopt_optimizer *o,
             t->per_element = ro_optimizer_state_per_element(o);
             if (o->kind != REGOPT_RADAM && o->kind != REGOPT_SGD && !o->amsgrad)
                 t->per_element = 2; /* no AMSGrad maximum unless asked at creation */
+            t->model = m;
             t->state = ro_calloc(&t->alloc, m->n_trainable, t->per_element * sizeof(float));
-            if (!t->state) {
+            if (!t->state || ro_parallel_init(t) != REGOPT_OK) {
+                ro_free(&t->alloc, t->state);
                 ro_free(&t->alloc, t);
                 t = NULL;
             }
@@ -105,6 +107,7 @@ void regopt_trainer_free(regopt_trainer *t)
     ro_sam_release(t);
     ro_smart_release(t);
     ro_bregman_release(t);
+    ro_parallel_release(t);
     ro_free(&t->alloc, t->state);
     a = t->alloc;
     t->magic = RO_MAGIC_DEAD;
@@ -221,6 +224,8 @@ static regopt_status set_value(regopt_trainer *t, regopt_key key, double dv,
         t->loss_kind = (int)dv;
     } else if (key == REGOPT_TRAINER_LABEL_SMOOTHING) {
         t->label_smoothing = dv;
+    } else if (key == REGOPT_TRAINER_THREADS) {
+        return ro_parallel_set_threads(t, (unsigned)dv);
     }
     return REGOPT_OK;
 }
@@ -268,6 +273,8 @@ static regopt_status get_value(const regopt_trainer *t, regopt_key key,
             v = (double)t->loss_kind;
         else if (key == REGOPT_TRAINER_LABEL_SMOOTHING)
             v = t->label_smoothing;
+        else if (key == REGOPT_TRAINER_THREADS)
+            v = (double)t->threads;
         else if (d->owner == RO_OWNER_SAM)
             v = ro_sam_get(t, key);
         else if (d->owner == RO_OWNER_RDROP)
