@@ -20,6 +20,7 @@
 
 #include <pthread.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,6 +142,7 @@ typedef struct config {
     const char *size_name;
     long runs, steps, warmup;
     int ref_n;              /* the reference SGEMM: ref_n^3, before every run */
+    int smoke;              /* also check the doubled host against two calls */
     double sgemm_gflops;    /* its median over the runs */
 } config;
 
@@ -284,6 +286,39 @@ static void setup_report(setup *s, const config *c, double *rdrop2_ms)
 
 /* All methods of one model size, interleaved run by run so that a burst
  * of load from elsewhere hits every method alike. */
+/* The host's doubled pass (first layer shared by both halves) and its two
+ * separate passes train the same network: after the same steps, weights
+ * agree to rounding (the sums run in different orders). */
+static int same_training(const setup *s, int n, int method_a, int method_b)
+{
+    const setup *a = NULL, *b = NULL;
+    double worst = 0.0;
+    size_t l, j;
+    int i;
+    for (i = 0; i < n; i++) {
+        if (s[i].method == method_a)
+            a = &s[i];
+        if (s[i].method == method_b)
+            b = &s[i];
+    }
+    if (!a || !b)
+        return 0;
+    for (l = 0; l < a->host.layers; l++)
+        for (j = 0; j < a->host.size[l] * a->host.size[l + 1]; j++) {
+            double x = a->host.w[l][j], y = b->host.w[l][j];
+            double e = fabs(x - y) / (fabs(x) + fabs(y) + 1e-3);
+            worst = e > worst ? e : worst;
+        }
+    printf("# %s vs %s: largest relative weight difference %.2e\n", method_name[method_a],
+           method_name[method_b], worst);
+    if (!(worst < 1e-4)) {
+        fprintf(stderr, "bench: %s and %s trained different networks\n", method_name[method_a],
+                method_name[method_b]);
+        return -1;
+    }
+    return 0;
+}
+
 static int bench_size(const config *cfg, const int *methods, int n_methods,
                       long *allocs_after)
 {
@@ -333,6 +368,8 @@ static int bench_size(const config *cfg, const int *methods, int n_methods,
         setup_report(&s[i], c, &rdrop2_ms);
         *allocs_after += s[i].timed_allocs;
     }
+    if (c->smoke && same_training(s, n_methods, M_RDROP2, M_RDROP) != 0)
+        goto out;
     rc = 0;
 out:
     for (i = 0; s && i < made + (rc != 0 && made < n_methods); i++)
@@ -703,6 +740,7 @@ int main(int argc, char **argv)
 
     if (steps_on) {
         config c;
+        c.smoke = smoke;
         c.sgemm_gflops = sgemm;
         c.ref_n = smoke ? 256 : 1024;
         c.runs = runs;

@@ -271,11 +271,10 @@ static int forward(host_mlp *h, const regopt_pass *p)
     if (s < 0 || s >= HOST_SLOTS || n > h->max_rows || p->output_width != h->size[h->layers])
         return 1;
     x = (const float *)p->batch + p->row_offset * d0;
-    if (doubled) { /* R-Drop: the batch twice, so every product runs once */
-        memcpy(h->xcopy[s], x, n * d0 * sizeof(float));
-        memcpy(h->xcopy[s] + n * d0, x, n * d0 * sizeof(float));
-        x = h->xcopy[s];
-    }
+    /* R-Drop doubled: both halves are the same n rows and dropout comes after
+       the first layer, so its product runs once over n rows and is copied;
+       every later product runs once over 2n rows */
+    h->shared[s] = doubled ? n : 0;
     if (p->input_perturbation) { /* SMART: the input rows are the embeddings */
         if (doubled || p->input_rows != n || p->input_width != d0)
             return 2;
@@ -285,16 +284,18 @@ static int forward(host_mlp *h, const regopt_pass *p)
     }
     h->in[s] = x;
     for (l = 0; l < h->layers; l++) {
-        size_t in = h->size[l], out = h->size[l + 1];
+        size_t in = h->size[l], out = h->size[l + 1], r = l == 0 && doubled ? n : rows;
         float *y = l + 1 < h->layers ? h->act[s][l] : p->outputs;
-        for (i = 0; i < rows; i++)
+        for (i = 0; i < r; i++)
             memcpy(y + i * out, h->b[l], out * sizeof(float));
-        if (small_fits(h, rows, out, in))
-            small_gemm(rows, out, in, x, in, 1, h->w[l], out, 1, y, out);
+        if (small_fits(h, r, out, in))
+            small_gemm(r, out, in, x, in, 1, h->w[l], out, 1, y, out);
         else
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)out,
-                        (int)in, 1.0f, x, (int)in, h->w[l], (int)out, 1.0f, y, (int)out);
-        h->flops += 2.0 * (double)rows * (double)in * (double)out;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)r, (int)out, (int)in,
+                        1.0f, x, (int)in, h->w[l], (int)out, 1.0f, y, (int)out);
+        h->flops += 2.0 * (double)r * (double)in * (double)out;
+        if (r < rows)
+            memcpy(y + r * out, y, r * out * sizeof(float));
         if (l + 1 < h->layers) {
             if (relu_dropout(h, y, n, out, l, p->row_offset, p->seed, train) != 0)
                 return 3;
@@ -305,6 +306,13 @@ static int forward(host_mlp *h, const regopt_pass *p)
         x = y;
     }
     return 0;
+}
+
+static void add_block(float *restrict s, const float *restrict a, const float *restrict b)
+{
+    size_t j;
+    for (j = 0; j < BLOCK; j++)
+        s[j] = a[j] + b[j];
 }
 
 /* Column sums of d (rows x out) added to g, the bias gradient, as one
@@ -330,7 +338,19 @@ static int backward(host_mlp *h, const regopt_pass *p)
     for (l = h->layers; l-- > 0;) {
         size_t in = h->size[l], out = h->size[l + 1];
         const float *a = l ? h->act[s][l - 1] : h->in[s];
-        if (params) { /* gW += a^T d, gb += column sums of d */
+        if (params && l == 0 && h->shared[s]) {
+            /* both halves saw the same n input rows: gW0 += x^T (d1 + d2) */
+            size_t n = h->shared[s];
+            float *sum = d == h->d0 ? h->d1 : h->d0;
+            for (j = 0; j + BLOCK <= n * out; j += BLOCK)
+                add_block(sum + j, d + j, d + n * out + j);
+            for (; j < n * out; j++)
+                sum[j] = d[j] + d[n * out + j];
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)in, (int)out, (int)n,
+                        1.0f, a, (int)in, sum, (int)out, 1.0f, h->gw[l], (int)out);
+            h->flops += 2.0 * (double)n * (double)in * (double)out;
+            add_column_sums(h, h->gb[l], sum, n, out);
+        } else if (params) { /* gW += a^T d, gb += column sums of d */
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)in, (int)out, (int)rows,
                         1.0f, a, (int)in, d, (int)out, 1.0f, h->gw[l], (int)out);
             h->flops += 2.0 * (double)rows * (double)in * (double)out;

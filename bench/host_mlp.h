@@ -27,7 +27,9 @@ typedef struct host_mlp {
        exactly where the ReLU passed and dropout kept it, so no mask is kept */
     float *act[HOST_SLOTS][HOST_MAX_LAYERS];
     const float *in[HOST_SLOTS];      /* the input of the slot's forward */
-    float *xcopy[HOST_SLOTS];         /* doubled or perturbed input */
+    float *xcopy[HOST_SLOTS];         /* perturbed input */
+    size_t shared[HOST_SLOTS];        /* doubled pass: the n rows both halves
+                                         share in the first layer; 0 if not */
     float *mask;                      /* scratch: dropout uniforms */
     float *d0, *d1;                   /* scratch: d(activations), ping-pong */
     float *ones;                      /* 2 max_rows ones: bias gradients by sgemv */
