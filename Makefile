@@ -182,21 +182,28 @@ clean:
 # steps of the small model (about a second), so the program cannot rot.
 #   make bench                      every benchmark, then PyTorch vs libregopt
 #   make bench BENCH_THREADS=2      BLAS threads, the same on both sides
-# Debian 12's OpenBLAS (0.3.21) takes some newer Intel CPUs for a Prescott and
-# runs SGEMM five times slower: there, set OPENBLAS_CORETYPE=SkylakeX (it
-# applies to PyTorch too, which links the same OpenBLAS).
+# Debian 12's OpenBLAS (0.3.21) does not know recent CPUs and falls back to
+# older kernels: some Intel CPUs run as a Prescott (SGEMM five times slower),
+# AMD Zen 5 as a Haswell (AVX2, half the rate). So on a CPU with the AVX-512
+# subsets of Skylake-X `make bench` asks for those kernels, unless
+# OPENBLAS_CORETYPE is already set or BENCH_CORETYPE= (empty) is given. The
+# setting reaches PyTorch too, which links the same OpenBLAS.
 BENCH_THREADS ?= 1
 BENCH_ARGS    ?=
+BENCH_CORETYPE ?= $(or $(OPENBLAS_CORETYPE),$(shell for f in avx512f avx512bw avx512dq \
+    avx512vl avx512cd; do grep -qw $$f /proc/cpuinfo 2>/dev/null || exit 0; done; echo SkylakeX))
+BENCH_ENV := OPENBLAS_NUM_THREADS=$(BENCH_THREADS) \
+    $(if $(BENCH_CORETYPE),OPENBLAS_CORETYPE=$(BENCH_CORETYPE))
 .PHONY: bench bench-smoke bench-clean
 bench/bench: bench/bench.c bench/host_mlp.c bench/host_mlp.h examples/cli.h lib
 	$(CC) $(CPPFLAGS) $(CFLAGS) -std=c99 $(WARN) -Iinclude $(BLAS_CFLAGS) bench/bench.c \
 	    bench/host_mlp.c -o $@ -Llib -lregopt $(RPATH) $(BLAS_LIBS) -lm -pthread
 
 bench: bench/bench
-	OPENBLAS_NUM_THREADS=$(BENCH_THREADS) ./bench/bench $(BENCH_ARGS)
+	$(BENCH_ENV) ./bench/bench $(BENCH_ARGS)
 	@if $(PYTHON) -c 'import torch' 2>/dev/null; then \
-	    echo "$(PYTHON) bench/vs_torch.py --threads $(BENCH_THREADS)"; \
-	    $(PYTHON) bench/vs_torch.py --threads $(BENCH_THREADS); \
+	    echo "$(BENCH_ENV) $(PYTHON) bench/vs_torch.py --threads $(BENCH_THREADS)"; \
+	    $(BENCH_ENV) $(PYTHON) bench/vs_torch.py --threads $(BENCH_THREADS); \
 	else echo 'bench: no python3-torch, PyTorch comparison skipped'; fi
 
 bench-smoke: bench/bench

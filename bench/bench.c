@@ -703,8 +703,10 @@ int main(int argc, char **argv)
         warmup = 1;
         opt_n = 100000;
     }
-    printf("BENCH kind=env version=%s openblas_threads=%s lib_threads=%ld\n",
-           regopt_version_string(), threads ? threads : "unset", lib_threads);
+    printf("BENCH kind=env version=%s openblas_threads=%s openblas_coretype=%s "
+           "lib_threads=%ld\n",
+           regopt_version_string(), threads ? threads : "unset",
+           getenv("OPENBLAS_CORETYPE") ? getenv("OPENBLAS_CORETYPE") : "auto", lib_threads);
 
     /* the GEMM reference: a square product large enough to run at the BLAS's
        full rate, and the large model's own first-layer product */
