@@ -543,6 +543,13 @@ regopt_status ro_parallel_init(regopt_trainer *t);
 void ro_parallel_release(regopt_trainer *t);
 regopt_status ro_parallel_set_threads(regopt_trainer *t, unsigned threads);
 
+/* ---- normal.c: Box-Muller ---------------------------------------------- */
+
+/* out[2i], out[2i+1] = the normal pair of words w[2i], w[2i+1]. */
+void ro_normal_pairs(const uint32_t *w, size_t pairs, float *out);
+/* One of the pair: the cosine branch (sine 0) or the sine branch. */
+float ro_normal_one(uint32_t w1, uint32_t w2, int sine);
+
 /* ---- kernels.c --------------------------------------------------------- */
 
 double ro_sum_squares(const float *x, size_t n);

@@ -263,16 +263,12 @@ regopt_status regopt_random_uniform(uint64_t seed, uint64_t offset, float *out,
     return REGOPT_OK;
 }
 
-/* Box-Muller on the word pairs (0,1) and (2,3) of a block: u1 in (0, 1]
- * avoids log(0); even words give the cosine branch, odd words the sine. */
+/* Box-Muller (normal.c) on the word pairs (0,1) and (2,3) of a block: even
+ * words give the cosine branch, odd words the sine. */
 static float normal_of(const uint32_t w[4], unsigned j)
 {
     unsigned p = j & ~1u;
-    double u1 = ((double)w[p] + 1.0) * (1.0 / 4294967296.0);
-    double u2 = (double)w[p + 1] * (1.0 / 4294967296.0);
-    double r = sqrt(-2.0 * log(u1));
-    double a = 6.283185307179586 * u2;
-    return (float)((j & 1u) ? r * sin(a) : r * cos(a));
+    return ro_normal_one(w[p], w[p + 1], (int)(j & 1u));
 }
 
 regopt_status regopt_random_normal(uint64_t seed, uint64_t offset, float *out,
@@ -288,22 +284,15 @@ regopt_status regopt_random_normal(uint64_t seed, uint64_t offset, float *out,
         unsigned j;
         if ((e & 3) == 0 && n - k >= 4) {
             /* whole blocks: each pair's radius once for both of its
-               outputs (the same expressions as normal_of, so the same bits;
-               log dominates the cost) */
+               outputs (the same operations as normal_of, so the same bits) */
             unsigned count = lanes && n - k >= 4 * LANES ? 4 * LANES : 4;
             const uint32_t *src = ws;
             if (count == 4)
                 block(seed, e >> 2, ws);
             else
                 lanes(seed, e >> 2, ws);
-            for (j = 0; j < count; j += 2, k += 2) {
-                double u1 = ((double)src[j] + 1.0) * (1.0 / 4294967296.0);
-                double u2 = (double)src[j + 1] * (1.0 / 4294967296.0);
-                double r = sqrt(-2.0 * log(u1));
-                double a = 6.283185307179586 * u2;
-                out[k] = (float)(r * cos(a));
-                out[k + 1] = (float)(r * sin(a));
-            }
+            ro_normal_pairs(src, count / 2, out + k);
+            k += count;
             continue;
         }
         block(seed, e >> 2, w);

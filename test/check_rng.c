@@ -5,6 +5,7 @@
 #include "internal.h"
 
 #include <math.h>
+#include <stdlib.h>
 
 START_TEST(philox_known_answers)
 {
@@ -56,6 +57,53 @@ START_TEST(streams_do_not_depend_on_the_split)
         ck_assert_float_eq(whole[i], part[i]);
         ck_assert_float_eq(nwhole[i], npart[i]);
     }
+}
+END_TEST
+
+/* The documented mapping, computed here with libm in double: element i
+ * of stream s comes from words (2k, 2k + 1) of Philox block i/4, k =
+ * (i%4)/2, u1 = (w + 1)/2^32, u2 = w'/2^32, cos branch for even i. The
+ * library computes log, sin and cos itself (normal.c); both are within
+ * ~1e-15 of the exact values, so after rounding to float they agree except
+ * when the exact value lies within that distance of a rounding boundary:
+ * allow 1 ulp, and at most a few such draws in 2^20. The draws are taken
+ * whole (AVX-512 path, 64 at a time) and one by one (scalar path). */
+START_TEST(normal_is_box_muller)
+{
+    const uint64_t seed = 0xfeedbeefcafe1234ULL;
+    uint32_t key[2] = {0xcafe1234u, 0xfeedbeefu};
+    const size_t n = (size_t)1 << 20;
+    float *got = malloc(n * sizeof *got), one;
+    size_t i, bad = 0;
+    ck_assert_ptr_nonnull(got);
+    ck_assert_int_eq(regopt_random_normal(seed, 0, got, n), REGOPT_OK);
+    for (i = 0; i < n; i++) {
+        uint32_t ctr[4] = {(uint32_t)(i / 4), (uint32_t)(i / 4 >> 32), 0, 0}, w[4];
+        unsigned p = (unsigned)(i % 4) & ~1u;
+        double u1, u2, r, a, want;
+        float wf;
+        ro_philox4x32_10(ctr, key, w);
+        u1 = ((double)w[p] + 1.0) / 4294967296.0;
+        u2 = (double)w[p + 1] / 4294967296.0;
+        r = sqrt(-2.0 * log(u1));
+        a = 6.283185307179586476925 * u2;
+        want = i % 2 ? r * sin(a) : r * cos(a);
+        wf = (float)want;
+        if (got[i] != wf) {
+            /* one ulp of the float, or an absolute 1e-15 near a zero of
+               the cosine or sine (libm's angle is rounded, ours exact) */
+            ck_assert_msg(fabs(got[i] - want) <= fabsf(nextafterf(wf, 2 * wf) - wf) ||
+                              fabs(got[i] - want) < 1e-14,
+                          "draw %zu: %.9g, Box-Muller gives %.17g", i, got[i], want);
+            bad++;
+        }
+        if (i % 4099 == 0) { /* the one-draw path at this offset */
+            ck_assert_int_eq(regopt_random_normal(seed, i, &one, 1), REGOPT_OK);
+            ck_assert_msg(one == got[i], "draw %zu alone: %.9g, in a run: %.9g", i, one, got[i]);
+        }
+    }
+    ck_assert_uint_le(bad, 8);
+    free(got);
 }
 END_TEST
 
@@ -133,6 +181,7 @@ Suite *suite_rng(void)
     tcase_add_test(tc, streams_do_not_depend_on_the_split);
     tcase_add_test(tc, uniform_moments);
     tcase_add_test(tc, normal_moments);
+    tcase_add_test(tc, normal_is_box_muller);
     tcase_add_test(tc, different_seeds_differ);
     tcase_add_test(tc, null_output);
     suite_add_tcase(s, tc);
