@@ -183,6 +183,33 @@ class NumpyMLPTest(unittest.TestCase):
         self.assertEqual(runs[0][1], runs[1][1])
         self.assertFalse(np.array_equal(runs[0][0], runs[2][0]))
 
+    def test_threads_give_the_same_bits(self):
+        # 64 -> 512 -> 10: 38k trainable elements, enough for the worker
+        # threads to take part (the library runs models under 16384 on the
+        # calling thread); SAM + R-Drop covers the update, norms, perturb
+        # and restore
+        x, y = load_digits(64)
+        params = init_params(hidden=512)
+        runs = []
+        for threads in (1, 3):
+            h = MLPHost(params, dropout=0.1)
+            with h.model() as m, regopt.Optimizer("adamw", lr=1e-2, clip_norm=0.5) as o, \
+                    regopt.Trainer(m, o, seed=3, threads=threads) as t:
+                self.assertEqual(t["threads"], threads)
+                t.add("sam", rho=0.05, adaptive=1)
+                t.add("rdrop", alpha=1.0)
+                for _ in range(4):
+                    t.step(data=x, labels=y)
+                t["threads"] = 1  # lowering joins the workers
+            runs.append({k: v.copy() for k, v in h.p.items()})
+        for k in params:
+            np.testing.assert_array_equal(runs[0][k], runs[1][k])
+            self.assertGreater(np.abs(runs[0][k] - params[k]).max(), 1e-4)  # it trained
+        with MLPHost(params).model() as m, regopt.Optimizer("adamw") as o, \
+                regopt.Trainer(m, o) as t:
+            with self.assertRaises(regopt.OutOfRange):
+                t["threads"] = 0
+
 
 if __name__ == "__main__":
     unittest.main()
