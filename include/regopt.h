@@ -299,7 +299,8 @@ typedef enum regopt_key {
                                              Results are bit-identical for every
                                              value; callbacks always run on the
                                              calling thread. Not saved in
-                                             checkpoints. See "Threads" below. */
+                                             checkpoints. See "Threads" in the
+                                             overview. */
 
     /* SAM family (regopt_trainer_set_*, after or before adding
      * REGOPT_REG_SAM), 1000..1099. See "SAM family" below. */

@@ -17,6 +17,7 @@ int main(void)
     srunner_add_suite(sr, suite_rdrop());
     srunner_add_suite(sr, suite_smart());
     srunner_add_suite(sr, suite_threads());
+    srunner_add_suite(sr, suite_pool());
     srunner_add_suite(sr, suite_checkpoint());
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);

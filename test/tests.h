@@ -18,5 +18,6 @@ Suite *suite_rdrop(void);
 Suite *suite_checkpoint(void); /* check_checkpoint.c: save, resume, damage */
 Suite *suite_smart(void);   /* check_smart.c: SMART adversarial and Bregman terms */
 Suite *suite_threads(void); /* check_threads.c: independent trainers in threads */
+Suite *suite_pool(void);    /* check_pool.c: trainer.threads, the worker pool */
 
 #endif
