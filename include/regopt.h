@@ -107,7 +107,7 @@
  * teacher -- with the calling thread. The parameters are cut in chunks of
  * 4096 elements counted from each tensor's start, and sums are added chunk
  * by chunk in a fixed order, so results are bit-identical for every n;
- * models under 16384 trainable elements run on the calling thread alone.
+ * models under 262144 trainable elements run on the calling thread alone.
  * Callbacks (forward, backward, loss, all-reduce, allocator) always run on
  * the calling thread. Idle workers sleep on a condition variable after a
  * few microseconds of spinning. The workers are joined when n is lowered or

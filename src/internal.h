@@ -528,7 +528,9 @@ void ro_pool_run(ro_pool *p, ro_task_fn fn, void *ctx);
 /* ---- parallel.c: loops over every trainable element -------------------- */
 
 #define RO_CHUNK 4096               /* elements; pieces start at multiples */
-#define RO_PAR_MIN (4 * RO_CHUNK)   /* fewer trainable elements: one thread */
+/* Fewer trainable elements run on one thread: waking a worker costs
+   10-100 us, a pass over 2^18 elements about as much. */
+#define RO_PAR_MIN (64 * RO_CHUNK)
 #define RO_MAX_THREADS 256
 
 /* Elements [j0, j1) of trainable tensor p. */

@@ -5,7 +5,7 @@
  * the Bregman teacher's swap, copy and EMA) on a pool of threads, and
  * promises the same bits for every thread count. This suite checks that
  * promise by training the same model from the same weights on 1, 2, 3, 7
- * and 16 threads (more threads than chunks) and comparing every byte of the
+ * and 16 threads and comparing every byte of the
  * parameters and of a full checkpoint (optimizer moments, teacher, step,
  * statistics, options), and checks what comes with it: the option's bounds,
  * callbacks on the caller's thread, no allocation in steps, rollback of a
@@ -38,7 +38,7 @@
  * include): chunks of PL_CHUNK elements counted from each tensor's start;
  * threads engage from PL_PAR_MIN trainable elements. */
 #define PL_CHUNK 4096
-#define PL_PAR_MIN 16384
+#define PL_PAR_MIN 262144
 
 #define PL_D 8      /* input width: embedding floats per row */
 #define PL_K 3      /* classes; the "bias" tensor has PL_K elements */
@@ -62,15 +62,15 @@ typedef struct pl_spec {
     int32_t group;
 } pl_spec;
 
-/* 20000 + 4097 + 3 + 9001 = 33101 trainable elements (>= PL_PAR_MIN), in
- * 5 + 2 + 1 + 3 = 11 chunks, with a frozen tensor between them. */
-static const pl_spec big_model[] = {{"big", 20000, 1, 0},
+/* 200000 + 4097 + 3 + 90001 = 294101 trainable elements (>= PL_PAR_MIN),
+ * in 49 + 2 + 1 + 22 = 74 chunks, with a frozen tensor between them. */
+static const pl_spec big_model[] = {{"big", 200000, 1, 0},
                                     {"frozen", 777, 0, 0},
                                     {"odd", 4097, 1, 1},
                                     {"bias", PL_K, 1, 2},
-                                    {"mid", 9001, 1, 0}};
+                                    {"mid", 90001, 1, 0}};
 #define PL_BIG_T (sizeof big_model / sizeof big_model[0])
-#define PL_BIG_TRAINABLE (20000 + 4097 + PL_K + 9001)
+#define PL_BIG_TRAINABLE (200000 + 4097 + PL_K + 90001)
 
 /* 9000 + 4097 + 3 = 13100 trainable elements: below PL_PAR_MIN. */
 static const pl_spec small_model[] = {
@@ -930,7 +930,7 @@ START_TEST(identical_small_model)
 }
 END_TEST
 
-/* The largest pool: far more threads than the model's 11 chunks. */
+/* The largest pool: more threads than the model's 74 chunks. */
 START_TEST(identical_max_threads)
 {
     static const int most[] = {256};
