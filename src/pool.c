@@ -103,8 +103,6 @@ void ro_pool_run(ro_pool *p, ro_task_fn fn, void *ctx)
     pthread_mutex_unlock(&p->mu);
 }
 
-unsigned ro_pool_parts(const ro_pool *p) { return p ? p->parts : 1; }
-
 /* Stop and join the first `started` workers, then free everything. */
 static void destroy(ro_pool *p, unsigned started)
 {
