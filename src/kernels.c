@@ -19,11 +19,11 @@
  * the same rounded additions in the same order: the same bits. Sixteen
  * independent sums also hide the adder's latency, which bounded the loop
  * when it had four. */
-static double combine16(double *s, const float *x, size_t i, size_t n)
+/* The lanes added pairwise: k + 8 into k, k + 4 into k, k + 2 into k, 1
+ * into 0. */
+static double fold16(double *s)
 {
     size_t k;
-    for (k = 0; i < n; i++, k++)
-        s[k] += (double)x[i] * x[i];
     for (k = 0; k < 8; k++)
         s[k] += s[k + 8];
     for (k = 0; k < 4; k++)
@@ -31,6 +31,15 @@ static double combine16(double *s, const float *x, size_t i, size_t n)
     s[0] += s[2];
     s[1] += s[3];
     return s[0] + s[1];
+}
+
+/* The tail x[i .. n) (fewer than 16) into lanes 0, 1, ..., then the fold. */
+static double combine16(double *s, const float *x, size_t i, size_t n)
+{
+    size_t k;
+    for (k = 0; i < n; i++, k++)
+        s[k] += (double)x[i] * x[i];
+    return fold16(s);
 }
 
 #if RO_X86_DISPATCH
@@ -130,13 +139,7 @@ static double combine16_scaled(double *s, const float *w, const float *g, size_t
         float x = scaled(w[i], g[i], wd, eta, ad);
         s[k] += (double)x * x;
     }
-    for (k = 0; k < 8; k++)
-        s[k] += s[k + 8];
-    for (k = 0; k < 4; k++)
-        s[k] += s[k + 4];
-    s[0] += s[2];
-    s[1] += s[3];
-    return s[0] + s[1];
+    return fold16(s);
 }
 
 #if RO_X86_DISPATCH
