@@ -40,7 +40,7 @@ SHLIB   := lib/libregopt.so.$(VERSION)
 STLIB   := lib/libregopt.a
 
 WARN     := -Wall -Wextra -Wpedantic -Werror
-LIB_CFLAGS := -std=c11 -fPIC -fvisibility=hidden $(WARN) -Iinclude
+LIB_CFLAGS := -std=c11 -ffp-contract=off -fPIC -fvisibility=hidden $(WARN) -Iinclude
 LIB_LIBS := -lm -pthread
 
 # CBLAS (examples, benchmarks): cblas.pc, then openblas.pc, then blas.pc.

@@ -8,7 +8,7 @@ set -eu
 CC=${CC:-cc}
 out=${1:-build/dispatch}
 mkdir -p "$out"
-flags="-O2 -std=c11 -Wall -Wextra -Wpedantic -Werror -Iinclude -Isrc"
+flags="-O2 -std=c11 -ffp-contract=off -Wall -Wextra -Wpedantic -Werror -Iinclude -Isrc"
 $CC $flags test/dispatch_hash.c src/*.c -lm -pthread -o "$out/dispatch_on"
 $CC $flags -DRO_NO_DISPATCH test/dispatch_hash.c src/*.c -lm -pthread -o "$out/dispatch_off"
 "$out/dispatch_on" > "$out/on.txt"
