@@ -15,7 +15,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 CC=${CC:-cc}
-CFLAGS=${CFLAGS:--O2 -g} -ffp-contract=off
+CFLAGS="${CFLAGS:--O2 -g} -ffp-contract=off"
 PKG_CONFIG=${PKG_CONFIG:-pkg-config}
 PYTHON=${PYTHON:-/usr/bin/python3}
 WARN="-std=c11 -Wall -Wextra -Wpedantic -Werror"
