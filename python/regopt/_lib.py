@@ -1,7 +1,8 @@
 """Low-level ctypes declarations of libregopt (include/regopt.h).
 
 Everything here mirrors the C header one to one; the Pythonic layer lives in
-regopt/_core.py. The library is located, in this order, through
+the modules regopt/_core.py re-exports. The library is located, in this
+order, through
 
   1. the environment variable REGOPT_LIBRARY (a path to libregopt.so.0),
   2. the repository's lib/ directory (python/regopt/../../lib/libregopt.so.0),

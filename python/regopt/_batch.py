@@ -1,0 +1,237 @@
+"""Passes and batches as seen by Python callbacks, and the Batch given
+to Trainer.step / Trainer.evaluate."""
+import ctypes
+
+from . import _lib as L
+from ._lib import lib
+from ._arrays import _need_numpy, _np, _view
+
+
+class Pass:
+    """What one forward/backward invocation is about (regopt_pass). Array
+    attributes are NumPy views over library memory, valid during the call:
+      outputs            (rows, output_width) float32; forward writes it
+      d_outputs          (rows, output_width), read-only; backward only
+      input_perturbation (input_rows, input_width), read-only, or None
+      d_input            (input_rows, input_width), backward writes it, or None
+    .data is the Python object given as Batch(data=...); rows
+    [row_offset, row_offset + rows) of it are the subject of the pass."""
+
+    __slots__ = ("_c", "data", "_cache")
+
+    def __init__(self, c, data):
+        self._c = c
+        self.data = data
+        self._cache = {}
+
+    # scalar fields
+    rows = property(lambda s: s._c.rows)
+    row_offset = property(lambda s: s._c.row_offset)
+    slot = property(lambda s: s._c.slot)
+    flags = property(lambda s: s._c.flags)
+    seed = property(lambda s: s._c.seed)
+    seed2 = property(lambda s: s._c.seed2)
+    micro_batch = property(lambda s: s._c.micro_batch)
+    output_width = property(lambda s: s._c.output_width)
+    input_rows = property(lambda s: s._c.input_rows)
+    input_width = property(lambda s: s._c.input_width)
+
+    # flags
+    train = property(lambda s: bool(s._c.flags & L.PASS_TRAIN))
+    no_grad = property(lambda s: bool(s._c.flags & L.PASS_NO_GRAD))
+    perturbed_weights = property(lambda s: bool(s._c.flags & L.PASS_PERTURBED_WEIGHTS))
+    teacher = property(lambda s: bool(s._c.flags & L.PASS_TEACHER))
+    no_param_grad = property(lambda s: bool(s._c.flags & L.PASS_NO_PARAM_GRAD))
+    doubled = property(lambda s: bool(s._c.flags & L.PASS_DOUBLED))
+
+    @property
+    def update_batch_stats(self):
+        """True when batch-norm running statistics may move: a training pass
+        at the unperturbed weights without an input perturbation."""
+        f = self._c.flags
+        return bool(f & L.PASS_TRAIN) and not (f & (L.PASS_PERTURBED_WEIGHTS | L.PASS_TEACHER)) \
+            and not self._c.input_perturbation
+
+    def _arr(self, name, ptr, shape, readonly):
+        a = self._cache.get(name)
+        if a is None and ptr:
+            a = _view(ptr, shape, readonly=readonly)
+            self._cache[name] = a
+        return a
+
+    @property
+    def rows_slice(self):
+        return slice(self._c.row_offset, self._c.row_offset + self._c.rows)
+
+    @property
+    def outputs(self):
+        c = self._c
+        return self._arr("outputs", c.outputs, (c.rows, c.output_width), False)
+
+    @property
+    def d_outputs(self):
+        c = self._c
+        return self._arr("d_outputs", c.d_outputs, (c.rows, c.output_width), True)
+
+    @property
+    def input_perturbation(self):
+        c = self._c
+        return self._arr("input_perturbation", c.input_perturbation,
+                         (c.input_rows, c.input_width), True)
+
+    @property
+    def d_input(self):
+        c = self._c
+        return self._arr("d_input", c.d_input, (c.input_rows, c.input_width), False)
+
+    def __repr__(self):
+        names = [n for n, b in (("TRAIN", L.PASS_TRAIN), ("NO_GRAD", L.PASS_NO_GRAD),
+                                ("PERTURBED_WEIGHTS", L.PASS_PERTURBED_WEIGHTS),
+                                ("TEACHER", L.PASS_TEACHER),
+                                ("NO_PARAM_GRAD", L.PASS_NO_PARAM_GRAD),
+                                ("DOUBLED", L.PASS_DOUBLED)) if self._c.flags & b]
+        return "<regopt.Pass slot=%d rows=%d+%d flags=%s seed=%d>" % (
+            self.slot, self.row_offset, self.rows, "|".join(names) or "0", self.seed)
+
+
+class BatchView:
+    """The batch rows handed to a Python loss callback (a regopt_batch view):
+    .data, .rows and NumPy views of labels, targets, mask, weights (or None)."""
+
+    def __init__(self, c, data, width):
+        self.data = data
+        self.rows = c.rows
+        n = c.rows
+        self.labels = _view(ctypes.cast(c.labels, ctypes.c_void_p).value, (n,),
+                            _np and _np.int32, ctypes.c_int32, True)
+        self.targets = _view(ctypes.cast(c.targets, ctypes.c_void_p).value, (n, width),
+                             readonly=True)
+        self.mask = _view(ctypes.cast(c.mask, ctypes.c_void_p).value, (n,), _np and _np.uint8,
+                          ctypes.c_uint8, True)
+        self.weights = _view(ctypes.cast(c.weights, ctypes.c_void_p).value, (n,), readonly=True)
+
+
+class Batch:
+    """One (micro-)batch for Trainer.step / Trainer.evaluate.
+
+    data     any Python object; callbacks receive it as Pass.data
+    rows     number of rows; inferred from labels/targets/mask/weights/len(data)
+    labels   class indices (converted to int32), softmax CE
+    targets  rows x output_width regression targets (converted to float32)
+    mask     1 = keep, 0 = padding (converted to uint8)
+    weights  per-row weights (converted to float32)
+    input_rows  embedding rows when the model has an input width (0 = rows)
+
+    Per-step arrays are converted (copied if needed) and kept alive by the
+    Batch object for as long as it exists."""
+
+    __slots__ = ("data", "rows", "labels", "targets", "mask", "weights", "input_rows")
+
+    def __init__(self, data=None, rows=None, labels=None, targets=None, mask=None,
+                 weights=None, input_rows=0):
+        np = _need_numpy() if any(a is not None for a in (labels, targets, mask, weights)) \
+            else _np
+        self.data = data
+        self.labels = self._convert(labels, "labels", np and np.int32, integral=True)
+        self.targets = self._convert(targets, "targets", np and np.float32)
+        self.mask = self._convert(mask, "mask", np and np.uint8, integral=True)
+        self.weights = self._convert(weights, "weights", np and np.float32)
+        if rows is None:
+            for a in (self.labels, self.mask, self.weights):
+                if a is not None:
+                    rows = a.shape[0]
+                    break
+            else:
+                if self.targets is not None:
+                    rows = self.targets.shape[0]
+                else:
+                    rows = _leading_dim(data)
+        if rows is None:
+            raise ValueError("Batch: rows is not given and cannot be inferred")
+        self.rows = int(rows)
+        self.input_rows = int(input_rows or 0)
+        for name in ("labels", "mask", "weights"):
+            a = getattr(self, name)
+            if a is not None and a.size != self.rows:
+                raise ValueError("Batch: %s has %d elements for %d rows" % (name, a.size,
+                                                                           self.rows))
+
+    @staticmethod
+    def _convert(a, name, dtype, integral=False):
+        if a is None:
+            return None
+        np = _np
+        if hasattr(a, "detach") and hasattr(a, "cpu"):  # a torch tensor
+            a = a.detach().cpu().numpy()
+        arr = np.asarray(a)
+        if integral and arr.dtype.kind not in "iub":
+            raise TypeError("Batch: %s must be integers or booleans, got dtype %s"
+                            % (name, arr.dtype))
+        if not integral and arr.dtype.kind not in "iuf":
+            raise TypeError("Batch: %s must be numbers, got dtype %s" % (name, arr.dtype))
+        if name == "labels" and arr.size and (arr.min() < -2 ** 31 or arr.max() >= 2 ** 31):
+            raise ValueError("Batch: labels do not fit int32")
+        return np.ascontiguousarray(arr, dtype=dtype)
+
+    def _fill(self, c, token, width, has_input):
+        lib.regopt_batch_init(ctypes.byref(c))
+        c.data = token
+        c.rows = self.rows
+        if self.targets is not None and self.targets.size != self.rows * width:
+            raise ValueError("Batch: targets has %d elements, the model needs rows x "
+                             "output_width = %d x %d" % (self.targets.size, self.rows, width))
+        if self.labels is not None:
+            c.labels = self.labels.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        if self.targets is not None:
+            c.targets = self.targets.ctypes.data_as(L.c_float_p)
+        if self.mask is not None:
+            c.mask = self.mask.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+        if self.weights is not None:
+            c.weights = self.weights.ctypes.data_as(L.c_float_p)
+        c.input_rows = self.input_rows
+
+
+def _leading_dim(data):
+    """Rows of a batch's data: shape[0] of an array, of the first array of a
+    tuple/list/dict, else len(data)."""
+    if data is None:
+        return None
+    shape = getattr(data, "shape", None)
+    if shape is not None and len(shape) > 0:
+        return int(shape[0])
+    if isinstance(data, dict):
+        return _leading_dim(next(iter(data.values()))) if data else None
+    if isinstance(data, (tuple, list)) and data and getattr(data[0], "shape", None) is not None:
+        return _leading_dim(data[0])
+    if hasattr(data, "__len__"):
+        return len(data)
+    return None
+
+
+def _as_batches(batches, fields):
+    if batches is None:
+        return [Batch(**fields)]
+    if fields:
+        raise TypeError("give either Batch objects or batch fields, not both")
+    if isinstance(batches, Batch):
+        return [batches]
+    if isinstance(batches, dict):
+        return [Batch(**batches)]
+    out = []
+    for b in batches:
+        out.append(b if isinstance(b, Batch) else Batch(**b))
+    if not out:
+        raise ValueError("no batches")
+    return out
+
+
+def _int_rc(rc):
+    if rc is None or rc is True:
+        return 0 if rc is None else 1
+    try:
+        v = int(rc)
+    except Exception:
+        return 1
+    if v == 0:
+        return 0
+    return v if -2 ** 31 <= v < 2 ** 31 else 1

@@ -1,0 +1,98 @@
+"""Checkpoints of a trainer: the Trainer's checkpoint methods, as a mixin."""
+import ctypes
+import os
+
+from . import _lib as L
+from ._lib import lib
+from ._errors import _check
+
+
+class _Checkpoints:
+    """Trainer.to_bytes / from_bytes / save / load / write_to / read_from;
+    needs _p() and _msg() of a trainer handle."""
+
+    @staticmethod
+    def _ck_flags(params, options):
+        return (L.CHECKPOINT_PARAMS if params else 0) | (L.CHECKPOINT_OPTIONS if options else 0)
+
+    def to_bytes(self, *, params=True, options=True):
+        """The whole training state as a checkpoint (bytes): step, seed,
+        optimizer moments, the Bregman teacher, statistics, and by default
+        the model's tensors and every option. See regopt.h, "Checkpoints"."""
+        flags = self._ck_flags(params, options)
+        size = ctypes.c_size_t(0)
+        _check(lib.regopt_trainer_checkpoint_size(self._p(), flags, ctypes.byref(size)),
+               self._msg)
+        buf = ctypes.create_string_buffer(max(size.value, 1))
+        written = ctypes.c_size_t(0)
+        _check(lib.regopt_trainer_save_buffer(self._p(), flags, buf, size.value,
+                                              ctypes.byref(written)), self._msg)
+        return buf.raw[:written.value]
+
+    def from_bytes(self, data, *, params=True, options=True):
+        """Restore a checkpoint made by to_bytes() (or save()). Everything is
+        validated first: on any error (CorruptCheckpoint, CheckpointMismatch,
+        OutOfRange, ...) the trainer and the tensors are unchanged."""
+        data = bytes(data)
+        _check(lib.regopt_trainer_load_buffer(self._p(), self._ck_flags(params, options),
+                                              data, len(data)), self._msg)
+
+    def save(self, path, *, params=True, options=True):
+        """Write a checkpoint to path atomically (temporary file, fsync, rename)."""
+        _check(lib.regopt_trainer_save_file(self._p(), self._ck_flags(params, options),
+                                            os.fsencode(path)), self._msg)
+
+    def load(self, path, *, params=True, options=True):
+        """Restore a checkpoint file written by save() or regopt_trainer_save_file."""
+        _check(lib.regopt_trainer_load_file(self._p(), self._ck_flags(params, options),
+                                            os.fsencode(path)), self._msg)
+
+    def write_to(self, fileobj, *, params=True, options=True):
+        """Stream a checkpoint to a binary file-like object (anything with
+        write()), through regopt_trainer_save's write callback: for hosts that
+        keep checkpoints in their own containers. An exception raised by
+        write() aborts the save and is re-raised here."""
+        failure = []
+
+        def write(data, size, user):
+            try:
+                view = memoryview(ctypes.string_at(data, size))
+                while view:  # raw streams may write less than asked
+                    n = fileobj.write(view)
+                    if n is None:  # non-blocking stream that would block
+                        return 1
+                    view = view[n:]
+                return 0
+            except BaseException as e:  # re-raised below, after the C call returns
+                failure.append(e)
+                return 1
+        cb = L.WRITE_FN(write)
+        st = lib.regopt_trainer_save(self._p(), self._ck_flags(params, options), cb, None)
+        if failure:
+            raise failure[0]
+        _check(st, self._msg)
+
+    def read_from(self, fileobj, *, params=True, options=True):
+        """Restore a checkpoint from a binary file-like object (anything with
+        read(n)), through regopt_trainer_load's read callback. Reads exactly
+        the checkpoint's bytes; a short read is CheckpointIOError."""
+        failure = []
+
+        def read(dst, size, user):
+            try:
+                got = 0
+                while got < size:  # raw streams and pipes may return less
+                    chunk = fileobj.read(size - got)
+                    if not chunk:  # end of data (or would block)
+                        return 1
+                    ctypes.memmove(dst + got, chunk, len(chunk))
+                    got += len(chunk)
+                return 0
+            except BaseException as e:
+                failure.append(e)
+                return 1
+        cb = L.READ_FN(read)
+        st = lib.regopt_trainer_load(self._p(), self._ck_flags(params, options), cb, None)
+        if failure:
+            raise failure[0]
+        _check(st, self._msg)

@@ -1,0 +1,146 @@
+"""Handles: live counting, keep-alive of the callbacks the library holds,
+the state the trampolines share, and the base class of every handle."""
+import itertools
+import threading
+import weakref
+
+from . import _lib as L
+from ._lib import lib
+from ._errors import NullPointer
+
+
+_live = {"model": 0, "optimizer": 0, "trainer": 0}
+_live_lock = threading.Lock()
+
+
+def live_handles():
+    """How many library handles this binding has created and not yet freed."""
+    with _live_lock:
+        return dict(_live)
+
+
+# Objects the library may call back into, keyed by the `user` token handed to
+# it; released by the library's own free hook (regopt_free_fn), so they live
+# exactly as long as the library can use them.
+_keepalive = {}
+_token_counter = itertools.count(1)
+
+
+def _release_user(user):
+    _keepalive.pop(user, None)
+
+
+_RELEASE_FN = L.USER_FREE_FN(_release_user)
+
+
+def pending_callbacks():
+    """Number of callback sets the library still holds (0 once every handle
+    that had callbacks is freed)."""
+    return len(_keepalive)
+
+
+def _register_user(objs):
+    token = next(_token_counter)
+    _keepalive[token] = objs
+    return token
+
+
+class _CallbackState:
+    """What the trampolines of one model (and of its trainer's loss and
+    all-reduce callbacks) share: the Python objects of the batches of the
+    running call and the first exception raised by a callback. The
+    trampolines hold this, never the Model or Trainer, so that the library's
+    reference to them (kept until its free hook runs) does not keep the
+    handles alive."""
+    __slots__ = ("batch_objects", "exc")
+
+    def __init__(self):
+        self.batch_objects = None
+        self.exc = None
+
+    def data(self, token):
+        objs = self.batch_objects
+        if objs is not None and token and 0 < token <= len(objs):
+            return objs[token - 1]
+        return None
+
+    def record(self, exc):
+        if self.exc is None:
+            self.exc = exc
+
+    def take(self):
+        exc, self.exc = self.exc, None
+        return exc
+
+
+def _weak_callable(fn, owner):
+    """A bound method of `owner` is held weakly (so the handle can be
+    collected); anything else strongly."""
+    if getattr(fn, "__self__", None) is owner and hasattr(fn, "__func__"):
+        ref = weakref.WeakMethod(fn)
+
+        def call(*a):
+            f = ref()
+            if f is None:
+                raise ReferenceError("the model of this callback was collected")
+            return f(*a)
+        return call
+    return fn
+
+
+class _Cell:
+    """The raw pointer of a trainer, shared with its model and optimizer so
+    that whichever is finalized first can free the trainer first."""
+    __slots__ = ("ptr", "__weakref__")
+
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+
+def _free_trainer_cell(cell):
+    if cell.ptr:
+        lib.regopt_trainer_free(cell.ptr)
+        cell.ptr = None
+        with _live_lock:
+            _live["trainer"] -= 1
+
+
+class _Handle:
+    _kind = "handle"
+
+    def __init__(self):
+        self._ptr = None
+
+    def _p(self):
+        if not self._ptr:
+            raise NullPointer("this %s is closed" % self._kind, L.ERR_NULL_POINTER)
+        return self._ptr
+
+    @property
+    def closed(self):
+        return not self._ptr
+
+    @property
+    def address(self):
+        """The raw handle pointer (int), for interoperating with C code."""
+        return self._ptr
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __del__(self):
+        try:
+            self._finalize()
+        except Exception:  # interpreter shutdown
+            pass
+
+    def _finalize(self):
+        self.close()
+
+    def _count(self, delta):
+        with _live_lock:
+            _live[self._kind] += delta

@@ -1,0 +1,207 @@
+"""Model: the host network as the library sees it."""
+import collections
+import ctypes
+
+from . import _lib as L
+from ._lib import lib
+from ._allocator import _alloc_arg
+from ._arrays import _check_float32_buffer
+from ._batch import Pass, _int_rc
+from ._errors import StateError, _check, _error, _text, last_error_message
+from ._handles import (_RELEASE_FN, _CallbackState, _Handle, _free_trainer_cell, _keepalive,
+                       _register_user, _weak_callable)
+
+
+class Model(_Handle):
+    """regopt_model: the host network as the library sees it.
+
+        m = Model(output_width=10, forward=fwd, backward=bwd)
+        m.add_param("w1", w1, g1, group=0)     # float32 C-contiguous arrays
+
+    Callbacks take one Pass and return None (or 0) on success; an exception
+    aborts the step, the library rolls back, and Trainer.step re-raises it.
+    Instead of passing callbacks, a subclass may define forward(self, p) and
+    backward(self, p): they are installed when a Trainer is created."""
+
+    _kind = "model"
+
+    def __init__(self, output_width=None, *, input_width=None, slots=None, capabilities=None,
+                 forward=None, backward=None, allocator=None):
+        super().__init__()
+        self._arrays = []
+        self._params = collections.OrderedDict()
+        self._trainer_cells = []
+        self._allocator = allocator
+        self._callbacks_set = False
+        self._cbs = _CallbackState()
+        self._output_width = 0
+        self._input_width = 0
+        st = ctypes.c_int(0)
+        ptr = lib.regopt_model_create(_alloc_arg(allocator), ctypes.byref(st))
+        if not ptr:
+            raise _error(st.value, last_error_message())
+        self._ptr = ptr
+        self._count(+1)
+        if output_width is not None:
+            self.output_width = output_width
+        if input_width is not None:
+            self.input_width = input_width
+        if slots is not None:
+            self.slots = slots
+        if capabilities is not None:
+            self.set_capabilities(capabilities)
+        if forward is not None or backward is not None:
+            self.set_callbacks(forward, backward)
+
+    def _msg(self):
+        return _text(lib.regopt_model_message(self._ptr))
+
+    @property
+    def message(self):
+        """regopt_model_message: detail of the last failure."""
+        return self._msg() if self._ptr else ""
+
+    # -- parameters --------------------------------------------------------
+    def add_param(self, name, data, grad=None, group=0):
+        """Register a float32 C-contiguous writable array (updated in place)
+        and its gradient buffer (same size; None = frozen tensor)."""
+        _check_float32_buffer(data, "parameter %r data" % name)
+        if grad is not None:
+            _check_float32_buffer(grad, "parameter %r grad" % name)
+            if grad.size != data.size:
+                raise ValueError("parameter %r: grad has %d elements, data %d"
+                                 % (name, grad.size, data.size))
+        self.add_param_address(name, data.ctypes.data, grad.ctypes.data if grad is not None
+                               else None, data.size, group, keepalive=(data, grad))
+        self._params[name] = (data, grad)
+
+    def add_param_address(self, name, data_address, grad_address, count, group=0,
+                          dtype=L.DTYPE_FLOAT32, keepalive=None):
+        """Register raw buffers by address (for other array libraries); the
+        objects in `keepalive` are kept alive until the model is closed."""
+        st = lib.regopt_model_add_param(self._p(), name.encode(), data_address, grad_address,
+                                        int(count), int(dtype), int(group))
+        _check(st, self._msg)
+        self._arrays.append(keepalive)
+        if name not in self._params:
+            self._params[name] = keepalive
+
+    @property
+    def params(self):
+        """name -> (data, grad) as registered."""
+        return dict(self._params)
+
+    @property
+    def param_count(self):
+        return int(lib.regopt_model_param_count(self._ptr))
+
+    @property
+    def element_count(self):
+        return int(lib.regopt_model_element_count(self._ptr))
+
+    # -- shape -------------------------------------------------------------
+    @property
+    def output_width(self):
+        return self._output_width
+
+    @output_width.setter
+    def output_width(self, width):
+        _check(lib.regopt_model_set_output_width(self._p(), int(width)), self._msg)
+        self._output_width = int(width)
+
+    @property
+    def input_width(self):
+        return self._input_width
+
+    @input_width.setter
+    def input_width(self, width):
+        _check(lib.regopt_model_set_input_width(self._p(), int(width)), self._msg)
+        self._input_width = int(width)
+
+    @property
+    def slots(self):
+        return getattr(self, "_slots", 1)
+
+    @slots.setter
+    def slots(self, n):
+        _check(lib.regopt_model_set_slots(self._p(), int(n)), self._msg)
+        self._slots = int(n)
+
+    def set_capabilities(self, caps):
+        """REGOPT_CAP_* bits (regopt.CAP_DOUBLED_BATCH)."""
+        _check(lib.regopt_model_set_capabilities(self._p(), int(caps)), self._msg)
+        self._caps = int(caps)
+
+    # -- callbacks ---------------------------------------------------------
+    def forward(self, p):
+        raise NotImplementedError("give Model(forward=...) or override Model.forward")
+
+    def backward(self, p):
+        raise NotImplementedError("give Model(backward=...) or override Model.backward")
+
+    def _trampoline(self, fn):
+        state = self._cbs
+        fn = _weak_callable(fn, self)
+
+        def tramp(pp, user):
+            try:
+                c = pp.contents
+                return _int_rc(fn(Pass(c, state.data(c.batch))))
+            except BaseException as exc:  # never let an exception cross into C
+                state.record(exc)
+                return 1
+        return tramp
+
+    def set_callbacks(self, forward, backward):
+        """Install the forward and backward callables (each takes a Pass)."""
+        if forward is None or backward is None or not callable(forward) \
+                or not callable(backward):
+            raise TypeError("set_callbacks needs two callables, forward and backward")
+        cf = L.PASS_FN(self._trampoline(forward))
+        cb = L.PASS_FN(self._trampoline(backward))
+        token = _register_user((cf, cb))
+        st = lib.regopt_model_set_callbacks(self._p(), cf, cb, token, _RELEASE_FN)
+        if st != L.OK:
+            _keepalive.pop(token, None)  # on failure the library does not call free_user
+            raise _error(st, self._msg())
+        self._callbacks_set = True
+
+    def _install_methods_if_needed(self):
+        if self._callbacks_set:
+            return
+        cls = type(self)
+        if cls.forward is not Model.forward and cls.backward is not Model.backward:
+            self.set_callbacks(self.forward, self.backward)
+
+    # -- lifetime ----------------------------------------------------------
+    def close(self):
+        """Free the model now. Fails (StateError) while a trainer is bound."""
+        if not self._ptr:
+            return
+        live = [c for c in self._trainer_cells if c.ptr]
+        if live:
+            raise StateError("the model is bound to %d live trainer(s): close the trainer "
+                             "first" % len(live), L.ERR_STATE)
+        self._free()
+
+    def _free(self):
+        lib.regopt_model_free(self._ptr)
+        self._ptr = None
+        self._count(-1)
+        self._arrays = []
+        self._params.clear()
+        self._trainer_cells = []
+
+    def _finalize(self):
+        if not self._ptr:
+            return
+        # Unreachable, so its trainers are unreachable too (they reference
+        # it); in cyclic garbage they may be finalized after us: free them first.
+        for c in self._trainer_cells:
+            _free_trainer_cell(c)
+        self._free()
+
+    def __repr__(self):
+        return "<regopt.Model %s params=%d elements=%d output_width=%d>" % (
+            "closed" if not self._ptr else "open", self.param_count, self.element_count,
+            self._output_width)

@@ -1,0 +1,328 @@
+"""Trainer: binds a Model and an Optimizer and runs steps."""
+import collections
+import ctypes
+
+from . import _lib as L
+from ._lib import lib
+from ._arrays import _need_numpy, _np, _view
+from ._batch import BatchView, _as_batches, _int_rc
+from ._checkpoint import _Checkpoints
+from ._errors import InvalidArgument, StateError, _check, _error, _text, last_error_message
+from ._handles import (_RELEASE_FN, _Cell, _Handle, _free_trainer_cell, _keepalive, _live,
+                       _live_lock, _register_user, _weak_callable)
+from ._keys import _Options, _full_name, key_from_name, key_info, keys
+from ._model import Model
+from ._optimizer import Optimizer
+from ._regularizers import REGULARIZERS, Regularizer
+
+
+def _reraise(exc, err):
+    """Re-raise a callback's exception (its traceback intact) with the
+    library's message attached."""
+    try:
+        exc.regopt_error = err
+    except Exception:
+        pass
+    if hasattr(exc, "add_note"):
+        try:
+            exc.add_note("regopt: the step was aborted and rolled back (%s)" % err)
+        except Exception:
+            pass
+    raise exc.with_traceback(exc.__traceback__)
+
+
+class Trainer(_Handle, _Options, _Checkpoints):
+    """regopt_trainer: binds a Model and an Optimizer (kept alive by the
+    trainer) and runs steps.
+
+        t = Trainer(model, opt, seed=1, loss='mse')    # "trainer.*" keys
+        sam = t.add('sam', rho=0.05)                    # "sam.rho"
+        loss = t.step(Batch(data=x, labels=y))
+        t.stats()['sam_sharpness']
+
+    The checkpoint methods (to_bytes, save, write_to, ...) come from
+    _Checkpoints (regopt/_checkpoint.py).
+    """
+
+    _kind = "trainer"
+    _prefix = "trainer"
+    _c_functions = {
+        "set_int": "regopt_trainer_set_int", "get_int": "regopt_trainer_get_int",
+        "set_double": "regopt_trainer_set_double", "get_double": "regopt_trainer_get_double",
+        "set_group": "regopt_trainer_set_group", "get_group": "regopt_trainer_get_group",
+    }
+
+    def __init__(self, model, optimizer, *, reserve=None, **options):
+        _Handle.__init__(self)
+        if not isinstance(model, Model):
+            raise TypeError("Trainer needs a regopt.Model, got %s" % type(model).__name__)
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError("Trainer needs a regopt.Optimizer, got %s"
+                            % type(optimizer).__name__)
+        self._cell = None
+        self.model = model
+        self.optimizer = optimizer
+        self.regularizers = collections.OrderedDict()
+        self._loss_cb = None
+        model._install_methods_if_needed()
+        st = ctypes.c_int(0)
+        ptr = lib.regopt_trainer_create(model._p(), optimizer._p(), ctypes.byref(st))
+        if not ptr:
+            raise _error(st.value, last_error_message())
+        self._cell = _Cell(ptr)
+        self._ptr = ptr
+        self._count(+1)
+        model._trainer_cells.append(self._cell)
+        optimizer._trainer_cells.append(self._cell)
+        try:
+            if reserve:
+                self.reserve(reserve)
+            self.set(**options)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def _ptr(self):
+        c = self.__dict__.get("_cell")
+        return c.ptr if c is not None else None
+
+    @_ptr.setter
+    def _ptr(self, value):
+        pass  # the cell holds the pointer
+
+    def _msg(self):
+        return _text(lib.regopt_trainer_message(self._ptr))
+
+    @property
+    def message(self):
+        """regopt_trainer_message: detail of the last failure."""
+        return self._msg() if self._ptr else ""
+
+    # -- statistics --------------------------------------------------------
+    def stat(self, name):
+        """One statistic by short ("loss") or full ("stat.loss") name."""
+        key = key_from_name(_full_name("stat", name))
+        return self._get_raw(key, key_info(key).type == L.TYPE_INT)
+
+    def stats(self):
+        """Every statistic of the last successful step: {'loss': ..., ...}."""
+        out = {}
+        for info in keys("stat."):
+            out[info.name[5:]] = self._get_raw(info.key, info.type == L.TYPE_INT)
+        return out
+
+    loss = property(lambda s: s.stat("loss"), doc="stat.loss of the last step")
+    objective = property(lambda s: s.stat("objective"))
+    grad_norm = property(lambda s: s.stat("grad_norm"))
+    lr = property(lambda s: s.stat("lr"))
+
+    @property
+    def steps(self):
+        """Completed steps (stat.step as an integer)."""
+        v = ctypes.c_int64()
+        _check(lib.regopt_trainer_get_int(self._p(), key_from_name("stat.step"),
+                                          ctypes.byref(v)), self._msg)
+        return v.value
+
+    # -- regularizers ------------------------------------------------------
+    def add(self, regularizer, **options):
+        """Switch a regularizer on: add('sam', rho=0.05) or add(SAM(rho=0.05)).
+        Returns the Regularizer object, whose attributes are its options."""
+        if isinstance(regularizer, str):
+            cls = REGULARIZERS.get(regularizer.lower())
+            if cls is None:
+                raise InvalidArgument("unknown regularizer %r (known: sam, rdrop, smart, "
+                                      "bregman)" % regularizer, L.ERR_INVALID_ARGUMENT)
+            reg = cls(**options)
+        elif isinstance(regularizer, Regularizer):
+            reg = regularizer
+            if reg._trainer is not None:
+                raise StateError("this %s is already added to a trainer"
+                                 % type(reg).__name__, L.ERR_STATE)
+            reg._options.update(options)
+        else:
+            raise TypeError("add() takes a regularizer name or a regopt.Regularizer")
+        _check(lib.regopt_trainer_add_regularizer(self._p(), reg.kind), self._msg)
+        try:
+            for name, value in reg._options.items():
+                self.set_option(_full_name(reg.prefix, name), value)
+        except BaseException:
+            lib.regopt_trainer_remove_regularizer(self._p(), reg.kind)
+            raise
+        object.__setattr__(reg, "_trainer", self)
+        self.regularizers[reg.prefix] = reg
+        return reg
+
+    def remove(self, regularizer):
+        """Switch a regularizer off (by name, class or object)."""
+        if isinstance(regularizer, str):
+            cls = REGULARIZERS.get(regularizer.lower())
+            if cls is None:
+                raise InvalidArgument("unknown regularizer %r" % regularizer,
+                                      L.ERR_INVALID_ARGUMENT)
+        elif isinstance(regularizer, Regularizer):
+            cls = type(regularizer)
+        else:
+            cls = regularizer
+        _check(lib.regopt_trainer_remove_regularizer(self._p(), cls.kind), self._msg)
+        reg = self.regularizers.pop(cls.prefix, None)
+        if reg is not None:
+            object.__setattr__(reg, "_trainer", None)
+
+    # -- callbacks of the trainer -----------------------------------------
+    def set_loss(self, fn):
+        """A user loss fn(batch: BatchView, outputs, row_loss, d_outputs):
+        write each row's loss into row_loss (rows,) and its gradient into
+        d_outputs (rows, width). None: back to softmax CE."""
+        if fn is None:
+            st = lib.regopt_trainer_set_loss_callback(self._p(), L.LOSS_FN(), None, L.USER_FREE_FN())
+            _check(st, self._msg)
+            self._loss_cb = None
+            return
+        state = self.model._cbs
+        fn = _weak_callable(fn, self)
+
+        def tramp(bp, outputs, rows, width, row_loss, d_outputs, user):
+            try:
+                c = bp.contents
+                rc = fn(BatchView(c, state.data(c.data), width),
+                        _view(ctypes.cast(outputs, ctypes.c_void_p).value, (rows, width),
+                              readonly=True),
+                        _view(ctypes.cast(row_loss, ctypes.c_void_p).value, (rows,)),
+                        _view(ctypes.cast(d_outputs, ctypes.c_void_p).value, (rows, width)))
+                return _int_rc(rc)
+            except BaseException as exc:
+                state.record(exc)
+                return 1
+
+        cfn = L.LOSS_FN(tramp)
+        token = _register_user((cfn,))
+        st = lib.regopt_trainer_set_loss_callback(self._p(), cfn, token, _RELEASE_FN)
+        if st != L.OK:
+            _keepalive.pop(token, None)
+            raise _error(st, self._msg())
+        self._loss_cb = fn
+
+    def set_allreduce(self, fn):
+        """Data-parallel all-reduce: fn(buffer) sums the float32 NumPy array
+        in place over all replicas (e.g. with mpi4py). None: single process."""
+        if fn is None:
+            _check(lib.regopt_trainer_set_allreduce(self._p(), L.ALLREDUCE_FN(), None, L.USER_FREE_FN()),
+                   self._msg)
+            return
+
+        state = self.model._cbs
+        fn = _weak_callable(fn, self)
+
+        def tramp(buf, count, user):
+            try:
+                return _int_rc(fn(_view(ctypes.cast(buf, ctypes.c_void_p).value, (count,))))
+            except BaseException as exc:
+                state.record(exc)
+                return 1
+
+        cfn = L.ALLREDUCE_FN(tramp)
+        token = _register_user((cfn,))
+        st = lib.regopt_trainer_set_allreduce(self._p(), cfn, token, _RELEASE_FN)
+        if st != L.OK:
+            _keepalive.pop(token, None)
+            raise _error(st, self._msg())
+
+    def reserve(self, max_rows):
+        """Size the scratch buffers for batches of up to max_rows rows now."""
+        _check(lib.regopt_trainer_reserve(self._p(), int(max_rows)), self._msg)
+
+    # -- steps -------------------------------------------------------------
+    def _prepare(self, batches):
+        n = len(batches)
+        arr = (L.Batch * n)()
+        width = self.model.output_width
+        for i, b in enumerate(batches):
+            b._fill(arr[i], i + 1, width, self.model.input_width)
+        return arr
+
+    def _raise_failure(self, st):
+        err = _error(st, self._msg())
+        exc = self.model._cbs.take()
+        if exc is not None:
+            _reraise(exc, err)
+        raise err
+
+    def step(self, batches=None, **fields):
+        """One optimizer step over one Batch, a list of micro-batches, or the
+        fields of one batch: step(data=x, labels=y). Returns stat.loss.
+        An exception raised in a callback aborts the step (the library
+        restores everything) and is re-raised here, traceback intact."""
+        bl = _as_batches(batches, fields)
+        arr = self._prepare(bl)
+        state = self.model._cbs
+        state.batch_objects = [b.data for b in bl]
+        state.exc = None
+        try:
+            st = lib.regopt_trainer_step(self._p(), arr, len(bl))
+        finally:
+            state.batch_objects = None
+        if st != L.OK:
+            self._raise_failure(st)
+        return self.stat("loss")
+
+    def evaluate(self, batch=None, *, outputs=True, loss=None, **fields):
+        """Forward pass without training (dropout off). Returns (loss,
+        outputs): loss is None when the batch has no labels/targets (and the
+        loss is not a callback), outputs a (rows, output_width) float32 array
+        (or None with outputs=False)."""
+        b = _as_batches(batch, fields)
+        if len(b) != 1:
+            raise ValueError("evaluate takes one batch")
+        b = b[0]
+        arr = self._prepare([b])
+        out = None
+        if outputs:
+            out = _need_numpy().empty((b.rows, self.model.output_width), dtype=_np.float32)
+        if loss is None:
+            loss = b.labels is not None or b.targets is not None or self._loss_cb is not None
+        lv = ctypes.c_double()
+        state = self.model._cbs
+        state.batch_objects = [b.data]
+        state.exc = None
+        try:
+            st = lib.regopt_trainer_evaluate(self._p(), arr, ctypes.byref(lv) if loss else None,
+                                             out.ctypes.data_as(L.c_float_p)
+                                             if out is not None else None)
+        finally:
+            state.batch_objects = None
+        if st != L.OK:
+            self._raise_failure(st)
+        return (lv.value if loss else None), out
+
+    # -- lifetime ----------------------------------------------------------
+    def close(self):
+        """Free the trainer now (its model and optimizer stay usable)."""
+        c = self.__dict__.get("_cell")
+        if c is None or not c.ptr:
+            return
+        _free_trainer_cell(c)
+        for h in (self.model, self.optimizer):
+            try:
+                h._trainer_cells.remove(c)
+            except ValueError:
+                pass
+        for reg in self.regularizers.values():
+            object.__setattr__(reg, "_trainer", None)
+
+    def _count(self, delta):
+        with _live_lock:
+            _live["trainer"] += delta
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise AttributeError("Trainer has no attribute %r (options: t.get(%r) or t[%r])"
+                             % (name, name, name))
+
+    def __repr__(self):
+        if not self._ptr:
+            return "<regopt.Trainer closed>"
+        return "<regopt.Trainer steps=%d regularizers=%s>" % (self.steps,
+                                                              list(self.regularizers))
