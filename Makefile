@@ -58,7 +58,8 @@ MPI_EXAMPLES := $(if $(HAVE_MPI),examples/mpi_sam)
 SRC  := $(wildcard src/*.c)
 OBJ  := $(patsubst src/%.c,build/obj/%.o,$(SRC))
 TEST_SRC := $(filter-out test/header_c99.c,$(wildcard test/check_*.c))
-EXAMPLES := examples/mlp examples/minimal examples/charlm examples/textcls examples/demo
+EXAMPLES := examples/mlp examples/minimal examples/charlm examples/textcls examples/demo \
+            examples/user_rdrop examples/js_rdrop
 APP_CFLAGS := -std=c11 $(WARN) -Iinclude
 RPATH := -Wl,-rpath,$(abspath lib)
 
@@ -67,7 +68,7 @@ all: lib $(EXAMPLES) $(MPI_EXAMPLES) test/check_regopt
 
 lib: $(SHLIB) lib/$(SONAME) lib/libregopt.so $(STLIB) pkgconfig/regopt.pc
 
-build/obj/%.o: src/%.c src/internal.h include/regopt.h
+build/obj/%.o: src/%.c $(wildcard src/*.h) include/regopt.h
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(LIB_CFLAGS) -c $< -o $@
 

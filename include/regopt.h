@@ -145,8 +145,8 @@ extern "C" {
 /* Version (this header is the single source; the build reads it)          */
 /* ------------------------------------------------------------------------ */
 
-#define REGOPT_VERSION_MAJOR 0
-#define REGOPT_VERSION_MINOR 1
+#define REGOPT_VERSION_MAJOR 1
+#define REGOPT_VERSION_MINOR 0
 #define REGOPT_VERSION_PATCH 0
 #define REGOPT_VERSION_NUMBER                                                 \
     (REGOPT_VERSION_MAJOR * 10000 + REGOPT_VERSION_MINOR * 100 +              \
@@ -246,7 +246,17 @@ typedef struct regopt_allocator {
  * REGOPT_ERR_OUT_OF_RANGE with a message naming key, value and range.
  * Reading a double key through a *_get_int function works when the value is
  * integral, and returns REGOPT_ERR_OUT_OF_RANGE otherwise. */
-typedef enum regopt_key {
+/* A key: one of the REGOPT_* option or statistic constants below or in a
+ * regularizer's section (an int, so that every section can declare its own
+ * keys beside its functions). */
+typedef int32_t regopt_key;
+
+/* Keys of the optimizer, its groups, the trainer and the trainer's
+ * statistics. Each regularizer declares its keys in its own section
+ * (SAM 1000..1099, R-Drop 1100..1199, SMART 1200..1249, Bregman
+ * 1250..1299, user-defined terms 1300..1399; a method's statistics take
+ * the tail of its range). */
+enum regopt_core_key {
     /* Optimizer (regopt_optimizer_set_*), 100..199. */
     REGOPT_OPT_LR = 100,           /* "optimizer.lr": base learning rate, (0, 1e3], default 1e-3 */
     REGOPT_OPT_WEIGHT_DECAY = 101, /* "optimizer.weight_decay": [0, 1e3]; default 0, AdamW 1e-2.
@@ -277,12 +287,6 @@ typedef enum regopt_key {
     REGOPT_GROUP_WEIGHT_DECAY = 151, /* "group.weight_decay": [-1, 1e3], default -1 =
                                         use optimizer.weight_decay; 0 = no decay
                                         (biases, normalisation weights) */
-    /* Per parameter group of the trainer (regopt_trainer_set_group). */
-    REGOPT_GROUP_SAM_ADAPTIVE = 152, /* "group.sam_adaptive": int 0/1, default 1: ASAM
-                                        scales this group's tensors by |w| + eta;
-                                        0 = unscaled (SamsungLabs scales weights
-                                        only: set 0 on bias/norm groups) */
-
     /* Trainer (regopt_trainer_set_*), 300..399. */
     REGOPT_TRAINER_LOSS = 300,            /* "trainer.loss": regopt_loss_kind, default
                                              SOFTMAX_CE */
@@ -302,98 +306,6 @@ typedef enum regopt_key {
                                              checkpoints. See "Threads" in the
                                              overview. */
 
-    /* SAM family (regopt_trainer_set_*, after or before adding
-     * REGOPT_REG_SAM), 1000..1099. See "SAM family" below. */
-    REGOPT_SAM_RHO = 1000,          /* "sam.rho": ascent radius (rho_max of GSAM),
-                                       [0, 1e3], default 0.05 (ASAM: 0.5 - 2) */
-    REGOPT_SAM_DELTA = 1001,        /* "sam.delta": added to the norm in the ascent
-                                       denominator, [0, 1], default 1e-12 (use
-                                       >= 1e-7 for half-precision hosts) */
-    REGOPT_SAM_ADAPTIVE = 1002,     /* "sam.adaptive": int 0/1, default 0; 1 = ASAM */
-    REGOPT_SAM_ETA = 1003,          /* "sam.eta": ASAM's T_w = |w| + eta, [0, 1e3],
-                                       default 0.01 (0 = davda54 adaptive=True) */
-    REGOPT_SAM_GSAM = 1004,         /* "sam.gsam": int 0/1, default 0; 1 = GSAM update */
-    REGOPT_SAM_GSAM_ALPHA = 1005,   /* "sam.gsam_alpha": [0, 1e3], default 0.4 */
-    REGOPT_SAM_RHO_MIN = 1006,      /* "sam.rho_min": [0, 1e3], default 0 */
-    REGOPT_SAM_RHO_FOLLOWS_LR = 1007, /* "sam.rho_follows_lr": int 0/1, default 0;
-                                       1 = rho moves with the scheduled lr between
-                                       rho_min and rho (GSAM) */
-    REGOPT_SAM_EVERY = 1008,        /* "sam.every": int [1, 2^31], default 1: make the
-                                       ascent on steps 0, k, 2k, ... only */
-    REGOPT_SAM_M_ROWS = 1009,       /* "sam.m_rows": int [0, 2^31], default 0 = one
-                                       ascent for the whole step; m > 0 =
-                                       m-sharpness: every m rows of each
-                                       micro-batch make their own ascent and the
-                                       perturbed gradients are averaged */
-    REGOPT_SAM_SAME_SEED = 1010,    /* "sam.same_seed": int 0/1, default 1: the
-                                       perturbed pass reuses the clean pass's
-                                       dropout seed (google-research); 0 = a fresh
-                                       seed (davda54) */
-    REGOPT_SAM_ASCENT_WEIGHT_DECAY = 1011, /* "sam.ascent_weight_decay": [0, 1e3],
-                                       default 0: add wd*w to the ascent gradient
-                                       before it is normalised (google-research's
-                                       L2 term in the objective) */
-    REGOPT_SAM_SYNC_ASCENT = 1012,  /* "sam.sync_ascent": int 0/1, default 0: with an
-                                       all-reduce, also average the ascent gradient
-                                       over replicas (default: each replica
-                                       perturbs with its own shard's gradient,
-                                       m-sharpness with m = shard) */
-
-    /* R-Drop (regopt_trainer_set_*), 1100..1199. See "R-Drop" below. */
-    REGOPT_RDROP_ALPHA = 1100,      /* "rdrop.alpha": weight of the consistency term,
-                                       [0, 1e4], default 1 (paper: 0.3 ViT .. 5 MT) */
-    REGOPT_RDROP_CE_WEIGHT = 1101,  /* "rdrop.ce_weight": weight of each pass's task
-                                       loss, [0, 1e3], default 1 (paper, Eq. 3);
-                                       0.5 = the R-Drop README's (CE1 + CE2)/2 */
-    REGOPT_RDROP_KL_SUM = 1102,     /* "rdrop.kl_sum": int 0/1, default 0 = the
-                                       consistency term is a weighted mean over
-                                       rows like the task loss; 1 = summed over
-                                       rows (fairseq's reduction; data parallel:
-                                       each replica's sum, averaged over replicas
-                                       by row weight like every term) */
-    REGOPT_RDROP_EVERY = 1103,      /* "rdrop.every": int [1, 2^31], default 1: R-Drop
-                                       on steps 0, k, 2k, ..., a single plain pass
-                                       otherwise */
-    REGOPT_RDROP_DOUBLED = 1104,    /* "rdrop.doubled": int 0/1, default 1: when the
-                                       model declares REGOPT_CAP_DOUBLED_BATCH, run
-                                       both passes as one forward over 2n rows */
-
-    /* SMART adversarial term (regopt_trainer_set_*), 1200..1249. See "SMART". */
-    REGOPT_SMART_LAMBDA = 1200,     /* "smart.lambda": lambda_s, [0, 1e4], default 1
-                                       (paper: 1, 3, 5) */
-    REGOPT_SMART_EPSILON = 1201,    /* "smart.epsilon": radius of the p-ball (paper
-                                       mode) or the normaliser's epsilon (mt-dnn
-                                       mode), (0, 1e3], default 1e-5 */
-    REGOPT_SMART_SIGMA = 1202,      /* "smart.sigma": std of the initial noise,
-                                       [0, 1e3], default 1e-5 */
-    REGOPT_SMART_ETA = 1203,        /* "smart.eta": ascent step, [0, 1e3], default 1e-3 */
-    REGOPT_SMART_STEPS = 1204,      /* "smart.steps": K ascent steps, int [1, 100],
-                                       default 1 */
-    REGOPT_SMART_NORM = 1205,       /* "smart.norm": per-row norm of the gradient
-                                       normalisation and the projection:
-                                       REGOPT_SMART_NORM_INF (default), _L1, _L2 */
-    REGOPT_SMART_MTDNN = 1206,      /* "smart.mtdnn": int 0/1, default 0 = the paper's
-                                       projected ascent; 1 = namisan/mt-dnn's unit
-                                       normalisation without projection */
-    REGOPT_SMART_STABLE_KL = 1207,  /* "smart.stable_kl": int 0/1, default 0; 1 = the
-                                       ascent's inner loss is mt-dnn's log-odds
-                                       "stable KL" (classification only) */
-    REGOPT_SMART_SAME_SEED = 1208,  /* "smart.same_seed": int 0/1, default 1: the
-                                       adversarial passes reuse the clean pass's
-                                       dropout seed (the perturbation is then the
-                                       only difference); 0 = fresh seeds (mt-dnn) */
-
-    /* Bregman proximal point term (regopt_trainer_set_*), 1250..1299. */
-    REGOPT_BREGMAN_MU = 1250,       /* "bregman.mu": mu, [0, 1e4], default 1 */
-    REGOPT_BREGMAN_BETA = 1251,     /* "bregman.beta": EMA momentum early on, [0, 1),
-                                       default 0.99 (0 = vanilla proximal point) */
-    REGOPT_BREGMAN_BETA_LATE = 1252, /* "bregman.beta_late": EMA momentum after the
-                                       switch, [0, 1), default 0.999 */
-    REGOPT_BREGMAN_SWITCH = 1253,   /* "bregman.switch": fraction of
-                                       optimizer.total_steps after which beta_late
-                                       applies, [0, 1], default 0.1 (total_steps 0:
-                                       beta throughout) */
-
     /* Statistics of the last successful step (regopt_trainer_get_double),
      * read-only, 900..999. Before the first step they read 0. */
     REGOPT_STAT_LOSS = 900,       /* "stat.loss": task loss (weighted mean) at w; with
@@ -407,40 +319,10 @@ typedef enum regopt_key {
     REGOPT_STAT_STEP = 905,       /* "stat.step": completed steps (also readable as int) */
     REGOPT_STAT_WEIGHT = 906,     /* "stat.weight": sum of m_i*w_i over the step's rows */
     REGOPT_STAT_FORWARD_CALLS = 907,  /* "stat.forward_calls" in the last step */
-    REGOPT_STAT_BACKWARD_CALLS = 908, /* "stat.backward_calls" in the last step */
-    REGOPT_STAT_SAM_CLEAN_LOSS = 909,     /* "stat.sam_clean_loss": L(w), L the whole
-                                             objective (with R-Drop, SMART, Bregman
-                                             terms when those are on) */
-    REGOPT_STAT_SAM_PERTURBED_LOSS = 910, /* "stat.sam_perturbed_loss": L(w + eps) */
-    REGOPT_STAT_SAM_SHARPNESS = 911,      /* "stat.sam_sharpness": L(w + eps) - L(w) */
-    REGOPT_STAT_SAM_ASCENT_NORM = 912,    /* "stat.sam_ascent_norm": ||g|| (ASAM:
-                                             ||T_w g||), the ascent denominator;
-                                             with sam.m_rows the mean over chunks */
-    REGOPT_STAT_SAM_RHO = 913,            /* "stat.sam_rho": rho in force */
-    REGOPT_STAT_SAM_APPLIED = 914,        /* "stat.sam_applied": 1 if the last step made
-                                             the ascent, 0 for a plain step */
-    REGOPT_STAT_RDROP_LOSS1 = 915,        /* "stat.rdrop_loss1": task loss of pass 1 */
-    REGOPT_STAT_RDROP_LOSS2 = 916,        /* "stat.rdrop_loss2": task loss of pass 2 */
-    REGOPT_STAT_RDROP_CONSISTENCY = 917,  /* "stat.rdrop_consistency": the consistency
-                                             term before alpha: mean (or sum) of
-                                             (KL(P1||P2) + KL(P2||P1))/2, or of the
-                                             squared difference for MSE */
-    REGOPT_STAT_RDROP_APPLIED = 918,      /* "stat.rdrop_applied": 1 if the last step ran
-                                             R-Drop, 0 for a plain step */
-    REGOPT_STAT_SMART_RS = 919,           /* "stat.smart_rs": R_s, the adversarial term
-                                             before lambda */
-    REGOPT_STAT_SMART_NOISE_NORM = 920,   /* "stat.smart_noise_norm": mean over all
-                                             embedding rows (padding included) of
-                                             ||nu||_p after the ascent */
-    REGOPT_STAT_BREGMAN_D = 921,          /* "stat.bregman_d": D_Breg before mu */
-    REGOPT_STAT_BREGMAN_BETA = 922        /* "stat.bregman_beta": beta of the EMA update
-                                             made by the last step */
-} regopt_key;
-
-/* Values of REGOPT_SMART_NORM. */
-#define REGOPT_SMART_NORM_INF 0
-#define REGOPT_SMART_NORM_L1 1
-#define REGOPT_SMART_NORM_L2 2
+    REGOPT_STAT_BACKWARD_CALLS = 908  /* "stat.backward_calls" in the last step */
+    /* 909..922: the regularizer statistics of 0.x, retired (they moved to
+       the regularizer handles, REGOPT_STAT_SAM_* and friends) */
+};
 
 /* Value types reported by regopt_key_info. */
 #define REGOPT_TYPE_DOUBLE 1
@@ -466,6 +348,15 @@ REGOPT_API regopt_status regopt_key_info(regopt_key key, const char **name,
  * and *key untouched. */
 REGOPT_API regopt_status regopt_key_from_name(const char *name,
                                               regopt_key *key);
+
+/* The index-th key the library knows (every option and statistic of every
+ * handle, regularizer kinds included), in a fixed order: index 0, 1, ...
+ * until REGOPT_ERR_OUT_OF_RANGE, so that bindings can list the keys
+ * without probing numbers. A key's handle is told by its name's prefix:
+ * "optimizer." and "group." (optimizer), "trainer." and "stat." (trainer),
+ * otherwise the name of a regularizer kind (regopt_regularizer_kind_info)
+ * followed by a dot. Since 1.0. */
+REGOPT_API regopt_status regopt_key_at(size_t index, regopt_key *key);
 
 /* ------------------------------------------------------------------------ */
 /* Random numbers (Philox4x32-10, counter based)                            */
@@ -812,25 +703,139 @@ REGOPT_API regopt_status regopt_trainer_set_loss_callback(
     regopt_trainer *trainer, regopt_loss_fn fn, void *user,
     regopt_free_fn free_user);
 
-/* Per-group trainer keys (REGOPT_GROUP_SAM_ADAPTIVE) for group 0 ..
- * REGOPT_MAX_GROUPS-1. */
-REGOPT_API regopt_status regopt_trainer_set_group(regopt_trainer *trainer,
-                                                  int32_t group, regopt_key key,
-                                                  double value);
-REGOPT_API regopt_status regopt_trainer_get_group(const regopt_trainer *trainer,
-                                                  int32_t group, regopt_key key,
-                                                  double *value);
-
 /* ------------------------------------------------------------------------ */
-/* Regularizers                                                             */
+/* Regularizers: common rules                                               */
 /* ------------------------------------------------------------------------ */
 
-/* Regularizers belong to a trainer: they are switched on by kind, and their
- * options are trainer keys (REGOPT_SAM_* ...), so there is no handle to keep
- * alive and one checkpoint holds everything. They compose: a loss-side
- * regularizer runs inside each gradient evaluation, a step-side one (the SAM
- * family) decides where the gradients are evaluated.
+/*
+ * A regularizer is a handle of its own (since 1.0): create it by kind,
+ * configure it through its own keys (per-group keys too), attach it to a
+ * trainer, read its statistics from it, detach it, free it.
  *
+ *   regopt_regularizer *sam = regopt_regularizer_create(REGOPT_REG_SAM, NULL, &st);
+ *   regopt_regularizer_set_double(sam, REGOPT_SAM_RHO, 0.1);
+ *   regopt_trainer_attach(trainer, sam);
+ *   ... steps ...
+ *   regopt_regularizer_get_double(sam, REGOPT_STAT_SAM_SHARPNESS, &s);
+ *   regopt_trainer_free(trainer);      (or regopt_trainer_detach)
+ *   regopt_regularizer_free(sam);
+ *
+ * Two sides. Loss-side terms (R-Drop, SMART's adversarial term, the Bregman
+ * proximal term, user-defined terms) add passes and terms to every gradient
+ * evaluation. The weight-side family (SAM and its variants) decides where the
+ * gradients are evaluated. A trainer holds any number of loss-side terms and
+ * at most one weight-side regularizer; R-Drop, SMART and Bregman at most once
+ * each (they own the extra copies of the task pass, the embedding noise and
+ * the teacher); user-defined terms as often as wanted. Everything attached
+ * composes: SAM evaluates the whole objective, with every loss-side term, at
+ * w and at w + eps.
+ *
+ * Order. Whatever the order of attach, the objective is summed as: task loss
+ * (both R-Drop copies), R-Drop's consistency, Bregman, SMART, then user terms
+ * in the order they were attached; activation slots and dropout seeds are
+ * handed out in the same order. Results therefore never depend on the order
+ * of the attach calls of built-in methods.
+ *
+ * Ownership. A trainer borrows what is attached: a regularizer attached to a
+ * trainer cannot be attached to another one (REGOPT_ERR_STATE) nor freed
+ * (regopt_regularizer_free refuses and says so in
+ * regopt_last_error_message()); regopt_trainer_free detaches everything.
+ * Options may be set before or after attach and between steps, never during
+ * one. Buffers are allocated at attach (and when an option that needs one is
+ * set), never in a step.
+ *
+ * Statistics are those of the trainer's last successful step; they read 0
+ * before the first step after attach.
+ */
+typedef enum regopt_regularizer_kind {
+    REGOPT_REG_SAM = 1,     /* "sam": SAM, ASAM, GSAM (weight side) */
+    REGOPT_REG_RDROP = 2,   /* "rdrop": R-Drop */
+    REGOPT_REG_SMART = 3,   /* "smart": SMART's adversarial term R_s */
+    REGOPT_REG_BREGMAN = 4, /* "bregman": SMART's momentum Bregman proximal term */
+    REGOPT_REG_TERM = 5     /* "term": a user-defined loss-side term
+                               (regopt_regularizer_create_term) */
+} regopt_regularizer_kind;
+
+/* Flags reported by regopt_regularizer_kind_info. */
+#define REGOPT_REG_WEIGHT_SIDE 0x1u /* decides where gradients are taken */
+#define REGOPT_REG_SINGLE 0x2u      /* at most one per trainer */
+
+typedef struct regopt_regularizer regopt_regularizer;
+
+/* A new regularizer of a built-in kind with its defaults. allocator may be
+ * NULL (malloc/free). REGOPT_REG_TERM is created with
+ * regopt_regularizer_create_term instead. NULL on failure, with *status set
+ * (status may be NULL) and regopt_last_error_message() explaining. */
+REGOPT_API regopt_regularizer *regopt_regularizer_create(regopt_regularizer_kind kind,
+                                                         const regopt_allocator *allocator,
+                                                         regopt_status *status);
+
+/* Release a regularizer. NULL is a no-op. One that is attached to a trainer
+ * is NOT freed: the call does nothing but write the reason to
+ * regopt_last_error_message() (detach it or free the trainer first). */
+REGOPT_API void regopt_regularizer_free(regopt_regularizer *reg);
+
+/* The kind given at creation; 0 for NULL or a handle of another type. */
+REGOPT_API regopt_regularizer_kind regopt_regularizer_get_kind(const regopt_regularizer *reg);
+
+/* Set or read one of the regularizer's keys (its section lists them);
+ * statistics are read-only. A key of another kind or handle:
+ * REGOPT_ERR_UNKNOWN_KEY; out of bounds: REGOPT_ERR_OUT_OF_RANGE. */
+REGOPT_API regopt_status regopt_regularizer_set_double(regopt_regularizer *reg, regopt_key key,
+                                                       double value);
+REGOPT_API regopt_status regopt_regularizer_set_int(regopt_regularizer *reg, regopt_key key,
+                                                    int64_t value);
+REGOPT_API regopt_status regopt_regularizer_get_double(const regopt_regularizer *reg,
+                                                       regopt_key key, double *value);
+REGOPT_API regopt_status regopt_regularizer_get_int(const regopt_regularizer *reg,
+                                                    regopt_key key, int64_t *value);
+
+/* Per-group keys (REGOPT_KEY_GROUP in regopt_key_info) for group 0 ..
+ * REGOPT_MAX_GROUPS-1, e.g. REGOPT_SAM_GROUP_ADAPTIVE. */
+REGOPT_API regopt_status regopt_regularizer_set_group(regopt_regularizer *reg, int32_t group,
+                                                      regopt_key key, double value);
+REGOPT_API regopt_status regopt_regularizer_get_group(const regopt_regularizer *reg,
+                                                      int32_t group, regopt_key key,
+                                                      double *value);
+
+/* The trainer the regularizer is attached to, NULL if none (or for NULL). */
+REGOPT_API regopt_trainer *regopt_regularizer_get_trainer(const regopt_regularizer *reg);
+
+/* One-line detail of the regularizer's last failure ("" if none); never
+ * NULL. */
+REGOPT_API const char *regopt_regularizer_message(const regopt_regularizer *reg);
+
+/* Attach a regularizer to a trainer: checks that the model can serve it
+ * (slots, input width, capabilities), that it composes with what is
+ * attached (at most one weight-side regularizer; R-Drop, SMART and Bregman
+ * once each), and allocates its buffers for the batch size the trainer has
+ * reserved or seen. On failure nothing changes; the trainer's message names
+ * the problem (and both regularizers, for a conflict). */
+REGOPT_API regopt_status regopt_trainer_attach(regopt_trainer *trainer, regopt_regularizer *reg);
+
+/* Detach a regularizer (its buffers are released, its options kept). One
+ * that is not attached to this trainer: REGOPT_ERR_STATE. */
+REGOPT_API regopt_status regopt_trainer_detach(regopt_trainer *trainer, regopt_regularizer *reg);
+
+/* The regularizers attached to a trainer, in the order the step runs them
+ * (see "Order" above): index 0 .. count-1, NULL past the end. */
+REGOPT_API size_t regopt_trainer_regularizer_count(const regopt_trainer *trainer);
+REGOPT_API regopt_regularizer *regopt_trainer_regularizer_at(const regopt_trainer *trainer,
+                                                             size_t index);
+
+/* The index-th regularizer kind the library knows (0, 1, ... until
+ * REGOPT_ERR_OUT_OF_RANGE): its kind, its name (static text: "sam", the
+ * prefix of its keys) and REGOPT_REG_* flags. Every out pointer may be
+ * NULL. */
+REGOPT_API regopt_status regopt_regularizer_kind_info(size_t index,
+                                                      regopt_regularizer_kind *kind,
+                                                      const char **name, uint32_t *flags);
+
+/* ------------------------------------------------------------------------ */
+/* SAM family (REGOPT_REG_SAM, weight side)                                 */
+/* ------------------------------------------------------------------------ */
+
+/*
  * SAM family (REGOPT_REG_SAM; Foret et al. 2021, Alg. 1; ASAM, Kwon et al.
  * 2021; GSAM, Zhuang et al. 2022). A SAM step, with g the gradient of the
  * step's loss over all its micro-batches (so gradient accumulation works):
@@ -872,6 +877,69 @@ REGOPT_API regopt_status regopt_trainer_get_group(const regopt_trainer *trainer,
  * perturbed loss = clean loss, sharpness 0; on sam.every's plain steps
  * sam_rho and sam_ascent_norm read 0 too.
  *
+ */
+enum regopt_sam_key {
+    REGOPT_SAM_RHO = 1000,          /* "sam.rho": ascent radius (rho_max of GSAM),
+                                       [0, 1e3], default 0.05 (ASAM: 0.5 - 2) */
+    REGOPT_SAM_DELTA = 1001,        /* "sam.delta": added to the norm in the ascent
+                                       denominator, [0, 1], default 1e-12 (use
+                                       >= 1e-7 for half-precision hosts) */
+    REGOPT_SAM_ADAPTIVE = 1002,     /* "sam.adaptive": int 0/1, default 0; 1 = ASAM */
+    REGOPT_SAM_ETA = 1003,          /* "sam.eta": ASAM's T_w = |w| + eta, [0, 1e3],
+                                       default 0.01 (0 = davda54 adaptive=True) */
+    REGOPT_SAM_GSAM = 1004,         /* "sam.gsam": int 0/1, default 0; 1 = GSAM update */
+    REGOPT_SAM_GSAM_ALPHA = 1005,   /* "sam.gsam_alpha": [0, 1e3], default 0.4 */
+    REGOPT_SAM_RHO_MIN = 1006,      /* "sam.rho_min": [0, 1e3], default 0 */
+    REGOPT_SAM_RHO_FOLLOWS_LR = 1007, /* "sam.rho_follows_lr": int 0/1, default 0;
+                                       1 = rho moves with the scheduled lr between
+                                       rho_min and rho (GSAM) */
+    REGOPT_SAM_EVERY = 1008,        /* "sam.every": int [1, 2^31], default 1: make the
+                                       ascent on steps 0, k, 2k, ... only */
+    REGOPT_SAM_M_ROWS = 1009,       /* "sam.m_rows": int [0, 2^31], default 0 = one
+                                       ascent for the whole step; m > 0 =
+                                       m-sharpness: every m rows of each
+                                       micro-batch make their own ascent and the
+                                       perturbed gradients are averaged */
+    REGOPT_SAM_SAME_SEED = 1010,    /* "sam.same_seed": int 0/1, default 1: the
+                                       perturbed pass reuses the clean pass's
+                                       dropout seed (google-research); 0 = a fresh
+                                       seed (davda54) */
+    REGOPT_SAM_ASCENT_WEIGHT_DECAY = 1011, /* "sam.ascent_weight_decay": [0, 1e3],
+                                       default 0: add wd*w to the ascent gradient
+                                       before it is normalised (google-research's
+                                       L2 term in the objective) */
+    REGOPT_SAM_SYNC_ASCENT = 1012,  /* "sam.sync_ascent": int 0/1, default 0: with an
+                                       all-reduce, also average the ascent gradient
+                                       over replicas (default: each replica
+                                       perturbs with its own shard's gradient,
+                                       m-sharpness with m = shard) */
+
+    /* Per parameter group (regopt_regularizer_set_group). */
+    REGOPT_SAM_GROUP_ADAPTIVE = 1050, /* "sam.group_adaptive": int 0/1, default 1:
+                                       ASAM scales this group's tensors by
+                                       |w| + eta; 0 = unscaled (SamsungLabs
+                                       scales weights only: set 0 on bias/norm
+                                       groups) */
+
+    /* Statistics (read-only). */
+    REGOPT_STAT_SAM_CLEAN_LOSS = 1090,     /* "sam.clean_loss": L(w), L the whole
+                                              objective (with R-Drop, SMART,
+                                              Bregman and user terms when on) */
+    REGOPT_STAT_SAM_PERTURBED_LOSS = 1091, /* "sam.perturbed_loss": L(w + eps) */
+    REGOPT_STAT_SAM_SHARPNESS = 1092,      /* "sam.sharpness": L(w + eps) - L(w) */
+    REGOPT_STAT_SAM_ASCENT_NORM = 1093,    /* "sam.ascent_norm": ||g|| (ASAM:
+                                              ||T_w g||), the ascent denominator;
+                                              with sam.m_rows the mean over chunks */
+    REGOPT_STAT_SAM_RHO = 1094,            /* "sam.rho_used": rho in force */
+    REGOPT_STAT_SAM_APPLIED = 1095         /* "sam.applied": 1 if the last step made
+                                              the ascent, 0 for a plain step */
+};
+
+/* ------------------------------------------------------------------------ */
+/* R-Drop (REGOPT_REG_RDROP, loss side)                                     */
+/* ------------------------------------------------------------------------ */
+
+/*
  * R-Drop (REGOPT_REG_RDROP; Liang et al. 2021, Eq. 3). Each micro-batch runs
  * twice with different dropout seeds, and per row
  *   l_i = w_ce (l(z1_i) + l(z2_i)) + alpha * c(z1_i, z2_i)
@@ -890,8 +958,45 @@ REGOPT_API regopt_status regopt_trainer_get_group(const regopt_trainer *trainer,
  * R-Drop; both are reproducible from trainer.seed. With SAM, both of SAM's
  * gradient evaluations use the R-Drop objective (2 x 2 passes).
  *
+ */
+enum regopt_rdrop_key {
+    REGOPT_RDROP_ALPHA = 1100,      /* "rdrop.alpha": weight of the consistency term,
+                                       [0, 1e4], default 1 (paper: 0.3 ViT .. 5 MT) */
+    REGOPT_RDROP_CE_WEIGHT = 1101,  /* "rdrop.ce_weight": weight of each pass's task
+                                       loss, [0, 1e3], default 1 (paper, Eq. 3);
+                                       0.5 = the R-Drop README's (CE1 + CE2)/2 */
+    REGOPT_RDROP_KL_SUM = 1102,     /* "rdrop.kl_sum": int 0/1, default 0 = the
+                                       consistency term is a weighted mean over
+                                       rows like the task loss; 1 = summed over
+                                       rows (fairseq's reduction; data parallel:
+                                       each replica's sum, averaged over replicas
+                                       by row weight like every term) */
+    REGOPT_RDROP_EVERY = 1103,      /* "rdrop.every": int [1, 2^31], default 1: R-Drop
+                                       on steps 0, k, 2k, ..., a single plain pass
+                                       otherwise */
+    REGOPT_RDROP_DOUBLED = 1104,    /* "rdrop.doubled": int 0/1, default 1: when the
+                                       model declares REGOPT_CAP_DOUBLED_BATCH, run
+                                       both passes as one forward over 2n rows */
+
+    /* Statistics (read-only). */
+    REGOPT_STAT_RDROP_LOSS1 = 1190,       /* "rdrop.loss1": task loss of pass 1 */
+    REGOPT_STAT_RDROP_LOSS2 = 1191,       /* "rdrop.loss2": task loss of pass 2 */
+    REGOPT_STAT_RDROP_CONSISTENCY = 1192, /* "rdrop.consistency": the consistency
+                                             term before alpha: mean (or sum) of
+                                             (KL(P1||P2) + KL(P2||P1))/2, or of the
+                                             squared difference for MSE */
+    REGOPT_STAT_RDROP_APPLIED = 1193      /* "rdrop.applied": 1 if the last step ran
+                                             R-Drop, 0 for a plain step */
+};
+
+/* ------------------------------------------------------------------------ */
+/* SMART (REGOPT_REG_SMART and REGOPT_REG_BREGMAN, loss side)               */
+/* ------------------------------------------------------------------------ */
+
+/*
  * SMART (Jiang et al. 2020, Eq. 1-3): min L(w) + lambda_s R_s(w) +
  * mu D_Breg(w, w~), as two regularizers that may be used together or alone.
+ *
  *
  * REGOPT_REG_SMART, the smoothness-inducing adversarial term R_s, needs
  * regopt_model_set_input_width(d): the host adds pass->input_perturbation
@@ -915,6 +1020,46 @@ REGOPT_API regopt_status regopt_trainer_get_group(const regopt_trainer *trainer,
  * s), backward(slot s, NO_PARAM_GRAD)), forward(slot s), backward(slot s),
  * backward(slot 0), where s = 1 (2 with two-call R-Drop): K + 2 forwards.
  *
+ */
+enum regopt_smart_key {
+    REGOPT_SMART_LAMBDA = 1200,     /* "smart.lambda": lambda_s, [0, 1e4], default 1
+                                       (paper: 1, 3, 5) */
+    REGOPT_SMART_EPSILON = 1201,    /* "smart.epsilon": radius of the p-ball (paper
+                                       mode) or the normaliser's epsilon (mt-dnn
+                                       mode), (0, 1e3], default 1e-5 */
+    REGOPT_SMART_SIGMA = 1202,      /* "smart.sigma": std of the initial noise,
+                                       [0, 1e3], default 1e-5 */
+    REGOPT_SMART_ETA = 1203,        /* "smart.eta": ascent step, [0, 1e3], default 1e-3 */
+    REGOPT_SMART_STEPS = 1204,      /* "smart.steps": K ascent steps, int [1, 100],
+                                       default 1 */
+    REGOPT_SMART_NORM = 1205,       /* "smart.norm": per-row norm of the gradient
+                                       normalisation and the projection:
+                                       REGOPT_SMART_NORM_INF (default), _L1, _L2 */
+    REGOPT_SMART_MTDNN = 1206,      /* "smart.mtdnn": int 0/1, default 0 = the paper's
+                                       projected ascent; 1 = namisan/mt-dnn's unit
+                                       normalisation without projection */
+    REGOPT_SMART_STABLE_KL = 1207,  /* "smart.stable_kl": int 0/1, default 0; 1 = the
+                                       ascent's inner loss is mt-dnn's log-odds
+                                       "stable KL" (classification only) */
+    REGOPT_SMART_SAME_SEED = 1208,  /* "smart.same_seed": int 0/1, default 1: the
+                                       adversarial passes reuse the clean pass's
+                                       dropout seed (the perturbation is then the
+                                       only difference); 0 = fresh seeds (mt-dnn) */
+
+    /* Statistics (read-only). */
+    REGOPT_STAT_SMART_RS = 1240,        /* "smart.rs": R_s, the adversarial term
+                                           before lambda */
+    REGOPT_STAT_SMART_NOISE_NORM = 1241 /* "smart.noise_norm": mean over all
+                                           embedding rows (padding included) of
+                                           ||nu||_p after the ascent */
+};
+
+/* Values of REGOPT_SMART_NORM. */
+#define REGOPT_SMART_NORM_INF 0
+#define REGOPT_SMART_NORM_L1 1
+#define REGOPT_SMART_NORM_L2 2
+
+/*
  * REGOPT_REG_BREGMAN, the momentum Bregman proximal point term:
  * D_Breg = weighted mean over rows of l_s(f(x; w), sg(f(x; w~))), where the
  * teacher w~ is an exponential moving average of the parameters, set to w at
@@ -927,23 +1072,154 @@ REGOPT_API regopt_status regopt_trainer_get_group(const regopt_trainer *trainer,
  * into slot 0, and swaps the student weights back bit-exactly; the teacher's
  * outputs are kept for the step. +1 forward per micro-batch.
  *
+ * The switch to beta_late happens at step bregman.switch_step when it is set
+ * (>= 0), otherwise after bregman.switch * optimizer.total_steps steps, and
+ * never when total_steps is 0: read "bregman.beta_used" to see which beta
+ * the last step applied.
+ *
  * With R-Drop, the SMART and Bregman terms apply to the first of R-Drop's
  * passes. With SAM, both of SAM's gradient evaluations include them (the
  * teacher's outputs are computed once per step).
  */
-typedef enum regopt_regularizer {
-    REGOPT_REG_SAM = 1,
-    REGOPT_REG_RDROP = 2,
-    REGOPT_REG_SMART = 3,
-    REGOPT_REG_BREGMAN = 4
-} regopt_regularizer;
+enum regopt_bregman_key {
+    REGOPT_BREGMAN_MU = 1250,       /* "bregman.mu": mu, [0, 1e4], default 1 */
+    REGOPT_BREGMAN_BETA = 1251,     /* "bregman.beta": EMA momentum early on, [0, 1),
+                                       default 0.99 (0 = vanilla proximal point) */
+    REGOPT_BREGMAN_BETA_LATE = 1252, /* "bregman.beta_late": EMA momentum after the
+                                       switch, [0, 1), default 0.999 */
+    REGOPT_BREGMAN_SWITCH = 1253,   /* "bregman.switch": fraction of
+                                       optimizer.total_steps after which beta_late
+                                       applies, [0, 1], default 0.1 (total_steps 0:
+                                       beta throughout) */
+    REGOPT_BREGMAN_SWITCH_STEP = 1254, /* "bregman.switch_step": int [-1, 2^31],
+                                       default -1 = use bregman.switch; >= 0: the
+                                       step count from which beta_late applies,
+                                       independent of optimizer.total_steps */
 
-/* Switch a regularizer on (allocating its buffers now, never in a step) or
- * off. Adding one that is already on returns REGOPT_ERR_STATE. */
-REGOPT_API regopt_status regopt_trainer_add_regularizer(regopt_trainer *trainer,
-                                                        regopt_regularizer kind);
-REGOPT_API regopt_status regopt_trainer_remove_regularizer(regopt_trainer *trainer,
-                                                           regopt_regularizer kind);
+    /* Statistics (read-only). */
+    REGOPT_STAT_BREGMAN_D = 1290,   /* "bregman.d": D_Breg before mu */
+    REGOPT_STAT_BREGMAN_BETA = 1291 /* "bregman.beta_used": beta of the EMA update
+                                       made by the last step */
+};
+
+/* ------------------------------------------------------------------------ */
+/* User-defined loss-side terms (REGOPT_REG_TERM)                           */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A host can add a loss-side term of its own that composes with everything
+ * else: SAM evaluates it at w and w + eps, micro-batches accumulate it, data
+ * parallel averages it, a failed step rolls it back, checkpoints carry its
+ * state. The library runs the passes the term declares and hands it their
+ * outputs; the term returns its value and the gradient of that value with
+ * respect to each pass's outputs.
+ *
+ * Per view (a micro-batch, or a chunk of sam.m_rows rows), after the task
+ * pass(es) in slot 0 (and R-Drop's second copy):
+ *   1. forward of each declared pass p = 1 .. passes, in slot s_p, with the
+ *      clean pass's flags (TRAIN; PERTURBED_WEIGHTS inside SAM's second
+ *      evaluation), and with its pass flags:
+ *        REGOPT_TERM_PASS_FRESH_SEED  a dropout seed of its own, drawn like
+ *                                     R-Drop's second copy (the k-th fresh
+ *                                     copy of a step gets stream k; R-Drop's
+ *                                     copy, when attached, is copy 0);
+ *                                     otherwise the clean pass's seed
+ *        REGOPT_TERM_PASS_EVAL        dropout off (the TRAIN flag cleared)
+ *        REGOPT_TERM_PASS_NO_GRAD     no backward will follow (a detached
+ *                                     target; the pass is flagged NO_GRAD)
+ *   2. the built-in terms, then value(view, &value, user): outputs[0] are
+ *      the clean outputs (R-Drop's first copy), outputs[p] those of pass p;
+ *      d_outputs[p] are zeroed buffers of the same shape where the term
+ *      writes d value / d outputs[p] (NULL for NO_GRAD passes);
+ *   3. the library adds term.weight * value to the objective and
+ *      term.weight * d_outputs[0] to the clean pass's output gradient;
+ *   4. backward of the clean pass(es), then of each pass p with gradient
+ *      term.weight * d_outputs[p], in slot order.
+ * Slots: s_p = the next free slots after R-Drop's second copy and SMART's
+ * (the model must declare them: regopt_model_set_slots).
+ *
+ * value must be a weighted mean like the task loss to scale like it across
+ * micro-batches and replicas: view->inv_weight is 1 / sum_i m_i w_i over the
+ * whole step (all micro-batches), and view->batch the view's rows (labels,
+ * targets, mask and weights already shifted), so
+ *   value = inv_weight * sum_i m_i w_i c_i   (c_i the term of row i).
+ * Callbacks run on the calling thread, from inside regopt_trainer_step, and
+ * must not call into the trainer. A non-zero return or a non-finite value
+ * aborts the step (REGOPT_ERR_LOSS_CALLBACK / REGOPT_ERR_NONFINITE_LOSS,
+ * rolled back as any failure).
+ *
+ * State. A term with state across steps (an EMA, a counter) gives
+ * state_size/save_state/load_state: checkpoints carry the bytes in the
+ * term's section; load_state is called only after the whole checkpoint has
+ * been validated, before the library changes anything, and must either take
+ * the state whole or return non-zero and keep its old one (the load then
+ * fails with REGOPT_ERR_CORRUPT and nothing has changed). committed(step) is
+ * called after every successful update (step = the new step count).
+ */
+#define REGOPT_TERM_MAX_PASSES 8
+
+/* Flags of one declared pass (regopt_term_ops.pass_flags). */
+#define REGOPT_TERM_PASS_FRESH_SEED 0x1u
+#define REGOPT_TERM_PASS_EVAL 0x2u
+#define REGOPT_TERM_PASS_NO_GRAD 0x4u
+
+/* What one call of a term's value function is about. The library fills it;
+ * fields are only ever appended (size = sizeof as the library was built). */
+typedef struct regopt_term_view {
+    size_t size;
+    const regopt_batch *batch;   /* the view's rows; batch->data is the host's */
+    size_t micro_batch;          /* index of the micro-batch within the step */
+    size_t row_offset;           /* first row of the view within the batch */
+    size_t rows;                 /* rows of the view */
+    size_t output_width;         /* floats per output row */
+    uint32_t flags;              /* the clean pass's REGOPT_PASS_* flags */
+    uint32_t n_outputs;          /* 1 + the declared passes */
+    uint64_t step;               /* completed steps before this one */
+    double inv_weight;           /* 1 / sum_i m_i w_i of the whole step */
+    const float *const *outputs; /* n_outputs arrays of rows * output_width */
+    float *const *d_outputs;     /* n_outputs zeroed arrays (NULL: NO_GRAD pass) */
+} regopt_term_view;
+
+/* Compute the term of one view: write its value to *value and d value /
+ * d outputs[p] into view->d_outputs[p]. Return 0, anything else aborts. */
+typedef int (*regopt_term_fn)(const regopt_term_view *view, double *value, void *user);
+
+/* The definition of a user term, copied at creation. size = sizeof
+ * (regopt_term_ops); fields are only ever appended. */
+typedef struct regopt_term_ops {
+    size_t size;
+    const char *name;        /* shown in messages and kept in checkpoints:
+                                1 .. 23 bytes of [A-Za-z0-9_.-], copied */
+    uint32_t passes;         /* extra forwards per view, 0 .. REGOPT_TERM_MAX_PASSES */
+    uint32_t pass_flags[REGOPT_TERM_MAX_PASSES]; /* REGOPT_TERM_PASS_* per pass */
+    regopt_term_fn value;    /* required */
+    /* optional state; all three or none */
+    size_t (*state_size)(void *user);
+    int (*save_state)(void *buffer, size_t size, void *user);
+    int (*load_state)(const void *buffer, size_t size, void *user);
+    /* optional: after each successful update */
+    void (*committed)(uint64_t step, void *user);
+} regopt_term_ops;
+
+/* A user-defined term. ops is copied; user is passed to every callback and
+ * free_user (may be NULL) is called with it when the regularizer is freed.
+ * If this call fails, free_user is not called. */
+REGOPT_API regopt_regularizer *regopt_regularizer_create_term(const regopt_term_ops *ops,
+                                                              void *user,
+                                                              regopt_free_fn free_user,
+                                                              const regopt_allocator *allocator,
+                                                              regopt_status *status);
+
+/* Struct sizes for bindings. */
+REGOPT_API size_t regopt_sizeof_term_ops(void);
+REGOPT_API size_t regopt_sizeof_term_view(void);
+
+enum regopt_term_key {
+    REGOPT_TERM_WEIGHT = 1300,    /* "term.weight": the term's coefficient,
+                                     [0, 1e4], default 1 */
+    REGOPT_STAT_TERM_VALUE = 1390 /* "term.value": the term's value (before
+                                     term.weight) in the last step, at w */
+};
 
 /* Data-parallel training. The callback must sum `count` floats in place
  * over all replicas (MPI_Allreduce with MPI_SUM, NCCL, ...) and return 0;

@@ -25,7 +25,11 @@ import sys
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-INTERNAL_INCLUDE = re.compile(r'^\s*#\s*include\s*"(internal\.h|regopt\.h)"')
+INTERNAL_INCLUDE = re.compile(
+    r'^\s*#\s*include\s*"(internal\.h|reg\.h|pipeline\.h|trainer\.h|checkpoint\.h|regopt\.h)"')
+# The internal headers, inlined in this order (each includes only those
+# before it): the layering of src/README.md.
+HEADERS = ["internal.h", "reg.h", "pipeline.h", "trainer.h", "checkpoint.h"]
 FEATURE_MACRO = re.compile(r"^\s*#\s*define\s+(_[A-Z0-9_]*SOURCE)\b.*$")
 DEFINE = re.compile(r"^\s*#\s*define\s+([A-Za-z_][A-Za-z0-9_]*)")
 # A file-scope declaration or definition of an ro_ function starting in
@@ -87,7 +91,7 @@ def file_statics(lines):
 def main():
     outdir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "dist")
     header = os.path.join(ROOT, "include", "regopt.h")
-    internal = os.path.join(ROOT, "src", "internal.h")
+    headers = [os.path.join(ROOT, "src", h) for h in HEADERS]
     sources = sorted(glob.glob(os.path.join(ROOT, "src", "*.c")))
     if not sources:
         fail("no src/*.c under " + ROOT)
@@ -104,7 +108,7 @@ def main():
 
     hoisted = []
     body = []
-    for path in [internal] + sources:
+    for path in headers + sources:
         rel = os.path.relpath(path, ROOT)
         lines = read(path)
         if lines and lines[-1] == "":
@@ -113,7 +117,7 @@ def main():
         body.append("/* ==== %s %s */" % (rel, "=" * max(0, 66 - len(rel))))
         body.append('#line 1 "%s"' % rel)
         body.extend(transform(lines, rel, hoisted))
-        if path != internal:
+        if path not in headers:
             macros = []
             for line in lines:
                 m = DEFINE.match(line)

@@ -1,52 +1,113 @@
 /* checkpoint.c — what a checkpoint holds: the sections of the trainer's
- * state (step, seed, moments, the Bregman teacher, statistics, the model's
- * layout, optionally the host's tensors and every option), how each is
- * written, and how a loaded set is validated in full before any of it is
- * applied. The container (header, table, CRCs) is checkpoint_format.c. */
-#include "internal.h"
+ * state (step, seed, moments, statistics, the model's layout, the required
+ * features, one section per attached regularizer with its own state,
+ * optionally the host's tensors and every option), how each is written,
+ * and how a loaded set is validated in full before any of it is applied.
+ * The container (header, table, CRCs) is checkpoint_format.c; the byte
+ * layout is docs/checkpoint-format.md. Names no method. */
+#include "checkpoint.h"
 
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
-#define TRAINER_FIXED 64u /* bytes of the "trainer" section before the stats */
+#define TRAINER_FIXED 48u /* bytes of the "trainer" section before the stats */
+#define REG_FIXED 48u     /* bytes of a "reg.N" section before its stats */
+#define FEATURE_ENTRY 24u
 #define OPTION_ENTRY 24u
 #define NO_GROUP 0xffffffffu
+#define NO_OWNER 0xffffffffu
 #define RO_CK_MAX_STEP 9007199254740992ull /* 2^53, as stat.step */
 
-static uint32_t regularizer_mask(const regopt_trainer *t)
+/* Bit i of the required-features mask: the kind with registry index i. */
+static uint64_t feature_mask(const regopt_trainer *t)
 {
-    return (uint32_t)(t->sam.enabled << REGOPT_REG_SAM | t->rdrop.enabled << REGOPT_REG_RDROP |
-                      t->smart.enabled << REGOPT_REG_SMART |
-                      t->bregman.enabled << REGOPT_REG_BREGMAN);
+    uint64_t m = 0;
+    size_t i, j;
+    const ro_reg_ops *o;
+    for (i = 0; i < t->n_regs; i++)
+        for (j = 0; (o = ro_reg_ops_at(j)) != NULL; j++)
+            if (o == t->regs[i]->ops)
+                m |= (uint64_t)1 << j;
+    return m;
+}
+
+/* The index of r among the attached regularizers of its kind. */
+static uint32_t instance_of(const regopt_trainer *t, size_t at)
+{
+    uint32_t n = 0;
+    size_t i;
+    for (i = 0; i < at; i++)
+        n += t->regs[i]->ops == t->regs[at]->ops;
+    return n;
 }
 
 /* ---- writing ----------------------------------------------------------- */
 
-static void emit_trainer(const regopt_trainer *t, ro_ck_sink *s)
+static void emit_trainer(const regopt_trainer *t, size_t arg, ro_ck_sink *s)
 {
     size_t i;
+    (void)arg;
     ro_ck_u64(s, t->step);
     ro_ck_u64(s, t->seed);
     ro_ck_u32(s, (uint32_t)t->opt->kind);
     ro_ck_u32(s, (uint32_t)t->per_element);
     ro_ck_u32(s, (uint32_t)t->momentum_ready);
-    ro_ck_u32(s, regularizer_mask(t));
+    ro_ck_u32(s, (uint32_t)t->n_regs);
     ro_ck_u64(s, t->model->n_trainable);
-    ro_ck_u32(s, (uint32_t)t->bregman.ready);
-    ro_ck_u32(s, 0);
-    ro_ck_f64(s, t->bregman.enabled ? t->bregman.last_beta : 0.0);
     ro_ck_u32(s, RO_N_STATS);
     ro_ck_u32(s, 0);
     for (i = 0; i < RO_N_STATS; i++)
         ro_ck_f64(s, t->stats[i]);
 }
 
-static void emit_model(const regopt_trainer *t, ro_ck_sink *s)
+static void put_name(ro_ck_sink *s, const char *name, size_t width)
+{
+    char buf[24];
+    memset(buf, 0, sizeof buf);
+    memcpy(buf, name, strlen(name) < width - 1 ? strlen(name) : width - 1);
+    ro_ck_put(s, buf, width);
+}
+
+static void emit_features(const regopt_trainer *t, size_t arg, ro_ck_sink *s)
+{
+    uint64_t m = feature_mask(t);
+    uint32_t n = 0, j;
+    (void)arg;
+    for (j = 0; j < 64; j++)
+        n += (uint32_t)(m >> j & 1u);
+    ro_ck_u64(s, m);
+    ro_ck_u32(s, n);
+    ro_ck_u32(s, 0);
+    for (j = 0; j < 64; j++)
+        if (m >> j & 1u) {
+            ro_ck_u32(s, j);
+            put_name(s, ro_reg_ops_at(j)->name, 20);
+        }
+}
+
+static void emit_reg(const regopt_trainer *t, size_t arg, ro_ck_sink *s)
+{
+    const ro_reg *r = t->regs[arg];
+    size_t i;
+    ro_ck_u32(s, (uint32_t)r->ops->kind);
+    ro_ck_u32(s, instance_of(t, arg));
+    put_name(s, ro_term_name(r), 24);
+    ro_ck_u32(s, (uint32_t)r->ops->n_stats);
+    ro_ck_u32(s, 0);
+    ro_ck_u64(s, r->ops->state_size ? r->ops->state_size(r) : 0u);
+    for (i = 0; i < r->ops->n_stats; i++)
+        ro_ck_f64(s, r->stats[i]);
+    if (r->ops->save)
+        r->ops->save(r, s);
+}
+
+static void emit_model(const regopt_trainer *t, size_t arg, ro_ck_sink *s)
 {
     const regopt_model *m = t->model;
     size_t i;
+    (void)arg;
     ro_ck_u32(s, (uint32_t)m->n_params);
     ro_ck_u32(s, 0);
     for (i = 0; i < m->n_params; i++) {
@@ -61,57 +122,53 @@ static void emit_model(const regopt_trainer *t, ro_ck_sink *s)
     }
 }
 
-static void emit_moments(const regopt_trainer *t, ro_ck_sink *s)
+static void emit_moments(const regopt_trainer *t, size_t arg, ro_ck_sink *s)
 {
+    (void)arg;
     ro_ck_floats(s, t->state, t->model->n_trainable * t->per_element);
 }
 
-static void emit_teacher(const regopt_trainer *t, ro_ck_sink *s)
-{
-    ro_ck_floats(s, t->bregman.teacher, t->model->n_trainable);
-}
-
-static void emit_params(const regopt_trainer *t, ro_ck_sink *s)
+static void emit_params(const regopt_trainer *t, size_t arg, ro_ck_sink *s)
 {
     const regopt_model *m = t->model;
     size_t i;
+    (void)arg;
     for (i = 0; i < m->n_params; i++)
         ro_ck_floats(s, m->params[i].data, m->params[i].count);
 }
 
-/* Options worth saving: settable keys of the optimizer and the trainer.
- * trainer.seed is state, saved with the step in "trainer"; trainer.threads
- * is the machine's business, not the run's (results do not depend on it). */
+/* Options worth saving: settable keys of the optimizer, the trainer and
+ * every attached regularizer. trainer.seed is state, saved with the step
+ * in "trainer"; trainer.threads is the machine's business, not the run's
+ * (results do not depend on it). */
 static int saved_option(const ro_key_desc *d)
 {
     if (d->flags & REGOPT_KEY_READ_ONLY)
         return 0;
-    if (d->owner == RO_OWNER_STAT || d->key == REGOPT_TRAINER_SEED ||
-        d->key == REGOPT_TRAINER_THREADS)
-        return 0;
-    return 1;
+    return d->owner != RO_OWNER_STAT && d->key != REGOPT_TRAINER_SEED &&
+           d->key != REGOPT_TRAINER_THREADS;
 }
 
-static int is_group(const ro_key_desc *d)
-{
-    return d->owner == RO_OWNER_GROUP || d->owner == RO_OWNER_TRAINER_GROUP;
-}
+static int is_group(const ro_key_desc *d) { return (d->flags & REGOPT_KEY_GROUP) != 0; }
 
 /* Read one option's current value; 0 when it does not apply (an SGD key
  * of an Adam optimizer). Inapplicable keys are skipped before any getter
  * runs, so that saving never writes a failure into a handle's message. */
-static int read_option(const regopt_trainer *t, const ro_key_desc *d, int32_t g, double *dv,
-                       int64_t *iv)
+static int read_option(const regopt_trainer *t, const ro_reg *r, const ro_key_desc *d,
+                       int32_t g, double *dv, int64_t *iv)
 {
-    regopt_status st;
+    regopt_status st = REGOPT_OK;
     *iv = 0;
     *dv = 0.0;
+    if (r) {
+        *dv = r->ops->get(r, d, g);
+        *iv = (int64_t)*dv;
+        return 1;
+    }
     if (d->owner == RO_OWNER_OPTIMIZER && !ro_optimizer_key_applies(t->opt->kind, d->key))
         return 0;
     if (d->owner == RO_OWNER_GROUP)
         st = regopt_optimizer_get_group(t->opt, g, d->key, dv);
-    else if (d->owner == RO_OWNER_TRAINER_GROUP)
-        st = regopt_trainer_get_group(t, g, d->key, dv);
     else if (d->owner == RO_OWNER_OPTIMIZER)
         st = d->type == REGOPT_TYPE_INT ? regopt_optimizer_get_int(t->opt, d->key, iv)
                                         : regopt_optimizer_get_double(t->opt, d->key, dv);
@@ -123,61 +180,86 @@ static int read_option(const regopt_trainer *t, const ro_key_desc *d, int32_t g,
     return st == REGOPT_OK;
 }
 
-static void emit_option(ro_ck_sink *s, const ro_key_desc *d, uint32_t group, double dv,
-                        int64_t iv)
+static void emit_option(ro_ck_sink *s, const ro_key_desc *d, uint32_t group, uint32_t owner,
+                        double dv, int64_t iv)
 {
     ro_ck_u32(s, (uint32_t)d->key);
     ro_ck_u32(s, group);
     ro_ck_u32(s, (uint32_t)d->type);
-    ro_ck_u32(s, 0);
+    ro_ck_u32(s, owner);
     if (d->type == REGOPT_TYPE_INT)
         ro_ck_u64(s, (uint64_t)iv);
     else
         ro_ck_f64(s, dv);
 }
 
-/* Entries of the "options" section: emit them, or only count them. */
-static uint32_t walk_options(const regopt_trainer *t, ro_ck_sink *s)
+/* Entries of one owner's keys (r NULL: the core table): emit or count. */
+static uint32_t walk_keys(const regopt_trainer *t, const ro_reg *r, uint32_t owner,
+                          ro_ck_sink *s)
 {
     const ro_key_desc *d;
     uint32_t n = 0;
     size_t i;
-    for (i = 0; (d = ro_key_at(i)) != NULL; i++) {
+    for (i = 0; (d = r ? (i < r->ops->n_keys ? &r->ops->keys[i] : NULL) : ro_key_at(i)); i++) {
         int32_t g, groups = is_group(d) ? REGOPT_MAX_GROUPS : 1;
         if (!saved_option(d))
             continue;
         for (g = 0; g < groups; g++) {
             double dv;
             int64_t iv;
-            if (!read_option(t, d, g, &dv, &iv))
+            if (!read_option(t, r, d, g, &dv, &iv))
                 continue;
             if (s)
-                emit_option(s, d, is_group(d) ? (uint32_t)g : NO_GROUP, dv, iv);
+                emit_option(s, d, is_group(d) ? (uint32_t)g : NO_GROUP, owner, dv, iv);
             n++;
         }
     }
     return n;
 }
 
-static void emit_options(const regopt_trainer *t, ro_ck_sink *s)
+static uint32_t walk_options(const regopt_trainer *t, ro_ck_sink *s)
 {
+    uint32_t n = walk_keys(t, NULL, NO_OWNER, s);
+    size_t i;
+    for (i = 0; i < t->n_regs; i++)
+        n += walk_keys(t, t->regs[i], (uint32_t)i, s);
+    return n;
+}
+
+static void emit_options(const regopt_trainer *t, size_t arg, ro_ck_sink *s)
+{
+    (void)arg;
     ro_ck_u32(s, walk_options(t, NULL));
     ro_ck_u32(s, 0);
     (void)walk_options(t, s);
 }
 
+static size_t add_section(ro_ck_section *out, size_t n, const char *name,
+                          void (*emit)(const regopt_trainer *, size_t, ro_ck_sink *), size_t arg)
+{
+    memset(out[n].name, 0, sizeof out[n].name);
+    memcpy(out[n].name, name, strlen(name));
+    out[n].emit = emit;
+    out[n].arg = arg;
+    return n + 1;
+}
+
 size_t ro_ck_sections(const regopt_trainer *t, uint32_t flags, ro_ck_section *out)
 {
-    size_t n = 0;
-    out[n].name = "trainer", out[n++].emit = emit_trainer;
-    out[n].name = "model", out[n++].emit = emit_model;
-    out[n].name = "moments", out[n++].emit = emit_moments;
-    if (t->bregman.enabled && t->bregman.ready)
-        out[n].name = "teacher", out[n++].emit = emit_teacher;
+    size_t n = 0, i;
+    n = add_section(out, n, "trainer", emit_trainer, 0);
+    n = add_section(out, n, "features", emit_features, 0);
+    n = add_section(out, n, "model", emit_model, 0);
+    n = add_section(out, n, "moments", emit_moments, 0);
+    for (i = 0; i < t->n_regs; i++) {
+        char name[24];
+        snprintf(name, sizeof name, "reg.%u", (unsigned)i);
+        n = add_section(out, n, name, emit_reg, i);
+    }
     if (flags & REGOPT_CHECKPOINT_PARAMS)
-        out[n].name = "params", out[n++].emit = emit_params;
+        n = add_section(out, n, "params", emit_params, 0);
     if (flags & REGOPT_CHECKPOINT_OPTIONS)
-        out[n].name = "options", out[n++].emit = emit_options;
+        n = add_section(out, n, "options", emit_options, 0);
     return n;
 }
 
@@ -186,8 +268,7 @@ size_t ro_ck_sections(const regopt_trainer *t, uint32_t flags, ro_ck_section *ou
 /* What the "trainer" section says. */
 typedef struct ck_trainer {
     uint64_t step, seed, n_trainable;
-    uint32_t kind, per_element, momentum_ready, mask, teacher_ready, n_stats;
-    double last_beta;
+    uint32_t kind, per_element, momentum_ready, n_regs, n_stats;
     const unsigned char *stats;
 } ck_trainer;
 
@@ -220,20 +301,6 @@ static const char *kind_name(uint32_t kind)
     }
 }
 
-static void mask_names(uint32_t mask, char *buf, size_t cap)
-{
-    static const char *const names[] = {"", "sam", "rdrop", "smart", "bregman"};
-    size_t i, used = 0;
-    buf[0] = 0;
-    for (i = 1; i < 5; i++)
-        if (mask & 1u << i)
-            used += (size_t)snprintf(buf + used, cap - used, "%s%s", used ? "+" : "", names[i]);
-    if (mask & ~0x1eu) /* a newer writer's kinds, or damage: show them */
-        used += (size_t)snprintf(buf + used, cap - used, "%sunknown 0x%" PRIx32,
-                                 used ? "+" : "", mask & ~0x1eu);
-    if (!used)
-        snprintf(buf, cap, "none");
-}
 
 static regopt_status parse_trainer(regopt_trainer *t, const ro_ck_found *f, ck_trainer *c)
 {
@@ -246,17 +313,14 @@ static regopt_status parse_trainer(regopt_trainer *t, const ro_ck_found *f, ck_t
     c->kind = ro_ck_rd32(p + 16);
     c->per_element = ro_ck_rd32(p + 20);
     c->momentum_ready = ro_ck_rd32(p + 24);
-    c->mask = ro_ck_rd32(p + 28);
+    c->n_regs = ro_ck_rd32(p + 28);
     c->n_trainable = ro_ck_rd64(p + 32);
-    c->teacher_ready = ro_ck_rd32(p + 40);
-    c->last_beta = ro_ck_rdf64(p + 48);
-    c->n_stats = ro_ck_rd32(p + 56);
+    c->n_stats = ro_ck_rd32(p + 40);
     c->stats = p + TRAINER_FIXED;
-    if ((uint64_t)c->n_stats * 8u > f->size - TRAINER_FIXED)
+    if ((uint64_t)c->n_stats * 8u != f->size - TRAINER_FIXED)
         return ro_fail(t->msg, REGOPT_ERR_CORRUPT,
-                       "the checkpoint's \"trainer\" section is too short for its statistics");
-    if (c->momentum_ready > 1 || c->teacher_ready > 1 || ro_ck_rd32(p + 44) != 0 ||
-        ro_ck_rd32(p + 60) != 0)
+                       "the checkpoint's \"trainer\" section does not match its statistics");
+    if (c->momentum_ready > 1 || ro_ck_rd32(p + 44) != 0)
         return ro_fail(t->msg, REGOPT_ERR_CORRUPT,
                        "the checkpoint's \"trainer\" section holds a bad flag");
     /* the step bound of stat.step; beyond it the schedule and Adam's bias
@@ -287,9 +351,9 @@ static regopt_status sane_floats(regopt_trainer *t, const ro_ck_found *f, size_t
     return REGOPT_OK;
 }
 
+
 static regopt_status match_trainer(regopt_trainer *t, const ck_trainer *c)
 {
-    char a[64], b[64];
     if (c->kind != (uint32_t)t->opt->kind)
         return ro_fail(t->msg, REGOPT_ERR_MISMATCH,
                        "the checkpoint was saved with optimizer %s, this trainer uses %s",
@@ -303,15 +367,111 @@ static regopt_status match_trainer(regopt_trainer *t, const ck_trainer *c)
         return ro_fail(t->msg, REGOPT_ERR_MISMATCH,
                        "the checkpoint has %" PRIu64 " trainable elements, the model %zu",
                        c->n_trainable, t->model->n_trainable);
-    if (c->mask != regularizer_mask(t)) {
-        mask_names(c->mask, a, sizeof a);
-        mask_names(regularizer_mask(t), b, sizeof b);
-        return ro_fail(t->msg, REGOPT_ERR_MISMATCH,
-                       "the checkpoint's regularizers are %s, this trainer's %s", a, b);
+    return REGOPT_OK;
+}
+
+/* Every required feature must be one this library knows: refuse by name. */
+static regopt_status check_features(regopt_trainer *t, const ro_ck_found *f)
+{
+    uint64_t mask;
+    uint32_t n, i, j;
+    if (f->size < 16 || ro_ck_rd32(f->data + 12) != 0 ||
+        (f->size - 16) != (uint64_t)ro_ck_rd32(f->data + 8) * FEATURE_ENTRY)
+        return ro_fail(t->msg, REGOPT_ERR_CORRUPT, "the checkpoint's \"features\" section is "
+                       "malformed");
+    mask = ro_ck_rd64(f->data);
+    n = ro_ck_rd32(f->data + 8);
+    for (j = 0; j < 64; j++) {
+        const char *name = "unnamed";
+        char buf[21];
+        if (!(mask >> j & 1u) || ro_reg_ops_at(j))
+            continue;
+        for (i = 0; i < n; i++) {
+            const unsigned char *e = f->data + 16 + (size_t)i * FEATURE_ENTRY;
+            if (ro_ck_rd32(e) == j) {
+                memcpy(buf, e + 4, 20);
+                buf[20] = 0;
+                name = buf;
+            }
+        }
+        return ro_fail(t->msg, REGOPT_ERR_UNSUPPORTED,
+                       "the checkpoint needs feature %u (\"%s\"), which libregopt %s does not "
+                       "know: it was written by a newer version", j, name, REGOPT_VERSION_STRING);
     }
-    if (c->teacher_ready && !t->bregman.enabled)
-        return ro_fail(t->msg, REGOPT_ERR_CORRUPT, "the checkpoint has a teacher but no "
-                       "Bregman regularizer");
+    return mask != feature_mask(t) ? REGOPT_ERR_MISMATCH : REGOPT_OK;
+}
+
+/* "+"-joined names of the checkpoint's or the trainer's regularizers. */
+static void reg_list(const regopt_trainer *t, const ro_ck_found *f, size_t n, uint32_t count,
+                     char *buf, size_t cap)
+{
+    size_t used = 0;
+    uint32_t i;
+    buf[0] = 0;
+    for (i = 0; i < count && used < cap; i++) {
+        char name[25] = "?";
+        if (f) {
+            char want[24];
+            const ro_ck_found *g;
+            snprintf(want, sizeof want, "reg.%u", i);
+            g = find(f, n, want);
+            if (g && g->size >= REG_FIXED) {
+                memcpy(name, g->data + 8, 24);
+                name[24] = 0;
+            }
+        } else {
+            snprintf(name, sizeof name, "%s", ro_term_name(t->regs[i]));
+        }
+        used += (size_t)snprintf(buf + used, cap - used, "%s%s", i ? "+" : "", name);
+    }
+    if (!count)
+        snprintf(buf, cap, "none");
+}
+
+static regopt_status reg_mismatch(regopt_trainer *t, const ro_ck_found *f, size_t n,
+                                  uint32_t count)
+{
+    char a[96], b[96];
+    reg_list(t, f, n, count, a, sizeof a);
+    reg_list(t, NULL, 0, (uint32_t)t->n_regs, b, sizeof b);
+    return ro_fail(t->msg, REGOPT_ERR_MISMATCH,
+                   "the checkpoint's regularizers are %s, this trainer's %s", a, b);
+}
+
+/* Section "reg.i" against the i-th attached regularizer; its state checked
+ * by the method. Out: where the state starts and its size. */
+static regopt_status check_reg(regopt_trainer *t, const ro_ck_found *f, size_t n, uint32_t count,
+                               size_t i, const unsigned char **state, uint64_t *size)
+{
+    ro_reg *r = t->regs[i];
+    const ro_ck_found *g;
+    char want[24];
+    uint32_t n_stats;
+    uint64_t m;
+    regopt_status st;
+    snprintf(want, sizeof want, "reg.%u", (unsigned)i);
+    st = need(t, f, n, want, &g);
+    if (st != REGOPT_OK)
+        return st;
+    if (g->size < REG_FIXED || ro_ck_rd32(g->data + 36) != 0 || g->data[8 + 23] != 0)
+        return ro_fail(t->msg, REGOPT_ERR_CORRUPT, "the checkpoint's \"%s\" section is "
+                       "malformed", want);
+    if (ro_ck_rd32(g->data) != (uint32_t)r->ops->kind || ro_ck_rd32(g->data + 4) !=
+        instance_of(t, i) || strcmp((const char *)g->data + 8, ro_term_name(r)) != 0)
+        return reg_mismatch(t, f, n, count);
+    n_stats = ro_ck_rd32(g->data + 32);
+    m = ro_ck_rd64(g->data + 40);
+    if (n_stats != r->ops->n_stats || m != g->size - REG_FIXED - 8u * n_stats ||
+        g->size < REG_FIXED + 8u * (uint64_t)n_stats)
+        return ro_fail(t->msg, REGOPT_ERR_CORRUPT, "the checkpoint's \"%s\" section does not "
+                       "match its sizes", want);
+    *state = g->data + REG_FIXED + 8u * n_stats;
+    *size = m;
+    if (r->ops->check_state)
+        return r->ops->check_state(r, *state, m);
+    if (m != 0)
+        return ro_fail(t->msg, REGOPT_ERR_CORRUPT, "the checkpoint's \"%s\" section holds "
+                       "state for a regularizer that keeps none", want);
     return REGOPT_OK;
 }
 
@@ -374,6 +534,7 @@ static regopt_status sized(regopt_trainer *t, const ro_ck_found *f, uint64_t flo
 
 typedef struct ck_option {
     const ro_key_desc *d;
+    ro_reg *reg;    /* NULL: the trainer or the optimizer */
     int32_t group;
     double value;   /* double keys */
     int64_t ivalue; /* int keys */
@@ -384,8 +545,13 @@ static regopt_status set_option(regopt_trainer *t, const ck_option *o)
     const ro_key_desc *d = o->d;
     double v = d->type == REGOPT_TYPE_INT ? (double)o->ivalue : o->value;
     regopt_status st;
-    if (d->owner == RO_OWNER_TRAINER_GROUP)
-        return regopt_trainer_set_group(t, o->group, d->key, v);
+    if (o->reg) {
+        st = is_group(d) ? regopt_regularizer_set_group(o->reg, o->group, d->key, v)
+                         : regopt_regularizer_set_double(o->reg, d->key, v);
+        if (st != REGOPT_OK)
+            ro_fail(t->msg, st, "loading option %s: %s", d->name, o->reg->msg);
+        return st;
+    }
     if (d->owner != RO_OWNER_GROUP && d->owner != RO_OWNER_OPTIMIZER)
         return d->type == REGOPT_TYPE_INT ? regopt_trainer_set_int(t, d->key, o->ivalue)
                                           : regopt_trainer_set_double(t, d->key, v);
@@ -399,20 +565,30 @@ static regopt_status set_option(regopt_trainer *t, const ck_option *o)
     return st;
 }
 
-/* Decode entry i of the options section; 0 = skip it (unknown key). */
+/* Decode one entry of the options section; *use = 0: skip it (a newer
+ * writer's key of the trainer or optimizer). */
 static regopt_status decode_option(regopt_trainer *t, const unsigned char *e, ck_option *o,
                                    int *use)
 {
     uint32_t key = ro_ck_rd32(e), group = ro_ck_rd32(e + 4), type = ro_ck_rd32(e + 8);
-    const ro_key_desc *d = ro_key_find((regopt_key)key);
+    uint32_t owner = ro_ck_rd32(e + 12);
+    const ro_reg_ops *ops = NULL;
+    const ro_key_desc *d = ro_any_key((regopt_key)key, &ops);
     *use = 0;
-    if (!d)
+    if (owner != NO_OWNER && owner >= t->n_regs)
+        return ro_fail(t->msg, REGOPT_ERR_CORRUPT, "the checkpoint's option %" PRIu32 " names "
+                       "regularizer %" PRIu32 " of %zu", key, owner, t->n_regs);
+    if (!d && owner == NO_OWNER)
         return REGOPT_OK; /* a newer writer's key: skipped, as documented */
-    if (!saved_option(d) || type != (uint32_t)d->type || ro_ck_rd32(e + 12) != 0 ||
+    if (!d || (owner == NO_OWNER) != (ops == NULL) ||
+        (ops && ops != t->regs[owner]->ops) || !saved_option(d) ||
+        type != (uint32_t)d->type ||
         (is_group(d) ? group >= REGOPT_MAX_GROUPS : group != NO_GROUP))
         return ro_fail(t->msg, REGOPT_ERR_CORRUPT,
-                       "the checkpoint's option %s is malformed", d->name);
+                       "the checkpoint's option %" PRIu32 " (%s) is malformed", key,
+                       d ? d->name : "unknown");
     o->d = d;
+    o->reg = owner == NO_OWNER ? NULL : t->regs[owner];
     o->group = is_group(d) ? (int32_t)group : -1;
     o->ivalue = (int64_t)ro_ck_rd64(e + 16);
     o->value = d->type == REGOPT_TYPE_INT ? (double)o->ivalue : ro_ck_rdf64(e + 16);
@@ -426,17 +602,42 @@ static regopt_status decode_option(regopt_trainer *t, const unsigned char *e, ck
     return ro_key_check(d, o->value, t->msg);
 }
 
-static regopt_status apply_options(regopt_trainer *t, const ro_ck_found *f)
+/* The regularizers' own state (a user term's load_state may refuse). */
+typedef struct reg_states {
+    const unsigned char *at[RO_MAX_REGS];
+    uint64_t size[RO_MAX_REGS];
+} reg_states;
+
+static regopt_status load_regs(regopt_trainer *t, const reg_states *rs)
+{
+    regopt_status st = REGOPT_OK;
+    size_t i;
+    int pass;
+    /* loads that may refuse (the host's) first: the built-in ones cannot */
+    for (pass = 0; pass < 2; pass++)
+        for (i = 0; i < t->n_regs && st == REGOPT_OK; i++) {
+            const ro_reg_ops *o = t->regs[i]->ops;
+            if (o->load && (int)((o->flags & RO_REG_LOAD_MAY_FAIL) == 0) == pass)
+                st = o->load(t->regs[i], rs->at[i], rs->size[i]);
+        }
+    return st;
+}
+
+/* Apply the options (f may be NULL: none), then the regularizers' state;
+ * when either is refused, the options already set are put back. */
+static regopt_status apply_options(regopt_trainer *t, const ro_ck_found *f, const reg_states *rs)
 {
     ck_option *next = NULL, *old = NULL;
     uint32_t n, i, used = 0, done = 0;
     regopt_status st = REGOPT_OK;
+    if (!f)
+        return load_regs(t, rs);
     n = f->size >= 8 ? ro_ck_rd32(f->data) : 0;
     if (f->size < 8 || (f->size - 8) / OPTION_ENTRY != n || (f->size - 8) % OPTION_ENTRY)
         return ro_fail(t->msg, REGOPT_ERR_CORRUPT, "the checkpoint's \"options\" section is "
                        "malformed");
     if (n == 0)
-        return REGOPT_OK;
+        return load_regs(t, rs);
     next = ro_malloc(&t->alloc, 2 * (size_t)n * sizeof *next);
     if (!next)
         return ro_fail(t->msg, REGOPT_ERR_NO_MEMORY, "out of memory for %" PRIu32 " options", n);
@@ -446,8 +647,8 @@ static regopt_status apply_options(regopt_trainer *t, const ro_ck_found *f)
         st = decode_option(t, f->data + 8 + (size_t)i * OPTION_ENTRY, &next[used], &use);
         if (st == REGOPT_OK && use) {
             old[used] = next[used];
-            if (!read_option(t, next[used].d, next[used].group, &old[used].value,
-                             &old[used].ivalue))
+            if (!read_option(t, next[used].reg, next[used].d, next[used].group,
+                             &old[used].value, &old[used].ivalue))
                 continue; /* not readable here: leave it alone */
             used++;
         }
@@ -455,6 +656,8 @@ static regopt_status apply_options(regopt_trainer *t, const ro_ck_found *f)
     /* apply in order; on a refusal put back what was already set */
     for (i = 0; i < used && st == REGOPT_OK; i++, done++)
         st = set_option(t, &next[i]);
+    if (st == REGOPT_OK)
+        st = load_regs(t, rs);
     if (st != REGOPT_OK) {
         char msg[RO_MSG_SIZE];
         memcpy(msg, t->msg, sizeof msg);
@@ -468,23 +671,27 @@ static regopt_status apply_options(regopt_trainer *t, const ro_ck_found *f)
 
 /* ---- restore ----------------------------------------------------------- */
 
-static void apply_state(regopt_trainer *t, const ck_trainer *c, const ro_ck_found *moments,
-                        const ro_ck_found *teacher, const ro_ck_found *params)
+static void apply_state(regopt_trainer *t, const ck_trainer *c, const ro_ck_found *f, size_t n,
+                        const ro_ck_found *moments, const ro_ck_found *params)
 {
     regopt_model *m = t->model;
-    size_t i, n = c->n_stats < RO_N_STATS ? c->n_stats : RO_N_STATS;
+    size_t i, k = c->n_stats < RO_N_STATS ? c->n_stats : RO_N_STATS;
     t->step = c->step;
     t->seed = c->seed;
     t->momentum_ready = (int)c->momentum_ready;
     ro_ck_rdfloats(t->state, moments->data, m->n_trainable * t->per_element);
     memset(t->stats, 0, sizeof t->stats);
-    for (i = 0; i < n; i++)
+    for (i = 0; i < k; i++)
         t->stats[i] = ro_ck_rdf64(c->stats + 8 * i);
-    if (t->bregman.enabled) {
-        t->bregman.ready = (int)c->teacher_ready;
-        t->bregman.last_beta = c->last_beta;
-        if (teacher)
-            ro_ck_rdfloats(t->bregman.teacher, teacher->data, m->n_trainable);
+    for (i = 0; i < t->n_regs; i++) {
+        ro_reg *r = t->regs[i];
+        char want[24];
+        const ro_ck_found *g;
+        size_t j;
+        snprintf(want, sizeof want, "reg.%u", (unsigned)i);
+        g = find(f, n, want);
+        for (j = 0; j < r->ops->n_stats; j++)
+            r->stats[j] = ro_ck_rdf64(g->data + REG_FIXED + 8 * j);
     }
     if (params) {
         const unsigned char *p = params->data;
@@ -495,37 +702,49 @@ static void apply_state(regopt_trainer *t, const ck_trainer *c, const ro_ck_foun
     }
 }
 
-regopt_status ro_ck_restore(regopt_trainer *t, uint32_t flags, const ro_ck_found *f,
-                            size_t count)
+/* The sections every checkpoint has, validated against the trainer. */
+static regopt_status check_core(regopt_trainer *t, const ro_ck_found *f, size_t n,
+                                ck_trainer *c, const ro_ck_found **moments)
 {
-    const ro_ck_found *tr = NULL, *model = NULL, *moments = NULL, *teacher = NULL,
-                      *params = NULL, *options = NULL;
-    ck_trainer c;
-    regopt_status st;
-    memset(&c, 0, sizeof c);
-    st = need(t, f, count, "trainer", &tr);
+    const ro_ck_found *tr = NULL, *model = NULL, *features = NULL;
+    regopt_status st = need(t, f, n, "trainer", &tr);
     if (st == REGOPT_OK)
-        st = need(t, f, count, "model", &model);
+        st = need(t, f, n, "features", &features);
     if (st == REGOPT_OK)
-        st = need(t, f, count, "moments", &moments);
+        st = need(t, f, n, "model", &model);
     if (st == REGOPT_OK)
-        st = parse_trainer(t, tr, &c);
+        st = need(t, f, n, "moments", moments);
     if (st == REGOPT_OK)
-        st = match_trainer(t, &c);
+        st = parse_trainer(t, tr, c);
+    if (st == REGOPT_OK)
+        st = match_trainer(t, c);
+    if (st == REGOPT_OK) {
+        st = check_features(t, features);
+        if (st == REGOPT_ERR_MISMATCH || (st == REGOPT_OK && c->n_regs != t->n_regs))
+            st = reg_mismatch(t, f, n, c->n_regs);
+    }
     if (st == REGOPT_OK)
         st = match_model(t, model);
     if (st == REGOPT_OK)
-        st = sized(t, moments, (uint64_t)t->model->n_trainable * t->per_element);
+        st = sized(t, *moments, (uint64_t)t->model->n_trainable * t->per_element);
     if (st == REGOPT_OK)
-        st = sane_floats(t, moments, t->model->n_trainable * t->per_element,
+        st = sane_floats(t, *moments, t->model->n_trainable * t->per_element,
                          t->opt->kind == REGOPT_SGD ? (size_t)-1 : t->model->n_trainable);
-    if (st == REGOPT_OK && c.teacher_ready) {
-        st = need(t, f, count, "teacher", &teacher);
-        if (st == REGOPT_OK)
-            st = sized(t, teacher, t->model->n_trainable);
-        if (st == REGOPT_OK)
-            st = sane_floats(t, teacher, t->model->n_trainable, (size_t)-1);
-    }
+    return st;
+}
+
+regopt_status ro_ck_restore(regopt_trainer *t, uint32_t flags, const ro_ck_found *f,
+                            size_t count)
+{
+    const ro_ck_found *moments = NULL, *params = NULL, *options = NULL;
+    reg_states rs;
+    ck_trainer c;
+    size_t i;
+    regopt_status st;
+    memset(&c, 0, sizeof c);
+    st = check_core(t, f, count, &c, &moments);
+    for (i = 0; i < t->n_regs && st == REGOPT_OK; i++)
+        st = check_reg(t, f, count, c.n_regs, i, &rs.at[i], &rs.size[i]);
     if (st == REGOPT_OK && (flags & REGOPT_CHECKPOINT_PARAMS)) {
         params = find(f, count, "params");
         st = params ? sized(t, params, t->model->n_elements)
@@ -538,10 +757,10 @@ regopt_status ro_ck_restore(regopt_trainer *t, uint32_t flags, const ro_ck_found
             st = ro_fail(t->msg, REGOPT_ERR_MISMATCH, "the checkpoint holds no options "
                          "(saved without REGOPT_CHECKPOINT_OPTIONS)");
     }
-    if (st == REGOPT_OK && options)
-        st = apply_options(t, options); /* the last step that can fail */
+    if (st == REGOPT_OK) /* the last step that can fail */
+        st = apply_options(t, options, &rs);
     if (st != REGOPT_OK)
         return st;
-    apply_state(t, &c, moments, teacher, params);
+    apply_state(t, &c, f, count, moments, params);
     return REGOPT_OK;
 }

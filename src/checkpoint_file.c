@@ -4,7 +4,7 @@
  * the target; the directory is fsync'ed last so the rename itself is
  * durable. Whatever fails, the old file under the target name is intact. */
 #define _XOPEN_SOURCE 700 /* realpath, lstat, fchmod: POSIX.1-2008 with XSI */
-#include "internal.h"
+#include "checkpoint.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -2,12 +2,12 @@
  * CRC-32 per section, explicit little-endian encoding (format described in
  * regopt.h), and the buffer and callback entry points. What goes into the
  * sections is checkpoint.c's business; files are checkpoint_file.c's. */
-#include "internal.h"
+#include "checkpoint.h"
 
 #include <inttypes.h>
 #include <string.h>
 
-#define CK_VERSION 1u
+#define CK_VERSION RO_CK_VERSION
 #define CK_ENTRY 48u
 #define CK_NAME 24u
 #define CK_MAX_COUNT 4096u /* far beyond any writer: a sanity bound */
@@ -176,7 +176,7 @@ regopt_status ro_ck_save(const regopt_trainer *t, uint32_t flags, regopt_write_f
     for (i = 0; i < n; i++) {
         memset(&s, 0, sizeof s);
         s.crc_on = write != NULL; /* a size query needs no CRC */
-        secs[i].emit(t, &s);
+        secs[i].emit(t, secs[i].arg, &s);
         off[i] = end;
         size[i] = s.size;
         crc[i] = s.crc;
@@ -203,7 +203,7 @@ regopt_status ro_ck_save(const regopt_trainer *t, uint32_t flags, regopt_write_f
     ro_ck_put(&s, h, sizeof h);
     ro_ck_put(&s, table, n * CK_ENTRY);
     for (i = 0; i < n; i++)
-        secs[i].emit(t, &s);
+        secs[i].emit(t, secs[i].arg, &s);
     sink_flush(&s);
     if (s.failed)
         return ro_fail((char *)t->msg, REGOPT_ERR_IO,
@@ -229,6 +229,11 @@ regopt_status ro_ck_header(regopt_trainer *t, const unsigned char *h, uint64_t *
                        "not a libregopt checkpoint (the magic is not \"REGOPTCK\")");
     if (version == 0)
         return ro_fail(t->msg, REGOPT_ERR_CORRUPT, "checkpoint format version 0 is invalid");
+    if (version == 1)
+        return ro_fail(t->msg, REGOPT_ERR_UNSUPPORTED,
+                       "the checkpoint was written by libregopt 0.x (format 1); libregopt %s "
+                       "reads format %u: resume it with 0.x or restart training",
+                       REGOPT_VERSION_STRING, CK_VERSION);
     if (version > CK_VERSION)
         return ro_fail(t->msg, REGOPT_ERR_UNSUPPORTED,
                        "checkpoint format version %" PRIu32

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #define RO_MSG_SIZE 256
+#define RO_MAX_REGS 32 /* regularizers attached to one trainer */
 
 /* Runtime CPU dispatch (x86-64 with GCC or Clang): a hot loop is compiled once
  * more for a wider instruction set and picked by __builtin_cpu_supports, so
@@ -34,6 +35,7 @@
 #define RO_MAGIC_MODEL 0x4d4f444cu     /* "MODL" */
 #define RO_MAGIC_OPTIMIZER 0x4f505449u /* "OPTI" */
 #define RO_MAGIC_TRAINER 0x54524e52u   /* "TRNR" */
+#define RO_MAGIC_REG 0x52454755u       /* "REGU" */
 #define RO_MAGIC_DEAD 0xdeadbeefu
 
 /* ---- status.c: messages ------------------------------------------------ */
@@ -72,11 +74,7 @@ enum ro_key_owner {
     RO_OWNER_GROUP = 2,         /* regopt_optimizer_set_group */
     RO_OWNER_TRAINER = 3,
     RO_OWNER_STAT = 4,
-    RO_OWNER_TRAINER_GROUP = 5, /* regopt_trainer_set_group */
-    RO_OWNER_SAM = 6,           /* trainer keys of the SAM family */
-    RO_OWNER_RDROP = 7,         /* trainer keys of R-Drop */
-    RO_OWNER_SMART = 8,
-    RO_OWNER_BREGMAN = 9
+    RO_OWNER_REG = 5            /* a regularizer's key (its ops table holds it) */
 };
 
 typedef struct ro_key_desc {
@@ -88,9 +86,13 @@ typedef struct ro_key_desc {
     uint32_t flags; /* REGOPT_KEY_* */
 } ro_key_desc;
 
+/* The core table (optimizer, groups, trainer, trainer statistics); the
+ * regularizers' keys live in their ops tables (reg.h: ro_any_key). */
 const ro_key_desc *ro_key_find(regopt_key key);
-/* The i-th entry of the key table, NULL past the end (for iteration). */
+/* The i-th entry of the core table, NULL past the end (for iteration). */
 const ro_key_desc *ro_key_at(size_t i);
+/* "%.15g" or "%.17g", whichever reads back as v. */
+const char *ro_fmt_double(char buf[32], double v);
 /* Check that value is allowed for d (finite, in bounds, integral for
  * integer keys); on failure write a message naming the key, the value and
  * the range. */
@@ -183,238 +185,6 @@ int ro_optimizer_key_applies(regopt_optimizer_kind kind, regopt_key key);
 /* Elements of optimizer state per trainable element for this config. */
 size_t ro_optimizer_state_per_element(const regopt_optimizer *o);
 
-/* ---- trainer.c --------------------------------------------------------- */
-
-#define RO_N_STATS (REGOPT_STAT_BREGMAN_BETA - REGOPT_STAT_LOSS + 1)
-#define RO_STAT(t, k) ((t)->stats[(k) - REGOPT_STAT_LOSS])
-
-/* SAM family configuration (sam.* keys) and buffers. */
-typedef struct ro_sam {
-    int enabled;
-    double rho, delta, eta, gsam_alpha, rho_min, ascent_wd;
-    int adaptive, gsam, rho_follows_lr, same_seed, sync_ascent;
-    int64_t every, m_rows;
-    uint8_t group_adaptive[REGOPT_MAX_GROUPS];
-    float *save;  /* w before the ascent, restored by copy (n_trainable) */
-    float *accum; /* m-sharpness: sum of the chunks' perturbed gradients */
-    float *clean; /* GSAM: the clean gradient */
-} ro_sam;
-
-/* R-Drop configuration (rdrop.* keys). */
-typedef struct ro_rdrop {
-    int enabled;
-    double alpha, ce_weight;
-    int kl_sum, doubled;
-    int64_t every;
-} ro_rdrop;
-
-/* Terms of the step's objective at w, accumulated over micro-batches by the
- * passes that are not SAM-perturbed, all-reduced with the gradients. */
-enum {
-    RO_ACC_TASK, RO_ACC_LOSS1, RO_ACC_LOSS2, RO_ACC_CONSISTENCY,
-    RO_ACC_SMART_RS, RO_ACC_NOISE_SUM, RO_ACC_NOISE_ROWS, RO_ACC_BREGMAN,
-    RO_ACC_N
-};
-
-/* SMART's adversarial term (smart.* keys) and its buffers. */
-typedef struct ro_smart {
-    int enabled;
-    double lambda, epsilon, sigma, eta;
-    int steps, norm, mtdnn, stable_kl, same_seed;
-    float *nu, *g;  /* perturbation and its gradient, cap_in embedding rows */
-    float *sort;    /* L1 projection scratch, input width */
-    size_t cap_in;
-} ro_smart;
-
-/* The Bregman proximal term (bregman.* keys): EMA teacher and its outputs. */
-typedef struct ro_bregman {
-    int enabled, ready;   /* ready: the teacher holds weights */
-    double mu, beta, beta_late, sw;
-    float *teacher;       /* n_trainable */
-    float *out;           /* the teacher's outputs for the step's rows */
-    size_t cap_out;       /* rows */
-    double last_beta;
-} ro_bregman;
-
-/* What a SAM step measured; committed to the statistics on success. */
-typedef struct ro_sam_result {
-    double clean_loss, perturbed_loss, ascent_norm, rho;
-    int applied;
-} ro_sam_result;
-
-
-struct regopt_trainer {
-    uint32_t magic;
-    ro_alloc alloc;
-    regopt_model *model;
-    regopt_optimizer *opt;
-
-    /* options */
-    int loss_kind;
-    double label_smoothing;
-    uint64_t seed;
-    regopt_loss_fn loss_fn;
-    void *loss_user;
-    regopt_free_fn loss_free;
-    regopt_allreduce_fn allreduce;
-    void *allreduce_user;
-    regopt_free_fn allreduce_free;
-    float *sync;        /* all-reduce buffer: n_trainable + RO_SYNC_EXTRA floats */
-
-    /* training state */
-    uint64_t step;      /* completed updates */
-    int momentum_ready; /* SGD: the momentum buffer holds a value */
-    float *state;       /* optimizer moments, n_trainable * per_element */
-    size_t per_element;
-
-    /* scratch, grown to the largest batch and then reused */
-    size_t reserved;    /* batch rows every buffer has room for */
-    size_t cap_rows;
-    float *outputs, *d_outputs, *row_loss;
-
-    size_t forward_calls, backward_calls; /* of the step under way */
-    ro_sam sam;
-    ro_rdrop rdrop;
-    ro_smart smart;
-    ro_bregman bregman;
-    int rdrop_now;      /* R-Drop runs in the step under way */
-    const regopt_batch *batches; /* of the step under way (teacher outputs) */
-    double acc[RO_ACC_N];
-    double stats[RO_N_STATS];
-    char msg[RO_MSG_SIZE];
-
-    /* threads (parallel.c) */
-    unsigned threads;   /* REGOPT_TRAINER_THREADS */
-    struct ro_pool *pool; /* NULL on one thread */
-    size_t *chunk0;     /* per parameter: its first chunk */
-    size_t n_chunks;
-    double *chunk_sum;  /* per chunk, for ro_sum_pieces */
-};
-
-
-regopt_status ro_trainer_check(const regopt_trainer *t, const char *func);
-
-/* ---- passes.c ---------------------------------------------------------- */
-
-void ro_zero_gradients(const regopt_trainer *t);
-/* Task loss of a batch's outputs z: returns inv_weight * sum_i m_i w_i l_i
- * and writes m_i w_i * inv_weight * grad_scale * dl_i/dz_i into dz (NULL:
- * loss only). Masked rows get zero gradient whatever they hold. */
-regopt_status ro_batch_loss(regopt_trainer *t, const regopt_batch *b, const float *z,
-                            double inv_weight, double grad_scale, float *dz, double *loss);
-void ro_pass_init(const regopt_trainer *t, regopt_pass *p, const regopt_batch *b, size_t bi,
-                  uint32_t flags, uint64_t seed);
-regopt_status ro_call_forward(regopt_trainer *t, regopt_pass *p);
-regopt_status ro_call_backward(regopt_trainer *t, regopt_pass *p);
-/* A view of rows [r0, r0 + rows) of b (shifted per-row arrays). */
-void ro_batch_rows(regopt_batch *v, const regopt_batch *b, size_t r0, size_t rows, size_t k);
-/* Forward, loss and backward over rows [r0, r0 + rows) of micro-batch bi
- * (all rows: r0 = 0, rows = b->rows), adding to the gradients and adding
- * the loss scaled by inv_weight to *loss. chunk distinguishes the dropout
- * seeds of several chunks of one micro-batch. */
-regopt_status ro_gradient_rows(regopt_trainer *t, const regopt_batch *b, size_t bi,
-                               size_t r0, size_t rows, double inv_weight,
-                               uint32_t flags, uint32_t role, uint32_t chunk,
-                               double *loss);
-/* Embedding rows of a batch view (input_rows, or rows when 0). */
-size_t ro_input_rows(const regopt_batch *v);
-/* Zero the gradients, then ro_gradient_rows over every micro-batch. */
-regopt_status ro_gradient(regopt_trainer *t, const regopt_batch *batches, size_t count,
-                          double inv_weight, uint32_t flags, uint32_t role, double *loss);
-/* ---- allreduce.c ------------------------------------------------------- */
-
-/* The data-parallel all-reduce of the gradients (a no-op without one). */
-regopt_status ro_sync_gradients(regopt_trainer *t, regopt_status local, double *weight,
-                                double *loss, double *loss2);
-/* Floats after the gradients in the all-reduce buffer. */
-#define RO_SYNC_EXTRA (4 + RO_ACC_N)
-/* The scheduled learning rate of the next update. */
-double ro_trainer_lr(const regopt_trainer *t);
-
-/* ---- update.c ---------------------------------------------------------- */
-
-/* Global L2 norm of the gradients; NONFINITE_GRADIENT names the tensor. */
-regopt_status ro_gradient_norm(regopt_trainer *t, double *norm);
-/* torch's clip_grad_norm_ factor (1 = no clipping). */
-double ro_clip_scale(const regopt_optimizer *o, double norm);
-/* The fused base-optimizer update of every trainable tensor. */
-void ro_apply_update(regopt_trainer *t, double lr, double scale);
-
-/* ---- sam.c ------------------------------------------------------------- */
-
-void ro_sam_defaults(ro_sam *s);
-/* Allocate what the current SAM options need (idempotent). */
-regopt_status ro_sam_reserve(regopt_trainer *t);
-void ro_sam_release(regopt_trainer *t);
-/* Whether the step under way makes the SAM ascent (sam.every). */
-int ro_sam_due(const regopt_trainer *t);
-regopt_status ro_sam_set(regopt_trainer *t, regopt_key key, double value);
-double ro_sam_get(const regopt_trainer *t, regopt_key key);
-/* Validate SAM options against each other and the trainer. */
-regopt_status ro_sam_validate(regopt_trainer *t, const regopt_batch *b, size_t count);
-/* The final gradient of a SAM step into the gradient buffers, including
- * every data-parallel synchronisation; weights are restored on return. */
-regopt_status ro_sam_gradient(regopt_trainer *t, const regopt_batch *batches, size_t count,
-                              double *weight, double *loss, ro_sam_result *res);
-
-/* ---- rdrop.c ----------------------------------------------------------- */
-
-void ro_rdrop_defaults(ro_rdrop *r);
-regopt_status ro_rdrop_set(regopt_trainer *t, regopt_key key, double value);
-double ro_rdrop_get(const regopt_trainer *t, regopt_key key);
-/* The model can run R-Drop (two slots, or doubled batches). */
-regopt_status ro_rdrop_check_model(regopt_trainer *t);
-/* Whether the step under way runs R-Drop (rdrop.every). */
-int ro_rdrop_due(const regopt_trainer *t);
-/* Output rows the scratch buffers need per batch row. */
-size_t ro_rows_factor(const regopt_trainer *t);
-/* Both R-Drop forwards (doubled or two calls) from the first pass p1;
- * outputs land as [z1 | z2]. */
-regopt_status ro_rdrop_forwards(regopt_trainer *t, regopt_pass *p1, regopt_pass *p2,
-                                uint64_t s2);
-regopt_status ro_rdrop_backwards(regopt_trainer *t, regopt_pass *p1, regopt_pass *p2,
-                                 size_t n);
-/* The consistency term of a view's rows, alpha * its gradient added. */
-double ro_rdrop_consistency(const regopt_trainer *t, const regopt_batch *v, const float *z1,
-                            const float *z2, double inv_weight, float *d1, float *d2);
-
-/* ---- smart.c ----------------------------------------------------------- */
-
-void ro_smart_defaults(ro_smart *s);
-regopt_status ro_smart_set(regopt_trainer *t, regopt_key key, double value);
-double ro_smart_get(const regopt_trainer *t, regopt_key key);
-regopt_status ro_smart_add(regopt_trainer *t);
-void ro_smart_release(regopt_trainer *t);
-/* Grow the noise buffers to `rows` embedding rows (no-op when large enough). */
-regopt_status ro_smart_grow(regopt_trainer *t, size_t rows);
-/* Grow the noise buffers to the step's largest embedding row count. */
-regopt_status ro_smart_reserve(regopt_trainer *t, const regopt_batch *b, size_t count);
-/* The slot SMART's adversarial passes use. */
-int32_t ro_smart_slot(const regopt_trainer *t);
-/* R_s for a view whose clean outputs z (and their gradient dz) are given:
- * the ascent and the final adversarial pass with its backward; adds
- * lambda * dR_s/dz to dz; *rs = R_s. */
-regopt_status ro_smart_term(regopt_trainer *t, const regopt_batch *v, size_t bi, size_t r0,
-                            uint32_t flags, uint64_t seed, uint32_t role, uint32_t chunk,
-                            double inv_weight, const float *z, float *dz, double *rs);
-
-/* ---- bregman.c --------------------------------------------------------- */
-
-void ro_bregman_defaults(ro_bregman *b);
-regopt_status ro_bregman_set(regopt_trainer *t, regopt_key key, double value);
-double ro_bregman_get(const regopt_trainer *t, regopt_key key);
-regopt_status ro_bregman_add(regopt_trainer *t);
-void ro_bregman_release(regopt_trainer *t);
-/* Room for the teacher's outputs of `rows` rows per step. */
-regopt_status ro_bregman_grow(regopt_trainer *t, size_t rows);
-/* The teacher's outputs for every row of the step (one weight swap). */
-regopt_status ro_bregman_teacher(regopt_trainer *t, const regopt_batch *b, size_t count);
-/* D_Breg of a view, mu * its gradient added to dz. */
-double ro_bregman_term(const regopt_trainer *t, const regopt_batch *v, size_t bi, size_t r0,
-                       const float *z, double inv_weight, float *dz);
-/* After the update: w~ <- beta w~ + (1 - beta) w. */
-void ro_bregman_update(regopt_trainer *t);
-
 /* ---- crc32.c ----------------------------------------------------------- */
 
 /* CRC-32 (IEEE 802.3, zlib's crc32): continue `crc` (0 to start) over n bytes. */
@@ -422,7 +192,7 @@ uint32_t ro_crc32(uint32_t crc, const void *data, size_t n);
 
 /* ---- checkpoint_format.c / checkpoint.c -------------------------------- */
 
-#define RO_CK_MAX_SECTIONS 8 /* written by this version */
+#define RO_CK_MAX_SECTIONS (8 + RO_MAX_REGS) /* written by this version */
 #define RO_CK_MAX_FOUND 64    /* remembered when reading */
 
 /* A byte sink for checkpoint sections: encodes little-endian, keeps the
@@ -448,12 +218,6 @@ uint64_t ro_ck_rd64(const unsigned char *p);
 double ro_ck_rdf64(const unsigned char *p);
 void ro_ck_rdfloats(float *dst, const unsigned char *src, size_t n);
 
-/* A section of the trainer's checkpoint: its name and what writes it. */
-typedef struct ro_ck_section {
-    const char *name;
-    void (*emit)(const regopt_trainer *t, ro_ck_sink *s);
-} ro_ck_section;
-
 /* A section found in a checkpoint being loaded (CRC already checked). */
 typedef struct ro_ck_found {
     char name[25];
@@ -461,23 +225,8 @@ typedef struct ro_ck_found {
     uint64_t size;
 } ro_ck_found;
 
-/* The sections a save with these flags writes, in order; returns how many. */
-size_t ro_ck_sections(const regopt_trainer *t, uint32_t flags, ro_ck_section *out);
-/* Validate the found sections against the trainer, then apply them; on
- * failure nothing has changed. */
-regopt_status ro_ck_restore(regopt_trainer *t, uint32_t flags, const ro_ck_found *found,
-                            size_t count);
-/* Save / load through callbacks (checkpoint_format.c), shared by the
- * buffer, callback and file entry points. */
-regopt_status ro_ck_save(const regopt_trainer *t, uint32_t flags, regopt_write_fn write,
-                         void *user, uint64_t *total);
-regopt_status ro_ck_load_memory(regopt_trainer *t, uint32_t flags, const unsigned char *buf,
-                                size_t size);
-/* Total size announced by a 32-byte header after checking magic, version
- * and header CRC; and the largest checkpoint this trainer accepts. */
-regopt_status ro_ck_header(regopt_trainer *t, const unsigned char *h, uint64_t *total);
-uint64_t ro_ck_limit(const regopt_trainer *t);
 #define RO_CK_HEADER 32u
+#define RO_CK_VERSION 2u
 
 /* ---- schedule.c -------------------------------------------------------- */
 
@@ -533,17 +282,34 @@ void ro_pool_run(ro_pool *p, ro_task_fn fn, void *ctx);
 #define RO_PAR_MIN (64 * RO_CHUNK)
 #define RO_MAX_THREADS 256
 
+/* The trainer's loops over its model's trainable elements: the chunk table
+ * and the worker pool. */
+typedef struct ro_par {
+    const regopt_model *model;
+    const ro_alloc *alloc;
+    unsigned threads;     /* REGOPT_TRAINER_THREADS */
+    struct ro_pool *pool; /* NULL on one thread */
+    size_t *chunk0;       /* per parameter: its first chunk */
+    size_t n_chunks;
+    double *chunk_sum;    /* per chunk, for ro_sum_pieces */
+} ro_par;
+
 /* Elements [j0, j1) of trainable tensor p. */
 typedef void (*ro_piece_fn)(void *ctx, const ro_param *p, size_t j0, size_t j1);
 typedef double (*ro_sum_fn)(void *ctx, const ro_param *p, size_t j0, size_t j1);
 /* fn over every trainable element, each once, on the trainer's threads. */
-void ro_each_piece(const regopt_trainer *t, ro_piece_fn fn, void *ctx);
+void ro_each_piece(const ro_par *par, ro_piece_fn fn, void *ctx);
 /* The sum of fn over every trainable element, chunk by chunk: the same
  * bits on any number of threads. */
-double ro_sum_pieces(const regopt_trainer *t, ro_sum_fn fn, void *ctx);
-regopt_status ro_parallel_init(regopt_trainer *t);
-void ro_parallel_release(regopt_trainer *t);
-regopt_status ro_parallel_set_threads(regopt_trainer *t, unsigned threads);
+double ro_sum_pieces(const ro_par *par, ro_sum_fn fn, void *ctx);
+regopt_status ro_parallel_init(ro_par *par, const ro_alloc *a, const regopt_model *m);
+void ro_parallel_release(ro_par *par);
+regopt_status ro_parallel_set_threads(ro_par *par, unsigned threads, char *msg);
+
+/* GCC at -O2 vectorizes only loops whose trip count is a known multiple
+ * of the vector width: elementwise loops run over blocks of RO_BLOCK
+ * elements through block pointers, then a scalar tail. */
+#define RO_BLOCK 16
 
 /* ---- normal.c: Box-Muller ---------------------------------------------- */
 

@@ -12,7 +12,7 @@
 #include "internal.h"
 
 typedef struct job {
-    const regopt_trainer *t;
+    const ro_par *t;
     ro_piece_fn piece; /* elementwise: once per piece */
     ro_sum_fn sum;     /* or a sum: once per chunk, into t->chunk_sum */
     void *ctx;
@@ -23,7 +23,7 @@ static size_t chunks_of(size_t count) { return (count + RO_CHUNK - 1) / RO_CHUNK
 /* Run the job on chunks [c0, c1). */
 static void run_chunks(const job *jb, size_t c0, size_t c1)
 {
-    const regopt_trainer *t = jb->t;
+    const ro_par *t = jb->t;
     const regopt_model *m = t->model;
     size_t i;
     for (i = 0; i < m->n_params; i++) {
@@ -58,12 +58,12 @@ static void run_part(void *ctx, unsigned part, unsigned parts)
 }
 
 /* Threads pay off only when every one gets a few chunks. */
-static int parallel(const regopt_trainer *t)
+static int parallel(const ro_par *t)
 {
     return t->pool && t->model->n_trainable >= RO_PAR_MIN;
 }
 
-void ro_each_piece(const regopt_trainer *t, ro_piece_fn fn, void *ctx)
+void ro_each_piece(const ro_par *t, ro_piece_fn fn, void *ctx)
 {
     job jb;
     jb.t = t;
@@ -83,7 +83,7 @@ void ro_each_piece(const regopt_trainer *t, ro_piece_fn fn, void *ctx)
     }
 }
 
-double ro_sum_pieces(const regopt_trainer *t, ro_sum_fn fn, void *ctx)
+double ro_sum_pieces(const ro_par *t, ro_sum_fn fn, void *ctx)
 {
     job jb;
     double s = 0.0;
@@ -104,11 +104,12 @@ double ro_sum_pieces(const regopt_trainer *t, ro_sum_fn fn, void *ctx)
 /* The chunk table of the trainer's model: first chunk of every tensor and
  * room for one sum per chunk. The model's tensors are fixed once a trainer
  * is bound to it. */
-regopt_status ro_parallel_init(regopt_trainer *t)
+regopt_status ro_parallel_init(ro_par *t, const ro_alloc *a, const regopt_model *m)
 {
-    const regopt_model *m = t->model;
     size_t i, k = 0;
-    t->chunk0 = ro_calloc(&t->alloc, m->n_params, sizeof *t->chunk0);
+    t->model = m;
+    t->alloc = a;
+    t->chunk0 = ro_calloc(t->alloc, m->n_params, sizeof *t->chunk0);
     if (!t->chunk0)
         return REGOPT_ERR_NO_MEMORY;
     for (i = 0; i < m->n_params; i++) {
@@ -117,9 +118,9 @@ regopt_status ro_parallel_init(regopt_trainer *t)
             k += chunks_of(m->params[i].count);
     }
     t->n_chunks = k;
-    t->chunk_sum = ro_calloc(&t->alloc, k ? k : 1, sizeof *t->chunk_sum);
+    t->chunk_sum = ro_calloc(t->alloc, k ? k : 1, sizeof *t->chunk_sum);
     if (!t->chunk_sum) {
-        ro_free(&t->alloc, t->chunk0);
+        ro_free(t->alloc, t->chunk0);
         t->chunk0 = NULL;
         return REGOPT_ERR_NO_MEMORY;
     }
@@ -127,27 +128,27 @@ regopt_status ro_parallel_init(regopt_trainer *t)
     return REGOPT_OK;
 }
 
-void ro_parallel_release(regopt_trainer *t)
+void ro_parallel_release(ro_par *t)
 {
     ro_pool_free(t->pool);
     t->pool = NULL;
-    ro_free(&t->alloc, t->chunk_sum);
-    ro_free(&t->alloc, t->chunk0);
+    ro_free(t->alloc, t->chunk_sum);
+    ro_free(t->alloc, t->chunk0);
     t->chunk_sum = NULL;
     t->chunk0 = NULL;
 }
 
 /* REGOPT_TRAINER_THREADS: the old pool stays until the new one exists, so
  * a failure changes nothing. */
-regopt_status ro_parallel_set_threads(regopt_trainer *t, unsigned threads)
+regopt_status ro_parallel_set_threads(ro_par *t, unsigned threads, char *msg)
 {
     ro_pool *p = NULL;
     if (threads == t->threads)
         return REGOPT_OK;
     if (threads > 1) {
-        p = ro_pool_create(&t->alloc, threads);
+        p = ro_pool_create(t->alloc, threads);
         if (!p)
-            return ro_fail(t->msg, REGOPT_ERR_NO_MEMORY,
+            return ro_fail(msg, REGOPT_ERR_NO_MEMORY,
                            "cannot start %u threads for \"trainer.threads\"", threads);
     }
     ro_pool_free(t->pool);

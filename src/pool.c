@@ -104,7 +104,7 @@ void ro_pool_run(ro_pool *p, ro_task_fn fn, void *ctx)
 }
 
 /* Stop and join the first `started` workers, then free everything. */
-static void destroy(ro_pool *p, unsigned started)
+static void pool_destroy(ro_pool *p, unsigned started)
 {
     unsigned i;
     pthread_mutex_lock(&p->mu);
@@ -123,7 +123,7 @@ static void destroy(ro_pool *p, unsigned started)
 void ro_pool_free(ro_pool *p)
 {
     if (p)
-        destroy(p, p->parts - 1);
+        pool_destroy(p, p->parts - 1);
 }
 
 /* A pool of `parts` threads (parts >= 2); NULL when memory or a thread
@@ -158,7 +158,7 @@ ro_pool *ro_pool_create(const ro_alloc *a, unsigned parts)
         args[i].pool = p;
         args[i].part = i + 1;
         if (pthread_create(&p->tid[i], NULL, worker, &args[i]) != 0) {
-            destroy(p, i);
+            pool_destroy(p, i);
             return NULL;
         }
     }

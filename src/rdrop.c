@@ -1,121 +1,168 @@
 /* rdrop.c — R-Drop (Liang et al., NeurIPS 2021): every micro-batch runs
  * twice with different dropout seeds; the loss is w_ce (l1 + l2) plus alpha
  * times the symmetric KL between the two output distributions (Eq. 3), or
- * the squared difference for regression. Gradients flow into both passes. */
-#include "internal.h"
+ * the squared difference for regression; docs/methods.md §4. The two task
+ * copies are the pipeline's (ro_plan.copies); this file adds the
+ * consistency rdrop_term. */
+#include "reg.h"
 
 #include <math.h>
 #include <string.h>
 
-void ro_rdrop_defaults(ro_rdrop *r)
+typedef struct rdrop {
+    double alpha, ce_weight;
+    int kl_sum, doubled;
+    int64_t every;
+} rdrop;
+
+enum { ACC_LOSS1, ACC_LOSS2, ACC_CONSISTENCY, N_ACC };
+
+#define D REGOPT_TYPE_DOUBLE
+#define I REGOPT_TYPE_INT
+#define RO REGOPT_KEY_READ_ONLY
+static const ro_key_desc rdrop_keys[] = {
+    {REGOPT_RDROP_ALPHA, "rdrop.alpha", D, RO_OWNER_REG, 0, 1e4, 1, 0},
+    {REGOPT_RDROP_CE_WEIGHT, "rdrop.ce_weight", D, RO_OWNER_REG, 0, 1e3, 1, 0},
+    {REGOPT_RDROP_KL_SUM, "rdrop.kl_sum", I, RO_OWNER_REG, 0, 1, 0, 0},
+    {REGOPT_RDROP_EVERY, "rdrop.every", I, RO_OWNER_REG, 1, 2147483648.0, 1, 0},
+    {REGOPT_RDROP_DOUBLED, "rdrop.doubled", I, RO_OWNER_REG, 0, 1, 1, 0},
+    {REGOPT_STAT_RDROP_LOSS1, "rdrop.loss1", D, RO_OWNER_REG, -HUGE_VAL, HUGE_VAL, 0, RO},
+    {REGOPT_STAT_RDROP_LOSS2, "rdrop.loss2", D, RO_OWNER_REG, -HUGE_VAL, HUGE_VAL, 0, RO},
+    {REGOPT_STAT_RDROP_CONSISTENCY, "rdrop.consistency", D, RO_OWNER_REG, -HUGE_VAL, HUGE_VAL,
+     0, RO},
+    {REGOPT_STAT_RDROP_APPLIED, "rdrop.applied", I, RO_OWNER_REG, 0, 1, 0, RO},
+};
+
+static void rdrop_init(ro_reg *r)
 {
-    memset(r, 0, sizeof *r);
-    r->alpha = 1.0;
-    r->ce_weight = 1.0;
-    r->every = 1;
-    r->doubled = 1;
+    rdrop *d = r->self;
+    d->alpha = 1.0;
+    d->ce_weight = 1.0;
+    d->every = 1;
+    d->doubled = 1;
 }
 
-regopt_status ro_rdrop_set(regopt_trainer *t, regopt_key key, double v)
+static regopt_status rdrop_set(ro_reg *r, const ro_key_desc *k, int32_t group, double v)
 {
-    ro_rdrop *r = &t->rdrop;
-    switch (key) {
-    case REGOPT_RDROP_ALPHA: r->alpha = v; break;
-    case REGOPT_RDROP_CE_WEIGHT: r->ce_weight = v; break;
-    case REGOPT_RDROP_KL_SUM: r->kl_sum = (int)v; break;
-    case REGOPT_RDROP_EVERY: r->every = (int64_t)v; break;
-    case REGOPT_RDROP_DOUBLED: r->doubled = (int)v; break;
-    default: break;
+    rdrop *d = r->self;
+    (void)group;
+    switch (k->key) {
+    case REGOPT_RDROP_ALPHA: d->alpha = v; break;
+    case REGOPT_RDROP_CE_WEIGHT: d->ce_weight = v; break;
+    case REGOPT_RDROP_KL_SUM: d->kl_sum = (int)v; break;
+    case REGOPT_RDROP_EVERY: d->every = (int64_t)v; break;
+    default: d->doubled = (int)v; break;
     }
     return REGOPT_OK;
 }
 
-double ro_rdrop_get(const regopt_trainer *t, regopt_key key)
+static double rdrop_get(const ro_reg *r, const ro_key_desc *k, int32_t group)
 {
-    const ro_rdrop *r = &t->rdrop;
-    switch (key) {
-    case REGOPT_RDROP_ALPHA: return r->alpha;
-    case REGOPT_RDROP_CE_WEIGHT: return r->ce_weight;
-    case REGOPT_RDROP_KL_SUM: return r->kl_sum;
-    case REGOPT_RDROP_EVERY: return (double)r->every;
-    case REGOPT_RDROP_DOUBLED: return r->doubled;
-    default: return 0.0;
+    const rdrop *d = r->self;
+    (void)group;
+    switch (k->key) {
+    case REGOPT_RDROP_ALPHA: return d->alpha;
+    case REGOPT_RDROP_CE_WEIGHT: return d->ce_weight;
+    case REGOPT_RDROP_KL_SUM: return d->kl_sum;
+    case REGOPT_RDROP_EVERY: return (double)d->every;
+    default: return d->doubled;
     }
 }
 
-static int use_doubled(const regopt_trainer *t)
+static int use_doubled(const ro_reg *r)
 {
-    return t->rdrop.doubled && (t->model->caps & REGOPT_CAP_DOUBLED_BATCH);
+    return ((const rdrop *)r->self)->doubled &&
+           (r->env->model->caps & REGOPT_CAP_DOUBLED_BATCH);
 }
 
-regopt_status ro_rdrop_check_model(regopt_trainer *t)
+static regopt_status rdrop_attach(ro_reg *r)
 {
-    if (t->model->slots < 2 && !(t->model->caps & REGOPT_CAP_DOUBLED_BATCH))
-        return ro_fail(t->msg, REGOPT_ERR_STATE,
+    const regopt_model *m = r->env->model;
+    if (m->slots < 2 && !(m->caps & REGOPT_CAP_DOUBLED_BATCH))
+        return ro_fail(r->env->msg, REGOPT_ERR_STATE,
                        "R-Drop needs a model with 2 activation slots or "
-                       "REGOPT_CAP_DOUBLED_BATCH (this one has %d slot)", (int)t->model->slots);
+                       "REGOPT_CAP_DOUBLED_BATCH (this one has %d slot)", (int)m->slots);
     return REGOPT_OK;
 }
 
-int ro_rdrop_due(const regopt_trainer *t)
+static int rdrop_due(const ro_reg *r, uint64_t step)
 {
-    return t->rdrop.enabled && t->step % (uint64_t)t->rdrop.every == 0;
+    return step % (uint64_t)((const rdrop *)r->self)->every == 0;
 }
 
-size_t ro_rows_factor(const regopt_trainer *t)
+/* The second copy: a slot of its own unless doubled (whether rdrop_due or not,
+ * so slot numbers do not move with rdrop.every), its output block, and
+ * fresh dropout copy 0. */
+static void rdrop_plan(ro_reg *r, ro_plan *p, int now)
 {
-    /* [R-Drop pass 1 | R-Drop pass 2 | SMART's adversarial pass] */
-    return (t->rdrop.enabled ? 2 : 1) + (t->smart.enabled ? 1 : 0);
+    int two_call = !use_doubled(r);
+    if (two_call)
+        p->copy_slot = p->slots++;
+    p->fresh++;
+    if (!now)
+        return;
+    p->copies = 2;
+    p->doubled = !two_call;
+    p->task_scale = ((const rdrop *)r->self)->ce_weight;
+    p->blocks++;
 }
 
-/* The consistency term of n rows, scaled like the task loss (or summed),
- * its gradient (times alpha) added to d1, d2. */
-double ro_rdrop_consistency(const regopt_trainer *t, const regopt_batch *v, const float *z1,
-                            const float *z2, double inv_weight, float *d1, float *d2)
+/* The consistency rdrop_term of the view's rows, scaled like the task loss (or
+ * summed), its gradient (times alpha) added to both copies' gradients. */
+static regopt_status rdrop_term(ro_reg *r, ro_view *v, double *weighted)
 {
-    size_t i, k = t->model->output_width;
-    double sum = 0.0, norm = t->rdrop.kl_sum ? 1.0 : inv_weight;
-    int mse = t->loss_kind == REGOPT_LOSS_MSE;
-    for (i = 0; i < v->rows; i++) {
-        float rw = ro_row_weight(v, i);
-        float c = (float)(rw * norm * t->rdrop.alpha);
+    const rdrop *d = r->self;
+    ro_step *s = v->s;
+    size_t i, k = v->k, nk = v->n * k;
+    const float *z1 = v->z, *z2 = v->z + nk;
+    float *d1 = v->dz, *d2 = v->dz + nk;
+    double sum = 0.0, norm = d->kl_sum ? 1.0 : s->inv_weight;
+    int mse = s->env->loss_kind == REGOPT_LOSS_MSE;
+    for (i = 0; i < v->n; i++) {
+        float rw = ro_row_weight(&v->rows, i);
+        float c = (float)(rw * norm * d->alpha);
         if (rw == 0.0f)
             continue;
         sum += rw * (mse ? ro_sq_diff_row(z1 + i * k, z2 + i * k, k, c, d1 + i * k, d2 + i * k)
                          : ro_sym_kl_row(z1 + i * k, z2 + i * k, k, c, d1 + i * k, d2 + i * k));
     }
-    return sum * norm;
-}
-
-/* Both forwards: one doubled pass (2n rows, slot 0) or two passes in slots
- * 0 and 1. Either way the outputs land as [z1 (n rows) | z2 (n rows)]. */
-regopt_status ro_rdrop_forwards(regopt_trainer *t, regopt_pass *p1, regopt_pass *p2,
-                                uint64_t s2)
-{
-    regopt_status st;
-    size_t n = p1->rows;
-    if (use_doubled(t)) {
-        p1->rows = 2 * n;
-        p1->flags |= REGOPT_PASS_DOUBLED;
-        p1->seed2 = s2;
-        return ro_call_forward(t, p1);
+    sum *= norm;
+    *weighted = d->alpha * sum;
+    if (!(v->flags & REGOPT_PASS_PERTURBED_WEIGHTS)) {
+        s->acc[r->acc0 + ACC_LOSS1] += v->task[0];
+        s->acc[r->acc0 + ACC_LOSS2] += v->task[1];
+        s->acc[r->acc0 + ACC_CONSISTENCY] += sum;
     }
-    *p2 = *p1;
-    p2->slot = 1;
-    p2->seed = s2;
-    p2->outputs = t->outputs + n * t->model->output_width;
-    st = ro_call_forward(t, p1);
-    return st == REGOPT_OK ? ro_call_forward(t, p2) : st;
+    return REGOPT_OK;
 }
 
-regopt_status ro_rdrop_backwards(regopt_trainer *t, regopt_pass *p1, regopt_pass *p2,
-                                 size_t n)
+static void rdrop_commit(ro_reg *r, const ro_step *s)
 {
-    regopt_status st;
-    p1->d_outputs = t->d_outputs;
-    if (p1->flags & REGOPT_PASS_DOUBLED)
-        return ro_call_backward(t, p1);
-    p2->d_outputs = t->d_outputs + n * t->model->output_width;
-    st = ro_call_backward(t, p1);
-    return st == REGOPT_OK ? ro_call_backward(t, p2) : st;
+    const double *a = s->acc + r->acc0;
+    r->stats[0] = r->due ? a[ACC_LOSS1] : 0.0;
+    r->stats[1] = r->due ? a[ACC_LOSS2] : 0.0;
+    r->stats[2] = a[ACC_CONSISTENCY];
+    r->stats[3] = r->due;
 }
+
+const ro_reg_ops ro_rdrop_ops = {
+    .name = "rdrop",
+    .title = "R-Drop",
+    .kind = REGOPT_REG_RDROP,
+    .flags = REGOPT_REG_SINGLE,
+    .order = 10,
+    .size = sizeof(rdrop),
+    .keys = rdrop_keys,
+    .n_keys = sizeof rdrop_keys / sizeof rdrop_keys[0],
+    .stat0 = REGOPT_STAT_RDROP_LOSS1,
+    .n_stats = 4,
+    .n_acc = N_ACC,
+    .init = rdrop_init,
+    .attach = rdrop_attach,
+    .set = rdrop_set,
+    .get = rdrop_get,
+    .due = rdrop_due,
+    .plan = rdrop_plan,
+    .term = rdrop_term,
+    .commit = rdrop_commit,
+};

@@ -1,17 +1,50 @@
 /* smart.c — SMART's smoothness-inducing adversarial regularizer R_s
- * (Jiang et al., ACL 2020, Eq. 2 and Alg. 1): perturb the host's input
- * embeddings inside an epsilon-ball in the direction that changes the
- * outputs most, and penalise the change. Also namisan/mt-dnn's variant
- * (unit normalisation without projection, optionally its "stable KL"). */
-#include "internal.h"
+ * (Jiang et al., ACL 2020, Eq. 2 and Alg. 1; docs/methods.md §5): perturb
+ * the host's input embeddings inside an epsilon-ball in the direction that
+ * changes the outputs most, and penalise the change. Also namisan/mt-dnn's
+ * variant (unit normalisation without projection, optionally its "stable
+ * KL"). */
+#include "reg.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-void ro_smart_defaults(ro_smart *s)
+/* Roles of SMART's draws (counter word 3, see smart_role). */
+#define SEED_NOISE 3u
+#define SEED_ADV 4u
+
+typedef struct smart {
+    double lambda, epsilon, sigma, eta;
+    int steps, norm, mtdnn, stable_kl, same_seed;
+    float *nu, *g;  /* perturbation and its gradient, cap_in embedding rows */
+    float *sort;    /* L1 projection scratch, input width */
+    size_t cap_in;
+} smart;
+
+enum { ACC_RS, ACC_NOISE_SUM, ACC_NOISE_ROWS, N_ACC };
+
+#define D REGOPT_TYPE_DOUBLE
+#define I REGOPT_TYPE_INT
+#define RO REGOPT_KEY_READ_ONLY
+static const ro_key_desc smart_keys[] = {
+    {REGOPT_SMART_LAMBDA, "smart.lambda", D, RO_OWNER_REG, 0, 1e4, 1, 0},
+    {REGOPT_SMART_EPSILON, "smart.epsilon", D, RO_OWNER_REG, 0, 1e3, 1e-5,
+     REGOPT_KEY_MIN_EXCLUSIVE},
+    {REGOPT_SMART_SIGMA, "smart.sigma", D, RO_OWNER_REG, 0, 1e3, 1e-5, 0},
+    {REGOPT_SMART_ETA, "smart.eta", D, RO_OWNER_REG, 0, 1e3, 1e-3, 0},
+    {REGOPT_SMART_STEPS, "smart.steps", I, RO_OWNER_REG, 1, 100, 1, 0},
+    {REGOPT_SMART_NORM, "smart.norm", I, RO_OWNER_REG, 0, 2, 0, 0},
+    {REGOPT_SMART_MTDNN, "smart.mtdnn", I, RO_OWNER_REG, 0, 1, 0, 0},
+    {REGOPT_SMART_STABLE_KL, "smart.stable_kl", I, RO_OWNER_REG, 0, 1, 0, 0},
+    {REGOPT_SMART_SAME_SEED, "smart.same_seed", I, RO_OWNER_REG, 0, 1, 1, 0},
+    {REGOPT_STAT_SMART_RS, "smart.rs", D, RO_OWNER_REG, -HUGE_VAL, HUGE_VAL, 0, RO},
+    {REGOPT_STAT_SMART_NOISE_NORM, "smart.noise_norm", D, RO_OWNER_REG, 0, HUGE_VAL, 0, RO},
+};
+
+static void smart_init(ro_reg *r)
 {
-    memset(s, 0, sizeof *s);
+    smart *s = r->self;
     s->lambda = 1.0;
     s->epsilon = 1e-5;
     s->sigma = 1e-5;
@@ -21,10 +54,11 @@ void ro_smart_defaults(ro_smart *s)
     s->same_seed = 1;
 }
 
-regopt_status ro_smart_set(regopt_trainer *t, regopt_key key, double v)
+static regopt_status smart_set(ro_reg *r, const ro_key_desc *k, int32_t group, double v)
 {
-    ro_smart *s = &t->smart;
-    switch (key) {
+    smart *s = r->self;
+    (void)group;
+    switch (k->key) {
     case REGOPT_SMART_LAMBDA: s->lambda = v; break;
     case REGOPT_SMART_EPSILON: s->epsilon = v; break;
     case REGOPT_SMART_SIGMA: s->sigma = v; break;
@@ -33,16 +67,16 @@ regopt_status ro_smart_set(regopt_trainer *t, regopt_key key, double v)
     case REGOPT_SMART_NORM: s->norm = (int)v; break;
     case REGOPT_SMART_MTDNN: s->mtdnn = (int)v; break;
     case REGOPT_SMART_STABLE_KL: s->stable_kl = (int)v; break;
-    case REGOPT_SMART_SAME_SEED: s->same_seed = (int)v; break;
-    default: break;
+    default: s->same_seed = (int)v; break;
     }
     return REGOPT_OK;
 }
 
-double ro_smart_get(const regopt_trainer *t, regopt_key key)
+static double smart_get(const ro_reg *r, const ro_key_desc *k, int32_t group)
 {
-    const ro_smart *s = &t->smart;
-    switch (key) {
+    const smart *s = r->self;
+    (void)group;
+    switch (k->key) {
     case REGOPT_SMART_LAMBDA: return s->lambda;
     case REGOPT_SMART_EPSILON: return s->epsilon;
     case REGOPT_SMART_SIGMA: return s->sigma;
@@ -51,81 +85,70 @@ double ro_smart_get(const regopt_trainer *t, regopt_key key)
     case REGOPT_SMART_NORM: return s->norm;
     case REGOPT_SMART_MTDNN: return s->mtdnn;
     case REGOPT_SMART_STABLE_KL: return s->stable_kl;
-    case REGOPT_SMART_SAME_SEED: return s->same_seed;
-    default: return 0.0;
+    default: return s->same_seed;
     }
 }
 
-int32_t ro_smart_slot(const regopt_trainer *t)
+static regopt_status smart_attach(ro_reg *r)
 {
-    /* after the clean passes: slot 0, or slots 0 and 1 for two-call R-Drop */
-    int two_call = t->rdrop.enabled && !(t->rdrop.doubled &&
-                                         (t->model->caps & REGOPT_CAP_DOUBLED_BATCH));
-    return two_call ? 2 : 1;
+    smart *s = r->self;
+    const regopt_model *m = r->env->model;
+    if (m->input_width == 0)
+        return ro_fail(r->env->msg, REGOPT_ERR_STATE,
+                       "SMART perturbs input embeddings: smart_set the model's input width");
+    s->sort = ro_calloc(r->env->alloc, m->input_width, sizeof(float));
+    if (!s->sort)
+        return ro_fail(r->env->msg, REGOPT_ERR_NO_MEMORY, "out of memory for SMART");
+    return REGOPT_OK;
 }
 
-regopt_status ro_smart_grow(regopt_trainer *t, size_t rows)
+static void smart_detach(ro_reg *r)
 {
-    ro_smart *s = &t->smart;
-    size_t d = t->model->input_width;
+    smart *s = r->self;
+    ro_free(r->env->alloc, s->nu);
+    ro_free(r->env->alloc, s->g);
+    ro_free(r->env->alloc, s->sort);
+    s->nu = s->g = s->sort = NULL;
+    s->cap_in = 0;
+}
+
+/* Grow the noise buffers to `rows` embedding rows (no-op when large enough). */
+static regopt_status smart_grow(ro_reg *r, size_t rows)
+{
+    smart *s = r->self;
+    size_t d = r->env->model->input_width;
     float *nu, *g;
     if (rows <= s->cap_in)
         return REGOPT_OK;
-    nu = ro_calloc(&t->alloc, rows, d * sizeof(float));
-    g = ro_calloc(&t->alloc, rows, d * sizeof(float));
+    nu = ro_calloc(r->env->alloc, rows, d * sizeof(float));
+    g = ro_calloc(r->env->alloc, rows, d * sizeof(float));
     if (!nu || !g) {
-        ro_free(&t->alloc, nu);
-        ro_free(&t->alloc, g);
-        return ro_fail(t->msg, REGOPT_ERR_NO_MEMORY,
+        ro_free(r->env->alloc, nu);
+        ro_free(r->env->alloc, g);
+        return ro_fail(r->env->msg, REGOPT_ERR_NO_MEMORY,
                        "out of memory for SMART's noise of %zu x %zu", rows, d);
     }
-    ro_free(&t->alloc, s->nu);
-    ro_free(&t->alloc, s->g);
+    ro_free(r->env->alloc, s->nu);
+    ro_free(r->env->alloc, s->g);
     s->nu = nu;
     s->g = g;
     s->cap_in = rows;
     return REGOPT_OK;
 }
 
-regopt_status ro_smart_add(regopt_trainer *t)
+/* Room for `rows` embedding rows, and for the largest micro-batch's
+ * embedding rows (in_rows). */
+static regopt_status smart_reserve(ro_reg *r, size_t rows, size_t in_rows)
 {
-    ro_smart *s = &t->smart;
-    const regopt_model *m = t->model;
-    if (m->input_width == 0)
-        return ro_fail(t->msg, REGOPT_ERR_STATE,
-                       "SMART perturbs input embeddings: set the model's input width");
-    if (m->slots < ro_smart_slot(t) + 1)
-        return ro_fail(t->msg, REGOPT_ERR_STATE,
-                       "SMART needs %d activation slots here (the model has %d)",
-                       (int)ro_smart_slot(t) + 1, (int)m->slots);
-    s->sort = ro_calloc(&t->alloc, m->input_width, sizeof(float));
-    if (!s->sort)
-        return ro_fail(t->msg, REGOPT_ERR_NO_MEMORY, "out of memory for SMART");
-    s->enabled = 1;
-    return REGOPT_OK;
+    return smart_grow(r, in_rows > rows ? in_rows : rows);
 }
 
-void ro_smart_release(regopt_trainer *t)
+/* One slot and one output block of its own for the adversarial passes. */
+static void smart_plan(ro_reg *r, ro_plan *p, int now)
 {
-    ro_smart *s = &t->smart;
-    ro_free(&t->alloc, s->nu);
-    ro_free(&t->alloc, s->g);
-    ro_free(&t->alloc, s->sort);
-    s->nu = s->g = s->sort = NULL;
-    s->cap_in = 0;
-    s->enabled = 0;
-}
-
-regopt_status ro_smart_reserve(regopt_trainer *t, const regopt_batch *b, size_t count)
-{
-    size_t bi, rows = 0;
-    if (!t->smart.enabled)
-        return REGOPT_OK;
-    for (bi = 0; bi < count; bi++) {
-        size_t r = ro_input_rows(ro_batch_at(b, bi));
-        rows = r > rows ? r : rows;
-    }
-    return ro_smart_grow(t, rows);
+    (void)now;
+    r->slot = p->slots++;
+    r->block = p->blocks++;
 }
 
 /* ---- norms and projections of one embedding row ----------------------- */
@@ -189,7 +212,7 @@ static void project(float *x, size_t d, int p, double r, float *sorted)
 }
 
 /* One ascent update of every embedding row of nu from its gradient g. */
-static void ascent_update(ro_smart *s, size_t rows, size_t d)
+static void ascent_update(smart *s, size_t rows, size_t d)
 {
     size_t i, j;
     for (i = 0; i < rows; i++) {
@@ -212,16 +235,14 @@ static void ascent_update(ro_smart *s, size_t rows, size_t d)
     }
 }
 
-/* ---- the term ------------------------------------------------------------ */
-
 /* l_s between adversarial outputs a and clean outputs z, row weighted:
  * gradient into da (scaled by `scale`) and, unless dz is NULL (detached),
  * into dz. */
-static double smooth_loss(const regopt_trainer *t, const regopt_batch *v, const float *a,
+static double smooth_loss(const ro_env *e, const regopt_batch *v, const float *a,
                           const float *z, double inv_weight, double scale, int stable,
                           float *da, float *dz)
 {
-    size_t i, k = t->model->output_width;
+    size_t i, k = e->model->output_width;
     double sum = 0.0;
     for (i = 0; i < v->rows; i++) {
         float rw = ro_row_weight(v, i), c = (float)(rw * inv_weight * scale);
@@ -229,7 +250,7 @@ static double smooth_loss(const regopt_trainer *t, const regopt_batch *v, const 
         float *dai = da ? da + i * k : NULL, *dzi = dz ? dz + i * k : NULL;
         if (rw == 0.0f)
             continue;
-        if (t->loss_kind == REGOPT_LOSS_MSE)
+        if (e->loss_kind == REGOPT_LOSS_MSE)
             sum += rw * ro_sq_diff_row(ai, zi, k, c, dai, dzi);
         else if (stable)
             sum += rw * ro_stable_kl_row(ai, zi, k, c, dai);
@@ -247,67 +268,101 @@ static uint32_t smart_role(uint32_t kind, uint32_t role, uint32_t chunk)
     return kind | ((role & 3u) << 4) | (chunk << 8);
 }
 
-regopt_status ro_smart_term(regopt_trainer *t, const regopt_batch *v, size_t bi, size_t r0,
-                            uint32_t flags, uint64_t seed, uint32_t role, uint32_t chunk,
-                            double inv_weight, const float *z, float *dz, double *rs)
+/* R_s for a view whose clean outputs (and their gradient) are in v: the
+ * ascent and the final adversarial pass with its backward; adds
+ * lambda * dR_s/dz to the clean outputs' gradient. */
+static regopt_status smart_term(ro_reg *r, ro_view *v, double *weighted)
 {
-    ro_smart *s = &t->smart;
-    size_t n = v->rows, k = t->model->output_width, d = t->model->input_width;
-    size_t in = ro_input_rows(v), i, off = (size_t)(t->rdrop_now ? 2 : 1) * n * k;
-    float *a = t->outputs + off, *da = t->d_outputs + off;
+    smart *s = r->self;
+    ro_step *st_ = v->s;
+    ro_env *e = r->env;
+    size_t n = v->n, k = v->k, d = e->model->input_width;
+    size_t in = ro_input_rows(&v->rows), i;
     uint64_t adv_seed = s->same_seed
-                            ? seed
-                            : ro_pass_seed(t->seed, t->step, (uint32_t)bi,
-                                           smart_role(RO_SEED_SMART_ADV, role, chunk));
+                            ? v->seed
+                            : ro_step_seed(st_, v->bi, smart_role(SEED_ADV, v->role, v->chunk));
     regopt_pass p;
     regopt_status st;
+    float *a, *da;
+    double rs;
     int it;
     /* nu ~ N(0, sigma^2), reproducible from the trainer seed */
-    regopt_random_normal(ro_pass_seed(t->seed, t->step, (uint32_t)bi,
-                                      smart_role(RO_SEED_SMART_NOISE, role, chunk)),
-                         0, s->nu, in * d);
+    regopt_random_normal(ro_step_seed(st_, v->bi, smart_role(SEED_NOISE, v->role, v->chunk)), 0,
+                         s->nu, in * d);
     for (i = 0; i < in * d; i++)
         s->nu[i] *= (float)s->sigma;
-    ro_pass_init(t, &p, v, bi, flags, adv_seed);
-    p.slot = ro_smart_slot(t);
-    p.row_offset = r0;
-    p.outputs = a;
+    ro_view_pass(v, &p, r->slot, r->block, adv_seed);
+    a = p.outputs;
+    da = st_->d_outputs + (a - st_->outputs);
     p.input_perturbation = s->nu;
     for (it = 0; it < s->steps; it++) {
-        p.flags = flags;
+        p.flags = v->flags;
         p.d_outputs = NULL;
         p.d_input = NULL;
-        st = ro_call_forward(t, &p);
+        st = ro_call_forward(e, &p);
         if (st != REGOPT_OK)
             return st;
         ro_zero(da, n * k);
-        smooth_loss(t, v, a, z, inv_weight, 1.0, s->stable_kl, da, NULL);
-        p.flags = flags | REGOPT_PASS_NO_PARAM_GRAD;
+        smooth_loss(e, &v->rows, a, v->z, st_->inv_weight, 1.0, s->stable_kl, da, NULL);
+        p.flags = v->flags | REGOPT_PASS_NO_PARAM_GRAD;
         p.d_outputs = da;
         p.d_input = s->g;
         ro_zero(s->g, in * d);
-        st = ro_call_backward(t, &p);
+        st = ro_call_backward(e, &p);
         if (st != REGOPT_OK)
             return st;
         ascent_update(s, in, d);
     }
-    if (!(flags & REGOPT_PASS_PERTURBED_WEIGHTS))
+    if (!(v->flags & REGOPT_PASS_PERTURBED_WEIGHTS))
         for (i = 0; i < in; i++) {
-            t->acc[RO_ACC_NOISE_SUM] += row_norm(s->nu + i * d, d, s->norm);
-            t->acc[RO_ACC_NOISE_ROWS] += 1.0;
+            st_->acc[r->acc0 + ACC_NOISE_SUM] += row_norm(s->nu + i * d, d, s->norm);
+            st_->acc[r->acc0 + ACC_NOISE_ROWS] += 1.0;
         }
     /* R_s with gradients into both passes (Eq. 2: nothing detached) */
-    p.flags = flags;
+    p.flags = v->flags;
     p.d_outputs = NULL;
     p.d_input = NULL;
-    st = ro_call_forward(t, &p);
+    st = ro_call_forward(e, &p);
     if (st != REGOPT_OK)
         return st;
     ro_zero(da, n * k);
-    *rs = smooth_loss(t, v, a, z, inv_weight, s->lambda, 0, da, dz);
-    if (!isfinite(*rs))
-        return ro_fail(t->msg, REGOPT_ERR_NONFINITE_LOSS,
-                       "SMART's adversarial term of micro-batch %zu is %g", bi, *rs);
+    rs = smooth_loss(e, &v->rows, a, v->z, st_->inv_weight, s->lambda, 0, da, v->dz);
+    if (!isfinite(rs))
+        return ro_fail(e->msg, REGOPT_ERR_NONFINITE_LOSS,
+                       "SMART's adversarial smart_term of micro-batch %zu is %g", v->bi, rs);
+    *weighted = s->lambda * rs;
+    if (!(v->flags & REGOPT_PASS_PERTURBED_WEIGHTS))
+        st_->acc[r->acc0 + ACC_RS] += rs;
     p.d_outputs = da;
-    return ro_call_backward(t, &p);
+    return ro_call_backward(e, &p);
 }
+
+static void smart_commit(ro_reg *r, const ro_step *s)
+{
+    const double *a = s->acc + r->acc0;
+    r->stats[0] = a[ACC_RS];
+    r->stats[1] = a[ACC_NOISE_ROWS] > 0.0 ? a[ACC_NOISE_SUM] / a[ACC_NOISE_ROWS] : 0.0;
+}
+
+const ro_reg_ops ro_smart_ops = {
+    .name = "smart",
+    .title = "SMART",
+    .kind = REGOPT_REG_SMART,
+    .flags = REGOPT_REG_SINGLE,
+    .order = 30,
+    .size = sizeof(smart),
+    .keys = smart_keys,
+    .n_keys = sizeof smart_keys / sizeof smart_keys[0],
+    .stat0 = REGOPT_STAT_SMART_RS,
+    .n_stats = 2,
+    .n_acc = N_ACC,
+    .init = smart_init,
+    .attach = smart_attach,
+    .detach = smart_detach,
+    .reserve = smart_reserve,
+    .set = smart_set,
+    .get = smart_get,
+    .plan = smart_plan,
+    .term = smart_term,
+    .commit = smart_commit,
+};

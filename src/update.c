@@ -1,6 +1,6 @@
 /* update.c — the end of every step: the global gradient norm, clipping and
  * the base optimizer's fused update over every trainable tensor. */
-#include "internal.h"
+#include "trainer.h"
 
 #include <math.h>
 #include <string.h>
@@ -14,7 +14,7 @@ static double grad_squares(void *ctx, const ro_param *p, size_t j0, size_t j1)
 regopt_status ro_gradient_norm(regopt_trainer *t, double *norm)
 {
     const regopt_model *m = t->model;
-    double s = ro_sum_pieces(t, grad_squares, NULL);
+    double s = ro_sum_pieces(&t->par, grad_squares, NULL);
     size_t i;
     if (!isfinite(s)) {
         for (i = 0; i < m->n_params; i++) {
@@ -86,7 +86,7 @@ void ro_apply_update(regopt_trainer *t, double lr, double scale)
     job.u.one_minus_dampening = (float)(1.0 - o->dampening);
     job.u.nesterov = o->nesterov;
     job.u.first = !t->momentum_ready;
-    ro_each_piece(t, update_piece, &job);
+    ro_each_piece(&t->par, update_piece, &job);
     if (o->kind == REGOPT_SGD && o->momentum > 0.0)
         t->momentum_ready = 1;
 }

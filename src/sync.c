@@ -1,6 +1,7 @@
-/* allreduce.c — data-parallel training: the host's all-reduce callback
- * and the one synchronisation point of a step. */
-#include "internal.h"
+/* sync.c — data-parallel training: the host's all-reduce callback and the
+ * synchronisation of a step (the driver's one call, plus SAM's ascent with
+ * sam.sync_ascent through ro_step.sync). */
+#include "trainer.h"
 
 #include <math.h>
 
@@ -23,19 +24,21 @@ regopt_status regopt_trainer_set_allreduce(regopt_trainer *t, regopt_allreduce_f
     t->allreduce = fn;
     t->allreduce_user = fn ? user : NULL;
     t->allreduce_free = fn ? free_user : NULL;
+    t->env.has_allreduce = fn != NULL;
     return REGOPT_OK;
 }
 
-/* One all-reduce per step. Layout: [g * weight (trainable elements), weight,
- * loss * weight, loss2 * weight, failed, the objective's terms * weight]. Scaling by the local weight before the sum and
- * dividing by the summed weight after it gives every replica the global
- * weighted mean. A replica whose passes failed (local != OK) still joins, so
- * no peer blocks, and its mark makes every peer roll back as well. */
-regopt_status ro_sync_gradients(regopt_trainer *t, regopt_status local, double *weight,
-                                double *loss, double *loss2)
+/* Layout: [g * weight (trainable elements), weight, loss * weight,
+ * loss2 * weight, failed, the step's accumulators * weight]. Scaling by the
+ * local weight before the sum and dividing by the summed weight after it
+ * gives every replica the global weighted mean. A replica whose passes
+ * failed (local != OK) still joins, so no peer blocks, and its mark makes
+ * every peer roll back as well. */
+regopt_status ro_sync(regopt_trainer *t, ro_step *s, regopt_status local, double *weight,
+                      double *loss, double *loss2)
 {
     const regopt_model *m = t->model;
-    size_t n = m->n_trainable, i, j;
+    size_t n = m->n_trainable, i, j, extra = RO_SYNC_HEAD + s->n_acc;
     float *buf = t->sync;
     double w;
     int rc;
@@ -43,22 +46,22 @@ regopt_status ro_sync_gradients(regopt_trainer *t, regopt_status local, double *
         return local;
     for (i = 0; i < m->n_params; i++) {
         const ro_param *p = &m->params[i];
-        float s = (float)*weight;
+        float sc = (float)*weight;
         if (!p->grad)
             continue;
         if (local != REGOPT_OK) /* zeros, not 0 * grad: the grad may be inf */
             ro_zero(buf + p->offset, p->count);
         else
             for (j = 0; j < p->count; j++)
-                buf[p->offset + j] = s * p->grad[j];
+                buf[p->offset + j] = sc * p->grad[j];
     }
     buf[n] = local == REGOPT_OK ? (float)*weight : 0.0f;
     buf[n + 1] = local == REGOPT_OK ? (float)(*loss * *weight) : 0.0f;
     buf[n + 2] = local == REGOPT_OK && loss2 ? (float)(*loss2 * *weight) : 0.0f;
     buf[n + 3] = local == REGOPT_OK ? 0.0f : 1.0f;
-    for (j = 0; j < RO_ACC_N; j++)
-        buf[n + 4 + j] = local == REGOPT_OK ? (float)(t->acc[j] * *weight) : 0.0f;
-    rc = t->allreduce(buf, n + RO_SYNC_EXTRA, t->allreduce_user);
+    for (j = 0; j < s->n_acc; j++)
+        buf[n + RO_SYNC_HEAD + j] = local == REGOPT_OK ? (float)(s->acc[j] * *weight) : 0.0f;
+    rc = t->allreduce(buf, n + extra, t->allreduce_user);
     if (local != REGOPT_OK)
         return local;
     if (rc != 0)
@@ -77,8 +80,8 @@ regopt_status ro_sync_gradients(regopt_trainer *t, regopt_status local, double *
             for (j = 0; j < p->count; j++)
                 p->grad[j] = buf[p->offset + j] * inv;
     }
-    for (j = 0; j < RO_ACC_N; j++)
-        t->acc[j] = buf[n + 4 + j] / w;
+    for (j = 0; j < s->n_acc; j++)
+        s->acc[j] = buf[n + RO_SYNC_HEAD + j] / w;
     *loss = buf[n + 1] / w;
     if (loss2)
         *loss2 = buf[n + 2] / w;
