@@ -86,33 +86,75 @@ static const char *method_name[M_COUNT] = {"plain", "sam", "asam", "rdrop_twocal
 /* The options of each method, as the PyTorch peer (torch_bench.py) sets
  * them: SAM rho 0.05; ASAM scaling every tensor by |w| (eta 0); R-Drop alpha
  * 1; SMART one ascent step, paper defaults, Bregman teacher with beta 0.999
- * throughout. The timing does not depend on these values. */
-static regopt_status configure(regopt_trainer *t, int method)
+ * throughout. The timing does not depend on these values. Each regularizer
+ * is a handle made from the setup's counting allocator into regs[] (freed
+ * after the trainer), configured through its own keys and attached. */
+#define MAX_REGS 4
+
+/* A new regularizer of `kind` from the allocator, kept in regs[]; NULL with
+ * *why set when it cannot be made. */
+static regopt_regularizer *new_reg(regopt_regularizer_kind kind, const regopt_allocator *a,
+                                   regopt_regularizer **regs, int *n, regopt_status *st,
+                                   const char **why)
+{
+    regopt_regularizer *r = regopt_regularizer_create(kind, a, st);
+    if (r)
+        regs[(*n)++] = r;
+    else
+        *why = regopt_last_error_message();
+    return r;
+}
+
+/* Attach r once its options are set (st: how setting them went). */
+static regopt_status attach(regopt_trainer *t, regopt_regularizer *r, regopt_status st,
+                            const char **why)
+{
+    if (st != REGOPT_OK) { /* an option was refused: the regularizer says why */
+        if (r)
+            *why = regopt_regularizer_message(r);
+        return st;
+    }
+    st = regopt_trainer_attach(t, r);
+    if (st != REGOPT_OK)
+        *why = regopt_trainer_message(t);
+    return st;
+}
+
+static regopt_status configure(regopt_trainer *t, int method, const regopt_allocator *a,
+                               regopt_regularizer **regs, int *n_regs, const char **why)
 {
     regopt_status st = REGOPT_OK;
+    regopt_regularizer *r;
     int sam = method == M_SAM || method == M_ASAM || method == M_SMART_SAM;
     int smart = method == M_SMART || method == M_SMART_SAM;
     if (sam) {
-        st = regopt_trainer_add_regularizer(t, REGOPT_REG_SAM);
-        if (st == REGOPT_OK)
-            st = regopt_trainer_set_double(t, REGOPT_SAM_RHO, 0.05);
+        if ((r = new_reg(REGOPT_REG_SAM, a, regs, n_regs, &st, why)) == NULL)
+            return st;
+        st = regopt_regularizer_set_double(r, REGOPT_SAM_RHO, 0.05);
+        if (st == REGOPT_OK && method == M_ASAM) {
+            st = regopt_regularizer_set_int(r, REGOPT_SAM_ADAPTIVE, 1);
+            if (st == REGOPT_OK)
+                st = regopt_regularizer_set_double(r, REGOPT_SAM_ETA, 0.0);
+        }
+        if ((st = attach(t, r, st, why)) != REGOPT_OK)
+            return st;
     }
-    if (st == REGOPT_OK && method == M_ASAM) {
-        st = regopt_trainer_set_int(t, REGOPT_SAM_ADAPTIVE, 1);
-        if (st == REGOPT_OK)
-            st = regopt_trainer_set_double(t, REGOPT_SAM_ETA, 0.0);
+    if (method == M_RDROP || method == M_RDROP2) {
+        if ((r = new_reg(REGOPT_REG_RDROP, a, regs, n_regs, &st, why)) == NULL)
+            return st;
+        st = regopt_regularizer_set_int(r, REGOPT_RDROP_DOUBLED, method == M_RDROP);
+        if ((st = attach(t, r, st, why)) != REGOPT_OK)
+            return st;
     }
-    if (st == REGOPT_OK && (method == M_RDROP || method == M_RDROP2)) {
-        st = regopt_trainer_add_regularizer(t, REGOPT_REG_RDROP);
-        if (st == REGOPT_OK)
-            st = regopt_trainer_set_int(t, REGOPT_RDROP_DOUBLED, method == M_RDROP);
-    }
-    if (st == REGOPT_OK && smart) {
-        st = regopt_trainer_add_regularizer(t, REGOPT_REG_SMART);
-        if (st == REGOPT_OK)
-            st = regopt_trainer_add_regularizer(t, REGOPT_REG_BREGMAN);
-        if (st == REGOPT_OK)
-            st = regopt_trainer_set_double(t, REGOPT_BREGMAN_BETA, 0.999);
+    if (smart) {
+        if ((r = new_reg(REGOPT_REG_SMART, a, regs, n_regs, &st, why)) == NULL ||
+            (st = attach(t, r, REGOPT_OK, why)) != REGOPT_OK)
+            return st;
+        if ((r = new_reg(REGOPT_REG_BREGMAN, a, regs, n_regs, &st, why)) == NULL)
+            return st;
+        st = regopt_regularizer_set_double(r, REGOPT_BREGMAN_BETA, 0.999);
+        if ((st = attach(t, r, st, why)) != REGOPT_OK)
+            return st;
     }
     return st;
 }
@@ -126,6 +168,8 @@ typedef struct setup {
     regopt_model *model;
     regopt_optimizer *opt;
     regopt_trainer *trainer;
+    regopt_regularizer *regs[MAX_REGS]; /* the method's, freed after the trainer */
+    int n_regs;
     long first_allocs;      /* allocations made by the first step */
     double *step_ms;        /* per run: median step time */
     double *cb_share;       /* per run: callback time / step time (the library's
@@ -155,6 +199,7 @@ static int setup_create(setup *s, int method, const config *c)
 {
     regopt_allocator a;
     regopt_status st;
+    const char *why = NULL;
     memset(s, 0, sizeof *s);
     s->method = method;
     a.size = sizeof a;
@@ -177,11 +222,12 @@ static int setup_create(setup *s, int method, const config *c)
     if (st == REGOPT_OK)
         st = regopt_trainer_set_int(s->trainer, REGOPT_TRAINER_THREADS, lib_threads);
     if (st == REGOPT_OK)
-        st = configure(s->trainer, method);
+        st = configure(s->trainer, method, &a, s->regs, &s->n_regs, &why);
     if (st != REGOPT_OK) {
+        if (!why)
+            why = s->trainer ? regopt_trainer_message(s->trainer) : regopt_last_error_message();
         fprintf(stderr, "bench: setting up %s: %s %s\n", method_name[method],
-                regopt_status_string(st),
-                s->trainer ? regopt_trainer_message(s->trainer) : regopt_last_error_message());
+                regopt_status_string(st), why);
         return -1;
     }
     s->step_ms = calloc((size_t)c->runs, sizeof(double));
@@ -192,7 +238,10 @@ static int setup_create(setup *s, int method, const config *c)
 
 static void setup_free(setup *s)
 {
-    regopt_trainer_free(s->trainer);
+    int i;
+    regopt_trainer_free(s->trainer); /* detaches the regularizers: free them after it */
+    for (i = 0; i < s->n_regs; i++)
+        regopt_regularizer_free(s->regs[i]);
     regopt_optimizer_free(s->opt);
     regopt_model_free(s->model);
     host_mlp_free(&s->host);

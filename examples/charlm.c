@@ -306,6 +306,7 @@ int main(int argc, char **argv)
     regopt_model *model = NULL;
     regopt_optimizer *opt = NULL;
     regopt_trainer *tr = NULL;
+    regopt_regularizer *rdrop = NULL;
     size_t n_train, i;
     long e;
     int a, rc = 1;
@@ -356,10 +357,17 @@ int main(int argc, char **argv)
                                                   : regopt_last_error_message());
         goto done;
     }
-    if (alpha >= 0.0 && (regopt_trainer_add_regularizer(tr, REGOPT_REG_RDROP) ||
-                         regopt_trainer_set_double(tr, REGOPT_RDROP_ALPHA, alpha))) {
-        fprintf(stderr, "charlm: R-Drop: %s\n", regopt_trainer_message(tr));
-        goto done;
+    if (alpha >= 0.0) { /* the regularizer is a handle: create, configure, attach */
+        if (!(rdrop = regopt_regularizer_create(REGOPT_REG_RDROP, NULL, NULL)) ||
+            regopt_regularizer_set_double(rdrop, REGOPT_RDROP_ALPHA, alpha)) {
+            fprintf(stderr, "charlm: R-Drop: %s\n", rdrop ? regopt_regularizer_message(rdrop)
+                                                         : regopt_last_error_message());
+            goto done;
+        }
+        if (regopt_trainer_attach(tr, rdrop)) {
+            fprintf(stderr, "charlm: R-Drop: %s\n", regopt_trainer_message(tr));
+            goto done;
+        }
     }
     printf("charlm: %zu lines of %s (%zu train), context %d, hidden %ld, dropout %.2f%s\n", c.n,
            path, n_train, CTX, hidden, drop, alpha >= 0.0 ? ", R-Drop" : "");
@@ -387,7 +395,8 @@ int main(int argc, char **argv)
     if (rc)
         fprintf(stderr, "charlm: %.4f bits/char is above the required %.4f\n", bits, max_bits);
 done:
-    regopt_trainer_free(tr);
+    regopt_trainer_free(tr); /* detaches R-Drop: free it after */
+    regopt_regularizer_free(rdrop);
     regopt_optimizer_free(opt);
     regopt_model_free(model);
     lm_free(&m);

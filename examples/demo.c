@@ -117,35 +117,56 @@ static void free_split(split *sp)
         }                                                                           \
     } while (0)
 
-static regopt_status configure(regopt_trainer *tr, const method *m)
+/* The method's regularizers: each created with its defaults into regs[]
+ * (the caller frees them after the trainer), configured through its own keys
+ * and attached. Returns 0, or -1 with a message. */
+#define N_REGS 4
+static int configure(regopt_trainer *tr, const method *m, regopt_regularizer **regs)
 {
     regopt_status st = REGOPT_OK;
+    regopt_regularizer *r = NULL;
     if (m->rho > 0.0) {
-        if ((st = regopt_trainer_add_regularizer(tr, REGOPT_REG_SAM)) ||
-            (st = regopt_trainer_set_double(tr, REGOPT_SAM_RHO, m->rho)) ||
-            (st = regopt_trainer_set_int(tr, REGOPT_SAM_ADAPTIVE, m->adaptive)) ||
-            (st = regopt_trainer_set_group(tr, 1, REGOPT_GROUP_SAM_ADAPTIVE, 0)))
-            return st;
+        if (!(r = regs[0] = regopt_regularizer_create(REGOPT_REG_SAM, NULL, &st)) ||
+            (st = regopt_regularizer_set_double(r, REGOPT_SAM_RHO, m->rho)) ||
+            (st = regopt_regularizer_set_int(r, REGOPT_SAM_ADAPTIVE, m->adaptive)) ||
+            (st = regopt_regularizer_set_group(r, 1, REGOPT_SAM_GROUP_ADAPTIVE, 0)))
+            goto fail;
+        if ((st = regopt_trainer_attach(tr, r)))
+            goto fail_attach;
     }
     if (m->alpha >= 0.0) {
-        if ((st = regopt_trainer_add_regularizer(tr, REGOPT_REG_RDROP)) ||
-            (st = regopt_trainer_set_double(tr, REGOPT_RDROP_ALPHA, m->alpha)))
-            return st;
+        if (!(r = regs[1] = regopt_regularizer_create(REGOPT_REG_RDROP, NULL, &st)) ||
+            (st = regopt_regularizer_set_double(r, REGOPT_RDROP_ALPHA, m->alpha)))
+            goto fail;
+        if ((st = regopt_trainer_attach(tr, r)))
+            goto fail_attach;
     }
     if (m->lambda >= 0.0) { /* pixels in [0, 1]: a radius of a few hundredths */
-        if ((st = regopt_trainer_add_regularizer(tr, REGOPT_REG_SMART)) ||
-            (st = regopt_trainer_set_double(tr, REGOPT_SMART_LAMBDA, m->lambda)) ||
-            (st = regopt_trainer_set_double(tr, REGOPT_SMART_EPSILON, 0.1)) ||
-            (st = regopt_trainer_set_double(tr, REGOPT_SMART_ETA, 0.05)) ||
-            (st = regopt_trainer_set_double(tr, REGOPT_SMART_SIGMA, 0.01)))
-            return st;
+        if (!(r = regs[2] = regopt_regularizer_create(REGOPT_REG_SMART, NULL, &st)) ||
+            (st = regopt_regularizer_set_double(r, REGOPT_SMART_LAMBDA, m->lambda)) ||
+            (st = regopt_regularizer_set_double(r, REGOPT_SMART_EPSILON, 0.1)) ||
+            (st = regopt_regularizer_set_double(r, REGOPT_SMART_ETA, 0.05)) ||
+            (st = regopt_regularizer_set_double(r, REGOPT_SMART_SIGMA, 0.01)))
+            goto fail;
+        if ((st = regopt_trainer_attach(tr, r)))
+            goto fail_attach;
     }
     if (m->mu >= 0.0) {
-        if ((st = regopt_trainer_add_regularizer(tr, REGOPT_REG_BREGMAN)) ||
-            (st = regopt_trainer_set_double(tr, REGOPT_BREGMAN_MU, m->mu)))
-            return st;
+        if (!(r = regs[3] = regopt_regularizer_create(REGOPT_REG_BREGMAN, NULL, &st)) ||
+            (st = regopt_regularizer_set_double(r, REGOPT_BREGMAN_MU, m->mu)))
+            goto fail;
+        if ((st = regopt_trainer_attach(tr, r)))
+            goto fail_attach;
     }
-    return st;
+    return 0;
+fail:
+    fprintf(stderr, "demo: %s: %s: %s\n", m->name, regopt_status_string(st),
+            r ? regopt_regularizer_message(r) : regopt_last_error_message());
+    return -1;
+fail_attach:
+    fprintf(stderr, "demo: %s: %s: %s\n", m->name, regopt_status_string(st),
+            regopt_trainer_message(tr));
+    return -1;
 }
 
 /* Train one method on (xtr, ytr), evaluating (xev, yev) after every epoch
@@ -158,6 +179,7 @@ static int run(const options *o, const method *m, uint64_t seed, const float *xt
     regopt_model *model = NULL;
     regopt_optimizer *opt = NULL;
     regopt_trainer *tr = NULL;
+    regopt_regularizer *regs[N_REGS] = {NULL, NULL, NULL, NULL};
     size_t *order = malloc(ntr * sizeof *order), B = (size_t)o->batch, i, r;
     float *xb = malloc(B * DIGITS_FEATURES * sizeof *xb);
     float *out = malloc(nev * DIGITS_CLASSES * sizeof *out);
@@ -183,7 +205,10 @@ static int run(const options *o, const method *m, uint64_t seed, const float *xt
     tr = regopt_trainer_create(model, opt, NULL);
     TRY(tr ? REGOPT_OK : REGOPT_ERR_NO_MEMORY);
     TRY(regopt_trainer_set_int(tr, REGOPT_TRAINER_SEED, (int64_t)seed));
-    TRY(configure(tr, m));
+    if (configure(tr, m, regs)) {
+        rc = -1;
+        goto done;
+    }
     for (e = 0; e < o->epochs; e++) {
         mlp_batch hb;
         regopt_batch b;
@@ -211,7 +236,9 @@ static int run(const options *o, const method *m, uint64_t seed, const float *xt
         acc[e] = accuracy(out, yev, nev, DIGITS_CLASSES);
     }
 done:
-    regopt_trainer_free(tr);
+    regopt_trainer_free(tr); /* detaches the regularizers: free them after it */
+    for (i = 0; i < N_REGS; i++)
+        regopt_regularizer_free(regs[i]);
     regopt_optimizer_free(opt);
     regopt_model_free(model);
     mlp_free(&net);

@@ -178,6 +178,17 @@ static int evaluate(regopt_trainer *t, const float *x, const int32_t *y, size_t 
         }                                                                           \
     } while (0)
 
+/* A new regularizer of `kind` with its defaults into `reg`. */
+#define CREATE(reg, kind)                                                            \
+    do {                                                                            \
+        regopt_status cst_ = REGOPT_OK;                                             \
+        if (((reg) = regopt_regularizer_create((kind), NULL, &cst_)) == NULL) {      \
+            rc = fail("regopt_regularizer_create(%s) failed: %s (%s)", #kind,        \
+                      regopt_status_string(cst_), regopt_last_error_message());     \
+            goto done;                                                              \
+        }                                                                           \
+    } while (0)
+
 int main(int argc, char **argv)
 {
     options o = {"data/digits.csv", "adamw", 40, 64, 128, 1, 0, 1,
@@ -187,6 +198,7 @@ int main(int argc, char **argv)
     regopt_model *model = NULL;
     regopt_optimizer *opt = NULL;
     regopt_trainer *tr = NULL;
+    regopt_regularizer *sam = NULL, *rdrop = NULL, *smart = NULL, *bregman = NULL;
     regopt_status st;
     size_t *idx = NULL, n_test, n_train, steps_per_epoch, i;
     float *xtr = NULL, *xte = NULL, *out = NULL, *xb;
@@ -254,38 +266,53 @@ int main(int argc, char **argv)
     }
     CHECK(regopt_trainer_set_int(tr, REGOPT_TRAINER_SEED, o.seed), regopt_trainer_message(tr));
     CHECK(regopt_trainer_reserve(tr, d.n), regopt_trainer_message(tr));
+    /* the regularizers: each a handle of its own, configured through its
+       keys, attached to the trainer, freed after it */
     if (strcmp(o.method, "adamw") != 0) {
         int asam = !strcmp(o.method, "asam");
-        CHECK(regopt_trainer_add_regularizer(tr, REGOPT_REG_SAM), regopt_trainer_message(tr));
-        CHECK(regopt_trainer_set_double(tr, REGOPT_SAM_RHO, o.rho >= 0 ? o.rho : asam ? 1.0 : 0.05),
-              regopt_trainer_message(tr));
-        CHECK(regopt_trainer_set_int(tr, REGOPT_SAM_ADAPTIVE, asam), regopt_trainer_message(tr));
+        CREATE(sam, REGOPT_REG_SAM);
+        CHECK(regopt_regularizer_set_double(sam, REGOPT_SAM_RHO,
+                                            o.rho >= 0 ? o.rho : asam ? 1.0 : 0.05),
+              regopt_regularizer_message(sam));
+        CHECK(regopt_regularizer_set_int(sam, REGOPT_SAM_ADAPTIVE, asam),
+              regopt_regularizer_message(sam));
         /* ASAM scales weights only (SamsungLabs): not biases nor batch-norm */
-        CHECK(regopt_trainer_set_group(tr, 1, REGOPT_GROUP_SAM_ADAPTIVE, 0),
-              regopt_trainer_message(tr));
-        CHECK(regopt_trainer_set_int(tr, REGOPT_SAM_GSAM, !strcmp(o.method, "gsam")),
-              regopt_trainer_message(tr));
-        CHECK(regopt_trainer_set_int(tr, REGOPT_SAM_M_ROWS, o.m_rows), regopt_trainer_message(tr));
-        CHECK(regopt_trainer_set_int(tr, REGOPT_SAM_EVERY, o.every), regopt_trainer_message(tr));
+        CHECK(regopt_regularizer_set_group(sam, 1, REGOPT_SAM_GROUP_ADAPTIVE, 0),
+              regopt_regularizer_message(sam));
+        CHECK(regopt_regularizer_set_int(sam, REGOPT_SAM_GSAM, !strcmp(o.method, "gsam")),
+              regopt_regularizer_message(sam));
+        CHECK(regopt_regularizer_set_int(sam, REGOPT_SAM_M_ROWS, o.m_rows),
+              regopt_regularizer_message(sam));
+        CHECK(regopt_regularizer_set_int(sam, REGOPT_SAM_EVERY, o.every),
+              regopt_regularizer_message(sam));
+        CHECK(regopt_trainer_attach(tr, sam), regopt_trainer_message(tr));
     }
 
     if (o.rdrop >= 0.0) {
-        CHECK(regopt_trainer_add_regularizer(tr, REGOPT_REG_RDROP), regopt_trainer_message(tr));
-        CHECK(regopt_trainer_set_double(tr, REGOPT_RDROP_ALPHA, o.rdrop), regopt_trainer_message(tr));
-        CHECK(regopt_trainer_set_int(tr, REGOPT_RDROP_DOUBLED, !o.two_call),
-              regopt_trainer_message(tr));
+        CREATE(rdrop, REGOPT_REG_RDROP);
+        CHECK(regopt_regularizer_set_double(rdrop, REGOPT_RDROP_ALPHA, o.rdrop),
+              regopt_regularizer_message(rdrop));
+        CHECK(regopt_regularizer_set_int(rdrop, REGOPT_RDROP_DOUBLED, !o.two_call),
+              regopt_regularizer_message(rdrop));
+        CHECK(regopt_trainer_attach(tr, rdrop), regopt_trainer_message(tr));
     }
     if (o.smart >= 0.0) { /* perturb the pixels: a tenth of their 0..1 range */
-        CHECK(regopt_trainer_add_regularizer(tr, REGOPT_REG_SMART), regopt_trainer_message(tr));
-        CHECK(regopt_trainer_set_double(tr, REGOPT_SMART_LAMBDA, o.smart), regopt_trainer_message(tr));
-        CHECK(regopt_trainer_set_double(tr, REGOPT_SMART_EPSILON, 0.1), regopt_trainer_message(tr));
-        CHECK(regopt_trainer_set_double(tr, REGOPT_SMART_ETA, 0.05), regopt_trainer_message(tr));
-        CHECK(regopt_trainer_set_double(tr, REGOPT_SMART_SIGMA, 0.01), regopt_trainer_message(tr));
+        CREATE(smart, REGOPT_REG_SMART);
+        CHECK(regopt_regularizer_set_double(smart, REGOPT_SMART_LAMBDA, o.smart),
+              regopt_regularizer_message(smart));
+        CHECK(regopt_regularizer_set_double(smart, REGOPT_SMART_EPSILON, 0.1),
+              regopt_regularizer_message(smart));
+        CHECK(regopt_regularizer_set_double(smart, REGOPT_SMART_ETA, 0.05),
+              regopt_regularizer_message(smart));
+        CHECK(regopt_regularizer_set_double(smart, REGOPT_SMART_SIGMA, 0.01),
+              regopt_regularizer_message(smart));
+        CHECK(regopt_trainer_attach(tr, smart), regopt_trainer_message(tr));
     }
     if (o.bregman >= 0.0) {
-        CHECK(regopt_trainer_add_regularizer(tr, REGOPT_REG_BREGMAN), regopt_trainer_message(tr));
-        CHECK(regopt_trainer_set_double(tr, REGOPT_BREGMAN_MU, o.bregman),
-              regopt_trainer_message(tr));
+        CREATE(bregman, REGOPT_REG_BREGMAN);
+        CHECK(regopt_regularizer_set_double(bregman, REGOPT_BREGMAN_MU, o.bregman),
+              regopt_regularizer_message(bregman));
+        CHECK(regopt_trainer_attach(tr, bregman), regopt_trainer_message(tr));
     }
     if (!o.quiet)
         printf("digits: %zu train, %zu test; MLP 64-%ld-10%s, dropout %.2f; %s%s over AdamW "
@@ -343,8 +370,8 @@ int main(int argc, char **argv)
                 goto done;
             printf("epoch %3ld  train loss %.4f  test loss %.4f  test acc %.4f", e,
                    loss_sum / (double)n_train, te_loss, te_acc);
-            if (strcmp(o.method, "adamw") != 0 &&
-                regopt_trainer_get_double(tr, REGOPT_STAT_SAM_SHARPNESS, &sharp) == REGOPT_OK)
+            if (sam &&
+                regopt_regularizer_get_double(sam, REGOPT_STAT_SAM_SHARPNESS, &sharp) == REGOPT_OK)
                 printf("  sharpness %.4f", sharp);
             printf("\n");
         }
@@ -385,7 +412,11 @@ int main(int argc, char **argv)
         rc = 1;
     }
 done:
-    regopt_trainer_free(tr);
+    regopt_trainer_free(tr); /* detaches the regularizers: free them after it */
+    regopt_regularizer_free(sam);
+    regopt_regularizer_free(rdrop);
+    regopt_regularizer_free(smart);
+    regopt_regularizer_free(bregman);
     regopt_optimizer_free(opt);
     regopt_model_free(model);
     mlp_free(&net);

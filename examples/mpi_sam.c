@@ -116,6 +116,7 @@ int main(int argc, char **argv)
     regopt_model *model = NULL;
     regopt_optimizer *opt = NULL;
     regopt_trainer *tr = NULL;
+    regopt_regularizer *sam = NULL;
     size_t *idx = NULL, n_train, n_test, i, steps = 0;
     float *out = NULL;
     long e;
@@ -164,9 +165,16 @@ int main(int argc, char **argv)
         goto done;
     }
     TRY(regopt_trainer_set_int(tr, REGOPT_TRAINER_SEED, o.seed), "seed");
-    TRY(regopt_trainer_add_regularizer(tr, REGOPT_REG_SAM), "add SAM");
-    TRY(regopt_trainer_set_double(tr, REGOPT_SAM_RHO, o.rho), "rho");
-    TRY(regopt_trainer_set_int(tr, REGOPT_SAM_SYNC_ASCENT, o.sync_ascent), "sync ascent");
+    /* SAM is a handle of its own: create, configure, attach (freed after the trainer) */
+    sam = regopt_regularizer_create(REGOPT_REG_SAM, NULL, NULL);
+    if (!sam || regopt_regularizer_set_double(sam, REGOPT_SAM_RHO, o.rho) != REGOPT_OK ||
+        regopt_regularizer_set_int(sam, REGOPT_SAM_SYNC_ASCENT, o.sync_ascent) != REGOPT_OK) {
+        fprintf(stderr, "mpi_sam rank %d: SAM: %s\n", rank,
+                sam ? regopt_regularizer_message(sam) : regopt_last_error_message());
+        rc = 1;
+        goto done;
+    }
+    TRY(regopt_trainer_attach(tr, sam), "attach SAM");
     if (size > 1)
         TRY(regopt_trainer_set_allreduce(tr, allreduce_sum, NULL, NULL), "all-reduce");
 
@@ -255,7 +263,8 @@ int main(int argc, char **argv)
         rc = 1;
     }
 done:
-    regopt_trainer_free(tr);
+    regopt_trainer_free(tr); /* detaches SAM: free it after */
+    regopt_regularizer_free(sam);
     regopt_optimizer_free(opt);
     regopt_model_free(model);
     mlp_free(&net);

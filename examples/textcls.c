@@ -299,6 +299,7 @@ int main(int argc, char **argv)
     regopt_model *model = NULL;
     regopt_optimizer *opt = NULL;
     regopt_trainer *tr = NULL;
+    regopt_regularizer *smart = NULL, *bregman = NULL;
     int a, rc = 1;
     long e;
     for (a = 1; a < argc; a++) {
@@ -363,18 +364,32 @@ int main(int argc, char **argv)
         goto done;
     }
     /* SMART on embeddings of norm ~1: a radius of a few hundredths */
-    if (lambda >= 0.0 && (regopt_trainer_add_regularizer(tr, REGOPT_REG_SMART) ||
-                          regopt_trainer_set_double(tr, REGOPT_SMART_LAMBDA, lambda) ||
-                          regopt_trainer_set_double(tr, REGOPT_SMART_EPSILON, 0.05) ||
-                          regopt_trainer_set_double(tr, REGOPT_SMART_ETA, 0.02) ||
-                          regopt_trainer_set_double(tr, REGOPT_SMART_SIGMA, 0.01))) {
-        fprintf(stderr, "textcls: SMART: %s\n", regopt_trainer_message(tr));
-        goto done;
+    if (lambda >= 0.0) {
+        if (!(smart = regopt_regularizer_create(REGOPT_REG_SMART, NULL, NULL)) ||
+            regopt_regularizer_set_double(smart, REGOPT_SMART_LAMBDA, lambda) ||
+            regopt_regularizer_set_double(smart, REGOPT_SMART_EPSILON, 0.05) ||
+            regopt_regularizer_set_double(smart, REGOPT_SMART_ETA, 0.02) ||
+            regopt_regularizer_set_double(smart, REGOPT_SMART_SIGMA, 0.01)) {
+            fprintf(stderr, "textcls: SMART: %s\n", smart ? regopt_regularizer_message(smart)
+                                                         : regopt_last_error_message());
+            goto done;
+        }
+        if (regopt_trainer_attach(tr, smart)) {
+            fprintf(stderr, "textcls: SMART: %s\n", regopt_trainer_message(tr));
+            goto done;
+        }
     }
-    if (mu >= 0.0 && (regopt_trainer_add_regularizer(tr, REGOPT_REG_BREGMAN) ||
-                      regopt_trainer_set_double(tr, REGOPT_BREGMAN_MU, mu))) {
-        fprintf(stderr, "textcls: Bregman: %s\n", regopt_trainer_message(tr));
-        goto done;
+    if (mu >= 0.0) {
+        if (!(bregman = regopt_regularizer_create(REGOPT_REG_BREGMAN, NULL, NULL)) ||
+            regopt_regularizer_set_double(bregman, REGOPT_BREGMAN_MU, mu)) {
+            fprintf(stderr, "textcls: Bregman: %s\n",
+                    bregman ? regopt_regularizer_message(bregman) : regopt_last_error_message());
+            goto done;
+        }
+        if (regopt_trainer_attach(tr, bregman)) {
+            fprintf(stderr, "textcls: Bregman: %s\n", regopt_trainer_message(tr));
+            goto done;
+        }
     }
     printf("textcls: %zu lines from %d licences (%zu train), %d hashed words, embedding %d%s%s\n",
            n, NCLASS, n_train, VOCAB, DIM, lambda >= 0.0 ? ", SMART adversarial" : "",
@@ -394,11 +409,12 @@ int main(int argc, char **argv)
         if (e % 5 == 0 || e == epochs) {
             double rs = 0.0, nn = 0.0;
             acc = accuracy(tr, ex, idx + n_train, n - n_train);
-            regopt_trainer_get_double(tr, REGOPT_STAT_SMART_RS, &rs);
-            regopt_trainer_get_double(tr, REGOPT_STAT_SMART_NOISE_NORM, &nn);
             printf("epoch %3ld  held-out accuracy %.4f", e, acc);
-            if (lambda >= 0.0)
+            if (smart) { /* statistics are read from the regularizer's handle */
+                regopt_regularizer_get_double(smart, REGOPT_STAT_SMART_RS, &rs);
+                regopt_regularizer_get_double(smart, REGOPT_STAT_SMART_NOISE_NORM, &nn);
                 printf("  R_s %.5f  ||nu|| %.4f", rs, nn);
+            }
             printf("\n");
         }
     }
@@ -406,7 +422,9 @@ int main(int argc, char **argv)
            lambda >= 0.0 ? lambda : 0.0, mu >= 0.0 ? mu : 0.0, acc);
     rc = min_acc >= 0.0 && acc < min_acc ? 1 : 0;
 done:
-    regopt_trainer_free(tr);
+    regopt_trainer_free(tr); /* detaches the regularizers: free them after it */
+    regopt_regularizer_free(smart);
+    regopt_regularizer_free(bregman);
     regopt_optimizer_free(opt);
     regopt_model_free(model);
     net_free(&m);

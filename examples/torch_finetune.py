@@ -11,7 +11,7 @@ output of the `embed` layer. The library runs every pass (clean, perturbed,
 both dropout passes, the adversarial ascent) through regopt.torch.TorchModel,
 which registers the module's parameters zero-copy.
 
-    REGOPT_LIBRARY=lib/libregopt.so.0 PYTHONPATH=python \\
+    REGOPT_LIBRARY=lib/libregopt.so PYTHONPATH=python \\
         /usr/bin/python3 examples/torch_finetune.py [--epochs 8] [--min-test-acc 0.9]
 """
 import argparse
@@ -84,8 +84,8 @@ def main():
                              total_steps=steps_per_epoch * a.epochs) as opt, \
             regopt.Trainer(model, opt, seed=a.seed, reserve=a.batch) as trainer:
         opt.set_group(1, weight_decay=0.0)       # biases and batch-norm weights
-        trainer.set_group(1, sam_adaptive=0)
-        trainer.add("sam", rho=0.05)
+        sam = trainer.add("sam", rho=0.05)       # a regopt_regularizer handle
+        sam.set_group(1, adaptive=0)             # "sam.group_adaptive"
         trainer.add("rdrop", alpha=1.0)
         trainer.add("smart", lambda_=1.0, epsilon=0.05, eta=0.02, sigma=0.01)
         print("fine-tuning %d parameters (%d tensors) on %d digits, %d test; "

@@ -1,7 +1,7 @@
 /* fuzz_batch.c — batch descriptors against a tiny host model: a step with
  * fuzzed descriptors (size field and stride, rows, labels, targets, mask,
  * weights, input_rows, micro-batch count) under a fuzzed loss and set of
- * regularizers.
+ * regularizers (handles, attached to the trainer and freed after it).
  *
  * The host keeps its side of the contract (every array holds what `rows`
  * says; the library must not read past it, which ASan checks). Invariants:
@@ -96,6 +96,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     regopt_model *m;
     regopt_optimizer *o;
     regopt_trainer *t;
+    regopt_regularizer *reg[4] = {NULL, NULL, NULL, NULL};
+    static const regopt_regularizer_kind kinds[4] = {REGOPT_REG_SAM, REGOPT_REG_RDROP,
+                                                     REGOPT_REG_SMART, REGOPT_REG_BREGMAN};
     regopt_status st;
     size_t i, j, count, stride;
     uint8_t cfg, regs;
@@ -131,19 +134,36 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FZ_CHECK(fz_known_status(st), "loss");
     if (cfg & 0x40)
         regopt_trainer_set_double(t, REGOPT_TRAINER_LABEL_SMOOTHING, 0.1);
-    /* each regularizer may fail to switch on for this model: that is fine */
-    if (regs & 1)
-        regopt_trainer_add_regularizer(t, REGOPT_REG_SAM);
-    if (regs & 2)
-        regopt_trainer_add_regularizer(t, REGOPT_REG_RDROP);
-    if (regs & 4)
-        regopt_trainer_add_regularizer(t, REGOPT_REG_SMART);
-    if (regs & 8)
-        regopt_trainer_add_regularizer(t, REGOPT_REG_BREGMAN);
-    if (regs & 16)
-        regopt_trainer_set_int(t, REGOPT_SAM_M_ROWS, 1 + fz_below(&f, 4));
-    if (regs & 32)
-        regopt_trainer_set_int(t, REGOPT_RDROP_DOUBLED, 0);
+    /* each regularizer may fail to attach to this model (slots, input
+     * width): that is fine, but then it is not attached and nothing else is */
+    for (i = 0; i < 4; i++) {
+        size_t n_before;
+        if (!(regs & (1u << i)))
+            continue;
+        reg[i] = regopt_regularizer_create(kinds[i], NULL, &st);
+        FZ_CHECK(reg[i] != NULL, "create %d: %s", (int)kinds[i], regopt_status_string(st));
+        n_before = regopt_trainer_regularizer_count(t);
+        st = regopt_trainer_attach(t, reg[i]);
+        FZ_CHECK(fz_known_status(st), "attach returned %d", (int)st);
+        FZ_CHECK(fz_sane_message(regopt_trainer_message(t)), "message");
+        FZ_CHECK((regopt_regularizer_get_trainer(reg[i]) == t) == (st == REGOPT_OK) &&
+                     regopt_trainer_regularizer_count(t) == n_before + (st == REGOPT_OK),
+                 "attach %d -> %d, but attached %d, %zu -> %zu", (int)kinds[i], (int)st,
+                 regopt_regularizer_get_trainer(reg[i]) == t, n_before,
+                 regopt_trainer_regularizer_count(t));
+    }
+    /* options of the handles, attached or not (the input is read as in
+     * 0.x, so the committed corpus keeps its meaning) */
+    if (regs & 16) {
+        int64_t m_rows = 1 + (int64_t)fz_below(&f, 4);
+        if (reg[0])
+            FZ_CHECK(regopt_regularizer_set_int(reg[0], REGOPT_SAM_M_ROWS, m_rows) == REGOPT_OK,
+                     "sam.m_rows %lld: %s", (long long)m_rows,
+                     regopt_regularizer_message(reg[0]));
+    }
+    if ((regs & 32) && reg[1])
+        FZ_CHECK(regopt_regularizer_set_int(reg[1], REGOPT_RDROP_DOUBLED, 0) == REGOPT_OK,
+                 "rdrop.doubled 0: %s", regopt_regularizer_message(reg[1]));
     if (regs & 64)
         regopt_trainer_reserve(t, fz_below(&f, 2 * MAXR));
 
@@ -219,6 +239,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     }
     regopt_trainer_free(t);
+    for (i = 0; i < 4; i++) {
+        FZ_CHECK(!reg[i] || regopt_regularizer_get_trainer(reg[i]) == NULL,
+                 "still attached after the trainer was freed");
+        regopt_regularizer_free(reg[i]);
+    }
     regopt_optimizer_free(o);
     regopt_model_free(m);
     return 0;

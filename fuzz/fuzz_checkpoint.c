@@ -1,17 +1,21 @@
 /* fuzz_checkpoint.c — the checkpoint loader against arbitrary bytes.
  *
- * Input: one control byte, then the checkpoint. Control bits 1-2 pick the
- * trainer the bytes are loaded into (plain AdamW, AdamW+SAM, AdamW+SMART+
- * Bregman, SGD+R-Drop); bit 0 asks the harness to repair every CRC (each
+ * Input: one control byte, then the checkpoint (format 2). Control bits 1-2
+ * pick the trainer the bytes are loaded into (plain AdamW, AdamW+SAM, AdamW+
+ * SMART+Bregman, SGD+R-Drop; regularizers are handles attached to it, freed
+ * after it); bit 0 asks the harness to repair every CRC (each
  * section's, then the header's) before loading, so that mutations reach the
  * section parsers and the validation behind the CRCs instead of dying at
  * the first CRC check; bit 3 picks the read-callback path instead of the
- * buffer; bits 4-5 are the load flags (REGOPT_CHECKPOINT_PARAMS, _OPTIONS).
+ * buffer; bits 4-5 are the load flags (REGOPT_CHECKPOINT_PARAMS, _OPTIONS);
+ * bit 6 attaches a user term with 8 bytes of state as well (its load_state
+ * refuses sizes other than 8 and counts above 2^40).
  *
  * Invariants: every status is a documented code and the message sane; a
  * refused load leaves the trainer's whole state and the host's tensors
- * bit-identical; an accepted one round-trips (save, load, save gives the
- * same bytes) and a step after it either succeeds or fails cleanly.
+ * bit-identical, and its regularizers attached as they were; an accepted
+ * one round-trips (save, load, save gives the same bytes) and a step after
+ * it either succeeds or fails cleanly.
  *
  * Build with -DFUZZ_SEED_MAIN (and without replay_main.c) for a program
  * that writes the seed corpus: a valid checkpoint of each trainer, with and
@@ -77,9 +81,75 @@ typedef struct rig {
     regopt_model *m;
     regopt_optimizer *o;
     regopt_trainer *t;
+    regopt_regularizer *reg[3]; /* attached, freed after the trainer */
+    size_t nreg;
+    uint64_t commits; /* the user term's state */
 } rig;
 
-static int rig_make(rig *r, int config)
+/* The user term: 0.001 sum_k z_ik^2 per row, a weighted mean; its state is
+ * the number of updates it has seen. */
+static int term_value(const regopt_term_view *v, double *value, void *user)
+{
+    size_t i, k;
+    double sum = 0;
+    (void)user;
+    for (i = 0; i < v->rows; i++) {
+        double wi = (v->batch->mask && !v->batch->mask[i]) ? 0.0 : 1.0;
+        if (v->batch->weights)
+            wi *= v->batch->weights[i];
+        for (k = 0; k < v->output_width; k++) {
+            float z = v->outputs[0][i * v->output_width + k];
+            sum += wi * 0.001 * (double)z * z;
+            v->d_outputs[0][i * v->output_width + k] = (float)(v->inv_weight * wi * 0.002 * z);
+        }
+    }
+    *value = v->inv_weight * sum;
+    return 0;
+}
+
+static size_t term_size(void *user)
+{
+    (void)user;
+    return 8;
+}
+
+static int term_save(void *buf, size_t size, void *user)
+{
+    if (size != 8)
+        return 1;
+    memcpy(buf, user, 8);
+    return 0;
+}
+
+static int term_load(const void *buf, size_t size, void *user)
+{
+    uint64_t v;
+    if (size != 8)
+        return 1;
+    memcpy(&v, buf, 8);
+    if (v > (uint64_t)1 << 40)
+        return 1;
+    memcpy(user, &v, 8);
+    return 0;
+}
+
+static void term_committed(uint64_t step, void *user)
+{
+    (void)step;
+    ++*(uint64_t *)user;
+}
+
+/* Create a regularizer of `kind` and attach it; 0 on success. */
+static int rig_attach(rig *r, regopt_regularizer_kind kind)
+{
+    regopt_regularizer *g = regopt_regularizer_create(kind, NULL, NULL);
+    if (!g)
+        return 1;
+    r->reg[r->nreg++] = g;
+    return regopt_trainer_attach(r->t, g) != REGOPT_OK;
+}
+
+static int rig_make(rig *r, int config, int term)
 {
     size_t i;
     memset(r, 0, sizeof *r);
@@ -101,22 +171,41 @@ static int rig_make(rig *r, int config)
     r->t = regopt_trainer_create(r->m, r->o, NULL);
     if (!r->t)
         return 1;
+    if (term) {
+        regopt_term_ops ops;
+        memset(&ops, 0, sizeof ops);
+        ops.size = sizeof ops;
+        ops.name = "fz.term";
+        ops.value = term_value;
+        ops.state_size = term_size;
+        ops.save_state = term_save;
+        ops.load_state = term_load;
+        ops.committed = term_committed;
+        r->reg[r->nreg] = regopt_regularizer_create_term(&ops, &r->commits, NULL, NULL, NULL);
+        if (!r->reg[r->nreg])
+            return 1;
+        if (regopt_trainer_attach(r->t, r->reg[r->nreg++]) != REGOPT_OK)
+            return 1;
+    }
     if (config == 1)
-        return regopt_trainer_add_regularizer(r->t, REGOPT_REG_SAM) != REGOPT_OK;
+        return rig_attach(r, REGOPT_REG_SAM);
     if (config == 2)
-        return regopt_trainer_add_regularizer(r->t, REGOPT_REG_SMART) != REGOPT_OK ||
-               regopt_trainer_add_regularizer(r->t, REGOPT_REG_BREGMAN) != REGOPT_OK;
+        return rig_attach(r, REGOPT_REG_SMART) || rig_attach(r, REGOPT_REG_BREGMAN);
     if (config == 3)
-        return regopt_trainer_add_regularizer(r->t, REGOPT_REG_RDROP) != REGOPT_OK;
+        return rig_attach(r, REGOPT_REG_RDROP);
     return 0;
 }
 
 static void rig_free(rig *r)
 {
-    regopt_trainer_free(r->t);
+    size_t i;
+    regopt_trainer_free(r->t); /* detaches the regularizers */
+    for (i = 0; i < r->nreg; i++)
+        regopt_regularizer_free(r->reg[i]);
     regopt_optimizer_free(r->o);
     regopt_model_free(r->m);
 }
+
 
 static regopt_status rig_step(rig *r, int s)
 {
@@ -138,6 +227,19 @@ static regopt_status rig_step(rig *r, int s)
 #define ALL (REGOPT_CHECKPOINT_PARAMS | REGOPT_CHECKPOINT_OPTIONS)
 
 #ifndef FUZZ_SEED_MAIN
+/* The regularizers are still attached, in the same number (a load never
+ * attaches or detaches anything). */
+static int rig_regs_intact(const rig *r)
+{
+    size_t i;
+    if (regopt_trainer_regularizer_count(r->t) != r->nreg)
+        return 0;
+    for (i = 0; i < r->nreg; i++)
+        if (regopt_regularizer_get_trainer(r->reg[i]) != r->t)
+            return 0;
+    return 1;
+}
+
 
 /* The trainer's whole state (malloc'ed; NULL on failure). */
 static uint8_t *snapshot(rig *r, size_t *n)
@@ -226,7 +328,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int ctl = size ? data[0] : 0;
     uint32_t flags = (uint32_t)(ctl >> 4) & ALL;
     regopt_status st;
-    FZ_CHECK(rig_make(&r, (ctl >> 1) & 3) == 0, "setup failed");
+    FZ_CHECK(rig_make(&r, (ctl >> 1) & 3, (ctl >> 6) & 1) == 0, "setup failed");
     FZ_CHECK(rig_step(&r, 0) == REGOPT_OK, "first step failed: %s", regopt_trainer_message(r.t));
     ck = malloc(n ? n : 1);
     FZ_CHECK(ck != NULL, "out of memory");
@@ -244,6 +346,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     FZ_CHECK(fz_known_status(st), "load returned %d", (int)st);
     FZ_CHECK(fz_sane_message(regopt_trainer_message(r.t)), "bad message");
+    FZ_CHECK(rig_regs_intact(&r), "the load changed the attached regularizers");
     after = snapshot(&r, &na);
     FZ_CHECK(after != NULL, "snapshot after the load failed");
     if (st != REGOPT_OK) {
@@ -294,14 +397,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: seeds DIR\n");
         return 2;
     }
-    for (config = 0; config < 4; config++) {
+    for (config = 0; config < 8; config++) {
         rig r;
-        uint8_t buf[8192];
+        uint8_t buf[16384];
         size_t n = 0;
         char name[64];
         uint32_t flags;
-        if (rig_make(&r, config) || rig_step(&r, 0) || rig_step(&r, 1)) {
-            fprintf(stderr, "seeds: setup %s failed\n", names[config]);
+        int term = config >> 2, kind = config & 3;
+        if (rig_make(&r, kind, term) || rig_step(&r, 0) || rig_step(&r, 1)) {
+            fprintf(stderr, "seeds: setup %s%s failed\n", names[kind], term ? "_term" : "");
             return 1;
         }
         for (flags = 0; flags <= ALL; flags += ALL) {
@@ -309,10 +413,13 @@ int main(int argc, char **argv)
                 fprintf(stderr, "seeds: %s\n", regopt_trainer_message(r.t));
                 return 1;
             }
-            snprintf(name, sizeof name, "%s%s", names[config], flags ? "_all" : "_state");
-            bad |= write_seed(argv[1], name, config << 1 | (int)flags << 4, buf, n);
-            snprintf(name, sizeof name, "%s%s_stream", names[config], flags ? "_all" : "_state");
-            bad |= write_seed(argv[1], name, config << 1 | 8 | (int)flags << 4, buf, n);
+            snprintf(name, sizeof name, "%s%s%s", names[kind], term ? "_term" : "",
+                     flags ? "_all" : "_state");
+            bad |= write_seed(argv[1], name, term << 6 | kind << 1 | (int)flags << 4, buf, n);
+            snprintf(name, sizeof name, "%s%s%s_stream", names[kind], term ? "_term" : "",
+                     flags ? "_all" : "_state");
+            bad |= write_seed(argv[1], name, term << 6 | kind << 1 | 8 | (int)flags << 4, buf,
+                              n);
         }
         rig_free(&r);
     }

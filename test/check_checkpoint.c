@@ -1,10 +1,14 @@
 /* check_checkpoint.c — save and resume: training k steps, saving, loading
  * into a fresh trainer (and a fresh process) and training N - k more gives
  * the same bits as N uninterrupted steps, for plain AdamW, SGD momentum,
- * SAM, GSAM, R-Drop, SMART with its Bregman teacher and SMART+SAM; every
- * kind of damage is refused with the right status and leaves the trainer
- * untouched (every truncation, every single-bit flip, forged sections);
- * unknown sections are skipped; saving to a path is atomic.
+ * SAM, GSAM, R-Drop, SMART with its Bregman teacher, SMART+SAM, SAM+R-Drop
+ * and Bregman alone (its beta switching after the resume); every kind of
+ * damage is refused with the right status and leaves the trainer untouched
+ * (every truncation, every single-bit flip, forged sections, format 1 of
+ * libregopt 0.x, features this library does not know, other regularizers);
+ * unknown sections are skipped; saving to a path is atomic. Checkpoints are
+ * format 2: the forgeries below read and write its layout with their own
+ * code (offsets from the format description), not the library's.
  *
  * Host: z = (x + nu) .* m W + b over D inputs, with an inverted-dropout
  * mask m drawn from the pass seed (so the seeds matter), the SMART
@@ -110,16 +114,117 @@ static regopt_model *ck_model(ck_host *h, const char *b_name, int32_t b_group,
 }
 
 /* The configurations of the resume tests. */
-enum { C_ADAMW, C_SGD, C_SAM, C_GSAM, C_RDROP, C_SMART, C_SMART_SAM, C_N };
+enum { C_ADAMW, C_SGD, C_SAM, C_GSAM, C_RDROP, C_SMART, C_SMART_SAM, C_SAM_RDROP, C_BREGMAN,
+       C_TERM, C_N };
 static const char *const config_name[C_N] = {"adamw", "sgd", "sam", "gsam", "rdrop",
-                                             "smart+bregman", "smart+sam"};
+                                             "smart+bregman", "smart+sam", "sam+rdrop",
+                                             "bregman", "term"};
+
+/* A user-defined term with state: c_i = a sum_k z_ik^2 with a = 0.01 (1 +
+ * commits % 3), where commits counts the updates it has seen (committed()),
+ * so a resumed run matches only if its state came back. */
+typedef struct term_state {
+    uint64_t commits;
+    int fail_load; /* load_state refuses */
+} term_state;
+
+static int tm_value(const regopt_term_view *v, double *value, void *user)
+{
+    const term_state *ts = user;
+    double a = 0.01 * (double)(1 + ts->commits % 3), sum = 0.0;
+    size_t i, k;
+    for (i = 0; i < v->rows; i++) {
+        double wi = (v->batch->mask && !v->batch->mask[i]) ? 0.0 : 1.0;
+        if (v->batch->weights)
+            wi *= v->batch->weights[i];
+        for (k = 0; k < v->output_width; k++) {
+            double z = v->outputs[0][i * v->output_width + k];
+            sum += wi * a * z * z;
+            v->d_outputs[0][i * v->output_width + k] = (float)(v->inv_weight * wi * 2.0 * a * z);
+        }
+    }
+    *value = v->inv_weight * sum;
+    return 0;
+}
+
+static size_t tm_state_size(void *user)
+{
+    (void)user;
+    return 8;
+}
+
+static int tm_save(void *buf, size_t size, void *user)
+{
+    const term_state *ts = user;
+    if (size != 8)
+        return 1;
+    memcpy(buf, &ts->commits, 8);
+    return 0;
+}
+
+static int tm_load(const void *buf, size_t size, void *user)
+{
+    term_state *ts = user;
+    if (size != 8 || ts->fail_load)
+        return 1;
+    memcpy(&ts->commits, buf, 8);
+    return 0;
+}
+
+static void tm_committed(uint64_t step, void *user)
+{
+    (void)step;
+    ((term_state *)user)->commits++;
+}
+
+static const char *term_name = "decay.term"; /* the name new terms get */
 
 typedef struct rig {
     ck_host h;
     regopt_model *m;
     regopt_optimizer *o;
     regopt_trainer *t;
+    /* the attached regularizers (NULL: not in this configuration); freed by
+       rig_free after the trainer, through tu_free_regs */
+    regopt_regularizer *sam, *rdrop, *smart, *bregman;
+    regopt_regularizer *term; /* C_TERM: a user term, freed by rig_free */
+    term_state ts;
 } rig;
+
+static int has_sam(int config)
+{
+    return config == C_SAM || config == C_GSAM || config == C_SMART_SAM ||
+           config == C_SAM_RDROP;
+}
+static int has_rdrop(int config) { return config == C_RDROP || config == C_SAM_RDROP; }
+static int has_smart(int config) { return config == C_SMART || config == C_SMART_SAM; }
+static int has_bregman(int config) { return config == C_SMART || config == C_BREGMAN; }
+
+/* Attach the configuration's regularizers to r->t (handles with defaults). */
+static void rig_attach(rig *r, int config)
+{
+    r->sam = has_sam(config) ? tu_add(r->t, REGOPT_REG_SAM) : NULL;
+    r->rdrop = has_rdrop(config) ? tu_add(r->t, REGOPT_REG_RDROP) : NULL;
+    r->smart = has_smart(config) ? tu_add(r->t, REGOPT_REG_SMART) : NULL;
+    r->bregman = has_bregman(config) ? tu_add(r->t, REGOPT_REG_BREGMAN) : NULL;
+    r->term = NULL;
+    if (config == C_TERM) {
+        regopt_term_ops ops;
+        regopt_status st = REGOPT_OK;
+        memset(&ops, 0, sizeof ops);
+        ops.size = sizeof ops;
+        ops.name = term_name;
+        ops.value = tm_value;
+        ops.state_size = tm_state_size;
+        ops.save_state = tm_save;
+        ops.load_state = tm_load;
+        ops.committed = tm_committed;
+        r->term = regopt_regularizer_create_term(&ops, &r->ts, NULL, NULL, &st);
+        ck_assert_msg(r->term != NULL, "term: %s %s", regopt_status_string(st),
+                      regopt_last_error_message());
+        TMUST(r->t, regopt_trainer_attach(r->t, r->term));
+    }
+}
 
 /* Build a rig; `init` picks the starting weights (a resumed run starts from
  * garbage to prove the checkpoint carries them). `options` 0 leaves every
@@ -154,43 +259,53 @@ static void rig_make(rig *r, int config, int init, int options)
     ck_assert_ptr_nonnull(r->t);
     if (options)
         TMUST(r->t, regopt_trainer_set_int(r->t, REGOPT_TRAINER_SEED, 1234567));
-    if (config == C_SAM || config == C_GSAM || config == C_SMART_SAM)
-        TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_SAM));
-    if (config == C_RDROP)
-        TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_RDROP));
-    if (config == C_SMART || config == C_SMART_SAM)
-        TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_SMART));
-    if (config == C_SMART)
-        TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_BREGMAN));
+    rig_attach(r, config);
     if (!options)
         return;
     if (config == C_SAM)
-        TMUST(r->t, regopt_trainer_set_double(r->t, REGOPT_SAM_RHO, 0.2));
+        RMUST(r->sam, regopt_regularizer_set_double(r->sam, REGOPT_SAM_RHO, 0.2));
     if (config == C_GSAM) {
-        TMUST(r->t, regopt_trainer_set_int(r->t, REGOPT_SAM_GSAM, 1));
-        TMUST(r->t, regopt_trainer_set_int(r->t, REGOPT_SAM_RHO_FOLLOWS_LR, 1));
-        TMUST(r->t, regopt_trainer_set_double(r->t, REGOPT_SAM_RHO_MIN, 0.01));
-        TMUST(r->t, regopt_trainer_set_int(r->t, REGOPT_SAM_SAME_SEED, 0));
+        RMUST(r->sam, regopt_regularizer_set_int(r->sam, REGOPT_SAM_GSAM, 1));
+        RMUST(r->sam, regopt_regularizer_set_int(r->sam, REGOPT_SAM_RHO_FOLLOWS_LR, 1));
+        RMUST(r->sam, regopt_regularizer_set_double(r->sam, REGOPT_SAM_RHO_MIN, 0.01));
+        RMUST(r->sam, regopt_regularizer_set_int(r->sam, REGOPT_SAM_SAME_SEED, 0));
     }
     if (config == C_RDROP) {
-        TMUST(r->t, regopt_trainer_set_double(r->t, REGOPT_RDROP_ALPHA, 2.0));
-        TMUST(r->t, regopt_trainer_set_int(r->t, REGOPT_RDROP_EVERY, 2));
+        RMUST(r->rdrop, regopt_regularizer_set_double(r->rdrop, REGOPT_RDROP_ALPHA, 2.0));
+        RMUST(r->rdrop, regopt_regularizer_set_int(r->rdrop, REGOPT_RDROP_EVERY, 2));
+    }
+    if (config == C_SAM_RDROP) {
+        RMUST(r->sam, regopt_regularizer_set_double(r->sam, REGOPT_SAM_RHO, 0.1));
+        RMUST(r->sam, regopt_regularizer_set_int(r->sam, REGOPT_SAM_EVERY, 2));
+        RMUST(r->rdrop, regopt_regularizer_set_double(r->rdrop, REGOPT_RDROP_ALPHA, 0.5));
     }
     if (config == C_SMART || config == C_SMART_SAM)
-        TMUST(r->t, regopt_trainer_set_double(r->t, REGOPT_SMART_LAMBDA, 3.0));
+        RMUST(r->smart, regopt_regularizer_set_double(r->smart, REGOPT_SMART_LAMBDA, 3.0));
     if (config == C_SMART) {
-        TMUST(r->t, regopt_trainer_set_double(r->t, REGOPT_BREGMAN_MU, 2.0));
-        TMUST(r->t, regopt_trainer_set_double(r->t, REGOPT_BREGMAN_BETA, 0.5));
-        TMUST(r->t, regopt_trainer_set_double(r->t, REGOPT_BREGMAN_BETA_LATE, 0.8));
-        TMUST(r->t, regopt_trainer_set_double(r->t, REGOPT_BREGMAN_SWITCH, 0.3));
+        RMUST(r->bregman, regopt_regularizer_set_double(r->bregman, REGOPT_BREGMAN_MU, 2.0));
+        RMUST(r->bregman, regopt_regularizer_set_double(r->bregman, REGOPT_BREGMAN_BETA, 0.5));
+        RMUST(r->bregman,
+              regopt_regularizer_set_double(r->bregman, REGOPT_BREGMAN_BETA_LATE, 0.8));
+        RMUST(r->bregman, regopt_regularizer_set_double(r->bregman, REGOPT_BREGMAN_SWITCH, 0.3));
+    }
+    if (config == C_TERM)
+        RMUST(r->term, regopt_regularizer_set_double(r->term, REGOPT_TERM_WEIGHT, 0.5));
+    if (config == C_BREGMAN) {
+        /* beta_late from step 5 on: the switch falls after the resume at K_STEPS */
+        RMUST(r->bregman, regopt_regularizer_set_double(r->bregman, REGOPT_BREGMAN_BETA, 0.6));
+        RMUST(r->bregman,
+              regopt_regularizer_set_double(r->bregman, REGOPT_BREGMAN_BETA_LATE, 0.9));
+        RMUST(r->bregman, regopt_regularizer_set_int(r->bregman, REGOPT_BREGMAN_SWITCH_STEP, 5));
     }
 }
 
 static void rig_free(rig *r)
 {
-    regopt_trainer_free(r->t);
+    regopt_trainer_free(r->t); /* detaches the regularizers */
+    regopt_regularizer_free(r->term);
     regopt_optimizer_free(r->o);
     regopt_model_free(r->m);
+    tu_free_regs();
 }
 
 /* Step s trains on its own CROWS rows, the last one padding. */
@@ -248,13 +363,64 @@ static unsigned char *reference(int config, size_t *size)
     return buf;
 }
 
+/* The name of the section of checkpoint c (n bytes) that holds byte at, or
+ * "header"/"table" (read with plain byte arithmetic: the header's section
+ * count @12, table entries of 48 bytes from 32: name, u64 offset @24, u64
+ * size @32). */
+static size_t section_offset; /* of the section section_at last found */
+
+static const char *section_at(const unsigned char *c, size_t n, size_t at, char *name)
+{
+    size_t k, count;
+    if (at < 32 || n < 32)
+        return "header";
+    count = (size_t)c[12] | (size_t)c[13] << 8 | (size_t)c[14] << 16 | (size_t)c[15] << 24;
+    if (at < 32 + 48 * count)
+        return "table";
+    for (k = 0; k < count && 32 + 48 * (k + 1) <= n; k++) {
+        const unsigned char *e = c + 32 + 48 * k;
+        uint64_t off = 0, size = 0;
+        int j;
+        for (j = 7; j >= 0; j--) {
+            off = off << 8 | e[24 + j];
+            size = size << 8 | e[32 + j];
+        }
+        if (at >= off && at - off < size) {
+            section_offset = (size_t)off;
+            memcpy(name, e, 24);
+            name[24] = '\0';
+            return name;
+        }
+    }
+    return "?";
+}
+
+/* a and b hold the same bytes; else the first difference is named, and
+ * the first one in a section (the header and table differ whenever a
+ * section does, through the CRCs). */
 static void same_bytes(const unsigned char *a, size_t na, const unsigned char *b, size_t nb,
                        const char *what)
 {
-    size_t i;
+    size_t i, first, in_section;
+    char name[25];
     ck_assert_msg(na == nb, "%s: %zu bytes vs %zu", what, na, nb);
-    for (i = 0; i < na; i++)
-        ck_assert_msg(a[i] == b[i], "%s: first difference at byte %zu of %zu", what, i, na);
+    for (first = 0; first < na && a[first] == b[first]; first++)
+        ;
+    if (first == na)
+        return;
+    for (i = first; i < na && (a[i] == b[i] || strcmp(section_at(a, na, i, name), "header") == 0 ||
+                               strcmp(section_at(a, na, i, name), "table") == 0);
+         i++)
+        ;
+    in_section = i;
+    section_offset = 0;
+    if (in_section < na)
+        section_at(a, na, in_section, name);
+    else
+        strcpy(name, "none");
+    ck_abort_msg("%s: first difference at byte %zu of %zu, first in a section at %zu (%s, its "
+                 "byte %zu)",
+                 what, first, na, in_section, name, in_section - section_offset);
 }
 
 /* The checkpoint of a run interrupted after K_STEPS steps. */
@@ -501,7 +667,41 @@ START_TEST(random_damage)
 END_TEST
 
 /* Rebuild a checkpoint from its sections after `edit` changed them: new
- * CRCs and offsets, so only the content is wrong (a forgery, not damage). */
+ * CRCs and offsets, so only the content is wrong (a forgery, not damage).
+ *
+ * The layout of checkpoint format 2, as the format description gives it
+ * (offsets in bytes within a section):
+ *   header (32): "REGOPTCK" | u32 version @8 | u32 sections @12 | u64 total
+ *     size @16 | u32 flags @24 | u32 CRC-32 of bytes 0..27 and the table @28
+ *   table entry (48): name[24] | u64 offset @24 | u64 size @32 | u32 CRC @40
+ *   "trainer":  u64 step @0 | u64 seed @8 | u32 optimizer kind @16 | u32 state
+ *     floats per element @20 | u32 momentum primed @24 | u32 regularizers
+ *     @28 | u64 trainable elements @32 | u32 statistics n @40 | pad @44 |
+ *     n f64 @48
+ *   "features": u64 required mask @0 | u32 entries @8 | pad @12 | entries of
+ *     24 bytes @16: u32 bit | char name[20]
+ *   "reg.N":    u32 kind @0 | u32 instance @4 | name[24] @8 | u32 statistics
+ *     s @32 | pad @36 | u64 state size m @40 | s f64 @48 | m state bytes;
+ *     Bregman's state: u32 holds weights | pad | f64 beta | the weights
+ *   "options":  u32 count | pad | entries of 24 bytes @8: u32 key | u32 group
+ *     | u32 type | u32 owner | value */
+#define FORMAT 2
+#define TR_REGS 28
+#define TR_TRAINABLE 32
+#define TR_NSTATS 40
+#define TR_STATS 48
+#define FEAT_COUNT 8
+#define FEAT_ENTRIES 16
+#define FEAT_ENTRY 24
+#define REG_KIND 0
+#define REG_INSTANCE 4
+#define REG_NAME 8
+#define REG_NSTATS 32
+#define REG_STATE_SIZE 40
+#define REG_STATS 48
+#define OPT_ENTRY 24
+#define OPT_OWNER 12
+#define NO_OWNER 0xffffffffu
 typedef struct section {
     char name[24];
     unsigned char *data;
@@ -596,6 +796,25 @@ static int find_section(section *s, size_t n, const char *name)
     return -1;
 }
 
+/* The "reg.N" section of the regularizer of `kind` (the test fails if there
+ * is none). */
+static int find_reg(section *s, size_t n, regopt_regularizer_kind kind)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (strncmp(s[i].name, "reg.", 4) == 0 && s[i].size >= REG_STATS &&
+            rd32(s[i].data + REG_KIND) == (uint32_t)kind)
+            return (int)i;
+    ck_abort_msg("no reg.N section of kind %d", (int)kind);
+    return -1;
+}
+
+/* Where the state bytes of a "reg.N" section start. */
+static unsigned char *reg_state(section *r)
+{
+    return r->data + REG_STATS + 8 * (size_t)rd32(r->data + REG_NSTATS);
+}
+
 /* Overwrite the value of option `key` (of `group`, or any group when -1) in
  * the "options" section; fails the test when the entry is not there. */
 static void forge_option(section *s, size_t n, regopt_key key, int group, double value)
@@ -623,7 +842,7 @@ START_TEST(rebuilt_checkpoint_loads)
     unsigned char *b;
     victim_make(&v, ALL);
     n = split(v.ck, s);
-    b = join(v.ck, s, n, 1, &size);
+    b = join(v.ck, s, n, FORMAT, &size);
     same_bytes(v.ck, v.n, b, size, "rebuilt");
     free(b);
     victim_free(&v);
@@ -645,7 +864,7 @@ START_TEST(unknown_section_skipped)
     s[1].size = 40;
     s[1].data = malloc(40);
     memset(s[1].data, 0xab, 40);
-    b = join(v.ck, s, n + 1, 1, &size);
+    b = join(v.ck, s, n + 1, FORMAT, &size);
     TMUST(v.r.t, regopt_trainer_load_buffer(v.r.t, ALL, b, size));
     /* it loaded the same state as the plain checkpoint */
     {
@@ -671,14 +890,14 @@ START_TEST(forged_sections)
 
     /* a newer format version */
     n = split(v.ck, s);
-    b = join(v.ck, s, n, 2, &size);
-    expect(&v, b, size, REGOPT_ERR_UNSUPPORTED, "newer", "version 2");
+    b = join(v.ck, s, n, FORMAT + 1, &size);
+    expect(&v, b, size, REGOPT_ERR_UNSUPPORTED, "newer", "version 3");
     free(b);
 
     /* an option out of range: optimizer.lr = -1 */
     n = split(v.ck, s);
     forge_option(s, n, REGOPT_OPT_LR, -1, -1.0);
-    b = join(v.ck, s, n, 1, &size);
+    b = join(v.ck, s, n, FORMAT, &size);
     expect(&v, b, size, REGOPT_ERR_OUT_OF_RANGE, "optimizer.lr", "lr -1");
     free(b);
 
@@ -687,23 +906,37 @@ START_TEST(forged_sections)
     i = find_section(s, n, "moments");
     free(s[i].data);
     memmove(&s[i], &s[i + 1], (n - (size_t)i - 1) * sizeof s[0]);
-    b = join(v.ck, s, n - 1, 1, &size);
+    b = join(v.ck, s, n - 1, FORMAT, &size);
     expect(&v, b, size, REGOPT_ERR_CORRUPT, "moments", "no moments");
     free(b);
 
-    /* the teacher section of the wrong size */
+    /* the Bregman section (its teacher's weights) of the wrong size */
     n = split(v.ck, s);
-    i = find_section(s, n, "teacher");
+    i = find_reg(s, n, REGOPT_REG_BREGMAN);
     s[i].size -= 4;
-    b = join(v.ck, s, n, 1, &size);
-    expect(&v, b, size, REGOPT_ERR_CORRUPT, "teacher", "short teacher");
+    {
+        char name[25];
+        memcpy(name, s[i].name, 24);
+        name[24] = '\0';
+        b = join(v.ck, s, n, FORMAT, &size);
+        expect(&v, b, size, REGOPT_ERR_CORRUPT, name, "short teacher");
+    }
+    free(b);
+
+    /* a "features" section missing */
+    n = split(v.ck, s);
+    i = find_section(s, n, "features");
+    free(s[i].data);
+    memmove(&s[i], &s[i + 1], (n - (size_t)i - 1) * sizeof s[0]);
+    b = join(v.ck, s, n - 1, FORMAT, &size);
+    expect(&v, b, size, REGOPT_ERR_CORRUPT, "features", "no features");
     free(b);
 
     /* a trainer section too short */
     n = split(v.ck, s);
     i = find_section(s, n, "trainer");
     s[i].size = 40;
-    b = join(v.ck, s, n, 1, &size);
+    b = join(v.ck, s, n, FORMAT, &size);
     expect(&v, b, size, REGOPT_ERR_CORRUPT, "trainer", "short trainer");
     free(b);
 
@@ -745,47 +978,63 @@ START_TEST(forged_values)
     n = split(v.ck, s);
     i = find_section(s, n, "trainer");
     wr64(s[i].data, ((uint64_t)1 << 53) + 1);
-    b = join(v.ck, s, n, 1, &size);
+    b = join(v.ck, s, n, FORMAT, &size);
     expect(&v, b, size, REGOPT_ERR_CORRUPT, "step count", "step 2^53+1");
     free(b);
 
     n = split(v.ck, s);
     i = find_section(s, n, "trainer");
     wr32(s[i].data + 24, 2); /* momentum primed = 2 */
-    b = join(v.ck, s, n, 1, &size);
+    b = join(v.ck, s, n, FORMAT, &size);
     expect(&v, b, size, REGOPT_ERR_CORRUPT, "flag", "momentum flag 2");
     free(b);
 
     n = split(v.ck, s);
     forge_float(s, n, "moments", 3, NAN); /* a first moment */
-    b = join(v.ck, s, n, 1, &size);
+    b = join(v.ck, s, n, FORMAT, &size);
     expect(&v, b, size, REGOPT_ERR_CORRUPT, "non-finite", "NaN moment");
     free(b);
 
     n = split(v.ck, s);
     forge_float(s, n, "moments", CD * CK + CK + 1, -1e-3f); /* v of the second block */
-    b = join(v.ck, s, n, 1, &size);
+    b = join(v.ck, s, n, FORMAT, &size);
     expect(&v, b, size, REGOPT_ERR_CORRUPT, "negative second moment", "negative v");
     free(b);
 
     n = split(v.ck, s);
     forge_float(s, n, "moments", 1, -1e-3f); /* a negative first moment is fine */
-    b = join(v.ck, s, n, 1, &size);
+    b = join(v.ck, s, n, FORMAT, &size);
     ck_assert_int_eq(regopt_trainer_load_buffer(v.r.t, ALL, b, size), REGOPT_OK);
     free(b);
     TMUST(v.r.t, regopt_trainer_load_buffer(v.r.t, ALL, v.before, v.nbefore));
 
+    /* the teacher's first weight, after Bregman's holds | pad | beta */
     n = split(v.ck, s);
-    forge_float(s, n, "teacher", 0, INFINITY);
-    b = join(v.ck, s, n, 1, &size);
+    i = find_reg(s, n, REGOPT_REG_BREGMAN);
+    {
+        float inf = INFINITY;
+        uint32_t bits;
+        memcpy(&bits, &inf, 4);
+        ck_assert_uint_eq(rd32(reg_state(&s[i])), 1); /* it holds weights */
+        wr32(reg_state(&s[i]) + 16, bits);
+    }
+    b = join(v.ck, s, n, FORMAT, &size);
     expect(&v, b, size, REGOPT_ERR_CORRUPT, "teacher", "inf teacher");
+    free(b);
+
+    /* Bregman's "holds weights" flag 2 */
+    n = split(v.ck, s);
+    i = find_reg(s, n, REGOPT_REG_BREGMAN);
+    wr32(reg_state(&s[i]), 2);
+    b = join(v.ck, s, n, FORMAT, &size);
+    expect(&v, b, size, REGOPT_ERR_CORRUPT, NULL, "teacher flag 2");
     free(b);
 
     /* the model section claims "b" is frozen: another layout */
     n = split(v.ck, s);
     i = find_section(s, n, "model");
     wr32(s[i].data + 8 + 24 + 1 + 16, 0); /* tensor 1 ("b"), after "W" (name 1 byte) */
-    b = join(v.ck, s, n, 1, &size);
+    b = join(v.ck, s, n, FORMAT, &size);
     expect(&v, b, size, REGOPT_ERR_MISMATCH, "frozen", "b frozen");
     free(b);
 
@@ -793,7 +1042,7 @@ START_TEST(forged_values)
     n = split(v.ck, s);
     i = find_section(s, n, "options");
     wr32(s[i].data + 8, 9999); /* the first entry's key */
-    b = join(v.ck, s, n, 1, &size);
+    b = join(v.ck, s, n, FORMAT, &size);
     TMUST(v.r.t, regopt_trainer_load_buffer(v.r.t, ALL, b, size));
     free(b);
     victim_free(&v);
@@ -851,7 +1100,7 @@ START_TEST(options_group_weight_decay)
     n = split(v.ck, s);
     /* inside the key's [-1, 1e3], but only -1 is special */
     forge_option(s, n, REGOPT_GROUP_WEIGHT_DECAY, 2, -0.5);
-    b = join(v.ck, s, n, 1, &size);
+    b = join(v.ck, s, n, FORMAT, &size);
     expect(&v, b, size, REGOPT_ERR_OUT_OF_RANGE, "group.weight_decay of group 2", "wd -0.5");
     free(b);
     victim_free(&v);
@@ -892,8 +1141,8 @@ START_TEST(amsgrad_mismatch)
     r.o = regopt_optimizer_create(REGOPT_ADAMW, NULL, NULL);
     MUST(regopt_optimizer_set_int(r.o, REGOPT_OPT_AMSGRAD, 1));
     r.t = regopt_trainer_create(r.m, r.o, NULL);
-    TMUST(r.t, regopt_trainer_add_regularizer(r.t, REGOPT_REG_SMART));
-    TMUST(r.t, regopt_trainer_add_regularizer(r.t, REGOPT_REG_BREGMAN));
+    ck_assert_ptr_nonnull(r.t);
+    rig_attach(&r, C_SMART);
     ck_assert_int_eq(regopt_trainer_load_buffer(r.t, ALL, v.ck, v.n), REGOPT_ERR_MISMATCH);
     ck_assert_ptr_nonnull(strstr(regopt_trainer_message(r.t), "amsgrad"));
     rig_free(&r);
@@ -920,20 +1169,28 @@ END_TEST
 
 /* ---- mismatches -------------------------------------------------------- */
 
+/* Load ck into a trained rig of `config` (tweaked); the load must fail with
+ * `want`, its message hold needle and needle2 (when not NULL), and leave the
+ * trainer as it was. */
 static void load_into(int config, int tweak, const unsigned char *ck, size_t n,
-                      regopt_status want, const char *needle)
+                      regopt_status want, const char *needle, const char *needle2)
 {
     rig r;
     size_t nb, na;
     unsigned char *before, *after;
     rig_make(&r, config, 0, 1);
-    if (tweak) { /* a differently named bias (1), or the bias in group 0 (2) */
+    if (tweak == 3) /* config's optimizer with the victim's regularizers */
+        rig_attach(&r, C_SMART);
+    if (tweak == 1 || tweak == 2) { /* a differently named bias (1), or the bias in group 0 (2) */
         regopt_trainer_free(r.t);
         regopt_model_free(r.m);
         r.m = ck_model(&r.h, tweak == 1 ? "bias" : "b", tweak == 1 ? 1 : 0, NULL);
         r.t = regopt_trainer_create(r.m, r.o, NULL);
-        TMUST(r.t, regopt_trainer_add_regularizer(r.t, REGOPT_REG_SMART));
-        TMUST(r.t, regopt_trainer_add_regularizer(r.t, REGOPT_REG_BREGMAN));
+        ck_assert_ptr_nonnull(r.t);
+        /* freeing the first trainer detached them: they attach again */
+        ck_assert_ptr_null(regopt_regularizer_get_trainer(r.smart));
+        TMUST(r.t, regopt_trainer_attach(r.t, r.smart));
+        TMUST(r.t, regopt_trainer_attach(r.t, r.bregman));
     }
     rig_step(&r, 5);
     before = rig_save(&r, ALL, &nb);
@@ -941,8 +1198,11 @@ static void load_into(int config, int tweak, const unsigned char *ck, size_t n,
         regopt_status st = regopt_trainer_load_buffer(r.t, ALL, ck, n);
         ck_assert_msg(st == want, "got %s (%s)", regopt_status_string(st),
                       regopt_trainer_message(r.t));
-        ck_assert_msg(strstr(regopt_trainer_message(r.t), needle) != NULL, "message \"%s\"",
-                      regopt_trainer_message(r.t));
+        ck_assert_msg(strstr(regopt_trainer_message(r.t), needle) != NULL,
+                      "message \"%s\" lacks \"%s\"", regopt_trainer_message(r.t), needle);
+        if (needle2)
+            ck_assert_msg(strstr(regopt_trainer_message(r.t), needle2) != NULL,
+                          "message \"%s\" lacks \"%s\"", regopt_trainer_message(r.t), needle2);
     }
     after = rig_save(&r, ALL, &na);
     same_bytes(before, nb, after, na, "after a refused load");
@@ -955,11 +1215,15 @@ START_TEST(mismatches_refused)
 {
     victim v;
     victim_make(&v, ALL);
-    load_into(C_SGD, 0, v.ck, v.n, REGOPT_ERR_MISMATCH, "optimizer adamw");
-    load_into(C_SAM, 0, v.ck, v.n, REGOPT_ERR_MISMATCH, "smart+bregman");
-    load_into(C_ADAMW, 0, v.ck, v.n, REGOPT_ERR_MISMATCH, "regularizers");
-    load_into(C_SMART, 1, v.ck, v.n, REGOPT_ERR_MISMATCH, "\"bias\"");
-    load_into(C_SMART, 2, v.ck, v.n, REGOPT_ERR_MISMATCH, "group");
+    load_into(C_SGD, 0, v.ck, v.n, REGOPT_ERR_MISMATCH, "optimizer adamw", NULL);
+    /* another optimizer and the same regularizers: only the optimizer differs */
+    load_into(C_SGD, 3, v.ck, v.n, REGOPT_ERR_MISMATCH, "optimizer adamw", NULL);
+    /* another set of regularizers: both lists named */
+    load_into(C_SAM, 0, v.ck, v.n, REGOPT_ERR_MISMATCH, "bregman", "sam");
+    load_into(C_ADAMW, 0, v.ck, v.n, REGOPT_ERR_MISMATCH, "regularizers", "bregman");
+    load_into(C_BREGMAN, 0, v.ck, v.n, REGOPT_ERR_MISMATCH, "smart", "bregman");
+    load_into(C_SMART, 1, v.ck, v.n, REGOPT_ERR_MISMATCH, "\"bias\"", NULL);
+    load_into(C_SMART, 2, v.ck, v.n, REGOPT_ERR_MISMATCH, "group", NULL);
     victim_free(&v);
 }
 END_TEST
@@ -979,6 +1243,512 @@ START_TEST(flags_not_saved)
     victim_untouched(&v, "flags not saved");
     TMUST(v.r.t, regopt_trainer_load_buffer(v.r.t, 0, v.ck, v.n));
     victim_free(&v);
+}
+END_TEST
+
+/* ---- format 1, features, regularizers (format 2) ----------------------- */
+
+static unsigned char *memdup_(const void *p, size_t n)
+{
+    unsigned char *d = malloc(n + 64);
+    ck_assert_ptr_nonnull(d);
+    memcpy(d, p, n);
+    return d;
+}
+
+/* The victim's state as libregopt 0.x wrote it: format 1, built here from
+ * the format-2 sections (see the format 1 description in regopt.h):
+ * "trainer" of 64 bytes with the regularizers as a bit mask, the Bregman
+ * teacher's flag and beta, and the 0.x statistics 900..922; the teacher's
+ * weights in a "teacher" section; options with a pad where format 2 has
+ * the owner; no "features", no "reg.N". */
+#define V1_STATS 23
+static unsigned char *format1_of(const victim *v, size_t *size)
+{
+    section s[16], o[8];
+    size_t n = split(v->ck, s), k = 0, i, nst, cnt, trainable;
+    int tr = find_section(s, n, "trainer"), br = find_reg(s, n, REGOPT_REG_BREGMAN), op;
+    const unsigned char *st = reg_state(&s[br]);
+    unsigned char *out;
+    memset(o, 0, sizeof o);
+    trainable = (size_t)rd64(s[tr].data + TR_TRAINABLE);
+    nst = rd32(s[tr].data + TR_NSTATS);
+    ck_assert_uint_le(nst, V1_STATS);
+
+    strcpy(o[k].name, "trainer");
+    o[k].size = 64 + 8 * V1_STATS;
+    o[k].data = calloc(1, o[k].size);
+    memcpy(o[k].data, s[tr].data, 28); /* step, seed, kind, floats per element, primed */
+    wr32(o[k].data + 28, 1u << REGOPT_REG_SMART | 1u << REGOPT_REG_BREGMAN);
+    wr64(o[k].data + 32, trainable);
+    wr32(o[k].data + 40, rd32(st)); /* the teacher holds weights */
+    memcpy(o[k].data + 48, st + 8, 8); /* beta of the last step */
+    wr32(o[k].data + 56, V1_STATS);
+    memcpy(o[k].data + 64, s[tr].data + TR_STATS, 8 * nst);
+    k++;
+    i = (size_t)find_section(s, n, "model");
+    o[k] = s[i], o[k].data = memdup_(s[i].data, s[i].size), k++;
+    i = (size_t)find_section(s, n, "moments");
+    o[k] = s[i], o[k].data = memdup_(s[i].data, s[i].size), k++;
+    ck_assert_uint_eq(rd32(st), 1);
+    strcpy(o[k].name, "teacher");
+    o[k].size = 4 * trainable;
+    o[k].data = memdup_(st + 16, o[k].size);
+    k++;
+    i = (size_t)find_section(s, n, "params");
+    o[k] = s[i], o[k].data = memdup_(s[i].data, s[i].size), k++;
+    op = find_section(s, n, "options");
+    o[k] = s[op], o[k].data = memdup_(s[op].data, s[op].size);
+    cnt = rd32(o[k].data);
+    for (i = 0; i < cnt; i++)
+        wr32(o[k].data + 8 + OPT_ENTRY * i + OPT_OWNER, 0); /* format 1: pad */
+    k++;
+    for (i = 0; i < n; i++)
+        free(s[i].data);
+    out = join(v->ck, o, k, 1, size);
+    ck_assert_uint_eq(rd32(out + 8), 1);
+    return out;
+}
+
+START_TEST(format1_refused)
+{
+    victim v;
+    section s[16];
+    size_t n, size;
+    unsigned char *b;
+    victim_make(&v, ALL);
+    /* a checkpoint of libregopt 0.x */
+    b = format1_of(&v, &size);
+    expect(&v, b, size, REGOPT_ERR_UNSUPPORTED, "0.x", "format 1");
+    ck_assert_int_eq(regopt_trainer_load_buffer(v.r.t, 0, b, size), REGOPT_ERR_UNSUPPORTED);
+    ck_assert_int_eq(regopt_trainer_load_buffer(v.r.t, REGOPT_CHECKPOINT_PARAMS, b, size),
+                     REGOPT_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(regopt_trainer_message(v.r.t), "0.x"));
+    victim_untouched(&v, "format 1, other flags");
+    free(b);
+    /* the version decides: format-2 sections under a version-1 header */
+    n = split(v.ck, s);
+    b = join(v.ck, s, n, 1, &size);
+    expect(&v, b, size, REGOPT_ERR_UNSUPPORTED, "0.x", "version 1");
+    free(b);
+    /* and a version 0 is no format at all */
+    n = split(v.ck, s);
+    b = join(v.ck, s, n, 0, &size);
+    {
+        regopt_status st = regopt_trainer_load_buffer(v.r.t, ALL, b, size);
+        ck_assert_msg(st == REGOPT_ERR_CORRUPT || st == REGOPT_ERR_UNSUPPORTED, "version 0: %s",
+                      regopt_status_string(st));
+    }
+    victim_untouched(&v, "version 0");
+    free(b);
+    victim_free(&v);
+}
+END_TEST
+
+/* The "features" section: the victim needs SMART (bit 2) and Bregman (bit
+ * 3); a required bit this library does not know is refused by name. */
+START_TEST(unknown_feature_refused)
+{
+    victim v;
+    section s[16];
+    size_t n, size, cnt, e;
+    unsigned char *b, *f;
+    int i, seen = 0;
+    victim_make(&v, ALL);
+    n = split(v.ck, s);
+    i = find_section(s, n, "features");
+    f = s[i].data;
+    ck_assert_uint_eq(rd64(f), (1u << 2) | (1u << 3));
+    cnt = rd32(f + FEAT_COUNT);
+    ck_assert_uint_eq(rd32(f + FEAT_COUNT + 4), 0); /* pad */
+    ck_assert_uint_eq(s[i].size, FEAT_ENTRIES + FEAT_ENTRY * cnt);
+    for (e = 0; e < cnt; e++) {
+        const unsigned char *p = f + FEAT_ENTRIES + FEAT_ENTRY * e;
+        char name[21];
+        memcpy(name, p + 4, 20);
+        name[20] = '\0';
+        if (rd32(p) == 2) {
+            seen |= 1;
+            ck_assert_str_eq(name, "smart");
+        }
+        if (rd32(p) == 3) {
+            seen |= 2;
+            ck_assert_str_eq(name, "bregman");
+        }
+    }
+    ck_assert_msg(seen == 3, "features of smart and bregman not both named (%zu entries)", cnt);
+    /* bit 40, "future", required */
+    wr64(f, rd64(f) | (uint64_t)1 << 40);
+    memset(f + s[i].size, 0, FEAT_ENTRY);
+    wr32(f + s[i].size, 40);
+    memcpy(f + s[i].size + 4, "future", 6);
+    wr32(f + FEAT_COUNT, (uint32_t)cnt + 1);
+    s[i].size += FEAT_ENTRY;
+    b = join(v.ck, s, n, FORMAT, &size); /* every CRC recomputed */
+    expect(&v, b, size, REGOPT_ERR_UNSUPPORTED, "future", "feature bit 40");
+    ck_assert_int_eq(regopt_trainer_load_buffer(v.r.t, 0, b, size), REGOPT_ERR_UNSUPPORTED);
+    victim_untouched(&v, "feature bit 40, flags 0");
+    free(b);
+    /* the same entry first in the table */
+    n = split(v.ck, s);
+    i = find_section(s, n, "features");
+    f = s[i].data;
+    memmove(f + FEAT_ENTRIES + FEAT_ENTRY, f + FEAT_ENTRIES, FEAT_ENTRY * cnt);
+    memset(f + FEAT_ENTRIES, 0, FEAT_ENTRY);
+    wr32(f + FEAT_ENTRIES, 40);
+    memcpy(f + FEAT_ENTRIES + 4, "future", 6);
+    wr64(f, rd64(f) | (uint64_t)1 << 40);
+    wr32(f + FEAT_COUNT, (uint32_t)cnt + 1);
+    s[i].size += FEAT_ENTRY;
+    b = join(v.ck, s, n, FORMAT, &size);
+    expect(&v, b, size, REGOPT_ERR_UNSUPPORTED, "future", "feature bit 40 first");
+    free(b);
+    victim_free(&v);
+}
+END_TEST
+
+static int occurrences(const char *hay, const char *needle)
+{
+    int k = 0;
+    const char *p = hay;
+    while ((p = strstr(p, needle)) != NULL)
+        k++, p += strlen(needle);
+    return k;
+}
+
+/* Load ck into a trained rig of config (built with its options); returns
+ * the status; the rig must be untouched after a failure. */
+static regopt_status load_checked(rig *r, const unsigned char *ck, size_t n, char *msg,
+                                  size_t cap, const char *what)
+{
+    size_t nb, na;
+    unsigned char *before = rig_save(r, ALL, &nb), *after;
+    regopt_status st = regopt_trainer_load_buffer(r->t, ALL, ck, n);
+    snprintf(msg, cap, "%s", regopt_trainer_message(r->t));
+    if (st != REGOPT_OK) {
+        after = rig_save(r, ALL, &na);
+        same_bytes(before, nb, after, na, what);
+        free(after);
+    }
+    free(before);
+    return st;
+}
+
+/* A checkpoint of SAM + R-Drop and a trainer with SAM only (and the other
+ * way round): REGOPT_ERR_MISMATCH naming both lists. The same kinds
+ * attached in the other order load and resume bit for bit. */
+START_TEST(other_regularizers_refused)
+{
+    rig a, b;
+    unsigned char *ck_both, *ck_sam;
+    size_t n_both, n_sam;
+    char msg[256];
+    regopt_status st;
+    int s;
+    rig_make(&a, C_SAM_RDROP, 1, 1);
+    for (s = 0; s < 2; s++)
+        rig_step(&a, s);
+    ck_both = rig_save(&a, ALL, &n_both);
+    rig_free(&a);
+    rig_make(&a, C_SAM, 1, 1);
+    for (s = 0; s < 2; s++)
+        rig_step(&a, s);
+    ck_sam = rig_save(&a, ALL, &n_sam);
+
+    /* SAM + R-Drop into SAM */
+    st = load_checked(&a, ck_both, n_both, msg, sizeof msg, "sam+rdrop into sam");
+    ck_assert_msg(st == REGOPT_ERR_MISMATCH, "got %s (%s)", regopt_status_string(st), msg);
+    ck_assert_msg(strstr(msg, "rdrop") != NULL, "message \"%s\" lacks rdrop", msg);
+    ck_assert_msg(occurrences(msg, "sam") >= 2, "message \"%s\" does not name both lists", msg);
+    rig_free(&a);
+
+    /* SAM into SAM + R-Drop */
+    rig_make(&b, C_SAM_RDROP, 1, 1);
+    rig_step(&b, 0);
+    st = load_checked(&b, ck_sam, n_sam, msg, sizeof msg, "sam into sam+rdrop");
+    ck_assert_msg(st == REGOPT_ERR_MISMATCH, "got %s (%s)", regopt_status_string(st), msg);
+    ck_assert_msg(strstr(msg, "rdrop") != NULL, "message \"%s\" lacks rdrop", msg);
+    ck_assert_msg(occurrences(msg, "sam") >= 2, "message \"%s\" does not name both lists", msg);
+    rig_free(&b);
+
+    /* a second R-Drop is not possible, a SAM + R-Drop trainer with its
+       regularizers attached the other way round is the same trainer */
+    {
+        size_t nmid, i;
+        unsigned char *mid = interrupted(C_SAM_RDROP, ALL, &nmid);
+        rig_make(&a, C_SAM_RDROP, 1, 1);
+        rig_make(&b, C_ADAMW, 0, 0);
+        b.rdrop = tu_add(b.t, REGOPT_REG_RDROP);
+        b.sam = tu_add(b.t, REGOPT_REG_SAM);
+        ck_assert_int_eq(regopt_trainer_attach(b.t, tu_new(REGOPT_REG_RDROP)),
+                         REGOPT_ERR_STATE);
+        ck_assert_uint_eq(regopt_trainer_regularizer_count(b.t), 2);
+        for (i = 0; i < 2; i++)
+            ck_assert_int_eq(
+                regopt_regularizer_get_kind(regopt_trainer_regularizer_at(b.t, i)),
+                regopt_regularizer_get_kind(regopt_trainer_regularizer_at(a.t, i)));
+        rig_free(&a);
+        TMUST(b.t, regopt_trainer_load_buffer(b.t, ALL, mid, nmid));
+        finish_and_compare(&b, C_SAM_RDROP);
+        free(mid);
+    }
+    free(ck_both);
+    free(ck_sam);
+}
+END_TEST
+
+/* Where format 2 puts what (a saved SMART + Bregman rig after two steps),
+ * read with this file's own parser and compared with what the API says. */
+START_TEST(format2_layout)
+{
+    rig a;
+    section s[16];
+    unsigned char *ck;
+    size_t n, nck, i, j, nreg, trainable = CD * CK + CK;
+    const char *const names[] = {"trainer", "features", "model", "moments", "params",
+                                 "options"};
+    int tr, op;
+    rig_make(&a, C_SMART, 1, 1);
+    rig_step(&a, 0);
+    rig_step(&a, 1);
+    ck = rig_save(&a, ALL, &nck);
+    ck_assert_int_eq(memcmp(ck, "REGOPTCK", 8), 0);
+    ck_assert_uint_eq(rd32(ck + 8), FORMAT);
+    ck_assert_uint_eq(rd64(ck + 16), nck);
+    n = split(ck, s);
+    for (i = 0; i < sizeof names / sizeof names[0]; i++)
+        (void)find_section(s, n, names[i]);
+
+    /* "trainer" */
+    tr = find_section(s, n, "trainer");
+    ck_assert_uint_eq(rd64(s[tr].data), 2);
+    ck_assert_uint_eq(rd64(s[tr].data + 8), 1234567);
+    ck_assert_uint_eq(rd32(s[tr].data + 16), REGOPT_ADAMW);
+    ck_assert_uint_eq(rd32(s[tr].data + 20), 2);
+    ck_assert_uint_eq(rd32(s[tr].data + 24), 0);
+    nreg = rd32(s[tr].data + TR_REGS);
+    ck_assert_uint_eq(nreg, 2);
+    ck_assert_uint_eq(nreg, regopt_trainer_regularizer_count(a.t));
+    ck_assert_uint_eq(rd64(s[tr].data + TR_TRAINABLE), trainable);
+    ck_assert_uint_eq(rd32(s[tr].data + TR_NSTATS), REGOPT_STAT_BACKWARD_CALLS - REGOPT_STAT_LOSS + 1);
+    ck_assert_uint_eq(rd32(s[tr].data + TR_NSTATS + 4), 0);
+    ck_assert_uint_eq(s[tr].size, TR_STATS + 8 * (size_t)rd32(s[tr].data + TR_NSTATS));
+    ck_assert_int_eq(stat_int(a.t, REGOPT_STAT_STEP), 2);
+    for (i = 0; i < rd32(s[tr].data + TR_NSTATS); i++) {
+        double want = stat_of_trainer(a.t, (regopt_key)(REGOPT_STAT_LOSS + (int)i)), got;
+        if (REGOPT_STAT_LOSS + (int)i == REGOPT_STAT_STEP)
+            continue; /* stat.step is the step count @0, not kept in the array */
+        memcpy(&got, s[tr].data + TR_STATS + 8 * i, 8);
+        ck_assert_msg(memcmp(&got, &want, 8) == 0, "trainer statistic %zu: %g, want %g", i,
+                      got, want);
+    }
+
+    /* "reg.N": the attached regularizers in step order */
+    for (j = 0; j < nreg; j++) {
+        regopt_regularizer *r = regopt_trainer_regularizer_at(a.t, j);
+        regopt_regularizer_kind kind = regopt_regularizer_get_kind(r), k;
+        const char *kname = NULL;
+        char secname[24], name[25];
+        size_t nst, m, ki, si = 0;
+        regopt_key key;
+        unsigned char *d;
+        int x;
+        snprintf(secname, sizeof secname, "reg.%zu", j);
+        x = find_section(s, n, secname);
+        d = s[x].data;
+        ck_assert_uint_eq(rd32(d + REG_KIND), kind);
+        ck_assert_uint_eq(rd32(d + REG_INSTANCE), 0);
+        for (ki = 0; regopt_regularizer_kind_info(ki, &k, &kname, NULL) == REGOPT_OK; ki++)
+            if (k == kind)
+                break;
+        ck_assert_ptr_nonnull(kname);
+        memcpy(name, d + REG_NAME, 24);
+        name[24] = '\0';
+        ck_assert_str_eq(name, kname);
+        nst = rd32(d + REG_NSTATS);
+        ck_assert_uint_eq(rd32(d + REG_NSTATS + 4), 0);
+        m = (size_t)rd64(d + REG_STATE_SIZE);
+        ck_assert_uint_eq(s[x].size, REG_STATS + 8 * nst + m);
+        /* its statistics in key order: the read-only keys named "<kind>." */
+        for (ki = 0; regopt_key_at(ki, &key) == REGOPT_OK; ki++) {
+            const char *kn = NULL;
+            uint32_t flags = 0;
+            double want, got;
+            MUST(regopt_key_info(key, &kn, NULL, NULL, NULL, NULL, &flags));
+            if (!(flags & REGOPT_KEY_READ_ONLY) || strncmp(kn, kname, strlen(kname)) != 0 ||
+                kn[strlen(kname)] != '.')
+                continue;
+            ck_assert_uint_lt(si, nst);
+            want = rstat(r, key);
+            memcpy(&got, d + REG_STATS + 8 * si, 8);
+            ck_assert_msg(memcmp(&got, &want, 8) == 0, "%s: statistic %zu (%s): %g, want %g",
+                          secname, si, kn, got, want);
+            si++;
+        }
+        ck_assert_uint_eq(si, nst);
+        if (kind == REGOPT_REG_BREGMAN) {
+            double beta;
+            ck_assert_uint_eq(m, 16 + 4 * trainable);
+            ck_assert_uint_eq(rd32(d + REG_STATS + 8 * nst), 1);
+            ck_assert_uint_eq(rd32(d + REG_STATS + 8 * nst + 4), 0);
+            memcpy(&beta, d + REG_STATS + 8 * nst + 8, 8);
+            ck_assert(beta == rstat(r, REGOPT_STAT_BREGMAN_BETA));
+            ck_assert(beta == 0.5);
+        } else {
+            ck_assert_uint_eq(m, 0);
+        }
+    }
+
+    /* "options": the regularizers' keys are owned by their "reg.N" */
+    op = find_section(s, n, "options");
+    {
+        size_t cnt = rd32(s[op].data), seen_mu = 0;
+        ck_assert_uint_eq(s[op].size, 8 + OPT_ENTRY * cnt);
+        for (i = 0; i < cnt; i++) {
+            const unsigned char *p = s[op].data + 8 + OPT_ENTRY * i;
+            uint32_t key = rd32(p), owner = rd32(p + OPT_OWNER);
+            if (key < 1000) {
+                ck_assert_msg(owner == NO_OWNER, "key %u owned by %u", key, owner);
+                continue;
+            }
+            ck_assert_msg(owner < nreg, "key %u: owner %u of %zu", key, owner, nreg);
+            if (key == REGOPT_BREGMAN_MU) {
+                double mu;
+                ck_assert_int_eq(regopt_regularizer_get_kind(
+                                     regopt_trainer_regularizer_at(a.t, owner)),
+                                 REGOPT_REG_BREGMAN);
+                memcpy(&mu, p + 16, 8);
+                ck_assert(mu == 2.0);
+                seen_mu++;
+            }
+            if (key == REGOPT_SMART_LAMBDA)
+                ck_assert_int_eq(regopt_regularizer_get_kind(
+                                     regopt_trainer_regularizer_at(a.t, owner)),
+                                 REGOPT_REG_SMART);
+        }
+        ck_assert_uint_eq(seen_mu, 1);
+    }
+    for (i = 0; i < n; i++)
+        free(s[i].data);
+    free(ck);
+    rig_free(&a);
+}
+END_TEST
+
+/* Bregman alone: its beta switches at step 5 (bregman.switch_step), after
+ * the resume at step 3, so the checkpoint's options carry it; and the
+ * teacher's weights in the checkpoint are what the resumed run uses (one
+ * changed weight changes the run). */
+START_TEST(resume_bregman_teacher)
+{
+    rig b;
+    section s[16];
+    unsigned char *mid, *forged, *ref, *end;
+    size_t nmid, n, nforged, nref, nend, i;
+    int st, x, differs = 0;
+    float w0;
+    mid = interrupted(C_BREGMAN, ALL, &nmid);
+    rig_make(&b, C_BREGMAN, 0, 0); /* defaults: beta 0.99, no switch step */
+    TMUST(b.t, regopt_trainer_load_buffer(b.t, ALL, mid, nmid));
+    for (st = K_STEPS; st < N_STEPS; st++) {
+        rig_step(&b, st);
+        /* the EMA runs in float: the beta applied is the float nearest */
+        ck_assert_msg(rstat(b.bregman, REGOPT_STAT_BREGMAN_BETA) ==
+                          (double)(st < 5 ? 0.6f : 0.9f),
+                      "step %d: beta %g", st, rstat(b.bregman, REGOPT_STAT_BREGMAN_BETA));
+        ck_assert(rstat(b.bregman, REGOPT_STAT_BREGMAN_D) > 0.0);
+    }
+    rig_free(&b);
+
+    n = split(mid, s);
+    x = find_reg(s, n, REGOPT_REG_BREGMAN);
+    ck_assert_uint_eq(rd32(reg_state(&s[x])), 1);
+    memcpy(&w0, reg_state(&s[x]) + 16, 4);
+    w0 += 0.25f;
+    memcpy(reg_state(&s[x]) + 16, &w0, 4);
+    forged = join(mid, s, n, FORMAT, &nforged);
+    rig_make(&b, C_BREGMAN, 0, 0);
+    TMUST(b.t, regopt_trainer_load_buffer(b.t, ALL, forged, nforged));
+    for (st = K_STEPS; st < N_STEPS; st++)
+        rig_step(&b, st);
+    end = rig_save(&b, ALL, &nend);
+    ref = reference(C_BREGMAN, &nref);
+    ck_assert_uint_eq(nref, nend);
+    for (i = 0; i < nref; i++)
+        differs |= ref[i] != end[i];
+    ck_assert_msg(differs, "another teacher gave the same run: the teacher is not used");
+    rig_free(&b);
+    free(mid);
+    free(forged);
+    free(ref);
+    free(end);
+}
+END_TEST
+
+/* A user term's state travels in its "reg.N" section: the resume tests
+ * cover C_TERM; here a term of another name is another set of
+ * regularizers, and a term that refuses its state fails the load with
+ * REGOPT_ERR_CORRUPT and changes nothing. */
+START_TEST(term_name_and_state)
+{
+    rig a;
+    section s[16];
+    unsigned char *mid;
+    size_t nmid, n;
+    char msg[256];
+    regopt_status st;
+    int x;
+    mid = interrupted(C_TERM, ALL, &nmid);
+    /* the section: kind, the term's name, its 8 state bytes (3 commits) */
+    n = split(mid, s);
+    x = find_reg(s, n, REGOPT_REG_TERM);
+    ck_assert_str_eq((const char *)s[x].data + REG_NAME, "decay.term");
+    ck_assert_uint_eq(rd64(s[x].data + REG_STATE_SIZE), 8);
+    ck_assert_uint_eq(rd64(reg_state(&s[x])), K_STEPS);
+    for (x = 0; x < (int)n; x++)
+        free(s[x].data);
+
+    term_name = "other.term";
+    rig_make(&a, C_TERM, 1, 1);
+    term_name = "decay.term";
+    rig_step(&a, 0);
+    st = load_checked(&a, mid, nmid, msg, sizeof msg, "a term of another name");
+    ck_assert_msg(st == REGOPT_ERR_MISMATCH, "got %s (%s)", regopt_status_string(st), msg);
+    ck_assert_msg(strstr(msg, "decay.term") && strstr(msg, "other.term"),
+                  "message \"%s\" does not name both terms", msg);
+    ck_assert_uint_eq(a.ts.commits, 1);
+    rig_free(&a);
+
+    /* an option refused after the term could have taken its state: the
+       term keeps its own (nothing changes on a failed load) */
+    {
+        unsigned char *bad;
+        size_t nbad;
+        n = split(mid, s);
+        forge_option(s, n, REGOPT_OPT_LR, -1, -1.0);
+        bad = join(mid, s, n, FORMAT, &nbad);
+        rig_make(&a, C_TERM, 1, 1);
+        rig_step(&a, 0);
+        st = load_checked(&a, bad, nbad, msg, sizeof msg, "term, optimizer.lr -1");
+        ck_assert_msg(st == REGOPT_ERR_OUT_OF_RANGE, "got %s (%s)", regopt_status_string(st),
+                      msg);
+        ck_assert_msg(a.ts.commits == 1, "the term's state is %llu after a refused load",
+                      (unsigned long long)a.ts.commits);
+        rig_free(&a);
+        free(bad);
+    }
+
+    rig_make(&a, C_TERM, 1, 1);
+    rig_step(&a, 0);
+    a.ts.fail_load = 1;
+    st = load_checked(&a, mid, nmid, msg, sizeof msg, "load_state refused");
+    ck_assert_msg(st == REGOPT_ERR_CORRUPT, "got %s (%s)", regopt_status_string(st), msg);
+    ck_assert_uint_eq(a.ts.commits, 1);
+    a.ts.fail_load = 0;
+    TMUST(a.t, regopt_trainer_load_buffer(a.t, ALL, mid, nmid));
+    ck_assert_uint_eq(a.ts.commits, K_STEPS);
+    finish_and_compare(&a, C_TERM);
+    free(mid);
 }
 END_TEST
 
@@ -1264,6 +2034,7 @@ START_TEST(allocation_after_load)
     regopt_model *m;
     regopt_optimizer *o;
     regopt_trainer *t;
+    regopt_regularizer *smart, *bregman;
     ck_host h;
     long before;
     regopt_batch b;
@@ -1272,8 +2043,12 @@ START_TEST(allocation_after_load)
     m = ck_model(&h, "b", 1, &a);
     o = regopt_optimizer_create(REGOPT_ADAMW, &a, NULL);
     t = regopt_trainer_create(m, o, NULL);
-    TMUST(t, regopt_trainer_add_regularizer(t, REGOPT_REG_SMART));
-    TMUST(t, regopt_trainer_add_regularizer(t, REGOPT_REG_BREGMAN));
+    /* the regularizers from the same allocator: every allocation is counted */
+    smart = regopt_regularizer_create(REGOPT_REG_SMART, &a, NULL);
+    bregman = regopt_regularizer_create(REGOPT_REG_BREGMAN, &a, NULL);
+    ck_assert(t && smart && bregman);
+    TMUST(t, regopt_trainer_attach(t, smart));
+    TMUST(t, regopt_trainer_attach(t, bregman));
     TMUST(t, regopt_trainer_reserve(t, CROWS));
     before = c.allocs - c.frees;
     TMUST(t, regopt_trainer_load_buffer(t, ALL, v.ck, v.n));
@@ -1286,6 +2061,8 @@ START_TEST(allocation_after_load)
     TMUST(t, regopt_trainer_step(t, &b, 1));
     ck_assert_int_eq(c.allocs, before);
     regopt_trainer_free(t);
+    regopt_regularizer_free(smart);
+    regopt_regularizer_free(bregman);
     regopt_optimizer_free(o);
     regopt_model_free(m);
     ck_assert_int_eq(c.allocs, c.frees);
@@ -1319,6 +2096,12 @@ Suite *suite_checkpoint(void)
     tcase_add_loop_test(tc, load_fresh_into_trained, 0, 2);
     tcase_add_test(tc, amsgrad_mismatch);
     tcase_add_test(tc, save_leaves_messages_alone);
+    tcase_add_test(tc, format1_refused);
+    tcase_add_test(tc, unknown_feature_refused);
+    tcase_add_test(tc, other_regularizers_refused);
+    tcase_add_test(tc, format2_layout);
+    tcase_add_test(tc, resume_bregman_teacher);
+    tcase_add_test(tc, term_name_and_state);
     suite_add_tcase(s, tc);
     tc = tcase_create("api");
     tcase_set_timeout(tc, 60);

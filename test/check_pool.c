@@ -336,10 +336,25 @@ typedef struct pl_run {
     regopt_model *m;
     regopt_optimizer *o;
     regopt_trainer *t;
+    regopt_regularizer *sam, *rdrop, *smart, *bregman; /* attached ones, or NULL */
     pl_data data[PL_MB];
     regopt_batch b[PL_MB];
     regopt_allocator watch_alloc;
 } pl_run;
+
+/* A regularizer of `kind` from allocator a (NULL: libc), attached to r's
+ * trainer; pl_close frees it after the trainer. */
+static regopt_regularizer *pl_reg(pl_run *r, regopt_regularizer_kind kind,
+                                  const regopt_allocator *a)
+{
+    regopt_status st = REGOPT_OK;
+    regopt_regularizer *g = regopt_regularizer_create(kind, a, &st);
+    ck_assert_msg(g != NULL, "regularizer %d: %s %s", (int)kind, regopt_status_string(st),
+                  regopt_last_error_message());
+    TMUST(r->t, regopt_trainer_attach(r->t, g));
+    ck_assert_ptr_eq(regopt_regularizer_get_trainer(g), r->t);
+    return g;
+}
 
 /* A run of configuration c. a: the allocator of model and optimizer (and so
  * the trainer), NULL for libc; watch_alloc: an allocator that records its
@@ -409,36 +424,38 @@ static pl_run *pl_open(const pl_cfg *c, const regopt_allocator *a, int watch_all
     ck_assert_msg(r->t != NULL, "trainer: %s %s", regopt_status_string(st),
                   regopt_last_error_message());
     TMUST(r->t, regopt_trainer_set_int(r->t, REGOPT_TRAINER_SEED, 4242));
+    /* the regularizers take the run's allocator too, so that the counting
+     * tests see everything a run allocates */
     if (c->sam) {
-        TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_SAM));
-        TMUST(r->t, regopt_trainer_set_double(r->t, REGOPT_SAM_RHO, c->adaptive ? 0.5 : 0.05));
+        regopt_regularizer *sam = r->sam = pl_reg(r, REGOPT_REG_SAM, a);
+        RMUST(sam, regopt_regularizer_set_double(sam, REGOPT_SAM_RHO, c->adaptive ? 0.5 : 0.05));
         if (c->adaptive) {
-            TMUST(r->t, regopt_trainer_set_int(r->t, REGOPT_SAM_ADAPTIVE, 1));
+            RMUST(sam, regopt_regularizer_set_int(sam, REGOPT_SAM_ADAPTIVE, 1));
             /* the bias group unscaled: per-tensor choice inside the pieces */
-            TMUST(r->t, regopt_trainer_set_group(r->t, 2, REGOPT_GROUP_SAM_ADAPTIVE, 0.0));
+            RMUST(sam, regopt_regularizer_set_group(sam, 2, REGOPT_SAM_GROUP_ADAPTIVE, 0.0));
         }
         if (c->gsam)
-            TMUST(r->t, regopt_trainer_set_int(r->t, REGOPT_SAM_GSAM, 1));
+            RMUST(sam, regopt_regularizer_set_int(sam, REGOPT_SAM_GSAM, 1));
         if (c->m_rows)
-            TMUST(r->t, regopt_trainer_set_int(r->t, REGOPT_SAM_M_ROWS, c->m_rows));
+            RMUST(sam, regopt_regularizer_set_int(sam, REGOPT_SAM_M_ROWS, c->m_rows));
         if (c->ascent_wd > 0.0)
-            TMUST(r->t, regopt_trainer_set_double(r->t, REGOPT_SAM_ASCENT_WEIGHT_DECAY,
-                                                  c->ascent_wd));
+            RMUST(sam, regopt_regularizer_set_double(sam, REGOPT_SAM_ASCENT_WEIGHT_DECAY,
+                                                     c->ascent_wd));
     }
     if (c->rdrop) {
-        TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_RDROP));
-        TMUST(r->t, regopt_trainer_set_double(r->t, REGOPT_RDROP_ALPHA, 1.0));
+        r->rdrop = pl_reg(r, REGOPT_REG_RDROP, a);
+        RMUST(r->rdrop, regopt_regularizer_set_double(r->rdrop, REGOPT_RDROP_ALPHA, 1.0));
     }
     if (c->smart) {
-        TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_SMART));
-        TMUST(r->t, regopt_trainer_set_double(r->t, REGOPT_SMART_SIGMA, 1e-2));
-        TMUST(r->t, regopt_trainer_set_double(r->t, REGOPT_SMART_EPSILON, 5e-2));
-        TMUST(r->t, regopt_trainer_set_double(r->t, REGOPT_SMART_ETA, 1e-2));
-        TMUST(r->t, regopt_trainer_set_int(r->t, REGOPT_SMART_STEPS, 2));
+        regopt_regularizer *sm = r->smart = pl_reg(r, REGOPT_REG_SMART, a);
+        RMUST(sm, regopt_regularizer_set_double(sm, REGOPT_SMART_SIGMA, 1e-2));
+        RMUST(sm, regopt_regularizer_set_double(sm, REGOPT_SMART_EPSILON, 5e-2));
+        RMUST(sm, regopt_regularizer_set_double(sm, REGOPT_SMART_ETA, 1e-2));
+        RMUST(sm, regopt_regularizer_set_int(sm, REGOPT_SMART_STEPS, 2));
     }
     if (c->bregman) {
-        TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_BREGMAN));
-        TMUST(r->t, regopt_trainer_set_double(r->t, REGOPT_BREGMAN_BETA, 0.8));
+        r->bregman = pl_reg(r, REGOPT_REG_BREGMAN, a);
+        RMUST(r->bregman, regopt_regularizer_set_double(r->bregman, REGOPT_BREGMAN_BETA, 0.8));
     }
     return r;
 }
@@ -447,6 +464,12 @@ static void pl_close(pl_run *r)
 {
     size_t t;
     regopt_trainer_free(r->t);
+    /* the trainer detached them: they can be freed now */
+    ck_assert(!r->sam || regopt_regularizer_get_trainer(r->sam) == NULL);
+    regopt_regularizer_free(r->sam);
+    regopt_regularizer_free(r->rdrop);
+    regopt_regularizer_free(r->smart);
+    regopt_regularizer_free(r->bregman);
     regopt_optimizer_free(r->o);
     regopt_model_free(r->m);
     for (t = 0; t < r->h.nt; t++) {
@@ -535,11 +558,12 @@ static void pl_record(const pl_run *r, pl_trace *tr, int s)
     tr->objective[s] = stat(r->t, REGOPT_STAT_OBJECTIVE);
     tr->norm[s] = stat(r->t, REGOPT_STAT_GRAD_NORM);
     tr->clip[s] = stat(r->t, REGOPT_STAT_CLIP_SCALE);
-    tr->sam_applied[s] = stat(r->t, REGOPT_STAT_SAM_APPLIED);
-    tr->ascent[s] = stat(r->t, REGOPT_STAT_SAM_ASCENT_NORM);
-    tr->rdrop_applied[s] = stat(r->t, REGOPT_STAT_RDROP_APPLIED);
-    tr->smart_rs[s] = stat(r->t, REGOPT_STAT_SMART_RS);
-    tr->bregman_d[s] = stat(r->t, REGOPT_STAT_BREGMAN_D);
+    /* a regularizer's statistics live on its handle (0: not attached) */
+    tr->sam_applied[s] = r->sam ? rstat(r->sam, REGOPT_STAT_SAM_APPLIED) : 0.0;
+    tr->ascent[s] = r->sam ? rstat(r->sam, REGOPT_STAT_SAM_ASCENT_NORM) : 0.0;
+    tr->rdrop_applied[s] = r->rdrop ? rstat(r->rdrop, REGOPT_STAT_RDROP_APPLIED) : 0.0;
+    tr->smart_rs[s] = r->smart ? rstat(r->smart, REGOPT_STAT_SMART_RS) : 0.0;
+    tr->bregman_d[s] = r->bregman ? rstat(r->bregman, REGOPT_STAT_BREGMAN_D) : 0.0;
 }
 
 /* ---- operating-system threads of this process (Linux /proc) --------------- */
@@ -752,7 +776,19 @@ START_TEST(threads_option)
                      REGOPT_ERR_NULL_POINTER);
     ck_assert_int_eq(regopt_trainer_get_int(NULL, REGOPT_TRAINER_THREADS, &v),
                      REGOPT_ERR_NULL_POINTER);
+    {
+        /* nor a regularizer's, attached or not */
+        regopt_regularizer *sam = tu_new(REGOPT_REG_SAM);
+        ck_assert_int_eq(regopt_regularizer_set_int(sam, REGOPT_TRAINER_THREADS, 2),
+                         REGOPT_ERR_UNKNOWN_KEY);
+        TMUST(r->t, regopt_trainer_attach(r->t, sam));
+        ck_assert_int_eq(regopt_regularizer_set_int(sam, REGOPT_TRAINER_THREADS, 2),
+                         REGOPT_ERR_UNKNOWN_KEY);
+        MUST(regopt_trainer_get_int(r->t, REGOPT_TRAINER_THREADS, &v));
+        ck_assert_int_eq(v, 1);
+    }
     pl_close(r);
+    tu_free_regs();
 }
 END_TEST
 
@@ -1026,7 +1062,10 @@ START_TEST(callbacks_on_the_calling_thread)
     r->h.watch = 1;
     TMUST(r->t, regopt_trainer_set_loss_callback(r->t, pl_loss, &r->h, NULL));
     TMUST(r->t, regopt_trainer_set_allreduce(r->t, pl_allreduce, &r->h, NULL));
-    TMUST(r->t, regopt_trainer_set_int(r->t, REGOPT_SAM_SYNC_ASCENT, 1));
+    /* a method key is the regularizer's: the trainer no longer takes it */
+    ck_assert_int_eq(regopt_trainer_set_int(r->t, REGOPT_SAM_SYNC_ASCENT, 1),
+                     REGOPT_ERR_UNKNOWN_KEY);
+    RMUST(r->sam, regopt_regularizer_set_int(r->sam, REGOPT_SAM_SYNC_ASCENT, 1));
     pl_threads(r, 4);
     if (base > 0)
         ck_assert_int_eq(pl_os_threads_settle(base + 3), base + 3);
@@ -1271,8 +1310,11 @@ static uint64_t pl_u64(const unsigned char *p)
     return (uint64_t)pl_u32(p) | (uint64_t)pl_u32(p + 4) << 32;
 }
 
-/* The keys of the "options" section (format version 1, regopt.h). */
-static size_t pl_option_keys(const unsigned char *ck, size_t n, uint32_t *keys, size_t cap)
+/* The keys of the "options" section (checkpoint format 2: 24-byte entries
+ * u32 key | u32 group | u32 type | u32 owner | value), and each entry's
+ * owner (0xffffffff: the trainer or optimizer, else N of "reg.N"). */
+static size_t pl_option_keys(const unsigned char *ck, size_t n, uint32_t *keys,
+                             uint32_t *owners, size_t cap)
 {
     uint32_t sections, i;
     ck_assert_uint_ge(n, 32);
@@ -1294,8 +1336,10 @@ static size_t pl_option_keys(const unsigned char *ck, size_t n, uint32_t *keys, 
         count = pl_u32(ck + off);
         ck_assert_uint_eq(size, 8 + 24 * count);
         ck_assert_uint_le(count, cap);
-        for (j = 0; j < count; j++)
+        for (j = 0; j < count; j++) {
             keys[j] = pl_u32(ck + off + 8 + 24 * j);
+            owners[j] = pl_u32(ck + off + 8 + 24 * j + 12);
+        }
         return (size_t)count;
     }
     ck_abort_msg("no options section");
@@ -1320,7 +1364,7 @@ START_TEST(checkpoint_does_not_carry_threads)
     pl_run *a = pl_open(&c, NULL, 0), *b1, *b5, *one = pl_open(&c, NULL, 0);
     unsigned char *ck, *ck_one;
     size_t n, n_one, nkeys, i;
-    uint32_t keys[512];
+    uint32_t keys[512], owners[512];
     int has_lr = 0, has_loss = 0, has_rho = 0;
     int64_t v = 0;
     pl_snap s1, s5, sa, so;
@@ -1336,13 +1380,14 @@ START_TEST(checkpoint_does_not_carry_threads)
     /* the saves of a 3-thread and a 1-thread run are the same bytes */
     ck_assert_uint_eq(n, n_one);
     ck_assert_int_eq(memcmp(ck, ck_one, n), 0);
-    nkeys = pl_option_keys(ck, n, keys, sizeof keys / sizeof keys[0]);
+    nkeys = pl_option_keys(ck, n, keys, owners, sizeof keys / sizeof keys[0]);
     for (i = 0; i < nkeys; i++) {
         ck_assert_msg(keys[i] != REGOPT_TRAINER_THREADS, "trainer.threads saved (entry %zu)",
                       i);
-        has_lr |= keys[i] == REGOPT_OPT_LR;
-        has_loss |= keys[i] == REGOPT_TRAINER_LOSS;
-        has_rho |= keys[i] == REGOPT_SAM_RHO;
+        has_lr |= keys[i] == REGOPT_OPT_LR && owners[i] == 0xffffffffu;
+        has_loss |= keys[i] == REGOPT_TRAINER_LOSS && owners[i] == 0xffffffffu;
+        /* sam.rho belongs to a regularizer section, not the trainer */
+        has_rho |= keys[i] == REGOPT_SAM_RHO && owners[i] != 0xffffffffu;
     }
     ck_assert_msg(has_lr && has_loss && has_rho, "the options section was not read right");
 

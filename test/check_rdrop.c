@@ -165,12 +165,39 @@ static int rh_backward(const regopt_pass *p, void *user)
     return 0;
 }
 
+#define RIG_MAX_REGS 6
+
 typedef struct rig {
     rhost h;
     regopt_model *m;
     regopt_optimizer *o;
     regopt_trainer *t;
+    regopt_allocator al; /* the rig's allocator (has_al), for its regularizers too */
+    int has_al;
+    regopt_regularizer *rdrop; /* always made; attached when rig_open's rdrop is 1 */
+    regopt_regularizer *sam;   /* when a test attaches SAM */
+    regopt_regularizer *regs[RIG_MAX_REGS]; /* every handle rig_new made */
+    int nregs;
 } rig;
+
+/* A new regularizer from the rig's allocator, freed by rig_close. */
+static regopt_regularizer *rig_new(rig *r, regopt_regularizer_kind kind)
+{
+    regopt_status st = REGOPT_OK;
+    regopt_regularizer *g = regopt_regularizer_create(kind, r->has_al ? &r->al : NULL, &st);
+    ck_assert_msg(g != NULL, "regopt_regularizer_create(%d) -> %s: %s", (int)kind,
+                  regopt_status_string(st), regopt_last_error_message());
+    ck_assert_int_lt(r->nregs, RIG_MAX_REGS);
+    r->regs[r->nregs++] = g;
+    ck_assert_int_eq(regopt_regularizer_get_kind(g), kind);
+    return g;
+}
+
+static void rig_attach(rig *r, regopt_regularizer *g)
+{
+    TMUST(r->t, regopt_trainer_attach(r->t, g));
+    ck_assert_ptr_eq(regopt_regularizer_get_trainer(g), r->t);
+}
 
 static rig *rig_open(size_t k, int32_t slots, uint32_t caps, int rdrop,
                      regopt_optimizer_kind kind, const regopt_allocator *a)
@@ -179,6 +206,10 @@ static rig *rig_open(size_t k, int32_t slots, uint32_t caps, int rdrop,
     regopt_status st = REGOPT_OK;
     size_t j;
     ck_assert_ptr_nonnull(r);
+    if (a) {
+        r->al = *a;
+        r->has_al = 1;
+    }
     r->h.k = k;
     r->h.slots = slots;
     r->h.caps = caps;
@@ -197,22 +228,54 @@ static rig *rig_open(size_t k, int32_t slots, uint32_t caps, int rdrop,
     MUST(regopt_optimizer_set_double(r->o, REGOPT_OPT_LR, 0.1));
     r->t = regopt_trainer_create(r->m, r->o, &st);
     ck_assert_msg(r->t != NULL, "trainer: %s", regopt_status_string(st));
+    r->rdrop = rig_new(r, REGOPT_REG_RDROP);
     if (rdrop)
-        TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_RDROP));
+        rig_attach(r, r->rdrop);
     return r;
 }
 
+/* The trainer first (it detaches everything), then the regularizers. */
 static void rig_close(rig *r)
 {
+    int i;
     regopt_trainer_free(r->t);
+    for (i = 0; i < r->nregs; i++) {
+        ck_assert_ptr_null(regopt_regularizer_get_trainer(r->regs[i]));
+        regopt_regularizer_free(r->regs[i]);
+    }
     regopt_optimizer_free(r->o);
     regopt_model_free(r->m);
     free(r);
 }
 
+/* A trainer key. */
 static void tset(rig *r, regopt_key key, double v)
 {
     TMUST(r->t, regopt_trainer_set_double(r->t, key, v));
+}
+
+/* An R-Drop key, on the rig's R-Drop handle. */
+static void rset(rig *r, regopt_key key, double v)
+{
+    RMUST(r->rdrop, regopt_regularizer_set_double(r->rdrop, key, v));
+}
+
+static int64_t rstat_int(const regopt_regularizer *g, regopt_key key)
+{
+    int64_t v = -12345;
+    MUST(regopt_regularizer_get_int(g, key, &v));
+    return v;
+}
+
+/* A statistic of the last step from whichever handle owns the key: the
+ * SAM handle (1000..1099), the R-Drop handle (1100..1199) or the trainer. */
+static double kstat(const rig *r, regopt_key key)
+{
+    if (key >= 1000 && key < 1100)
+        return rstat(r->sam, key);
+    if (key >= 1100 && key < 1200)
+        return rstat(r->rdrop, key);
+    return stat(r->t, key);
 }
 
 /* ---- data: global rows, cut into micro-batches --------------------------- */
@@ -387,10 +450,10 @@ static rterms ref_on_host(const rcfg *c, const rdata *d, const rhost *h)
 
 static void rig_cfg(rig *r, const rcfg *c)
 {
-    tset(r, REGOPT_RDROP_ALPHA, c->alpha);
-    tset(r, REGOPT_RDROP_CE_WEIGHT, c->ce_w);
+    rset(r, REGOPT_RDROP_ALPHA, c->alpha);
+    rset(r, REGOPT_RDROP_CE_WEIGHT, c->ce_w);
     tset(r, REGOPT_TRAINER_LABEL_SMOOTHING, c->smooth);
-    tset(r, REGOPT_RDROP_KL_SUM, c->kl_sum);
+    rset(r, REGOPT_RDROP_KL_SUM, c->kl_sum);
     tset(r, REGOPT_TRAINER_LOSS, c->mse ? REGOPT_LOSS_MSE : REGOPT_LOSS_SOFTMAX_CE);
 }
 
@@ -453,12 +516,12 @@ START_TEST(reference_vector)
                 p1[j] = exp(RV_Z1[j] - lse1);
             }
             if (!ce)
-                tset(r, REGOPT_RDROP_CE_WEIGHT, 0.0);
+                rset(r, REGOPT_RDROP_CE_WEIGHT, 0.0);
             rstep(r, &d);
             ck_assert_int_eq(r->h.violations, 0);
-            near(stat(r->t, REGOPT_STAT_RDROP_CONSISTENCY), RV_C, 1e-6, 0, "stat.rdrop_consistency");
-            near(stat(r->t, REGOPT_STAT_RDROP_LOSS1), lse1 - 1.0, 1e-6, 0, "loss1 = CE([1,2,3], 0)");
-            near(stat(r->t, REGOPT_STAT_RDROP_LOSS2), log(3.0), 1e-6, 0, "loss2 = log 3");
+            near(rstat(r->rdrop, REGOPT_STAT_RDROP_CONSISTENCY), RV_C, 1e-6, 0, "stat.rdrop_consistency");
+            near(rstat(r->rdrop, REGOPT_STAT_RDROP_LOSS1), lse1 - 1.0, 1e-6, 0, "loss1 = CE([1,2,3], 0)");
+            near(rstat(r->rdrop, REGOPT_STAT_RDROP_LOSS2), log(3.0), 1e-6, 0, "loss2 = log 3");
             near(stat(r->t, REGOPT_STAT_OBJECTIVE), (ce ? lse1 - 1.0 + log(3.0) : 0.0) + RV_C,
                  1e-6, 0, "stat.objective");
             for (j = 0; j < 3; j++) {
@@ -500,9 +563,9 @@ static void fd_case(const rcfg *c, int doubled, int weights)
     ck_assert_int_eq(r->h.violations, 0);
     want = ref_terms(c, &d, z[0], z[1]);
     near(obj, want.obj, 1e-6, 1e-2, "stat.objective vs reference");
-    near(stat(r->t, REGOPT_STAT_RDROP_LOSS1), want.l1, 1e-6, 1e-2, "loss1");
-    near(stat(r->t, REGOPT_STAT_RDROP_LOSS2), want.l2, 1e-6, 1e-2, "loss2");
-    near(stat(r->t, REGOPT_STAT_RDROP_CONSISTENCY), want.c, 1e-6, 1e-2, "consistency");
+    near(rstat(r->rdrop, REGOPT_STAT_RDROP_LOSS1), want.l1, 1e-6, 1e-2, "loss1");
+    near(rstat(r->rdrop, REGOPT_STAT_RDROP_LOSS2), want.l2, 1e-6, 1e-2, "loss2");
+    near(rstat(r->rdrop, REGOPT_STAT_RDROP_CONSISTENCY), want.c, 1e-6, 1e-2, "consistency");
     {
         float dout[2][RP];
         memcpy(dout, r->h.dout, sizeof dout);
@@ -716,7 +779,7 @@ START_TEST(doubled_equals_two_calls)
         data_mask_weights(&d, 1);
         rig_cfg(a, &c);
         rig_cfg(b, &c);
-        tset(b, REGOPT_RDROP_DOUBLED, 0);
+        rset(b, REGOPT_RDROP_DOUBLED, 0);
         tset(a, REGOPT_TRAINER_SEED, 77);
         tset(b, REGOPT_TRAINER_SEED, 77);
         for (s = 0; s < 4; s++) {
@@ -743,7 +806,7 @@ START_TEST(doubled_equals_two_calls)
             for (j = 0; j < sizeof keys / sizeof keys[0]; j++) {
                 char what[64];
                 snprintf(what, sizeof what, "mse %d step %d key %d", mse, s, (int)keys[j]);
-                near(stat(a->t, keys[j]), stat(b->t, keys[j]), 1e-6, 1e-3, what);
+                near(kstat(a, keys[j]), kstat(b, keys[j]), 1e-6, 1e-3, what);
             }
             for (j = 0; j < d.n * d.k; j++) {
                 near(a->h.dout[0][j], b->h.dout[0][j], 1e-6, 0.1, "d_outputs pass 1");
@@ -773,7 +836,7 @@ START_TEST(statistics_match_reference)
     data_init(&d, 4, 2, rows);
     data_mask_weights(&d, 1);
     rig_cfg(r, &c);
-    ck_assert(stat(r->t, REGOPT_STAT_RDROP_APPLIED) == 0.0); /* before the first step */
+    ck_assert(rstat(r->rdrop, REGOPT_STAT_RDROP_APPLIED) == 0.0); /* before the first step */
     for (s = 0; s < 3; s++) {
         double z1[RP], z2[RP];
         size_t j;
@@ -785,13 +848,13 @@ START_TEST(statistics_match_reference)
         }
         t = ref_terms(&c, &d, z1, z2);
         ck_assert(t.l1 != t.l2); /* the passes really differ */
-        near(stat(r->t, REGOPT_STAT_RDROP_LOSS1), t.l1, 1e-6, 1e-2, "stat.rdrop_loss1");
-        near(stat(r->t, REGOPT_STAT_RDROP_LOSS2), t.l2, 1e-6, 1e-2, "stat.rdrop_loss2");
+        near(rstat(r->rdrop, REGOPT_STAT_RDROP_LOSS1), t.l1, 1e-6, 1e-2, "stat.rdrop_loss1");
+        near(rstat(r->rdrop, REGOPT_STAT_RDROP_LOSS2), t.l2, 1e-6, 1e-2, "stat.rdrop_loss2");
         near(stat(r->t, REGOPT_STAT_LOSS), 0.5 * (t.l1 + t.l2), 1e-6, 1e-2, "stat.loss");
-        near(stat(r->t, REGOPT_STAT_RDROP_CONSISTENCY), t.c, 1e-6, 1e-3, "consistency");
+        near(rstat(r->rdrop, REGOPT_STAT_RDROP_CONSISTENCY), t.c, 1e-6, 1e-3, "consistency");
         near(stat(r->t, REGOPT_STAT_OBJECTIVE), t.obj, 1e-6, 1e-2, "stat.objective");
         near(stat(r->t, REGOPT_STAT_WEIGHT), t.weight, 1e-12, 1, "stat.weight");
-        ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_RDROP_APPLIED), 1);
+        ck_assert_int_eq(rstat_int(r->rdrop, REGOPT_STAT_RDROP_APPLIED), 1);
         ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_STEP), s + 1);
     }
     rig_close(r);
@@ -806,7 +869,7 @@ START_TEST(every_k_steps)
     rcfg c = {1.0, 1.0, 0.0, 0, 0};
     int s;
     data_init(&d, 4, 2, rows);
-    tset(r, REGOPT_RDROP_EVERY, 3);
+    rset(r, REGOPT_RDROP_EVERY, 3);
     tset(r, REGOPT_TRAINER_SEED, 9);
     tset(pl, REGOPT_TRAINER_SEED, 9);
     for (s = 0; s < 7; s++) {
@@ -814,7 +877,7 @@ START_TEST(every_k_steps)
         r->h.ncalls = pl->h.ncalls = 0;
         rstep(r, &d);
         rstep(pl, &d);
-        ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_RDROP_APPLIED), on);
+        ck_assert_int_eq(rstat_int(r->rdrop, REGOPT_STAT_RDROP_APPLIED), on);
         ck_assert_int_eq(r->h.ncalls, on ? 8 : 4);
         ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_FORWARD_CALLS), on ? 4 : 2);
         if (on) {
@@ -860,8 +923,9 @@ START_TEST(composes_with_sam)
     int i, s;
     data_init(&d, 4, 2, rows);
     data_mask_weights(&d, 1);
-    TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_SAM));
-    tset(r, REGOPT_SAM_RHO, 0.1);
+    r->sam = rig_new(r, REGOPT_REG_SAM);
+    rig_attach(r, r->sam);
+    RMUST(r->sam, regopt_regularizer_set_double(r->sam, REGOPT_SAM_RHO, 0.1));
     /* lr scale 0: the update is w - 0*g, so w after the step = restored w */
     MUST(regopt_optimizer_set_group(r->o, 0, REGOPT_GROUP_LR_SCALE, 0.0));
     memcpy(p0, r->h.p, sizeof p0);
@@ -870,7 +934,7 @@ START_TEST(composes_with_sam)
     ck_assert_int_eq(r->h.ncalls, 16);
     ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_FORWARD_CALLS), 8);
     ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_BACKWARD_CALLS), 8);
-    ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_SAM_APPLIED), 1);
+    ck_assert_int_eq(rstat_int(r->sam, REGOPT_STAT_SAM_APPLIED), 1);
     for (i = 0; i < 16; i++) {
         const rcall *x = &r->h.calls[i];
         int pert = i >= 8, k = i % 4;
@@ -897,9 +961,9 @@ START_TEST(composes_with_sam)
                                           REGOPT_STAT_RDROP_CONSISTENCY};
         rstep(r, &d);
         for (j = 0; j < sizeof keys / sizeof keys[0]; j++)
-            ck_assert(isfinite(stat(r->t, keys[j])));
-        ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_SAM_APPLIED), 1);
-        ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_RDROP_APPLIED), 1);
+            ck_assert(isfinite(kstat(r, keys[j])));
+        ck_assert_int_eq(rstat_int(r->sam, REGOPT_STAT_SAM_APPLIED), 1);
+        ck_assert_int_eq(rstat_int(r->rdrop, REGOPT_STAT_RDROP_APPLIED), 1);
     }
     for (j = 0; j < RP; j++)
         ck_assert(isfinite(r->h.p[j]));
@@ -919,19 +983,25 @@ START_TEST(needs_two_slots_or_doubled)
     size_t rows[1] = {3};
     regopt_status st;
     data_init(&d, 4, 1, rows);
-    st = regopt_trainer_add_regularizer(r->t, REGOPT_REG_RDROP);
+    st = regopt_trainer_attach(r->t, r->rdrop);
     ck_assert_msg(st == REGOPT_ERR_STATE, "1 slot, no capability: %s",
                   regopt_status_string(st));
+    ck_assert_ptr_null(regopt_regularizer_get_trainer(r->rdrop));
+    ck_assert_uint_eq(regopt_trainer_regularizer_count(r->t), 0);
     rstep(r, &d); /* still a plain trainer */
     ck_assert_int_eq(r->h.ncalls, 2);
-    ck_assert(stat(r->t, REGOPT_STAT_RDROP_APPLIED) == 0.0);
+    ck_assert(rstat(r->rdrop, REGOPT_STAT_RDROP_APPLIED) == 0.0);
     rig_close(r);
     r = rig_open(4, 1, CAP, 1, REGOPT_SGD, NULL); /* 1 slot + doubled: fine */
     rstep(r, &d);
     ck_assert_int_eq(r->h.ncalls, 2);
     ck_assert_int_eq(r->h.violations, 0);
-    st = regopt_trainer_add_regularizer(r->t, REGOPT_REG_RDROP);
-    ck_assert(st == REGOPT_ERR_STATE); /* already on */
+    ck_assert_int_eq(rstat_int(r->rdrop, REGOPT_STAT_RDROP_APPLIED), 1);
+    st = regopt_trainer_attach(r->t, rig_new(r, REGOPT_REG_RDROP));
+    ck_assert(st == REGOPT_ERR_STATE); /* already on: a second R-Drop */
+    st = regopt_trainer_attach(r->t, r->rdrop);
+    ck_assert(st == REGOPT_ERR_STATE); /* the same handle twice */
+    ck_assert_uint_eq(regopt_trainer_regularizer_count(r->t), 1);
     rig_close(r);
 }
 END_TEST
@@ -949,7 +1019,7 @@ START_TEST(doubled_off_on_one_slot_model)
     float p0[RP];
     data_init(&d, 4, 1, rows);
     memcpy(p0, r->h.p, sizeof p0);
-    st = regopt_trainer_set_int(r->t, REGOPT_RDROP_DOUBLED, 0);
+    st = regopt_regularizer_set_int(r->rdrop, REGOPT_RDROP_DOUBLED, 0);
     if (st == REGOPT_OK) {
         st = regopt_trainer_step(r->t, d.b, 1);
         ck_assert_msg(st == REGOPT_ERR_STATE || (st == REGOPT_OK && r->h.violations == 0),
@@ -959,7 +1029,30 @@ START_TEST(doubled_off_on_one_slot_model)
         if (st != REGOPT_OK)
             ck_assert(memcmp(p0, r->h.p, sizeof p0) == 0);
     } else {
-        ck_assert(st == REGOPT_ERR_STATE);
+        ck_assert_msg(st == REGOPT_ERR_STATE, "%s: %s", regopt_status_string(st),
+                      regopt_regularizer_message(r->rdrop));
+    }
+    ck_assert_int_eq(r->h.violations, 0);
+    rig_close(r);
+
+    /* 1.0: the option set before the attach; the attach (or the step) must
+       refuse it or fall back, never call slot 1 */
+    r = rig_open(4, 1, CAP, 0, REGOPT_SGD, NULL);
+    memcpy(p0, r->h.p, sizeof p0);
+    RMUST(r->rdrop, regopt_regularizer_set_int(r->rdrop, REGOPT_RDROP_DOUBLED, 0));
+    st = regopt_trainer_attach(r->t, r->rdrop);
+    if (st == REGOPT_OK) {
+        st = regopt_trainer_step(r->t, d.b, 1);
+        ck_assert_msg(st == REGOPT_ERR_STATE || (st == REGOPT_OK && r->h.violations == 0),
+                      "step with rdrop.doubled = 0 set before the attach on a 1-slot model: "
+                      "%s (%s), host saw %d contract violations (slot >= slots)",
+                      regopt_status_string(st), regopt_trainer_message(r->t), r->h.violations);
+        if (st != REGOPT_OK)
+            ck_assert(memcmp(p0, r->h.p, sizeof p0) == 0);
+    } else {
+        ck_assert_msg(st == REGOPT_ERR_STATE, "attach: %s: %s", regopt_status_string(st),
+                      regopt_trainer_message(r->t));
+        ck_assert_ptr_null(regopt_regularizer_get_trainer(r->rdrop));
     }
     ck_assert_int_eq(r->h.violations, 0);
     rig_close(r);
@@ -982,6 +1075,7 @@ START_TEST(option_bounds_and_defaults)
     };
     static const double defaults[] = {1.0, 1.0, 0.0, 1.0, 1.0};
     rig *r = rig_open(4, 2, 0, 0, REGOPT_SGD, NULL);
+    regopt_regularizer *g = r->rdrop, *sam = rig_new(r, REGOPT_REG_SAM);
     size_t i, b;
     for (i = 0; i < sizeof o / sizeof o[0]; i++) {
         const char *name = NULL;
@@ -997,35 +1091,42 @@ START_TEST(option_bounds_and_defaults)
         ck_assert_int_eq(type, o[i].is_int ? REGOPT_TYPE_INT : REGOPT_TYPE_DOUBLE);
         ck_assert(mn == o[i].lo && mx == o[i].hi && flags == 0);
         ck_assert_msg(def == defaults[i], "%s default %g", name, def);
-        ck_assert(stat(r->t, o[i].key) == def); /* before adding R-Drop */
+        ck_assert(rstat(g, o[i].key) == def); /* before attaching R-Drop */
         if (i == 0)
-            TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_RDROP));
-        ck_assert(stat(r->t, o[i].key) == def);
-        tset(r, o[i].key, o[i].lo);
-        ck_assert(stat(r->t, o[i].key) == o[i].lo);
-        tset(r, o[i].key, o[i].hi);
-        ck_assert(stat(r->t, o[i].key) == o[i].hi);
-        tset(r, o[i].key, o[i].mid);
+            rig_attach(r, g);
+        ck_assert(rstat(g, o[i].key) == def);
+        rset(r, o[i].key, o[i].lo);
+        ck_assert(rstat(g, o[i].key) == o[i].lo);
+        rset(r, o[i].key, o[i].hi);
+        ck_assert(rstat(g, o[i].key) == o[i].hi);
+        rset(r, o[i].key, o[i].mid);
         bad[0] = o[i].below;
         bad[1] = o[i].above;
         bad[2] = NAN;
         bad[3] = INFINITY;
         for (b = 0; b < 4; b++) {
-            regopt_status st = regopt_trainer_set_double(r->t, o[i].key, bad[b]);
+            regopt_status st = regopt_regularizer_set_double(g, o[i].key, bad[b]);
             ck_assert_msg(st == REGOPT_ERR_OUT_OF_RANGE, "%s = %g: %s", name, bad[b],
                           regopt_status_string(st));
-            ck_assert_msg(strstr(regopt_trainer_message(r->t), name) != NULL,
-                          "message \"%s\" does not name %s", regopt_trainer_message(r->t), name);
-            ck_assert(stat(r->t, o[i].key) == o[i].mid);
+            ck_assert_msg(strstr(regopt_regularizer_message(g), name) != NULL,
+                          "message \"%s\" does not name %s", regopt_regularizer_message(g),
+                          name);
+            ck_assert(rstat(g, o[i].key) == o[i].mid);
         }
         if (o[i].is_int) {
-            ck_assert(regopt_trainer_set_double(r->t, o[i].key, o[i].lo + 0.5) ==
+            ck_assert(regopt_regularizer_set_double(g, o[i].key, o[i].lo + 0.5) ==
                       REGOPT_ERR_OUT_OF_RANGE);
-            ck_assert(regopt_trainer_set_int(r->t, o[i].key, (int64_t)o[i].above) ==
+            ck_assert(regopt_regularizer_set_int(g, o[i].key, (int64_t)o[i].above) ==
                       REGOPT_ERR_OUT_OF_RANGE);
-            TMUST(r->t, regopt_trainer_set_int(r->t, o[i].key, (int64_t)o[i].lo));
-            ck_assert(stat_int(r->t, o[i].key) == (int64_t)o[i].lo);
+            RMUST(g, regopt_regularizer_set_int(g, o[i].key, (int64_t)o[i].lo));
+            ck_assert(rstat_int(g, o[i].key) == (int64_t)o[i].lo);
         }
+        /* since 1.0 not a trainer key, nor a key of another kind */
+        ck_assert_int_eq(regopt_trainer_set_double(r->t, o[i].key, o[i].mid),
+                         REGOPT_ERR_UNKNOWN_KEY);
+        ck_assert_int_eq(regopt_regularizer_set_double(sam, o[i].key, o[i].mid),
+                         REGOPT_ERR_UNKNOWN_KEY);
+        ck_assert(rstat(g, o[i].key) == (o[i].is_int ? o[i].lo : o[i].mid));
     }
     rig_close(r);
 }
@@ -1130,7 +1231,7 @@ static void alloc_case(int doubled, int reserve)
     r = doubled ? rig_open(4, 1, CAP, 0, REGOPT_ADAM, &al) : rig_open(4, 2, 0, 0, REGOPT_ADAM, &al);
     if (reserve == 1)
         TMUST(r->t, regopt_trainer_reserve(r->t, 3));
-    TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_RDROP));
+    rig_attach(r, r->rdrop);
     if (reserve == 2)
         TMUST(r->t, regopt_trainer_reserve(r->t, 3));
     data_init(&d, 4, 2, rows);
@@ -1144,7 +1245,7 @@ static void alloc_case(int doubled, int reserve)
     after = cn.allocs;
     for (s = 0; s < 6; s++)
         rstep(r, s % 2 ? &one : &d);
-    tset(r, REGOPT_RDROP_EVERY, 2);
+    rset(r, REGOPT_RDROP_EVERY, 2);
     for (s = 0; s < 3; s++)
         rstep(r, &d);
     ck_assert_msg(cn.allocs == after, "doubled %d: R-Drop steps allocated %ld times", doubled,

@@ -13,6 +13,26 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A new SAM handle with its defaults, from allocator a (NULL: malloc). */
+static regopt_regularizer *new_sam(const regopt_allocator *a)
+{
+    regopt_status st = REGOPT_OK;
+    regopt_regularizer *r = regopt_regularizer_create(REGOPT_REG_SAM, a, &st);
+    ck_assert_msg(r != NULL, "regopt_regularizer_create(SAM) -> %s: %s",
+                  regopt_status_string(st), regopt_last_error_message());
+    ck_assert_int_eq(regopt_regularizer_get_kind(r), REGOPT_REG_SAM);
+    ck_assert_ptr_null(regopt_regularizer_get_trainer(r));
+    return r;
+}
+
+/* An integer statistic or option of a regularizer (the test fails if it
+ * cannot be read). */
+static int64_t rstat_int(const regopt_regularizer *r, regopt_key key)
+{
+    int64_t v = -12345;
+    RMUST(r, regopt_regularizer_get_int(r, key, &v));
+    return v;
+}
 
 /* ======================================================================== */
 /* Quadratic host: L = 1/2 sum h_i w_i^2, h = [1, 10], one output row = L.  */
@@ -83,11 +103,13 @@ typedef struct qrun {
     regopt_model *m;
     regopt_optimizer *o;
     regopt_trainer *t;
+    regopt_regularizer *sam; /* created with the run, attached by the test */
     regopt_batch b[2];
 } qrun;
 
 /* split: two tensors of one element ("a" in group 0, "b" in group 1)
- * instead of one tensor "w" of two. SAM is not added yet. */
+ * instead of one tensor "w" of two. The SAM handle is created with its
+ * defaults but not attached yet. */
 static qrun *qrun_open(regopt_optimizer_kind kind, double lr, double w0, double w1, int split)
 {
     qrun *r = calloc(1, sizeof *r);
@@ -114,6 +136,7 @@ static qrun *qrun_open(regopt_optimizer_kind kind, double lr, double w0, double 
     r->t = regopt_trainer_create(r->m, r->o, NULL);
     ck_assert_ptr_nonnull(r->t);
     MUST(regopt_trainer_set_loss_callback(r->t, q_loss, NULL, NULL));
+    r->sam = new_sam(NULL);
     for (i = 0; i < 2; i++) {
         regopt_batch_init(&r->b[i]);
         r->b[i].data = &r->q;
@@ -124,15 +147,18 @@ static qrun *qrun_open(regopt_optimizer_kind kind, double lr, double w0, double 
 
 static void qrun_close(qrun *r)
 {
-    regopt_trainer_free(r->t);
+    regopt_trainer_free(r->t); /* detaches the SAM handle */
+    ck_assert_ptr_null(regopt_regularizer_get_trainer(r->sam));
+    regopt_regularizer_free(r->sam);
     regopt_optimizer_free(r->o);
     regopt_model_free(r->m);
     free(r);
 }
 
+/* A SAM option, on the handle (attached or not). */
 static void qset(qrun *r, regopt_key key, double v)
 {
-    TMUST(r->t, regopt_trainer_set_double(r->t, key, v));
+    RMUST(r->sam, regopt_regularizer_set_double(r->sam, key, v));
 }
 
 static void qstep(qrun *r, size_t count)
@@ -211,6 +237,7 @@ typedef struct lrun {
     regopt_model *m;
     regopt_optimizer *o;
     regopt_trainer *t;
+    regopt_regularizer *sam; /* created with the run, attached by lrun_sam */
     float x[4 * N * TH_D];
     int32_t y[4 * N];
     th_batch hb[4];
@@ -245,6 +272,7 @@ static lrun *lrun_open(regopt_optimizer_kind kind, double lr, const regopt_alloc
     MUST(regopt_optimizer_set_double(r->o, REGOPT_OPT_LR, lr));
     r->t = regopt_trainer_create(r->m, r->o, NULL);
     ck_assert_ptr_nonnull(r->t);
+    r->sam = new_sam(a);
     th_data(r->x, r->y, 4 * N, 0);
     for (i = 0; i < 4; i++)
         th_batch_of(&r->b[i], &r->hb[i], r->x + i * N * TH_D, r->y + i * N, N);
@@ -254,21 +282,25 @@ static lrun *lrun_open(regopt_optimizer_kind kind, double lr, const regopt_alloc
 static lrun *lrun_sam(regopt_optimizer_kind kind, double lr)
 {
     lrun *r = lrun_open(kind, lr, NULL, 0);
-    TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_SAM));
+    TMUST(r->t, regopt_trainer_attach(r->t, r->sam));
+    ck_assert_ptr_eq(regopt_regularizer_get_trainer(r->sam), r->t);
     return r;
 }
 
 static void lrun_close(lrun *r)
 {
-    regopt_trainer_free(r->t);
+    regopt_trainer_free(r->t); /* detaches the SAM handle */
+    ck_assert_ptr_null(regopt_regularizer_get_trainer(r->sam));
+    regopt_regularizer_free(r->sam);
     regopt_optimizer_free(r->o);
     regopt_model_free(r->m);
     free(r);
 }
 
+/* A SAM option, on the handle (attached or not). */
 static void lset(lrun *r, regopt_key key, double v)
 {
-    TMUST(r->t, regopt_trainer_set_double(r->t, key, v));
+    RMUST(r->sam, regopt_regularizer_set_double(r->sam, key, v));
 }
 
 static void lstep(lrun *r, size_t count)
@@ -336,7 +368,7 @@ static double norm16(const double *g)
 START_TEST(sam_reference_vector)
 {
     qrun *r = qrun_open(REGOPT_SGD, 0.1, 1.0, 1.0, 0);
-    TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_SAM));
+    TMUST(r->t, regopt_trainer_attach(r->t, r->sam));
     qset(r, REGOPT_SAM_RHO, 0.05);
     qstep(r, 1);
     near(r->q.w[0], 0.8995024814048951, 1e-6, 1.0, "w1[0]");
@@ -354,19 +386,19 @@ START_TEST(sam_reference_vector)
     near(r->q.g[0], 1.0049751859510494, 1e-6, 1.0, "g_sam[0]");
     near(r->q.g[1], 10.497518595104944, 1e-6, 1.0, "g_sam[1]");
     /* statistics */
-    near(stat(r->t, REGOPT_STAT_SAM_CLEAN_LOSS), 5.5, 1e-7, 1.0, "sam_clean_loss");
-    near(stat(r->t, REGOPT_STAT_SAM_PERTURBED_LOSS), 6.014882394917377, 1e-6, 1.0,
+    near(rstat(r->sam, REGOPT_STAT_SAM_CLEAN_LOSS), 5.5, 1e-7, 1.0, "sam_clean_loss");
+    near(rstat(r->sam, REGOPT_STAT_SAM_PERTURBED_LOSS), 6.014882394917377, 1e-6, 1.0,
          "sam_perturbed_loss");
-    near(stat(r->t, REGOPT_STAT_SAM_SHARPNESS), 6.014882394917377 - 5.5, 1e-6, 1.0,
+    near(rstat(r->sam, REGOPT_STAT_SAM_SHARPNESS), 6.014882394917377 - 5.5, 1e-6, 1.0,
          "sam_sharpness");
-    near(stat(r->t, REGOPT_STAT_SAM_SHARPNESS),
-         stat(r->t, REGOPT_STAT_SAM_PERTURBED_LOSS) - stat(r->t, REGOPT_STAT_SAM_CLEAN_LOSS),
+    near(rstat(r->sam, REGOPT_STAT_SAM_SHARPNESS),
+         rstat(r->sam, REGOPT_STAT_SAM_PERTURBED_LOSS) - rstat(r->sam, REGOPT_STAT_SAM_CLEAN_LOSS),
          1e-12, 1.0, "sharpness = perturbed - clean");
-    near(stat(r->t, REGOPT_STAT_SAM_ASCENT_NORM), 10.04987562112089, 1e-9, 1.0,
+    near(rstat(r->sam, REGOPT_STAT_SAM_ASCENT_NORM), 10.04987562112089, 1e-9, 1.0,
          "sam_ascent_norm");
-    ck_assert_double_eq(stat(r->t, REGOPT_STAT_SAM_RHO), 0.05);
-    ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_SAM_APPLIED), 1);
-    ck_assert_double_eq(stat(r->t, REGOPT_STAT_SAM_APPLIED), 1.0);
+    ck_assert_double_eq(rstat(r->sam, REGOPT_STAT_SAM_RHO), 0.05);
+    ck_assert_int_eq(rstat_int(r->sam, REGOPT_STAT_SAM_APPLIED), 1);
+    ck_assert_double_eq(rstat(r->sam, REGOPT_STAT_SAM_APPLIED), 1.0);
     near(stat(r->t, REGOPT_STAT_LOSS), 5.5, 1e-7, 1.0, "stat.loss is L(w)");
     ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_FORWARD_CALLS), 2);
     ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_BACKWARD_CALLS), 2);
@@ -386,12 +418,12 @@ START_TEST(ascent_weight_decay_and_clipping)
     double clip = 1.0 / (ng + 1e-6);
     MUST(regopt_optimizer_set_double(r->o, REGOPT_OPT_WEIGHT_DECAY, 0.2));
     MUST(regopt_optimizer_set_double(r->o, REGOPT_OPT_CLIP_NORM, 1.0));
-    TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_SAM));
+    TMUST(r->t, regopt_trainer_attach(r->t, r->sam));
     qset(r, REGOPT_SAM_ASCENT_WEIGHT_DECAY, 0.5);
     qstep(r, 1);
     near((double)r->q.seen[1][0] - 1.0, e0, 1e-6, 1.0, "eps[0]");
     near((double)r->q.seen[1][1] - 1.0, e1, 1e-6, 1.0, "eps[1]");
-    near(stat(r->t, REGOPT_STAT_SAM_ASCENT_NORM), na, 1e-7, 1.0, "ascent norm (unclipped)");
+    near(rstat(r->sam, REGOPT_STAT_SAM_ASCENT_NORM), na, 1e-7, 1.0, "ascent norm (unclipped)");
     near(stat(r->t, REGOPT_STAT_GRAD_NORM), ng, 1e-6, 1.0, "grad norm of g_sam");
     near(stat(r->t, REGOPT_STAT_CLIP_SCALE), clip, 1e-6, 1.0, "clip scale");
     near(r->q.w[0], 1.0 - 0.1 * (g0 * clip + 0.2), 1e-6, 1.0, "w1[0]");
@@ -402,34 +434,34 @@ END_TEST
 
 START_TEST(asam_reference_vector)
 {
-    /* eta = 0 (davda54 adaptive=True); options set BEFORE adding SAM */
+    /* eta = 0 (davda54 adaptive=True); options set on the handle BEFORE attach */
     qrun *r = qrun_open(REGOPT_SGD, 0.1, 2.0, 0.5, 0);
     qset(r, REGOPT_SAM_ADAPTIVE, 1);
     qset(r, REGOPT_SAM_ETA, 0.0);
     qset(r, REGOPT_SAM_RHO, 0.5);
-    TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_SAM));
-    ck_assert_double_eq(stat(r->t, REGOPT_SAM_RHO), 0.5);
+    TMUST(r->t, regopt_trainer_attach(r->t, r->sam));
+    ck_assert_double_eq(rstat(r->sam, REGOPT_SAM_RHO), 0.5);
     qstep(r, 1);
     near(r->q.w[0], 1.7152001695995092, 1e-6, 1.0, "w1[0]");
     near(r->q.w[1], -0.13249973500076706, 1e-6, 1.0, "w1[1]");
     near((double)r->q.seen[1][0] - 2.0, 0.8479983040049083, 1e-6, 1.0, "eps[0]");
     near((double)r->q.seen[1][1] - 0.5, 0.13249973500076692, 1e-6, 1.0, "eps[1]");
     /* ||T g|| = ||[2*2, 0.5*5]|| = sqrt(22.25) */
-    near(stat(r->t, REGOPT_STAT_SAM_ASCENT_NORM), sqrt(22.25), 1e-9, 1.0, "ascent norm");
-    ck_assert_double_eq(stat(r->t, REGOPT_STAT_SAM_RHO), 0.5);
+    near(rstat(r->sam, REGOPT_STAT_SAM_ASCENT_NORM), sqrt(22.25), 1e-9, 1.0, "ascent norm");
+    ck_assert_double_eq(rstat(r->sam, REGOPT_STAT_SAM_RHO), 0.5);
     qrun_close(r);
 
     /* eta = 0.01, the default */
     r = qrun_open(REGOPT_SGD, 0.1, 2.0, 0.5, 0);
-    TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_SAM));
-    ck_assert_double_eq(stat(r->t, REGOPT_SAM_ETA), 0.01);
+    TMUST(r->t, regopt_trainer_attach(r->t, r->sam));
+    ck_assert_double_eq(rstat(r->sam, REGOPT_SAM_ETA), 0.01);
     qset(r, REGOPT_SAM_ADAPTIVE, 1);
     qset(r, REGOPT_SAM_RHO, 0.5);
     qstep(r, 1);
     ck_assert_uint_eq(r->q.flags[1], REGOPT_PASS_TRAIN | REGOPT_PASS_PERTURBED_WEIGHTS);
     near((double)r->q.seen[1][0] - 2.0, 0.8486612518176859, 1e-6, 1.0, "eps[0], eta 0.01");
     near((double)r->q.seen[1][1] - 0.5, 0.13659116828654005, 1e-6, 1.0, "eps[1], eta 0.01");
-    near(stat(r->t, REGOPT_STAT_SAM_ASCENT_NORM), sqrt(4.02 * 4.02 + 2.55 * 2.55), 1e-7, 1.0,
+    near(rstat(r->sam, REGOPT_STAT_SAM_ASCENT_NORM), sqrt(4.02 * 4.02 + 2.55 * 2.55), 1e-7, 1.0,
          "ascent norm, eta 0.01");
     qrun_close(r);
 }
@@ -447,7 +479,7 @@ static qrun *gsam_run(double alpha)
     r->q.gc[1] = 10.0f;
     r->q.gp[0] = 3.0f;
     r->q.gp[1] = 9.0f;
-    TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_SAM));
+    TMUST(r->t, regopt_trainer_attach(r->t, r->sam));
     qset(r, REGOPT_SAM_GSAM, 1);
     qset(r, REGOPT_SAM_GSAM_ALPHA, alpha);
     return r;
@@ -462,7 +494,7 @@ START_TEST(gsam_reference_vector)
     near(r->q.g[1], 8.72, 1e-6, 1.0, "direction[1]");
     near(r->q.w[0], 0.5 - 3.84, 1e-6, 1.0, "w1[0]");
     near(r->q.w[1], -0.25 - 8.72, 1e-6, 1.0, "w1[1]");
-    ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_SAM_APPLIED), 1);
+    ck_assert_int_eq(rstat_int(r->sam, REGOPT_STAT_SAM_APPLIED), 1);
     qrun_close(r);
     /* alpha = 0 is plain SAM: the update is g_p */
     r = gsam_run(0.0);
@@ -472,7 +504,7 @@ START_TEST(gsam_reference_vector)
     qrun_close(r);
     /* the default alpha is 0.4 */
     r = qrun_open(REGOPT_SGD, 1.0, 0.0, 0.0, 0);
-    ck_assert_double_eq(stat(r->t, REGOPT_SAM_GSAM_ALPHA), 0.4);
+    ck_assert_double_eq(rstat(r->sam, REGOPT_SAM_GSAM_ALPHA), 0.4);
     qrun_close(r);
 }
 END_TEST
@@ -492,7 +524,7 @@ START_TEST(rho_follows_linear_schedule)
     MUST(regopt_optimizer_set_int(r->o, REGOPT_OPT_WARMUP_STEPS, 2));
     MUST(regopt_optimizer_set_int(r->o, REGOPT_OPT_TOTAL_STEPS, 6));
     MUST(regopt_optimizer_set_double(r->o, REGOPT_OPT_MIN_LR_RATIO, ratio));
-    TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_SAM));
+    TMUST(r->t, regopt_trainer_attach(r->t, r->sam));
     qset(r, REGOPT_SAM_RHO, rho);
     qset(r, REGOPT_SAM_RHO_MIN, rho_min);
     qset(r, REGOPT_SAM_RHO_FOLLOWS_LR, 1);
@@ -508,7 +540,7 @@ START_TEST(rho_follows_linear_schedule)
         want = fmin(rho, fmax(rho_min, want)); /* clamped: warm-up has lr_t < lr_min */
         qstep(r, 1);
         snprintf(what, sizeof what, "sam_rho at step %d", s);
-        near(stat(r->t, REGOPT_STAT_SAM_RHO), want, 1e-12, 1e-3, what);
+        near(rstat(r->sam, REGOPT_STAT_SAM_RHO), want, 1e-12, 1e-3, what);
         near(stat(r->t, REGOPT_STAT_LR), lr_t, 1e-12, 1e-3, "stat.lr");
         /* and the perturbation actually has that radius: eps = rho_t g/||g|| */
         dx = (double)r->q.seen[2 * s + 1][0] - r->q.seen[2 * s][0];
@@ -630,7 +662,7 @@ START_TEST(call_order_and_flags)
     lrun *r = lrun_sam(REGOPT_SGD, 0.05);
     const th_call *c = r->l.h.calls;
     int i;
-    ck_assert_int_eq(stat_int(r->t, REGOPT_SAM_SAME_SEED), 1);
+    ck_assert_int_eq(rstat_int(r->sam, REGOPT_SAM_SAME_SEED), 1);
     lstep(r, 3);
     ck_assert_int_eq(r->l.h.ncalls, 12);
     for (i = 0; i < 12; i++) {
@@ -718,7 +750,7 @@ START_TEST(sam_every_k_steps)
         ck_assert_int_eq(r->l.h.forwards - before, due ? 4 : 2);
         ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_FORWARD_CALLS), due ? 4 : 2);
         ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_BACKWARD_CALLS), due ? 4 : 2);
-        ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_SAM_APPLIED), due);
+        ck_assert_int_eq(rstat_int(r->sam, REGOPT_STAT_SAM_APPLIED), due);
         for (i = 0; i < r->l.nrec; i++)
             ck_assert_uint_eq(r->l.rec[i].flags & REGOPT_PASS_PERTURBED_WEIGHTS,
                               due && i >= 2 ? REGOPT_PASS_PERTURBED_WEIGHTS : 0u);
@@ -782,8 +814,8 @@ START_TEST(m_sharpness_chunks_and_gradient)
         }
     ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_FORWARD_CALLS), 12);
     ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_BACKWARD_CALLS), 12);
-    ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_SAM_APPLIED), 1);
-    near(stat(r->t, REGOPT_STAT_SAM_CLEAN_LOSS), clean_loss, 1e-6, 1.0, "clean loss");
+    ck_assert_int_eq(rstat_int(r->sam, REGOPT_STAT_SAM_APPLIED), 1);
+    near(rstat(r->sam, REGOPT_STAT_SAM_CLEAN_LOSS), clean_loss, 1e-6, 1.0, "clean loss");
     for (i = 0; i < NW; i++)
         near(r->l.h.gw[i], total[i], 1e-5, 0.1, "final gradient W");
     for (i = 0; i < TH_K; i++)
@@ -832,11 +864,11 @@ START_TEST(accumulation_equals_one_big_batch)
     for (s = 0; s < 3; s++) {
         lstep(a, 2);
         TMUST(b->t, regopt_trainer_step(b->t, &big, 1));
-        near(stat(a->t, REGOPT_STAT_SAM_CLEAN_LOSS), stat(b->t, REGOPT_STAT_SAM_CLEAN_LOSS),
+        near(rstat(a->sam, REGOPT_STAT_SAM_CLEAN_LOSS), rstat(b->sam, REGOPT_STAT_SAM_CLEAN_LOSS),
              1e-6, 1.0, "clean loss");
-        near(stat(a->t, REGOPT_STAT_SAM_PERTURBED_LOSS),
-             stat(b->t, REGOPT_STAT_SAM_PERTURBED_LOSS), 1e-6, 1.0, "perturbed loss");
-        near(stat(a->t, REGOPT_STAT_SAM_ASCENT_NORM), stat(b->t, REGOPT_STAT_SAM_ASCENT_NORM),
+        near(rstat(a->sam, REGOPT_STAT_SAM_PERTURBED_LOSS),
+             rstat(b->sam, REGOPT_STAT_SAM_PERTURBED_LOSS), 1e-6, 1.0, "perturbed loss");
+        near(rstat(a->sam, REGOPT_STAT_SAM_ASCENT_NORM), rstat(b->sam, REGOPT_STAT_SAM_ASCENT_NORM),
              1e-5, 1.0, "ascent norm");
     }
     for (i = 0; i < NW; i++)
@@ -860,7 +892,7 @@ START_TEST(zero_gradient_is_a_plain_step)
         double w[2] = {1.5, -2.0};
         r->q.constant = 1; /* gc = gp = 0 */
         MUST(regopt_optimizer_set_double(r->o, REGOPT_OPT_WEIGHT_DECAY, 0.1));
-        TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_SAM));
+        TMUST(r->t, regopt_trainer_attach(r->t, r->sam));
         qset(r, REGOPT_SAM_DELTA, 0.0); /* 0/0 would be NaN */
         if (variant == 1) {
             qset(r, REGOPT_SAM_ADAPTIVE, 1);
@@ -874,14 +906,14 @@ START_TEST(zero_gradient_is_a_plain_step)
             ck_assert_int_eq(r->q.forwards - before, 2);
             for (i = before; i < r->q.forwards; i++)
                 ck_assert_uint_eq(r->q.flags[i], REGOPT_PASS_TRAIN);
-            ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_SAM_APPLIED), 0);
+            ck_assert_int_eq(rstat_int(r->sam, REGOPT_STAT_SAM_APPLIED), 0);
             ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_FORWARD_CALLS), 2);
             ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_BACKWARD_CALLS), 2);
-            ck_assert_double_eq(stat(r->t, REGOPT_STAT_SAM_ASCENT_NORM), 0.0);
-            ck_assert_double_eq(stat(r->t, REGOPT_STAT_SAM_SHARPNESS), 0.0);
-            ck_assert(isfinite(stat(r->t, REGOPT_STAT_SAM_PERTURBED_LOSS)));
-            ck_assert_double_eq(stat(r->t, REGOPT_STAT_SAM_PERTURBED_LOSS),
-                                stat(r->t, REGOPT_STAT_SAM_CLEAN_LOSS));
+            ck_assert_double_eq(rstat(r->sam, REGOPT_STAT_SAM_ASCENT_NORM), 0.0);
+            ck_assert_double_eq(rstat(r->sam, REGOPT_STAT_SAM_SHARPNESS), 0.0);
+            ck_assert(isfinite(rstat(r->sam, REGOPT_STAT_SAM_PERTURBED_LOSS)));
+            ck_assert_double_eq(rstat(r->sam, REGOPT_STAT_SAM_PERTURBED_LOSS),
+                                rstat(r->sam, REGOPT_STAT_SAM_CLEAN_LOSS));
             for (i = 0; i < 2; i++) { /* only weight decay: w -= lr * wd * w */
                 w[i] -= 0.1 * 0.1 * w[i];
                 ck_assert(isfinite(r->q.w[i]));
@@ -904,7 +936,7 @@ START_TEST(frozen_and_idle_tensors_are_not_perturbed)
         lrun *r = lrun_open(REGOPT_SGD, 0.05, NULL, 1);
         float orig[5];
         memcpy(orig, r->extra, sizeof orig);
-        TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_SAM));
+        TMUST(r->t, regopt_trainer_attach(r->t, r->sam));
         if (adaptive) {
             lset(r, REGOPT_SAM_ADAPTIVE, 1);
             lset(r, REGOPT_SAM_RHO, 0.5);
@@ -922,7 +954,7 @@ START_TEST(frozen_and_idle_tensors_are_not_perturbed)
                               "adaptive %d step %d: frozen/idle tensor moved in forward %d",
                               adaptive, s, i);
             if (!adaptive) /* the frozen and idle tensors add nothing to the norm */
-                near(stat(r->t, REGOPT_STAT_SAM_ASCENT_NORM), norm16(g), 1e-5, 0.0,
+                near(rstat(r->sam, REGOPT_STAT_SAM_ASCENT_NORM), norm16(g), 1e-5, 0.0,
                      "ascent norm over W and b only");
         }
         ck_assert(memcmp(r->extra, orig, sizeof orig) == 0);
@@ -1065,15 +1097,15 @@ static const samkey sam_keys[] = {
     {REGOPT_SAM_SYNC_ASCENT, "sam.sync_ascent", REGOPT_TYPE_INT, 0, 1, 0},
 };
 
-static void refused(regopt_trainer *t, const samkey *k, double v, double keep)
+static void refused(regopt_regularizer *r, const samkey *k, double v, double keep)
 {
-    regopt_status st = regopt_trainer_set_double(t, k->key, v);
+    regopt_status st = regopt_regularizer_set_double(r, k->key, v);
     ck_assert_msg(st == REGOPT_ERR_OUT_OF_RANGE, "%s = %.17g: %s", k->name, v,
                   regopt_status_string(st));
-    ck_assert_msg(strstr(regopt_trainer_message(t), k->name) != NULL,
+    ck_assert_msg(strstr(regopt_regularizer_message(r), k->name) != NULL,
                   "%s = %g: message \"%s\" does not name the key", k->name, v,
-                  regopt_trainer_message(t));
-    ck_assert_double_eq(stat(t, k->key), keep);
+                  regopt_regularizer_message(r));
+    ck_assert_double_eq(rstat(r, k->key), keep);
 }
 
 START_TEST(sam_options_bounds_and_defaults)
@@ -1084,7 +1116,8 @@ START_TEST(sam_options_bounds_and_defaults)
         const samkey *k = &sam_keys[i];
         const char *name = NULL;
         int type = 0;
-        double mn = -1, mx = -1, def = -1;
+        double mn = -1, mx = -1, def = -1, tv = -1;
+        int64_t iv = -1;
         uint32_t flags = 99;
         regopt_key found = (regopt_key)0;
         MUST(regopt_key_info(k->key, &name, &type, &mn, &mx, &def, &flags));
@@ -1096,128 +1129,239 @@ START_TEST(sam_options_bounds_and_defaults)
         ck_assert_uint_eq(flags, 0);
         MUST(regopt_key_from_name(k->name, &found));
         ck_assert_int_eq(found, k->key);
-        /* a new trainer holds the default (before SAM is added) */
-        ck_assert_double_eq(stat(r->t, k->key), def);
+        /* a new handle holds the default (before it is attached) */
+        ck_assert_double_eq(rstat(r->sam, k->key), def);
+        /* 1.0: method keys are no trainer keys any more */
+        ck_assert_int_eq(regopt_trainer_set_double(r->t, k->key, k->def),
+                         REGOPT_ERR_UNKNOWN_KEY);
+        ck_assert_int_eq(regopt_trainer_set_int(r->t, k->key, (int64_t)k->min),
+                         REGOPT_ERR_UNKNOWN_KEY);
+        ck_assert_int_eq(regopt_trainer_get_double(r->t, k->key, &tv), REGOPT_ERR_UNKNOWN_KEY);
+        ck_assert_int_eq(regopt_trainer_get_int(r->t, k->key, &iv), REGOPT_ERR_UNKNOWN_KEY);
     }
-    TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_SAM));
+    TMUST(r->t, regopt_trainer_attach(r->t, r->sam));
     for (i = 0; i < sizeof sam_keys / sizeof sam_keys[0]; i++) {
         const samkey *k = &sam_keys[i];
-        ck_assert_double_eq(stat(r->t, k->key), k->def);
-        TMUST(r->t, regopt_trainer_set_double(r->t, k->key, k->min));
-        ck_assert_double_eq(stat(r->t, k->key), k->min);
-        TMUST(r->t, regopt_trainer_set_double(r->t, k->key, k->max));
-        ck_assert_double_eq(stat(r->t, k->key), k->max);
+        regopt_regularizer *s = r->sam;
+        ck_assert_double_eq(rstat(s, k->key), k->def);
+        RMUST(s, regopt_regularizer_set_double(s, k->key, k->min));
+        ck_assert_double_eq(rstat(s, k->key), k->min);
+        RMUST(s, regopt_regularizer_set_double(s, k->key, k->max));
+        ck_assert_double_eq(rstat(s, k->key), k->max);
         if (k->type == REGOPT_TYPE_INT) {
             int64_t v = -1;
-            TMUST(r->t, regopt_trainer_set_int(r->t, k->key, (int64_t)k->min));
-            MUST(regopt_trainer_get_int(r->t, k->key, &v));
+            RMUST(s, regopt_regularizer_set_int(s, k->key, (int64_t)k->min));
+            RMUST(s, regopt_regularizer_get_int(s, k->key, &v));
             ck_assert_int_eq(v, (int64_t)k->min);
-            ck_assert_int_eq(regopt_trainer_set_int(r->t, k->key, (int64_t)k->min - 1),
+            ck_assert_int_eq(regopt_regularizer_set_int(s, k->key, (int64_t)k->min - 1),
                              REGOPT_ERR_OUT_OF_RANGE);
-            ck_assert_int_eq(regopt_trainer_set_int(r->t, k->key, (int64_t)k->max + 1),
+            ck_assert_int_eq(regopt_regularizer_set_int(s, k->key, (int64_t)k->max + 1),
                              REGOPT_ERR_OUT_OF_RANGE);
-            refused(r->t, k, k->min - 1.0, k->min);
-            refused(r->t, k, k->max + 1.0, k->min);
-            refused(r->t, k, k->min + 0.5, k->min);
-            TMUST(r->t, regopt_trainer_set_double(r->t, k->key, k->max));
+            refused(s, k, k->min - 1.0, k->min);
+            refused(s, k, k->max + 1.0, k->min);
+            refused(s, k, k->min + 0.5, k->min);
+            RMUST(s, regopt_regularizer_set_double(s, k->key, k->max));
         } else {
-            refused(r->t, k, nextafter(k->min, -INFINITY), k->max);
-            refused(r->t, k, nextafter(k->max, INFINITY), k->max);
+            refused(s, k, nextafter(k->min, -INFINITY), k->max);
+            refused(s, k, nextafter(k->max, INFINITY), k->max);
         }
-        refused(r->t, k, NAN, k->max);
-        refused(r->t, k, INFINITY, k->max);
-        refused(r->t, k, -INFINITY, k->max);
-        TMUST(r->t, regopt_trainer_set_double(r->t, k->key, k->def));
-        ck_assert_double_eq(stat(r->t, k->key), k->def);
+        refused(s, k, NAN, k->max);
+        refused(s, k, INFINITY, k->max);
+        refused(s, k, -INFINITY, k->max);
+        RMUST(s, regopt_regularizer_set_double(s, k->key, k->def));
+        ck_assert_double_eq(rstat(s, k->key), k->def);
+        /* still no trainer key while SAM is attached */
+        ck_assert_int_eq(regopt_trainer_set_double(r->t, k->key, k->def),
+                         REGOPT_ERR_UNKNOWN_KEY);
     }
     lrun_close(r);
 }
 END_TEST
 
-START_TEST(regularizer_add_and_remove)
+/* The statistics of the SAM handle: numbers, names, read-only, 0 before the
+ * first step after attach; the trainer does not serve them. */
+START_TEST(sam_statistics_keys)
+{
+    static const struct { regopt_key key; int value; const char *name; } stats[] = {
+        {REGOPT_STAT_SAM_CLEAN_LOSS, 1090, "sam.clean_loss"},
+        {REGOPT_STAT_SAM_PERTURBED_LOSS, 1091, "sam.perturbed_loss"},
+        {REGOPT_STAT_SAM_SHARPNESS, 1092, "sam.sharpness"},
+        {REGOPT_STAT_SAM_ASCENT_NORM, 1093, "sam.ascent_norm"},
+        {REGOPT_STAT_SAM_RHO, 1094, "sam.rho_used"},
+        {REGOPT_STAT_SAM_APPLIED, 1095, "sam.applied"},
+    };
+    lrun *r = lrun_open(REGOPT_SGD, 0.05, NULL, 0);
+    size_t i;
+    for (i = 0; i < sizeof stats / sizeof stats[0]; i++) {
+        const char *name = NULL;
+        uint32_t flags = 0;
+        regopt_key found = (regopt_key)0;
+        double v = -1;
+        ck_assert_int_eq(stats[i].key, stats[i].value);
+        MUST(regopt_key_info(stats[i].key, &name, NULL, NULL, NULL, NULL, &flags));
+        ck_assert_str_eq(name, stats[i].name);
+        ck_assert(flags & REGOPT_KEY_READ_ONLY);
+        MUST(regopt_key_from_name(stats[i].name, &found));
+        ck_assert_int_eq(found, stats[i].key);
+        ck_assert_double_eq(rstat(r->sam, stats[i].key), 0.0);
+        ck_assert_int_eq(regopt_regularizer_set_double(r->sam, stats[i].key, 1.0),
+                         REGOPT_ERR_STATE);
+        ck_assert_int_eq(regopt_trainer_get_double(r->t, stats[i].key, &v),
+                         REGOPT_ERR_UNKNOWN_KEY);
+    }
+    TMUST(r->t, regopt_trainer_attach(r->t, r->sam));
+    for (i = 0; i < sizeof stats / sizeof stats[0]; i++)
+        ck_assert_double_eq(rstat(r->sam, stats[i].key), 0.0);
+    lstep(r, 1);
+    ck_assert_double_eq(rstat(r->sam, REGOPT_STAT_SAM_APPLIED), 1.0);
+    ck_assert_double_eq(rstat(r->sam, REGOPT_STAT_SAM_RHO), 0.05);
+    ck_assert(rstat(r->sam, REGOPT_STAT_SAM_ASCENT_NORM) > 0.0);
+    /* the trainer's own statistics stay on the trainer */
+    ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_FORWARD_CALLS), 2);
+    lrun_close(r);
+}
+END_TEST
+
+START_TEST(regularizer_attach_and_detach)
 {
     lrun *r = lrun_open(REGOPT_SGD, 0.05, NULL, 0);
-    ck_assert_int_eq(regopt_trainer_remove_regularizer(r->t, REGOPT_REG_SAM), REGOPT_ERR_STATE);
-    TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_SAM));
-    ck_assert_int_eq(regopt_trainer_add_regularizer(r->t, REGOPT_REG_SAM), REGOPT_ERR_STATE);
+    regopt_regularizer *sam2 = new_sam(NULL);
+    regopt_status st = REGOPT_OK;
+    static const int bad_kinds[] = {0, 1000, 99, -1};
+    size_t i;
+    ck_assert_int_eq(regopt_trainer_detach(r->t, r->sam), REGOPT_ERR_STATE);
+    ck_assert_uint_eq(regopt_trainer_regularizer_count(r->t), 0);
+    ck_assert_ptr_null(regopt_trainer_regularizer_at(r->t, 0));
+    TMUST(r->t, regopt_trainer_attach(r->t, r->sam));
+    ck_assert_ptr_eq(regopt_regularizer_get_trainer(r->sam), r->t);
+    ck_assert_uint_eq(regopt_trainer_regularizer_count(r->t), 1);
+    ck_assert_ptr_eq(regopt_trainer_regularizer_at(r->t, 0), r->sam);
+    ck_assert_ptr_null(regopt_trainer_regularizer_at(r->t, 1));
+    /* the same handle twice, and a second SAM: refused, nothing changes */
+    ck_assert_int_eq(regopt_trainer_attach(r->t, r->sam), REGOPT_ERR_STATE);
+    ck_assert_int_eq(regopt_trainer_attach(r->t, sam2), REGOPT_ERR_STATE);
+    ck_assert_msg(strstr(regopt_trainer_message(r->t), "weight-side") != NULL,
+                  "message \"%s\"", regopt_trainer_message(r->t));
+    ck_assert_ptr_null(regopt_regularizer_get_trainer(sam2));
+    ck_assert_uint_eq(regopt_trainer_regularizer_count(r->t), 1);
+    lset(r, REGOPT_SAM_RHO, 0.07); /* set while attached */
     lstep(r, 1);
     ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_FORWARD_CALLS), 2);
-    TMUST(r->t, regopt_trainer_remove_regularizer(r->t, REGOPT_REG_SAM));
-    ck_assert_int_eq(regopt_trainer_remove_regularizer(r->t, REGOPT_REG_SAM), REGOPT_ERR_STATE);
+    ck_assert_int_eq(rstat_int(r->sam, REGOPT_STAT_SAM_APPLIED), 1);
+    TMUST(r->t, regopt_trainer_detach(r->t, r->sam));
+    ck_assert_ptr_null(regopt_regularizer_get_trainer(r->sam));
+    ck_assert_uint_eq(regopt_trainer_regularizer_count(r->t), 0);
+    ck_assert_int_eq(regopt_trainer_detach(r->t, r->sam), REGOPT_ERR_STATE);
+    ck_assert_double_eq(rstat(r->sam, REGOPT_SAM_RHO), 0.07); /* options are kept */
     lstep(r, 1);
     ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_FORWARD_CALLS), 1);
-    ck_assert_int_eq(regopt_trainer_add_regularizer(r->t, (regopt_regularizer)0),
-                     REGOPT_ERR_INVALID_ARGUMENT);
-    ck_assert_int_eq(regopt_trainer_add_regularizer(r->t, (regopt_regularizer)1000),
-                     REGOPT_ERR_INVALID_ARGUMENT);
-    ck_assert_int_eq(regopt_trainer_remove_regularizer(r->t, (regopt_regularizer)99),
-                     REGOPT_ERR_INVALID_ARGUMENT);
-    ck_assert_int_eq(regopt_trainer_add_regularizer(NULL, REGOPT_REG_SAM),
-                     REGOPT_ERR_NULL_POINTER);
-    ck_assert_int_eq(regopt_trainer_remove_regularizer(NULL, REGOPT_REG_SAM),
-                     REGOPT_ERR_NULL_POINTER);
-    /* on again after being off */
-    TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_SAM));
+    /* kinds that do not exist */
+    for (i = 0; i < sizeof bad_kinds / sizeof bad_kinds[0]; i++) {
+        st = REGOPT_OK;
+        ck_assert_ptr_null(
+            regopt_regularizer_create((regopt_regularizer_kind)bad_kinds[i], NULL, &st));
+        ck_assert_int_eq(st, REGOPT_ERR_INVALID_ARGUMENT);
+    }
+    ck_assert_int_eq(regopt_trainer_attach(NULL, r->sam), REGOPT_ERR_NULL_POINTER);
+    ck_assert_int_eq(regopt_trainer_detach(NULL, r->sam), REGOPT_ERR_NULL_POINTER);
+    ck_assert_int_eq(regopt_trainer_attach(r->t, NULL), REGOPT_ERR_NULL_POINTER);
+    ck_assert_int_eq(regopt_trainer_detach(r->t, NULL), REGOPT_ERR_NULL_POINTER);
+    ck_assert_ptr_null(regopt_regularizer_get_trainer(r->sam));
+    /* on again after being off: same handle, options kept, statistics reset */
+    TMUST(r->t, regopt_trainer_attach(r->t, r->sam));
+    ck_assert_double_eq(rstat(r->sam, REGOPT_STAT_SAM_APPLIED), 0.0);
     lstep(r, 2);
     ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_FORWARD_CALLS), 4);
-    lrun_close(r);
+    ck_assert_double_eq(rstat(r->sam, REGOPT_STAT_SAM_RHO), 0.07);
+    /* another SAM handle may take the place once the first one is detached */
+    TMUST(r->t, regopt_trainer_detach(r->t, r->sam));
+    TMUST(r->t, regopt_trainer_attach(r->t, sam2));
+    ck_assert_ptr_eq(regopt_trainer_regularizer_at(r->t, 0), sam2);
+    lstep(r, 1);
+    ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_FORWARD_CALLS), 2);
+    ck_assert_double_eq(rstat(sam2, REGOPT_STAT_SAM_RHO), 0.05);
+    lrun_close(r); /* the trainer detaches sam2 */
+    ck_assert_ptr_null(regopt_regularizer_get_trainer(sam2));
+    regopt_regularizer_free(sam2);
 }
 END_TEST
 
 START_TEST(group_sam_adaptive_key)
 {
     lrun *r = lrun_open(REGOPT_SGD, 0.05, NULL, 0);
+    regopt_regularizer *s = r->sam;
     const char *name = NULL;
     int type = 0;
     double mn = -1, mx = -1, def = -1, v = -1;
     uint32_t flags = 0;
-    MUST(regopt_key_info(REGOPT_GROUP_SAM_ADAPTIVE, &name, &type, &mn, &mx, &def, &flags));
-    ck_assert_str_eq(name, "group.sam_adaptive");
+    regopt_key found = (regopt_key)0;
+    ck_assert_int_eq(REGOPT_SAM_GROUP_ADAPTIVE, 1050);
+    MUST(regopt_key_info(REGOPT_SAM_GROUP_ADAPTIVE, &name, &type, &mn, &mx, &def, &flags));
+    ck_assert_str_eq(name, "sam.group_adaptive");
     ck_assert_int_eq(type, REGOPT_TYPE_INT);
     ck_assert_double_eq(mn, 0.0);
     ck_assert_double_eq(mx, 1.0);
     ck_assert_double_eq(def, 1.0);
     ck_assert(flags & REGOPT_KEY_GROUP);
-    MUST(regopt_trainer_get_group(r->t, 0, REGOPT_GROUP_SAM_ADAPTIVE, &v));
+    MUST(regopt_key_from_name("sam.group_adaptive", &found));
+    ck_assert_int_eq(found, REGOPT_SAM_GROUP_ADAPTIVE);
+    ck_assert_int_eq(regopt_key_from_name("group.sam_adaptive", &found), REGOPT_ERR_UNKNOWN_KEY);
+    RMUST(s, regopt_regularizer_get_group(s, 0, REGOPT_SAM_GROUP_ADAPTIVE, &v));
     ck_assert_double_eq(v, 1.0);
-    MUST(regopt_trainer_get_group(r->t, REGOPT_MAX_GROUPS - 1, REGOPT_GROUP_SAM_ADAPTIVE, &v));
+    RMUST(s, regopt_regularizer_get_group(s, REGOPT_MAX_GROUPS - 1, REGOPT_SAM_GROUP_ADAPTIVE,
+                                          &v));
     ck_assert_double_eq(v, 1.0);
-    TMUST(r->t, regopt_trainer_set_group(r->t, 5, REGOPT_GROUP_SAM_ADAPTIVE, 0.0));
-    MUST(regopt_trainer_get_group(r->t, 5, REGOPT_GROUP_SAM_ADAPTIVE, &v));
+    RMUST(s, regopt_regularizer_set_group(s, 5, REGOPT_SAM_GROUP_ADAPTIVE, 0.0));
+    RMUST(s, regopt_regularizer_get_group(s, 5, REGOPT_SAM_GROUP_ADAPTIVE, &v));
     ck_assert_double_eq(v, 0.0);
-    MUST(regopt_trainer_get_group(r->t, 4, REGOPT_GROUP_SAM_ADAPTIVE, &v));
+    RMUST(s, regopt_regularizer_get_group(s, 4, REGOPT_SAM_GROUP_ADAPTIVE, &v));
     ck_assert_double_eq(v, 1.0);
-    TMUST(r->t, regopt_trainer_set_group(r->t, REGOPT_MAX_GROUPS - 1,
-                                         REGOPT_GROUP_SAM_ADAPTIVE, 0.0));
-    ck_assert_int_eq(regopt_trainer_set_group(r->t, -1, REGOPT_GROUP_SAM_ADAPTIVE, 0.0),
+    RMUST(s, regopt_regularizer_set_group(s, REGOPT_MAX_GROUPS - 1, REGOPT_SAM_GROUP_ADAPTIVE,
+                                          0.0));
+    ck_assert_int_eq(regopt_regularizer_set_group(s, -1, REGOPT_SAM_GROUP_ADAPTIVE, 0.0),
                      REGOPT_ERR_OUT_OF_RANGE);
-    ck_assert_int_eq(regopt_trainer_set_group(r->t, REGOPT_MAX_GROUPS,
-                                              REGOPT_GROUP_SAM_ADAPTIVE, 0.0),
+    ck_assert_int_eq(
+        regopt_regularizer_set_group(s, REGOPT_MAX_GROUPS, REGOPT_SAM_GROUP_ADAPTIVE, 0.0),
+        REGOPT_ERR_OUT_OF_RANGE);
+    ck_assert_int_eq(
+        regopt_regularizer_get_group(s, REGOPT_MAX_GROUPS, REGOPT_SAM_GROUP_ADAPTIVE, &v),
+        REGOPT_ERR_OUT_OF_RANGE);
+    ck_assert_int_eq(regopt_regularizer_set_group(s, 5, REGOPT_SAM_GROUP_ADAPTIVE, 0.5),
                      REGOPT_ERR_OUT_OF_RANGE);
-    ck_assert_int_eq(regopt_trainer_get_group(r->t, REGOPT_MAX_GROUPS,
-                                              REGOPT_GROUP_SAM_ADAPTIVE, &v),
+    ck_assert_int_eq(regopt_regularizer_set_group(s, 5, REGOPT_SAM_GROUP_ADAPTIVE, 2.0),
                      REGOPT_ERR_OUT_OF_RANGE);
-    ck_assert_int_eq(regopt_trainer_set_group(r->t, 5, REGOPT_GROUP_SAM_ADAPTIVE, 0.5),
+    ck_assert_int_eq(regopt_regularizer_set_group(s, 5, REGOPT_SAM_GROUP_ADAPTIVE, -1.0),
                      REGOPT_ERR_OUT_OF_RANGE);
-    ck_assert_int_eq(regopt_trainer_set_group(r->t, 5, REGOPT_GROUP_SAM_ADAPTIVE, 2.0),
+    ck_assert_int_eq(regopt_regularizer_set_group(s, 5, REGOPT_SAM_GROUP_ADAPTIVE, NAN),
                      REGOPT_ERR_OUT_OF_RANGE);
-    ck_assert_int_eq(regopt_trainer_set_group(r->t, 5, REGOPT_GROUP_SAM_ADAPTIVE, -1.0),
-                     REGOPT_ERR_OUT_OF_RANGE);
-    ck_assert_int_eq(regopt_trainer_set_group(r->t, 5, REGOPT_GROUP_SAM_ADAPTIVE, NAN),
-                     REGOPT_ERR_OUT_OF_RANGE);
-    ck_assert_ptr_nonnull(strstr(regopt_trainer_message(r->t), "group.sam_adaptive"));
-    MUST(regopt_trainer_get_group(r->t, 5, REGOPT_GROUP_SAM_ADAPTIVE, &v));
+    ck_assert_ptr_nonnull(strstr(regopt_regularizer_message(s), "sam.group_adaptive"));
+    RMUST(s, regopt_regularizer_get_group(s, 5, REGOPT_SAM_GROUP_ADAPTIVE, &v));
     ck_assert_double_eq(v, 0.0);
-    ck_assert_int_eq(regopt_trainer_set_group(r->t, 0, REGOPT_GROUP_LR_SCALE, 1.0),
+    ck_assert_int_eq(regopt_regularizer_set_group(s, 0, REGOPT_GROUP_LR_SCALE, 1.0),
                      REGOPT_ERR_UNKNOWN_KEY);
-    ck_assert_int_eq(regopt_trainer_set_group(r->t, 0, REGOPT_SAM_RHO, 1.0),
+    ck_assert_int_eq(regopt_regularizer_set_group(s, 0, REGOPT_SAM_RHO, 1.0),
                      REGOPT_ERR_UNKNOWN_KEY);
-    ck_assert_int_eq(regopt_trainer_get_group(r->t, 0, REGOPT_GROUP_SAM_ADAPTIVE, NULL),
+    ck_assert_int_eq(regopt_regularizer_get_group(s, 0, REGOPT_SAM_GROUP_ADAPTIVE, NULL),
                      REGOPT_ERR_NULL_POINTER);
-    ck_assert_int_eq(regopt_trainer_set_group(NULL, 0, REGOPT_GROUP_SAM_ADAPTIVE, 1.0),
+    ck_assert_int_eq(regopt_regularizer_set_group(NULL, 0, REGOPT_SAM_GROUP_ADAPTIVE, 1.0),
                      REGOPT_ERR_NULL_POINTER);
-    ck_assert_int_eq(regopt_trainer_set_double(r->t, REGOPT_GROUP_SAM_ADAPTIVE, 1.0),
+    ck_assert_int_eq(regopt_regularizer_get_group(NULL, 0, REGOPT_SAM_GROUP_ADAPTIVE, &v),
+                     REGOPT_ERR_NULL_POINTER);
+    /* a group key is no plain key, of the handle or of the trainer */
+    ck_assert_int_eq(regopt_regularizer_set_double(s, REGOPT_SAM_GROUP_ADAPTIVE, 1.0),
                      REGOPT_ERR_UNKNOWN_KEY);
+    ck_assert_int_eq(regopt_trainer_set_double(r->t, REGOPT_SAM_GROUP_ADAPTIVE, 1.0),
+                     REGOPT_ERR_UNKNOWN_KEY);
+    /* nor an optimizer group key */
+    ck_assert_int_eq(regopt_optimizer_set_group(r->o, 0, REGOPT_SAM_GROUP_ADAPTIVE, 1.0),
+                     REGOPT_ERR_UNKNOWN_KEY);
+    /* group settings survive attach and can change while attached */
+    TMUST(r->t, regopt_trainer_attach(r->t, s));
+    RMUST(s, regopt_regularizer_get_group(s, 5, REGOPT_SAM_GROUP_ADAPTIVE, &v));
+    ck_assert_double_eq(v, 0.0);
+    RMUST(s, regopt_regularizer_set_group(s, 5, REGOPT_SAM_GROUP_ADAPTIVE, 1.0));
+    RMUST(s, regopt_regularizer_get_group(s, 5, REGOPT_SAM_GROUP_ADAPTIVE, &v));
+    ck_assert_double_eq(v, 1.0);
     lrun_close(r);
 }
 END_TEST
@@ -1228,14 +1372,14 @@ START_TEST(asam_skips_non_adaptive_groups)
      * T = [2.01, 1], ||T g|| = ||[4.02, 5]||, eps = rho T^2 g / ||T g|| */
     qrun *r = qrun_open(REGOPT_SGD, 0.1, 2.0, 0.5, 1);
     double nrm = sqrt(4.02 * 4.02 + 25.0);
-    TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_SAM));
+    TMUST(r->t, regopt_trainer_attach(r->t, r->sam));
     qset(r, REGOPT_SAM_ADAPTIVE, 1);
     qset(r, REGOPT_SAM_RHO, 0.5);
-    TMUST(r->t, regopt_trainer_set_group(r->t, 1, REGOPT_GROUP_SAM_ADAPTIVE, 0.0));
+    RMUST(r->sam, regopt_regularizer_set_group(r->sam, 1, REGOPT_SAM_GROUP_ADAPTIVE, 0.0));
     qstep(r, 1);
     near((double)r->q.seen[1][0] - 2.0, 0.5 * 2.01 * 2.01 * 2.0 / nrm, 1e-6, 1.0, "eps a");
     near((double)r->q.seen[1][1] - 0.5, 0.5 * 5.0 / nrm, 1e-6, 1.0, "eps b (unscaled)");
-    near(stat(r->t, REGOPT_STAT_SAM_ASCENT_NORM), nrm, 1e-7, 1.0, "ascent norm");
+    near(rstat(r->sam, REGOPT_STAT_SAM_ASCENT_NORM), nrm, 1e-7, 1.0, "ascent norm");
     qrun_close(r);
 }
 END_TEST
@@ -1252,7 +1396,7 @@ START_TEST(no_allocation_in_sam_steps)
     lrun *r = lrun_open(REGOPT_ADAM, 0.05, &a, 0);
     long before;
     int i;
-    TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_SAM));
+    TMUST(r->t, regopt_trainer_attach(r->t, r->sam));
     lset(r, REGOPT_SAM_M_ROWS, 3);
     lset(r, REGOPT_SAM_GSAM, 1);
     lset(r, REGOPT_SAM_ADAPTIVE, 1);
@@ -1304,7 +1448,8 @@ Suite *suite_sam(void)
     suite_add_tcase(s, tc);
     tc = tcase_create("options");
     tcase_add_test(tc, sam_options_bounds_and_defaults);
-    tcase_add_test(tc, regularizer_add_and_remove);
+    tcase_add_test(tc, sam_statistics_keys);
+    tcase_add_test(tc, regularizer_attach_and_detach);
     tcase_add_test(tc, group_sam_adaptive_key);
     suite_add_tcase(s, tc);
     tc = tcase_create("memory");

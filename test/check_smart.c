@@ -198,11 +198,18 @@ static int sm_backward(const regopt_pass *p, void *user)
 
 /* ---- runs ---------------------------------------------------------------- */
 
+#define SM_MAX_REGS 8
+
 typedef struct sm_run {
     sm_host h;
     regopt_model *m;
     regopt_optimizer *o;
     regopt_trainer *t;
+    regopt_allocator a; /* the run's allocator (has_a), used for its regularizers too */
+    int has_a;
+    regopt_regularizer *smart, *breg, *sam, *rdrop; /* the attached handles */
+    regopt_regularizer *regs[SM_MAX_REGS];          /* every handle sm_new made */
+    int nregs;
 } sm_run;
 
 /* A (k x d) and b from a fixed formula unless A0 is given (then b = 0). */
@@ -213,6 +220,10 @@ static sm_run *sm_open(size_t d, size_t k, int slots, regopt_loss_kind loss, dou
     size_t i;
     regopt_status st;
     ck_assert_ptr_nonnull(r);
+    if (a) {
+        r->a = *a;
+        r->has_a = 1;
+    }
     r->h.d = d;
     r->h.k = k;
     for (i = 0; i < k * d; i++)
@@ -239,17 +250,46 @@ static sm_run *sm_open(size_t d, size_t k, int slots, regopt_loss_kind loss, dou
     return r;
 }
 
+/* The trainer first (it detaches everything), then the regularizers. */
 static void sm_close(sm_run *r)
 {
+    int i;
     regopt_trainer_free(r->t);
+    for (i = 0; i < r->nregs; i++) {
+        ck_assert_ptr_null(regopt_regularizer_get_trainer(r->regs[i]));
+        regopt_regularizer_free(r->regs[i]);
+    }
     regopt_optimizer_free(r->o);
     regopt_model_free(r->m);
     free(r);
 }
 
-static void sm_setd(sm_run *r, regopt_key key, double v)
+/* A new regularizer of `kind`, from the run's allocator, freed by sm_close. */
+static regopt_regularizer *sm_new(sm_run *r, regopt_regularizer_kind kind)
 {
-    SM_TMUST(r->t, regopt_trainer_set_double(r->t, key, v));
+    regopt_status st = REGOPT_OK;
+    regopt_regularizer *g = regopt_regularizer_create(kind, r->has_a ? &r->a : NULL, &st);
+    ck_assert_msg(g != NULL, "regopt_regularizer_create(%d) -> %s: %s", (int)kind,
+                  regopt_status_string(st), regopt_last_error_message());
+    ck_assert_int_lt(r->nregs, SM_MAX_REGS);
+    r->regs[r->nregs++] = g;
+    ck_assert_int_eq(regopt_regularizer_get_kind(g), kind);
+    ck_assert_ptr_null(regopt_regularizer_get_trainer(g));
+    return g;
+}
+
+/* sm_new, then attach it to the run's trainer. */
+static regopt_regularizer *sm_attach(sm_run *r, regopt_regularizer_kind kind)
+{
+    regopt_regularizer *g = sm_new(r, kind);
+    SM_TMUST(r->t, regopt_trainer_attach(r->t, g));
+    ck_assert_ptr_eq(regopt_regularizer_get_trainer(g), r->t);
+    return g;
+}
+
+static void sm_rset(regopt_regularizer *g, regopt_key key, double v)
+{
+    RMUST(g, regopt_regularizer_set_double(g, key, v));
 }
 
 static double sm_get(const regopt_trainer *t, regopt_key key)
@@ -263,21 +303,21 @@ static double sm_get(const regopt_trainer *t, regopt_key key)
 static void sm_smart(sm_run *r, double lambda, double eps, double sigma, double eta, int K,
                      int norm, int mtdnn)
 {
-    SM_TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_SMART));
-    sm_setd(r, REGOPT_SMART_LAMBDA, lambda);
-    sm_setd(r, REGOPT_SMART_EPSILON, eps);
-    sm_setd(r, REGOPT_SMART_SIGMA, sigma);
-    sm_setd(r, REGOPT_SMART_ETA, eta);
-    sm_setd(r, REGOPT_SMART_STEPS, K);
-    sm_setd(r, REGOPT_SMART_NORM, norm);
-    sm_setd(r, REGOPT_SMART_MTDNN, mtdnn);
+    regopt_regularizer *g = r->smart = sm_attach(r, REGOPT_REG_SMART);
+    sm_rset(g, REGOPT_SMART_LAMBDA, lambda);
+    sm_rset(g, REGOPT_SMART_EPSILON, eps);
+    sm_rset(g, REGOPT_SMART_SIGMA, sigma);
+    sm_rset(g, REGOPT_SMART_ETA, eta);
+    sm_rset(g, REGOPT_SMART_STEPS, K);
+    sm_rset(g, REGOPT_SMART_NORM, norm);
+    sm_rset(g, REGOPT_SMART_MTDNN, mtdnn);
 }
 
 static void sm_bregman(sm_run *r, double mu, double beta)
 {
-    SM_TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_BREGMAN));
-    sm_setd(r, REGOPT_BREGMAN_MU, mu);
-    sm_setd(r, REGOPT_BREGMAN_BETA, beta);
+    r->breg = sm_attach(r, REGOPT_REG_BREGMAN);
+    sm_rset(r->breg, REGOPT_BREGMAN_MU, mu);
+    sm_rset(r->breg, REGOPT_BREGMAN_BETA, beta);
 }
 
 /* ---- batches ------------------------------------------------------------- */
@@ -629,7 +669,7 @@ START_TEST(mtdnn_library_follows_the_update)
         sm_near(f1->pert[j], nu1[j], 1e-6, 1.0, "nu1 = d/(|d|_inf + eps)", j);
     }
     /* unit inf-norm perturbation (up to eps) */
-    sm_near(sm_get(r->t, REGOPT_STAT_SMART_NOISE_NORM), ref_norm(nu1, 2, 0), 1e-6, 1.0,
+    sm_near(rstat(r->smart, REGOPT_STAT_SMART_NOISE_NORM), ref_norm(nu1, 2, 0), 1e-6, 1.0,
             "noise norm", 0);
     sm_close(r);
 }
@@ -656,8 +696,8 @@ START_TEST(noise_scales_with_sigma)
             const sm_rec *fin = sm_must_find(&r->h, 0, 1, 0, 0, 0, 1);
             for (i = 0; i < n; i++)
                 ck_assert_float_eq(fin->pert[i], 0.0f);
-            ck_assert_double_eq(sm_get(r->t, REGOPT_STAT_SMART_RS), 0.0);
-            ck_assert_double_eq(sm_get(r->t, REGOPT_STAT_SMART_NOISE_NORM), 0.0);
+            ck_assert_double_eq(rstat(r->smart, REGOPT_STAT_SMART_RS), 0.0);
+            ck_assert_double_eq(rstat(r->smart, REGOPT_STAT_SMART_NOISE_NORM), 0.0);
         }
         sm_close(r);
     }
@@ -719,7 +759,7 @@ static void check_paper_mode(int p)
         }
     }
     ck_assert_ptr_null(sm_find(&r->h, 0, 1, 0, 0, 0, K + 1));
-    sm_near(sm_get(r->t, REGOPT_STAT_SMART_NOISE_NORM), noise / (double)rows, 1e-6, 1e-9,
+    sm_near(rstat(r->smart, REGOPT_STAT_SMART_NOISE_NORM), noise / (double)rows, 1e-6, 1e-9,
             "stat.smart_noise_norm", p);
     sm_close(r);
 }
@@ -783,7 +823,7 @@ static void check_rs_gradients(regopt_loss_kind loss)
         }
     }
     ck_assert_msg(R > 1e-6, "R_s = %g is too small to test anything", R);
-    sm_near(sm_get(r->t, REGOPT_STAT_SMART_RS), R, 1e-5, 1e-9, "stat.smart_rs", 0);
+    sm_near(rstat(r->smart, REGOPT_STAT_SMART_RS), R, 1e-5, 1e-9, "stat.smart_rs", 0);
     sm_near(sm_get(r->t, REGOPT_STAT_LOSS), task, 1e-5, 1e-9, "stat.loss", 0);
     sm_near(sm_get(r->t, REGOPT_STAT_OBJECTIVE), task + lambda * R, 1e-5, 1e-9,
             "stat.objective", 0);
@@ -830,7 +870,7 @@ static void check_bregman_gradients(regopt_loss_kind loss)
                     (int)(i * k + j));
     }
     ck_assert_msg(D > 1e-6, "D_Breg = %g is too small to test anything", D);
-    sm_near(sm_get(r->t, REGOPT_STAT_BREGMAN_D), D, 1e-5, 1e-9, "stat.bregman_d", 0);
+    sm_near(rstat(r->breg, REGOPT_STAT_BREGMAN_D), D, 1e-5, 1e-9, "stat.bregman_d", 0);
     sm_near(sm_get(r->t, REGOPT_STAT_OBJECTIVE), task + mu * D, 1e-5, 1e-9, "stat.objective",
             0);
     sm_close(r);
@@ -854,7 +894,7 @@ static void check_order(int bregman, int K, int same_seed)
     size_t mb;
     sm_fill(&s, count, 2, 1, 2, 3, 0, 0, 5);
     sm_smart(r, 1.0, 0.1, 0.01, 0.01, K, REGOPT_SMART_NORM_INF, 0);
-    SM_TMUST(r->t, regopt_trainer_set_int(r->t, REGOPT_SMART_SAME_SEED, same_seed));
+    RMUST(r->smart, regopt_regularizer_set_int(r->smart, REGOPT_SMART_SAME_SEED, same_seed));
     if (bregman)
         sm_bregman(r, 1.0, 0.9);
     sm_step(r, &s);
@@ -968,7 +1008,7 @@ START_TEST(rdrop_moves_smart_to_slot_2)
     sm_set s;
     int i, adv = 0;
     sm_fill(&s, 1, 2, 1, 2, 3, 0, 0, 7);
-    SM_TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_RDROP));
+    r->rdrop = sm_attach(r, REGOPT_REG_RDROP);
     sm_smart(r, 1.0, 0.1, 0.01, 0.01, 2, REGOPT_SMART_NORM_INF, 0);
     sm_step(r, &s);
     for (i = 0; i < r->h.nrec; i++)
@@ -986,11 +1026,17 @@ END_TEST
 /* 5. The Bregman teacher                                                   */
 /* ======================================================================== */
 
+/* bregman.switch_step left at its default (not set at all) */
+#define SW_UNSET INT64_MIN
+
 /* EMA of the weights against a double reference: w~_0 = w_0, and after the
  * update that makes step u (1-based), w~ = beta_u w~ + (1 - beta_u) w_u with
- * beta_u = beta for u <= switch * total_steps, beta_late after. */
-static void check_teacher(double beta, double beta_late, double sw, int64_t total,
-                          int with_smart)
+ * beta_u = beta for u <= switch * total_steps, beta_late after -- or, with
+ * bregman.switch_step = n >= 0, beta for u <= n (the updates of steps
+ * 0 .. n-1), beta_late after, whatever total_steps is. switch_step -1 is set
+ * explicitly (after 2, to see that -1 really restores the fraction rule). */
+static void check_teacher_at(double beta, double beta_late, double sw, int64_t total,
+                             int with_smart, int64_t switch_step)
 {
     const size_t d = 2, k = 3, count = 2, nw = k * d + k;
     sm_run *r = sm_open(d, k, 2, REGOPT_LOSS_SOFTMAX_CE, 0.5, NULL, NULL);
@@ -1000,8 +1046,17 @@ static void check_teacher(double beta, double beta_late, double sw, int64_t tota
     int step;
     size_t i;
     sm_bregman(r, 1.0, beta);
-    sm_setd(r, REGOPT_BREGMAN_BETA_LATE, beta_late);
-    sm_setd(r, REGOPT_BREGMAN_SWITCH, sw);
+    sm_rset(r->breg, REGOPT_BREGMAN_BETA_LATE, beta_late);
+    sm_rset(r->breg, REGOPT_BREGMAN_SWITCH, sw);
+    if (switch_step != SW_UNSET) {
+        int64_t v = -12345;
+        if (switch_step == -1)
+            RMUST(r->breg, regopt_regularizer_set_int(r->breg, REGOPT_BREGMAN_SWITCH_STEP, 2));
+        RMUST(r->breg,
+              regopt_regularizer_set_int(r->breg, REGOPT_BREGMAN_SWITCH_STEP, switch_step));
+        RMUST(r->breg, regopt_regularizer_get_int(r->breg, REGOPT_BREGMAN_SWITCH_STEP, &v));
+        ck_assert_int_eq(v, switch_step);
+    }
     SM_MUST(regopt_optimizer_set_int(r->o, REGOPT_OPT_TOTAL_STEPS, total));
     if (with_smart)
         sm_smart(r, 1.0, 0.1, 0.01, 0.01, 1, REGOPT_SMART_NORM_INF, 0);
@@ -1042,17 +1097,32 @@ static void check_teacher(double beta, double beta_late, double sw, int64_t tota
             }
         }
         if (beta == 0.0 || step == 0)
-            ck_assert_double_eq(sm_get(r->t, REGOPT_STAT_BREGMAN_D), 0.0);
-        late = total > 0 && (double)step >= sw * (double)total;
+            ck_assert_double_eq(rstat(r->breg, REGOPT_STAT_BREGMAN_D), 0.0);
+        if (switch_step != SW_UNSET && switch_step >= 0)
+            late = step >= switch_step;
+        else
+            late = total > 0 && (double)step >= sw * (double)total;
         bu = late ? beta_late : beta;
-        sm_near(sm_get(r->t, REGOPT_STAT_BREGMAN_BETA), bu, 1e-7, 1e-9, "stat.bregman_beta",
+        sm_near(rstat(r->breg, REGOPT_STAT_BREGMAN_BETA), bu, 1e-7, 1e-9, "stat.bregman_beta",
                 step);
+        if (switch_step != SW_UNSET) /* the beta in force, as the float the EMA used */
+            ck_assert_msg(rstat(r->breg, REGOPT_STAT_BREGMAN_BETA) == (double)(float)bu,
+                          "switch_step %lld, step %d: bregman.beta_used %.17g, want %s "
+                          "(float) %.17g",
+                          (long long)switch_step, step, rstat(r->breg, REGOPT_STAT_BREGMAN_BETA),
+                          late ? "beta_late" : "beta", (double)(float)bu);
         for (i = 0; i < k * d; i++)
             ema[i] = bu * ema[i] + (1.0 - bu) * r->h.A[i];
         for (i = 0; i < k; i++)
             ema[k * d + i] = bu * ema[k * d + i] + (1.0 - bu) * r->h.b[i];
     }
     sm_close(r);
+}
+
+static void check_teacher(double beta, double beta_late, double sw, int64_t total,
+                          int with_smart)
+{
+    check_teacher_at(beta, beta_late, sw, total, with_smart, SW_UNSET);
 }
 
 START_TEST(teacher_ema) { check_teacher(0.6, 0.6, 0.1, 0, 0); }
@@ -1062,6 +1132,37 @@ END_TEST
 START_TEST(teacher_beta_switch_default_fraction) { check_teacher(0.5, 0.9, 0.1, 20, 0); }
 END_TEST
 START_TEST(teacher_beta_zero_is_previous_weights) { check_teacher(0.0, 0.0, 0.1, 0, 1); }
+END_TEST
+
+/* bregman.switch_step: with total_steps 0 (where the fraction rule never
+ * switches) steps 0..2 use beta and steps 3.. beta_late. */
+START_TEST(teacher_switch_step_without_total_steps)
+{
+    check_teacher_at(0.6, 0.2, 0.1, 0, 0, 3);
+    check_teacher_at(0.5, 0.9, 0.1, 0, 1, 3); /* with SMART, beta_late > beta */
+}
+END_TEST
+
+/* switch_step 0: beta_late from the first update on. */
+START_TEST(teacher_switch_step_zero) { check_teacher_at(0.6, 0.2, 0.1, 0, 0, 0); }
+END_TEST
+
+/* switch_step wins over the fraction: total 10, switch 0.5 would switch at
+ * step 5; switch_step 2 switches at step 2 (and 6 would at 6). */
+START_TEST(teacher_switch_step_overrides_fraction)
+{
+    check_teacher_at(0.6, 0.2, 0.5, 10, 0, 2);
+    check_teacher_at(0.6, 0.2, 0.3, 10, 0, 6);
+}
+END_TEST
+
+/* switch_step -1 (the default, here set back after 2): the fraction rule,
+ * switching at 0.5 * 10 = step 5; with total_steps 0, never. */
+START_TEST(teacher_switch_step_minus_one_is_fraction_rule)
+{
+    check_teacher_at(0.6, 0.2, 0.5, 10, 0, -1);
+    check_teacher_at(0.6, 0.2, 0.5, 0, 0, -1);
+}
 END_TEST
 
 /* ======================================================================== */
@@ -1106,12 +1207,12 @@ static void check_stats(int p, regopt_loss_kind loss)
         }
     }
     ck_assert(R > 1e-7 && D > 1e-7);
-    sm_near(sm_get(r->t, REGOPT_STAT_SMART_RS), R, 1e-5, 1e-9, "stat.smart_rs", p);
-    sm_near(sm_get(r->t, REGOPT_STAT_BREGMAN_D), D, 1e-5, 1e-9, "stat.bregman_d", p);
+    sm_near(rstat(r->smart, REGOPT_STAT_SMART_RS), R, 1e-5, 1e-9, "stat.smart_rs", p);
+    sm_near(rstat(r->breg, REGOPT_STAT_BREGMAN_D), D, 1e-5, 1e-9, "stat.bregman_d", p);
     sm_near(sm_get(r->t, REGOPT_STAT_LOSS), task, 1e-5, 1e-9, "stat.loss", p);
-    sm_near(sm_get(r->t, REGOPT_STAT_SMART_NOISE_NORM), noise / nrows, 1e-6, 1e-9,
+    sm_near(rstat(r->smart, REGOPT_STAT_SMART_NOISE_NORM), noise / nrows, 1e-6, 1e-9,
             "stat.smart_noise_norm", p);
-    sm_near(sm_get(r->t, REGOPT_STAT_BREGMAN_BETA), 0.5, 1e-7, 1e-9, "stat.bregman_beta", p);
+    sm_near(rstat(r->breg, REGOPT_STAT_BREGMAN_BETA), 0.5, 1e-7, 1e-9, "stat.bregman_beta", p);
     sm_near(sm_get(r->t, REGOPT_STAT_OBJECTIVE), task + lambda * R + mu * D, 1e-5, 1e-9,
             "stat.objective", p);
     sm_close(r);
@@ -1124,16 +1225,33 @@ END_TEST
 START_TEST(stats_l2_ce) { check_stats(REGOPT_SMART_NORM_L2, REGOPT_LOSS_SOFTMAX_CE); }
 END_TEST
 
-/* Statistics read 0 before the first step and cannot be set. */
+/* Statistics read 0 before the first step (before and after attach) and
+ * cannot be set: on their handle they are read-only (REGOPT_ERR_STATE, as
+ * for the trainer's statistics), and since 1.0 they are not trainer keys. */
 START_TEST(stats_read_only)
 {
     sm_run *r = sm_open(2, 3, 2, REGOPT_LOSS_SOFTMAX_CE, 0.1, NULL, NULL);
     regopt_key keys[4] = {REGOPT_STAT_SMART_RS, REGOPT_STAT_SMART_NOISE_NORM,
                           REGOPT_STAT_BREGMAN_D, REGOPT_STAT_BREGMAN_BETA};
-    int i;
-    for (i = 0; i < 4; i++) {
-        ck_assert_double_eq(sm_get(r->t, keys[i]), 0.0);
-        ck_assert_int_eq(regopt_trainer_set_double(r->t, keys[i], 0.0), REGOPT_ERR_STATE);
+    regopt_regularizer *smart = sm_new(r, REGOPT_REG_SMART);
+    regopt_regularizer *breg = sm_new(r, REGOPT_REG_BREGMAN);
+    int i, attached;
+    for (attached = 0; attached < 2; attached++) {
+        if (attached) {
+            SM_TMUST(r->t, regopt_trainer_attach(r->t, smart));
+            SM_TMUST(r->t, regopt_trainer_attach(r->t, breg));
+        }
+        for (i = 0; i < 4; i++) {
+            regopt_regularizer *g = i < 2 ? smart : breg;
+            regopt_status st;
+            ck_assert_double_eq(rstat(g, keys[i]), 0.0);
+            st = regopt_regularizer_set_double(g, keys[i], 1.0);
+            ck_assert_msg(st == REGOPT_ERR_STATE, "setting statistic %d on its handle: %s",
+                          (int)keys[i], regopt_status_string(st));
+            ck_assert_double_eq(rstat(g, keys[i]), 0.0);
+            ck_assert_int_eq(regopt_trainer_set_double(r->t, keys[i], 0.0),
+                             REGOPT_ERR_UNKNOWN_KEY);
+        }
     }
     sm_close(r);
 }
@@ -1145,8 +1263,8 @@ END_TEST
 
 static void sm_sam(sm_run *r)
 {
-    SM_TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_SAM));
-    sm_setd(r, REGOPT_SAM_RHO, 0.05);
+    r->sam = sm_attach(r, REGOPT_REG_SAM);
+    sm_rset(r->sam, REGOPT_SAM_RHO, 0.05);
 }
 
 START_TEST(sam_counts_and_restores)
@@ -1171,7 +1289,7 @@ START_TEST(sam_counts_and_restores)
     ck_assert_int_eq(r->h.forwards, (int)count * (1 + 2 * (K + 2)));
     ck_assert_int_eq(r->h.backwards, (int)count * 2 * (K + 2));
     ck_assert_double_eq(sm_get(r->t, REGOPT_STAT_FORWARD_CALLS), (double)r->h.forwards);
-    ck_assert_double_eq(sm_get(r->t, REGOPT_STAT_SAM_APPLIED), 1.0);
+    ck_assert_double_eq(rstat(r->sam, REGOPT_STAT_SAM_APPLIED), 1.0);
     for (i = 0; i < r->h.nrec; i++) {
         const sm_rec *c = &r->h.rec[i];
         if (i < (int)count) {
@@ -1200,7 +1318,7 @@ START_TEST(sam_counts_and_restores)
     for (j = 0; j < k; j++)
         sm_near(r->h.b[j], (double)b0[j] - 0.25 * r->h.gb[j], 1e-6, 1.0, "b", (int)j);
     /* the SMART statistics are those of the clean evaluation */
-    ck_assert(sm_get(r->t, REGOPT_STAT_SMART_RS) > 0.0);
+    ck_assert(rstat(r->smart, REGOPT_STAT_SMART_RS) > 0.0);
     sm_close(r);
 }
 END_TEST
@@ -1290,32 +1408,55 @@ END_TEST
 /* 8. Errors and options                                                    */
 /* ======================================================================== */
 
+/* attach(g) fails with `want`, and g stays unattached and the trainer's
+ * regularizer count is unchanged (on failure nothing changes). */
+static void sm_attach_fails(sm_run *r, regopt_regularizer *g, regopt_status want)
+{
+    size_t n = regopt_trainer_regularizer_count(r->t);
+    regopt_trainer *owner = regopt_regularizer_get_trainer(g);
+    regopt_status st = regopt_trainer_attach(r->t, g);
+    ck_assert_msg(st == want, "attach of kind %d -> %s, want %s (%s)",
+                  (int)regopt_regularizer_get_kind(g), regopt_status_string(st),
+                  regopt_status_string(want), regopt_trainer_message(r->t));
+    ck_assert_uint_eq(regopt_trainer_regularizer_count(r->t), n);
+    ck_assert_ptr_eq(regopt_regularizer_get_trainer(g), owner);
+}
+
 START_TEST(smart_needs_input_width_and_slots)
 {
     sm_run *r = sm_open(0, 3, 3, REGOPT_LOSS_SOFTMAX_CE, 0.1, NULL, NULL);
-    ck_assert_int_eq(regopt_trainer_add_regularizer(r->t, REGOPT_REG_SMART), REGOPT_ERR_STATE);
+    regopt_regularizer *smart, *breg;
+    smart = sm_new(r, REGOPT_REG_SMART);
+    sm_attach_fails(r, smart, REGOPT_ERR_STATE);
     ck_assert_msg(strstr(regopt_trainer_message(r->t), "input width") != NULL, "%s",
                   regopt_trainer_message(r->t));
-    SM_TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_BREGMAN));
+    sm_attach(r, REGOPT_REG_BREGMAN);
     sm_close(r);
 
     r = sm_open(2, 3, 1, REGOPT_LOSS_SOFTMAX_CE, 0.1, NULL, NULL);
-    ck_assert_int_eq(regopt_trainer_add_regularizer(r->t, REGOPT_REG_SMART), REGOPT_ERR_STATE);
+    smart = sm_new(r, REGOPT_REG_SMART);
+    sm_attach_fails(r, smart, REGOPT_ERR_STATE);
     ck_assert_msg(strstr(regopt_trainer_message(r->t), "slot") != NULL, "%s",
                   regopt_trainer_message(r->t));
     /* Bregman needs no extra slot */
-    SM_TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_BREGMAN));
-    ck_assert_int_eq(regopt_trainer_add_regularizer(r->t, REGOPT_REG_BREGMAN), REGOPT_ERR_STATE);
+    breg = sm_attach(r, REGOPT_REG_BREGMAN);
+    sm_attach_fails(r, sm_new(r, REGOPT_REG_BREGMAN), REGOPT_ERR_STATE); /* a second one */
+    sm_attach_fails(r, breg, REGOPT_ERR_STATE);                          /* the same twice */
+    ck_assert_uint_eq(regopt_trainer_regularizer_count(r->t), 1);
     sm_close(r);
 
     /* two slots: SMART alone fits, SMART with two-call R-Drop does not */
     r = sm_open(2, 3, 2, REGOPT_LOSS_SOFTMAX_CE, 0.1, NULL, NULL);
-    SM_TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_SMART));
-    ck_assert_int_eq(regopt_trainer_add_regularizer(r->t, REGOPT_REG_SMART), REGOPT_ERR_STATE);
-    ck_assert_int_eq(regopt_trainer_add_regularizer(r->t, REGOPT_REG_RDROP), REGOPT_ERR_STATE);
-    SM_TMUST(r->t, regopt_trainer_remove_regularizer(r->t, REGOPT_REG_SMART));
-    SM_TMUST(r->t, regopt_trainer_add_regularizer(r->t, REGOPT_REG_RDROP));
-    ck_assert_int_eq(regopt_trainer_add_regularizer(r->t, REGOPT_REG_SMART), REGOPT_ERR_STATE);
+    smart = sm_attach(r, REGOPT_REG_SMART);
+    sm_attach_fails(r, sm_new(r, REGOPT_REG_SMART), REGOPT_ERR_STATE);
+    sm_attach_fails(r, sm_new(r, REGOPT_REG_RDROP), REGOPT_ERR_STATE);
+    SM_TMUST(r->t, regopt_trainer_detach(r->t, smart));
+    ck_assert_ptr_null(regopt_regularizer_get_trainer(smart));
+    ck_assert_uint_eq(regopt_trainer_regularizer_count(r->t), 0);
+    sm_attach(r, REGOPT_REG_RDROP);
+    sm_attach_fails(r, smart, REGOPT_ERR_STATE); /* the detached handle, back: no slot */
+    ck_assert_msg(strstr(regopt_trainer_message(r->t), "slot") != NULL, "%s",
+                  regopt_trainer_message(r->t));
     sm_close(r);
 }
 END_TEST
@@ -1326,99 +1467,139 @@ typedef struct sm_key {
     int type;
     double min, max, def;
     uint32_t flags;
+    regopt_regularizer_kind kind; /* the handle the key belongs to */
 } sm_key;
 
 #define KD REGOPT_TYPE_DOUBLE
 #define KI REGOPT_TYPE_INT
+#define RS REGOPT_REG_SMART
+#define RB REGOPT_REG_BREGMAN
 /* from the header's comments */
 static const sm_key SM_KEYS[] = {
-    {REGOPT_SMART_LAMBDA, "smart.lambda", KD, 0, 1e4, 1, 0},
-    {REGOPT_SMART_EPSILON, "smart.epsilon", KD, 0, 1e3, 1e-5, REGOPT_KEY_MIN_EXCLUSIVE},
-    {REGOPT_SMART_SIGMA, "smart.sigma", KD, 0, 1e3, 1e-5, 0},
-    {REGOPT_SMART_ETA, "smart.eta", KD, 0, 1e3, 1e-3, 0},
-    {REGOPT_SMART_STEPS, "smart.steps", KI, 1, 100, 1, 0},
-    {REGOPT_SMART_NORM, "smart.norm", KI, 0, 2, REGOPT_SMART_NORM_INF, 0},
-    {REGOPT_SMART_MTDNN, "smart.mtdnn", KI, 0, 1, 0, 0},
-    {REGOPT_SMART_STABLE_KL, "smart.stable_kl", KI, 0, 1, 0, 0},
-    {REGOPT_SMART_SAME_SEED, "smart.same_seed", KI, 0, 1, 1, 0},
-    {REGOPT_BREGMAN_MU, "bregman.mu", KD, 0, 1e4, 1, 0},
-    {REGOPT_BREGMAN_BETA, "bregman.beta", KD, 0, 1, 0.99, REGOPT_KEY_MAX_EXCLUSIVE},
-    {REGOPT_BREGMAN_BETA_LATE, "bregman.beta_late", KD, 0, 1, 0.999, REGOPT_KEY_MAX_EXCLUSIVE},
-    {REGOPT_BREGMAN_SWITCH, "bregman.switch", KD, 0, 1, 0.1, 0},
+    {REGOPT_SMART_LAMBDA, "smart.lambda", KD, 0, 1e4, 1, 0, RS},
+    {REGOPT_SMART_EPSILON, "smart.epsilon", KD, 0, 1e3, 1e-5, REGOPT_KEY_MIN_EXCLUSIVE, RS},
+    {REGOPT_SMART_SIGMA, "smart.sigma", KD, 0, 1e3, 1e-5, 0, RS},
+    {REGOPT_SMART_ETA, "smart.eta", KD, 0, 1e3, 1e-3, 0, RS},
+    {REGOPT_SMART_STEPS, "smart.steps", KI, 1, 100, 1, 0, RS},
+    {REGOPT_SMART_NORM, "smart.norm", KI, 0, 2, REGOPT_SMART_NORM_INF, 0, RS},
+    {REGOPT_SMART_MTDNN, "smart.mtdnn", KI, 0, 1, 0, 0, RS},
+    {REGOPT_SMART_STABLE_KL, "smart.stable_kl", KI, 0, 1, 0, 0, RS},
+    {REGOPT_SMART_SAME_SEED, "smart.same_seed", KI, 0, 1, 1, 0, RS},
+    {REGOPT_BREGMAN_MU, "bregman.mu", KD, 0, 1e4, 1, 0, RB},
+    {REGOPT_BREGMAN_BETA, "bregman.beta", KD, 0, 1, 0.99, REGOPT_KEY_MAX_EXCLUSIVE, RB},
+    {REGOPT_BREGMAN_BETA_LATE, "bregman.beta_late", KD, 0, 1, 0.999, REGOPT_KEY_MAX_EXCLUSIVE,
+     RB},
+    {REGOPT_BREGMAN_SWITCH, "bregman.switch", KD, 0, 1, 0.1, 0, RB},
+    {REGOPT_BREGMAN_SWITCH_STEP, "bregman.switch_step", KI, -1, 2147483648.0, -1, 0, RB},
 };
 
-static void expect_out_of_range(sm_run *r, const sm_key *k, double v)
+static void expect_out_of_range(regopt_regularizer *g, const sm_key *k, double v)
 {
-    double before = sm_get(r->t, k->key);
-    regopt_status st = regopt_trainer_set_double(r->t, k->key, v);
+    double before = rstat(g, k->key);
+    regopt_status st = regopt_regularizer_set_double(g, k->key, v);
     ck_assert_msg(st == REGOPT_ERR_OUT_OF_RANGE, "%s = %g -> %s", k->name, v,
                   regopt_status_string(st));
-    ck_assert_msg(strstr(regopt_trainer_message(r->t), k->name) != NULL,
+    ck_assert_msg(strstr(regopt_regularizer_message(g), k->name) != NULL,
                   "message of %s = %g does not name the key: %s", k->name, v,
-                  regopt_trainer_message(r->t));
-    ck_assert_double_eq(sm_get(r->t, k->key), before);
+                  regopt_regularizer_message(g));
+    ck_assert_double_eq(rstat(g, k->key), before);
 }
 
-static void expect_accepted(sm_run *r, const sm_key *k, double v)
+static void expect_accepted(regopt_regularizer *g, const sm_key *k, double v)
 {
-    regopt_status st = regopt_trainer_set_double(r->t, k->key, v);
+    regopt_status st = regopt_regularizer_set_double(g, k->key, v);
     ck_assert_msg(st == REGOPT_OK, "%s = %.17g -> %s: %s", k->name, v, regopt_status_string(st),
-                  regopt_trainer_message(r->t));
-    ck_assert_double_eq(sm_get(r->t, k->key), v);
+                  regopt_regularizer_message(g));
+    ck_assert_double_eq(rstat(g, k->key), v);
+}
+
+/* The smallest integral double above an integer x (x + 1 rounds to x from
+ * 2^53 on). */
+static double int_above(double x)
+{
+    return x + 1.0 > x ? x + 1.0 : nextafter(x, HUGE_VAL);
 }
 
 START_TEST(option_bounds_and_defaults)
 {
     sm_run *r = sm_open(2, 3, 2, REGOPT_LOSS_SOFTMAX_CE, 0.1, NULL, NULL);
+    regopt_regularizer *smart = sm_new(r, REGOPT_REG_SMART);
+    regopt_regularizer *breg = sm_new(r, REGOPT_REG_BREGMAN);
     size_t i;
-    for (i = 0; i < sizeof SM_KEYS / sizeof SM_KEYS[0]; i++) {
-        const sm_key *k = &SM_KEYS[i];
-        const char *name = NULL;
-        int type = 0;
-        double mn = -1, mx = -1, def = -1;
-        uint32_t flags = 99;
-        regopt_key found = (regopt_key)0;
-        SM_MUST(regopt_key_info(k->key, &name, &type, &mn, &mx, &def, &flags));
-        ck_assert_str_eq(name, k->name);
-        ck_assert_int_eq(type, k->type);
-        ck_assert_msg(mn == k->min && mx == k->max, "%s: [%g, %g]", k->name, mn, mx);
-        ck_assert_msg(def == k->def, "%s: key_info default %g, header %g", k->name, def, k->def);
-        ck_assert_uint_eq(flags, k->flags);
-        SM_MUST(regopt_key_from_name(k->name, &found));
-        ck_assert_int_eq(found, k->key);
-        /* a new trainer holds the default (options work before the add) */
-        ck_assert_msg(sm_get(r->t, k->key) == k->def, "%s: trainer default %g", k->name,
-                      sm_get(r->t, k->key));
-        /* edges */
-        if (k->flags & REGOPT_KEY_MIN_EXCLUSIVE) {
-            expect_out_of_range(r, k, k->min);
-            expect_accepted(r, k, nextafter(k->min, HUGE_VAL));
-        } else {
-            expect_accepted(r, k, k->min);
-            expect_out_of_range(r, k, k->type == KI ? k->min - 1 : nextafter(k->min, -HUGE_VAL));
+    int attached;
+    /* options work before the attach and after it */
+    for (attached = 0; attached < 2; attached++) {
+        if (attached) {
+            SM_TMUST(r->t, regopt_trainer_attach(r->t, smart));
+            SM_TMUST(r->t, regopt_trainer_attach(r->t, breg));
         }
-        if (k->flags & REGOPT_KEY_MAX_EXCLUSIVE) {
-            expect_out_of_range(r, k, k->max);
-            expect_accepted(r, k, nextafter(k->max, -HUGE_VAL));
-        } else {
-            expect_accepted(r, k, k->max);
-            expect_out_of_range(r, k, k->type == KI ? k->max + 1 : nextafter(k->max, HUGE_VAL));
+        for (i = 0; i < sizeof SM_KEYS / sizeof SM_KEYS[0]; i++) {
+            const sm_key *k = &SM_KEYS[i];
+            regopt_regularizer *g = k->kind == RS ? smart : breg;
+            regopt_regularizer *other = k->kind == RS ? breg : smart;
+            const char *name = NULL;
+            int type = 0;
+            double mn = -1, mx = -1, def = -1, v = -1;
+            uint32_t flags = 99;
+            regopt_key found = (regopt_key)0;
+            SM_MUST(regopt_key_info(k->key, &name, &type, &mn, &mx, &def, &flags));
+            ck_assert_str_eq(name, k->name);
+            ck_assert_int_eq(type, k->type);
+            ck_assert_msg(mn == k->min && mx == k->max, "%s: [%g, %g]", k->name, mn, mx);
+            ck_assert_msg(def == k->def, "%s: key_info default %g, header %g", k->name, def,
+                          k->def);
+            ck_assert_uint_eq(flags, k->flags);
+            SM_MUST(regopt_key_from_name(k->name, &found));
+            ck_assert_int_eq(found, k->key);
+            /* a new regularizer holds the default */
+            ck_assert_msg(rstat(g, k->key) == k->def, "%s: regularizer default %g (attached %d)",
+                          k->name, rstat(g, k->key), attached);
+            /* edges */
+            if (k->flags & REGOPT_KEY_MIN_EXCLUSIVE) {
+                expect_out_of_range(g, k, k->min);
+                expect_accepted(g, k, nextafter(k->min, HUGE_VAL));
+            } else {
+                expect_accepted(g, k, k->min);
+                expect_out_of_range(g, k,
+                                    k->type == KI ? k->min - 1 : nextafter(k->min, -HUGE_VAL));
+            }
+            if (k->flags & REGOPT_KEY_MAX_EXCLUSIVE) {
+                expect_out_of_range(g, k, k->max);
+                expect_accepted(g, k, nextafter(k->max, -HUGE_VAL));
+            } else {
+                expect_accepted(g, k, k->max);
+                expect_out_of_range(g, k,
+                                    k->type == KI ? int_above(k->max) : nextafter(k->max, HUGE_VAL));
+            }
+            expect_out_of_range(g, k, NAN);
+            expect_out_of_range(g, k, HUGE_VAL);
+            expect_out_of_range(g, k, -HUGE_VAL);
+            if (k->type == KI) {
+                int64_t iv = -12345;
+                expect_out_of_range(g, k, k->min + 0.5);
+                ck_assert_int_eq(regopt_regularizer_set_int(g, k->key, (int64_t)k->max + 1),
+                                 REGOPT_ERR_OUT_OF_RANGE);
+                ck_assert_int_eq(regopt_regularizer_set_int(g, k->key, (int64_t)k->min - 1),
+                                 REGOPT_ERR_OUT_OF_RANGE);
+                RMUST(g, regopt_regularizer_set_int(g, k->key, (int64_t)k->min));
+                RMUST(g, regopt_regularizer_get_int(g, k->key, &iv));
+                ck_assert_int_eq(iv, (int64_t)k->min);
+            }
+            /* back to the default */
+            expect_accepted(g, k, k->def);
+            /* a key of one kind: not a key of the other kind, nor of the
+               trainer (since 1.0) or the optimizer */
+            ck_assert_int_eq(regopt_regularizer_set_double(other, k->key, k->def),
+                             REGOPT_ERR_UNKNOWN_KEY);
+            ck_assert_int_eq(regopt_regularizer_get_double(other, k->key, &v),
+                             REGOPT_ERR_UNKNOWN_KEY);
+            ck_assert_int_eq(regopt_trainer_set_double(r->t, k->key, k->def),
+                             REGOPT_ERR_UNKNOWN_KEY);
+            ck_assert_int_eq(regopt_optimizer_set_double(r->o, k->key, k->def),
+                             REGOPT_ERR_UNKNOWN_KEY);
+            ck_assert_double_eq(rstat(g, k->key), k->def);
         }
-        expect_out_of_range(r, k, NAN);
-        expect_out_of_range(r, k, HUGE_VAL);
-        expect_out_of_range(r, k, -HUGE_VAL);
-        if (k->type == KI) {
-            expect_out_of_range(r, k, k->min + 0.5);
-            ck_assert_int_eq(regopt_trainer_set_int(r->t, k->key, (int64_t)k->max + 1),
-                             REGOPT_ERR_OUT_OF_RANGE);
-            SM_TMUST(r->t, regopt_trainer_set_int(r->t, k->key, (int64_t)k->min));
-        }
-        /* back to the default */
-        expect_accepted(r, k, k->def);
     }
-    /* options of one regularizer are trainer keys: not optimizer keys */
-    ck_assert_int_eq(regopt_optimizer_set_double(r->o, REGOPT_SMART_LAMBDA, 1.0),
-                     REGOPT_ERR_UNKNOWN_KEY);
     sm_close(r);
 }
 END_TEST
@@ -1544,6 +1725,7 @@ START_TEST(ragged_input_rows_kept)
     regopt_model *m = regopt_model_create(NULL, NULL);
     regopt_optimizer *o = regopt_optimizer_create(REGOPT_ADAMW, NULL, NULL);
     regopt_trainer *t;
+    regopt_regularizer *smart;
     regopt_batch b;
     int i;
     memset(&r, 0, sizeof r);
@@ -1557,8 +1739,8 @@ START_TEST(ragged_input_rows_kept)
     SM_MUST(regopt_model_set_callbacks(m, ragged_forward, ragged_backward, &r, NULL));
     t = regopt_trainer_create(m, o, NULL);
     ck_assert_ptr_nonnull(t);
-    SM_TMUST(t, regopt_trainer_add_regularizer(t, REGOPT_REG_SMART));
-    SM_TMUST(t, regopt_trainer_set_int(t, REGOPT_SMART_STEPS, 2));
+    smart = tu_add(t, REGOPT_REG_SMART);
+    RMUST(smart, regopt_regularizer_set_int(smart, REGOPT_SMART_STEPS, 2));
     regopt_batch_init(&b);
     b.rows = 2;
     b.input_rows = 5; /* 2 + 3 tokens: not a multiple of 2 */
@@ -1569,6 +1751,7 @@ START_TEST(ragged_input_rows_kept)
         ck_assert_msg(r.seen_rows[i] == 5, "pass %d saw %zu embedding rows, want 5", i,
                       r.seen_rows[i]);
     regopt_trainer_free(t);
+    tu_free_regs();
     regopt_optimizer_free(o);
     regopt_model_free(m);
 }
@@ -1608,6 +1791,10 @@ Suite *suite_smart(void)
     tcase_add_test(tc, teacher_beta_switch);
     tcase_add_test(tc, teacher_beta_switch_default_fraction);
     tcase_add_test(tc, teacher_beta_zero_is_previous_weights);
+    tcase_add_test(tc, teacher_switch_step_without_total_steps);
+    tcase_add_test(tc, teacher_switch_step_zero);
+    tcase_add_test(tc, teacher_switch_step_overrides_fraction);
+    tcase_add_test(tc, teacher_switch_step_minus_one_is_fraction_rule);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("statistics");

@@ -95,6 +95,7 @@ static void run(int c, result *r)
     regopt_model *m = NULL;
     regopt_optimizer *o = NULL;
     regopt_trainer *t = NULL;
+    regopt_regularizer *sam = NULL, *rdrop = NULL;
     static const regopt_optimizer_kind kinds[CONFIGS] = {REGOPT_ADAMW, REGOPT_SGD, REGOPT_ADAM,
                                                          REGOPT_RADAM};
     size_t i;
@@ -132,17 +133,33 @@ static void run(int c, result *r)
     }
     TRY(r, regopt_trainer_set_int(t, REGOPT_TRAINER_SEED, 1000 + c));
     if (c == 1) { /* ASAM */
-        TRY(r, regopt_trainer_add_regularizer(t, REGOPT_REG_SAM));
-        TRY(r, regopt_trainer_set_int(t, REGOPT_SAM_ADAPTIVE, 1));
-        TRY(r, regopt_trainer_set_double(t, REGOPT_SAM_RHO, 0.2));
+        if (!(sam = regopt_regularizer_create(REGOPT_REG_SAM, NULL, &r->st))) {
+            r->line = __LINE__;
+            goto done;
+        }
+        TRY(r, regopt_trainer_attach(t, sam));
+        TRY(r, regopt_regularizer_set_int(sam, REGOPT_SAM_ADAPTIVE, 1));
+        TRY(r, regopt_regularizer_set_double(sam, REGOPT_SAM_RHO, 0.2));
     } else if (c == 2) {
-        TRY(r, regopt_trainer_add_regularizer(t, REGOPT_REG_RDROP));
-        TRY(r, regopt_trainer_set_double(t, REGOPT_RDROP_ALPHA, 1.0));
+        if (!(rdrop = regopt_regularizer_create(REGOPT_REG_RDROP, NULL, &r->st))) {
+            r->line = __LINE__;
+            goto done;
+        }
+        TRY(r, regopt_trainer_attach(t, rdrop));
+        TRY(r, regopt_regularizer_set_double(rdrop, REGOPT_RDROP_ALPHA, 1.0));
     } else if (c == 3) { /* GSAM with R-Drop, two micro-batches a step */
-        TRY(r, regopt_trainer_add_regularizer(t, REGOPT_REG_SAM));
-        TRY(r, regopt_trainer_set_int(t, REGOPT_SAM_GSAM, 1));
-        TRY(r, regopt_trainer_set_int(t, REGOPT_SAM_RHO_FOLLOWS_LR, 1));
-        TRY(r, regopt_trainer_add_regularizer(t, REGOPT_REG_RDROP));
+        if (!(sam = regopt_regularizer_create(REGOPT_REG_SAM, NULL, &r->st))) {
+            r->line = __LINE__;
+            goto done;
+        }
+        TRY(r, regopt_trainer_attach(t, sam));
+        TRY(r, regopt_regularizer_set_int(sam, REGOPT_SAM_GSAM, 1));
+        TRY(r, regopt_regularizer_set_int(sam, REGOPT_SAM_RHO_FOLLOWS_LR, 1));
+        if (!(rdrop = regopt_regularizer_create(REGOPT_REG_RDROP, NULL, &r->st))) {
+            r->line = __LINE__;
+            goto done;
+        }
+        TRY(r, regopt_trainer_attach(t, rdrop));
     }
     for (s = 0; s < STEPS; s++) {
         regopt_batch b[2];
@@ -166,7 +183,9 @@ static void run(int c, result *r)
     memcpy(r->w, h.w, sizeof h.w);
     memcpy(r->b, h.b, sizeof h.b);
 done:
-    regopt_trainer_free(t);
+    regopt_trainer_free(t); /* detaches the regularizers, then they can go */
+    regopt_regularizer_free(sam);
+    regopt_regularizer_free(rdrop);
     regopt_optimizer_free(o);
     regopt_model_free(m);
 }

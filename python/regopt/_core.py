@@ -39,7 +39,8 @@ from ._batch import Pass, BatchView, Batch
 from ._model import Model
 from ._optimizer import Optimizer, OPTIMIZER_KINDS
 from ._regularizers import (
-    Regularizer, SAM, RDrop, SMART, Bregman, REGULARIZERS, REGULARIZER_KINDS)
+    Regularizer, SAM, RDrop, SMART, Bregman, Term, TermView, REGULARIZERS, REGULARIZER_KINDS,
+    regularizer_kinds)
 from ._trainer import Trainer
 from ._rng import random_uniform, random_normal, dropout_mask
 
@@ -51,7 +52,8 @@ __all__ = [
     "last_error_message", "version", "version_number", "KeyInfo", "key_from_name",
     "key_info", "keys", "ENUM_VALUES", "live_handles", "pending_callbacks", "Allocator",
     "CountingAllocator", "Pass", "BatchView", "Batch", "Model", "Optimizer", "OPTIMIZER_KINDS",
-    "Regularizer", "SAM", "RDrop", "SMART", "Bregman", "REGULARIZERS", "REGULARIZER_KINDS",
+    "Regularizer", "SAM", "RDrop", "SMART", "Bregman", "Term", "TermView",
+    "regularizer_kinds", "REGULARIZERS", "REGULARIZER_KINDS",
     "Trainer", "random_uniform", "random_normal", "dropout_mask", "L", "lib",
 ]
 

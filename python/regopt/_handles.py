@@ -91,18 +91,39 @@ def _weak_callable(fn, owner):
 class _Cell:
     """The raw pointer of a trainer, shared with its model and optimizer so
     that whichever is finalized first can free the trainer first."""
-    __slots__ = ("ptr", "__weakref__")
+    __slots__ = ("ptr", "regs", "__weakref__")
 
     def __init__(self, ptr):
         self.ptr = ptr
+        self.regs = []  # _RegCell of the regularizers attached to it
+
+
+class _RegCell:
+    """The raw pointer of a regularizer. While it is attached the library
+    refuses to free it: a Regularizer collected while attached marks its
+    cell orphaned, and the trainer frees it once it has detached it."""
+    __slots__ = ("ptr", "orphan", "__weakref__")
+
+    def __init__(self, ptr):
+        self.ptr = ptr
+        self.orphan = False
+
+    def free(self):
+        if self.ptr:
+            lib.regopt_regularizer_free(self.ptr)
+            self.ptr = None
 
 
 def _free_trainer_cell(cell):
     if cell.ptr:
-        lib.regopt_trainer_free(cell.ptr)
+        lib.regopt_trainer_free(cell.ptr)  # detaches every regularizer
         cell.ptr = None
         with _live_lock:
             _live["trainer"] -= 1
+        regs, cell.regs = cell.regs, []
+        for rc in regs:
+            if rc.orphan:
+                rc.free()
 
 
 class _Handle:

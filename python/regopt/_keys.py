@@ -54,15 +54,16 @@ _all_keys = None
 
 
 def keys(prefix=None):
-    """Every key the loaded library knows (scanned once with regopt_key_info),
+    """Every key the loaded library knows (listed once with regopt_key_at),
     optionally those whose name starts with `prefix` ("sam.")."""
     global _all_keys
     if _all_keys is None:
         found = []
-        for k in range(0, 4096):
-            st = lib.regopt_key_info(k, None, None, None, None, None, None)
-            if st == L.OK:
-                found.append(key_info(k))
+        k = ctypes.c_int32()
+        i = 0
+        while lib.regopt_key_at(i, ctypes.byref(k)) == L.OK:
+            found.append(key_info(k.value))
+            i += 1
         _all_keys = found
     if prefix is None:
         return list(_all_keys)

@@ -4,8 +4,9 @@ Everything here mirrors the C header one to one; the Pythonic layer lives in
 the modules regopt/_core.py re-exports. The library is located, in this
 order, through
 
-  1. the environment variable REGOPT_LIBRARY (a path to libregopt.so.0),
-  2. the repository's lib/ directory (python/regopt/../../lib/libregopt.so.0),
+  1. the environment variable REGOPT_LIBRARY (a path to libregopt.so.N),
+  2. the repository's lib/ directory (python/regopt/../../lib/libregopt.so.1,
+     .so.0 or libregopt.so),
   3. the system (ctypes.util.find_library('regopt')),
 
 and refused when its major version differs from the one this binding was
@@ -16,12 +17,12 @@ import ctypes.util
 import os
 
 # The version of include/regopt.h this binding was written against.
-BINDING_VERSION = (0, 1, 0)
+BINDING_VERSION = (1, 0, 0)
 BINDING_VERSION_NUMBER = BINDING_VERSION[0] * 10000 + BINDING_VERSION[1] * 100 + BINDING_VERSION[2]
 
 
 class LibraryNotFound(ImportError):
-    """libregopt.so.0 could not be located or loaded."""
+    """libregopt.so.1 could not be located or loaded."""
 
 
 class LibraryVersionError(ImportError):
@@ -94,6 +95,47 @@ ALLREDUCE_FN = ctypes.CFUNCTYPE(ctypes.c_int, c_float_p, c_size_t, ctypes.c_void
 WRITE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, c_size_t, ctypes.c_void_p)
 READ_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, c_size_t, ctypes.c_void_p)
 
+class TermView(ctypes.Structure):
+    """struct regopt_term_view."""
+    _fields_ = [
+        ("size", c_size_t),
+        ("batch", ctypes.POINTER(Batch)),
+        ("micro_batch", c_size_t),
+        ("row_offset", c_size_t),
+        ("rows", c_size_t),
+        ("output_width", c_size_t),
+        ("flags", ctypes.c_uint32),
+        ("n_outputs", ctypes.c_uint32),
+        ("step", ctypes.c_uint64),
+        ("inv_weight", ctypes.c_double),
+        ("outputs", ctypes.POINTER(c_float_p)),
+        ("d_outputs", ctypes.POINTER(c_float_p)),
+    ]
+
+
+TERM_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(TermView),
+                           ctypes.POINTER(ctypes.c_double), ctypes.c_void_p)
+TERM_STATE_SIZE_FN = ctypes.CFUNCTYPE(c_size_t, ctypes.c_void_p)
+TERM_SAVE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, c_size_t, ctypes.c_void_p)
+TERM_LOAD_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, c_size_t, ctypes.c_void_p)
+TERM_COMMITTED_FN = ctypes.CFUNCTYPE(None, ctypes.c_uint64, ctypes.c_void_p)
+
+
+class TermOps(ctypes.Structure):
+    """struct regopt_term_ops."""
+    _fields_ = [
+        ("size", c_size_t),
+        ("name", ctypes.c_char_p),
+        ("passes", ctypes.c_uint32),
+        ("pass_flags", ctypes.c_uint32 * 8),
+        ("value", TERM_FN),
+        ("state_size", TERM_STATE_SIZE_FN),
+        ("save_state", TERM_SAVE_FN),
+        ("load_state", TERM_LOAD_FN),
+        ("committed", TERM_COMMITTED_FN),
+    ]
+
+
 # --------------------------------------------------------------------------
 # Constants
 # --------------------------------------------------------------------------
@@ -146,7 +188,13 @@ MAX_NAME = 255
 SGD, ADAM, ADAMW, RADAM = 1, 2, 3, 4
 SCHEDULE_CONSTANT, SCHEDULE_LINEAR, SCHEDULE_COSINE = 0, 1, 2
 LOSS_SOFTMAX_CE, LOSS_MSE, LOSS_CALLBACK = 0, 1, 2
-REG_SAM, REG_RDROP, REG_SMART, REG_BREGMAN = 1, 2, 3, 4
+REG_SAM, REG_RDROP, REG_SMART, REG_BREGMAN, REG_TERM = 1, 2, 3, 4, 5
+REG_WEIGHT_SIDE = 0x1
+REG_SINGLE = 0x2
+TERM_MAX_PASSES = 8
+TERM_PASS_FRESH_SEED = 0x1
+TERM_PASS_EVAL = 0x2
+TERM_PASS_NO_GRAD = 0x4
 SMART_NORM_INF, SMART_NORM_L1, SMART_NORM_L2 = 0, 1, 2
 
 # --------------------------------------------------------------------------
@@ -155,7 +203,7 @@ SMART_NORM_INF, SMART_NORM_L1, SMART_NORM_L2 = 0, 1, 2
 
 _vp = ctypes.c_void_p
 _st = ctypes.c_int  # regopt_status (an int-sized enum)
-_key = ctypes.c_int
+_key = ctypes.c_int32  # regopt_key is int32_t since 1.0
 _d = ctypes.c_double
 _i64 = ctypes.c_int64
 _i32 = ctypes.c_int32
@@ -172,6 +220,7 @@ PROTOTYPES = {
     "regopt_key_info": (_st, [_key, ctypes.POINTER(_cs), ctypes.POINTER(ctypes.c_int), _dp, _dp,
                               _dp, ctypes.POINTER(ctypes.c_uint32)]),
     "regopt_key_from_name": (_st, [_cs, ctypes.POINTER(ctypes.c_int)]),
+    "regopt_key_at": (_st, [c_size_t, ctypes.POINTER(ctypes.c_int)]),
     "regopt_random_uniform": (_st, [ctypes.c_uint64, ctypes.c_uint64, c_float_p, c_size_t]),
     "regopt_random_normal": (_st, [ctypes.c_uint64, ctypes.c_uint64, c_float_p, c_size_t]),
     "regopt_batch_init": (None, [ctypes.POINTER(Batch)]),
@@ -209,10 +258,28 @@ PROTOTYPES = {
     "regopt_trainer_get_double": (_st, [_vp, _key, _dp]),
     "regopt_trainer_get_int": (_st, [_vp, _key, _i64p]),
     "regopt_trainer_set_loss_callback": (_st, [_vp, LOSS_FN, _vp, USER_FREE_FN]),
-    "regopt_trainer_set_group": (_st, [_vp, _i32, _key, _d]),
-    "regopt_trainer_get_group": (_st, [_vp, _i32, _key, _dp]),
-    "regopt_trainer_add_regularizer": (_st, [_vp, ctypes.c_int]),
-    "regopt_trainer_remove_regularizer": (_st, [_vp, ctypes.c_int]),
+    # regularizers (handles since 1.0)
+    "regopt_regularizer_create": (_vp, [ctypes.c_int, ctypes.POINTER(Allocator), _stp]),
+    "regopt_regularizer_create_term": (_vp, [ctypes.POINTER(TermOps), _vp, USER_FREE_FN,
+                                             ctypes.POINTER(Allocator), _stp]),
+    "regopt_regularizer_free": (None, [_vp]),
+    "regopt_regularizer_get_kind": (ctypes.c_int, [_vp]),
+    "regopt_regularizer_get_trainer": (_vp, [_vp]),
+    "regopt_regularizer_set_double": (_st, [_vp, _key, _d]),
+    "regopt_regularizer_set_int": (_st, [_vp, _key, _i64]),
+    "regopt_regularizer_get_double": (_st, [_vp, _key, _dp]),
+    "regopt_regularizer_get_int": (_st, [_vp, _key, _i64p]),
+    "regopt_regularizer_set_group": (_st, [_vp, _i32, _key, _d]),
+    "regopt_regularizer_get_group": (_st, [_vp, _i32, _key, _dp]),
+    "regopt_regularizer_message": (_cs, [_vp]),
+    "regopt_trainer_attach": (_st, [_vp, _vp]),
+    "regopt_trainer_detach": (_st, [_vp, _vp]),
+    "regopt_trainer_regularizer_count": (c_size_t, [_vp]),
+    "regopt_trainer_regularizer_at": (_vp, [_vp, c_size_t]),
+    "regopt_regularizer_kind_info": (_st, [c_size_t, ctypes.POINTER(ctypes.c_int),
+                                           ctypes.POINTER(_cs), ctypes.POINTER(ctypes.c_uint32)]),
+    "regopt_sizeof_term_ops": (c_size_t, []),
+    "regopt_sizeof_term_view": (c_size_t, []),
     "regopt_trainer_set_allreduce": (_st, [_vp, ALLREDUCE_FN, _vp, USER_FREE_FN]),
     "regopt_trainer_reserve": (_st, [_vp, c_size_t]),
     "regopt_trainer_step": (_st, [_vp, ctypes.POINTER(Batch), c_size_t]),
@@ -237,9 +304,13 @@ def _candidates():
         return [("REGOPT_LIBRARY", env)]
     out = []
     here = os.path.dirname(os.path.abspath(__file__))
-    repo_lib = os.path.normpath(os.path.join(here, "..", "..", "lib", "libregopt.so.0"))
-    if os.path.exists(repo_lib):
-        out.append(("repository lib/", repo_lib))
+    # The soname follows the major version (libregopt.so.1 for 1.x; 0.x
+    # was libregopt.so.0); the unversioned link points at whichever is built.
+    for name in ("libregopt.so.%d" % BINDING_VERSION[0], "libregopt.so.1", "libregopt.so.0",
+                 "libregopt.so"):
+        repo_lib = os.path.normpath(os.path.join(here, "..", "..", "lib", name))
+        if os.path.exists(repo_lib) and ("repository lib/", repo_lib) not in out:
+            out.append(("repository lib/", repo_lib))
     found = ctypes.util.find_library("regopt")
     if found:
         out.append(("system", found))
@@ -272,7 +343,11 @@ def check_struct_sizes(lib, number):
     for what, ours, theirs in (("regopt_pass", ctypes.sizeof(Pass), lib.regopt_sizeof_pass()),
                                ("regopt_batch", ctypes.sizeof(Batch), lib.regopt_sizeof_batch()),
                                ("regopt_allocator", ctypes.sizeof(Allocator),
-                                lib.regopt_sizeof_allocator())):
+                                lib.regopt_sizeof_allocator()),
+                               ("regopt_term_ops", ctypes.sizeof(TermOps),
+                                lib.regopt_sizeof_term_ops()),
+                               ("regopt_term_view", ctypes.sizeof(TermView),
+                                lib.regopt_sizeof_term_view())):
         if ours > theirs or (number == BINDING_VERSION_NUMBER and ours != theirs):
             raise LibraryVersionError(
                 "struct %s: the binding's ctypes declaration is %d bytes, the library's is %d "
@@ -302,7 +377,7 @@ def load(path=None):
         check_struct_sizes(lib, number)
         return lib, cand
     raise LibraryNotFound(
-        "libregopt not found; set REGOPT_LIBRARY=/path/to/libregopt.so.0, build the "
+        "libregopt not found; set REGOPT_LIBRARY=/path/to/libregopt.so.1, build the "
         "repository's lib/ (make lib), or install it. Tried: "
         + ("; ".join(tried) if tried else "nothing (no candidate exists)"))
 

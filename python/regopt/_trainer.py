@@ -7,13 +7,14 @@ from ._lib import lib
 from ._arrays import _need_numpy, _np, _view
 from ._batch import BatchView, _as_batches, _int_rc
 from ._checkpoint import _Checkpoints
-from ._errors import InvalidArgument, StateError, _check, _error, _text, last_error_message
+from ._errors import (InvalidArgument, StateError, UnknownKey, _check, _error, _text,
+                      last_error_message)
 from ._handles import (_RELEASE_FN, _Cell, _Handle, _free_trainer_cell, _keepalive, _live,
                        _live_lock, _register_user, _weak_callable)
 from ._keys import _Options, _full_name, key_from_name, key_info, keys
 from ._model import Model
 from ._optimizer import Optimizer
-from ._regularizers import REGULARIZERS, Regularizer
+from ._regularizers import REGULARIZERS, Regularizer, Term, _stat_alias, regularizer_kinds
 
 
 def _reraise(exc, err):
@@ -49,7 +50,6 @@ class Trainer(_Handle, _Options, _Checkpoints):
     _c_functions = {
         "set_int": "regopt_trainer_set_int", "get_int": "regopt_trainer_get_int",
         "set_double": "regopt_trainer_set_double", "get_double": "regopt_trainer_get_double",
-        "set_group": "regopt_trainer_set_group", "get_group": "regopt_trainer_get_group",
     }
 
     def __init__(self, model, optimizer, *, reserve=None, **options):
@@ -63,6 +63,7 @@ class Trainer(_Handle, _Options, _Checkpoints):
         self.model = model
         self.optimizer = optimizer
         self.regularizers = collections.OrderedDict()
+        self._pending_groups = {}  # kind name -> {(group, key name): value} before add
         self._loss_cb = None
         model._install_methods_if_needed()
         st = ctypes.c_int(0)
@@ -101,15 +102,49 @@ class Trainer(_Handle, _Options, _Checkpoints):
 
     # -- statistics --------------------------------------------------------
     def stat(self, name):
-        """One statistic by short ("loss") or full ("stat.loss") name."""
-        key = key_from_name(_full_name("stat", name))
+        """One statistic by short ("loss") or full ("stat.loss") name; the
+        0.x names of regularizer statistics ("sam_sharpness") still work."""
+        try:
+            key = key_from_name(_full_name("stat", name))
+        except UnknownKey:
+            st = self.stats()
+            if name in st:
+                return st[name]
+            raise
         return self._get_raw(key, key_info(key).type == L.TYPE_INT)
 
     def stats(self):
-        """Every statistic of the last successful step: {'loss': ..., ...}."""
+        """Every statistic of the last successful step: {'loss': ..., ...},
+        and those of every regularizer kind under their 0.x names
+        ('sam_sharpness', 'rdrop_consistency', 'sam_rho', 'bregman_beta'):
+        those of the attached regularizers, 0 for kinds not attached."""
         out = {}
         for info in keys("stat."):
             out[info.name[5:]] = self._get_raw(info.key, info.type == L.TYPE_INT)
+        for kind, name, flags in regularizer_kinds():
+            if kind == L.REG_TERM:
+                continue
+            for info in keys(name + "."):
+                if info.flags & L.KEY_READ_ONLY:
+                    out[_stat_alias(info.name)] = 0 if info.type == L.TYPE_INT else 0.0
+        for reg in self.attached():
+            if reg.kind == L.REG_TERM:
+                out["term_%s_value" % reg.name] = reg.stat("value")
+            else:
+                out.update(reg._trainer_stats())
+        return out
+
+    def attached(self):
+        """The attached regularizers in the order the step runs them
+        (regopt_trainer_regularizer_count / _at)."""
+        n = lib.regopt_trainer_regularizer_count(self._p())
+        by_ptr = {r._ptr: r for r in self.regularizers.values()}
+        out = []
+        for i in range(n):
+            p = lib.regopt_trainer_regularizer_at(self._p(), i)
+            r = by_ptr.get(p)
+            if r is not None:
+                out.append(r)
         return out
 
     loss = property(lambda s: s.stat("loss"), doc="stat.loss of the last step")
@@ -125,50 +160,148 @@ class Trainer(_Handle, _Options, _Checkpoints):
                                           ctypes.byref(v)), self._msg)
         return v.value
 
+    # -- options of the attached regularizers (0.x sugar) --------------------
+    def _owner(self, name):
+        """The attached regularizer a key name belongs to, or None for a
+        trainer key."""
+        prefix = name.split(".", 1)[0]
+        if prefix in ("trainer", "stat", "optimizer", "group"):
+            return None
+        reg = self.regularizers.get(prefix)
+        if reg is None:
+            raise UnknownKey("%s: no %s regularizer is attached to this trainer (method "
+                             "options are keys of the regularizer handle since libregopt "
+                             "1.0)" % (name, prefix), L.ERR_UNKNOWN_KEY)
+        return reg
+
+    def set_option(self, name, value):
+        """Set one key by full name; a regularizer key ("sam.rho") goes to
+        the attached regularizer of that kind."""
+        full = name if isinstance(name, str) else key_info(int(name)).name
+        reg = self._owner(full)
+        if reg is not None:
+            return reg.set_option(full, value)
+        return _Options.set_option(self, name, value)
+
+    def get(self, name):
+        full = (_full_name(self._prefix, name) if isinstance(name, str)
+                else key_info(int(name)).name)
+        reg = self._owner(full)
+        if reg is not None:
+            return reg.get(full)
+        return _Options.get(self, name)
+
+    @staticmethod
+    def _group_name(name):
+        """sam_adaptive / sam.group_adaptive -> ("sam", "sam.group_adaptive")."""
+        if "." in name:
+            return name.split(".", 1)[0], name
+        if "_" not in name:
+            raise UnknownKey("%r: per-group trainer options are regularizer keys, e.g. "
+                             "sam_adaptive" % name, L.ERR_UNKNOWN_KEY)
+        prefix, short = name.split("_", 1)
+        full = "%s.group_%s" % (prefix, short.rstrip("_"))
+        key_from_name(full)  # UnknownKey for a typo
+        return prefix, full
+
+    def set_group(self, group, **options):
+        """0.x sugar: set_group(1, sam_adaptive=0) sets "sam.group_adaptive"
+        on the attached SAM, or on the SAM added later."""
+        for name, value in options.items():
+            prefix, full = self._group_name(name)
+            reg = self.regularizers.get(prefix)
+            if reg is not None:
+                reg.set_group(group, **{full: value})
+            else:
+                if not 0 <= int(group) < L.MAX_GROUPS:
+                    from ._errors import OutOfRange
+                    raise OutOfRange("group %d out of range [0, %d)" % (group, L.MAX_GROUPS),
+                                     L.ERR_OUT_OF_RANGE)
+                self._pending_groups.setdefault(prefix, {})[(int(group), full)] = float(value)
+        return self
+
+    def get_group(self, group, name):
+        prefix, full = self._group_name(name)
+        reg = self.regularizers.get(prefix)
+        if reg is not None:
+            return reg.get_group(group, full)
+        v = self._pending_groups.get(prefix, {}).get((int(group), full))
+        return v if v is not None else key_info(full).default
+
     # -- regularizers ------------------------------------------------------
     def add(self, regularizer, **options):
-        """Switch a regularizer on: add('sam', rho=0.05) or add(SAM(rho=0.05)).
-        Returns the Regularizer object, whose attributes are its options."""
+        """Attach a regularizer: add('sam', rho=0.05) creates one (a handle
+        of its own) and attaches it; add(SAM(rho=0.05)) attaches that one.
+        Returns the Regularizer; the trainer keeps it alive while attached."""
+        created = False
         if isinstance(regularizer, str):
             cls = REGULARIZERS.get(regularizer.lower())
             if cls is None:
-                raise InvalidArgument("unknown regularizer %r (known: sam, rdrop, smart, "
-                                      "bregman)" % regularizer, L.ERR_INVALID_ARGUMENT)
-            reg = cls(**options)
+                known = ", ".join(n for _, n, _ in regularizer_kinds() if n != "term")
+                raise InvalidArgument("unknown regularizer %r (known: %s)"
+                                      % (regularizer, known), L.ERR_INVALID_ARGUMENT)
+            reg = cls(**options)  # a failing option: nothing was attached
+            created = True
         elif isinstance(regularizer, Regularizer):
             reg = regularizer
-            if reg._trainer is not None:
+            if reg._trainer is not None or reg.attached:
                 raise StateError("this %s is already added to a trainer"
                                  % type(reg).__name__, L.ERR_STATE)
-            reg._options.update(options)
+            reg.set(**options)
         else:
             raise TypeError("add() takes a regularizer name or a regopt.Regularizer")
-        _check(lib.regopt_trainer_add_regularizer(self._p(), reg.kind), self._msg)
         try:
-            for name, value in reg._options.items():
-                self.set_option(_full_name(reg.prefix, name), value)
+            for (g, full), v in self._pending_groups.get(reg.prefix, {}).items():
+                reg.set_group(g, **{full: v})
+            _check(lib.regopt_trainer_attach(self._p(), reg._p()), self._msg)
         except BaseException:
-            lib.regopt_trainer_remove_regularizer(self._p(), reg.kind)
+            if created:
+                reg.close()
             raise
+        self._pending_groups.pop(reg.prefix, None)
         object.__setattr__(reg, "_trainer", self)
-        self.regularizers[reg.prefix] = reg
+        if isinstance(reg, Term):
+            object.__setattr__(reg, "_state", self.model._cbs)
+            key = "term:%s" % reg.name
+            n = 1
+            while key in self.regularizers:
+                n += 1
+                key = "term:%s#%d" % (reg.name, n)
+        else:
+            key = reg.prefix
+        self._cell.regs.append(reg._rc)
+        self.regularizers[key] = reg
         return reg
 
     def remove(self, regularizer):
-        """Switch a regularizer off (by name, class or object)."""
-        if isinstance(regularizer, str):
-            cls = REGULARIZERS.get(regularizer.lower())
-            if cls is None:
-                raise InvalidArgument("unknown regularizer %r" % regularizer,
-                                      L.ERR_INVALID_ARGUMENT)
-        elif isinstance(regularizer, Regularizer):
-            cls = type(regularizer)
+        """Detach a regularizer (by name, class or object). It stays usable
+        (its options kept) and is returned."""
+        if isinstance(regularizer, Regularizer):
+            reg = regularizer
+            keys_ = [k for k, r in self.regularizers.items() if r is reg]
         else:
-            cls = regularizer
-        _check(lib.regopt_trainer_remove_regularizer(self._p(), cls.kind), self._msg)
-        reg = self.regularizers.pop(cls.prefix, None)
-        if reg is not None:
-            object.__setattr__(reg, "_trainer", None)
+            if isinstance(regularizer, str):
+                cls = REGULARIZERS.get(regularizer.lower())
+                if cls is None:
+                    raise InvalidArgument("unknown regularizer %r" % regularizer,
+                                          L.ERR_INVALID_ARGUMENT)
+            else:
+                cls = regularizer
+            reg = self.regularizers.get(cls.prefix)
+            keys_ = [cls.prefix] if reg is not None else []
+        if not keys_:
+            raise StateError("%s is not attached to this trainer" % (regularizer,), L.ERR_STATE)
+        _check(lib.regopt_trainer_detach(self._p(), reg._p()), self._msg)
+        for k in keys_:
+            del self.regularizers[k]
+        try:
+            self._cell.regs.remove(reg._rc)
+        except ValueError:
+            pass
+        object.__setattr__(reg, "_trainer", None)
+        if isinstance(reg, Term):
+            object.__setattr__(reg, "_state", None)
+        return reg
 
     # -- callbacks of the trainer -----------------------------------------
     def set_loss(self, fn):
@@ -308,7 +441,7 @@ class Trainer(_Handle, _Options, _Checkpoints):
                 h._trainer_cells.remove(c)
             except ValueError:
                 pass
-        for reg in self.regularizers.values():
+        for reg in self.regularizers.values():  # detached by regopt_trainer_free
             object.__setattr__(reg, "_trainer", None)
 
     def _count(self, delta):

@@ -159,6 +159,7 @@ class EveryFunctionTest(HandleCheck):
         # struct sizes, batch_init on the pass path and the version are used
         # by the loader in _lib, not through _core:
         missing -= {"regopt_sizeof_pass", "regopt_sizeof_batch", "regopt_sizeof_allocator",
+                    "regopt_sizeof_term_ops", "regopt_sizeof_term_view",
                     "regopt_version_number"}
         self.assertEqual(missing, set())
 
@@ -188,8 +189,19 @@ class EveryFunctionTest(HandleCheck):
             with regopt.Trainer(m, opt, seed=5, reserve=32) as t:
                 t.set_group(1, sam_adaptive=0)
                 self.assertEqual(t.get_group(1, "sam_adaptive"), 0.0)
-                t.add("sam", rho=0.05)
-                t.remove("sam")
+                sam = t.add("sam", rho=0.05)
+                # the pending group option went to the SAM handle at add
+                self.assertEqual(sam.get_group(1, "adaptive"), 0.0)
+                self.assertEqual(t.get_group(1, "sam_adaptive"), 0.0)
+                self.assertEqual(sam.kind_value, _lib.REG_SAM)
+                sam.adaptive = 1
+                self.assertEqual((sam.adaptive, sam.rho), (1, 0.05))
+                with self.assertRaises(regopt.OutOfRange):
+                    sam.rho = -1.0
+                self.assertIn("sam.rho", sam.message)
+                self.assertIs(t.remove("sam"), sam)
+                calls = []
+                term = t.add(regopt.Term("zero", lambda v: calls.append(v.rows) or 0.0))
                 t.set(label_smoothing=0.1)
                 t.set_loss(lambda b, z, l, dz: (l.__setitem__(slice(None), 0.0),
                                                 dz.__setitem__(slice(None), 0.0)) and None)
@@ -199,6 +211,8 @@ class EveryFunctionTest(HandleCheck):
                 t.set_allreduce(None)
                 t.evaluate(data=x, labels=y)
                 t.stats(), t.steps, t.message
+                self.assertEqual(t.attached(), [term])
+                self.assertTrue(calls)
                 ck = t.to_bytes()
                 t.from_bytes(ck)
                 stream = io.BytesIO()
