@@ -1,4 +1,4 @@
-/* check_rdrop.c — R-Drop (Liang et al. 2021): the METHODS.md reference
+/* check_rdrop.c — R-Drop (Liang et al. 2021): the docs/methods.md §9 reference
  * vector, finite differences of the whole objective (CE with label
  * smoothing, MSE, kl_sum), the padding mask, call order and seeds, the
  * doubled batch against the two-call mode, statistics and rdrop.every,
@@ -468,7 +468,7 @@ static double objective_at(rig *r, rdata *d)
 #define CAP REGOPT_CAP_DOUBLED_BATCH
 
 /* ======================================================================== */
-/* 1. The METHODS.md reference vector                                       */
+/* 1. The reference vector of docs/methods.md §9 (RV-RDROP)                 */
 /* ======================================================================== */
 
 static const double RV_Z1[3] = {1.0, 2.0, 3.0}, RV_Z2[3] = {1.0, 1.0, 1.0};
@@ -481,7 +481,7 @@ START_TEST(reference_vector)
     int mode, ce;
     double g2[3];
     size_t j;
-    /* the reference itself against METHODS.md */
+    /* the reference itself against docs/methods.md §9 (RV-RDROP) */
     near(ref_kl(RV_Z2, RV_Z1, 3), 0.30899367577627057, 1e-14, 0, "KL(P2||P1)");
     near(ref_kl(RV_Z1, RV_Z2, 3), 0.2662167068281707, 1e-14, 0, "KL(P1||P2)");
     near(ref_cons(RV_Z1, RV_Z2, 3), RV_C, 1e-14, 0, "c");

@@ -1,5 +1,5 @@
 /* check_sam.c — the SAM family (SAM, ASAM, GSAM, rho schedule, every-k,
- * m-sharpness, same/fresh seed): the reference vectors of METHODS.md, call
+ * m-sharpness, same/fresh seed): the reference vectors of docs/methods.md §9, call
  * order and flags, exact restore, rollback, options and allocation.
  * Expected values come from closed forms or from double-precision
  * references written here, never from the library's own output. */
@@ -362,7 +362,7 @@ static double norm16(const double *g)
 }
 
 /* ======================================================================== */
-/* 1. Reference vectors (METHODS.md)                                        */
+/* 1. Reference vectors (docs/methods.md §9)                                */
 /* ======================================================================== */
 
 START_TEST(sam_reference_vector)

@@ -1,6 +1,6 @@
 /* check_smart.c — SMART (Jiang et al. 2020): the adversarial term R_s
  * (paper projected ascent in inf/L2/L1 norms, mt-dnn mode and the
- * METHODS.md reference vector), the momentum Bregman proximal point term
+ * docs/methods.md §9 reference vector), the momentum Bregman proximal point term
  * and its EMA teacher, call order and flags, statistics, SAM composition,
  * rollback, options and allocation.
  *
@@ -579,7 +579,7 @@ static double fd_ls(const double *a, const double *z, size_t k, int mse, int sid
 }
 
 /* ======================================================================== */
-/* 1. The mt-dnn-compatible reference vector of METHODS.md                  */
+/* 1. The mt-dnn-compatible reference vector (docs/methods.md §9)           */
 /* ======================================================================== */
 
 static const double A_REF[4] = {1.0, 2.0, 3.0, -1.0};
@@ -607,7 +607,7 @@ START_TEST(mtdnn_reference_vector)
     const double nu0[2] = {0.01, -0.02};
     double g[2], dd[2], nu1[2], gfd[2];
     int j;
-    /* the METHODS.md numbers, from the closed form */
+    /* the docs/methods.md §9 numbers (RV-SMART-MTDNN), from the closed form */
     ref_mtdnn(Af, nu0, 1e-3, 1e-6, g, dd, nu1);
     sm_near(g[0], 0.12, 1e-13, 1.0, "g", 0);
     sm_near(g[1], -0.11, 1e-13, 1.0, "g", 1);
