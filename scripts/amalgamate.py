@@ -36,6 +36,9 @@ DEFINE = re.compile(r"^\s*#\s*define\s+([A-Za-z_][A-Za-z0-9_]*)")
 # column 0: return type, then the name, then "(".
 RO_FUNC = re.compile(r"^(?!static\b|typedef\b|extern\b|return\b)"
                      r"[A-Za-z_][A-Za-z0-9_ \t*]*\bro_[A-Za-z0-9_]+[ \t]*\(")
+# A file-scope ro_ object declared or defined in column 0 (the regularizers'
+# operation tables): "extern const ro_reg_ops ro_x, ...;" or "const ro_reg_ops ro_x = {".
+RO_OBJECT = re.compile(r"^(extern\s+)?const\s+ro_[a-z_]+\s+ro_[A-Za-z0-9_]+\s*[,;=]")
 # The same with the return type on the line before.
 RO_FUNC_NAME_ONLY = re.compile(r"^ro_[A-Za-z0-9_]+[ \t]*\(")
 # A file-scope static function or object: its name is what precedes "(",
@@ -65,7 +68,9 @@ def transform(lines, rel, hoisted):
             hoisted.append((m.group(1), line.strip(), rel))
             out.append("/* amalgamation: feature-test macro %s moved to the top */" % m.group(1))
             continue
-        if RO_FUNC.match(line):
+        if RO_OBJECT.match(line):  # the methods' ops tables: internal too
+            line = "static " + re.sub(r"^extern\s+", "", line)
+        elif RO_FUNC.match(line):
             line = "static " + line
         elif RO_FUNC_NAME_ONLY.match(line):
             j = len(out) - 1

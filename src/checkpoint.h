@@ -21,6 +21,18 @@ size_t ro_ck_sections(const regopt_trainer *t, uint32_t flags, ro_ck_section *ou
  * failure nothing has changed. */
 regopt_status ro_ck_restore(regopt_trainer *t, uint32_t flags, const ro_ck_found *found,
                             size_t count);
+/* checkpoint_options.c: the "options" section's writer; and, on load,
+ * the options applied, then every attached regularizer's state (at[i],
+ * size[i] of regularizer i, already checked), all rolled back when any is
+ * refused. f NULL: no options, the state only. */
+typedef struct ro_ck_states {
+    const unsigned char *at[RO_MAX_REGS];
+    uint64_t size[RO_MAX_REGS];
+} ro_ck_states;
+void ro_ck_emit_options(const regopt_trainer *t, size_t arg, ro_ck_sink *s);
+regopt_status ro_ck_apply_options(regopt_trainer *t, const ro_ck_found *f,
+                                  const ro_ck_states *rs);
+
 /* Save / load through callbacks, shared by the buffer, callback and file
  * entry points. */
 regopt_status ro_ck_save(const regopt_trainer *t, uint32_t flags, regopt_write_fn write,

@@ -15,7 +15,7 @@ typedef struct rdrop {
     int64_t every;
 } rdrop;
 
-enum { ACC_LOSS1, ACC_LOSS2, ACC_CONSISTENCY, N_ACC };
+enum { RD_LOSS1, RD_LOSS2, RD_CONSISTENCY, RD_N_ACC };
 
 #define D REGOPT_TYPE_DOUBLE
 #define I REGOPT_TYPE_INT
@@ -129,9 +129,9 @@ static regopt_status rdrop_term(ro_reg *r, ro_view *v, double *weighted)
     sum *= norm;
     *weighted = d->alpha * sum;
     if (!(v->flags & REGOPT_PASS_PERTURBED_WEIGHTS)) {
-        s->acc[r->acc0 + ACC_LOSS1] += v->task[0];
-        s->acc[r->acc0 + ACC_LOSS2] += v->task[1];
-        s->acc[r->acc0 + ACC_CONSISTENCY] += sum;
+        s->acc[r->acc0 + RD_LOSS1] += v->task[0];
+        s->acc[r->acc0 + RD_LOSS2] += v->task[1];
+        s->acc[r->acc0 + RD_CONSISTENCY] += sum;
     }
     return REGOPT_OK;
 }
@@ -139,9 +139,9 @@ static regopt_status rdrop_term(ro_reg *r, ro_view *v, double *weighted)
 static void rdrop_commit(ro_reg *r, const ro_step *s)
 {
     const double *a = s->acc + r->acc0;
-    r->stats[0] = r->due ? a[ACC_LOSS1] : 0.0;
-    r->stats[1] = r->due ? a[ACC_LOSS2] : 0.0;
-    r->stats[2] = a[ACC_CONSISTENCY];
+    r->stats[0] = r->due ? a[RD_LOSS1] : 0.0;
+    r->stats[1] = r->due ? a[RD_LOSS2] : 0.0;
+    r->stats[2] = a[RD_CONSISTENCY];
     r->stats[3] = r->due;
 }
 
@@ -156,7 +156,7 @@ const ro_reg_ops ro_rdrop_ops = {
     .n_keys = sizeof rdrop_keys / sizeof rdrop_keys[0],
     .stat0 = REGOPT_STAT_RDROP_LOSS1,
     .n_stats = 4,
-    .n_acc = N_ACC,
+    .n_acc = RD_N_ACC,
     .init = rdrop_init,
     .attach = rdrop_attach,
     .set = rdrop_set,

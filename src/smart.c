@@ -22,7 +22,7 @@ typedef struct smart {
     size_t cap_in;
 } smart;
 
-enum { ACC_RS, ACC_NOISE_SUM, ACC_NOISE_ROWS, N_ACC };
+enum { SM_RS, SM_NOISE_SUM, SM_NOISE_ROWS, SM_N_ACC };
 
 #define D REGOPT_TYPE_DOUBLE
 #define I REGOPT_TYPE_INT
@@ -315,8 +315,8 @@ static regopt_status smart_term(ro_reg *r, ro_view *v, double *weighted)
     }
     if (!(v->flags & REGOPT_PASS_PERTURBED_WEIGHTS))
         for (i = 0; i < in; i++) {
-            st_->acc[r->acc0 + ACC_NOISE_SUM] += row_norm(s->nu + i * d, d, s->norm);
-            st_->acc[r->acc0 + ACC_NOISE_ROWS] += 1.0;
+            st_->acc[r->acc0 + SM_NOISE_SUM] += row_norm(s->nu + i * d, d, s->norm);
+            st_->acc[r->acc0 + SM_NOISE_ROWS] += 1.0;
         }
     /* R_s with gradients into both passes (Eq. 2: nothing detached) */
     p.flags = v->flags;
@@ -332,7 +332,7 @@ static regopt_status smart_term(ro_reg *r, ro_view *v, double *weighted)
                        "SMART's adversarial smart_term of micro-batch %zu is %g", v->bi, rs);
     *weighted = s->lambda * rs;
     if (!(v->flags & REGOPT_PASS_PERTURBED_WEIGHTS))
-        st_->acc[r->acc0 + ACC_RS] += rs;
+        st_->acc[r->acc0 + SM_RS] += rs;
     p.d_outputs = da;
     return ro_call_backward(e, &p);
 }
@@ -340,8 +340,8 @@ static regopt_status smart_term(ro_reg *r, ro_view *v, double *weighted)
 static void smart_commit(ro_reg *r, const ro_step *s)
 {
     const double *a = s->acc + r->acc0;
-    r->stats[0] = a[ACC_RS];
-    r->stats[1] = a[ACC_NOISE_ROWS] > 0.0 ? a[ACC_NOISE_SUM] / a[ACC_NOISE_ROWS] : 0.0;
+    r->stats[0] = a[SM_RS];
+    r->stats[1] = a[SM_NOISE_ROWS] > 0.0 ? a[SM_NOISE_SUM] / a[SM_NOISE_ROWS] : 0.0;
 }
 
 const ro_reg_ops ro_smart_ops = {
@@ -355,7 +355,7 @@ const ro_reg_ops ro_smart_ops = {
     .n_keys = sizeof smart_keys / sizeof smart_keys[0],
     .stat0 = REGOPT_STAT_SMART_RS,
     .n_stats = 2,
-    .n_acc = N_ACC,
+    .n_acc = SM_N_ACC,
     .init = smart_init,
     .attach = smart_attach,
     .detach = smart_detach,

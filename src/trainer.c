@@ -324,7 +324,7 @@ regopt_status regopt_trainer_set_loss_callback(regopt_trainer *t, regopt_loss_fn
     regopt_status st = ro_trainer_check(t, "regopt_trainer_set_loss_callback");
     if (st != REGOPT_OK)
         return st;
-    /* release the old user data unless the same one comes back with a callback */
+    /* release the old user data unless it comes back with a new callback */
     if (t->loss_free && (t->env.loss_user != user || !fn))
         t->loss_free(t->env.loss_user);
     t->env.loss_fn = fn;
