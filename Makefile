@@ -40,7 +40,7 @@ SHLIB   := lib/libregopt.so.$(VERSION)
 STLIB   := lib/libregopt.a
 
 WARN     := -Wall -Wextra -Wpedantic -Werror
-LIB_CFLAGS := -std=c11 -ffp-contract=off -fPIC -fvisibility=hidden $(WARN) -Iinclude
+LIB_CFLAGS := -std=c11 -ffp-contract=off -fPIC -fvisibility=hidden $(WARN) -Iinclude -Isrc
 LIB_LIBS := -lm -pthread
 
 # CBLAS (examples, benchmarks): cblas.pc, then openblas.pc, then blas.pc.
@@ -55,7 +55,11 @@ MPICC    ?= mpicc
 HAVE_MPI := $(shell command -v $(MPICC) >/dev/null 2>&1 && echo yes)
 MPI_EXAMPLES := $(if $(HAVE_MPI),examples/mpi_sam)
 
-SRC  := $(wildcard src/*.c)
+# src/ is laid out by role (src/README.md): core, model, optim, reg,
+# trainer, checkpoint; every file includes by its path from src/.
+SRC_DIRS := core model optim reg trainer checkpoint
+SRC  := $(foreach d,$(SRC_DIRS),$(wildcard src/$(d)/*.c))
+HDR  := $(foreach d,$(SRC_DIRS),$(wildcard src/$(d)/*.h))
 OBJ  := $(patsubst src/%.c,build/obj/%.o,$(SRC))
 TEST_SRC := $(filter-out test/header_c99.c,$(wildcard test/check_*.c))
 EXAMPLES := examples/mlp examples/minimal examples/charlm examples/textcls examples/demo \
@@ -68,7 +72,7 @@ all: lib $(EXAMPLES) $(MPI_EXAMPLES) test/check_regopt
 
 lib: $(SHLIB) lib/$(SONAME) lib/libregopt.so $(STLIB) pkgconfig/regopt.pc
 
-build/obj/%.o: src/%.c $(wildcard src/*.h) include/regopt.h
+build/obj/%.o: src/%.c $(HDR) include/regopt.h
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(LIB_CFLAGS) -c $< -o $@
 
@@ -116,6 +120,7 @@ deps:
 	@sh scripts/install-deps.sh
 
 run-check: all test/header_c99 test/header_cxx
+	$(PYTHON) scripts/layer-check.py build/obj
 	./test/header_c99
 	./test/header_cxx
 	sh test/check_symbols.sh $(SHLIB) $(SONAME)
@@ -126,6 +131,10 @@ run-check: all test/header_c99 test/header_cxx
 	./examples/mlp --data data/digits.csv --rdrop 1 --bn --min-test-acc 0.95 --quiet
 	./examples/charlm --rdrop 1 --epochs 4 --max-bits 4.5
 	./examples/textcls --smart 1 --bregman 1 --epochs 5 --min-acc 0.45
+	./examples/user_rdrop --check
+	./examples/user_rdrop --steps 100 --max-rel 1e-6
+	./examples/js_rdrop --check
+	./examples/js_rdrop --epochs 6 --min-test-acc 0.9
 	@mkdir -p build
 	OPENBLAS_NUM_THREADS=1 ./examples/demo --seeds 1 --epochs 6 --quiet \
 	    --csv build/demo_test.csv --svg build/demo_test.svg
@@ -286,9 +295,9 @@ check-valgrind: all
 	    --csv build/demo_vg.csv --svg build/demo_vg.svg
 
 fuzz: $(FUZZ_NAMES:%=build/fuzz/fuzz_%)
-build/fuzz/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz.h $(SRC) src/internal.h include/regopt.h
+build/fuzz/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz.h $(SRC) $(HDR) include/regopt.h
 	@mkdir -p $(@D)
-	$(FUZZ_CC) $(FUZZ_FLAGS) $(WARN) -Iinclude $< $(SRC) -lm -pthread -o $@
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(WARN) -Iinclude -Isrc $< $(SRC) -lm -pthread -o $@
 
 build/fuzz/replay_%: fuzz/fuzz_%.c fuzz/replay_main.c fuzz/fuzz.h $(STLIB)
 	@mkdir -p $(@D)

@@ -5,10 +5,10 @@
 #   1. dist/regopt.c alone as one object; it must define no external symbol
 #      but the regopt_* API (nm);
 #   2. the Check suites. Those that use the public API only compile as they
-#      are. A suite that includes src/internal.h (check_rng.c tests Philox
+#      are. A suite that includes src/core/core.h (check_rng.c tests Philox
 #      itself) cannot reach a static function from another file, so it is
 #      #included into one unit right after dist/regopt.c, as an embedder's
-#      own tests would; its "internal.h" resolves to an empty stand-in, the
+#      own tests would; its "core/core.h" resolves to an empty stand-in, the
 #      internals being already in that unit. That unit also provides the
 #      library, so no test links anything from src/ or lib/;
 #   3. examples/minimal.c and examples/mlp.c (CBLAS), run as in make check.
@@ -23,7 +23,7 @@ out=build/amalgamation
 
 $PYTHON scripts/amalgamate.py dist
 rm -rf "$out"
-mkdir -p "$out/stub"
+mkdir -p "$out/stub/core"
 
 # 1. one object, nothing but the API exported
 # shellcheck disable=SC2086
@@ -43,13 +43,13 @@ echo "amalgamate-check: regopt.o exports $api regopt_* functions and no ro_* sym
 check_cflags=$($PKG_CONFIG --cflags check)
 check_libs=$($PKG_CONFIG --libs check)
 echo '/* amalgamation: the internals are in dist/regopt.c, included above */' \
-    > "$out/stub/internal.h"
+    > "$out/stub/core/core.h"
 unit="$out/regopt_with_internal_tests.c"
 echo '/* dist/regopt.c and the suites that test internal functions, one unit */' > "$unit"
 echo '#include "regopt.c"' >> "$unit"
 public=""
 for t in test/check_*.c; do
-    if grep -q '^#include "internal.h"' "$t"; then
+    if grep -q '^#include "core/core.h"' "$t"; then
         echo "#include \"$(basename "$t")\"" >> "$unit"
     else
         public="$public $t"

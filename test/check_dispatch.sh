@@ -9,8 +9,8 @@ CC=${CC:-cc}
 out=${1:-build/dispatch}
 mkdir -p "$out"
 flags="-O2 -std=c11 -ffp-contract=off -Wall -Wextra -Wpedantic -Werror -Iinclude -Isrc"
-$CC $flags test/dispatch_hash.c src/*.c -lm -pthread -o "$out/dispatch_on"
-$CC $flags -DRO_NO_DISPATCH test/dispatch_hash.c src/*.c -lm -pthread -o "$out/dispatch_off"
+$CC $flags test/dispatch_hash.c src/*/*.c -lm -pthread -o "$out/dispatch_on"
+$CC $flags -DRO_NO_DISPATCH test/dispatch_hash.c src/*/*.c -lm -pthread -o "$out/dispatch_off"
 "$out/dispatch_on" > "$out/on.txt"
 "$out/dispatch_off" > "$out/off.txt"
 isa=$(grep -o -w -E 'avx512f|avx2|fma|avx' /proc/cpuinfo 2>/dev/null | sort -u | tr '\n' ' ' || true)

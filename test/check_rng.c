@@ -2,7 +2,7 @@
  * and the public uniform/normal streams built on it. */
 #include "tests.h"
 
-#include "internal.h"
+#include "core/core.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -3,7 +3,7 @@
  * dispatch and once with -DRO_NO_DISPATCH, the two outputs must be equal
  * line for line (the library promises the same bits on every path).
  * Linked with the library's sources, so it calls internal kernels. */
-#include "internal.h"
+#include "optim/optim.h"
 
 #include <stdint.h>
 #include <stdio.h>

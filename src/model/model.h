@@ -1,0 +1,153 @@
+/* model.h — the host network as the library sees it: the model handle and
+ * its tensors, batch descriptors, the per-row losses, the loops over the
+ * trainable elements, and one pass of the host (the callbacks as the library
+ * calls them). Includes only core.h. */
+#ifndef REGOPT_MODEL_H
+#define REGOPT_MODEL_H
+
+#include "core/core.h"
+
+/* ---- model.c ----------------------------------------------------------- */
+
+typedef struct ro_param {
+    char *name;
+    float *data;
+    float *grad;   /* NULL: frozen */
+    size_t count;
+    size_t offset; /* into flat optimizer state, counting trainable only */
+    int32_t group;
+} ro_param;
+
+struct regopt_model {
+    uint32_t magic;
+    ro_alloc alloc;
+    ro_param *params;
+    size_t n_params, cap_params;
+    size_t n_elements;  /* all registered elements */
+    size_t n_trainable; /* elements of tensors with a gradient */
+    size_t output_width;
+    size_t input_width;
+    int32_t slots;
+    uint32_t caps; /* REGOPT_CAP_* */
+    regopt_pass_fn forward, backward;
+    void *user;
+    regopt_free_fn free_user;
+    int bound; /* number of live trainers using this model */
+    char msg[RO_MSG_SIZE];
+};
+
+/* Validate a handle; on failure fill the thread-local message. */
+regopt_status ro_model_check(const regopt_model *m, const char *func);
+
+/* ---- parallel.c: loops over every trainable element -------------------- */
+
+#define RO_CHUNK 4096               /* elements; pieces start at multiples */
+/* Fewer trainable elements run on one thread: waking a worker costs
+   10-100 us, a pass over 2^18 elements about as much. */
+#define RO_PAR_MIN (64 * RO_CHUNK)
+
+/* The trainer's loops over its model's trainable elements: the chunk table
+ * and the worker pool. */
+typedef struct ro_par {
+    const regopt_model *model;
+    const ro_alloc *alloc;
+    unsigned threads;     /* REGOPT_TRAINER_THREADS */
+    struct ro_pool *pool; /* NULL on one thread */
+    size_t *chunk0;       /* per parameter: its first chunk */
+    size_t n_chunks;
+    double *chunk_sum;    /* per chunk, for ro_sum_pieces */
+} ro_par;
+
+/* Elements [j0, j1) of trainable tensor p. */
+typedef void (*ro_piece_fn)(void *ctx, const ro_param *p, size_t j0, size_t j1);
+typedef double (*ro_sum_fn)(void *ctx, const ro_param *p, size_t j0, size_t j1);
+/* fn over every trainable element, each once, on the trainer's threads. */
+void ro_each_piece(const ro_par *par, ro_piece_fn fn, void *ctx);
+/* The sum of fn over every trainable element, chunk by chunk: the same
+ * bits on any number of threads. */
+double ro_sum_pieces(const ro_par *par, ro_sum_fn fn, void *ctx);
+regopt_status ro_parallel_init(ro_par *par, const ro_alloc *a, const regopt_model *m);
+void ro_parallel_release(ro_par *par);
+regopt_status ro_parallel_set_threads(ro_par *par, unsigned threads, char *msg);
+
+
+/* ---- loss.c ------------------------------------------------------------ */
+
+/* Per-row softmax cross-entropy with label smoothing s: returns l and writes
+ * dl/dz = softmax(z) - q (scaled by coef) into dz (may be NULL). */
+double ro_softmax_ce_row(const float *z, size_t k, int32_t label, double s,
+                         float coef, float *dz);
+/* Per-row mean squared error over k outputs, gradient scaled by coef. */
+double ro_mse_row(const float *z, const float *t, size_t k, float coef,
+                  float *dz);
+
+/* R-Drop's consistency terms; gradients scaled by coef are ADDED to d1, d2. */
+double ro_sym_kl_row(const float *z1, const float *z2, size_t k, float coef, float *d1,
+                     float *d2);
+double ro_sq_diff_row(const float *z1, const float *z2, size_t k, float coef, float *d1,
+                      float *d2);
+double ro_stable_kl_row(const float *a, const float *b, size_t k, float coef, float *da);
+
+/* ---- batch.c ----------------------------------------------------------- */
+
+/* Validate the batches of one call against the model and loss kind and
+ * return the total weight sum_i m_i w_i and the largest row count. A zero
+ * total is an error unless allowed (a data-parallel replica may hold only
+ * padding; the check then happens after the all-reduce). */
+regopt_status ro_batches_check(const regopt_batch *b, size_t count,
+                               const regopt_model *m, int loss_kind,
+                               int need_targets, int allow_zero_weight,
+                               double *total_weight, size_t *max_rows, char *msg);
+/* The first version's descriptor ends at input_rows: hosts built against it
+ * pass at least this many bytes. */
+#define RO_BATCH_V1_SIZE (offsetof(regopt_batch, input_rows) + sizeof(size_t))
+
+/* Descriptor i of an array whose stride is the size the host's header gave
+ * it (batches[0].size), so an older host's smaller structs index right. */
+static inline const regopt_batch *ro_batch_at(const regopt_batch *b, size_t i)
+{
+    return (const regopt_batch *)(const void *)((const char *)b + i * b->size);
+}
+
+/* m_i * w_i for row i. */
+static inline float ro_row_weight(const regopt_batch *b, size_t i)
+{
+    float w = b->weights ? b->weights[i] : 1.0f;
+    return (b->mask && !b->mask[i]) ? 0.0f : w;
+}
+
+/* ---- pass.c: one pass of the host ---------------------------------------- */
+
+/* What a pass (and a regularizer) may use of the trainer: the trainer owns
+ * it and keeps it current (loss_kind, has_allreduce). */
+typedef struct ro_env {
+    const ro_alloc *alloc;
+    const regopt_model *model;
+    const ro_par *par;           /* loops over the trainable elements */
+    char *msg;                   /* the trainer's message */
+    int loss_kind;               /* REGOPT_TRAINER_LOSS */
+    double label_smoothing;
+    regopt_loss_fn loss_fn;
+    void *loss_user;
+    int has_allreduce;
+    float *row_loss;             /* scratch of the task loss (rows) */
+    float *d_scratch;            /* scratch of a loss callback's gradient (rows x width) */
+    size_t forward_calls, backward_calls; /* of the step under way */
+} ro_env;
+
+/* pass.c: the host as the library calls it. */
+void ro_pass_init(const ro_env *e, regopt_pass *p, const regopt_batch *b, size_t bi,
+                  uint32_t flags, uint64_t seed, float *outputs);
+regopt_status ro_call_forward(ro_env *e, regopt_pass *p);
+regopt_status ro_call_backward(ro_env *e, regopt_pass *p);
+/* A view of rows [r0, r0 + rows) of b (shifted per-row arrays). */
+void ro_batch_rows(regopt_batch *v, const regopt_batch *b, size_t r0, size_t rows, size_t k);
+/* Embedding rows of a batch view (input_rows, or rows when 0). */
+size_t ro_input_rows(const regopt_batch *v);
+/* Task loss of a batch's outputs z: returns inv_weight * sum_i m_i w_i l_i
+ * and writes m_i w_i * inv_weight * grad_scale * dl_i/dz_i into dz (NULL:
+ * loss only). Masked rows get zero gradient whatever they hold. */
+regopt_status ro_batch_loss(ro_env *e, const regopt_batch *b, const float *z,
+                            double inv_weight, double grad_scale, float *dz, double *loss);
+
+#endif

@@ -1,0 +1,334 @@
+/* bregman.c — SMART's momentum Bregman proximal point bregman_term (Jiang et al.,
+ * ACL 2020, Eq. 3 and Alg. 1; docs/methods.md §6): keep the outputs close
+ * to those of a teacher whose weights are an exponential moving average of
+ * the student's,
+ *   D_Breg = mean_i l_s(f(x_i; w), sg(f(x_i; w~))),  w~ <- beta w~ + (1-beta) w.
+ * The teacher's weights enter the host's buffers by an in-place swap, so the
+ * library needs no second copy of the model beyond w~ itself. */
+#include "reg/reg.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <string.h>
+
+typedef struct bregman {
+    int ready;            /* the teacher holds weights */
+    double mu, beta, beta_late, sw;
+    int64_t switch_step;  /* -1: from sw and optimizer.total_steps */
+    float *teacher;       /* n_trainable */
+    float *out;           /* the teacher's outputs for the step's rows */
+    size_t cap_out;       /* rows */
+    double last_beta;
+} bregman;
+
+#define D REGOPT_TYPE_DOUBLE
+#define I REGOPT_TYPE_INT
+#define RO REGOPT_KEY_READ_ONLY
+static const ro_key_desc bregman_keys[] = {
+    {REGOPT_BREGMAN_MU, "bregman.mu", D, RO_OWNER_REG, 0, 1e4, 1, 0},
+    {REGOPT_BREGMAN_BETA, "bregman.beta", D, RO_OWNER_REG, 0, 1, 0.99, REGOPT_KEY_MAX_EXCLUSIVE},
+    {REGOPT_BREGMAN_BETA_LATE, "bregman.beta_late", D, RO_OWNER_REG, 0, 1, 0.999,
+     REGOPT_KEY_MAX_EXCLUSIVE},
+    {REGOPT_BREGMAN_SWITCH, "bregman.switch", D, RO_OWNER_REG, 0, 1, 0.1, 0},
+    {REGOPT_BREGMAN_SWITCH_STEP, "bregman.switch_step", I, RO_OWNER_REG, -1, 2147483648.0, -1,
+     0},
+    {REGOPT_STAT_BREGMAN_D, "bregman.d", D, RO_OWNER_REG, -HUGE_VAL, HUGE_VAL, 0, RO},
+    {REGOPT_STAT_BREGMAN_BETA, "bregman.beta_used", D, RO_OWNER_REG, 0, 1, 0, RO},
+};
+
+static void bregman_init(ro_reg *r)
+{
+    bregman *b = r->self;
+    b->mu = 1.0;
+    b->beta = 0.99;
+    b->beta_late = 0.999;
+    b->sw = 0.1;
+    b->switch_step = -1;
+}
+
+static regopt_status bregman_set(ro_reg *r, const ro_key_desc *k, int32_t group, double v)
+{
+    bregman *b = r->self;
+    (void)group;
+    switch (k->key) {
+    case REGOPT_BREGMAN_MU: b->mu = v; break;
+    case REGOPT_BREGMAN_BETA: b->beta = v; break;
+    case REGOPT_BREGMAN_BETA_LATE: b->beta_late = v; break;
+    case REGOPT_BREGMAN_SWITCH: b->sw = v; break;
+    default: b->switch_step = (int64_t)v; break;
+    }
+    return REGOPT_OK;
+}
+
+static double bregman_get(const ro_reg *r, const ro_key_desc *k, int32_t group)
+{
+    const bregman *b = r->self;
+    (void)group;
+    switch (k->key) {
+    case REGOPT_BREGMAN_MU: return b->mu;
+    case REGOPT_BREGMAN_BETA: return b->beta;
+    case REGOPT_BREGMAN_BETA_LATE: return b->beta_late;
+    case REGOPT_BREGMAN_SWITCH: return b->sw;
+    default: return (double)b->switch_step;
+    }
+}
+
+static regopt_status bregman_attach(ro_reg *r)
+{
+    bregman *b = r->self;
+    b->teacher = ro_calloc(r->env->alloc, r->env->model->n_trainable, sizeof(float));
+    if (!b->teacher)
+        return ro_fail(r->env->msg, REGOPT_ERR_NO_MEMORY,
+                       "out of memory for the teacher's %zu weights", r->env->model->n_trainable);
+    b->ready = 0;
+    b->last_beta = 0.0;
+    return REGOPT_OK;
+}
+
+static void bregman_detach(ro_reg *r)
+{
+    bregman *b = r->self;
+    ro_free(r->env->alloc, b->teacher);
+    ro_free(r->env->alloc, b->out);
+    b->teacher = b->out = NULL;
+    b->cap_out = 0;
+    b->ready = 0;
+}
+
+static void swap_block(float *restrict a, float *restrict b)
+{
+    size_t j;
+    for (j = 0; j < RO_BLOCK; j++) {
+        float x = a[j];
+        a[j] = b[j];
+        b[j] = x;
+    }
+}
+
+static void swap_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    float *w = p->data + j0, *tw = ((const bregman *)ctx)->teacher + p->offset + j0;
+    size_t n = j1 - j0, j;
+    for (j = 0; j + RO_BLOCK <= n; j += RO_BLOCK)
+        swap_block(w + j, tw + j);
+    for (; j < n; j++) {
+        float x = w[j];
+        w[j] = tw[j];
+        tw[j] = x;
+    }
+}
+
+/* Exchange the host's weights and the teacher's, element by element: one
+ * pass, no scratch, and doing it twice restores both bit for bit. Frozen
+ * tensors are left alone: the teacher's copy would be identical. */
+static void swap_weights(ro_reg *r) { ro_each_piece(r->env->par, swap_piece, r->self); }
+
+static void copy_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    memcpy(((const bregman *)ctx)->teacher + p->offset + j0, p->data + j0,
+           (j1 - j0) * sizeof(float));
+}
+
+/* Room for the teacher's outputs of `rows` rows per step. */
+static regopt_status bregman_grow(ro_reg *r, size_t rows)
+{
+    bregman *br = r->self;
+    float *o;
+    if (rows <= br->cap_out)
+        return REGOPT_OK;
+    o = ro_calloc(r->env->alloc, rows, r->env->model->output_width * sizeof(float));
+    if (!o)
+        return ro_fail(r->env->msg, REGOPT_ERR_NO_MEMORY,
+                       "out of memory for the teacher's outputs (%zu rows)", rows);
+    ro_free(r->env->alloc, br->out);
+    br->out = o;
+    br->cap_out = rows;
+    return REGOPT_OK;
+}
+
+static regopt_status bregman_reserve(ro_reg *r, size_t rows, size_t in_rows)
+{
+    (void)in_rows;
+    return bregman_grow(r, rows);
+}
+
+/* The teacher's outputs for every row of the step (one weight swap). */
+static regopt_status prepare(ro_reg *r, ro_step *s)
+{
+    bregman *br = r->self;
+    size_t k = r->env->model->output_width, rows = 0, bi, at = 0;
+    regopt_status st = REGOPT_OK;
+    for (bi = 0; bi < s->count; bi++)
+        rows += ro_batch_at(s->batches, bi)->rows;
+    if (bregman_grow(r, rows) != REGOPT_OK)
+        return REGOPT_ERR_NO_MEMORY;
+    /* the first step's teacher is the student itself; `ready` is bregman_set only
+       when the step commits, so a failed first step starts over */
+    if (!br->ready)
+        ro_each_piece(r->env->par, copy_piece, br);
+    swap_weights(r);
+    for (bi = 0; bi < s->count && st == REGOPT_OK; bi++) {
+        const regopt_batch *x = ro_batch_at(s->batches, bi);
+        regopt_pass p;
+        ro_pass_init(r->env, &p, x, bi, REGOPT_PASS_TEACHER | REGOPT_PASS_NO_GRAD, 0,
+                     br->out + at * k);
+        st = ro_call_forward(r->env, &p);
+        at += x->rows;
+    }
+    swap_weights(r);
+    return st;
+}
+
+/* D_Breg of a view, mu * its gradient added to the clean outputs'. */
+static regopt_status bregman_term(ro_reg *r, ro_view *v, double *weighted)
+{
+    const bregman *br = r->self;
+    size_t i, k = v->k;
+    const float *q = br->out + v->step_row * k, *z = v->z;
+    float mu = (float)br->mu, *dz = v->dz;
+    double sum = 0.0, inv_weight = v->s->inv_weight;
+    for (i = 0; i < v->n; i++) {
+        float rw = ro_row_weight(&v->rows, i), c = (float)(rw * inv_weight) * mu;
+        if (rw == 0.0f)
+            continue;
+        /* l_s(f(x; w), sg(f(x; w~))): the teacher's side is detached */
+        if (r->env->loss_kind == REGOPT_LOSS_MSE)
+            sum += rw * ro_sq_diff_row(z + i * k, q + i * k, k, c, dz + i * k, NULL);
+        else
+            sum += rw * 2.0 * ro_sym_kl_row(z + i * k, q + i * k, k, 2.0f * c, dz + i * k, NULL);
+    }
+    sum *= inv_weight;
+    *weighted = br->mu * sum;
+    if (!(v->flags & REGOPT_PASS_PERTURBED_WEIGHTS))
+        v->s->acc[r->acc0] += sum;
+    return REGOPT_OK;
+}
+
+static void ema_block(float *restrict tw, const float *restrict w, float beta, float keep)
+{
+    size_t j;
+    for (j = 0; j < RO_BLOCK; j++)
+        tw[j] = beta * tw[j] + keep * w[j];
+}
+
+typedef struct ema_job {
+    float *teacher;
+    float beta, keep;
+} ema_job;
+
+static void ema_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    const ema_job *e = ctx;
+    float *tw = e->teacher + p->offset + j0;
+    const float *w = p->data + j0;
+    size_t n = j1 - j0, j;
+    for (j = 0; j + RO_BLOCK <= n; j += RO_BLOCK)
+        ema_block(tw + j, w + j, e->beta, e->keep);
+    for (; j < n; j++)
+        tw[j] = e->beta * tw[j] + e->keep * w[j];
+}
+
+/* beta_late from bregman.switch_step if bregman_set, else from bregman.switch of
+ * optimizer.total_steps (never when total_steps is 0); s->step counts the
+ * updates made before this one. */
+static int late(const bregman *br, const ro_step *s)
+{
+    if (br->switch_step >= 0)
+        return s->step >= (uint64_t)br->switch_step;
+    return s->total_steps > 0 && (double)s->step >= br->sw * (double)s->total_steps;
+}
+
+/* After the update: w~ <- beta w~ + (1 - beta) w. */
+static void bregman_after_update(ro_reg *r, const ro_step *s)
+{
+    bregman *br = r->self;
+    ema_job e;
+    e.teacher = br->teacher;
+    e.beta = (float)(late(br, s) ? br->beta_late : br->beta);
+    e.keep = (float)(1.0 - e.beta);
+    ro_each_piece(r->env->par, ema_piece, &e);
+    br->ready = 1;
+    br->last_beta = e.beta;
+}
+
+static void bregman_commit(ro_reg *r, const ro_step *s)
+{
+    r->stats[0] = s->acc[r->acc0];
+    r->stats[1] = ((const bregman *)r->self)->last_beta;
+}
+
+/* State: u32 ready | u32 pad | f64 beta of the last step | the teacher. */
+static uint64_t bregman_state_size(const ro_reg *r)
+{
+    const bregman *br = r->self;
+    return 16u + (br->ready ? 4u * (uint64_t)r->env->model->n_trainable : 0u);
+}
+
+static void bregman_save(const ro_reg *r, ro_ck_sink *out)
+{
+    const bregman *br = r->self;
+    ro_ck_u32(out, (uint32_t)br->ready);
+    ro_ck_u32(out, 0);
+    ro_ck_f64(out, br->last_beta);
+    if (br->ready)
+        ro_ck_floats(out, br->teacher, r->env->model->n_trainable);
+}
+
+static regopt_status bregman_check_state(ro_reg *r, const unsigned char *p, uint64_t size)
+{
+    uint32_t ready = size >= 16 ? ro_ck_rd32(p) : 2u;
+    uint64_t n = r->env->model->n_trainable, i;
+    if (ready > 1 || ro_ck_rd32(p + 4) != 0 ||
+        size != 16u + (ready ? 4u * n : 0u))
+        return ro_fail(r->env->msg, REGOPT_ERR_CORRUPT,
+                       "the checkpoint's Bregman state is malformed (%" PRIu64 " bytes)", size);
+    for (i = 0; ready && i < n; i++) {
+        uint32_t bits = ro_ck_rd32(p + 16 + 4 * i);
+        float v;
+        memcpy(&v, &bits, sizeof v);
+        if (!isfinite(v))
+            return ro_fail(r->env->msg, REGOPT_ERR_CORRUPT,
+                           "the checkpoint's Bregman teacher holds a non-finite value at "
+                           "element %" PRIu64, i);
+    }
+    return REGOPT_OK;
+}
+
+static regopt_status bregman_load(ro_reg *r, const unsigned char *p, uint64_t size)
+{
+    bregman *br = r->self;
+    (void)size;
+    br->ready = (int)ro_ck_rd32(p);
+    br->last_beta = ro_ck_rdf64(p + 8);
+    if (br->ready)
+        ro_ck_rdfloats(br->teacher, p + 16, r->env->model->n_trainable);
+    return REGOPT_OK;
+}
+
+const ro_reg_ops ro_bregman_ops = {
+    .name = "bregman",
+    .title = "Bregman",
+    .kind = REGOPT_REG_BREGMAN,
+    .flags = REGOPT_REG_SINGLE,
+    .order = 20,
+    .size = sizeof(bregman),
+    .keys = bregman_keys,
+    .n_keys = sizeof bregman_keys / sizeof bregman_keys[0],
+    .stat0 = REGOPT_STAT_BREGMAN_D,
+    .n_stats = 2,
+    .n_acc = 1,
+    .init = bregman_init,
+    .attach = bregman_attach,
+    .detach = bregman_detach,
+    .reserve = bregman_reserve,
+    .set = bregman_set,
+    .get = bregman_get,
+    .prepare = prepare,
+    .term = bregman_term,
+    .after_update = bregman_after_update,
+    .commit = bregman_commit,
+    .state_size = bregman_state_size,
+    .save = bregman_save,
+    .check_state = bregman_check_state,
+    .load = bregman_load,
+};

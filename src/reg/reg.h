@@ -1,0 +1,168 @@
+/* reg.h — the one interface between a step and a regularizer.
+ *
+ * Every method (SAM, R-Drop, SMART, Bregman, user-defined terms) is one file
+ * that fills one ro_reg_ops table; the trainer, the pass pipeline and the
+ * checkpoint code loop over the attached regularizers through it and never
+ * name a method. Methods see their trainer only through ro_env (set at
+ * attach) and, during a step, through ro_step and ro_view: this header
+ * never includes the trainer's. Included by the regularizer files, the
+ * pipeline, the trainer and the checkpoint code. */
+#ifndef REGOPT_REG_H
+#define REGOPT_REG_H
+
+#include "model/model.h"
+#include "optim/optim.h"
+
+/* The pass layout of one step, built from every attached regularizer's
+ * plan() in order: slots, n-row output blocks and fresh dropout copies are
+ * handed out in that order, so results never depend on the order of attach. */
+typedef struct ro_plan {
+    int copies;          /* task forwards per view: 1, or 2 (R-Drop) */
+    int doubled;         /* the copies run as one pass over 2n rows */
+    double task_scale;   /* weight of each copy's task loss */
+    int32_t copy_slot;   /* slot of copy 1 when the copies are two calls */
+    int32_t slots;       /* activation slots handed out (slot 0: the task) */
+    size_t blocks;       /* n-row output blocks handed out (block 0: the task) */
+    uint32_t fresh;      /* fresh dropout copies handed out */
+} ro_plan;
+
+typedef struct regopt_regularizer ro_reg;
+typedef struct ro_step ro_step;
+
+/* One evaluation unit: rows [r0, r0 + n) of micro-batch bi. */
+typedef struct ro_view {
+    ro_step *s;
+    regopt_batch rows;   /* the view (per-row arrays shifted) */
+    size_t bi, r0, n, k; /* micro-batch, first row, rows, output width */
+    size_t step_row;     /* first row of the view within the whole step */
+    uint32_t flags, role, chunk;
+    uint64_t seed;       /* dropout seed of copy 0 */
+    float *z, *dz;       /* outputs of copy 0 (copy c at z + c n k) and gradients */
+    double task[2];      /* task loss of each copy */
+    regopt_pass pass[2]; /* the copies' passes (pass[1] unused when doubled) */
+} ro_view;
+
+/* One regopt_trainer_step. */
+struct ro_step {
+    ro_env *env;
+    ro_reg *const *regs;  /* attached, in step order */
+    size_t n_regs;
+    const regopt_batch *batches;
+    size_t count;
+    double weight, inv_weight;
+    double lr;            /* scheduled lr of this step's update */
+    double lr_max, lr_min; /* optimizer.lr and its floor (GSAM's rho schedule) */
+    int64_t total_steps;  /* optimizer.total_steps */
+    uint64_t step, seed;
+    ro_plan plan;
+    float *outputs, *d_outputs; /* scratch: blocks * rows * width */
+    double acc[RO_MAX_REGS * 4 + 1]; /* [0] task loss, then each reg's, at w */
+    size_t n_acc;
+    size_t row_bi, row_at;  /* rows before micro-batch row_bi (a cursor) */
+    /* what the weight-side regularizer leaves for the driver */
+    double loss, loss2;   /* objective at w and (if has_loss2) at w + eps */
+    int has_loss2;
+    int synced;           /* 1: the step's all-reduce already ran and failed */
+    /* what a weight-side regularizer may call */
+    void *driver;
+    void (*zero_grads)(ro_step *s);
+    regopt_status (*eval_rows)(ro_step *s, size_t bi, size_t r0, size_t rows, uint32_t chunk,
+                               uint32_t flags, uint32_t role, double *loss);
+    regopt_status (*eval_all)(ro_step *s, uint32_t flags, uint32_t role, double *loss);
+    regopt_status (*sync)(ro_step *s, regopt_status local, double *loss, double *loss2);
+};
+
+/* ro_reg_ops.flags beyond the public REGOPT_REG_* bits. */
+#define RO_REG_LOAD_MAY_FAIL 0x100u /* load() calls the host */
+
+typedef struct ro_reg_ops {
+    const char *name;            /* "sam": key prefix, messages, checkpoints */
+    const char *title;           /* "SAM": in messages */
+    regopt_regularizer_kind kind;
+    uint32_t flags;              /* REGOPT_REG_WEIGHT_SIDE | REGOPT_REG_SINGLE */
+    int order;                   /* fixed place in the step (loss terms, slots) */
+    size_t size;                 /* bytes of the method's own state (self) */
+    const ro_key_desc *keys;     /* options, then statistics (read-only) */
+    size_t n_keys;
+    regopt_key stat0;            /* statistics are stat0 .. stat0 + n_stats - 1 */
+    size_t n_stats, n_acc;       /* n_acc: accumulators all-reduced with the gradient */
+
+    /* life cycle, never during a step */
+    void (*init)(ro_reg *r);                          /* defaults */
+    void (*destroy)(ro_reg *r);                       /* NULL: nothing to release */
+    regopt_status (*attach)(ro_reg *r);               /* model checks, fixed buffers */
+    void (*detach)(ro_reg *r);                        /* release what attach took */
+    regopt_status (*reserve)(ro_reg *r, size_t rows, size_t in_rows);
+    regopt_status (*set)(ro_reg *r, const ro_key_desc *k, int32_t group, double v);
+    double (*get)(const ro_reg *r, const ro_key_desc *k, int32_t group);
+
+    /* a step, in this order; NULL hooks are skipped */
+    regopt_status (*check)(ro_reg *r, const ro_step *s); /* nothing changed on failure */
+    int (*due)(const ro_reg *r, uint64_t step);          /* NULL: always */
+    void (*plan)(ro_reg *r, ro_plan *p, int due);        /* slots, blocks, copies */
+    regopt_status (*prepare)(ro_reg *r, ro_step *s);     /* before any gradient pass */
+    regopt_status (*forward)(ro_reg *r, ro_view *v);     /* after the task forwards */
+    regopt_status (*term)(ro_reg *r, ro_view *v, double *weighted); /* adds to v->dz */
+    regopt_status (*backward)(ro_reg *r, ro_view *v);    /* after the task backwards */
+    regopt_status (*gradient)(ro_reg *r, ro_step *s);    /* weight side */
+    void (*after_update)(ro_reg *r, const ro_step *s);   /* cannot fail */
+    void (*commit)(ro_reg *r, const ro_step *s);         /* statistics */
+
+    /* checkpoint: the method's state bytes in its "reg.N" section */
+    uint64_t (*state_size)(const ro_reg *r);
+    void (*save)(const ro_reg *r, ro_ck_sink *out);
+    regopt_status (*check_state)(ro_reg *r, const unsigned char *p, uint64_t size);
+    regopt_status (*load)(ro_reg *r, const unsigned char *p, uint64_t size); /* after check */
+} ro_reg_ops;
+
+/* The public handle: the common header of every regularizer. */
+struct regopt_regularizer {
+    uint32_t magic;
+    ro_alloc alloc;
+    const ro_reg_ops *ops;
+    void *self;                  /* ops->size bytes: the method's own state */
+    regopt_trainer *trainer;     /* attached to, or NULL */
+    ro_env *env;                 /* the trainer's, while attached */
+    int due;                     /* in the step under way */
+    int32_t slot;                /* first slot handed out by plan() */
+    size_t block;                /* first output block handed out by plan() */
+    uint32_t fresh;              /* first fresh dropout copy handed out */
+    size_t acc0;                 /* its first accumulator in ro_step.acc */
+    double stats[8];             /* ops->n_stats of the last step */
+    char msg[RO_MSG_SIZE];
+};
+
+/* registry.c: every built-in method (the only place that names them). */
+const ro_reg_ops *ro_reg_ops_at(size_t i);
+const ro_reg_ops *ro_reg_ops_of(regopt_regularizer_kind kind);
+/* The key descriptor of any key: core table, then every method's. */
+const ro_key_desc *ro_any_key(regopt_key key, const ro_reg_ops **owner);
+
+extern const ro_reg_ops ro_sam_ops, ro_rdrop_ops, ro_smart_ops, ro_bregman_ops, ro_term_ops;
+
+/* regularizer.c */
+regopt_status ro_reg_check(const regopt_regularizer *r, const char *func);
+/* A new handle of ops's kind with its defaults, or NULL (message set). */
+regopt_regularizer *ro_reg_new(const ro_reg_ops *ops, const regopt_allocator *allocator,
+                               regopt_status *status);
+/* term.c: a user term's name; a built-in kind's name otherwise. */
+const char *ro_term_name(const regopt_regularizer *r);
+
+/* The seed of a pass: ro_pass_seed of the step's seed and step count. */
+static inline uint64_t ro_step_seed(const ro_step *s, size_t bi, uint32_t role)
+{
+    return ro_pass_seed(s->seed, s->step, (uint32_t)bi, role);
+}
+
+/* A pass over the view's rows in a slot and output block of the method's
+ * own, with the view's flags: the passes methods add (SMART, user terms). */
+static inline void ro_view_pass(const ro_view *v, regopt_pass *p, int32_t slot, size_t block,
+                                uint64_t seed)
+{
+    ro_pass_init(v->s->env, p, &v->rows, v->bi, v->flags, seed,
+                 v->s->outputs + block * v->n * v->k);
+    p->slot = slot;
+    p->row_offset = v->r0;
+}
+
+#endif

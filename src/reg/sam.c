@@ -1,0 +1,581 @@
+/* sam.c — the sharpness-aware family: SAM (Foret et al., ICLR 2021, Alg. 1),
+ * ASAM (Kwon et al., ICML 2021), GSAM (Zhuang et al., ICLR 2022), with
+ * m-sharpness and SAM every k-th step; docs/methods.md §3. The library
+ * evaluates the gradient at w, moves the host's weights to w + eps,
+ * evaluates it again, and puts the weights back by copy, so the base
+ * optimizer steps from exactly w. The weight-side regularizer: it runs the
+ * step's gradient evaluations through ro_step.eval_*. */
+#include "reg/reg.h"
+
+#include <math.h>
+#include <string.h>
+
+#define SEED_PERTURBED 2u /* role of the perturbed passes' seeds (same_seed 0) */
+
+typedef struct sam {
+    double rho, delta, eta, gsam_alpha, rho_min, ascent_wd;
+    int adaptive, gsam, rho_follows_lr, same_seed, sync_ascent;
+    int64_t every, m_rows;
+    uint8_t group_adaptive[REGOPT_MAX_GROUPS];
+    float *save;  /* w before the ascent, restored by copy (n_trainable) */
+    float *accum; /* m-sharpness: sum of the chunks' perturbed gradients */
+    float *clean; /* GSAM: the clean gradient */
+    /* what the step under way measured, committed to the statistics */
+    double clean_loss, perturbed_loss, ascent_norm, rho_used;
+    int applied;
+} sam;
+
+typedef struct sam_reg {
+    ro_reg *r;
+    sam *s;
+} sam_reg;
+
+#define D REGOPT_TYPE_DOUBLE
+#define I REGOPT_TYPE_INT
+#define RO REGOPT_KEY_READ_ONLY
+static const ro_key_desc sam_keys[] = {
+    {REGOPT_SAM_RHO, "sam.rho", D, RO_OWNER_REG, 0, 1e3, 0.05, 0},
+    {REGOPT_SAM_DELTA, "sam.delta", D, RO_OWNER_REG, 0, 1, 1e-12, 0},
+    {REGOPT_SAM_ADAPTIVE, "sam.adaptive", I, RO_OWNER_REG, 0, 1, 0, 0},
+    {REGOPT_SAM_ETA, "sam.eta", D, RO_OWNER_REG, 0, 1e3, 0.01, 0},
+    {REGOPT_SAM_GSAM, "sam.gsam", I, RO_OWNER_REG, 0, 1, 0, 0},
+    {REGOPT_SAM_GSAM_ALPHA, "sam.gsam_alpha", D, RO_OWNER_REG, 0, 1e3, 0.4, 0},
+    {REGOPT_SAM_RHO_MIN, "sam.rho_min", D, RO_OWNER_REG, 0, 1e3, 0, 0},
+    {REGOPT_SAM_RHO_FOLLOWS_LR, "sam.rho_follows_lr", I, RO_OWNER_REG, 0, 1, 0, 0},
+    {REGOPT_SAM_EVERY, "sam.every", I, RO_OWNER_REG, 1, 2147483648.0, 1, 0},
+    {REGOPT_SAM_M_ROWS, "sam.m_rows", I, RO_OWNER_REG, 0, 2147483648.0, 0, 0},
+    {REGOPT_SAM_SAME_SEED, "sam.same_seed", I, RO_OWNER_REG, 0, 1, 1, 0},
+    {REGOPT_SAM_ASCENT_WEIGHT_DECAY, "sam.ascent_weight_decay", D, RO_OWNER_REG, 0, 1e3, 0, 0},
+    {REGOPT_SAM_SYNC_ASCENT, "sam.sync_ascent", I, RO_OWNER_REG, 0, 1, 0, 0},
+    {REGOPT_SAM_GROUP_ADAPTIVE, "sam.group_adaptive", I, RO_OWNER_REG, 0, 1, 1,
+     REGOPT_KEY_GROUP},
+    {REGOPT_STAT_SAM_CLEAN_LOSS, "sam.clean_loss", D, RO_OWNER_REG, -HUGE_VAL, HUGE_VAL, 0, RO},
+    {REGOPT_STAT_SAM_PERTURBED_LOSS, "sam.perturbed_loss", D, RO_OWNER_REG, -HUGE_VAL,
+     HUGE_VAL, 0, RO},
+    {REGOPT_STAT_SAM_SHARPNESS, "sam.sharpness", D, RO_OWNER_REG, -HUGE_VAL, HUGE_VAL, 0, RO},
+    {REGOPT_STAT_SAM_ASCENT_NORM, "sam.ascent_norm", D, RO_OWNER_REG, 0, HUGE_VAL, 0, RO},
+    {REGOPT_STAT_SAM_RHO, "sam.rho_used", D, RO_OWNER_REG, 0, HUGE_VAL, 0, RO},
+    {REGOPT_STAT_SAM_APPLIED, "sam.applied", I, RO_OWNER_REG, 0, 1, 0, RO},
+};
+
+static void sam_init(ro_reg *r)
+{
+    sam *s = r->self;
+    s->rho = 0.05;
+    s->delta = 1e-12;
+    s->eta = 0.01;
+    s->gsam_alpha = 0.4;
+    s->every = 1;
+    s->same_seed = 1;
+    memset(s->group_adaptive, 1, sizeof s->group_adaptive);
+}
+
+static regopt_status reserve_one(ro_reg *r, float **buf, int needed)
+{
+    if (!needed || *buf)
+        return REGOPT_OK;
+    *buf = ro_calloc(r->env->alloc, r->env->model->n_trainable, sizeof(float));
+    if (!*buf)
+        return ro_fail(r->msg, REGOPT_ERR_NO_MEMORY, "out of memory for a SAM buffer of %zu "
+                       "floats", r->env->model->n_trainable);
+    return REGOPT_OK;
+}
+
+/* Allocate what the current options need (idempotent; only when attached). */
+static regopt_status buffers(ro_reg *r)
+{
+    sam *s = r->self;
+    regopt_status st;
+    if (!r->env)
+        return REGOPT_OK;
+    st = reserve_one(r, &s->save, 1);
+    if (st == REGOPT_OK)
+        st = reserve_one(r, &s->accum, s->m_rows > 0);
+    if (st == REGOPT_OK)
+        st = reserve_one(r, &s->clean, s->gsam);
+    return st;
+}
+
+static void sam_detach(ro_reg *r)
+{
+    sam *s = r->self;
+    ro_free(r->env->alloc, s->save);
+    ro_free(r->env->alloc, s->accum);
+    ro_free(r->env->alloc, s->clean);
+    s->save = s->accum = s->clean = NULL;
+}
+
+static regopt_status sam_attach(ro_reg *r)
+{
+    regopt_status st = buffers(r);
+    if (st != REGOPT_OK) {
+        sam_detach(r);
+        ro_fail(r->env->msg, st, "%s", r->msg);
+    }
+    return st;
+}
+
+static void *field(sam *s, regopt_key key, int *is_double)
+{
+    *is_double = 1;
+    switch (key) {
+    case REGOPT_SAM_RHO: return &s->rho;
+    case REGOPT_SAM_DELTA: return &s->delta;
+    case REGOPT_SAM_ETA: return &s->eta;
+    case REGOPT_SAM_GSAM_ALPHA: return &s->gsam_alpha;
+    case REGOPT_SAM_RHO_MIN: return &s->rho_min;
+    case REGOPT_SAM_ASCENT_WEIGHT_DECAY: return &s->ascent_wd;
+    default: break;
+    }
+    *is_double = 0;
+    switch (key) {
+    case REGOPT_SAM_ADAPTIVE: return &s->adaptive;
+    case REGOPT_SAM_GSAM: return &s->gsam;
+    case REGOPT_SAM_RHO_FOLLOWS_LR: return &s->rho_follows_lr;
+    case REGOPT_SAM_SAME_SEED: return &s->same_seed;
+    case REGOPT_SAM_SYNC_ASCENT: return &s->sync_ascent;
+    default: return NULL;
+    }
+}
+
+/* The value has passed the key table's bounds check. Options that need a
+ * buffer allocate it here, so a step never does. */
+static regopt_status sam_set(ro_reg *r, const ro_key_desc *k, int32_t group, double value)
+{
+    sam *s = r->self, old = *s;
+    int is_double;
+    void *f = field(s, k->key, &is_double);
+    regopt_status st;
+    if (k->key == REGOPT_SAM_GROUP_ADAPTIVE) {
+        s->group_adaptive[group] = (uint8_t)value;
+        return REGOPT_OK;
+    }
+    if (k->key == REGOPT_SAM_EVERY)
+        s->every = (int64_t)value;
+    else if (k->key == REGOPT_SAM_M_ROWS)
+        s->m_rows = (int64_t)value;
+    else if (f && is_double)
+        *(double *)f = value;
+    else if (f)
+        *(int *)f = (int)value;
+    st = buffers(r);
+    if (st != REGOPT_OK) {
+        old.save = s->save; /* keep whatever was allocated; freed at sam_detach */
+        old.accum = s->accum;
+        old.clean = s->clean;
+        *s = old;
+    }
+    return st;
+}
+
+static double sam_get(const ro_reg *r, const ro_key_desc *k, int32_t group)
+{
+    sam *s = r->self;
+    int is_double;
+    void *f = field(s, k->key, &is_double);
+    if (k->key == REGOPT_SAM_GROUP_ADAPTIVE)
+        return s->group_adaptive[group];
+    if (k->key == REGOPT_SAM_EVERY)
+        return (double)s->every;
+    if (k->key == REGOPT_SAM_M_ROWS)
+        return (double)s->m_rows;
+    if (!f)
+        return 0.0;
+    return is_double ? *(double *)f : (double)*(int *)f;
+}
+
+static int sam_due(const ro_reg *r, uint64_t step)
+{
+    return step % (uint64_t)((const sam *)r->self)->every == 0;
+}
+
+/* Options against each other and the step (nothing has changed yet). */
+static regopt_status check(ro_reg *r, const ro_step *st)
+{
+    const sam *s = r->self;
+    size_t bi;
+    if (s->m_rows > 0 && s->sync_ascent && r->env->has_allreduce)
+        return ro_fail(r->env->msg, REGOPT_ERR_INVALID_ARGUMENT,
+                       "sam.sync_ascent cannot be combined with sam.m_rows: every chunk "
+                       "makes its own ascent");
+    if (s->m_rows > 0 && r->env->model->input_width)
+        for (bi = 0; bi < st->count; bi++) {
+            const regopt_batch *b = ro_batch_at(st->batches, bi);
+            if (b->input_rows && b->input_rows % b->rows)
+                return ro_fail(r->env->msg, REGOPT_ERR_INVALID_ARGUMENT,
+                               "batch %zu: sam.m_rows needs input_rows (%zu) to be a multiple "
+                               "of rows (%zu)", bi, b->input_rows, b->rows);
+        }
+    return REGOPT_OK;
+}
+
+/* GSAM's schedule: rho follows the learning rate between rho_min and rho. */
+static double rho_in_force(const sam *s, const ro_step *st)
+{
+    double lr_max = st->lr_max, lr_min = st->lr_min;
+    double r, lo = s->rho_min < s->rho ? s->rho_min : s->rho, hi = s->rho_min + s->rho - lo;
+    if (!s->rho_follows_lr || !(lr_max > lr_min))
+        return s->rho;
+    r = s->rho_min + (s->rho - s->rho_min) * (st->lr - lr_min) / (lr_max - lr_min);
+    /* during warm-up lr < lr_min: never let rho leave [rho_min, rho] (a
+       negative radius would descend instead of ascend) */
+    return r < lo ? lo : r > hi ? hi : r;
+}
+
+static int adaptive(const sam *s, const ro_param *p)
+{
+    return s->adaptive && s->group_adaptive[p->group];
+}
+
+/* The scalars of one ascent, shared by its passes over the tensors. */
+typedef struct ascent_job {
+    const sam *s;
+    float wd, eta, c;
+} ascent_job;
+
+static double ascent_squares(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    const ascent_job *a = ctx;
+    int ad = adaptive(a->s, p);
+    if (!ad && a->wd == 0.0f)
+        return ro_sum_squares(p->grad + j0, j1 - j0);
+    return ro_sum_scaled_squares(p->data + j0, p->grad + j0, j1 - j0, a->wd, a->eta, ad);
+}
+
+/* ||T a||, a = g + wd w (the ascent gradient), T = |w| + eta on ASAM tensors. */
+static double ascent_norm(const sam_reg *g, double wd_scale)
+{
+    ascent_job a;
+    a.s = g->s;
+    a.wd = (float)(g->s->ascent_wd * wd_scale);
+    a.eta = (float)g->s->eta;
+    a.c = 0.0f;
+    return sqrt(ro_sum_pieces(g->r->env->par, ascent_squares, &a));
+}
+
+/* One block of the plain ascent (T = 1, no ascent weight decay):
+ * save = w, w += c a; the same operations as the general loop. */
+static void perturb_block(float *restrict w, const float *restrict g, float *restrict save,
+                          float c)
+{
+    size_t j;
+    for (j = 0; j < RO_BLOCK; j++) {
+        save[j] = w[j];
+        w[j] = w[j] + c * g[j];
+    }
+}
+
+/* One block of the ASAM ascent: T = |w| + eta, a = g + wd w. */
+static void perturb_block_adaptive(float *restrict w, const float *restrict g,
+                                   float *restrict save, float c, float wd, float eta)
+{
+    size_t j;
+    for (j = 0; j < RO_BLOCK; j++) {
+        float x = w[j], a = g[j] + wd * x, tw = fabsf(x) + eta;
+        save[j] = x;
+        w[j] = x + c * (tw * tw * a);
+    }
+}
+
+static void perturb_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    const ascent_job *a = ctx;
+    const float wd = a->wd, eta = a->eta, c = a->c;
+    float *w = p->data + j0, *save = a->s->save + p->offset + j0;
+    const float *g = p->grad + j0;
+    size_t n = j1 - j0, j = 0;
+    int ad = adaptive(a->s, p);
+    if (!ad && wd == 0.0f) /* tw = 1: c (1 * 1 * a) is exactly c a */
+        for (; j + RO_BLOCK <= n; j += RO_BLOCK)
+            perturb_block(w + j, g + j, save + j, c);
+    else if (ad)
+        for (; j + RO_BLOCK <= n; j += RO_BLOCK)
+            perturb_block_adaptive(w + j, g + j, save + j, c, wd, eta);
+    for (; j < n; j++) {
+        float x = w[j], s = g[j] + wd * x;
+        float tw = ad ? fabsf(x) + eta : 1.0f;
+        save[j] = x;
+        w[j] = x + c * (tw * tw * s);
+    }
+}
+
+/* Save w and move it to w + eps, eps = scale * T^2 a, in one pass. */
+static void perturb(const sam_reg *g, double scale, double wd_scale)
+{
+    ascent_job a;
+    a.s = g->s;
+    a.wd = (float)(g->s->ascent_wd * wd_scale);
+    a.eta = (float)g->s->eta;
+    a.c = (float)scale;
+    ro_each_piece(g->r->env->par, perturb_piece, &a);
+}
+
+static void restore_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    const sam *s = ctx;
+    memcpy(p->data + j0, s->save + p->offset + j0, (j1 - j0) * sizeof(float));
+}
+
+/* Put w back by copy: w + eps - eps is not w in floating point. */
+static void restore(const sam_reg *g) { ro_each_piece(g->r->env->par, restore_piece, g->s); }
+
+/* dst (flat, trainable order) += or = the gradient buffers. */
+static void gather(const sam_reg *g, float *dst, int add)
+{
+    const regopt_model *m = g->r->env->model;
+    size_t i, j;
+    for (i = 0; i < m->n_params; i++) {
+        const ro_param *p = &m->params[i];
+        float *d = dst + p->offset;
+        if (!p->grad)
+            continue;
+        if (add)
+            for (j = 0; j < p->count; j++)
+                d[j] += p->grad[j];
+        else
+            memcpy(d, p->grad, p->count * sizeof(float));
+    }
+}
+
+static void scatter(const sam_reg *g, const float *src)
+{
+    const regopt_model *m = g->r->env->model;
+    size_t i;
+    for (i = 0; i < m->n_params; i++) {
+        const ro_param *p = &m->params[i];
+        if (p->grad)
+            memcpy(p->grad, src + p->offset, p->count * sizeof(float));
+    }
+}
+
+/* GSAM (Zhuang et al. 2022, Alg. 1): with u = g_p / (||g_p|| + delta),
+ * g_perp = g - <g, u> u and the update direction g_p - alpha g_perp
+ * = (1 + alpha c) g_p - alpha g with c = <g, g_p> / (||g_p|| + delta)^2. */
+static void gsam_combine(const sam_reg *sg)
+{
+    const regopt_model *m = sg->r->env->model;
+    const float *g = sg->s->clean;
+    double dot = 0.0, np2 = 0.0, c, den;
+    float a = (float)sg->s->gsam_alpha, cp;
+    size_t i, j;
+    for (i = 0; i < m->n_params; i++) {
+        const ro_param *p = &m->params[i];
+        if (!p->grad)
+            continue;
+        for (j = 0; j < p->count; j++) {
+            dot += (double)g[p->offset + j] * p->grad[j];
+            np2 += (double)p->grad[j] * p->grad[j];
+        }
+    }
+    den = sqrt(np2) + sg->s->delta;
+    c = den > 0.0 ? dot / (den * den) : 0.0;
+    cp = (float)(1.0 + sg->s->gsam_alpha * c);
+    for (i = 0; i < m->n_params; i++) {
+        const ro_param *p = &m->params[i];
+        if (!p->grad)
+            continue;
+        for (j = 0; j < p->count; j++)
+            p->grad[j] = cp * p->grad[j] - a * g[p->offset + j];
+    }
+}
+
+static regopt_status check_norm(const sam_reg *g, double norm)
+{
+    if (!isfinite(norm))
+        return ro_fail(g->r->env->msg, REGOPT_ERR_NONFINITE_GRADIENT,
+                       "the SAM ascent gradient is not finite (norm %g)", norm);
+    return REGOPT_OK;
+}
+
+static uint32_t perturbed_role(const sam *s)
+{
+    return s->same_seed ? RO_SEED_TASK : SEED_PERTURBED;
+}
+
+/* One ascent over the gradient now in the buffers: perturb, evaluate the
+ * perturbed gradient with `passes`, restore. *applied stays 0 (and the
+ * buffers keep g) when ||T a|| = 0. */
+typedef regopt_status (*passes_fn)(const sam_reg *g, ro_step *st, void *ctx, double *loss);
+
+static regopt_status ascend(const sam_reg *g, ro_step *st, double rho, double wd_scale,
+                            passes_fn passes, void *ctx, double *norm, double *loss,
+                            int *applied)
+{
+    regopt_status rc;
+    *norm = ascent_norm(g, wd_scale);
+    rc = check_norm(g, *norm);
+    if (rc != REGOPT_OK || *norm == 0.0)
+        return rc;
+    perturb(g, rho / (*norm + g->s->delta), wd_scale);
+    rc = passes(g, st, ctx, loss);
+    restore(g);
+    *applied = 1;
+    return rc;
+}
+
+/* ---- the whole step as one ascent ------------------------------------- */
+
+static regopt_status whole_perturbed(const sam_reg *g, ro_step *st, void *ctx, double *loss)
+{
+    (void)ctx;
+    return st->eval_all(st, REGOPT_PASS_TRAIN | REGOPT_PASS_PERTURBED_WEIGHTS,
+                        perturbed_role(g->s), loss);
+}
+
+static regopt_status whole_step(const sam_reg *g, ro_step *st)
+{
+    sam *s = g->s;
+    regopt_status rc;
+    double pert = 0.0;
+    rc = st->eval_all(st, REGOPT_PASS_TRAIN, RO_SEED_TASK, &s->clean_loss);
+    if (g->r->env->has_allreduce && s->sync_ascent) {
+        /* every replica stops here if any failed, so no later sync is owed */
+        rc = st->sync(st, rc, &s->clean_loss, NULL);
+        if (rc != REGOPT_OK) {
+            st->synced = 1;
+            return rc;
+        }
+    }
+    if (rc == REGOPT_OK && s->gsam)
+        gather(g, s->clean, 0);
+    if (rc == REGOPT_OK)
+        rc = ascend(g, st, s->rho_used, 1.0, whole_perturbed, NULL, &s->ascent_norm, &pert,
+                    &s->applied);
+    if (rc == REGOPT_OK && s->applied && s->gsam)
+        gsam_combine(g);
+    s->perturbed_loss = s->applied ? pert : s->clean_loss;
+    return rc;
+}
+
+/* ---- m-sharpness: one ascent per chunk of m rows ------------------------ */
+
+typedef struct chunk_ctx {
+    const regopt_batch *b;
+    size_t bi, r0, rows;
+    uint32_t chunk;
+} chunk_ctx;
+
+static regopt_status chunk_perturbed(const sam_reg *g, ro_step *st, void *ctx, double *loss)
+{
+    const chunk_ctx *c = ctx;
+    st->zero_grads(st);
+    return st->eval_rows(st, c->bi, c->r0, c->rows, c->chunk,
+                         REGOPT_PASS_TRAIN | REGOPT_PASS_PERTURBED_WEIGHTS,
+                         perturbed_role(g->s), loss);
+}
+
+static regopt_status chunk_step(const sam_reg *g, ro_step *st, chunk_ctx *c, double *norm_sum,
+                                size_t *chunks)
+{
+    sam *s = g->s;
+    double clean = 0.0, pert = 0.0, norm = 0.0;
+    int applied = 0;
+    regopt_status rc;
+    st->zero_grads(st);
+    rc = st->eval_rows(st, c->bi, c->r0, c->rows, c->chunk, REGOPT_PASS_TRAIN, RO_SEED_TASK,
+                       &clean);
+    if (rc == REGOPT_OK && s->gsam)
+        gather(g, s->clean, 1);
+    if (rc == REGOPT_OK) {
+        /* the chunk's gradient carries its share of the step's weight: give
+           the ascent's weight-decay term the same share */
+        double share = 0.0;
+        size_t i;
+        regopt_batch v;
+        ro_batch_rows(&v, c->b, c->r0, c->rows, g->r->env->model->output_width);
+        for (i = 0; i < v.rows; i++)
+            share += ro_row_weight(&v, i);
+        rc = ascend(g, st, s->rho_used, share * st->inv_weight, chunk_perturbed, c, &norm, &pert,
+                    &applied);
+    }
+    if (rc != REGOPT_OK)
+        return rc;
+    gather(g, s->accum, 1);
+    s->clean_loss += clean;
+    s->perturbed_loss += applied ? pert : clean;
+    s->applied |= applied;
+    *norm_sum += norm;
+    (*chunks)++;
+    return REGOPT_OK;
+}
+
+static regopt_status chunked_step(const sam_reg *g, ro_step *st)
+{
+    sam *s = g->s;
+    size_t n = g->r->env->model->n_trainable, bi, chunks = 0, m = (size_t)s->m_rows;
+    double norm_sum = 0.0;
+    regopt_status rc = REGOPT_OK;
+    ro_zero(s->accum, n);
+    if (s->gsam)
+        ro_zero(s->clean, n);
+    for (bi = 0; bi < st->count && rc == REGOPT_OK; bi++) {
+        chunk_ctx c;
+        c.b = ro_batch_at(st->batches, bi);
+        c.bi = bi;
+        for (c.r0 = 0, c.chunk = 0; c.r0 < c.b->rows && rc == REGOPT_OK; c.r0 += m, c.chunk++) {
+            c.rows = c.b->rows - c.r0 < m ? c.b->rows - c.r0 : m;
+            rc = chunk_step(g, st, &c, &norm_sum, &chunks);
+        }
+    }
+    if (rc != REGOPT_OK)
+        return rc;
+    scatter(g, s->accum); /* the sum of the chunks' weighted gradients */
+    if (s->applied && s->gsam)
+        gsam_combine(g);
+    s->ascent_norm = chunks ? norm_sum / (double)chunks : 0.0;
+    return REGOPT_OK;
+}
+
+/* The final gradient of a SAM step in the gradient buffers, weights
+ * restored; the driver then makes the step's all-reduce (unless a failed
+ * sync_ascent already stopped every replica). */
+static regopt_status gradient(ro_reg *r, ro_step *st)
+{
+    sam_reg g;
+    sam *s = r->self;
+    regopt_status rc;
+    g.r = r;
+    g.s = s;
+    s->clean_loss = s->perturbed_loss = s->ascent_norm = 0.0;
+    s->applied = 0;
+    s->rho_used = rho_in_force(s, st);
+    rc = s->m_rows > 0 ? chunked_step(&g, st) : whole_step(&g, st);
+    st->loss = s->clean_loss;
+    st->loss2 = s->perturbed_loss;
+    st->has_loss2 = 1;
+    return rc;
+}
+
+static void sam_commit(ro_reg *r, const ro_step *st)
+{
+    const sam *s = r->self;
+    double clean = st->loss, pert = r->due ? st->loss2 : st->loss;
+    r->stats[0] = clean;
+    r->stats[1] = pert;
+    r->stats[2] = pert - clean;
+    r->stats[3] = r->due ? s->ascent_norm : 0.0;
+    r->stats[4] = r->due ? s->rho_used : 0.0;
+    r->stats[5] = r->due ? s->applied : 0;
+}
+
+const ro_reg_ops ro_sam_ops = {
+    .name = "sam",
+    .title = "SAM",
+    .kind = REGOPT_REG_SAM,
+    .flags = REGOPT_REG_WEIGHT_SIDE | REGOPT_REG_SINGLE,
+    .order = 0,
+    .size = sizeof(sam),
+    .keys = sam_keys,
+    .n_keys = sizeof sam_keys / sizeof sam_keys[0],
+    .stat0 = REGOPT_STAT_SAM_CLEAN_LOSS,
+    .n_stats = 6,
+    .init = sam_init,
+    .attach = sam_attach,
+    .detach = sam_detach,
+    .set = sam_set,
+    .get = sam_get,
+    .check = check,
+    .due = sam_due,
+    .gradient = gradient,
+    .commit = sam_commit,
+};

@@ -1,0 +1,202 @@
+/* step.c — one training step as a transaction: validate everything, run the
+ * passes (which only touch gradient buffers and scratch memory), join the
+ * all-reduce, check that loss and gradient are finite, and only then commit
+ * the update. Nothing that can fail happens after the first parameter is
+ * written, so a failed step leaves parameters and optimizer state exactly
+ * as they were. Loops over the attached regularizers; names no method. */
+#include "trainer/pipeline.h"
+#include "trainer/trainer.h"
+
+#include <string.h>
+
+double ro_trainer_lr(const regopt_trainer *t)
+{
+    return t->opt->lr * ro_schedule_factor(t->opt, t->step);
+}
+
+static regopt_status config_check(regopt_trainer *t)
+{
+    const regopt_optimizer *o = t->opt;
+    ro_plan p;
+    regopt_status st = ro_optimizer_validate(o, t->msg);
+    if (st != REGOPT_OK)
+        return st;
+    if ((o->kind == REGOPT_ADAM || o->kind == REGOPT_ADAMW) && o->amsgrad &&
+        t->per_element < 3)
+        return ro_fail(t->msg, REGOPT_ERR_STATE,
+                       "optimizer.amsgrad was switched on after the trainer was created");
+    if (t->env.loss_kind == REGOPT_LOSS_CALLBACK && !t->env.loss_fn)
+        return ro_fail(t->msg, REGOPT_ERR_STATE, "the loss is a callback but none is set");
+    /* options can change after attach (rdrop.doubled): check the slots */
+    ro_trainer_plan(t, &p, 1);
+    if (t->model->slots < p.slots)
+        return ro_fail(t->msg, REGOPT_ERR_STATE,
+                       "the regularizers attached need %d activation slots (the model has %d)",
+                       (int)p.slots, (int)t->model->slots);
+    return REGOPT_OK;
+}
+
+static void step_zero(ro_step *s) { ro_zero_gradients(s); }
+
+static regopt_status step_sync(ro_step *s, regopt_status local, double *loss, double *loss2)
+{
+    double w = s->weight; /* the final all-reduce scales by the local weight again */
+    return ro_sync(s->driver, s, local, &w, loss, loss2);
+}
+
+/* Validate, decide what is due, reserve; nothing has changed on failure. */
+static regopt_status step_begin(regopt_trainer *t, const regopt_batch *b, size_t count,
+                                ro_step *s)
+{
+    size_t rows = 0, in_rows = 0, i;
+    regopt_status st = config_check(t);
+    memset(s, 0, sizeof *s);
+    s->env = &t->env;
+    s->regs = t->regs;
+    s->n_regs = t->n_regs;
+    s->batches = b;
+    s->count = count;
+    s->step = t->step;
+    s->seed = t->seed;
+    s->lr = ro_trainer_lr(t);
+    s->lr_max = t->opt->lr;
+    s->lr_min = t->opt->lr * t->opt->min_lr_ratio;
+    s->total_steps = t->opt->total_steps;
+    s->driver = t;
+    s->zero_grads = step_zero;
+    s->eval_rows = ro_eval_rows;
+    s->eval_all = ro_eval_all;
+    s->sync = step_sync;
+    /* the all-reduce layout first: a replica that fails below still joins
+       with the same count as its peers */
+    s->n_acc = 1;
+    for (i = 0; i < t->n_regs; i++) {
+        ro_reg *r = t->regs[i];
+        r->due = r->ops->due ? r->ops->due(r, t->step) : 1;
+        r->acc0 = s->n_acc;
+        s->n_acc += r->ops->n_acc;
+    }
+    if (st == REGOPT_OK)
+        st = ro_batches_check(b, count, t->model, t->env.loss_kind,
+                              t->env.loss_kind != REGOPT_LOSS_CALLBACK, t->allreduce != NULL,
+                              &s->weight, &rows, t->msg);
+    for (i = 0; i < t->n_regs && st == REGOPT_OK; i++)
+        if (t->regs[i]->ops->check)
+            st = t->regs[i]->ops->check(t->regs[i], s);
+    for (i = 0; st == REGOPT_OK && i < count; i++) {
+        size_t r = ro_input_rows(ro_batch_at(b, i));
+        in_rows = r > in_rows ? r : in_rows;
+    }
+    if (st == REGOPT_OK && (rows > t->reserved || in_rows > t->reserved_in))
+        st = ro_trainer_reserve_all(t, rows > t->reserved ? rows : t->reserved,
+                                    in_rows > t->reserved_in ? in_rows : t->reserved_in);
+    ro_trainer_plan(t, &s->plan, 0);
+    s->outputs = t->outputs;
+    s->d_outputs = t->d_outputs;
+    s->inv_weight = s->weight > 0.0 ? 1.0 / s->weight : 0.0;
+    return st;
+}
+
+/* Prepare hooks (the teacher), then the weight-side regularizer's gradient
+ * or one evaluation at w. A replica may hold only padding: its gradient is
+ * then zero. */
+static regopt_status step_gradient(regopt_trainer *t, ro_step *s)
+{
+    ro_reg *weight_side = NULL;
+    regopt_status st = REGOPT_OK;
+    size_t i;
+    for (i = 0; i < t->n_regs && st == REGOPT_OK; i++) {
+        ro_reg *r = t->regs[i];
+        if (r->due && r->ops->prepare)
+            st = r->ops->prepare(r, s);
+        if (r->due && r->ops->gradient)
+            weight_side = r;
+    }
+    if (st != REGOPT_OK)
+        return st;
+    if (weight_side)
+        return weight_side->ops->gradient(weight_side, s);
+    return ro_eval_all(s, REGOPT_PASS_TRAIN, RO_SEED_TASK, &s->loss);
+}
+
+/* The update and everything after it: nothing here can fail. */
+static void step_commit(regopt_trainer *t, ro_step *s, double norm)
+{
+    double scale = ro_clip_scale(t->opt, norm);
+    size_t i;
+    ro_apply_update(t, s->lr, scale);
+    for (i = 0; i < t->n_regs; i++)
+        if (t->regs[i]->ops->after_update)
+            t->regs[i]->ops->after_update(t->regs[i], s);
+    t->step++;
+    RO_STAT(t, REGOPT_STAT_LOSS) = s->acc[0];
+    RO_STAT(t, REGOPT_STAT_OBJECTIVE) = s->has_loss2 ? s->loss2 : s->loss;
+    RO_STAT(t, REGOPT_STAT_GRAD_NORM) = norm;
+    RO_STAT(t, REGOPT_STAT_CLIP_SCALE) = scale;
+    RO_STAT(t, REGOPT_STAT_LR) = s->lr;
+    RO_STAT(t, REGOPT_STAT_STEP) = (double)t->step;
+    RO_STAT(t, REGOPT_STAT_WEIGHT) = s->weight;
+    RO_STAT(t, REGOPT_STAT_FORWARD_CALLS) = (double)t->env.forward_calls;
+    RO_STAT(t, REGOPT_STAT_BACKWARD_CALLS) = (double)t->env.backward_calls;
+    for (i = 0; i < t->n_regs; i++)
+        if (t->regs[i]->ops->commit)
+            t->regs[i]->ops->commit(t->regs[i], s);
+}
+
+regopt_status regopt_trainer_step(regopt_trainer *t, const regopt_batch *batches, size_t count)
+{
+    double norm = 0.0;
+    ro_step s;
+    regopt_status st = ro_trainer_check(t, "regopt_trainer_step");
+    if (st != REGOPT_OK)
+        return st;
+    st = step_begin(t, batches, count, &s);
+    if (st != REGOPT_OK) {
+        /* a replica that cannot even start still joins the first all-reduce
+           with its failure mark, so that no peer waits for it forever */
+        if (t->allreduce)
+            (void)ro_sync(t, &s, st, &s.weight, &s.loss, NULL);
+        return st;
+    }
+    t->env.forward_calls = t->env.backward_calls = 0;
+    st = step_gradient(t, &s);
+    if (!s.synced) /* the step's all-reduce, joined even after a local failure */
+        st = ro_sync(t, &s, st, &s.weight, &s.loss, s.has_loss2 ? &s.loss2 : NULL);
+    if (st == REGOPT_OK)
+        st = ro_gradient_norm(t, &norm);
+    if (st != REGOPT_OK)
+        return st;
+    step_commit(t, &s, norm);
+    return REGOPT_OK;
+}
+
+regopt_status regopt_trainer_evaluate(regopt_trainer *t, const regopt_batch *batch,
+                                      double *loss, float *outputs)
+{
+    double weight = 1.0, l = 0.0;
+    size_t rows;
+    regopt_pass p;
+    regopt_status st = ro_trainer_check(t, "regopt_trainer_evaluate");
+    if (st != REGOPT_OK)
+        return st;
+    if (loss && t->env.loss_kind == REGOPT_LOSS_CALLBACK && !t->env.loss_fn)
+        return ro_fail(t->msg, REGOPT_ERR_STATE, "the loss is a callback but none is set");
+    st = ro_batches_check(batch, 1, t->model, t->env.loss_kind,
+                          loss && t->env.loss_kind != REGOPT_LOSS_CALLBACK, loss == NULL, &weight,
+                          &rows, t->msg);
+    if (st == REGOPT_OK && rows > t->reserved)
+        st = ro_trainer_reserve_all(t, rows, t->reserved_in);
+    if (st != REGOPT_OK)
+        return st;
+    ro_pass_init(&t->env, &p, batch, 0, REGOPT_PASS_NO_GRAD, 0, t->outputs);
+    st = ro_call_forward(&t->env, &p);
+    if (st == REGOPT_OK && loss)
+        st = ro_batch_loss(&t->env, batch, t->outputs, 1.0 / weight, 1.0, NULL, &l);
+    if (st != REGOPT_OK)
+        return st;
+    if (loss)
+        *loss = l;
+    if (outputs)
+        memcpy(outputs, t->outputs, batch->rows * t->model->output_width * sizeof(float));
+    return REGOPT_OK;
+}

@@ -1,0 +1,69 @@
+/* trainer.h — the trainer handle and its step (trainer.c, step.c, sync.c,
+ * update.c), seen by the checkpoint code above it. Includes reg.h: the
+ * trainer drives regularizers; regularizers never see this header. */
+#ifndef REGOPT_TRAINER_H
+#define REGOPT_TRAINER_H
+
+#include "reg/reg.h"
+
+#define RO_N_STATS (REGOPT_STAT_BACKWARD_CALLS - REGOPT_STAT_LOSS + 1)
+#define RO_STAT(t, k) ((t)->stats[(k) - REGOPT_STAT_LOSS])
+/* All-reduce buffer after the gradients: weight, loss, loss2, failure
+ * mark, then the step's accumulators. */
+#define RO_SYNC_HEAD 4u
+#define RO_SYNC_EXTRA (RO_SYNC_HEAD + 1 + 4 * RO_MAX_REGS)
+
+struct regopt_trainer {
+    uint32_t magic;
+    ro_alloc alloc;
+    regopt_model *model;
+    regopt_optimizer *opt;
+    ro_env env;         /* what regularizers see: model, loss, message */
+    ro_par par;         /* threads and chunks for loops over the parameters */
+
+    /* options */
+    uint64_t seed;
+    regopt_free_fn loss_free;
+    regopt_allreduce_fn allreduce;
+    void *allreduce_user;
+    regopt_free_fn allreduce_free;
+    float *sync;        /* all-reduce buffer: n_trainable + RO_SYNC_EXTRA floats */
+
+    /* training state */
+    uint64_t step;      /* completed updates */
+    int momentum_ready; /* SGD: the momentum buffer holds a value */
+    float *state;       /* optimizer moments, n_trainable * per_element */
+    size_t per_element;
+
+    /* scratch, grown to the largest batch and then reused */
+    size_t reserved, reserved_in; /* rows, embedding rows every buffer has room for */
+    size_t cap_rows;
+    float *outputs, *d_outputs, *row_loss;
+
+    ro_reg *regs[RO_MAX_REGS]; /* attached, in step order (ops->order, then attach) */
+    size_t n_regs;
+    double stats[RO_N_STATS];
+    char msg[RO_MSG_SIZE];
+};
+
+regopt_status ro_trainer_check(const regopt_trainer *t, const char *func);
+/* The pass layout of the attached regularizers (all due: the most room). */
+void ro_trainer_plan(const regopt_trainer *t, ro_plan *p, int all_due);
+/* Every buffer sized for micro-batches of `rows` rows and `in_rows`
+ * embedding rows (at least). */
+regopt_status ro_trainer_reserve_all(regopt_trainer *t, size_t rows, size_t in_rows);
+/* The scheduled learning rate of the next update. */
+double ro_trainer_lr(const regopt_trainer *t);
+
+/* sync.c: the one all-reduce of a step (a no-op without one). */
+regopt_status ro_sync(regopt_trainer *t, ro_step *s, regopt_status local, double *weight,
+                      double *loss, double *loss2);
+
+/* update.c: global L2 norm of the gradients; NONFINITE_GRADIENT names the
+ * tensor. torch's clip_grad_norm_ factor (1 = no clipping). The fused
+ * base-optimizer update of every trainable tensor. */
+regopt_status ro_gradient_norm(regopt_trainer *t, double *norm);
+double ro_clip_scale(const regopt_optimizer *o, double norm);
+void ro_apply_update(regopt_trainer *t, double lr, double scale);
+
+#endif
