@@ -438,7 +438,22 @@ typedef struct regopt_pass {
 } regopt_pass;
 
 /* Forward and backward callbacks: return 0 on success, anything else aborts
- * the step (see the overview). */
+ * the step (see the overview).
+ *
+ * Rules for every callback the library calls (forward, backward, loss,
+ * all-reduce, a user term's, checkpoint read/write, free hooks):
+ *  - Report failure by returning nonzero; do not throw a C++ exception
+ *    through the library, longjmp out of it, or call exit-like functions
+ *    that unwind. If one does anyway, the trainer notices: every later call
+ *    that would change or run it (and its regularizers' and optimizer's
+ *    setters) returns REGOPT_ERR_STATE until regopt_trainer_recover, which
+ *    puts back what the abandoned call had in flight.
+ *  - Do not call back into the trainer that called you, nor change its
+ *    regularizers or optimizer: such calls return REGOPT_ERR_STATE and
+ *    change nothing. Reading options and statistics
+ *    (regopt_*_get_double/_get_int, regopt_trainer_regularizer_count/_at,
+ *    the *_message functions) is allowed: the statistics are those of the
+ *    last finished step. Other trainers may be used freely. */
 typedef int (*regopt_pass_fn)(const regopt_pass *pass, void *user);
 
 /* Called once with the callbacks' user pointer when it is no longer needed
@@ -680,8 +695,26 @@ REGOPT_API regopt_trainer *regopt_trainer_create(regopt_model *model,
                                                  regopt_optimizer *opt,
                                                  regopt_status *status);
 
-/* Release the trainer and unbind its model. NULL is a no-op. */
+/* Release the trainer and unbind its model. NULL is a no-op. Refused (nothing
+ * freed; the reason in regopt_last_error_message and the trainer's message)
+ * while a callback of this trainer is running or was abandoned: call
+ * regopt_trainer_recover first. In a child process after fork(), the
+ * trainer's worker threads (REGOPT_TRAINER_THREADS) do not exist: there it
+ * runs its loops on the calling thread, with the same results, and frees
+ * without joining them. */
 REGOPT_API void regopt_trainer_free(regopt_trainer *trainer);
+
+/* After a callback threw a C++ exception or longjmp'd out of a call on this
+ * trainer (see the callback rules): undo what that call had in flight --
+ * the weights SAM had perturbed or the Bregman teacher had swapped in are
+ * put back, options a checkpoint load had applied are restored -- and
+ * accept calls again. Parameters, optimizer state, step count and
+ * statistics are then as before the abandoned call, except when a user
+ * term's committed hook was the one that never returned: its step had
+ * been applied (the message says so). Memory a save had allocated for a
+ * term's state is not recovered. Returns REGOPT_OK, also when nothing was
+ * abandoned. Must not be called from inside a callback. Since 1.0. */
+REGOPT_API regopt_status regopt_trainer_recover(regopt_trainer *trainer);
 
 /* Trainer keys (REGOPT_TRAINER_*) and, for get, statistics (REGOPT_STAT_*). */
 REGOPT_API regopt_status regopt_trainer_set_double(regopt_trainer *trainer,

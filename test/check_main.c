@@ -18,6 +18,7 @@ int main(void)
     srunner_add_suite(sr, suite_smart());
     srunner_add_suite(sr, suite_threads());
     srunner_add_suite(sr, suite_pool());
+    srunner_add_suite(sr, suite_guard());
     srunner_add_suite(sr, suite_checkpoint());
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);

@@ -253,6 +253,7 @@ PROTOTYPES = {
     # trainer
     "regopt_trainer_create": (_vp, [_vp, _vp, _stp]),
     "regopt_trainer_free": (None, [_vp]),
+    "regopt_trainer_recover": (_st, [_vp]),
     "regopt_trainer_set_double": (_st, [_vp, _key, _d]),
     "regopt_trainer_set_int": (_st, [_vp, _key, _i64]),
     "regopt_trainer_get_double": (_st, [_vp, _key, _dp]),

@@ -366,6 +366,14 @@ class Trainer(_Handle, _Options, _Checkpoints):
         """Size the scratch buffers for batches of up to max_rows rows now."""
         _check(lib.regopt_trainer_reserve(self._p(), int(max_rows)), self._msg)
 
+    def recover(self):
+        """Undo a call whose C or C++ callback never returned (regopt_trainer_recover).
+
+        Python callbacks always return to the library (their exceptions are
+        re-raised by the call that ran them), so a pure-Python host never
+        needs this; it is here for trainers shared with native code."""
+        _check(lib.regopt_trainer_recover(self._p()), self._msg)
+
     # -- steps -------------------------------------------------------------
     def _prepare(self, batches):
         n = len(batches)

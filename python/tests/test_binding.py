@@ -210,6 +210,7 @@ class EveryFunctionTest(HandleCheck):
                 t.step(data=x, labels=y)
                 t.set_allreduce(None)
                 t.evaluate(data=x, labels=y)
+                t.recover()  # nothing was abandoned: a no-op
                 t.stats(), t.steps, t.message
                 self.assertEqual(t.attached(), [term])
                 self.assertTrue(calls)

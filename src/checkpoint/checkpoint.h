@@ -50,6 +50,8 @@ regopt_status ro_ck_apply_options(regopt_trainer *t, const ro_ck_found *f,
  * entry points. */
 regopt_status ro_ck_save(const regopt_trainer *t, uint32_t flags, regopt_write_fn write,
                          void *user, uint64_t *total);
+/* An undo of the guard (trainer/guard.c): free a load's buffer. */
+void ro_ck_free_buffer(regopt_trainer *t, void *buf);
 regopt_status ro_ck_load_memory(regopt_trainer *t, uint32_t flags, const unsigned char *buf,
                                 size_t size);
 /* Total size announced by a 32-byte header after checking magic, version

@@ -120,7 +120,7 @@ static const char *save_target(const char *path, char *buf)
     return path;
 }
 
-regopt_status regopt_trainer_save_file(const regopt_trainer *t, uint32_t flags,
+static regopt_status save_file_run(const regopt_trainer *t, uint32_t flags,
                                        const char *path)
 {
     char e[128], resolved[PATH_MAX], *tmp = NULL;
@@ -182,7 +182,7 @@ static regopt_status read_all(regopt_trainer *t, int fd, const char *path, unsig
     return REGOPT_OK;
 }
 
-regopt_status regopt_trainer_load_file(regopt_trainer *t, uint32_t flags, const char *path)
+static regopt_status load_file_run(regopt_trainer *t, uint32_t flags, const char *path)
 {
     char e[128];
     struct stat sb;
@@ -191,6 +191,10 @@ regopt_status regopt_trainer_load_file(regopt_trainer *t, uint32_t flags, const 
     regopt_status st = ro_trainer_check(t, "regopt_trainer_load_file");
     if (st == REGOPT_OK && !path)
         st = ro_fail(t->msg, REGOPT_ERR_NULL_POINTER, "regopt_trainer_load_file: path is NULL");
+    if (st == REGOPT_OK && flags & ~(uint32_t)(REGOPT_CHECKPOINT_PARAMS |
+                                               REGOPT_CHECKPOINT_OPTIONS))
+        st = ro_fail(t->msg, REGOPT_ERR_INVALID_ARGUMENT,
+                     "regopt_trainer_load_file: unknown flags 0x%" PRIx32, flags);
     if (st != REGOPT_OK)
         return st;
     /* O_NONBLOCK: a FIFO under this name must not hang us before the
@@ -215,8 +219,33 @@ regopt_status regopt_trainer_load_file(regopt_trainer *t, uint32_t flags, const 
     }
     st = read_all(t, fd, path, buf, (size_t)sb.st_size);
     close(fd);
+    ro_trainer_push_undo(t, ro_ck_free_buffer, buf); /* a term's load_state may throw */
     if (st == REGOPT_OK)
-        st = regopt_trainer_load_buffer(t, flags, buf, (size_t)sb.st_size);
+        st = ro_ck_load_memory(t, flags, buf, (size_t)sb.st_size);
+    ro_trainer_pop_undo(t);
     ro_free(&t->alloc, buf);
+    return st;
+}
+
+/* The public calls: the guard (guard.c) around the work above. The save
+ * calls change nothing, but run host callbacks (write, a term's state). */
+
+regopt_status regopt_trainer_save_file(const regopt_trainer *t, uint32_t flags, const char *path)
+{
+    regopt_status st = ro_trainer_begin((regopt_trainer *)t, "regopt_trainer_save_file");
+    if (st != REGOPT_OK)
+        return st;
+    st = save_file_run(t, flags, path);
+    ro_trainer_end((regopt_trainer *)t);
+    return st;
+}
+
+regopt_status regopt_trainer_load_file(regopt_trainer *t, uint32_t flags, const char *path)
+{
+    regopt_status st = ro_trainer_begin(t, "regopt_trainer_load_file");
+    if (st != REGOPT_OK)
+        return st;
+    st = load_file_run(t, flags, path);
+    ro_trainer_end(t);
     return st;
 }

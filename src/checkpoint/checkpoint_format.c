@@ -204,7 +204,7 @@ static regopt_status flags_check(regopt_trainer *t, uint32_t flags, const char *
     return REGOPT_OK;
 }
 
-regopt_status regopt_trainer_checkpoint_size(const regopt_trainer *t, uint32_t flags,
+static regopt_status checkpoint_size_run(const regopt_trainer *t, uint32_t flags,
                                              size_t *size)
 {
     uint64_t total = 0;
@@ -221,17 +221,38 @@ regopt_status regopt_trainer_checkpoint_size(const regopt_trainer *t, uint32_t f
     return st;
 }
 
-regopt_status regopt_trainer_save(const regopt_trainer *t, uint32_t flags,
+/* The host's write callback, counted as a host call (guard.c). */
+typedef struct host_out {
+    regopt_trainer *t;
+    regopt_write_fn write;
+    void *user;
+} host_out;
+
+static int host_write(const void *data, size_t n, void *user)
+{
+    host_out *h = user;
+    int rc;
+    ro_host_enter(&h->t->env);
+    rc = h->write(data, n, h->user);
+    ro_host_leave(&h->t->env);
+    return rc;
+}
+
+static regopt_status save_run(const regopt_trainer *t, uint32_t flags,
                                   regopt_write_fn write, void *user)
 {
     uint64_t total;
+    host_out h;
     regopt_status st = ro_trainer_check(t, "regopt_trainer_save");
     if (st == REGOPT_OK)
         st = flags_check((regopt_trainer *)t, flags, "regopt_trainer_save");
     if (st == REGOPT_OK && !write)
         st = ro_fail((char *)t->msg, REGOPT_ERR_NULL_POINTER,
                      "regopt_trainer_save: the write callback is NULL");
-    return st == REGOPT_OK ? ro_ck_save(t, flags, write, user, &total) : st;
+    h.t = (regopt_trainer *)t;
+    h.write = write;
+    h.user = user;
+    return st == REGOPT_OK ? ro_ck_save(t, flags, host_write, &h, &total) : st;
 }
 
 typedef struct mem_out {
@@ -249,7 +270,7 @@ static int mem_write(const void *data, size_t n, void *user)
     return 0;
 }
 
-regopt_status regopt_trainer_save_buffer(const regopt_trainer *t, uint32_t flags,
+static regopt_status save_buffer_run(const regopt_trainer *t, uint32_t flags,
                                          void *buffer, size_t capacity, size_t *written)
 {
     uint64_t total = 0;
@@ -276,7 +297,7 @@ regopt_status regopt_trainer_save_buffer(const regopt_trainer *t, uint32_t flags
     return ro_ck_save(t, flags, mem_write, &m, &total);
 }
 
-regopt_status regopt_trainer_load_buffer(regopt_trainer *t, uint32_t flags, const void *buffer,
+static regopt_status load_buffer_run(regopt_trainer *t, uint32_t flags, const void *buffer,
                                          size_t size)
 {
     regopt_status st = ro_trainer_check(t, "regopt_trainer_load_buffer");
@@ -288,7 +309,19 @@ regopt_status regopt_trainer_load_buffer(regopt_trainer *t, uint32_t flags, cons
     return st == REGOPT_OK ? ro_ck_load_memory(t, flags, buffer, size) : st;
 }
 
-regopt_status regopt_trainer_load(regopt_trainer *t, uint32_t flags, regopt_read_fn read,
+/* The host's read callback, counted as a host call (guard.c). */
+static int host_read(regopt_trainer *t, regopt_read_fn read, void *data, size_t n, void *user)
+{
+    int rc;
+    ro_host_enter(&t->env);
+    rc = read(data, n, user);
+    ro_host_leave(&t->env);
+    return rc;
+}
+
+void ro_ck_free_buffer(regopt_trainer *t, void *buf) { ro_free(&t->alloc, buf); }
+
+static regopt_status load_run(regopt_trainer *t, uint32_t flags, regopt_read_fn read,
                                   void *user)
 {
     unsigned char h[RO_CK_HEADER], *buf;
@@ -301,7 +334,7 @@ regopt_status regopt_trainer_load(regopt_trainer *t, uint32_t flags, regopt_read
                      "regopt_trainer_load: the read callback is NULL");
     if (st != REGOPT_OK)
         return st;
-    if (read(h, sizeof h, user) != 0)
+    if (host_read(t, read, h, sizeof h, user) != 0)
         return ro_fail(t->msg, REGOPT_ERR_IO,
                        "the checkpoint read callback failed on the 32-byte header");
     st = ro_ck_header(t, h, &total);
@@ -316,12 +349,70 @@ regopt_status regopt_trainer_load(regopt_trainer *t, uint32_t flags, regopt_read
         return ro_fail(t->msg, REGOPT_ERR_NO_MEMORY,
                        "out of memory for a %" PRIu64 "-byte checkpoint", total);
     memcpy(buf, h, sizeof h);
-    if (total > sizeof h && read(buf + sizeof h, (size_t)total - sizeof h, user) != 0)
+    ro_trainer_push_undo(t, ro_ck_free_buffer, buf); /* if a callback never returns */
+    if (total > sizeof h && host_read(t, read, buf + sizeof h, (size_t)total - sizeof h, user) != 0)
         st = ro_fail(t->msg, REGOPT_ERR_IO,
                      "the checkpoint read callback failed reading %" PRIu64 " bytes",
                      total - (uint64_t)sizeof h);
     else
         st = ro_ck_load_memory(t, flags, buf, (size_t)total);
+    ro_trainer_pop_undo(t);
     ro_free(&t->alloc, buf);
+    return st;
+}
+
+/* The public calls: the guard (guard.c) around the work above. The save
+ * calls change nothing, but run host callbacks (write, a term's state). */
+
+regopt_status regopt_trainer_checkpoint_size(const regopt_trainer *t, uint32_t flags, size_t *size)
+{
+    regopt_status st = ro_trainer_begin((regopt_trainer *)t, "regopt_trainer_checkpoint_size");
+    if (st != REGOPT_OK)
+        return st;
+    st = checkpoint_size_run(t, flags, size);
+    ro_trainer_end((regopt_trainer *)t);
+    return st;
+}
+
+regopt_status regopt_trainer_save(const regopt_trainer *t, uint32_t flags, regopt_write_fn write,
+                                  void *user)
+{
+    regopt_status st = ro_trainer_begin((regopt_trainer *)t, "regopt_trainer_save");
+    if (st != REGOPT_OK)
+        return st;
+    st = save_run(t, flags, write, user);
+    ro_trainer_end((regopt_trainer *)t);
+    return st;
+}
+
+regopt_status regopt_trainer_save_buffer(const regopt_trainer *t, uint32_t flags, void *buffer,
+                                         size_t capacity, size_t *written)
+{
+    regopt_status st = ro_trainer_begin((regopt_trainer *)t, "regopt_trainer_save_buffer");
+    if (st != REGOPT_OK)
+        return st;
+    st = save_buffer_run(t, flags, buffer, capacity, written);
+    ro_trainer_end((regopt_trainer *)t);
+    return st;
+}
+
+regopt_status regopt_trainer_load_buffer(regopt_trainer *t, uint32_t flags, const void *buffer,
+                                         size_t size)
+{
+    regopt_status st = ro_trainer_begin(t, "regopt_trainer_load_buffer");
+    if (st != REGOPT_OK)
+        return st;
+    st = load_buffer_run(t, flags, buffer, size);
+    ro_trainer_end(t);
+    return st;
+}
+
+regopt_status regopt_trainer_load(regopt_trainer *t, uint32_t flags, regopt_read_fn read, void *user)
+{
+    regopt_status st = ro_trainer_begin(t, "regopt_trainer_load");
+    if (st != REGOPT_OK)
+        return st;
+    st = load_run(t, flags, read, user);
+    ro_trainer_end(t);
     return st;
 }

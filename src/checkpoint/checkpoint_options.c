@@ -198,13 +198,39 @@ static regopt_status load_regs(regopt_trainer *t, const ro_ck_states *rs)
     return st;
 }
 
+/* The options of one load: the new values, the values they replace, and
+ * how many are set (one block, so regopt_trainer_recover can put them back
+ * when a term's load_state never returns). */
+typedef struct ck_applied {
+    uint32_t done;
+    ck_option *old;
+} ck_applied;
+
+static void put_back(regopt_trainer *t, ck_applied *a)
+{
+    char msg[RO_MSG_SIZE];
+    memcpy(msg, t->msg, sizeof msg);
+    while (a->done > 0) {
+        a->done--;
+        (void)set_option(t, &a->old[a->done]);
+    }
+    memcpy(t->msg, msg, sizeof msg);
+}
+
+static void undo_options(regopt_trainer *t, void *ctx)
+{
+    put_back(t, ctx);
+    ro_free(&t->alloc, ctx);
+}
+
 /* Apply the options (f may be NULL: none), then the regularizers' state;
  * when either is refused, the options already set are put back. */
 regopt_status ro_ck_apply_options(regopt_trainer *t, const ro_ck_found *f,
                                   const ro_ck_states *rs)
 {
     ck_option *next = NULL, *old = NULL;
-    uint32_t n, i, used = 0, done = 0;
+    ck_applied *applied;
+    uint32_t n, i, used = 0;
     regopt_status st = REGOPT_OK;
     if (!f)
         return load_regs(t, rs);
@@ -214,10 +240,13 @@ regopt_status ro_ck_apply_options(regopt_trainer *t, const ro_ck_found *f,
                        "malformed");
     if (n == 0)
         return load_regs(t, rs);
-    next = ro_malloc(&t->alloc, 2 * (size_t)n * sizeof *next);
-    if (!next)
+    applied = ro_malloc(&t->alloc, sizeof *applied + 2 * (size_t)n * sizeof *next);
+    if (!applied)
         return ro_fail(t->msg, REGOPT_ERR_NO_MEMORY, "out of memory for %" PRIu32 " options", n);
+    next = (ck_option *)(void *)(applied + 1);
     old = next + n;
+    applied->done = 0;
+    applied->old = old;
     for (i = 0; i < n && st == REGOPT_OK; i++) {
         int use;
         st = decode_option(t, f->data + 8 + (size_t)i * OPTION_ENTRY, &next[used], &use);
@@ -230,18 +259,15 @@ regopt_status ro_ck_apply_options(regopt_trainer *t, const ro_ck_found *f,
         }
     }
     /* apply in order; on a refusal put back what was already set */
-    for (i = 0; i < used && st == REGOPT_OK; i++, done++)
+    for (i = 0; i < used && st == REGOPT_OK; i++, applied->done++)
         st = set_option(t, &next[i]);
+    ro_trainer_push_undo(t, undo_options, applied); /* load_state may throw */
     if (st == REGOPT_OK)
         st = load_regs(t, rs);
-    if (st != REGOPT_OK) {
-        char msg[RO_MSG_SIZE];
-        memcpy(msg, t->msg, sizeof msg);
-        while (done-- > 0)
-            (void)set_option(t, &old[done]);
-        memcpy(t->msg, msg, sizeof msg);
-    }
-    ro_free(&t->alloc, next);
+    ro_trainer_pop_undo(t);
+    if (st != REGOPT_OK)
+        put_back(t, applied);
+    ro_free(&t->alloc, applied);
     return st;
 }
 

@@ -13,11 +13,21 @@
  * the caller's thread. Between jobs a worker spins for a few microseconds
  * (the library's passes come in bursts: norm, perturb, restore, update) and
  * then sleeps on a condition variable, so an idle pool costs no CPU while
- * the host computes. */
+ * the host computes.
+ *
+ * After fork() only the forking thread exists in the child: the pool's
+ * workers are gone and its mutex may be held by one of them. A pool used
+ * in another process than the one that created it therefore runs every
+ * part on the calling thread (the parts are independent and their results
+ * do not depend on the thread that computes them, so the bits are the
+ * same), and is freed without joining anyone. */
+#define _XOPEN_SOURCE 700 /* getpid; the same value as checkpoint_file.c */
 #include "core/core.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/types.h>
+#include <unistd.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define RO_RELAX() _mm_pause()
@@ -30,6 +40,7 @@
 
 struct ro_pool {
     ro_alloc alloc;
+    pid_t pid;             /* the process whose threads these are */
     unsigned parts;        /* threads, the caller included */
     pthread_t *tid;        /* parts - 1 workers */
     pthread_mutex_t mu;
@@ -84,6 +95,12 @@ static void *worker(void *arg)
 void ro_pool_run(ro_pool *p, ro_task_fn fn, void *ctx)
 {
     int spin;
+    unsigned part;
+    if (getpid() != p->pid) { /* a forked child: no workers here */
+        for (part = 0; part < p->parts; part++)
+            fn(ctx, part, p->parts);
+        return;
+    }
     p->fn = fn;
     p->ctx = ctx;
     atomic_store_explicit(&p->pending, p->parts - 1, memory_order_relaxed);
@@ -122,8 +139,14 @@ static void pool_destroy(ro_pool *p, unsigned started)
 
 void ro_pool_free(ro_pool *p)
 {
-    if (p)
-        pool_destroy(p, p->parts - 1);
+    if (!p)
+        return;
+    if (getpid() != p->pid) { /* a forked child: nobody to stop or join */
+        ro_free(&p->alloc, p->tid);
+        ro_free(&p->alloc, p);
+        return;
+    }
+    pool_destroy(p, p->parts - 1);
 }
 
 /* A pool of `parts` threads (parts >= 2); NULL when memory or a thread
@@ -136,6 +159,7 @@ ro_pool *ro_pool_create(const ro_alloc *a, unsigned parts)
     if (!p)
         return NULL;
     p->alloc = *a;
+    p->pid = getpid();
     p->parts = parts;
     /* one block: the thread ids, then each worker's argument */
     p->tid = ro_calloc(a, parts - 1, sizeof(pthread_t) + sizeof(worker_arg));

@@ -7,6 +7,8 @@
 
 #include "core/core.h"
 
+#include <stdatomic.h>
+
 /* ---- model.c ----------------------------------------------------------- */
 
 typedef struct ro_param {
@@ -133,7 +135,30 @@ typedef struct ro_env {
     float *row_loss;             /* scratch of the task loss (rows) */
     float *d_scratch;            /* scratch of a loss callback's gradient (rows x width) */
     size_t forward_calls, backward_calls; /* of the step under way */
+    /* The trainer call under way (NULL: none) and how many host callbacks
+       it has running. A call made while one runs comes from inside it (a
+       callback calling back in) or follows one that never returned (threw,
+       longjmp'd): the trainer, its regularizers and its optimizer refuse
+       it until regopt_trainer_recover (trainer/guard.c). */
+    const char *busy;
+    int in_host;
+    atomic_int *opt_in_host;     /* the optimizer's count of the same */
 } ro_env;
+
+/* Around every call into the host made on behalf of a trainer. */
+static inline void ro_host_enter(ro_env *e)
+{
+    e->in_host++;
+    if (e->opt_in_host)
+        atomic_fetch_add_explicit(e->opt_in_host, 1, memory_order_relaxed);
+}
+
+static inline void ro_host_leave(ro_env *e)
+{
+    e->in_host--;
+    if (e->opt_in_host)
+        atomic_fetch_sub_explicit(e->opt_in_host, 1, memory_order_relaxed);
+}
 
 /* pass.c: the host as the library calls it. */
 void ro_pass_init(const ro_env *e, regopt_pass *p, const regopt_batch *b, size_t bi,

@@ -13,7 +13,10 @@ regopt_status ro_batch_loss(ro_env *e, const regopt_batch *b, const float *z,
     double sum = 0.0;
     if (e->loss_kind == REGOPT_LOSS_CALLBACK) {
         float *g = dz ? dz : e->d_scratch;
-        int rc = e->loss_fn(b, z, b->rows, k, e->row_loss, g, e->loss_user);
+        int rc;
+        ro_host_enter(e);
+        rc = e->loss_fn(b, z, b->rows, k, e->row_loss, g, e->loss_user);
+        ro_host_leave(e);
         if (rc != 0)
             return ro_fail(e->msg, REGOPT_ERR_LOSS_CALLBACK,
                            "the loss callback returned %d", rc);
@@ -63,7 +66,10 @@ void ro_pass_init(const ro_env *e, regopt_pass *p, const regopt_batch *b, size_t
 
 regopt_status ro_call_forward(ro_env *e, regopt_pass *p)
 {
-    int rc = e->model->forward(p, e->model->user);
+    int rc;
+    ro_host_enter(e);
+    rc = e->model->forward(p, e->model->user);
+    ro_host_leave(e);
     e->forward_calls++;
     if (rc != 0)
         return ro_fail(e->msg, REGOPT_ERR_FORWARD,
@@ -74,7 +80,10 @@ regopt_status ro_call_forward(ro_env *e, regopt_pass *p)
 
 regopt_status ro_call_backward(ro_env *e, regopt_pass *p)
 {
-    int rc = e->model->backward(p, e->model->user);
+    int rc;
+    ro_host_enter(e);
+    rc = e->model->backward(p, e->model->user);
+    ro_host_leave(e);
     e->backward_calls++;
     if (rc != 0)
         return ro_fail(e->msg, REGOPT_ERR_BACKWARD,

@@ -5,6 +5,8 @@
 
 #include "core/core.h"
 
+#include <stdatomic.h>
+
 /* ---- optimizer.c ------------------------------------------------------- */
 
 typedef struct ro_group_cfg {
@@ -24,6 +26,7 @@ struct regopt_optimizer {
     double clip_norm;
     ro_group_cfg groups[REGOPT_MAX_GROUPS];
     int bound;
+    atomic_int busy; /* trainers of it inside a call that runs host callbacks */
     char msg[RO_MSG_SIZE];
 };
 

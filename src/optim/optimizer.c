@@ -16,6 +16,22 @@ regopt_status ro_optimizer_check(const regopt_optimizer *o, const char *func)
     return REGOPT_OK;
 }
 
+/* A change: refused while a trainer of this optimizer runs host callbacks
+ * (a callback must not change the update under way); clears the message. */
+static regopt_status optimizer_enter(regopt_optimizer *o, const char *func)
+{
+    regopt_status st = ro_optimizer_check(o, func);
+    if (st != REGOPT_OK)
+        return st;
+    if (atomic_load_explicit(&o->busy, memory_order_relaxed) > 0)
+        return ro_fail(o->msg, REGOPT_ERR_STATE, "%s: refused while a trainer that uses this "
+                       "optimizer is inside a call that runs host callbacks (a callback may "
+                       "not change the optimizer; after one threw, call "
+                       "regopt_trainer_recover)", func);
+    o->msg[0] = '\0';
+    return REGOPT_OK;
+}
+
 static const char *optimizer_kind_name(regopt_optimizer_kind k)
 {
     switch (k) {
@@ -47,6 +63,7 @@ regopt_optimizer *regopt_optimizer_create(regopt_optimizer_kind kind,
         *status = st;
     if (!o)
         return NULL;
+    atomic_init(&o->busy, 0);
     o->magic = RO_MAGIC_OPTIMIZER;
     o->alloc = a;
     o->kind = kind;
@@ -157,7 +174,7 @@ regopt_status regopt_optimizer_set_double(regopt_optimizer *o, regopt_key key,
     double *f;
     int is64;
     void *i;
-    regopt_status st = ro_optimizer_check(o, "regopt_optimizer_set_double");
+    regopt_status st = optimizer_enter(o, "regopt_optimizer_set_double");
     if (st == REGOPT_OK)
         st = find_key(o, key, &d);
     if (st == REGOPT_OK)
@@ -179,7 +196,7 @@ regopt_status regopt_optimizer_set_int(regopt_optimizer *o, regopt_key key,
                                        int64_t value)
 {
     const ro_key_desc *d = NULL;
-    regopt_status st = ro_optimizer_check(o, "regopt_optimizer_set_int");
+    regopt_status st = optimizer_enter(o, "regopt_optimizer_set_int");
     if (st == REGOPT_OK)
         st = find_key(o, key, &d);
     if (st != REGOPT_OK)
@@ -250,7 +267,7 @@ regopt_status regopt_optimizer_set_group(regopt_optimizer *o, int32_t group,
                                          regopt_key key, double value)
 {
     const ro_key_desc *d = NULL;
-    regopt_status st = ro_optimizer_check(o, "regopt_optimizer_set_group");
+    regopt_status st = optimizer_enter(o, "regopt_optimizer_set_group");
     if (st == REGOPT_OK)
         st = group_key(o, group, key, &d);
     if (st == REGOPT_OK)

@@ -13,6 +13,7 @@
 
 typedef struct bregman {
     int ready;            /* the teacher holds weights */
+    int swapped;          /* the host's buffers hold the teacher's weights */
     double mu, beta, beta_late, sw;
     int64_t switch_step;  /* -1: from sw and optimizer.total_steps */
     float *teacher;       /* n_trainable */
@@ -167,6 +168,7 @@ static regopt_status prepare(ro_reg *r, ro_step *s)
     if (!br->ready)
         ro_each_piece(r->env->par, copy_piece, br);
     swap_weights(r);
+    br->swapped = 1;
     for (bi = 0; bi < s->count && st == REGOPT_OK; bi++) {
         const regopt_batch *x = ro_batch_at(s->batches, bi);
         regopt_pass p;
@@ -176,6 +178,7 @@ static regopt_status prepare(ro_reg *r, ro_step *s)
         at += x->rows;
     }
     swap_weights(r);
+    br->swapped = 0;
     return st;
 }
 
@@ -305,6 +308,16 @@ static regopt_status bregman_load(ro_reg *r, const unsigned char *p, uint64_t si
     return REGOPT_OK;
 }
 
+/* A teacher forward that never returned left the teacher's weights in the
+ * host's buffers: swap back (the swap is exact both ways). */
+static void bregman_abandon(ro_reg *r)
+{
+    bregman *br = r->self;
+    if (br->swapped)
+        swap_weights(r);
+    br->swapped = 0;
+}
+
 const ro_reg_ops ro_bregman_ops = {
     .name = "bregman",
     .title = "Bregman",
@@ -327,6 +340,7 @@ const ro_reg_ops ro_bregman_ops = {
     .term = bregman_term,
     .after_update = bregman_after_update,
     .commit = bregman_commit,
+    .abandon = bregman_abandon,
     .state_size = bregman_state_size,
     .save = bregman_save,
     .check_state = bregman_check_state,

@@ -107,6 +107,9 @@ typedef struct ro_reg_ops {
     regopt_status (*gradient)(ro_reg *r, ro_step *s);    /* weight side */
     void (*after_update)(ro_reg *r, const ro_step *s);   /* cannot fail */
     void (*commit)(ro_reg *r, const ro_step *s);         /* statistics */
+    /* a step abandoned by a callback that never returned (threw, longjmp'd):
+       undo what the method had in flight (regopt_trainer_recover) */
+    void (*abandon)(ro_reg *r);
 
     /* checkpoint: the method's state bytes in its "reg.N" section */
     uint64_t (*state_size)(const ro_reg *r);

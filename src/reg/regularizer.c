@@ -15,6 +15,22 @@ regopt_status ro_reg_check(const regopt_regularizer *r, const char *func)
     return REGOPT_OK;
 }
 
+/* A change: refused while its trainer runs host callbacks (a callback must
+ * not change a method in the middle of its step); clears the message. */
+static regopt_status reg_enter(regopt_regularizer *r, const char *func)
+{
+    regopt_status st = ro_reg_check(r, func);
+    if (st != REGOPT_OK)
+        return st;
+    if (r->env && r->env->in_host)
+        return ro_fail(r->msg, REGOPT_ERR_STATE, "%s: refused while a callback of %s of the "
+                       "%s regularizer's trainer has not returned (called from inside it, or "
+                       "it threw: call regopt_trainer_recover)", func,
+                       r->env->busy ? r->env->busy : "a call", r->ops->title);
+    r->msg[0] = '\0';
+    return REGOPT_OK;
+}
+
 /* A handle of the kind `ops` with its defaults, or NULL (message set). */
 regopt_regularizer *ro_reg_new(const ro_reg_ops *ops, const regopt_allocator *allocator,
                                regopt_status *status)
@@ -123,7 +139,7 @@ static regopt_status regularizer_set_value(regopt_regularizer *r, regopt_key key
                                int group_key, const char *func)
 {
     const ro_key_desc *d = NULL;
-    regopt_status st = ro_reg_check(r, func);
+    regopt_status st = reg_enter(r, func);
     if (st == REGOPT_OK)
         st = reg_key(r, key, group_key, &d);
     if (st == REGOPT_OK && group_key && (group < 0 || group >= REGOPT_MAX_GROUPS))

@@ -23,6 +23,7 @@ typedef struct sam {
     /* what the step under way measured, committed to the statistics */
     double clean_loss, perturbed_loss, ascent_norm, rho_used;
     int applied;
+    int perturbed; /* w is at w + eps (save holds w) */
 } sam;
 
 typedef struct sam_reg {
@@ -407,8 +408,10 @@ static regopt_status ascend(const sam_reg *g, ro_step *st, double rho, double wd
     if (rc != REGOPT_OK || *norm == 0.0)
         return rc;
     perturb(g, rho / (*norm + g->s->delta), wd_scale);
+    g->s->perturbed = 1;
     rc = passes(g, st, ctx, loss);
     restore(g);
+    g->s->perturbed = 0;
     *applied = 1;
     return rc;
 }
@@ -558,6 +561,18 @@ static void sam_commit(ro_reg *r, const ro_step *st)
     r->stats[5] = r->due ? s->applied : 0;
 }
 
+/* A callback threw or longjmp'd out of a perturbed pass: w is still at
+ * w + eps; put it back from the copy. */
+static void sam_abandon(ro_reg *r)
+{
+    sam_reg g;
+    g.r = r;
+    g.s = r->self;
+    if (g.s->perturbed)
+        restore(&g);
+    g.s->perturbed = 0;
+}
+
 const ro_reg_ops ro_sam_ops = {
     .name = "sam",
     .title = "SAM",
@@ -578,4 +593,5 @@ const ro_reg_ops ro_sam_ops = {
     .due = sam_due,
     .gradient = gradient,
     .commit = sam_commit,
+    .abandon = sam_abandon,
 };

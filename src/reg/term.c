@@ -136,7 +136,9 @@ static regopt_status term_value(ro_reg *r, ro_view *v, double *weighted)
     tv.inv_weight = s->inv_weight;
     tv.outputs = outs;
     tv.d_outputs = douts;
+    ro_host_enter(r->env);
     rc = u->ops.value(&tv, &value, u->user);
+    ro_host_leave(r->env);
     if (rc != 0)
         return ro_fail(r->env->msg, REGOPT_ERR_LOSS_CALLBACK,
                        "the value callback of term \"%s\" returned %d (micro-batch %zu)", u->name,
@@ -173,8 +175,11 @@ static regopt_status backward(ro_reg *r, ro_view *v)
 static void term_after_update(ro_reg *r, const ro_step *s)
 {
     term *u = r->self;
-    if (u->ops.committed)
+    if (u->ops.committed) {
+        ro_host_enter(r->env);
         u->ops.committed(s->step + 1, u->user);
+        ro_host_leave(r->env);
+    }
 }
 
 static void term_commit(ro_reg *r, const ro_step *s) { r->stats[0] = s->acc[r->acc0]; }
@@ -182,19 +187,31 @@ static void term_commit(ro_reg *r, const ro_step *s) { r->stats[0] = s->acc[r->a
 static uint64_t term_state_size(const ro_reg *r)
 {
     const term *u = r->self;
-    return u->ops.state_size ? (uint64_t)u->ops.state_size(u->user) : 0u;
+    size_t n = 0;
+    if (u->ops.state_size) {
+        ro_host_enter(r->env);
+        n = u->ops.state_size(u->user);
+        ro_host_leave(r->env);
+    }
+    return n;
 }
 
 /* The term's bytes through its save_state; a failure marks the sink. */
 static void term_save(const ro_reg *r, ro_ck_sink *out)
 {
     const term *u = r->self;
-    size_t n = u->ops.state_size ? u->ops.state_size(u->user) : 0;
+    size_t n = (size_t)term_state_size(r);
     unsigned char *buf;
+    int rc = 1;
     if (!n)
         return;
     buf = ro_malloc(r->env->alloc, n);
-    if (!buf || u->ops.save_state(buf, n, u->user) != 0)
+    if (buf) {
+        ro_host_enter(r->env); /* if it throws, buf is lost: documented */
+        rc = u->ops.save_state(buf, n, u->user);
+        ro_host_leave(r->env);
+    }
+    if (rc != 0)
         out->failed = 1;
     else
         ro_ck_put(out, buf, n);
@@ -218,7 +235,9 @@ static regopt_status term_load(ro_reg *r, const unsigned char *p, uint64_t size)
     int rc;
     if (!u->ops.load_state)
         return REGOPT_OK;
+    ro_host_enter(r->env);
     rc = u->ops.load_state(p, (size_t)size, u->user);
+    ro_host_leave(r->env);
     if (rc != 0)
         return ro_fail(r->env->msg, REGOPT_ERR_CORRUPT,
                        "the load_state callback of term \"%s\" returned %d", u->name, rc);

@@ -65,7 +65,7 @@ static regopt_status slots_check(regopt_trainer *t, const ro_reg *r)
 
 regopt_status regopt_trainer_attach(regopt_trainer *t, regopt_regularizer *r)
 {
-    regopt_status st = ro_trainer_check(t, "regopt_trainer_attach");
+    regopt_status st = ro_trainer_enter(t, "regopt_trainer_attach");
     if (st == REGOPT_OK)
         st = ro_reg_check(r, "regopt_trainer_attach");
     if (st == REGOPT_OK)
@@ -101,7 +101,7 @@ regopt_status regopt_trainer_attach(regopt_trainer *t, regopt_regularizer *r)
 
 regopt_status regopt_trainer_detach(regopt_trainer *t, regopt_regularizer *r)
 {
-    regopt_status st = ro_trainer_check(t, "regopt_trainer_detach");
+    regopt_status st = ro_trainer_enter(t, "regopt_trainer_detach");
     if (st == REGOPT_OK)
         st = ro_reg_check(r, "regopt_trainer_detach");
     if (st == REGOPT_OK && r->trainer != t)

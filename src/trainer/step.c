@@ -125,10 +125,10 @@ static void step_commit(regopt_trainer *t, ro_step *s, double norm)
     double scale = ro_clip_scale(t->opt, norm);
     size_t i;
     ro_apply_update(t, s->lr, scale);
-    for (i = 0; i < t->n_regs; i++)
-        if (t->regs[i]->ops->after_update)
-            t->regs[i]->ops->after_update(t->regs[i], s);
+    /* the step is made: counted before the hooks, for a user term's
+       committed hook may throw (regopt_trainer_recover then says so) */
     t->step++;
+    t->busy_applied = 1;
     RO_STAT(t, REGOPT_STAT_LOSS) = s->acc[0];
     RO_STAT(t, REGOPT_STAT_OBJECTIVE) = s->has_loss2 ? s->loss2 : s->loss;
     RO_STAT(t, REGOPT_STAT_GRAD_NORM) = norm;
@@ -139,18 +139,20 @@ static void step_commit(regopt_trainer *t, ro_step *s, double norm)
     RO_STAT(t, REGOPT_STAT_FORWARD_CALLS) = (double)t->env.forward_calls;
     RO_STAT(t, REGOPT_STAT_BACKWARD_CALLS) = (double)t->env.backward_calls;
     for (i = 0; i < t->n_regs; i++)
+        if (t->regs[i]->ops->after_update)
+            t->regs[i]->ops->after_update(t->regs[i], s);
+    for (i = 0; i < t->n_regs; i++)
         if (t->regs[i]->ops->commit)
             t->regs[i]->ops->commit(t->regs[i], s);
 }
 
-regopt_status regopt_trainer_step(regopt_trainer *t, const regopt_batch *batches, size_t count)
+/* The step with the trainer marked busy: its callbacks cannot re-enter it,
+ * and one that never returns leaves the mark for regopt_trainer_recover. */
+static regopt_status step_run(regopt_trainer *t, const regopt_batch *batches, size_t count)
 {
     double norm = 0.0;
     ro_step s;
-    regopt_status st = ro_trainer_check(t, "regopt_trainer_step");
-    if (st != REGOPT_OK)
-        return st;
-    st = step_begin(t, batches, count, &s);
+    regopt_status st = step_begin(t, batches, count, &s);
     if (st != REGOPT_OK) {
         /* a replica that cannot even start still joins the first all-reduce
            with its failure mark, so that no peer waits for it forever */
@@ -170,15 +172,23 @@ regopt_status regopt_trainer_step(regopt_trainer *t, const regopt_batch *batches
     return REGOPT_OK;
 }
 
-regopt_status regopt_trainer_evaluate(regopt_trainer *t, const regopt_batch *batch,
-                                      double *loss, float *outputs)
+regopt_status regopt_trainer_step(regopt_trainer *t, const regopt_batch *batches, size_t count)
+{
+    regopt_status st = ro_trainer_begin(t, "regopt_trainer_step");
+    if (st != REGOPT_OK)
+        return st;
+    st = step_run(t, batches, count);
+    ro_trainer_end(t);
+    return st;
+}
+
+static regopt_status evaluate_run(regopt_trainer *t, const regopt_batch *batch,
+                                 double *loss, float *outputs)
 {
     double weight = 1.0, l = 0.0;
     size_t rows;
     regopt_pass p;
-    regopt_status st = ro_trainer_check(t, "regopt_trainer_evaluate");
-    if (st != REGOPT_OK)
-        return st;
+    regopt_status st;
     if (loss && t->env.loss_kind == REGOPT_LOSS_CALLBACK && !t->env.loss_fn)
         return ro_fail(t->msg, REGOPT_ERR_STATE, "the loss is a callback but none is set");
     st = ro_batches_check(batch, 1, t->model, t->env.loss_kind,
@@ -199,4 +209,15 @@ regopt_status regopt_trainer_evaluate(regopt_trainer *t, const regopt_batch *bat
     if (outputs)
         memcpy(outputs, t->outputs, batch->rows * t->model->output_width * sizeof(float));
     return REGOPT_OK;
+}
+
+regopt_status regopt_trainer_evaluate(regopt_trainer *t, const regopt_batch *batch,
+                                      double *loss, float *outputs)
+{
+    regopt_status st = ro_trainer_begin(t, "regopt_trainer_evaluate");
+    if (st != REGOPT_OK)
+        return st;
+    st = evaluate_run(t, batch, loss, outputs);
+    ro_trainer_end(t);
+    return st;
 }

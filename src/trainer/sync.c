@@ -8,7 +8,7 @@
 regopt_status regopt_trainer_set_allreduce(regopt_trainer *t, regopt_allreduce_fn fn,
                                            void *user, regopt_free_fn free_user)
 {
-    regopt_status st = ro_trainer_check(t, "regopt_trainer_set_allreduce");
+    regopt_status st = ro_trainer_enter(t, "regopt_trainer_set_allreduce");
     float *buf = NULL;
     if (st != REGOPT_OK)
         return st;
@@ -19,8 +19,11 @@ regopt_status regopt_trainer_set_allreduce(regopt_trainer *t, regopt_allreduce_f
                            "out of memory for the all-reduce buffer");
         t->sync = buf;
     }
-    if (t->allreduce_free && (t->allreduce_user != user || !fn))
+    if (t->allreduce_free && (t->allreduce_user != user || !fn)) {
+        ro_host_enter(&t->env);
         t->allreduce_free(t->allreduce_user);
+        ro_host_leave(&t->env);
+    }
     t->allreduce = fn;
     t->allreduce_user = fn ? user : NULL;
     t->allreduce_free = fn ? free_user : NULL;
@@ -61,7 +64,9 @@ regopt_status ro_sync(regopt_trainer *t, ro_step *s, regopt_status local, double
     buf[n + 3] = local == REGOPT_OK ? 0.0f : 1.0f;
     for (j = 0; j < s->n_acc; j++)
         buf[n + RO_SYNC_HEAD + j] = local == REGOPT_OK ? (float)(s->acc[j] * *weight) : 0.0f;
+    ro_host_enter(&t->env);
     rc = t->allreduce(buf, n + extra, t->allreduce_user);
+    ro_host_leave(&t->env);
     if (local != REGOPT_OK)
         return local;
     if (rc != 0)

@@ -75,6 +75,7 @@ regopt_trainer *regopt_trainer_create(regopt_model *m, regopt_optimizer *o,
     t->env.par = &t->par;
     t->env.msg = t->msg;
     t->env.loss_kind = REGOPT_LOSS_SOFTMAX_CE;
+    t->env.opt_in_host = &o->busy;
     m->bound++;
     o->bound++;
     return t;
@@ -95,12 +96,23 @@ void regopt_trainer_free(regopt_trainer *t)
     ro_alloc a;
     if (!t || t->magic != RO_MAGIC_TRAINER)
         return;
+    if (t->env.in_host) { /* from one of its callbacks, or after one threw */
+        ro_fail_tls(REGOPT_ERR_STATE, "regopt_trainer_free: a callback of %s of this trainer "
+                    "has not returned (a callback may not free its trainer; after one threw, "
+                    "call regopt_trainer_recover first): nothing was freed",
+                    t->env.busy ? t->env.busy : "a call");
+        (void)ro_fail(t->msg, REGOPT_ERR_STATE, "regopt_trainer_free was refused: a callback "
+                      "has not returned");
+        return;
+    }
     while (t->n_regs)
         (void)regopt_trainer_detach(t, t->regs[t->n_regs - 1]);
+    ro_host_enter(&t->env); /* a free hook calling back in is refused */
     if (t->loss_free)
         t->loss_free(t->env.loss_user);
     if (t->allreduce_free)
         t->allreduce_free(t->allreduce_user);
+    ro_host_leave(&t->env);
     ro_free(&t->alloc, t->sync);
     if (t->model->magic == RO_MAGIC_MODEL)
         t->model->bound--;
@@ -178,7 +190,7 @@ regopt_status ro_trainer_reserve_all(regopt_trainer *t, size_t rows, size_t in_r
 
 regopt_status regopt_trainer_reserve(regopt_trainer *t, size_t max_rows)
 {
-    regopt_status st = ro_trainer_check(t, "regopt_trainer_reserve");
+    regopt_status st = ro_trainer_enter(t, "regopt_trainer_reserve");
     if (st != REGOPT_OK)
         return st;
     if (max_rows == 0 || max_rows > ((size_t)1 << 40) / t->model->output_width)
@@ -245,13 +257,13 @@ static regopt_status trainer_set_value(regopt_trainer *t, regopt_key key, double
 
 regopt_status regopt_trainer_set_double(regopt_trainer *t, regopt_key key, double value)
 {
-    regopt_status st = ro_trainer_check(t, "regopt_trainer_set_double");
+    regopt_status st = ro_trainer_enter(t, "regopt_trainer_set_double");
     return st == REGOPT_OK ? trainer_set_value(t, key, value, 0, 0) : st;
 }
 
 regopt_status regopt_trainer_set_int(regopt_trainer *t, regopt_key key, int64_t value)
 {
-    regopt_status st = ro_trainer_check(t, "regopt_trainer_set_int");
+    regopt_status st = ro_trainer_enter(t, "regopt_trainer_set_int");
     return st == REGOPT_OK ? trainer_set_value(t, key, 0.0, value, 1) : st;
 }
 
@@ -321,20 +333,26 @@ regopt_status regopt_trainer_get_int(const regopt_trainer *t, regopt_key key,
 regopt_status regopt_trainer_set_loss_callback(regopt_trainer *t, regopt_loss_fn fn,
                                                void *user, regopt_free_fn free_user)
 {
-    regopt_status st = ro_trainer_check(t, "regopt_trainer_set_loss_callback");
+    regopt_free_fn old_free;
+    void *old_user;
+    regopt_status st = ro_trainer_enter(t, "regopt_trainer_set_loss_callback");
     if (st != REGOPT_OK)
         return st;
-    /* release the old user data unless it comes back with a new callback */
-    if (t->loss_free && (t->env.loss_user != user || !fn))
-        t->loss_free(t->env.loss_user);
+    old_free = t->loss_free;
+    old_user = t->env.loss_user;
+    /* the new callback first: a free hook that throws leaves it consistent */
     t->env.loss_fn = fn;
     t->env.loss_user = fn ? user : NULL;
     t->loss_free = fn ? free_user : NULL;
     t->env.loss_kind = fn ? REGOPT_LOSS_CALLBACK : REGOPT_LOSS_SOFTMAX_CE;
+    /* release the old user data unless it comes back with a new callback */
+    if (old_free && (old_user != user || !fn)) {
+        ro_host_enter(&t->env);
+        old_free(old_user);
+        ro_host_leave(&t->env);
+    }
     return REGOPT_OK;
 }
-
-
 
 const char *regopt_trainer_message(const regopt_trainer *t)
 {

@@ -13,6 +13,10 @@
 #define RO_SYNC_HEAD 4u
 #define RO_SYNC_EXTRA (RO_SYNC_HEAD + 1 + 4 * RO_MAX_REGS)
 
+/* Undone by regopt_trainer_recover when a call is abandoned with it pushed. */
+typedef void (*ro_undo_fn)(regopt_trainer *t, void *ctx);
+#define RO_MAX_UNDO 2
+
 struct regopt_trainer {
     uint32_t magic;
     ro_alloc alloc;
@@ -44,9 +48,26 @@ struct regopt_trainer {
     size_t n_regs;
     double stats[RO_N_STATS];
     char msg[RO_MSG_SIZE];
+
+    /* guard.c: what an abandoned call (env.busy still set) left to undo */
+    struct {
+        ro_undo_fn fn;
+        void *ctx;
+    } undo[RO_MAX_UNDO];
+    int n_undo;
+    int busy_applied;   /* the abandoned step had already made its update */
 };
 
 regopt_status ro_trainer_check(const regopt_trainer *t, const char *func);
+/* guard.c: check t and refuse while a call that runs host callbacks has not
+ * returned (re-entrant or abandoned); clears the message. A call that runs
+ * host callbacks uses begin (enter, then mark busy) and end instead, and
+ * pushes what regopt_trainer_recover must undo while it has calls out. */
+regopt_status ro_trainer_enter(regopt_trainer *t, const char *func);
+regopt_status ro_trainer_begin(regopt_trainer *t, const char *func);
+void ro_trainer_end(regopt_trainer *t);
+void ro_trainer_push_undo(regopt_trainer *t, ro_undo_fn fn, void *ctx);
+void ro_trainer_pop_undo(regopt_trainer *t);
 /* The pass layout of the attached regularizers (all due: the most room). */
 void ro_trainer_plan(const regopt_trainer *t, ro_plan *p, int all_due);
 /* Every buffer sized for micro-batches of `rows` rows and `in_rows`
