@@ -19,6 +19,7 @@ Suite *suite_checkpoint(void); /* check_checkpoint.c: save, resume, damage */
 Suite *suite_smart(void);   /* check_smart.c: SMART adversarial and Bregman terms */
 Suite *suite_threads(void); /* check_threads.c: independent trainers in threads */
 Suite *suite_pool(void);    /* check_pool.c: trainer.threads, the worker pool */
-Suite *suite_guard(void);  /* check_guard.c: re-entrant and abandoned calls, fork */
+Suite *suite_guard(void);   /* check_guard.c: re-entrant and abandoned calls, fork */
+Suite *suite_term(void);    /* check_term.c: user-defined terms vs R-Drop, rollback, state */
 
 #endif

@@ -48,18 +48,22 @@ regopt_status ro_ck_save(const regopt_trainer *t, uint32_t flags, regopt_write_f
     unsigned char buf[CK_CHUNK], h[RO_CK_HEADER], table[RO_CK_MAX_SECTIONS * CK_ENTRY];
     size_t n = ro_ck_sections(t, flags, secs), i;
     ro_ck_sink s;
+    int lost = 0;
 
     end = RO_CK_HEADER + (uint64_t)n * CK_ENTRY;
     for (i = 0; i < n; i++) {
         memset(&s, 0, sizeof s);
         s.crc_on = write != NULL; /* a size query needs no CRC */
         secs[i].emit(t, secs[i].arg, &s);
+        lost |= s.lost; /* a user term's save_state failed: sizes and CRCs are wrong */
         off[i] = end;
         size[i] = s.size;
         crc[i] = s.crc;
         end = off[i] + size[i];
     }
     *total = end;
+    if (lost)
+        return REGOPT_ERR_IO; /* the term wrote the message */
     if (!write)
         return REGOPT_OK;
 
@@ -82,6 +86,8 @@ regopt_status ro_ck_save(const regopt_trainer *t, uint32_t flags, regopt_write_f
     for (i = 0; i < n; i++)
         secs[i].emit(t, secs[i].arg, &s);
     ro_ck_flush(&s);
+    if (s.lost)
+        return REGOPT_ERR_IO;
     if (s.failed)
         return ro_fail((char *)t->msg, REGOPT_ERR_IO,
                        "the checkpoint write callback failed (a %" PRIu64 "-byte checkpoint)",
@@ -280,9 +286,11 @@ static regopt_status save_buffer_run(const regopt_trainer *t, uint32_t flags,
         st = flags_check((regopt_trainer *)t, flags, "regopt_trainer_save_buffer");
     if (st != REGOPT_OK)
         return st;
-    (void)ro_ck_save(t, flags, NULL, NULL, &total);
+    st = ro_ck_save(t, flags, NULL, NULL, &total);
     if (written)
         *written = (size_t)total;
+    if (st != REGOPT_OK)
+        return st;
     if (!buffer && capacity)
         return ro_fail((char *)t->msg, REGOPT_ERR_NULL_POINTER,
                        "regopt_trainer_save_buffer: buffer is NULL");

@@ -142,6 +142,7 @@ typedef struct ro_ck_sink {
     uint64_t size;
     uint32_t crc;
     int crc_on, failed;
+    int lost; /* a regularizer could not give its state (message written) */
 } ro_ck_sink;
 
 void ro_ck_put(ro_ck_sink *s, const void *data, size_t n);

@@ -196,7 +196,8 @@ static uint64_t term_state_size(const ro_reg *r)
     return n;
 }
 
-/* The term's bytes through its save_state; a failure marks the sink. */
+/* The term's bytes through its save_state; a failure marks the sink (lost:
+ * the save fails with this message, in the measuring pass too). */
 static void term_save(const ro_reg *r, ro_ck_sink *out)
 {
     const term *u = r->self;
@@ -211,10 +212,17 @@ static void term_save(const ro_reg *r, ro_ck_sink *out)
         rc = u->ops.save_state(buf, n, u->user);
         ro_host_leave(r->env);
     }
-    if (rc != 0)
-        out->failed = 1;
-    else
+    if (rc == 0) {
         ro_ck_put(out, buf, n);
+    } else {
+        out->failed = out->lost = 1;
+        if (buf)
+            (void)ro_fail(r->env->msg, REGOPT_ERR_IO,
+                          "the save_state callback of term \"%s\" returned %d", u->name, rc);
+        else
+            (void)ro_fail(r->env->msg, REGOPT_ERR_IO,
+                          "out of memory for the %zu-byte state of term \"%s\"", n, u->name);
+    }
     ro_free(r->env->alloc, buf);
 }
 
