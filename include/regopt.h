@@ -12,26 +12,95 @@
  * data; the library owns the loss and regularizer math, the orchestration of
  * the extra passes, and the optimizer state.
  *
- * Handles (all opaque, created with *_create, released with *_free; freeing
- * NULL is a no-op):
+ * This header is the manual: this comment explains the model of the library,
+ * and each section below documents its functions with their keys beside
+ * them. Declarations new in 1.0 end with "Since 1.0."; CHANGELOG.md maps
+ * every removed 0.x call to its replacement.
  *
- *   regopt_model      describes the host network: its parameter tensors
- *                     (host-owned float data and grad buffers, a name and a
- *                     parameter group each), the width of one output row, the
- *                     width of one input-embedding row (optional), how many
- *                     activation slots the host keeps, and two callbacks.
- *   regopt_optimizer  a base update rule and its hyperparameters: kind,
- *                     learning rate, schedule, weight decay, per-group
- *                     overrides, global gradient-norm clipping. It holds
- *                     configuration only; the moments live in the trainer.
- *   regopt_trainer    binds one model and one optimizer, owns every piece of
- *                     training state (moments, step count, RNG position,
- *                     scratch buffers), runs steps and keeps per-step
- *                     statistics.
+ * Quick start. A host with one float32 tensor w (values and gradient buffer)
+ * and a forward and a backward callback (see "The callbacks") trains it with
+ * SAM around AdamW (calls return a status or a handle: check them all in
+ * real code).
  *
- * Ownership. A trainer borrows its model and optimizer: both must stay alive
- * (and be freed after it). While a trainer is bound to a model the model is
- * frozen: parameters and callbacks can no longer change. Parameter and
+ *   regopt_status st;
+ *   regopt_model *model = regopt_model_create(NULL, &st);
+ *   regopt_model_add_param(model, "w", w, grad_w, n_w, REGOPT_DTYPE_FLOAT32, 0);
+ *   regopt_model_set_output_width(model, n_classes);
+ *   regopt_model_set_callbacks(model, forward, backward, host, NULL);
+ *
+ *   regopt_optimizer *opt = regopt_optimizer_create(REGOPT_ADAMW, NULL, &st);
+ *   regopt_optimizer_set_double(opt, REGOPT_OPT_LR, 1e-3);
+ *   regopt_trainer *trainer = regopt_trainer_create(model, opt, &st);
+ *   if (!trainer) {
+ *       fprintf(stderr, "%s\n", regopt_last_error_message());
+ *       return 1;
+ *   }
+ *
+ *   regopt_regularizer *sam = regopt_regularizer_create(REGOPT_REG_SAM, NULL, &st);
+ *   regopt_regularizer_set_double(sam, REGOPT_SAM_RHO, 0.05);
+ *   st = regopt_trainer_attach(trainer, sam);
+ *
+ *   for (size_t i = 0; i < n_steps && st == REGOPT_OK; i++) {
+ *       regopt_batch batch;
+ *       regopt_batch_init(&batch);
+ *       batch.data = x[i];  batch.rows = rows;  batch.labels = y[i];
+ *       st = regopt_trainer_step(trainer, &batch, 1);
+ *   }
+ *   if (st != REGOPT_OK)            // a failed attach or step changed nothing
+ *       fprintf(stderr, "%s: %s\n", regopt_status_string(st),
+ *               regopt_trainer_message(trainer));
+ *   double sharpness;
+ *   regopt_regularizer_get_double(sam, REGOPT_STAT_SAM_SHARPNESS, &sharpness);
+ *
+ *   regopt_trainer_free(trainer);   // first: detaches sam, unbinds model and opt
+ *   regopt_regularizer_free(sam);
+ *   regopt_optimizer_free(opt);
+ *   regopt_model_free(model);
+ *
+ * Handles, in the order a host meets them. All four are opaque; a
+ * constructor returns NULL on failure, with the status through its out
+ * parameter (which may be NULL) and the details in
+ * regopt_last_error_message(); freeing NULL is a no-op.
+ *
+ *   regopt_model        the host network as the library sees it: its
+ *                       parameter tensors (host-owned float data and grad
+ *                       buffers, a name and a parameter group each; a tensor
+ *                       without a grad buffer is frozen, never updated), the
+ *                       width of one output row, optionally the width of one
+ *                       input-embedding row (SMART), how many activation slots
+ *                       the host keeps (1 .. 16), what its forward can do
+ *                       (REGOPT_CAP_*), and the forward and backward callbacks.
+ *   regopt_optimizer    a base update rule and its hyperparameters: kind,
+ *                       learning rate, schedule, weight decay, per-group
+ *                       overrides, global gradient-norm clipping. It holds
+ *                       configuration only; the moments live in the trainer.
+ *   regopt_trainer      binds one model and one optimizer, owns every piece of
+ *                       training state (moments, step count, RNG position,
+ *                       scratch buffers), runs steps, keeps the last step's
+ *                       statistics, and saves and loads checkpoints.
+ *   regopt_regularizer  one method, created by kind (REGOPT_REG_SAM, _RDROP,
+ *                       _SMART, _BREGMAN) with its defaults, configured and
+ *                       read through its own keys, attached to a trainer
+ *                       (regopt_trainer_attach). Since 1.0.
+ *     user terms        regularizers of kind REGOPT_REG_TERM, made by
+ *                       regopt_regularizer_create_term from a regopt_term_ops
+ *                       table: a loss-side term of the host's own (C, or
+ *                       Python through the binding) that composes with every
+ *                       method. Since 1.0.
+ *
+ * Why regularizers became handles in 1.0 (0.x switched methods on inside
+ * the trainer): a method has options, per-group options, statistics and
+ * state of its own; a trainer may hold several loss-side terms; and a host's
+ * own term goes through the same interface as the built-in methods. The
+ * trainer composes whatever is attached and never names a method.
+ *
+ * Ownership. A trainer borrows its model, its optimizer and the regularizers
+ * attached to it: all must outlive it. Free the trainer first (it detaches
+ * its regularizers and unbinds model and optimizer), then the others in any
+ * order. Freeing a model, optimizer or regularizer that a trainer still uses
+ * frees nothing and writes the reason to regopt_last_error_message(). A
+ * model bound to a trainer is frozen: its setters return REGOPT_ERR_STATE.
+ * A model or an optimizer may be bound to several trainers. Parameter and
  * gradient buffers stay in host memory; the library reads and writes them in
  * place during a step and never keeps pointers to memory it did not get from
  * the host or its own allocator.
@@ -51,10 +120,11 @@
  *             d(loss)/d(input embeddings) to pass->d_input when it is not NULL.
  *
  * Both return 0 on success. Any other value aborts the step: the library puts
- * every parameter, all optimizer state, the step count and the RNG position
- * back to what they were before the step, and returns REGOPT_ERR_FORWARD or
- * REGOPT_ERR_BACKWARD with a message naming the callback and its return value.
- * Callbacks must not call back into the same trainer.
+ * every parameter, all optimizer and regularizer state, the step count and
+ * the RNG position back to what they were before the step, and returns
+ * REGOPT_ERR_FORWARD or REGOPT_ERR_BACKWARD with a message naming the
+ * callback and its return value. Callbacks must not call back into the same
+ * trainer.
  *
  * A step. regopt_trainer_step(trainer, batches, count) runs one optimizer
  * update over `count` micro-batches (gradient accumulation):
@@ -76,10 +146,12 @@
  * every micro-batch: L = sum_i m_i w_i l_i / sum_i m_i w_i, so k micro-batches
  * of n rows give exactly the gradient of one batch of k*n rows.
  * Without regularizers a step makes `count` forward and `count` backward
- * calls, all in slot 0. Regularizers (regopt_trainer_add_regularizer)
- * document their own extra calls.
+ * calls, all in slot 0. Attached regularizers add passes to step 3 (the
+ * weight-side SAM runs it twice, at w and at w + eps); each method's section
+ * lists its calls in order, and "Regularizers: common rules" says how they
+ * compose.
  *
- * Randomness. Dropout seeds (and later the SMART noise) come from Philox4x32-10
+ * Randomness. Dropout seeds and SMART's noise come from Philox4x32-10
  * (Salmon et al., SC'11), a counter-based generator: the seed handed to a pass
  * is a pure function of the trainer seed (REGOPT_TRAINER_SEED), the step
  * count, the micro-batch index and the pass role, so the same seed gives the
@@ -91,15 +163,20 @@
  * errors negative, values fixed forever) or, for constructors, a handle and
  * the status through an out parameter. regopt_status_string() names a code;
  * each handle keeps a one-line message with the details of its last failure
- * (regopt_trainer_message() and friends), and regopt_last_error_message()
- * holds the message of the last failure in this thread that had no handle to
- * write to (a failed constructor, a NULL handle).
+ * (regopt_model_message, regopt_optimizer_message, regopt_trainer_message,
+ * regopt_regularizer_message), and regopt_last_error_message() holds the
+ * message of the last failure in this thread that had no handle to write to
+ * (a failed constructor, a NULL handle, a refused free). A failed attach is
+ * told by the trainer's message; a refused option by the message of the
+ * handle it was set on.
  *
  * Threads. The library has no global mutable state. Distinct handles may be
  * used from distinct threads at the same time; one handle must not be used
  * from two threads at once. Creating or freeing a trainer counts as a use of
- * its model and optimizer. A model or optimizer shared by several trainers
- * must not be modified while any of them steps.
+ * its model and optimizer, and a regularizer attached to a trainer counts as
+ * part of it (do not set its options while the trainer steps). A model or
+ * optimizer shared by several trainers must not be modified while any of
+ * them steps.
  *   A trainer may also use threads of its own: REGOPT_TRAINER_THREADS = n > 1
  * starts n - 1 worker threads (when the option is set, never in a step) that
  * share the library's loops over the parameters -- the optimizer update,
@@ -108,28 +185,37 @@
  * 4096 elements counted from each tensor's start, and sums are added chunk
  * by chunk in a fixed order, so results are bit-identical for every n;
  * models under 262144 trainable elements run on the calling thread alone.
- * Callbacks (forward, backward, loss, all-reduce, allocator) always run on
- * the calling thread. Idle workers sleep on a condition variable after a
- * few microseconds of spinning. The workers are joined when n is lowered or
- * the trainer is freed; a trainer with workers must not be used in a child
- * after fork(). Whether threads pay depends on the machine: the loops are
- * memory-bound, and a second core helps only if it adds memory bandwidth
- * and is not busy with the host's own threads (see README, Performance).
+ * Callbacks (forward, backward, loss, user terms, all-reduce, allocator)
+ * always run on the calling thread. Idle workers sleep on a condition
+ * variable after a few microseconds of spinning. The workers are joined when
+ * n is lowered or the trainer is freed; a trainer with workers must not be
+ * used in a child after fork(). Whether threads pay depends on the machine:
+ * the loops are memory-bound, and a second core helps only if it adds memory
+ * bandwidth and is not busy with the host's own threads (see README,
+ * Performance).
  *
  * Memory. Constructors take an optional regopt_allocator (NULL: malloc/free).
- * All training state is allocated when the trainer is created; scratch buffers
- * grow to the largest batch seen (or the size given to regopt_trainer_reserve)
- * and are then reused: a step never allocates once the batch sizes have been
- * seen.
+ * Training state is allocated when the trainer is created, and a
+ * regularizer's buffers when it is attached (or when an option that needs
+ * one is set), both from the model's allocator; scratch buffers grow to the
+ * largest batch seen (or the size given to regopt_trainer_reserve) and are
+ * then reused: a step never allocates once the batch sizes have been seen.
  *
  * Numbers. Parameters, gradients and outputs are float32. Scalars (losses,
  * norms, options) cross the API as double.
  *
- * ABI. Functions are exported with the regopt_ prefix only; the shared
- * library's SONAME is libregopt.so.0. Enum values never change and new ones
- * are appended; descriptor structs begin with their own size and only ever
- * grow at the end; every struct size is also available from a function for
- * bindings. Nothing is passed or returned by value except scalars.
+ * Checkpoints. regopt_trainer_save* and regopt_trainer_load* save and
+ * restore the whole training state, regularizers included, so that resumed
+ * training continues bit for bit (section "Checkpoints"). The byte layout,
+ * format 2 since 1.0, is described in docs/checkpoint-format.md.
+ *
+ * ABI. Functions are exported with the regopt_ prefix only, in the version
+ * node LIBREGOPT_1; the shared library's SONAME is libregopt.so.1 (1.0 was
+ * the one planned ABI break: programs built against libregopt 0.x must be
+ * ported and rebuilt, see CHANGELOG.md). Enum values never change and new
+ * ones are appended; descriptor structs begin with their own size and only
+ * ever grow at the end; every struct size is also available from a function
+ * for bindings. Nothing is passed or returned by value except scalars.
  */
 #ifndef REGOPT_H
 #define REGOPT_H
@@ -188,7 +274,8 @@ typedef enum regopt_status {
     REGOPT_ERR_INVALID_ARGUMENT = -2, /* bad size, count, label, combination */
     REGOPT_ERR_OUT_OF_RANGE = -3,     /* option value outside its bounds, NaN/inf */
     REGOPT_ERR_UNKNOWN_KEY = -4,      /* key or name unknown, or not for this handle */
-    REGOPT_ERR_UNSUPPORTED = -5,      /* valid request this build cannot serve (dtype) */
+    REGOPT_ERR_UNSUPPORTED = -5,      /* valid request this build cannot serve (dtype,
+                                         checkpoint format or feature) */
     REGOPT_ERR_NO_MEMORY = -6,        /* the allocator returned NULL */
     REGOPT_ERR_STATE = -7,            /* not allowed now (model bound, missing callback) */
     REGOPT_ERR_FORWARD = -8,          /* the forward callback returned non-zero */
@@ -211,7 +298,8 @@ typedef enum regopt_status {
 REGOPT_API const char *regopt_status_string(regopt_status status);
 
 /* The detail message of the last failure in the calling thread that had no
- * handle to record it (a constructor that returned NULL, a NULL handle).
+ * handle to record it (a constructor that returned NULL, a NULL handle, a
+ * free refused because a trainer still uses the handle).
  * Empty string when there is none. Valid until the next failing call in this
  * thread. */
 REGOPT_API const char *regopt_last_error_message(void);
@@ -225,7 +313,8 @@ REGOPT_API const char *regopt_last_error_message(void);
  * size tells the library which exist). alloc must return memory aligned at
  * least as malloc does, or NULL; both functions are required. The handle
  * frees everything it allocated with the same hooks; a trainer allocates
- * from its model's hooks. */
+ * from its model's hooks, and so do the regularizers attached to it for
+ * their buffers. */
 typedef struct regopt_allocator {
     size_t size;
     void *(*alloc)(size_t size, void *user);
@@ -241,14 +330,17 @@ typedef struct regopt_allocator {
  * appended inside their range. Each key has a name for bindings
  * (regopt_key_from_name), a type (double or integer), bounds and a default
  * (regopt_key_info). Setting a key on a handle it does not apply to returns
- * REGOPT_ERR_UNKNOWN_KEY (setting a statistic on the trainer:
- * REGOPT_ERR_STATE); a value outside the bounds returns
- * REGOPT_ERR_OUT_OF_RANGE with a message naming key, value and range.
- * Reading a double key through a *_get_int function works when the value is
+ * REGOPT_ERR_UNKNOWN_KEY (an SGD key on an Adam optimizer, a regularizer's
+ * key on the trainer or on a regularizer of another kind); setting one of
+ * the handle's own statistics (stat.* on the trainer, a method's statistics
+ * on its regularizer) returns REGOPT_ERR_STATE; a value outside the bounds
+ * returns REGOPT_ERR_OUT_OF_RANGE with a message naming key, value and
+ * range, and so does a non-integral value for an integer key. Reading a
+ * double key through a *_get_int function works when the value is
  * integral, and returns REGOPT_ERR_OUT_OF_RANGE otherwise. */
 /* A key: one of the REGOPT_* option or statistic constants below or in a
- * regularizer's section (an int, so that every section can declare its own
- * keys beside its functions). */
+ * regularizer's section. An int32_t since 1.0 (0.x: one enum), so that every
+ * section can declare its own keys beside its functions. */
 typedef int32_t regopt_key;
 
 /* Keys of the optimizer, its groups, the trainer and the trainer's
@@ -320,8 +412,8 @@ enum regopt_core_key {
     REGOPT_STAT_WEIGHT = 906,     /* "stat.weight": sum of m_i*w_i over the step's rows */
     REGOPT_STAT_FORWARD_CALLS = 907,  /* "stat.forward_calls" in the last step */
     REGOPT_STAT_BACKWARD_CALLS = 908  /* "stat.backward_calls" in the last step */
-    /* 909..922: the regularizer statistics of 0.x, retired (they moved to
-       the regularizer handles, REGOPT_STAT_SAM_* and friends) */
+    /* 909..922: the regularizer statistics of 0.x, retired in 1.0 (they
+       moved to the regularizer handles: REGOPT_STAT_SAM_* and friends) */
 };
 
 /* Value types reported by regopt_key_info. */
@@ -332,7 +424,8 @@ enum regopt_core_key {
 #define REGOPT_KEY_MIN_EXCLUSIVE 0x1u /* min itself is not allowed */
 #define REGOPT_KEY_MAX_EXCLUSIVE 0x2u /* max itself is not allowed */
 #define REGOPT_KEY_READ_ONLY 0x4u     /* a statistic */
-#define REGOPT_KEY_GROUP 0x8u         /* set with regopt_optimizer_set_group */
+#define REGOPT_KEY_GROUP 0x8u         /* set with regopt_optimizer_set_group
+                                         or regopt_regularizer_set_group */
 
 /* Describe a key. Every out pointer may be NULL. name: "optimizer.lr" (static
  * text); type: REGOPT_TYPE_*; min/max: the bounds (integers converted to
@@ -543,7 +636,9 @@ REGOPT_API regopt_status regopt_model_set_input_width(regopt_model *model,
                                                       size_t width);
 
 /* How many activation slots the host can keep at once (1 .. 16, default 1).
- * A regularizer that needs more slots than this is refused when added. */
+ * Attaching a regularizer that needs more slots than this is refused with
+ * REGOPT_ERR_STATE, and so is a step whose regularizers came to need more
+ * through an option set after attach (rdrop.doubled = 0). */
 REGOPT_API regopt_status regopt_model_set_slots(regopt_model *model,
                                                 int32_t slots);
 
@@ -690,18 +785,20 @@ typedef struct regopt_trainer regopt_trainer;
 /* Bind a model (with callbacks and at least one parameter with a gradient,
  * and an output width) and an optimizer, and allocate all training state
  * from the model's allocator. Both are borrowed, see the overview. NULL on
- * failure, with *status set (status may be NULL). */
+ * failure, with *status set (status may be NULL). Regularizers are attached
+ * afterwards (regopt_trainer_attach, "Regularizers: common rules"). */
 REGOPT_API regopt_trainer *regopt_trainer_create(regopt_model *model,
                                                  regopt_optimizer *opt,
                                                  regopt_status *status);
 
-/* Release the trainer and unbind its model. NULL is a no-op. Refused (nothing
- * freed; the reason in regopt_last_error_message and the trainer's message)
- * while a callback of this trainer is running or was abandoned: call
- * regopt_trainer_recover first. In a child process after fork(), the
- * trainer's worker threads (REGOPT_TRAINER_THREADS) do not exist: there it
- * runs its loops on the calling thread, with the same results, and frees
- * without joining them. */
+/* Release the trainer: detach every regularizer (they stay alive, with their
+ * options, and can be freed now), unbind its model and optimizer. NULL is a
+ * no-op. Refused (nothing freed; the reason in regopt_last_error_message and
+ * the trainer's message) while a callback of this trainer is running or was
+ * abandoned: call regopt_trainer_recover first. In a child process after
+ * fork(), the trainer's worker threads (REGOPT_TRAINER_THREADS) do not
+ * exist: there it runs its loops on the calling thread, with the same
+ * results, and frees without joining them. */
 REGOPT_API void regopt_trainer_free(regopt_trainer *trainer);
 
 /* After a callback threw a C++ exception or longjmp'd out of a call on this
@@ -716,7 +813,9 @@ REGOPT_API void regopt_trainer_free(regopt_trainer *trainer);
  * abandoned. Must not be called from inside a callback. Since 1.0. */
 REGOPT_API regopt_status regopt_trainer_recover(regopt_trainer *trainer);
 
-/* Trainer keys (REGOPT_TRAINER_*) and, for get, statistics (REGOPT_STAT_*). */
+/* Trainer keys (REGOPT_TRAINER_*) and, for get, the trainer's statistics
+ * (REGOPT_STAT_LOSS .. REGOPT_STAT_BACKWARD_CALLS; a regularizer's are read
+ * from its handle). */
 REGOPT_API regopt_status regopt_trainer_set_double(regopt_trainer *trainer,
                                                    regopt_key key,
                                                    double value);
@@ -735,6 +834,63 @@ REGOPT_API regopt_status regopt_trainer_get_int(const regopt_trainer *trainer,
 REGOPT_API regopt_status regopt_trainer_set_loss_callback(
     regopt_trainer *trainer, regopt_loss_fn fn, void *user,
     regopt_free_fn free_user);
+
+/* Data-parallel training. The callback must sum `count` floats in place
+ * over all replicas (MPI_Allreduce with MPI_SUM, NCCL, ...) and return 0;
+ * anything else fails the step with REGOPT_ERR_ALLREDUCE. Each step calls it
+ * once (twice with sam.sync_ascent: for the ascent gradient too), after the
+ * gradient passes and before the norm, clipping and update, on one buffer:
+ * the gradients scaled by this replica's weight, then the weight and the
+ * weighted loss. The library divides by the summed weight, so
+ * every replica applies the exact global weighted mean, whatever its shard
+ * size or mask. A replica whose passes fail still joins the all-reduce (with
+ * a failure mark) so that its peers never wait forever: they roll back too
+ * and return REGOPT_ERR_ALLREDUCE. Every replica must call step with the
+ * same number of micro-batches. A replica whose step fails validation also
+ * joins (the first all-reduce of the step) with its failure mark. A non-zero
+ * return from the callback itself means the communication broke: the
+ * replicas may then disagree, and the job should stop. fn NULL: single
+ * process (default).
+ * free_user as for regopt_trainer_set_loss_callback. Allocates the buffer
+ * now, never in the step: the trainable elements followed by a few floats
+ * of step totals (loss, weights, statistics, failure mark). Their number may
+ * grow in a later version: always reduce exactly `count` floats. */
+typedef int (*regopt_allreduce_fn)(float *buffer, size_t count, void *user);
+
+REGOPT_API regopt_status regopt_trainer_set_allreduce(regopt_trainer *trainer,
+                                                      regopt_allreduce_fn fn,
+                                                      void *user,
+                                                      regopt_free_fn free_user);
+
+/* Size every buffer now for steps of up to max_rows rows (all micro-batches
+ * of a step together) and up to max_rows embedding rows per micro-batch, so
+ * that not even the first step allocates; regularizers attached later get
+ * room for the same size when attached. Optional. */
+REGOPT_API regopt_status regopt_trainer_reserve(regopt_trainer *trainer,
+                                                size_t max_rows);
+
+/* One training step over `count` micro-batches (see the overview).
+ * batches is an array of `count` descriptors whose stride is batches[0].size,
+ * so hosts built against an older, smaller regopt_batch index correctly. On any
+ * failure nothing has changed: parameters, optimizer and regularizer state,
+ * statistics, step count and RNG position are as before the call (the
+ * gradient buffers hold whatever the failed pass left). */
+REGOPT_API REGOPT_NODISCARD regopt_status
+regopt_trainer_step(regopt_trainer *trainer, const regopt_batch *batches,
+                    size_t count);
+
+/* Evaluation: one forward in slot 0 with flags NO_GRAD (dropout off). If
+ * outputs is not NULL it receives rows * output_width floats. If loss is not
+ * NULL it receives the weighted mean task loss (labels or targets needed
+ * unless the loss is a callback). Changes no training state. */
+REGOPT_API REGOPT_NODISCARD regopt_status
+regopt_trainer_evaluate(regopt_trainer *trainer, const regopt_batch *batch,
+                        double *loss, float *outputs);
+
+/* One-line detail of the trainer's last failure ("" if none); never NULL.
+ * After a failed step it names the cause: the callback and its return
+ * value, the micro-batch, the row, the key and its range, ... */
+REGOPT_API const char *regopt_trainer_message(const regopt_trainer *trainer);
 
 /* ------------------------------------------------------------------------ */
 /* Regularizers: common rules                                               */
@@ -756,64 +912,93 @@ REGOPT_API regopt_status regopt_trainer_set_loss_callback(
  * Two sides. Loss-side terms (R-Drop, SMART's adversarial term, the Bregman
  * proximal term, user-defined terms) add passes and terms to every gradient
  * evaluation. The weight-side family (SAM and its variants) decides where the
- * gradients are evaluated. A trainer holds any number of loss-side terms and
- * at most one weight-side regularizer; R-Drop, SMART and Bregman at most once
- * each (they own the extra copies of the task pass, the embedding noise and
- * the teacher); user-defined terms as often as wanted. Everything attached
+ * gradients are evaluated. A trainer holds up to 32 regularizers (one more
+ * is REGOPT_ERR_STATE), at most one of them weight-side; R-Drop, SMART and
+ * Bregman at most once each (they own the extra copies of the task pass, the
+ * embedding noise and the teacher); user-defined terms as often as wanted
+ * (each handle once). regopt_regularizer_kind_info reports these rules as
+ * REGOPT_REG_WEIGHT_SIDE and REGOPT_REG_SINGLE. Everything attached
  * composes: SAM evaluates the whole objective, with every loss-side term, at
  * w and at w + eps.
  *
  * Order. Whatever the order of attach, the objective is summed as: task loss
  * (both R-Drop copies), R-Drop's consistency, Bregman, SMART, then user terms
  * in the order they were attached; activation slots and dropout seeds are
- * handed out in the same order. Results therefore never depend on the order
- * of the attach calls of built-in methods.
+ * handed out in the same order, and regopt_trainer_regularizer_at lists the
+ * regularizers in it. Results therefore never depend on the order of the
+ * attach calls of built-in methods.
  *
  * Ownership. A trainer borrows what is attached: a regularizer attached to a
  * trainer cannot be attached to another one (REGOPT_ERR_STATE) nor freed
  * (regopt_regularizer_free refuses and says so in
  * regopt_last_error_message()); regopt_trainer_free detaches everything.
+ *
+ * Keys. A regularizer takes the keys of its own section only. Any other key
+ * (another method's, the optimizer's, the trainer's) is
+ * REGOPT_ERR_UNKNOWN_KEY, and so is a regularizer's key given to the trainer
+ * or the optimizer; per-group keys go through regopt_regularizer_set_group /
+ * _get_group only, the others through the _double / _int functions only
+ * (the wrong function: REGOPT_ERR_UNKNOWN_KEY). Statistics are read-only:
+ * setting one of the handle's own statistics is REGOPT_ERR_STATE
+ * ("sam.sharpness is a statistic and cannot be set"), as setting a stat.*
+ * key on the trainer is. A refused set changes nothing and explains itself
+ * in regopt_regularizer_message().
+ *
  * Options may be set before or after attach and between steps, never during
- * one. Buffers are allocated at attach (and when an option that needs one is
- * set), never in a step.
+ * one. A regularizer's buffers come from its trainer's allocator (the
+ * model's hooks; the handle itself from the allocator given at creation).
+ * They are allocated at attach, for the rows the trainer has reserved or
+ * seen, and when an option that needs one is set (sam.gsam, sam.m_rows);
+ * a step that sees more rows than any before grows them, like the trainer's
+ * own scratch buffers, and once the batch sizes have been seen no step
+ * allocates.
  *
  * Statistics are those of the trainer's last successful step; they read 0
- * before the first step after attach.
+ * before the first step after attach, and a checkpoint load restores them.
+ * Detaching keeps a handle's options; attaching it again zeroes its
+ * statistics and restarts its state (the Bregman teacher).
  */
+/* Regularizer kinds (values as in 0.x, where the enum was named
+ * regopt_regularizer). */
 typedef enum regopt_regularizer_kind {
     REGOPT_REG_SAM = 1,     /* "sam": SAM, ASAM, GSAM (weight side) */
     REGOPT_REG_RDROP = 2,   /* "rdrop": R-Drop */
     REGOPT_REG_SMART = 3,   /* "smart": SMART's adversarial term R_s */
     REGOPT_REG_BREGMAN = 4, /* "bregman": SMART's momentum Bregman proximal term */
     REGOPT_REG_TERM = 5     /* "term": a user-defined loss-side term
-                               (regopt_regularizer_create_term) */
+                               (regopt_regularizer_create_term). Since 1.0. */
 } regopt_regularizer_kind;
 
-/* Flags reported by regopt_regularizer_kind_info. */
+/* Flags reported by regopt_regularizer_kind_info. Since 1.0. */
 #define REGOPT_REG_WEIGHT_SIDE 0x1u /* decides where gradients are taken */
 #define REGOPT_REG_SINGLE 0x2u      /* at most one per trainer */
 
+/* The regularizer handle. Since 1.0. */
 typedef struct regopt_regularizer regopt_regularizer;
 
 /* A new regularizer of a built-in kind with its defaults. allocator may be
  * NULL (malloc/free). REGOPT_REG_TERM is created with
- * regopt_regularizer_create_term instead. NULL on failure, with *status set
- * (status may be NULL) and regopt_last_error_message() explaining. */
+ * regopt_regularizer_create_term instead (here: REGOPT_ERR_INVALID_ARGUMENT,
+ * as for an unknown kind). NULL on failure, with *status set (status may be
+ * NULL) and regopt_last_error_message() explaining. Since 1.0. */
 REGOPT_API regopt_regularizer *regopt_regularizer_create(regopt_regularizer_kind kind,
                                                          const regopt_allocator *allocator,
                                                          regopt_status *status);
 
 /* Release a regularizer. NULL is a no-op. One that is attached to a trainer
  * is NOT freed: the call does nothing but write the reason to
- * regopt_last_error_message() (detach it or free the trainer first). */
+ * regopt_last_error_message() (detach it or free the trainer first). A
+ * user term's free_user is called here. Since 1.0. */
 REGOPT_API void regopt_regularizer_free(regopt_regularizer *reg);
 
-/* The kind given at creation; 0 for NULL or a handle of another type. */
+/* The kind given at creation; 0 for NULL or a handle of another type.
+ * Since 1.0. */
 REGOPT_API regopt_regularizer_kind regopt_regularizer_get_kind(const regopt_regularizer *reg);
 
 /* Set or read one of the regularizer's keys (its section lists them);
- * statistics are read-only. A key of another kind or handle:
- * REGOPT_ERR_UNKNOWN_KEY; out of bounds: REGOPT_ERR_OUT_OF_RANGE. */
+ * statistics are read-only. A key of another kind or handle, or a per-group
+ * key: REGOPT_ERR_UNKNOWN_KEY; setting a statistic: REGOPT_ERR_STATE; out
+ * of bounds: REGOPT_ERR_OUT_OF_RANGE (see "Keys" above). Since 1.0. */
 REGOPT_API regopt_status regopt_regularizer_set_double(regopt_regularizer *reg, regopt_key key,
                                                        double value);
 REGOPT_API regopt_status regopt_regularizer_set_int(regopt_regularizer *reg, regopt_key key,
@@ -824,34 +1009,38 @@ REGOPT_API regopt_status regopt_regularizer_get_int(const regopt_regularizer *re
                                                     regopt_key key, int64_t *value);
 
 /* Per-group keys (REGOPT_KEY_GROUP in regopt_key_info) for group 0 ..
- * REGOPT_MAX_GROUPS-1, e.g. REGOPT_SAM_GROUP_ADAPTIVE. */
+ * REGOPT_MAX_GROUPS-1, e.g. REGOPT_SAM_GROUP_ADAPTIVE; another group:
+ * REGOPT_ERR_OUT_OF_RANGE. Since 1.0. */
 REGOPT_API regopt_status regopt_regularizer_set_group(regopt_regularizer *reg, int32_t group,
                                                       regopt_key key, double value);
 REGOPT_API regopt_status regopt_regularizer_get_group(const regopt_regularizer *reg,
                                                       int32_t group, regopt_key key,
                                                       double *value);
 
-/* The trainer the regularizer is attached to, NULL if none (or for NULL). */
+/* The trainer the regularizer is attached to, NULL if none (or for NULL).
+ * Since 1.0. */
 REGOPT_API regopt_trainer *regopt_regularizer_get_trainer(const regopt_regularizer *reg);
 
 /* One-line detail of the regularizer's last failure ("" if none); never
- * NULL. */
+ * NULL. Since 1.0. */
 REGOPT_API const char *regopt_regularizer_message(const regopt_regularizer *reg);
 
 /* Attach a regularizer to a trainer: checks that the model can serve it
  * (slots, input width, capabilities), that it composes with what is
  * attached (at most one weight-side regularizer; R-Drop, SMART and Bregman
  * once each), and allocates its buffers for the batch size the trainer has
- * reserved or seen. On failure nothing changes; the trainer's message names
- * the problem (and both regularizers, for a conflict). */
+ * reserved or seen. On failure (REGOPT_ERR_STATE for a rule or a model that
+ * cannot serve it) nothing changes; the trainer's message names the problem
+ * (and both regularizers, for a conflict). Since 1.0 (a 0.x trainer
+ * switched methods on by kind). */
 REGOPT_API regopt_status regopt_trainer_attach(regopt_trainer *trainer, regopt_regularizer *reg);
 
 /* Detach a regularizer (its buffers are released, its options kept). One
- * that is not attached to this trainer: REGOPT_ERR_STATE. */
+ * that is not attached to this trainer: REGOPT_ERR_STATE. Since 1.0. */
 REGOPT_API regopt_status regopt_trainer_detach(regopt_trainer *trainer, regopt_regularizer *reg);
 
 /* The regularizers attached to a trainer, in the order the step runs them
- * (see "Order" above): index 0 .. count-1, NULL past the end. */
+ * (see "Order" above): index 0 .. count-1, NULL past the end. Since 1.0. */
 REGOPT_API size_t regopt_trainer_regularizer_count(const regopt_trainer *trainer);
 REGOPT_API regopt_regularizer *regopt_trainer_regularizer_at(const regopt_trainer *trainer,
                                                              size_t index);
@@ -859,7 +1048,7 @@ REGOPT_API regopt_regularizer *regopt_trainer_regularizer_at(const regopt_traine
 /* The index-th regularizer kind the library knows (0, 1, ... until
  * REGOPT_ERR_OUT_OF_RANGE): its kind, its name (static text: "sam", the
  * prefix of its keys) and REGOPT_REG_* flags. Every out pointer may be
- * NULL. */
+ * NULL. Since 1.0. */
 REGOPT_API regopt_status regopt_regularizer_kind_info(size_t index,
                                                       regopt_regularizer_kind *kind,
                                                       const char **name, uint32_t *flags);
@@ -952,9 +1141,11 @@ enum regopt_sam_key {
                                        ASAM scales this group's tensors by
                                        |w| + eta; 0 = unscaled (SamsungLabs
                                        scales weights only: set 0 on bias/norm
-                                       groups) */
+                                       groups). Since 1.0 (0.x: the trainer's
+                                       REGOPT_GROUP_SAM_ADAPTIVE, 152) */
 
-    /* Statistics (read-only). */
+    /* Statistics (read-only). On the handle since 1.0 (0.x: trainer
+     * statistics 909..914, "stat.sam_*"). */
     REGOPT_STAT_SAM_CLEAN_LOSS = 1090,     /* "sam.clean_loss": L(w), L the whole
                                               objective (with R-Drop, SMART,
                                               Bregman and user terms when on) */
@@ -1011,7 +1202,8 @@ enum regopt_rdrop_key {
                                        model declares REGOPT_CAP_DOUBLED_BATCH, run
                                        both passes as one forward over 2n rows */
 
-    /* Statistics (read-only). */
+    /* Statistics (read-only). On the handle since 1.0 (0.x: trainer
+     * statistics 915..918, "stat.rdrop_*"). */
     REGOPT_STAT_RDROP_LOSS1 = 1190,       /* "rdrop.loss1": task loss of pass 1 */
     REGOPT_STAT_RDROP_LOSS2 = 1191,       /* "rdrop.loss2": task loss of pass 2 */
     REGOPT_STAT_RDROP_CONSISTENCY = 1192, /* "rdrop.consistency": the consistency
@@ -1079,7 +1271,8 @@ enum regopt_smart_key {
                                        dropout seed (the perturbation is then the
                                        only difference); 0 = fresh seeds (mt-dnn) */
 
-    /* Statistics (read-only). */
+    /* Statistics (read-only). On the handle since 1.0 (0.x: trainer
+     * statistics 919..920, "stat.smart_*"). */
     REGOPT_STAT_SMART_RS = 1240,        /* "smart.rs": R_s, the adversarial term
                                            before lambda */
     REGOPT_STAT_SMART_NOISE_NORM = 1241 /* "smart.noise_norm": mean over all
@@ -1127,9 +1320,11 @@ enum regopt_bregman_key {
     REGOPT_BREGMAN_SWITCH_STEP = 1254, /* "bregman.switch_step": int [-1, 2^31],
                                        default -1 = use bregman.switch; >= 0: the
                                        step count from which beta_late applies,
-                                       independent of optimizer.total_steps */
+                                       independent of optimizer.total_steps.
+                                       Since 1.0. */
 
-    /* Statistics (read-only). */
+    /* Statistics (read-only). On the handle since 1.0 (0.x: trainer
+     * statistics 921..922, "stat.bregman_*"). */
     REGOPT_STAT_BREGMAN_D = 1290,   /* "bregman.d": D_Breg before mu */
     REGOPT_STAT_BREGMAN_BETA = 1291 /* "bregman.beta_used": beta of the EMA update
                                        made by the last step */
@@ -1140,12 +1335,12 @@ enum regopt_bregman_key {
 /* ------------------------------------------------------------------------ */
 
 /*
- * A host can add a loss-side term of its own that composes with everything
- * else: SAM evaluates it at w and w + eps, micro-batches accumulate it, data
- * parallel averages it, a failed step rolls it back, checkpoints carry its
- * state. The library runs the passes the term declares and hands it their
- * outputs; the term returns its value and the gradient of that value with
- * respect to each pass's outputs.
+ * Since 1.0. A host can add a loss-side term of its own that composes with
+ * everything else: SAM evaluates it at w and w + eps, micro-batches
+ * accumulate it, data parallel averages it, a failed step rolls it back,
+ * checkpoints carry its state. The library runs the passes the term
+ * declares and hands it their outputs; the term returns its value and the
+ * gradient of that value with respect to each pass's outputs.
  *
  * Per view (a micro-batch, or a chunk of sam.m_rows rows), after the task
  * pass(es) in slot 0 (and R-Drop's second copy):
@@ -1182,22 +1377,32 @@ enum regopt_bregman_key {
  * rolled back as any failure).
  *
  * State. A term with state across steps (an EMA, a counter) gives
- * state_size/save_state/load_state: checkpoints carry the bytes in the
- * term's section; load_state is called only after the whole checkpoint has
- * been validated, before the library changes anything, and must either take
- * the state whole or return non-zero and keep its old one (the load then
- * fails with REGOPT_ERR_CORRUPT and nothing has changed). committed(step) is
- * called after every successful update (step = the new step count).
+ * state_size/save_state/load_state (all three or none): checkpoints carry
+ * the bytes in the term's "reg.N" section. A save may call state_size and
+ * save_state more than once (it measures before it writes), and they must
+ * give the same bytes each time; save_state returning non-zero fails the
+ * save with REGOPT_ERR_IO. load_state is called only after the whole
+ * checkpoint has been validated (with REGOPT_CHECKPOINT_OPTIONS, after the
+ * options were applied: they are put back if it refuses), before the
+ * library changes any state of its own, and must either take the state
+ * whole or return non-zero and keep its old one (the load then fails with
+ * REGOPT_ERR_CORRUPT and nothing has changed). The library cannot undo a
+ * load_state that succeeded: with two terms that keep state, if the second
+ * refuses, the first keeps what it took. State bytes in a checkpoint for a
+ * term without load_state are REGOPT_ERR_MISMATCH.
+ * committed(step) is called after every successful update (step = the new
+ * step count).
  */
-#define REGOPT_TERM_MAX_PASSES 8
+#define REGOPT_TERM_MAX_PASSES 8 /* Since 1.0. */
 
-/* Flags of one declared pass (regopt_term_ops.pass_flags). */
+/* Flags of one declared pass (regopt_term_ops.pass_flags). Since 1.0. */
 #define REGOPT_TERM_PASS_FRESH_SEED 0x1u
 #define REGOPT_TERM_PASS_EVAL 0x2u
 #define REGOPT_TERM_PASS_NO_GRAD 0x4u
 
 /* What one call of a term's value function is about. The library fills it;
- * fields are only ever appended (size = sizeof as the library was built). */
+ * fields are only ever appended (size = sizeof as the library was built).
+ * Since 1.0. */
 typedef struct regopt_term_view {
     size_t size;
     const regopt_batch *batch;   /* the view's rows; batch->data is the host's */
@@ -1214,11 +1419,13 @@ typedef struct regopt_term_view {
 } regopt_term_view;
 
 /* Compute the term of one view: write its value to *value and d value /
- * d outputs[p] into view->d_outputs[p]. Return 0, anything else aborts. */
+ * d outputs[p] into view->d_outputs[p]. Return 0, anything else aborts.
+ * Since 1.0. */
 typedef int (*regopt_term_fn)(const regopt_term_view *view, double *value, void *user);
 
 /* The definition of a user term, copied at creation. size = sizeof
- * (regopt_term_ops); fields are only ever appended. */
+ * (regopt_term_ops); fields are only ever appended (a size that does not
+ * reach state_size is REGOPT_ERR_INVALID_ARGUMENT). Since 1.0. */
 typedef struct regopt_term_ops {
     size_t size;
     const char *name;        /* shown in messages and kept in checkpoints:
@@ -1236,74 +1443,27 @@ typedef struct regopt_term_ops {
 
 /* A user-defined term. ops is copied; user is passed to every callback and
  * free_user (may be NULL) is called with it when the regularizer is freed.
- * If this call fails, free_user is not called. */
+ * A bad name, pass count or pass flag, or state callbacks that are not all
+ * three or none: REGOPT_ERR_INVALID_ARGUMENT; no value callback:
+ * REGOPT_ERR_NULL_POINTER. If this call fails, free_user is not called.
+ * Since 1.0. */
 REGOPT_API regopt_regularizer *regopt_regularizer_create_term(const regopt_term_ops *ops,
                                                               void *user,
                                                               regopt_free_fn free_user,
                                                               const regopt_allocator *allocator,
                                                               regopt_status *status);
 
-/* Struct sizes for bindings. */
+/* Struct sizes for bindings. Since 1.0. */
 REGOPT_API size_t regopt_sizeof_term_ops(void);
 REGOPT_API size_t regopt_sizeof_term_view(void);
 
+/* A user term's keys. Since 1.0. */
 enum regopt_term_key {
     REGOPT_TERM_WEIGHT = 1300,    /* "term.weight": the term's coefficient,
                                      [0, 1e4], default 1 */
     REGOPT_STAT_TERM_VALUE = 1390 /* "term.value": the term's value (before
                                      term.weight) in the last step, at w */
 };
-
-/* Data-parallel training. The callback must sum `count` floats in place
- * over all replicas (MPI_Allreduce with MPI_SUM, NCCL, ...) and return 0;
- * anything else fails the step with REGOPT_ERR_ALLREDUCE. Each step calls it
- * once (twice with sam.sync_ascent: for the ascent gradient too), after the
- * gradient passes and before the norm, clipping and update, on one buffer: the gradients scaled by this replica's weight, then the
- * weight and the weighted loss. The library divides by the summed weight, so
- * every replica applies the exact global weighted mean, whatever its shard
- * size or mask. A replica whose passes fail still joins the all-reduce (with
- * a failure mark) so that its peers never wait forever: they roll back too
- * and return REGOPT_ERR_ALLREDUCE. Every replica must call step with the
- * same number of micro-batches. A replica whose step fails validation also
- * joins (the first all-reduce of the step) with its failure mark. A non-zero
- * return from the callback itself means the communication broke: the
- * replicas may then disagree, and the job should stop. fn NULL: single
- * process (default).
- * free_user as for regopt_trainer_set_loss_callback. Allocates the buffer
- * now, never in the step: the trainable elements followed by a few floats
- * of step totals (loss, weights, statistics, failure mark). Their number may
- * grow in a later version: always reduce exactly `count` floats. */
-typedef int (*regopt_allreduce_fn)(float *buffer, size_t count, void *user);
-
-REGOPT_API regopt_status regopt_trainer_set_allreduce(regopt_trainer *trainer,
-                                                      regopt_allreduce_fn fn,
-                                                      void *user,
-                                                      regopt_free_fn free_user);
-
-/* Size every buffer now for steps of up to max_rows rows (all micro-batches
- * of a step together) and up to max_rows embedding rows per micro-batch, so
- * that not even the first step allocates; regularizers added later get room
- * for the same size when added. Optional. */
-REGOPT_API regopt_status regopt_trainer_reserve(regopt_trainer *trainer,
-                                                size_t max_rows);
-
-/* One training step over `count` micro-batches (see the overview).
- * batches is an array of `count` descriptors whose stride is batches[0].size,
- * so hosts built against an older, smaller regopt_batch index correctly. On any
- * failure nothing has changed: parameters, optimizer state, step count and
- * RNG position are as before the call (the gradient buffers hold whatever
- * the failed pass left). */
-REGOPT_API REGOPT_NODISCARD regopt_status
-regopt_trainer_step(regopt_trainer *trainer, const regopt_batch *batches,
-                    size_t count);
-
-/* Evaluation: one forward in slot 0 with flags NO_GRAD (dropout off). If
- * outputs is not NULL it receives rows * output_width floats. If loss is not
- * NULL it receives the weighted mean task loss (labels or targets needed
- * unless the loss is a callback). Changes no training state. */
-REGOPT_API REGOPT_NODISCARD regopt_status
-regopt_trainer_evaluate(regopt_trainer *trainer, const regopt_batch *batch,
-                        double *loss, float *outputs);
 
 /* ------------------------------------------------------------------------ */
 /* Checkpoints                                                              */
@@ -1315,16 +1475,23 @@ regopt_trainer_evaluate(regopt_trainer *trainer, const regopt_batch *batch,
  *
  *   - the step count (which is also the schedule position, the sam.every /
  *     rdrop.every phase and the GSAM rho position),
- *   - the optimizer moments (SGD momentum and whether it is primed; Adam's
- *     first and second moments and AMSGrad's maximum; RAdam's moments),
+ *   - the optimizer moments (SGD's momentum buffer and whether it is primed;
+ *     Adam's first and second moments and AMSGrad's maximum; RAdam's moments),
  *   - the RNG state: trainer.seed (every dropout and SMART noise draw is a
  *     function of the seed and the step count, so nothing else is needed),
- *   - every regularizer's state: the Bregman teacher's EMA weights and the
- *     beta in force; SAM, R-Drop and SMART keep nothing across steps (their
- *     buffers are per step), so the step count covers them,
- *   - the last step's statistics,
- *   - with REGOPT_CHECKPOINT_OPTIONS, every option of the optimizer and the
- *     trainer (groups included; not callbacks),
+ *   - the trainer's statistics of the last step,
+ *   - the required features: the regularizer kinds attached, so that a
+ *     reader that does not know one refuses the checkpoint by name instead
+ *     of silently training without it (since 1.0),
+ *   - per attached regularizer, in step order: its kind, its name (a user
+ *     term's own), its statistics and its state: the Bregman teacher's EMA
+ *     weights and the beta in force, a user term's bytes (save_state); SAM,
+ *     R-Drop and SMART keep nothing across steps (their buffers are per
+ *     step), so the step count covers them,
+ *   - with REGOPT_CHECKPOINT_OPTIONS, every option of the optimizer (those
+ *     of its kind), the trainer and each attached regularizer, per-group ones
+ *     included; not trainer.seed (saved as state above), not trainer.threads
+ *     (the machine's business, not the run's), not callbacks,
  *   - with REGOPT_CHECKPOINT_PARAMS, the values of every registered tensor
  *     (frozen ones too).
  * Gradient accumulation and clipping are within a step: between steps there
@@ -1333,15 +1500,25 @@ regopt_trainer_evaluate(regopt_trainer *trainer, const regopt_batch *batch,
  *
  * Loading needs a trainer built the same way: the same parameter tensors
  * (names, element counts, groups, trainable or frozen, in registration
- * order), the same optimizer kind and state size (optimizer.amsgrad) and the
- * same regularizers added. It validates the whole checkpoint before it
- * changes anything; on any failure the trainer, its optimizer and the host's
- * parameters are untouched and the status says why:
+ * order), the same optimizer kind and state size (optimizer.amsgrad when the
+ * trainer was created), and the same regularizers attached: the same kinds,
+ * and user terms with the same names, attached in the same order among
+ * themselves (the built-in methods' attach order does not matter: the step
+ * orders them). It validates the whole checkpoint before it changes
+ * anything; on any failure the trainer, its optimizer, its regularizers and
+ * the host's parameters are untouched (but see "State" in the user-terms
+ * section for two terms that keep state) and the status says why:
  *   REGOPT_ERR_CORRUPT     wrong magic, wrong size or truncated, a CRC that
- *                          does not match, a malformed or missing section;
- *   REGOPT_ERR_UNSUPPORTED a format version newer than this library reads;
+ *                          does not match, a malformed or missing section,
+ *                          a user term's load_state that refused its bytes;
+ *   REGOPT_ERR_UNSUPPORTED a format this library does not read -- format 1,
+ *                          written by libregopt 0.x (the message says so:
+ *                          resume with 0.x or restart), or a newer one -- or
+ *                          a required feature this library does not know
+ *                          (the message names it);
  *   REGOPT_ERR_MISMATCH    a different model layout, optimizer kind or set of
- *                          regularizers, or parameters/options asked for but
+ *                          regularizers, state for a user term without
+ *                          load_state, or parameters/options asked for but
  *                          not saved;
  *   REGOPT_ERR_OUT_OF_RANGE an option value this library refuses;
  *   REGOPT_ERR_STATE       an option the trainer cannot take now (a loss
@@ -1354,46 +1531,18 @@ regopt_trainer_evaluate(regopt_trainer *trainer, const regopt_batch *batch,
  * REGOPT_ERR_CORRUPT (a CRC proves the bytes are what was written, not that
  * the writer wrote sense).
  * Options (with REGOPT_CHECKPOINT_OPTIONS) are applied through the usual
- * setters; keys this library does not know (a newer writer) are skipped.
+ * setters once everything else has been validated, and put back if one of
+ * them or a regularizer's state is refused. Keys of the optimizer or the
+ * trainer that this library does not know (a newer writer) are skipped; an
+ * unknown key of a regularizer is REGOPT_ERR_CORRUPT.
  *
- * Format (version 1; every integer little-endian, floats as IEEE-754 bit
- * patterns in little-endian byte order):
- *   header, 32 bytes:  "REGOPTCK" | u32 version | u32 section count |
- *                      u64 total size | u32 flags saved | u32 CRC-32 of the
- *                      28 bytes before it followed by the whole table
- *   table, 48 bytes per section: char name[24] (NUL-padded) | u64 offset |
- *                      u64 size | u32 CRC-32 of the section | u32 0
- *   sections back to back after the table, in table order, the last one
- *   ending at the total size: every byte is covered by a CRC.
- * CRC-32 is the IEEE 802.3 / zlib polynomial. The header's flags say what
- * was saved (informational). Sections of version 1 (offsets in bytes; pad
- * fields are 0 and checked):
- *   "trainer"  u64 step @0 | u64 seed @8 | u32 optimizer kind @16 | u32
- *              state floats per element @20 | u32 SGD momentum primed @24 |
- *              u32 regularizers @28 (bit 1 << REGOPT_REG_*) | u64 trainable
- *              elements @32 | u32 teacher holds weights @40 | u32 pad @44 |
- *              f64 Bregman beta of the last step @48 | u32 statistics count
- *              n @56 | u32 pad @60 | n f64 statistics (REGOPT_STAT_LOSS
- *              onwards, in key order) @64
- *   "model"    u32 tensor count | u32 pad | per tensor: u32 name length |
- *              u32 group | u64 elements | u32 trainable (0/1) | u32 pad |
- *              the name's bytes (no NUL)
- *   "moments"  per_element blocks of (trainable elements) floats, tensors
- *              in registration order within a block: SGD the momentum;
- *              Adam/AdamW m, v (and AMSGrad's max of v); RAdam m, v
- *   "teacher"  the Bregman teacher's weights (trainable elements), present
- *              when it holds weights
- *   "params"   every registered tensor's values in registration order,
- *              frozen ones included (REGOPT_CHECKPOINT_PARAMS)
- *   "options"  u32 count | u32 pad | 24-byte entries: u32 regopt_key | u32
- *              group (0xffffffff: not a group key) | u32 type
- *              (REGOPT_TYPE_*) | u32 pad | i64 or f64 value
- *              (REGOPT_CHECKPOINT_OPTIONS)
- * A reader skips sections it does not know, so later writers can add
- * sections while staying readable.
+ * Format: little-endian, a header and a table of named sections, each under
+ * a CRC-32; a reader skips sections it does not know. The byte layout of
+ * format 2 (since 1.0) and how format 1 is told apart are described in
+ * docs/checkpoint-format.md. Anything save writes, load accepts.
  */
 
-/* Flags of save and load (or-ed). */
+/* Flags of save and load (or-ed; other bits: REGOPT_ERR_INVALID_ARGUMENT). */
 enum {
     REGOPT_CHECKPOINT_PARAMS = 1u, /* save: include the host's tensors;
                                       load: copy them into the host's buffers */
@@ -1449,14 +1598,11 @@ REGOPT_API REGOPT_NODISCARD regopt_status
 regopt_trainer_load_buffer(regopt_trainer *trainer, uint32_t flags, const void *buffer,
                            size_t size);
 
-/* Load from a file (same size limit as regopt_trainer_load). */
+/* Load from a file (the same size limit as regopt_trainer_load, checked
+ * against the file's size; a path that is not a regular file is
+ * REGOPT_ERR_IO, a file that ends early REGOPT_ERR_CORRUPT). */
 REGOPT_API REGOPT_NODISCARD regopt_status
 regopt_trainer_load_file(regopt_trainer *trainer, uint32_t flags, const char *path);
-
-/* One-line detail of the trainer's last failure ("" if none); never NULL.
- * After a failed step it names the cause: the callback and its return
- * value, the micro-batch, the row, the key and its range, ... */
-REGOPT_API const char *regopt_trainer_message(const regopt_trainer *trainer);
 
 #ifdef __cplusplus
 }
