@@ -1381,7 +1381,8 @@ enum regopt_bregman_key {
  * the bytes in the term's "reg.N" section. A save may call state_size and
  * save_state more than once (it measures before it writes), and they must
  * give the same bytes each time; save_state returning non-zero fails the
- * save with REGOPT_ERR_IO. load_state is called only after the whole
+ * save with REGOPT_ERR_IO. A size query (regopt_trainer_checkpoint_size,
+ * the size bound of a load) calls state_size only. load_state is called only after the whole
  * checkpoint has been validated (with REGOPT_CHECKPOINT_OPTIONS, after the
  * options were applied: they are put back if it refuses), before the
  * library changes any state of its own, and must either take the state

@@ -2070,6 +2070,115 @@ START_TEST(allocation_after_load)
 }
 END_TEST
 
+/* What a newer 1.x writer may add loads here: an option key this version
+ * does not know (of a regularizer too: skipped), more or fewer statistics
+ * in a "reg.N" section (the known ones read, the missing ones 0). An
+ * unknown required feature is refused by name even when the optimizer
+ * differs too; a nonzero pad in "options" is damage. */
+START_TEST(newer_writer_accepted)
+{
+    victim v;
+    section s[16];
+    size_t n, size, cnt, k;
+    unsigned char *b, *o, *g;
+    int i, j;
+    double d0, want0;
+    regopt_key unknown = 1249; /* in SMART's range, no key of this version */
+    ck_assert_int_eq(regopt_key_info(unknown, NULL, NULL, NULL, NULL, NULL, NULL),
+                     REGOPT_ERR_UNKNOWN_KEY);
+    victim_make(&v, ALL);
+
+    /* an unknown key owned by regularizer 0 */
+    n = split(v.ck, s);
+    i = find_section(s, n, "options");
+    o = s[i].data;
+    cnt = rd32(o);
+    memset(o + 8 + OPT_ENTRY * cnt, 0, OPT_ENTRY);
+    wr32(o + 8 + OPT_ENTRY * cnt, (uint32_t)unknown);
+    wr32(o + 8 + OPT_ENTRY * cnt + 4, 0xffffffffu);          /* no group */
+    wr32(o + 8 + OPT_ENTRY * cnt + 8, REGOPT_TYPE_DOUBLE);
+    wr32(o + 8 + OPT_ENTRY * cnt + OPT_OWNER, 0);             /* reg.0 */
+    wr32(o, (uint32_t)cnt + 1);
+    s[i].size += OPT_ENTRY;
+    b = join(v.ck, s, n, FORMAT, &size);
+    TMUST(v.r.t, regopt_trainer_load_buffer(v.r.t, ALL, b, size));
+    free(b);
+
+    /* one statistic more, then one fewer, in Bregman's section */
+    for (k = 0; k < 2; k++) {
+        uint32_t ns;
+        n = split(v.ck, s);
+        j = find_reg(s, n, REGOPT_REG_BREGMAN);
+        g = s[j].data;
+        ns = rd32(g + REG_NSTATS);
+        memcpy(&want0, g + REG_STATS, 8); /* little-endian hosts: the test's own read */
+        if (k == 0) { /* insert 8 bytes after the statistics */
+            memmove(g + REG_STATS + 8 * (ns + 1), g + REG_STATS + 8 * ns,
+                    s[j].size - REG_STATS - 8 * ns);
+            memset(g + REG_STATS + 8 * ns, 0x41, 8);
+            wr32(g + REG_NSTATS, ns + 1);
+            s[j].size += 8;
+        } else { /* drop the last one */
+            memmove(g + REG_STATS + 8 * (ns - 1), g + REG_STATS + 8 * ns,
+                    s[j].size - REG_STATS - 8 * ns);
+            wr32(g + REG_NSTATS, ns - 1);
+            s[j].size -= 8;
+        }
+        b = join(v.ck, s, n, FORMAT, &size);
+        TMUST(v.r.t, regopt_trainer_load_buffer(v.r.t, ALL, b, size));
+        d0 = rstat(v.r.bregman, REGOPT_STAT_BREGMAN_D);
+        ck_assert_msg(d0 == want0, "bregman.d %g, the checkpoint's %g", d0, want0);
+        if (k == 1)
+            ck_assert_double_eq(rstat(v.r.bregman, REGOPT_STAT_BREGMAN_BETA), 0.0);
+        free(b);
+    }
+    victim_free(&v);
+
+    /* a nonzero pad after the option count */
+    victim_make(&v, ALL);
+    n = split(v.ck, s);
+    i = find_section(s, n, "options");
+    wr32(s[i].data + 4, 1);
+    b = join(v.ck, s, n, FORMAT, &size);
+    expect(&v, b, size, REGOPT_ERR_CORRUPT, "options", "options pad");
+    free(b);
+    victim_free(&v);
+}
+END_TEST
+
+/* A newer writer's feature and another optimizer: the feature is named. */
+START_TEST(unknown_feature_named_first)
+{
+    victim v;
+    section s[16];
+    size_t n, size, cnt;
+    unsigned char *b, *f;
+    int i;
+    regopt_status st;
+    rig other;
+    victim_make(&v, ALL);
+    n = split(v.ck, s);
+    i = find_section(s, n, "features");
+    f = s[i].data;
+    cnt = rd32(f + FEAT_COUNT);
+    wr64(f, rd64(f) | (uint64_t)1 << 41);
+    memset(f + s[i].size, 0, FEAT_ENTRY);
+    wr32(f + s[i].size, 41);
+    memcpy(f + s[i].size + 4, "later", 5);
+    wr32(f + FEAT_COUNT, (uint32_t)cnt + 1);
+    s[i].size += FEAT_ENTRY;
+    b = join(v.ck, s, n, FORMAT, &size);
+    rig_make(&other, C_SGD, 0, 0); /* SGD, no regularizers: two mismatches too */
+    st = regopt_trainer_load_buffer(other.t, ALL, b, size);
+    ck_assert_msg(st == REGOPT_ERR_UNSUPPORTED, "got %s (%s)", regopt_status_string(st),
+                  regopt_trainer_message(other.t));
+    ck_assert_ptr_nonnull(strstr(regopt_trainer_message(other.t), "later"));
+    rig_free(&other);
+    free(b);
+    victim_free(&v);
+}
+END_TEST
+
 Suite *suite_checkpoint(void)
 {
     Suite *s = suite_create("checkpoint");
@@ -2098,6 +2207,8 @@ Suite *suite_checkpoint(void)
     tcase_add_test(tc, save_leaves_messages_alone);
     tcase_add_test(tc, format1_refused);
     tcase_add_test(tc, unknown_feature_refused);
+    tcase_add_test(tc, unknown_feature_named_first);
+    tcase_add_test(tc, newer_writer_accepted);
     tcase_add_test(tc, other_regularizers_refused);
     tcase_add_test(tc, format2_layout);
     tcase_add_test(tc, resume_bregman_teacher);

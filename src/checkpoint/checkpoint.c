@@ -359,10 +359,11 @@ static regopt_status check_reg(regopt_trainer *t, const ro_ck_found *f, size_t n
     if (ro_ck_rd32(g->data) != (uint32_t)r->ops->kind || ro_ck_rd32(g->data + 4) !=
         instance_of(t, i) || strcmp((const char *)g->data + 8, ro_term_name(r)) != 0)
         return reg_mismatch(t, f, n, count);
+    /* another version may keep more or fewer statistics: the known ones are
+       read, missing ones start at 0 (statistics describe the last step) */
     n_stats = ro_ck_rd32(g->data + 32);
     m = ro_ck_rd64(g->data + 40);
-    if (n_stats != r->ops->n_stats || m != g->size - REG_FIXED - 8u * n_stats ||
-        g->size < REG_FIXED + 8u * (uint64_t)n_stats)
+    if (g->size < REG_FIXED + 8u * (uint64_t)n_stats || m != g->size - REG_FIXED - 8u * n_stats)
         return ro_fail(t->msg, REGOPT_ERR_CORRUPT, "the checkpoint's \"%s\" section does not "
                        "match its sizes", want);
     *state = g->data + REG_FIXED + 8u * n_stats;
@@ -451,8 +452,9 @@ static void apply_state(regopt_trainer *t, const ck_trainer *c, const ro_ck_foun
         size_t j;
         snprintf(want, sizeof want, "reg.%u", (unsigned)i);
         g = find(f, n, want);
+        k = ro_ck_rd32(g->data + 32);
         for (j = 0; j < r->ops->n_stats; j++)
-            r->stats[j] = ro_ck_rdf64(g->data + REG_FIXED + 8 * j);
+            r->stats[j] = j < k ? ro_ck_rdf64(g->data + REG_FIXED + 8 * j) : 0.0;
     }
     if (params) {
         const unsigned char *p = params->data;
@@ -468,7 +470,7 @@ static regopt_status check_core(regopt_trainer *t, const ro_ck_found *f, size_t 
                                 ck_trainer *c, const ro_ck_found **moments)
 {
     const ro_ck_found *tr = NULL, *model = NULL, *features = NULL;
-    regopt_status st = need(t, f, n, "trainer", &tr);
+    regopt_status fs = REGOPT_OK, st = need(t, f, n, "trainer", &tr);
     if (st == REGOPT_OK)
         st = need(t, f, n, "features", &features);
     if (st == REGOPT_OK)
@@ -477,13 +479,16 @@ static regopt_status check_core(regopt_trainer *t, const ro_ck_found *f, size_t 
         st = need(t, f, n, "moments", moments);
     if (st == REGOPT_OK)
         st = parse_trainer(t, tr, c);
+    /* unknown features before any comparison: a newer writer's checkpoint
+       is refused by the name of what it needs, not as a mismatch */
+    if (st == REGOPT_OK)
+        fs = check_features(t, features);
+    if (st == REGOPT_OK && fs != REGOPT_OK && fs != REGOPT_ERR_MISMATCH)
+        st = fs; /* unsupported or malformed */
     if (st == REGOPT_OK)
         st = match_trainer(t, c);
-    if (st == REGOPT_OK) {
-        st = check_features(t, features);
-        if (st == REGOPT_ERR_MISMATCH || (st == REGOPT_OK && c->n_regs != t->n_regs))
-            st = reg_mismatch(t, f, n, c->n_regs);
-    }
+    if (st == REGOPT_OK && (fs == REGOPT_ERR_MISMATCH || c->n_regs != t->n_regs))
+        st = reg_mismatch(t, f, n, c->n_regs);
     if (st == REGOPT_OK)
         st = match_model(t, model);
     if (st == REGOPT_OK)

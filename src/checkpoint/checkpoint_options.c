@@ -157,8 +157,8 @@ static regopt_status decode_option(regopt_trainer *t, const unsigned char *e, ck
     if (owner != NO_OWNER && owner >= t->n_regs)
         return ro_fail(t->msg, REGOPT_ERR_CORRUPT, "the checkpoint's option %" PRIu32 " names "
                        "regularizer %" PRIu32 " of %zu", key, owner, t->n_regs);
-    if (!d && owner == NO_OWNER)
-        return REGOPT_OK; /* a newer writer's key: skipped, as documented */
+    if (!d)
+        return REGOPT_OK; /* a newer writer's key (of any owner): skipped, as documented */
     if (!d || (owner == NO_OWNER) != (ops == NULL) ||
         (ops && ops != t->regs[owner]->ops) || !saved_option(d) ||
         type != (uint32_t)d->type ||
@@ -235,7 +235,8 @@ regopt_status ro_ck_apply_options(regopt_trainer *t, const ro_ck_found *f,
     if (!f)
         return load_regs(t, rs);
     n = f->size >= 8 ? ro_ck_rd32(f->data) : 0;
-    if (f->size < 8 || (f->size - 8) / OPTION_ENTRY != n || (f->size - 8) % OPTION_ENTRY)
+    if (f->size < 8 || ro_ck_rd32(f->data + 4) != 0 || (f->size - 8) / OPTION_ENTRY != n ||
+        (f->size - 8) % OPTION_ENTRY)
         return ro_fail(t->msg, REGOPT_ERR_CORRUPT, "the checkpoint's \"options\" section is "
                        "malformed");
     if (n == 0)

@@ -146,6 +146,10 @@ typedef struct ro_ck_sink {
 } ro_ck_sink;
 
 void ro_ck_put(ro_ck_sink *s, const void *data, size_t n);
+/* A size query (no write, no CRC): a section may count bytes it does not
+ * produce (a user term's state, from its state_size). */
+static inline int ro_ck_measuring(const ro_ck_sink *s) { return !s->write && !s->crc_on; }
+static inline void ro_ck_skip(ro_ck_sink *s, size_t n) { s->size += n; }
 /* Pass what is buffered to write (sets failed when it fails). */
 void ro_ck_flush(ro_ck_sink *s);
 void ro_ck_le32(unsigned char *p, uint32_t v);
