@@ -232,20 +232,10 @@ static regopt_status load_file_run(regopt_trainer *t, uint32_t flags, const char
 
 regopt_status regopt_trainer_save_file(const regopt_trainer *t, uint32_t flags, const char *path)
 {
-    regopt_status st = ro_trainer_begin((regopt_trainer *)t, "regopt_trainer_save_file");
-    if (st != REGOPT_OK)
-        return st;
-    st = save_file_run(t, flags, path);
-    ro_trainer_end((regopt_trainer *)t);
-    return st;
+    RO_GUARDED((regopt_trainer *)t, "regopt_trainer_save_file", save_file_run(t, flags, path));
 }
 
 regopt_status regopt_trainer_load_file(regopt_trainer *t, uint32_t flags, const char *path)
 {
-    regopt_status st = ro_trainer_begin(t, "regopt_trainer_load_file");
-    if (st != REGOPT_OK)
-        return st;
-    st = load_file_run(t, flags, path);
-    ro_trainer_end(t);
-    return st;
+    RO_GUARDED(t, "regopt_trainer_load_file", load_file_run(t, flags, path));
 }

@@ -374,53 +374,28 @@ static regopt_status load_run(regopt_trainer *t, uint32_t flags, regopt_read_fn 
 
 regopt_status regopt_trainer_checkpoint_size(const regopt_trainer *t, uint32_t flags, size_t *size)
 {
-    regopt_status st = ro_trainer_begin((regopt_trainer *)t, "regopt_trainer_checkpoint_size");
-    if (st != REGOPT_OK)
-        return st;
-    st = checkpoint_size_run(t, flags, size);
-    ro_trainer_end((regopt_trainer *)t);
-    return st;
+    RO_GUARDED((regopt_trainer *)t, "regopt_trainer_checkpoint_size", checkpoint_size_run(t, flags, size));
 }
 
 regopt_status regopt_trainer_save(const regopt_trainer *t, uint32_t flags, regopt_write_fn write,
                                   void *user)
 {
-    regopt_status st = ro_trainer_begin((regopt_trainer *)t, "regopt_trainer_save");
-    if (st != REGOPT_OK)
-        return st;
-    st = save_run(t, flags, write, user);
-    ro_trainer_end((regopt_trainer *)t);
-    return st;
+    RO_GUARDED((regopt_trainer *)t, "regopt_trainer_save", save_run(t, flags, write, user));
 }
 
 regopt_status regopt_trainer_save_buffer(const regopt_trainer *t, uint32_t flags, void *buffer,
                                          size_t capacity, size_t *written)
 {
-    regopt_status st = ro_trainer_begin((regopt_trainer *)t, "regopt_trainer_save_buffer");
-    if (st != REGOPT_OK)
-        return st;
-    st = save_buffer_run(t, flags, buffer, capacity, written);
-    ro_trainer_end((regopt_trainer *)t);
-    return st;
+    RO_GUARDED((regopt_trainer *)t, "regopt_trainer_save_buffer", save_buffer_run(t, flags, buffer, capacity, written));
 }
 
 regopt_status regopt_trainer_load_buffer(regopt_trainer *t, uint32_t flags, const void *buffer,
                                          size_t size)
 {
-    regopt_status st = ro_trainer_begin(t, "regopt_trainer_load_buffer");
-    if (st != REGOPT_OK)
-        return st;
-    st = load_buffer_run(t, flags, buffer, size);
-    ro_trainer_end(t);
-    return st;
+    RO_GUARDED(t, "regopt_trainer_load_buffer", load_buffer_run(t, flags, buffer, size));
 }
 
 regopt_status regopt_trainer_load(regopt_trainer *t, uint32_t flags, regopt_read_fn read, void *user)
 {
-    regopt_status st = ro_trainer_begin(t, "regopt_trainer_load");
-    if (st != REGOPT_OK)
-        return st;
-    st = load_run(t, flags, read, user);
-    ro_trainer_end(t);
-    return st;
+    RO_GUARDED(t, "regopt_trainer_load", load_run(t, flags, read, user));
 }

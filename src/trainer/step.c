@@ -174,12 +174,7 @@ static regopt_status step_run(regopt_trainer *t, const regopt_batch *batches, si
 
 regopt_status regopt_trainer_step(regopt_trainer *t, const regopt_batch *batches, size_t count)
 {
-    regopt_status st = ro_trainer_begin(t, "regopt_trainer_step");
-    if (st != REGOPT_OK)
-        return st;
-    st = step_run(t, batches, count);
-    ro_trainer_end(t);
-    return st;
+    RO_GUARDED(t, "regopt_trainer_step", step_run(t, batches, count));
 }
 
 static regopt_status evaluate_run(regopt_trainer *t, const regopt_batch *batch,
@@ -214,10 +209,5 @@ static regopt_status evaluate_run(regopt_trainer *t, const regopt_batch *batch,
 regopt_status regopt_trainer_evaluate(regopt_trainer *t, const regopt_batch *batch,
                                       double *loss, float *outputs)
 {
-    regopt_status st = ro_trainer_begin(t, "regopt_trainer_evaluate");
-    if (st != REGOPT_OK)
-        return st;
-    st = evaluate_run(t, batch, loss, outputs);
-    ro_trainer_end(t);
-    return st;
+    RO_GUARDED(t, "regopt_trainer_evaluate", evaluate_run(t, batch, loss, outputs));
 }

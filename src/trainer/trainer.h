@@ -67,6 +67,17 @@ regopt_status ro_trainer_enter(regopt_trainer *t, const char *func);
 regopt_status ro_trainer_begin(regopt_trainer *t, const char *func);
 void ro_trainer_end(regopt_trainer *t);
 void ro_trainer_push_undo(regopt_trainer *t, ro_undo_fn fn, void *ctx);
+/* The body of a public call that runs host callbacks: `call` (an
+ * expression giving the status) between begin and end. */
+#define RO_GUARDED(t, func, call)                                                          \
+    do {                                                                                   \
+        regopt_status guarded_ = ro_trainer_begin((t), (func));                           \
+        if (guarded_ == REGOPT_OK) {                                                       \
+            guarded_ = (call);                                                             \
+            ro_trainer_end(t);                                                             \
+        }                                                                                  \
+        return guarded_;                                                                   \
+    } while (0)
 void ro_trainer_pop_undo(regopt_trainer *t);
 /* The pass layout of the attached regularizers (all due: the most room). */
 void ro_trainer_plan(const regopt_trainer *t, ro_plan *p, int all_due);
