@@ -616,10 +616,27 @@ REGOPT_API void regopt_model_free(regopt_model *model);
 /* Register one host tensor of `count` elements. name: non-empty, unique in
  * the model, at most REGOPT_MAX_NAME bytes (copied). data: the values,
  * updated in place by the optimizer. grad: where backward accumulates the
- * gradient; NULL registers a frozen tensor that is never updated. data and
- * grad must not overlap. dtype: REGOPT_DTYPE_FLOAT32. group: 0 ..
- * REGOPT_MAX_GROUPS-1. Fails with REGOPT_ERR_STATE once the model is bound
- * to a trainer. */
+ * gradient; NULL registers a frozen tensor that is never updated. dtype:
+ * REGOPT_DTYPE_FLOAT32. group: 0 .. REGOPT_MAX_GROUPS-1. Fails with
+ * REGOPT_ERR_STATE once the model is bound to a trainer.
+ *
+ * Buffers may not overlap (the library saves, restores, zeroes and updates
+ * them per tensor, on several threads):
+ *   - a gradient shares no byte with any registered buffer: not with its
+ *     own or another tensor's data (frozen ones included), not with another
+ *     tensor's gradient (each trainable tensor has a gradient of its own);
+ *   - the data of a trainable tensor shares no byte with another trainable
+ *     tensor's data.
+ * A frozen tensor's data may share bytes with other tensors' data (a frozen
+ * view of a weight): the library never writes it during a step, and a
+ * checkpoint restores every tensor's data in registration order.
+ * Tied weights (one buffer used in several places of the network) are ONE
+ * tensor: register the buffer once, with one gradient buffer into which
+ * backward accumulates the contributions of every use.
+ * A violation fails with REGOPT_ERR_INVALID_ARGUMENT and a message naming
+ * both tensors and the buffers that overlap; so does a buffer that runs
+ * past the end of the address space. Registration costs O(log n) in the
+ * number of tensors already registered. Nothing is registered on failure. */
 REGOPT_API regopt_status regopt_model_add_param(regopt_model *model,
                                                 const char *name, void *data,
                                                 void *grad, size_t count,

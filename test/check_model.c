@@ -4,8 +4,11 @@
 #include "test_host.h"
 #include "test_util.h"
 
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static float data[16], grad[16];
 
@@ -231,6 +234,167 @@ START_TEST(out_of_memory_is_reported)
 }
 END_TEST
 
+/* ---- overlapping buffers (issue 16, defect 2) --------------------------- */
+
+/* A refused registration: the status, a message naming both tensors and the
+ * buffers, and nothing registered (counts unchanged, the name still free). */
+static void expect_overlap(regopt_model *m, const char *name, float *d, float *g, size_t n,
+                           const char *other, const char *what)
+{
+    size_t params = regopt_model_param_count(m), elements = regopt_model_element_count(m);
+    char quoted[80];
+    const char *msg;
+    ck_assert_int_eq(ADD(m, name, d, g, n, REGOPT_DTYPE_FLOAT32, 0), REGOPT_ERR_INVALID_ARGUMENT);
+    msg = regopt_model_message(m);
+    snprintf(quoted, sizeof quoted, "\"%s\"", name);
+    ck_assert_msg(strstr(msg, quoted) != NULL, "message does not name %s: %s", quoted, msg);
+    snprintf(quoted, sizeof quoted, "\"%s\"", other);
+    ck_assert_msg(strstr(msg, quoted) != NULL, "message does not name %s: %s", quoted, msg);
+    ck_assert_msg(strstr(msg, what) != NULL, "message does not say \"%s\": %s", what, msg);
+    ck_assert_uint_eq(regopt_model_param_count(m), params);
+    ck_assert_uint_eq(regopt_model_element_count(m), elements);
+}
+
+START_TEST(overlapping_data_is_refused)
+{
+    static float w[16], g1[16], g2[16];
+    regopt_model *m = regopt_model_create(NULL, NULL);
+    MUST(ADD(m, "a", w, g1, 8, REGOPT_DTYPE_FLOAT32, 0));
+    /* tied weights registered twice, with their own gradients */
+    expect_overlap(m, "tied", w, g2, 8, "a", "data overlaps the data of");
+    /* a view into the middle, and one that starts before and ends inside */
+    expect_overlap(m, "view", w + 4, g2, 2, "a", "data overlaps the data of");
+    expect_overlap(m, "tail", w + 7, g2, 4, "a", "data overlaps the data of");
+    /* one float in common is enough */
+    MUST(ADD(m, "c", w + 8, g2, 8, REGOPT_DTYPE_FLOAT32, 0));
+    expect_overlap(m, "d", w + 15, g2 + 8, 1, "c", "data overlaps the data of");
+    /* a name refused above was never registered */
+    ck_assert_uint_eq(regopt_model_param_count(m), 2);
+    ck_assert_uint_eq(regopt_model_element_count(m), 16);
+    regopt_model_free(m);
+}
+END_TEST
+
+START_TEST(gradient_inside_other_buffers_is_refused)
+{
+    static float buf[64];
+    regopt_model *m = regopt_model_create(NULL, NULL);
+    float *w = buf, *g = buf + 8, *w2 = buf + 16, *g2 = buf + 24, *spare = buf + 32;
+    MUST(ADD(m, "a", w, g, 8, REGOPT_DTYPE_FLOAT32, 0));
+    /* zeroing b's gradient would zero a's weights */
+    expect_overlap(m, "b", w2, w + 2, 4, "a", "grad overlaps the data of");
+    /* b's weights inside a's gradient: zeroing a's gradient zeroes them */
+    expect_overlap(m, "b", g + 4, g2, 4, "a", "data overlaps the grad of");
+    /* two tensors sharing one gradient buffer, fully or in part */
+    expect_overlap(m, "b", w2, g, 8, "a", "grad overlaps the grad of");
+    expect_overlap(m, "b", w2 + 4, g + 7, 4, "a", "grad overlaps the grad of");
+    /* its own data and grad, as before */
+    ck_assert_int_eq(ADD(m, "b", w2, w2 + 2, 4, REGOPT_DTYPE_FLOAT32, 0),
+                     REGOPT_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(regopt_model_message(m), "overlap"));
+    /* a frozen tensor over a gradient would be zeroed every step */
+    expect_overlap(m, "frozen", g + 2, NULL, 2, "a", "data overlaps the grad of");
+    /* and a gradient over a frozen tensor likewise */
+    MUST(ADD(m, "frozen", spare, NULL, 8, REGOPT_DTYPE_FLOAT32, 0));
+    expect_overlap(m, "b", w2, spare + 4, 8, "frozen", "grad overlaps the data of");
+    ck_assert_uint_eq(regopt_model_param_count(m), 2);
+    MUST(ADD(m, "b", w2, g2, 8, REGOPT_DTYPE_FLOAT32, 0));
+    ck_assert_uint_eq(regopt_model_element_count(m), 24);
+    regopt_model_free(m);
+}
+END_TEST
+
+START_TEST(adjacent_and_frozen_views_are_accepted)
+{
+    static float buf[40];
+    regopt_model *m = regopt_model_create(NULL, NULL);
+    /* data, grad, data, grad back to back: touching is not overlapping */
+    MUST(ADD(m, "a", buf, buf + 4, 4, REGOPT_DTYPE_FLOAT32, 0));
+    MUST(ADD(m, "b", buf + 8, buf + 12, 4, REGOPT_DTYPE_FLOAT32, 0));
+    MUST(ADD(m, "c", buf + 20, buf + 16, 4, REGOPT_DTYPE_FLOAT32, 0));
+    MUST(ADD(m, "d", buf + 24, NULL, 4, REGOPT_DTYPE_FLOAT32, 0));
+    /* frozen tensors are read-only to the library: a frozen view of a
+       weight or of another frozen tensor is allowed (documented) */
+    MUST(ADD(m, "view_of_a", buf + 1, NULL, 2, REGOPT_DTYPE_FLOAT32, 0));
+    MUST(ADD(m, "view_of_d", buf + 24, NULL, 4, REGOPT_DTYPE_FLOAT32, 0));
+    /* in either order: a trainable tensor over frozen ones */
+    MUST(ADD(m, "e", buf + 26, buf + 32, 4, REGOPT_DTYPE_FLOAT32, 0));
+    /* but never over a gradient, nor two trainable tensors over each other */
+    expect_overlap(m, "f", buf + 36, buf + 29, 1, "e", "grad overlaps the data of");
+    expect_overlap(m, "f", buf + 27, buf + 36, 1, "e", "data overlaps the data of");
+    ck_assert_uint_eq(regopt_model_param_count(m), 7);
+    regopt_model_free(m);
+}
+END_TEST
+
+/* 20000 tensors in an order that is neither increasing nor decreasing:
+ * registration stays O(log n) per tensor (names and ranges), and the last
+ * checks still find an overlap anywhere among them. */
+START_TEST(many_tensors_register_quickly)
+{
+    enum { N = 20000 };
+    static float spare[1];
+    float *w = calloc(N, sizeof(float)), *g = calloc(N, sizeof(float));
+    regopt_model *m = regopt_model_create(NULL, NULL);
+    clock_t t0;
+    double seconds;
+    size_t i;
+    char name[32];
+    ck_assert_ptr_nonnull(w);
+    ck_assert_ptr_nonnull(g);
+    t0 = clock();
+    for (i = 0; i < N; i++) {
+        size_t j = (i * 7919) % N; /* 7919 is prime: a permutation */
+        snprintf(name, sizeof name, "layer.%zu.weight", j);
+        /* grads in reverse order of the data */
+        ck_assert_int_eq(ADD(m, name, w + j, g + (N - 1 - j), 1, REGOPT_DTYPE_FLOAT32, 0),
+                         REGOPT_OK);
+    }
+    seconds = (double)(clock() - t0) / CLOCKS_PER_SEC;
+    ck_assert_msg(seconds < 2.0, "%d registrations took %.2f s", N, seconds);
+    ck_assert_uint_eq(regopt_model_param_count(m), N);
+    ck_assert_uint_eq(regopt_model_element_count(m), N);
+    expect_overlap(m, "late", w + 12345, spare, 1, "layer.12345.weight",
+                   "data overlaps the data of");
+    ck_assert_int_eq(ADD(m, "late", g + 100, NULL, 1, REGOPT_DTYPE_FLOAT32, 0),
+                     REGOPT_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(regopt_model_message(m), "\"layer.19899.weight\""));
+    ck_assert_int_eq(ADD(m, "layer.777.weight", w, g, 1, REGOPT_DTYPE_FLOAT32, 0),
+                     REGOPT_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(regopt_model_message(m), "already registered"));
+    ck_assert_uint_eq(regopt_model_param_count(m), N);
+    regopt_model_free(m);
+    free(w);
+    free(g);
+}
+END_TEST
+
+/* A range that runs past the top of the address space can only be a wrong
+ * pointer or count; it is refused before any range arithmetic wraps. Fake
+ * addresses: registration never dereferences them. */
+START_TEST(range_past_the_address_space_is_refused)
+{
+    static float g[8];
+    float *top = (float *)(uintptr_t)(UINTPTR_MAX - 15); /* the last 16 bytes */
+    regopt_model *m = regopt_model_create(NULL, NULL);
+    ck_assert_int_eq(ADD(m, "top", top, NULL, 8, REGOPT_DTYPE_FLOAT32, 0),
+                     REGOPT_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(regopt_model_message(m), "\"top\""));
+    ck_assert_ptr_nonnull(strstr(regopt_model_message(m), "data"));
+    ck_assert_ptr_nonnull(strstr(regopt_model_message(m), "address space"));
+    ck_assert_int_eq(ADD(m, "top", g, top, 8, REGOPT_DTYPE_FLOAT32, 0),
+                     REGOPT_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(regopt_model_message(m), "grad"));
+    ck_assert_ptr_nonnull(strstr(regopt_model_message(m), "address space"));
+    ck_assert_uint_eq(regopt_model_param_count(m), 0);
+    ck_assert_uint_eq(regopt_model_element_count(m), 0);
+    /* three floats still fit below the top */
+    MUST(ADD(m, "top", top, NULL, 3, REGOPT_DTYPE_FLOAT32, 0));
+    ck_assert_uint_eq(regopt_model_element_count(m), 3);
+    regopt_model_free(m);
+}
+END_TEST
+
 Suite *suite_model(void)
 {
     Suite *s = suite_create("model");
@@ -243,6 +407,13 @@ Suite *suite_model(void)
     tcase_add_test(tc, bound_model_is_frozen);
     tcase_add_test(tc, allocator_hooks_see_everything);
     tcase_add_test(tc, out_of_memory_is_reported);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("overlap");
+    tcase_add_test(tc, overlapping_data_is_refused);
+    tcase_add_test(tc, gradient_inside_other_buffers_is_refused);
+    tcase_add_test(tc, adjacent_and_frozen_views_are_accepted);
+    tcase_add_test(tc, many_tensors_register_quickly);
+    tcase_add_test(tc, range_past_the_address_space_is_refused);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -42,6 +42,8 @@ regopt_model *regopt_model_create(const regopt_allocator *allocator,
             m->magic = RO_MAGIC_MODEL;
             m->alloc = a;
             m->slots = 1;
+            m->span_root[RO_SPANS_DATA] = m->span_root[RO_SPANS_GRAD] =
+                m->span_root[RO_SPANS_FROZEN] = RO_SPAN_NIL;
             if (status)
                 *status = REGOPT_OK;
             return m;
@@ -69,22 +71,209 @@ void regopt_model_free(regopt_model *m)
     for (i = 0; i < m->n_params; i++)
         ro_free(&m->alloc, m->params[i].name);
     ro_free(&m->alloc, m->params);
+    ro_free(&m->alloc, m->spans);
+    ro_free(&m->alloc, m->names);
     a = m->alloc;
     m->magic = RO_MAGIC_DEAD;
     ro_free(&a, m);
 }
 
-static int ranges_overlap(const void *a, const void *b, size_t bytes)
+/* ---- names: an open-addressing set of parameter indices + 1 ------------- */
+
+static size_t name_hash(const char *s)
 {
-    const char *x = a, *y = b;
-    return x < y + bytes && y < x + bytes;
+    uint64_t h = 14695981039346656037u; /* FNV-1a */
+    while (*s) {
+        h ^= (unsigned char)*s++;
+        h *= 1099511628211u;
+    }
+    return (size_t)(h ^ (h >> 32));
 }
+
+static void name_put(size_t *tab, size_t cap, const ro_param *params, size_t idx)
+{
+    size_t i = name_hash(params[idx].name) & (cap - 1);
+    while (tab[i])
+        i = (i + 1) & (cap - 1);
+    tab[i] = idx + 1;
+}
+
+static int name_taken(const regopt_model *m, const char *name)
+{
+    size_t i, mask = m->cap_names - 1;
+    if (!m->cap_names)
+        return 0;
+    for (i = name_hash(name) & mask; m->names[i]; i = (i + 1) & mask)
+        if (strcmp(m->params[m->names[i] - 1].name, name) == 0)
+            return 1;
+    return 0;
+}
+
+/* Room for one more name at a load of at most 1/2. */
+static regopt_status grow_names(regopt_model *m)
+{
+    size_t cap = m->cap_names ? 2 * m->cap_names : 16, *tab, i;
+    if (2 * (m->n_params + 1) <= m->cap_names)
+        return REGOPT_OK;
+    tab = ro_calloc(&m->alloc, cap, sizeof *tab);
+    if (!tab)
+        return ro_fail(m->msg, REGOPT_ERR_NO_MEMORY, "regopt_model_add_param: out of memory");
+    for (i = 0; i < m->n_params; i++)
+        name_put(tab, cap, m->params, i);
+    ro_free(&m->alloc, m->names);
+    m->names = tab;
+    m->cap_names = cap;
+    return REGOPT_OK;
+}
+
+/* ---- registered byte ranges: three interval treaps (model.h) ------------ */
+
+/* The priority of node i: a fixed hash of its index (splitmix64), unrelated
+ * to the addresses, so no registration order can unbalance the tree. */
+static uint32_t span_prio(size_t i)
+{
+    uint64_t z = (uint64_t)i + 0x9e3779b97f4a7c15u;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
+    return (uint32_t)(z ^ (z >> 31));
+}
+
+static void span_fix(ro_span *s, size_t t)
+{
+    uintptr_t m = s[t].hi;
+    if (s[t].left != RO_SPAN_NIL && s[s[t].left].max_hi > m)
+        m = s[s[t].left].max_hi;
+    if (s[t].right != RO_SPAN_NIL && s[s[t].right].max_hi > m)
+        m = s[s[t].right].max_hi;
+    s[t].max_hi = m;
+}
+
+/* Insert node n into the subtree t; returns the subtree's new root. The
+ * expected depth is O(log n), and so is the recursion. */
+static size_t span_insert(ro_span *s, size_t t, size_t n)
+{
+    size_t c;
+    if (t == RO_SPAN_NIL)
+        return n;
+    if (s[n].lo < s[t].lo) {
+        c = span_insert(s, s[t].left, n);
+        s[t].left = c;
+        if (span_prio(c) > span_prio(t)) { /* rotate right */
+            s[t].left = s[c].right;
+            s[c].right = t;
+            span_fix(s, t);
+            t = c;
+        }
+    } else {
+        c = span_insert(s, s[t].right, n);
+        s[t].right = c;
+        if (span_prio(c) > span_prio(t)) { /* rotate left */
+            s[t].right = s[c].left;
+            s[c].left = t;
+            span_fix(s, t);
+            t = c;
+        }
+    }
+    span_fix(s, t);
+    return t;
+}
+
+/* A node of the subtree t whose range meets [lo, hi), or RO_SPAN_NIL: one
+ * descent (if the left subtree reaches past lo but holds no overlap, its
+ * range that does starts at or after hi, and so does everything right). */
+static size_t span_find(const ro_span *s, size_t t, uintptr_t lo, uintptr_t hi)
+{
+    while (t != RO_SPAN_NIL) {
+        if (s[t].lo < hi && lo < s[t].hi)
+            return t;
+        if (s[t].left != RO_SPAN_NIL && s[s[t].left].max_hi > lo)
+            t = s[t].left;
+        else
+            t = s[t].right;
+    }
+    return RO_SPAN_NIL;
+}
+
+static void span_add(regopt_model *m, int tree, uintptr_t lo, uintptr_t hi, size_t param)
+{
+    size_t n = m->n_spans++;
+    ro_span *x = &m->spans[n];
+    x->lo = lo;
+    x->hi = hi;
+    x->max_hi = hi;
+    x->left = x->right = RO_SPAN_NIL;
+    x->param = param;
+    m->span_root[tree] = span_insert(m->spans, m->span_root[tree], n);
+}
+
+/* Room for two more ranges. */
+static regopt_status grow_spans(regopt_model *m)
+{
+    size_t cap = m->cap_spans ? 2 * m->cap_spans : 16;
+    ro_span *p;
+    if (m->n_spans + 2 <= m->cap_spans)
+        return REGOPT_OK;
+    p = ro_calloc(&m->alloc, cap, sizeof *p);
+    if (!p)
+        return ro_fail(m->msg, REGOPT_ERR_NO_MEMORY, "regopt_model_add_param: out of memory");
+    if (m->n_spans)
+        memcpy(p, m->spans, m->n_spans * sizeof *p);
+    ro_free(&m->alloc, m->spans);
+    m->spans = p;
+    m->cap_spans = cap;
+    return REGOPT_OK;
+}
+
+/* Does [lo, hi) meet a range of `tree`? Then fail naming both tensors. */
+static regopt_status span_clash(regopt_model *m, const char *name, const char *mine,
+                                uintptr_t lo, uintptr_t hi, int tree)
+{
+    size_t hit = span_find(m->spans, m->span_root[tree], lo, hi);
+    const char *theirs = tree == RO_SPANS_GRAD ? "grad" : "data", *why;
+    if (hit == RO_SPAN_NIL)
+        return REGOPT_OK;
+    if (tree == RO_SPANS_GRAD && mine[0] == 'g')
+        why = "each trainable tensor needs a gradient buffer of its own";
+    else if (tree == RO_SPANS_GRAD || mine[0] == 'g')
+        why = "zeroing the gradient would zero the weights";
+    else
+        why = "register tied weights once";
+    return ro_fail(m->msg, REGOPT_ERR_INVALID_ARGUMENT,
+                   "parameter \"%.64s\": its %s overlaps the %s of parameter \"%.64s\" (%s)",
+                   name, mine, theirs, m->params[m->spans[hit].param].name, why);
+}
+
+/* The rules (documented at regopt_model_add_param): a gradient shares no
+ * byte with any registered buffer, and the data of a trainable tensor none
+ * with another trainable tensor's data. A frozen tensor's data may share
+ * bytes with other data: the library never writes it during a step. */
+static regopt_status check_overlaps(regopt_model *m, const char *name, uintptr_t d,
+                                    uintptr_t g, uintptr_t bytes)
+{
+    regopt_status st = span_clash(m, name, "data", d, d + bytes, RO_SPANS_GRAD);
+    if (st != REGOPT_OK || !g)
+        return st;
+    if (d < g + bytes && g < d + bytes)
+        return ro_fail(m->msg, REGOPT_ERR_INVALID_ARGUMENT,
+                       "parameter \"%.64s\": data and grad overlap", name);
+    st = span_clash(m, name, "data", d, d + bytes, RO_SPANS_DATA);
+    if (st == REGOPT_OK)
+        st = span_clash(m, name, "grad", g, g + bytes, RO_SPANS_GRAD);
+    if (st == REGOPT_OK)
+        st = span_clash(m, name, "grad", g, g + bytes, RO_SPANS_DATA);
+    if (st == REGOPT_OK)
+        st = span_clash(m, name, "grad", g, g + bytes, RO_SPANS_FROZEN);
+    return st;
+}
+
+/* ---- registration ------------------------------------------------------- */
 
 static regopt_status check_param(regopt_model *m, const char *name, void *data,
                                  void *grad, size_t count, regopt_dtype dtype,
                                  int32_t group)
 {
-    size_t i, len;
+    size_t len;
+    uintptr_t bytes;
     if (!name || !data)
         return ro_fail(m->msg, REGOPT_ERR_NULL_POINTER,
                        "regopt_model_add_param: %s is NULL", name ? "data" : "name");
@@ -108,14 +297,18 @@ static regopt_status check_param(regopt_model *m, const char *name, void *data,
         return ro_fail(m->msg, REGOPT_ERR_OUT_OF_RANGE,
                        "parameter \"%.64s\": group must be in [0, %d], got %d", name,
                        REGOPT_MAX_GROUPS - 1, (int)group);
-    if (grad && ranges_overlap(data, grad, count * sizeof(float)))
+    /* count <= SIZE_MAX / 16: the product cannot wrap; the range may not */
+    bytes = (uintptr_t)(count * sizeof(float));
+    if ((uintptr_t)data > UINTPTR_MAX - bytes || (grad && (uintptr_t)grad > UINTPTR_MAX - bytes))
         return ro_fail(m->msg, REGOPT_ERR_INVALID_ARGUMENT,
-                       "parameter \"%.64s\": data and grad overlap", name);
-    for (i = 0; i < m->n_params; i++)
-        if (strcmp(m->params[i].name, name) == 0)
-            return ro_fail(m->msg, REGOPT_ERR_INVALID_ARGUMENT,
-                           "parameter name \"%.64s\" is already registered", name);
-    return REGOPT_OK;
+                       "parameter \"%.64s\": its %s (%zu floats at %p) runs past the end of "
+                       "the address space", name,
+                       (uintptr_t)data > UINTPTR_MAX - bytes ? "data" : "grad", count,
+                       (uintptr_t)data > UINTPTR_MAX - bytes ? data : grad);
+    if (name_taken(m, name))
+        return ro_fail(m->msg, REGOPT_ERR_INVALID_ARGUMENT,
+                       "parameter name \"%.64s\" is already registered", name);
+    return check_overlaps(m, name, (uintptr_t)data, (uintptr_t)grad, bytes);
 }
 
 static regopt_status grow_params(regopt_model *m)
@@ -135,18 +328,25 @@ static regopt_status grow_params(regopt_model *m)
     return REGOPT_OK;
 }
 
+/* Checks, then every allocation (a failure leaves only spare capacity
+ * behind), then the commit, which cannot fail: nothing is registered on
+ * failure. */
 regopt_status regopt_model_add_param(regopt_model *m, const char *name,
                                      void *data, void *grad, size_t count,
                                      regopt_dtype dtype, int32_t group)
 {
     ro_param *p;
     char *copy;
-    size_t len;
+    size_t len, i;
     regopt_status st = check_mutable(m, "regopt_model_add_param");
     if (st == REGOPT_OK)
         st = check_param(m, name, data, grad, count, dtype, group);
     if (st == REGOPT_OK)
         st = grow_params(m);
+    if (st == REGOPT_OK)
+        st = grow_spans(m);
+    if (st == REGOPT_OK)
+        st = grow_names(m);
     if (st != REGOPT_OK)
         return st;
     len = strlen(name);
@@ -154,7 +354,8 @@ regopt_status regopt_model_add_param(regopt_model *m, const char *name,
     if (!copy)
         return ro_fail(m->msg, REGOPT_ERR_NO_MEMORY, "regopt_model_add_param: out of memory");
     memcpy(copy, name, len + 1);
-    p = &m->params[m->n_params++];
+    i = m->n_params++;
+    p = &m->params[i];
     p->name = copy;
     p->data = data;
     p->grad = grad;
@@ -164,6 +365,11 @@ regopt_status regopt_model_add_param(regopt_model *m, const char *name,
     m->n_elements += count;
     if (grad)
         m->n_trainable += count;
+    name_put(m->names, m->cap_names, m->params, i);
+    span_add(m, grad ? RO_SPANS_DATA : RO_SPANS_FROZEN, (uintptr_t)data,
+             (uintptr_t)data + count * sizeof(float), i);
+    if (grad)
+        span_add(m, RO_SPANS_GRAD, (uintptr_t)grad, (uintptr_t)grad + count * sizeof(float), i);
     return REGOPT_OK;
 }
 

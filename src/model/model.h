@@ -20,11 +20,37 @@ typedef struct ro_param {
     int32_t group;
 } ro_param;
 
+/* One registered byte range [lo, hi) -- a tensor's data or its gradient --
+ * as a node of a treap keyed by lo (priorities from a hash of the node's
+ * index, so the depth is O(log n) whatever the registration order) and
+ * augmented with the largest hi of its subtree, so that "does anything
+ * overlap [lo, hi)?" costs one descent (an interval tree). */
+typedef struct ro_span {
+    uintptr_t lo, hi, max_hi;
+    size_t left, right; /* RO_SPAN_NIL: none */
+    size_t param;       /* index into params */
+} ro_span;
+
+#define RO_SPAN_NIL SIZE_MAX
+
+/* The three trees of registered ranges (see check_overlaps in model.c). */
+enum ro_span_tree {
+    RO_SPANS_DATA,   /* data of trainable tensors: pairwise disjoint */
+    RO_SPANS_GRAD,   /* gradients: pairwise disjoint, and apart from every data */
+    RO_SPANS_FROZEN, /* data of frozen tensors: may share bytes with data */
+    RO_SPAN_TREES
+};
+
 struct regopt_model {
     uint32_t magic;
     ro_alloc alloc;
     ro_param *params;
     size_t n_params, cap_params;
+    ro_span *spans;                 /* at most two per tensor */
+    size_t n_spans, cap_spans;
+    size_t span_root[RO_SPAN_TREES];
+    size_t *names;                  /* open-addressing set of param indices + 1 (0: free) */
+    size_t cap_names;               /* a power of two, at least twice n_params */
     size_t n_elements;  /* all registered elements */
     size_t n_trainable; /* elements of tensors with a gradient */
     size_t output_width;
