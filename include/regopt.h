@@ -1261,6 +1261,11 @@ enum regopt_rdrop_key {
  * Callbacks per micro-batch: forward(slot 0) [clean], then K x (forward(slot
  * s), backward(slot s, NO_PARAM_GRAD)), forward(slot s), backward(slot s),
  * backward(slot 0), where s = 1 (2 with two-call R-Drop): K + 2 forwards.
+ * In either mode, a NaN or infinity in the ascent -- the inner loss of an
+ * ascent forward's outputs, the d_input of an ascent backward, the
+ * perturbation after an update (mt-dnn's nu + eta g can overflow) -- or a
+ * non-finite R_s fails the step with REGOPT_ERR_NONFINITE_LOSS and a message
+ * naming the pass and micro-batch; the step is rolled back like any failure.
  *
  */
 enum regopt_smart_key {

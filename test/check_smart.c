@@ -71,10 +71,24 @@ typedef struct sm_host {
     int forwards, backwards, bad;
     int fail_forward;       /* 1-based forward number that fails, 0 = never */
     int fail_perturbed_adv; /* the next adversarial forward at perturbed weights fails */
+    int poison;             /* SM_POISON_*: spoil the next ascent pass (then 0) */
     int npg_backwards, npg_without_din;
     int nrec;
     sm_rec rec[SCALLS];
 } sm_host;
+
+/* What sm_host.poison spoils: the d_input of the next backward flagged
+ * NO_PARAM_GRAD (an ascent backward), or the outputs of the next forward
+ * with an input perturbation in slot 1 (with K >= 1 that is an ascent
+ * forward). */
+enum {
+    SM_POISON_NAN_DIN = 1,     /* NaN in every element of d_input */
+    SM_POISON_NAN_DIN_ONE = 2, /* NaN in one element of d_input */
+    SM_POISON_INF_OUT = 3,     /* +inf in one output */
+    SM_POISON_INF_OUT_ALL = 4, /* -inf in every output */
+    SM_POISON_HUGE_DIN = 5,    /* 3e37 in every element of d_input: finite */
+    SM_POISON_NAN_TEACHER = 6  /* NaN in one output of the next teacher forward */
+};
 
 typedef struct sm_data {
     const float *e; /* input_rows x d embeddings of the whole batch */
@@ -141,6 +155,17 @@ static int sm_forward(const regopt_pass *p, void *user)
                     z += h->A[c * d + j] * x[(i * T + t) * d + j];
             p->outputs[i * k + c] = z;
         }
+    if ((p->flags & REGOPT_PASS_TEACHER) && h->poison == SM_POISON_NAN_TEACHER) {
+        p->outputs[1] = NAN;
+        h->poison = 0;
+    }
+    if (p->input_perturbation && p->slot == 1 &&
+        (h->poison == SM_POISON_INF_OUT || h->poison == SM_POISON_INF_OUT_ALL)) {
+        for (i = 0; i < p->rows * k; i++)
+            if (h->poison == SM_POISON_INF_OUT_ALL || i == 1)
+                p->outputs[i] = h->poison == SM_POISON_INF_OUT ? INFINITY : -INFINITY;
+        h->poison = 0;
+    }
     if (r) {
         r->has_pert = p->input_perturbation != NULL;
         if (p->input_perturbation)
@@ -187,6 +212,14 @@ static int sm_backward(const regopt_pass *p, void *user)
                         s += h->A[c * d + j] * p->d_outputs[i * k + c];
                     p->d_input[(i * T + t) * d + j] = s;
                 }
+    if (p->d_input && (p->flags & REGOPT_PASS_NO_PARAM_GRAD) &&
+        (h->poison == SM_POISON_NAN_DIN || h->poison == SM_POISON_NAN_DIN_ONE ||
+         h->poison == SM_POISON_HUGE_DIN)) {
+        for (i = 0; i < p->input_rows * d; i++)
+            if (h->poison != SM_POISON_NAN_DIN_ONE || i == 1)
+                p->d_input[i] = h->poison == SM_POISON_HUGE_DIN ? 3e37f : NAN;
+        h->poison = 0;
+    }
     if (r) {
         r->has_din = p->d_input != NULL;
         memcpy(r->out, p->d_outputs, p->rows * k * sizeof(float));
@@ -1757,6 +1790,130 @@ START_TEST(ragged_input_rows_kept)
 }
 END_TEST
 
+/* ======================================================================== */
+/* Non-finite ascent passes (issue 16, defect 8)                            */
+/* ======================================================================== */
+
+/* A NaN d_input or a non-finite adversarial output in an ascent pass fails
+ * the step with the status the final adversarial pass gives (the loss is not
+ * finite), a message naming the pass, and nothing changed -- in paper mode
+ * with every norm (where `n > 0` and the inf-norm's max used to drop NaN and
+ * make a successful step) and in mt-dnn mode alike. */
+static void check_nonfinite_ascent(int norm, int mtdnn, int poison, regopt_loss_kind loss)
+{
+    sm_run *r = sm_open(3, 2, 2, loss, 0.1, NULL, NULL);
+    float A0[SK * SD], b0[SK];
+    double rs0, noise0;
+    const char *msg, *pass = poison <= SM_POISON_NAN_DIN_ONE ? "ascent backward"
+                                                             : "ascent forward";
+    sm_set s;
+    regopt_status st;
+    sm_fill(&s, 2, 3, 1, 3, 2, 1, 0, 7);
+    sm_smart(r, 1.0, 0.05, 0.03, 1.0, 2, norm, mtdnn);
+    SM_MUST(regopt_optimizer_set_double(r->o, REGOPT_OPT_MOMENTUM, 0.9));
+    sm_step(r, &s); /* a good step first: momentum and statistics to keep */
+    memcpy(A0, r->h.A, sizeof A0);
+    memcpy(b0, r->h.b, sizeof b0);
+    rs0 = rstat(r->smart, REGOPT_STAT_SMART_RS);
+    noise0 = rstat(r->smart, REGOPT_STAT_SMART_NOISE_NORM);
+    r->h.poison = poison;
+    st = regopt_trainer_step(r->t, s.b, s.count);
+    msg = regopt_trainer_message(r->t);
+    ck_assert_msg(st == REGOPT_ERR_NONFINITE_LOSS,
+                  "norm %d mtdnn %d poison %d: step -> %s (%s)", norm, mtdnn, poison,
+                  regopt_status_string(st), msg);
+    ck_assert_int_eq(r->h.poison, 0); /* the poisoned pass ran */
+    ck_assert_msg(strstr(msg, "SMART") && strstr(msg, pass) && strstr(msg, "micro-batch 0"),
+                  "norm %d mtdnn %d poison %d: the message does not name the %s: %s", norm,
+                  mtdnn, poison, pass, msg);
+    ck_assert_msg(memcmp(A0, r->h.A, sizeof A0) == 0 && memcmp(b0, r->h.b, sizeof b0) == 0,
+                  "norm %d mtdnn %d poison %d: weights changed by a failed step", norm, mtdnn,
+                  poison);
+    ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_STEP), 1);
+    ck_assert_double_eq(rstat(r->smart, REGOPT_STAT_SMART_RS), rs0);
+    ck_assert_double_eq(rstat(r->smart, REGOPT_STAT_SMART_NOISE_NORM), noise0);
+    /* the same step again, unspoiled, succeeds */
+    sm_step(r, &s);
+    ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_STEP), 2);
+    ck_assert(isfinite(rstat(r->smart, REGOPT_STAT_SMART_RS)));
+    sm_close(r);
+}
+
+static void check_nonfinite_ascent_all(int mtdnn)
+{
+    static const int norms[3] = {REGOPT_SMART_NORM_INF, REGOPT_SMART_NORM_L1,
+                                 REGOPT_SMART_NORM_L2};
+    int i, poison;
+    for (i = 0; i < 3; i++)
+        for (poison = SM_POISON_NAN_DIN; poison <= SM_POISON_INF_OUT_ALL; poison++) {
+            check_nonfinite_ascent(norms[i], mtdnn, poison, REGOPT_LOSS_SOFTMAX_CE);
+            check_nonfinite_ascent(norms[i], mtdnn, poison, REGOPT_LOSS_MSE);
+        }
+}
+
+/* A huge but finite d_input: the paper's update divides by its norm and
+ * stays finite; mt-dnn's nu + eta g overflows a float, which fails the step
+ * naming the update instead of feeding inf/inf = NaN to the host. */
+START_TEST(huge_d_input_overflows_only_mtdnn)
+{
+    int mtdnn;
+    for (mtdnn = 0; mtdnn <= 1; mtdnn++) {
+        sm_run *r = sm_open(3, 2, 2, REGOPT_LOSS_SOFTMAX_CE, 0.1, NULL, NULL);
+        float A0[SK * SD];
+        regopt_status st;
+        sm_set s;
+        sm_fill(&s, 1, 3, 1, 3, 2, 0, 0, 9);
+        sm_smart(r, 1.0, 0.05, 0.03, 1000.0, 1, REGOPT_SMART_NORM_L2, mtdnn);
+        memcpy(A0, r->h.A, sizeof A0);
+        r->h.poison = SM_POISON_HUGE_DIN;
+        st = regopt_trainer_step(r->t, s.b, s.count);
+        ck_assert_int_eq(r->h.poison, 0);
+        if (!mtdnn) {
+            ck_assert_msg(st == REGOPT_OK, "paper mode: %s", regopt_trainer_message(r->t));
+        } else {
+            ck_assert_int_eq(st, REGOPT_ERR_NONFINITE_LOSS);
+            ck_assert_ptr_nonnull(strstr(regopt_trainer_message(r->t), "ascent update"));
+            ck_assert_int_eq(memcmp(A0, r->h.A, sizeof A0), 0);
+            ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_STEP), 0);
+        }
+        sm_close(r);
+    }
+}
+END_TEST
+
+/* The Bregman term has no ascent to swallow a NaN: a NaN teacher output
+ * makes D, and so the step's loss, NaN, and the step fails unchanged. */
+START_TEST(bregman_reports_nonfinite_teacher)
+{
+    int mse;
+    for (mse = 0; mse <= 1; mse++) {
+        sm_run *r = sm_open(3, 2, 1, mse ? REGOPT_LOSS_MSE : REGOPT_LOSS_SOFTMAX_CE, 0.1, NULL,
+                            NULL);
+        float A0[SK * SD], b0[SK];
+        sm_set s;
+        sm_fill(&s, 2, 3, 1, 3, 2, 1, 0, 11);
+        sm_bregman(r, 1.0, 0.5);
+        sm_step(r, &s);
+        memcpy(A0, r->h.A, sizeof A0);
+        memcpy(b0, r->h.b, sizeof b0);
+        r->h.poison = SM_POISON_NAN_TEACHER;
+        ck_assert_int_eq(regopt_trainer_step(r->t, s.b, s.count), REGOPT_ERR_NONFINITE_LOSS);
+        ck_assert_int_eq(r->h.poison, 0);
+        ck_assert_ptr_nonnull(strstr(regopt_trainer_message(r->t), "micro-batch 0"));
+        ck_assert_int_eq(memcmp(A0, r->h.A, sizeof A0), 0);
+        ck_assert_int_eq(memcmp(b0, r->h.b, sizeof b0), 0);
+        ck_assert_int_eq(stat_int(r->t, REGOPT_STAT_STEP), 1);
+        sm_step(r, &s);
+        sm_close(r);
+    }
+}
+END_TEST
+
+START_TEST(paper_mode_reports_nonfinite_ascent) { check_nonfinite_ascent_all(0); }
+END_TEST
+START_TEST(mtdnn_mode_reports_nonfinite_ascent) { check_nonfinite_ascent_all(1); }
+END_TEST
+
 Suite *suite_smart(void)
 {
     Suite *s = suite_create("smart");
@@ -1768,6 +1925,10 @@ Suite *suite_smart(void)
     tcase_add_test(tc, paper_mode_inf);
     tcase_add_test(tc, paper_mode_l2);
     tcase_add_test(tc, paper_mode_l1);
+    tcase_add_test(tc, paper_mode_reports_nonfinite_ascent);
+    tcase_add_test(tc, mtdnn_mode_reports_nonfinite_ascent);
+    tcase_add_test(tc, huge_d_input_overflows_only_mtdnn);
+    tcase_add_test(tc, bregman_reports_nonfinite_teacher);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("gradients");

@@ -153,6 +153,8 @@ static void smart_plan(ro_reg *r, ro_plan *p, int now)
 
 /* ---- norms and projections of one embedding row ----------------------- */
 
+/* ||x||_p; NaN if any element is NaN (the inf-norm's max keeps a NaN
+ * instead of dropping it, as the sums of the other norms do). */
 static double row_norm(const float *x, size_t d, int p)
 {
     double s = 0.0;
@@ -160,11 +162,23 @@ static double row_norm(const float *x, size_t d, int p)
     for (j = 0; j < d; j++) {
         double a = fabs((double)x[j]);
         if (p == REGOPT_SMART_NORM_INF)
-            s = a > s ? a : s;
+            s = (a > s || isnan(a)) ? a : s; /* once s is NaN, a > s is false */
         else
             s += p == REGOPT_SMART_NORM_L1 ? a : a * a;
     }
     return p == REGOPT_SMART_NORM_L2 ? sqrt(s) : s;
+}
+
+/* The first of `rows` rows of width d holding a NaN or an infinity, or
+ * `rows` if none does. */
+static size_t nonfinite_row(const float *x, size_t rows, size_t d)
+{
+    size_t i, j;
+    for (i = 0; i < rows; i++)
+        for (j = 0; j < d; j++)
+            if (!isfinite(x[i * d + j]))
+                return i;
+    return rows;
 }
 
 static int descending(const void *a, const void *b)
@@ -211,7 +225,9 @@ static void project(float *x, size_t d, int p, double r, float *sorted)
     }
 }
 
-/* One ascent update of every embedding row of nu from its gradient g. */
+/* One ascent update of every embedding row of nu from its gradient g, which
+ * the caller checked to be finite (so is every norm below: n > 0 means
+ * g != 0, never "not NaN"). */
 static void ascent_update(smart *s, size_t rows, size_t d)
 {
     size_t i, j;
@@ -296,6 +312,8 @@ static regopt_status smart_term(ro_reg *r, ro_view *v, double *weighted)
     da = st_->d_outputs + (a - st_->outputs);
     p.input_perturbation = s->nu;
     for (it = 0; it < s->steps; it++) {
+        double inner;
+        size_t bad;
         p.flags = v->flags;
         p.d_outputs = NULL;
         p.d_input = NULL;
@@ -303,7 +321,15 @@ static regopt_status smart_term(ro_reg *r, ro_view *v, double *weighted)
         if (st != REGOPT_OK)
             return st;
         ro_zero(da, n * k);
-        smooth_loss(e, &v->rows, a, v->z, st_->inv_weight, 1.0, s->stable_kl, da, NULL);
+        inner = smooth_loss(e, &v->rows, a, v->z, st_->inv_weight, 1.0, s->stable_kl, da, NULL);
+        /* Every non-finite value of the ascent fails the step here, in both
+           modes, with the status of a non-finite R_s below: the paper
+           mode's `n > 0` and inf-norm max would otherwise skip or clip it
+           into a successful step with another result. */
+        if (!isfinite(inner))
+            return ro_fail(e->msg, REGOPT_ERR_NONFINITE_LOSS,
+                           "SMART's ascent forward (step %d of %d) of micro-batch %zu: the "
+                           "inner loss of its outputs is %g", it + 1, s->steps, v->bi, inner);
         p.flags = v->flags | REGOPT_PASS_NO_PARAM_GRAD;
         p.d_outputs = da;
         p.d_input = s->g;
@@ -311,7 +337,19 @@ static regopt_status smart_term(ro_reg *r, ro_view *v, double *weighted)
         st = ro_call_backward(e, &p);
         if (st != REGOPT_OK)
             return st;
+        bad = nonfinite_row(s->g, in, d);
+        if (bad < in)
+            return ro_fail(e->msg, REGOPT_ERR_NONFINITE_LOSS,
+                           "SMART's ascent backward (step %d of %d) of micro-batch %zu wrote "
+                           "a NaN or infinite d_input in embedding row %zu", it + 1, s->steps,
+                           v->bi, bad);
         ascent_update(s, in, d);
+        bad = nonfinite_row(s->nu, in, d);
+        if (bad < in) /* mt-dnn's nu + eta g can overflow a float */
+            return ro_fail(e->msg, REGOPT_ERR_NONFINITE_LOSS,
+                           "SMART's ascent update (step %d of %d) of micro-batch %zu overflowed "
+                           "in embedding row %zu (smart.eta too large for this d_input?)",
+                           it + 1, s->steps, v->bi, bad);
     }
     if (!(v->flags & REGOPT_PASS_PERTURBED_WEIGHTS))
         for (i = 0; i < in; i++) {
@@ -329,7 +367,8 @@ static regopt_status smart_term(ro_reg *r, ro_view *v, double *weighted)
     rs = smooth_loss(e, &v->rows, a, v->z, st_->inv_weight, s->lambda, 0, da, v->dz);
     if (!isfinite(rs))
         return ro_fail(e->msg, REGOPT_ERR_NONFINITE_LOSS,
-                       "SMART's adversarial smart_term of micro-batch %zu is %g", v->bi, rs);
+                       "SMART's final adversarial forward of micro-batch %zu: R_s is %g",
+                       v->bi, rs);
     *weighted = s->lambda * rs;
     if (!(v->flags & REGOPT_PASS_PERTURBED_WEIGHTS))
         st_->acc[r->acc0 + SM_RS] += rs;
