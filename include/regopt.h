@@ -563,7 +563,8 @@ typedef void (*regopt_free_fn)(void *user);
 typedef struct regopt_batch {
     size_t size;              /* sizeof(regopt_batch) */
     const void *data;         /* host's own batch pointer, passed to callbacks */
-    size_t rows;              /* rows (examples, or tokens), > 0 */
+    size_t rows;              /* rows (examples, or tokens), > 0;
+                                 rows x output_width <= 2^40 floats */
     const int32_t *labels;    /* SOFTMAX_CE: rows class indices in
                                  [0, output_width); ignored on masked rows */
     const float *targets;     /* MSE: rows * output_width targets */
@@ -571,8 +572,15 @@ typedef struct regopt_batch {
                                  Any non-zero value keeps. NULL: keep all */
     const float *weights;     /* optional: per-row weights >= 0, finite */
     size_t input_rows;        /* embedding rows of this batch when the model
-                                 has an input width (0: same as rows) */
+                                 has an input width (0: same as rows);
+                                 input_rows x input_width <= 2^36 floats
+                                 (256 GiB; SMART keeps two buffers that
+                                 size) */
 } regopt_batch;
+
+/* A batch that breaks a bound above fails the step (or evaluation) with
+ * REGOPT_ERR_INVALID_ARGUMENT and a message, before any allocation or
+ * callback. */
 
 /* Zero *batch and set batch->size. NULL is ignored. */
 REGOPT_API void regopt_batch_init(regopt_batch *batch);
@@ -613,7 +621,10 @@ REGOPT_API regopt_model *regopt_model_create(const regopt_allocator *allocator,
  * regopt_last_error_message): free the trainer first. */
 REGOPT_API void regopt_model_free(regopt_model *model);
 
-/* Register one host tensor of `count` elements. name: non-empty, unique in
+/* Register one host tensor of `count` elements: 1 .. SIZE_MAX/16, and the
+ * model's tensors together hold at most SIZE_MAX/16 elements (the trainer
+ * keeps up to four floats per element); a larger count or total fails with
+ * REGOPT_ERR_INVALID_ARGUMENT. name: non-empty, unique in
  * the model, at most REGOPT_MAX_NAME bytes (copied). data: the values,
  * updated in place by the optimizer. grad: where backward accumulates the
  * gradient; NULL registers a frozen tensor that is never updated. dtype:
@@ -882,7 +893,10 @@ REGOPT_API regopt_status regopt_trainer_set_allreduce(regopt_trainer *trainer,
 /* Size every buffer now for steps of up to max_rows rows (all micro-batches
  * of a step together) and up to max_rows embedding rows per micro-batch, so
  * that not even the first step allocates; regularizers attached later get
- * room for the same size when attached. Optional. */
+ * room for the same size when attached. Optional. With SMART, max_rows x
+ * the input width is bounded like a batch's embeddings (2^36 floats): a
+ * larger size fails with REGOPT_ERR_INVALID_ARGUMENT before SMART
+ * allocates. */
 REGOPT_API regopt_status regopt_trainer_reserve(regopt_trainer *trainer,
                                                 size_t max_rows);
 

@@ -395,6 +395,75 @@ START_TEST(range_past_the_address_space_is_refused)
 }
 END_TEST
 
+/* ---- sizes (issue 16, defect 9) ----------------------------------------- */
+
+/* The element counts of the tensors are summed with a bound, never modulo
+ * 2^64: 32 frozen tensors of 2^59 elements plus 4 used to report 4. The
+ * data pointers are fake (registration never dereferences them); frozen
+ * tensors may share bytes, so only the count can refuse them. */
+START_TEST(element_counts_never_wrap)
+{
+    const size_t big = (size_t)1 << 59, limit = SIZE_MAX / 16;
+    float *fake = (float *)(uintptr_t)16;
+    regopt_model *m = regopt_model_create(NULL, NULL);
+    char name[16];
+    int i;
+    for (i = 0; i < 32; i++) {
+        regopt_status st;
+        snprintf(name, sizeof name, "big%d", i);
+        st = ADD(m, name, fake, NULL, big, REGOPT_DTYPE_FLOAT32, 0);
+        if (i == 0) {
+            ck_assert_int_eq(st, REGOPT_OK);
+            continue;
+        }
+        ck_assert_int_eq(st, REGOPT_ERR_INVALID_ARGUMENT);
+        ck_assert_ptr_nonnull(strstr(regopt_model_message(m), name));
+        ck_assert_ptr_nonnull(strstr(regopt_model_message(m), "elements in all"));
+        ck_assert_uint_eq(regopt_model_param_count(m), 1);
+        ck_assert_uint_eq(regopt_model_element_count(m), big);
+    }
+    MUST(ADD(m, "four", fake, NULL, 4, REGOPT_DTYPE_FLOAT32, 0));
+    ck_assert_uint_eq(regopt_model_element_count(m), big + 4);
+    /* up to the limit exactly, then not one more */
+    MUST(ADD(m, "rest", fake, NULL, limit - big - 4, REGOPT_DTYPE_FLOAT32, 0));
+    ck_assert_uint_eq(regopt_model_element_count(m), limit);
+    ck_assert_int_eq(ADD(m, "one", fake, NULL, 1, REGOPT_DTYPE_FLOAT32, 0),
+                     REGOPT_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(regopt_model_message(m), "elements in all"));
+    ck_assert_uint_eq(regopt_model_element_count(m), limit);
+    ck_assert_uint_eq(regopt_model_param_count(m), 3);
+    regopt_model_free(m);
+}
+END_TEST
+
+/* One tensor: count * sizeof(float) (and the trainer's 4 floats per
+ * element) must fit a size_t; the refused counts allocate nothing. */
+START_TEST(huge_tensor_counts_are_refused)
+{
+    static const size_t bad[] = {SIZE_MAX / 16 + 1, SIZE_MAX / 4 + 1, SIZE_MAX / 2, SIZE_MAX};
+    counting c = {0, 0, 0};
+    regopt_allocator a = COUNTING_ALLOCATOR(&c);
+    float *fake = (float *)(uintptr_t)16, *fake_grad = (float *)(uintptr_t)((uintptr_t)1 << 63);
+    regopt_model *m = regopt_model_create(&a, NULL);
+    long allocs = c.allocs;
+    size_t i;
+    for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ck_assert_int_eq(ADD(m, "huge", fake, fake_grad, bad[i], REGOPT_DTYPE_FLOAT32, 0),
+                         REGOPT_ERR_INVALID_ARGUMENT);
+        ck_assert_ptr_nonnull(strstr(regopt_model_message(m), "\"huge\""));
+        ck_assert_ptr_nonnull(strstr(regopt_model_message(m), "too large"));
+    }
+    ck_assert_int_eq(c.allocs, allocs);
+    ck_assert_uint_eq(regopt_model_param_count(m), 0);
+    ck_assert_uint_eq(regopt_model_element_count(m), 0);
+    /* the largest single tensor fits, with its gradient below the top */
+    MUST(ADD(m, "huge", fake, fake_grad, SIZE_MAX / 16, REGOPT_DTYPE_FLOAT32, 0));
+    ck_assert_uint_eq(regopt_model_element_count(m), SIZE_MAX / 16);
+    regopt_model_free(m);
+    ck_assert_int_eq(c.allocs, c.frees);
+}
+END_TEST
+
 Suite *suite_model(void)
 {
     Suite *s = suite_create("model");
@@ -414,6 +483,10 @@ Suite *suite_model(void)
     tcase_add_test(tc, adjacent_and_frozen_views_are_accepted);
     tcase_add_test(tc, many_tensors_register_quickly);
     tcase_add_test(tc, range_past_the_address_space_is_refused);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("sizes");
+    tcase_add_test(tc, element_counts_never_wrap);
+    tcase_add_test(tc, huge_tensor_counts_are_refused);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1914,6 +1914,99 @@ END_TEST
 START_TEST(mtdnn_mode_reports_nonfinite_ascent) { check_nonfinite_ascent_all(1); }
 END_TEST
 
+/* ---- sizes (issue 16, defect 9) ------------------------------------------ */
+
+/* An allocator that remembers the largest request and refuses any over
+ * 1 GiB (so an unfixed library fails cleanly instead of paging). */
+typedef struct capped {
+    size_t biggest;
+    long allocs;
+} capped;
+
+static void *capped_alloc(size_t n, void *user)
+{
+    capped *c = user;
+    c->allocs++;
+    if (n > c->biggest)
+        c->biggest = n;
+    return n > ((size_t)1 << 30) ? NULL : malloc(n);
+}
+
+static void capped_free(void *p, void *user)
+{
+    (void)user;
+    free(p);
+}
+
+static int wide_pass(const regopt_pass *p, void *user)
+{
+    (void)p;
+    ++*(int *)user;
+    return 0;
+}
+
+/* SMART's two noise buffers are input_rows x input_width floats each: a
+ * reserve or a batch asking for more than 2^36 floats (or for a count whose
+ * byte size wraps) is refused with a message, before any allocation of
+ * that size, and nothing changes. */
+START_TEST(smart_noise_size_is_bounded)
+{
+    static const size_t bad_in[] = {(size_t)1 << 17, SIZE_MAX / 2 + 1, SIZE_MAX};
+    static float w[2] = {0.5f, -0.25f}, gw[2];
+    const size_t d = (size_t)1 << 20; /* 2^20 x 2^16 = 2^36 floats */
+    capped c = {0, 0};
+    regopt_allocator a = {sizeof(regopt_allocator), capped_alloc, capped_free, &c};
+    regopt_model *m = regopt_model_create(&a, NULL);
+    regopt_optimizer *o = regopt_optimizer_create(REGOPT_SGD, &a, NULL);
+    regopt_trainer *t;
+    regopt_regularizer *smart;
+    regopt_batch b;
+    int32_t y[4] = {0, 1, 0, 1};
+    int calls = 0;
+    int64_t steps = -1;
+    size_t i;
+    SM_MUST(regopt_model_add_param(m, "w", w, gw, 2, REGOPT_DTYPE_FLOAT32, 0));
+    SM_MUST(regopt_model_set_output_width(m, 2));
+    SM_MUST(regopt_model_set_input_width(m, d));
+    SM_MUST(regopt_model_set_slots(m, 2));
+    SM_MUST(regopt_model_set_callbacks(m, wide_pass, wide_pass, &calls, NULL));
+    t = regopt_trainer_create(m, o, NULL);
+    ck_assert_ptr_nonnull(t);
+    smart = tu_add(t, REGOPT_REG_SMART);
+    ck_assert_ptr_nonnull(smart);
+    c.biggest = 0;
+    /* regopt_trainer_reserve sizes the noise for as many embedding rows */
+    ck_assert_int_eq(regopt_trainer_reserve(t, (size_t)1 << 17), REGOPT_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(regopt_trainer_message(t), "SMART"));
+    ck_assert_ptr_nonnull(strstr(regopt_trainer_message(t), "2^36"));
+    ck_assert_msg(c.biggest <= ((size_t)1 << 26), "an allocation of %zu bytes was tried",
+                  c.biggest);
+    /* a batch's embedding rows likewise, and before any pass */
+    regopt_batch_init(&b);
+    b.rows = 4;
+    b.labels = y;
+    for (i = 0; i < sizeof bad_in / sizeof bad_in[0]; i++) {
+        b.input_rows = bad_in[i];
+        ck_assert_int_eq(regopt_trainer_step(t, &b, 1), REGOPT_ERR_INVALID_ARGUMENT);
+        ck_assert_ptr_nonnull(strstr(regopt_trainer_message(t), "input rows"));
+        ck_assert_ptr_nonnull(strstr(regopt_trainer_message(t), "2^36"));
+    }
+    ck_assert_msg(c.biggest <= ((size_t)1 << 26), "an allocation of %zu bytes was tried",
+                  c.biggest);
+    ck_assert_int_eq(calls, 0);
+    ck_assert_float_eq(w[0], 0.5f);
+    ck_assert_float_eq(w[1], -0.25f);
+    SM_MUST(regopt_trainer_get_int(t, REGOPT_STAT_STEP, &steps));
+    ck_assert_int_eq(steps, 0);
+    /* small sizes still work */
+    SM_TMUST(t, regopt_trainer_reserve(t, 4));
+    regopt_trainer_free(t);
+    tu_free_regs();
+    regopt_optimizer_free(o);
+    regopt_model_free(m);
+}
+END_TEST
+
 Suite *suite_smart(void)
 {
     Suite *s = suite_create("smart");
@@ -1980,6 +2073,7 @@ Suite *suite_smart(void)
     tc = tcase_create("memory");
     tcase_add_test(tc, no_allocation_after_the_first_step);
     tcase_add_test(tc, reserve_makes_the_first_smart_step_allocation_free);
+    tcase_add_test(tc, smart_noise_size_is_bounded);
     suite_add_tcase(s, tc);
     return s;
 }

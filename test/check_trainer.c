@@ -666,6 +666,87 @@ START_TEST(amsgrad_after_creation_is_refused)
 }
 END_TEST
 
+/* ---- sizes (issue 16, defect 9) ----------------------------------------- */
+
+/* run_open's model with an input width, over allocator a. */
+static run *run_open_wide(size_t input_width, const regopt_allocator *a)
+{
+    run *r = calloc(1, sizeof *r);
+    int i;
+    ck_assert_ptr_nonnull(r);
+    th_init(&r->h);
+    r->m = regopt_model_create(a, NULL);
+    ck_assert_ptr_nonnull(r->m);
+    MUST(regopt_model_add_param(r->m, "W", r->h.w, r->h.gw, TH_D * TH_K, REGOPT_DTYPE_FLOAT32,
+                                0));
+    MUST(regopt_model_add_param(r->m, "b", r->h.b, r->h.gb, TH_K, REGOPT_DTYPE_FLOAT32, 1));
+    MUST(regopt_model_set_output_width(r->m, TH_K));
+    MUST(regopt_model_set_input_width(r->m, input_width));
+    MUST(regopt_model_set_callbacks(r->m, th_forward, th_backward, &r->h, NULL));
+    r->o = regopt_optimizer_create(REGOPT_SGD, a, NULL);
+    ck_assert_ptr_nonnull(r->o);
+    MUST(regopt_optimizer_set_double(r->o, REGOPT_OPT_MOMENTUM, 0.9));
+    r->t = regopt_trainer_create(r->m, r->o, NULL);
+    ck_assert_ptr_nonnull(r->t);
+    th_data(r->x, r->y, 4 * N, 0);
+    for (i = 0; i < 4; i++)
+        th_batch_of(&r->b[i], &r->hb[i], r->x + i * N * TH_D, r->y + i * N, N);
+    return r;
+}
+
+/* input_rows x input_width is bounded (2^36 floats, the size of each of
+ * SMART's buffers) and may not wrap; a batch count whose descriptors
+ * cannot exist is refused before the first is read past; rows x output
+ * width stays bounded. All before any allocation or callback, nothing
+ * changed. */
+START_TEST(huge_batch_sizes_are_refused_before_anything)
+{
+    static const size_t bad_in[] = {((size_t)1 << 16) + 1, (size_t)1 << 40,
+                                    SIZE_MAX / 2 + 1 /* x 2^20 wraps to 0 */, SIZE_MAX};
+    counting c = {0, 0, 0};
+    regopt_allocator a = COUNTING_ALLOCATOR(&c);
+    run *r = run_open_wide((size_t)1 << 20, &a); /* 2^20 x 2^16 = 2^36 */
+    float w0[TH_D * TH_K], b0[TH_K];
+    regopt_batch b;
+    double l;
+    long allocs;
+    size_t i;
+    memcpy(w0, r->h.w, sizeof w0);
+    memcpy(b0, r->h.b, sizeof b0);
+    allocs = c.allocs;
+    for (i = 0; i < sizeof bad_in / sizeof bad_in[0]; i++) {
+        b = r->b[0];
+        b.input_rows = bad_in[i];
+        ck_assert_int_eq(regopt_trainer_step(r->t, &b, 1), REGOPT_ERR_INVALID_ARGUMENT);
+        ck_assert_ptr_nonnull(strstr(regopt_trainer_message(r->t), "batch 0"));
+        ck_assert_ptr_nonnull(strstr(regopt_trainer_message(r->t), "input rows"));
+        ck_assert_ptr_nonnull(strstr(regopt_trainer_message(r->t), "2^36"));
+        ck_assert_int_eq(regopt_trainer_evaluate(r->t, &b, &l, NULL),
+                         REGOPT_ERR_INVALID_ARGUMENT);
+        ck_assert_ptr_nonnull(strstr(regopt_trainer_message(r->t), "input rows"));
+    }
+    /* descriptors of 64 bytes: SIZE_MAX of them cannot be an array */
+    ck_assert_int_eq(regopt_trainer_step(r->t, r->b, SIZE_MAX), REGOPT_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(regopt_trainer_message(r->t), "batch count"));
+    b = r->b[0];
+    b.rows = SIZE_MAX;
+    ck_assert_int_eq(regopt_trainer_step(r->t, &b, 1), REGOPT_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(regopt_trainer_message(r->t), "rows is too many"));
+    ck_assert_int_eq(c.allocs, allocs);
+    ck_assert_int_eq(r->h.ncalls, 0);
+    ck_assert_int_eq(steps_of(r), 0);
+    ck_assert_int_eq(memcmp(w0, r->h.w, sizeof w0), 0);
+    ck_assert_int_eq(memcmp(b0, r->h.b, sizeof b0), 0);
+    /* at the bound: accepted (nothing here is sized by input rows) */
+    b = r->b[0];
+    b.input_rows = (size_t)1 << 16;
+    ck_assert_msg(regopt_trainer_step(r->t, &b, 1) == REGOPT_OK, "%s",
+                  regopt_trainer_message(r->t));
+    ck_assert_int_eq(steps_of(r), 1);
+    run_close(r);
+}
+END_TEST
+
 Suite *suite_trainer(void)
 {
     Suite *s = suite_create("trainer");
@@ -698,6 +779,7 @@ Suite *suite_trainer(void)
     tcase_add_test(tc, integer_reads_of_double_values);
     tcase_add_test(tc, loss_user_data_is_released_exactly_once);
     tcase_add_test(tc, evaluate_outputs_of_padding_only);
+    tcase_add_test(tc, huge_batch_sizes_are_refused_before_anything);
     suite_add_tcase(s, tc);
     return s;
 }

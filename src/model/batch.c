@@ -70,9 +70,16 @@ static regopt_status check_one(const regopt_batch *b, size_t bi,
     }
     if (b->rows == 0)
         return ro_fail(msg, REGOPT_ERR_INVALID_ARGUMENT, "batch %zu: rows is 0", bi);
-    if (b->rows > ((size_t)1 << 40) / m->output_width)
-        return ro_fail(msg, REGOPT_ERR_INVALID_ARGUMENT, "batch %zu: %zu rows is too many",
-                       bi, b->rows);
+    if (b->rows > RO_MAX_OUTPUT_FLOATS / m->output_width)
+        return ro_fail(msg, REGOPT_ERR_INVALID_ARGUMENT,
+                       "batch %zu: %zu rows is too many (rows x output width %zu is at most "
+                       "2^40 floats)", bi, b->rows, m->output_width);
+    /* input_rows sizes what the host reads and writes through
+       input_perturbation and d_input, and SMART's buffers */
+    if (m->input_width && ro_input_rows(b) > RO_MAX_INPUT_FLOATS / m->input_width)
+        return ro_fail(msg, REGOPT_ERR_INVALID_ARGUMENT,
+                       "batch %zu: %zu input rows x input width %zu is more than 2^36 floats",
+                       bi, ro_input_rows(b), m->input_width);
     if (need_targets && loss_kind == REGOPT_LOSS_SOFTMAX_CE && !b->labels)
         return ro_fail(msg, REGOPT_ERR_NULL_POINTER,
                        "batch %zu: the loss is softmax cross-entropy but labels is NULL", bi);
@@ -98,6 +105,11 @@ regopt_status ro_batches_check(const regopt_batch *b, size_t count,
         return ro_fail(msg, REGOPT_ERR_INVALID_ARGUMENT,
                        "batch 0: size field is %zu, expected %zu (use regopt_batch_init)",
                        b->size, sizeof(regopt_batch));
+    /* ro_batch_at computes i * size: an array that large cannot exist */
+    if (count > SIZE_MAX / b->size)
+        return ro_fail(msg, REGOPT_ERR_INVALID_ARGUMENT,
+                       "batch count %zu is too large for descriptors of %zu bytes", count,
+                       b->size);
     for (bi = 0; bi < count; bi++) {
         const regopt_batch *x = ro_batch_at(b, bi);
         double w = 0.0;

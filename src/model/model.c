@@ -289,15 +289,22 @@ static regopt_status check_param(regopt_model *m, const char *name, void *data,
         return ro_fail(m->msg, st, "parameter \"%.64s\": dtype %d is not supported "
                        "(only REGOPT_DTYPE_FLOAT32 = 1)", name, (int)dtype);
     }
-    if (count == 0 || count > SIZE_MAX / (4 * sizeof(float)))
+    if (count == 0 || count > RO_MAX_ELEMENTS)
         return ro_fail(m->msg, REGOPT_ERR_INVALID_ARGUMENT,
                        "parameter \"%.64s\": element count %zu is %s", name, count,
-                       count ? "too large" : "zero");
+                       count ? "too large (at most SIZE_MAX/16)" : "zero");
+    /* n_elements <= RO_MAX_ELEMENTS always, so the sum is never taken
+       modulo 2^64 (n_trainable <= n_elements follows) */
+    if (count > RO_MAX_ELEMENTS - m->n_elements)
+        return ro_fail(m->msg, REGOPT_ERR_INVALID_ARGUMENT,
+                       "parameter \"%.64s\": its %zu elements would bring the model past "
+                       "SIZE_MAX/16 = %zu elements in all (it holds %zu)", name, count,
+                       (size_t)RO_MAX_ELEMENTS, m->n_elements);
     if (group < 0 || group >= REGOPT_MAX_GROUPS)
         return ro_fail(m->msg, REGOPT_ERR_OUT_OF_RANGE,
                        "parameter \"%.64s\": group must be in [0, %d], got %d", name,
                        REGOPT_MAX_GROUPS - 1, (int)group);
-    /* count <= SIZE_MAX / 16: the product cannot wrap; the range may not */
+    /* count <= SIZE_MAX / 16: the product cannot wrap; the range may */
     bytes = (uintptr_t)(count * sizeof(float));
     if ((uintptr_t)data > UINTPTR_MAX - bytes || (grad && (uintptr_t)grad > UINTPTR_MAX - bytes))
         return ro_fail(m->msg, REGOPT_ERR_INVALID_ARGUMENT,

@@ -67,6 +67,16 @@ struct regopt_model {
 /* Validate a handle; on failure fill the thread-local message. */
 regopt_status ro_model_check(const regopt_model *m, const char *func);
 
+/* Size bounds (include/regopt.h documents them). The elements of all
+ * tensors together: the trainer keeps up to 3 floats of optimizer state per
+ * trainable element, so n * 4 * sizeof(float) must fit a size_t. */
+#define RO_MAX_ELEMENTS (SIZE_MAX / (4 * sizeof(float)))
+/* Floats of one batch's outputs (rows x output width), and of its input
+ * embeddings (input rows x input width: SMART keeps two buffers that
+ * size, 256 GiB each at the bound). */
+#define RO_MAX_OUTPUT_FLOATS ((size_t)1 << 40)
+#define RO_MAX_INPUT_FLOATS ((size_t)1 << 36)
+
 /* ---- parallel.c: loops over every trainable element -------------------- */
 
 #define RO_CHUNK 4096               /* elements; pieces start at multiples */

@@ -120,6 +120,12 @@ static regopt_status smart_grow(ro_reg *r, size_t rows)
     float *nu, *g;
     if (rows <= s->cap_in)
         return REGOPT_OK;
+    /* d >= 1 (smart_attach); the batch check bounds a step's rows, this
+       also regopt_trainer_reserve's */
+    if (rows > RO_MAX_INPUT_FLOATS / d)
+        return ro_fail(r->env->msg, REGOPT_ERR_INVALID_ARGUMENT,
+                       "SMART's noise for %zu embedding rows x input width %zu would be more "
+                       "than 2^36 floats", rows, d);
     nu = ro_calloc(r->env->alloc, rows, d * sizeof(float));
     g = ro_calloc(r->env->alloc, rows, d * sizeof(float));
     if (!nu || !g) {
