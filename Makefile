@@ -67,7 +67,7 @@ EXAMPLES := examples/mlp examples/minimal examples/charlm examples/textcls examp
 APP_CFLAGS := -std=c11 $(WARN) -Iinclude
 RPATH := -Wl,-rpath,$(abspath lib)
 
-.PHONY: all lib check demo deps run-check run-demo install uninstall clean
+.PHONY: all lib check demo deps run-check run-demo install uninstall clean check-tsan
 all: lib $(EXAMPLES) $(MPI_EXAMPLES) test/check_regopt
 
 lib: $(SHLIB) lib/$(SONAME) lib/libregopt.so $(STLIB) pkgconfig/regopt.pc
@@ -115,14 +115,18 @@ test/header_c99: test/header_c99.c include/regopt.h lib
 	$(CC) -std=c99 -pedantic-errors $(WARN) $(SAN_FLAGS) -Iinclude $< -o $@ -Llib -lregopt $(RPATH)
 test/header_cxx: test/header_cxx.cpp include/regopt.h lib
 	$(CXX) -std=c++11 -pedantic-errors $(WARN) $(SAN_FLAGS) -Iinclude $< -o $@ -Llib -lregopt $(RPATH)
+# A C++ host whose callback throws through the library (regopt_trainer_recover).
+test/abandon_cxx: test/abandon_cxx.cpp include/regopt.h lib
+	$(CXX) -std=c++11 $(WARN) $(SAN_FLAGS) -Iinclude $< -o $@ -Llib -lregopt $(RPATH)
 
 deps:
 	@sh scripts/install-deps.sh
 
-run-check: all test/header_c99 test/header_cxx
+run-check: all test/header_c99 test/header_cxx test/abandon_cxx
 	$(PYTHON) scripts/layer-check.py build/obj
 	./test/header_c99
 	./test/header_cxx
+	./test/abandon_cxx
 	sh test/check_symbols.sh $(SHLIB) $(SONAME)
 	./examples/minimal
 	./examples/mlp --data data/digits.csv --min-test-acc 0.95 --quiet
@@ -185,7 +189,7 @@ uninstall:
 
 clean:
 	rm -rf build lib pkgconfig/regopt.pc $(EXAMPLES) examples/mpi_sam test/check_regopt \
-	    test/header_c99 test/header_cxx
+	    test/header_c99 test/header_cxx test/abandon_cxx
 
 # ---- benchmarks (bench/, see bench/bench.c) -------------------------------
 # Not part of `make check`: check only adds bench-smoke, a run of a few
@@ -237,6 +241,7 @@ clean: bench-clean
 #                            (pkg-config shared/static, meson, C++), uninstall
 #   make check-asan          run-check and the fuzz corpus under ASan + UBSan,
 #                            in a copy of the tree (build/asan/)
+#   make check-tsan          the thread, pool and guard suites under ThreadSanitizer
 #   make check-valgrind      the C examples under memcheck (the Check suite runs
 #                            under ASan + LeakSanitizer in check-asan)
 #   make fuzz                libFuzzer binaries (clang-14) in build/fuzz/
@@ -272,11 +277,25 @@ check-asan: deps
 	tar -cf - --exclude=./.git --exclude='./build*' --exclude=./lib --exclude=./dist . | \
 	    tar -xf - -C build/asan
 	$(MAKE) -C build/asan --no-print-directory clean
-	$(MAKE) -C build/asan --no-print-directory SANITIZE=1 all test/header_c99 test/header_cxx
+	$(MAKE) -C build/asan --no-print-directory SANITIZE=1 all test/header_c99 test/header_cxx test/abandon_cxx
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	    $(MAKE) -C build/asan --no-print-directory SANITIZE=1 run-check
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	    $(MAKE) -C build/asan --no-print-directory SANITIZE=1 fuzz-replay
+
+# ThreadSanitizer: the suites that use threads (trainers on several threads,
+# the worker pool, fork with workers running), one binary from the sources.
+# die_after_fork=0: the fork test's child starts threads of its own again.
+TSAN_SUITES := threads pool guard
+check-tsan: deps
+	@mkdir -p build/tsan
+	$(CC) -std=c11 -O1 -g -fsanitize=thread -fno-omit-frame-pointer -ffp-contract=off $(WARN) \
+	    -Wno-format-truncation -Iinclude -Isrc $(CHECK_CFLAGS) $(TEST_SRC) $(SRC) \
+	    -o build/tsan/check_regopt $(CHECK_LIBS) -lm -pthread
+	for s in $(TSAN_SUITES); do \
+	    CK_RUN_SUITE=$$s TSAN_OPTIONS="halt_on_error=1 die_after_fork=0" \
+	        ./build/tsan/check_regopt || exit 1; \
+	done
 
 # Small runs: memcheck is some 30 times slower, and every code path of an
 # example is taken in its first epoch (charlm on the first lines of its text).

@@ -496,9 +496,11 @@ START_TEST(test_fork_with_worker_threads)
              regopt_trainer_step(t, &b, 1) == REGOPT_OK;
         h = fk_hash();
         ok = ok && write(fd[1], &h, sizeof h) == (ssize_t)sizeof h;
-        ok = ok && regopt_trainer_set_int(t, REGOPT_TRAINER_THREADS, 1) == REGOPT_OK &&
-             regopt_trainer_set_int(t, REGOPT_TRAINER_THREADS, 3) == REGOPT_OK &&
-             regopt_trainer_step(t, &b, 1) == REGOPT_OK;
+        ok = ok && regopt_trainer_set_int(t, REGOPT_TRAINER_THREADS, 1) == REGOPT_OK;
+#ifndef __SANITIZE_THREAD__ /* TSan cannot follow threads started after a fork */
+        ok = ok && regopt_trainer_set_int(t, REGOPT_TRAINER_THREADS, 3) == REGOPT_OK;
+#endif
+        ok = ok && regopt_trainer_step(t, &b, 1) == REGOPT_OK;
         regopt_trainer_free(t);
         _exit(ok ? 0 : 3);
     }
