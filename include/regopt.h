@@ -397,6 +397,14 @@ enum regopt_core_key {
                                              calling thread. Not saved in
                                              checkpoints. See "Threads" in the
                                              overview. */
+    REGOPT_TRAINER_CHECK_HOST = 304,      /* "trainer.check_host": int 0 or 1,
+                                             default 0. 1: check the host
+                                             contract where it is cheap to, and
+                                             fail the step on a breach (see
+                                             "Checking the host" at
+                                             regopt_trainer_step). Off, it costs
+                                             nothing. Not saved in checkpoints.
+                                             Since 1.0. */
 
     /* Statistics of the last successful step (regopt_trainer_get_double),
      * read-only, 900..999. Before the first step they read 0. */
@@ -905,7 +913,32 @@ REGOPT_API regopt_status regopt_trainer_reserve(regopt_trainer *trainer,
  * so hosts built against an older, smaller regopt_batch index correctly. On any
  * failure nothing has changed: parameters, optimizer and regularizer state,
  * statistics, step count and RNG position are as before the call (the
- * gradient buffers hold whatever the failed pass left). */
+ * gradient buffers hold whatever the failed pass left).
+ *
+ * The host's side of a step, and what the library can see of it:
+ *  - forward writes all rows x output_width outputs, no more: a host whose
+ *    own width differs from regopt_model_set_output_width writes past the
+ *    library's buffer;
+ *  - backward ADDS into the registered gradient buffers (never overwrites,
+ *    never replaces them: zero_grad(set_to_none) in LibTorch frees them);
+ *  - the registered data and gradient buffers stay where they were
+ *    registered for the trainer's life: a host that reallocates them (a
+ *    module moved with .to(), torch::load into it) must build a new model
+ *    and trainer; the host may read parameters between steps, and change
+ *    them only through a checkpoint load;
+ *  - callbacks return nonzero on failure and neither throw nor call back
+ *    into the trainer (see regopt_pass_fn).
+ * Checking the host: with REGOPT_TRAINER_CHECK_HOST = 1 the library checks
+ * what it cheaply can, and fails the step when the host broke a rule:
+ * REGOPT_ERR_FORWARD if a forward left an output unwritten (outputs are
+ * set to a NaN pattern first) or wrote past its outputs (16 guard floats);
+ * REGOPT_ERR_BACKWARD if a backward with a non-zero d_outputs added nothing
+ * to the registered gradients; REGOPT_ERR_STATE if the first or last element
+ * of a trainable tensor changed since the last step (a checkpoint load with
+ * parameters resets the reference, one without forgets it). Each check is a
+ * pass over the outputs or the gradients: for debugging a host, not for
+ * production runs. Overwriting instead of adding, or moving a buffer
+ * whose old memory still holds the same values, cannot be seen. */
 REGOPT_API REGOPT_NODISCARD regopt_status
 regopt_trainer_step(regopt_trainer *trainer, const regopt_batch *batches,
                     size_t count);

@@ -528,5 +528,9 @@ regopt_status ro_ck_restore(regopt_trainer *t, uint32_t flags, const ro_ck_found
     if (st != REGOPT_OK)
         return st;
     apply_state(t, &c, f, count, moments, params);
+    if (params) /* trainer.check_host: the tensors are the checkpoint's now */
+        ro_probe_record(t);
+    else        /* the host restores them its own way: nothing to compare */
+        t->probe_ok = 0;
     return REGOPT_OK;
 }

@@ -14,14 +14,15 @@
 
 /* Options worth saving: settable keys of the optimizer, the trainer and
  * every attached regularizer. trainer.seed is state, saved with the step
- * in "trainer"; trainer.threads is the machine's business, not the run's
- * (results do not depend on it). */
+ * in "trainer"; trainer.threads and trainer.check_host are the machine's
+ * and the debugging host's business, not the run's (results do not depend
+ * on them). */
 static int saved_option(const ro_key_desc *d)
 {
     if (d->flags & REGOPT_KEY_READ_ONLY)
         return 0;
     return d->owner != RO_OWNER_STAT && d->key != REGOPT_TRAINER_SEED &&
-           d->key != REGOPT_TRAINER_THREADS;
+           d->key != REGOPT_TRAINER_THREADS && d->key != REGOPT_TRAINER_CHECK_HOST;
 }
 
 static int is_group(const ro_key_desc *d) { return (d->flags & REGOPT_KEY_GROUP) != 0; }

@@ -37,6 +37,7 @@ static const ro_key_desc key_table[] = {
     {REGOPT_TRAINER_SEED, "trainer.seed", I, RO_OWNER_TRAINER, -9223372036854775808.0,
      9223372036854775808.0, 0, MAXX},
     {REGOPT_TRAINER_THREADS, "trainer.threads", I, RO_OWNER_TRAINER, 1, RO_MAX_THREADS, 1, 0},
+    {REGOPT_TRAINER_CHECK_HOST, "trainer.check_host", I, RO_OWNER_TRAINER, 0, 1, 0, 0},
     {REGOPT_STAT_LOSS, "stat.loss", D, RO_OWNER_STAT, -HUGE_VAL, HUGE_VAL, 0, RO},
     {REGOPT_STAT_OBJECTIVE, "stat.objective", D, RO_OWNER_STAT, -HUGE_VAL, HUGE_VAL, 0, RO},
     {REGOPT_STAT_GRAD_NORM, "stat.grad_norm", D, RO_OWNER_STAT, 0, HUGE_VAL, 0, RO},

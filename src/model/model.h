@@ -179,7 +179,12 @@ typedef struct ro_env {
     const char *busy;
     int in_host;
     atomic_int *opt_in_host;     /* the optimizer's count of the same */
+    int check_host;              /* trainer.check_host: contract.c's checks */
 } ro_env;
+
+/* Floats of room after every output buffer a pass writes into: the guard
+ * of trainer.check_host (contract.c). */
+#define RO_OUT_GUARD 16
 
 /* Around every call into the host made on behalf of a trainer. */
 static inline void ro_host_enter(ro_env *e)
@@ -195,6 +200,12 @@ static inline void ro_host_leave(ro_env *e)
     if (e->opt_in_host)
         atomic_fetch_sub_explicit(e->opt_in_host, 1, memory_order_relaxed);
 }
+
+/* contract.c: the checks of trainer.check_host around one callback. */
+void ro_contract_before_forward(const regopt_pass *p, float *saved);
+regopt_status ro_contract_after_forward(ro_env *e, const regopt_pass *p, const float *saved);
+uint64_t ro_contract_grad_signature(const ro_env *e);
+regopt_status ro_contract_after_backward(ro_env *e, const regopt_pass *p, uint64_t before);
 
 /* pass.c: the host as the library calls it. */
 void ro_pass_init(const ro_env *e, regopt_pass *p, const regopt_batch *b, size_t bi,

@@ -66,7 +66,10 @@ void ro_pass_init(const ro_env *e, regopt_pass *p, const regopt_batch *b, size_t
 
 regopt_status ro_call_forward(ro_env *e, regopt_pass *p)
 {
+    float saved[RO_OUT_GUARD];
     int rc;
+    if (e->check_host)
+        ro_contract_before_forward(p, saved);
     ro_host_enter(e);
     rc = e->model->forward(p, e->model->user);
     ro_host_leave(e);
@@ -75,11 +78,12 @@ regopt_status ro_call_forward(ro_env *e, regopt_pass *p)
         return ro_fail(e->msg, REGOPT_ERR_FORWARD,
                        "the forward callback returned %d (micro-batch %zu, slot %d)", rc,
                        p->micro_batch, (int)p->slot);
-    return REGOPT_OK;
+    return e->check_host ? ro_contract_after_forward(e, p, saved) : REGOPT_OK;
 }
 
 regopt_status ro_call_backward(ro_env *e, regopt_pass *p)
 {
+    uint64_t before = e->check_host ? ro_contract_grad_signature(e) : 0;
     int rc;
     ro_host_enter(e);
     rc = e->model->backward(p, e->model->user);
@@ -89,7 +93,7 @@ regopt_status ro_call_backward(ro_env *e, regopt_pass *p)
         return ro_fail(e->msg, REGOPT_ERR_BACKWARD,
                        "the backward callback returned %d (micro-batch %zu, slot %d)", rc,
                        p->micro_batch, (int)p->slot);
-    return REGOPT_OK;
+    return e->check_host ? ro_contract_after_backward(e, p, before) : REGOPT_OK;
 }
 
 /* A view of rows [r0, r0 + rows) of a batch: same host data, shifted

@@ -137,7 +137,8 @@ static regopt_status bregman_grow(ro_reg *r, size_t rows)
     float *o;
     if (rows <= br->cap_out)
         return REGOPT_OK;
-    o = ro_calloc(r->env->alloc, rows, r->env->model->output_width * sizeof(float));
+    o = ro_calloc(r->env->alloc, rows * r->env->model->output_width + RO_OUT_GUARD,
+                  sizeof(float));
     if (!o)
         return ro_fail(r->env->msg, REGOPT_ERR_NO_MEMORY,
                        "out of memory for the teacher's outputs (%zu rows)", rows);

@@ -77,6 +77,8 @@ static regopt_status step_begin(regopt_trainer *t, const regopt_batch *b, size_t
         s->n_acc += r->ops->n_acc;
     }
     if (st == REGOPT_OK)
+        st = ro_probe_check(t);
+    if (st == REGOPT_OK)
         st = ro_batches_check(b, count, t->model, t->env.loss_kind,
                               t->env.loss_kind != REGOPT_LOSS_CALLBACK, t->allreduce != NULL,
                               &s->weight, &rows, t->msg);
@@ -129,6 +131,7 @@ static void step_commit(regopt_trainer *t, ro_step *s, double norm)
        committed hook may throw (regopt_trainer_recover then says so) */
     t->step++;
     t->busy_applied = 1;
+    ro_probe_record(t);
     RO_STAT(t, REGOPT_STAT_LOSS) = s->acc[0];
     RO_STAT(t, REGOPT_STAT_OBJECTIVE) = s->has_loss2 ? s->loss2 : s->loss;
     RO_STAT(t, REGOPT_STAT_GRAD_NORM) = norm;

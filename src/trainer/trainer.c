@@ -119,6 +119,7 @@ void regopt_trainer_free(regopt_trainer *t)
     if (t->opt->magic == RO_MAGIC_OPTIMIZER)
         t->opt->bound--;
     free_scratch(t);
+    (void)ro_probe_enable(t, 0);
     ro_parallel_release(&t->par);
     ro_free(&t->alloc, t->state);
     a = t->alloc;
@@ -134,7 +135,7 @@ static regopt_status reserve_rows(regopt_trainer *t, size_t rows)
     float *o, *d, *l;
     if (rows <= t->cap_rows)
         return REGOPT_OK;
-    o = ro_calloc(&t->alloc, rows, k * sizeof(float));
+    o = ro_calloc(&t->alloc, rows * k + RO_OUT_GUARD, sizeof(float));
     d = ro_calloc(&t->alloc, rows, k * sizeof(float));
     l = ro_calloc(&t->alloc, rows, sizeof(float));
     if (!o || !d || !l) {
@@ -251,6 +252,11 @@ static regopt_status trainer_set_value(regopt_trainer *t, regopt_key key, double
         t->env.label_smoothing = dv;
     } else if (key == REGOPT_TRAINER_THREADS) {
         return ro_parallel_set_threads(&t->par, (unsigned)dv, t->msg);
+    } else if (key == REGOPT_TRAINER_CHECK_HOST) {
+        st = ro_probe_enable(t, dv != 0.0);
+        if (st == REGOPT_OK)
+            t->env.check_host = dv != 0.0;
+        return st;
     }
     return REGOPT_OK;
 }
@@ -300,6 +306,8 @@ static regopt_status trainer_get_value(const regopt_trainer *t, regopt_key key,
             v = t->env.label_smoothing;
         else if (key == REGOPT_TRAINER_THREADS)
             v = (double)t->par.threads;
+        else if (key == REGOPT_TRAINER_CHECK_HOST)
+            v = (double)t->env.check_host;
         else if (d->owner == RO_OWNER_STAT && key >= REGOPT_STAT_LOSS &&
                  key < REGOPT_STAT_LOSS + RO_N_STATS)
             v = t->stats[key - REGOPT_STAT_LOSS];

@@ -56,6 +56,10 @@ struct regopt_trainer {
     } undo[RO_MAX_UNDO];
     int n_undo;
     int busy_applied;   /* the abandoned step had already made its update */
+
+    /* probe.c (trainer.check_host): the ends of each trainable tensor */
+    uint32_t *probe;    /* 2 per tensor, NULL when the option is off */
+    int probe_ok;       /* they describe the tensors as the last step left them */
 };
 
 regopt_status ro_trainer_check(const regopt_trainer *t, const char *func);
@@ -86,6 +90,12 @@ void ro_trainer_plan(const regopt_trainer *t, ro_plan *p, int all_due);
 regopt_status ro_trainer_reserve_all(regopt_trainer *t, size_t rows, size_t in_rows);
 /* The scheduled learning rate of the next update. */
 double ro_trainer_lr(const regopt_trainer *t);
+
+/* probe.c: trainer.check_host's check that no trainable tensor changed
+ * between steps. */
+regopt_status ro_probe_enable(regopt_trainer *t, int on);
+void ro_probe_record(regopt_trainer *t);
+regopt_status ro_probe_check(regopt_trainer *t);
 
 /* sync.c: the one all-reduce of a step (a no-op without one). */
 regopt_status ro_sync(regopt_trainer *t, ro_step *s, regopt_status local, double *weight,
