@@ -1,35 +1,56 @@
 """Allocators: memory hooks (regopt_allocator) written in Python."""
 import ctypes
+import operator
 
 from . import _lib as L
+from ._guard import trampoline
+
+_MAX_ADDRESS = 2 ** (8 * ctypes.sizeof(ctypes.c_void_p)) - 1
 
 
 class Allocator:
     """Memory hooks (regopt_allocator). Subclass and override alloc(size) ->
     address (int, 0 on failure) and free(address); pass the instance to
     Model(allocator=...) / Optimizer(..., allocator=...). The handle keeps the
-    instance alive; a trainer allocates from its model's allocator."""
+    instance alive; a trainer allocates from its model's allocator.
+
+    An exception raised by alloc or free (KeyboardInterrupt too) is appended
+    to .errors and re-raised by the binding call that ran the hook (an alloc
+    that raises fails as NULL: the library reports no memory and rolls back)."""
 
     def __init__(self):
-        self._alloc_fn = L.ALLOC_FN(self._alloc_tramp)
-        self._free_fn = L.FREE_FN(self._free_tramp)
+        self._alloc_fn = L.ALLOC_FN(trampoline(self._alloc_body, None))
+        self._free_fn = L.FREE_FN(trampoline(self._free_body, None, deliver=False))
         self._struct = L.Allocator(ctypes.sizeof(L.Allocator), self._alloc_fn, self._free_fn,
                                    None)
         self.errors = []
 
-    def _alloc_tramp(self, size, user):
+    def _alloc_body(self, size, user):
         try:
-            return self.alloc(int(size)) or None
-        except BaseException as exc:  # never let an exception cross into C
+            p = self.alloc(int(size))
+            if p is None:
+                return None
+            # checked here: ctypes converts the result after we return, out of any try
+            try:
+                p = operator.index(p)
+            except TypeError:
+                raise TypeError("%s.alloc returned %r, not an address (int) or 0"
+                                % (type(self).__name__, p)) from None
+            if not 0 <= p <= _MAX_ADDRESS:
+                raise ValueError("%s.alloc returned %d, not an address"
+                                 % (type(self).__name__, p))
+            return p or None
+        except BaseException as exc:
             self.errors.append(exc)
-            return None
+            raise
 
-    def _free_tramp(self, ptr, user):
+    def _free_body(self, ptr, user):
         try:
             if ptr:
                 self.free(int(ptr))
         except BaseException as exc:
             self.errors.append(exc)
+            raise
 
     def alloc(self, size):
         raise NotImplementedError

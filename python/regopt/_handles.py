@@ -7,6 +7,7 @@ import weakref
 from . import _lib as L
 from ._lib import lib
 from ._errors import NullPointer
+from ._guard import Call, record
 
 
 _live = {"model": 0, "optimizer": 0, "trainer": 0}
@@ -27,7 +28,12 @@ _token_counter = itertools.count(1)
 
 
 def _release_user(user):
-    _keepalive.pop(user, None)
+    # A free hook: no trampoline (which would deliver a kept signal first);
+    # the pop runs before anything can be raised here.
+    try:
+        _keepalive.pop(user, None)
+    except BaseException as exc:
+        record(exc)
 
 
 _RELEASE_FN = L.USER_FREE_FN(_release_user)
@@ -47,30 +53,21 @@ def _register_user(objs):
 
 class _CallbackState:
     """What the trampolines of one model (and of its trainer's loss and
-    all-reduce callbacks) share: the Python objects of the batches of the
-    running call and the first exception raised by a callback. The
-    trampolines hold this, never the Model or Trainer, so that the library's
-    reference to them (kept until its free hook runs) does not keep the
-    handles alive."""
-    __slots__ = ("batch_objects", "exc")
+    all-reduce callbacks and its terms) share: the Python objects of the
+    batches of the running call. (The first exception a callback raises is
+    kept per thread by _guard.Call.) The trampolines hold this, never the
+    Model or Trainer, so that the library's reference to them (kept until
+    its free hook runs) does not keep the handles alive."""
+    __slots__ = ("batch_objects",)
 
     def __init__(self):
         self.batch_objects = None
-        self.exc = None
 
     def data(self, token):
         objs = self.batch_objects
         if objs is not None and token and 0 < token <= len(objs):
             return objs[token - 1]
         return None
-
-    def record(self, exc):
-        if self.exc is None:
-            self.exc = exc
-
-    def take(self):
-        exc, self.exc = self.exc, None
-        return exc
 
 
 def _weak_callable(fn, owner):
@@ -110,20 +107,26 @@ class _RegCell:
 
     def free(self):
         if self.ptr:
-            lib.regopt_regularizer_free(self.ptr)
+            with Call() as c:  # runs a term's free hook
+                lib.regopt_regularizer_free(self.ptr)
             self.ptr = None
+            c.finish()
 
 
 def _free_trainer_cell(cell):
     if cell.ptr:
-        lib.regopt_trainer_free(cell.ptr)  # detaches every regularizer
+        with Call() as c:  # allocator and free hooks
+            lib.regopt_trainer_free(cell.ptr)  # detaches every regularizer
         cell.ptr = None
         with _live_lock:
             _live["trainer"] -= 1
         regs, cell.regs = cell.regs, []
-        for rc in regs:
-            if rc.orphan:
-                rc.free()
+        try:
+            for rc in regs:
+                if rc.orphan:
+                    rc.free()
+        finally:
+            c.finish()
 
 
 class _Handle:

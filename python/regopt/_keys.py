@@ -6,6 +6,7 @@ import ctypes
 from . import _lib as L
 from ._lib import lib
 from ._errors import Error, InvalidArgument, UnknownKey, _check, _text
+from ._guard import call
 
 
 KeyInfo = collections.namedtuple("KeyInfo", "key name type min max default flags")
@@ -125,8 +126,8 @@ class _Options:
         return getattr(lib, self._c_functions[what])
 
     def _set_raw(self, key, is_int, value):
-        _check(self._fn("set_int" if is_int else "set_double")(self._p(), key, value),
-               self._msg)
+        # setters may allocate (trainer.threads starts workers): a guarded call
+        call(self._msg, self._fn("set_int" if is_int else "set_double"), self._p(), key, value)
 
     def _get_raw(self, key, is_int):
         v = ctypes.c_int64() if is_int else ctypes.c_double()

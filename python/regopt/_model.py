@@ -7,7 +7,8 @@ from ._lib import lib
 from ._allocator import _alloc_arg
 from ._arrays import _check_float32_buffer
 from ._batch import Pass, _int_rc
-from ._errors import StateError, _check, _error, _text, last_error_message
+from ._errors import StateError, _check, _text, last_error_message
+from ._guard import Call, call, trampoline
 from ._handles import (_RELEASE_FN, _CallbackState, _Handle, _free_trainer_cell, _keepalive,
                        _register_user, _weak_callable)
 
@@ -19,7 +20,8 @@ class Model(_Handle):
         m.add_param("w1", w1, g1, group=0)     # float32 C-contiguous arrays
 
     Callbacks take one Pass and return None (or 0) on success; an exception
-    aborts the step, the library rolls back, and Trainer.step re-raises it.
+    (any BaseException: KeyboardInterrupt too) aborts the step, the library
+    rolls back, and Trainer.step re-raises it.
     Instead of passing callbacks, a subclass may define forward(self, p) and
     backward(self, p): they are installed when a Trainer is created."""
 
@@ -37,11 +39,12 @@ class Model(_Handle):
         self._output_width = 0
         self._input_width = 0
         st = ctypes.c_int(0)
-        ptr = lib.regopt_model_create(_alloc_arg(allocator), ctypes.byref(st))
-        if not ptr:
-            raise _error(st.value, last_error_message())
-        self._ptr = ptr
-        self._count(+1)
+        with Call() as c:  # the allocator's hooks
+            ptr = lib.regopt_model_create(_alloc_arg(allocator), ctypes.byref(st))
+        if ptr:
+            self._ptr = ptr
+            self._count(+1)
+        c.finish(None if ptr else st.value, last_error_message)
         if output_width is not None:
             self.output_width = output_width
         if input_width is not None:
@@ -79,9 +82,8 @@ class Model(_Handle):
                           dtype=L.DTYPE_FLOAT32, keepalive=None):
         """Register raw buffers by address (for other array libraries); the
         objects in `keepalive` are kept alive until the model is closed."""
-        st = lib.regopt_model_add_param(self._p(), name.encode(), data_address, grad_address,
-                                        int(count), int(dtype), int(group))
-        _check(st, self._msg)
+        call(self._msg, lib.regopt_model_add_param, self._p(), name.encode(), data_address,
+             grad_address, int(count), int(dtype), int(group))
         self._arrays.append(keepalive)
         if name not in self._params:
             self._params[name] = keepalive
@@ -143,14 +145,10 @@ class Model(_Handle):
         state = self._cbs
         fn = _weak_callable(fn, self)
 
-        def tramp(pp, user):
-            try:
-                c = pp.contents
-                return _int_rc(fn(Pass(c, state.data(c.batch))))
-            except BaseException as exc:  # never let an exception cross into C
-                state.record(exc)
-                return 1
-        return tramp
+        def body(pp, user):
+            c = pp.contents
+            return _int_rc(fn(Pass(c, state.data(c.batch))))
+        return trampoline(body, 1)
 
     def set_callbacks(self, forward, backward):
         """Install the forward and backward callables (each takes a Pass)."""
@@ -160,11 +158,13 @@ class Model(_Handle):
         cf = L.PASS_FN(self._trampoline(forward))
         cb = L.PASS_FN(self._trampoline(backward))
         token = _register_user((cf, cb))
-        st = lib.regopt_model_set_callbacks(self._p(), cf, cb, token, _RELEASE_FN)
+        with Call() as c:  # the free hook of the callbacks replaced
+            st = lib.regopt_model_set_callbacks(self._p(), cf, cb, token, _RELEASE_FN)
         if st != L.OK:
             _keepalive.pop(token, None)  # on failure the library does not call free_user
-            raise _error(st, self._msg())
-        self._callbacks_set = True
+        else:
+            self._callbacks_set = True
+        c.finish(st, self._msg)
 
     def _install_methods_if_needed(self):
         if self._callbacks_set:
@@ -185,12 +185,14 @@ class Model(_Handle):
         self._free()
 
     def _free(self):
-        lib.regopt_model_free(self._ptr)
+        with Call() as c:  # the allocator's and the callbacks' free hooks
+            lib.regopt_model_free(self._ptr)
         self._ptr = None
         self._count(-1)
         self._arrays = []
         self._params.clear()
         self._trainer_cells = []
+        c.finish()
 
     def _finalize(self):
         if not self._ptr:

@@ -4,7 +4,8 @@ import ctypes
 from . import _lib as L
 from ._lib import lib
 from ._allocator import _alloc_arg
-from ._errors import InvalidArgument, StateError, UnknownKey, _error, _text, last_error_message
+from ._errors import InvalidArgument, StateError, UnknownKey, _text, last_error_message
+from ._guard import Call
 from ._handles import _Handle, _free_trainer_cell
 from ._keys import _Options, _full_name, key_from_name, key_info
 
@@ -36,11 +37,12 @@ class Optimizer(_Handle, _Options):
                                       % (kind, ", ".join(OPTIMIZER_KINDS)), L.ERR_INVALID_ARGUMENT)
             kind = k
         st = ctypes.c_int(0)
-        ptr = lib.regopt_optimizer_create(int(kind), _alloc_arg(allocator), ctypes.byref(st))
-        if not ptr:
-            raise _error(st.value, last_error_message())
-        self._ptr = ptr
-        self._count(+1)
+        with Call() as c:  # the allocator's hooks
+            ptr = lib.regopt_optimizer_create(int(kind), _alloc_arg(allocator), ctypes.byref(st))
+        if ptr:
+            self._ptr = ptr
+            self._count(+1)
+        c.finish(None if ptr else st.value, last_error_message)
         try:
             self.set(**options)
         except BaseException:
@@ -88,10 +90,12 @@ class Optimizer(_Handle, _Options):
         self._free()
 
     def _free(self):
-        lib.regopt_optimizer_free(self._ptr)
+        with Call() as c:  # the allocator's free hook
+            lib.regopt_optimizer_free(self._ptr)
         self._ptr = None
         self._count(-1)
         self._trainer_cells = []
+        c.finish()
 
     def _finalize(self):
         if not self._ptr:

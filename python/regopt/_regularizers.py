@@ -9,8 +9,9 @@ import weakref
 from . import _lib as L
 from ._lib import lib
 from ._arrays import _view
-from ._batch import BatchView, _int_rc
-from ._errors import Error, StateError, UnknownKey, _check, _error, _text, last_error_message
+from ._batch import BatchView
+from ._errors import Error, StateError, UnknownKey, _check, _text, last_error_message
+from ._guard import Call, trampoline
 from ._handles import _RELEASE_FN, _RegCell, _keepalive, _register_user
 from ._keys import _Options, _full_name, key_from_name, key_info, keys
 
@@ -75,10 +76,11 @@ class Regularizer(_Options):
 
     def _create(self):
         st = ctypes.c_int(0)
-        ptr = lib.regopt_regularizer_create(self.kind, None, ctypes.byref(st))
-        if not ptr:
-            raise _error(st.value, last_error_message())
-        object.__setattr__(self, "_rc", _RegCell(ptr))
+        with Call() as c:
+            ptr = lib.regopt_regularizer_create(self.kind, None, ctypes.byref(st))
+        if ptr:
+            object.__setattr__(self, "_rc", _RegCell(ptr))
+        c.finish(None if ptr else st.value, last_error_message)
 
     # -- the handle ------------------------------------------------------------
     @property
@@ -294,8 +296,9 @@ class Term(Regularizer):
         t.add(Term("my_term", value, passes=1, pass_flags=[TERM_PASS_FRESH_SEED]))
 
     fn returns the term's value (a weighted mean, see regopt.h); an
-    exception aborts the step and is re-raised by Trainer.step. Options:
-    weight ("term.weight"); statistic: value ("term.value")."""
+    exception (KeyboardInterrupt too) aborts the step and is re-raised by
+    Trainer.step. Options: weight ("term.weight"); statistic: value
+    ("term.value")."""
     kind = L.REG_TERM
     prefix = "term"
 
@@ -312,23 +315,18 @@ class Term(Regularizer):
         fn = opts["_value_fn"]
         me = weakref.proxy(self)
 
-        def tramp(view_p, value_p, user):
+        def body(view_p, value_p, user):
             try:
                 state = me._state
             except ReferenceError:
                 state = None
-            try:
-                c = view_p.contents
-                data = state.data(c.batch.contents.data) if (state and c.batch) else None
-                v = fn(TermView(c, data))
-                value_p[0] = float(v)
-                return 0
-            except BaseException as exc:
-                if state is not None:
-                    state.record(exc)
-                return 1
+            c = view_p.contents
+            data = state.data(c.batch.contents.data) if (state and c.batch) else None
+            v = fn(TermView(c, data))
+            value_p[0] = float(v)
+            return 0
 
-        cfn = L.TERM_FN(tramp)
+        cfn = L.TERM_FN(trampoline(body, 1))
         ops = L.TermOps()
         ops.size = ctypes.sizeof(L.TermOps)
         name_b = self.name.encode()
@@ -339,12 +337,14 @@ class Term(Regularizer):
             ops.pass_flags[i] = f
         token = _register_user((cfn,))
         st = ctypes.c_int(0)
-        ptr = lib.regopt_regularizer_create_term(ctypes.byref(ops), token, _RELEASE_FN, None,
-                                                 ctypes.byref(st))
-        if not ptr:
+        with Call() as c:
+            ptr = lib.regopt_regularizer_create_term(ctypes.byref(ops), token, _RELEASE_FN, None,
+                                                     ctypes.byref(st))
+        if ptr:
+            object.__setattr__(self, "_rc", _RegCell(ptr))
+        else:
             _keepalive.pop(token, None)  # free_user is not called on failure
-            raise _error(st.value, last_error_message())
-        object.__setattr__(self, "_rc", _RegCell(ptr))
+        c.finish(None if ptr else st.value, last_error_message)
 
 
 

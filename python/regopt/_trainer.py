@@ -7,29 +7,15 @@ from ._lib import lib
 from ._arrays import _need_numpy, _np, _view
 from ._batch import BatchView, _as_batches, _int_rc
 from ._checkpoint import _Checkpoints
-from ._errors import (InvalidArgument, StateError, UnknownKey, _check, _error, _text,
+from ._errors import (InvalidArgument, StateError, UnknownKey, _check, _text,
                       last_error_message)
+from ._guard import Call, call, trampoline
 from ._handles import (_RELEASE_FN, _Cell, _Handle, _free_trainer_cell, _keepalive, _live,
                        _live_lock, _register_user, _weak_callable)
 from ._keys import _Options, _full_name, key_from_name, key_info, keys
 from ._model import Model
 from ._optimizer import Optimizer
 from ._regularizers import REGULARIZERS, Regularizer, Term, _stat_alias, regularizer_kinds
-
-
-def _reraise(exc, err):
-    """Re-raise a callback's exception (its traceback intact) with the
-    library's message attached."""
-    try:
-        exc.regopt_error = err
-    except Exception:
-        pass
-    if hasattr(exc, "add_note"):
-        try:
-            exc.add_note("regopt: the step was aborted and rolled back (%s)" % err)
-        except Exception:
-            pass
-    raise exc.with_traceback(exc.__traceback__)
 
 
 class Trainer(_Handle, _Options, _Checkpoints):
@@ -67,15 +53,15 @@ class Trainer(_Handle, _Options, _Checkpoints):
         self._loss_cb = None
         model._install_methods_if_needed()
         st = ctypes.c_int(0)
-        ptr = lib.regopt_trainer_create(model._p(), optimizer._p(), ctypes.byref(st))
-        if not ptr:
-            raise _error(st.value, last_error_message())
-        self._cell = _Cell(ptr)
-        self._ptr = ptr
-        self._count(+1)
-        model._trainer_cells.append(self._cell)
-        optimizer._trainer_cells.append(self._cell)
+        with Call() as c:  # the allocator's hooks
+            ptr = lib.regopt_trainer_create(model._p(), optimizer._p(), ctypes.byref(st))
+        if ptr:
+            self._cell = _Cell(ptr)
+            self._count(+1)
+            model._trainer_cells.append(self._cell)
+            optimizer._trainer_cells.append(self._cell)
         try:
+            c.finish(None if ptr else st.value, last_error_message)
             if reserve:
                 self.reserve(reserve)
             self.set(**options)
@@ -253,7 +239,7 @@ class Trainer(_Handle, _Options, _Checkpoints):
         try:
             for (g, full), v in self._pending_groups.get(reg.prefix, {}).items():
                 reg.set_group(g, **{full: v})
-            _check(lib.regopt_trainer_attach(self._p(), reg._p()), self._msg)
+            call(self._msg, lib.regopt_trainer_attach, self._p(), reg._p())
         except BaseException:
             if created:
                 reg.close()
@@ -291,7 +277,7 @@ class Trainer(_Handle, _Options, _Checkpoints):
             keys_ = [cls.prefix] if reg is not None else []
         if not keys_:
             raise StateError("%s is not attached to this trainer" % (regularizer,), L.ERR_STATE)
-        _check(lib.regopt_trainer_detach(self._p(), reg._p()), self._msg)
+        call(self._msg, lib.regopt_trainer_detach, self._p(), reg._p())
         for k in keys_:
             del self.regularizers[k]
         try:
@@ -309,62 +295,57 @@ class Trainer(_Handle, _Options, _Checkpoints):
         write each row's loss into row_loss (rows,) and its gradient into
         d_outputs (rows, width). None: back to softmax CE."""
         if fn is None:
-            st = lib.regopt_trainer_set_loss_callback(self._p(), L.LOSS_FN(), None, L.USER_FREE_FN())
-            _check(st, self._msg)
+            call(self._msg, lib.regopt_trainer_set_loss_callback, self._p(), L.LOSS_FN(), None,
+                 L.USER_FREE_FN())
             self._loss_cb = None
             return
         state = self.model._cbs
         fn = _weak_callable(fn, self)
 
-        def tramp(bp, outputs, rows, width, row_loss, d_outputs, user):
-            try:
-                c = bp.contents
-                rc = fn(BatchView(c, state.data(c.data), width),
-                        _view(ctypes.cast(outputs, ctypes.c_void_p).value, (rows, width),
-                              readonly=True),
-                        _view(ctypes.cast(row_loss, ctypes.c_void_p).value, (rows,)),
-                        _view(ctypes.cast(d_outputs, ctypes.c_void_p).value, (rows, width)))
-                return _int_rc(rc)
-            except BaseException as exc:
-                state.record(exc)
-                return 1
+        def body(bp, outputs, rows, width, row_loss, d_outputs, user):
+            c = bp.contents
+            rc = fn(BatchView(c, state.data(c.data), width),
+                    _view(ctypes.cast(outputs, ctypes.c_void_p).value, (rows, width),
+                          readonly=True),
+                    _view(ctypes.cast(row_loss, ctypes.c_void_p).value, (rows,)),
+                    _view(ctypes.cast(d_outputs, ctypes.c_void_p).value, (rows, width)))
+            return _int_rc(rc)
 
-        cfn = L.LOSS_FN(tramp)
-        token = _register_user((cfn,))
-        st = lib.regopt_trainer_set_loss_callback(self._p(), cfn, token, _RELEASE_FN)
-        if st != L.OK:
-            _keepalive.pop(token, None)
-            raise _error(st, self._msg())
+        cfn = L.LOSS_FN(trampoline(body, 1))
+        self._install(lib.regopt_trainer_set_loss_callback, cfn)
         self._loss_cb = fn
+
+    def _install(self, setter, cfn):
+        """setter(trainer, cfn, user, free_user) with the binding's keep-alive."""
+        token = _register_user((cfn,))
+        with Call() as c:  # runs the free hook of the callback replaced
+            st = setter(self._p(), cfn, token, _RELEASE_FN)
+        if st != L.OK:
+            _keepalive.pop(token, None)  # on failure the library does not call free_user
+        c.finish(st, self._msg)
 
     def set_allreduce(self, fn):
         """Data-parallel all-reduce: fn(buffer) sums the float32 NumPy array
-        in place over all replicas (e.g. with mpi4py). None: single process."""
+        in place over all replicas (e.g. with mpi4py). None: single process.
+        A Ctrl-C held while the library ran is not delivered before fn (as it
+        is before the other callbacks): the replicas must all join the
+        collective, so this step completes and KeyboardInterrupt follows."""
         if fn is None:
-            _check(lib.regopt_trainer_set_allreduce(self._p(), L.ALLREDUCE_FN(), None, L.USER_FREE_FN()),
-                   self._msg)
+            call(self._msg, lib.regopt_trainer_set_allreduce, self._p(), L.ALLREDUCE_FN(), None,
+                 L.USER_FREE_FN())
             return
 
-        state = self.model._cbs
         fn = _weak_callable(fn, self)
 
-        def tramp(buf, count, user):
-            try:
-                return _int_rc(fn(_view(ctypes.cast(buf, ctypes.c_void_p).value, (count,))))
-            except BaseException as exc:
-                state.record(exc)
-                return 1
+        def body(buf, count, user):
+            return _int_rc(fn(_view(ctypes.cast(buf, ctypes.c_void_p).value, (count,))))
 
-        cfn = L.ALLREDUCE_FN(tramp)
-        token = _register_user((cfn,))
-        st = lib.regopt_trainer_set_allreduce(self._p(), cfn, token, _RELEASE_FN)
-        if st != L.OK:
-            _keepalive.pop(token, None)
-            raise _error(st, self._msg())
+        self._install(lib.regopt_trainer_set_allreduce,
+                      L.ALLREDUCE_FN(trampoline(body, 1, deliver=False)))
 
     def reserve(self, max_rows):
         """Size the scratch buffers for batches of up to max_rows rows now."""
-        _check(lib.regopt_trainer_reserve(self._p(), int(max_rows)), self._msg)
+        call(self._msg, lib.regopt_trainer_reserve, self._p(), int(max_rows))
 
     def recover(self):
         """Undo a call whose C or C++ callback never returned (regopt_trainer_recover).
@@ -383,29 +364,32 @@ class Trainer(_Handle, _Options, _Checkpoints):
             b._fill(arr[i], i + 1, width, self.model.input_width)
         return arr
 
-    def _raise_failure(self, st):
-        err = _error(st, self._msg())
-        exc = self.model._cbs.take()
-        if exc is not None:
-            _reraise(exc, err)
-        raise err
+    def _run(self, bl, fn, *args):
+        """fn(trainer, *args) -- a step or an evaluation of the batches bl --
+        with the batches' objects visible to the callbacks; raises as
+        _guard.Call.finish (a callback's exception first)."""
+        state = self.model._cbs
+        state.batch_objects = [b.data for b in bl]
+        try:
+            with Call() as c:
+                st = fn(self._p(), *args)
+        finally:
+            state.batch_objects = None
+        c.finish(st, self._msg)
 
     def step(self, batches=None, **fields):
         """One optimizer step over one Batch, a list of micro-batches, or the
         fields of one batch: step(data=x, labels=y). Returns stat.loss.
-        An exception raised in a callback aborts the step (the library
-        restores everything) and is re-raised here, traceback intact."""
+        An exception raised in a callback -- KeyboardInterrupt included --
+        aborts the step (the library restores everything) and is re-raised
+        here, traceback intact, the library's error as its .regopt_error.
+        A Ctrl-C that arrives while the library itself runs is held until the
+        next callback (which then fails: the step is rolled back) or, when no
+        callback is left (or only the all-reduce), raised once the step has
+        completed."""
         bl = _as_batches(batches, fields)
         arr = self._prepare(bl)
-        state = self.model._cbs
-        state.batch_objects = [b.data for b in bl]
-        state.exc = None
-        try:
-            st = lib.regopt_trainer_step(self._p(), arr, len(bl))
-        finally:
-            state.batch_objects = None
-        if st != L.OK:
-            self._raise_failure(st)
+        self._run(bl, lib.regopt_trainer_step, arr, len(bl))
         return self.stat("loss")
 
     def evaluate(self, batch=None, *, outputs=True, loss=None, **fields):
@@ -424,17 +408,8 @@ class Trainer(_Handle, _Options, _Checkpoints):
         if loss is None:
             loss = b.labels is not None or b.targets is not None or self._loss_cb is not None
         lv = ctypes.c_double()
-        state = self.model._cbs
-        state.batch_objects = [b.data]
-        state.exc = None
-        try:
-            st = lib.regopt_trainer_evaluate(self._p(), arr, ctypes.byref(lv) if loss else None,
-                                             out.ctypes.data_as(L.c_float_p)
-                                             if out is not None else None)
-        finally:
-            state.batch_objects = None
-        if st != L.OK:
-            self._raise_failure(st)
+        self._run([b], lib.regopt_trainer_evaluate, arr, ctypes.byref(lv) if loss else None,
+                  out.ctypes.data_as(L.c_float_p) if out is not None else None)
         return (lv.value if loss else None), out
 
     # -- lifetime ----------------------------------------------------------
