@@ -9,7 +9,13 @@ from ._guard import call, trampoline
 
 class _Checkpoints:
     """Trainer.to_bytes / from_bytes / save / load / write_to / read_from;
-    needs _p() and _msg() of a trainer handle."""
+    needs _p(), _msg() and .model of a trainer handle."""
+
+    def _ck_p(self):
+        """The trainer pointer, once the model's buffers are checked (a
+        checkpoint reads and writes the registered tensors)."""
+        self.model._before_call()
+        return self._p()
 
     @staticmethod
     def _ck_flags(params, options):
@@ -21,11 +27,11 @@ class _Checkpoints:
         the model's tensors and every option. See regopt.h, "Checkpoints"."""
         flags = self._ck_flags(params, options)
         size = ctypes.c_size_t(0)
-        call(self._msg, lib.regopt_trainer_checkpoint_size, self._p(), flags,
+        call(self._msg, lib.regopt_trainer_checkpoint_size, self._ck_p(), flags,
              ctypes.byref(size))
         buf = ctypes.create_string_buffer(max(size.value, 1))
         written = ctypes.c_size_t(0)
-        call(self._msg, lib.regopt_trainer_save_buffer, self._p(), flags, buf, size.value,
+        call(self._msg, lib.regopt_trainer_save_buffer, self._ck_p(), flags, buf, size.value,
              ctypes.byref(written))
         return buf.raw[:written.value]
 
@@ -34,17 +40,17 @@ class _Checkpoints:
         validated first: on any error (CorruptCheckpoint, CheckpointMismatch,
         OutOfRange, ...) the trainer and the tensors are unchanged."""
         data = bytes(data)
-        call(self._msg, lib.regopt_trainer_load_buffer, self._p(),
+        call(self._msg, lib.regopt_trainer_load_buffer, self._ck_p(),
              self._ck_flags(params, options), data, len(data))
 
     def save(self, path, *, params=True, options=True):
         """Write a checkpoint to path atomically (temporary file, fsync, rename)."""
-        call(self._msg, lib.regopt_trainer_save_file, self._p(),
+        call(self._msg, lib.regopt_trainer_save_file, self._ck_p(),
              self._ck_flags(params, options), os.fsencode(path))
 
     def load(self, path, *, params=True, options=True):
         """Restore a checkpoint file written by save() or regopt_trainer_save_file."""
-        call(self._msg, lib.regopt_trainer_load_file, self._p(),
+        call(self._msg, lib.regopt_trainer_load_file, self._ck_p(),
              self._ck_flags(params, options), os.fsencode(path))
 
     def write_to(self, fileobj, *, params=True, options=True):
@@ -61,7 +67,7 @@ class _Checkpoints:
                 view = view[n:]
             return 0
         cb = L.WRITE_FN(trampoline(write, 1))
-        call(self._msg, lib.regopt_trainer_save, self._p(), self._ck_flags(params, options),
+        call(self._msg, lib.regopt_trainer_save, self._ck_p(), self._ck_flags(params, options),
              cb, None)
 
     def read_from(self, fileobj, *, params=True, options=True):
@@ -82,5 +88,5 @@ class _Checkpoints:
                 got += len(chunk)
             return 0
         cb = L.READ_FN(trampoline(read, 1))
-        call(self._msg, lib.regopt_trainer_load, self._p(), self._ck_flags(params, options),
+        call(self._msg, lib.regopt_trainer_load, self._ck_p(), self._ck_flags(params, options),
              cb, None)

@@ -166,6 +166,10 @@ class Model(_Handle):
             self._callbacks_set = True
         c.finish(st, self._msg)
 
+    def _before_call(self):
+        """Called by the trainer before each step or evaluation (a hook for
+        adapters that check their registered buffers, as TorchModel)."""
+
     def _install_methods_if_needed(self):
         if self._callbacks_set:
             return

@@ -368,6 +368,7 @@ class Trainer(_Handle, _Options, _Checkpoints):
         """fn(trainer, *args) -- a step or an evaluation of the batches bl --
         with the batches' objects visible to the callbacks; raises as
         _guard.Call.finish (a callback's exception first)."""
+        self.model._before_call()
         state = self.model._cbs
         state.batch_objects = [b.data for b in bl]
         try:

@@ -14,8 +14,21 @@
 What the adapter does:
   * registers every parameter zero-copy: p.data and p.grad (allocated as
     zeros first) by data_ptr(); the library updates p in place and zeroes
-    p.grad at the start of each step. Do not replace p.grad or p.data
-    (e.g. no optimizer.zero_grad(set_to_none=True)) while training.
+    p.grad at the start of each step.
+  * before every step, evaluation and checkpoint it checks that each
+    parameter is still the registered memory: the module's Parameter object,
+    data_ptr(), dtype, device, numel, contiguity and requires_grad, and the
+    data_ptr() of the registered .grad. A change -- p.data = ..., module.double(),
+    module.to(...), module.share_memory(), vector_to_parameters, a new or
+    replaced Parameter, freezing or unfreezing (requires_grad) -- raises
+    regopt.StateError naming the parameter and the change: the adapter does
+    not re-register (the library's parameter table is fixed once a trainer
+    is bound); build a new TorchModel and Trainer after such changes (move
+    the optimizer state with to_bytes(params=False)/from_bytes when the
+    layout is the same), and change values in place instead
+    (with torch.no_grad(): p.copy_(...)). A .grad set to None
+    (zero_grad(set_to_none=True)) or replaced by another tensor is simply put
+    back: gradients are zeroed at the start of each step anyway.
   * forward: runs call(module, data[rows]) under a torch RNG fork seeded from
     pass.seed (so dropout is reproducible from trainer.seed), in train() or
     eval() mode by REGOPT_PASS_TRAIN, under torch.no_grad() for NO_GRAD, with
@@ -38,6 +51,7 @@ import torch.nn as nn
 
 from . import _core
 from . import _lib as L
+from ._errors import StateError
 
 
 def default_group(name, param):
@@ -82,6 +96,58 @@ def _addr(ptr):
 _BN = (nn.modules.batchnorm._BatchNorm,)
 
 
+class _Registered:
+    """What was registered for one parameter, to notice a change before the
+    library touches the memory again."""
+    __slots__ = ("name", "param", "ptr", "dtype", "device", "numel", "requires_grad", "grad",
+                 "grad_ptr", "storage")
+
+    def __init__(self, name, param, grad):
+        self.name, self.param, self.grad = name, param, grad
+        # the registered memory stays allocated even if p.data is replaced
+        # (refused before the library uses it again, but not freed under it)
+        self.storage = (param.detach(), grad.detach() if grad is not None else None)
+        self.ptr, self.dtype, self.device = param.data_ptr(), param.dtype, param.device
+        self.numel, self.requires_grad = param.numel(), param.requires_grad
+        self.grad_ptr = grad.data_ptr() if grad is not None else None
+
+    def change(self, p):
+        """What changed in parameter p (the module's one under this name) since
+        registration, or None."""
+        if p is not self.param:
+            return ("the module now holds another Parameter object under this name (a "
+                    "module.to()/.cuda()/.half() that made new Parameters, or an assignment); "
+                    "the new one is %s on %s" % (p.dtype, p.device))
+        if p.dtype != self.dtype:
+            return "its dtype changed from %s to %s (module.double()/.half()/.to(dtype)?)" \
+                % (self.dtype, p.dtype)
+        if p.device != self.device:
+            return "it moved from %s to %s" % (self.device, p.device)
+        if p.numel() != self.numel:
+            return "its size changed from %d to %d elements" % (self.numel, p.numel())
+        if p.data_ptr() != self.ptr:
+            return ("its storage was replaced (data_ptr %#x -> %#x: p.data = ..., "
+                    "module.share_memory(), torch.nn.utils.vector_to_parameters, ...)"
+                    % (self.ptr, p.data_ptr()))
+        if not p.is_contiguous():
+            return "it is no longer contiguous (p.data = a strided view)"
+        if p.requires_grad != self.requires_grad:
+            return ("requires_grad changed from %s to %s (%s after TorchModel() registered it: "
+                    "the library would %s)"
+                    % (self.requires_grad, p.requires_grad,
+                       "frozen" if self.requires_grad else "unfrozen",
+                       "go on updating it from a zero gradient (weight decay, momentum)"
+                       if self.requires_grad else "never update it"))
+        g = self.grad
+        if g is not None:
+            if g.data_ptr() != self.grad_ptr or g.numel() != self.numel \
+                    or g.dtype != torch.float32 or not g.is_contiguous():
+                return ("its registered .grad buffer was moved or replaced in place (data_ptr "
+                        "%#x -> %#x; module.share_memory(), grad.data = ...)"
+                        % (self.grad_ptr, g.data_ptr()))
+        return None
+
+
 class TorchModel(_core.Model):
     """A regopt.Model over an nn.Module.
 
@@ -107,7 +173,7 @@ class TorchModel(_core.Model):
         self.module = module
         self.call = call or default_call
         self._graphs = {}
-        self._registered = []
+        self._registered = []  # _Registered, in registration order
         self._bns = [m for m in module.modules() if isinstance(m, _BN)]
         self._embedding = None
         self._delta = None
@@ -159,10 +225,43 @@ class TorchModel(_core.Model):
                     raise ValueError("parameter %r: .grad must be a separate contiguous "
                                      "float32 tensor" % name)
             self.add_param_address(name, p.data_ptr(), grad.data_ptr() if grad is not None
-                                   else None, p.numel(), int(group_fn(name, p)),
+                                   else None, p.numel(), group_fn(name, p),
                                    keepalive=(p, grad))
-            if grad is not None:
-                self._registered.append((name, p, grad, grad.data_ptr()))
+            self._registered.append(_Registered(name, p, grad))
+
+    def _before_call(self):
+        """Before each step, evaluation and checkpoint: the registered memory
+        must still be the parameters' (see the module docstring)."""
+        regs = self._registered
+        i = 0
+        for name, p in self.module.named_parameters():
+            r = regs[i] if i < len(regs) else None
+            if r is None or r.name != name:
+                known = {x.name for x in regs}
+                if name not in known:
+                    raise StateError("TorchModel: the module has a parameter %r that was not "
+                                     "there when TorchModel() registered its parameters: the "
+                                     "library would not train it; build a new TorchModel and "
+                                     "Trainer" % name, L.ERR_STATE)
+                r = next(x for x in regs if x.name == name)
+            i += 1
+            why = r.change(p)
+            if why is not None:
+                raise StateError("TorchModel: parameter %r changed after registration: %s. The "
+                                 "library holds the registered memory; build a new TorchModel "
+                                 "and Trainer after such a change, or change values in place "
+                                 "(with torch.no_grad(): p.copy_(...))" % (name, why),
+                                 L.ERR_STATE)
+            if r.grad is not None and p.grad is not r.grad:
+                # zero_grad(set_to_none=True) or another tensor: put the
+                # registered buffer back (the step zeroes it first anyway)
+                p.grad = r.grad
+        if i < len(regs):
+            have = {n for n, _ in self.module.named_parameters()}
+            gone = [x.name for x in regs if x.name not in have]
+            raise StateError("TorchModel: parameter(s) %s registered by TorchModel() are no "
+                             "longer in the module; build a new TorchModel and Trainer"
+                             % ", ".join(map(repr, gone)), L.ERR_STATE)
 
     # -- SMART -------------------------------------------------------------
     def _perturb_hook(self, mod, inputs, output):
@@ -260,20 +359,25 @@ class TorchModel(_core.Model):
         """Autograd accumulates into an existing .grad in place; should it ever
         have replaced a .grad tensor, copy the sum back into the registered
         buffer and put that buffer back."""
-        for name, param, grad, ptr in self._registered:
+        for r in self._registered:
+            grad, param = r.grad, r.param
+            if grad is None:
+                continue
             g = param.grad
             if g is None:
                 raise RuntimeError("parameter %r lost its .grad during training; the adapter "
-                                   "registered that buffer with the library" % name)
-            if g.data_ptr() != ptr:
+                                   "registered that buffer with the library" % r.name)
+            if g is not grad:
                 grad.copy_(g)
                 param.grad = grad
 
     def close(self):
         super().close()
-        if self.closed and self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        if self.closed:
+            self._registered = []
+            if self._hook is not None:
+                self._hook.remove()
+                self._hook = None
         self._graphs = {}
 
     def _finalize(self):

@@ -283,5 +283,112 @@ class TorchSmartAndFlagsTest(unittest.TestCase):
                 self.assertIsNotNone(p.grad)
 
 
+@unittest.skipUnless(HAVE_TORCH, "torch (python3-torch) is not installed")
+class TorchParameterChangeTest(unittest.TestCase):
+    """After TorchModel() registered the parameters' memory, a change of a
+    parameter's storage, dtype, device, size, identity or requires_grad is
+    refused (regopt.StateError naming it) before the library touches the
+    memory again -- a step, an evaluation or a checkpoint -- and leaves
+    everything as it was; a .grad set to None or replaced is put back."""
+
+    def tearDown(self):
+        import gc
+        gc.collect()
+        self.assertEqual(regopt.live_handles(), {"model": 0, "optimizer": 0, "trainer": 0})
+
+    def refused(self, change, name, words, setup=None):
+        torch.manual_seed(8)
+        net = Net()
+        if setup:
+            setup(net)
+        x, y = data(8)
+        with TorchModel(net, 5) as model, regopt.Optimizer("adamw", lr=0.1) as opt, \
+                regopt.Trainer(model, opt, seed=2) as t:
+            t.step(regopt.Batch(data=x, labels=y))
+            ck = t.to_bytes()
+            change(net)
+            for call in (lambda: t.step(regopt.Batch(data=x, labels=y)),
+                         lambda: t.evaluate(regopt.Batch(data=x, labels=y)),
+                         t.to_bytes, lambda: t.from_bytes(ck)):
+                with self.assertRaises(regopt.StateError) as cm:
+                    call()
+                msg = str(cm.exception)
+                self.assertIn(repr(name), msg)
+                for w in words:
+                    self.assertIn(w, msg)
+            self.assertEqual(t.steps, 1)
+        return ck
+
+    def test_storage_replaced(self):
+        def assign(net):
+            net.head.weight.data = net.head.weight.data.clone()
+        self.refused(assign, "head.weight", ["storage was replaced"])
+
+        def share(net):
+            net.share_memory()
+        self.refused(share, "embed.weight", ["storage was replaced"])
+
+        def vector(net):
+            v = torch.nn.utils.parameters_to_vector(net.parameters())
+            torch.nn.utils.vector_to_parameters(v.clone(), net.parameters())
+        self.refused(vector, "embed.weight", ["storage was replaced"])
+
+        def transpose(net):  # same memory, another layout
+            w = net.embed.weight
+            w.data = w.data.view(w.shape[1], w.shape[0]).t()
+        self.refused(transpose, "embed.weight", ["contiguous"])
+
+    def test_dtype_device_identity(self):
+        self.refused(lambda net: net.double(), "embed.weight", ["float32", "float64"])
+        self.refused(lambda net: net.to("meta"), "embed.weight",
+                     ["another Parameter", "meta"])
+
+        def replace(net):
+            net.head.bias = nn.Parameter(net.head.bias.detach().clone())
+        self.refused(replace, "head.bias", ["another Parameter"])
+
+        def add(net):
+            net.extra = nn.Parameter(torch.zeros(3))
+        self.refused(add, "extra", ["not there"])
+
+    def test_requires_grad(self):
+        def freeze(net):
+            net.embed.requires_grad_(False)
+        self.refused(freeze, "embed.weight", ["requires_grad", "frozen"])
+
+        def unfreeze(net):
+            net.head.bias.requires_grad_(True)
+        self.refused(unfreeze, "head.bias", ["requires_grad", "unfrozen"],
+                     setup=lambda net: net.head.bias.requires_grad_(False))
+
+    def test_grad_set_to_none_or_replaced(self):
+        # one parameter gets no gradient (unused in forward): with .grad None
+        # autograd would never recreate it
+        class WithUnused(Net):
+            def __init__(self):
+                super().__init__()
+                self.unused = nn.Linear(2, 2)
+        x, y = data(8)
+        finals = []
+        for mode in ("keep", "none", "other"):
+            torch.manual_seed(9)
+            net = WithUnused()
+            with TorchModel(net, 5) as model, regopt.Optimizer("adamw", lr=0.1) as opt, \
+                    regopt.Trainer(model, opt, seed=2) as t:
+                for _ in range(3):
+                    if mode == "none":
+                        net.zero_grad(set_to_none=True)
+                    elif mode == "other":
+                        for p in net.parameters():
+                            p.grad = torch.full_like(p, 7.0)
+                    t.step(regopt.Batch(data=x, labels=y))
+                finals.append([p.detach().clone() for p in net.parameters()])
+                registered = [g.data_ptr() for _, g in model.params.values() if g is not None]
+                self.assertEqual(registered, [p.grad.data_ptr() for p in net.parameters()])
+        for other in finals[1:]:
+            for a, b in zip(finals[0], other):
+                self.assertTrue(torch.equal(a, b))
+
+
 if __name__ == "__main__":
     unittest.main()
