@@ -129,7 +129,30 @@ def _free_trainer_cell(cell):
             c.finish()
 
 
-class _Handle:
+class _NoCopy:
+    """Handles own library memory: a copy (copy.copy, copy.deepcopy, pickle)
+    would share it and free it a second time. Refuse with a clear error."""
+
+    def _no_copy(self, what):
+        raise TypeError("a regopt.%s cannot be %s: it owns a library handle that a copy "
+                        "would share and free twice; create a new one (and move training "
+                        "state with Trainer.to_bytes()/from_bytes())"
+                        % (type(self).__name__, what))
+
+    def __copy__(self):
+        self._no_copy("copied (copy.copy)")
+
+    def __deepcopy__(self, memo):
+        self._no_copy("copied (copy.deepcopy)")
+
+    def __reduce_ex__(self, protocol):
+        self._no_copy("pickled")
+
+    def __reduce__(self):
+        self._no_copy("pickled")
+
+
+class _Handle(_NoCopy):
     _kind = "handle"
 
     def __init__(self):

@@ -12,7 +12,7 @@ from ._arrays import _view
 from ._batch import BatchView
 from ._errors import Error, StateError, UnknownKey, _check, _text, last_error_message
 from ._guard import Call, trampoline
-from ._handles import _RELEASE_FN, _RegCell, _keepalive, _register_user
+from ._handles import _RELEASE_FN, _NoCopy, _RegCell, _keepalive, _register_user
 from ._keys import _Options, _full_name, key_from_name, key_info, keys
 
 
@@ -42,7 +42,7 @@ def _stat_alias(full_name):
     return old if old is not None else full_name.replace(".", "_", 1)
 
 
-class Regularizer(_Options):
+class Regularizer(_NoCopy, _Options):
     """A regularizer handle; its options are its keys "<prefix>.<name>":
     sam = SAM(rho=0.05); sam.rho = 0.1; trainer.add(sam); sam.stats().
 

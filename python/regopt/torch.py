@@ -45,6 +45,7 @@ with fewer than 2 dimensions (biases, normalisation weights) in group 1 and
 the rest in group 0, so Optimizer.set_group(1, weight_decay=0) exempts them.
 """
 import ctypes
+import weakref
 
 import torch
 import torch.nn as nn
@@ -94,6 +95,23 @@ def _addr(ptr):
 
 
 _BN = (nn.modules.batchnorm._BatchNorm,)
+
+
+class _PerturbHook:
+    """The forward hook that adds SMART's perturbation to the embedding's
+    output. It holds its TorchModel weakly, and copies of it (a deepcopy or
+    pickle of the module, e.g. for an EMA model or torch.save) do nothing:
+    the TorchModel itself cannot be copied (it owns a library handle)."""
+
+    def __init__(self, model=None):
+        self._ref = weakref.ref(model) if model is not None else None
+
+    def __call__(self, mod, inputs, output):
+        model = self._ref() if self._ref is not None else None
+        return model._perturb_hook(mod, inputs, output) if model is not None else None
+
+    def __reduce__(self):
+        return (_PerturbHook, ())
 
 
 class _Registered:
@@ -190,7 +208,7 @@ class TorchModel(_core.Model):
                                      % (embedding, type(sub).__name__))
             self._embedding = sub
             self.embedding_name = embedding
-            self._hook = sub.register_forward_hook(self._perturb_hook)
+            self._hook = sub.register_forward_hook(_PerturbHook(self))
         if input_width:
             self.input_width = input_width
         try:

@@ -389,6 +389,26 @@ class TorchParameterChangeTest(unittest.TestCase):
             for a, b in zip(finals[0], other):
                 self.assertTrue(torch.equal(a, b))
 
+    def test_module_with_embedding_hook_copies(self):
+        import io
+        torch.manual_seed(10)
+        net = Net()
+        x, y = data(8)
+        with TorchModel(net, 5, embedding="embed") as model, \
+                regopt.Optimizer("adam", lr=0.01) as opt, regopt.Trainer(model, opt) as t:
+            t.add("smart", **SMART_OPTS)
+            t.step(regopt.Batch(data=x, labels=y))
+            twin = copy.deepcopy(net)  # an EMA or best-so-far copy: the hook goes along
+            buf = io.BytesIO()
+            torch.save(net, buf)
+            for m in (twin, copy.deepcopy(net)):
+                with torch.no_grad():
+                    self.assertTrue(torch.equal(m(x), net(x)))
+            t.step(regopt.Batch(data=x, labels=y))
+            for obj in (model, t, opt):
+                with self.assertRaises(TypeError):
+                    copy.deepcopy(obj)
+
 
 if __name__ == "__main__":
     unittest.main()
