@@ -5,6 +5,7 @@ import ctypes
 from . import _lib as L
 from ._lib import lib
 from ._arrays import _need_numpy, _np, _view
+from ._ints import SIZE, c_int
 
 
 class Pass:
@@ -148,8 +149,8 @@ class Batch:
                     rows = _leading_dim(data)
         if rows is None:
             raise ValueError("Batch: rows is not given and cannot be inferred")
-        self.rows = int(rows)
-        self.input_rows = int(input_rows or 0)
+        self.rows = c_int(rows, "Batch rows", SIZE)
+        self.input_rows = c_int(input_rows or 0, "Batch input_rows", SIZE)
         for name in ("labels", "mask", "weights"):
             a = getattr(self, name)
             if a is not None and a.size != self.rows:

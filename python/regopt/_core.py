@@ -3,6 +3,7 @@ split into, one concept each (the public API is regopt/__init__.py's):
 
   _errors        error classes, ERRORS, status strings, version
   _guard         trampolines, library calls with signals deferred, re-raising
+  _ints          range checks of the integers handed to C
   _keys          KeyInfo, key lookups, ENUM_VALUES, the _Options mixin
   _handles       live counts, keep-alive of callbacks, the _Handle base
   _arrays        NumPy buffer helpers
@@ -24,8 +25,8 @@ modules that has it, as it did when they were one module.
 import sys
 import types
 
-from . import (_allocator, _arrays, _batch, _checkpoint, _errors, _guard, _handles, _keys,
-               _model, _optimizer, _regularizers, _rng, _trainer)
+from . import (_allocator, _arrays, _batch, _checkpoint, _errors, _guard, _handles, _ints,
+               _keys, _model, _optimizer, _regularizers, _rng, _trainer)
 from . import _lib as L
 from ._lib import lib
 from ._errors import (
@@ -58,7 +59,7 @@ __all__ = [
     "Trainer", "random_uniform", "random_normal", "dropout_mask", "L", "lib",
 ]
 
-_MODULES = (_errors, _guard, _keys, _handles, _arrays, _allocator, _batch, _model,
+_MODULES = (_errors, _guard, _ints, _keys, _handles, _arrays, _allocator, _batch, _model,
             _optimizer, _regularizers, _checkpoint, _trainer, _rng)
 
 

@@ -110,7 +110,10 @@ def _text(b):
 
 def status_string(status):
     """regopt_status_string: the static name of a status code."""
-    return _text(lib.regopt_status_string(int(status)))
+    status = int(status)
+    if not -2 ** 31 <= status < 2 ** 31:  # an int for C: would wrap to another code
+        return "unknown status"
+    return _text(lib.regopt_status_string(status))
 
 
 def last_error_message():

@@ -7,6 +7,7 @@ from . import _lib as L
 from ._lib import lib
 from ._errors import Error, InvalidArgument, UnknownKey, _check, _text
 from ._guard import call
+from ._ints import INT32, INT64, IntegerRangeError, c_int
 
 
 KeyInfo = collections.namedtuple("KeyInfo", "key name type min max default flags")
@@ -34,6 +35,7 @@ def key_info(key):
     """regopt_key_info for a key number or name -> KeyInfo."""
     if isinstance(key, str):
         key = key_from_name(key)
+    key = c_int(key, "key", INT32)
     info = _info_cache.get(key)
     if info is not None:
         return info
@@ -41,13 +43,13 @@ def key_info(key):
     typ = ctypes.c_int()
     lo, hi, dflt = ctypes.c_double(), ctypes.c_double(), ctypes.c_double()
     flags = ctypes.c_uint32()
-    st = lib.regopt_key_info(int(key), ctypes.byref(name), ctypes.byref(typ), ctypes.byref(lo),
+    st = lib.regopt_key_info(key, ctypes.byref(name), ctypes.byref(typ), ctypes.byref(lo),
                              ctypes.byref(hi), ctypes.byref(dflt), ctypes.byref(flags))
     if st != L.OK:
-        raise UnknownKey("unknown key %d" % int(key))
-    info = KeyInfo(int(key), _text(name.value), typ.value, lo.value, hi.value, dflt.value,
+        raise UnknownKey("unknown key %d" % key)
+    info = KeyInfo(key, _text(name.value), typ.value, lo.value, hi.value, dflt.value,
                    flags.value)
-    _info_cache[int(key)] = info
+    _info_cache[key] = info
     return info
 
 
@@ -104,12 +106,16 @@ def _encode_value(name, info, value):
         return True, int(value)
     if info.type == L.TYPE_INT:
         if isinstance(value, int) or (hasattr(value, "__index__") and not isinstance(value, float)):
-            return True, int(value)
+            return True, c_int(value, name, INT64)  # set_int takes an int64
         f = float(value)
         if f.is_integer() and abs(f) < 2 ** 63:
             return True, int(f)
         return False, f  # let the library refuse it with its own message
-    return False, float(value)
+    try:
+        return False, float(value)
+    except OverflowError:  # an int beyond a double
+        raise IntegerRangeError("%s = %d does not fit a double" % (name, value),
+                                L.ERR_OUT_OF_RANGE) from None
 
 
 class _Options:
@@ -126,6 +132,8 @@ class _Options:
         return getattr(lib, self._c_functions[what])
 
     def _set_raw(self, key, is_int, value):
+        if is_int:
+            value = c_int(value, key_info(key).name, INT64)
         # setters may allocate (trainer.threads starts workers): a guarded call
         call(self._msg, self._fn("set_int" if is_int else "set_double"), self._p(), key, value)
 
@@ -141,13 +149,15 @@ class _Options:
         on a trainer."""
         for name, value in options.items():
             key = key_from_name(_full_name(self._group_prefix, name))
-            _check(self._fn("set_group")(self._p(), int(group), key, float(value)), self._msg)
+            _check(self._fn("set_group")(self._p(), c_int(group, "group", INT32), key,
+                                         float(value)), self._msg)
         return self
 
     def get_group(self, group, name):
         key = key_from_name(_full_name(self._group_prefix, name))
         v = ctypes.c_double()
-        _check(self._fn("get_group")(self._p(), int(group), key, ctypes.byref(v)), self._msg)
+        _check(self._fn("get_group")(self._p(), c_int(group, "group", INT32), key,
+                                     ctypes.byref(v)), self._msg)
         return v.value
 
     def set(self, **options):
@@ -158,14 +168,15 @@ class _Options:
 
     def set_option(self, name, value):
         """Set one key by its full name ("sam.rho") or number."""
-        key = key_from_name(name) if isinstance(name, str) else int(name)
+        key = key_from_name(name) if isinstance(name, str) else c_int(name, "key", INT32)
         info = key_info(key)
         is_int, v = _encode_value(info.name, info, value)
         self._set_raw(key, is_int, v)
 
     def get(self, name):
         """Read one key by short ("lr") or full ("optimizer.lr") name."""
-        key = key_from_name(_full_name(self._prefix, name)) if isinstance(name, str) else int(name)
+        key = key_from_name(_full_name(self._prefix, name)) if isinstance(name, str) \
+            else c_int(name, "key", INT32)
         info = key_info(key)
         return self._get_raw(key, info.type == L.TYPE_INT)
 

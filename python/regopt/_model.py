@@ -11,6 +11,7 @@ from ._errors import StateError, _check, _text, last_error_message
 from ._guard import Call, call, trampoline
 from ._handles import (_RELEASE_FN, _CallbackState, _Handle, _free_trainer_cell, _keepalive,
                        _register_user, _weak_callable)
+from ._ints import ADDRESS, INT, INT32, SIZE, UINT32, c_int
 
 
 class Model(_Handle):
@@ -82,8 +83,13 @@ class Model(_Handle):
                           dtype=L.DTYPE_FLOAT32, keepalive=None):
         """Register raw buffers by address (for other array libraries); the
         objects in `keepalive` are kept alive until the model is closed."""
-        call(self._msg, lib.regopt_model_add_param, self._p(), name.encode(), data_address,
-             grad_address, int(count), int(dtype), int(group))
+        args = (c_int(data_address, "parameter %r data address" % name, ADDRESS),
+                None if grad_address is None
+                else c_int(grad_address, "parameter %r grad address" % name, ADDRESS),
+                c_int(count, "parameter %r count" % name, SIZE),
+                c_int(dtype, "parameter %r dtype" % name, INT),
+                c_int(group, "parameter %r group" % name, INT32))
+        call(self._msg, lib.regopt_model_add_param, self._p(), name.encode(), *args)
         self._arrays.append(keepalive)
         if name not in self._params:
             self._params[name] = keepalive
@@ -108,8 +114,9 @@ class Model(_Handle):
 
     @output_width.setter
     def output_width(self, width):
-        _check(lib.regopt_model_set_output_width(self._p(), int(width)), self._msg)
-        self._output_width = int(width)
+        width = c_int(width, "output_width", SIZE)
+        _check(lib.regopt_model_set_output_width(self._p(), width), self._msg)
+        self._output_width = width
 
     @property
     def input_width(self):
@@ -117,8 +124,9 @@ class Model(_Handle):
 
     @input_width.setter
     def input_width(self, width):
-        _check(lib.regopt_model_set_input_width(self._p(), int(width)), self._msg)
-        self._input_width = int(width)
+        width = c_int(width, "input_width", SIZE)
+        _check(lib.regopt_model_set_input_width(self._p(), width), self._msg)
+        self._input_width = width
 
     @property
     def slots(self):
@@ -126,13 +134,15 @@ class Model(_Handle):
 
     @slots.setter
     def slots(self, n):
-        _check(lib.regopt_model_set_slots(self._p(), int(n)), self._msg)
-        self._slots = int(n)
+        n = c_int(n, "slots", INT32)
+        _check(lib.regopt_model_set_slots(self._p(), n), self._msg)
+        self._slots = n
 
     def set_capabilities(self, caps):
         """REGOPT_CAP_* bits (regopt.CAP_DOUBLED_BATCH)."""
-        _check(lib.regopt_model_set_capabilities(self._p(), int(caps)), self._msg)
-        self._caps = int(caps)
+        caps = c_int(caps, "capabilities", UINT32)
+        _check(lib.regopt_model_set_capabilities(self._p(), caps), self._msg)
+        self._caps = caps
 
     # -- callbacks ---------------------------------------------------------
     def forward(self, p):

@@ -7,6 +7,7 @@ from ._allocator import _alloc_arg
 from ._errors import InvalidArgument, StateError, UnknownKey, _text, last_error_message
 from ._guard import Call
 from ._handles import _Handle, _free_trainer_cell
+from ._ints import INT, c_int
 from ._keys import _Options, _full_name, key_from_name, key_info
 
 
@@ -36,9 +37,10 @@ class Optimizer(_Handle, _Options):
                 raise InvalidArgument("unknown optimizer kind %r (known: %s)"
                                       % (kind, ", ".join(OPTIMIZER_KINDS)), L.ERR_INVALID_ARGUMENT)
             kind = k
+        kind = c_int(kind, "optimizer kind", INT)
         st = ctypes.c_int(0)
         with Call() as c:  # the allocator's hooks
-            ptr = lib.regopt_optimizer_create(int(kind), _alloc_arg(allocator), ctypes.byref(st))
+            ptr = lib.regopt_optimizer_create(kind, _alloc_arg(allocator), ctypes.byref(st))
         if ptr:
             self._ptr = ptr
             self._count(+1)

@@ -13,6 +13,7 @@ from ._batch import BatchView
 from ._errors import Error, StateError, UnknownKey, _check, _text, last_error_message
 from ._guard import Call, trampoline
 from ._handles import _RELEASE_FN, _NoCopy, _RegCell, _keepalive, _register_user
+from ._ints import INT32, UINT32, c_int
 from ._keys import _Options, _full_name, key_from_name, key_info, keys
 
 
@@ -189,14 +190,16 @@ class Regularizer(_NoCopy, _Options):
     def set_group(self, group, **options):
         """Per-group keys: sam.set_group(1, adaptive=0) ("sam.group_adaptive")."""
         for name, value in options.items():
-            _check(lib.regopt_regularizer_set_group(self._p(), int(group), self._group_key(name),
-                                                    float(value)), self._msg)
+            _check(lib.regopt_regularizer_set_group(self._p(), c_int(group, "group", INT32),
+                                                    self._group_key(name), float(value)),
+                   self._msg)
         return self
 
     def get_group(self, group, name):
         v = ctypes.c_double()
-        _check(lib.regopt_regularizer_get_group(self._p(), int(group), self._group_key(name),
-                                                ctypes.byref(v)), self._msg)
+        _check(lib.regopt_regularizer_get_group(self._p(), c_int(group, "group", INT32),
+                                                self._group_key(name), ctypes.byref(v)),
+               self._msg)
         return v.value
 
     def options(self):
@@ -297,16 +300,22 @@ class Term(Regularizer):
 
     fn returns the term's value (a weighted mean, see regopt.h); an
     exception (KeyboardInterrupt too) aborts the step and is re-raised by
-    Trainer.step. Options: weight ("term.weight"); statistic: value
-    ("term.value")."""
+    Trainer.step. passes: extra forwards per view, 0 .. TERM_MAX_PASSES;
+    pass_flags: one TERM_PASS_* value per pass. Options: weight
+    ("term.weight"); statistic: value ("term.value")."""
     kind = L.REG_TERM
     prefix = "term"
 
     def __init__(self, name, fn, *, passes=0, pass_flags=(), **options):
         object.__setattr__(self, "name", str(name))
         object.__setattr__(self, "_value_fn", fn)
-        object.__setattr__(self, "_passes", int(passes))
-        object.__setattr__(self, "_pass_flags", [int(f) for f in pass_flags])
+        flags = list(pass_flags)
+        if len(flags) > L.TERM_MAX_PASSES:
+            raise ValueError("Term %r: %d pass_flags, at most %d (TERM_MAX_PASSES)"
+                             % (name, len(flags), L.TERM_MAX_PASSES))
+        object.__setattr__(self, "_passes", c_int(passes, "Term %r passes" % name, UINT32))
+        object.__setattr__(self, "_pass_flags", [c_int(f, "Term %r pass_flags[%d]" % (name, i),
+                                                       UINT32) for i, f in enumerate(flags)])
         object.__setattr__(self, "_state", None)  # the trainer's callback state once added
         Regularizer.__init__(self, **options)
 
@@ -333,7 +342,7 @@ class Term(Regularizer):
         ops.name = name_b
         ops.value = cfn
         ops.passes = opts["_passes"]
-        for i, f in enumerate(opts["_pass_flags"][:L.TERM_MAX_PASSES]):
+        for i, f in enumerate(opts["_pass_flags"]):
             ops.pass_flags[i] = f
         token = _register_user((cfn,))
         st = ctypes.c_int(0)

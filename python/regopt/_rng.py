@@ -4,16 +4,18 @@ from . import _lib as L
 from ._lib import lib
 from ._arrays import _check_float32_buffer, _need_numpy
 from ._errors import _check, last_error_message
+from ._ints import SIZE, UINT64, c_int
 
 
 def _random(fn, seed, n, offset, out):
     np = _need_numpy()
+    seed = c_int(seed, "seed", UINT64)  # no silent wrap: -1 and 2**64 are refused
+    offset = c_int(offset, "offset", UINT64)
     if out is None:
-        out = np.empty(int(n), dtype=np.float32)
+        out = np.empty(c_int(n, "n", SIZE), dtype=np.float32)
     else:
         _check_float32_buffer(out, "out")
-    st = fn(int(seed) & 0xFFFFFFFFFFFFFFFF, int(offset), out.ctypes.data_as(L.c_float_p),
-            out.size)
+    st = fn(seed, offset, out.ctypes.data_as(L.c_float_p), out.size)
     _check(st, last_error_message)
     return out
 

@@ -7,11 +7,12 @@ from ._lib import lib
 from ._arrays import _need_numpy, _np, _view
 from ._batch import BatchView, _as_batches, _int_rc
 from ._checkpoint import _Checkpoints
-from ._errors import (InvalidArgument, StateError, UnknownKey, _check, _text,
+from ._errors import (InvalidArgument, OutOfRange, StateError, UnknownKey, _check, _text,
                       last_error_message)
 from ._guard import Call, call, trampoline
 from ._handles import (_RELEASE_FN, _Cell, _Handle, _free_trainer_cell, _keepalive, _live,
                        _live_lock, _register_user, _weak_callable)
+from ._ints import INT32, SIZE, c_int
 from ._keys import _Options, _full_name, key_from_name, key_info, keys
 from ._model import Model
 from ._optimizer import Optimizer
@@ -199,11 +200,11 @@ class Trainer(_Handle, _Options, _Checkpoints):
             if reg is not None:
                 reg.set_group(group, **{full: value})
             else:
-                if not 0 <= int(group) < L.MAX_GROUPS:
-                    from ._errors import OutOfRange
+                group = c_int(group, "group", INT32)
+                if not 0 <= group < L.MAX_GROUPS:
                     raise OutOfRange("group %d out of range [0, %d)" % (group, L.MAX_GROUPS),
                                      L.ERR_OUT_OF_RANGE)
-                self._pending_groups.setdefault(prefix, {})[(int(group), full)] = float(value)
+                self._pending_groups.setdefault(prefix, {})[(group, full)] = float(value)
         return self
 
     def get_group(self, group, name):
@@ -211,7 +212,7 @@ class Trainer(_Handle, _Options, _Checkpoints):
         reg = self.regularizers.get(prefix)
         if reg is not None:
             return reg.get_group(group, full)
-        v = self._pending_groups.get(prefix, {}).get((int(group), full))
+        v = self._pending_groups.get(prefix, {}).get((c_int(group, "group", INT32), full))
         return v if v is not None else key_info(full).default
 
     # -- regularizers ------------------------------------------------------
@@ -345,7 +346,8 @@ class Trainer(_Handle, _Options, _Checkpoints):
 
     def reserve(self, max_rows):
         """Size the scratch buffers for batches of up to max_rows rows now."""
-        call(self._msg, lib.regopt_trainer_reserve, self._p(), int(max_rows))
+        call(self._msg, lib.regopt_trainer_reserve, self._p(),
+             c_int(max_rows, "reserve max_rows", SIZE))
 
     def recover(self):
         """Undo a call whose C or C++ callback never returned (regopt_trainer_recover).

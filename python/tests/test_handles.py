@@ -1,5 +1,6 @@
 """Handles: copies and pickles are refused (they would share the library
-handle and free it twice)."""
+handle and free it twice); every integer handed to C is range-checked
+instead of wrapping."""
 import copy
 import gc
 import os
@@ -60,6 +61,103 @@ class CopyTest(HandleCheck):
             with self.assertRaises(TypeError):
                 copy.deepcopy({"opt": o, "lr": 0.1})
             self.assertFalse(o.closed)
+
+
+class IntegerRangeTest(HandleCheck):
+    def assertRange(self, fn, name):
+        with self.assertRaises(OverflowError) as cm:
+            fn()
+        self.assertIsInstance(cm.exception, ValueError)
+        self.assertIsInstance(cm.exception, regopt.OutOfRange)
+        self.assertIn(name, str(cm.exception))
+
+    def test_seeds(self):
+        with linear() as m, regopt.Optimizer("sgd") as o, regopt.Trainer(m, o, seed=5) as t:
+            for bad in (2 ** 64, 2 ** 63, 2 ** 64 + 5, -2 ** 63 - 1):
+                self.assertRange(lambda: t.set(seed=bad), "trainer.seed")
+                self.assertRange(lambda: t.set_option("trainer.seed", bad), "trainer.seed")
+                self.assertEqual(t.get("seed"), 5)  # unchanged, not wrapped
+            t.set(seed=-1)  # "trainer.seed" is any int64 (regopt.h)
+            self.assertEqual(t.get("seed"), -1)
+            t.set(seed=2 ** 63 - 1)
+            self.assertEqual(t.get("seed"), 2 ** 63 - 1)
+        with linear() as m, regopt.Optimizer("sgd") as o:
+            self.assertRange(lambda: regopt.Trainer(m, o, seed=2 ** 64), "trainer.seed")
+            self.assertRange(lambda: regopt.Trainer(m, o, seed=-1, threads=2 ** 64),
+                             "trainer.threads")
+        for fn in (regopt.random_uniform, regopt.random_normal):
+            self.assertRange(lambda: fn(2 ** 64, 4), "seed")
+            self.assertRange(lambda: fn(-1, 4), "seed")
+            self.assertRange(lambda: fn(1, 4, offset=-1), "offset")
+            self.assertRange(lambda: fn(1, 4, offset=2 ** 64), "offset")
+        self.assertRange(lambda: regopt.dropout_mask(-1, (2, 2), 0.5), "seed")
+        np.testing.assert_array_equal(regopt.random_uniform(2 ** 64 - 1, 4),
+                                      regopt.random_uniform(np.uint64(2 ** 64 - 1), 4))
+
+    def test_set_int(self):
+        with linear() as m, regopt.Optimizer("adamw") as o, regopt.Trainer(m, o) as t:
+            self.assertRange(lambda: t.set(threads=2 ** 63), "trainer.threads")
+            self.assertRange(lambda: setattr(o, "warmup_steps", 2 ** 64 + 3),
+                             "optimizer.warmup_steps")
+            self.assertEqual(o.warmup_steps, 0)
+            self.assertRange(lambda: o.set(total_steps=-2 ** 64 + 10), "optimizer.total_steps")
+            sam = t.add("sam")
+            self.assertRange(lambda: setattr(sam, "every", 2 ** 64 + 1), "sam.every")
+            self.assertEqual(sam.every, 1)
+            with self.assertRaises(regopt.OutOfRange):  # the library's own range
+                t.set(threads=2 ** 62)
+
+    def test_groups_keys_and_counts(self):
+        with linear() as m, regopt.Optimizer("sgd") as o, regopt.Trainer(m, o) as t:
+            o.set_group(0, weight_decay=0.25)
+            for g in (2 ** 40, 2 ** 32, -2 ** 31 - 1):
+                self.assertRange(lambda: o.set_group(g, weight_decay=0.5), "group")
+                self.assertRange(lambda: o.get_group(g, "weight_decay"), "group")
+            self.assertEqual(o.get_group(0, "weight_decay"), 0.25)  # group 2**40 is not 0
+            # the trainer's 0.x sugar, before SAM is attached (kept for it) and after
+            self.assertRange(lambda: t.set_group(2 ** 40, sam_adaptive=0), "group")
+            self.assertRange(lambda: t.get_group(2 ** 40, "sam_adaptive"), "group")
+            sam = t.add("sam")
+            self.assertRange(lambda: t.set_group(2 ** 40, sam_adaptive=0), "group")
+            self.assertRange(lambda: sam.set_group(2 ** 40, adaptive=0), "group")
+            self.assertRange(lambda: sam.get_group(2 ** 40, "adaptive"), "group")
+            self.assertEqual(sam.get_group(0, "adaptive"), 1.0)
+            self.assertRange(lambda: t.reserve(-1), "max_rows")
+            self.assertRange(lambda: t.reserve(2 ** 64), "max_rows")
+            with self.assertRaises(regopt.OutOfRange):  # the library's own range
+                o.set_group(64, weight_decay=0.5)
+        self.assertRange(lambda: regopt.key_info(2 ** 32 + 100), "key")
+        self.assertEqual(regopt.status_string(2 ** 32), "unknown status")  # not "REGOPT_OK"
+        self.assertRange(lambda: regopt.Batch(data=None, rows=-1), "rows")
+        self.assertRange(lambda: regopt.Batch(data=None, rows=2 ** 64), "rows")
+        self.assertRange(lambda: regopt.Batch(data=None, rows=4, input_rows=-2), "input_rows")
+        self.assertRange(lambda: regopt.Term("t", lambda v: 0.0, passes=-1), "passes")
+        self.assertRange(lambda: regopt.Term("t", lambda v: 0.0, passes=1, pass_flags=[-1]),
+                         "pass_flags")
+        with self.assertRaises(ValueError):  # 9 flags: silently cut to 8 before
+            regopt.Term("t", lambda v: 0.0, passes=8, pass_flags=[0] * 9)
+
+    def test_model_arguments(self):
+        w = np.zeros(4, np.float32)
+        g = np.zeros_like(w)
+        with regopt.Model(3) as m:
+            self.assertRange(lambda: m.add_param("w", w, g, group=2 ** 40), "group")
+            self.assertRange(lambda: m.add_param("w", w, g, group=2 ** 32), "group")
+            self.assertEqual(m.param_count, 0)  # not registered in group 0
+            self.assertRange(lambda: m.add_param_address("w", w.ctypes.data, g.ctypes.data, -1),
+                             "count")
+            self.assertRange(lambda: m.add_param_address("w", -8, None, 4), "data address")
+            self.assertRange(lambda: m.add_param_address("w", w.ctypes.data, 2 ** 64, 4),
+                             "grad address")
+            self.assertRange(lambda: setattr(m, "output_width", -1), "output_width")
+            self.assertRange(lambda: setattr(m, "input_width", 2 ** 64), "input_width")
+            self.assertRange(lambda: setattr(m, "slots", 2 ** 32 + 3), "slots")
+            self.assertRange(lambda: m.set_capabilities(-1), "capabilities")
+            self.assertEqual((m.output_width, m.slots), (3, 1))
+            m.add_param("w", w, g, group=np.int64(1))  # NumPy integers are fine
+            with self.assertRaises(TypeError):
+                m.output_width = 2.5
+        self.assertRange(lambda: regopt.Optimizer(2 ** 32 + 1), "kind")
 
 
 if __name__ == "__main__":
