@@ -1,6 +1,7 @@
 """Handles: live counting, keep-alive of the callbacks the library holds,
 the state the trampolines share, and the base class of every handle."""
 import itertools
+import os
 import threading
 import weakref
 
@@ -12,6 +13,17 @@ from ._guard import Call, record
 
 _live = {"model": 0, "optimizer": 0, "trainer": 0}
 _live_lock = threading.Lock()
+
+
+def _reinit_after_fork():
+    # Another thread may have held the lock at fork(); that thread does not
+    # exist in the child, whose finalizers take the lock: they would block.
+    if hasattr(_live_lock, "_at_fork_reinit"):
+        _live_lock._at_fork_reinit()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_after_fork)
 
 
 def live_handles():
