@@ -180,9 +180,8 @@ class IntegerRangeTest(HandleCheck):
 
 
 class ForkTest(unittest.TestCase):
-    @unittest.expectedFailure  # libregopt: regopt_trainer_free in a forked child waits for
-    # workers that exist only in the parent (pthread_cond_destroy, src/core/pool.c); the
-    # C side will record the owning pid. Remove this decorator with that fix.
+    # regopt_trainer_free in a forked child used to wait for workers that exist only in
+    # the parent (src/core/pool.c now records the owning pid).
     def test_child_exits_after_a_trainer_with_threads(self):
         rc, out = run_python("""
             import os, sys, time
