@@ -625,9 +625,12 @@ REGOPT_API regopt_model *regopt_model_create(const regopt_allocator *allocator,
                                              regopt_status *status);
 
 /* Release the model and call the free hook of its callbacks. NULL is a
- * no-op. While a trainer is bound to it nothing is freed (the reason goes to
- * regopt_last_error_message): free the trainer first. */
-REGOPT_API void regopt_model_free(regopt_model *model);
+ * no-op (REGOPT_OK). While a trainer is bound to it nothing is freed: the
+ * call returns REGOPT_ERR_STATE (the reason also in
+ * regopt_last_error_message); free the trainer first. A handle that is not
+ * a live model: REGOPT_ERR_INVALID_ARGUMENT. (Every *_free returns a status
+ * since 1.0, so a refused free cannot go unnoticed; 0.x returned void.) */
+REGOPT_API regopt_status regopt_model_free(regopt_model *model);
 
 /* Register one host tensor of `count` elements: 1 .. SIZE_MAX/16, and the
  * model's tensors together hold at most SIZE_MAX/16 elements (the trainer
@@ -751,9 +754,10 @@ REGOPT_API regopt_optimizer *regopt_optimizer_create(
     regopt_optimizer_kind kind, const regopt_allocator *allocator,
     regopt_status *status);
 
-/* NULL is a no-op. While a trainer is bound to it nothing is freed (the
- * reason goes to regopt_last_error_message): free the trainer first. */
-REGOPT_API void regopt_optimizer_free(regopt_optimizer *opt);
+/* NULL is a no-op (REGOPT_OK). While a trainer is bound to it nothing is
+ * freed: REGOPT_ERR_STATE (the reason also in regopt_last_error_message);
+ * free the trainer first. */
+REGOPT_API regopt_status regopt_optimizer_free(regopt_optimizer *opt);
 
 /* The kind given at creation; 0 for NULL or a handle of another type. */
 REGOPT_API regopt_optimizer_kind
@@ -829,13 +833,14 @@ REGOPT_API regopt_trainer *regopt_trainer_create(regopt_model *model,
 
 /* Release the trainer: detach every regularizer (they stay alive, with their
  * options, and can be freed now), unbind its model and optimizer. NULL is a
- * no-op. Refused (nothing freed; the reason in regopt_last_error_message and
- * the trainer's message) while a callback of this trainer is running or was
- * abandoned: call regopt_trainer_recover first. In a child process after
+ * no-op (REGOPT_OK). Refused with REGOPT_ERR_STATE (nothing freed; the
+ * reason in regopt_last_error_message and the trainer's message) while a
+ * callback of this trainer is running or was abandoned: call
+ * regopt_trainer_recover first. In a child process after
  * fork(), the trainer's worker threads (REGOPT_TRAINER_THREADS) do not
  * exist: there it runs its loops on the calling thread, with the same
  * results, and frees without joining them. */
-REGOPT_API void regopt_trainer_free(regopt_trainer *trainer);
+REGOPT_API regopt_status regopt_trainer_free(regopt_trainer *trainer);
 
 /* After a callback threw a C++ exception or longjmp'd out of a call on this
  * trainer (see the callback rules): undo what that call had in flight --
@@ -1049,11 +1054,11 @@ REGOPT_API regopt_regularizer *regopt_regularizer_create(regopt_regularizer_kind
                                                          const regopt_allocator *allocator,
                                                          regopt_status *status);
 
-/* Release a regularizer. NULL is a no-op. One that is attached to a trainer
- * is NOT freed: the call does nothing but write the reason to
+/* Release a regularizer. NULL is a no-op (REGOPT_OK). One that is attached
+ * to a trainer is NOT freed: REGOPT_ERR_STATE, the reason also in
  * regopt_last_error_message() (detach it or free the trainer first). A
  * user term's free_user is called here. Since 1.0. */
-REGOPT_API void regopt_regularizer_free(regopt_regularizer *reg);
+REGOPT_API regopt_status regopt_regularizer_free(regopt_regularizer *reg);
 
 /* The kind given at creation; 0 for NULL or a handle of another type.
  * Since 1.0. */

@@ -122,7 +122,7 @@ static void call_back_in(gh *g)
     record(g, regopt_trainer_load_buffer(g->t, 0, buf, sizeof buf));
     record(g, regopt_trainer_set_loss_callback(g->t, NULL, NULL, NULL));
     record(g, regopt_trainer_set_allreduce(g->t, NULL, NULL, NULL));
-    regopt_trainer_free(g->t); /* refused: the trainer stays usable */
+    record(g, regopt_trainer_free(g->t)); /* refused: the trainer stays usable */
     /* reads are allowed */
     ck_assert_int_eq(regopt_trainer_get_double(g->t, REGOPT_STAT_LOSS, &v), REGOPT_OK);
     ck_assert_int_eq(regopt_regularizer_get_double(g->r, REGOPT_SAM_RHO, &v), REGOPT_OK);
@@ -144,7 +144,7 @@ START_TEST(test_reentrant_calls_refused)
     gh_trainer(&ref, REGOPT_REG_SAM);
     TMUST(g.t, regopt_trainer_step(g.t, &gb, 1));
     TMUST(ref.t, regopt_trainer_step(ref.t, &gb, 1));
-    ck_assert_int_eq(g.n_got, 14);
+    ck_assert_int_eq(g.n_got, 15);
     for (i = 0; i < g.n_got; i++)
         ck_assert_msg(g.got[i] == REGOPT_ERR_STATE, "re-entrant call %d -> %s", i,
                       regopt_status_string(g.got[i]));
@@ -192,7 +192,7 @@ static void assert_refused_until_recover(gh *g)
                          regopt_regularizer_set_double(g->r, REGOPT_SAM_RHO, 0.5) ==
                              REGOPT_ERR_STATE,
                          1);
-    regopt_trainer_free(g->t); /* refused, the handle stays live */
+    ck_assert_int_eq(regopt_trainer_free(g->t), REGOPT_ERR_STATE); /* the handle stays live */
     ck_assert_int_eq(regopt_trainer_get_double(g->t, REGOPT_STAT_LOSS, &v), REGOPT_OK);
 }
 
@@ -421,6 +421,38 @@ START_TEST(test_message_cleared_by_success)
 }
 END_TEST
 
+/* ---- frees that are refused say so ----------------------------------------- */
+
+START_TEST(refused_frees_return_a_status)
+{
+    gh g;
+    regopt_regularizer *spare;
+    memset(&g, 0, sizeof g);
+    gh_trainer(&g, REGOPT_REG_SAM);
+    ck_assert_int_eq(regopt_model_free(g.m), REGOPT_ERR_STATE);
+    ck_assert_ptr_nonnull(strstr(regopt_last_error_message(), "still bound"));
+    ck_assert_int_eq(regopt_optimizer_free(g.o), REGOPT_ERR_STATE);
+    ck_assert_int_eq(regopt_regularizer_free(g.r), REGOPT_ERR_STATE);
+    ck_assert_ptr_nonnull(strstr(regopt_last_error_message(), "attached"));
+    ck_assert_uint_eq(regopt_model_param_count(g.m), 2); /* all still live */
+    ck_assert_int_eq(regopt_model_free(NULL), REGOPT_OK);
+    ck_assert_int_eq(regopt_optimizer_free(NULL), REGOPT_OK);
+    ck_assert_int_eq(regopt_trainer_free(NULL), REGOPT_OK);
+    ck_assert_int_eq(regopt_regularizer_free(NULL), REGOPT_OK);
+    /* a handle of another type */
+    ck_assert_int_eq(regopt_model_free((regopt_model *)(void *)g.o), REGOPT_ERR_INVALID_ARGUMENT);
+    spare = regopt_regularizer_create(REGOPT_REG_RDROP, NULL, NULL);
+    ck_assert_int_eq(regopt_regularizer_free(spare), REGOPT_OK);
+    ck_assert_int_eq(regopt_trainer_free(g.t), REGOPT_OK);
+    g.t = NULL;
+    ck_assert_int_eq(regopt_model_free(g.m), REGOPT_OK);
+    ck_assert_int_eq(regopt_optimizer_free(g.o), REGOPT_OK);
+    g.m = NULL;
+    g.o = NULL;
+    tu_free_regs();
+}
+END_TEST
+
 /* ---- fork ---------------------------------------------------------------- */
 
 /* A model big enough for the worker threads (RO_PAR_MIN: 2^18 elements). */
@@ -533,6 +565,7 @@ Suite *suite_guard(void)
     tcase_add_test(tc, test_abandoned_load);
     tcase_add_test(tc, test_abandoned_committed_hook);
     tcase_add_test(tc, test_message_cleared_by_success);
+    tcase_add_test(tc, refused_frees_return_a_status);
     tcase_add_test(tc, test_fork_with_worker_threads);
     suite_add_tcase(s, tc);
     return s;

@@ -229,7 +229,7 @@ PROTOTYPES = {
     "regopt_sizeof_allocator": (c_size_t, []),
     # model
     "regopt_model_create": (_vp, [ctypes.POINTER(Allocator), _stp]),
-    "regopt_model_free": (None, [_vp]),
+    "regopt_model_free": (_st, [_vp]),
     "regopt_model_add_param": (_st, [_vp, _cs, _vp, _vp, c_size_t, ctypes.c_int, _i32]),
     "regopt_model_set_output_width": (_st, [_vp, c_size_t]),
     "regopt_model_set_input_width": (_st, [_vp, c_size_t]),
@@ -241,7 +241,7 @@ PROTOTYPES = {
     "regopt_model_message": (_cs, [_vp]),
     # optimizer
     "regopt_optimizer_create": (_vp, [ctypes.c_int, ctypes.POINTER(Allocator), _stp]),
-    "regopt_optimizer_free": (None, [_vp]),
+    "regopt_optimizer_free": (_st, [_vp]),
     "regopt_optimizer_get_kind": (ctypes.c_int, [_vp]),
     "regopt_optimizer_set_double": (_st, [_vp, _key, _d]),
     "regopt_optimizer_set_int": (_st, [_vp, _key, _i64]),
@@ -252,7 +252,7 @@ PROTOTYPES = {
     "regopt_optimizer_message": (_cs, [_vp]),
     # trainer
     "regopt_trainer_create": (_vp, [_vp, _vp, _stp]),
-    "regopt_trainer_free": (None, [_vp]),
+    "regopt_trainer_free": (_st, [_vp]),
     "regopt_trainer_recover": (_st, [_vp]),
     "regopt_trainer_set_double": (_st, [_vp, _key, _d]),
     "regopt_trainer_set_int": (_st, [_vp, _key, _i64]),
@@ -263,7 +263,7 @@ PROTOTYPES = {
     "regopt_regularizer_create": (_vp, [ctypes.c_int, ctypes.POINTER(Allocator), _stp]),
     "regopt_regularizer_create_term": (_vp, [ctypes.POINTER(TermOps), _vp, USER_FREE_FN,
                                              ctypes.POINTER(Allocator), _stp]),
-    "regopt_regularizer_free": (None, [_vp]),
+    "regopt_regularizer_free": (_st, [_vp]),
     "regopt_regularizer_get_kind": (ctypes.c_int, [_vp]),
     "regopt_regularizer_get_trainer": (_vp, [_vp]),
     "regopt_regularizer_set_double": (_st, [_vp, _key, _d]),

@@ -55,17 +55,18 @@ regopt_model *regopt_model_create(const regopt_allocator *allocator,
     return NULL;
 }
 
-void regopt_model_free(regopt_model *m)
+regopt_status regopt_model_free(regopt_model *m)
 {
     size_t i;
     ro_alloc a;
-    if (!m || m->magic != RO_MAGIC_MODEL)
-        return;
-    if (m->bound) { /* a trainer still calls its callbacks: refuse rather than dangle */
-        ro_fail_tls(REGOPT_ERR_STATE, "regopt_model_free: still bound to %d trainer(s); "
-                    "free them first (nothing was freed)", m->bound);
-        return;
-    }
+    if (!m)
+        return REGOPT_OK;
+    if (m->magic != RO_MAGIC_MODEL)
+        return ro_fail_tls(REGOPT_ERR_INVALID_ARGUMENT,
+                           "regopt_model_free: not a live regopt_model handle");
+    if (m->bound) /* a trainer still calls its callbacks: refuse rather than dangle */
+        return ro_fail_tls(REGOPT_ERR_STATE, "regopt_model_free: still bound to %d "
+                           "trainer(s); free them first (nothing was freed)", m->bound);
     if (m->free_user)
         m->free_user(m->user);
     for (i = 0; i < m->n_params; i++)
@@ -76,6 +77,7 @@ void regopt_model_free(regopt_model *m)
     a = m->alloc;
     m->magic = RO_MAGIC_DEAD;
     ro_free(&a, m);
+    return REGOPT_OK;
 }
 
 /* ---- names: an open-addressing set of parameter indices + 1 ------------- */

@@ -81,19 +81,21 @@ regopt_optimizer *regopt_optimizer_create(regopt_optimizer_kind kind,
     return o;
 }
 
-void regopt_optimizer_free(regopt_optimizer *o)
+regopt_status regopt_optimizer_free(regopt_optimizer *o)
 {
     ro_alloc a;
-    if (!o || o->magic != RO_MAGIC_OPTIMIZER)
-        return;
-    if (o->bound) { /* a trainer still reads it: refuse rather than dangle */
-        ro_fail_tls(REGOPT_ERR_STATE, "regopt_optimizer_free: still bound to %d trainer(s); "
-                    "free them first (nothing was freed)", o->bound);
-        return;
-    }
+    if (!o)
+        return REGOPT_OK;
+    if (o->magic != RO_MAGIC_OPTIMIZER)
+        return ro_fail_tls(REGOPT_ERR_INVALID_ARGUMENT,
+                           "regopt_optimizer_free: not a live regopt_optimizer handle");
+    if (o->bound) /* a trainer still reads it: refuse rather than dangle */
+        return ro_fail_tls(REGOPT_ERR_STATE, "regopt_optimizer_free: still bound to %d "
+                           "trainer(s); free them first (nothing was freed)", o->bound);
     a = o->alloc;
     o->magic = RO_MAGIC_DEAD;
     ro_free(&a, o);
+    return REGOPT_OK;
 }
 
 regopt_optimizer_kind regopt_optimizer_get_kind(const regopt_optimizer *o)

@@ -80,23 +80,25 @@ regopt_regularizer *regopt_regularizer_create(regopt_regularizer_kind kind,
     return ro_reg_new(ops, allocator, status);
 }
 
-void regopt_regularizer_free(regopt_regularizer *r)
+regopt_status regopt_regularizer_free(regopt_regularizer *r)
 {
     ro_alloc a;
-    if (!r || r->magic != RO_MAGIC_REG)
-        return;
-    if (r->trainer) {
-        ro_fail_tls(REGOPT_ERR_STATE, "regopt_regularizer_free: the %s regularizer is attached "
-                    "to a trainer: detach it or free the trainer first (nothing was freed)",
-                    r->ops->title);
-        return;
-    }
+    if (!r)
+        return REGOPT_OK;
+    if (r->magic != RO_MAGIC_REG)
+        return ro_fail_tls(REGOPT_ERR_INVALID_ARGUMENT,
+                           "regopt_regularizer_free: not a live regopt_regularizer handle");
+    if (r->trainer)
+        return ro_fail_tls(REGOPT_ERR_STATE, "regopt_regularizer_free: the %s regularizer is "
+                           "attached to a trainer: detach it or free the trainer first (nothing "
+                           "was freed)", r->ops->title);
     if (r->ops->destroy)
         r->ops->destroy(r);
     a = r->alloc;
     r->magic = RO_MAGIC_DEAD;
     ro_free(&a, r->self);
     ro_free(&a, r);
+    return REGOPT_OK;
 }
 
 regopt_regularizer_kind regopt_regularizer_get_kind(const regopt_regularizer *r)

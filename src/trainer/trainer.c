@@ -91,19 +91,21 @@ static void free_scratch(regopt_trainer *t)
     t->cap_rows = 0;
 }
 
-void regopt_trainer_free(regopt_trainer *t)
+regopt_status regopt_trainer_free(regopt_trainer *t)
 {
     ro_alloc a;
-    if (!t || t->magic != RO_MAGIC_TRAINER)
-        return;
+    if (!t)
+        return REGOPT_OK;
+    if (t->magic != RO_MAGIC_TRAINER)
+        return ro_fail_tls(REGOPT_ERR_INVALID_ARGUMENT,
+                           "regopt_trainer_free: not a live regopt_trainer handle");
     if (t->env.in_host) { /* from one of its callbacks, or after one threw */
         ro_fail_tls(REGOPT_ERR_STATE, "regopt_trainer_free: a callback of %s of this trainer "
                     "has not returned (a callback may not free its trainer; after one threw, "
                     "call regopt_trainer_recover first): nothing was freed",
                     t->env.busy ? t->env.busy : "a call");
-        (void)ro_fail(t->msg, REGOPT_ERR_STATE, "regopt_trainer_free was refused: a callback "
-                      "has not returned");
-        return;
+        return ro_fail(t->msg, REGOPT_ERR_STATE, "regopt_trainer_free was refused: a callback "
+                       "has not returned");
     }
     while (t->n_regs)
         (void)regopt_trainer_detach(t, t->regs[t->n_regs - 1]);
@@ -125,6 +127,7 @@ void regopt_trainer_free(regopt_trainer *t)
     a = t->alloc;
     t->magic = RO_MAGIC_DEAD;
     ro_free(&a, t);
+    return REGOPT_OK;
 }
 
 /* Grow the scratch buffers to `rows` rows. The old buffers stay in place
