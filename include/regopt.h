@@ -1438,7 +1438,8 @@ enum regopt_bregman_key {
  *   4. backward of the clean pass(es), then of each pass p with gradient
  *      term.weight * d_outputs[p], in slot order.
  * Slots: s_p = the next free slots after R-Drop's second copy and SMART's
- * (the model must declare them: regopt_model_set_slots).
+ * (the model must declare them: regopt_model_set_slots); a teacher pass
+ * (REGOPT_TERM_PASS_TEACHER) runs no forward and takes no slot.
  *
  * value must be a weighted mean like the task loss to scale like it across
  * micro-batches and replicas: view->inv_weight is 1 / sum_i m_i w_i over the
@@ -1474,6 +1475,14 @@ enum regopt_bregman_key {
 #define REGOPT_TERM_PASS_FRESH_SEED 0x1u
 #define REGOPT_TERM_PASS_EVAL 0x2u
 #define REGOPT_TERM_PASS_NO_GRAD 0x4u
+/* A teacher pass: outputs[p] are the EMA teacher's outputs for the view's
+ * rows, as the Bregman regularizer computes them once per step (its weights
+ * swapped in, flags TEACHER | NO_GRAD); no forward runs for this pass and
+ * no gradient flows into it (d_outputs[p] is NULL). A Bregman regularizer
+ * must be attached (bregman.mu may be 0: the teacher without its term);
+ * otherwise the step fails with REGOPT_ERR_STATE. Takes no other flag.
+ * Since 1.0. */
+#define REGOPT_TERM_PASS_TEACHER 0x8u
 
 /* What one call of a term's value function is about. The library fills it;
  * fields are only ever appended (size = sizeof as the library was built).

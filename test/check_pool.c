@@ -34,7 +34,7 @@
 #include <string.h>
 #include <time.h>
 
-/* The library's split (src/internal.h, which this public-API suite does not
+/* The library's split (src/model/model.h, which this public-API suite does not
  * include): chunks of PL_CHUNK elements counted from each tensor's start;
  * threads engage from PL_PAR_MIN trainable elements. */
 #define PL_CHUNK 4096

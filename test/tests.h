@@ -22,5 +22,6 @@ Suite *suite_pool(void);    /* check_pool.c: trainer.threads, the worker pool */
 Suite *suite_guard(void);   /* check_guard.c: re-entrant and abandoned calls, fork */
 Suite *suite_term(void);    /* check_term.c: user-defined terms vs R-Drop, rollback, state */
 Suite *suite_contract(void); /* check_contract.c: trainer.check_host, the host contract */
+Suite *suite_term_teacher(void); /* check_term_teacher.c: a user term reading the EMA teacher */
 
 #endif

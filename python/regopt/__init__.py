@@ -25,7 +25,7 @@ from ._lib import (BINDING_VERSION, LibraryNotFound, LibraryVersionError, librar
                    PASS_NO_PARAM_GRAD, PASS_DOUBLED, CAP_DOUBLED_BATCH, MAX_GROUPS, MAX_NAME,
                    CHECKPOINT_PARAMS, CHECKPOINT_OPTIONS,
                    DTYPE_FLOAT32, DTYPE_FLOAT16, DTYPE_BFLOAT16, DTYPE_FLOAT64,
-                   TERM_PASS_FRESH_SEED, TERM_PASS_EVAL, TERM_PASS_NO_GRAD)
+                   TERM_PASS_FRESH_SEED, TERM_PASS_EVAL, TERM_PASS_NO_GRAD, TERM_PASS_TEACHER)
 from ._core import (
     Error, NullPointer, InvalidArgument, OutOfRange, UnknownKey, Unsupported, NoMemory,
     StateError, ForwardFailed, BackwardFailed, LossCallbackFailed, NonFiniteLoss,
@@ -53,6 +53,7 @@ __all__ = [
     "Allocator", "CountingAllocator", "Pass", "Batch", "BatchView", "Model", "Optimizer",
     "Trainer", "Regularizer", "SAM", "RDrop", "SMART", "Bregman", "Term", "TermView",
     "regularizer_kinds", "TERM_PASS_FRESH_SEED", "TERM_PASS_EVAL", "TERM_PASS_NO_GRAD",
+    "TERM_PASS_TEACHER",
     "random_uniform",
     "random_normal", "dropout_mask", "PASS_TRAIN", "PASS_NO_GRAD", "PASS_PERTURBED_WEIGHTS",
     "PASS_TEACHER", "PASS_NO_PARAM_GRAD", "PASS_DOUBLED", "CAP_DOUBLED_BATCH", "MAX_GROUPS",

@@ -195,6 +195,7 @@ TERM_MAX_PASSES = 8
 TERM_PASS_FRESH_SEED = 0x1
 TERM_PASS_EVAL = 0x2
 TERM_PASS_NO_GRAD = 0x4
+TERM_PASS_TEACHER = 0x8
 SMART_NORM_INF, SMART_NORM_L1, SMART_NORM_L2 = 0, 1, 2
 
 # --------------------------------------------------------------------------

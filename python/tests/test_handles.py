@@ -238,3 +238,29 @@ class ForkTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TermTeacherTest(HandleCheck):
+    def test_teacher_pass_reads_bregman_outputs(self):
+        seen = []
+
+        def value(v):
+            # outputs[1]: the teacher's outputs; no gradient buffer for it
+            seen.append((v.outputs[1] is not None, v.d_outputs[1] is None,
+                         float(np.abs(v.outputs[1]).sum())))
+            return 0.0
+
+        x, y = np.ones((2, 4), np.float32), np.zeros(2, np.int32)
+        with linear() as m, regopt.Optimizer("sgd") as o, regopt.Trainer(m, o) as t:
+            t.add(regopt.Term("reads_teacher", value, passes=1,
+                              pass_flags=[regopt.TERM_PASS_TEACHER]))
+            with self.assertRaises(regopt.StateError) as cm:  # no teacher yet
+                t.step(data=x, labels=y)
+            self.assertIn("teacher pass", str(cm.exception))
+            t.add("bregman", mu=0.0)
+            t.step(data=x, labels=y)
+        self.assertEqual(len(seen), 1)
+        self.assertEqual(seen[0][:2], (True, True))
+        with self.assertRaises(regopt.InvalidArgument):
+            regopt.Term("t", value, passes=1,
+                        pass_flags=[regopt.TERM_PASS_TEACHER | regopt.TERM_PASS_NO_GRAD])

@@ -180,6 +180,8 @@ static regopt_status prepare(ro_reg *r, ro_step *s)
     }
     swap_weights(r);
     br->swapped = 0;
+    if (st == REGOPT_OK) /* user terms with a teacher pass read them too */
+        s->teacher = br->out;
     return st;
 }
 
@@ -323,7 +325,7 @@ const ro_reg_ops ro_bregman_ops = {
     .name = "bregman",
     .title = "Bregman",
     .kind = REGOPT_REG_BREGMAN,
-    .flags = REGOPT_REG_SINGLE,
+    .flags = REGOPT_REG_SINGLE | RO_REG_KEEPS_TEACHER,
     .order = 20,
     .size = sizeof(bregman),
     .keys = bregman_keys,

@@ -63,6 +63,10 @@ struct ro_step {
     double loss, loss2;   /* objective at w and (if has_loss2) at w + eps */
     int has_loss2;
     int synced;           /* 1: the step's all-reduce already ran and failed */
+    /* the teacher's outputs of every row of the step, in step-row order,
+       left by a regularizer that keeps a teacher (RO_REG_KEEPS_TEACHER) in
+       its prepare hook; NULL when none is attached */
+    const float *teacher;
     /* what a weight-side regularizer may call */
     void *driver;
     void (*zero_grads)(ro_step *s);
@@ -74,6 +78,7 @@ struct ro_step {
 
 /* ro_reg_ops.flags beyond the public REGOPT_REG_* bits. */
 #define RO_REG_LOAD_MAY_FAIL 0x100u /* load() calls the host */
+#define RO_REG_KEEPS_TEACHER 0x200u /* prepare() fills ro_step.teacher */
 
 typedef struct ro_reg_ops {
     const char *name;            /* "sam": key prefix, messages, checkpoints */

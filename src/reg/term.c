@@ -9,7 +9,9 @@
 #include <string.h>
 
 #define MAX_PASSES REGOPT_TERM_MAX_PASSES
-#define KNOWN_FLAGS (REGOPT_TERM_PASS_FRESH_SEED | REGOPT_TERM_PASS_EVAL | REGOPT_TERM_PASS_NO_GRAD)
+#define KNOWN_FLAGS (REGOPT_TERM_PASS_FRESH_SEED | REGOPT_TERM_PASS_EVAL | \
+                     REGOPT_TERM_PASS_NO_GRAD | REGOPT_TERM_PASS_TEACHER)
+#define TEACHER REGOPT_TERM_PASS_TEACHER
 #define MAX_FRESH 32u /* fresh dropout copies of a step: counter bits 2-6 */
 
 typedef struct term {
@@ -51,15 +53,17 @@ static double term_get(const ro_reg *r, const ro_key_desc *k, int32_t group)
     return ((const term *)r->self)->weight;
 }
 
-/* Slots, output blocks and fresh dropout copies for the declared passes,
- * and one more block whose gradient half takes d value / d outputs[0]. */
+/* Slots (teacher passes run no forward: none), output blocks and fresh
+ * dropout copies for the declared passes, and one more block whose
+ * gradient half takes d value / d outputs[0]. */
 static void term_plan(ro_reg *r, ro_plan *p, int now)
 {
     const term *u = r->self;
     uint32_t j;
     (void)now;
     r->slot = p->slots;
-    p->slots += (int32_t)u->ops.passes;
+    for (j = 0; j < u->ops.passes; j++)
+        p->slots += (u->ops.pass_flags[j] & TEACHER) == 0;
     r->block = p->blocks;
     p->blocks += u->ops.passes + 1;
     r->fresh = p->fresh;
@@ -79,19 +83,41 @@ static regopt_status term_attach(ro_reg *r)
     return REGOPT_OK;
 }
 
+/* A teacher pass reads the outputs a teacher-keeping regularizer (Bregman)
+ * computes in its prepare hook: one must be attached. */
+static regopt_status term_check(ro_reg *r, const ro_step *s)
+{
+    const term *u = r->self;
+    uint32_t j;
+    size_t i;
+    for (j = 0; j < u->ops.passes; j++)
+        if (u->ops.pass_flags[j] & TEACHER) {
+            for (i = 0; i < s->n_regs; i++)
+                if (s->regs[i]->ops->flags & RO_REG_KEEPS_TEACHER)
+                    return REGOPT_OK;
+            return ro_fail(r->env->msg, REGOPT_ERR_STATE, "term \"%s\" declares a teacher "
+                           "pass (pass %u): attach a Bregman regularizer, whose EMA teacher it "
+                           "reads (bregman.mu may be 0)", u->name, j);
+        }
+    return REGOPT_OK;
+}
+
 static regopt_status forward(ro_reg *r, ro_view *v)
 {
     term *u = r->self;
     uint32_t j, fresh = r->fresh;
+    int32_t slot = r->slot;
     regopt_status st = REGOPT_OK;
     for (j = 0; j < u->ops.passes && st == REGOPT_OK; j++) {
         uint32_t f = u->ops.pass_flags[j];
         uint64_t seed = v->seed;
         regopt_pass *p = &u->pass[j];
+        if (f & TEACHER) /* no forward: the teacher's outputs are the step's */
+            continue;
         if (f & REGOPT_TERM_PASS_FRESH_SEED) /* fresh copy c: stream role | 0x80 | c << 2 */
             seed = ro_step_seed(v->s, v->bi,
                                 v->role | RO_SEED_SECOND | (fresh++ << 2) | (v->chunk << 8));
-        ro_view_pass(v, p, r->slot + (int32_t)j, r->block + j, seed);
+        ro_view_pass(v, p, slot++, r->block + j, seed);
         if (f & REGOPT_TERM_PASS_EVAL)
             p->flags &= ~REGOPT_PASS_TRAIN;
         if (f & REGOPT_TERM_PASS_NO_GRAD)
@@ -117,8 +143,9 @@ static regopt_status term_value(ro_reg *r, ro_view *v, double *weighted)
     douts[0] = g0;
     ro_zero(g0, nk);
     for (j = 0; j < u->ops.passes; j++) {
-        outs[j + 1] = u->pass[j].outputs;
-        douts[j + 1] = (u->ops.pass_flags[j] & REGOPT_TERM_PASS_NO_GRAD)
+        int teacher = (u->ops.pass_flags[j] & TEACHER) != 0;
+        outs[j + 1] = teacher ? s->teacher + v->step_row * v->k : u->pass[j].outputs;
+        douts[j + 1] = (u->ops.pass_flags[j] & (REGOPT_TERM_PASS_NO_GRAD | TEACHER))
                            ? NULL : s->d_outputs + (r->block + j) * nk;
         if (douts[j + 1])
             ro_zero(douts[j + 1], nk);
@@ -164,7 +191,7 @@ static regopt_status backward(ro_reg *r, ro_view *v)
     uint32_t j;
     regopt_status st = REGOPT_OK;
     for (j = 0; j < u->ops.passes && st == REGOPT_OK; j++) {
-        if (u->ops.pass_flags[j] & REGOPT_TERM_PASS_NO_GRAD)
+        if (u->ops.pass_flags[j] & (REGOPT_TERM_PASS_NO_GRAD | TEACHER))
             continue;
         u->pass[j].d_outputs = v->s->d_outputs + (r->block + j) * nk;
         st = ro_call_backward(r->env, &u->pass[j]);
@@ -274,6 +301,7 @@ const ro_reg_ops ro_term_ops = {
     .set = term_set,
     .get = term_get,
     .plan = term_plan,
+    .check = term_check,
     .forward = forward,
     .term = term_value,
     .backward = backward,
@@ -313,11 +341,16 @@ static regopt_status ops_check(const regopt_term_ops *o)
         return ro_fail_tls(REGOPT_ERR_INVALID_ARGUMENT, "regopt_regularizer_create_term: term "
                            "\"%s\" declares %u passes (at most %d)", o->name, o->passes,
                            MAX_PASSES);
-    for (j = 0; j < o->passes; j++)
+    for (j = 0; j < o->passes; j++) {
         if (o->pass_flags[j] & ~KNOWN_FLAGS)
             return ro_fail_tls(REGOPT_ERR_INVALID_ARGUMENT, "regopt_regularizer_create_term: "
                                "pass %u of term \"%s\" has unknown flags 0x%x", j, o->name,
                                o->pass_flags[j] & ~KNOWN_FLAGS);
+        if ((o->pass_flags[j] & TEACHER) && o->pass_flags[j] != TEACHER)
+            return ro_fail_tls(REGOPT_ERR_INVALID_ARGUMENT, "regopt_regularizer_create_term: "
+                               "pass %u of term \"%s\" is a teacher pass: it takes no other "
+                               "flag (no forward runs for it)", j, o->name);
+    }
     return REGOPT_OK;
 }
 
