@@ -4,7 +4,12 @@
  * -> classes. SMART perturbs the embedding OUTPUT (one row per token), and
  * the gradient with respect to it flows back into the embedding table.
  *
- *   ./examples/textcls [--smart LAMBDA] [--bregman MU] [--epochs N] ...
+ *   ./examples/textcls [--smart LAMBDA] [--bregman MU] [--teacher-kl W] ...
+ *
+ * --teacher-kl W adds a user-defined term with a teacher pass
+ * (REGOPT_TERM_PASS_TEACHER): W * KL(teacher || student), the distillation
+ * direction, from the EMA teacher the Bregman regularizer keeps (attached
+ * with mu 0 when --bregman is not given).
  *
  * The data are the licence texts every Debian system ships in
  * /usr/share/common-licenses (GPL-3, Apache-2.0, MPL-2.0, GFDL-1.3,
@@ -288,30 +293,84 @@ static double accuracy(regopt_trainer *t, const example *ex, const size_t *idx, 
     return (double)hits / (double)n;
 }
 
+/* ---- a teacher divergence of our own: KL(Q || P) ------------------------------ */
+
+/* value = inv_weight * sum_i w_i KL(Q_i || P_i), P = softmax(student z),
+ * Q = softmax(teacher q) detached: d/dz_i = inv_weight * w_i * (P_i - Q_i). */
+static int teacher_kl(const regopt_term_view *v, double *value, void *user)
+{
+    const float *z = v->outputs[0], *q = v->outputs[1];
+    size_t i, j, k = v->output_width;
+    double sum = 0.0;
+    (void)user;
+    for (i = 0; i < v->rows; i++) {
+        double p[NCLASS], t[NCLASS], mz = z[i * k], mq = q[i * k], sz = 0.0, sq = 0.0, kl = 0.0;
+        double w = v->batch->weights ? v->batch->weights[i] : 1.0;
+        if (v->batch->mask && !v->batch->mask[i])
+            continue;
+        for (j = 1; j < k; j++) {
+            mz = z[i * k + j] > mz ? z[i * k + j] : mz;
+            mq = q[i * k + j] > mq ? q[i * k + j] : mq;
+        }
+        for (j = 0; j < k; j++) {
+            sz += (p[j] = exp(z[i * k + j] - mz));
+            sq += (t[j] = exp(q[i * k + j] - mq));
+        }
+        for (j = 0; j < k; j++) {
+            p[j] /= sz;
+            t[j] /= sq;
+            kl += t[j] * (log(t[j]) - log(p[j]));
+            v->d_outputs[0][i * k + j] = (float)(v->inv_weight * w * (p[j] - t[j]));
+        }
+        sum += w * kl;
+    }
+    *value = v->inv_weight * sum;
+    return 0;
+}
+
+static regopt_regularizer *teacher_kl_term(double weight)
+{
+    regopt_term_ops ops;
+    regopt_regularizer *r;
+    memset(&ops, 0, sizeof ops);
+    ops.size = sizeof ops;
+    ops.name = "teacher_kl";
+    ops.passes = 1;
+    ops.pass_flags[0] = REGOPT_TERM_PASS_TEACHER; /* no forward: the EMA teacher's outputs */
+    ops.value = teacher_kl;
+    r = regopt_regularizer_create_term(&ops, NULL, NULL, NULL, NULL);
+    if (r && regopt_regularizer_set_double(r, REGOPT_TERM_WEIGHT, weight) != REGOPT_OK) {
+        (void)regopt_regularizer_free(r);
+        return NULL;
+    }
+    return r;
+}
+
 int main(int argc, char **argv)
 {
     const char *dir = "/usr/share/common-licenses";
     long epochs = 20, seed = 1;
-    double lambda = -1.0, mu = -1.0, lr = 1e-2, min_acc = -1.0, acc = 0.0;
+    double lambda = -1.0, mu = -1.0, lr = 1e-2, min_acc = -1.0, acc = 0.0, tkl = -1.0;
     example *ex = NULL;
     size_t n, n_train, *idx = NULL, i;
     net m;
     regopt_model *model = NULL;
     regopt_optimizer *opt = NULL;
     regopt_trainer *tr = NULL;
-    regopt_regularizer *smart = NULL, *bregman = NULL;
+    regopt_regularizer *smart = NULL, *bregman = NULL, *kl = NULL;
     int a, rc = 1;
     long e;
     for (a = 1; a < argc; a++) {
         const char *k = argv[a], *v = a + 1 < argc ? argv[a + 1] : "";
         int bad = 0;
         if (!strcmp(k, "--help")) {
-            printf("usage: textcls [--dir DIR] [--smart LAMBDA] [--bregman MU] [--epochs N]\n"
-                   "               [--lr X] [--seed N] [--min-acc X]\n");
+            printf("usage: textcls [--dir DIR] [--smart LAMBDA] [--bregman MU] [--teacher-kl W]\n"
+                   "               [--epochs N] [--lr X] [--seed N] [--min-acc X]\n");
             return 0;
         } else if (!strcmp(k, "--dir")) dir = v;
         else if (!strcmp(k, "--smart")) bad = parse_double(v, 0, 1e4, &lambda);
         else if (!strcmp(k, "--bregman")) bad = parse_double(v, 0, 1e4, &mu);
+        else if (!strcmp(k, "--teacher-kl")) bad = parse_double(v, 0, 1e4, &tkl);
         else if (!strcmp(k, "--epochs")) bad = parse_long(v, 1, 10000, &epochs);
         else if (!strcmp(k, "--seed")) bad = parse_long(v, 0, 2147483647L, &seed);
         else if (!strcmp(k, "--lr")) bad = parse_double(v, 1e-9, 10, &lr);
@@ -379,6 +438,8 @@ int main(int argc, char **argv)
             goto done;
         }
     }
+    if (tkl >= 0.0 && mu < 0.0)
+        mu = 0.0; /* the teacher without Bregman's own term */
     if (mu >= 0.0) {
         if (!(bregman = regopt_regularizer_create(REGOPT_REG_BREGMAN, NULL, NULL)) ||
             regopt_regularizer_set_double(bregman, REGOPT_BREGMAN_MU, mu)) {
@@ -391,9 +452,14 @@ int main(int argc, char **argv)
             goto done;
         }
     }
-    printf("textcls: %zu lines from %d licences (%zu train), %d hashed words, embedding %d%s%s\n",
+    if (tkl >= 0.0 && (!(kl = teacher_kl_term(tkl)) || regopt_trainer_attach(tr, kl))) {
+        fprintf(stderr, "textcls: teacher KL term: %s\n",
+                kl ? regopt_trainer_message(tr) : regopt_last_error_message());
+        goto done;
+    }
+    printf("textcls: %zu lines from %d licences (%zu train), %d hashed words, embedding %d%s%s%s\n",
            n, NCLASS, n_train, VOCAB, DIM, lambda >= 0.0 ? ", SMART adversarial" : "",
-           mu >= 0.0 ? ", Bregman" : "");
+           mu >= 0.0 ? ", Bregman" : "", kl ? ", KL(teacher||student) user term" : "");
     for (e = 1; e <= epochs; e++) {
         for (i = 0; i + BATCH <= n_train; i += BATCH) {
             tbatch b;
@@ -410,6 +476,11 @@ int main(int argc, char **argv)
             double rs = 0.0, nn = 0.0;
             acc = accuracy(tr, ex, idx + n_train, n - n_train);
             printf("epoch %3ld  held-out accuracy %.4f", e, acc);
+            if (kl) {
+                double d = 0.0;
+                regopt_regularizer_get_double(kl, REGOPT_STAT_TERM_VALUE, &d);
+                printf("  KL(teacher||student) %.5f", d);
+            }
             if (smart) { /* statistics are read from the regularizer's handle */
                 regopt_regularizer_get_double(smart, REGOPT_STAT_SMART_RS, &rs);
                 regopt_regularizer_get_double(smart, REGOPT_STAT_SMART_NOISE_NORM, &nn);
@@ -418,13 +489,14 @@ int main(int argc, char **argv)
             printf("\n");
         }
     }
-    printf("RESULT model=textcls smart_lambda=%g bregman_mu=%g heldout_acc=%.4f\n",
-           lambda >= 0.0 ? lambda : 0.0, mu >= 0.0 ? mu : 0.0, acc);
+    printf("RESULT model=textcls smart_lambda=%g bregman_mu=%g teacher_kl=%g heldout_acc=%.4f\n",
+           lambda >= 0.0 ? lambda : 0.0, mu >= 0.0 ? mu : 0.0, tkl >= 0.0 ? tkl : 0.0, acc);
     rc = min_acc >= 0.0 && acc < min_acc ? 1 : 0;
 done:
     regopt_trainer_free(tr); /* detaches the regularizers: free them after it */
     regopt_regularizer_free(smart);
     regopt_regularizer_free(bregman);
+    regopt_regularizer_free(kl);
     regopt_optimizer_free(opt);
     regopt_model_free(model);
     net_free(&m);
