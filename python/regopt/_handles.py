@@ -7,7 +7,7 @@ import weakref
 
 from . import _lib as L
 from ._lib import lib
-from ._errors import NullPointer
+from ._errors import NullPointer, StateError
 from ._guard import Call, record
 
 
@@ -128,7 +128,11 @@ class _RegCell:
 def _free_trainer_cell(cell):
     if cell.ptr:
         with Call() as c:  # allocator and free hooks
-            lib.regopt_trainer_free(cell.ptr)  # detaches every regularizer
+            st = lib.regopt_trainer_free(cell.ptr)  # detaches every regularizer
+        if st == L.ERR_STATE:  # from inside one of its callbacks: nothing was freed
+            c.finish()
+            raise StateError("cannot close a trainer from inside one of its callbacks "
+                             "(%s)" % lib.regopt_last_error_message().decode(), st)
         cell.ptr = None
         with _live_lock:
             _live["trainer"] -= 1

@@ -264,3 +264,34 @@ class TermTeacherTest(HandleCheck):
         with self.assertRaises(regopt.InvalidArgument):
             regopt.Term("t", value, passes=1,
                         pass_flags=[regopt.TERM_PASS_TEACHER | regopt.TERM_PASS_NO_GRAD])
+
+
+class ReentrancyTest(HandleCheck):
+    def test_close_and_step_inside_a_callback_refused(self):
+        x, y = np.ones((2, 4), np.float32), np.zeros(2, np.int32)
+        w = np.zeros((4, 3), np.float32)
+        g = np.zeros_like(w)
+        box = {}
+
+        def fwd(p):
+            p.outputs[:] = p.data[p.rows_slice] @ w
+            if box.get("act") == "close":
+                box["trainer"].close()
+            elif box.get("act") == "step":
+                box["trainer"].step(data=x, labels=y)
+
+        def bwd(p):
+            g[...] += p.data[p.rows_slice].T @ p.d_outputs
+
+        with regopt.Model(3, forward=fwd, backward=bwd) as m:
+            m.add_param("w", w, g)
+            with regopt.Optimizer("sgd") as o, regopt.Trainer(m, o) as t:
+                box["trainer"] = t
+                for act in ("close", "step"):
+                    box["act"] = act
+                    with self.assertRaises(regopt.StateError):
+                        t.step(data=x, labels=y)
+                    self.assertEqual(t.steps, 0)
+                box["act"] = None
+                t.step(data=x, labels=y)  # the trainer was neither freed nor changed
+                self.assertEqual(t.steps, 1)
