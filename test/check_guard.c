@@ -365,8 +365,8 @@ START_TEST(test_abandoned_load)
     MUST(regopt_optimizer_get_double(g.o, REGOPT_OPT_LR, &lr));
     ck_assert_double_eq(lr, 0.1);
     ck_assert_uint_eq(j.count, 1);
-    (void)r;
     gh_free(&g);
+    MUST(regopt_regularizer_free(r)); /* after the trainer that held it */
 }
 END_TEST
 
@@ -377,11 +377,12 @@ START_TEST(test_abandoned_committed_hook)
     jmp_buf jb;
     jterm j;
     gh g;
+    regopt_regularizer *r;
     memset(&g, 0, sizeof g);
     memset(&j, 0, sizeof j);
     j.jb = &jb;
     gh_trainer(&g, -1);
-    (void)jt_attach(g.t, &j);
+    r = jt_attach(g.t, &j);
     j.jump_in_commit = 1;
     if (setjmp(jb) == 0) {
         regopt_status st = regopt_trainer_step(g.t, &gb, 1);
@@ -397,6 +398,7 @@ START_TEST(test_abandoned_committed_hook)
     ck_assert_int_eq(stat_int(g.t, REGOPT_STAT_STEP), 2);
     ck_assert_uint_eq(j.count, 2);
     gh_free(&g);
+    MUST(regopt_regularizer_free(r));
 }
 END_TEST
 
