@@ -234,7 +234,11 @@ static regopt_status parse_trainer(regopt_trainer *t, const ro_ck_found *f, ck_t
 /* Moments and teacher must be finite, and second moments (blocks 1 and 2
  * of the Adam family: v and AMSGrad's maximum) non-negative: a CRC only
  * proves the bytes are what was written, not that a forger wrote sense,
- * and a NaN here would pass a step's checks and spread into the weights. */
+ * and a NaN here would pass a step's checks and spread into the weights.
+ * Nothing a save writes is refused here: a step never leaves a non-finite
+ * or negative value in the moments (update.c fails it before it writes)
+ * nor in the teacher (bregman.c refuses non-finite weights, and the EMA of
+ * finite ones is finite). */
 static regopt_status sane_floats(regopt_trainer *t, const ro_ck_found *f, size_t n,
                                  size_t nonneg_from)
 {
@@ -442,6 +446,12 @@ static void apply_state(regopt_trainer *t, const ck_trainer *c, const ro_ck_foun
     t->seed = c->seed;
     t->momentum_ready = (int)c->momentum_ready;
     ro_ck_rdfloats(t->state, moments->data, m->n_trainable * t->per_element);
+    { /* the update's guard bounds the first moment (momentum buffer) anew */
+        uint32_t b = ro_abs_max_bits(t->state, m->n_trainable);
+        float f;
+        memcpy(&f, &b, sizeof f);
+        t->state_bound = f;
+    }
     memset(t->stats, 0, sizeof t->stats);
     for (i = 0; i < k; i++)
         t->stats[i] = ro_ck_rdf64(c->stats + 8 * i);

@@ -1,6 +1,7 @@
 /* optim_adam.c — torch.optim.Adam, AdamW and RAdam updates, each fused into
- * one pass over a tensor. Per-step scalars (bias corrections, RAdam's
- * rectification) are computed once in double by ro_adam_scalars. */
+ * one pass over a tensor, and their finiteness guards (optim.h). Per-step
+ * scalars (bias corrections, RAdam's rectification) are computed once in
+ * double by ro_adam_scalars. */
 #include "optim/optim.h"
 
 #include <math.h>
@@ -162,28 +163,59 @@ adam_avx512(float b1, float b2, float s, float a1, float a2, float step, float b
 }
 #endif
 
+/* The constants of one Adam/AdamW update. */
+typedef struct adam_k {
+    float b1, b2, s, a1, a2, step, bc2s, eps, wd, shrink;
+} adam_k;
+
+static adam_k adam_constants(const ro_update *u, int decoupled)
+{
+    adam_k k;
+    k.b1 = u->beta1;
+    k.b2 = u->beta2;
+    k.s = u->grad_scale;
+    k.a1 = u->one_minus_beta1;
+    k.a2 = u->one_minus_beta2;
+    k.step = u->step_size;
+    k.bc2s = u->bc2_sqrt;
+    k.eps = u->eps;
+    k.wd = decoupled ? 0.0f : u->wd;
+    k.shrink = decoupled ? 1.0f - u->lr * u->wd : 1.0f; /* AdamW: decay before the step */
+    return k;
+}
+
+/* One element: the reference every vector path matches, shared by the
+ * update and ro_adam_check. m, v (and AMSGrad's maximum unless vmax is
+ * NULL) in and out; returns the new weight. */
+RO_ALWAYS_INLINE float adam_one(const adam_k *k, float w, float g, float *m, float *v,
+                                float *vmax)
+{
+    float wi = w * k->shrink;
+    float d = g * k->s + k->wd * wi;
+    float mi = k->b1 * *m + k->a1 * d;
+    float vi = k->b2 * *v + k->a2 * d * d;
+    *m = mi;
+    *v = vi;
+    if (vmax) {
+        *vmax = *vmax > vi ? *vmax : vi;
+        vi = *vmax;
+    }
+    return wi - k->step * (mi / (sqrtf(vi) / k->bc2s + k->eps));
+}
+
 void ro_adam_update(const ro_update *u, float *restrict w, const float *restrict g,
                     float *restrict m, float *restrict v, float *restrict vmax, size_t n,
                     int decoupled)
 {
-    const float b1 = u->beta1, b2 = u->beta2, s = u->grad_scale;
-    const float a1 = u->one_minus_beta1, a2 = u->one_minus_beta2;
-    const float step = u->step_size, bc2s = u->bc2_sqrt, eps = u->eps;
-    const float wd = decoupled ? 0.0f : u->wd;
-    const float shrink = decoupled ? 1.0f - u->lr * u->wd : 1.0f;
+    const adam_k k = adam_constants(u, decoupled);
+#if RO_X86_DISPATCH || defined(__SSE2__)
+    const float b1 = k.b1, b2 = k.b2, s = k.s, a1 = k.a1, a2 = k.a2;
+    const float step = k.step, bc2s = k.bc2s, eps = k.eps, wd = k.wd, shrink = k.shrink;
+#endif
     size_t i = 0;
     if (u->amsgrad) {
-        for (; i < n; i++) {
-            float wi = w[i] * shrink;
-            float d = g[i] * s + wd * wi;
-            float mi = b1 * m[i] + a1 * d;
-            float vi = b2 * v[i] + a2 * d * d;
-            float vm = vmax[i] > vi ? vmax[i] : vi;
-            m[i] = mi;
-            v[i] = vi;
-            vmax[i] = vm;
-            w[i] = wi - step * (mi / (sqrtf(vm) / bc2s + eps));
-        }
+        for (; i < n; i++)
+            w[i] = adam_one(&k, w[i], g[i], m + i, v + i, vmax + i);
         return;
     }
 #if RO_X86_DISPATCH
@@ -222,32 +254,148 @@ void ro_adam_update(const ro_update *u, float *restrict w, const float *restrict
         }
     }
 #endif
-    for (; i < n; i++) { /* the reference; the tail of the vector path */
-        float wi = w[i] * shrink; /* AdamW: decay before the Adam step */
-        float d = g[i] * s + wd * wi;
-        float mi = b1 * m[i] + a1 * d;
-        float vi = b2 * v[i] + a2 * d * d;
-        m[i] = mi;
-        v[i] = vi;
-        w[i] = wi - step * (mi / (sqrtf(vi) / bc2s + eps));
-    }
+    for (; i < n; i++) /* the reference; the tail of the vector path */
+        w[i] = adam_one(&k, w[i], g[i], m + i, v + i, NULL);
+}
+
+/* The constants of one RAdam update. */
+typedef struct radam_k {
+    float b1, b2, s, a1, a2, wd, step, bc2s, eps;
+    int rectified;
+} radam_k;
+
+static radam_k radam_constants(const ro_update *u)
+{
+    radam_k k;
+    k.b1 = u->beta1;
+    k.b2 = u->beta2;
+    k.s = u->grad_scale;
+    k.a1 = u->one_minus_beta1;
+    k.a2 = u->one_minus_beta2;
+    k.wd = u->wd;
+    k.step = u->step_size;
+    k.bc2s = u->bc2_sqrt;
+    k.eps = u->eps;
+    k.rectified = u->rectified;
+    return k;
+}
+
+/* One element of RAdam, shared by the update and ro_radam_check. */
+RO_ALWAYS_INLINE float radam_one(const radam_k *k, float w, float g, float *m, float *v)
+{
+    float d = g * k->s + k->wd * w;
+    float mi = k->b1 * *m + k->a1 * d;
+    float vi = k->b2 * *v + k->a2 * d * d;
+    *m = mi;
+    *v = vi;
+    /* rectified: lr*r_t/bc1 * m * sqrt(bc2)/(sqrt(v)+eps);
+       otherwise the un-adapted momentum step lr/bc1 * m */
+    return w - (k->rectified ? k->step * mi * (k->bc2s / (sqrtf(vi) + k->eps)) : k->step * mi);
 }
 
 void ro_radam_update(const ro_update *u, float *w, const float *g, float *m,
                      float *v, size_t n)
 {
-    const float b1 = u->beta1, b2 = u->beta2, s = u->grad_scale;
-    const float a1 = u->one_minus_beta1, a2 = u->one_minus_beta2, wd = u->wd;
-    const float step = u->step_size, bc2s = u->bc2_sqrt, eps = u->eps;
+    const radam_k k = radam_constants(u);
     size_t i;
-    for (i = 0; i < n; i++) {
-        float d = g[i] * s + wd * w[i];
-        float mi = b1 * m[i] + a1 * d;
-        float vi = b2 * v[i] + a2 * d * d;
-        m[i] = mi;
-        v[i] = vi;
-        /* rectified: lr*r_t/bc1 * m * sqrt(bc2)/(sqrt(v)+eps);
-           otherwise the un-adapted momentum step lr/bc1 * m */
-        w[i] -= u->rectified ? step * mi * (bc2s / (sqrtf(vi) + eps)) : step * mi;
+    for (i = 0; i < n; i++)
+        w[i] = radam_one(&k, w[i], g[i], m + i, v + i);
+}
+
+/* ---- the finiteness guard (optim.h) ----------------------------------- */
+
+/* d = g s + wd w, m and v of the Adam family, on magnitudes. v needs no
+ * bound of its own: with v finite and b2 <= 1, fl(b2 v) <= FLT_MAX, and
+ * adding less than 2^103 (half an ulp of FLT_MAX) cannot round past it. */
+static int moments_safe(const ro_update *u, const ro_bounds *b, double w, double wd,
+                        double *m)
+{
+    double d = ro_up(ro_up(b->g * u->grad_scale) + ro_up(wd * w));
+    *m = ro_up(ro_up((double)u->beta1 * b->state) + ro_up(u->one_minus_beta1 * d));
+    return d < RO_SAFE_LIMIT && *m < RO_SAFE_LIMIT &&
+           ro_up(ro_up(u->one_minus_beta2 * d) * d) < 0x1p102;
+}
+
+int ro_adam_safe(const ro_update *u, const ro_bounds *b, int decoupled, double *state)
+{
+    const adam_k k = adam_constants(u, decoupled);
+    double wi = ro_up(b->w * fabs((double)k.shrink)), m = HUGE_VAL, q, x;
+    int ok = wi < RO_SAFE_LIMIT && moments_safe(u, b, wi, k.wd, &m);
+    /* the denominator is at least eps (sqrt(v) >= 0, bc2s > 0; AMSGrad's
+       maximum of two finite values is finite): |m / den| <= m / eps */
+    q = ro_up(m / k.eps);
+    x = ro_up(k.step * q);
+    *state = m;
+    return ok && k.eps > 0.0f && k.bc2s > 0.0f && q < RO_SAFE_LIMIT && x < RO_SAFE_LIMIT &&
+           ro_up(wi + x) < RO_SAFE_LIMIT;
+}
+
+int ro_radam_safe(const ro_update *u, const ro_bounds *b, double *state)
+{
+    const radam_k k = radam_constants(u);
+    double m, x, r = 0.0;
+    int ok = moments_safe(u, b, b->w, k.wd, &m);
+    if (k.rectified) { /* step m times bc2s / (sqrt(v) + eps), the latter <= bc2s / eps */
+        r = ro_up((double)k.bc2s / k.eps);
+        x = ro_up(ro_up(k.step * m) * r);
+    } else {
+        x = ro_up(k.step * m);
     }
+    *state = m;
+    return ok && k.eps > 0.0f && r < RO_SAFE_LIMIT && x < RO_SAFE_LIMIT &&
+           ro_up(b->w + x) < RO_SAFE_LIMIT;
+}
+
+/* The verdict on one element: what is non-finite first, inputs first. */
+static int verdict(float w, float wn, float m, float v, float vm)
+{
+    if (!ro_finite(w))
+        return RO_NF_WEIGHT_BEFORE;
+    if (!ro_finite(m))
+        return RO_NF_FIRST;
+    if (!ro_finite(v))
+        return RO_NF_SECOND;
+    if (!ro_finite(vm))
+        return RO_NF_SECOND_MAX;
+    return ro_finite(wn) ? RO_NF_NONE : RO_NF_WEIGHT;
+}
+
+size_t ro_adam_check(const ro_update *u, const float *w, const float *g, const float *m,
+                     const float *v, const float *vmax, size_t n, int decoupled, int *what,
+                     float *state_max)
+{
+    const adam_k k = adam_constants(u, decoupled);
+    float mx = 0.0f;
+    size_t i;
+    *what = RO_NF_NONE;
+    for (i = 0; i < n; i++) {
+        float mi = m[i], vi = v[i], vm = u->amsgrad ? vmax[i] : 0.0f;
+        float wn = adam_one(&k, w[i], g[i], &mi, &vi, u->amsgrad ? &vm : NULL);
+        *what = verdict(w[i], wn, mi, vi, vm);
+        if (*what)
+            break;
+        mi = mi < 0.0f ? -mi : mi;
+        mx = mi > mx ? mi : mx;
+    }
+    *state_max = mx;
+    return i;
+}
+
+size_t ro_radam_check(const ro_update *u, const float *w, const float *g, const float *m,
+                      const float *v, size_t n, int *what, float *state_max)
+{
+    const radam_k k = radam_constants(u);
+    float mx = 0.0f;
+    size_t i;
+    *what = RO_NF_NONE;
+    for (i = 0; i < n; i++) {
+        float mi = m[i], vi = v[i], wn = radam_one(&k, w[i], g[i], &mi, &vi);
+        *what = verdict(w[i], wn, mi, vi, 0.0f);
+        if (*what)
+            break;
+        mi = mi < 0.0f ? -mi : mi;
+        mx = mi > mx ? mi : mx;
+    }
+    *state_max = mx;
+    return i;
 }

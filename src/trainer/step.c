@@ -121,12 +121,15 @@ static regopt_status step_gradient(regopt_trainer *t, ro_step *s)
     return ro_eval_all(s, REGOPT_PASS_TRAIN, RO_SEED_TASK, &s->loss);
 }
 
-/* The update and everything after it: nothing here can fail. */
-static void step_commit(regopt_trainer *t, ro_step *s, double norm)
+/* The update and everything after it: only the update can fail, and then
+ * before it has written anything (it would write a non-finite value). */
+static regopt_status step_commit(regopt_trainer *t, ro_step *s, double norm)
 {
     double scale = ro_clip_scale(t->opt, norm);
     size_t i;
-    ro_apply_update(t, s->lr, scale);
+    regopt_status st = ro_apply_update(t, s->lr, scale);
+    if (st != REGOPT_OK)
+        return st;
     /* the step is made: counted before the hooks, for a user term's
        committed hook may throw (regopt_trainer_recover then says so) */
     t->step++;
@@ -147,6 +150,7 @@ static void step_commit(regopt_trainer *t, ro_step *s, double norm)
     for (i = 0; i < t->n_regs; i++)
         if (t->regs[i]->ops->commit)
             t->regs[i]->ops->commit(t->regs[i], s);
+    return REGOPT_OK;
 }
 
 /* The step with the trainer marked busy: its callbacks cannot re-enter it,
@@ -171,8 +175,7 @@ static regopt_status step_run(regopt_trainer *t, const regopt_batch *batches, si
         st = ro_gradient_norm(t, &norm);
     if (st != REGOPT_OK)
         return st;
-    step_commit(t, &s, norm);
-    return REGOPT_OK;
+    return step_commit(t, &s, norm);
 }
 
 regopt_status regopt_trainer_step(regopt_trainer *t, const regopt_batch *batches, size_t count)

@@ -38,6 +38,11 @@ struct regopt_trainer {
     int momentum_ready; /* SGD: the momentum buffer holds a value */
     float *state;       /* optimizer moments, n_trainable * per_element */
     size_t per_element;
+    /* the update's finiteness guard (update.c): state_bound >= max |first
+       moment| (SGD: |momentum buffer|), kept by every update and load;
+       weight_max and grad_max bound |w| and |g|, measured by the step's
+       gradient-norm pass for the update that follows it */
+    double state_bound, weight_max, grad_max;
 
     /* scratch, grown to the largest batch and then reused */
     size_t reserved, reserved_in; /* rows, embedding rows every buffer has room for */
@@ -103,9 +108,11 @@ regopt_status ro_sync(regopt_trainer *t, ro_step *s, regopt_status local, double
 
 /* update.c: global L2 norm of the gradients; NONFINITE_GRADIENT names the
  * tensor. torch's clip_grad_norm_ factor (1 = no clipping). The fused
- * base-optimizer update of every trainable tensor. */
+ * base-optimizer update of every trainable tensor, after ro_gradient_norm:
+ * NONFINITE_GRADIENT, with nothing written, when it would write a
+ * non-finite weight or moment. */
 regopt_status ro_gradient_norm(regopt_trainer *t, double *norm);
 double ro_clip_scale(const regopt_optimizer *o, double norm);
-void ro_apply_update(regopt_trainer *t, double lr, double scale);
+regopt_status ro_apply_update(regopt_trainer *t, double lr, double scale);
 
 #endif

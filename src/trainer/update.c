@@ -1,21 +1,51 @@
 /* update.c — the end of every step: the global gradient norm, clipping and
- * the base optimizer's fused update over every trainable tensor. */
+ * the base optimizer's fused update over every trainable tensor, guarded so
+ * that it never writes a non-finite weight or moment (docs/methods.md
+ * §2.7). */
 #include "trainer/trainer.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 
+/* *a = max(*a, v), from any thread. */
+static void atomic_max(atomic_uint *a, unsigned v)
+{
+    unsigned cur = atomic_load_explicit(a, memory_order_relaxed);
+    while (v > cur && !atomic_compare_exchange_weak_explicit(a, &cur, v, memory_order_relaxed,
+                                                             memory_order_relaxed))
+        ;
+}
+
+static float float_of(unsigned bits)
+{
+    uint32_t b = (uint32_t)bits;
+    float f;
+    memcpy(&f, &b, sizeof f);
+    return f;
+}
+
+typedef struct norm_job {
+    atomic_uint weight_bits; /* ro_abs_max_bits of every trainable weight */
+} norm_job;
+
+/* One chunk of the gradient's sum of squares; the bound on the chunk's
+ * weights for the update's guard rides along in the same pass. */
 static double grad_squares(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
-    (void)ctx;
+    atomic_max(&((norm_job *)ctx)->weight_bits, ro_abs_max_bits(p->data + j0, j1 - j0));
     return ro_sum_squares(p->grad + j0, j1 - j0);
 }
 
 regopt_status ro_gradient_norm(regopt_trainer *t, double *norm)
 {
     const regopt_model *m = t->model;
-    double s = ro_sum_pieces(&t->par, grad_squares, NULL);
+    norm_job job;
+    double s;
+    unsigned wb;
     size_t i;
+    atomic_init(&job.weight_bits, 0u);
+    s = ro_sum_pieces(&t->par, grad_squares, &job);
     if (!isfinite(s)) {
         for (i = 0; i < m->n_params; i++) {
             const ro_param *p = &m->params[i];
@@ -27,6 +57,11 @@ regopt_status ro_gradient_norm(regopt_trainer *t, double *norm)
                        i < m->n_params ? m->params[i].name : "?");
     }
     *norm = sqrt(s);
+    wb = atomic_load_explicit(&job.weight_bits, memory_order_relaxed);
+    t->weight_max = wb >= 0x7f800000u ? HUGE_VAL : (double)float_of(wb);
+    /* every |g_i| is at most the exact norm, which the double sum of
+       squares misses by less than n 2^-53 relative (n < 2^40 elements) */
+    t->grad_max = *norm * (1.0 + 0x1p-10);
     return REGOPT_OK;
 }
 
@@ -47,37 +82,175 @@ typedef struct update_job {
     ro_update u; /* the scalars shared by every tensor */
 } update_job;
 
-/* The update of elements [j0, j1) of one tensor, with its group's lr and
- * weight decay. */
+/* The scalars of the update of a tensor in `group`: its lr and weight
+ * decay, the Adam family's bias corrections. */
+static void group_update(const update_job *job, int32_t group, ro_update *u)
+{
+    const regopt_optimizer *o = job->t->opt;
+    const ro_group_cfg *g = &o->groups[group];
+    double glr = job->lr * g->lr_scale;
+    *u = job->u;
+    u->lr = (float)glr;
+    u->wd = (float)(g->weight_decay >= 0.0 ? g->weight_decay : o->weight_decay);
+    if (o->kind != REGOPT_SGD)
+        ro_adam_scalars(u, o, job->t->step + 1, glr);
+}
+
+/* The update of elements [j0, j1) of one tensor. */
 static void update_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
     const update_job *job = ctx;
     const regopt_trainer *t = job->t;
-    const regopt_optimizer *o = t->opt;
-    const ro_group_cfg *g = &o->groups[p->group];
+    regopt_optimizer_kind kind = t->opt->kind;
     size_t n = t->model->n_trainable, c = j1 - j0;
-    double glr = job->lr * g->lr_scale;
     float *w = p->data + j0, *st = t->state + p->offset + j0;
     const float *gr = p->grad + j0;
-    ro_update u = job->u;
-    u.lr = (float)glr;
-    u.wd = (float)(g->weight_decay >= 0.0 ? g->weight_decay : o->weight_decay);
-    if (o->kind == REGOPT_SGD) {
+    ro_update u;
+    group_update(job, p->group, &u);
+    if (kind == REGOPT_SGD)
         ro_sgd_update(&u, w, gr, st, c);
-        return;
-    }
-    ro_adam_scalars(&u, o, t->step + 1, glr);
-    if (o->kind == REGOPT_RADAM)
+    else if (kind == REGOPT_RADAM)
         ro_radam_update(&u, w, gr, st, st + n, c);
     else
         ro_adam_update(&u, w, gr, st, st + n, t->per_element > 2 ? st + 2 * n : NULL, c,
-                       o->kind == REGOPT_ADAMW);
+                       kind == REGOPT_ADAMW);
 }
 
-void ro_apply_update(regopt_trainer *t, double lr, double scale)
+/* ---- the guard ----------------------------------------------------------
+ * The update writes in place and its rounding cannot be undone, so whether
+ * it would write a non-finite value is settled before it writes anything:
+ * a proof from bounds on |w|, |g| and the first moment (ro_*_safe, a few
+ * double operations per group), else the update's exact arithmetic over
+ * every element, writing nothing (ro_*_check; only after huge values). */
+
+/* Every group holding a trainable tensor proved safe; *state bounds the
+ * first moment (momentum buffer) after the update. */
+static int proved_safe(const update_job *job, double *state)
+{
+    const regopt_trainer *t = job->t;
+    const regopt_model *m = t->model;
+    unsigned char seen[REGOPT_MAX_GROUPS];
+    ro_bounds b;
+    size_t i;
+    memset(seen, 0, sizeof seen);
+    b.w = t->weight_max;
+    b.g = t->grad_max;
+    b.state = t->state_bound;
+    *state = 0.0;
+    for (i = 0; i < m->n_params; i++) {
+        const ro_param *p = &m->params[i];
+        ro_update u;
+        double s = 0.0;
+        int ok;
+        if (!p->grad || seen[p->group])
+            continue;
+        seen[p->group] = 1;
+        group_update(job, p->group, &u);
+        if (t->opt->kind == REGOPT_SGD)
+            ok = ro_sgd_safe(&u, &b, &s);
+        else if (t->opt->kind == REGOPT_RADAM)
+            ok = ro_radam_safe(&u, &b, &s);
+        else
+            ok = ro_adam_safe(&u, &b, t->opt->kind == REGOPT_ADAMW, &s);
+        if (!ok)
+            return 0;
+        *state = s > *state ? s : *state;
+    }
+    return 1;
+}
+
+/* The exact check of elements [j0, j1) of one tensor: the first with a
+ * non-finite result (j1 - j0 if none), what, and max |first moment|. */
+static size_t check_range(const update_job *job, const ro_param *p, size_t j0, size_t j1,
+                          int *what, float *state_max)
+{
+    const regopt_trainer *t = job->t;
+    regopt_optimizer_kind kind = t->opt->kind;
+    size_t n = t->model->n_trainable, c = j1 - j0;
+    const float *w = p->data + j0, *st = t->state + p->offset + j0, *gr = p->grad + j0;
+    ro_update u;
+    group_update(job, p->group, &u);
+    if (kind == REGOPT_SGD)
+        return ro_sgd_check(&u, w, gr, st, c, what, state_max);
+    if (kind == REGOPT_RADAM)
+        return ro_radam_check(&u, w, gr, st, st + n, c, what, state_max);
+    return ro_adam_check(&u, w, gr, st, st + n, t->per_element > 2 ? st + 2 * n : NULL, c,
+                         kind == REGOPT_ADAMW, what, state_max);
+}
+
+typedef struct check_job {
+    const update_job *up;
+    atomic_uint state_bits; /* max |first moment| after the update, as bits */
+    atomic_uint bad;        /* some element would be non-finite */
+} check_job;
+
+static void check_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    check_job *cj = ctx;
+    float smax;
+    uint32_t bits;
+    int what;
+    if (check_range(cj->up, p, j0, j1, &what, &smax) < j1 - j0) {
+        atomic_store_explicit(&cj->bad, 1u, memory_order_relaxed);
+        return;
+    }
+    memcpy(&bits, &smax, sizeof bits);
+    atomic_max(&cj->state_bits, bits);
+}
+
+static const char *nonfinite_what(regopt_optimizer_kind kind, int what)
+{
+    switch (what) {
+    case RO_NF_FIRST:
+        return kind == REGOPT_SGD ? "the momentum buffer" : "the first moment";
+    case RO_NF_SECOND: return "the second moment";
+    case RO_NF_SECOND_MAX: return "AMSGrad's maximum of the second moment";
+    default: return "the weight";
+    }
+}
+
+/* Every element checked exactly (on the trainer's threads); on failure the
+ * first offender in registration order is named, on one thread. */
+static regopt_status exact_check(regopt_trainer *t, const update_job *job, double *state)
+{
+    const regopt_model *m = t->model;
+    check_job cj;
+    size_t i;
+    cj.up = job;
+    atomic_init(&cj.state_bits, 0u);
+    atomic_init(&cj.bad, 0u);
+    ro_each_piece(&t->par, check_piece, &cj);
+    if (!atomic_load_explicit(&cj.bad, memory_order_relaxed)) {
+        float f = float_of(atomic_load_explicit(&cj.state_bits, memory_order_relaxed));
+        /* SGD without momentum keeps its buffer as it is */
+        *state = t->opt->kind == REGOPT_SGD && job->u.momentum == 0.0f ? t->state_bound : f;
+        return REGOPT_OK;
+    }
+    for (i = 0; i < m->n_params; i++) {
+        const ro_param *p = &m->params[i];
+        float smax;
+        int what;
+        size_t k;
+        if (!p->grad || (k = check_range(job, p, 0, p->count, &what, &smax)) == p->count)
+            continue;
+        if (what == RO_NF_WEIGHT_BEFORE)
+            return ro_fail(t->msg, REGOPT_ERR_NONFINITE_GRADIENT,
+                           "parameter \"%.64s\" holds a non-finite weight at element %zu "
+                           "before the update; nothing was updated", p->name, k);
+        return ro_fail(t->msg, REGOPT_ERR_NONFINITE_GRADIENT,
+                       "the update of parameter \"%.64s\" would make %s non-finite at element "
+                       "%zu (gradient %g); nothing was updated", p->name,
+                       nonfinite_what(t->opt->kind, what), k, (double)p->grad[k]);
+    }
+    return ro_fail(t->msg, REGOPT_ERR_NONFINITE_GRADIENT, "the update would write a non-finite "
+                   "value; nothing was updated");
+}
+
+regopt_status ro_apply_update(regopt_trainer *t, double lr, double scale)
 {
     const regopt_optimizer *o = t->opt;
     update_job job;
+    double bound;
     memset(&job, 0, sizeof job);
     job.t = t;
     job.lr = lr;
@@ -86,7 +259,14 @@ void ro_apply_update(regopt_trainer *t, double lr, double scale)
     job.u.one_minus_dampening = (float)(1.0 - o->dampening);
     job.u.nesterov = o->nesterov;
     job.u.first = !t->momentum_ready;
+    if (!proved_safe(&job, &bound)) {
+        regopt_status st = exact_check(t, &job, &bound);
+        if (st != REGOPT_OK)
+            return st;
+    }
     ro_each_piece(&t->par, update_piece, &job);
     if (o->kind == REGOPT_SGD && o->momentum > 0.0)
         t->momentum_ready = 1;
+    t->state_bound = bound;
+    return REGOPT_OK;
 }
