@@ -96,33 +96,66 @@ static void bregman_detach(ro_reg *r)
     b->ready = 0;
 }
 
-static void swap_block(float *restrict a, float *restrict b)
+/* Swap, and add x - x for every value x leaving a (0 if finite, NaN if
+ * not) to z: the step refuses weights the teacher would take non-finite. */
+static void swap_block(float *restrict a, float *restrict b, float *restrict z)
 {
     size_t j;
     for (j = 0; j < RO_BLOCK; j++) {
         float x = a[j];
         a[j] = b[j];
         b[j] = x;
+        z[j] += x - x;
     }
 }
 
-static void swap_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+/* One chunk of the swap (through ro_sum_pieces): 0 when every weight it
+ * took from the host's buffers is finite, NaN otherwise. */
+static double swap_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
     float *w = p->data + j0, *tw = ((const bregman *)ctx)->teacher + p->offset + j0;
+    float z[RO_BLOCK] = {0.0f}, zs = 0.0f;
     size_t n = j1 - j0, j;
     for (j = 0; j + RO_BLOCK <= n; j += RO_BLOCK)
-        swap_block(w + j, tw + j);
+        swap_block(w + j, tw + j, z);
     for (; j < n; j++) {
         float x = w[j];
         w[j] = tw[j];
         tw[j] = x;
+        zs += x - x;
     }
+    for (j = 0; j < RO_BLOCK; j++)
+        zs += z[j];
+    return zs;
 }
 
 /* Exchange the host's weights and the teacher's, element by element: one
  * pass, no scratch, and doing it twice restores both bit for bit. Frozen
- * tensors are left alone: the teacher's copy would be identical. */
-static void swap_weights(ro_reg *r) { ro_each_piece(r->env->par, swap_piece, r->self); }
+ * tensors are left alone: the teacher's copy would be identical. Returns
+ * whether every value taken from the host's buffers was finite. */
+static int swap_weights(ro_reg *r)
+{
+    return ro_sum_pieces(r->env->par, swap_piece, r->self) == 0.0;
+}
+
+/* A non-finite weight before the update: the EMA would carry it into the
+ * teacher, and checkpoints refuse a non-finite teacher. Named, first in
+ * registration order. */
+static regopt_status nonfinite_weight(ro_reg *r)
+{
+    const regopt_model *m = r->env->model;
+    size_t i, j;
+    for (i = 0; i < m->n_params; i++) {
+        const ro_param *p = &m->params[i];
+        for (j = 0; p->grad && j < p->count; j++)
+            if (!isfinite(p->data[j]))
+                return ro_fail(r->env->msg, REGOPT_ERR_NONFINITE_GRADIENT,
+                               "parameter \"%.64s\" holds a non-finite weight at element %zu, "
+                               "which the Bregman teacher would take; nothing was updated",
+                               p->name, j);
+    }
+    return ro_fail(r->env->msg, REGOPT_ERR_NONFINITE_GRADIENT, "a weight is not finite");
+}
 
 static void copy_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
@@ -168,7 +201,10 @@ static regopt_status prepare(ro_reg *r, ro_step *s)
        when the step commits, so a failed first step starts over */
     if (!br->ready)
         ro_each_piece(r->env->par, copy_piece, br);
-    swap_weights(r);
+    if (!swap_weights(r)) {
+        (void)swap_weights(r);
+        return nonfinite_weight(r);
+    }
     br->swapped = 1;
     for (bi = 0; bi < s->count && st == REGOPT_OK; bi++) {
         const regopt_batch *x = ro_batch_at(s->batches, bi);
@@ -178,7 +214,7 @@ static regopt_status prepare(ro_reg *r, ro_step *s)
         st = ro_call_forward(r->env, &p);
         at += x->rows;
     }
-    swap_weights(r);
+    (void)swap_weights(r);
     br->swapped = 0;
     if (st == REGOPT_OK) /* user terms with a teacher pass read them too */
         s->teacher = br->out;
@@ -244,7 +280,16 @@ static int late(const bregman *br, const ro_step *s)
     return s->total_steps > 0 && (double)s->step >= br->sw * (double)s->total_steps;
 }
 
-/* After the update: w~ <- beta w~ + (1 - beta) w. */
+/* After the update: w~ <- beta w~ + (1 - beta) w. The teacher stays finite
+ * (checkpoints refuse it otherwise): the update never writes a non-finite
+ * weight, prepare refuses weights that already are, and the EMA of finite
+ * values is finite. With b = fl(beta), k = fl(1 - b) and M = FLT_MAX =
+ * (2^24 - 1) 2^104: for b >= 1/2, fl(b M) rounds down by exactly k 2^104
+ * while fl(k M) rounds up by at most that, so the sum is at most M; for
+ * b < 1/2, k is 1 - b + r with |r| <= 2^-25, fl(k M) rounds down by
+ * (1 - k) 2^104 and fl(b M) up by less than b 2^104, so the sum exceeds M by
+ * less than r 2^128 <= 2^103, short of the overflow threshold M + 2^103;
+ * smaller or mixed-sign inputs only lower it (rounding is monotonic). */
 static void bregman_after_update(ro_reg *r, const ro_step *s)
 {
     bregman *br = r->self;
@@ -317,7 +362,7 @@ static void bregman_abandon(ro_reg *r)
 {
     bregman *br = r->self;
     if (br->swapped)
-        swap_weights(r);
+        (void)swap_weights(r);
     br->swapped = 0;
 }
 
