@@ -140,7 +140,9 @@
  *      (regopt_trainer_set_allreduce);
  *   5. global gradient L2 norm; a non-finite loss or gradient aborts here;
  *   6. clipping (optional) and the optimizer update, fused into one pass per
- *      tensor; the step count advances.
+ *      tensor; the step count advances. An update that would write a NaN or
+ *      an infinity aborts the step before it writes anything (see
+ *      regopt_trainer_step).
  *
  * The task loss of a step is the weighted mean over every unmasked row of
  * every micro-batch: L = sum_i m_i w_i l_i / sum_i m_i w_i, so k micro-batches
@@ -282,7 +284,9 @@ typedef enum regopt_status {
     REGOPT_ERR_BACKWARD = -9,         /* the backward callback returned non-zero */
     REGOPT_ERR_LOSS_CALLBACK = -10,   /* the user loss callback returned non-zero */
     REGOPT_ERR_NONFINITE_LOSS = -11,  /* the loss of a step is NaN or infinite */
-    REGOPT_ERR_NONFINITE_GRADIENT = -12, /* a gradient is NaN or infinite */
+    REGOPT_ERR_NONFINITE_GRADIENT = -12, /* a gradient is NaN or infinite, or the
+                                            update would write a non-finite weight
+                                            or optimizer value (regopt_trainer_step) */
     REGOPT_ERR_ALLREDUCE = -13,       /* the all-reduce callback failed, or another
                                          replica's step failed */
     REGOPT_ERR_CORRUPT = -14,         /* a checkpoint is damaged: magic, size,
@@ -920,6 +924,23 @@ REGOPT_API regopt_status regopt_trainer_reserve(regopt_trainer *trainer,
  * statistics, step count and RNG position are as before the call (the
  * gradient buffers hold whatever the failed pass left).
  *
+ * Non-finite values. A step never leaves a NaN or an infinity in the
+ * optimizer state or the regularizers' state, and never turns a finite
+ * weight into a non-finite one. A gradient that is finite but huge can make
+ * the update overflow (Adam's second moment (1 - beta2) g^2 beyond about
+ * g = 6e20, SGD's momentum buffer, the weights w - lr d): such a step fails
+ * with REGOPT_ERR_NONFINITE_GRADIENT, the message naming the tensor, the
+ * element and what would have overflowed, and nothing is written -- the
+ * update is checked before it writes (from bounds on |w|, |g| and the first
+ * moment, measured in the gradient norm's pass; after huge values, by the
+ * update's exact arithmetic), so there is nothing to undo. torch would
+ * carry on with inf/NaN moments; here the step can be retried, e.g. with
+ * a smaller learning rate or optimizer.clip_norm. A weight that is already
+ * NaN or infinite when the step starts stays so under SGD without momentum
+ * (no state takes it); where optimizer state or the Bregman teacher would
+ * take it, the step fails the same way. Hence every checkpoint a save
+ * writes passes the value checks of regopt_trainer_load.
+ *
  * The host's side of a step, and what the library can see of it:
  *  - forward writes all rows x output_width outputs, no more: a host whose
  *    own width differs from regopt_model_set_output_width writes past the
@@ -1370,7 +1391,10 @@ enum regopt_smart_key {
  * weights into the host's buffers in place (no extra copy of the model),
  * runs one forward per micro-batch flagged TEACHER | NO_GRAD (dropout off)
  * into slot 0, and swaps the student weights back bit-exactly; the teacher's
- * outputs are kept for the step. +1 forward per micro-batch.
+ * outputs are kept for the step. +1 forward per micro-batch. A NaN or
+ * infinite weight found in that swap fails the step with
+ * REGOPT_ERR_NONFINITE_GRADIENT (the EMA would carry it into the teacher);
+ * the EMA of finite weights is always finite.
  *
  * The switch to beta_late happens at step bregman.switch_step when it is set
  * (>= 0), otherwise after bregman.switch * optimizer.total_steps steps, and
@@ -1613,7 +1637,10 @@ enum regopt_term_key {
  * Values are checked too, not only CRCs: a step count beyond 2^53, a
  * non-finite moment or teacher weight, or a negative second moment is
  * REGOPT_ERR_CORRUPT (a CRC proves the bytes are what was written, not that
- * the writer wrote sense).
+ * the writer wrote sense). Whatever this library saves, it loads: steps
+ * never leave such values in the state (see regopt_trainer_step, "Non-finite
+ * values"), so only a damaged or forged file fails these checks. Saved
+ * weights (REGOPT_CHECKPOINT_PARAMS) are the host's and are not checked.
  * Options (with REGOPT_CHECKPOINT_OPTIONS) are applied through the usual
  * setters once everything else has been validated, and put back if one of
  * them or a regularizer's state is refused. Keys of the optimizer or the
