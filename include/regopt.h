@@ -508,6 +508,11 @@ REGOPT_API regopt_status regopt_random_normal(uint64_t seed, uint64_t offset,
                                               rows [n, 2n) with `seed2`, n = rows/2;
                                               only for models that declare
                                               REGOPT_CAP_DOUBLED_BATCH */
+#define REGOPT_PASS_PROBE 0x40u            /* a pass of regopt_trainer_flatness:
+                                              weights may be perturbed, dropout
+                                              is off; do not update batch-norm
+                                              running statistics or any other
+                                              host state. Since 1.0. */
 
 /* What one callback invocation is about. The library fills it; the host
  * reads it (and writes through the non-const pointers). `size` is
@@ -981,6 +986,171 @@ regopt_trainer_evaluate(regopt_trainer *trainer, const regopt_batch *batch,
  * After a failed step it names the cause: the callback and its return
  * value, the micro-batch, the row, the key and its range, ... */
 REGOPT_API const char *regopt_trainer_message(const regopt_trainer *trainer);
+
+/* ------------------------------------------------------------------------ */
+/* Measuring flatness                                                       */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Since 1.0. regopt_trainer_flatness measures how flat the loss is around
+ * the current weights w, on the batches it is given (Andriushchenko et al.,
+ * ICML 2023, and the reference code tml-epfl/sharpness-vs-generalization,
+ * sharpness.py; README, "Measuring flatness"). L is the task loss of the
+ * batches together: the weighted mean over every unmasked row of every
+ * batch, as in a step, WITHOUT the attached regularizers' terms. w is every
+ * trainable tensor (frozen tensors are never moved). Every pass runs in
+ * slot 0 with dropout off and is flagged REGOPT_PASS_PROBE (and
+ * PERTURBED_WEIGHTS when w is moved), so hosts keep batch-norm statistics
+ * still; loss-only passes are also flagged NO_GRAD. T is |w| elementwise
+ * (request.adaptive = 1) or 1. The measures, one bit each:
+ *
+ *   REGOPT_FLAT_WORST_CASE    max over ||delta / T||_p <= rho of
+ *       L(w + delta) - L(w), p = 2 or infinity, by the reference's projected
+ *       ascent with momentum (eval_APGD_sharpness), from delta_0 = 0:
+ *         u = P(delta_k + s T g / (||g||_2 + 1e-12))   (L2)
+ *         u = P(delta_k + s T sign(g))                  (L-inf)
+ *         delta_{k+1} = 0.75 u + 0.25 delta_{k-1}       (delta_{-1} = 0)
+ *       g the gradient at w + delta_k, s = 2 rho at first, P the Euclidean
+ *       projection onto the set (L2: scaling onto the ball; adaptive L2:
+ *       onto the ellipsoid, by bisection on its multiplier, where the
+ *       reference stops at 1e-5; L-inf: clipping to +-rho T). At the
+ *       reference's checkpoints -- iterations ceil(p_j K) with p_1 = 0.22,
+ *       p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), p_0 = 0 -- s is
+ *       halved, and the next gradient is taken at the best point so far,
+ *       when fewer than 0.75 x (the iterations since the last checkpoint)
+ *       raised the maximum, or when neither s nor the maximum changed since
+ *       it. The result is the largest L(w + delta_k) - L(w) seen, k = 1..K
+ *       (0 if none exceeds L(w)). Not the reference's default start: it
+ *       starts from a random delta, this one from 0 (SAM's first step), so
+ *       at a point with an exactly zero gradient it reports 0.
+ *   REGOPT_FLAT_AVERAGE_CASE  the mean over n samples of L(w + delta) -
+ *       L(w), delta = sigma T z, z ~ N(0, I) (eval_average_sharpness's
+ *       Gaussian noise, rho there is sigma here).
+ *   REGOPT_FLAT_EIGENVALUE    the Hessian eigenvalue of largest magnitude,
+ *       by power iteration (as PyHessian's eigenvalues()): v_0 normal
+ *       random, unit; lambda_k = v_k . H v_k, v_{k+1} = H v_k / ||H v_k||;
+ *       stops when |lambda_k - lambda_{k-1}| / (|lambda_{k-1}| + 1e-6) <
+ *       tolerance (converged) or after the iteration limit.
+ *   REGOPT_FLAT_TRACE         the Hessian trace by Hutchinson's estimator
+ *       (as PyHessian's trace()): the mean of v . H v over Rademacher
+ *       vectors v; stops when the running mean moves by less than
+ *       tolerance x (|previous mean| + 1e-6) (converged) or after the sample
+ *       limit. Its standard error is reported (exact for a diagonal H: 0).
+ *
+ * Hessian-vector products. The host gives gradients only, so H v is a
+ * central difference of two gradients:
+ *   H v ~= (g(w + h v) - g(w - h v)) / (2 h),  h = fd_scale (1 + ||w||) / ||v||
+ * with the default fd_scale = 2^(-23/3) ~ 4.9e-3, the cube root of float32's
+ * epsilon, the step that balances the two errors of a central difference:
+ * truncation O(h^2 ||v||^2 |D^3 L|) (zero for a quadratic loss) and
+ * rounding O(eps32 |g| / h) (relative errors near 1e-5 on well-scaled
+ * models). h scales with ||w|| (the usual Jacobian-free choice) so that the
+ * step stays well above the rounding of w. w is put back by copy.
+ *
+ * Passes, per batch given (F forward, B backward): 1 F for L(w), then
+ *   worst case    1 F+B at w, then K iterations: K F + (K - 1) B, plus
+ *                 1 F+B per halving before the last iteration (at most
+ *                 8 for any K: result.worst_halvings);
+ *   average case  n F (NO_GRAD);
+ *   eigenvalue    2 F+B per iteration;
+ *   trace         2 F+B per sample.
+ * result.forward_calls / backward_calls give the totals of the call.
+ *
+ * Nothing of the training state changes: parameters (restored by copy,
+ * bit-exact, also when a pass fails), optimizer and regularizer state,
+ * statistics, step count and RNG position (the probe's randomness comes from
+ * request.seed alone: the same numbers on every machine and thread count).
+ * The gradient buffers are left with undefined content, as after a failed
+ * step. Memory: a scratch of up to 4 floats per trainable element (worst
+ * case 4, eigenvalue 3, trace 2, average case 1) is allocated from the
+ * model's allocator on the first call that needs it, kept and reused, and
+ * released with the trainer. With data parallel training each process
+ * measures its own batches (no all-reduce).
+ */
+
+/* Measures (bits of regopt_flatness_request.measures). Since 1.0. */
+#define REGOPT_FLAT_WORST_CASE 0x1u
+#define REGOPT_FLAT_AVERAGE_CASE 0x2u
+#define REGOPT_FLAT_EIGENVALUE 0x4u
+#define REGOPT_FLAT_TRACE 0x8u
+#define REGOPT_FLAT_ALL 0xfu
+
+/* Worst-case norms (regopt_flatness_request.norm). Since 1.0. */
+#define REGOPT_FLAT_NORM_L2 2
+#define REGOPT_FLAT_NORM_INF 0
+
+/* What to measure. Initialise with regopt_flatness_request_init (the
+ * defaults below), then change what applies. Fields are only ever
+ * appended; size = sizeof(regopt_flatness_request). Since 1.0. */
+typedef struct regopt_flatness_request {
+    size_t size;
+    uint32_t measures;          /* REGOPT_FLAT_* bits, at least one; default ALL */
+    int32_t norm;               /* worst case: REGOPT_FLAT_NORM_L2 (default) or _INF */
+    int32_t adaptive;           /* 0 (default) or 1: T = |w| (worst and average case) */
+    uint32_t worst_iterations;  /* K, 1 .. 100000, default 20 */
+    double rho;                 /* worst-case radius, (0, 1e3], default 0.05 */
+    double sigma;               /* average case: std of delta / T, (0, 1e3], default 0.01 */
+    uint32_t average_samples;   /* n, 1 .. 100000, default 20 */
+    uint32_t eigen_iterations;  /* 1 .. 100000, default 100 */
+    double eigen_tolerance;     /* [0, 1], default 1e-3 */
+    uint32_t trace_samples;     /* 1 .. 100000, default 100 */
+    uint32_t reserved0;         /* must be 0 */
+    double trace_tolerance;     /* [0, 1], default 1e-3 */
+    double fd_scale;            /* (0, 1], default 2^(-23/3) */
+    uint64_t seed;              /* average case, eigenvalue start, trace vectors;
+                                   default 0 */
+} regopt_flatness_request;
+
+/* What was measured. The caller sets size = sizeof(regopt_flatness); the
+ * library writes the fields that fit in it (at least up to backward_calls)
+ * on success only. Measures not asked for read 0. Since 1.0. */
+typedef struct regopt_flatness {
+    size_t size;
+    double loss;                /* L(w) */
+    double worst_case;          /* max L(w + delta) - L(w), >= 0 */
+    double worst_radius;        /* ||delta / T||_p of that delta (<= rho) */
+    uint32_t worst_iterations;  /* K made */
+    uint32_t worst_halvings;    /* times the step size was halved */
+    double average_case;        /* mean L(w + delta) - L(w) */
+    double average_stderr;      /* standard error of that mean (n > 1) */
+    uint32_t average_samples;   /* n made */
+    uint32_t eigen_iterations;  /* power iterations made */
+    double eigenvalue;          /* the last lambda_k */
+    double eigen_change;        /* the last relative change of lambda */
+    int32_t eigen_converged;    /* 1: below eigen_tolerance */
+    uint32_t trace_samples;     /* Hutchinson samples made */
+    double trace;               /* their mean */
+    double trace_stderr;        /* standard error of the mean (samples > 1) */
+    int32_t trace_converged;    /* 1: below trace_tolerance */
+    uint32_t reserved0;
+    double fd_step;             /* h of the last Hessian-vector product */
+    uint64_t forward_calls;     /* forwards of this call */
+    uint64_t backward_calls;    /* backwards of this call */
+} regopt_flatness;
+
+/* Fill *request with the defaults above (size set). NULL is ignored.
+ * Since 1.0. */
+REGOPT_API void regopt_flatness_request_init(regopt_flatness_request *request);
+
+/* Measure flatness on `count` batches (strided by batches[0].size, as for a
+ * step), as described above, into *result. A NULL pointer:
+ * REGOPT_ERR_NULL_POINTER. A request or result whose size is too small, no
+ * or unknown measure bits, a bad norm or adaptive value, a non-zero
+ * reserved field: REGOPT_ERR_INVALID_ARGUMENT; rho, sigma, fd_scale or a
+ * tolerance out of its range or NaN, or an iteration or sample count of 0
+ * or above its limit: REGOPT_ERR_OUT_OF_RANGE, naming the field. Bad
+ * batches fail as for a step. A failing callback gives its status
+ * (REGOPT_ERR_FORWARD, _BACKWARD, _LOSS_CALLBACK), a non-finite loss or
+ * gradient REGOPT_ERR_NONFINITE_LOSS / _GRADIENT; then *result is
+ * untouched and, as on success, no training state has changed (see
+ * above). Since 1.0. */
+REGOPT_API REGOPT_NODISCARD regopt_status
+regopt_trainer_flatness(regopt_trainer *trainer, const regopt_batch *batches, size_t count,
+                        const regopt_flatness_request *request, regopt_flatness *result);
+
+/* Struct sizes for bindings. Since 1.0. */
+REGOPT_API size_t regopt_sizeof_flatness_request(void);
+REGOPT_API size_t regopt_sizeof_flatness(void);
 
 /* ------------------------------------------------------------------------ */
 /* Regularizers: common rules                                               */

@@ -23,5 +23,6 @@ Suite *suite_guard(void);   /* check_guard.c: re-entrant and abandoned calls, fo
 Suite *suite_term(void);    /* check_term.c: user-defined terms vs R-Drop, rollback, state */
 Suite *suite_contract(void); /* check_contract.c: trainer.check_host, the host contract */
 Suite *suite_term_teacher(void); /* check_term_teacher.c: a user term reading the EMA teacher */
+Suite *suite_flatness(void); /* check_flatness.c: regopt_trainer_flatness */
 
 #endif

@@ -122,6 +122,7 @@ regopt_status regopt_trainer_free(regopt_trainer *t)
         t->opt->bound--;
     free_scratch(t);
     (void)ro_probe_enable(t, 0);
+    ro_flat_release(t);
     ro_parallel_release(&t->par);
     ro_free(&t->alloc, t->state);
     a = t->alloc;

@@ -65,6 +65,10 @@ struct regopt_trainer {
     /* probe.c (trainer.check_host): the ends of each trainable tensor */
     uint32_t *probe;    /* 2 per tensor, NULL when the option is off */
     int probe_ok;       /* they describe the tensors as the last step left them */
+
+    /* flatness.c: regopt_trainer_flatness's scratch, allocated on first use */
+    float *flat;        /* flat_vectors x n_trainable floats, or NULL */
+    size_t flat_vectors;
 };
 
 regopt_status ro_trainer_check(const regopt_trainer *t, const char *func);
@@ -101,6 +105,38 @@ double ro_trainer_lr(const regopt_trainer *t);
 regopt_status ro_probe_enable(regopt_trainer *t, int on);
 void ro_probe_record(regopt_trainer *t);
 regopt_status ro_probe_check(regopt_trainer *t);
+
+/* flatness.c, sharpness.c, hessian.c: regopt_trainer_flatness. One call's
+ * state; every vector is n_trainable floats in the trainable tensors' flat
+ * order (ro_param.offset). */
+typedef struct ro_flat {
+    regopt_trainer *t;
+    const regopt_batch *batches;
+    size_t count;
+    double inv_weight;
+    const regopt_flatness_request *rq;
+    regopt_flatness *res;
+    float *w0;          /* w, saved: every move is w = w0 + delta, and the end w = w0 */
+    float *vec[3];      /* work vectors (those the measures asked for need) */
+    int moved;          /* w is not w0: passes are flagged PERTURBED_WEIGHTS */
+} ro_flat;
+
+/* flatness.c: the probe's passes and its loops over the trainable elements. */
+regopt_status ro_flat_loss(ro_flat *f, double *loss);     /* F over every batch */
+regopt_status ro_flat_gradient(ro_flat *f, double *loss); /* F+B, into the grad buffers */
+void ro_flat_restore(ro_flat *f);                         /* w = w0, bit-exact */
+void ro_flat_move(ro_flat *f, const float *delta, float scale); /* w = w0 + scale delta */
+void ro_flat_copy(ro_flat *f, float *dst, const float *src); /* src NULL: the gradient */
+double ro_flat_dot(ro_flat *f, const float *x, const float *y); /* NULL: the gradient */
+/* The seed of stream `index` of measure `measure` (Philox of request.seed). */
+uint64_t ro_flat_seed(const ro_flat *f, uint32_t measure, uint64_t index);
+/* sharpness.c */
+regopt_status ro_flat_worst(ro_flat *f);
+regopt_status ro_flat_average(ro_flat *f);
+/* hessian.c */
+regopt_status ro_flat_eigen(ro_flat *f);
+regopt_status ro_flat_trace(ro_flat *f);
+void ro_flat_release(regopt_trainer *t);
 
 /* sync.c: the one all-reduce of a step (a no-op without one). */
 regopt_status ro_sync(regopt_trainer *t, ro_step *s, regopt_status local, double *weight,
