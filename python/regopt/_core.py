@@ -25,8 +25,8 @@ modules that has it, as it did when they were one module.
 import sys
 import types
 
-from . import (_allocator, _arrays, _batch, _checkpoint, _errors, _guard, _handles, _ints,
-               _keys, _model, _optimizer, _regularizers, _rng, _trainer)
+from . import (_allocator, _arrays, _batch, _checkpoint, _errors, _flatness, _guard, _handles,
+               _ints, _keys, _model, _optimizer, _regularizers, _rng, _trainer)
 from . import _lib as L
 from ._lib import lib
 from ._errors import (
@@ -44,6 +44,7 @@ from ._regularizers import (
     Regularizer, SAM, RDrop, SMART, Bregman, Term, TermView, REGULARIZERS, REGULARIZER_KINDS,
     regularizer_kinds)
 from ._trainer import Trainer
+from ._flatness import Flatness
 from ._rng import random_uniform, random_normal, dropout_mask
 
 __all__ = [
@@ -56,11 +57,11 @@ __all__ = [
     "CountingAllocator", "Pass", "BatchView", "Batch", "Model", "Optimizer", "OPTIMIZER_KINDS",
     "Regularizer", "SAM", "RDrop", "SMART", "Bregman", "Term", "TermView",
     "regularizer_kinds", "REGULARIZERS", "REGULARIZER_KINDS",
-    "Trainer", "random_uniform", "random_normal", "dropout_mask", "L", "lib",
+    "Trainer", "Flatness", "random_uniform", "random_normal", "dropout_mask", "L", "lib",
 ]
 
 _MODULES = (_errors, _guard, _ints, _keys, _handles, _arrays, _allocator, _batch, _model,
-            _optimizer, _regularizers, _checkpoint, _trainer, _rng)
+            _optimizer, _regularizers, _checkpoint, _trainer, _rng, _flatness)
 
 
 def __getattr__(name):

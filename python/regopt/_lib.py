@@ -136,6 +136,54 @@ class TermOps(ctypes.Structure):
     ]
 
 
+class FlatnessRequest(ctypes.Structure):
+    """struct regopt_flatness_request (since 1.0)."""
+    _fields_ = [
+        ("size", c_size_t),
+        ("measures", ctypes.c_uint32),
+        ("norm", ctypes.c_int32),
+        ("adaptive", ctypes.c_int32),
+        ("worst_iterations", ctypes.c_uint32),
+        ("rho", ctypes.c_double),
+        ("sigma", ctypes.c_double),
+        ("average_samples", ctypes.c_uint32),
+        ("eigen_iterations", ctypes.c_uint32),
+        ("eigen_tolerance", ctypes.c_double),
+        ("trace_samples", ctypes.c_uint32),
+        ("reserved0", ctypes.c_uint32),
+        ("trace_tolerance", ctypes.c_double),
+        ("fd_scale", ctypes.c_double),
+        ("seed", ctypes.c_uint64),
+    ]
+
+
+class Flatness(ctypes.Structure):
+    """struct regopt_flatness (since 1.0)."""
+    _fields_ = [
+        ("size", c_size_t),
+        ("loss", ctypes.c_double),
+        ("worst_case", ctypes.c_double),
+        ("worst_radius", ctypes.c_double),
+        ("worst_iterations", ctypes.c_uint32),
+        ("worst_halvings", ctypes.c_uint32),
+        ("average_case", ctypes.c_double),
+        ("average_stderr", ctypes.c_double),
+        ("average_samples", ctypes.c_uint32),
+        ("eigen_iterations", ctypes.c_uint32),
+        ("eigenvalue", ctypes.c_double),
+        ("eigen_change", ctypes.c_double),
+        ("eigen_converged", ctypes.c_int32),
+        ("trace_samples", ctypes.c_uint32),
+        ("trace", ctypes.c_double),
+        ("trace_stderr", ctypes.c_double),
+        ("trace_converged", ctypes.c_int32),
+        ("reserved0", ctypes.c_uint32),
+        ("fd_step", ctypes.c_double),
+        ("forward_calls", ctypes.c_uint64),
+        ("backward_calls", ctypes.c_uint64),
+    ]
+
+
 # --------------------------------------------------------------------------
 # Constants
 # --------------------------------------------------------------------------
@@ -174,6 +222,15 @@ PASS_PERTURBED_WEIGHTS = 0x4
 PASS_TEACHER = 0x8
 PASS_NO_PARAM_GRAD = 0x10
 PASS_DOUBLED = 0x20
+PASS_PROBE = 0x40
+
+FLAT_WORST_CASE = 0x1
+FLAT_AVERAGE_CASE = 0x2
+FLAT_EIGENVALUE = 0x4
+FLAT_TRACE = 0x8
+FLAT_ALL = 0xf
+FLAT_NORM_L2 = 2
+FLAT_NORM_INF = 0
 
 CAP_DOUBLED_BATCH = 0x1
 
@@ -287,6 +344,12 @@ PROTOTYPES = {
     "regopt_trainer_step": (_st, [_vp, ctypes.POINTER(Batch), c_size_t]),
     "regopt_trainer_evaluate": (_st, [_vp, ctypes.POINTER(Batch), _dp, c_float_p]),
     "regopt_trainer_message": (_cs, [_vp]),
+    # measuring flatness
+    "regopt_flatness_request_init": (None, [ctypes.POINTER(FlatnessRequest)]),
+    "regopt_trainer_flatness": (_st, [_vp, ctypes.POINTER(Batch), c_size_t,
+                                      ctypes.POINTER(FlatnessRequest), ctypes.POINTER(Flatness)]),
+    "regopt_sizeof_flatness_request": (c_size_t, []),
+    "regopt_sizeof_flatness": (c_size_t, []),
     # checkpoints
     "regopt_trainer_checkpoint_size": (_st, [_vp, ctypes.c_uint32, ctypes.POINTER(c_size_t)]),
     "regopt_trainer_save_buffer": (_st, [_vp, ctypes.c_uint32, _vp, c_size_t,
@@ -349,7 +412,11 @@ def check_struct_sizes(lib, number):
                                ("regopt_term_ops", ctypes.sizeof(TermOps),
                                 lib.regopt_sizeof_term_ops()),
                                ("regopt_term_view", ctypes.sizeof(TermView),
-                                lib.regopt_sizeof_term_view())):
+                                lib.regopt_sizeof_term_view()),
+                               ("regopt_flatness_request", ctypes.sizeof(FlatnessRequest),
+                                lib.regopt_sizeof_flatness_request()),
+                               ("regopt_flatness", ctypes.sizeof(Flatness),
+                                lib.regopt_sizeof_flatness())):
         if ours > theirs or (number == BINDING_VERSION_NUMBER and ours != theirs):
             raise LibraryVersionError(
                 "struct %s: the binding's ctypes declaration is %d bytes, the library's is %d "

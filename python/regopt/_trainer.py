@@ -2,6 +2,7 @@
 import collections
 import ctypes
 
+from . import _flatness
 from . import _lib as L
 from ._lib import lib
 from ._arrays import _need_numpy, _np, _view
@@ -414,6 +415,26 @@ class Trainer(_Handle, _Options, _Checkpoints):
         self._run([b], lib.regopt_trainer_evaluate, arr, ctypes.byref(lv) if loss else None,
                   out.ctypes.data_as(L.c_float_p) if out is not None else None)
         return (lv.value if loss else None), out
+
+    def flatness(self, batches, *, measures=None, **options):
+        """Measure flatness around the current weights on one Batch or a
+        list of batches (regopt_trainer_flatness; include/regopt.h,
+        "Measuring flatness"): measures is a name or a list of names among
+        "worst_case", "average_case", "eigenvalue", "trace" (None: all);
+        options are the request's fields (rho, norm="l2"/"linf", adaptive,
+        worst_iterations, sigma, average_samples, eigen_iterations,
+        eigen_tolerance, trace_samples, trace_tolerance, fd_scale, seed).
+        Returns a regopt.Flatness dataclass. Changes no training state; the
+        gradient buffers are left undefined. A bad option raises as the
+        library refuses it (OutOfRange, InvalidArgument)."""
+        r = _flatness.request(measures, options)
+        bl = _as_batches(batches, {})
+        arr = self._prepare(bl)
+        out = L.Flatness()
+        out.size = ctypes.sizeof(out)
+        self._run(bl, lib.regopt_trainer_flatness, arr, len(bl), ctypes.byref(r),
+                  ctypes.byref(out))
+        return _flatness.result(r, out)
 
     # -- lifetime ----------------------------------------------------------
     def close(self):
