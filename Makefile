@@ -131,6 +131,7 @@ run-check: all test/header_c99 test/header_cxx test/abandon_cxx
 	./examples/minimal
 	./examples/mlp --data data/digits.csv --min-test-acc 0.95 --quiet
 	./examples/mlp --data data/digits.csv --method sam --bn --min-test-acc 0.95 --quiet
+	./examples/mlp --data data/digits.csv --method sam --bn --epochs 10 --probe --quiet
 	./examples/mlp --data data/digits.csv --method asam --m-rows 16 --min-test-acc 0.95 --quiet
 	./examples/mlp --data data/digits.csv --rdrop 1 --bn --min-test-acc 0.95 --quiet
 	./examples/charlm --rdrop 1 --epochs 4 --max-bits 4.5

@@ -9,7 +9,7 @@
  *
  * Output: human-readable lines start with '#'; machine-readable lines are
  *   BENCH kind=<env|sgemm|bandwidth|optimizer|sgemm_interleaved|step|
- *              rdrop_doubled_speedup> key=value ...
+ *              rdrop_doubled_speedup|flatness> key=value ...
  * Run ./bench/bench --help for the options. */
 #define _POSIX_C_SOURCE 200112L
 #include "host_mlp.h"
@@ -368,6 +368,54 @@ static int same_training(const setup *s, int n, int method_a, int method_b)
     return 0;
 }
 
+/* regopt_trainer_flatness on the first method's trained network, one
+ * measure at a time with the request's defaults (smoke: a few passes): its
+ * time and passes. The first call allocates the probe's scratch; the timed
+ * second one must not allocate. */
+static int bench_flatness(setup *s, const regopt_batch *b, const config *c)
+{
+    static const uint32_t bits[4] = {REGOPT_FLAT_WORST_CASE, REGOPT_FLAT_AVERAGE_CASE,
+                                     REGOPT_FLAT_EIGENVALUE, REGOPT_FLAT_TRACE};
+    static const char *names[4] = {"worst_case", "average_case", "eigenvalue", "trace"};
+    int i;
+    for (i = 0; i < 4; i++) {
+        regopt_flatness_request rq;
+        regopt_flatness res;
+        double t0 = 0.0, ms = 0.0;
+        long allocs0 = 0;
+        regopt_status st;
+        regopt_flatness_request_init(&rq);
+        rq.measures = bits[i];
+        if (c->smoke) {
+            rq.worst_iterations = 3;
+            rq.average_samples = rq.eigen_iterations = rq.trace_samples = 2;
+        }
+        res.size = sizeof res;
+        st = regopt_trainer_flatness(s->trainer, b, 1, &rq, &res);
+        if (st == REGOPT_OK) {
+            allocs0 = s->count.allocs;
+            t0 = host_now();
+            st = regopt_trainer_flatness(s->trainer, b, 1, &rq, &res);
+            ms = (host_now() - t0) * 1e3;
+        }
+        if (st != REGOPT_OK || s->count.allocs != allocs0) {
+            fprintf(stderr, "bench: flatness %s: %s %s\n", names[i], regopt_status_string(st),
+                    st != REGOPT_OK ? regopt_trainer_message(s->trainer)
+                                    : "(a second probe allocated)");
+            return -1;
+        }
+        printf("# flatness %s (%s, %s): %.2f ms for %llu forwards + %llu backwards\n",
+               names[i], c->size_name, method_name[s->method], ms,
+               (unsigned long long)res.forward_calls, (unsigned long long)res.backward_calls);
+        printf("BENCH kind=flatness size=%s method=%s measure=%s ms=%.3f forwards=%llu "
+               "backwards=%llu ms_per_pass=%.4f\n", c->size_name, method_name[s->method],
+               names[i], ms, (unsigned long long)res.forward_calls,
+               (unsigned long long)res.backward_calls,
+               ms / (double)(res.forward_calls + res.backward_calls));
+    }
+    return 0;
+}
+
 static int bench_size(const config *cfg, const int *methods, int n_methods,
                       long *allocs_after)
 {
@@ -418,6 +466,8 @@ static int bench_size(const config *cfg, const int *methods, int n_methods,
         *allocs_after += s[i].timed_allocs;
     }
     if (c->smoke && same_training(s, n_methods, M_RDROP2, M_RDROP) != 0)
+        goto out;
+    if (bench_flatness(&s[0], &b, c) != 0)
         goto out;
     rc = 0;
 out:

@@ -226,8 +226,9 @@ static void bn_forward(mlp *m, int s, size_t half, size_t n, uint32_t flags, int
     float *inv_std = m->inv_std[s] + half * H;
     int train = (flags & REGOPT_PASS_TRAIN) != 0;
     /* statistics move in clean training passes only: not in SAM's perturbed
-       weights, nor in SMART's perturbed inputs */
-    int update = train && !(flags & REGOPT_PASS_PERTURBED_WEIGHTS) && !adversarial;
+       weights, nor in SMART's perturbed inputs, nor in a flatness probe */
+    int update = train && !(flags & (REGOPT_PASS_PERTURBED_WEIGHTS | REGOPT_PASS_PROBE)) &&
+                 !adversarial;
     m->bn_train[s] = train;
     for (j = 0; j < H; j++) {
         double mean = 0.0, var = 0.0;

@@ -14,12 +14,13 @@
 #include "digits_mlp.h"
 
 #include <stdarg.h>
+#include <time.h>
 
 typedef struct options {
     const char *data, *method;
     long epochs, batch, hidden, seed, m_rows, every;
     double lr, wd, dropout, min_test_acc, test_fraction, rho, rdrop, smart, bregman;
-    int quiet, bn, two_call;
+    int quiet, bn, two_call, probe;
     const char *save, *resume; /* checkpoint paths */
     long stop_after;           /* stop after this many epochs (0: run all) */
 } options;
@@ -51,6 +52,9 @@ static void usage(FILE *f)
             "  --resume PATH        continue from a checkpoint written by --save\n"
             "  --stop-after N       stop after epoch N (to simulate an interruption)\n"
             "  --min-test-acc X     exit with status 1 if test accuracy is below X\n"
+            "  --probe              measure flatness on the training set at the end\n"
+            "                       (regopt_trainer_flatness: worst- and average-case\n"
+            "                       sharpness, top Hessian eigenvalue, Hessian trace)\n"
             "  --quiet              print only the final line\n"
             "  --help               this text\n");
 }
@@ -83,6 +87,9 @@ static int parse_args(int argc, char **argv, options *o)
             continue;
         } else if (!strcmp(a, "--two-call")) {
             o->two_call = 1;
+            continue;
+        } else if (!strcmp(a, "--probe")) {
+            o->probe = 1;
             continue;
         }
         if (!v)
@@ -169,6 +176,55 @@ static int evaluate(regopt_trainer *t, const float *x, const int32_t *y, size_t 
     return 0;
 }
 
+#define PROBE_ROWS 256 /* rows per batch handed to the probe */
+
+/* --probe: every flatness measure on the training set, in batches of
+ * PROBE_ROWS rows; the weights and the whole training state must come back
+ * unchanged (regopt_trainer_flatness changes nothing). */
+static int probe(regopt_trainer *t, const mlp *net, const float *x, const int32_t *y,
+                 size_t n)
+{
+    size_t nb = (n + PROBE_ROWS - 1) / PROBE_ROWS, i;
+    mlp_batch hb[64];
+    regopt_batch b[64];
+    regopt_flatness_request rq;
+    regopt_flatness res;
+    unsigned long before = weights_hash(net);
+    regopt_status st;
+    clock_t c0;
+    if (nb > 64)
+        return fail("--probe: more than %d batches", 64);
+    for (i = 0; i < nb; i++) {
+        hb[i].x = x + i * PROBE_ROWS * DIGITS_FEATURES;
+        hb[i].row_base = i * PROBE_ROWS;
+        regopt_batch_init(&b[i]);
+        b[i].data = &hb[i];
+        b[i].rows = n - i * PROBE_ROWS < PROBE_ROWS ? n - i * PROBE_ROWS : PROBE_ROWS;
+        b[i].labels = y + i * PROBE_ROWS;
+    }
+    regopt_flatness_request_init(&rq); /* every measure, the defaults */
+    res.size = sizeof res;
+    c0 = clock();
+    st = regopt_trainer_flatness(t, b, nb, &rq, &res);
+    if (st != REGOPT_OK)
+        return fail("regopt_trainer_flatness: %s (%s)", regopt_status_string(st),
+                    regopt_trainer_message(t));
+    printf("FLATNESS rows=%zu loss=%.5f worst_l2(rho=%g)=%.5f [%u it, %u halvings] "
+           "average(sigma=%g)=%.6f+-%.1e top_eigenvalue=%.4f [%u it%s] trace=%.3f+-%.2f "
+           "[%u samples] passes=%llu+%llu cpu=%.2fs\n",
+           n, res.loss, rq.rho, res.worst_case, res.worst_iterations, res.worst_halvings,
+           rq.sigma, res.average_case, res.average_stderr, res.eigenvalue,
+           res.eigen_iterations, res.eigen_converged ? ", converged" : "", res.trace,
+           res.trace_stderr, res.trace_samples, (unsigned long long)res.forward_calls,
+           (unsigned long long)res.backward_calls,
+           (double)(clock() - c0) / CLOCKS_PER_SEC);
+    if (weights_hash(net) != before)
+        return fail("--probe: the weights changed");
+    if (!(res.worst_case >= 0.0) || !(res.trace == res.trace))
+        return fail("--probe: implausible measures");
+    return 0;
+}
+
 #define CHECK(call, handle_msg)                                                      \
     do {                                                                            \
         regopt_status st_ = (call);                                                 \
@@ -192,7 +248,8 @@ static int evaluate(regopt_trainer *t, const float *x, const int32_t *y, size_t 
 int main(int argc, char **argv)
 {
     options o = {"data/digits.csv", "adamw", 40, 64, 128, 1, 0, 1,
-                 3e-3, 1e-2, 0.1, -1.0, 0.2, -1.0, -1.0, -1.0, -1.0, 0, 0, 0, NULL, NULL, 0};
+                 3e-3, 1e-2, 0.1, -1.0, 0.2, -1.0, -1.0, -1.0, -1.0, 0, 0, 0, 0, NULL, NULL,
+                 0};
     digits d = {0, NULL, NULL};
     mlp net;
     regopt_model *model = NULL;
@@ -392,6 +449,8 @@ int main(int argc, char **argv)
            "weights=%08lx\n", o.method,
            o.rdrop >= 0.0 ? "+rdrop" : "", o.smart >= 0.0 ? "+smart" : "",
            o.bregman >= 0.0 ? "+bregman" : "", tr_acc, te_acc, te_loss, weights_hash(&net));
+    if (o.probe && (rc = probe(tr, &net, xtr, ytr, n_train)) != 0)
+        goto done;
     if (o.bn) {
         int64_t steps = 0;
         CHECK(regopt_trainer_get_int(tr, REGOPT_STAT_STEP, &steps), regopt_trainer_message(tr));
