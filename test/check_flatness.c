@@ -12,6 +12,7 @@
 #include "test_host.h"
 
 #include <math.h>
+#include <setjmp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,6 +34,9 @@ typedef struct fx {
 /* Rows of a 4 x 4 Hadamard matrix without its constant column: with
  * column j scaled by a_j, X~^T X~ = diag(4 a_1^2, 4 a_2^2, 4 a_3^2, 4). */
 static const float fx_hadamard[4][3] = {{1, 1, 1}, {1, -1, -1}, {-1, 1, -1}, {-1, -1, 1}};
+
+/* When set, the forward callback of the next fx_new's model. */
+static regopt_pass_fn fx_forward;
 
 /* a: Hadamard inputs scaled by a (4 rows); NULL: th_data's 8 rows. */
 static fx *fx_new(const double *a, int pad)
@@ -57,6 +61,8 @@ static fx *fx_new(const double *a, int pad)
     f->b.targets = f->tgt;
     f->m = th_model(&f->h);
     ck_assert_ptr_nonnull(f->m);
+    if (fx_forward)
+        MUST(regopt_model_set_callbacks(f->m, fx_forward, th_backward, &f->h, NULL));
     if (pad) {
         f->pad = calloc(FX_PAD, sizeof(float));
         f->pad_grad = calloc(FX_PAD, sizeof(float));
@@ -398,6 +404,51 @@ START_TEST(a_failing_callback_at_every_pass_changes_nothing)
 }
 END_TEST
 
+/* A forward that longjmps out of the library at call jump_at (1-based). */
+static jmp_buf *jump_buf;
+static int jump_at;
+
+static int jump_forward(const regopt_pass *p, void *user)
+{
+    th_host *h = user;
+    if (h->forwards + 1 == jump_at)
+        longjmp(*jump_buf, 1);
+    return th_forward(p, user);
+}
+
+START_TEST(an_abandoned_probe_is_recovered)
+{
+    regopt_flatness_request r = small_request();
+    regopt_flatness out;
+    snapshot before;
+    jmp_buf jb;
+    fx *f;
+    int at;
+    fx_forward = jump_forward;
+    f = fx_new(NULL, 0);
+    fx_forward = NULL;
+    TMUST(f->t, regopt_trainer_step(f->t, &f->b, 1));
+    snap(f, &before);
+    jump_buf = &jb;
+    for (at = 2; at <= 12; at += 5) { /* at w, then at perturbed points */
+        f->h.forwards = 0;
+        jump_at = at;
+        if (setjmp(jb) == 0) {
+            (void)probe(f, &r, &out);
+            ck_abort_msg("the forward did not jump");
+        }
+        jump_at = 0;
+        if (at > 2) /* abandoned at a perturbed point: w is not w0 yet */
+            ck_assert(memcmp(f->h.w, before.w, sizeof before.w) != 0);
+        ck_assert_int_eq(probe(f, &r, &out), REGOPT_ERR_STATE);
+        MUST(regopt_trainer_recover(f->t));
+        same_as(f, &before, "recovered from an abandoned probe");
+    }
+    TMUST(f->t, probe(f, &r, &out));
+    fx_free(f);
+}
+END_TEST
+
 /* ---- bad requests -------------------------------------------------------- */
 
 static void refused(fx *f, const regopt_flatness_request *r, regopt_status want,
@@ -545,6 +596,7 @@ Suite *suite_flatness(void)
     tcase_add_test(tc, average_case_is_near_its_expectation);
     tcase_add_test(tc, nothing_changes);
     tcase_add_test(tc, a_failing_callback_at_every_pass_changes_nothing);
+    tcase_add_test(tc, an_abandoned_probe_is_recovered);
     tcase_add_test(tc, bad_requests_are_refused);
     tcase_add_test(tc, pass_flags_and_counts);
     tcase_add_test(tc, same_bits_on_every_thread_count);
