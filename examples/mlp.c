@@ -10,7 +10,8 @@
  * schedules and updates. With --bn the host has a batch-norm layer whose
  * running statistics it updates only in passes without
  * REGOPT_PASS_PERTURBED_WEIGHTS: the program checks they moved exactly once
- * per step. */
+ * per step. With --probe it measures flatness at the end
+ * (regopt_trainer_flatness) and checks that the weights did not move. */
 #include "digits_mlp.h"
 
 #include <stdarg.h>
