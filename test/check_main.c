@@ -7,6 +7,7 @@ int main(void)
 {
     SRunner *sr = srunner_create(suite_status());
     int failed;
+    srunner_add_suite(sr, suite_status_regularizer());
     srunner_add_suite(sr, suite_rng());
     srunner_add_suite(sr, suite_model());
     srunner_add_suite(sr, suite_loss());

@@ -6,6 +6,7 @@
 #include <regopt.h>
 
 Suite *suite_status(void);  /* check_status.c: versions, status codes, keys */
+Suite *suite_status_regularizer(void); /* check_status_regularizer.c: regularizer handles' bad inputs */
 Suite *suite_rng(void);     /* check_rng.c: Philox known answers, uniform, normal */
 Suite *suite_model(void);   /* check_model.c: registration and its bad inputs */
 Suite *suite_loss(void);    /* check_loss.c: losses, finite differences */
