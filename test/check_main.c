@@ -22,6 +22,7 @@ int main(void)
     srunner_add_suite(sr, suite_guard());
     srunner_add_suite(sr, suite_checkpoint());
     srunner_add_suite(sr, suite_term());
+    srunner_add_suite(sr, suite_term_inputs());
     srunner_add_suite(sr, suite_contract());
     srunner_add_suite(sr, suite_term_teacher());
     srunner_add_suite(sr, suite_flatness());

@@ -6,7 +6,7 @@
 #include <regopt.h>
 
 Suite *suite_status(void);  /* check_status.c: versions, status codes, keys */
-Suite *suite_status_regularizer(void); /* check_status_regularizer.c: regularizer handles' bad inputs */
+Suite *suite_status_regularizer(void); /* check_status_regularizer.c: handles, bad inputs */
 Suite *suite_rng(void);     /* check_rng.c: Philox known answers, uniform, normal */
 Suite *suite_model(void);   /* check_model.c: registration and its bad inputs */
 Suite *suite_loss(void);    /* check_loss.c: losses, finite differences */
@@ -22,6 +22,7 @@ Suite *suite_threads(void); /* check_threads.c: independent trainers in threads 
 Suite *suite_pool(void);    /* check_pool.c: trainer.threads, the worker pool */
 Suite *suite_guard(void);   /* check_guard.c: re-entrant and abandoned calls, fork */
 Suite *suite_term(void);    /* check_term.c: user-defined terms vs R-Drop, rollback, state */
+Suite *suite_term_inputs(void); /* check_term_inputs.c: create_term and term.weight bad inputs */
 Suite *suite_contract(void); /* check_contract.c: trainer.check_host, the host contract */
 Suite *suite_term_teacher(void); /* check_term_teacher.c: a user term reading the EMA teacher */
 Suite *suite_flatness(void); /* check_flatness.c: regopt_trainer_flatness */
