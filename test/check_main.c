@@ -16,6 +16,8 @@ int main(void)
     srunner_add_suite(sr, suite_parallel());
     srunner_add_suite(sr, suite_sam());
     srunner_add_suite(sr, suite_rdrop());
+    srunner_add_suite(sr, suite_rdrop_passes());
+    srunner_add_suite(sr, suite_rdrop_errors());
     srunner_add_suite(sr, suite_smart());
     srunner_add_suite(sr, suite_threads());
     srunner_add_suite(sr, suite_pool());

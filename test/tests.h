@@ -14,7 +14,9 @@ Suite *suite_optim(void);   /* check_optim.c: optimizers and schedules vs formul
 Suite *suite_trainer(void); /* check_trainer.c: steps, accumulation, rollback */
 Suite *suite_parallel(void); /* check_parallel.c: data-parallel all-reduce */
 Suite *suite_sam(void);
-Suite *suite_rdrop(void);
+Suite *suite_rdrop(void);   /* check_rdrop.c: R-Drop reference, finite differences, mask */
+Suite *suite_rdrop_passes(void); /* check_rdrop_passes.c: call order, seeds, doubled batch, SAM */
+Suite *suite_rdrop_errors(void); /* check_rdrop_errors.c: options, rollback, allocation */
 
 Suite *suite_checkpoint(void); /* check_checkpoint.c: save, resume, damage */
 Suite *suite_smart(void);   /* check_smart.c: SMART adversarial and Bregman terms */
