@@ -15,6 +15,9 @@ int main(void)
     srunner_add_suite(sr, suite_trainer());
     srunner_add_suite(sr, suite_parallel());
     srunner_add_suite(sr, suite_sam());
+    srunner_add_suite(sr, suite_sam_step());
+    srunner_add_suite(sr, suite_sam_rollback());
+    srunner_add_suite(sr, suite_sam_options());
     srunner_add_suite(sr, suite_rdrop());
     srunner_add_suite(sr, suite_rdrop_passes());
     srunner_add_suite(sr, suite_rdrop_errors());

@@ -13,7 +13,10 @@ Suite *suite_loss(void);    /* check_loss.c: losses, finite differences */
 Suite *suite_optim(void);   /* check_optim.c: optimizers and schedules vs formulas */
 Suite *suite_trainer(void); /* check_trainer.c: steps, accumulation, rollback */
 Suite *suite_parallel(void); /* check_parallel.c: data-parallel all-reduce */
-Suite *suite_sam(void);
+Suite *suite_sam(void);     /* check_sam.c: SAM, ASAM, GSAM, rho schedule vs formulas */
+Suite *suite_sam_step(void); /* check_sam_step.c: restore, order, every-k, m-sharpness, memory */
+Suite *suite_sam_rollback(void); /* check_sam_rollback.c: failed perturbed passes */
+Suite *suite_sam_options(void); /* check_sam_options.c: bounds, defaults, keys, attach */
 Suite *suite_rdrop(void);   /* check_rdrop.c: R-Drop reference, finite differences, mask */
 Suite *suite_rdrop_passes(void); /* check_rdrop_passes.c: call order, seeds, doubled batch, SAM */
 Suite *suite_rdrop_errors(void); /* check_rdrop_errors.c: options, rollback, allocation */
