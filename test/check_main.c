@@ -22,6 +22,11 @@ int main(void)
     srunner_add_suite(sr, suite_rdrop_passes());
     srunner_add_suite(sr, suite_rdrop_errors());
     srunner_add_suite(sr, suite_smart());
+    srunner_add_suite(sr, suite_smart_passes());
+    srunner_add_suite(sr, suite_smart_teacher());
+    srunner_add_suite(sr, suite_smart_options());
+    srunner_add_suite(sr, suite_smart_sam());
+    srunner_add_suite(sr, suite_smart_memory());
     srunner_add_suite(sr, suite_threads());
     srunner_add_suite(sr, suite_pool());
     srunner_add_suite(sr, suite_guard());

@@ -22,7 +22,12 @@ Suite *suite_rdrop_passes(void); /* check_rdrop_passes.c: call order, seeds, dou
 Suite *suite_rdrop_errors(void); /* check_rdrop_errors.c: options, rollback, allocation */
 
 Suite *suite_checkpoint(void); /* check_checkpoint.c: save, resume, damage */
-Suite *suite_smart(void);   /* check_smart.c: SMART adversarial and Bregman terms */
+Suite *suite_smart(void);   /* check_smart.c: SMART inner loop, reference vector */
+Suite *suite_smart_passes(void); /* check_smart_passes.c: gradients, passes */
+Suite *suite_smart_teacher(void); /* check_smart_teacher.c: the Bregman EMA teacher */
+Suite *suite_smart_options(void); /* check_smart_options.c: statistics, options */
+Suite *suite_smart_sam(void); /* check_smart_sam.c: with SAM, rollback */
+Suite *suite_smart_memory(void); /* check_smart_memory.c: allocation, sizes */
 Suite *suite_threads(void); /* check_threads.c: independent trainers in threads */
 Suite *suite_pool(void);    /* check_pool.c: trainer.threads, the worker pool */
 Suite *suite_guard(void);   /* check_guard.c: re-entrant and abandoned calls, fork */
