@@ -29,7 +29,7 @@ Suite *suite_smart_options(void); /* check_smart_options.c: statistics, options 
 Suite *suite_smart_sam(void); /* check_smart_sam.c: with SAM, rollback */
 Suite *suite_smart_memory(void); /* check_smart_memory.c: allocation, sizes */
 Suite *suite_threads(void); /* check_threads.c: independent trainers in threads */
-Suite *suite_pool(void);    /* check_pool.c: trainer.threads, the worker pool */
+Suite *suite_pool(void);    /* check_pool*.c: trainer.threads, the worker pool */
 Suite *suite_guard(void);   /* check_guard.c: re-entrant and abandoned calls, fork */
 Suite *suite_term(void);    /* check_term.c: user-defined terms vs R-Drop, rollback, state */
 Suite *suite_term_inputs(void); /* check_term_inputs.c: create_term and term.weight bad inputs */
