@@ -17,7 +17,7 @@ PYTHON     ?= /usr/bin/python3
 # SANITIZE=1: everything built with ASan + UBSan, the first report fatal
 # (make check-asan builds so in a copy of the tree, build/asan/).
 # GCC warns that instrumented code "may truncate" snprintf output where the
-# plain build sees none (check_rdrop.c's message buffers); truncating a
+# plain build sees none (check_rdrop*.c's message buffers); truncating a
 # message is harmless and snprintf-safe, so that warning is off here only.
 ifdef SANITIZE
 SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
