@@ -100,6 +100,8 @@ examples/%: examples/%.c examples/digits_mlp.h examples/cli.h lib
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(APP_CFLAGS) $(BLAS_CFLAGS) $< -o $@ \
 	    -Llib -lregopt $(RPATH) $(BLAS_LIBS) -lm
 
+examples/demo: examples/demo_chart.h
+
 examples/mpi_sam: examples/mpi_sam.c examples/digits_mlp.h lib
 	$(MPICC) $(CPPFLAGS) $(CFLAGS) $(APP_CFLAGS) $(BLAS_CFLAGS) $< -o $@ \
 	    -Llib -lregopt $(RPATH) $(BLAS_LIBS) -lm
@@ -143,8 +145,11 @@ run-check: all test/header_c99 test/header_cxx test/abandon_cxx
 	./examples/js_rdrop --epochs 6 --min-test-acc 0.9
 	@mkdir -p build
 	OPENBLAS_NUM_THREADS=1 ./examples/demo --seeds 1 --epochs 6 --quiet \
-	    --csv build/demo_test.csv --svg build/demo_test.svg
+	    --csv build/demo_test.csv --svg build/demo_test.svg \
+	    --flat-csv build/demo_test_flatness.csv --flat-svg build/demo_test_flatness.svg
 	@grep -q '</svg>' build/demo_test.svg && test $$(wc -l < build/demo_test.csv) -eq 7
+	@grep -q '</svg>' build/demo_test_flatness.svg && \
+	    test $$(wc -l < build/demo_test_flatness.csv) -eq 7
 	./examples/mlp --data data/digits.csv --smart 1 --bregman 1 --bn --min-test-acc 0.95 --quiet
 	./test/check_regopt
 	sh test/check_resume.sh examples/mlp data/digits.csv
@@ -313,7 +318,8 @@ check-valgrind: all
 	    --epochs 1 --hidden 32
 	OPENBLAS_NUM_THREADS=1 $(VALGRIND) ./examples/textcls --smart 1 --bregman 1 --epochs 1
 	OPENBLAS_NUM_THREADS=1 $(VALGRIND) ./examples/demo --seeds 1 --epochs 1 --quiet \
-	    --csv build/demo_vg.csv --svg build/demo_vg.svg
+	    --csv build/demo_vg.csv --svg build/demo_vg.svg \
+	    --flat-csv build/demo_vg_flatness.csv --flat-svg build/demo_vg_flatness.svg
 
 fuzz: $(FUZZ_NAMES:%=build/fuzz/fuzz_%)
 build/fuzz/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz.h $(SRC) $(HDR) include/regopt.h

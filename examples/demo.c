@@ -15,7 +15,11 @@
  *   ./examples/demo --tune          the validation search behind the defaults
  *   ./examples/demo --help          options
  *
- * Writes a CSV of per-epoch test accuracy and an SVG chart of the curves. */
+ * Writes a CSV of per-epoch test accuracy and an SVG chart of the curves;
+ * then a CSV and a chart of flatness at the end of each (method, seed) run,
+ * worst-case sharpness and top Hessian eigenvalue, beside test accuracy
+ * (regopt_trainer_flatness changes no training state; --no-probe skips it). */
+#include "demo_chart.h"
 #include "digits_mlp.h"
 
 #include <time.h>
@@ -48,8 +52,23 @@ typedef struct options {
     const char *data, *csv, *svg, *only;
     long train, seeds, epochs, batch, hidden;
     double noise, lr, wd, dropout;
-    int tune, quiet;
+    int tune, quiet, no_probe;
+    const char *flat_csv, *flat_svg;
 } options;
+
+/* The flatness probe: the first PROBE_ROWS training examples of the split (a
+ * random draw, like the rest of it) with the labels the methods trained on,
+ * noisy ones included -- the training loss is what SAM and the others
+ * flatten, and what Andriushchenko et al. measure. */
+#define PROBE_ROWS 256
+#define PROBE_RHO 0.05  /* the library's default radius, L2, not adaptive */
+#define PROBE_SEED 1    /* power iteration's start vector */
+
+typedef struct probe_out {
+    double sharpness, eigenvalue, loss, seconds;
+    unsigned eigen_iterations;
+    int eigen_converged;
+} probe_out;
 
 /* ---- data ----------------------------------------------------------------- */
 
@@ -169,11 +188,52 @@ fail_attach:
     return -1;
 }
 
+/* Worst-case sharpness and top Hessian eigenvalue of the task loss on the
+ * first PROBE_ROWS rows of (x, y), into *po. Changes no training state. */
+static int probe(regopt_trainer *tr, const float *x, const int32_t *y, size_t n, probe_out *po)
+{
+    mlp_batch hb;
+    regopt_batch b;
+    regopt_flatness_request rq;
+    regopt_flatness res;
+    regopt_status st;
+    hb.x = x;
+    hb.row_base = 0;
+    regopt_batch_init(&b);
+    b.data = &hb;
+    b.rows = n < PROBE_ROWS ? n : PROBE_ROWS;
+    b.labels = y;
+    regopt_flatness_request_init(&rq);
+    rq.measures = REGOPT_FLAT_WORST_CASE | REGOPT_FLAT_EIGENVALUE;
+    rq.rho = PROBE_RHO;
+    rq.seed = PROBE_SEED;
+    res.size = sizeof res;
+    if ((st = regopt_trainer_flatness(tr, &b, 1, &rq, &res)) != REGOPT_OK) {
+        fprintf(stderr, "demo: regopt_trainer_flatness: %s: %s\n", regopt_status_string(st),
+                regopt_trainer_message(tr));
+        return -1;
+    }
+    po->sharpness = res.worst_case;
+    po->eigenvalue = res.eigenvalue;
+    po->loss = res.loss;
+    po->eigen_iterations = res.eigen_iterations;
+    po->eigen_converged = res.eigen_converged;
+    return 0;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    timespec_get(&ts, TIME_UTC); /* C11 */
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 /* Train one method on (xtr, ytr), evaluating (xev, yev) after every epoch
- * into acc[epoch]. Returns 0, or -1 with a message. */
+ * into acc[epoch]; then, if po is not NULL, probe flatness into *po.
+ * Returns 0, or -1 with a message. */
 static int run(const options *o, const method *m, uint64_t seed, const float *xtr,
                const int32_t *ytr, size_t ntr, const float *xev, const int32_t *yev, size_t nev,
-               double *acc)
+               double *acc, probe_out *po)
 {
     mlp net;
     regopt_model *model = NULL;
@@ -234,6 +294,14 @@ static int run(const options *o, const method *m, uint64_t seed, const float *xt
         b.rows = nev;
         TRY(regopt_trainer_evaluate(tr, &b, NULL, out));
         acc[e] = accuracy(out, yev, nev, DIGITS_CLASSES);
+    }
+    if (po) {
+        double t0 = now();
+        if (probe(tr, xtr, ytr, ntr, po)) {
+            rc = -1;
+            goto done;
+        }
+        po->seconds = now() - t0;
     }
 done:
     regopt_trainer_free(tr); /* detaches the regularizers: free them after it */
@@ -366,7 +434,7 @@ static int tune(const options *o, const digits *d)
                 split sp;
                 if (make_split(d, (size_t)o->train, o->noise, (uint64_t)(1000 + s), &sp) ||
                     run(o, &m, (uint64_t)(1000 + s), sp.xtr, sp.ytr, nfit, sp.xtr + nfit *
-                        DIGITS_FEATURES, sp.ytr + nfit, nval, acc)) {
+                        DIGITS_FEATURES, sp.ytr + nfit, nval, acc, NULL)) {
                     free_split(&sp);
                     free(acc);
                     return -1;
@@ -397,6 +465,9 @@ static void usage(void)
            "adamw,sam,asam,rdrop,smart,smart+sam\n"
            "  --csv PATH        per-epoch test accuracy (default demo_curves.csv)\n"
            "  --svg PATH        chart of the curves (default demo_curves.svg)\n"
+           "  --flat-csv PATH   flatness at the end of each run (default demo_flatness.csv)\n"
+           "  --flat-svg PATH   its chart beside test accuracy (default demo_flatness.svg)\n"
+           "  --no-probe        skip the flatness probe (and those two files)\n"
            "  --sam-rho X, --asam-rho X, --rdrop-alpha X, --smart-lambda X, --bregman-mu X\n"
            "                    override a method's tuned hyperparameter\n"
            "  --tune            run the validation search behind the defaults instead\n"
@@ -418,6 +489,9 @@ static int parse(int argc, char **argv, options *o)
         } else if (!strcmp(a, "--quiet")) {
             o->quiet = 1;
             continue;
+        } else if (!strcmp(a, "--no-probe")) {
+            o->no_probe = 1;
+            continue;
         }
         if (!v) {
             fprintf(stderr, "demo: %s needs a value (see --help)\n", a);
@@ -426,6 +500,8 @@ static int parse(int argc, char **argv, options *o)
         if (!strcmp(a, "--data")) o->data = v;
         else if (!strcmp(a, "--csv")) o->csv = v;
         else if (!strcmp(a, "--svg")) o->svg = v;
+        else if (!strcmp(a, "--flat-csv")) o->flat_csv = v;
+        else if (!strcmp(a, "--flat-svg")) o->flat_svg = v;
         else if (!strcmp(a, "--methods")) o->only = v;
         else if (!strcmp(a, "--train")) bad = parse_long(v, 50, 1500, &o->train);
         else if (!strcmp(a, "--noise")) bad = parse_double(v, 0.0, 0.9, &o->noise);
@@ -482,19 +558,15 @@ static int selected(const options *o, int k)
     return 0;
 }
 
-static double now(void)
-{
-    struct timespec ts;
-    timespec_get(&ts, TIME_UTC); /* C11 */
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 int main(int argc, char **argv)
 {
     options o = {"data/digits.csv", "demo_curves.csv", "demo_curves.svg", NULL,
-                 600, 5, 120, 32, 128, 0.3, 1e-3, 1e-2, 0.1, 0, 0};
+                 600, 5, 120, 32, 128, 0.3, 1e-3, 1e-2, 0.1, 0, 0, 0,
+                 "demo_flatness.csv", "demo_flatness.svg"};
     static double curves[MAX_METHODS][MAX_EPOCHS];
+    static probe_out flat[MAX_METHODS][100];
     double final[MAX_METHODS][100], secs[MAX_METHODS], *acc = NULL;
+    double fmean[MAX_METHODS][3], fsd[MAX_METHODS][3];
     int which[MAX_METHODS], nm = 0, k, rc = parse(argc, argv, &o);
     digits d = {0, NULL, NULL};
     FILE *csv = NULL;
@@ -531,7 +603,7 @@ int main(int argc, char **argv)
             split sp;
             if (make_split(&d, (size_t)o.train, o.noise, (uint64_t)(s + 1), &sp) ||
                 run(&o, m, (uint64_t)(s + 1), sp.xtr, sp.ytr, sp.n_train, sp.xte, sp.yte,
-                    sp.n_test, acc)) {
+                    sp.n_test, acc, o.no_probe ? NULL : &flat[k][s])) {
                 free_split(&sp);
                 rc = 1;
                 goto done;
@@ -539,9 +611,21 @@ int main(int argc, char **argv)
             for (e = 0; e < o.epochs; e++)
                 curves[k][e] += acc[e] / (double)o.seeds;
             final[k][s] = acc[o.epochs - 1];
+            t0 += o.no_probe ? 0.0 : flat[k][s].seconds; /* seconds: training only */
             free_split(&sp);
         }
         secs[k] = now() - t0;
+        if (!o.no_probe) { /* columns: test accuracy, sharpness, eigenvalue */
+            double v[3][100];
+            int j;
+            for (s = 0; s < o.seeds; s++) {
+                v[0][s] = final[k][s];
+                v[1][s] = flat[k][s].sharpness;
+                v[2][s] = flat[k][s].eigenvalue;
+            }
+            for (j = 0; j < 3; j++)
+                mean_std(v[j], o.seeds, &fmean[k][j], &fsd[k][j]);
+        }
     }
     if (!o.quiet) {
         printf("\n%-10s  %-18s  %-10s  %s\n", "method", "test accuracy", "vs adamw", "seconds");
@@ -553,13 +637,28 @@ int main(int argc, char **argv)
             printf("%-10s  %.4f +- %.4f   %+7.2f pt   %6.2f\n", methods[which[k]].name, mean, sd,
                    which[0] == 0 ? 100.0 * (mean - base) : 0.0, secs[k]);
         }
+        if (!o.no_probe) {
+            printf("\nat the end of training, on %d training examples (their noisy labels):\n"
+                   "%-10s  %-18s  %-22s  %s\n", PROBE_ROWS, "method", "test accuracy",
+                   "worst-case sharpness", "top Hessian eigenvalue");
+            for (k = 0; k < nm; k++)
+                printf("%-10s  %.4f +- %.4f   %.5f +- %.5f     %8.3f +- %.3f\n",
+                       methods[which[k]].name, fmean[k][0], fsd[k][0], fmean[k][1], fsd[k][1],
+                       fmean[k][2], fsd[k][2]);
+            printf("(worst case: L2, rho %g, 20 steps; eigenvalue: power iteration, seed %d)\n",
+                   PROBE_RHO, PROBE_SEED);
+        }
         printf("\n");
     }
     for (k = 0; k < nm; k++) {
         double mean, sd;
         mean_std(final[k], o.seeds, &mean, &sd);
-        printf("RESULT method=%s test_acc_mean=%.4f test_acc_std=%.4f seeds=%ld seconds=%.2f\n",
+        printf("RESULT method=%s test_acc_mean=%.4f test_acc_std=%.4f seeds=%ld seconds=%.2f",
                methods[which[k]].name, mean, sd, o.seeds, secs[k]);
+        if (!o.no_probe)
+            printf(" sharpness_mean=%.5f sharpness_std=%.5f eigenvalue_mean=%.4f "
+                   "eigenvalue_std=%.4f", fmean[k][1], fsd[k][1], fmean[k][2], fsd[k][2]);
+        printf("\n");
     }
     csv = fopen(o.csv, "w");
     if (csv) {
@@ -579,6 +678,35 @@ int main(int argc, char **argv)
         rc = 1;
     } else if (!o.quiet) {
         printf("per-epoch curves: %s; chart: %s\n", o.csv, o.svg);
+    }
+    if (!o.no_probe && !rc) {
+        const char *names[MAX_METHODS], *colors[MAX_METHODS];
+        char title[200];
+        csv = fopen(o.flat_csv, "w");
+        if (csv) {
+            fprintf(csv, "method,seed,test_acc,probe_loss,sharpness,top_eigenvalue,"
+                         "eigen_iterations,eigen_converged\n");
+            for (k = 0; k < nm; k++)
+                for (s = 0; s < o.seeds; s++)
+                    fprintf(csv, "%s,%ld,%.4f,%.5f,%.6f,%.4f,%u,%d\n", methods[which[k]].name,
+                            s + 1, final[k][s], flat[k][s].loss, flat[k][s].sharpness,
+                            flat[k][s].eigenvalue, flat[k][s].eigen_iterations,
+                            flat[k][s].eigen_converged);
+        }
+        for (k = 0; k < nm; k++) {
+            names[k] = methods[which[k]].name;
+            colors[k] = COLORS[which[k]];
+        }
+        snprintf(title, sizeof title, "End of training: flatness on %d training examples beside "
+                 "clean test accuracy (mean &#177; sd, %ld seed%s)", PROBE_ROWS, o.seeds,
+                 o.seeds == 1 ? "" : "s");
+        if (!csv || fclose(csv) ||
+            write_flat_svg(o.flat_svg, title, nm, names, colors, fmean, fsd, PROBE_RHO)) {
+            fprintf(stderr, "demo: cannot write %s or %s\n", o.flat_csv, o.flat_svg);
+            rc = 1;
+        } else if (!o.quiet) {
+            printf("flatness per run: %s; chart: %s\n", o.flat_csv, o.flat_svg);
+        }
     }
 done:
     free(acc);
