@@ -1359,7 +1359,36 @@ REGOPT_API regopt_status regopt_regularizer_kind_info(size_t index,
  * perturbed loss = clean loss, sharpness 0; on sam.every's plain steps
  * sam_rho and sam_ascent_norm read 0 too.
  *
+ * Ascent directions with state (sam.direction; since 1.0). In step 2 the
+ * gradient g is replaced by a direction that remembers earlier SAM steps;
+ * the normalisation, ASAM's T, the ascent weight decay, GSAM (which still
+ * uses the clean g) and the final gradient g_p are unchanged:
+ *   FriendlySAM (Li et al., CVPR 2024): at the first SAM step m = g and the
+ *     ascent follows g; then a = g - sigma m (m of the previous SAM step)
+ *     and m = lambda m + (1 - lambda) g, with the raw g (the official code).
+ *   VaSSO (Li & Giannakis, NeurIPS 2023): d = g at the first SAM step, then
+ *     d = (1 - theta) d + theta g; the ascent follows d. The official code
+ *     adds 1e-7 to the norm: set sam.delta = 1e-7 to match it.
+ * sigma 0 (FriendlySAM) and theta 1 (VaSSO) are SAM bit for bit. The state
+ * (one parameter-sized buffer; two more are per-step scratch) moves only
+ * on SAM steps (not on sam.every's plain steps) and only when the step is
+ * made: a failed step leaves it as it was. It is saved in checkpoints (the
+ * SAM section's state) and freed by regopt_trainer_detach (a later attach
+ * starts afresh); a state made by another direction than the one now
+ * selected is not used (the next SAM step starts afresh). With sam.m_rows
+ * each chunk ascends along its own direction, the state weighted by the
+ * chunk's share of the step's weight; the new state is made from the whole
+ * step's clean gradient. Data parallel: with sam.sync_ascent the state is
+ * made from the averaged g and is the same on every replica; without it,
+ * each replica keeps its own (from its own g), so resume each replica from
+ * its own checkpoint.
  */
+enum regopt_sam_direction {
+    REGOPT_SAM_DIRECTION_GRADIENT = 0, /* SAM, ASAM, GSAM: the ascent follows g */
+    REGOPT_SAM_DIRECTION_FRIENDLY = 1, /* FriendlySAM */
+    REGOPT_SAM_DIRECTION_VASSO = 2     /* VaSSO */
+};
+
 enum regopt_sam_key {
     REGOPT_SAM_RHO = 1000,          /* "sam.rho": ascent radius (rho_max of GSAM),
                                        [0, 1e3], default 0.05 (ASAM: 0.5 - 2) */
@@ -1395,6 +1424,19 @@ enum regopt_sam_key {
                                        over replicas (default: each replica
                                        perturbs with its own shard's gradient,
                                        m-sharpness with m = shard) */
+    REGOPT_SAM_DIRECTION = 1013,    /* "sam.direction": int, default 0: what the
+                                       ascent follows (a of step 2 above):
+                                       REGOPT_SAM_DIRECTION_GRADIENT g (SAM),
+                                       _FRIENDLY g - sigma m (FriendlySAM),
+                                       _VASSO d (VaSSO); see "Ascent
+                                       directions with state" above. Since 1.0 */
+    REGOPT_SAM_FRIENDLY_SIGMA = 1014, /* "sam.friendly_sigma": FriendlySAM's sigma,
+                                       [0, 1e3], default 1 (0 = SAM) */
+    REGOPT_SAM_FRIENDLY_LAMBDA = 1015, /* "sam.friendly_lambda": FriendlySAM's EMA
+                                       decay lambda, [0, 1], default 0.9 (F-SAM
+                                       train.py 0.95; CIFAR-100 0.6) */
+    REGOPT_SAM_VASSO_THETA = 1016,  /* "sam.vasso_theta": VaSSO's theta, [0, 1],
+                                       default 0.9 (1 = SAM) */
 
     /* Per parameter group (regopt_regularizer_set_group). */
     REGOPT_SAM_GROUP_ADAPTIVE = 1050, /* "sam.group_adaptive": int 0/1, default 1:
@@ -1412,7 +1454,8 @@ enum regopt_sam_key {
     REGOPT_STAT_SAM_PERTURBED_LOSS = 1091, /* "sam.perturbed_loss": L(w + eps) */
     REGOPT_STAT_SAM_SHARPNESS = 1092,      /* "sam.sharpness": L(w + eps) - L(w) */
     REGOPT_STAT_SAM_ASCENT_NORM = 1093,    /* "sam.ascent_norm": ||g|| (ASAM:
-                                              ||T_w g||), the ascent denominator;
+                                              ||T_w g||; with sam.direction, of
+                                              the direction), the ascent denominator;
                                               with sam.m_rows the mean over chunks */
     REGOPT_STAT_SAM_RHO = 1094,            /* "sam.rho_used": rho in force */
     REGOPT_STAT_SAM_APPLIED = 1095         /* "sam.applied": 1 if the last step made
@@ -1763,9 +1806,10 @@ enum regopt_term_key {
  *     of silently training without it (since 1.0),
  *   - per attached regularizer, in step order: its kind, its name (a user
  *     term's own), its statistics and its state: the Bregman teacher's EMA
- *     weights and the beta in force, a user term's bytes (save_state); SAM,
- *     R-Drop and SMART keep nothing across steps (their buffers are per
- *     step), so the step count covers them,
+ *     weights and the beta in force, a user term's bytes (save_state), the
+ *     state of SAM's sam.direction (FriendlySAM's m, VaSSO's d) when it
+ *     holds one; plain SAM, R-Drop and SMART keep nothing across steps
+ *     (their buffers are per step), so the step count covers them,
  *   - with REGOPT_CHECKPOINT_OPTIONS, every option of the optimizer (those
  *     of its kind), the trainer and each attached regularizer, per-group ones
  *     included; not trainer.seed (saved as state above), not trainer.threads

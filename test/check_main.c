@@ -18,6 +18,7 @@ int main(void)
     srunner_add_suite(sr, suite_sam_step());
     srunner_add_suite(sr, suite_sam_rollback());
     srunner_add_suite(sr, suite_sam_options());
+    srunner_add_suite(sr, suite_sam_variants());
     srunner_add_suite(sr, suite_rdrop());
     srunner_add_suite(sr, suite_rdrop_passes());
     srunner_add_suite(sr, suite_rdrop_errors());

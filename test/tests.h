@@ -20,6 +20,9 @@ Suite *suite_sam_options(void); /* check_sam_options.c: bounds, defaults, keys, 
 Suite *suite_rdrop(void);   /* check_rdrop.c: R-Drop reference, finite differences, mask */
 Suite *suite_rdrop_passes(void); /* check_rdrop_passes.c: call order, seeds, doubled batch, SAM */
 Suite *suite_rdrop_errors(void); /* check_rdrop_errors.c: options, rollback, allocation */
+Suite *suite_sam(void);
+Suite *suite_sam_variants(void); /* check_sam_variants.c: FriendlySAM, VaSSO */
+Suite *suite_rdrop(void);
 
 Suite *suite_checkpoint(void); /* check_checkpoint.c: save, resume, damage */
 Suite *suite_smart(void);   /* check_smart.c: SMART inner loop, reference vector */

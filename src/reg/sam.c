@@ -4,8 +4,10 @@
  * evaluates the gradient at w, moves the host's weights to w + eps,
  * evaluates it again, and puts the weights back by copy, so the base
  * optimizer steps from exactly w. The weight-side regularizer: it runs the
- * step's gradient evaluations through ro_step.eval_*. */
+ * step's gradient evaluations through ro_step.eval_*. Ascent directions
+ * with state across steps (FriendlySAM, VaSSO) are in sam_ascent.c. */
 #include "reg/reg.h"
+#include "reg/sam_ascent.h"
 
 #include <math.h>
 #include <string.h>
@@ -20,6 +22,7 @@ typedef struct sam {
     float *save;  /* w before the ascent, restored by copy (n_trainable) */
     float *accum; /* m-sharpness: sum of the chunks' perturbed gradients */
     float *clean; /* GSAM: the clean gradient */
+    ro_sam_dir dir; /* sam.direction and its state */
     /* what the step under way measured, committed to the statistics */
     double clean_loss, perturbed_loss, ascent_norm, rho_used;
     int applied;
@@ -29,6 +32,7 @@ typedef struct sam {
 typedef struct sam_reg {
     ro_reg *r;
     sam *s;
+    const float *dir; /* the ascent direction (flat), NULL: the gradient */
 } sam_reg;
 
 #define D REGOPT_TYPE_DOUBLE
@@ -48,6 +52,10 @@ static const ro_key_desc sam_keys[] = {
     {REGOPT_SAM_SAME_SEED, "sam.same_seed", I, RO_OWNER_REG, 0, 1, 1, 0},
     {REGOPT_SAM_ASCENT_WEIGHT_DECAY, "sam.ascent_weight_decay", D, RO_OWNER_REG, 0, 1e3, 0, 0},
     {REGOPT_SAM_SYNC_ASCENT, "sam.sync_ascent", I, RO_OWNER_REG, 0, 1, 0, 0},
+    {REGOPT_SAM_DIRECTION, "sam.direction", I, RO_OWNER_REG, 0, 2, 0, 0},
+    {REGOPT_SAM_FRIENDLY_SIGMA, "sam.friendly_sigma", D, RO_OWNER_REG, 0, 1e3, 1, 0},
+    {REGOPT_SAM_FRIENDLY_LAMBDA, "sam.friendly_lambda", D, RO_OWNER_REG, 0, 1, 0.9, 0},
+    {REGOPT_SAM_VASSO_THETA, "sam.vasso_theta", D, RO_OWNER_REG, 0, 1, 0.9, 0},
     {REGOPT_SAM_GROUP_ADAPTIVE, "sam.group_adaptive", I, RO_OWNER_REG, 0, 1, 1,
      REGOPT_KEY_GROUP},
     {REGOPT_STAT_SAM_CLEAN_LOSS, "sam.clean_loss", D, RO_OWNER_REG, -HUGE_VAL, HUGE_VAL, 0, RO},
@@ -69,6 +77,7 @@ static void sam_init(ro_reg *r)
     s->every = 1;
     s->same_seed = 1;
     memset(s->group_adaptive, 1, sizeof s->group_adaptive);
+    ro_sam_dir_init(&s->dir);
 }
 
 static regopt_status reserve_one(ro_reg *r, float **buf, int needed)
@@ -94,6 +103,8 @@ static regopt_status buffers(ro_reg *r)
         st = reserve_one(r, &s->accum, s->m_rows > 0);
     if (st == REGOPT_OK)
         st = reserve_one(r, &s->clean, s->gsam);
+    if (st == REGOPT_OK)
+        st = ro_sam_dir_reserve(&s->dir, r->env, r->msg);
     return st;
 }
 
@@ -104,6 +115,7 @@ static void sam_detach(ro_reg *r)
     ro_free(r->env->alloc, s->accum);
     ro_free(r->env->alloc, s->clean);
     s->save = s->accum = s->clean = NULL;
+    ro_sam_dir_release(&s->dir, r->env);
 }
 
 static regopt_status sam_attach(ro_reg *r)
@@ -126,6 +138,9 @@ static void *field(sam *s, regopt_key key, int *is_double)
     case REGOPT_SAM_GSAM_ALPHA: return &s->gsam_alpha;
     case REGOPT_SAM_RHO_MIN: return &s->rho_min;
     case REGOPT_SAM_ASCENT_WEIGHT_DECAY: return &s->ascent_wd;
+    case REGOPT_SAM_FRIENDLY_SIGMA: return &s->dir.sigma;
+    case REGOPT_SAM_FRIENDLY_LAMBDA: return &s->dir.lambda;
+    case REGOPT_SAM_VASSO_THETA: return &s->dir.theta;
     default: break;
     }
     *is_double = 0;
@@ -135,6 +150,7 @@ static void *field(sam *s, regopt_key key, int *is_double)
     case REGOPT_SAM_RHO_FOLLOWS_LR: return &s->rho_follows_lr;
     case REGOPT_SAM_SAME_SEED: return &s->same_seed;
     case REGOPT_SAM_SYNC_ASCENT: return &s->sync_ascent;
+    case REGOPT_SAM_DIRECTION: return &s->dir.mode;
     default: return NULL;
     }
 }
@@ -164,6 +180,9 @@ static regopt_status sam_set(ro_reg *r, const ro_key_desc *k, int32_t group, dou
         old.save = s->save; /* keep whatever was allocated; freed at sam_detach */
         old.accum = s->accum;
         old.clean = s->clean;
+        old.dir.state = s->dir.state;
+        old.dir.next = s->dir.next;
+        old.dir.buf = s->dir.buf;
         *s = old;
     }
     return st;
@@ -231,16 +250,22 @@ static int adaptive(const sam *s, const ro_param *p)
 /* The scalars of one ascent, shared by its passes over the tensors. */
 typedef struct ascent_job {
     const sam *s;
+    const float *dir; /* flat direction, NULL: the gradient buffers */
     float wd, eta, c;
 } ascent_job;
+
+static const float *direction(const ascent_job *a, const ro_param *p, size_t j0)
+{
+    return a->dir ? a->dir + p->offset + j0 : p->grad + j0;
+}
 
 static double ascent_squares(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
     const ascent_job *a = ctx;
     int ad = adaptive(a->s, p);
     if (!ad && a->wd == 0.0f)
-        return ro_sum_squares(p->grad + j0, j1 - j0);
-    return ro_sum_scaled_squares(p->data + j0, p->grad + j0, j1 - j0, a->wd, a->eta, ad);
+        return ro_sum_squares(direction(a, p, j0), j1 - j0);
+    return ro_sum_scaled_squares(p->data + j0, direction(a, p, j0), j1 - j0, a->wd, a->eta, ad);
 }
 
 /* ||T a||, a = g + wd w (the ascent gradient), T = |w| + eta on ASAM tensors. */
@@ -248,6 +273,7 @@ static double ascent_norm(const sam_reg *g, double wd_scale)
 {
     ascent_job a;
     a.s = g->s;
+    a.dir = g->dir;
     a.wd = (float)(g->s->ascent_wd * wd_scale);
     a.eta = (float)g->s->eta;
     a.c = 0.0f;
@@ -283,7 +309,7 @@ static void perturb_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
     const ascent_job *a = ctx;
     const float wd = a->wd, eta = a->eta, c = a->c;
     float *w = p->data + j0, *save = a->s->save + p->offset + j0;
-    const float *g = p->grad + j0;
+    const float *g = direction(a, p, j0);
     size_t n = j1 - j0, j = 0;
     int ad = adaptive(a->s, p);
     if (!ad && wd == 0.0f) /* tw = 1: c (1 * 1 * a) is exactly c a */
@@ -305,6 +331,7 @@ static void perturb(const sam_reg *g, double scale, double wd_scale)
 {
     ascent_job a;
     a.s = g->s;
+    a.dir = g->dir;
     a.wd = (float)(g->s->ascent_wd * wd_scale);
     a.eta = (float)g->s->eta;
     a.c = (float)scale;
@@ -425,7 +452,7 @@ static regopt_status whole_perturbed(const sam_reg *g, ro_step *st, void *ctx, d
                         perturbed_role(g->s), loss);
 }
 
-static regopt_status whole_step(const sam_reg *g, ro_step *st)
+static regopt_status whole_step(sam_reg *g, ro_step *st)
 {
     sam *s = g->s;
     regopt_status rc;
@@ -441,6 +468,8 @@ static regopt_status whole_step(const sam_reg *g, ro_step *st)
     }
     if (rc == REGOPT_OK && s->gsam)
         gather(g, s->clean, 0);
+    if (rc == REGOPT_OK)
+        g->dir = ro_sam_dir_make(&s->dir, g->r->env->par, 1.0);
     if (rc == REGOPT_OK)
         rc = ascend(g, st, s->rho_used, 1.0, whole_perturbed, NULL, &s->ascent_norm, &pert,
                     &s->applied);
@@ -467,7 +496,7 @@ static regopt_status chunk_perturbed(const sam_reg *g, ro_step *st, void *ctx, d
                          perturbed_role(g->s), loss);
 }
 
-static regopt_status chunk_step(const sam_reg *g, ro_step *st, chunk_ctx *c, double *norm_sum,
+static regopt_status chunk_step(sam_reg *g, ro_step *st, chunk_ctx *c, double *norm_sum,
                                 size_t *chunks)
 {
     sam *s = g->s;
@@ -488,6 +517,7 @@ static regopt_status chunk_step(const sam_reg *g, ro_step *st, chunk_ctx *c, dou
         ro_batch_rows(&v, c->b, c->r0, c->rows, g->r->env->model->output_width);
         for (i = 0; i < v.rows; i++)
             share += ro_row_weight(&v, i);
+        g->dir = ro_sam_dir_make(&s->dir, g->r->env->par, share * st->inv_weight);
         rc = ascend(g, st, s->rho_used, share * st->inv_weight, chunk_perturbed, c, &norm, &pert,
                     &applied);
     }
@@ -502,7 +532,7 @@ static regopt_status chunk_step(const sam_reg *g, ro_step *st, chunk_ctx *c, dou
     return REGOPT_OK;
 }
 
-static regopt_status chunked_step(const sam_reg *g, ro_step *st)
+static regopt_status chunked_step(sam_reg *g, ro_step *st)
 {
     sam *s = g->s;
     size_t n = g->r->env->model->n_trainable, bi, chunks = 0, m = (size_t)s->m_rows;
@@ -539,10 +569,15 @@ static regopt_status gradient(ro_reg *r, ro_step *st)
     regopt_status rc;
     g.r = r;
     g.s = s;
+    g.dir = NULL;
     s->clean_loss = s->perturbed_loss = s->ascent_norm = 0.0;
     s->applied = 0;
     s->rho_used = rho_in_force(s, st);
+    if (s->dir.mode != RO_SAM_DIR_GRADIENT)
+        ro_sam_dir_begin(&s->dir, r->env->par);
     rc = s->m_rows > 0 ? chunked_step(&g, st) : whole_step(&g, st);
+    if (rc == REGOPT_OK)
+        ro_sam_dir_end(&s->dir);
     st->loss = s->clean_loss;
     st->loss2 = s->perturbed_loss;
     st->has_loss2 = 1;
@@ -559,6 +594,41 @@ static void sam_commit(ro_reg *r, const ro_step *st)
     r->stats[3] = r->due ? s->ascent_norm : 0.0;
     r->stats[4] = r->due ? s->rho_used : 0.0;
     r->stats[5] = r->due ? s->applied : 0;
+}
+
+/* The step is made: the direction's new state becomes the state (only
+ * here, so a failed step leaves it as it was). */
+static void sam_after_update(ro_reg *r, const ro_step *st)
+{
+    sam *s = r->self;
+    (void)st;
+    if (r->due)
+        ro_sam_dir_commit(&s->dir);
+}
+
+static uint64_t sam_state_size(const ro_reg *r)
+{
+    const sam *s = r->self;
+    return ro_sam_dir_state_size(&s->dir, r->env->model->n_trainable);
+}
+
+static void sam_save(const ro_reg *r, ro_ck_sink *out)
+{
+    const sam *s = r->self;
+    ro_sam_dir_save(&s->dir, r->env->model->n_trainable, out);
+}
+
+static regopt_status sam_check_state(ro_reg *r, const unsigned char *p, uint64_t size)
+{
+    sam *s = r->self;
+    return ro_sam_dir_check(&s->dir, r->env, p, size, r->env->msg);
+}
+
+static regopt_status sam_load(ro_reg *r, const unsigned char *p, uint64_t size)
+{
+    sam *s = r->self;
+    ro_sam_dir_load(&s->dir, r->env->model->n_trainable, p, size);
+    return REGOPT_OK;
 }
 
 /* A callback threw or longjmp'd out of a perturbed pass: w is still at
@@ -592,6 +662,11 @@ const ro_reg_ops ro_sam_ops = {
     .check = check,
     .due = sam_due,
     .gradient = gradient,
+    .after_update = sam_after_update,
     .commit = sam_commit,
     .abandon = sam_abandon,
+    .state_size = sam_state_size,
+    .save = sam_save,
+    .check_state = sam_check_state,
+    .load = sam_load,
 };

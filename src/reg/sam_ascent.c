@@ -1,0 +1,226 @@
+/* sam_ascent.c — ascent directions with state across steps (sam.direction):
+ *   FriendlySAM (Li et al., CVPR 2024; nblt/F-SAM): the first step makes
+ *     m = g and ascends along g; later steps ascend along a = g - sigma m
+ *     (m of the previous step) and then m = lambda m + (1 - lambda) g, with
+ *     the raw g as the official code does;
+ *   VaSSO (Li & Giannakis, NeurIPS 2023; BingcongLi/VaSSO): d = g at the
+ *     first step, then d = (1 - theta) d + theta g; the ascent follows d.
+ * sam.c normalises the direction as it does g (global norm, ASAM's T, the
+ * ascent weight decay), so eps = rho T^2 a / (||T a|| + delta).
+ *
+ * The committed state changes only in ro_sam_dir_commit, after the update:
+ * a step that fails (or is abandoned) leaves it as it was. With m-sharpness
+ * each chunk ascends along its own direction, the state scaled by the
+ * chunk's share of the step's weight (the chunk's gradient carries that
+ * share), and the new state sums the chunks: exactly the whole-step formula
+ * in exact arithmetic. */
+#include "reg/sam_ascent.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <string.h>
+
+void ro_sam_dir_init(ro_sam_dir *d)
+{
+    memset(d, 0, sizeof *d);
+    d->sigma = 1.0;
+    d->lambda = 0.9;
+    d->theta = 0.9;
+}
+
+static regopt_status dir_alloc(const ro_env *env, float **buf, char *msg)
+{
+    if (*buf)
+        return REGOPT_OK;
+    *buf = ro_calloc(env->alloc, env->model->n_trainable, sizeof(float));
+    if (!*buf)
+        return ro_fail(msg, REGOPT_ERR_NO_MEMORY, "out of memory for a SAM direction buffer "
+                       "of %zu floats", env->model->n_trainable);
+    return REGOPT_OK;
+}
+
+regopt_status ro_sam_dir_reserve(ro_sam_dir *d, const ro_env *env, char *msg)
+{
+    regopt_status st = REGOPT_OK;
+    if (!env || d->mode == RO_SAM_DIR_GRADIENT)
+        return REGOPT_OK;
+    st = dir_alloc(env, &d->state, msg);
+    if (st == REGOPT_OK)
+        st = dir_alloc(env, &d->next, msg);
+    if (st == REGOPT_OK)
+        st = dir_alloc(env, &d->buf, msg);
+    return st;
+}
+
+void ro_sam_dir_release(ro_sam_dir *d, const ro_env *env)
+{
+    ro_free(env->alloc, d->state);
+    ro_free(env->alloc, d->next);
+    ro_free(env->alloc, d->buf);
+    d->state = d->next = d->buf = NULL;
+    d->held = d->pending = 0;
+}
+
+/* The state is in use when it was made by the mode now selected. */
+static int dir_in_use(const ro_sam_dir *d) { return d->held && d->held_mode == d->mode; }
+
+/* ---- one step ------------------------------------------------------------ */
+
+typedef struct dir_job {
+    ro_sam_dir *d;
+    float c1, c2, c3; /* per mode, below */
+    int first;        /* no state in use: the direction is g */
+} dir_job;
+
+/* FriendlySAM: next = lambda m, before the chunks add (1 - lambda) g. */
+static void dir_begin_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    const dir_job *a = ctx;
+    const float *m = a->d->state + p->offset;
+    float *nx = a->d->next + p->offset, l = a->c1;
+    size_t j;
+    if (a->first || a->d->mode != RO_SAM_DIR_FRIENDLY) {
+        memset(nx + j0, 0, (j1 - j0) * sizeof(float));
+        return;
+    }
+    for (j = j0; j < j1; j++)
+        nx[j] = l * m[j];
+}
+
+void ro_sam_dir_begin(ro_sam_dir *d, const ro_par *par)
+{
+    dir_job a;
+    a.d = d;
+    a.c1 = (float)d->lambda;
+    a.c2 = a.c3 = 0.0f;
+    a.first = !dir_in_use(d);
+    d->pending = 0;
+    ro_each_piece(par, dir_begin_piece, &a);
+}
+
+/* first: buf = g, next += g.
+ * FriendlySAM: buf = g - sigma (share m), next += (1 - lambda) g.
+ * VaSSO: buf = (1 - theta) (share d) + theta g, next += buf. */
+static void dir_make_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    const dir_job *a = ctx;
+    const float *m = a->d->state + p->offset, *g = p->grad;
+    float *nx = a->d->next + p->offset, *b = a->d->buf + p->offset;
+    const float c1 = a->c1, c2 = a->c2, c3 = a->c3;
+    size_t j;
+    if (a->first)
+        for (j = j0; j < j1; j++) {
+            b[j] = g[j];
+            nx[j] = nx[j] + g[j];
+        }
+    else if (a->d->mode == RO_SAM_DIR_FRIENDLY && c1 == 0.0f) /* sigma 0: SAM's g, bits */
+        for (j = j0; j < j1; j++) {
+            b[j] = g[j];
+            nx[j] = nx[j] + c2 * g[j];
+        }
+    else if (a->d->mode == RO_SAM_DIR_FRIENDLY)
+        for (j = j0; j < j1; j++) {
+            b[j] = g[j] - c1 * (c3 * m[j]);
+            nx[j] = nx[j] + c2 * g[j];
+        }
+    else if (c1 == 0.0f) /* theta 1: d = g, bits (signed zeros too) */
+        for (j = j0; j < j1; j++) {
+            b[j] = c2 * g[j];
+            nx[j] = nx[j] + b[j];
+        }
+    else
+        for (j = j0; j < j1; j++) {
+            b[j] = c1 * (c3 * m[j]) + c2 * g[j];
+            nx[j] = nx[j] + b[j];
+        }
+}
+
+const float *ro_sam_dir_make(ro_sam_dir *d, const ro_par *par, double share)
+{
+    dir_job a;
+    if (d->mode == RO_SAM_DIR_GRADIENT)
+        return NULL;
+    a.d = d;
+    a.first = !dir_in_use(d);
+    a.c3 = (float)share;
+    if (d->mode == RO_SAM_DIR_FRIENDLY) {
+        a.c1 = (float)d->sigma;
+        a.c2 = (float)(1.0 - d->lambda);
+    } else {
+        a.c1 = (float)(1.0 - d->theta);
+        a.c2 = (float)d->theta;
+    }
+    ro_each_piece(par, dir_make_piece, &a);
+    return d->buf;
+}
+
+void ro_sam_dir_end(ro_sam_dir *d) { d->pending = d->mode != RO_SAM_DIR_GRADIENT; }
+
+void ro_sam_dir_commit(ro_sam_dir *d)
+{
+    float *t;
+    if (!d->pending)
+        return;
+    t = d->state;
+    d->state = d->next;
+    d->next = t;
+    d->held = 1;
+    d->held_mode = d->mode;
+    d->pending = 0;
+}
+
+/* ---- checkpoint state -------------------------------------------------------
+ * Empty (b = 0) when no state is held; otherwise u32 the mode that made it
+ * (1 FriendlySAM, 2 VaSSO) @0 | u32 pad 0 @4 | u64 trainable elements E @8 |
+ * E f32 @16. */
+
+uint64_t ro_sam_dir_state_size(const ro_sam_dir *d, size_t n)
+{
+    return d->held ? 16u + 4u * (uint64_t)n : 0u;
+}
+
+void ro_sam_dir_save(const ro_sam_dir *d, size_t n, ro_ck_sink *out)
+{
+    if (!d->held)
+        return;
+    ro_ck_u32(out, (uint32_t)d->held_mode);
+    ro_ck_u32(out, 0);
+    ro_ck_u64(out, (uint64_t)n);
+    ro_ck_floats(out, d->state, n);
+}
+
+regopt_status ro_sam_dir_check(ro_sam_dir *d, const ro_env *env, const unsigned char *p,
+                               uint64_t size, char *msg)
+{
+    uint64_t n = env->model->n_trainable, i;
+    uint32_t mode;
+    if (size == 0)
+        return REGOPT_OK;
+    mode = size >= 16 ? ro_ck_rd32(p) : 0u;
+    if ((mode != RO_SAM_DIR_FRIENDLY && mode != RO_SAM_DIR_VASSO) || ro_ck_rd32(p + 4) != 0 ||
+        ro_ck_rd64(p + 8) != n || size != 16u + 4u * n)
+        return ro_fail(msg, REGOPT_ERR_CORRUPT,
+                       "the checkpoint's SAM direction state is malformed (%" PRIu64 " bytes)",
+                       size);
+    for (i = 0; i < n; i++) {
+        uint32_t bits = ro_ck_rd32(p + 16 + 4 * i);
+        float v;
+        memcpy(&v, &bits, sizeof v);
+        if (!isfinite(v))
+            return ro_fail(msg, REGOPT_ERR_CORRUPT, "the checkpoint's SAM direction state "
+                           "holds a non-finite value at element %" PRIu64, i);
+    }
+    /* the load cannot fail: take the buffer now (sam.direction may still be
+       0 here; the checkpoint's options are applied after this check) */
+    return dir_alloc(env, &d->state, msg);
+}
+
+void ro_sam_dir_load(ro_sam_dir *d, size_t n, const unsigned char *p, uint64_t size)
+{
+    d->pending = 0;
+    d->held = size != 0;
+    if (!d->held)
+        return;
+    d->held_mode = (int)ro_ck_rd32(p);
+    ro_ck_rdfloats(d->state, p + 16, n);
+}

@@ -1,0 +1,48 @@
+/* sam_ascent.h — the ascent directions of the SAM family that keep state
+ * across steps: FriendlySAM (Li et al., CVPR 2024) and VaSSO (Li &
+ * Giannakis, NeurIPS 2023); docs/methods.md §SAM. Used by sam.c only. */
+#ifndef REGOPT_SAM_ASCENT_H
+#define REGOPT_SAM_ASCENT_H
+
+#include "reg/reg.h"
+
+/* sam.direction */
+#define RO_SAM_DIR_GRADIENT 0 /* SAM: the ascent follows g */
+#define RO_SAM_DIR_FRIENDLY 1 /* FriendlySAM: g - sigma m, m an EMA of g */
+#define RO_SAM_DIR_VASSO 2    /* VaSSO: d, an EMA of g */
+
+typedef struct ro_sam_dir {
+    int mode;                     /* sam.direction */
+    double sigma, lambda, theta;  /* sam.friendly_sigma, sam.friendly_lambda, sam.vasso_theta */
+    float *state; /* committed: FriendlySAM's m or VaSSO's d (n_trainable) */
+    float *next;  /* the step's new state, committed by ro_sam_dir_commit */
+    float *buf;   /* the ascent direction of the chunk under way */
+    int held;      /* state holds a value */
+    int held_mode; /* ... of this mode (in use only while it is sam.direction) */
+    int pending;   /* next is complete: the step may commit it */
+} ro_sam_dir;
+
+void ro_sam_dir_init(ro_sam_dir *d);
+/* The buffers mode needs (idempotent); the message in msg on failure. */
+regopt_status ro_sam_dir_reserve(ro_sam_dir *d, const ro_env *env, char *msg);
+void ro_sam_dir_release(ro_sam_dir *d, const ro_env *env);
+
+/* A step's ascent directions. begin() once before the first chunk; make()
+ * per chunk, with the chunk's clean gradient in the gradient buffers and
+ * its share of the step's weight (1 for the whole step): returns the flat
+ * direction (trainable order) or NULL for the gradient itself; end() after
+ * the last chunk. Only next and buf change: the state stays as it was
+ * until commit(), called after the update. */
+void ro_sam_dir_begin(ro_sam_dir *d, const ro_par *par);
+const float *ro_sam_dir_make(ro_sam_dir *d, const ro_par *par, double share);
+void ro_sam_dir_end(ro_sam_dir *d);
+void ro_sam_dir_commit(ro_sam_dir *d);
+
+/* Checkpoint state bytes (docs/checkpoint-format.md §3.5). */
+uint64_t ro_sam_dir_state_size(const ro_sam_dir *d, size_t n);
+void ro_sam_dir_save(const ro_sam_dir *d, size_t n, ro_ck_sink *out);
+regopt_status ro_sam_dir_check(ro_sam_dir *d, const ro_env *env, const unsigned char *p,
+                               uint64_t size, char *msg);
+void ro_sam_dir_load(ro_sam_dir *d, size_t n, const unsigned char *p, uint64_t size);
+
+#endif

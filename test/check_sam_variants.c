@@ -1,0 +1,687 @@
+/* check_sam_variants.c — the SAM family's second wave: ascent directions
+ * with state (sam.direction: FriendlySAM, VaSSO). Each variant's first
+ * steps against a double-precision reference written here (never the
+ * library's own output), the exact reductions to SAM, ASAM and m-sharpness
+ * composition, every-k, threads, rollback on a failing callback in every
+ * pass, checkpoint resume, and refused option values. */
+#include "tests.h"
+#include "test_util.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ======================================================================== */
+/* Quadratic host: L = 1/2 sum h_i w_i^2 over n elements in two tensors     */
+/* ("a": group 0, "b": group 1); every output row is L, so each row's       */
+/* gradient is h w. Can fail a chosen forward or backward call.             */
+/* ======================================================================== */
+
+typedef struct vhost {
+    size_t n, n0; /* elements, of which n0 in "a" */
+    float *w, *g, *h;
+    int forwards, backwards;
+    int fail_forward, fail_backward; /* 1-based call numbers, 0 = never */
+} vhost;
+
+static int v_forward(const regopt_pass *p, void *user)
+{
+    vhost *q = user;
+    double L = 0.0;
+    size_t i;
+    if (++q->forwards == q->fail_forward)
+        return 7;
+    for (i = 0; i < q->n; i++)
+        L += 0.5 * (double)q->h[i] * q->w[i] * q->w[i];
+    for (i = 0; i < p->rows; i++)
+        p->outputs[i] = (float)L;
+    return 0;
+}
+
+static int v_backward(const regopt_pass *p, void *user)
+{
+    vhost *q = user;
+    size_t i, k;
+    if (++q->backwards == q->fail_backward)
+        return 9;
+    for (i = 0; i < p->rows; i++) {
+        float d = p->d_outputs[i];
+        for (k = 0; k < q->n; k++)
+            q->g[k] += d * (q->h[k] * q->w[k]);
+    }
+    return 0;
+}
+
+/* row_loss = z, d row_loss / dz = 1 */
+static int v_loss(const regopt_batch *b, const float *z, size_t rows, size_t width,
+                  float *row_loss, float *dz, void *user)
+{
+    size_t i;
+    (void)b;
+    (void)user;
+    for (i = 0; i < rows * width; i++) {
+        row_loss[i] = z[i];
+        dz[i] = 1.0f;
+    }
+    return 0;
+}
+
+typedef struct vrun {
+    vhost q;
+    regopt_model *m;
+    regopt_optimizer *o;
+    regopt_trainer *t;
+    regopt_regularizer *sam; /* attached */
+    regopt_batch b;
+} vrun;
+
+/* The allocator of the next vrun_open's model and optimizer (NULL: malloc). */
+static const regopt_allocator *v_alloc;
+
+static float h_of(size_t i) { return 1.0f + (float)(i * 7 % 13); }
+static float w0_of(size_t i) { return (float)sin(0.3 * (double)i + 0.1); }
+
+/* A trainer over n elements with SGD (lr, momentum mom) and SAM attached
+ * with direction dir, rho, and the batch of `rows` rows. */
+static vrun *vrun_open(size_t n, regopt_optimizer_kind kind, double lr, int dir, double rho,
+                       size_t rows)
+{
+    vrun *r = calloc(1, sizeof *r);
+    size_t i;
+    ck_assert_ptr_nonnull(r);
+    r->q.n = n;
+    r->q.n0 = n / 2 + 1;
+    r->q.w = calloc(n, sizeof(float));
+    r->q.g = calloc(n, sizeof(float));
+    r->q.h = calloc(n, sizeof(float));
+    ck_assert(r->q.w && r->q.g && r->q.h);
+    for (i = 0; i < n; i++) {
+        r->q.w[i] = w0_of(i);
+        r->q.h[i] = h_of(i);
+    }
+    r->m = regopt_model_create(v_alloc, NULL);
+    ck_assert_ptr_nonnull(r->m);
+    MUST(regopt_model_add_param(r->m, "a", r->q.w, r->q.g, r->q.n0, REGOPT_DTYPE_FLOAT32, 0));
+    MUST(regopt_model_add_param(r->m, "b", r->q.w + r->q.n0, r->q.g + r->q.n0, n - r->q.n0,
+                                REGOPT_DTYPE_FLOAT32, 1));
+    MUST(regopt_model_set_output_width(r->m, 1));
+    MUST(regopt_model_set_callbacks(r->m, v_forward, v_backward, &r->q, NULL));
+    r->o = regopt_optimizer_create(kind, v_alloc, NULL);
+    ck_assert_ptr_nonnull(r->o);
+    MUST(regopt_optimizer_set_double(r->o, REGOPT_OPT_LR, lr));
+    r->t = regopt_trainer_create(r->m, r->o, NULL);
+    ck_assert_ptr_nonnull(r->t);
+    MUST(regopt_trainer_set_loss_callback(r->t, v_loss, NULL, NULL));
+    r->sam = tu_add(r->t, REGOPT_REG_SAM);
+    RMUST(r->sam, regopt_regularizer_set_int(r->sam, REGOPT_SAM_DIRECTION, dir));
+    RMUST(r->sam, regopt_regularizer_set_double(r->sam, REGOPT_SAM_RHO, rho));
+    regopt_batch_init(&r->b);
+    r->b.data = &r->q;
+    r->b.rows = rows;
+    return r;
+}
+
+static void vrun_close(vrun *r)
+{
+    regopt_trainer_free(r->t);
+    regopt_optimizer_free(r->o);
+    regopt_model_free(r->m);
+    free(r->q.w);
+    free(r->q.g);
+    free(r->q.h);
+    free(r);
+    tu_free_regs();
+}
+
+static void vset(vrun *r, regopt_key key, double v)
+{
+    RMUST(r->sam, regopt_regularizer_set_double(r->sam, key, v));
+}
+
+static void vstep(vrun *r) { TMUST(r->t, regopt_trainer_step(r->t, &r->b, 1)); }
+
+static void same_w(const vrun *a, const vrun *b, const char *what)
+{
+    ck_assert_msg(memcmp(a->q.w, b->q.w, a->q.n * sizeof(float)) == 0, "%s: weights differ",
+                  what);
+}
+
+/* ======================================================================== */
+/* The double-precision reference: SGD without momentum, sam.direction,    */
+/* ASAM optional (T = |w| + eta on every tensor).                           */
+/* ======================================================================== */
+
+typedef struct vref {
+    size_t n;
+    int dir, adaptive, held;
+    double rho, delta, eta, sigma, lambda, theta, lr;
+    double w[8], m[8];
+    double norm, clean, pert; /* of the last step */
+} vref;
+
+static void vref_init(vref *f, size_t n, int dir, double rho, double lr)
+{
+    size_t i;
+    memset(f, 0, sizeof *f);
+    ck_assert_uint_le(n, 8);
+    f->n = n;
+    f->dir = dir;
+    f->rho = rho;
+    f->lr = lr;
+    f->delta = 1e-12;
+    f->eta = 0.01;
+    f->sigma = 1.0;
+    f->lambda = 0.9;
+    f->theta = 0.9;
+    for (i = 0; i < n; i++)
+        f->w[i] = w0_of(i);
+}
+
+static double vref_loss(const vref *f, const double *w)
+{
+    double L = 0.0;
+    size_t i;
+    for (i = 0; i < f->n; i++)
+        L += 0.5 * h_of(i) * w[i] * w[i];
+    return L;
+}
+
+/* One SAM step (sam_step 0: a plain step, the state untouched). */
+static void vref_step(vref *f, int sam_step)
+{
+    double g[8], a[8], mn[8], t[8], wp[8], s2 = 0.0, c;
+    size_t i;
+    f->clean = vref_loss(f, f->w);
+    for (i = 0; i < f->n; i++)
+        g[i] = h_of(i) * f->w[i];
+    if (!sam_step) {
+        for (i = 0; i < f->n; i++)
+            f->w[i] -= f->lr * g[i];
+        f->pert = f->clean;
+        return;
+    }
+    for (i = 0; i < f->n; i++) {
+        if (!f->held || f->dir == 0) {
+            a[i] = g[i];
+            mn[i] = g[i];
+        } else if (f->dir == 1) { /* FriendlySAM */
+            a[i] = g[i] - f->sigma * f->m[i];
+            mn[i] = f->lambda * f->m[i] + (1.0 - f->lambda) * g[i];
+        } else { /* VaSSO */
+            mn[i] = (1.0 - f->theta) * f->m[i] + f->theta * g[i];
+            a[i] = mn[i];
+        }
+        t[i] = f->adaptive ? fabs(f->w[i]) + f->eta : 1.0;
+        s2 += t[i] * a[i] * t[i] * a[i];
+    }
+    f->norm = sqrt(s2);
+    c = f->rho / (f->norm + f->delta);
+    for (i = 0; i < f->n; i++)
+        wp[i] = f->w[i] + c * t[i] * t[i] * a[i];
+    f->pert = vref_loss(f, wp);
+    for (i = 0; i < f->n; i++) {
+        f->w[i] -= f->lr * h_of(i) * wp[i];
+        f->m[i] = mn[i];
+    }
+    f->held = 1;
+}
+
+/* norm_scale: the ascent norm statistic is the reference's times it (the
+ * mean over m-sharpness chunks, each with its share of the gradient). */
+static double norm_scale = 1.0;
+
+static void vref_compare(const vref *f, const vrun *r, int applied, const char *what, int k)
+{
+    char buf[96];
+    size_t i;
+    for (i = 0; i < f->n; i++) {
+        snprintf(buf, sizeof buf, "%s step %d w[%zu]", what, k, i);
+        near(r->q.w[i], f->w[i], 2e-6, 1.0, buf);
+    }
+    snprintf(buf, sizeof buf, "%s step %d clean loss", what, k);
+    near(rstat(r->sam, REGOPT_STAT_SAM_CLEAN_LOSS), f->clean, 2e-6, 1.0, buf);
+    snprintf(buf, sizeof buf, "%s step %d perturbed loss", what, k);
+    near(rstat(r->sam, REGOPT_STAT_SAM_PERTURBED_LOSS), f->pert, 2e-6, 1.0, buf);
+    if (applied) {
+        snprintf(buf, sizeof buf, "%s step %d ascent norm", what, k);
+        near(rstat(r->sam, REGOPT_STAT_SAM_ASCENT_NORM), f->norm * norm_scale, 2e-6, 1.0, buf);
+    }
+}
+
+/* ======================================================================== */
+/* 1. The first steps against the reference                                 */
+/* ======================================================================== */
+
+static void reference_run(int dir, int adaptive, double p1, double p2, int every)
+{
+    const char *what = dir == 1 ? "FriendlySAM" : "VaSSO";
+    vrun *r = vrun_open(5, REGOPT_SGD, 0.02, dir, adaptive ? 0.5 : 0.1, 1);
+    vref f;
+    int k;
+    vref_init(&f, 5, dir, adaptive ? 0.5 : 0.1, 0.02);
+    f.adaptive = adaptive;
+    vset(r, REGOPT_SAM_ADAPTIVE, adaptive);
+    vset(r, REGOPT_SAM_EVERY, every);
+    if (dir == 1) {
+        f.sigma = p1;
+        f.lambda = p2;
+        vset(r, REGOPT_SAM_FRIENDLY_SIGMA, p1);
+        vset(r, REGOPT_SAM_FRIENDLY_LAMBDA, p2);
+    } else {
+        f.theta = p1;
+        vset(r, REGOPT_SAM_VASSO_THETA, p1);
+    }
+    for (k = 0; k < 3 * every; k++) {
+        int due = k % every == 0;
+        vstep(r);
+        vref_step(&f, due);
+        vref_compare(&f, r, due, what, k);
+        ck_assert_int_eq(rstat(r->sam, REGOPT_STAT_SAM_APPLIED), due);
+    }
+    vrun_close(r);
+}
+
+START_TEST(friendly_first_steps)
+{
+    reference_run(1, 0, 1.0, 0.9, 1); /* the class defaults */
+    reference_run(1, 0, 0.5, 0.6, 1);
+}
+END_TEST
+
+START_TEST(vasso_first_steps)
+{
+    reference_run(2, 0, 0.9, 0.0, 1);
+    reference_run(2, 0, 0.3, 0.0, 1);
+}
+END_TEST
+
+/* FriendlySAM's official code has an adaptive flag (T^2 a / ||T a||, as
+ * ASAM); VaSSO's has none: ours applies T to d the same way. */
+START_TEST(directions_compose_with_asam)
+{
+    reference_run(1, 1, 1.0, 0.9, 1);
+    reference_run(2, 1, 0.9, 0.0, 1);
+}
+END_TEST
+
+/* The state moves on SAM steps only (sam.every 2: steps 1, 3, 5 plain). */
+START_TEST(directions_with_every_k)
+{
+    reference_run(1, 0, 1.0, 0.9, 2);
+    reference_run(2, 0, 0.9, 0.0, 2);
+}
+END_TEST
+
+START_TEST(defaults_are_the_papers)
+{
+    vrun *r = vrun_open(5, REGOPT_SGD, 0.02, 0, 0.05, 1);
+    double v = -1.0;
+    int64_t i = -1;
+    RMUST(r->sam, regopt_regularizer_get_int(r->sam, REGOPT_SAM_DIRECTION, &i));
+    ck_assert_int_eq(i, REGOPT_SAM_DIRECTION_GRADIENT);
+    RMUST(r->sam, regopt_regularizer_get_double(r->sam, REGOPT_SAM_FRIENDLY_SIGMA, &v));
+    ck_assert_double_eq(v, 1.0);
+    RMUST(r->sam, regopt_regularizer_get_double(r->sam, REGOPT_SAM_FRIENDLY_LAMBDA, &v));
+    ck_assert_double_eq(v, 0.9);
+    RMUST(r->sam, regopt_regularizer_get_double(r->sam, REGOPT_SAM_VASSO_THETA, &v));
+    ck_assert_double_eq(v, 0.9);
+    {
+        static const char *names[] = {"sam.direction", "sam.friendly_sigma",
+                                      "sam.friendly_lambda", "sam.vasso_theta"};
+        static const regopt_key want[] = {REGOPT_SAM_DIRECTION, REGOPT_SAM_FRIENDLY_SIGMA,
+                                          REGOPT_SAM_FRIENDLY_LAMBDA, REGOPT_SAM_VASSO_THETA};
+        size_t k;
+        for (k = 0; k < 4; k++) {
+            regopt_key key = 0;
+            MUST(regopt_key_from_name(names[k], &key));
+            ck_assert_int_eq(key, want[k]);
+        }
+    }
+    ck_assert_int_eq(REGOPT_SAM_DIRECTION, 1013);
+    ck_assert_int_eq(REGOPT_SAM_VASSO_THETA, 1016);
+    vrun_close(r);
+}
+END_TEST
+
+/* ======================================================================== */
+/* 2. Exact reductions                                                      */
+/* ======================================================================== */
+
+/* Two runs, one with the variant, one plain SAM, the same bits after each
+ * of 6 steps (Adam; ASAM and GSAM optionally). */
+static void reduces_to_sam(int dir, regopt_key key, double v, int adaptive, int gsam,
+                           int m_rows, size_t rows)
+{
+    vrun *a = vrun_open(7, REGOPT_ADAM, 0.01, dir, 0.2, rows);
+    vrun *b = vrun_open(7, REGOPT_ADAM, 0.01, 0, 0.2, rows);
+    int k;
+    vset(a, key, v);
+    vset(a, REGOPT_SAM_ADAPTIVE, adaptive);
+    vset(b, REGOPT_SAM_ADAPTIVE, adaptive);
+    vset(a, REGOPT_SAM_GSAM, gsam);
+    vset(b, REGOPT_SAM_GSAM, gsam);
+    vset(a, REGOPT_SAM_M_ROWS, m_rows);
+    vset(b, REGOPT_SAM_M_ROWS, m_rows);
+    for (k = 0; k < 6; k++) {
+        vstep(a);
+        vstep(b);
+        same_w(a, b, dir == 1 ? "FriendlySAM sigma 0 vs SAM" : "VaSSO theta 1 vs SAM");
+        ck_assert(rstat(a->sam, REGOPT_STAT_SAM_ASCENT_NORM) ==
+                  rstat(b->sam, REGOPT_STAT_SAM_ASCENT_NORM));
+    }
+    vrun_close(a);
+    vrun_close(b);
+}
+
+START_TEST(friendly_sigma_zero_is_sam)
+{
+    reduces_to_sam(1, REGOPT_SAM_FRIENDLY_SIGMA, 0.0, 0, 0, 0, 1);
+    reduces_to_sam(1, REGOPT_SAM_FRIENDLY_SIGMA, 0.0, 1, 0, 0, 1);
+    reduces_to_sam(1, REGOPT_SAM_FRIENDLY_SIGMA, 0.0, 0, 1, 0, 1);
+    reduces_to_sam(1, REGOPT_SAM_FRIENDLY_SIGMA, 0.0, 0, 0, 2, 5);
+}
+END_TEST
+
+START_TEST(vasso_theta_one_is_sam)
+{
+    reduces_to_sam(2, REGOPT_SAM_VASSO_THETA, 1.0, 0, 0, 0, 1);
+    reduces_to_sam(2, REGOPT_SAM_VASSO_THETA, 1.0, 1, 0, 0, 1);
+    reduces_to_sam(2, REGOPT_SAM_VASSO_THETA, 1.0, 0, 1, 0, 1);
+    reduces_to_sam(2, REGOPT_SAM_VASSO_THETA, 1.0, 0, 0, 2, 5);
+}
+END_TEST
+
+/* m-sharpness: every row of the quadratic host has the same gradient, so
+ * each chunk's direction (the state weighted by the chunk's share) points
+ * where the whole step's does and the average of the chunks' perturbed
+ * gradients is the whole step's: the reference holds for 4 rows in chunks
+ * of 1 (the state would be 4 times too heavy without the share). */
+START_TEST(directions_with_m_sharpness)
+{
+    int dir, k;
+    for (dir = 1; dir <= 2; dir++) {
+        vrun *r = vrun_open(5, REGOPT_SGD, 0.02, dir, 0.1, 4);
+        vref f;
+        vref_init(&f, 5, dir, 0.1, 0.02);
+        vset(r, REGOPT_SAM_M_ROWS, 1);
+        norm_scale = 0.25; /* each chunk's gradient is a quarter of g */
+        for (k = 0; k < 3; k++) {
+            vstep(r);
+            vref_step(&f, 1);
+            vref_compare(&f, r, 1, dir == 1 ? "FriendlySAM m 1" : "VaSSO m 1", k);
+        }
+        norm_scale = 1.0;
+        vrun_close(r);
+    }
+}
+END_TEST
+
+/* trainer.threads changes nothing (ro_each_piece / ro_sum_pieces). */
+START_TEST(directions_same_bits_on_threads)
+{
+    int dir, k;
+    for (dir = 1; dir <= 2; dir++) {
+        vrun *a = vrun_open(300000, REGOPT_SGD, 1e-3, dir, 0.05, 1);
+        vrun *b = vrun_open(300000, REGOPT_SGD, 1e-3, dir, 0.05, 1);
+        MUST(regopt_trainer_set_int(b->t, REGOPT_TRAINER_THREADS, 3));
+        for (k = 0; k < 3; k++) {
+            vstep(a);
+            vstep(b);
+            same_w(a, b, "threads 1 vs 3");
+        }
+        vrun_close(a);
+        vrun_close(b);
+    }
+}
+END_TEST
+
+/* ======================================================================== */
+/* 3. Rollback, checkpoints, options                                        */
+/* ======================================================================== */
+
+#define CK_ALL (REGOPT_CHECKPOINT_OPTIONS | REGOPT_CHECKPOINT_PARAMS)
+
+static unsigned char *save_all(const vrun *r, size_t *size)
+{
+    unsigned char *buf;
+    TMUST(r->t, regopt_trainer_checkpoint_size(r->t, CK_ALL, size));
+    buf = malloc(*size);
+    ck_assert_ptr_nonnull(buf);
+    TMUST(r->t, regopt_trainer_save_buffer(r->t, CK_ALL, buf, *size, NULL));
+    return buf;
+}
+
+/* A failing callback in each pass of a step (forwards and backwards: 1
+ * clean, 2 perturbed; with sam.m_rows 1 over 2 rows, 1 and 3 clean, 2 and
+ * 4 perturbed) leaves the checkpoint bytes as they were; then the run
+ * continues as one that never failed. */
+static void rollback_each_pass(int dir, int m_rows, size_t rows)
+{
+    int calls = m_rows ? 4 : 2, c, back;
+    for (back = 0; back < 2; back++)
+        for (c = 1; c <= calls; c++) {
+            vrun *bad = vrun_open(6, REGOPT_ADAM, 0.01, dir, 0.2, rows);
+            vrun *good = vrun_open(6, REGOPT_ADAM, 0.01, dir, 0.2, rows);
+            unsigned char *before, *after;
+            size_t n1, n2;
+            int k;
+            vset(bad, REGOPT_SAM_M_ROWS, m_rows);
+            vset(good, REGOPT_SAM_M_ROWS, m_rows);
+            for (k = 0; k < 2; k++) {
+                vstep(bad);
+                vstep(good);
+            }
+            before = save_all(bad, &n1);
+            if (back)
+                bad->q.fail_backward = bad->q.backwards + c;
+            else
+                bad->q.fail_forward = bad->q.forwards + c;
+            ck_assert_int_eq(regopt_trainer_step(bad->t, &bad->b, 1),
+                             back ? REGOPT_ERR_BACKWARD : REGOPT_ERR_FORWARD);
+            after = save_all(bad, &n2);
+            ck_assert_uint_eq(n1, n2);
+            ck_assert_msg(memcmp(before, after, n1) == 0,
+                          "direction %d, %s call %d: the checkpoint changed", dir,
+                          back ? "backward" : "forward", c);
+            for (k = 0; k < 3; k++) {
+                vstep(bad);
+                vstep(good);
+            }
+            same_w(bad, good, "after continuing");
+            free(before);
+            free(after);
+            vrun_close(bad);
+            vrun_close(good);
+        }
+}
+
+START_TEST(rollback_in_every_pass)
+{
+    rollback_each_pass(1, 0, 1);
+    rollback_each_pass(2, 0, 1);
+    rollback_each_pass(1, 1, 2);
+    rollback_each_pass(2, 1, 2);
+}
+END_TEST
+
+/* Resume: 2 steps, save, a new trainer loads (options and params), 3 more
+ * steps: the same bits as 5 uninterrupted steps. The new trainer's SAM is
+ * created plain: the options bring sam.direction. */
+START_TEST(checkpoint_resume_is_exact)
+{
+    int dir;
+    for (dir = 1; dir <= 2; dir++) {
+        vrun *a = vrun_open(6, REGOPT_ADAM, 0.01, dir, 0.2, 1);
+        vrun *b = vrun_open(6, REGOPT_ADAM, 0.01, dir, 0.2, 1);
+        vrun *c = vrun_open(6, REGOPT_ADAM, 0.01, 0, 0.2, 1);
+        unsigned char *buf;
+        size_t n, n0;
+        int k;
+        vset(a, REGOPT_SAM_FRIENDLY_LAMBDA, 0.6);
+        vset(b, REGOPT_SAM_FRIENDLY_LAMBDA, 0.6);
+        vset(a, REGOPT_SAM_VASSO_THETA, 0.4);
+        vset(b, REGOPT_SAM_VASSO_THETA, 0.4);
+        TMUST(b->t, regopt_trainer_checkpoint_size(b->t, CK_ALL, &n0));
+        for (k = 0; k < 5; k++)
+            vstep(a);
+        vstep(b);
+        vstep(b);
+        buf = save_all(b, &n);
+        /* the state: 16 bytes and E floats */
+        ck_assert_uint_eq(n, n0 + 16 + 4 * 6);
+        TMUST(c->t, regopt_trainer_load_buffer(c->t, CK_ALL, buf, n));
+        for (k = 0; k < 3; k++)
+            vstep(c);
+        same_w(a, c, "resumed");
+        /* and what the load accepted, it saves again */
+        free(buf);
+        buf = save_all(c, &n);
+        free(buf);
+        vrun_close(a);
+        vrun_close(b);
+        vrun_close(c);
+    }
+}
+END_TEST
+
+/* A checkpoint without the state (plain SAM, or before the first SAM step)
+ * loads into a FriendlySAM trainer, which then starts afresh: its next
+ * step is the first one (m = g). */
+START_TEST(checkpoint_without_state_loads)
+{
+    vrun *plain = vrun_open(5, REGOPT_SGD, 0.02, 0, 0.1, 1);
+    vrun *fs = vrun_open(5, REGOPT_SGD, 0.02, 1, 0.1, 1);
+    vrun *fresh = vrun_open(5, REGOPT_SGD, 0.02, 1, 0.1, 1);
+    unsigned char *buf;
+    size_t n;
+    int k;
+    vstep(fs); /* fs holds a state, which the load drops */
+    buf = save_all(plain, &n);
+    TMUST(fs->t, regopt_trainer_load_buffer(fs->t, REGOPT_CHECKPOINT_PARAMS, buf, n));
+    for (k = 0; k < 3; k++) {
+        vstep(fs);
+        vstep(fresh);
+        same_w(fs, fresh, "after a load without state");
+    }
+    free(buf);
+    vrun_close(plain);
+    vrun_close(fs);
+    vrun_close(fresh);
+}
+END_TEST
+
+/* Switching the direction mid-run: the other mode's state is not used. */
+START_TEST(direction_switch_starts_afresh)
+{
+    vrun *a = vrun_open(5, REGOPT_SGD, 0.02, 1, 0.1, 1);
+    vref f;
+    int k;
+    vref_init(&f, 5, 2, 0.1, 0.02);
+    vstep(a);
+    vset(a, REGOPT_SAM_DIRECTION, 0); /* plain SAM for a step */
+    vstep(a);
+    vset(a, REGOPT_SAM_DIRECTION, 2);
+    /* the reference: a FriendlySAM step, a SAM step, then VaSSO afresh */
+    f.dir = 1;
+    vref_step(&f, 1);
+    f.dir = 0;
+    vref_step(&f, 1);
+    f.dir = 2;
+    f.held = 0;
+    for (k = 0; k < 3; k++) {
+        vstep(a);
+        vref_step(&f, 1);
+        vref_compare(&f, a, 1, "switched to VaSSO", k);
+    }
+    vrun_close(a);
+}
+END_TEST
+
+START_TEST(bad_values_are_refused)
+{
+    vrun *r = vrun_open(5, REGOPT_SGD, 0.02, 1, 0.1, 1);
+    static const struct {
+        regopt_key key;
+        double v;
+    } bad[] = {{REGOPT_SAM_DIRECTION, 3},        {REGOPT_SAM_DIRECTION, -1},
+               {REGOPT_SAM_FRIENDLY_SIGMA, -0.1}, {REGOPT_SAM_FRIENDLY_SIGMA, 1e4},
+               {REGOPT_SAM_FRIENDLY_LAMBDA, -0.1}, {REGOPT_SAM_FRIENDLY_LAMBDA, 1.5},
+               {REGOPT_SAM_VASSO_THETA, -0.1},    {REGOPT_SAM_VASSO_THETA, 1.01},
+               {REGOPT_SAM_FRIENDLY_SIGMA, NAN},  {REGOPT_SAM_VASSO_THETA, NAN}};
+    size_t i;
+    for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        double before = -1.0, after = -2.0;
+        RMUST(r->sam, regopt_regularizer_get_double(r->sam, bad[i].key, &before));
+        ck_assert_int_ne(regopt_regularizer_set_double(r->sam, bad[i].key, bad[i].v), REGOPT_OK);
+        RMUST(r->sam, regopt_regularizer_get_double(r->sam, bad[i].key, &after));
+        ck_assert_double_eq(before, after);
+    }
+    ck_assert_int_ne(regopt_regularizer_set_double(r->sam, REGOPT_SAM_DIRECTION, 1.5),
+                     REGOPT_OK);
+    ck_assert_int_eq(regopt_regularizer_set_double(r->sam, REGOPT_SAM_DIRECTION, 3),
+                     REGOPT_ERR_OUT_OF_RANGE);
+    vstep(r);
+    vrun_close(r);
+}
+END_TEST
+
+/* Out of memory for the direction's buffers: the option is refused and
+ * stays as it was. */
+START_TEST(direction_buffers_out_of_memory)
+{
+    counting c = {0, 0, 0};
+    regopt_allocator a = COUNTING_ALLOCATOR(&c);
+    vrun *r;
+    regopt_regularizer *s;
+    regopt_status st = REGOPT_OK;
+    int64_t v = -1;
+    long i;
+    v_alloc = &a;
+    r = vrun_open(5, REGOPT_SGD, 0.02, 0, 0.1, 1);
+    v_alloc = NULL;
+    TMUST(r->t, regopt_trainer_detach(r->t, r->sam));
+    for (i = 1; i <= 3; i++) {
+        c.fail_at = 0;
+        s = regopt_regularizer_create(REGOPT_REG_SAM, NULL, &st);
+        ck_assert_ptr_nonnull(s);
+        TMUST(r->t, regopt_trainer_attach(r->t, s));
+        c.fail_at = c.allocs + i;
+        ck_assert_int_eq(regopt_regularizer_set_int(s, REGOPT_SAM_DIRECTION, 2),
+                         REGOPT_ERR_NO_MEMORY);
+        RMUST(s, regopt_regularizer_get_int(s, REGOPT_SAM_DIRECTION, &v));
+        ck_assert_int_eq(v, 0);
+        c.fail_at = 0;
+        RMUST(s, regopt_regularizer_set_int(s, REGOPT_SAM_DIRECTION, 2));
+        TMUST(r->t, regopt_trainer_step(r->t, &r->b, 1));
+        TMUST(r->t, regopt_trainer_detach(r->t, s));
+        MUST(regopt_regularizer_free(s));
+    }
+    vrun_close(r);
+    ck_assert_int_eq(c.allocs, c.frees + 3); /* the three refused allocations */
+}
+END_TEST
+
+Suite *suite_sam_variants(void)
+{
+    Suite *s = suite_create("sam_variants");
+    TCase *tc = tcase_create("directions");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, friendly_first_steps);
+    tcase_add_test(tc, vasso_first_steps);
+    tcase_add_test(tc, directions_compose_with_asam);
+    tcase_add_test(tc, directions_with_every_k);
+    tcase_add_test(tc, defaults_are_the_papers);
+    tcase_add_test(tc, friendly_sigma_zero_is_sam);
+    tcase_add_test(tc, vasso_theta_one_is_sam);
+    tcase_add_test(tc, directions_with_m_sharpness);
+    tcase_add_test(tc, directions_same_bits_on_threads);
+    tcase_add_test(tc, rollback_in_every_pass);
+    tcase_add_test(tc, checkpoint_resume_is_exact);
+    tcase_add_test(tc, checkpoint_without_state_loads);
+    tcase_add_test(tc, direction_switch_starts_afresh);
+    tcase_add_test(tc, bad_values_are_refused);
+    tcase_add_test(tc, direction_buffers_out_of_memory);
+    suite_add_tcase(s, tc);
+    return s;
+}
