@@ -1389,6 +1389,24 @@ enum regopt_sam_direction {
     REGOPT_SAM_DIRECTION_VASSO = 2     /* VaSSO */
 };
 
+/*
+ * WSAM (sam.wsam; Yue et al., KDD 2023; since 1.0) weights the sharpness
+ * g_p - g by alpha = gamma / (1 - gamma) (sam.wsam_gamma):
+ *   decoupled (the paper's default): the base optimizer steps with the clean
+ *     g (its momentum, preconditioner, weight decay and clipping see only g),
+ *     then a raw step w -= lr_t * lr_scale(group) * alpha * (g_p - g);
+ *   coupled: the base optimizer steps with alpha g_p + (1 - alpha) g.
+ * The ascent is unchanged (ASAM, sam.direction, m-sharpness compose). Data
+ * parallel: the ascent uses each replica's own g (as the official code) and
+ * both g and g_p are averaged: decoupled WSAM adds one all-reduce per SAM
+ * step for g_p - g. No state across steps.
+ */
+enum regopt_sam_wsam {
+    REGOPT_SAM_WSAM_OFF = 0,
+    REGOPT_SAM_WSAM_DECOUPLED = 1,
+    REGOPT_SAM_WSAM_COUPLED = 2
+};
+
 enum regopt_sam_key {
     REGOPT_SAM_RHO = 1000,          /* "sam.rho": ascent radius (rho_max of GSAM),
                                        [0, 1e3], default 0.05 (ASAM: 0.5 - 2) */
@@ -1437,6 +1455,13 @@ enum regopt_sam_key {
                                        train.py 0.95; CIFAR-100 0.6) */
     REGOPT_SAM_VASSO_THETA = 1016,  /* "sam.vasso_theta": VaSSO's theta, [0, 1],
                                        default 0.9 (1 = SAM) */
+    REGOPT_SAM_WSAM = 1017,         /* "sam.wsam": int, default 0 (off): WSAM,
+                                       REGOPT_SAM_WSAM_DECOUPLED or _COUPLED; see
+                                       "WSAM" above. Not with sam.gsam. Since 1.0 */
+    REGOPT_SAM_WSAM_GAMMA = 1018,   /* "sam.wsam_gamma": WSAM's gamma, [0, 0.999],
+                                       default 0.9; alpha = gamma / (1 - gamma)
+                                       (gamma 0.5: coupled = SAM; 0: decoupled =
+                                       the base optimizer) */
 
     /* Per parameter group (regopt_regularizer_set_group). */
     REGOPT_SAM_GROUP_ADAPTIVE = 1050, /* "sam.group_adaptive": int 0/1, default 1:

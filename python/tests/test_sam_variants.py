@@ -1,7 +1,7 @@
 """SAM's second wave through the binding: sam.direction (FriendlySAM,
-VaSSO) and its parameters as attributes of the SAM handle, their bounds,
-the reductions to SAM bit for bit, a FriendlySAM step against NumPy, and a
-checkpoint resume that carries the direction's state."""
+VaSSO) and sam.wsam (WSAM) with their parameters as attributes of the SAM
+handle, their bounds, the reductions to SAM bit for bit, steps against
+NumPy, and a checkpoint resume that carries the direction's state."""
 import os
 import sys
 import unittest
@@ -127,6 +127,30 @@ class SamVariantsTest(unittest.TestCase):
             t2.step(data=X)
         np.testing.assert_array_equal(q2.w, want)
         t2.close(), o2.close(), m2.close()
+
+    def test_wsam(self):
+        sam = regopt.SAM(wsam=1)
+        self.assertEqual((sam.wsam, sam.wsam_gamma), (1, 0.9))
+        for value in (1.0, -0.5):
+            with self.assertRaises(regopt.OutOfRange):
+                sam.wsam_gamma = value
+        with self.assertRaises(regopt.OutOfRange):
+            sam.wsam = 3
+        sam.close()
+        # gamma 1/2 coupled is SAM, bit for bit
+        np.testing.assert_array_equal(self.train(4, rho=0.1, wsam=2, wsam_gamma=0.5),
+                                      self.train(4, rho=0.1))
+        # decoupled against NumPy: the SGD step on g, then w -= lr alpha (g_p - g)
+        for mode, gamma in ((1, 0.9), (2, 0.7)):
+            h = H.astype(np.float64)
+            w = W0.astype(np.float64)
+            alpha = gamma / (1 - gamma)
+            for _ in range(3):
+                g = h * w
+                gp = h * (w + 0.1 * g / (np.linalg.norm(g) + 1e-12))
+                w = w - 0.02 * (alpha * gp + (1 - alpha) * g)   # both forms, plain SGD
+            got = self.train(3, rho=0.1, wsam=mode, wsam_gamma=gamma)
+            np.testing.assert_allclose(got, w, rtol=2e-6, atol=2e-7)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ struct ro_step {
     double weight, inv_weight;
     double lr;            /* scheduled lr of this step's update */
     double lr_max, lr_min; /* optimizer.lr and its floor (GSAM's rho schedule) */
+    const regopt_optimizer *opt; /* the base optimizer, read-only (groups' lr_scale) */
     int64_t total_steps;  /* optimizer.total_steps */
     uint64_t step, seed;
     ro_plan plan;
@@ -110,7 +111,7 @@ typedef struct ro_reg_ops {
     regopt_status (*term)(ro_reg *r, ro_view *v, double *weighted); /* adds to v->dz */
     regopt_status (*backward)(ro_reg *r, ro_view *v);    /* after the task backwards */
     regopt_status (*gradient)(ro_reg *r, ro_step *s);    /* weight side */
-    void (*after_update)(ro_reg *r, const ro_step *s);   /* cannot fail */
+    void (*after_update)(ro_reg *r, const ro_step *s);   /* cannot fail; may move w (WSAM) */
     void (*commit)(ro_reg *r, const ro_step *s);         /* statistics */
     /* a step abandoned by a callback that never returned (threw, longjmp'd):
        undo what the method had in flight (regopt_trainer_recover) */

@@ -21,7 +21,8 @@ typedef struct sam {
     uint8_t group_adaptive[REGOPT_MAX_GROUPS];
     float *save;  /* w before the ascent, restored by copy (n_trainable) */
     float *accum; /* m-sharpness: sum of the chunks' perturbed gradients */
-    float *clean; /* GSAM: the clean gradient */
+    float *clean; /* GSAM, WSAM: the clean gradient */
+    ro_sam_wsam wsam; /* sam.wsam */
     ro_sam_dir dir; /* sam.direction and its state */
     /* what the step under way measured, committed to the statistics */
     double clean_loss, perturbed_loss, ascent_norm, rho_used;
@@ -56,6 +57,8 @@ static const ro_key_desc sam_keys[] = {
     {REGOPT_SAM_FRIENDLY_SIGMA, "sam.friendly_sigma", D, RO_OWNER_REG, 0, 1e3, 1, 0},
     {REGOPT_SAM_FRIENDLY_LAMBDA, "sam.friendly_lambda", D, RO_OWNER_REG, 0, 1, 0.9, 0},
     {REGOPT_SAM_VASSO_THETA, "sam.vasso_theta", D, RO_OWNER_REG, 0, 1, 0.9, 0},
+    {REGOPT_SAM_WSAM, "sam.wsam", I, RO_OWNER_REG, 0, 2, 0, 0},
+    {REGOPT_SAM_WSAM_GAMMA, "sam.wsam_gamma", D, RO_OWNER_REG, 0, 0.999, 0.9, 0},
     {REGOPT_SAM_GROUP_ADAPTIVE, "sam.group_adaptive", I, RO_OWNER_REG, 0, 1, 1,
      REGOPT_KEY_GROUP},
     {REGOPT_STAT_SAM_CLEAN_LOSS, "sam.clean_loss", D, RO_OWNER_REG, -HUGE_VAL, HUGE_VAL, 0, RO},
@@ -74,6 +77,7 @@ static void sam_init(ro_reg *r)
     s->delta = 1e-12;
     s->eta = 0.01;
     s->gsam_alpha = 0.4;
+    s->wsam.gamma = 0.9;
     s->every = 1;
     s->same_seed = 1;
     memset(s->group_adaptive, 1, sizeof s->group_adaptive);
@@ -102,7 +106,9 @@ static regopt_status buffers(ro_reg *r)
     if (st == REGOPT_OK)
         st = reserve_one(r, &s->accum, s->m_rows > 0);
     if (st == REGOPT_OK)
-        st = reserve_one(r, &s->clean, s->gsam);
+        st = reserve_one(r, &s->clean, s->gsam || s->wsam.mode);
+    if (st == REGOPT_OK)
+        st = reserve_one(r, &s->wsam.sharp, s->wsam.mode == RO_SAM_WSAM_DECOUPLED);
     if (st == REGOPT_OK)
         st = ro_sam_dir_reserve(&s->dir, r->env, r->msg);
     return st;
@@ -114,7 +120,8 @@ static void sam_detach(ro_reg *r)
     ro_free(r->env->alloc, s->save);
     ro_free(r->env->alloc, s->accum);
     ro_free(r->env->alloc, s->clean);
-    s->save = s->accum = s->clean = NULL;
+    ro_free(r->env->alloc, s->wsam.sharp);
+    s->save = s->accum = s->clean = s->wsam.sharp = NULL;
     ro_sam_dir_release(&s->dir, r->env);
 }
 
@@ -141,6 +148,7 @@ static void *field(sam *s, regopt_key key, int *is_double)
     case REGOPT_SAM_FRIENDLY_SIGMA: return &s->dir.sigma;
     case REGOPT_SAM_FRIENDLY_LAMBDA: return &s->dir.lambda;
     case REGOPT_SAM_VASSO_THETA: return &s->dir.theta;
+    case REGOPT_SAM_WSAM_GAMMA: return &s->wsam.gamma;
     default: break;
     }
     *is_double = 0;
@@ -151,6 +159,7 @@ static void *field(sam *s, regopt_key key, int *is_double)
     case REGOPT_SAM_SAME_SEED: return &s->same_seed;
     case REGOPT_SAM_SYNC_ASCENT: return &s->sync_ascent;
     case REGOPT_SAM_DIRECTION: return &s->dir.mode;
+    case REGOPT_SAM_WSAM: return &s->wsam.mode;
     default: return NULL;
     }
 }
@@ -180,6 +189,7 @@ static regopt_status sam_set(ro_reg *r, const ro_key_desc *k, int32_t group, dou
         old.save = s->save; /* keep whatever was allocated; freed at sam_detach */
         old.accum = s->accum;
         old.clean = s->clean;
+        old.wsam.sharp = s->wsam.sharp;
         old.dir.state = s->dir.state;
         old.dir.next = s->dir.next;
         old.dir.buf = s->dir.buf;
@@ -214,6 +224,10 @@ static regopt_status check(ro_reg *r, const ro_step *st)
 {
     const sam *s = r->self;
     size_t bi;
+    if (s->gsam && s->wsam.mode)
+        return ro_fail(r->env->msg, REGOPT_ERR_INVALID_ARGUMENT,
+                       "sam.wsam cannot be combined with sam.gsam: each makes the update "
+                       "direction");
     if (s->m_rows > 0 && s->sync_ascent && r->env->has_allreduce)
         return ro_fail(r->env->msg, REGOPT_ERR_INVALID_ARGUMENT,
                        "sam.sync_ascent cannot be combined with sam.m_rows: every chunk "
@@ -466,7 +480,7 @@ static regopt_status whole_step(sam_reg *g, ro_step *st)
             return rc;
         }
     }
-    if (rc == REGOPT_OK && s->gsam)
+    if (rc == REGOPT_OK && (s->gsam || s->wsam.mode))
         gather(g, s->clean, 0);
     if (rc == REGOPT_OK)
         g->dir = ro_sam_dir_make(&s->dir, g->r->env->par, 1.0);
@@ -506,7 +520,7 @@ static regopt_status chunk_step(sam_reg *g, ro_step *st, chunk_ctx *c, double *n
     st->zero_grads(st);
     rc = st->eval_rows(st, c->bi, c->r0, c->rows, c->chunk, REGOPT_PASS_TRAIN, RO_SEED_TASK,
                        &clean);
-    if (rc == REGOPT_OK && s->gsam)
+    if (rc == REGOPT_OK && (s->gsam || s->wsam.mode))
         gather(g, s->clean, 1);
     if (rc == REGOPT_OK) {
         /* the chunk's gradient carries its share of the step's weight: give
@@ -539,7 +553,7 @@ static regopt_status chunked_step(sam_reg *g, ro_step *st)
     double norm_sum = 0.0;
     regopt_status rc = REGOPT_OK;
     ro_zero(s->accum, n);
-    if (s->gsam)
+    if (s->gsam || s->wsam.mode)
         ro_zero(s->clean, n);
     for (bi = 0; bi < st->count && rc == REGOPT_OK; bi++) {
         chunk_ctx c;
@@ -578,6 +592,7 @@ static regopt_status gradient(ro_reg *r, ro_step *st)
     rc = s->m_rows > 0 ? chunked_step(&g, st) : whole_step(&g, st);
     if (rc == REGOPT_OK)
         ro_sam_dir_end(&s->dir);
+    rc = ro_sam_wsam_finish(&s->wsam, r->env, st, s->clean, s->applied, rc);
     st->loss = s->clean_loss;
     st->loss2 = s->perturbed_loss;
     st->has_loss2 = 1;
@@ -601,9 +616,10 @@ static void sam_commit(ro_reg *r, const ro_step *st)
 static void sam_after_update(ro_reg *r, const ro_step *st)
 {
     sam *s = r->self;
-    (void)st;
-    if (r->due)
-        ro_sam_dir_commit(&s->dir);
+    if (!r->due)
+        return;
+    ro_sam_dir_commit(&s->dir);
+    ro_sam_wsam_after(&s->wsam, r->env, st);
 }
 
 static uint64_t sam_state_size(const ro_reg *r)

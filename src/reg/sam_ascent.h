@@ -1,6 +1,7 @@
-/* sam_ascent.h — the ascent directions of the SAM family that keep state
- * across steps: FriendlySAM (Li et al., CVPR 2024) and VaSSO (Li &
- * Giannakis, NeurIPS 2023); docs/methods.md §SAM. Used by sam.c only. */
+/* sam_ascent.h — the SAM family beyond sam.c: the ascent directions that
+ * keep state across steps, FriendlySAM (Li et al., CVPR 2024) and VaSSO (Li
+ * & Giannakis, NeurIPS 2023), in sam_ascent.c; WSAM's combinations (Yue et
+ * al., KDD 2023) in sam_wsam.c; docs/methods.md §3.9-3.10. Used by sam.c. */
 #ifndef REGOPT_SAM_ASCENT_H
 #define REGOPT_SAM_ASCENT_H
 
@@ -44,5 +45,27 @@ void ro_sam_dir_save(const ro_sam_dir *d, size_t n, ro_ck_sink *out);
 regopt_status ro_sam_dir_check(ro_sam_dir *d, const ro_env *env, const unsigned char *p,
                                uint64_t size, char *msg);
 void ro_sam_dir_load(ro_sam_dir *d, size_t n, const unsigned char *p, uint64_t size);
+
+/* ---- sam_wsam.c: WSAM (sam.wsam) ---------------------------------------- */
+
+#define RO_SAM_WSAM_OFF 0
+#define RO_SAM_WSAM_DECOUPLED 1
+#define RO_SAM_WSAM_COUPLED 2
+
+typedef struct ro_sam_wsam {
+    int mode;      /* sam.wsam */
+    double gamma;  /* sam.wsam_gamma */
+    float *sharp;  /* decoupled: g_p - g, for the raw step after the update */
+    int pending;   /* the raw step is owed after this step's update */
+} ro_sam_wsam;
+
+/* The end of a SAM step's gradient (rc: how it went so far; applied: the
+ * ascent was made; clean: the flat clean gradient g): coupled, the
+ * gradient becomes alpha g_p + (1 - alpha) g; decoupled, it becomes g and
+ * sharp g_p - g, averaged over replicas by a sync of its own. */
+regopt_status ro_sam_wsam_finish(ro_sam_wsam *w, const ro_env *env, ro_step *st,
+                                 const float *clean, int applied, regopt_status rc);
+/* After the base update (a SAM step that was made): the decoupled raw step. */
+void ro_sam_wsam_after(ro_sam_wsam *w, const ro_env *env, const ro_step *st);
 
 #endif

@@ -61,6 +61,7 @@ static regopt_status step_begin(regopt_trainer *t, const regopt_batch *b, size_t
     s->lr = ro_trainer_lr(t);
     s->lr_max = t->opt->lr;
     s->lr_min = t->opt->lr * t->opt->min_lr_ratio;
+    s->opt = t->opt;
     s->total_steps = t->opt->total_steps;
     s->driver = t;
     s->zero_grads = step_zero;
@@ -134,7 +135,6 @@ static regopt_status step_commit(regopt_trainer *t, ro_step *s, double norm)
        committed hook may throw (regopt_trainer_recover then says so) */
     t->step++;
     t->busy_applied = 1;
-    ro_probe_record(t);
     RO_STAT(t, REGOPT_STAT_LOSS) = s->acc[0];
     RO_STAT(t, REGOPT_STAT_OBJECTIVE) = s->has_loss2 ? s->loss2 : s->loss;
     RO_STAT(t, REGOPT_STAT_GRAD_NORM) = norm;
@@ -147,6 +147,8 @@ static regopt_status step_commit(regopt_trainer *t, ro_step *s, double norm)
     for (i = 0; i < t->n_regs; i++)
         if (t->regs[i]->ops->after_update)
             t->regs[i]->ops->after_update(t->regs[i], s);
+    /* after the hooks that may still move the weights (WSAM's raw step) */
+    ro_probe_record(t);
     for (i = 0; i < t->n_regs; i++)
         if (t->regs[i]->ops->commit)
             t->regs[i]->ops->commit(t->regs[i], s);

@@ -1,0 +1,141 @@
+/* sam_wsam.c — WSAM (Yue et al., KDD 2023; official atorch WeightedSAM):
+ * the sharpness g_p - g weighted by alpha = gamma / (1 - gamma).
+ *   decoupled (default): the base optimizer steps with the clean g, then a
+ *     raw step w -= lr alpha (g_p - g) (no momentum, preconditioner or
+ *     decay), lr the scheduled lr times the group's lr_scale (the official
+ *     code uses the param group's lr);
+ *   coupled: the base optimizer steps with alpha g_p + (1 - alpha) g.
+ * The loops run over the trainer's pieces: the same bits on any number of
+ * threads. */
+#include "reg/sam_ascent.h"
+
+
+typedef struct wsam_job {
+    const float *clean;
+    float *sharp;
+    const regopt_optimizer *opt;
+    float a, b;
+    double c;
+} wsam_job;
+
+static void wsam_couple_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    const wsam_job *w = ctx;
+    const float *g = w->clean + p->offset;
+    float *gp = p->grad, a = w->a, b = w->b;
+    size_t j;
+    for (j = j0; j < j1; j++)
+        gp[j] = a * gp[j] + b * g[j];
+}
+
+static void wsam_couple(const ro_par *par, const float *clean, double alpha)
+{
+    wsam_job w;
+    if (alpha == 1.0) /* gamma 1/2: g_p, SAM bit for bit */
+        return;
+    w.clean = clean;
+    w.a = (float)alpha;
+    w.b = (float)(1.0 - alpha);
+    ro_each_piece(par, wsam_couple_piece, &w);
+}
+
+static void wsam_split_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    const wsam_job *w = ctx;
+    const float *g = w->clean + p->offset;
+    float *s = w->sharp + p->offset, *gr = p->grad;
+    size_t j;
+    for (j = j0; j < j1; j++) {
+        s[j] = gr[j] - g[j];
+        gr[j] = g[j];
+    }
+}
+
+static void wsam_split(const ro_par *par, const float *clean, float *sharp)
+{
+    wsam_job w;
+    w.clean = clean;
+    w.sharp = sharp;
+    ro_each_piece(par, wsam_split_piece, &w);
+}
+
+static void wsam_swap_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    const wsam_job *w = ctx;
+    float *s = w->sharp + p->offset, *gr = p->grad;
+    size_t j;
+    for (j = j0; j < j1; j++) {
+        float t = s[j];
+        s[j] = gr[j];
+        gr[j] = t;
+    }
+}
+
+static void wsam_swap(const ro_par *par, float *sharp)
+{
+    wsam_job w;
+    w.sharp = sharp;
+    ro_each_piece(par, wsam_swap_piece, &w);
+}
+
+static void wsam_step_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    const wsam_job *w = ctx;
+    const float *s = w->sharp + p->offset;
+    float *x = p->data, c = (float)(w->c * w->opt->groups[p->group].lr_scale);
+    size_t j;
+    if (c == 0.0f)
+        return;
+    for (j = j0; j < j1; j++)
+        x[j] = x[j] - c * s[j];
+}
+
+static void wsam_step(const ro_par *par, const regopt_optimizer *opt, double lr, double alpha,
+                      const float *sharp)
+{
+    wsam_job w;
+    if (alpha == 0.0) /* gamma 0: the base optimizer alone, bit for bit */
+        return;
+    w.sharp = (float *)sharp;
+    w.opt = opt;
+    w.c = lr * alpha;
+    ro_each_piece(par, wsam_step_piece, &w);
+}
+
+static double wsam_alpha(const ro_sam_wsam *w) { return w->gamma / (1.0 - w->gamma); }
+
+/* Every replica joins the decoupled sync, with its failure if any, so none
+ * waits; a failed sync_ascent (st->synced) already stopped them all. */
+regopt_status ro_sam_wsam_finish(ro_sam_wsam *w, const ro_env *env, ro_step *st,
+                                 const float *clean, int applied, regopt_status rc)
+{
+    double unused = 0.0;
+    w->pending = 0;
+    if (w->mode == RO_SAM_WSAM_COUPLED && rc == REGOPT_OK && applied)
+        wsam_couple(env->par, clean, wsam_alpha(w));
+    if (w->mode != RO_SAM_WSAM_DECOUPLED)
+        return rc;
+    if (rc == REGOPT_OK && applied)
+        wsam_split(env->par, clean, w->sharp); /* grads: g */
+    else if (rc == REGOPT_OK)
+        ro_zero(w->sharp, env->model->n_trainable);
+    if (env->has_allreduce && !st->synced) {
+        if (rc == REGOPT_OK)
+            wsam_swap(env->par, w->sharp); /* grads: g_p - g */
+        rc = st->sync(st, rc, &unused, NULL);
+        if (rc != REGOPT_OK) {
+            st->synced = 1;
+            return rc;
+        }
+        wsam_swap(env->par, w->sharp); /* grads: the local g again */
+    }
+    w->pending = rc == REGOPT_OK;
+    return rc;
+}
+
+void ro_sam_wsam_after(ro_sam_wsam *w, const ro_env *env, const ro_step *st)
+{
+    if (w->pending)
+        wsam_step(env->par, st->opt, st->lr, wsam_alpha(w), w->sharp);
+    w->pending = 0;
+}
