@@ -1355,6 +1355,9 @@ REGOPT_API regopt_status regopt_regularizer_kind_info(size_t index,
  * clamped to [rho_min, rho] (during warm-up lr_t < lr_min).
  * Tensors registered without a gradient are never perturbed; tensors whose
  * ascent gradient a = g + ascent_weight_decay * w is zero get eps = 0.
+ * SAM-ON (Mueller et al. 2023; since 1.0): a parameter group with
+ * sam.group_perturb = 0 is left out of the ascent, both ||T a|| and eps;
+ * its tensors still get g_p, taken at the other groups' w + eps.
  * SAM statistics of a plain step (sam.every, or ||T a|| = 0): sam_applied 0,
  * perturbed loss = clean loss, sharpness 0; on sam.every's plain steps
  * sam_rho and sam_ascent_norm read 0 too.
@@ -1470,6 +1473,14 @@ enum regopt_sam_key {
                                        scales weights only: set 0 on bias/norm
                                        groups). Since 1.0 (0.x: the trainer's
                                        REGOPT_GROUP_SAM_ADAPTIVE, 152) */
+    REGOPT_SAM_GROUP_PERTURB = 1051, /* "sam.group_perturb": int 0/1, default 1:
+                                       0 leaves this group's tensors out of the
+                                       ascent, both its norm and eps (SAM-ON,
+                                       Mueller et al. 2023: perturb only the
+                                       normalisation layers' affine parameters;
+                                       with sam.adaptive 1, eta 0, rho 10: their
+                                       ASAM-ON recipe). They still get g_p, taken
+                                       at the other groups' w + eps. Since 1.0 */
 
     /* Statistics (read-only). On the handle since 1.0 (0.x: trainer
      * statistics 909..914, "stat.sam_*"). */

@@ -1,5 +1,6 @@
 /* check_sam_variants.c — the SAM family's second wave: ascent directions
- * with state (sam.direction: FriendlySAM, VaSSO) and WSAM (sam.wsam). Each variant's first
+ * with state (sam.direction: FriendlySAM, VaSSO), WSAM (sam.wsam) and SAM-ON
+ * (sam.group_perturb). Each variant's first
  * steps against a double-precision reference written here (never the
  * library's own output), the exact reductions to SAM, ASAM and m-sharpness
  * composition, every-k, threads, rollback on a failing callback in every
@@ -155,6 +156,7 @@ static void same_w(const vrun *a, const vrun *b, const char *what)
 typedef struct vref {
     size_t n;
     int dir, adaptive, held;
+    size_t out_from; /* SAM-ON: elements from here (group 1, "b") are not perturbed */
     double rho, delta, eta, sigma, lambda, theta, lr;
     double w[8], m[8];
     double norm, clean, pert; /* of the last step */
@@ -174,6 +176,7 @@ static void vref_init(vref *f, size_t n, int dir, double rho, double lr)
     f->sigma = 1.0;
     f->lambda = 0.9;
     f->theta = 0.9;
+    f->out_from = n;
     for (i = 0; i < n; i++)
         f->w[i] = w0_of(i);
 }
@@ -212,7 +215,7 @@ static void vref_step(vref *f, int sam_step)
             mn[i] = (1.0 - f->theta) * f->m[i] + f->theta * g[i];
             a[i] = mn[i];
         }
-        t[i] = f->adaptive ? fabs(f->w[i]) + f->eta : 1.0;
+        t[i] = i >= f->out_from ? 0.0 : f->adaptive ? fabs(f->w[i]) + f->eta : 1.0;
         s2 += t[i] * a[i] * t[i] * a[i];
     }
     f->norm = sqrt(s2);
@@ -456,7 +459,7 @@ static unsigned char *save_all(const vrun *r, size_t *size)
  * clean, 2 perturbed; with sam.m_rows 1 over 2 rows, 1 and 3 clean, 2 and
  * 4 perturbed) leaves the checkpoint bytes as they were; then the run
  * continues as one that never failed. */
-static void rollback_each_pass(int dir, int m_rows, size_t rows, int wsam)
+static void rollback_each_pass(int dir, int m_rows, size_t rows, int wsam, int perturb1)
 {
     int calls = m_rows ? 4 : 2, c, back;
     for (back = 0; back < 2; back++)
@@ -470,6 +473,10 @@ static void rollback_each_pass(int dir, int m_rows, size_t rows, int wsam)
             vset(good, REGOPT_SAM_M_ROWS, m_rows);
             vset(bad, REGOPT_SAM_WSAM, wsam);
             vset(good, REGOPT_SAM_WSAM, wsam);
+            RMUST(bad->sam, regopt_regularizer_set_group(bad->sam, 1, REGOPT_SAM_GROUP_PERTURB,
+                                                         perturb1));
+            RMUST(good->sam, regopt_regularizer_set_group(good->sam, 1,
+                                                          REGOPT_SAM_GROUP_PERTURB, perturb1));
             for (k = 0; k < 2; k++) {
                 vstep(bad);
                 vstep(good);
@@ -500,13 +507,15 @@ static void rollback_each_pass(int dir, int m_rows, size_t rows, int wsam)
 
 START_TEST(rollback_in_every_pass)
 {
-    rollback_each_pass(1, 0, 1, 0);
-    rollback_each_pass(2, 0, 1, 0);
-    rollback_each_pass(1, 1, 2, 0);
-    rollback_each_pass(2, 1, 2, 0);
-    rollback_each_pass(0, 0, 1, REGOPT_SAM_WSAM_DECOUPLED);
-    rollback_each_pass(0, 0, 1, REGOPT_SAM_WSAM_COUPLED);
-    rollback_each_pass(1, 1, 2, REGOPT_SAM_WSAM_DECOUPLED);
+    rollback_each_pass(1, 0, 1, 0, 1);
+    rollback_each_pass(2, 0, 1, 0, 1);
+    rollback_each_pass(1, 1, 2, 0, 1);
+    rollback_each_pass(2, 1, 2, 0, 1);
+    rollback_each_pass(0, 0, 1, REGOPT_SAM_WSAM_DECOUPLED, 1);
+    rollback_each_pass(0, 0, 1, REGOPT_SAM_WSAM_COUPLED, 1);
+    rollback_each_pass(1, 1, 2, REGOPT_SAM_WSAM_DECOUPLED, 1);
+    rollback_each_pass(0, 0, 1, 0, 0); /* SAM-ON */
+    rollback_each_pass(2, 1, 2, REGOPT_SAM_WSAM_COUPLED, 0);
 }
 END_TEST
 
@@ -916,6 +925,104 @@ START_TEST(wsam_resume_is_exact)
 }
 END_TEST
 
+/* ======================================================================== */
+/* 5. SAM-ON: sam.group_perturb                                             */
+/* ======================================================================== */
+
+/* Group 1 ("b", elements 3 and 4) out of the ascent: its norm and eps
+ * cover "a" only; plain SAM, ASAM (the ASAM-ON recipe: eta 0) and VaSSO. */
+static void sam_on_reference(int dir, int adaptive)
+{
+    vrun *r = vrun_open(5, REGOPT_SGD, 0.02, dir, adaptive ? 2.0 : 0.1, 1);
+    vref f;
+    int k;
+    ck_assert_uint_eq(r->q.n0, 3);
+    RMUST(r->sam, regopt_regularizer_set_group(r->sam, 1, REGOPT_SAM_GROUP_PERTURB, 0));
+    vset(r, REGOPT_SAM_ADAPTIVE, adaptive);
+    vset(r, REGOPT_SAM_ETA, 0.0);
+    vref_init(&f, 5, dir, adaptive ? 2.0 : 0.1, 0.02);
+    f.adaptive = adaptive;
+    f.eta = 0.0;
+    f.out_from = 3;
+    for (k = 0; k < 3; k++) {
+        vstep(r);
+        vref_step(&f, 1);
+        vref_compare(&f, r, 1, "SAM-ON", k);
+    }
+    vrun_close(r);
+}
+
+START_TEST(sam_on_first_steps)
+{
+    sam_on_reference(0, 0);
+    sam_on_reference(0, 1);
+    sam_on_reference(2, 0);
+}
+END_TEST
+
+/* Every group out: no ascent, the base optimizer alone bit for bit (with
+ * two passes still: the clean one gives g, the ascent norm is 0). Every
+ * group in (the default): SAM. */
+START_TEST(sam_on_identities)
+{
+    vrun *a = vrun_open(7, REGOPT_ADAM, 0.01, 0, 0.2, 1);
+    vrun *b = vrun_open(7, REGOPT_ADAM, 0.01, 0, 0.2, 1);
+    double v = -1.0;
+    int k;
+    RMUST(b->sam, regopt_regularizer_get_group(b->sam, 1, REGOPT_SAM_GROUP_PERTURB, &v));
+    ck_assert_double_eq(v, 1.0);
+    RMUST(a->sam, regopt_regularizer_set_group(a->sam, 0, REGOPT_SAM_GROUP_PERTURB, 0));
+    RMUST(a->sam, regopt_regularizer_set_group(a->sam, 1, REGOPT_SAM_GROUP_PERTURB, 0));
+    TMUST(b->t, regopt_trainer_detach(b->t, b->sam));
+    for (k = 0; k < 4; k++) {
+        vstep(a);
+        vstep(b);
+        same_w(a, b, "no group perturbed vs the base optimizer");
+        ck_assert_int_eq(rstat(a->sam, REGOPT_STAT_SAM_APPLIED), 0);
+    }
+    ck_assert_int_ne(regopt_regularizer_set_group(a->sam, 1, REGOPT_SAM_GROUP_PERTURB, 2),
+                     REGOPT_OK);
+    ck_assert_int_ne(regopt_regularizer_set_group(a->sam, 64, REGOPT_SAM_GROUP_PERTURB, 1),
+                     REGOPT_OK);
+    ck_assert_int_ne(regopt_regularizer_set_group(a->sam, -1, REGOPT_SAM_GROUP_PERTURB, 1),
+                     REGOPT_OK);
+    RMUST(a->sam, regopt_regularizer_get_group(a->sam, 1, REGOPT_SAM_GROUP_PERTURB, &v));
+    ck_assert_double_eq(v, 0.0);
+    vrun_close(a);
+    vrun_close(b);
+}
+END_TEST
+
+/* The flag goes through checkpoints' options: resume bit for bit. */
+START_TEST(sam_on_resume_is_exact)
+{
+    vrun *a = vrun_open(6, REGOPT_ADAM, 0.01, 1, 0.2, 1);
+    vrun *b = vrun_open(6, REGOPT_ADAM, 0.01, 1, 0.2, 1);
+    vrun *c = vrun_open(6, REGOPT_ADAM, 0.01, 0, 0.2, 1);
+    unsigned char *buf;
+    size_t n;
+    double v = -1.0;
+    int k;
+    RMUST(a->sam, regopt_regularizer_set_group(a->sam, 0, REGOPT_SAM_GROUP_PERTURB, 0));
+    RMUST(b->sam, regopt_regularizer_set_group(b->sam, 0, REGOPT_SAM_GROUP_PERTURB, 0));
+    for (k = 0; k < 5; k++)
+        vstep(a);
+    vstep(b);
+    vstep(b);
+    buf = save_all(b, &n);
+    TMUST(c->t, regopt_trainer_load_buffer(c->t, CK_ALL, buf, n));
+    RMUST(c->sam, regopt_regularizer_get_group(c->sam, 0, REGOPT_SAM_GROUP_PERTURB, &v));
+    ck_assert_double_eq(v, 0.0);
+    for (k = 0; k < 3; k++)
+        vstep(c);
+    same_w(a, c, "SAM-ON resumed");
+    free(buf);
+    vrun_close(a);
+    vrun_close(b);
+    vrun_close(c);
+}
+END_TEST
+
 Suite *suite_sam_variants(void)
 {
     Suite *s = suite_create("sam_variants");
@@ -945,6 +1052,11 @@ Suite *suite_sam_variants(void)
     tcase_add_test(tc, wsam_refuses_gsam);
     tcase_add_test(tc, wsam_data_parallel);
     tcase_add_test(tc, wsam_resume_is_exact);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("sam_on");
+    tcase_add_test(tc, sam_on_first_steps);
+    tcase_add_test(tc, sam_on_identities);
+    tcase_add_test(tc, sam_on_resume_is_exact);
     suite_add_tcase(s, tc);
     return s;
 }

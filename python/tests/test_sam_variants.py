@@ -152,6 +152,29 @@ class SamVariantsTest(unittest.TestCase):
             got = self.train(3, rho=0.1, wsam=mode, wsam_gamma=gamma)
             np.testing.assert_allclose(got, w, rtol=2e-6, atol=2e-7)
 
+    def test_sam_on_group_flag(self):
+        """sam.group_perturb through set_group: all groups out = plain SGD."""
+        q = Quadratic()
+        m = regopt.Model(1, forward=q.forward, backward=q.backward)
+        m.add_param("a", q.w[:3], q.g[:3], group=0)
+        m.add_param("b", q.w[3:], q.g[3:], group=1)
+        o = regopt.Optimizer("sgd", lr=0.02)
+        t = regopt.Trainer(m, o)
+        t.set_loss(unit_loss)
+        sam = t.add("sam", rho=0.1)
+        self.assertEqual(sam.get_group(1, "perturb"), 1.0)
+        sam.set_group(0, perturb=0).set_group(1, perturb=0)
+        self.assertEqual(sam.get_group(0, "perturb"), 0.0)
+        with self.assertRaises(regopt.OutOfRange):
+            sam.set_group(1, perturb=2)
+        want = W0.astype(np.float64)
+        for _ in range(3):
+            t.step(data=X)
+            want = want - 0.02 * (H * want)
+            self.assertEqual(sam.stat("applied"), 0)
+        np.testing.assert_allclose(q.w, want, rtol=2e-6, atol=2e-7)
+        t.close(), o.close(), m.close()
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -19,6 +19,7 @@ typedef struct sam {
     int adaptive, gsam, rho_follows_lr, same_seed, sync_ascent;
     int64_t every, m_rows;
     uint8_t group_adaptive[REGOPT_MAX_GROUPS];
+    uint8_t group_perturb[REGOPT_MAX_GROUPS]; /* SAM-ON: 0 = out of the ascent */
     float *save;  /* w before the ascent, restored by copy (n_trainable) */
     float *accum; /* m-sharpness: sum of the chunks' perturbed gradients */
     float *clean; /* GSAM, WSAM: the clean gradient */
@@ -61,6 +62,7 @@ static const ro_key_desc sam_keys[] = {
     {REGOPT_SAM_WSAM_GAMMA, "sam.wsam_gamma", D, RO_OWNER_REG, 0, 0.999, 0.9, 0},
     {REGOPT_SAM_GROUP_ADAPTIVE, "sam.group_adaptive", I, RO_OWNER_REG, 0, 1, 1,
      REGOPT_KEY_GROUP},
+    {REGOPT_SAM_GROUP_PERTURB, "sam.group_perturb", I, RO_OWNER_REG, 0, 1, 1, REGOPT_KEY_GROUP},
     {REGOPT_STAT_SAM_CLEAN_LOSS, "sam.clean_loss", D, RO_OWNER_REG, -HUGE_VAL, HUGE_VAL, 0, RO},
     {REGOPT_STAT_SAM_PERTURBED_LOSS, "sam.perturbed_loss", D, RO_OWNER_REG, -HUGE_VAL,
      HUGE_VAL, 0, RO},
@@ -81,6 +83,7 @@ static void sam_init(ro_reg *r)
     s->every = 1;
     s->same_seed = 1;
     memset(s->group_adaptive, 1, sizeof s->group_adaptive);
+    memset(s->group_perturb, 1, sizeof s->group_perturb);
     ro_sam_dir_init(&s->dir);
 }
 
@@ -172,8 +175,9 @@ static regopt_status sam_set(ro_reg *r, const ro_key_desc *k, int32_t group, dou
     int is_double;
     void *f = field(s, k->key, &is_double);
     regopt_status st;
-    if (k->key == REGOPT_SAM_GROUP_ADAPTIVE) {
-        s->group_adaptive[group] = (uint8_t)value;
+    if (k->key == REGOPT_SAM_GROUP_ADAPTIVE || k->key == REGOPT_SAM_GROUP_PERTURB) {
+        (k->key == REGOPT_SAM_GROUP_ADAPTIVE ? s->group_adaptive : s->group_perturb)[group] =
+            (uint8_t)value;
         return REGOPT_OK;
     }
     if (k->key == REGOPT_SAM_EVERY)
@@ -205,6 +209,8 @@ static double sam_get(const ro_reg *r, const ro_key_desc *k, int32_t group)
     void *f = field(s, k->key, &is_double);
     if (k->key == REGOPT_SAM_GROUP_ADAPTIVE)
         return s->group_adaptive[group];
+    if (k->key == REGOPT_SAM_GROUP_PERTURB)
+        return s->group_perturb[group];
     if (k->key == REGOPT_SAM_EVERY)
         return (double)s->every;
     if (k->key == REGOPT_SAM_M_ROWS)
@@ -277,6 +283,8 @@ static double ascent_squares(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
     const ascent_job *a = ctx;
     int ad = adaptive(a->s, p);
+    if (!a->s->group_perturb[p->group]) /* SAM-ON: out of the norm */
+        return 0.0;
     if (!ad && a->wd == 0.0f)
         return ro_sum_squares(direction(a, p, j0), j1 - j0);
     return ro_sum_scaled_squares(p->data + j0, direction(a, p, j0), j1 - j0, a->wd, a->eta, ad);
@@ -326,6 +334,10 @@ static void perturb_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
     const float *g = direction(a, p, j0);
     size_t n = j1 - j0, j = 0;
     int ad = adaptive(a->s, p);
+    if (!a->s->group_perturb[p->group]) { /* SAM-ON: eps = 0, restored by copy all the same */
+        memcpy(save, w, n * sizeof(float));
+        return;
+    }
     if (!ad && wd == 0.0f) /* tw = 1: c (1 * 1 * a) is exactly c a */
         for (; j + RO_BLOCK <= n; j += RO_BLOCK)
             perturb_block(w + j, g + j, save + j, c);
