@@ -1404,6 +1404,19 @@ enum regopt_sam_direction {
  * both g and g_p are averaged: decoupled WSAM adds one all-reduce per SAM
  * step for g_p - g. No state across steps.
  */
+/*
+ * LookSAM (sam.looksam; Liu et al., CVPR 2022; since 1.0): steps
+ * 0, k, 2k, ... (k = sam.every) are SAM steps that also keep, per tensor,
+ * g_v = g_p - (<g, g_p> / ||g||^2) g (g_v = g_p where ||g|| = 0); the other
+ * steps take one gradient g (1 forward + 1 backward per micro-batch) and
+ * step with, per tensor, g + alpha ||g|| / (||g_v|| + 1e-8) g_v. k = 1 is
+ * SAM bit for bit. g_v is committed only when a SAM step is made, freed by
+ * detach, and saved in checkpoints (the SAM section's state). Composes with
+ * ASAM, sam.direction, SAM-ON and m-sharpness (g and g_p summed over the
+ * chunks); data parallel: g_v is made from each replica's own g and g_p
+ * (resume each replica from its own checkpoint). Statistics of a reuse
+ * step: sam.applied 0, sam.rho_used and sam.ascent_norm 0.
+ */
 enum regopt_sam_wsam {
     REGOPT_SAM_WSAM_OFF = 0,
     REGOPT_SAM_WSAM_DECOUPLED = 1,
@@ -1465,6 +1478,12 @@ enum regopt_sam_key {
                                        default 0.9; alpha = gamma / (1 - gamma)
                                        (gamma 0.5: coupled = SAM; 0: decoupled =
                                        the base optimizer) */
+    REGOPT_SAM_LOOKSAM = 1019,      /* "sam.looksam": int 0/1, default 0: LookSAM;
+                                       the steps between sam.every's SAM steps
+                                       reuse the last one's g_v (see "LookSAM"
+                                       above). Not with sam.gsam or sam.wsam.
+                                       Since 1.0 */
+    REGOPT_SAM_LOOKSAM_ALPHA = 1020, /* "sam.looksam_alpha": [0, 1e3], default 0.7 */
 
     /* Per parameter group (regopt_regularizer_set_group). */
     REGOPT_SAM_GROUP_ADAPTIVE = 1050, /* "sam.group_adaptive": int 0/1, default 1:
@@ -1843,9 +1862,10 @@ enum regopt_term_key {
  *   - per attached regularizer, in step order: its kind, its name (a user
  *     term's own), its statistics and its state: the Bregman teacher's EMA
  *     weights and the beta in force, a user term's bytes (save_state), the
- *     state of SAM's sam.direction (FriendlySAM's m, VaSSO's d) when it
- *     holds one; plain SAM, R-Drop and SMART keep nothing across steps
- *     (their buffers are per step), so the step count covers them,
+ *     state of SAM's sam.direction (FriendlySAM's m, VaSSO's d) and
+ *     LookSAM's g_v when it holds them; plain SAM, R-Drop and SMART keep
+ *     nothing across steps (their buffers are per step), so the step count
+ *     covers them,
  *   - with REGOPT_CHECKPOINT_OPTIONS, every option of the optimizer (those
  *     of its kind), the trainer and each attached regularizer, per-group ones
  *     included; not trainer.seed (saved as state above), not trainer.threads

@@ -1,7 +1,8 @@
 """SAM's second wave through the binding: sam.direction (FriendlySAM,
-VaSSO) and sam.wsam (WSAM) with their parameters as attributes of the SAM
-handle, their bounds, the reductions to SAM bit for bit, steps against
-NumPy, and a checkpoint resume that carries the direction's state."""
+VaSSO), sam.wsam (WSAM), sam.group_perturb (SAM-ON) and sam.looksam with
+their parameters as attributes of the SAM handle, their bounds, the
+reductions to SAM bit for bit, steps against NumPy, and a checkpoint
+resume that carries the direction's state."""
 import os
 import sys
 import unittest
@@ -174,6 +175,18 @@ class SamVariantsTest(unittest.TestCase):
             self.assertEqual(sam.stat("applied"), 0)
         np.testing.assert_allclose(q.w, want, rtol=2e-6, atol=2e-7)
         t.close(), o.close(), m.close()
+
+    def test_looksam(self):
+        sam = regopt.SAM(looksam=1, looksam_alpha=0.5)
+        self.assertEqual((sam.looksam, sam.looksam_alpha), (1, 0.5))
+        with self.assertRaises(regopt.OutOfRange):
+            sam.looksam = 2
+        sam.close()
+        # k = 1: SAM bit for bit; k = 3: one pass on the reuse steps
+        np.testing.assert_array_equal(self.train(4, rho=0.1, looksam=1),
+                                      self.train(4, rho=0.1))
+        self.assertFalse(np.array_equal(self.train(4, rho=0.1, looksam=1, every=3),
+                                        self.train(4, rho=0.1, every=3)))
 
 
 if __name__ == "__main__":

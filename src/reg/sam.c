@@ -24,6 +24,7 @@ typedef struct sam {
     float *accum; /* m-sharpness: sum of the chunks' perturbed gradients */
     float *clean; /* GSAM, WSAM: the clean gradient */
     ro_sam_wsam wsam; /* sam.wsam */
+    ro_sam_look look; /* sam.looksam */
     ro_sam_dir dir; /* sam.direction and its state */
     /* what the step under way measured, committed to the statistics */
     double clean_loss, perturbed_loss, ascent_norm, rho_used;
@@ -60,6 +61,8 @@ static const ro_key_desc sam_keys[] = {
     {REGOPT_SAM_VASSO_THETA, "sam.vasso_theta", D, RO_OWNER_REG, 0, 1, 0.9, 0},
     {REGOPT_SAM_WSAM, "sam.wsam", I, RO_OWNER_REG, 0, 2, 0, 0},
     {REGOPT_SAM_WSAM_GAMMA, "sam.wsam_gamma", D, RO_OWNER_REG, 0, 0.999, 0.9, 0},
+    {REGOPT_SAM_LOOKSAM, "sam.looksam", I, RO_OWNER_REG, 0, 1, 0, 0},
+    {REGOPT_SAM_LOOKSAM_ALPHA, "sam.looksam_alpha", D, RO_OWNER_REG, 0, 1e3, 0.7, 0},
     {REGOPT_SAM_GROUP_ADAPTIVE, "sam.group_adaptive", I, RO_OWNER_REG, 0, 1, 1,
      REGOPT_KEY_GROUP},
     {REGOPT_SAM_GROUP_PERTURB, "sam.group_perturb", I, RO_OWNER_REG, 0, 1, 1, REGOPT_KEY_GROUP},
@@ -80,6 +83,7 @@ static void sam_init(ro_reg *r)
     s->eta = 0.01;
     s->gsam_alpha = 0.4;
     s->wsam.gamma = 0.9;
+    s->look.alpha = 0.7;
     s->every = 1;
     s->same_seed = 1;
     memset(s->group_adaptive, 1, sizeof s->group_adaptive);
@@ -109,11 +113,13 @@ static regopt_status buffers(ro_reg *r)
     if (st == REGOPT_OK)
         st = reserve_one(r, &s->accum, s->m_rows > 0);
     if (st == REGOPT_OK)
-        st = reserve_one(r, &s->clean, s->gsam || s->wsam.mode);
+        st = reserve_one(r, &s->clean, s->gsam || s->wsam.mode || s->look.on);
     if (st == REGOPT_OK)
         st = reserve_one(r, &s->wsam.sharp, s->wsam.mode == RO_SAM_WSAM_DECOUPLED);
     if (st == REGOPT_OK)
         st = ro_sam_dir_reserve(&s->dir, r->env, r->msg);
+    if (st == REGOPT_OK)
+        st = ro_sam_look_reserve(&s->look, r->env, r->msg);
     return st;
 }
 
@@ -126,6 +132,7 @@ static void sam_detach(ro_reg *r)
     ro_free(r->env->alloc, s->wsam.sharp);
     s->save = s->accum = s->clean = s->wsam.sharp = NULL;
     ro_sam_dir_release(&s->dir, r->env);
+    ro_sam_look_release(&s->look, r->env);
 }
 
 static regopt_status sam_attach(ro_reg *r)
@@ -152,6 +159,7 @@ static void *field(sam *s, regopt_key key, int *is_double)
     case REGOPT_SAM_FRIENDLY_LAMBDA: return &s->dir.lambda;
     case REGOPT_SAM_VASSO_THETA: return &s->dir.theta;
     case REGOPT_SAM_WSAM_GAMMA: return &s->wsam.gamma;
+    case REGOPT_SAM_LOOKSAM_ALPHA: return &s->look.alpha;
     default: break;
     }
     *is_double = 0;
@@ -163,6 +171,7 @@ static void *field(sam *s, regopt_key key, int *is_double)
     case REGOPT_SAM_SYNC_ASCENT: return &s->sync_ascent;
     case REGOPT_SAM_DIRECTION: return &s->dir.mode;
     case REGOPT_SAM_WSAM: return &s->wsam.mode;
+    case REGOPT_SAM_LOOKSAM: return &s->look.on;
     default: return NULL;
     }
 }
@@ -194,6 +203,8 @@ static regopt_status sam_set(ro_reg *r, const ro_key_desc *k, int32_t group, dou
         old.accum = s->accum;
         old.clean = s->clean;
         old.wsam.sharp = s->wsam.sharp;
+        old.look.gv = s->look.gv;
+        old.look.next = s->look.next;
         old.dir.state = s->dir.state;
         old.dir.next = s->dir.next;
         old.dir.buf = s->dir.buf;
@@ -220,9 +231,11 @@ static double sam_get(const ro_reg *r, const ro_key_desc *k, int32_t group)
     return is_double ? *(double *)f : (double)*(int *)f;
 }
 
+/* LookSAM's steps between the SAM steps are its own too (the reuse). */
 static int sam_due(const ro_reg *r, uint64_t step)
 {
-    return step % (uint64_t)((const sam *)r->self)->every == 0;
+    const sam *s = r->self;
+    return s->look.on || step % (uint64_t)s->every == 0;
 }
 
 /* Options against each other and the step (nothing has changed yet). */
@@ -230,10 +243,10 @@ static regopt_status check(ro_reg *r, const ro_step *st)
 {
     const sam *s = r->self;
     size_t bi;
-    if (s->gsam && s->wsam.mode)
+    if ((s->gsam && s->wsam.mode) || (s->look.on && s->gsam) || (s->look.on && s->wsam.mode))
         return ro_fail(r->env->msg, REGOPT_ERR_INVALID_ARGUMENT,
-                       "sam.wsam cannot be combined with sam.gsam: each makes the update "
-                       "direction");
+                       "%s cannot be combined with sam.gsam or sam.wsam: each makes the update "
+                       "direction", s->look.on ? "sam.looksam" : "sam.wsam");
     if (s->m_rows > 0 && s->sync_ascent && r->env->has_allreduce)
         return ro_fail(r->env->msg, REGOPT_ERR_INVALID_ARGUMENT,
                        "sam.sync_ascent cannot be combined with sam.m_rows: every chunk "
@@ -402,37 +415,6 @@ static void scatter(const sam_reg *g, const float *src)
     }
 }
 
-/* GSAM (Zhuang et al. 2022, Alg. 1): with u = g_p / (||g_p|| + delta),
- * g_perp = g - <g, u> u and the update direction g_p - alpha g_perp
- * = (1 + alpha c) g_p - alpha g with c = <g, g_p> / (||g_p|| + delta)^2. */
-static void gsam_combine(const sam_reg *sg)
-{
-    const regopt_model *m = sg->r->env->model;
-    const float *g = sg->s->clean;
-    double dot = 0.0, np2 = 0.0, c, den;
-    float a = (float)sg->s->gsam_alpha, cp;
-    size_t i, j;
-    for (i = 0; i < m->n_params; i++) {
-        const ro_param *p = &m->params[i];
-        if (!p->grad)
-            continue;
-        for (j = 0; j < p->count; j++) {
-            dot += (double)g[p->offset + j] * p->grad[j];
-            np2 += (double)p->grad[j] * p->grad[j];
-        }
-    }
-    den = sqrt(np2) + sg->s->delta;
-    c = den > 0.0 ? dot / (den * den) : 0.0;
-    cp = (float)(1.0 + sg->s->gsam_alpha * c);
-    for (i = 0; i < m->n_params; i++) {
-        const ro_param *p = &m->params[i];
-        if (!p->grad)
-            continue;
-        for (j = 0; j < p->count; j++)
-            p->grad[j] = cp * p->grad[j] - a * g[p->offset + j];
-    }
-}
-
 static regopt_status check_norm(const sam_reg *g, double norm)
 {
     if (!isfinite(norm))
@@ -492,7 +474,7 @@ static regopt_status whole_step(sam_reg *g, ro_step *st)
             return rc;
         }
     }
-    if (rc == REGOPT_OK && (s->gsam || s->wsam.mode))
+    if (rc == REGOPT_OK && (s->gsam || s->wsam.mode || s->look.on))
         gather(g, s->clean, 0);
     if (rc == REGOPT_OK)
         g->dir = ro_sam_dir_make(&s->dir, g->r->env->par, 1.0);
@@ -500,7 +482,7 @@ static regopt_status whole_step(sam_reg *g, ro_step *st)
         rc = ascend(g, st, s->rho_used, 1.0, whole_perturbed, NULL, &s->ascent_norm, &pert,
                     &s->applied);
     if (rc == REGOPT_OK && s->applied && s->gsam)
-        gsam_combine(g);
+        ro_sam_gsam_combine(g->r->env, g->s->clean, g->s->gsam_alpha, g->s->delta);
     s->perturbed_loss = s->applied ? pert : s->clean_loss;
     return rc;
 }
@@ -532,7 +514,7 @@ static regopt_status chunk_step(sam_reg *g, ro_step *st, chunk_ctx *c, double *n
     st->zero_grads(st);
     rc = st->eval_rows(st, c->bi, c->r0, c->rows, c->chunk, REGOPT_PASS_TRAIN, RO_SEED_TASK,
                        &clean);
-    if (rc == REGOPT_OK && (s->gsam || s->wsam.mode))
+    if (rc == REGOPT_OK && (s->gsam || s->wsam.mode || s->look.on))
         gather(g, s->clean, 1);
     if (rc == REGOPT_OK) {
         /* the chunk's gradient carries its share of the step's weight: give
@@ -565,7 +547,7 @@ static regopt_status chunked_step(sam_reg *g, ro_step *st)
     double norm_sum = 0.0;
     regopt_status rc = REGOPT_OK;
     ro_zero(s->accum, n);
-    if (s->gsam || s->wsam.mode)
+    if (s->gsam || s->wsam.mode || s->look.on)
         ro_zero(s->clean, n);
     for (bi = 0; bi < st->count && rc == REGOPT_OK; bi++) {
         chunk_ctx c;
@@ -580,7 +562,7 @@ static regopt_status chunked_step(sam_reg *g, ro_step *st)
         return rc;
     scatter(g, s->accum); /* the sum of the chunks' weighted gradients */
     if (s->applied && s->gsam)
-        gsam_combine(g);
+        ro_sam_gsam_combine(g->r->env, g->s->clean, g->s->gsam_alpha, g->s->delta);
     s->ascent_norm = chunks ? norm_sum / (double)chunks : 0.0;
     return REGOPT_OK;
 }
@@ -599,11 +581,22 @@ static regopt_status gradient(ro_reg *r, ro_step *st)
     s->clean_loss = s->perturbed_loss = s->ascent_norm = 0.0;
     s->applied = 0;
     s->rho_used = rho_in_force(s, st);
+    if (s->look.on && st->step % (uint64_t)s->every != 0) { /* LookSAM's reuse */
+        s->rho_used = 0.0;
+        rc = st->eval_all(st, REGOPT_PASS_TRAIN, RO_SEED_TASK, &s->clean_loss);
+        if (rc == REGOPT_OK)
+            ro_sam_look_reuse(&s->look, r->env);
+        st->loss = st->loss2 = s->perturbed_loss = s->clean_loss;
+        st->has_loss2 = 1;
+        return rc;
+    }
     if (s->dir.mode != RO_SAM_DIR_GRADIENT)
         ro_sam_dir_begin(&s->dir, r->env->par);
     rc = s->m_rows > 0 ? chunked_step(&g, st) : whole_step(&g, st);
     if (rc == REGOPT_OK)
         ro_sam_dir_end(&s->dir);
+    if (rc == REGOPT_OK && s->look.on)
+        ro_sam_look_store(&s->look, r->env, s->clean);
     rc = ro_sam_wsam_finish(&s->wsam, r->env, st, s->clean, s->applied, rc);
     st->loss = s->clean_loss;
     st->loss2 = s->perturbed_loss;
@@ -631,31 +624,32 @@ static void sam_after_update(ro_reg *r, const ro_step *st)
     if (!r->due)
         return;
     ro_sam_dir_commit(&s->dir);
+    ro_sam_look_commit(&s->look);
     ro_sam_wsam_after(&s->wsam, r->env, st);
 }
 
 static uint64_t sam_state_size(const ro_reg *r)
 {
     const sam *s = r->self;
-    return ro_sam_dir_state_size(&s->dir, r->env->model->n_trainable);
+    return ro_sam_state_size(&s->dir, &s->look, r->env->model->n_trainable);
 }
 
 static void sam_save(const ro_reg *r, ro_ck_sink *out)
 {
     const sam *s = r->self;
-    ro_sam_dir_save(&s->dir, r->env->model->n_trainable, out);
+    ro_sam_state_save(&s->dir, &s->look, r->env->model->n_trainable, out);
 }
 
 static regopt_status sam_check_state(ro_reg *r, const unsigned char *p, uint64_t size)
 {
     sam *s = r->self;
-    return ro_sam_dir_check(&s->dir, r->env, p, size, r->env->msg);
+    return ro_sam_state_check(&s->dir, &s->look, r->env, p, size, r->env->msg);
 }
 
 static regopt_status sam_load(ro_reg *r, const unsigned char *p, uint64_t size)
 {
     sam *s = r->self;
-    ro_sam_dir_load(&s->dir, r->env->model->n_trainable, p, size);
+    ro_sam_state_load(&s->dir, &s->look, r->env->model->n_trainable, p, size);
     return REGOPT_OK;
 }
 

@@ -170,57 +170,90 @@ void ro_sam_dir_commit(ro_sam_dir *d)
 }
 
 /* ---- checkpoint state -------------------------------------------------------
- * Empty (b = 0) when no state is held; otherwise u32 the mode that made it
- * (1 FriendlySAM, 2 VaSSO) @0 | u32 pad 0 @4 | u64 trainable elements E @8 |
- * E f32 @16. */
+ * Zero or more records, each u32 kind (1 FriendlySAM's m, 2 VaSSO's d,
+ * 3 LookSAM's g_v) @0 | u32 pad 0 @4 | u64 trainable elements E @8 | E f32
+ * @16: the direction's state first, then g_v, each when held. */
 
-uint64_t ro_sam_dir_state_size(const ro_sam_dir *d, size_t n)
+#define RO_SAM_STATE_LOOK 3u
+
+static uint64_t record_size(size_t n) { return 16u + 4u * (uint64_t)n; }
+
+uint64_t ro_sam_state_size(const ro_sam_dir *d, const ro_sam_look *l, size_t n)
 {
-    return d->held ? 16u + 4u * (uint64_t)n : 0u;
+    return (d->held ? record_size(n) : 0u) + (l->held ? record_size(n) : 0u);
 }
 
-void ro_sam_dir_save(const ro_sam_dir *d, size_t n, ro_ck_sink *out)
+static void record(uint32_t kind, const float *f, size_t n, ro_ck_sink *out)
 {
-    if (!d->held)
-        return;
-    ro_ck_u32(out, (uint32_t)d->held_mode);
+    ro_ck_u32(out, kind);
     ro_ck_u32(out, 0);
     ro_ck_u64(out, (uint64_t)n);
-    ro_ck_floats(out, d->state, n);
+    ro_ck_floats(out, f, n);
 }
 
-regopt_status ro_sam_dir_check(ro_sam_dir *d, const ro_env *env, const unsigned char *p,
-                               uint64_t size, char *msg)
+void ro_sam_state_save(const ro_sam_dir *d, const ro_sam_look *l, size_t n, ro_ck_sink *out)
 {
-    uint64_t n = env->model->n_trainable, i;
-    uint32_t mode;
-    if (size == 0)
-        return REGOPT_OK;
-    mode = size >= 16 ? ro_ck_rd32(p) : 0u;
-    if ((mode != RO_SAM_DIR_FRIENDLY && mode != RO_SAM_DIR_VASSO) || ro_ck_rd32(p + 4) != 0 ||
-        ro_ck_rd64(p + 8) != n || size != 16u + 4u * n)
-        return ro_fail(msg, REGOPT_ERR_CORRUPT,
-                       "the checkpoint's SAM direction state is malformed (%" PRIu64 " bytes)",
-                       size);
-    for (i = 0; i < n; i++) {
-        uint32_t bits = ro_ck_rd32(p + 16 + 4 * i);
-        float v;
-        memcpy(&v, &bits, sizeof v);
-        if (!isfinite(v))
-            return ro_fail(msg, REGOPT_ERR_CORRUPT, "the checkpoint's SAM direction state "
-                           "holds a non-finite value at element %" PRIu64, i);
+    if (d->held)
+        record((uint32_t)d->held_mode, d->state, n, out);
+    if (l->held)
+        record(RO_SAM_STATE_LOOK, l->gv, n, out);
+}
+
+regopt_status ro_sam_state_check(ro_sam_dir *d, ro_sam_look *l, const ro_env *env,
+                                 const unsigned char *p, uint64_t size, char *msg)
+{
+    uint64_t n = env->model->n_trainable, rs = record_size(n), at, i;
+    uint32_t seen = 0, kind;
+    regopt_status st = REGOPT_OK;
+    for (at = 0; at < size; at += rs) {
+        const unsigned char *q = p + at;
+        kind = size - at >= 16 ? ro_ck_rd32(q) : 0u;
+        /* kinds 1 and 2 exclusive, first; 3 last; each at most once */
+        if (kind < 1 || kind > RO_SAM_STATE_LOOK || (kind != RO_SAM_STATE_LOOK && seen) ||
+            (kind == RO_SAM_STATE_LOOK && (seen & 4u)) ||
+            ro_ck_rd32(q + 4) != 0 || ro_ck_rd64(q + 8) != n || size - at < rs)
+            return ro_fail(msg, REGOPT_ERR_CORRUPT, "the checkpoint's SAM state is "
+                           "malformed (%" PRIu64 " bytes)", size);
+        seen |= 1u << (kind == RO_SAM_STATE_LOOK ? 2 : 1);
+        for (i = 0; i < n; i++) {
+            uint32_t bits = ro_ck_rd32(q + 16 + 4 * i);
+            float v;
+            memcpy(&v, &bits, sizeof v);
+            if (!isfinite(v))
+                return ro_fail(msg, REGOPT_ERR_CORRUPT, "the checkpoint's SAM state holds a "
+                               "non-finite value at element %" PRIu64, i);
+        }
     }
-    /* the load cannot fail: take the buffer now (sam.direction may still be
-       0 here; the checkpoint's options are applied after this check) */
-    return dir_alloc(env, &d->state, msg);
+    /* the load cannot fail: take the buffers now (sam.direction and
+       sam.looksam may still be 0 here: the options come after this check) */
+    if (seen & 2u)
+        st = dir_alloc(env, &d->state, msg);
+    if (st == REGOPT_OK && (seen & 4u))
+        st = dir_alloc(env, &l->gv, msg);
+    return st;
 }
 
-void ro_sam_dir_load(ro_sam_dir *d, size_t n, const unsigned char *p, uint64_t size)
+void ro_sam_state_load(ro_sam_dir *d, ro_sam_look *l, size_t n, const unsigned char *p,
+                       uint64_t size)
 {
-    d->pending = 0;
-    d->held = size != 0;
-    if (!d->held)
-        return;
-    d->held_mode = (int)ro_ck_rd32(p);
-    ro_ck_rdfloats(d->state, p + 16, n);
+    uint64_t rs = record_size(n), at;
+    d->pending = l->pending = 0;
+    d->held = l->held = 0;
+    for (at = 0; at < size; at += rs) {
+        uint32_t kind = ro_ck_rd32(p + at);
+        if (kind == RO_SAM_STATE_LOOK) {
+            l->held = 1;
+            ro_ck_rdfloats(l->gv, p + at + 16, n);
+        } else {
+            d->held = 1;
+            d->held_mode = (int)kind;
+            ro_ck_rdfloats(d->state, p + at + 16, n);
+        }
+    }
+}
+
+/* For sam_look.c: one more buffer of n_trainable floats (idempotent). */
+regopt_status ro_sam_buffer(const ro_env *env, float **buf, char *msg)
+{
+    return dir_alloc(env, buf, msg);
 }

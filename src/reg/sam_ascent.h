@@ -38,15 +38,44 @@ void ro_sam_dir_begin(ro_sam_dir *d, const ro_par *par);
 const float *ro_sam_dir_make(ro_sam_dir *d, const ro_par *par, double share);
 void ro_sam_dir_end(ro_sam_dir *d);
 void ro_sam_dir_commit(ro_sam_dir *d);
+/* A buffer of n_trainable floats (idempotent: nothing when *buf is set). */
+regopt_status ro_sam_buffer(const ro_env *env, float **buf, char *msg);
 
-/* Checkpoint state bytes (docs/checkpoint-format.md §3.5). */
-uint64_t ro_sam_dir_state_size(const ro_sam_dir *d, size_t n);
-void ro_sam_dir_save(const ro_sam_dir *d, size_t n, ro_ck_sink *out);
-regopt_status ro_sam_dir_check(ro_sam_dir *d, const ro_env *env, const unsigned char *p,
-                               uint64_t size, char *msg);
-void ro_sam_dir_load(ro_sam_dir *d, size_t n, const unsigned char *p, uint64_t size);
+/* ---- sam_look.c: LookSAM (sam.looksam) ---------------------------------- */
 
-/* ---- sam_wsam.c: WSAM (sam.wsam) ---------------------------------------- */
+typedef struct ro_sam_look {
+    int on;         /* sam.looksam */
+    double alpha;   /* sam.looksam_alpha */
+    float *gv;      /* committed: g_v of the last SAM step (n_trainable) */
+    float *next;    /* this SAM step's g_v, committed by ro_sam_look_commit */
+    int held, pending;
+} ro_sam_look;
+
+regopt_status ro_sam_look_reserve(ro_sam_look *l, const ro_env *env, char *msg);
+void ro_sam_look_release(ro_sam_look *l, const ro_env *env);
+/* A SAM step's end (g_s in the gradient buffers, clean the flat g): next =
+ * g_s - (<g, g_s> / ||g||^2) g per tensor. */
+void ro_sam_look_store(ro_sam_look *l, const ro_env *env, const float *clean);
+/* A reuse step's end (g in the gradient buffers): per tensor
+ * g += alpha ||g|| / (||g_v|| + 1e-8) g_v. */
+void ro_sam_look_reuse(const ro_sam_look *l, const ro_env *env);
+void ro_sam_look_commit(ro_sam_look *l);
+
+/* ---- the SAM section's checkpoint state (sam_ascent.c) -------------------
+ * Records of 16 + 4E bytes (docs/checkpoint-format.md §3.5): the
+ * direction's state, then LookSAM's g_v, each when held. */
+uint64_t ro_sam_state_size(const ro_sam_dir *d, const ro_sam_look *l, size_t n);
+void ro_sam_state_save(const ro_sam_dir *d, const ro_sam_look *l, size_t n, ro_ck_sink *out);
+regopt_status ro_sam_state_check(ro_sam_dir *d, ro_sam_look *l, const ro_env *env,
+                                 const unsigned char *p, uint64_t size, char *msg);
+void ro_sam_state_load(ro_sam_dir *d, ro_sam_look *l, size_t n, const unsigned char *p,
+                       uint64_t size);
+
+/* ---- sam_wsam.c: GSAM's and WSAM's update directions ------------------- */
+
+/* GSAM (sam.gsam): grad = (1 + alpha c) g_p - alpha g, c = <g, g_p> /
+ * (||g_p|| + delta)^2, sums in double in sequential order. */
+void ro_sam_gsam_combine(const ro_env *env, const float *clean, double alpha, double delta);
 
 #define RO_SAM_WSAM_OFF 0
 #define RO_SAM_WSAM_DECOUPLED 1

@@ -1,4 +1,7 @@
-/* sam_wsam.c — WSAM (Yue et al., KDD 2023; official atorch WeightedSAM):
+/* sam_wsam.c — the update directions made from g and g_p: GSAM's (moved
+ * here from sam.c) and WSAM's.
+ *
+ * WSAM (Yue et al., KDD 2023; official atorch WeightedSAM):
  * the sharpness g_p - g weighted by alpha = gamma / (1 - gamma).
  *   decoupled (default): the base optimizer steps with the clean g, then a
  *     raw step w -= lr alpha (g_p - g) (no momentum, preconditioner or
@@ -8,6 +11,8 @@
  * The loops run over the trainer's pieces: the same bits on any number of
  * threads. */
 #include "reg/sam_ascent.h"
+
+#include <math.h>
 
 
 typedef struct wsam_job {
@@ -138,4 +143,35 @@ void ro_sam_wsam_after(ro_sam_wsam *w, const ro_env *env, const ro_step *st)
     if (w->pending)
         wsam_step(env->par, st->opt, st->lr, wsam_alpha(w), w->sharp);
     w->pending = 0;
+}
+
+/* GSAM (Zhuang et al. 2022, Alg. 1): with u = g_p / (||g_p|| + delta),
+ * g_perp = g - <g, u> u and the update direction g_p - alpha g_perp
+ * = (1 + alpha c) g_p - alpha g with c = <g, g_p> / (||g_p|| + delta)^2. */
+void ro_sam_gsam_combine(const ro_env *env, const float *clean, double alpha, double delta)
+{
+    const regopt_model *m = env->model;
+    const float *g = clean;
+    double dot = 0.0, np2 = 0.0, c, den;
+    float a = (float)alpha, cp;
+    size_t i, j;
+    for (i = 0; i < m->n_params; i++) {
+        const ro_param *p = &m->params[i];
+        if (!p->grad)
+            continue;
+        for (j = 0; j < p->count; j++) {
+            dot += (double)g[p->offset + j] * p->grad[j];
+            np2 += (double)p->grad[j] * p->grad[j];
+        }
+    }
+    den = sqrt(np2) + delta;
+    c = den > 0.0 ? dot / (den * den) : 0.0;
+    cp = (float)(1.0 + alpha * c);
+    for (i = 0; i < m->n_params; i++) {
+        const ro_param *p = &m->params[i];
+        if (!p->grad)
+            continue;
+        for (j = 0; j < p->count; j++)
+            p->grad[j] = cp * p->grad[j] - a * g[p->offset + j];
+    }
 }

@@ -1,0 +1,89 @@
+/* sam_look.c — LookSAM (Liu et al., CVPR 2022; no official code; the
+ * kozistr and rollovd ports, defaults rho 0.1, k 10, alpha 0.7): every k-th
+ * step (sam.every, from step 0) is a full SAM step, and stores per tensor
+ *   g_v = g_s - ||g_s|| cos(g, g_s) g / ||g|| = g_s - (<g, g_s> / ||g||^2) g,
+ * the part of the perturbed gradient g_s orthogonal to the clean g; the
+ * steps between take one gradient g and reuse it, per tensor:
+ *   g <- g + alpha ||g|| / (||g_v|| + 1e-8) g_v.
+ * Tensors with ||g|| = 0 store g_v = g_s (the ports divide by zero).
+ * Per-tensor sums are in double, in element order, on the calling thread:
+ * the same bits on any number of threads. g_v is committed after the
+ * update only (a failed step leaves it) and saved in checkpoints. */
+#include "reg/sam_ascent.h"
+
+#include <math.h>
+
+regopt_status ro_sam_look_reserve(ro_sam_look *l, const ro_env *env, char *msg)
+{
+    regopt_status st;
+    if (!env || !l->on)
+        return REGOPT_OK;
+    st = ro_sam_buffer(env, &l->gv, msg);
+    return st == REGOPT_OK ? ro_sam_buffer(env, &l->next, msg) : st;
+}
+
+void ro_sam_look_release(ro_sam_look *l, const ro_env *env)
+{
+    ro_free(env->alloc, l->gv);
+    ro_free(env->alloc, l->next);
+    l->gv = l->next = NULL;
+    l->held = l->pending = 0;
+}
+
+static double dot(const float *a, const float *b, size_t n)
+{
+    double s = 0.0;
+    size_t j;
+    for (j = 0; j < n; j++)
+        s += (double)a[j] * b[j];
+    return s;
+}
+
+void ro_sam_look_store(ro_sam_look *l, const ro_env *env, const float *clean)
+{
+    const regopt_model *m = env->model;
+    size_t i, j;
+    for (i = 0; i < m->n_params; i++) {
+        const ro_param *p = &m->params[i];
+        const float *g = clean + p->offset, *gs = p->grad;
+        float *v = l->next + p->offset, c;
+        double n2;
+        if (!p->grad)
+            continue;
+        n2 = dot(g, g, p->count);
+        c = n2 > 0.0 ? (float)(dot(g, gs, p->count) / n2) : 0.0f;
+        for (j = 0; j < p->count; j++)
+            v[j] = gs[j] - c * g[j];
+    }
+    l->pending = 1;
+}
+
+void ro_sam_look_reuse(const ro_sam_look *l, const ro_env *env)
+{
+    const regopt_model *m = env->model;
+    size_t i, j;
+    if (!l->held)
+        return;
+    for (i = 0; i < m->n_params; i++) {
+        const ro_param *p = &m->params[i];
+        const float *v = l->gv + p->offset;
+        float *g = p->grad, c;
+        if (!p->grad)
+            continue;
+        c = (float)(l->alpha * sqrt(dot(g, g, p->count)) / (sqrt(dot(v, v, p->count)) + 1e-8));
+        for (j = 0; j < p->count; j++)
+            g[j] = g[j] + c * v[j];
+    }
+}
+
+void ro_sam_look_commit(ro_sam_look *l)
+{
+    float *t;
+    if (!l->pending)
+        return;
+    t = l->gv;
+    l->gv = l->next;
+    l->next = t;
+    l->held = 1;
+    l->pending = 0;
+}
