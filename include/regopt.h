@@ -1417,6 +1417,24 @@ enum regopt_sam_direction {
  * (resume each replica from its own checkpoint). Statistics of a reuse
  * step: sam.applied 0, sam.rho_used and sam.ascent_norm 0.
  */
+/*
+ * Momentum-SAM (sam.momentum; Becker et al. 2024; since 1.0): ONE forward
+ * and backward per micro-batch, at w + eps with eps = -rho v / (||v|| +
+ * delta), v the base optimizer's first block of state (SGD's momentum
+ * buffer, which includes its weight decay; Adam's, AdamW's and RAdam's
+ * uncorrected m); the weights are restored by copy and the base optimizer
+ * steps from w with that gradient (its weight decay at w). While v = 0
+ * (the first step; SGD without momentum always) the pass is at w. The pass
+ * is the step's only one: flags TRAIN without PERTURBED_WEIGHTS, so batch
+ * norm updates its statistics there. Statistics: sam.clean_loss and
+ * sam.perturbed_loss are both L(w + eps), sharpness 0, sam.ascent_norm
+ * ||v||, sam.applied 1 when perturbed. Refused with sam.gsam, sam.wsam,
+ * sam.looksam, sam.direction, sam.m_rows and sam.adaptive;
+ * sam.group_perturb and sam.ascent_weight_decay do not apply; sam.every
+ * makes the other steps plain. Data parallel: v is the same on every
+ * replica, so is eps; one all-reduce per step. No state of its own (v is
+ * the optimizer's, in checkpoints already).
+ */
 enum regopt_sam_wsam {
     REGOPT_SAM_WSAM_OFF = 0,
     REGOPT_SAM_WSAM_DECOUPLED = 1,
@@ -1484,6 +1502,11 @@ enum regopt_sam_key {
                                        above). Not with sam.gsam or sam.wsam.
                                        Since 1.0 */
     REGOPT_SAM_LOOKSAM_ALPHA = 1020, /* "sam.looksam_alpha": [0, 1e3], default 0.7 */
+    REGOPT_SAM_MOMENTUM = 1021,     /* "sam.momentum": int 0/1, default 0:
+                                       Momentum-SAM (see above): one pass per
+                                       step at w - rho v/(||v|| + delta). Set
+                                       sam.rho (the paper: 0.3 with SGD, 1 with
+                                       AdamW). Since 1.0 */
 
     /* Per parameter group (regopt_regularizer_set_group). */
     REGOPT_SAM_GROUP_ADAPTIVE = 1050, /* "sam.group_adaptive": int 0/1, default 1:

@@ -1,8 +1,8 @@
 """SAM's second wave through the binding: sam.direction (FriendlySAM,
-VaSSO), sam.wsam (WSAM), sam.group_perturb (SAM-ON) and sam.looksam with
-their parameters as attributes of the SAM handle, their bounds, the
-reductions to SAM bit for bit, steps against NumPy, and a checkpoint
-resume that carries the direction's state."""
+VaSSO), sam.wsam (WSAM), sam.group_perturb (SAM-ON), sam.looksam and
+sam.momentum with their parameters as attributes of the SAM handle, their
+bounds, the reductions to SAM bit for bit, steps against NumPy, and a
+checkpoint resume that carries the direction's state."""
 import os
 import sys
 import unittest
@@ -187,6 +187,25 @@ class SamVariantsTest(unittest.TestCase):
                                       self.train(4, rho=0.1))
         self.assertFalse(np.array_equal(self.train(4, rho=0.1, looksam=1, every=3),
                                         self.train(4, rho=0.1, every=3)))
+
+    def test_momentum_sam(self):
+        """One pass per step at w - rho v/||v||, v SGD's momentum buffer."""
+        q = Quadratic()
+        m, o, t, sam = q.build(rho=0.3, momentum=1)
+        o.momentum = 0.9
+        self.assertEqual(sam.momentum, 1)
+        h = H.astype(np.float64)
+        w = W0.astype(np.float64)
+        buf = np.zeros_like(w)
+        for k in range(3):
+            t.step(data=X)
+            c = -0.3 / (np.linalg.norm(buf) + 1e-12) if k else 0.0
+            gp = h * (w + c * buf)
+            buf = 0.9 * buf + gp if k else gp
+            w = w - 0.02 * buf
+        np.testing.assert_allclose(q.w, w, rtol=2e-6, atol=2e-7)
+        self.assertEqual(t.stat("forward_calls"), 1)
+        t.close(), o.close(), m.close()
 
 
 if __name__ == "__main__":

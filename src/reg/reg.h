@@ -53,6 +53,8 @@ struct ro_step {
     double lr;            /* scheduled lr of this step's update */
     double lr_max, lr_min; /* optimizer.lr and its floor (GSAM's rho schedule) */
     const regopt_optimizer *opt; /* the base optimizer, read-only (groups' lr_scale) */
+    const float *opt_m;   /* its first block of state, read-only: SGD's momentum
+                             buffer, Adam's / RAdam's m (n_trainable; Momentum-SAM) */
     int64_t total_steps;  /* optimizer.total_steps */
     uint64_t step, seed;
     ro_plan plan;

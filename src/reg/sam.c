@@ -16,7 +16,7 @@
 
 typedef struct sam {
     double rho, delta, eta, gsam_alpha, rho_min, ascent_wd;
-    int adaptive, gsam, rho_follows_lr, same_seed, sync_ascent;
+    int adaptive, gsam, rho_follows_lr, same_seed, sync_ascent, msam;
     int64_t every, m_rows;
     uint8_t group_adaptive[REGOPT_MAX_GROUPS];
     uint8_t group_perturb[REGOPT_MAX_GROUPS]; /* SAM-ON: 0 = out of the ascent */
@@ -63,6 +63,7 @@ static const ro_key_desc sam_keys[] = {
     {REGOPT_SAM_WSAM_GAMMA, "sam.wsam_gamma", D, RO_OWNER_REG, 0, 0.999, 0.9, 0},
     {REGOPT_SAM_LOOKSAM, "sam.looksam", I, RO_OWNER_REG, 0, 1, 0, 0},
     {REGOPT_SAM_LOOKSAM_ALPHA, "sam.looksam_alpha", D, RO_OWNER_REG, 0, 1e3, 0.7, 0},
+    {REGOPT_SAM_MOMENTUM, "sam.momentum", I, RO_OWNER_REG, 0, 1, 0, 0},
     {REGOPT_SAM_GROUP_ADAPTIVE, "sam.group_adaptive", I, RO_OWNER_REG, 0, 1, 1,
      REGOPT_KEY_GROUP},
     {REGOPT_SAM_GROUP_PERTURB, "sam.group_perturb", I, RO_OWNER_REG, 0, 1, 1, REGOPT_KEY_GROUP},
@@ -172,6 +173,7 @@ static void *field(sam *s, regopt_key key, int *is_double)
     case REGOPT_SAM_DIRECTION: return &s->dir.mode;
     case REGOPT_SAM_WSAM: return &s->wsam.mode;
     case REGOPT_SAM_LOOKSAM: return &s->look.on;
+    case REGOPT_SAM_MOMENTUM: return &s->msam;
     default: return NULL;
     }
 }
@@ -243,6 +245,12 @@ static regopt_status check(ro_reg *r, const ro_step *st)
 {
     const sam *s = r->self;
     size_t bi;
+    if (s->msam && (s->gsam || s->wsam.mode || s->look.on || s->dir.mode || s->m_rows ||
+                    s->adaptive))
+        return ro_fail(r->env->msg, REGOPT_ERR_INVALID_ARGUMENT, "sam.momentum makes the "
+                       "step's one pass at w - rho v/||v||: it cannot be combined with "
+                       "sam.gsam, sam.wsam, sam.looksam, sam.direction, sam.m_rows or "
+                       "sam.adaptive");
     if ((s->gsam && s->wsam.mode) || (s->look.on && s->gsam) || (s->look.on && s->wsam.mode))
         return ro_fail(r->env->msg, REGOPT_ERR_INVALID_ARGUMENT,
                        "%s cannot be combined with sam.gsam or sam.wsam: each makes the update "
@@ -581,6 +589,13 @@ static regopt_status gradient(ro_reg *r, ro_step *st)
     s->clean_loss = s->perturbed_loss = s->ascent_norm = 0.0;
     s->applied = 0;
     s->rho_used = rho_in_force(s, st);
+    if (s->msam) { /* Momentum-SAM: the one pass, at w - rho v / ||v|| */
+        rc = ro_sam_msam(r->env, st, s->save, s->rho_used, s->delta, &s->perturbed,
+                         &s->clean_loss, &s->ascent_norm, &s->applied);
+        st->loss = st->loss2 = s->perturbed_loss = s->clean_loss;
+        st->has_loss2 = 1;
+        return rc;
+    }
     if (s->look.on && st->step % (uint64_t)s->every != 0) { /* LookSAM's reuse */
         s->rho_used = 0.0;
         rc = st->eval_all(st, REGOPT_PASS_TRAIN, RO_SEED_TASK, &s->clean_loss);

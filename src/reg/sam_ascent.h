@@ -61,6 +61,15 @@ void ro_sam_look_store(ro_sam_look *l, const ro_env *env, const float *clean);
 void ro_sam_look_reuse(const ro_sam_look *l, const ro_env *env);
 void ro_sam_look_commit(ro_sam_look *l);
 
+/* ---- sam_momentum.c: Momentum-SAM (sam.momentum) ------------------------- */
+
+/* The step's one pass at w - rho v / (||v|| + delta), v = st->opt_m; save
+ * holds w meanwhile (*perturbed 1), restored by copy. *applied 0 (a pass
+ * at w) when ||v|| = 0 or rho = 0. */
+regopt_status ro_sam_msam(const ro_env *env, ro_step *st, float *save, double rho,
+                          double delta, int *perturbed, double *loss, double *norm,
+                          int *applied);
+
 /* ---- the SAM section's checkpoint state (sam_ascent.c) -------------------
  * Records of 16 + 4E bytes (docs/checkpoint-format.md §3.5): the
  * direction's state, then LookSAM's g_v, each when held. */

@@ -62,6 +62,7 @@ static regopt_status step_begin(regopt_trainer *t, const regopt_batch *b, size_t
     s->lr_max = t->opt->lr;
     s->lr_min = t->opt->lr * t->opt->min_lr_ratio;
     s->opt = t->opt;
+    s->opt_m = t->state;
     s->total_steps = t->opt->total_steps;
     s->driver = t;
     s->zero_grads = step_zero;

@@ -1,0 +1,66 @@
+/* sam_momentum.c — Momentum-SAM (Becker et al. 2024, arXiv 2401.12033;
+ * official MarlonBecker/MSAM): ONE gradient pass per step, at
+ * w + eps with eps = -rho v / (||v|| + delta), v the base optimizer's first
+ * block (SGD's momentum buffer, Adam's and RAdam's uncorrected m, read
+ * through ro_step.opt_m); the weights are put back by copy and the base
+ * optimizer steps from w with that gradient. No perturbation while v = 0
+ * (the first step; SGD without momentum never has one). The pass is the
+ * step's only one, so it is flagged TRAIN without PERTURBED_WEIGHTS: batch
+ * norm sees it (the official recipe re-estimates the statistics at w at the
+ * end of training: the host's business). */
+#include "reg/sam_ascent.h"
+
+#include <math.h>
+#include <string.h>
+
+typedef struct msam_job {
+    const float *v;
+    float *save;
+    float c;
+} msam_job;
+
+static double msam_squares(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    const msam_job *a = ctx;
+    return ro_sum_squares(a->v + p->offset + j0, j1 - j0);
+}
+
+static void msam_perturb_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    const msam_job *a = ctx;
+    const float *v = a->v + p->offset, c = a->c;
+    float *w = p->data, *save = a->save + p->offset;
+    size_t j;
+    for (j = j0; j < j1; j++) {
+        save[j] = w[j];
+        w[j] = w[j] + c * v[j];
+    }
+}
+
+static void msam_restore_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    const msam_job *a = ctx;
+    memcpy(p->data + j0, a->save + p->offset + j0, (j1 - j0) * sizeof(float));
+}
+
+regopt_status ro_sam_msam(const ro_env *env, ro_step *st, float *save, double rho,
+                          double delta, int *perturbed, double *loss, double *norm,
+                          int *applied)
+{
+    msam_job a;
+    regopt_status rc;
+    a.v = st->opt_m;
+    a.save = save;
+    *applied = 0;
+    *norm = sqrt(ro_sum_pieces(env->par, msam_squares, &a));
+    if (!(*norm > 0.0) || !isfinite(*norm) || rho == 0.0)
+        return st->eval_all(st, REGOPT_PASS_TRAIN, RO_SEED_TASK, loss);
+    a.c = (float)(-rho / (*norm + delta));
+    ro_each_piece(env->par, msam_perturb_piece, &a);
+    *perturbed = 1;
+    rc = st->eval_all(st, REGOPT_PASS_TRAIN, RO_SEED_TASK, loss);
+    ro_each_piece(env->par, msam_restore_piece, &a);
+    *perturbed = 0;
+    *applied = 1;
+    return rc;
+}
