@@ -1221,7 +1221,8 @@ REGOPT_API size_t regopt_sizeof_flatness(void);
 /* Regularizer kinds (values as in 0.x, where the enum was named
  * regopt_regularizer). */
 typedef enum regopt_regularizer_kind {
-    REGOPT_REG_SAM = 1,     /* "sam": SAM, ASAM, GSAM (weight side) */
+    REGOPT_REG_SAM = 1,     /* "sam": SAM, ASAM, GSAM and the variants of its
+                               section (weight side) */
     REGOPT_REG_RDROP = 2,   /* "rdrop": R-Drop */
     REGOPT_REG_SMART = 3,   /* "smart": SMART's adversarial term R_s */
     REGOPT_REG_BREGMAN = 4, /* "bregman": SMART's momentum Bregman proximal term */
@@ -1319,7 +1320,8 @@ REGOPT_API regopt_status regopt_regularizer_kind_info(size_t index,
 
 /*
  * SAM family (REGOPT_REG_SAM; Foret et al. 2021, Alg. 1; ASAM, Kwon et al.
- * 2021; GSAM, Zhuang et al. 2022). A SAM step, with g the gradient of the
+ * 2021; GSAM, Zhuang et al. 2022; and, below, FriendlySAM, VaSSO, SAM-ON,
+ * WSAM, LookSAM and Momentum-SAM). A SAM step, with g the gradient of the
  * step's loss over all its micro-batches (so gradient accumulation works):
  *   1. clean passes: forward/backward of every micro-batch at w (flags
  *      TRAIN) -> g, L(w). With sam.sync_ascent, g is all-reduced.

@@ -895,6 +895,23 @@ START_TEST(wsam_data_parallel)
 }
 END_TEST
 
+/* The raw step moves the weights after the update: trainer.check_host
+ * records them after it, so the next step does not take it for the host
+ * writing behind the library's back. */
+START_TEST(wsam_with_check_host)
+{
+    vrun *r = vrun_open(5, REGOPT_SGD, 0.01, 0, 0.1, 1);
+    int k;
+    MUST(regopt_trainer_set_int(r->t, REGOPT_TRAINER_CHECK_HOST, 1));
+    vset(r, REGOPT_SAM_WSAM, REGOPT_SAM_WSAM_DECOUPLED);
+    for (k = 0; k < 3; k++)
+        vstep(r);
+    r->q.w[0] += 1.0f; /* and a real write is still seen */
+    ck_assert_int_eq(regopt_trainer_step(r->t, &r->b, 1), REGOPT_ERR_STATE);
+    vrun_close(r);
+}
+END_TEST
+
 /* Resume with decoupled WSAM and momentum: bit for bit (WSAM keeps no
  * state: the options and the optimizer's moments are enough). */
 START_TEST(wsam_resume_is_exact)
@@ -1347,6 +1364,7 @@ Suite *suite_sam_variants(void)
     tcase_add_test(tc, wsam_refuses_gsam);
     tcase_add_test(tc, wsam_data_parallel);
     tcase_add_test(tc, wsam_resume_is_exact);
+    tcase_add_test(tc, wsam_with_check_host);
     suite_add_tcase(s, tc);
     tc = tcase_create("sam_on");
     tcase_add_test(tc, sam_on_first_steps);

@@ -245,7 +245,10 @@ class Regularizer(_NoCopy, _Options):
 
 
 class SAM(Regularizer):
-    """SAM family (SAM, ASAM with adaptive=1, GSAM with gsam=1); "sam.*"."""
+    """SAM family (SAM, ASAM with adaptive=1, GSAM with gsam=1, FriendlySAM and
+    VaSSO with direction=1/2, WSAM with wsam=1/2, SAM-ON with
+    set_group(g, perturb=0), LookSAM with looksam=1, Momentum-SAM with
+    momentum=1); "sam.*"."""
     kind = L.REG_SAM
     prefix = "sam"
 
