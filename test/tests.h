@@ -24,7 +24,7 @@ Suite *suite_sam(void);
 Suite *suite_sam_variants(void); /* check_sam_variants.c: FriendlySAM, VaSSO */
 Suite *suite_rdrop(void);
 
-Suite *suite_checkpoint(void); /* check_checkpoint.c: save, resume, damage */
+Suite *suite_checkpoint(void); /* check_checkpoint*.c: save, resume, damage */
 Suite *suite_smart(void);   /* check_smart.c: SMART inner loop, reference vector */
 Suite *suite_smart_passes(void); /* check_smart_passes.c: gradients, passes */
 Suite *suite_smart_teacher(void); /* check_smart_teacher.c: the Bregman EMA teacher */
