@@ -59,6 +59,11 @@ def meson_lists_every_source():
             rel = os.path.relpath(path, ROOT)
             if "'%s'" % rel not in meson:
                 problems.append("%s: missing from lib_src in meson.build" % rel)
+    # the Makefile takes test/check_*.c by wildcard; meson's check_src must agree
+    for path in sorted(glob.glob(os.path.join(ROOT, "test", "check_*.c"))):
+        rel = os.path.relpath(path, ROOT)
+        if "'%s'" % rel not in meson:
+            problems.append("%s: missing from check_src in meson.build" % rel)
     return problems
 
 
