@@ -237,8 +237,8 @@ static regopt_status parse_trainer(regopt_trainer *t, const ro_ck_found *f, ck_t
  * and a NaN here would pass a step's checks and spread into the weights.
  * Nothing a save writes is refused here: a step never leaves a non-finite
  * or negative value in the moments (update.c fails it before it writes)
- * nor in the teacher (bregman.c refuses non-finite weights, and the EMA of
- * finite ones is finite). */
+ * nor in a regularizer's state (each method keeps its own finite: see its
+ * file). */
 static regopt_status sane_floats(regopt_trainer *t, const ro_ck_found *f, size_t n,
                                  size_t nonneg_from)
 {

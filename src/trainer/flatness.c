@@ -209,7 +209,7 @@ static double flat_dot_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
     return s;
 }
 
-/* Summed chunk by chunk in a fixed order: the same bits on any thread count. */
+/* Summed chunk by chunk in a fixed order: identical bits on any thread count. */
 double ro_flat_dot(ro_flat *f, const float *x, const float *y)
 {
     flat_op o = {f, NULL, x, y, 0.0f};

@@ -8,9 +8,9 @@
  * that would change or run the trainer, its regularizers or its optimizer
  * is refused with REGOPT_ERR_STATE: from inside a callback that is
  * re-entrancy; after an abandoned call the mark stays until the host calls
- * regopt_trainer_recover, which puts back what the call had in flight (the
- * weights SAM or the Bregman teacher had swapped out, the options a
- * checkpoint load had already applied). Reads of options and statistics
+ * regopt_trainer_recover, which puts back what the call had in flight (each
+ * regularizer's abandon hook: weights it had moved or swapped out; the
+ * options a checkpoint load had already applied). Reads of options and statistics
  * stay allowed: they change nothing. */
 #include "trainer/trainer.h"
 
@@ -82,7 +82,7 @@ regopt_status regopt_trainer_recover(regopt_trainer *t)
     for (i = 0; i < t->n_regs; i++) /* weights swapped out: back first */
         if (t->regs[i]->ops->abandon)
             t->regs[i]->ops->abandon(t->regs[i]);
-    while (t->env.in_host) /* the optimizer counts the same callbacks */
+    while (t->env.in_host) /* the optimizer counts these callbacks too */
         ro_host_leave(&t->env);
     ro_trainer_end(t);
     while (n_undo > 0) { /* the innermost first; they may use the API again */

@@ -1,6 +1,6 @@
 /* pipeline.c — one gradient evaluation of the step's objective: for every
  * view (a micro-batch, or a chunk of one), the task forwards (one copy, or
- * R-Drop's two), the passes regularizers add, the task loss and every
+ * two when a regularizer's plan asks for them), the passes regularizers add, the task loss and every
  * loss-side term in their fixed order, then the backwards. Loops over the
  * attached regularizers through their ops; names no method. */
 #include "trainer/pipeline.h"
@@ -21,8 +21,8 @@ static size_t rows_before(ro_step *s, size_t bi)
     return s->row_at;
 }
 
-/* The task forwards: copy 0 in slot 0 and, for R-Drop, copy 1 either in
- * the same pass over 2n rows (DOUBLED) or in its own slot. Outputs land as
+/* The task forwards: copy 0 in slot 0 and, when the plan has two copies, copy 1 either in
+ * one pass over 2n rows (DOUBLED) or in its own slot. Outputs land as
  * [z1 (n rows) | z2 (n rows)]. */
 static regopt_status copies_forward(ro_view *v)
 {
@@ -63,8 +63,8 @@ static regopt_status copies_backward(ro_view *v)
 }
 
 /* Task loss of every copy, then each due term in order; the objective is
- * summed in exactly that order: w_ce (l1 + l2) + R-Drop + Bregman + SMART
- * + user terms. Gradients w.r.t. the outputs land in v->dz. */
+ * summed in exactly that order: w_ce (l1 + l2), then each regularizer's
+ * term in step order (ro_reg_ops.order; docs/methods.md §1.6). Gradients w.r.t. the outputs land in v->dz. */
 static regopt_status view_objective(ro_view *v, double *objective)
 {
     ro_step *s = v->s;

@@ -27,7 +27,7 @@ static regopt_status config_check(regopt_trainer *t)
                        "optimizer.amsgrad was switched on after the trainer was created");
     if (t->env.loss_kind == REGOPT_LOSS_CALLBACK && !t->env.loss_fn)
         return ro_fail(t->msg, REGOPT_ERR_STATE, "the loss is a callback but none is set");
-    /* options can change after attach (rdrop.doubled): check the slots */
+    /* options can change after attach (a plan may need more slots): check them */
     ro_trainer_plan(t, &p, 1);
     if (t->model->slots < p.slots)
         return ro_fail(t->msg, REGOPT_ERR_STATE,
@@ -70,7 +70,7 @@ static regopt_status step_begin(regopt_trainer *t, const regopt_batch *b, size_t
     s->eval_all = ro_eval_all;
     s->sync = step_sync;
     /* the all-reduce layout first: a replica that fails below still joins
-       with the same count as its peers */
+       with the count its peers use */
     s->n_acc = 1;
     for (i = 0; i < t->n_regs; i++) {
         ro_reg *r = t->regs[i];
@@ -148,7 +148,8 @@ static regopt_status step_commit(regopt_trainer *t, ro_step *s, double norm)
     for (i = 0; i < t->n_regs; i++)
         if (t->regs[i]->ops->after_update)
             t->regs[i]->ops->after_update(t->regs[i], s);
-    /* after the hooks that may still move the weights (WSAM's raw step) */
+    /* after the hooks, which may still move the weights (a weight-side method's
+       after_update) */
     ro_probe_record(t);
     for (i = 0; i < t->n_regs; i++)
         if (t->regs[i]->ops->commit)

@@ -1,6 +1,6 @@
 /* sync.c — data-parallel training: the host's all-reduce callback and the
- * synchronisation of a step (the driver's one call, plus SAM's ascent with
- * sam.sync_ascent through ro_step.sync). */
+ * synchronisation of a step (the driver's one call, plus the extra ones a
+ * weight-side regularizer makes through ro_step.sync). */
 #include "trainer/trainer.h"
 
 #include <math.h>

@@ -30,7 +30,7 @@ typedef struct norm_job {
 } norm_job;
 
 /* One chunk of the gradient's sum of squares; the bound on the chunk's
- * weights for the update's guard rides along in the same pass. */
+ * weights for the update's guard rides along in this pass. */
 static double grad_squares(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
     atomic_max(&((norm_job *)ctx)->weight_bits, ro_abs_max_bits(p->data + j0, j1 - j0));
