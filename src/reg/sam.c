@@ -14,23 +14,7 @@
 
 #define SEED_PERTURBED 2u /* role of the perturbed passes' seeds (same_seed 0) */
 
-typedef struct sam {
-    double rho, delta, eta, gsam_alpha, rho_min, ascent_wd;
-    int adaptive, gsam, rho_follows_lr, same_seed, sync_ascent, msam;
-    int64_t every, m_rows;
-    uint8_t group_adaptive[REGOPT_MAX_GROUPS];
-    uint8_t group_perturb[REGOPT_MAX_GROUPS]; /* SAM-ON: 0 = out of the ascent */
-    float *save;  /* w before the ascent, restored by copy (n_trainable) */
-    float *accum; /* m-sharpness: sum of the chunks' perturbed gradients */
-    float *clean; /* GSAM, WSAM: the clean gradient */
-    ro_sam_wsam wsam; /* sam.wsam */
-    ro_sam_look look; /* sam.looksam */
-    ro_sam_dir dir; /* sam.direction and its state */
-    /* what the step under way measured, committed to the statistics */
-    double clean_loss, perturbed_loss, ascent_norm, rho_used;
-    int applied;
-    int perturbed; /* w is at w + eps (save holds w) */
-} sam;
+typedef ro_sam_state sam;
 
 typedef struct sam_reg {
     ro_reg *r;
@@ -619,55 +603,6 @@ static regopt_status gradient(ro_reg *r, ro_step *st)
     return rc;
 }
 
-static void sam_commit(ro_reg *r, const ro_step *st)
-{
-    const sam *s = r->self;
-    double clean = st->loss, pert = r->due ? st->loss2 : st->loss;
-    r->stats[0] = clean;
-    r->stats[1] = pert;
-    r->stats[2] = pert - clean;
-    r->stats[3] = r->due ? s->ascent_norm : 0.0;
-    r->stats[4] = r->due ? s->rho_used : 0.0;
-    r->stats[5] = r->due ? s->applied : 0;
-}
-
-/* The step is made: the direction's new state becomes the state (only
- * here, so a failed step leaves it as it was). */
-static void sam_after_update(ro_reg *r, const ro_step *st)
-{
-    sam *s = r->self;
-    if (!r->due)
-        return;
-    ro_sam_dir_commit(&s->dir);
-    ro_sam_look_commit(&s->look);
-    ro_sam_wsam_after(&s->wsam, r->env, st);
-}
-
-static uint64_t sam_state_size(const ro_reg *r)
-{
-    const sam *s = r->self;
-    return ro_sam_state_size(&s->dir, &s->look, r->env->model->n_trainable);
-}
-
-static void sam_save(const ro_reg *r, ro_ck_sink *out)
-{
-    const sam *s = r->self;
-    ro_sam_state_save(&s->dir, &s->look, r->env->model->n_trainable, out);
-}
-
-static regopt_status sam_check_state(ro_reg *r, const unsigned char *p, uint64_t size)
-{
-    sam *s = r->self;
-    return ro_sam_state_check(&s->dir, &s->look, r->env, p, size, r->env->msg);
-}
-
-static regopt_status sam_load(ro_reg *r, const unsigned char *p, uint64_t size)
-{
-    sam *s = r->self;
-    ro_sam_state_load(&s->dir, &s->look, r->env->model->n_trainable, p, size);
-    return REGOPT_OK;
-}
-
 /* A callback threw or longjmp'd out of a perturbed pass: w is still at
  * w + eps; put it back from the copy. */
 static void sam_abandon(ro_reg *r)
@@ -699,11 +634,11 @@ const ro_reg_ops ro_sam_ops = {
     .check = check,
     .due = sam_due,
     .gradient = gradient,
-    .after_update = sam_after_update,
-    .commit = sam_commit,
+    .after_update = ro_sam_after_update,
+    .commit = ro_sam_commit,
     .abandon = sam_abandon,
-    .state_size = sam_state_size,
-    .save = sam_save,
-    .check_state = sam_check_state,
-    .load = sam_load,
+    .state_size = ro_sam_ck_size,
+    .save = ro_sam_ck_save,
+    .check_state = ro_sam_ck_check,
+    .load = ro_sam_ck_load,
 };

@@ -1,7 +1,8 @@
 /* sam_ascent.h — the SAM family beyond sam.c: the ascent directions that
  * keep state across steps, FriendlySAM (Li et al., CVPR 2024) and VaSSO (Li
  * & Giannakis, NeurIPS 2023), in sam_ascent.c; WSAM's combinations (Yue et
- * al., KDD 2023) in sam_wsam.c; docs/methods.md §3.9-3.10. Used by sam.c. */
+ * al., KDD 2023) in sam_wsam.c; docs/methods.md §3.9-3.10; the family's own
+ * state and its post-step hooks (sam_state.c). Used by sam.c. */
 #ifndef REGOPT_SAM_ASCENT_H
 #define REGOPT_SAM_ASCENT_H
 
@@ -105,5 +106,33 @@ regopt_status ro_sam_wsam_finish(ro_sam_wsam *w, const ro_env *env, ro_step *st,
                                  const float *clean, int applied, regopt_status rc);
 /* After the base update (a SAM step that was made): the decoupled raw step. */
 void ro_sam_wsam_after(ro_sam_wsam *w, const ro_env *env, const ro_step *st);
+
+/* The SAM regularizer's own state (ro_reg.self), shared by sam.c and
+ * sam_state.c. */
+typedef struct ro_sam_state {
+    double rho, delta, eta, gsam_alpha, rho_min, ascent_wd;
+    int adaptive, gsam, rho_follows_lr, same_seed, sync_ascent, msam;
+    int64_t every, m_rows;
+    uint8_t group_adaptive[REGOPT_MAX_GROUPS];
+    uint8_t group_perturb[REGOPT_MAX_GROUPS]; /* SAM-ON: 0 = out of the ascent */
+    float *save;  /* w before the ascent, restored by copy (n_trainable) */
+    float *accum; /* m-sharpness: sum of the chunks' perturbed gradients */
+    float *clean; /* GSAM, WSAM: the clean gradient */
+    ro_sam_wsam wsam; /* sam.wsam */
+    ro_sam_look look; /* sam.looksam */
+    ro_sam_dir dir; /* sam.direction and its state */
+    /* what the step under way measured, committed to the statistics */
+    double clean_loss, perturbed_loss, ascent_norm, rho_used;
+    int applied;
+    int perturbed; /* w is at w + eps (save holds w) */
+} ro_sam_state;
+
+/* sam_state.c: the hooks after a step and the checkpoint state. */
+void ro_sam_commit(ro_reg *r, const ro_step *st);
+void ro_sam_after_update(ro_reg *r, const ro_step *st);
+uint64_t ro_sam_ck_size(const ro_reg *r);
+void ro_sam_ck_save(const ro_reg *r, ro_ck_sink *out);
+regopt_status ro_sam_ck_check(ro_reg *r, const unsigned char *p, uint64_t size);
+regopt_status ro_sam_ck_load(ro_reg *r, const unsigned char *p, uint64_t size);
 
 #endif
