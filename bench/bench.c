@@ -28,10 +28,31 @@
 
 /* ---- methods ----------------------------------------------------------- */
 
-enum { M_PLAIN, M_SAM, M_ASAM, M_RDROP2, M_RDROP, M_SMART, M_SMART_SAM, M_COUNT };
+enum { M_PLAIN, M_SAM, M_ASAM, M_RDROP2, M_RDROP, M_SMART, M_SMART_SAM, M_MSAM, M_LOOKSAM,
+       M_FSAM, M_VASSO, M_WSAM, M_COUNT };
 
 static const char *method_name[M_COUNT] = {"plain", "sam", "asam", "rdrop_twocall",
-                                           "rdrop_doubled", "smart", "smart_sam"};
+                                           "rdrop_doubled", "smart", "smart_sam", "msam",
+                                           "looksam", "fsam", "vasso", "wsam"};
+
+/* The SAM family's second wave: the keys each variant sets on top of SAM's
+ * rho 0.05, at its paper's defaults (LookSAM with k = 5, the issue's target). */
+typedef struct sam_setting {
+    int method;
+    regopt_key key;
+    double value;
+} sam_setting;
+
+static const sam_setting sam_settings[] = {
+    {M_ASAM, REGOPT_SAM_ADAPTIVE, 1},
+    {M_ASAM, REGOPT_SAM_ETA, 0},
+    {M_MSAM, REGOPT_SAM_MOMENTUM, 1},
+    {M_LOOKSAM, REGOPT_SAM_LOOKSAM, 1},
+    {M_LOOKSAM, REGOPT_SAM_EVERY, 5},
+    {M_FSAM, REGOPT_SAM_DIRECTION, REGOPT_SAM_DIRECTION_FRIENDLY},
+    {M_VASSO, REGOPT_SAM_DIRECTION, REGOPT_SAM_DIRECTION_VASSO},
+    {M_WSAM, REGOPT_SAM_WSAM, REGOPT_SAM_WSAM_DECOUPLED},
+};
 
 /* The options of each method, as the PyTorch peer (torch_bench.py) sets
  * them: SAM rho 0.05; ASAM scaling every tensor by |w| (eta 0); R-Drop alpha
@@ -75,17 +96,17 @@ static regopt_status configure(regopt_trainer *t, int method, const regopt_alloc
 {
     regopt_status st = REGOPT_OK;
     regopt_regularizer *r;
-    int sam = method == M_SAM || method == M_ASAM || method == M_SMART_SAM;
+    int sam = method == M_SAM || method == M_ASAM || method == M_SMART_SAM || method >= M_MSAM;
+    size_t i;
     int smart = method == M_SMART || method == M_SMART_SAM;
     if (sam) {
         if ((r = new_reg(REGOPT_REG_SAM, a, regs, n_regs, &st, why)) == NULL)
             return st;
         st = regopt_regularizer_set_double(r, REGOPT_SAM_RHO, 0.05);
-        if (st == REGOPT_OK && method == M_ASAM) {
-            st = regopt_regularizer_set_int(r, REGOPT_SAM_ADAPTIVE, 1);
-            if (st == REGOPT_OK)
-                st = regopt_regularizer_set_double(r, REGOPT_SAM_ETA, 0.0);
-        }
+        for (i = 0; st == REGOPT_OK && i < sizeof sam_settings / sizeof *sam_settings; i++)
+            if (sam_settings[i].method == method) /* doubles set int keys exactly */
+                st = regopt_regularizer_set_double(r, sam_settings[i].key,
+                                                   sam_settings[i].value);
         if ((st = attach(t, r, st, why)) != REGOPT_OK)
             return st;
     }
@@ -223,6 +244,25 @@ static int setup_warm(setup *s, const regopt_batch *b, long warmup)
     return 0;
 }
 
+/* The median over windows of `period` consecutive steps of their mean: a
+ * method whose steps differ by period (LookSAM's one SAM step in k) costs
+ * its mean over a whole period; period 1 is the median step. */
+static double window_median(double *ms, size_t n, size_t period)
+{
+    size_t w, j, windows = n / period;
+    if (windows == 0) { /* fewer steps than a period: their mean */
+        windows = 1;
+        period = n;
+    }
+    for (w = 0; w < windows; w++) {
+        double sum = 0.0;
+        for (j = 0; j < period; j++)
+            sum += ms[w * period + j];
+        ms[w] = sum / (double)period;
+    }
+    return median(ms, windows);
+}
+
 static int setup_run(setup *s, const regopt_batch *b, long run, long steps, double *scratch)
 {
     double sum_step = 0.0, sum_cb = 0.0, flops0 = s->host.flops;
@@ -236,7 +276,7 @@ static int setup_run(setup *s, const regopt_batch *b, long run, long steps, doub
         sum_step += dt;
         sum_cb += s->host.cb_seconds - cb0;
     }
-    s->step_ms[run] = median(scratch, (size_t)steps);
+    s->step_ms[run] = window_median(scratch, (size_t)steps, s->method == M_LOOKSAM ? 5 : 1);
     s->cb_share[run] = sum_cb / sum_step;
     s->lib_ms[run] = (sum_step - sum_cb) * 1e3 / (double)steps;
     s->flops = (s->host.flops - flops0) / (double)steps;
@@ -442,7 +482,8 @@ static void usage(void)
     printf("usage: bench [--size large|small|all] [--methods m1,m2,...] [--runs R]\n"
            "             [--steps S] [--warmup W] [--opt-n N] [--no-kernels] [--no-steps]\n"
            "             [--lib-threads T] [--smoke]\n"
-           "methods: plain sam asam rdrop_twocall rdrop_doubled smart smart_sam (default all)\n"
+           "methods: plain sam asam rdrop_twocall rdrop_doubled smart smart_sam msam looksam\n"
+           "         fsam vasso wsam (default all)\n"
            "large: 784-1024-1024-10 batch 128; small: 64-256-256-10 batch 32; ReLU,\n"
            "dropout 0.1, AdamW lr 1e-4. Threads: OPENBLAS_NUM_THREADS for the host's\n"
            "BLAS, --lib-threads (default 1) for the library's loops and the\n"

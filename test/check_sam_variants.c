@@ -179,6 +179,33 @@ START_TEST(directions_with_m_sharpness)
 }
 END_TEST
 
+/* The whole step makes the direction, its new state and its ascent norm in
+ * one pass; one chunk of m-sharpness covering every row takes the separate
+ * passes (begin, make, norm). Both must give the same bits, with sigma and
+ * theta away from their reductions, plain and adaptive. */
+START_TEST(fused_direction_is_the_separate_passes)
+{
+    int dir, ad, k;
+    for (dir = 1; dir <= 2; dir++)
+        for (ad = 0; ad <= 1; ad++) {
+            vrun *a = vrun_open(1000, REGOPT_ADAM, 0.01, dir, 0.1, 1);
+            vrun *b = vrun_open(1000, REGOPT_ADAM, 0.01, dir, 0.1, 1);
+            vset(a, REGOPT_SAM_ADAPTIVE, ad);
+            vset(b, REGOPT_SAM_ADAPTIVE, ad);
+            vset(b, REGOPT_SAM_M_ROWS, 1);
+            for (k = 0; k < 4; k++) {
+                vstep(a);
+                vstep(b);
+                same_w(a, b, "whole step vs one chunk");
+                ck_assert(rstat(a->sam, REGOPT_STAT_SAM_ASCENT_NORM) ==
+                          rstat(b->sam, REGOPT_STAT_SAM_ASCENT_NORM));
+            }
+            vrun_close(a);
+            vrun_close(b);
+        }
+}
+END_TEST
+
 /* trainer.threads changes nothing (ro_each_piece / ro_sum_pieces). */
 START_TEST(directions_same_bits_on_threads)
 {
@@ -437,6 +464,7 @@ Suite *suite_sam_variants(void)
     tcase_add_test(tc, vasso_theta_one_is_sam);
     tcase_add_test(tc, directions_with_m_sharpness);
     tcase_add_test(tc, directions_same_bits_on_threads);
+    tcase_add_test(tc, fused_direction_is_the_separate_passes);
     tcase_add_test(tc, rollback_in_every_pass);
     tcase_add_test(tc, checkpoint_resume_is_exact);
     tcase_add_test(tc, checkpoint_without_state_loads);

@@ -194,6 +194,8 @@ double ro_sum_squares(const float *x, size_t n);
  * lanes of ro_sum_squares (ASAM's ascent norm). */
 double ro_sum_scaled_squares(const float *w, const float *g, size_t n, float wd, float eta,
                              int ad);
+/* The dot product of x and y in double, in the lanes of ro_sum_squares. */
+double ro_dot(const float *x, const float *y, size_t n);
 void ro_zero(float *x, size_t n);
 
 #endif

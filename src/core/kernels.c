@@ -189,4 +189,37 @@ double ro_sum_scaled_squares(const float *w, const float *g, size_t n, float wd,
     return combine16_scaled(s, w, g, i, n, wd, eta, ad);
 }
 
+/* Dot product in double, in the lanes of ro_sum_squares: lane k adds
+ * x[i] y[i] for i = k (mod 16), the tail into lanes 0, 1, ..., then the
+ * fold. A product of two widened floats is exact in double, so the SSE2 and
+ * scalar paths make the same additions in the same order: the same bits. */
+double ro_dot(const float *x, const float *y, size_t n)
+{
+    double s[16] = {0};
+    size_t i = 0, k;
+#if defined(__SSE2__)
+    {
+        __m128d a[8];
+        for (k = 0; k < 8; k++)
+            a[k] = _mm_setzero_pd();
+        for (; i + 16 <= n; i += 16)
+            for (k = 0; k < 8; k += 2) {
+                __m128 u = _mm_loadu_ps(x + i + 2 * k), v = _mm_loadu_ps(y + i + 2 * k);
+                __m128d ulo = _mm_cvtps_pd(u), uhi = _mm_cvtps_pd(_mm_movehl_ps(u, u));
+                __m128d vlo = _mm_cvtps_pd(v), vhi = _mm_cvtps_pd(_mm_movehl_ps(v, v));
+                a[k] = _mm_add_pd(a[k], _mm_mul_pd(ulo, vlo));
+                a[k + 1] = _mm_add_pd(a[k + 1], _mm_mul_pd(uhi, vhi));
+            }
+        for (k = 0; k < 8; k++)
+            _mm_storeu_pd(s + 2 * k, a[k]);
+    }
+#endif
+    for (; i + 16 <= n; i += 16)
+        for (k = 0; k < 16; k++)
+            s[k] += (double)x[i + k] * y[i + k];
+    for (k = 0; i < n; i++, k++)
+        s[k] += (double)x[i] * y[i];
+    return fold16(s);
+}
+
 void ro_zero(float *x, size_t n) { memset(x, 0, n * sizeof *x); }

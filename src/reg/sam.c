@@ -20,6 +20,7 @@ typedef struct sam_reg {
     ro_reg *r;
     sam *s;
     const float *dir; /* the ascent direction (flat), NULL: the gradient */
+    double norm;      /* its ascent norm when made with it, else < 0 */
 } sam_reg;
 
 #define D REGOPT_TYPE_DOUBLE
@@ -307,6 +308,21 @@ static double ascent_norm(const sam_reg *g, double wd_scale)
     return sqrt(ro_sum_pieces(g->r->env->par, ascent_squares, &a));
 }
 
+/* The whole step's direction with state, and its ascent norm in the same
+ * pass (the squares of each piece while it is in cache). */
+static void make_direction(sam_reg *g, double wd_scale)
+{
+    ascent_job a;
+    double sum = 0.0;
+    a.s = g->s;
+    a.wd = (float)(g->s->ascent_wd * wd_scale);
+    a.eta = (float)g->s->eta;
+    a.c = 0.0f;
+    a.dir = g->s->dir.buf;
+    g->dir = ro_sam_dir_make(&g->s->dir, g->r->env->par, 1.0, 1, ascent_squares, &a, &sum);
+    g->norm = sqrt(sum);
+}
+
 /* One block of the plain ascent (T = 1, no ascent weight decay):
  * save = w, w += c a; the same operations as the general loop. */
 static void perturb_block(float *restrict w, const float *restrict g, float *restrict save,
@@ -430,7 +446,7 @@ static regopt_status ascend(const sam_reg *g, ro_step *st, double rho, double wd
                             int *applied)
 {
     regopt_status rc;
-    *norm = ascent_norm(g, wd_scale);
+    *norm = g->norm >= 0.0 ? g->norm : ascent_norm(g, wd_scale);
     rc = check_norm(g, *norm);
     if (rc != REGOPT_OK || *norm == 0.0)
         return rc;
@@ -468,8 +484,8 @@ static regopt_status whole_step(sam_reg *g, ro_step *st)
     }
     if (rc == REGOPT_OK && (s->gsam || s->wsam.mode || s->look.on))
         gather(g, s->clean, 0);
-    if (rc == REGOPT_OK)
-        g->dir = ro_sam_dir_make(&s->dir, g->r->env->par, 1.0);
+    if (rc == REGOPT_OK && s->dir.mode != RO_SAM_DIR_GRADIENT)
+        make_direction(g, 1.0);
     if (rc == REGOPT_OK)
         rc = ascend(g, st, s->rho_used, 1.0, whole_perturbed, NULL, &s->ascent_norm, &pert,
                     &s->applied);
@@ -517,7 +533,8 @@ static regopt_status chunk_step(sam_reg *g, ro_step *st, chunk_ctx *c, double *n
         ro_batch_rows(&v, c->b, c->r0, c->rows, g->r->env->model->output_width);
         for (i = 0; i < v.rows; i++)
             share += ro_row_weight(&v, i);
-        g->dir = ro_sam_dir_make(&s->dir, g->r->env->par, share * st->inv_weight);
+        g->dir = ro_sam_dir_make(&s->dir, g->r->env->par, share * st->inv_weight, 0, NULL,
+                                 NULL, NULL);
         rc = ascend(g, st, s->rho_used, share * st->inv_weight, chunk_perturbed, c, &norm, &pert,
                     &applied);
     }
@@ -570,6 +587,7 @@ static regopt_status gradient(ro_reg *r, ro_step *st)
     g.r = r;
     g.s = s;
     g.dir = NULL;
+    g.norm = -1.0;
     s->clean_loss = s->perturbed_loss = s->ascent_norm = 0.0;
     s->applied = 0;
     s->rho_used = rho_in_force(s, st);
@@ -589,7 +607,7 @@ static regopt_status gradient(ro_reg *r, ro_step *st)
         st->has_loss2 = 1;
         return rc;
     }
-    if (s->dir.mode != RO_SAM_DIR_GRADIENT)
+    if (s->dir.mode != RO_SAM_DIR_GRADIENT && s->m_rows > 0)
         ro_sam_dir_begin(&s->dir, r->env->par);
     rc = s->m_rows > 0 ? chunked_step(&g, st) : whole_step(&g, st);
     if (rc == REGOPT_OK)

@@ -70,6 +70,9 @@ typedef struct dir_job {
     ro_sam_dir *d;
     float c1, c2, c3; /* per mode, below */
     int first;        /* no state in use: the direction is g */
+    int fresh;        /* the whole step: make() does begin()'s work too */
+    ro_sum_fn squares; /* NULL, or the squares of the piece once made */
+    void *squares_ctx;
 } dir_job;
 
 /* FriendlySAM: next = lambda m, before the chunks add (1 - lambda) g. */
@@ -94,24 +97,40 @@ void ro_sam_dir_begin(ro_sam_dir *d, const ro_par *par)
     a.c1 = (float)d->lambda;
     a.c2 = a.c3 = 0.0f;
     a.first = !dir_in_use(d);
+    a.fresh = 0;
     d->pending = 0;
     ro_each_piece(par, dir_begin_piece, &a);
 }
 
 /* first: buf = g, next += g.
  * FriendlySAM: buf = g - sigma (share m), next += (1 - lambda) g.
- * VaSSO: buf = (1 - theta) (share d) + theta g, next += buf. */
+ * VaSSO: buf = (1 - theta) (share d) + theta g, next += buf.
+ * With `fresh` (the whole step, begin() not called) next starts from what
+ * begin() would have left: 0, or FriendlySAM's lambda m, computed in the
+ * same float operations in the same order (0 + x keeps begin's +0). */
 static void dir_make_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
     const dir_job *a = ctx;
     const float *m = a->d->state + p->offset, *g = p->grad;
     float *nx = a->d->next + p->offset, *b = a->d->buf + p->offset;
-    const float c1 = a->c1, c2 = a->c2, c3 = a->c3;
+    const float c1 = a->c1, c2 = a->c2, c3 = a->c3, l = (float)a->d->lambda;
     size_t j;
+    if (a->fresh && (a->first || a->d->mode != RO_SAM_DIR_FRIENDLY))
+        memset(nx + j0, 0, (j1 - j0) * sizeof(float));
     if (a->first)
         for (j = j0; j < j1; j++) {
             b[j] = g[j];
             nx[j] = nx[j] + g[j];
+        }
+    else if (a->d->mode == RO_SAM_DIR_FRIENDLY && a->fresh && c1 == 0.0f)
+        for (j = j0; j < j1; j++) {
+            b[j] = g[j];
+            nx[j] = l * m[j] + c2 * g[j];
+        }
+    else if (a->d->mode == RO_SAM_DIR_FRIENDLY && a->fresh)
+        for (j = j0; j < j1; j++) {
+            b[j] = g[j] - c1 * (c3 * m[j]);
+            nx[j] = l * m[j] + c2 * g[j];
         }
     else if (a->d->mode == RO_SAM_DIR_FRIENDLY && c1 == 0.0f) /* sigma 0: SAM's g, bits */
         for (j = j0; j < j1; j++) {
@@ -135,14 +154,30 @@ static void dir_make_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
         }
 }
 
-const float *ro_sam_dir_make(ro_sam_dir *d, const ro_par *par, double share)
+/* The piece made, then (while it is in cache) its share of the ascent
+ * norm's sum: the chunks of ro_sum_pieces are the pieces of
+ * ro_each_piece, so the sum has the bits of a separate pass. */
+static double dir_make_squares(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    const dir_job *a = ctx;
+    dir_make_piece(ctx, p, j0, j1);
+    return a->squares(a->squares_ctx, p, j0, j1);
+}
+
+const float *ro_sam_dir_make(ro_sam_dir *d, const ro_par *par, double share, int fresh,
+                             ro_sum_fn squares, void *squares_ctx, double *sum)
 {
     dir_job a;
     if (d->mode == RO_SAM_DIR_GRADIENT)
         return NULL;
     a.d = d;
     a.first = !dir_in_use(d);
+    a.fresh = fresh;
     a.c3 = (float)share;
+    a.squares = squares;
+    a.squares_ctx = squares_ctx;
+    if (fresh)
+        d->pending = 0;
     if (d->mode == RO_SAM_DIR_FRIENDLY) {
         a.c1 = (float)d->sigma;
         a.c2 = (float)(1.0 - d->lambda);
@@ -150,7 +185,10 @@ const float *ro_sam_dir_make(ro_sam_dir *d, const ro_par *par, double share)
         a.c1 = (float)(1.0 - d->theta);
         a.c2 = (float)d->theta;
     }
-    ro_each_piece(par, dir_make_piece, &a);
+    if (squares)
+        *sum = ro_sum_pieces(par, dir_make_squares, &a);
+    else
+        ro_each_piece(par, dir_make_piece, &a);
     return d->buf;
 }
 

@@ -29,14 +29,20 @@ void ro_sam_dir_init(ro_sam_dir *d);
 regopt_status ro_sam_dir_reserve(ro_sam_dir *d, const ro_env *env, char *msg);
 void ro_sam_dir_release(ro_sam_dir *d, const ro_env *env);
 
-/* A step's ascent directions. begin() once before the first chunk; make()
- * per chunk, with the chunk's clean gradient in the gradient buffers and
- * its share of the step's weight (1 for the whole step): returns the flat
- * direction (trainable order) or NULL for the gradient itself; end() after
- * the last chunk. Only next and buf change: the state stays as it was
- * until commit(), called after the update. */
+/* A step's ascent directions. With m-sharpness, begin() once before the
+ * first chunk, then make() per chunk with fresh 0; a whole step calls
+ * make() alone with fresh 1 (it does begin()'s work in the same pass).
+ * make() takes the chunk's clean gradient in the gradient buffers and its
+ * share of the step's weight (1 for the whole step) and returns the flat
+ * direction (trainable order), or NULL for the gradient itself; with
+ * `squares` it also returns in *sum the sum over the pieces of squares(ctx,
+ * piece) called on each piece right after it is made (the ascent norm,
+ * without a pass of its own). end() after the last chunk. Only next and
+ * buf change: the state stays as it was until commit(), called after the
+ * update. */
 void ro_sam_dir_begin(ro_sam_dir *d, const ro_par *par);
-const float *ro_sam_dir_make(ro_sam_dir *d, const ro_par *par, double share);
+const float *ro_sam_dir_make(ro_sam_dir *d, const ro_par *par, double share, int fresh,
+                             ro_sum_fn squares, void *squares_ctx, double *sum);
 void ro_sam_dir_end(ro_sam_dir *d);
 void ro_sam_dir_commit(ro_sam_dir *d);
 /* A buffer of n_trainable floats (idempotent: nothing when *buf is set). */

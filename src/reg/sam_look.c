@@ -6,8 +6,10 @@
  * steps between take one gradient g and reuse it, per tensor:
  *   g <- g + alpha ||g|| / (||g_v|| + 1e-8) g_v.
  * Tensors with ||g|| = 0 store g_v = g_s (the ports divide by zero).
- * Per-tensor sums are in double, in element order, on the calling thread:
- * the same bits on any number of threads. g_v is committed after the
+ * Per-tensor sums are in double, in the sixteen lanes of ro_sum_squares
+ * and ro_dot (vectorized: the sums in element order bounded the step by
+ * the adder's latency), on the calling thread: the same bits on any number
+ * of threads. g_v is committed after the
  * update only (a failed step leaves it) and saved in checkpoints. */
 #include "reg/sam_ascent.h"
 
@@ -30,15 +32,6 @@ void ro_sam_look_release(ro_sam_look *l, const ro_env *env)
     l->held = l->pending = 0;
 }
 
-static double dot(const float *a, const float *b, size_t n)
-{
-    double s = 0.0;
-    size_t j;
-    for (j = 0; j < n; j++)
-        s += (double)a[j] * b[j];
-    return s;
-}
-
 void ro_sam_look_store(ro_sam_look *l, const ro_env *env, const float *clean)
 {
     const regopt_model *m = env->model;
@@ -50,8 +43,8 @@ void ro_sam_look_store(ro_sam_look *l, const ro_env *env, const float *clean)
         double n2;
         if (!p->grad)
             continue;
-        n2 = dot(g, g, p->count);
-        c = n2 > 0.0 ? (float)(dot(g, gs, p->count) / n2) : 0.0f;
+        n2 = ro_sum_squares(g, p->count);
+        c = n2 > 0.0 ? (float)(ro_dot(g, gs, p->count) / n2) : 0.0f;
         for (j = 0; j < p->count; j++)
             v[j] = gs[j] - c * g[j];
     }
@@ -70,7 +63,8 @@ void ro_sam_look_reuse(const ro_sam_look *l, const ro_env *env)
         float *g = p->grad, c;
         if (!p->grad)
             continue;
-        c = (float)(l->alpha * sqrt(dot(g, g, p->count)) / (sqrt(dot(v, v, p->count)) + 1e-8));
+        c = (float)(l->alpha * sqrt(ro_sum_squares(g, p->count)) /
+                    (sqrt(ro_sum_squares(v, p->count)) + 1e-8));
         for (j = 0; j < p->count; j++)
             g[j] = g[j] + c * v[j];
     }
