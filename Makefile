@@ -145,11 +145,14 @@ run-check: all test/header_c99 test/header_cxx test/abandon_cxx
 	./examples/js_rdrop --epochs 6 --min-test-acc 0.9
 	@mkdir -p build
 	OPENBLAS_NUM_THREADS=1 ./examples/demo --seeds 1 --epochs 6 --quiet \
-	    --csv build/demo_test.csv --svg build/demo_test.svg \
+	    --csv build/demo_test.csv --svg build/demo_test.svg --svg2 build/demo_test_sam.svg \
 	    --flat-csv build/demo_test_flatness.csv --flat-svg build/demo_test_flatness.svg
-	@grep -q '</svg>' build/demo_test.svg && test $$(wc -l < build/demo_test.csv) -eq 7
+	@grep -q '</svg>' build/demo_test.svg && grep -q '</svg>' build/demo_test_sam.svg && \
+	    test $$(wc -l < build/demo_test.csv) -eq 7
+	@# one flatness row per method (1 seed) plus the header = the curves' columns
 	@grep -q '</svg>' build/demo_test_flatness.svg && \
-	    test $$(wc -l < build/demo_test_flatness.csv) -eq 7
+	    test $$(wc -l < build/demo_test_flatness.csv) -eq \
+	        $$(head -1 build/demo_test.csv | tr ',' '\n' | wc -l)
 	./examples/mlp --data data/digits.csv --smart 1 --bregman 1 --bn --min-test-acc 0.95 --quiet
 	./test/check_regopt
 	sh test/check_resume.sh examples/mlp data/digits.csv

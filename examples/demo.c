@@ -7,9 +7,12 @@
  * of their labels replaced by uniformly random classes; every other example
  * is the clean test set. The MLP of examples/mlp.c with dropout; AdamW; the
  * same epochs, batch size and initial weights for every method. Methods:
- * plain AdamW, SAM, ASAM, R-Drop, SMART (both terms) and SMART+SAM, each with
- * the hyperparameters that --tune picked on held-out TRAINING examples
- * (never the test set).
+ * plain AdamW, SAM, ASAM, R-Drop, SMART (both terms) and SMART+SAM, then
+ * the SAM variants of the second wave (Momentum-SAM, LookSAM, FriendlySAM,
+ * VaSSO, WSAM), each with the hyperparameters that --tune picked on
+ * held-out TRAINING examples (never the test set); demo_methods.h lists
+ * them as settings by key name. Beside each method's accuracy: its step
+ * cost, the mean time of regopt_trainer_step relative to plain AdamW's.
  *
  *   ./examples/demo                 the default protocol, 5 seeds
  *   ./examples/demo --tune          the validation search behind the defaults
@@ -19,41 +22,21 @@
  * then a CSV and a chart of flatness at the end of each (method, seed) run,
  * worst-case sharpness and top Hessian eigenvalue, beside test accuracy
  * (regopt_trainer_flatness changes no training state; --no-probe skips it). */
+#define _POSIX_C_SOURCE 200809L /* strtok_r */
 #include "demo_chart.h"
+#include "demo_methods.h"
 #include "digits_mlp.h"
 
 #include <time.h>
 
-#define MAX_METHODS 6
 #define MAX_EPOCHS 1000
-
-typedef struct method {
-    const char *name;
-    double rho;      /* SAM radius; 0 = no SAM */
-    int adaptive;    /* ASAM */
-    double alpha;    /* R-Drop alpha; < 0 = off */
-    double lambda;   /* SMART adversarial lambda; < 0 = off */
-    double mu;       /* SMART Bregman mu; < 0 = off */
-} method;
-
-/* Chosen by --tune: final validation accuracy on a held-out quarter of the
- * (noisy) training examples, 3 seeds, the test set never seen. The table it
- * printed is in the README. smart+sam keeps lambda 1 and mu 1 and tunes rho. */
-static method methods[MAX_METHODS] = {
-    {"adamw", 0.0, 0, -1.0, -1.0, -1.0},
-    {"sam", 1.0, 0, -1.0, -1.0, -1.0},
-    {"asam", 2.0, 1, -1.0, -1.0, -1.0},
-    {"rdrop", 0.0, 0, 30.0, -1.0, -1.0},
-    {"smart", 0.0, 0, -1.0, 10.0, 1.0},
-    {"smart+sam", 0.3, 0, -1.0, 1.0, 1.0},
-};
 
 typedef struct options {
     const char *data, *csv, *svg, *only;
     long train, seeds, epochs, batch, hidden;
     double noise, lr, wd, dropout;
     int tune, quiet, no_probe;
-    const char *flat_csv, *flat_svg;
+    const char *flat_csv, *flat_svg, *svg2;
 } options;
 
 /* The flatness probe: the first PROBE_ROWS training examples of the split (a
@@ -136,58 +119,6 @@ static void free_split(split *sp)
         }                                                                           \
     } while (0)
 
-/* The method's regularizers: each created with its defaults into regs[]
- * (the caller frees them after the trainer), configured through its own keys
- * and attached. Returns 0, or -1 with a message. */
-#define N_REGS 4
-static int configure(regopt_trainer *tr, const method *m, regopt_regularizer **regs)
-{
-    regopt_status st = REGOPT_OK;
-    regopt_regularizer *r = NULL;
-    if (m->rho > 0.0) {
-        if (!(r = regs[0] = regopt_regularizer_create(REGOPT_REG_SAM, NULL, &st)) ||
-            (st = regopt_regularizer_set_double(r, REGOPT_SAM_RHO, m->rho)) ||
-            (st = regopt_regularizer_set_int(r, REGOPT_SAM_ADAPTIVE, m->adaptive)) ||
-            (st = regopt_regularizer_set_group(r, 1, REGOPT_SAM_GROUP_ADAPTIVE, 0)))
-            goto fail;
-        if ((st = regopt_trainer_attach(tr, r)))
-            goto fail_attach;
-    }
-    if (m->alpha >= 0.0) {
-        if (!(r = regs[1] = regopt_regularizer_create(REGOPT_REG_RDROP, NULL, &st)) ||
-            (st = regopt_regularizer_set_double(r, REGOPT_RDROP_ALPHA, m->alpha)))
-            goto fail;
-        if ((st = regopt_trainer_attach(tr, r)))
-            goto fail_attach;
-    }
-    if (m->lambda >= 0.0) { /* pixels in [0, 1]: a radius of a few hundredths */
-        if (!(r = regs[2] = regopt_regularizer_create(REGOPT_REG_SMART, NULL, &st)) ||
-            (st = regopt_regularizer_set_double(r, REGOPT_SMART_LAMBDA, m->lambda)) ||
-            (st = regopt_regularizer_set_double(r, REGOPT_SMART_EPSILON, 0.1)) ||
-            (st = regopt_regularizer_set_double(r, REGOPT_SMART_ETA, 0.05)) ||
-            (st = regopt_regularizer_set_double(r, REGOPT_SMART_SIGMA, 0.01)))
-            goto fail;
-        if ((st = regopt_trainer_attach(tr, r)))
-            goto fail_attach;
-    }
-    if (m->mu >= 0.0) {
-        if (!(r = regs[3] = regopt_regularizer_create(REGOPT_REG_BREGMAN, NULL, &st)) ||
-            (st = regopt_regularizer_set_double(r, REGOPT_BREGMAN_MU, m->mu)))
-            goto fail;
-        if ((st = regopt_trainer_attach(tr, r)))
-            goto fail_attach;
-    }
-    return 0;
-fail:
-    fprintf(stderr, "demo: %s: %s: %s\n", m->name, regopt_status_string(st),
-            r ? regopt_regularizer_message(r) : regopt_last_error_message());
-    return -1;
-fail_attach:
-    fprintf(stderr, "demo: %s: %s: %s\n", m->name, regopt_status_string(st),
-            regopt_trainer_message(tr));
-    return -1;
-}
-
 /* Worst-case sharpness and top Hessian eigenvalue of the task loss on the
  * first PROBE_ROWS rows of (x, y), into *po. Changes no training state. */
 static int probe(regopt_trainer *tr, const float *x, const int32_t *y, size_t n, probe_out *po)
@@ -229,23 +160,25 @@ static double now(void)
 }
 
 /* Train one method on (xtr, ytr), evaluating (xev, yev) after every epoch
- * into acc[epoch]; then, if po is not NULL, probe flatness into *po.
- * Returns 0, or -1 with a message. */
+ * into acc[epoch]; then, if po is not NULL, probe flatness into *po. Adds
+ * the seconds spent in regopt_trainer_step to *step_s and the steps to
+ * *steps when they are not NULL. Returns 0, or -1 with a message. */
 static int run(const options *o, const method *m, uint64_t seed, const float *xtr,
                const int32_t *ytr, size_t ntr, const float *xev, const int32_t *yev, size_t nev,
-               double *acc, probe_out *po)
+               double *acc, probe_out *po, double *step_s, long *steps)
 {
     mlp net;
     regopt_model *model = NULL;
     regopt_optimizer *opt = NULL;
     regopt_trainer *tr = NULL;
-    regopt_regularizer *regs[N_REGS] = {NULL, NULL, NULL, NULL};
+    regopt_regularizer *regs[MAX_REGS] = {NULL};
     size_t *order = malloc(ntr * sizeof *order), B = (size_t)o->batch, i, r;
     float *xb = malloc(B * DIGITS_FEATURES * sizeof *xb);
     float *out = malloc(nev * DIGITS_CLASSES * sizeof *out);
     int32_t *yb = malloc(B * sizeof *yb);
     long e;
     int rc = 0;
+    double t0;
     memset(&net, 0, sizeof net);
     if (!order || !xb || !out || !yb ||
         mlp_init(&net, (size_t)o->hidden, nev > B ? nev : B, (float)o->dropout, 0, seed)) {
@@ -285,7 +218,12 @@ static int run(const options *o, const method *m, uint64_t seed, const float *xt
             b.data = &hb;
             b.rows = B;
             b.labels = yb;
+            t0 = now();
             TRY(regopt_trainer_step(tr, &b, 1));
+            if (step_s) {
+                *step_s += now() - t0;
+                ++*steps;
+            }
         }
         hb.x = xev;
         hb.row_base = 0;
@@ -296,7 +234,7 @@ static int run(const options *o, const method *m, uint64_t seed, const float *xt
         acc[e] = accuracy(out, yev, nev, DIGITS_CLASSES);
     }
     if (po) {
-        double t0 = now();
+        t0 = now();
         if (probe(tr, xtr, ytr, ntr, po)) {
             rc = -1;
             goto done;
@@ -305,7 +243,7 @@ static int run(const options *o, const method *m, uint64_t seed, const float *xt
     }
 done:
     regopt_trainer_free(tr); /* detaches the regularizers: free them after it */
-    for (i = 0; i < N_REGS; i++)
+    for (i = 0; i < MAX_REGS; i++)
         regopt_regularizer_free(regs[i]);
     regopt_optimizer_free(opt);
     regopt_model_free(model);
@@ -331,24 +269,28 @@ static void mean_std(const double *x, long n, double *mean, double *sd)
     *sd = n > 1 ? sqrt(q / (double)(n - 1)) : 0.0;
 }
 
-static const char *const COLORS[MAX_METHODS] = {"#444444", "#1f77b4", "#2ca02c", "#d62728",
-                                                "#9467bd", "#ff7f0e"};
+/* curves[m][e]: mean test accuracy of method which[m] after epoch e; the
+ * chart draws those whose row has chart `chart`, and adamw and sam (the
+ * references) on every chart. */
+static int on_chart(const method *m, int chart)
+{
+    return m->chart == chart || !strcmp(m->name, "adamw") || !strcmp(m->name, "sam");
+}
 
-/* curves[m][e]: mean test accuracy of method m after epoch e. */
-static int write_svg(const char *path, const options *o, int nm, const int *which,
+static int write_svg(const char *path, const options *o, int chart, int nm, const int *which,
                      double curves[][MAX_EPOCHS])
 {
     const double W = 720, H = 420, L = 60, R = 150, T = 40, Bm = 50;
     double lo = 1.0, hi = 0.0, x0 = L, x1 = W - R, y0 = H - Bm, y1 = T;
     FILE *f = fopen(path, "w");
     long e;
-    int m, k;
+    int m, k, line = 0;
     if (!f)
         return -1;
     /* the scale follows the curves after the first tenth of training, so the
        differences that matter are visible; earlier points are clamped */
     for (m = 0; m < nm; m++)
-        for (e = o->epochs / 10; e < o->epochs; e++) {
+        for (e = o->epochs / 10; e < o->epochs && on_chart(&methods[which[m]], chart); e++) {
             lo = curves[m][e] < lo ? curves[m][e] : lo;
             hi = curves[m][e] > hi ? curves[m][e] : hi;
         }
@@ -359,9 +301,10 @@ static int write_svg(const char *path, const options *o, int nm, const int *whic
     fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
                "font-family=\"sans-serif\" font-size=\"12\">\n", W, H);
     fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
-    fprintf(f, "<text x=\"%.0f\" y=\"22\" font-size=\"14\">Digits, %ld examples, %.0f%% noisy "
-               "labels: clean test accuracy (mean over %ld seed%s)</text>\n",
-            L, o->train, o->noise * 100.0, o->seeds, o->seeds == 1 ? "" : "s");
+    fprintf(f, "<text x=\"%.0f\" y=\"22\" font-size=\"14\">%sDigits, %ld examples, %.0f%% "
+               "noisy labels: clean test accuracy (mean over %ld seed%s)</text>\n",
+            L, chart == 2 ? "SAM variants. " : "", o->train, o->noise * 100.0, o->seeds,
+            o->seeds == 1 ? "" : "s");
     for (k = 0; k <= 5; k++) { /* horizontal grid and labels */
         double v = lo + (hi - lo) * k / 5.0, y = y0 + (y1 - y0) * k / 5.0;
         fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#dddddd\"/>\n",
@@ -379,8 +322,10 @@ static int write_svg(const char *path, const options *o, int nm, const int *whic
     fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">epoch</text>\n",
             (x0 + x1) / 2, H - 12);
     for (m = 0; m < nm; m++) {
+        if (!on_chart(&methods[which[m]], chart))
+            continue;
         fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\" points=\"",
-                COLORS[which[m]]);
+                methods[which[m]].color);
         for (e = 0; e < o->epochs; e++) {
             double x = x0 + (x1 - x0) * (o->epochs > 1 ? (double)e / (double)(o->epochs - 1) : 0);
             double v = curves[m][e] < lo ? lo : curves[m][e];
@@ -388,21 +333,28 @@ static int write_svg(const char *path, const options *o, int nm, const int *whic
             fprintf(f, "%.1f,%.1f ", x, y);
         }
         fprintf(f, "\"/>\n<text x=\"%.1f\" y=\"%.1f\" fill=\"%s\">%s</text>\n", x1 + 10,
-                y1 + 18.0 * (m + 1), COLORS[which[m]], methods[which[m]].name);
+                y1 + 18.0 * ++line, methods[which[m]].color, methods[which[m]].name);
     }
     fprintf(f, "</svg>\n");
     return fclose(f);
+}
+
+static int selected(const options *o, int k)
+{
+    char buf[256], *tok;
+    if (!o->only)
+        return 1;
+    snprintf(buf, sizeof buf, "%s", o->only);
+    for (tok = strtok(buf, ","); tok; tok = strtok(NULL, ","))
+        if (!strcmp(tok, methods[k].name))
+            return 1;
+    return 0;
 }
 
 /* ---- the search behind the defaults ------------------------------------------- */
 
 static int tune(const options *o, const digits *d)
 {
-    /* candidates for each method's main hyperparameter */
-    static const double sam_rho[] = {0.1, 0.3, 1.0, 2.0};
-    static const double asam_rho[] = {0.5, 1.0, 2.0, 4.0};
-    static const double alphas[] = {1.0, 3.0, 10.0, 30.0};
-    static const double lambdas[] = {0.3, 1.0, 3.0, 10.0};
     const long tune_seeds = 3;
     size_t nval = (size_t)o->train / 4, nfit = (size_t)o->train - nval;
     int mi;
@@ -413,28 +365,26 @@ static int tune(const options *o, const digits *d)
     printf("tune: %ld seeds; fit on %zu noisy training examples, validate on the other %zu "
            "(noisy too, as in practice); the test set is not used\n",
            tune_seeds, nfit, nval);
-    printf("%-10s %-10s %s\n", "method", "value", "final validation accuracy (mean)");
-    for (mi = 1; mi < MAX_METHODS; mi++) {
-        const double *vals = mi == 1 || mi == 5 ? sam_rho : mi == 2 ? asam_rho
-                             : mi == 3                  ? alphas : lambdas;
-        size_t nv = 4;
-        if (o->only && !strstr(o->only, methods[mi].name))
+    printf("%-10s %-14s %-10s %s\n", "method", "key", "value",
+           "final validation accuracy (mean)");
+    for (mi = 0; mi < N_METHODS; mi++) {
+        if (!methods[mi].tuned || !selected(o, mi))
             continue;
-        for (c = 0; c < nv; c++) {
+        for (c = 0; c < 4; c++) { /* the candidate after the row's own settings */
             method m = methods[mi];
+            char v[32];
             double sum = 0.0;
             long s;
-            if (mi == 1 || mi == 2 || mi == 5)
-                m.rho = vals[c];
-            else if (mi == 3)
-                m.alpha = vals[c];
-            else
-                m.lambda = vals[c];
+            snprintf(v, sizeof v, "%.17g", m.grid[c]);
+            if (add_setting(&m, m.tuned, v)) {
+                free(acc);
+                return -1;
+            }
             for (s = 0; s < tune_seeds; s++) {
                 split sp;
                 if (make_split(d, (size_t)o->train, o->noise, (uint64_t)(1000 + s), &sp) ||
                     run(o, &m, (uint64_t)(1000 + s), sp.xtr, sp.ytr, nfit, sp.xtr + nfit *
-                        DIGITS_FEATURES, sp.ytr + nfit, nval, acc, NULL)) {
+                        DIGITS_FEATURES, sp.ytr + nfit, nval, acc, NULL, NULL, NULL)) {
                     free_split(&sp);
                     free(acc);
                     return -1;
@@ -442,7 +392,8 @@ static int tune(const options *o, const digits *d)
                 sum += acc[o->epochs - 1];
                 free_split(&sp);
             }
-            printf("%-10s %-10g %.4f\n", m.name, vals[c], sum / (double)tune_seeds);
+            printf("%-10s %-14s %-10g %.4f\n", m.name, m.tuned, m.grid[c],
+                   sum / (double)tune_seeds);
             fflush(stdout);
         }
     }
@@ -461,17 +412,52 @@ static void usage(void)
            "  --seeds N         seeds (default 5)\n"
            "  --epochs N        epochs (default 120)\n"
            "  --batch N         rows per step (default 32)\n"
-           "  --methods LIST    comma-separated subset of "
-           "adamw,sam,asam,rdrop,smart,smart+sam\n"
+           "  --methods LIST    comma-separated subset of adamw,sam,asam,rdrop,smart,\n"
+           "                    smart+sam,msam,looksam,fsam,vasso,wsam (default all)\n"
            "  --csv PATH        per-epoch test accuracy (default demo_curves.csv)\n"
            "  --svg PATH        chart of the curves (default demo_curves.svg)\n"
+           "  --svg2 PATH       chart of the SAM variants (default demo_curves_sam.svg)\n"
            "  --flat-csv PATH   flatness at the end of each run (default demo_flatness.csv)\n"
            "  --flat-svg PATH   its chart beside test accuracy (default demo_flatness.svg)\n"
            "  --no-probe        skip the flatness probe (and those two files)\n"
+           "  --set METHOD:KEY=VALUE  add a setting to a method (a library key name,\n"
+           "                    KEY@GROUP=VALUE for a group key); repeatable\n"
            "  --sam-rho X, --asam-rho X, --rdrop-alpha X, --smart-lambda X, --bregman-mu X\n"
-           "                    override a method's tuned hyperparameter\n"
+           "                    shorthands for --set (--bregman-mu sets both SMART rows)\n"
            "  --tune            run the validation search behind the defaults instead\n"
            "  --quiet           only the RESULT lines\n");
+}
+
+/* --set METHOD:KEY=VALUE; the value is checked when the method is set up. */
+static int set_option(const char *v)
+{
+    char name[64];
+    const char *colon = strchr(v, ':'), *eq = colon ? strchr(colon, '=') : NULL;
+    method *m;
+    size_t len = colon ? (size_t)(colon - v) : 0;
+    if (!colon || !eq || len == 0 || len >= sizeof name)
+        return 1;
+    memcpy(name, v, len);
+    name[len] = '\0';
+    if (!(m = method_named(name))) {
+        fprintf(stderr, "demo: --set: unknown method '%s'\n", name);
+        return 1;
+    }
+    {
+        char key[128];
+        size_t kl = (size_t)(eq - colon - 1);
+        if (kl == 0 || kl >= sizeof key)
+            return 1;
+        memcpy(key, colon + 1, kl);
+        key[kl] = '\0';
+        return add_setting(m, key, eq + 1) ? 1 : 0;
+    }
+}
+
+static int shorthand(const char *method_name, const char *key, const char *v)
+{
+    double x;
+    return parse_double(v, 0, 1e4, &x) || add_setting(method_named(method_name), key, v);
 }
 
 static int parse(int argc, char **argv, options *o)
@@ -508,14 +494,14 @@ static int parse(int argc, char **argv, options *o)
         else if (!strcmp(a, "--seeds")) bad = parse_long(v, 1, 100, &o->seeds);
         else if (!strcmp(a, "--epochs")) bad = parse_long(v, 1, MAX_EPOCHS, &o->epochs);
         else if (!strcmp(a, "--batch")) bad = parse_long(v, 1, 512, &o->batch);
-        else if (!strcmp(a, "--sam-rho")) bad = parse_double(v, 1e-6, 100, &methods[1].rho);
-        else if (!strcmp(a, "--asam-rho")) bad = parse_double(v, 1e-6, 100, &methods[2].rho);
-        else if (!strcmp(a, "--rdrop-alpha")) bad = parse_double(v, 0, 1e4, &methods[3].alpha);
-        else if (!strcmp(a, "--smart-lambda")) bad = parse_double(v, 0, 1e4, &methods[4].lambda);
-        else if (!strcmp(a, "--bregman-mu")) {
-            bad = parse_double(v, 0, 1e4, &methods[4].mu);
-            methods[5].mu = methods[4].mu;
-        }
+        else if (!strcmp(a, "--svg2")) o->svg2 = v;
+        else if (!strcmp(a, "--set")) bad = set_option(v);
+        else if (!strcmp(a, "--sam-rho")) bad = shorthand("sam", "sam.rho", v);
+        else if (!strcmp(a, "--asam-rho")) bad = shorthand("asam", "sam.rho", v);
+        else if (!strcmp(a, "--rdrop-alpha")) bad = shorthand("rdrop", "rdrop.alpha", v);
+        else if (!strcmp(a, "--smart-lambda")) bad = shorthand("smart", "smart.lambda", v);
+        else if (!strcmp(a, "--bregman-mu"))
+            bad = shorthand("smart", "bregman.mu", v) || shorthand("smart+sam", "bregman.mu", v);
         else {
             fprintf(stderr, "demo: unknown option %s (see --help)\n", a);
             return 2;
@@ -535,7 +521,7 @@ static int parse(int argc, char **argv, options *o)
         snprintf(buf, sizeof buf, "%s", o->only);
         for (tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
             int k, found = 0;
-            for (k = 0; k < MAX_METHODS; k++)
+            for (k = 0; k < N_METHODS; k++)
                 found |= !strcmp(tok, methods[k].name);
             if (!found) {
                 fprintf(stderr, "demo: unknown method '%s' (see --help)\n", tok);
@@ -546,26 +532,14 @@ static int parse(int argc, char **argv, options *o)
     return 0;
 }
 
-static int selected(const options *o, int k)
-{
-    char buf[256], *tok;
-    if (!o->only)
-        return 1;
-    snprintf(buf, sizeof buf, "%s", o->only);
-    for (tok = strtok(buf, ","); tok; tok = strtok(NULL, ","))
-        if (!strcmp(tok, methods[k].name))
-            return 1;
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     options o = {"data/digits.csv", "demo_curves.csv", "demo_curves.svg", NULL,
                  600, 5, 120, 32, 128, 0.3, 1e-3, 1e-2, 0.1, 0, 0, 0,
-                 "demo_flatness.csv", "demo_flatness.svg"};
+                 "demo_flatness.csv", "demo_flatness.svg", "demo_curves_sam.svg"};
     static double curves[MAX_METHODS][MAX_EPOCHS];
     static probe_out flat[MAX_METHODS][100];
-    double final[MAX_METHODS][100], secs[MAX_METHODS], *acc = NULL;
+    double final[MAX_METHODS][100], secs[MAX_METHODS], step_ms[MAX_METHODS], *acc = NULL;
     double fmean[MAX_METHODS][3], fsd[MAX_METHODS][3];
     int which[MAX_METHODS], nm = 0, k, rc = parse(argc, argv, &o);
     digits d = {0, NULL, NULL};
@@ -585,7 +559,7 @@ int main(int argc, char **argv)
         return rc;
     }
     acc = malloc((size_t)o.epochs * sizeof *acc);
-    for (k = 0; k < MAX_METHODS; k++)
+    for (k = 0; k < N_METHODS; k++)
         if (selected(&o, k))
             which[nm++] = k;
     if (!o.quiet)
@@ -596,14 +570,15 @@ int main(int argc, char **argv)
                o.epochs, o.batch, o.seeds);
     for (k = 0; k < nm; k++) {
         const method *m = &methods[which[k]];
-        double t0 = now();
+        double t0 = now(), step_s = 0.0;
+        long steps = 0;
         for (e = 0; e < o.epochs; e++)
             curves[k][e] = 0.0;
         for (s = 0; s < o.seeds; s++) {
             split sp;
             if (make_split(&d, (size_t)o.train, o.noise, (uint64_t)(s + 1), &sp) ||
                 run(&o, m, (uint64_t)(s + 1), sp.xtr, sp.ytr, sp.n_train, sp.xte, sp.yte,
-                    sp.n_test, acc, o.no_probe ? NULL : &flat[k][s])) {
+                    sp.n_test, acc, o.no_probe ? NULL : &flat[k][s], &step_s, &steps)) {
                 free_split(&sp);
                 rc = 1;
                 goto done;
@@ -615,6 +590,7 @@ int main(int argc, char **argv)
             free_split(&sp);
         }
         secs[k] = now() - t0;
+        step_ms[k] = 1e3 * step_s / (double)steps;
         if (!o.no_probe) { /* columns: test accuracy, sharpness, eigenvalue */
             double v[3][100];
             int j;
@@ -628,15 +604,20 @@ int main(int argc, char **argv)
         }
     }
     if (!o.quiet) {
-        printf("\n%-10s  %-18s  %-10s  %s\n", "method", "test accuracy", "vs adamw", "seconds");
+        printf("\n%-10s  %-18s  %-10s  %-10s  %s\n", "method", "test accuracy", "vs adamw",
+               "step cost", "seconds");
         for (k = 0; k < nm; k++) {
             double mean, sd, base = 0.0, bsd;
             mean_std(final[k], o.seeds, &mean, &sd);
             if (which[0] == 0)
                 mean_std(final[0], o.seeds, &base, &bsd);
-            printf("%-10s  %.4f +- %.4f   %+7.2f pt   %6.2f\n", methods[which[k]].name, mean, sd,
-                   which[0] == 0 ? 100.0 * (mean - base) : 0.0, secs[k]);
+            printf("%-10s  %.4f +- %.4f   %+7.2f pt   %5.2f x     %6.2f\n", methods[which[k]].name,
+                   mean, sd, which[0] == 0 ? 100.0 * (mean - base) : 0.0,
+                   which[0] == 0 ? step_ms[k] / step_ms[0] : 1.0, secs[k]);
         }
+        if (which[0] == 0)
+            printf("(step cost: mean time of regopt_trainer_step relative to adamw's, %.3f ms; "
+                   "one run, not a benchmark: see bench/)\n", step_ms[0]);
         if (!o.no_probe) {
             printf("\nat the end of training, on %d training examples (their noisy labels):\n"
                    "%-10s  %-18s  %-22s  %s\n", PROBE_ROWS, "method", "test accuracy",
@@ -653,8 +634,10 @@ int main(int argc, char **argv)
     for (k = 0; k < nm; k++) {
         double mean, sd;
         mean_std(final[k], o.seeds, &mean, &sd);
-        printf("RESULT method=%s test_acc_mean=%.4f test_acc_std=%.4f seeds=%ld seconds=%.2f",
-               methods[which[k]].name, mean, sd, o.seeds, secs[k]);
+        printf("RESULT method=%s test_acc_mean=%.4f test_acc_std=%.4f seeds=%ld seconds=%.2f "
+               "step_ms=%.4f", methods[which[k]].name, mean, sd, o.seeds, secs[k], step_ms[k]);
+        if (which[0] == 0)
+            printf(" step_cost=%.3f", step_ms[k] / step_ms[0]);
         if (!o.no_probe)
             printf(" sharpness_mean=%.5f sharpness_std=%.5f eigenvalue_mean=%.4f "
                    "eigenvalue_std=%.4f", fmean[k][1], fsd[k][1], fmean[k][2], fsd[k][2]);
@@ -673,11 +656,12 @@ int main(int argc, char **argv)
             fprintf(csv, "\n");
         }
     }
-    if (!csv || fclose(csv) || write_svg(o.svg, &o, nm, which, curves)) {
-        fprintf(stderr, "demo: cannot write %s or %s\n", o.csv, o.svg);
+    if (!csv || fclose(csv) || write_svg(o.svg, &o, 1, nm, which, curves) ||
+        write_svg(o.svg2, &o, 2, nm, which, curves)) {
+        fprintf(stderr, "demo: cannot write %s, %s or %s\n", o.csv, o.svg, o.svg2);
         rc = 1;
     } else if (!o.quiet) {
-        printf("per-epoch curves: %s; chart: %s\n", o.csv, o.svg);
+        printf("per-epoch curves: %s; charts: %s, %s\n", o.csv, o.svg, o.svg2);
     }
     if (!o.no_probe && !rc) {
         const char *names[MAX_METHODS], *colors[MAX_METHODS];
@@ -695,7 +679,7 @@ int main(int argc, char **argv)
         }
         for (k = 0; k < nm; k++) {
             names[k] = methods[which[k]].name;
-            colors[k] = COLORS[which[k]];
+            colors[k] = methods[which[k]].color;
         }
         snprintf(title, sizeof title, "End of training: flatness on %d training examples beside "
                  "clean test accuracy (mean &#177; sd, %ld seed%s)", PROBE_ROWS, o.seeds,
