@@ -2,12 +2,14 @@
 #   make            library (shared + static), examples, tests
 #   make check      install missing Debian packages, build, run every test
 #   make demo       install missing Debian packages, build, run the main demo
-#   make install    PREFIX=/usr/local DESTDIR= ; make uninstall ; make clean
+#   make install    PREFIX=/usr/local DESTDIR= (library, header, regopt.pc and the
+#                   CMake package regoptConfig.cmake) ; make uninstall ; make clean
 
 PREFIX     ?= /usr/local
 LIBDIR     ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 PCDIR      ?= $(LIBDIR)/pkgconfig
+CMAKEDIR   ?= $(LIBDIR)/cmake/regopt
 DESTDIR    ?=
 PKG_CONFIG ?= pkg-config
 CXX        ?= c++
@@ -191,11 +193,22 @@ install: lib
 	    -e 's|@includedir@|$(INCLUDEDIR)|' -e 's|@version@|$(VERSION)|' \
 	    pkgconfig/regopt.pc.in > $(DESTDIR)$(PCDIR)/regopt.pc
 	chmod 644 $(DESTDIR)$(PCDIR)/regopt.pc
+	install -d $(DESTDIR)$(CMAKEDIR)
+	for f in regoptConfig regoptConfigVersion; do \
+	    sed -e 's|@version@|$(VERSION)|g' -e 's|@major@|$(MAJOR)|g' \
+	        -e "s|@prefix_rel@|$$(realpath -m --relative-to=$(CMAKEDIR) $(PREFIX))|" \
+	        -e "s|@libdir_rel@|$$(realpath -m --relative-to=$(PREFIX) $(LIBDIR))|" \
+	        -e "s|@includedir_rel@|$$(realpath -m --relative-to=$(PREFIX) $(INCLUDEDIR))|" \
+	        cmake/$$f.cmake.in > $(DESTDIR)$(CMAKEDIR)/$$f.cmake && \
+	    chmod 644 $(DESTDIR)$(CMAKEDIR)/$$f.cmake || exit 1; \
+	done
 
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/regopt.h $(DESTDIR)$(LIBDIR)/$(notdir $(SHLIB)) \
 	    $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/libregopt.so \
-	    $(DESTDIR)$(LIBDIR)/libregopt.a $(DESTDIR)$(PCDIR)/regopt.pc
+	    $(DESTDIR)$(LIBDIR)/libregopt.a $(DESTDIR)$(PCDIR)/regopt.pc \
+	    $(DESTDIR)$(CMAKEDIR)/regoptConfig.cmake $(DESTDIR)$(CMAKEDIR)/regoptConfigVersion.cmake
+	rmdir $(DESTDIR)$(CMAKEDIR) $(DESTDIR)$(LIBDIR)/cmake 2>/dev/null || true
 
 clean:
 	rm -rf build lib pkgconfig/regopt.pc $(EXAMPLES) examples/mpi_sam test/check_regopt \

@@ -8,7 +8,10 @@
 #   2. make install DESTDIR=<tmp>/stage PREFIX=/opt/regopt: the same files
 #      under the stage, and a build through PKG_CONFIG_SYSROOT_DIR;
 #   3. test/consumer/ with meson, against the installed library
-#      (pkg-config, no fallback) and with this tree as its subproject;
+#      (pkg-config, no fallback) and with this tree as its subproject; the
+#      same consumer with CMake: find_package(regopt 1.0 CONFIG) linked
+#      shared and static, a version it must refuse, and this tree through
+#      add_subdirectory (static and shared);
 #   4. make uninstall with the same variables leaves no file behind (the
 #      file lists before install and after uninstall are compared).
 # Runs in a temporary directory; the tree's own build is reused, not touched.
@@ -36,6 +39,8 @@ $MAKE --no-print-directory install PREFIX="$prefix" >/dev/null
 files "$prefix" > "$tmp/installed"
 cat > "$tmp/expected" <<EOF
 ./include/regopt.h
+./lib/cmake/regopt/regoptConfig.cmake
+./lib/cmake/regopt/regoptConfigVersion.cmake
 ./lib/libregopt.a
 ./lib/libregopt.so
 ./lib/libregopt.so.$major
@@ -109,6 +114,51 @@ else
     say "no meson: meson consumer skipped"
 fi
 
+# ---- 3b. CMake consumer: installed (shared, static), then embedded -------
+# cmake_consumer NAME ARGS...: configure, build and run test/consumer.
+cmake_consumer() {
+    name=$1
+    shift
+    cmake -S test/consumer -B "$tmp/cmake-$name" "$@" > "$tmp/cmake-$name.log" 2>&1 &&
+        cmake --build "$tmp/cmake-$name" >> "$tmp/cmake-$name.log" 2>&1 ||
+        { cat "$tmp/cmake-$name.log"; say "CMake consumer ($name) failed"; exit 1; }
+    "$tmp/cmake-$name/consumer" && "$tmp/cmake-$name/consumer_cpp"
+}
+if command -v cmake >/dev/null 2>&1; then
+    cmake_consumer shared -DCMAKE_PREFIX_PATH="$prefix"
+    readelf -d "$tmp/cmake-shared/consumer" | grep -q "NEEDED.*libregopt.so.$major" ||
+        { say "CMake shared consumer does not need libregopt.so.$major"; exit 1; }
+    cmake_consumer static -DCMAKE_PREFIX_PATH="$prefix" -DREGOPT_STATIC=ON
+    if readelf -d "$tmp/cmake-static/consumer" | grep -q "NEEDED.*libregopt"; then
+        say "CMake static consumer needs libregopt.so"
+        exit 1
+    fi
+    # a newer minor or another major than the installed one is refused
+    minor=$(echo "$version" | cut -d. -f2)
+    for want in "$major.$((minor + 1))" "$((major + 1)).0"; do
+        sed "s/find_package(regopt 1.0 /find_package(regopt $want /" test/consumer/CMakeLists.txt \
+            > "$tmp/CMakeLists.want"
+        mkdir -p "$tmp/want" && cp test/consumer/consumer.c test/consumer/consumer.cpp "$tmp/want/"
+        cp "$tmp/CMakeLists.want" "$tmp/want/CMakeLists.txt"
+        if cmake -S "$tmp/want" -B "$tmp/want/build" -DCMAKE_PREFIX_PATH="$prefix" \
+            > "$tmp/cmake-want.log" 2>&1; then
+            say "find_package(regopt $want) accepted version $version"
+            exit 1
+        fi
+        rm -rf "$tmp/want"
+    done
+    src=$tmp/regopt-src
+    mkdir -p "$src"
+    tar -cf - --exclude=./.git --exclude='./build*' --exclude=./lib --exclude=./dist . |
+        tar -xf - -C "$src"
+    (unset CMAKE_PREFIX_PATH; cmake_consumer embedded -DREGOPT_SOURCE_DIR="$src")
+    (unset CMAKE_PREFIX_PATH; cmake_consumer embedded-shared -DREGOPT_SOURCE_DIR="$src" \
+        -DBUILD_SHARED_LIBS=ON)
+    say "CMake consumer: find_package shared and static, versions refused, add_subdirectory: ok"
+else
+    say "no cmake: CMake consumer skipped"
+fi
+
 $MAKE --no-print-directory uninstall PREFIX="$prefix" >/dev/null
 files "$prefix" > "$tmp/after"
 if ! cmp -s "$tmp/before" "$tmp/after"; then
@@ -139,6 +189,9 @@ PKG_CONFIG_PATH="$stage/opt/regopt/lib/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$stage
     $(PKG_CONFIG_PATH="$stage/opt/regopt/lib/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$stage" \
       $PKG_CONFIG --cflags --libs regopt) -lm -o "$tmp/consumer_staged"
 LD_LIBRARY_PATH="$stage/opt/regopt/lib" "$tmp/consumer_staged"
+if command -v cmake >/dev/null 2>&1; then # the CMake package finds its files from its place
+    cmake_consumer staged -DCMAKE_PREFIX_PATH="$stage/opt/regopt"
+fi
 $MAKE --no-print-directory uninstall DESTDIR="$stage" PREFIX=/opt/regopt >/dev/null
 files "$stage" > "$tmp/after"
 if ! cmp -s "$tmp/before" "$tmp/after"; then
@@ -147,5 +200,5 @@ if ! cmp -s "$tmp/before" "$tmp/after"; then
     exit 1
 fi
 say "DESTDIR install and uninstall: ok"
-say "ok (shared, static, C++, meson installed + subproject, uninstall clean)"
+say "ok (shared, static, C++, meson installed + subproject, CMake package + embedded, uninstall clean)"
 cd "$root"
