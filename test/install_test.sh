@@ -11,7 +11,8 @@
 #      (pkg-config, no fallback) and with this tree as its subproject; the
 #      same consumer with CMake: find_package(regopt 1.0 CONFIG) linked
 #      shared and static, a version it must refuse, and this tree through
-#      add_subdirectory (static and shared);
+#      add_subdirectory (static and shared); the Python package installed
+#      with pip into a venv, finding the library through pkg-config;
 #   4. make uninstall with the same variables leaves no file behind (the
 #      file lists before install and after uninstall are compared).
 # Runs in a temporary directory; the tree's own build is reused, not touched.
@@ -159,6 +160,25 @@ else
     say "no cmake: CMake consumer skipped"
 fi
 
+# ---- 3c. the Python package: pip into a venv, the library through pkg-config
+if /usr/bin/python3 -c 'import venv, setuptools, wheel' 2>/dev/null; then
+    cp -R python "$tmp/python-src" # pip's build writes beside the sources
+    rm -rf "$tmp/python-src/tests"
+    /usr/bin/python3 -m venv --system-site-packages "$tmp/venv" &&
+        "$tmp/venv/bin/pip" install --no-build-isolation --no-index "$tmp/python-src" \
+            > "$tmp/pip.log" 2>&1 || { cat "$tmp/pip.log"; say "pip install failed"; exit 1; }
+    (cd "$tmp" && unset REGOPT_LIBRARY &&
+     PKG_CONFIG_PATH="$prefix/lib/pkgconfig" "$tmp/venv/bin/python" -c '
+import sys, regopt, regopt._lib as L
+assert regopt.__file__.startswith(sys.argv[1]), regopt.__file__
+assert L.library_path == sys.argv[2], L.library_path
+opt = regopt.Optimizer("adamw")
+print("install_test: python package %s in the venv, %s" % (regopt.__version__, L.library_path))
+' "$tmp/venv" "$prefix/lib/libregopt.so.$major") || { say "the Python package failed"; exit 1; }
+else
+    say "no python3-venv/setuptools/wheel: Python package skipped"
+fi
+
 $MAKE --no-print-directory uninstall PREFIX="$prefix" >/dev/null
 files "$prefix" > "$tmp/after"
 if ! cmp -s "$tmp/before" "$tmp/after"; then
@@ -200,5 +220,5 @@ if ! cmp -s "$tmp/before" "$tmp/after"; then
     exit 1
 fi
 say "DESTDIR install and uninstall: ok"
-say "ok (shared, static, C++, meson installed + subproject, CMake package + embedded, uninstall clean)"
+say "ok (shared, static, C++, meson installed + subproject, CMake package + embedded, Python package, uninstall clean)"
 cd "$root"

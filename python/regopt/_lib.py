@@ -7,7 +7,9 @@ order, through
   1. the environment variable REGOPT_LIBRARY (a path to libregopt.so.N),
   2. the repository's lib/ directory (python/regopt/../../lib/libregopt.so.1,
      .so.0 or libregopt.so),
-  3. the system (ctypes.util.find_library('regopt')),
+  3. pkg-config's libdir of regopt (an install under any prefix named by
+     PKG_CONFIG_PATH, e.g. make install PREFIX=$HOME/.local),
+  4. the system (ctypes.util.find_library('regopt')),
 
 and refused when its major version differs from the one this binding was
 written for, or when its descriptor structs are smaller than ours.
@@ -376,10 +378,27 @@ def _candidates():
         repo_lib = os.path.normpath(os.path.join(here, "..", "..", "lib", name))
         if os.path.exists(repo_lib) and ("repository lib/", repo_lib) not in out:
             out.append(("repository lib/", repo_lib))
+    libdir = _pkg_config_libdir()
+    if libdir:
+        path = os.path.join(libdir, "libregopt.so.%d" % BINDING_VERSION[0])
+        if os.path.exists(path):
+            out.append(("pkg-config", path))
     found = ctypes.util.find_library("regopt")
     if found:
         out.append(("system", found))
     return out
+
+
+def _pkg_config_libdir():
+    """pkg-config's libdir of regopt, or None (no pkg-config, no regopt.pc)."""
+    import subprocess
+    try:
+        run = subprocess.run([os.environ.get("PKG_CONFIG", "pkg-config"), "--variable=libdir",
+                              "regopt"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    libdir = run.stdout.strip()
+    return libdir if run.returncode == 0 and libdir else None
 
 
 def check_version(number, binding=BINDING_VERSION):
