@@ -57,6 +57,14 @@ MPICC    ?= mpicc
 HAVE_MPI := $(shell command -v $(MPICC) >/dev/null 2>&1 && echo yes)
 MPI_EXAMPLES := $(if $(HAVE_MPI),examples/mpi_sam)
 
+# LibTorch (Debian's libtorch-dev) for the C++ adapter's example
+# (include/regopt_torch.hpp, examples/libtorch_sam.cpp), where installed. Not
+# under the sanitizers: LibTorch itself is not instrumented.
+TORCH_INC    ?= /usr/include/torch/csrc/api/include
+TORCH_LIBS   ?= -ltorch -ltorch_cpu -lc10
+HAVE_TORCH   := $(if $(SANITIZE),,$(shell test -f $(TORCH_INC)/torch/torch.h && echo yes))
+TORCH_EXAMPLES := $(if $(HAVE_TORCH),examples/libtorch_sam)
+
 # src/ is laid out by role (src/README.md): core, model, optim, reg,
 # trainer, checkpoint; every file includes by its path from src/.
 SRC_DIRS := core model optim reg trainer checkpoint
@@ -70,7 +78,7 @@ APP_CFLAGS := -std=c11 $(WARN) -Iinclude
 RPATH := -Wl,-rpath,$(abspath lib)
 
 .PHONY: all lib check demo deps run-check run-demo install uninstall clean check-tsan
-all: lib $(EXAMPLES) $(MPI_EXAMPLES) test/check_regopt
+all: lib $(EXAMPLES) $(MPI_EXAMPLES) $(TORCH_EXAMPLES) test/check_regopt
 
 lib: $(SHLIB) lib/$(SONAME) lib/libregopt.so $(STLIB) pkgconfig/regopt.pc
 
@@ -108,6 +116,11 @@ examples/mpi_sam: examples/mpi_sam.c examples/digits_mlp.h lib
 	$(MPICC) $(CPPFLAGS) $(CFLAGS) $(APP_CFLAGS) $(BLAS_CFLAGS) $< -o $@ \
 	    -Llib -lregopt $(RPATH) $(BLAS_LIBS) -lm
 
+# C++17, LibTorch's headers as system headers (their warnings are not ours).
+examples/libtorch_sam: examples/libtorch_sam.cpp include/regopt_torch.hpp lib
+	$(CXX) -std=c++17 $(CPPFLAGS) $(CFLAGS) $(WARN) -Iinclude -isystem $(TORCH_INC) $< -o $@ \
+	    -Llib -lregopt $(RPATH) $(TORCH_LIBS)
+
 # The Check runner links the static archive, so tests may also reach
 # internal functions (the Philox known-answer test does).
 test/check_regopt: $(TEST_SRC) $(wildcard test/*.h) $(STLIB)
@@ -142,6 +155,12 @@ run-check: all test/header_c99 test/header_cxx test/abandon_cxx
 	./examples/textcls --smart 1 --bregman 1 --epochs 5 --min-acc 0.45
 	./examples/textcls --teacher-kl 1 --epochs 5 --min-acc 0.45
 	./examples/user_rdrop --check
+ifdef HAVE_TORCH
+	OMP_NUM_THREADS=1 ./examples/libtorch_sam --check
+	OMP_NUM_THREADS=1 ./examples/libtorch_sam --epochs 3 --min-test-acc 0.9
+else
+	@echo "run-check: no LibTorch ($(TORCH_INC)/torch/torch.h): examples/libtorch_sam skipped"
+endif
 	./examples/user_rdrop --steps 100 --max-rel 1e-6
 	./examples/js_rdrop --check
 	./examples/js_rdrop --epochs 6 --min-test-acc 0.9
@@ -185,6 +204,7 @@ demo: deps
 install: lib
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PCDIR)
 	install -m 644 include/regopt.h $(DESTDIR)$(INCLUDEDIR)/regopt.h
+	install -m 644 include/regopt_torch.hpp $(DESTDIR)$(INCLUDEDIR)/regopt_torch.hpp
 	install -m 755 $(SHLIB) $(DESTDIR)$(LIBDIR)/
 	ln -sf $(notdir $(SHLIB)) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libregopt.so
@@ -204,14 +224,16 @@ install: lib
 	done
 
 uninstall:
-	rm -f $(DESTDIR)$(INCLUDEDIR)/regopt.h $(DESTDIR)$(LIBDIR)/$(notdir $(SHLIB)) \
+	rm -f $(DESTDIR)$(INCLUDEDIR)/regopt.h $(DESTDIR)$(INCLUDEDIR)/regopt_torch.hpp \
+	    $(DESTDIR)$(LIBDIR)/$(notdir $(SHLIB)) \
 	    $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/libregopt.so \
 	    $(DESTDIR)$(LIBDIR)/libregopt.a $(DESTDIR)$(PCDIR)/regopt.pc \
 	    $(DESTDIR)$(CMAKEDIR)/regoptConfig.cmake $(DESTDIR)$(CMAKEDIR)/regoptConfigVersion.cmake
 	rmdir $(DESTDIR)$(CMAKEDIR) $(DESTDIR)$(LIBDIR)/cmake 2>/dev/null || true
 
 clean:
-	rm -rf build lib pkgconfig/regopt.pc $(EXAMPLES) examples/mpi_sam test/check_regopt \
+	rm -rf build lib pkgconfig/regopt.pc $(EXAMPLES) examples/mpi_sam examples/libtorch_sam \
+	    test/check_regopt \
 	    test/header_c99 test/header_cxx test/abandon_cxx
 
 # ---- benchmarks (bench/, see bench/bench.c) -------------------------------
@@ -243,6 +265,10 @@ bench: bench/bench
 	    echo "$(BENCH_ENV) $(PYTHON) bench/vs_torch.py --threads $(BENCH_THREADS)"; \
 	    $(BENCH_ENV) $(PYTHON) bench/vs_torch.py --threads $(BENCH_THREADS); \
 	else echo 'bench: no python3-torch, PyTorch comparison skipped'; fi
+ifdef HAVE_TORCH
+	@$(MAKE) --no-print-directory examples/libtorch_sam
+	OMP_NUM_THREADS=$(BENCH_THREADS) ./examples/libtorch_sam --bench
+endif
 
 bench-smoke: bench/bench
 	@mkdir -p build

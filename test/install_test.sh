@@ -40,6 +40,7 @@ $MAKE --no-print-directory install PREFIX="$prefix" >/dev/null
 files "$prefix" > "$tmp/installed"
 cat > "$tmp/expected" <<EOF
 ./include/regopt.h
+./include/regopt_torch.hpp
 ./lib/cmake/regopt/regoptConfig.cmake
 ./lib/cmake/regopt/regoptConfigVersion.cmake
 ./lib/libregopt.a
