@@ -77,7 +77,7 @@ EXAMPLES := examples/mlp examples/minimal examples/charlm examples/textcls examp
 APP_CFLAGS := -std=c11 $(WARN) -Iinclude
 RPATH := -Wl,-rpath,$(abspath lib)
 
-.PHONY: all lib check demo deps run-check run-demo install uninstall clean check-tsan
+.PHONY: all lib check demo deps run-check run-demo install uninstall clean check-tsan deb deb-test
 all: lib $(EXAMPLES) $(MPI_EXAMPLES) $(TORCH_EXAMPLES) test/check_regopt
 
 lib: $(SHLIB) lib/$(SONAME) lib/libregopt.so $(STLIB) pkgconfig/regopt.pc
@@ -319,6 +319,13 @@ check-amalgamation:
 
 install-test:
 	sh test/install_test.sh
+
+# Debian packages (libregopt1, libregopt-dev, python3-regopt) into build/deb,
+# built from a copy of the tree, checked by lintian; deb-test installs them.
+deb:
+	sh scripts/make-deb.sh build/deb
+deb-test: deb
+	sh test/deb_test.sh build/deb
 
 # A copy, so the sanitized objects never mix with the normal build's.
 check-asan: deps
