@@ -139,6 +139,12 @@ END_TEST
 START_TEST(identical_everything) { pl_identity(&cfg_everything); }
 END_TEST
 
+START_TEST(identical_average_mesa) { pl_identity(&cfg_average_mesa); }
+END_TEST
+
+START_TEST(identical_average_swa) { pl_identity(&cfg_average_swa); }
+END_TEST
+
 /* Below PL_PAR_MIN trainable elements the loops stay on one thread; the
  * result is the same whatever the option says. */
 START_TEST(identical_small_model)
@@ -220,6 +226,8 @@ TCase *pool_identical_tcase(void)
     tcase_add_test(same, identical_smart_bregman);
     tcase_add_test(same, identical_rdrop);
     tcase_add_test(same, identical_everything);
+    tcase_add_test(same, identical_average_mesa);
+    tcase_add_test(same, identical_average_swa);
     tcase_add_test(same, identical_small_model);
     tcase_add_test(same, identical_max_threads);
     tcase_add_test(same, workers_take_part);
