@@ -165,14 +165,23 @@ typedef struct avg_job {
 /* w_bar <- b w_bar + (1 - b) w in double, rounded once: a convex
  * combination of two finite floats, so finite, and independent of how the
  * elements are split over threads. */
+static void ema_block(float *restrict v, const float *restrict w, double b, double k)
+{
+    size_t j;
+    for (j = 0; j < RO_BLOCK; j++)
+        v[j] = (float)(b * (double)v[j] + k * (double)w[j]);
+}
+
 static void ema_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
     const avg_job *e = ctx;
-    float *restrict v = e->avg + p->offset + j0;
-    const float *restrict w = p->data + j0;
+    float *v = e->avg + p->offset + j0;
+    const float *w = p->data + j0;
     double b = e->keep, k = e->take;
     size_t n = j1 - j0, j;
-    for (j = 0; j < n; j++)
+    for (j = 0; j + RO_BLOCK <= n; j += RO_BLOCK)
+        ema_block(v + j, w + j, b, k);
+    for (; j < n; j++)
         v[j] = (float)(b * (double)v[j] + k * (double)w[j]);
 }
 

@@ -8,11 +8,23 @@
 
 /* Exchange element by element: one pass, no scratch; twice restores both
  * sides bit for bit (a float move never rounds). */
+static void swap_block(float *restrict w, float *restrict v)
+{
+    size_t j;
+    for (j = 0; j < RO_BLOCK; j++) {
+        float x = w[j];
+        w[j] = v[j];
+        v[j] = x;
+    }
+}
+
 static void swap_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
-    float *restrict w = p->data + j0, *restrict v = (float *)ctx + p->offset + j0;
+    float *w = p->data + j0, *v = (float *)ctx + p->offset + j0;
     size_t n = j1 - j0, j;
-    for (j = 0; j < n; j++) {
+    for (j = 0; j + RO_BLOCK <= n; j += RO_BLOCK)
+        swap_block(w + j, v + j);
+    for (; j < n; j++) {
         float x = w[j];
         w[j] = v[j];
         v[j] = x;
