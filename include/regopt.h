@@ -2061,7 +2061,8 @@ enum regopt_term_key {
  *     of silently training without it (since 1.0),
  *   - per attached regularizer, in step order: its kind, its name (a user
  *     term's own), its statistics and its state: the Bregman teacher's EMA
- *     weights and the beta in force, a user term's bytes (save_state), the
+ *     weights and the beta in force, the weight average and its count, a
+ *     user term's bytes (save_state), the
  *     state of SAM's sam.direction (FriendlySAM's m, VaSSO's d) and
  *     LookSAM's g_v when it holds them; plain SAM, R-Drop and SMART keep
  *     nothing across steps (their buffers are per step), so the step count
