@@ -118,7 +118,7 @@ static int counted(const average *a, uint64_t t)
     return t >= (uint64_t)a->start && (t - (uint64_t)a->start) % (uint64_t)a->every == 0;
 }
 
-static void copy_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+static void avg_copy_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
     memcpy(((const average *)ctx)->avg + p->offset + j0, p->data + j0,
            (j1 - j0) * sizeof(float));
@@ -132,7 +132,7 @@ static regopt_status average_prepare(ro_reg *r, ro_step *s)
 {
     average *a = r->self;
     if (a->mode == REGOPT_AVERAGE_EMA && a->count == 0 && counted(a, s->step))
-        ro_each_piece(r->env->par, copy_piece, a);
+        ro_each_piece(r->env->par, avg_copy_piece, a);
     return REGOPT_OK;
 }
 
@@ -165,14 +165,14 @@ typedef struct avg_job {
 /* w_bar <- b w_bar + (1 - b) w in double, rounded once: a convex
  * combination of two finite floats, so finite, and independent of how the
  * elements are split over threads. */
-static void ema_block(float *restrict v, const float *restrict w, double b, double k)
+static void avg_ema_block(float *restrict v, const float *restrict w, double b, double k)
 {
     size_t j;
     for (j = 0; j < RO_BLOCK; j++)
         v[j] = (float)(b * (double)v[j] + k * (double)w[j]);
 }
 
-static void ema_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+static void avg_ema_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
     const avg_job *e = ctx;
     float *v = e->avg + p->offset + j0;
@@ -180,14 +180,14 @@ static void ema_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
     double b = e->keep, k = e->take;
     size_t n = j1 - j0, j;
     for (j = 0; j + RO_BLOCK <= n; j += RO_BLOCK)
-        ema_block(v + j, w + j, b, k);
+        avg_ema_block(v + j, w + j, b, k);
     for (; j < n; j++)
         v[j] = (float)(b * (double)v[j] + k * (double)w[j]);
 }
 
 /* w_bar <- w_bar + (w - w_bar) / (n + 1) in double, rounded once (between
  * w_bar and w, so finite; torch computes it in the tensor's precision). */
-static void swa_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+static void avg_swa_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
     const avg_job *e = ctx;
     float *restrict v = e->avg + p->offset + j0;
@@ -208,16 +208,16 @@ static void average_after_update(ro_reg *r, const ro_step *s)
     }
     e.avg = a->avg;
     if (a->count == 0 && a->mode == REGOPT_AVERAGE_SWA) {
-        ro_each_piece(r->env->par, copy_piece, a);
+        ro_each_piece(r->env->par, avg_copy_piece, a);
         a->last_decay = 0.0;
     } else if (a->mode == REGOPT_AVERAGE_SWA) {
         e.take = (double)a->count + 1.0; /* the divisor n + 1 */
-        ro_each_piece(r->env->par, swa_piece, &e);
+        ro_each_piece(r->env->par, avg_swa_piece, &e);
         a->last_decay = (double)a->count / ((double)a->count + 1.0);
     } else {
         e.keep = ema_decay(a, a->count);
         e.take = 1.0 - e.keep;
-        ro_each_piece(r->env->par, ema_piece, &e);
+        ro_each_piece(r->env->par, avg_ema_piece, &e);
         a->last_decay = e.keep;
     }
     a->count++;

@@ -8,7 +8,7 @@
 
 /* Exchange element by element: one pass, no scratch; twice restores both
  * sides bit for bit (a float move never rounds). */
-static void swap_block(float *restrict w, float *restrict v)
+static void exchange_block(float *restrict w, float *restrict v)
 {
     size_t j;
     for (j = 0; j < RO_BLOCK; j++) {
@@ -18,12 +18,12 @@ static void swap_block(float *restrict w, float *restrict v)
     }
 }
 
-static void swap_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+static void exchange_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
     float *w = p->data + j0, *v = (float *)ctx + p->offset + j0;
     size_t n = j1 - j0, j;
     for (j = 0; j + RO_BLOCK <= n; j += RO_BLOCK)
-        swap_block(w + j, v + j);
+        exchange_block(w + j, v + j);
     for (; j < n; j++) {
         float x = w[j];
         w[j] = v[j];
@@ -51,7 +51,7 @@ void ro_trainer_unswap(ro_reg *r)
         return;
     v = r->ops->averaged(r);
     if (v)
-        ro_each_piece(r->env->par, swap_piece, v);
+        ro_each_piece(r->env->par, exchange_piece, v);
     r->swapped = 0;
 }
 
@@ -93,7 +93,7 @@ regopt_status regopt_regularizer_swap_average(regopt_regularizer *r)
             return ro_fail(r->msg, REGOPT_ERR_STATE, "%s: the %s regularizer's averaged "
                            "weights are swapped in already; swap them back first", func,
                            t->regs[i]->ops->title);
-    ro_each_piece(&t->par, swap_piece, v);
+    ro_each_piece(&t->par, exchange_piece, v);
     r->swapped = !r->swapped;
     return REGOPT_OK;
 }
