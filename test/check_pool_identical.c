@@ -81,6 +81,9 @@ static void pl_sanity(const pl_cfg *c, const pl_snap *s, const pl_trace *tr)
             ck_assert_msg(tr->smart_rs[i] > 0.0, "step %d: R_s = %g", i, tr->smart_rs[i]);
         if (c->bregman && i > 0)
             ck_assert_msg(tr->bregman_d[i] > 0.0, "step %d: D_Breg = %g", i, tr->bregman_d[i]);
+        if (c->average)
+            ck_assert_msg(tr->average_count[i] == (double)(i + 1), "step %d: average.count %g",
+                          i, tr->average_count[i]);
     }
 }
 

@@ -546,6 +546,7 @@ typedef struct pl_trace {
     double loss[PL_MAXSTEPS], objective[PL_MAXSTEPS], norm[PL_MAXSTEPS];
     double clip[PL_MAXSTEPS], sam_applied[PL_MAXSTEPS], ascent[PL_MAXSTEPS];
     double rdrop_applied[PL_MAXSTEPS], smart_rs[PL_MAXSTEPS], bregman_d[PL_MAXSTEPS];
+    double average_count[PL_MAXSTEPS];
 } pl_trace;
 
 static inline void pl_record(const pl_run *r, pl_trace *tr, int s)
@@ -560,6 +561,7 @@ static inline void pl_record(const pl_run *r, pl_trace *tr, int s)
     tr->rdrop_applied[s] = r->rdrop ? rstat(r->rdrop, REGOPT_STAT_RDROP_APPLIED) : 0.0;
     tr->smart_rs[s] = r->smart ? rstat(r->smart, REGOPT_STAT_SMART_RS) : 0.0;
     tr->bregman_d[s] = r->bregman ? rstat(r->bregman, REGOPT_STAT_BREGMAN_D) : 0.0;
+    tr->average_count[s] = r->average ? rstat(r->average, REGOPT_STAT_AVERAGE_COUNT) : 0.0;
 }
 
 /* ---- configurations of the runs ----------------------------------------- */
