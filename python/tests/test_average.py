@@ -116,6 +116,46 @@ class AverageTest(HandleCheck):
         self._close(t, o, m, b)
 
 
+class MesaTermTest(HandleCheck):
+    """bregman.d of MESA's divergence against NumPy in float64, for few
+    classes and for more than the 64 whose exponentials the library keeps."""
+
+    def _check(self, k, tau=5.0):
+        h = LinearHost(d_in=4, k=k, seed=2)
+        x, y = data(n=8, d_in=4, k=k, seed=3)
+        m = h.model()
+        o = regopt.Optimizer("sgd", lr=0.5)
+        t = regopt.Trainer(m, o, seed=3)
+        b = t.add(regopt.mesa(beta=0.5, beta_late=0.5, tau=tau))
+        for _ in range(2):
+            t.step(data=x, labels=y)
+        w = (h.w.astype(np.float64), h.b.astype(np.float64))
+        with b.averaged():
+            tw = (h.w.astype(np.float64), h.b.astype(np.float64))
+        t.step(data=x, labels=y)
+        z = (x.astype(np.float32) @ w[0].astype(np.float32) + w[1].astype(np.float32))
+        q = (x.astype(np.float32) @ tw[0].astype(np.float32) + tw[1].astype(np.float32))
+
+        def log_softmax(a):
+            a = a.astype(np.float64) / tau
+            a = a - a.max(axis=1, keepdims=True)
+            return a - np.log(np.exp(a).sum(axis=1, keepdims=True))
+        lp, ls = log_softmax(q), log_softmax(z)
+        want = tau * tau * np.mean(np.sum(np.exp(lp) * (lp - ls), axis=1))
+        self.assertGreater(want, 1e-6)
+        self.assertAlmostEqual(b.stats()["d"], want, delta=1e-5 * want + 1e-9)
+        t.close()
+        o.close()
+        m.close()
+        b.close()
+
+    def test_few_classes(self):
+        self._check(3)
+
+    def test_many_classes(self):
+        self._check(100)
+
+
 @unittest.skipUnless(HAVE_TORCH, "torch (python3-torch) is not installed")
 class TorchAverageTest(unittest.TestCase):
     def test_recalibration_matches_update_bn(self):

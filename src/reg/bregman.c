@@ -249,26 +249,34 @@ static regopt_status prepare(ro_reg *r, ro_step *s)
  * log_softmax(z/T) against softmax(q/T), times T^2), in double; adds
  * coef * d/dz = coef tau (S - P) to dz (the tau^2 of the loss and the 1/tau
  * of the softmax's argument). */
+#define KL_CACHE 64 /* classes whose exponentials are kept (the rest recomputes them) */
 static double kl_teacher_row(const float *z, const float *q, size_t k, double tau, double coef,
                              float *dz)
 {
-    double mz = z[0], mq = q[0], sz = 0.0, sq = 0.0, lz, lq, kl = 0.0;
+    double mz = z[0], mq = q[0], sz = 0.0, sq = 0.0, lz, lq, kl = 0.0, it = 1.0 / tau;
+    double ez[KL_CACHE], eq[KL_CACHE];
+    int cached = k <= KL_CACHE;
     size_t j;
     for (j = 1; j < k; j++) {
         mz = z[j] > mz ? z[j] : mz;
         mq = q[j] > mq ? q[j] : mq;
     }
-    for (j = 0; j < k; j++) {
-        sz += exp(((double)z[j] - mz) / tau);
-        sq += exp(((double)q[j] - mq) / tau);
+    for (j = 0; j < k; j++) { /* 2k exponentials per row, not 4k: they are the term's cost */
+        double a = exp(((double)z[j] - mz) * it), b = exp(((double)q[j] - mq) * it);
+        sz += a;
+        sq += b;
+        if (cached) {
+            ez[j] = a;
+            eq[j] = b;
+        }
     }
     lz = log(sz); /* log S_j = (z_j - mz) / tau - lz */
     lq = log(sq);
     for (j = 0; j < k; j++) {
-        double lp = ((double)q[j] - mq) / tau - lq, ls = ((double)z[j] - mz) / tau - lz;
-        double p = exp(lp);
+        double lp = ((double)q[j] - mq) * it - lq, ls = ((double)z[j] - mz) * it - lz;
+        double p = cached ? eq[j] / sq : exp(lp), s = cached ? ez[j] / sz : exp(ls);
         kl += p * (lp - ls);
-        dz[j] += (float)(coef * tau * (exp(ls) - p));
+        dz[j] += (float)(coef * tau * (s - p));
     }
     return tau * tau * kl;
 }
