@@ -1181,9 +1181,10 @@ REGOPT_API size_t regopt_sizeof_flatness(void);
  * proximal term, user-defined terms) add passes and terms to every gradient
  * evaluation. The weight-side family (SAM and its variants) decides where the
  * gradients are evaluated. A trainer holds up to 32 regularizers (one more
- * is REGOPT_ERR_STATE), at most one of them weight-side; R-Drop, SMART and
- * Bregman at most once each (they own the extra copies of the task pass, the
- * embedding noise and the teacher); user-defined terms as often as wanted
+ * is REGOPT_ERR_STATE), at most one of them weight-side; R-Drop, SMART,
+ * Bregman and the weight average at most once each (they own the extra
+ * copies of the task pass, the embedding noise, the teacher and the
+ * average); user-defined terms as often as wanted
  * (each handle once). regopt_regularizer_kind_info reports these rules as
  * REGOPT_REG_WEIGHT_SIDE and REGOPT_REG_SINGLE. Everything attached
  * composes: SAM evaluates the whole objective, with every loss-side term, at
@@ -1193,8 +1194,10 @@ REGOPT_API size_t regopt_sizeof_flatness(void);
  * (both R-Drop copies), R-Drop's consistency, Bregman, SMART, then user terms
  * in the order they were attached; activation slots and dropout seeds are
  * handed out in the same order, and regopt_trainer_regularizer_at lists the
- * regularizers in it. Results therefore never depend on the order of the
- * attach calls of built-in methods.
+ * regularizers in it (the weight average, which adds no term, last: it
+ * averages the weights after every other method's after-update hook).
+ * Results therefore never depend on the order of the attach calls of
+ * built-in methods.
  *
  * Ownership. A trainer borrows what is attached: a regularizer attached to a
  * trainer cannot be attached to another one (REGOPT_ERR_STATE) nor freed
