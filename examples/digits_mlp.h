@@ -124,6 +124,7 @@ typedef struct mlp {
     float *gamma, *beta, *ggamma, *gbeta; /* batch-norm scale and shift */
     float *run_mean, *run_var;        /* batch-norm running statistics */
     long bn_updates;                  /* times the running statistics moved */
+    long bn_recal;                    /* batches of the recalibration under way */
     float *h[MLP_SLOTS];              /* hidden activations after ReLU and dropout */
     float *keep[MLP_SLOTS];           /* dropout scale per unit (0 or 1/(1-p)) */
     float *xhat[MLP_SLOTS];           /* batch-norm: normalised pre-activations */
@@ -227,8 +228,13 @@ static void bn_forward(mlp *m, int s, size_t half, size_t n, uint32_t flags, int
     int train = (flags & REGOPT_PASS_TRAIN) != 0;
     /* statistics move in clean training passes only: not in SAM's perturbed
        weights, nor in SMART's perturbed inputs, nor in a flatness probe */
-    int update = train && !(flags & (REGOPT_PASS_PERTURBED_WEIGHTS | REGOPT_PASS_PROBE)) &&
+    int update = train && !(flags & (REGOPT_PASS_PERTURBED_WEIGHTS | REGOPT_PASS_PROBE |
+                                     REGOPT_PASS_RECALIBRATE)) &&
                  !adversarial;
+    /* recalibration for averaged weights (torch's update_bn): the running
+       statistics become the equal-weight mean over the call's batches */
+    int recal = train && (flags & REGOPT_PASS_RECALIBRATE) != 0;
+    float c = recal ? 1.0f / (float)(m->bn_recal + 1) : 0.0f;
     m->bn_train[s] = train;
     for (j = 0; j < H; j++) {
         double mean = 0.0, var = 0.0;
@@ -244,6 +250,10 @@ static void bn_forward(mlp *m, int s, size_t half, size_t n, uint32_t flags, int
                 double unbiased = n > 1 ? var * (double)n / (double)(n - 1) : var;
                 m->run_mean[j] = (1.0f - BN_MOMENTUM) * m->run_mean[j] + BN_MOMENTUM * (float)mean;
                 m->run_var[j] = (1.0f - BN_MOMENTUM) * m->run_var[j] + BN_MOMENTUM * (float)unbiased;
+            } else if (recal) {
+                double unbiased = n > 1 ? var * (double)n / (double)(n - 1) : var;
+                m->run_mean[j] += c * ((float)mean - m->run_mean[j]);
+                m->run_var[j] += c * ((float)unbiased - m->run_var[j]);
             }
         } else {
             mean = m->run_mean[j];
@@ -259,6 +269,8 @@ static void bn_forward(mlp *m, int s, size_t half, size_t n, uint32_t flags, int
     }
     if (update)
         m->bn_updates++;
+    if (recal)
+        m->bn_recal++;
 }
 
 /* d(pre-activation) from d(bn output) in dh, in place; accumulates d gamma,
@@ -301,6 +313,13 @@ static int mlp_forward(const regopt_pass *p, void *user)
     float *h = m->h[s], *keep = m->keep[s];
     if (s < 0 || s >= MLP_SLOTS || n > m->max_rows || p->output_width != m->out)
         return 1;
+    if ((p->flags & REGOPT_PASS_RECALIBRATE) && p->micro_batch == 0) { /* reset (update_bn) */
+        m->bn_recal = 0;
+        for (j = 0; m->bn && j < H; j++) {
+            m->run_mean[j] = 0.0f;
+            m->run_var[j] = 1.0f;
+        }
+    }
     m->x[s] = b->x + p->row_offset * m->in;
     if (doubled) { /* R-Drop: the batch twice, one matrix product */
         memcpy(m->xd[s], m->x[s], n * m->in * sizeof(float));

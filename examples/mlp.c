@@ -24,6 +24,8 @@ typedef struct options {
     int quiet, bn, two_call, probe;
     const char *save, *resume; /* checkpoint paths */
     long stop_after;           /* stop after this many epochs (0: run all) */
+    double ema, mesa;          /* EMA decay, MESA's lambda (-1: off) */
+    long swa, mesa_start;      /* SWA's first epoch (0: off); MESA's term after epoch N */
 } options;
 
 static void usage(FILE *f)
@@ -48,6 +50,13 @@ static void usage(FILE *f)
             "  --two-call           R-Drop as two forward calls, not one doubled batch\n"
             "  --smart LAMBDA       add SMART's adversarial term on the pixels (e.g. 1)\n"
             "  --bregman MU         add SMART's Bregman proximal term (e.g. 1)\n"
+            "  --mesa LAMBDA        MESA: the Bregman term as KL(EMA teacher || student),\n"
+            "                       tau 5, decay 0.9998 (paper: lambda 0.3)\n"
+            "  --mesa-start N       MESA's term from epoch N + 1 on (default 0)\n"
+            "  --ema DECAY          keep an EMA of the weights (e.g. 0.999) and report the\n"
+            "                       accuracy of the averaged weights too\n"
+            "  --swa N              keep SWA's mean of the weights at the end of epochs\n"
+            "                       N, N+1, ... instead (with --bn: recalibrated)\n"
             "  --save PATH          save a checkpoint (state, weights, options) after\n"
             "                       every epoch, atomically\n"
             "  --resume PATH        continue from a checkpoint written by --save\n"
@@ -104,6 +113,10 @@ static int parse_args(int argc, char **argv, options *o)
         else if (!strcmp(a, "--rdrop")) bad = parse_double(v, 0, 1e4, &o->rdrop);
         else if (!strcmp(a, "--smart")) bad = parse_double(v, 0, 1e4, &o->smart);
         else if (!strcmp(a, "--bregman")) bad = parse_double(v, 0, 1e4, &o->bregman);
+        else if (!strcmp(a, "--mesa")) bad = parse_double(v, 0, 1e4, &o->mesa);
+        else if (!strcmp(a, "--mesa-start")) bad = parse_long(v, 0, 100000, &o->mesa_start);
+        else if (!strcmp(a, "--ema")) bad = parse_double(v, 0, 0.999999, &o->ema);
+        else if (!strcmp(a, "--swa")) bad = parse_long(v, 1, 100000, &o->swa);
         else if (!strcmp(a, "--m-rows")) bad = parse_long(v, 0, 100000, &o->m_rows);
         else if (!strcmp(a, "--every")) bad = parse_long(v, 1, 100000, &o->every);
         else if (!strcmp(a, "--epochs")) bad = parse_long(v, 1, 100000, &o->epochs);
@@ -123,6 +136,10 @@ static int parse_args(int argc, char **argv, options *o)
             return fail("bad value for %s: '%s' (see --help for the range)", a, v);
         i++;
     }
+    if (o->ema >= 0.0 && o->swa > 0)
+        return fail("--ema and --swa keep one average each: give one of them");
+    if (o->mesa >= 0.0 && o->bregman >= 0.0)
+        return fail("--mesa is the Bregman term with MESA's divergence: not with --bregman");
     return 0;
 }
 
@@ -226,6 +243,54 @@ static int probe(regopt_trainer *t, const mlp *net, const float *x, const int32_
     return 0;
 }
 
+/* Test accuracy of the averaged weights: swapped into the network's buffers
+ * (with --bn, batch norm recomputed for them over the training set and the
+ * trained statistics put back afterwards, as torch's update_bn on a copy),
+ * evaluated, swapped back bit for bit. */
+static int evaluate_average(regopt_trainer *t, regopt_regularizer *avg, mlp *net,
+                            const float *xtr, size_t n_train, size_t batch, const float *xte,
+                            const int32_t *yte, size_t n_test, float *out, double *acc,
+                            double *loss)
+{
+    size_t H = net->hid, nb = (n_train + batch - 1) / batch, i;
+    float *saved = net->bn ? malloc(2 * H * sizeof(float)) : NULL;
+    mlp_batch *hb = net->bn ? calloc(nb, sizeof *hb) : NULL;
+    regopt_batch *bs = net->bn ? calloc(nb, sizeof *bs) : NULL;
+    regopt_status st;
+    int rc = 0;
+    if (net->bn && (!saved || !hb || !bs)) {
+        free(saved); free(hb); free(bs);
+        return fail("out of memory for the recalibration");
+    }
+    if ((st = regopt_regularizer_swap_average(avg)) != REGOPT_OK) {
+        free(saved); free(hb); free(bs);
+        return fail("swap_average: %s", regopt_regularizer_message(avg));
+    }
+    if (net->bn) {
+        memcpy(saved, net->run_mean, H * sizeof(float));
+        memcpy(saved + H, net->run_var, H * sizeof(float));
+        for (i = 0; i < nb; i++) {
+            hb[i].x = xtr + i * batch * DIGITS_FEATURES;
+            hb[i].row_base = 0;
+            regopt_batch_init(&bs[i]);
+            bs[i].data = &hb[i];
+            bs[i].rows = n_train - i * batch < batch ? n_train - i * batch : batch;
+        }
+        if ((st = regopt_regularizer_recalibrate(avg, bs, nb)) != REGOPT_OK)
+            rc = fail("recalibrate: %s", regopt_regularizer_message(avg));
+    }
+    if (rc == 0)
+        rc = evaluate(t, xte, yte, n_test, out, acc, loss);
+    if (regopt_regularizer_swap_average(avg) != REGOPT_OK && rc == 0)
+        rc = fail("swap_average: %s", regopt_regularizer_message(avg));
+    if (net->bn) {
+        memcpy(net->run_mean, saved, H * sizeof(float));
+        memcpy(net->run_var, saved + H, H * sizeof(float));
+    }
+    free(saved); free(hb); free(bs);
+    return rc;
+}
+
 #define CHECK(call, handle_msg)                                                      \
     do {                                                                            \
         regopt_status st_ = (call);                                                 \
@@ -250,13 +315,14 @@ int main(int argc, char **argv)
 {
     options o = {"data/digits.csv", "adamw", 40, 64, 128, 1, 0, 1,
                  3e-3, 1e-2, 0.1, -1.0, 0.2, -1.0, -1.0, -1.0, -1.0, 0, 0, 0, 0, NULL, NULL,
-                 0};
+                 0, -1.0, -1.0, 0, 0};
     digits d = {0, NULL, NULL};
     mlp net;
     regopt_model *model = NULL;
     regopt_optimizer *opt = NULL;
     regopt_trainer *tr = NULL;
     regopt_regularizer *sam = NULL, *rdrop = NULL, *smart = NULL, *bregman = NULL;
+    regopt_regularizer *avg = NULL;
     regopt_status st;
     size_t *idx = NULL, n_test, n_train, steps_per_epoch, i;
     float *xtr = NULL, *xte = NULL, *out = NULL, *xb;
@@ -372,6 +438,40 @@ int main(int argc, char **argv)
               regopt_regularizer_message(bregman));
         CHECK(regopt_trainer_attach(tr, bregman), regopt_trainer_message(tr));
     }
+    if (o.mesa >= 0.0) { /* MESA's preset (include/regopt.h, "MESA") */
+        CREATE(bregman, REGOPT_REG_BREGMAN);
+        CHECK(regopt_regularizer_set_double(bregman, REGOPT_BREGMAN_MU, o.mesa),
+              regopt_regularizer_message(bregman));
+        CHECK(regopt_regularizer_set_int(bregman, REGOPT_BREGMAN_DIVERGENCE,
+                                         REGOPT_BREGMAN_KL_TEACHER),
+              regopt_regularizer_message(bregman));
+        CHECK(regopt_regularizer_set_double(bregman, REGOPT_BREGMAN_TAU, 5.0),
+              regopt_regularizer_message(bregman));
+        CHECK(regopt_regularizer_set_double(bregman, REGOPT_BREGMAN_BETA, 0.9998),
+              regopt_regularizer_message(bregman));
+        CHECK(regopt_regularizer_set_double(bregman, REGOPT_BREGMAN_BETA_LATE, 0.9998),
+              regopt_regularizer_message(bregman));
+        CHECK(regopt_regularizer_set_int(bregman, REGOPT_BREGMAN_START_STEP,
+                                         o.mesa_start * (long)steps_per_epoch),
+              regopt_regularizer_message(bregman));
+        CHECK(regopt_trainer_attach(tr, bregman), regopt_trainer_message(tr));
+    }
+    if (o.ema >= 0.0 || o.swa > 0) {
+        CREATE(avg, REGOPT_REG_AVERAGE);
+        if (o.ema >= 0.0)
+            CHECK(regopt_regularizer_set_double(avg, REGOPT_AVERAGE_DECAY, o.ema),
+                  regopt_regularizer_message(avg));
+        else { /* the weights at the end of epochs swa, swa + 1, ... */
+            CHECK(regopt_regularizer_set_int(avg, REGOPT_AVERAGE_MODE, REGOPT_AVERAGE_SWA),
+                  regopt_regularizer_message(avg));
+            CHECK(regopt_regularizer_set_int(avg, REGOPT_AVERAGE_START,
+                                             o.swa * (long)steps_per_epoch - 1),
+                  regopt_regularizer_message(avg));
+            CHECK(regopt_regularizer_set_int(avg, REGOPT_AVERAGE_EVERY, (long)steps_per_epoch),
+                  regopt_regularizer_message(avg));
+        }
+        CHECK(regopt_trainer_attach(tr, avg), regopt_trainer_message(tr));
+    }
     if (!o.quiet)
         printf("digits: %zu train, %zu test; MLP 64-%ld-10%s, dropout %.2f; %s%s over AdamW "
                "lr %g, wd %g; %ld epochs of %zu steps\n",
@@ -446,10 +546,24 @@ int main(int argc, char **argv)
     if ((rc = evaluate(tr, xtr, ytr, n_train, out, &tr_acc, &tr_loss)) != 0 ||
         (rc = evaluate(tr, xte, yte, n_test, out, &te_acc, &te_loss)) != 0)
         goto done;
-    printf("RESULT method=%s%s%s%s train_acc=%.4f test_acc=%.4f test_loss=%.4f "
+    printf("RESULT method=%s%s%s%s%s train_acc=%.4f test_acc=%.4f test_loss=%.4f "
            "weights=%08lx\n", o.method,
            o.rdrop >= 0.0 ? "+rdrop" : "", o.smart >= 0.0 ? "+smart" : "",
-           o.bregman >= 0.0 ? "+bregman" : "", tr_acc, te_acc, te_loss, weights_hash(&net));
+           o.bregman >= 0.0 ? "+bregman" : "", o.mesa >= 0.0 ? "+mesa" : "", tr_acc, te_acc,
+           te_loss, weights_hash(&net));
+    if (avg) {
+        double avg_acc = 0.0, avg_loss = 0.0;
+        int64_t count = 0;
+        CHECK(regopt_regularizer_get_int(avg, REGOPT_STAT_AVERAGE_COUNT, &count),
+              regopt_regularizer_message(avg));
+        if (count > 0) {
+            if ((rc = evaluate_average(tr, avg, &net, xtr, n_train, (size_t)o.batch, xte, yte,
+                                       n_test, out, &avg_acc, &avg_loss)) != 0)
+                goto done;
+            printf("AVERAGE %s updates=%lld test_acc=%.4f test_loss=%.6f\n",
+                   o.swa > 0 ? "swa" : "ema", (long long)count, avg_acc, avg_loss);
+        }
+    }
     if (o.probe && (rc = probe(tr, &net, xtr, ytr, n_train)) != 0)
         goto done;
     if (o.bn) {
@@ -477,6 +591,7 @@ done:
     regopt_regularizer_free(rdrop);
     regopt_regularizer_free(smart);
     regopt_regularizer_free(bregman);
+    regopt_regularizer_free(avg);
     regopt_optimizer_free(opt);
     regopt_model_free(model);
     mlp_free(&net);

@@ -513,6 +513,14 @@ REGOPT_API regopt_status regopt_random_normal(uint64_t seed, uint64_t offset,
                                               is off; do not update batch-norm
                                               running statistics or any other
                                               host state. Since 1.0. */
+#define REGOPT_PASS_RECALIBRATE 0x80u      /* a pass of regopt_regularizer_recalibrate
+                                              (with TRAIN | NO_GRAD): averaged weights
+                                              are in the buffers; recompute, do not
+                                              update, batch-norm running statistics:
+                                              at micro_batch 0 reset them, then keep
+                                              the equal-weight mean over the call's
+                                              passes (torch's update_bn: momentum
+                                              None). Since 1.0. */
 
 /* What one callback invocation is about. The library fills it; the host
  * reads it (and writes through the non-const pointers). `size` is
@@ -1173,9 +1181,10 @@ REGOPT_API size_t regopt_sizeof_flatness(void);
  * proximal term, user-defined terms) add passes and terms to every gradient
  * evaluation. The weight-side family (SAM and its variants) decides where the
  * gradients are evaluated. A trainer holds up to 32 regularizers (one more
- * is REGOPT_ERR_STATE), at most one of them weight-side; R-Drop, SMART and
- * Bregman at most once each (they own the extra copies of the task pass, the
- * embedding noise and the teacher); user-defined terms as often as wanted
+ * is REGOPT_ERR_STATE), at most one of them weight-side; R-Drop, SMART,
+ * Bregman and the weight average at most once each (they own the extra
+ * copies of the task pass, the embedding noise, the teacher and the
+ * average); user-defined terms as often as wanted
  * (each handle once). regopt_regularizer_kind_info reports these rules as
  * REGOPT_REG_WEIGHT_SIDE and REGOPT_REG_SINGLE. Everything attached
  * composes: SAM evaluates the whole objective, with every loss-side term, at
@@ -1185,8 +1194,10 @@ REGOPT_API size_t regopt_sizeof_flatness(void);
  * (both R-Drop copies), R-Drop's consistency, Bregman, SMART, then user terms
  * in the order they were attached; activation slots and dropout seeds are
  * handed out in the same order, and regopt_trainer_regularizer_at lists the
- * regularizers in it. Results therefore never depend on the order of the
- * attach calls of built-in methods.
+ * regularizers in it (the weight average, which adds no term, last: it
+ * averages the weights after every other method's after-update hook).
+ * Results therefore never depend on the order of the attach calls of
+ * built-in methods.
  *
  * Ownership. A trainer borrows what is attached: a regularizer attached to a
  * trainer cannot be attached to another one (REGOPT_ERR_STATE) nor freed
@@ -1226,8 +1237,10 @@ typedef enum regopt_regularizer_kind {
     REGOPT_REG_RDROP = 2,   /* "rdrop": R-Drop */
     REGOPT_REG_SMART = 3,   /* "smart": SMART's adversarial term R_s */
     REGOPT_REG_BREGMAN = 4, /* "bregman": SMART's momentum Bregman proximal term */
-    REGOPT_REG_TERM = 5     /* "term": a user-defined loss-side term
+    REGOPT_REG_TERM = 5,    /* "term": a user-defined loss-side term
                                (regopt_regularizer_create_term). Since 1.0. */
+    REGOPT_REG_AVERAGE = 6  /* "average": EMA or SWA of the weights, swapped in
+                               for evaluation. Since 1.0. */
 } regopt_regularizer_kind;
 
 /* Flags reported by regopt_regularizer_kind_info. Since 1.0. */
@@ -1713,6 +1726,29 @@ enum regopt_bregman_key {
                                        step count from which beta_late applies,
                                        independent of optimizer.total_steps.
                                        Since 1.0. */
+    /* MESA's divergence and window (Du et al., NeurIPS 2022). Since 1.0. */
+    REGOPT_BREGMAN_DIVERGENCE = 1255, /* "bregman.divergence": int,
+                                       REGOPT_BREGMAN_SYM_KL (0, default: l_s as
+                                       above) or REGOPT_BREGMAN_KL_TEACHER (1:
+                                       tau^2 KL(softmax(q/tau) || softmax(z/tau)),
+                                       q the teacher's outputs, z the student's;
+                                       sum over classes, weighted mean over rows;
+                                       gradient mu tau (softmax(z/tau) -
+                                       softmax(q/tau)) per row). Classification
+                                       losses only: with the MSE loss a step is
+                                       REGOPT_ERR_STATE */
+    REGOPT_BREGMAN_TAU = 1256,      /* "bregman.tau": temperature of divergence 1,
+                                       (0, 1e3], default 1 (MESA: 5) */
+    REGOPT_BREGMAN_START_STEP = 1257, /* "bregman.start_step": int [0, 2^31],
+                                       default 0: the term applies to the steps
+                                       whose step count (stat.step before the
+                                       step) is >= start_step. MESA's "epoch >
+                                       start" with E steps per epoch is
+                                       (start + 1) E */
+    REGOPT_BREGMAN_END_STEP = 1258, /* "bregman.end_step": int [-1, 2^31], default
+                                       -1 = never: the term applies to steps whose
+                                       count is < end_step (MESA's "epoch < end":
+                                       end E) */
 
     /* Statistics (read-only). On the handle since 1.0 (0.x: trainer
      * statistics 921..922, "stat.bregman_*"). */
@@ -1720,6 +1756,148 @@ enum regopt_bregman_key {
     REGOPT_STAT_BREGMAN_BETA = 1291 /* "bregman.beta_used": beta of the EMA update
                                        made by the last step */
 };
+
+/* Values of REGOPT_BREGMAN_DIVERGENCE. Since 1.0. */
+#define REGOPT_BREGMAN_SYM_KL 0
+#define REGOPT_BREGMAN_KL_TEACHER 1
+
+/*
+ * MESA (Du et al., "Sharpness-Aware Training for Free", NeurIPS 2022;
+ * AngusDujw/SAF MESA_train.py) is this term with another divergence: one
+ * no-grad teacher forward per micro-batch instead of SAM's second gradient
+ * evaluation (about 1.3x a plain step instead of 2x). The preset:
+ *   bregman.mu 0.3 (0.8 in the official ImageNet script), bregman.divergence
+ *   REGOPT_BREGMAN_KL_TEACHER, bregman.tau 5, bregman.beta 0.9998 and
+ *   bregman.beta_late 0.9998 (one decay throughout), bregman.start_step and
+ *   bregman.end_step from the official epochs 5 and 360 (see above).
+ * Differences from the official code: its EMA also averages batch-norm
+ * buffers (here the host's running statistics serve the teacher's forward,
+ * flagged TEACHER | NO_GRAD, eval mode); the teacher's forward runs outside
+ * the window too (user terms with a teacher pass read it); only the term
+ * is switched off.
+ * The teacher is an average of the weights like REGOPT_REG_AVERAGE's EMA:
+ * regopt_regularizer_swap_average and regopt_regularizer_recalibrate take a
+ * Bregman handle too, so evaluating MESA's EMA needs no second copy of the
+ * weights (attach an average only for another decay or for SWA).
+ */
+
+/* ------------------------------------------------------------------------ */
+/* Weight averaging (REGOPT_REG_AVERAGE)                                    */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * REGOPT_REG_AVERAGE keeps an average w_bar of the trainable weights, updated
+ * after the optimizer's update of every counted step (on the trainer's
+ * threads, element by element: the same bits for every trainer.threads).
+ * It adds no pass and no term; a trainer holds at most one. The steps
+ * counted are those whose step count t (stat.step before the step) has
+ * t >= average.start and (t - average.start) % average.every == 0; n is the
+ * number of updates averaged so far (average.count).
+ *
+ *   EMA (average.mode REGOPT_AVERAGE_EMA): w_bar starts as the weights
+ *     before the first counted update (timm's ModelEma copy at creation, as
+ *     in MESA); then w_bar <- b_n w_bar + (1 - b_n) w, in double rounded to
+ *     float, with
+ *       warmup NONE:  b_n = decay
+ *       warmup TF:    b_n = min(decay, (1 + n) / (10 + n))  (TensorFlow's
+ *                     ExponentialMovingAverage with num_updates)
+ *       warmup TIMM:  b_0 = 0; b_n = clamp(1 - (1 + n / gamma)^(-power),
+ *                     min_decay, decay) (timm's ModelEmaV3)
+ *       warmup FIRST: b_0 = 0; b_n = decay (torch.optim.swa_utils'
+ *                     get_ema_multi_avg_fn: the first update copies w).
+ *   SWA (average.mode REGOPT_AVERAGE_SWA; Izmailov et al., UAI 2018, Alg. 1):
+ *     the first counted update copies w, then w_bar <- w_bar + (w - w_bar) /
+ *     (n + 1) in double rounded to float (the running mean of the counted
+ *     weights; torch's AveragedModel). SWA's learning rate schedule is the
+ *     optimizer's business.
+ *
+ * The average is of finite weights only (an update never writes a
+ * non-finite weight), and is finite itself. A failed step leaves it (and n)
+ * exactly as before. Checkpoints carry w_bar and n in the regularizer's
+ * section: training resumed from one continues the average bit for bit.
+ * Detach forgets the average; attaching again starts over.
+ *
+ * Evaluation: regopt_regularizer_swap_average puts w_bar into the host's
+ * buffers (and the weights into the average's), regopt_trainer_evaluate or
+ * the host's own code evaluates, and a second swap_average puts everything
+ * back bit for bit. While swapped, regopt_trainer_step, checkpoint save and
+ * load are refused (REGOPT_ERR_STATE, the message says to swap back);
+ * regopt_trainer_evaluate and regopt_trainer_flatness work on w_bar.
+ * Detaching (or freeing the trainer) while swapped swaps back first.
+ *
+ * Batch norm: the running statistics the host keeps belong to w, not w_bar.
+ * regopt_regularizer_recalibrate(reg, batches, count), while swapped, runs
+ * one forward per batch flagged TRAIN | NO_GRAD | RECALIBRATE, micro_batch
+ * 0 .. count-1, dropout seeds from trainer.seed as a step's task passes,
+ * slot 0, outputs discarded: the host resets its running statistics at
+ * micro_batch 0 and averages each batch's statistics with equal weight
+ * (torch.optim.swa_utils.update_bn: reset_running_stats, momentum None,
+ * train mode, no_grad). Hosts that train on after swapping back should save
+ * their running statistics before recalibrating and restore them after
+ * (python/regopt/torch.py's evaluation context does). Hosts without batch
+ * norm need not recalibrate.
+ */
+enum regopt_average_key {
+    REGOPT_AVERAGE_MODE = 1400,     /* "average.mode": int, REGOPT_AVERAGE_EMA (0,
+                                       default) or REGOPT_AVERAGE_SWA (1) */
+    REGOPT_AVERAGE_DECAY = 1401,    /* "average.decay": the EMA's decay, [0, 1),
+                                       default 0.9998 (timm's train.py and MESA;
+                                       torch swa_utils 0.999, timm's classes
+                                       0.9999) */
+    REGOPT_AVERAGE_WARMUP = 1402,   /* "average.warmup": int, REGOPT_AVERAGE_WARMUP_*,
+                                       default NONE (0) */
+    REGOPT_AVERAGE_WARMUP_GAMMA = 1403, /* "average.warmup_gamma": timm's gamma,
+                                       (0, 1e9], default 1 */
+    REGOPT_AVERAGE_WARMUP_POWER = 1404, /* "average.warmup_power": timm's power,
+                                       (0, 10], default 2/3 */
+    REGOPT_AVERAGE_MIN_DECAY = 1405, /* "average.min_decay": timm's floor of b_n,
+                                       [0, 1), default 0 */
+    REGOPT_AVERAGE_START = 1406,    /* "average.start": int [0, 2^31], default 0:
+                                       the first step counted (SWA's s0) */
+    REGOPT_AVERAGE_EVERY = 1407,    /* "average.every": int [1, 2^31], default 1:
+                                       count every c-th step from the start (SWA's
+                                       cycle) */
+
+    /* Statistics (read-only). */
+    REGOPT_STAT_AVERAGE_COUNT = 1490, /* "average.count": n, the updates averaged */
+    REGOPT_STAT_AVERAGE_DECAY = 1491  /* "average.decay_used": the weight the last
+                                         step kept of the old average (b_n; SWA
+                                         n / (n + 1); 1 when the step was not
+                                         counted) */
+};
+
+/* Values of REGOPT_AVERAGE_MODE and REGOPT_AVERAGE_WARMUP. Since 1.0. */
+#define REGOPT_AVERAGE_EMA 0
+#define REGOPT_AVERAGE_SWA 1
+#define REGOPT_AVERAGE_WARMUP_NONE 0
+#define REGOPT_AVERAGE_WARMUP_TF 1
+#define REGOPT_AVERAGE_WARMUP_TIMM 2
+#define REGOPT_AVERAGE_WARMUP_FIRST 3
+
+/* Exchange the averaged weights and the host's, element by element (no
+ * copy, no allocation; twice restores both bit for bit). Takes an average
+ * handle or a Bregman handle (its EMA teacher), attached to a trainer whose
+ * call is not under way. Errors (nothing changed): NULL,
+ * REGOPT_ERR_NULL_POINTER; a dead handle or one of a kind that keeps no
+ * average, REGOPT_ERR_INVALID_ARGUMENT; not attached, no update
+ * averaged yet, or another handle of the trainer swapped, REGOPT_ERR_STATE;
+ * the reason in regopt_regularizer_message(). Since 1.0. */
+REGOPT_API REGOPT_NODISCARD regopt_status
+regopt_regularizer_swap_average(regopt_regularizer *reg);
+
+/* 1 while reg's averaged weights are swapped in, 0 otherwise (and for NULL
+ * or a handle of another type). Since 1.0. */
+REGOPT_API int regopt_regularizer_average_swapped(const regopt_regularizer *reg);
+
+/* Batch-norm recalibration for the averaged weights (see above): one
+ * forward per batch, flagged TRAIN | NO_GRAD | RECALIBRATE. Only while reg
+ * is swapped in (REGOPT_ERR_STATE otherwise); batches as for a step (labels
+ * and targets are not read); count >= 1. A failed forward stops the call:
+ * the weights stay swapped in, the host's statistics are whatever its
+ * forwards left. The trainer is busy meanwhile, as for a step. Since 1.0. */
+REGOPT_API REGOPT_NODISCARD regopt_status
+regopt_regularizer_recalibrate(regopt_regularizer *reg, const regopt_batch *batches,
+                               size_t count);
 
 /* ------------------------------------------------------------------------ */
 /* User-defined loss-side terms (REGOPT_REG_TERM)                           */
@@ -1886,7 +2064,8 @@ enum regopt_term_key {
  *     of silently training without it (since 1.0),
  *   - per attached regularizer, in step order: its kind, its name (a user
  *     term's own), its statistics and its state: the Bregman teacher's EMA
- *     weights and the beta in force, a user term's bytes (save_state), the
+ *     weights and the beta in force, the weight average and its count, a
+ *     user term's bytes (save_state), the
  *     state of SAM's sam.direction (FriendlySAM's m, VaSSO's d) and
  *     LookSAM's g_v when it holds them; plain SAM, R-Drop and SMART keep
  *     nothing across steps (their buffers are per step), so the step count

@@ -81,6 +81,9 @@ static void pl_sanity(const pl_cfg *c, const pl_snap *s, const pl_trace *tr)
             ck_assert_msg(tr->smart_rs[i] > 0.0, "step %d: R_s = %g", i, tr->smart_rs[i]);
         if (c->bregman && i > 0)
             ck_assert_msg(tr->bregman_d[i] > 0.0, "step %d: D_Breg = %g", i, tr->bregman_d[i]);
+        if (c->average)
+            ck_assert_msg(tr->average_count[i] == (double)(i + 1), "step %d: average.count %g",
+                          i, tr->average_count[i]);
     }
 }
 
@@ -137,6 +140,12 @@ END_TEST
 START_TEST(identical_rdrop) { pl_identity(&cfg_rdrop); }
 END_TEST
 START_TEST(identical_everything) { pl_identity(&cfg_everything); }
+END_TEST
+
+START_TEST(identical_average_mesa) { pl_identity(&cfg_average_mesa); }
+END_TEST
+
+START_TEST(identical_average_swa) { pl_identity(&cfg_average_swa); }
 END_TEST
 
 /* Below PL_PAR_MIN trainable elements the loops stay on one thread; the
@@ -220,6 +229,8 @@ TCase *pool_identical_tcase(void)
     tcase_add_test(same, identical_smart_bregman);
     tcase_add_test(same, identical_rdrop);
     tcase_add_test(same, identical_everything);
+    tcase_add_test(same, identical_average_mesa);
+    tcase_add_test(same, identical_average_swa);
     tcase_add_test(same, identical_small_model);
     tcase_add_test(same, identical_max_threads);
     tcase_add_test(same, workers_take_part);

@@ -114,9 +114,16 @@ static const regopt_key all_keys[] = {
     REGOPT_SMART_SAME_SEED, REGOPT_STAT_SMART_RS, REGOPT_STAT_SMART_NOISE_NORM,
     /* Bregman */
     REGOPT_BREGMAN_MU, REGOPT_BREGMAN_BETA, REGOPT_BREGMAN_BETA_LATE, REGOPT_BREGMAN_SWITCH,
-    REGOPT_BREGMAN_SWITCH_STEP, REGOPT_STAT_BREGMAN_D, REGOPT_STAT_BREGMAN_BETA,
+    REGOPT_BREGMAN_SWITCH_STEP, REGOPT_BREGMAN_DIVERGENCE, REGOPT_BREGMAN_TAU,
+    REGOPT_BREGMAN_START_STEP, REGOPT_BREGMAN_END_STEP, REGOPT_STAT_BREGMAN_D,
+    REGOPT_STAT_BREGMAN_BETA,
     /* user-defined terms */
-    REGOPT_TERM_WEIGHT, REGOPT_STAT_TERM_VALUE};
+    REGOPT_TERM_WEIGHT, REGOPT_STAT_TERM_VALUE,
+    /* weight averaging */
+    REGOPT_AVERAGE_MODE, REGOPT_AVERAGE_DECAY, REGOPT_AVERAGE_WARMUP,
+    REGOPT_AVERAGE_WARMUP_GAMMA, REGOPT_AVERAGE_WARMUP_POWER, REGOPT_AVERAGE_MIN_DECAY,
+    REGOPT_AVERAGE_START, REGOPT_AVERAGE_EVERY, REGOPT_STAT_AVERAGE_COUNT,
+    REGOPT_STAT_AVERAGE_DECAY};
 
 #define N_ALL_KEYS (sizeof all_keys / sizeof all_keys[0])
 
@@ -125,7 +132,8 @@ static const regopt_key all_keys[] = {
 static int is_stat_key(regopt_key k)
 {
     return (k >= 900 && k < 1000) || (k >= 1090 && k < 1100) || (k >= 1190 && k < 1200) ||
-           (k >= 1240 && k < 1250) || (k >= 1290 && k < 1300) || (k >= 1390 && k < 1400);
+           (k >= 1240 && k < 1250) || (k >= 1290 && k < 1300) || (k >= 1390 && k < 1400) ||
+           (k >= 1490 && k < 1500);
 }
 
 static int is_group_key(regopt_key k)
@@ -159,6 +167,14 @@ START_TEST(key_values_are_fixed)
     ck_assert_int_eq(REGOPT_STAT_SMART_NOISE_NORM, 1241);
     ck_assert_int_eq(REGOPT_BREGMAN_MU, 1250);
     ck_assert_int_eq(REGOPT_BREGMAN_SWITCH_STEP, 1254);
+    ck_assert_int_eq(REGOPT_BREGMAN_DIVERGENCE, 1255);
+    ck_assert_int_eq(REGOPT_BREGMAN_END_STEP, 1258);
+    ck_assert_int_eq(REGOPT_AVERAGE_MODE, 1400);
+    ck_assert_int_eq(REGOPT_AVERAGE_EVERY, 1407);
+    ck_assert_int_eq(REGOPT_STAT_AVERAGE_COUNT, 1490);
+    ck_assert_int_eq(REGOPT_STAT_AVERAGE_DECAY, 1491);
+    ck_assert_int_eq(REGOPT_REG_AVERAGE, 6);
+    ck_assert_uint_eq(REGOPT_PASS_RECALIBRATE, 0x80u);
     ck_assert_int_eq(REGOPT_STAT_BREGMAN_D, 1290);
     ck_assert_int_eq(REGOPT_STAT_BREGMAN_BETA, 1291);
     ck_assert_int_eq(REGOPT_TERM_WEIGHT, 1300);
@@ -227,6 +243,7 @@ static const struct {
     {"optimizer.", 100, 149}, {"group.", 150, 199},    {"trainer.", 300, 399},
     {"stat.", 900, 999},      {"sam.", 1000, 1099},    {"rdrop.", 1100, 1199},
     {"smart.", 1200, 1249},   {"bregman.", 1250, 1299}, {"term.", 1300, 1399},
+    {"average.", 1400, 1499},
 };
 
 START_TEST(key_at_lists_every_key)
@@ -302,6 +319,7 @@ START_TEST(regularizer_kind_info_lists_the_kinds)
         {REGOPT_REG_SMART, "smart", REGOPT_REG_SINGLE},
         {REGOPT_REG_BREGMAN, "bregman", REGOPT_REG_SINGLE},
         {REGOPT_REG_TERM, "term", 0},
+        {REGOPT_REG_AVERAGE, "average", REGOPT_REG_SINGLE},
     };
     size_t i, n = sizeof want / sizeof want[0];
     for (i = 0; i < n; i++) {

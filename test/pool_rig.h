@@ -312,6 +312,7 @@ typedef struct pl_cfg {
     int sam, adaptive, gsam, m_rows;
     double ascent_wd;
     int rdrop, smart, bregman;
+    int average; /* 0: none, else 1 + average.mode; with bregman: MESA's divergence */
 } pl_cfg;
 
 typedef struct pl_run {
@@ -319,7 +320,7 @@ typedef struct pl_run {
     regopt_model *m;
     regopt_optimizer *o;
     regopt_trainer *t;
-    regopt_regularizer *sam, *rdrop, *smart, *bregman; /* attached ones, or NULL */
+    regopt_regularizer *sam, *rdrop, *smart, *bregman, *average; /* attached ones, or NULL */
     pl_data data[PL_MB];
     regopt_batch b[PL_MB];
     regopt_allocator watch_alloc;
@@ -440,6 +441,17 @@ static inline pl_run *pl_open(const pl_cfg *c, const regopt_allocator *a, int wa
         r->bregman = pl_reg(r, REGOPT_REG_BREGMAN, a);
         RMUST(r->bregman, regopt_regularizer_set_double(r->bregman, REGOPT_BREGMAN_BETA, 0.8));
     }
+    if (c->average) {
+        regopt_regularizer *g = r->average = pl_reg(r, REGOPT_REG_AVERAGE, a);
+        RMUST(g, regopt_regularizer_set_int(g, REGOPT_AVERAGE_MODE, c->average - 1));
+        RMUST(g, regopt_regularizer_set_int(g, REGOPT_AVERAGE_WARMUP, REGOPT_AVERAGE_WARMUP_TF));
+        RMUST(g, regopt_regularizer_set_double(g, REGOPT_AVERAGE_DECAY, 0.7));
+        if (r->bregman) {
+            RMUST(r->bregman, regopt_regularizer_set_int(r->bregman, REGOPT_BREGMAN_DIVERGENCE,
+                                                         REGOPT_BREGMAN_KL_TEACHER));
+            RMUST(r->bregman, regopt_regularizer_set_double(r->bregman, REGOPT_BREGMAN_TAU, 5));
+        }
+    }
     return r;
 }
 
@@ -453,6 +465,7 @@ static inline void pl_close(pl_run *r)
     regopt_regularizer_free(r->rdrop);
     regopt_regularizer_free(r->smart);
     regopt_regularizer_free(r->bregman);
+    regopt_regularizer_free(r->average);
     regopt_optimizer_free(r->o);
     regopt_model_free(r->m);
     for (t = 0; t < r->h.nt; t++) {
@@ -533,6 +546,7 @@ typedef struct pl_trace {
     double loss[PL_MAXSTEPS], objective[PL_MAXSTEPS], norm[PL_MAXSTEPS];
     double clip[PL_MAXSTEPS], sam_applied[PL_MAXSTEPS], ascent[PL_MAXSTEPS];
     double rdrop_applied[PL_MAXSTEPS], smart_rs[PL_MAXSTEPS], bregman_d[PL_MAXSTEPS];
+    double average_count[PL_MAXSTEPS];
 } pl_trace;
 
 static inline void pl_record(const pl_run *r, pl_trace *tr, int s)
@@ -547,44 +561,50 @@ static inline void pl_record(const pl_run *r, pl_trace *tr, int s)
     tr->rdrop_applied[s] = r->rdrop ? rstat(r->rdrop, REGOPT_STAT_RDROP_APPLIED) : 0.0;
     tr->smart_rs[s] = r->smart ? rstat(r->smart, REGOPT_STAT_SMART_RS) : 0.0;
     tr->bregman_d[s] = r->bregman ? rstat(r->bregman, REGOPT_STAT_BREGMAN_D) : 0.0;
+    tr->average_count[s] = r->average ? rstat(r->average, REGOPT_STAT_AVERAGE_COUNT) : 0.0;
 }
 
 /* ---- configurations of the runs ----------------------------------------- */
 
 /*                                kind          sm ams nes st  lr    mom  clip  wd
- *                                sam ad gs m  awd  rd sm br */
+ *                                sam ad gs m  awd  rd sm br av */
 static const pl_cfg cfg_adamw = {REGOPT_ADAMW, 0, 0, 0, 5, 1e-2, 0, 0, 1e-2,
-                                 0, 0, 0, 0, 0, 0, 0, 0};
+                                 0, 0, 0, 0, 0, 0, 0, 0, 0};
 static const pl_cfg cfg_adam_ams = {REGOPT_ADAM, 0, 1, 0, 5, 1e-2, 0, 0, 1e-3,
-                                    0, 0, 0, 0, 0, 0, 0, 0};
+                                    0, 0, 0, 0, 0, 0, 0, 0, 0};
 static const pl_cfg cfg_sgd_nesterov = {REGOPT_SGD, 0, 0, 1, 5, 5e-2, 0.9, 0, 1e-3,
-                                        0, 0, 0, 0, 0, 0, 0, 0};
+                                        0, 0, 0, 0, 0, 0, 0, 0, 0};
 static const pl_cfg cfg_sgd_plain = {REGOPT_SGD, 0, 0, 0, 4, 5e-2, 0, 0, 1e-3,
-                                     0, 0, 0, 0, 0, 0, 0, 0};
+                                     0, 0, 0, 0, 0, 0, 0, 0, 0};
 static const pl_cfg cfg_radam = {REGOPT_RADAM, 0, 0, 0, 8, 1e-2, 0, 0, 1e-3,
-                                 0, 0, 0, 0, 0, 0, 0, 0};
+                                 0, 0, 0, 0, 0, 0, 0, 0, 0};
 static const pl_cfg cfg_clip = {REGOPT_ADAMW, 0, 0, 0, 5, 1e-2, 0, 0.05, 1e-2,
-                                0, 0, 0, 0, 0, 0, 0, 0};
+                                0, 0, 0, 0, 0, 0, 0, 0, 0};
 static const pl_cfg cfg_clip_sgd = {REGOPT_SGD, 0, 0, 0, 5, 5e-2, 0.5, 0.05, 0,
-                                    0, 0, 0, 0, 0, 0, 0, 0};
+                                    0, 0, 0, 0, 0, 0, 0, 0, 0};
 static const pl_cfg cfg_sam = {REGOPT_ADAMW, 0, 0, 0, 5, 1e-2, 0, 0, 1e-2,
-                               1, 0, 0, 0, 0, 0, 0, 0};
+                               1, 0, 0, 0, 0, 0, 0, 0, 0};
 static const pl_cfg cfg_asam = {REGOPT_SGD, 0, 0, 0, 5, 5e-2, 0.9, 0, 1e-3,
-                                1, 1, 0, 0, 0, 0, 0, 0};
+                                1, 1, 0, 0, 0, 0, 0, 0, 0};
 static const pl_cfg cfg_gsam = {REGOPT_ADAMW, 0, 0, 0, 5, 1e-2, 0, 0, 1e-2,
-                                1, 0, 1, 0, 0, 0, 0, 0};
+                                1, 0, 1, 0, 0, 0, 0, 0, 0};
 static const pl_cfg cfg_sam_m = {REGOPT_ADAM, 0, 0, 0, 4, 1e-2, 0, 0, 0,
-                                 1, 0, 0, 4, 1e-3, 0, 0, 0};
+                                 1, 0, 0, 4, 1e-3, 0, 0, 0, 0};
 static const pl_cfg cfg_smart_bregman = {REGOPT_ADAMW, 0, 0, 0, 5, 1e-2, 0, 0, 1e-2,
-                                         0, 0, 0, 0, 0, 0, 1, 1};
+                                         0, 0, 0, 0, 0, 0, 1, 1, 0};
+/* EMA and MESA's divergence; SWA (the average is in the checkpoint bytes) */
+static const pl_cfg cfg_average_mesa = {REGOPT_SGD, 0, 0, 0, 5, 1e-2, 0.9, 0, 0,
+                                        0, 0, 0, 0, 0, 0, 0, 1, 1};
+static const pl_cfg cfg_average_swa = {REGOPT_ADAM, 0, 0, 0, 5, 1e-2, 0, 0, 0,
+                                       0, 0, 0, 0, 0, 0, 0, 0, 2};
 static const pl_cfg cfg_rdrop = {REGOPT_ADAM, 0, 0, 0, 5, 1e-2, 0, 0, 0,
-                                 0, 0, 0, 0, 0, 1, 0, 0};
+                                 0, 0, 0, 0, 0, 1, 0, 0, 0};
 static const pl_cfg cfg_everything = {REGOPT_ADAMW, 0, 1, 0, 5, 1e-2, 0, 0.5, 1e-2,
-                                      1, 1, 1, 0, 1e-3, 1, 1, 1};
+                                      1, 1, 1, 0, 1e-3, 1, 1, 1, 0};
 static const pl_cfg cfg_small = {REGOPT_ADAMW, 1, 0, 0, 5, 1e-2, 0, 0.05, 1e-2,
-                                 1, 0, 0, 0, 0, 0, 0, 1};
+                                 1, 0, 0, 0, 0, 0, 0, 1, 0};
 static const pl_cfg cfg_small_sgd = {REGOPT_SGD, 1, 0, 1, 5, 5e-2, 0.9, 0, 1e-3,
-                                     1, 1, 0, 0, 0, 0, 0, 0};
+                                     1, 1, 0, 0, 0, 0, 0, 0, 0};
 
 /* The "identical" and "lifecycle" cases of suite_pool (check_pool_identical.c,
  * check_pool_lifecycle.c). */

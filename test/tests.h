@@ -39,5 +39,7 @@ Suite *suite_term_inputs(void); /* check_term_inputs.c: create_term and term.wei
 Suite *suite_contract(void); /* check_contract.c: trainer.check_host, the host contract */
 Suite *suite_term_teacher(void); /* check_term_teacher.c: a user term reading the EMA teacher */
 Suite *suite_flatness(void); /* check_flatness.c: regopt_trainer_flatness */
+Suite *suite_average(void); /* check_average.c: EMA, SWA, swap, recalibration, state */
+Suite *suite_mesa(void);    /* check_mesa.c: the Bregman term's KL(teacher||student), window */
 
 #endif

@@ -22,7 +22,8 @@ lib/libregopt.so.1 (or .so.0), then the system; see regopt._lib.
 from . import _lib
 from ._lib import (BINDING_VERSION, LibraryNotFound, LibraryVersionError, library_path,
                    PASS_TRAIN, PASS_NO_GRAD, PASS_PERTURBED_WEIGHTS, PASS_TEACHER,
-                   PASS_NO_PARAM_GRAD, PASS_DOUBLED, PASS_PROBE, CAP_DOUBLED_BATCH, MAX_GROUPS, MAX_NAME,
+                   PASS_NO_PARAM_GRAD, PASS_DOUBLED, PASS_PROBE, PASS_RECALIBRATE, CAP_DOUBLED_BATCH,
+                   MAX_GROUPS, MAX_NAME,
                    CHECKPOINT_PARAMS, CHECKPOINT_OPTIONS,
                    DTYPE_FLOAT32, DTYPE_FLOAT16, DTYPE_BFLOAT16, DTYPE_FLOAT64,
                    TERM_PASS_FRESH_SEED, TERM_PASS_EVAL, TERM_PASS_NO_GRAD, TERM_PASS_TEACHER)
@@ -38,6 +39,7 @@ from ._core import (
     Pass, Batch, BatchView,
     Model, Optimizer, Trainer, Flatness,
     Regularizer, SAM, RDrop, SMART, Bregman, Term, TermView, regularizer_kinds,
+    Average, mesa, MESA_PRESET,
     random_uniform, random_normal, dropout_mask,
 )
 
@@ -52,6 +54,7 @@ __all__ = [
     "KeyInfo", "key_from_name", "key_info", "keys", "live_handles", "pending_callbacks",
     "Allocator", "CountingAllocator", "Pass", "Batch", "BatchView", "Model", "Optimizer",
     "Trainer", "Flatness", "Regularizer", "SAM", "RDrop", "SMART", "Bregman", "Term", "TermView",
+    "Average", "mesa", "MESA_PRESET", "PASS_RECALIBRATE",
     "regularizer_kinds", "TERM_PASS_FRESH_SEED", "TERM_PASS_EVAL", "TERM_PASS_NO_GRAD",
     "TERM_PASS_TEACHER",
     "random_uniform",

@@ -42,7 +42,7 @@ from ._model import Model
 from ._optimizer import Optimizer, OPTIMIZER_KINDS
 from ._regularizers import (
     Regularizer, SAM, RDrop, SMART, Bregman, Term, TermView, REGULARIZERS, REGULARIZER_KINDS,
-    regularizer_kinds)
+    regularizer_kinds, Average, mesa, MESA_PRESET)
 from ._trainer import Trainer
 from ._flatness import Flatness
 from ._rng import random_uniform, random_normal, dropout_mask
@@ -55,8 +55,8 @@ __all__ = [
     "last_error_message", "version", "version_number", "KeyInfo", "key_from_name",
     "key_info", "keys", "ENUM_VALUES", "live_handles", "pending_callbacks", "Allocator",
     "CountingAllocator", "Pass", "BatchView", "Batch", "Model", "Optimizer", "OPTIMIZER_KINDS",
-    "Regularizer", "SAM", "RDrop", "SMART", "Bregman", "Term", "TermView",
-    "regularizer_kinds", "REGULARIZERS", "REGULARIZER_KINDS",
+    "Regularizer", "SAM", "RDrop", "SMART", "Bregman", "Term", "TermView", "Average", "mesa",
+    "MESA_PRESET", "regularizer_kinds", "REGULARIZERS", "REGULARIZER_KINDS",
     "Trainer", "Flatness", "random_uniform", "random_normal", "dropout_mask", "L", "lib",
 ]
 

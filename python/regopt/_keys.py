@@ -82,6 +82,11 @@ ENUM_VALUES = {
                      "callback": L.LOSS_CALLBACK},
     "smart.norm": {"inf": L.SMART_NORM_INF, "linf": L.SMART_NORM_INF, "l1": L.SMART_NORM_L1,
                    "l2": L.SMART_NORM_L2},
+    "average.mode": {"ema": L.AVERAGE_EMA, "swa": L.AVERAGE_SWA},
+    "average.warmup": {"none": L.AVERAGE_WARMUP_NONE, "tf": L.AVERAGE_WARMUP_TF,
+                       "timm": L.AVERAGE_WARMUP_TIMM, "first": L.AVERAGE_WARMUP_FIRST},
+    "bregman.divergence": {"sym_kl": L.BREGMAN_SYM_KL, "kl_teacher": L.BREGMAN_KL_TEACHER,
+                           "mesa": L.BREGMAN_KL_TEACHER},
 }
 
 

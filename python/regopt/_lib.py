@@ -225,6 +225,7 @@ PASS_TEACHER = 0x8
 PASS_NO_PARAM_GRAD = 0x10
 PASS_DOUBLED = 0x20
 PASS_PROBE = 0x40
+PASS_RECALIBRATE = 0x80
 
 FLAT_WORST_CASE = 0x1
 FLAT_AVERAGE_CASE = 0x2
@@ -247,7 +248,10 @@ MAX_NAME = 255
 SGD, ADAM, ADAMW, RADAM = 1, 2, 3, 4
 SCHEDULE_CONSTANT, SCHEDULE_LINEAR, SCHEDULE_COSINE = 0, 1, 2
 LOSS_SOFTMAX_CE, LOSS_MSE, LOSS_CALLBACK = 0, 1, 2
-REG_SAM, REG_RDROP, REG_SMART, REG_BREGMAN, REG_TERM = 1, 2, 3, 4, 5
+REG_SAM, REG_RDROP, REG_SMART, REG_BREGMAN, REG_TERM, REG_AVERAGE = 1, 2, 3, 4, 5, 6
+AVERAGE_EMA, AVERAGE_SWA = 0, 1
+AVERAGE_WARMUP_NONE, AVERAGE_WARMUP_TF, AVERAGE_WARMUP_TIMM, AVERAGE_WARMUP_FIRST = 0, 1, 2, 3
+BREGMAN_SYM_KL, BREGMAN_KL_TEACHER = 0, 1
 REG_WEIGHT_SIDE = 0x1
 REG_SINGLE = 0x2
 TERM_MAX_PASSES = 8
@@ -333,6 +337,9 @@ PROTOTYPES = {
     "regopt_regularizer_set_group": (_st, [_vp, _i32, _key, _d]),
     "regopt_regularizer_get_group": (_st, [_vp, _i32, _key, _dp]),
     "regopt_regularizer_message": (_cs, [_vp]),
+    "regopt_regularizer_swap_average": (_st, [_vp]),
+    "regopt_regularizer_average_swapped": (ctypes.c_int, [_vp]),
+    "regopt_regularizer_recalibrate": (_st, [_vp, ctypes.POINTER(Batch), c_size_t]),
     "regopt_trainer_attach": (_st, [_vp, _vp]),
     "regopt_trainer_detach": (_st, [_vp, _vp]),
     "regopt_trainer_regularizer_count": (c_size_t, [_vp]),

@@ -180,6 +180,15 @@ class Model(_Handle):
         """Called by the trainer before each step or evaluation (a hook for
         adapters that check their registered buffers, as TorchModel)."""
 
+    def _save_host_state(self):
+        """Before a batch-norm recalibration of averaged weights: what the
+        host must get back afterwards (TorchModel: its batch-norm buffers).
+        A plain Model keeps no such state."""
+        return None
+
+    def _restore_host_state(self, saved):
+        """After the averaged weights are swapped back out."""
+
     def _install_methods_if_needed(self):
         if self._callbacks_set:
             return

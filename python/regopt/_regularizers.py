@@ -3,6 +3,7 @@ regopt_regularizer created from its kind; its attributes are its keys
 ("<kind>.<name>"), its statistics come from stats(). A Trainer attaches it
 (Trainer.add) and keeps it alive while attached: the library refuses to free
 an attached regularizer."""
+import contextlib
 import ctypes
 import weakref
 
@@ -18,7 +19,7 @@ from ._keys import _Options, _full_name, key_from_name, key_info, keys
 
 
 REGULARIZER_KINDS = {"sam": L.REG_SAM, "rdrop": L.REG_RDROP, "smart": L.REG_SMART,
-                     "bregman": L.REG_BREGMAN}
+                     "bregman": L.REG_BREGMAN, "average": L.REG_AVERAGE}
 
 # Statistics whose 0.x trainer-level names differ from "<kind>_<short name>".
 _OLD_STAT_NAMES = {"sam.rho_used": "sam_rho", "bregman.beta_used": "bregman_beta"}
@@ -265,10 +266,89 @@ class SMART(Regularizer):
     prefix = "smart"
 
 
-class Bregman(Regularizer):
-    """SMART's momentum Bregman proximal term; "bregman.*" (mu, beta, ...)."""
+class _Averaged:
+    """Evaluation on averaged weights (Average, and Bregman's EMA teacher):
+    swap(), swapped, recalibrate(batches) and the context manager
+    averaged(recalibrate=None)."""
+
+    def _attached_trainer(self, what):
+        t = self._trainer
+        if t is None:
+            raise StateError("%s: this %s is not added to a trainer"
+                             % (what, type(self).__name__), L.ERR_STATE)
+        return t
+
+    def swap(self):
+        """regopt_regularizer_swap_average: exchange the averaged weights and
+        the model's (twice restores both bit for bit). While swapped,
+        Trainer.step and checkpoints raise StateError; evaluate works."""
+        _check(lib.regopt_regularizer_swap_average(self._p()), self._msg)
+
+    @property
+    def swapped(self):
+        """regopt_regularizer_average_swapped."""
+        p = self._ptr
+        return bool(p and lib.regopt_regularizer_average_swapped(p))
+
+    def recalibrate(self, batches):
+        """regopt_regularizer_recalibrate: batch-norm recalibration for the
+        swapped-in average, one forward per batch flagged TRAIN | NO_GRAD |
+        PASS_RECALIBRATE (the host resets its running statistics at
+        micro_batch 0 and averages them over the call, as torch's
+        update_bn). Only while swapped."""
+        self._attached_trainer("recalibrate")._recalibrate(self, batches)
+
+    @contextlib.contextmanager
+    def averaged(self, recalibrate=None):
+        """with avg.averaged(recalibrate=batches): ... -- the averaged weights
+        in the model for the block (evaluate there), batch norm recomputed
+        for them over `batches` first if given; on exit the trained weights
+        come back bit for bit and, when recalibrating, the model's host
+        state (TorchModel: the batch-norm buffers) is restored."""
+        t = self._attached_trainer("averaged")
+        saved = t.model._save_host_state() if recalibrate is not None else None
+        self.swap()
+        try:
+            if recalibrate is not None:
+                self.recalibrate(recalibrate)
+            yield self
+        finally:
+            if self.swapped:
+                self.swap()
+            if saved is not None:
+                t.model._restore_host_state(saved)
+
+
+class Bregman(_Averaged, Regularizer):
+    """SMART's momentum Bregman proximal term; "bregman.*" (mu, beta, ...;
+    divergence='kl_teacher', tau, start_step, end_step for MESA: see
+    mesa()). Its EMA teacher can be swapped in for evaluation (swap,
+    averaged)."""
     kind = L.REG_BREGMAN
     prefix = "bregman"
+
+
+# MESA's preset (Du et al. 2022; include/regopt.h, "MESA").
+MESA_PRESET = {"mu": 0.3, "divergence": L.BREGMAN_KL_TEACHER, "tau": 5.0, "beta": 0.9998,
+               "beta_late": 0.9998}
+
+
+def mesa(**options):
+    """A Bregman regularizer with MESA's preset (mu 0.3, KL(teacher || student)
+    at tau 5, EMA decay 0.9998); options override it (start_step=...,
+    mu=0.8 for the official ImageNet script)."""
+    opts = dict(MESA_PRESET)
+    opts.update(options)
+    return Bregman(**opts)
+
+
+class Average(_Averaged, Regularizer):
+    """Weight averaging; "average.*": mode ('ema' or 'swa'), decay, warmup
+    ('none', 'tf', 'timm', 'first'), warmup_gamma, warmup_power, min_decay,
+    start, every; statistics count, decay_used. Evaluate the average with
+    `with avg.averaged(recalibrate=batches): trainer.evaluate(...)`."""
+    kind = L.REG_AVERAGE
+    prefix = "average"
 
 
 class TermView:
@@ -361,4 +441,4 @@ class Term(Regularizer):
 
 
 REGULARIZERS = {"sam": SAM, "rdrop": RDrop, "r-drop": RDrop, "r_drop": RDrop,
-                "smart": SMART, "bregman": Bregman}
+                "smart": SMART, "bregman": Bregman, "average": Average, "mesa": mesa}

@@ -381,6 +381,21 @@ class Trainer(_Handle, _Options, _Checkpoints):
             state.batch_objects = None
         c.finish(st, self._msg)
 
+    def _recalibrate(self, reg, batches):
+        """regopt_regularizer_recalibrate over batches, the batches' objects
+        visible to the callbacks (Average.recalibrate)."""
+        bl = _as_batches(batches, {})
+        arr = self._prepare(bl)
+        self.model._before_call()
+        state = self.model._cbs
+        state.batch_objects = [b.data for b in bl]
+        try:
+            with Call() as c:
+                st = lib.regopt_regularizer_recalibrate(reg._p(), arr, len(bl))
+        finally:
+            state.batch_objects = None
+        c.finish(st, reg._msg)
+
     def step(self, batches=None, **fields):
         """One optimizer step over one Batch, a list of micro-batches, or the
         fields of one batch: step(data=x, labels=y). Returns stat.loss.

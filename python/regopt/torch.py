@@ -33,7 +33,10 @@ What the adapter does:
     pass.seed (so dropout is reproducible from trainer.seed), in train() or
     eval() mode by REGOPT_PASS_TRAIN, under torch.no_grad() for NO_GRAD, with
     batch-norm running statistics frozen (momentum 0, counters restored) for
-    PERTURBED_WEIGHTS, TEACHER and input-perturbed passes, and with SMART's
+    PERTURBED_WEIGHTS, TEACHER and input-perturbed passes, recomputed for
+    RECALIBRATE passes (torch.optim.swa_utils.update_bn: reset_running_stats
+    at micro_batch 0, then momentum None: the equal-weight mean over the
+    recalibration), and with SMART's
     perturbation added to the output of the submodule named `embedding`
     (a forward hook). The autograd graph is kept per activation slot.
   * backward: torch.autograd.backward(outputs, d_outputs) accumulates into
@@ -301,6 +304,7 @@ class TorchModel(_core.Model):
         want_grad = not (flags & L.PASS_NO_GRAD)
         perturbed_input = bool(c.input_perturbation)
         freeze_bn = bool(flags & (L.PASS_PERTURBED_WEIGHTS | L.PASS_TEACHER)) or perturbed_input
+        recalibrate = bool(flags & L.PASS_RECALIBRATE)
         data = _slice(p.data, slice(c.row_offset, c.row_offset + c.rows))
         self._graphs.pop(c.slot, None)
 
@@ -314,6 +318,12 @@ class TorchModel(_core.Model):
                     bn_saved.append((bn, bn.momentum, bn.num_batches_tracked.clone()
                                      if bn.num_batches_tracked is not None else None))
                     bn.momentum = 0.0
+            if recalibrate:
+                for bn in self._bns:
+                    if c.micro_batch == 0:
+                        bn.reset_running_stats()
+                    bn_saved.append((bn, bn.momentum, None))
+                    bn.momentum = None  # cumulative average (update_bn)
             if perturbed_input:
                 if self._embedding is None:
                     raise RuntimeError("SMART passes need TorchModel(embedding=...)")
@@ -397,6 +407,18 @@ class TorchModel(_core.Model):
                 self._hook.remove()
                 self._hook = None
         self._graphs = {}
+
+    def _save_host_state(self):
+        """The batch-norm buffers (running mean, variance, batch count), put
+        back by _restore_host_state after an evaluation on recalibrated
+        averaged weights, so that training continues with its own."""
+        return [(bn, [b.detach().clone() for b in bn.buffers()]) for bn in self._bns]
+
+    def _restore_host_state(self, saved):
+        with torch.no_grad():
+            for bn, bufs in saved:
+                for b, s in zip(bn.buffers(), bufs):
+                    b.copy_(s)
 
     def _finalize(self):
         super()._finalize()

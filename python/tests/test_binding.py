@@ -158,9 +158,14 @@ class EveryFunctionTest(HandleCheck):
                                                 dz.__setitem__(slice(None), 0.0)) and None)
                 t.set_loss(None)
                 t.set_allreduce(lambda buf: None)
+                avg = t.add("average")
                 t.step(data=x, labels=y)
                 t.set_allreduce(None)
                 t.evaluate(data=x, labels=y)
+                with avg.averaged(recalibrate=regopt.Batch(data=x)):
+                    self.assertTrue(avg.swapped)
+                t.remove(avg)
+                avg.close()
                 fl = t.flatness(regopt.Batch(data=x, labels=y), measures="trace",
                                 trace_samples=2)
                 self.assertIsNone(fl.worst_case)

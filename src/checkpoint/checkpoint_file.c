@@ -135,6 +135,8 @@ static regopt_status save_file_run(const regopt_trainer *t, uint32_t flags,
                                                REGOPT_CHECKPOINT_OPTIONS))
         st = ro_fail((char *)t->msg, REGOPT_ERR_INVALID_ARGUMENT,
                      "regopt_trainer_save_file: unknown flags 0x%" PRIx32, flags);
+    if (st == REGOPT_OK)
+        st = ro_trainer_swapped_check((regopt_trainer *)t, "regopt_trainer_save_file");
     if (st != REGOPT_OK)
         return st;
     target = save_target(path, resolved);
@@ -195,6 +197,8 @@ static regopt_status load_file_run(regopt_trainer *t, uint32_t flags, const char
                                                REGOPT_CHECKPOINT_OPTIONS))
         st = ro_fail(t->msg, REGOPT_ERR_INVALID_ARGUMENT,
                      "regopt_trainer_load_file: unknown flags 0x%" PRIx32, flags);
+    if (st == REGOPT_OK)
+        st = ro_trainer_swapped_check(t, "regopt_trainer_load_file");
     if (st != REGOPT_OK)
         return st;
     /* O_NONBLOCK: a FIFO under this name must not hang us before the

@@ -207,7 +207,8 @@ static regopt_status flags_check(regopt_trainer *t, uint32_t flags, const char *
     if (flags & ~(uint32_t)(REGOPT_CHECKPOINT_PARAMS | REGOPT_CHECKPOINT_OPTIONS))
         return ro_fail(t->msg, REGOPT_ERR_INVALID_ARGUMENT,
                        "%s: unknown flags 0x%" PRIx32, func, flags);
-    return REGOPT_OK;
+    /* swapped weights would be saved as the trained ones, or overwritten */
+    return ro_trainer_swapped_check(t, func);
 }
 
 static regopt_status checkpoint_size_run(const regopt_trainer *t, uint32_t flags,

@@ -4,7 +4,10 @@
  * the student's,
  *   D_Breg = mean_i l_s(f(x_i; w), sg(f(x_i; w~))),  w~ <- beta w~ + (1-beta) w.
  * The teacher's weights enter the host's buffers by an in-place swap, so the
- * library needs no second copy of the model beyond w~ itself. */
+ * library needs no second copy of the model beyond w~ itself.
+ * MESA (Du et al., NeurIPS 2022; AngusDujw/SAF MESA_train.py) is the same
+ * term with l = tau^2 KL(softmax(q/tau) || softmax(z/tau)) and a window of
+ * steps (bregman.divergence, .tau, .start_step, .end_step). */
 #include "reg/reg.h"
 
 #include <inttypes.h>
@@ -20,6 +23,9 @@ typedef struct bregman {
     float *out;           /* the teacher's outputs for the step's rows */
     size_t cap_out;       /* rows */
     double last_beta;
+    int divergence;       /* REGOPT_BREGMAN_SYM_KL or _KL_TEACHER */
+    double tau;
+    int64_t start_step, end_step; /* end -1: never */
 } bregman;
 
 #define D REGOPT_TYPE_DOUBLE
@@ -33,6 +39,11 @@ static const ro_key_desc bregman_keys[] = {
     {REGOPT_BREGMAN_SWITCH, "bregman.switch", D, RO_OWNER_REG, 0, 1, 0.1, 0},
     {REGOPT_BREGMAN_SWITCH_STEP, "bregman.switch_step", I, RO_OWNER_REG, -1, 2147483648.0, -1,
      0},
+    {REGOPT_BREGMAN_DIVERGENCE, "bregman.divergence", I, RO_OWNER_REG, 0, 1,
+     REGOPT_BREGMAN_SYM_KL, 0},
+    {REGOPT_BREGMAN_TAU, "bregman.tau", D, RO_OWNER_REG, 0, 1e3, 1, REGOPT_KEY_MIN_EXCLUSIVE},
+    {REGOPT_BREGMAN_START_STEP, "bregman.start_step", I, RO_OWNER_REG, 0, 2147483648.0, 0, 0},
+    {REGOPT_BREGMAN_END_STEP, "bregman.end_step", I, RO_OWNER_REG, -1, 2147483648.0, -1, 0},
     {REGOPT_STAT_BREGMAN_D, "bregman.d", D, RO_OWNER_REG, -HUGE_VAL, HUGE_VAL, 0, RO},
     {REGOPT_STAT_BREGMAN_BETA, "bregman.beta_used", D, RO_OWNER_REG, 0, 1, 0, RO},
 };
@@ -45,6 +56,10 @@ static void bregman_init(ro_reg *r)
     b->beta_late = 0.999;
     b->sw = 0.1;
     b->switch_step = -1;
+    b->divergence = REGOPT_BREGMAN_SYM_KL;
+    b->tau = 1.0;
+    b->start_step = 0;
+    b->end_step = -1;
 }
 
 static regopt_status bregman_set(ro_reg *r, const ro_key_desc *k, int32_t group, double v)
@@ -56,6 +71,10 @@ static regopt_status bregman_set(ro_reg *r, const ro_key_desc *k, int32_t group,
     case REGOPT_BREGMAN_BETA: b->beta = v; break;
     case REGOPT_BREGMAN_BETA_LATE: b->beta_late = v; break;
     case REGOPT_BREGMAN_SWITCH: b->sw = v; break;
+    case REGOPT_BREGMAN_DIVERGENCE: b->divergence = (int)v; break;
+    case REGOPT_BREGMAN_TAU: b->tau = v; break;
+    case REGOPT_BREGMAN_START_STEP: b->start_step = (int64_t)v; break;
+    case REGOPT_BREGMAN_END_STEP: b->end_step = (int64_t)v; break;
     default: b->switch_step = (int64_t)v; break;
     }
     return REGOPT_OK;
@@ -70,6 +89,10 @@ static double bregman_get(const ro_reg *r, const ro_key_desc *k, int32_t group)
     case REGOPT_BREGMAN_BETA: return b->beta;
     case REGOPT_BREGMAN_BETA_LATE: return b->beta_late;
     case REGOPT_BREGMAN_SWITCH: return b->sw;
+    case REGOPT_BREGMAN_DIVERGENCE: return b->divergence;
+    case REGOPT_BREGMAN_TAU: return b->tau;
+    case REGOPT_BREGMAN_START_STEP: return (double)b->start_step;
+    case REGOPT_BREGMAN_END_STEP: return (double)b->end_step;
     default: return (double)b->switch_step;
     }
 }
@@ -221,6 +244,60 @@ static regopt_status prepare(ro_reg *r, ro_step *s)
     return st;
 }
 
+/* MESA's divergence of one row: tau^2 KL(P || S), P = softmax(q / tau) the
+ * teacher's, S = softmax(z / tau) the student's (SAF's KDLoss: kl_div of
+ * log_softmax(z/T) against softmax(q/T), times T^2), in double; adds
+ * coef * d/dz = coef tau (S - P) to dz (the tau^2 of the loss and the 1/tau
+ * of the softmax's argument). */
+#define KL_CACHE 64 /* classes whose exponentials are kept (the rest recomputes them) */
+static double kl_teacher_row(const float *z, const float *q, size_t k, double tau, double coef,
+                             float *dz)
+{
+    double mz = z[0], mq = q[0], sz = 0.0, sq = 0.0, lz, lq, kl = 0.0, it = 1.0 / tau;
+    double ez[KL_CACHE], eq[KL_CACHE];
+    int cached = k <= KL_CACHE;
+    size_t j;
+    for (j = 1; j < k; j++) {
+        mz = z[j] > mz ? z[j] : mz;
+        mq = q[j] > mq ? q[j] : mq;
+    }
+    for (j = 0; j < k; j++) { /* 2k exponentials per row, not 4k: they are the term's cost */
+        double a = exp(((double)z[j] - mz) * it), b = exp(((double)q[j] - mq) * it);
+        sz += a;
+        sq += b;
+        if (cached) {
+            ez[j] = a;
+            eq[j] = b;
+        }
+    }
+    lz = log(sz); /* log S_j = (z_j - mz) / tau - lz */
+    lq = log(sq);
+    for (j = 0; j < k; j++) {
+        double lp = ((double)q[j] - mq) * it - lq, ls = ((double)z[j] - mz) * it - lz;
+        double p = cached ? eq[j] / sq : exp(lp), s = cached ? ez[j] / sz : exp(ls);
+        kl += p * (lp - ls);
+        dz[j] += (float)(coef * tau * (s - p));
+    }
+    return tau * tau * kl;
+}
+
+/* Whether the term applies at step t (bregman.start_step, .end_step). */
+static int in_window(const bregman *br, uint64_t t)
+{
+    return t >= (uint64_t)br->start_step && (br->end_step < 0 || t < (uint64_t)br->end_step);
+}
+
+/* A step with MESA's divergence needs a classification loss. */
+static regopt_status bregman_check(ro_reg *r, const ro_step *s)
+{
+    const bregman *br = r->self;
+    (void)s;
+    if (br->divergence == REGOPT_BREGMAN_KL_TEACHER && r->env->loss_kind == REGOPT_LOSS_MSE)
+        return ro_fail(r->env->msg, REGOPT_ERR_STATE, "bregman.divergence 1 (KL(teacher || "
+                       "student), MESA) needs a classification loss; the trainer's loss is MSE");
+    return REGOPT_OK;
+}
+
 /* D_Breg of a view, mu * its gradient added to the clean outputs'. */
 static regopt_status bregman_term(ro_reg *r, ro_view *v, double *weighted)
 {
@@ -229,12 +306,18 @@ static regopt_status bregman_term(ro_reg *r, ro_view *v, double *weighted)
     const float *q = br->out + v->step_row * k, *z = v->z;
     float mu = (float)br->mu, *dz = v->dz;
     double sum = 0.0, inv_weight = v->s->inv_weight;
+    *weighted = 0.0;
+    if (!in_window(br, v->s->step)) /* outside MESA's window: no term */
+        return REGOPT_OK;
     for (i = 0; i < v->n; i++) {
         float rw = ro_row_weight(&v->rows, i), c = (float)(rw * inv_weight) * mu;
         if (rw == 0.0f)
             continue;
         /* l_s(f(x; w), sg(f(x; w~))): the teacher's side is detached */
-        if (r->env->loss_kind == REGOPT_LOSS_MSE)
+        if (br->divergence == REGOPT_BREGMAN_KL_TEACHER)
+            sum += rw * kl_teacher_row(z + i * k, q + i * k, k, br->tau,
+                                       rw * inv_weight * br->mu, dz + i * k);
+        else if (r->env->loss_kind == REGOPT_LOSS_MSE)
             sum += rw * ro_sq_diff_row(z + i * k, q + i * k, k, c, dz + i * k, NULL);
         else
             sum += rw * 2.0 * ro_sym_kl_row(z + i * k, q + i * k, k, 2.0f * c, dz + i * k, NULL);
@@ -358,6 +441,12 @@ static regopt_status bregman_load(ro_reg *r, const unsigned char *p, uint64_t si
 
 /* A teacher forward that never returned left the teacher's weights in the
  * host's buffers: swap back (the swap is exact both ways). */
+static float *bregman_averaged(ro_reg *r)
+{
+    bregman *br = r->self;
+    return br->ready ? br->teacher : NULL;
+}
+
 static void bregman_abandon(ro_reg *r)
 {
     bregman *br = r->self;
@@ -384,6 +473,7 @@ const ro_reg_ops ro_bregman_ops = {
     .reserve = bregman_reserve,
     .set = bregman_set,
     .get = bregman_get,
+    .check = bregman_check,
     .prepare = prepare,
     .term = bregman_term,
     .after_update = bregman_after_update,
@@ -393,4 +483,5 @@ const ro_reg_ops ro_bregman_ops = {
     .save = bregman_save,
     .check_state = bregman_check_state,
     .load = bregman_load,
+    .averaged = bregman_averaged,
 };

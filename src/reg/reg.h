@@ -1,6 +1,7 @@
 /* reg.h — the one interface between a step and a regularizer.
  *
- * Every method (SAM, R-Drop, SMART, Bregman, user-defined terms) is one file
+ * Every method (SAM, R-Drop, SMART, Bregman, user-defined terms, weight
+ * averaging) is one file
  * that fills one ro_reg_ops table; the trainer, the pass pipeline and the
  * checkpoint code loop over the attached regularizers through it and never
  * name a method. Methods see their trainer only through ro_env (set at
@@ -124,6 +125,11 @@ typedef struct ro_reg_ops {
     void (*save)(const ro_reg *r, ro_ck_sink *out);
     regopt_status (*check_state)(ro_reg *r, const unsigned char *p, uint64_t size);
     regopt_status (*load)(ro_reg *r, const unsigned char *p, uint64_t size); /* after check */
+
+    /* averaged weights for evaluation (regopt_regularizer_swap_average):
+       n_trainable floats in ro_param.offset order, or NULL while there are
+       none yet; NULL hook: the method keeps none */
+    float *(*averaged)(ro_reg *r);
 } ro_reg_ops;
 
 /* The public handle: the common header of every regularizer. */
@@ -140,6 +146,8 @@ struct regopt_regularizer {
     uint32_t fresh;              /* first fresh dropout copy handed out */
     size_t acc0;                 /* its first accumulator in ro_step.acc */
     double stats[8];             /* ops->n_stats of the last step */
+    int swapped;                 /* its averaged weights are in the host's buffers
+                                    (trainer/swap.c); steps are refused meanwhile */
     char msg[RO_MSG_SIZE];
 };
 
@@ -149,7 +157,8 @@ const ro_reg_ops *ro_reg_ops_of(regopt_regularizer_kind kind);
 /* The key descriptor of any key: core table, then every method's. */
 const ro_key_desc *ro_any_key(regopt_key key, const ro_reg_ops **owner);
 
-extern const ro_reg_ops ro_sam_ops, ro_rdrop_ops, ro_smart_ops, ro_bregman_ops, ro_term_ops;
+extern const ro_reg_ops ro_sam_ops, ro_rdrop_ops, ro_smart_ops, ro_bregman_ops, ro_term_ops,
+    ro_average_ops;
 
 /* regularizer.c */
 regopt_status ro_reg_check(const regopt_regularizer *r, const char *func);

@@ -109,6 +109,7 @@ regopt_status regopt_trainer_detach(regopt_trainer *t, regopt_regularizer *r)
                      "trainer", r->ops->title);
     if (st != REGOPT_OK)
         return st;
+    ro_trainer_unswap(r); /* the host's buffers get the trained weights back */
     unlist(t, r);
     if (r->ops->detach)
         r->ops->detach(r);

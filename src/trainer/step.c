@@ -78,6 +78,8 @@ static regopt_status step_begin(regopt_trainer *t, const regopt_batch *b, size_t
         r->acc0 = s->n_acc;
         s->n_acc += r->ops->n_acc;
     }
+    if (st == REGOPT_OK) /* before the probe, which would see the swapped weights */
+        st = ro_trainer_swapped_check(t, "regopt_trainer_step");
     if (st == REGOPT_OK)
         st = ro_probe_check(t);
     if (st == REGOPT_OK)

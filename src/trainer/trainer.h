@@ -100,6 +100,11 @@ regopt_status ro_trainer_reserve_all(regopt_trainer *t, size_t rows, size_t in_r
 /* The scheduled learning rate of the next update. */
 double ro_trainer_lr(const regopt_trainer *t);
 
+/* swap.c: REGOPT_ERR_STATE (message naming func) while a regularizer's
+ * averaged weights are swapped in; a swapped regularizer put back (detach). */
+regopt_status ro_trainer_swapped_check(regopt_trainer *t, const char *func);
+void ro_trainer_unswap(ro_reg *r);
+
 /* probe.c: trainer.check_host's check that no trainable tensor changed
  * between steps. */
 regopt_status ro_probe_enable(regopt_trainer *t, int on);

@@ -1,0 +1,312 @@
+/* average.c — an average of the trainable weights kept after every counted
+ * update, for evaluation (regopt_regularizer_swap_average, trainer/swap.c):
+ *   EMA   w_bar <- b_n w_bar + (1 - b_n) w, with the warm-ups of TensorFlow's
+ *         ExponentialMovingAverage (num_updates), timm's ModelEmaV3 and
+ *         torch.optim.swa_utils (the first update copies);
+ *   SWA   w_bar <- w_bar + (w - w_bar) / (n + 1) from step s0 every c steps
+ *         (Izmailov et al., UAI 2018, Alg. 1; torch's AveragedModel).
+ * Definitions: ../shared/METHODS2.md "Teacher-based terms and weight
+ * averaging"; include/regopt.h "Weight averaging". No pass, no term: only
+ * prepare (the EMA's starting copy), after_update and the checkpoint. */
+#include "reg/reg.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <string.h>
+
+typedef struct average {
+    int mode, warmup;
+    double decay, gamma, power, min_decay;
+    int64_t start, every;
+    uint64_t count;       /* updates averaged; 0: avg holds nothing yet */
+    float *avg;           /* n_trainable */
+    double last_decay;    /* what the last step kept of the old average */
+} average;
+
+#define D REGOPT_TYPE_DOUBLE
+#define I REGOPT_TYPE_INT
+#define RO REGOPT_KEY_READ_ONLY
+static const ro_key_desc average_keys[] = {
+    {REGOPT_AVERAGE_MODE, "average.mode", I, RO_OWNER_REG, 0, 1, REGOPT_AVERAGE_EMA, 0},
+    {REGOPT_AVERAGE_DECAY, "average.decay", D, RO_OWNER_REG, 0, 1, 0.9998,
+     REGOPT_KEY_MAX_EXCLUSIVE},
+    {REGOPT_AVERAGE_WARMUP, "average.warmup", I, RO_OWNER_REG, 0, 3, REGOPT_AVERAGE_WARMUP_NONE,
+     0},
+    {REGOPT_AVERAGE_WARMUP_GAMMA, "average.warmup_gamma", D, RO_OWNER_REG, 0, 1e9, 1,
+     REGOPT_KEY_MIN_EXCLUSIVE},
+    {REGOPT_AVERAGE_WARMUP_POWER, "average.warmup_power", D, RO_OWNER_REG, 0, 10, 2.0 / 3.0,
+     REGOPT_KEY_MIN_EXCLUSIVE},
+    {REGOPT_AVERAGE_MIN_DECAY, "average.min_decay", D, RO_OWNER_REG, 0, 1, 0,
+     REGOPT_KEY_MAX_EXCLUSIVE},
+    {REGOPT_AVERAGE_START, "average.start", I, RO_OWNER_REG, 0, 2147483648.0, 0, 0},
+    {REGOPT_AVERAGE_EVERY, "average.every", I, RO_OWNER_REG, 1, 2147483648.0, 1, 0},
+    {REGOPT_STAT_AVERAGE_COUNT, "average.count", I, RO_OWNER_REG, 0, 9007199254740992.0, 0, RO},
+    {REGOPT_STAT_AVERAGE_DECAY, "average.decay_used", D, RO_OWNER_REG, 0, 1, 0, RO},
+};
+
+static void average_init(ro_reg *r)
+{
+    average *a = r->self;
+    a->mode = REGOPT_AVERAGE_EMA;
+    a->warmup = REGOPT_AVERAGE_WARMUP_NONE;
+    a->decay = 0.9998;
+    a->gamma = 1.0;
+    a->power = 2.0 / 3.0;
+    a->min_decay = 0.0;
+    a->start = 0;
+    a->every = 1;
+}
+
+static regopt_status average_set(ro_reg *r, const ro_key_desc *k, int32_t group, double v)
+{
+    average *a = r->self;
+    (void)group;
+    switch (k->key) {
+    case REGOPT_AVERAGE_MODE: a->mode = (int)v; break;
+    case REGOPT_AVERAGE_DECAY: a->decay = v; break;
+    case REGOPT_AVERAGE_WARMUP: a->warmup = (int)v; break;
+    case REGOPT_AVERAGE_WARMUP_GAMMA: a->gamma = v; break;
+    case REGOPT_AVERAGE_WARMUP_POWER: a->power = v; break;
+    case REGOPT_AVERAGE_MIN_DECAY: a->min_decay = v; break;
+    case REGOPT_AVERAGE_START: a->start = (int64_t)v; break;
+    default: a->every = (int64_t)v; break;
+    }
+    return REGOPT_OK;
+}
+
+static double average_get(const ro_reg *r, const ro_key_desc *k, int32_t group)
+{
+    const average *a = r->self;
+    (void)group;
+    switch (k->key) {
+    case REGOPT_AVERAGE_MODE: return a->mode;
+    case REGOPT_AVERAGE_DECAY: return a->decay;
+    case REGOPT_AVERAGE_WARMUP: return a->warmup;
+    case REGOPT_AVERAGE_WARMUP_GAMMA: return a->gamma;
+    case REGOPT_AVERAGE_WARMUP_POWER: return a->power;
+    case REGOPT_AVERAGE_MIN_DECAY: return a->min_decay;
+    case REGOPT_AVERAGE_START: return (double)a->start;
+    default: return (double)a->every;
+    }
+}
+
+static regopt_status average_attach(ro_reg *r)
+{
+    average *a = r->self;
+    a->avg = ro_calloc(r->env->alloc, r->env->model->n_trainable, sizeof(float));
+    if (!a->avg)
+        return ro_fail(r->env->msg, REGOPT_ERR_NO_MEMORY,
+                       "out of memory for the average's %zu weights",
+                       r->env->model->n_trainable);
+    a->count = 0;
+    a->last_decay = 0.0;
+    return REGOPT_OK;
+}
+
+static void average_detach(ro_reg *r)
+{
+    average *a = r->self;
+    ro_free(r->env->alloc, a->avg);
+    a->avg = NULL;
+    a->count = 0;
+}
+
+/* Whether the update of step t (updates made before it) enters the
+ * average. */
+static int counted(const average *a, uint64_t t)
+{
+    return t >= (uint64_t)a->start && (t - (uint64_t)a->start) % (uint64_t)a->every == 0;
+}
+
+static void avg_copy_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    memcpy(((const average *)ctx)->avg + p->offset + j0, p->data + j0,
+           (j1 - j0) * sizeof(float));
+}
+
+/* The EMA starts from the weights before its first update (timm's ModelEma
+ * copies the model at creation; MESA's teacher too). Copied here, before any
+ * pass, on every attempt until a step commits: a failed step leaves count 0
+ * and the next one copies again. */
+static regopt_status average_prepare(ro_reg *r, ro_step *s)
+{
+    average *a = r->self;
+    if (a->mode == REGOPT_AVERAGE_EMA && a->count == 0 && counted(a, s->step))
+        ro_each_piece(r->env->par, avg_copy_piece, a);
+    return REGOPT_OK;
+}
+
+/* b_n of the EMA's update number n (0-based), in double. */
+static double ema_decay(const average *a, uint64_t n)
+{
+    double b, x = (double)n;
+    switch (a->warmup) {
+    case REGOPT_AVERAGE_WARMUP_TF: /* tf.train.ExponentialMovingAverage(num_updates) */
+        b = (1.0 + x) / (10.0 + x);
+        return b < a->decay ? b : a->decay;
+    case REGOPT_AVERAGE_WARMUP_TIMM: /* timm ModelEmaV3.get_decay: 0 at the first */
+        if (n == 0)
+            return 0.0;
+        b = 1.0 - pow(1.0 + x / a->gamma, -a->power);
+        b = b < a->decay ? b : a->decay;
+        return b > a->min_decay ? b : a->min_decay;
+    case REGOPT_AVERAGE_WARMUP_FIRST: /* torch swa_utils: the first update copies */
+        return n == 0 ? 0.0 : a->decay;
+    default:
+        return a->decay;
+    }
+}
+
+typedef struct avg_job {
+    float *avg;
+    double keep, take; /* EMA: b and 1 - b; SWA: n + 1 in take */
+} avg_job;
+
+/* w_bar <- b w_bar + (1 - b) w in double, rounded once: a convex
+ * combination of two finite floats, so finite, and independent of how the
+ * elements are split over threads. */
+static void avg_ema_block(float *restrict v, const float *restrict w, double b, double k)
+{
+    size_t j;
+    for (j = 0; j < RO_BLOCK; j++)
+        v[j] = (float)(b * (double)v[j] + k * (double)w[j]);
+}
+
+static void avg_ema_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    const avg_job *e = ctx;
+    float *v = e->avg + p->offset + j0;
+    const float *w = p->data + j0;
+    double b = e->keep, k = e->take;
+    size_t n = j1 - j0, j;
+    for (j = 0; j + RO_BLOCK <= n; j += RO_BLOCK)
+        avg_ema_block(v + j, w + j, b, k);
+    for (; j < n; j++)
+        v[j] = (float)(b * (double)v[j] + k * (double)w[j]);
+}
+
+/* w_bar <- w_bar + (w - w_bar) / (n + 1) in double, rounded once (between
+ * w_bar and w, so finite; torch computes it in the tensor's precision). */
+static void avg_swa_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    const avg_job *e = ctx;
+    float *restrict v = e->avg + p->offset + j0;
+    const float *restrict w = p->data + j0;
+    double c = e->take;
+    size_t n = j1 - j0, j;
+    for (j = 0; j < n; j++)
+        v[j] = (float)((double)v[j] + ((double)w[j] - (double)v[j]) / c);
+}
+
+static void average_after_update(ro_reg *r, const ro_step *s)
+{
+    average *a = r->self;
+    avg_job e;
+    if (!counted(a, s->step)) {
+        a->last_decay = 1.0;
+        return;
+    }
+    e.avg = a->avg;
+    if (a->count == 0 && a->mode == REGOPT_AVERAGE_SWA) {
+        ro_each_piece(r->env->par, avg_copy_piece, a);
+        a->last_decay = 0.0;
+    } else if (a->mode == REGOPT_AVERAGE_SWA) {
+        e.take = (double)a->count + 1.0; /* the divisor n + 1 */
+        ro_each_piece(r->env->par, avg_swa_piece, &e);
+        a->last_decay = (double)a->count / ((double)a->count + 1.0);
+    } else {
+        e.keep = ema_decay(a, a->count);
+        e.take = 1.0 - e.keep;
+        ro_each_piece(r->env->par, avg_ema_piece, &e);
+        a->last_decay = e.keep;
+    }
+    a->count++;
+}
+
+static void average_commit(ro_reg *r, const ro_step *s)
+{
+    const average *a = r->self;
+    (void)s;
+    r->stats[0] = (double)a->count;
+    r->stats[1] = a->last_decay;
+}
+
+/* State: u64 count | f64 the last step's decay | the average (count > 0). */
+static uint64_t average_state_size(const ro_reg *r)
+{
+    const average *a = r->self;
+    return 16u + (a->count ? 4u * (uint64_t)r->env->model->n_trainable : 0u);
+}
+
+static void average_save(const ro_reg *r, ro_ck_sink *out)
+{
+    const average *a = r->self;
+    ro_ck_u64(out, a->count);
+    ro_ck_f64(out, a->last_decay);
+    if (a->count)
+        ro_ck_floats(out, a->avg, r->env->model->n_trainable);
+}
+
+static regopt_status average_check_state(ro_reg *r, const unsigned char *p, uint64_t size)
+{
+    uint64_t n = r->env->model->n_trainable, count = size >= 16 ? ro_ck_rd64(p) : 0, i;
+    double last = size >= 16 ? ro_ck_rdf64(p + 8) : -1.0;
+    if (size < 16 || size != 16u + (count ? 4u * n : 0u) || !(last >= 0.0 && last <= 1.0) ||
+        count > 9007199254740992ull)
+        return ro_fail(r->env->msg, REGOPT_ERR_CORRUPT,
+                       "the checkpoint's average state is malformed (%" PRIu64 " bytes)", size);
+    for (i = 0; count && i < n; i++) {
+        uint32_t bits = ro_ck_rd32(p + 16 + 4 * i);
+        float v;
+        memcpy(&v, &bits, sizeof v);
+        if (!isfinite(v))
+            return ro_fail(r->env->msg, REGOPT_ERR_CORRUPT,
+                           "the checkpoint's averaged weights hold a non-finite value at "
+                           "element %" PRIu64, i);
+    }
+    return REGOPT_OK;
+}
+
+static regopt_status average_load(ro_reg *r, const unsigned char *p, uint64_t size)
+{
+    average *a = r->self;
+    (void)size;
+    a->count = ro_ck_rd64(p);
+    a->last_decay = ro_ck_rdf64(p + 8);
+    if (a->count)
+        ro_ck_rdfloats(a->avg, p + 16, r->env->model->n_trainable);
+    return REGOPT_OK;
+}
+
+static float *average_weights(ro_reg *r)
+{
+    average *a = r->self;
+    return a->count ? a->avg : NULL;
+}
+
+const ro_reg_ops ro_average_ops = {
+    .name = "average",
+    .title = "weight average",
+    .kind = REGOPT_REG_AVERAGE,
+    .flags = REGOPT_REG_SINGLE,
+    .order = 60,
+    .size = sizeof(average),
+    .keys = average_keys,
+    .n_keys = sizeof average_keys / sizeof average_keys[0],
+    .stat0 = REGOPT_STAT_AVERAGE_COUNT,
+    .n_stats = 2,
+    .n_acc = 0,
+    .init = average_init,
+    .attach = average_attach,
+    .detach = average_detach,
+    .set = average_set,
+    .get = average_get,
+    .prepare = average_prepare,
+    .after_update = average_after_update,
+    .commit = average_commit,
+    .state_size = average_state_size,
+    .save = average_save,
+    .check_state = average_check_state,
+    .load = average_load,
+    .averaged = average_weights,
+};
