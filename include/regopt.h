@@ -593,6 +593,23 @@ typedef struct regopt_batch {
                                  input_rows x input_width <= 2^36 floats
                                  (256 GiB; SMART keeps two buffers that
                                  size) */
+    const uint8_t *task_mask; /* optional: per-row task mask, 1 = LABELLED
+                                 (the row takes the task loss), 0 =
+                                 UNLABELLED: no task loss and no label or
+                                 target is read, but every consistency
+                                 term (R-Drop's, SMART's, Bregman's, VAT's,
+                                 user terms) still applies, so VAT and
+                                 R-Drop train semi-supervised. Any non-zero
+                                 value is labelled. NULL: every row is
+                                 labelled. Unlike `mask` (padding), an
+                                 unlabelled row keeps its weight in the
+                                 normaliser: every term, the task loss
+                                 included, is divided by sum_i m_i w_i over
+                                 all kept rows, so the task loss of a batch
+                                 with a fraction f of labelled rows weighs f
+                                 times a labelled-only batch's. Hosts built
+                                 against an older header pass a smaller
+                                 `size` and never have it. Since 1.0. */
 } regopt_batch;
 
 /* A batch that breaks a bound above fails the step (or evaluation) with
