@@ -1650,6 +1650,26 @@ enum regopt_rdrop_key {
  * non-finite R_s fails the step with REGOPT_ERR_NONFINITE_LOSS and a message
  * naming the pass and micro-batch; the step is rolled back like any failure.
  *
+ * Matching namisan/mt-dnn (and archinetai/smart-pytorch) step for step:
+ * smart.mtdnn 1, smart.stable_kl 1, smart.detach_target 1, smart.same_seed 0
+ * (they draw fresh dropout), smart.norm INF. Reductions differ: their inner
+ * (ascent) loss is SUMMED over rows (stable_kl with reduce=False) while ours
+ * is the weighted mean, so their ascent gradient is W times ours (W = the
+ * step's total row weight, the rows of the batch for unit weights): in the
+ * mt-dnn mode (d = nu + eta g, not normalised first) set smart.eta = their
+ * step_size x W. (The paper mode normalises g and does not care.) Their
+ * outer loss (SymKlCriterion, reduction "batchmean") is the mean over rows,
+ * like ours; smart-pytorch's sym_kl_loss SUMS the outer loss
+ * (reduction="sum"): smart.lambda = its weight x W.
+ *
+ * ALUM (Liu et al. 2020, "Adversarial Training for Large Neural Language
+ * Models") is SMART's mt-dnn mode with these values (a documented preset,
+ * not a key): smart.mtdnn 1, smart.epsilon 1e-5, smart.eta 1e-3,
+ * smart.sigma 1e-5, smart.steps 1, smart.norm INF, smart.lambda 10 for
+ * pre-training and 1 for fine-tuning; add smart.stable_kl 1,
+ * smart.detach_target 1 and smart.same_seed 0 for the mt-dnn code's exact
+ * gradients.
+ *
  */
 enum regopt_smart_key {
     REGOPT_SMART_LAMBDA = 1200,     /* "smart.lambda": lambda_s, [0, 1e4], default 1
@@ -1675,6 +1695,17 @@ enum regopt_smart_key {
                                        adversarial passes reuse the clean pass's
                                        dropout seed (the perturbation is then the
                                        only difference); 0 = fresh seeds (mt-dnn) */
+    REGOPT_SMART_DETACH_TARGET = 1209, /* "smart.detach_target": int 0/1, default 0
+                                       = R_s's symmetric KL has its full gradient
+                                       (Eq. 2: nothing detached); 1 = the target
+                                       side of each direction is detached, as in
+                                       mt-dnn's SymKlCriterion and smart-pytorch's
+                                       sym_kl_loss: R_s = KL(sg(P)||Q) +
+                                       KL(sg(Q)||P), same value, gradient Q - P
+                                       into the adversarial logits and P - Q into
+                                       the clean ones (per row, times lambda_s and
+                                       the row weight). Classification only (MSE
+                                       keeps the squared error). Since 1.0. */
 
     /* Statistics (read-only). On the handle since 1.0 (0.x: trainer
      * statistics 919..920, "stat.smart_*"). */
