@@ -37,7 +37,7 @@ from ._core import (
     Allocator, CountingAllocator,
     Pass, Batch, BatchView,
     Model, Optimizer, Trainer, Flatness,
-    Regularizer, SAM, RDrop, SMART, Bregman, Term, TermView, regularizer_kinds,
+    Regularizer, SAM, RDrop, SMART, Bregman, Adversarial, Term, TermView, regularizer_kinds,
     random_uniform, random_normal, dropout_mask,
 )
 
@@ -51,7 +51,8 @@ __all__ = [
     "LibraryVersionError", "status_string", "last_error_message", "version", "version_number",
     "KeyInfo", "key_from_name", "key_info", "keys", "live_handles", "pending_callbacks",
     "Allocator", "CountingAllocator", "Pass", "Batch", "BatchView", "Model", "Optimizer",
-    "Trainer", "Flatness", "Regularizer", "SAM", "RDrop", "SMART", "Bregman", "Term", "TermView",
+    "Trainer", "Flatness", "Regularizer", "SAM", "RDrop", "SMART", "Bregman", "Adversarial",
+    "Term", "TermView",
     "regularizer_kinds", "TERM_PASS_FRESH_SEED", "TERM_PASS_EVAL", "TERM_PASS_NO_GRAD",
     "TERM_PASS_TEACHER",
     "random_uniform",

@@ -70,6 +70,7 @@ class Batch(ctypes.Structure):
         ("mask", ctypes.POINTER(ctypes.c_uint8)),
         ("weights", c_float_p),
         ("input_rows", c_size_t),
+        ("task_mask", ctypes.POINTER(ctypes.c_uint8)),  # 1 = labelled, 0 = unlabelled
     ]
 
 
@@ -246,6 +247,7 @@ SGD, ADAM, ADAMW, RADAM = 1, 2, 3, 4
 SCHEDULE_CONSTANT, SCHEDULE_LINEAR, SCHEDULE_COSINE = 0, 1, 2
 LOSS_SOFTMAX_CE, LOSS_MSE, LOSS_CALLBACK = 0, 1, 2
 REG_SAM, REG_RDROP, REG_SMART, REG_BREGMAN, REG_TERM = 1, 2, 3, 4, 5
+REG_ADVERSARIAL = 7
 REG_WEIGHT_SIDE = 0x1
 REG_SINGLE = 0x2
 TERM_MAX_PASSES = 8

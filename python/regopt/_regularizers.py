@@ -18,7 +18,7 @@ from ._keys import _Options, _full_name, key_from_name, key_info, keys
 
 
 REGULARIZER_KINDS = {"sam": L.REG_SAM, "rdrop": L.REG_RDROP, "smart": L.REG_SMART,
-                     "bregman": L.REG_BREGMAN}
+                     "bregman": L.REG_BREGMAN, "adv": L.REG_ADVERSARIAL}
 
 # Statistics whose 0.x trainer-level names differ from "<kind>_<short name>".
 _OLD_STAT_NAMES = {"sam.rho_used": "sam_rho", "bregman.beta_used": "bregman_beta"}
@@ -265,6 +265,15 @@ class SMART(Regularizer):
     prefix = "smart"
 
 
+class Adversarial(Regularizer):
+    """Adversarial training on the input embeddings; "adv.*": method (0 FGM,
+    1 PGD, 2 FreeLB, 3 VAT), alpha, epsilon, step, steps, init_mag, norm and
+    the facets scope, objective, init, param_grad, clean_pass (-1 = the
+    method's). VAT with Batch(task_mask=...) trains semi-supervised."""
+    kind = L.REG_ADVERSARIAL
+    prefix = "adv"
+
+
 class Bregman(Regularizer):
     """SMART's momentum Bregman proximal term; "bregman.*" (mu, beta, ...)."""
     kind = L.REG_BREGMAN
@@ -361,4 +370,5 @@ class Term(Regularizer):
 
 
 REGULARIZERS = {"sam": SAM, "rdrop": RDrop, "r-drop": RDrop, "r_drop": RDrop,
-                "smart": SMART, "bregman": Bregman}
+                "smart": SMART, "bregman": Bregman, "adv": Adversarial,
+                "adversarial": Adversarial}
