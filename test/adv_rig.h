@@ -45,8 +45,10 @@ static inline int ad_backward(const regopt_pass *p, void *user)
     return rc;
 }
 
-/* sm_open's model and trainer (SGD, seed 1234), with ad_forward/_backward. */
-static inline ad_run *ad_open(size_t d, size_t k, int slots, regopt_loss_kind loss, double lr)
+/* sm_open's model and trainer (SGD, seed 1234), with ad_forward/_backward;
+ * caps: REGOPT_CAP_* of the model. */
+static inline ad_run *ad_open_caps(size_t d, size_t k, int slots, regopt_loss_kind loss,
+                                   double lr, uint32_t caps)
 {
     ad_run *a = calloc(1, sizeof *a);
     sm_run *r = &a->s;
@@ -67,6 +69,8 @@ static inline ad_run *ad_open(size_t d, size_t k, int slots, regopt_loss_kind lo
     SM_MUST(regopt_model_set_input_width(r->m, d));
     SM_MUST(regopt_model_set_slots(r->m, slots));
     SM_MUST(regopt_model_set_callbacks(r->m, ad_forward, ad_backward, a, NULL));
+    if (caps)
+        SM_MUST(regopt_model_set_capabilities(r->m, caps));
     r->o = regopt_optimizer_create(REGOPT_SGD, NULL, &st);
     ck_assert_ptr_nonnull(r->o);
     SM_MUST(regopt_optimizer_set_double(r->o, REGOPT_OPT_LR, lr));
@@ -75,6 +79,11 @@ static inline ad_run *ad_open(size_t d, size_t k, int slots, regopt_loss_kind lo
     SM_TMUST(r->t, regopt_trainer_set_int(r->t, REGOPT_TRAINER_LOSS, loss));
     SM_TMUST(r->t, regopt_trainer_set_int(r->t, REGOPT_TRAINER_SEED, 1234));
     return a;
+}
+
+static inline ad_run *ad_open(size_t d, size_t k, int slots, regopt_loss_kind loss, double lr)
+{
+    return ad_open_caps(d, k, slots, loss, lr, 0);
 }
 
 /* The adversarial regularizer with a method and its main values. */

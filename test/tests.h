@@ -40,5 +40,7 @@ Suite *suite_contract(void); /* check_contract.c: trainer.check_host, the host c
 Suite *suite_term_teacher(void); /* check_term_teacher.c: a user term reading the EMA teacher */
 Suite *suite_flatness(void); /* check_flatness.c: regopt_trainer_flatness */
 Suite *suite_adv(void);      /* check_adv.c: FGM, PGD, FreeLB, VAT, mt-dnn-exact SMART */
+Suite *suite_adv_errors(void); /* check_adv_errors.c: bad inputs, rollback, composition */
+Suite *suite_adv_mask(void); /* check_adv_mask.c: regopt_batch.task_mask, semi-supervised VAT */
 
 #endif
