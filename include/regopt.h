@@ -836,8 +836,9 @@ typedef enum regopt_loss_kind {
 /* A user loss: for the `rows` output rows of `width` floats in outputs (the
  * rows of `batch`), write the per-row loss to row_loss[i] and its gradient
  * d row_loss[i] / d outputs[i*width + k] to d_outputs[i*width + k]. The
- * library applies mask, weights and the mean. Return 0 on success; anything
- * else aborts the step with REGOPT_ERR_LOSS_CALLBACK. */
+ * library applies mask, weights, the task mask (an unlabelled row's loss
+ * and gradient are ignored: write anything finite) and the mean. Return 0
+ * on success; anything else aborts the step with REGOPT_ERR_LOSS_CALLBACK. */
 typedef int (*regopt_loss_fn)(const regopt_batch *batch, const float *outputs,
                               size_t rows, size_t width, float *row_loss,
                               float *d_outputs, void *user);
@@ -1190,17 +1191,20 @@ REGOPT_API size_t regopt_sizeof_flatness(void);
  * proximal term, user-defined terms) add passes and terms to every gradient
  * evaluation. The weight-side family (SAM and its variants) decides where the
  * gradients are evaluated. A trainer holds up to 32 regularizers (one more
- * is REGOPT_ERR_STATE), at most one of them weight-side; R-Drop, SMART and
- * Bregman at most once each (they own the extra copies of the task pass, the
- * embedding noise and the teacher); user-defined terms as often as wanted
+ * is REGOPT_ERR_STATE), at most one of them weight-side; R-Drop, SMART,
+ * Bregman and adversarial training at most once each (they own the extra
+ * copies of the task pass, the embedding noise and the teacher); user-defined
+ * terms as often as wanted
  * (each handle once). regopt_regularizer_kind_info reports these rules as
  * REGOPT_REG_WEIGHT_SIDE and REGOPT_REG_SINGLE. Everything attached
  * composes: SAM evaluates the whole objective, with every loss-side term, at
  * w and at w + eps.
  *
  * Order. Whatever the order of attach, the objective is summed as: task loss
- * (both R-Drop copies), R-Drop's consistency, Bregman, SMART, then user terms
- * in the order they were attached; activation slots and dropout seeds are
+ * (both R-Drop copies), R-Drop's consistency, Bregman, SMART, adversarial
+ * training with a KL objective, then user terms in the order they were
+ * attached, then adversarial training with the task objective (its passes
+ * run after the clean backward); activation slots and dropout seeds are
  * handed out in the same order, and regopt_trainer_regularizer_at lists the
  * regularizers in it. Results therefore never depend on the order of the
  * attach calls of built-in methods.
@@ -1585,6 +1589,20 @@ enum regopt_sam_key {
  * R-Drop; both are reproducible from trainer.seed. With SAM, both of SAM's
  * gradient evaluations use the R-Drop objective (2 x 2 passes).
  *
+ * The reference code paths reduce differently; to reproduce one, set
+ * (../shared/METHODS2.md, "R-Drop reductions, mapped"):
+ *   code path                                          ce_weight kl_sum alpha
+ *   paper Eq. 3; fairseq translation/LM/RoBERTa
+ *     (divides by sample_size = tokens)                1         0      alpha
+ *   R-Drop README snippet: 0.5 (CE1 + CE2)
+ *     + alpha (sum p + sum q) / 2                      0.5       1      alpha
+ *   Hugging Face bert_kl: CE1 + CE2 (means),
+ *     0.5 (sum KL + sum rKL) / 2                       1         1      0.5 alpha
+ *   ViT: alpha (sum KL + sum rKL), no 1/2              1         1      2 alpha
+ * where alpha is the reference's own coefficient. With a task mask
+ * (regopt_batch.task_mask), unlabelled rows take the consistency term
+ * only: semi-supervised R-Drop.
+ *
  */
 enum regopt_rdrop_key {
     REGOPT_RDROP_ALPHA = 1100,      /* "rdrop.alpha": weight of the consistency term,
@@ -1594,10 +1612,13 @@ enum regopt_rdrop_key {
                                        0.5 = the R-Drop README's (CE1 + CE2)/2 */
     REGOPT_RDROP_KL_SUM = 1102,     /* "rdrop.kl_sum": int 0/1, default 0 = the
                                        consistency term is a weighted mean over
-                                       rows like the task loss; 1 = summed over
-                                       rows (fairseq's reduction; data parallel:
-                                       each replica's sum, averaged over replicas
-                                       by row weight like every term) */
+                                       rows like the task loss (the paper's Eq. 3
+                                       and fairseq, which divides by the token
+                                       count); 1 = summed over rows (the R-Drop
+                                       README snippet, Hugging Face bert_kl, ViT;
+                                       see the table above; data parallel: each
+                                       replica's sum, averaged over replicas by
+                                       row weight like every term) */
     REGOPT_RDROP_EVERY = 1103,      /* "rdrop.every": int [1, 2^31], default 1: R-Drop
                                        on steps 0, k, 2k, ..., a single plain pass
                                        otherwise */
@@ -1860,9 +1881,13 @@ enum regopt_bregman_key {
  * A NaN or infinity in any adversarial pass (outputs, inner loss, d_input,
  * perturbation) fails the step with REGOPT_ERR_NONFINITE_LOSS and a message
  * naming the pass; it is never skipped. Slots: the adversarial passes use a
- * slot of their own (1, or 2 after R-Drop's and SMART's, in the order of
- * "Order"). With SAM, both gradient evaluations include the term.
- * Order: after SMART, before user terms.
+ * slot of their own, the next after R-Drop's and SMART's (1 alone, 3 with
+ * both in two-call mode). With SAM, both gradient evaluations include the
+ * term; with gradient accumulation and data parallel, every micro-batch
+ * (replica) perturbs its own embeddings, and the norm units never span
+ * micro-batches. No state is kept between steps (the draws are functions of
+ * the trainer seed and the step count), so checkpoints hold only the
+ * options.
  */
 enum regopt_adv_key {
     REGOPT_ADV_METHOD = 1500,     /* "adv.method": int, REGOPT_ADV_FGM (0, default),
