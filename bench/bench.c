@@ -28,15 +28,19 @@
 
 /* ---- methods ----------------------------------------------------------- */
 
-enum { M_PLAIN, M_SAM, M_ASAM, M_RDROP2, M_RDROP, M_SMART, M_SMART_SAM, M_COUNT };
+enum { M_PLAIN, M_SAM, M_ASAM, M_RDROP2, M_RDROP, M_SMART, M_SMART_SAM, M_FREELB, M_VAT,
+       M_COUNT };
 
 static const char *method_name[M_COUNT] = {"plain", "sam", "asam", "rdrop_twocall",
-                                           "rdrop_doubled", "smart", "smart_sam"};
+                                           "rdrop_doubled", "smart", "smart_sam",
+                                           "freelb", "vat"};
 
 /* The options of each method, as the PyTorch peer (torch_bench.py) sets
  * them: SAM rho 0.05; ASAM scaling every tensor by |w| (eta 0); R-Drop alpha
  * 1; SMART one ascent step, paper defaults, Bregman teacher with beta 0.999
- * throughout. The timing does not depend on these values. Each regularizer
+ * throughout; FreeLB K 3 from a uniform start of 0.1; VAT one power
+ * iteration (no PyTorch peer for these two). The timing does not depend on
+ * these values. Each regularizer
  * is a handle made from the setup's counting allocator into regs[] (freed
  * after the trainer), configured through its own keys and attached. */
 #define MAX_REGS 4
@@ -93,6 +97,18 @@ static regopt_status configure(regopt_trainer *t, int method, const regopt_alloc
         if ((r = new_reg(REGOPT_REG_RDROP, a, regs, n_regs, &st, why)) == NULL)
             return st;
         st = regopt_regularizer_set_int(r, REGOPT_RDROP_DOUBLED, method == M_RDROP);
+        if ((st = attach(t, r, st, why)) != REGOPT_OK)
+            return st;
+    }
+    if (method == M_FREELB || method == M_VAT) {
+        if ((r = new_reg(REGOPT_REG_ADVERSARIAL, a, regs, n_regs, &st, why)) == NULL)
+            return st;
+        st = regopt_regularizer_set_int(r, REGOPT_ADV_METHOD,
+                                        method == M_VAT ? REGOPT_ADV_VAT : REGOPT_ADV_FREELB);
+        if (st == REGOPT_OK)
+            st = regopt_regularizer_set_int(r, REGOPT_ADV_STEPS, method == M_VAT ? 1 : 3);
+        if (st == REGOPT_OK)
+            st = regopt_regularizer_set_double(r, REGOPT_ADV_INIT_MAG, 0.1);
         if ((st = attach(t, r, st, why)) != REGOPT_OK)
             return st;
     }
@@ -442,7 +458,8 @@ static void usage(void)
     printf("usage: bench [--size large|small|all] [--methods m1,m2,...] [--runs R]\n"
            "             [--steps S] [--warmup W] [--opt-n N] [--no-kernels] [--no-steps]\n"
            "             [--lib-threads T] [--smoke]\n"
-           "methods: plain sam asam rdrop_twocall rdrop_doubled smart smart_sam (default all)\n"
+           "methods: plain sam asam rdrop_twocall rdrop_doubled smart smart_sam freelb vat\n"
+           "         (default all)\n"
            "large: 784-1024-1024-10 batch 128; small: 64-256-256-10 batch 32; ReLU,\n"
            "dropout 0.1, AdamW lr 1e-4. Threads: OPENBLAS_NUM_THREADS for the host's\n"
            "BLAS, --lib-threads (default 1) for the library's loops and the\n"

@@ -417,6 +417,33 @@ START_TEST(resume_from_checkpoint)
 }
 END_TEST
 
+/* Buffers come at attach and when a step sees more rows than before: once
+ * the batch size has been seen, no step allocates (every method). */
+START_TEST(no_allocation_after_the_first_step)
+{
+    int c = _i, step;
+    counting cnt = {0, 0, 0};
+    regopt_allocator al = COUNTING_ALLOCATOR(&cnt);
+    sm_run *r = sm_open(D3, K3, 2, REGOPT_LOSS_SOFTMAX_CE, 0.1, NULL, &al);
+    regopt_regularizer *g = sm_attach(r, REGOPT_REG_ADVERSARIAL);
+    sm_set s;
+    long before;
+    sm_rset(g, REGOPT_ADV_METHOD, c);
+    sm_rset(g, REGOPT_ADV_STEPS, 2);
+    sm_rset(g, REGOPT_ADV_INIT_MAG, 0.1);
+    fill2(&s, 1);
+    sm_step(r, &s);
+    before = cnt.allocs;
+    for (step = 0; step < 3; step++) {
+        fill2(&s, (unsigned)step + 2);
+        sm_step(r, &s);
+    }
+    ck_assert_int_eq(cnt.allocs, before);
+    sm_close(r);
+    ck_assert_int_eq(cnt.allocs, cnt.frees);
+}
+END_TEST
+
 Suite *suite_adv_errors(void)
 {
     Suite *s = suite_create("adv_errors");
@@ -434,6 +461,7 @@ Suite *suite_adv_errors(void)
     tcase_add_loop_test(co, accumulation_and_data_parallel, 0, C_N);
     tcase_add_loop_test(co, threads_give_the_same_bits, 0, C_N);
     tcase_add_loop_test(co, resume_from_checkpoint, 0, C_N);
+    tcase_add_loop_test(co, no_allocation_after_the_first_step, 0, 4);
     suite_add_tcase(s, tc);
     suite_add_tcase(s, rb);
     suite_add_tcase(s, co);
