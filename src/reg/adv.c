@@ -34,8 +34,8 @@ static const ro_key_desc adv_keys[] = {
 enum { AC_LOSS, AC_NORM_SUM, AC_UNITS, AC_N };
 
 /* Roles of the adversarial draws (counter word 3; SMART uses 3 and 4). */
-#define SEED_INIT 5u
-#define SEED_PASS 6u
+#define ADV_SEED_INIT 5u
+#define ADV_SEED_PASS 6u
 
 static void adv_init(ro_reg *r)
 {
@@ -205,7 +205,7 @@ static uint32_t adv_role(uint32_t kind, uint32_t role, uint32_t chunk)
     return kind | ((role & 3u) << 4) | (chunk << 8);
 }
 
-static void view_geometry(const ro_reg *r, const ro_view *v, const adv_cfg *c, ro_adv_geom *g)
+static void adv_geometry(const ro_reg *r, const ro_view *v, const adv_cfg *c, ro_adv_geom *g)
 {
     g->d = r->env->model->input_width;
     g->in = ro_input_rows(&v->rows);
@@ -231,9 +231,9 @@ static regopt_status adv_begin(ro_reg *r, ro_view *v)
                                : "adv.clean_pass 0 (FreeLB) perturbs");
     if (c.clean)
         return REGOPT_OK;
-    view_geometry(r, v, &c, &g);
+    adv_geometry(r, v, &c, &g);
     ro_adv_initial(a->r, &g, &c,
-                   ro_step_seed(v->s, v->bi, adv_role(SEED_INIT, v->role, v->chunk)));
+                   ro_step_seed(v->s, v->bi, adv_role(ADV_SEED_INIT, v->role, v->chunk)));
     /* a zero delta_0 passes no perturbation: plain training, bit for bit */
     v->task_perturbation = c.init == REGOPT_ADV_INIT_ZERO || c.mag == 0.0 ? NULL : a->r;
     return REGOPT_OK;
@@ -248,7 +248,7 @@ static regopt_status adv_forward(ro_reg *r, ro_view *v)
     ro_adv_geom g;
     if (!c.shortcut && c.clean)
         return REGOPT_OK;
-    view_geometry(r, v, &c, &g);
+    adv_geometry(r, v, &c, &g);
     ro_zero(a->g, g.in * g.d);
     v->pass[0].d_input = a->g;
     return REGOPT_OK;
@@ -257,8 +257,8 @@ static regopt_status adv_forward(ro_reg *r, ro_view *v)
 /* The adversarial objective of outputs `out` against the clean outputs z
  * (task loss or a KL), gradient into dout (scaled by `scale`) and, for the
  * symmetric KL, into dz when it is not NULL. */
-static regopt_status objective(ro_reg *r, ro_view *v, int obj, const float *out, double scale,
-                               float *dout, float *dz, double *value)
+static regopt_status adv_objective(ro_reg *r, ro_view *v, int obj, const float *out,
+                                   double scale, float *dout, float *dz, double *value)
 {
     ro_env *e = r->env;
     const regopt_batch *b = &v->rows;
@@ -285,7 +285,7 @@ static regopt_status objective(ro_reg *r, ro_view *v, int obj, const float *out,
     return REGOPT_OK;
 }
 
-static const char *const pass_name[] = {"ascent", "final", "FreeLB"};
+static const char *const adv_pass_name[] = {"ascent", "final", "FreeLB"};
 enum { P_ASCENT, P_FINAL, P_FREELB };
 
 /* One adversarial forward at e + r in the method's slot and its objective:
@@ -302,13 +302,13 @@ static regopt_status adv_forward_pass(ro_reg *r, ro_view *v, regopt_pass *p, int
     p->d_input = NULL;
     st = ro_call_forward(r->env, p);
     if (st == REGOPT_OK)
-        st = objective(r, v, obj, out, scale, dout, dz, value);
+        st = adv_objective(r, v, obj, out, scale, dout, dz, value);
     if (st != REGOPT_OK)
         return st;
     if (!isfinite(*value))
         return ro_fail(r->env->msg, REGOPT_ERR_NONFINITE_LOSS,
                        "the adversarial %s forward (pass %d) of micro-batch %zu: its objective "
-                       "is %g", pass_name[which], it + 1, v->bi, *value);
+                       "is %g", adv_pass_name[which], it + 1, v->bi, *value);
     p->d_outputs = dout;
     return REGOPT_OK;
 }
@@ -331,7 +331,7 @@ static regopt_status adv_backward_pass(ro_reg *r, ro_view *v, regopt_pass *p, in
     if (bad < geo->in)
         return ro_fail(r->env->msg, REGOPT_ERR_NONFINITE_LOSS,
                        "the adversarial %s backward (pass %d) of micro-batch %zu wrote a NaN "
-                       "or infinite d_input in embedding row %zu", pass_name[which], it + 1,
+                       "or infinite d_input in embedding row %zu", adv_pass_name[which], it + 1,
                        v->bi, bad);
     return REGOPT_OK;
 }
@@ -352,7 +352,7 @@ static regopt_status adv_update(ro_reg *r, ro_view *v, const adv_cfg *c, const r
     return REGOPT_OK;
 }
 
-static void record(ro_reg *r, ro_view *v, const ro_adv_geom *geo, double loss)
+static void adv_record(ro_reg *r, ro_view *v, const ro_adv_geom *geo, double loss)
 {
     double *acc = v->s->acc + r->acc0;
     if (v->flags & REGOPT_PASS_PERTURBED_WEIGHTS)
@@ -380,9 +380,9 @@ static regopt_status adv_run(ro_reg *r, ro_view *v, double *weighted)
     float *dz = c.obj == REGOPT_ADV_OBJ_SYM_KL ? v->dz : NULL;
     uint64_t seed = a->same_seed
                         ? v->seed
-                        : ro_step_seed(s, v->bi, adv_role(SEED_PASS, v->role, v->chunk));
+                        : ro_step_seed(s, v->bi, adv_role(ADV_SEED_PASS, v->role, v->chunk));
     int it = 0, last = c.K - 1;
-    view_geometry(r, v, &c, &geo);
+    adv_geometry(r, v, &c, &geo);
     ro_view_pass(v, &p, r->slot, r->block, seed);
     p.input_perturbation = a->r;
     if (!c.clean) { /* FreeLB: pass 1 was the task pass at e + delta_0 */
@@ -399,7 +399,7 @@ static regopt_status adv_run(ro_reg *r, ro_view *v, double *weighted)
         it = 1;
     } else {
         ro_adv_initial(a->r, &geo, &c,
-                       ro_step_seed(s, v->bi, adv_role(SEED_INIT, v->role, v->chunk)));
+                       ro_step_seed(s, v->bi, adv_role(ADV_SEED_INIT, v->role, v->chunk)));
     }
     for (; it < c.K && st == REGOPT_OK; it++) {
         /* every pass trains with weight alpha/K (FreeLB: 1/K of the task
@@ -425,7 +425,7 @@ static regopt_status adv_run(ro_reg *r, ro_view *v, double *weighted)
     if (st != REGOPT_OK)
         return st;
     if (c.free) {
-        record(r, v, &geo, sum / (double)c.K);
+        adv_record(r, v, &geo, sum / (double)c.K);
         *weighted = wsum;
         return REGOPT_OK;
     }
@@ -434,7 +434,7 @@ static regopt_status adv_run(ro_reg *r, ro_view *v, double *weighted)
         st = adv_backward_pass(r, v, &p, 1, NULL, &geo, P_FINAL, 0);
     if (st != REGOPT_OK)
         return st;
-    record(r, v, &geo, value);
+    adv_record(r, v, &geo, value);
     *weighted = a->alpha * value;
     return REGOPT_OK;
 }

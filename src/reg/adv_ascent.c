@@ -8,7 +8,7 @@
 #include <math.h>
 
 /* ||x||_2 or ||x||_inf over n floats; NaN if any element is NaN. */
-static double unit_norm(const float *x, size_t n, int norm)
+static double adv_unit_norm(const float *x, size_t n, int norm)
 {
     double s = 0.0;
     size_t j;
@@ -24,7 +24,7 @@ static double unit_norm(const float *x, size_t n, int norm)
 
 /* VAT's normalisation of one unit (vat_tf's get_normalized_vector): x /
  * (1e-12 + max|x|), then / sqrt(1e-6 + sum x^2); scaled by `scale`. */
-static void vat_normalise(float *out, const float *x, size_t n, double scale)
+static void adv_vat_normalise(float *out, const float *x, size_t n, double scale)
 {
     double m = 0.0, s = 0.0;
     size_t j;
@@ -61,7 +61,7 @@ void ro_adv_initial(float *r, const ro_adv_geom *g, const adv_cfg *c, uint64_t s
     case REGOPT_ADV_INIT_DIRECTION: /* VAT: xi d / ||d||, d ~ N(0, I) */
         (void)regopt_random_normal(seed, 0, r, n);
         for (i = 0; i < n; i += u)
-            vat_normalise(r + i, r + i, u, c->mag);
+            adv_vat_normalise(r + i, r + i, u, c->mag);
         break;
     default:
         ro_zero(r, n);
@@ -78,10 +78,10 @@ void ro_adv_update(float *r, const float *g, const ro_adv_geom *geo, const adv_c
         const float *gi = g + i;
         double gn, den, rn;
         if (method == REGOPT_ADV_VAT) { /* power iteration; r_adv = eps g^ */
-            vat_normalise(ri, gi, u, last ? eps : c->mag);
+            adv_vat_normalise(ri, gi, u, last ? eps : c->mag);
             continue;
         }
-        gn = unit_norm(gi, u, geo->norm);
+        gn = adv_unit_norm(gi, u, geo->norm);
         /* FreeLB divides by max(||g||, 1e-8); FGM and PGD skip a zero g */
         den = method == REGOPT_ADV_FREELB ? (gn > 1e-8 ? gn : 1e-8) : gn;
         if (den > 0.0)
@@ -93,7 +93,7 @@ void ro_adv_update(float *r, const float *g, const ro_adv_geom *geo, const adv_c
             for (j = 0; j < u; j++)
                 ri[j] = ri[j] > (float)eps ? (float)eps : ri[j] < -(float)eps ? -(float)eps
                                                                                 : ri[j];
-        } else if ((rn = unit_norm(ri, u, REGOPT_ADV_NORM_L2)) > eps) {
+        } else if ((rn = adv_unit_norm(ri, u, REGOPT_ADV_NORM_L2)) > eps) {
             for (j = 0; j < u; j++)
                 ri[j] = (float)(ri[j] * (eps / rn));
         }
@@ -105,7 +105,7 @@ double ro_adv_norm_sum(const float *r, const ro_adv_geom *g)
     size_t n = g->in * g->d, u = g->unit * g->d, i;
     double s = 0.0;
     for (i = 0; i < n; i += u)
-        s += unit_norm(r + i, u, g->norm);
+        s += adv_unit_norm(r + i, u, g->norm);
     return s;
 }
 
