@@ -385,15 +385,18 @@ static regopt_status adv_run(ro_reg *r, ro_view *v, double *weighted)
     adv_geometry(r, v, &c, &geo);
     ro_view_pass(v, &p, r->slot, r->block, seed);
     p.input_perturbation = a->r;
-    if (!c.clean) { /* FreeLB: pass 1 was the task pass at e + delta_0 */
-        sum = v->task[0];
-        it = 1;
-    } else if (c.shortcut) { /* g_0 = the clean backward's d_input */
+    if (!c.clean || c.shortcut) { /* g_0: the task backward's d_input */
         size_t bad = ro_adv_nonfinite_row(a->g, geo.in, geo.d);
         if (bad < geo.in)
             return ro_fail(r->env->msg, REGOPT_ERR_NONFINITE_LOSS,
-                           "the clean backward of micro-batch %zu wrote a NaN or infinite "
-                           "d_input in embedding row %zu", v->bi, bad);
+                           "the %s backward of micro-batch %zu wrote a NaN or infinite "
+                           "d_input in embedding row %zu",
+                           c.clean ? "clean" : "first FreeLB (task)", v->bi, bad);
+    }
+    if (!c.clean) { /* FreeLB: pass 1 was the task pass at e + delta_0 */
+        sum = v->task[0];
+        it = 1;
+    } else if (c.shortcut) {
         ro_zero(a->r, geo.in * geo.d);
         st = adv_update(r, v, &c, &geo, c.K == 1, 0);
         it = 1;
