@@ -116,6 +116,7 @@ typedef struct ad_ref {
     double rw[SO];  /* m_i w_i */
     int lab[SO];    /* takes the task loss */
     double W;       /* sum of rw over every row */
+    double t[SO * SK]; /* MSE targets */
 } ad_ref;
 
 /* The reference of micro-batch m of s for the weights the host holds now. */
@@ -141,6 +142,26 @@ static inline void ad_ref_of(ad_ref *R, const sm_run *r, const sm_set *s, size_t
         R->lab[i] = !b->task_mask || b->task_mask[i];
         R->W += R->rw[i];
     }
+    for (i = 0; i < R->n * R->k; i++)
+        R->t[i] = s->tg[m][i];
+}
+
+/* MSE values (finite differences need no gradient): the task loss mean_k
+ * (z - t)^2 over labelled rows, and the consistency mean_k (a - z)^2 over
+ * every kept row, both over W. */
+static inline double ad_ref_mse(const ad_ref *R, const double *z, const double *t, int task)
+{
+    double sum = 0.0;
+    size_t i, j;
+    for (i = 0; i < R->n; i++) {
+        double r = 0.0;
+        if ((task && !R->lab[i]) || R->rw[i] == 0.0)
+            continue;
+        for (j = 0; j < R->k; j++)
+            r += (z[i * R->k + j] - t[i * R->k + j]) * (z[i * R->k + j] - t[i * R->k + j]);
+        sum += R->rw[i] * r / (double)R->k;
+    }
+    return sum / R->W;
 }
 
 /* z = f(e + r) (r may be NULL). */

@@ -314,11 +314,15 @@ END_TEST
 /* J(theta) = CE(f(e)) + alpha obj(f(e + r)) with r fixed, the KL's clean
  * side frozen at theta0 (detached), or live (symmetric). */
 static double objective_at(const ad_ref *R, const double *z0, const double *r, int obj,
-                           double alpha)
+                           double alpha, int mse)
 {
     double z[SO * SK], za[SO * SK], da[SO * SK] = {0}, L;
     ad_ref_out(R, NULL, z);
     ad_ref_out(R, r, za);
+    if (mse) /* squared errors: the KL objectives become mean_k (a - z)^2 */
+        return ad_ref_mse(R, z, R->t, 1) +
+               alpha * (obj == REGOPT_ADV_OBJ_TASK ? ad_ref_mse(R, za, R->t, 1)
+                        : ad_ref_mse(R, za, obj == REGOPT_ADV_OBJ_KL ? z0 : z, 0));
     L = ad_ref_ce(R, z, 1.0, NULL);
     if (obj == REGOPT_ADV_OBJ_TASK)
         return L + alpha * ad_ref_ce(R, za, 1.0, NULL);
@@ -328,9 +332,9 @@ static double objective_at(const ad_ref *R, const double *z0, const double *r, i
 
 START_TEST(objectives_match_finite_differences)
 {
-    int obj = _i;
+    int obj = _i % 3, mse = _i / 3;
     const double alpha = 0.8, h = 1e-6;
-    ad_run *a = ad_open(D3, K3, 2, REGOPT_LOSS_SOFTMAX_CE, 0.1);
+    ad_run *a = ad_open(D3, K3, 2, mse ? REGOPT_LOSS_MSE : REGOPT_LOSS_SOFTMAX_CE, 0.1);
     regopt_regularizer *g;
     sm_set s;
     ad_ref R;
@@ -349,9 +353,9 @@ START_TEST(objectives_match_finite_differences)
     for (i = 0; i < K3 * D3 + K3; i++) {
         double *w = i < K3 * D3 ? &R.A[i] : &R.b[i - K3 * D3], w0 = *w, jp, jm;
         *w = w0 + h;
-        jp = objective_at(&R, z0, r, obj, alpha);
+        jp = objective_at(&R, z0, r, obj, alpha, mse);
         *w = w0 - h;
-        jm = objective_at(&R, z0, r, obj, alpha);
+        jm = objective_at(&R, z0, r, obj, alpha, mse);
         *w = w0;
         if (i < K3 * D3)
             fA[i] = (jp - jm) / (2 * h);
@@ -359,8 +363,8 @@ START_TEST(objectives_match_finite_differences)
             fb[i - K3 * D3] = (jp - jm) / (2 * h);
     }
     ad_check_grads(&a->s, fA, fb, obj == 0 ? "task objective" : obj == 1 ? "KL" : "sym KL");
-    sm_near(stat(a->s.t, REGOPT_STAT_OBJECTIVE), objective_at(&R, z0, r, obj, alpha), 1e-5, 1e-3,
-            "objective", obj);
+    sm_near(stat(a->s.t, REGOPT_STAT_OBJECTIVE), objective_at(&R, z0, r, obj, alpha, mse), 1e-5,
+            1e-3, "objective", _i);
     sm_close(&a->s);
 }
 END_TEST
@@ -486,7 +490,7 @@ Suite *suite_adv(void)
     tcase_add_test(tc, freelb_k1_is_plain_training);
     tcase_add_test(tc, freelb_hand_step);
     tcase_add_test(tc, vat_fully_unlabelled_batch);
-    tcase_add_loop_test(tc, objectives_match_finite_differences, 0, 3);
+    tcase_add_loop_test(tc, objectives_match_finite_differences, 0, 6); /* CE, then MSE */
     tcase_add_loop_test(tc, smart_mtdnn_exact_step, 0, 2);
     tcase_add_test(tc, smart_detach_changes_the_gradient);
     suite_add_tcase(s, tc);

@@ -129,6 +129,57 @@ START_TEST(vat_semi_supervised_mixes_both)
 }
 END_TEST
 
+/* A loss callback's values on unlabelled rows are ignored: a callback that
+ * computes softmax CE (and writes garbage on rows whose label is invalid)
+ * gives the built-in loss's step. */
+static int ce_callback(const regopt_batch *b, const float *z, size_t rows, size_t k,
+                       float *row_loss, float *dz, void *user)
+{
+    size_t i, j;
+    (void)user;
+    for (i = 0; i < rows; i++) {
+        int32_t y = b->labels[i];
+        double m = z[i * k], s = 0.0;
+        if (y < 0 || (size_t)y >= k) { /* unlabelled: anything finite */
+            row_loss[i] = 1e3f;
+            for (j = 0; j < k; j++)
+                dz[i * k + j] = 7.0f;
+            continue;
+        }
+        for (j = 1; j < k; j++)
+            m = z[i * k + j] > m ? z[i * k + j] : m;
+        for (j = 0; j < k; j++)
+            s += exp(z[i * k + j] - m);
+        row_loss[i] = (float)(m + log(s) - z[i * k + y]);
+        for (j = 0; j < k; j++)
+            dz[i * k + j] = (float)(exp(z[i * k + j] - m) / s - (j == (size_t)y));
+    }
+    return 0;
+}
+
+START_TEST(loss_callback_ignores_unlabelled_rows)
+{
+    ad_run *a = ad_open(D3, K3, 1, REGOPT_LOSS_SOFTMAX_CE, 0.1);
+    ad_run *c = ad_open(D3, K3, 1, REGOPT_LOSS_SOFTMAX_CE, 0.1);
+    sm_set s;
+    uint8_t tm[3] = {1, 0, 1};
+    size_t i;
+    TMUST(c->s.t, regopt_trainer_set_loss_callback(c->s.t, ce_callback, NULL, NULL));
+    TMUST(c->s.t, regopt_trainer_set_int(c->s.t, REGOPT_TRAINER_LOSS, REGOPT_LOSS_CALLBACK));
+    sm_fill(&s, 1, 3, 2, D3, K3, 1, 0, 8);
+    s.b[0].task_mask = tm;
+    s.y[0][1] = -1;
+    sm_step(&a->s, &s);
+    sm_step(&c->s, &s);
+    for (i = 0; i < K3 * D3; i++)
+        sm_near(c->s.h.gA[i], a->s.h.gA[i], 1e-5, 1e-3, "callback gA", (int)i);
+    sm_near(stat(c->s.t, REGOPT_STAT_LOSS), stat(a->s.t, REGOPT_STAT_LOSS), 1e-6, 1e-3, "loss",
+            0);
+    sm_close(&a->s);
+    sm_close(&c->s);
+}
+END_TEST
+
 Suite *suite_adv_mask(void)
 {
     Suite *s = suite_create("adv_mask");
@@ -137,6 +188,7 @@ Suite *suite_adv_mask(void)
     tcase_add_test(tc, older_descriptor_never_reads_the_field);
     tcase_add_test(tc, labelled_row_without_labels_is_refused);
     tcase_add_test(tc, vat_semi_supervised_mixes_both);
+    tcase_add_test(tc, loss_callback_ignores_unlabelled_rows);
     suite_add_tcase(s, tc);
     return s;
 }
