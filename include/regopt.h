@@ -607,9 +607,11 @@ typedef struct regopt_batch {
                                  included, is divided by sum_i m_i w_i over
                                  all kept rows, so the task loss of a batch
                                  with a fraction f of labelled rows weighs f
-                                 times a labelled-only batch's. Hosts built
-                                 against an older header pass a smaller
-                                 `size` and never have it. Since 1.0. */
+                                 times a labelled-only batch's (evaluation
+                                 and flatness read it the same way). Hosts
+                                 built against an older header pass a
+                                 smaller `size` and never have it. Since
+                                 1.0. */
 } regopt_batch;
 
 /* A batch that breaks a bound above fails the step (or evaluation) with
