@@ -154,6 +154,8 @@ run-check: all test/header_c99 test/header_cxx test/abandon_cxx
 	./examples/charlm --rdrop 1 --epochs 4 --max-bits 4.5
 	./examples/textcls --smart 1 --bregman 1 --epochs 5 --min-acc 0.45
 	./examples/textcls --teacher-kl 1 --epochs 5 --min-acc 0.45
+	./examples/textcls --adv freelb --epochs 5 --min-acc 0.45
+	./examples/textcls --adv vat --labelled 0.1 --epochs 5 --min-acc 0.33
 	./examples/user_rdrop --check
 ifdef HAVE_TORCH
 	OMP_NUM_THREADS=1 ./examples/libtorch_sam --check

@@ -29,12 +29,13 @@
 /* ---- methods ----------------------------------------------------------- */
 
 enum { M_PLAIN, M_SAM, M_ASAM, M_RDROP2, M_RDROP, M_SMART, M_SMART_SAM, M_MSAM, M_LOOKSAM,
-       M_FSAM, M_VASSO, M_WSAM, M_MESA, M_EMA, M_COUNT };
+       M_FSAM, M_VASSO, M_WSAM, M_MESA, M_EMA,
+       M_FREELB, M_VAT, M_COUNT };
 
 static const char *method_name[M_COUNT] = {"plain", "sam", "asam", "rdrop_twocall",
                                            "rdrop_doubled", "smart", "smart_sam", "msam",
                                            "looksam", "fsam", "vasso", "wsam", "mesa",
-                                           "ema"};
+                                           "ema", "freelb", "vat"};
 
 /* The SAM family's second wave: the keys each variant sets on top of SAM's
  * rho 0.05, at its paper's defaults (LookSAM with k = 5, the issue's target). */
@@ -60,7 +61,9 @@ static const sam_setting sam_settings[] = {
  * 1; SMART one ascent step, paper defaults, Bregman teacher with beta 0.999
  * throughout; MESA's preset (the Bregman term with KL(teacher || student),
  * mu 0.3, tau 5, beta 0.9998; issue 20's target: <= 1.35x plain); an EMA of
- * the weights (decay 0.9998). The timing does not depend on these values. Each regularizer
+ * the weights (decay 0.9998); FreeLB K 3 from a uniform start of 0.1; VAT
+ * one power iteration (no PyTorch peer for these two). The timing does not
+ * depend on these values. Each regularizer
  * is a handle made from the setup's counting allocator into regs[] (freed
  * after the trainer), configured through its own keys and attached. */
 #define MAX_REGS 4
@@ -118,6 +121,18 @@ static regopt_status configure(regopt_trainer *t, int method, const regopt_alloc
         if ((r = new_reg(REGOPT_REG_RDROP, a, regs, n_regs, &st, why)) == NULL)
             return st;
         st = regopt_regularizer_set_int(r, REGOPT_RDROP_DOUBLED, method == M_RDROP);
+        if ((st = attach(t, r, st, why)) != REGOPT_OK)
+            return st;
+    }
+    if (method == M_FREELB || method == M_VAT) {
+        if ((r = new_reg(REGOPT_REG_ADVERSARIAL, a, regs, n_regs, &st, why)) == NULL)
+            return st;
+        st = regopt_regularizer_set_int(r, REGOPT_ADV_METHOD,
+                                        method == M_VAT ? REGOPT_ADV_VAT : REGOPT_ADV_FREELB);
+        if (st == REGOPT_OK)
+            st = regopt_regularizer_set_int(r, REGOPT_ADV_STEPS, method == M_VAT ? 1 : 3);
+        if (st == REGOPT_OK)
+            st = regopt_regularizer_set_double(r, REGOPT_ADV_INIT_MAG, 0.1);
         if ((st = attach(t, r, st, why)) != REGOPT_OK)
             return st;
     }
@@ -508,7 +523,7 @@ static void usage(void)
            "             [--steps S] [--warmup W] [--opt-n N] [--no-kernels] [--no-steps]\n"
            "             [--lib-threads T] [--smoke]\n"
            "methods: plain sam asam rdrop_twocall rdrop_doubled smart smart_sam msam looksam\n"
-           "         fsam vasso wsam mesa ema (default all)\n"
+           "         fsam vasso wsam mesa ema freelb vat (default all)\n"
            "large: 784-1024-1024-10 batch 128; small: 64-256-256-10 batch 32; ReLU,\n"
            "dropout 0.1, AdamW lr 1e-4. Threads: OPENBLAS_NUM_THREADS for the host's\n"
            "BLAS, --lib-threads (default 1) for the library's loops and the\n"

@@ -6,6 +6,12 @@
  *
  *   ./examples/textcls [--smart LAMBDA] [--bregman MU] [--teacher-kl W] ...
  *
+ * --adv fgm|pgd|freelb|vat attaches adversarial training on the same
+ * embedding outputs (REGOPT_REG_ADVERSARIAL; --adv-eps, --adv-alpha,
+ * --adv-steps), and --labelled F keeps the labels of a fraction F of the
+ * training lines only: the others get task_mask 0 (regopt_batch.task_mask),
+ * no task loss, but VAT's consistency term -- semi-supervised training.
+ *
  * --teacher-kl W adds a user-defined term with a teacher pass
  * (REGOPT_TERM_PASS_TEACHER): W * KL(teacher || student), the distillation
  * direction, from the EMA teacher the Bregman regularizer keeps (attached
@@ -351,6 +357,10 @@ int main(int argc, char **argv)
     const char *dir = "/usr/share/common-licenses";
     long epochs = 20, seed = 1;
     double lambda = -1.0, mu = -1.0, lr = 1e-2, min_acc = -1.0, acc = 0.0, tkl = -1.0;
+    double adv_eps = -1.0, adv_alpha = 1.0, labelled = 1.0;
+    long adv_steps = -1;
+    int adv_method = -1;
+    regopt_regularizer *adv = NULL;
     example *ex = NULL;
     size_t n, n_train, *idx = NULL, i;
     net m;
@@ -365,12 +375,23 @@ int main(int argc, char **argv)
         int bad = 0;
         if (!strcmp(k, "--help")) {
             printf("usage: textcls [--dir DIR] [--smart LAMBDA] [--bregman MU] [--teacher-kl W]\n"
+                   "               [--adv fgm|pgd|freelb|vat] [--adv-eps X] [--adv-alpha X]\n"
+                   "               [--adv-steps K] [--labelled F]\n"
                    "               [--epochs N] [--lr X] [--seed N] [--min-acc X]\n");
             return 0;
         } else if (!strcmp(k, "--dir")) dir = v;
         else if (!strcmp(k, "--smart")) bad = parse_double(v, 0, 1e4, &lambda);
         else if (!strcmp(k, "--bregman")) bad = parse_double(v, 0, 1e4, &mu);
         else if (!strcmp(k, "--teacher-kl")) bad = parse_double(v, 0, 1e4, &tkl);
+        else if (!strcmp(k, "--adv")) {
+            static const char *const names[] = {"fgm", "pgd", "freelb", "vat"};
+            for (adv_method = 3; adv_method >= 0 && strcmp(v, names[adv_method]); adv_method--)
+                ;
+            bad = adv_method < 0;
+        } else if (!strcmp(k, "--adv-eps")) bad = parse_double(v, 0, 1e4, &adv_eps);
+        else if (!strcmp(k, "--adv-alpha")) bad = parse_double(v, 0, 1e4, &adv_alpha);
+        else if (!strcmp(k, "--adv-steps")) bad = parse_long(v, 1, 100, &adv_steps);
+        else if (!strcmp(k, "--labelled")) bad = parse_double(v, 1e-3, 1, &labelled);
         else if (!strcmp(k, "--epochs")) bad = parse_long(v, 1, 10000, &epochs);
         else if (!strcmp(k, "--seed")) bad = parse_long(v, 0, 2147483647L, &seed);
         else if (!strcmp(k, "--lr")) bad = parse_double(v, 1e-9, 10, &lr);
@@ -438,6 +459,30 @@ int main(int argc, char **argv)
             goto done;
         }
     }
+    /* Adversarial training on the embedding outputs (norm ~1 per token, a
+       few per line): per-example radii of a fraction of a line's norm */
+    if (adv_method >= 0) {
+        /* FreeLB's radius bounds delta (0: unbounded); VAT's xi is small */
+        double eps = adv_eps >= 0.0 ? adv_eps : adv_method == REGOPT_ADV_FREELB ? 0.0 : 1.0;
+        if (!(adv = regopt_regularizer_create(REGOPT_REG_ADVERSARIAL, NULL, NULL)) ||
+            regopt_regularizer_set_int(adv, REGOPT_ADV_METHOD, adv_method) ||
+            regopt_regularizer_set_double(adv, REGOPT_ADV_EPSILON, eps) ||
+            regopt_regularizer_set_double(adv, REGOPT_ADV_ALPHA, adv_alpha) ||
+            /* K: PGD's ascent steps and FreeLB's passes 3, VAT's power
+               iterations 1 (the GLUE scripts' and the official code's) */
+            regopt_regularizer_set_int(adv, REGOPT_ADV_STEPS,
+                                       adv_steps > 0 ? adv_steps
+                                       : adv_method == REGOPT_ADV_VAT ? 1 : 3) ||
+            regopt_regularizer_set_double(adv, REGOPT_ADV_STEP, 0.3) ||
+            /* VAT's xi (adversarial_text's 0.1), FreeLB's init_mag */
+            regopt_regularizer_set_double(adv, REGOPT_ADV_INIT_MAG, 0.1) ||
+            regopt_trainer_attach(tr, adv)) {
+            fprintf(stderr, "textcls: adversarial: %s %s\n",
+                    adv ? regopt_regularizer_message(adv) : regopt_last_error_message(),
+                    regopt_trainer_message(tr));
+            goto done;
+        }
+    }
     if (tkl >= 0.0 && mu < 0.0)
         mu = 0.0; /* the teacher without Bregman's own term */
     if (mu >= 0.0) {
@@ -457,16 +502,27 @@ int main(int argc, char **argv)
                 kl ? regopt_trainer_message(tr) : regopt_last_error_message());
         goto done;
     }
-    printf("textcls: %zu lines from %d licences (%zu train), %d hashed words, embedding %d%s%s%s\n",
-           n, NCLASS, n_train, VOCAB, DIM, lambda >= 0.0 ? ", SMART adversarial" : "",
-           mu >= 0.0 ? ", Bregman" : "", kl ? ", KL(teacher||student) user term" : "");
+    printf("textcls: %zu lines from %d licences (%zu train, %.0f%% labelled), %d hashed words, "
+           "embedding %d%s%s%s%s\n",
+           n, NCLASS, n_train, 100.0 * labelled, VOCAB, DIM,
+           lambda >= 0.0 ? ", SMART adversarial" : "", mu >= 0.0 ? ", Bregman" : "",
+           kl ? ", KL(teacher||student) user term" : "", adv ? ", adversarial" : "");
     for (e = 1; e <= epochs; e++) {
         for (i = 0; i + BATCH <= n_train; i += BATCH) {
             tbatch b;
             int32_t y[BATCH];
             regopt_batch rb;
+            uint8_t tm[BATCH];
+            size_t r;
             make_batch(ex, idx + i, BATCH, &b, y);
             fill(&rb, &b, y);
+            /* a fraction `labelled` of the training lines, spread evenly,
+               keeps its label; the others are unlabelled */
+            for (r = 0; r < BATCH; r++)
+                tm[r] = (uint8_t)(floor((double)(i + r + 1) * labelled) >
+                                  floor((double)(i + r) * labelled));
+            if (labelled < 1.0)
+                rb.task_mask = tm;
             if (regopt_trainer_step(tr, &rb, 1) != REGOPT_OK) {
                 fprintf(stderr, "textcls: step: %s\n", regopt_trainer_message(tr));
                 goto done;
@@ -486,17 +542,26 @@ int main(int argc, char **argv)
                 regopt_regularizer_get_double(smart, REGOPT_STAT_SMART_NOISE_NORM, &nn);
                 printf("  R_s %.5f  ||nu|| %.4f", rs, nn);
             }
+            if (adv) {
+                double al = 0.0, an = 0.0;
+                regopt_regularizer_get_double(adv, REGOPT_STAT_ADV_LOSS, &al);
+                regopt_regularizer_get_double(adv, REGOPT_STAT_ADV_NORM, &an);
+                printf("  adv %.5f  ||r|| %.4f", al, an);
+            }
             printf("\n");
         }
     }
-    printf("RESULT model=textcls smart_lambda=%g bregman_mu=%g teacher_kl=%g heldout_acc=%.4f\n",
-           lambda >= 0.0 ? lambda : 0.0, mu >= 0.0 ? mu : 0.0, tkl >= 0.0 ? tkl : 0.0, acc);
+    printf("RESULT model=textcls smart_lambda=%g bregman_mu=%g teacher_kl=%g adv=%d "
+           "labelled=%g heldout_acc=%.4f\n",
+           lambda >= 0.0 ? lambda : 0.0, mu >= 0.0 ? mu : 0.0, tkl >= 0.0 ? tkl : 0.0,
+           adv_method, labelled, acc);
     rc = min_acc >= 0.0 && acc < min_acc ? 1 : 0;
 done:
     regopt_trainer_free(tr); /* detaches the regularizers: free them after it */
     regopt_regularizer_free(smart);
     regopt_regularizer_free(bregman);
     regopt_regularizer_free(kl);
+    regopt_regularizer_free(adv);
     regopt_optimizer_free(opt);
     regopt_model_free(model);
     net_free(&m);

@@ -601,6 +601,25 @@ typedef struct regopt_batch {
                                  input_rows x input_width <= 2^36 floats
                                  (256 GiB; SMART keeps two buffers that
                                  size) */
+    const uint8_t *task_mask; /* optional: per-row task mask, 1 = LABELLED
+                                 (the row takes the task loss), 0 =
+                                 UNLABELLED: no task loss and no label or
+                                 target is read, but every consistency
+                                 term (R-Drop's, SMART's, Bregman's, VAT's,
+                                 user terms) still applies, so VAT and
+                                 R-Drop train semi-supervised. Any non-zero
+                                 value is labelled. NULL: every row is
+                                 labelled. Unlike `mask` (padding), an
+                                 unlabelled row keeps its weight in the
+                                 normaliser: every term, the task loss
+                                 included, is divided by sum_i m_i w_i over
+                                 all kept rows, so the task loss of a batch
+                                 with a fraction f of labelled rows weighs f
+                                 times a labelled-only batch's (evaluation
+                                 and flatness read it the same way). Hosts
+                                 built against an older header pass a
+                                 smaller `size` and never have it. Since
+                                 1.0. */
 } regopt_batch;
 
 /* A batch that breaks a bound above fails the step (or evaluation) with
@@ -827,8 +846,9 @@ typedef enum regopt_loss_kind {
 /* A user loss: for the `rows` output rows of `width` floats in outputs (the
  * rows of `batch`), write the per-row loss to row_loss[i] and its gradient
  * d row_loss[i] / d outputs[i*width + k] to d_outputs[i*width + k]. The
- * library applies mask, weights and the mean. Return 0 on success; anything
- * else aborts the step with REGOPT_ERR_LOSS_CALLBACK. */
+ * library applies mask, weights, the task mask (an unlabelled row's loss
+ * and gradient are ignored: write anything finite) and the mean. Return 0
+ * on success; anything else aborts the step with REGOPT_ERR_LOSS_CALLBACK. */
 typedef int (*regopt_loss_fn)(const regopt_batch *batch, const float *outputs,
                               size_t rows, size_t width, float *row_loss,
                               float *d_outputs, void *user);
@@ -1182,17 +1202,19 @@ REGOPT_API size_t regopt_sizeof_flatness(void);
  * evaluation. The weight-side family (SAM and its variants) decides where the
  * gradients are evaluated. A trainer holds up to 32 regularizers (one more
  * is REGOPT_ERR_STATE), at most one of them weight-side; R-Drop, SMART,
- * Bregman and the weight average at most once each (they own the extra
- * copies of the task pass, the embedding noise, the teacher and the
- * average); user-defined terms as often as wanted
+ * Bregman, the weight average and adversarial training at most once each
+ * (they own the extra copies of the task pass, the embedding noise, the
+ * teacher and the average); user-defined terms as often as wanted
  * (each handle once). regopt_regularizer_kind_info reports these rules as
  * REGOPT_REG_WEIGHT_SIDE and REGOPT_REG_SINGLE. Everything attached
  * composes: SAM evaluates the whole objective, with every loss-side term, at
  * w and at w + eps.
  *
  * Order. Whatever the order of attach, the objective is summed as: task loss
- * (both R-Drop copies), R-Drop's consistency, Bregman, SMART, then user terms
- * in the order they were attached; activation slots and dropout seeds are
+ * (both R-Drop copies), R-Drop's consistency, Bregman, SMART, adversarial
+ * training with a KL objective, then user terms in the order they were
+ * attached, then adversarial training with the task objective (its passes
+ * run after the clean backward); activation slots and dropout seeds are
  * handed out in the same order, and regopt_trainer_regularizer_at lists the
  * regularizers in it (the weight average, which adds no term, last: it
  * averages the weights after every other method's after-update hook).
@@ -1239,8 +1261,11 @@ typedef enum regopt_regularizer_kind {
     REGOPT_REG_BREGMAN = 4, /* "bregman": SMART's momentum Bregman proximal term */
     REGOPT_REG_TERM = 5,    /* "term": a user-defined loss-side term
                                (regopt_regularizer_create_term). Since 1.0. */
-    REGOPT_REG_AVERAGE = 6  /* "average": EMA or SWA of the weights, swapped in
+    REGOPT_REG_AVERAGE = 6, /* "average": EMA or SWA of the weights, swapped in
                                for evaluation. Since 1.0. */
+    REGOPT_REG_ADVERSARIAL = 7 /* "adv": adversarial training on the input
+                               embeddings -- FGM, PGD, FreeLB, VAT (section
+                               "Adversarial training"). Since 1.0. */
 } regopt_regularizer_kind;
 
 /* Flags reported by regopt_regularizer_kind_info. Since 1.0. */
@@ -1578,6 +1603,20 @@ enum regopt_sam_key {
  * R-Drop; both are reproducible from trainer.seed. With SAM, both of SAM's
  * gradient evaluations use the R-Drop objective (2 x 2 passes).
  *
+ * The reference code paths reduce differently; to reproduce one, set
+ * (../shared/METHODS2.md, "R-Drop reductions, mapped"):
+ *   code path                                          ce_weight kl_sum alpha
+ *   paper Eq. 3; fairseq translation/LM/RoBERTa
+ *     (divides by sample_size = tokens)                1         0      alpha
+ *   R-Drop README snippet: 0.5 (CE1 + CE2)
+ *     + alpha (sum p + sum q) / 2                      0.5       1      alpha
+ *   Hugging Face bert_kl: CE1 + CE2 (means),
+ *     0.5 (sum KL + sum rKL) / 2                       1         1      0.5 alpha
+ *   ViT: alpha (sum KL + sum rKL), no 1/2              1         1      2 alpha
+ * where alpha is the reference's own coefficient. With a task mask
+ * (regopt_batch.task_mask), unlabelled rows take the consistency term
+ * only: semi-supervised R-Drop.
+ *
  */
 enum regopt_rdrop_key {
     REGOPT_RDROP_ALPHA = 1100,      /* "rdrop.alpha": weight of the consistency term,
@@ -1587,10 +1626,13 @@ enum regopt_rdrop_key {
                                        0.5 = the R-Drop README's (CE1 + CE2)/2 */
     REGOPT_RDROP_KL_SUM = 1102,     /* "rdrop.kl_sum": int 0/1, default 0 = the
                                        consistency term is a weighted mean over
-                                       rows like the task loss; 1 = summed over
-                                       rows (fairseq's reduction; data parallel:
-                                       each replica's sum, averaged over replicas
-                                       by row weight like every term) */
+                                       rows like the task loss (the paper's Eq. 3
+                                       and fairseq, which divides by the token
+                                       count); 1 = summed over rows (the R-Drop
+                                       README snippet, Hugging Face bert_kl, ViT;
+                                       see the table above; data parallel: each
+                                       replica's sum, averaged over replicas by
+                                       row weight like every term) */
     REGOPT_RDROP_EVERY = 1103,      /* "rdrop.every": int [1, 2^31], default 1: R-Drop
                                        on steps 0, k, 2k, ..., a single plain pass
                                        otherwise */
@@ -1646,6 +1688,26 @@ enum regopt_rdrop_key {
  * non-finite R_s fails the step with REGOPT_ERR_NONFINITE_LOSS and a message
  * naming the pass and micro-batch; the step is rolled back like any failure.
  *
+ * Matching namisan/mt-dnn (and archinetai/smart-pytorch) step for step:
+ * smart.mtdnn 1, smart.stable_kl 1, smart.detach_target 1, smart.same_seed 0
+ * (they draw fresh dropout), smart.norm INF. Reductions differ: their inner
+ * (ascent) loss is SUMMED over rows (stable_kl with reduce=False) while ours
+ * is the weighted mean, so their ascent gradient is W times ours (W = the
+ * step's total row weight, the rows of the batch for unit weights): in the
+ * mt-dnn mode (d = nu + eta g, not normalised first) set smart.eta = their
+ * step_size x W. (The paper mode normalises g and does not care.) Their
+ * outer loss (SymKlCriterion, reduction "batchmean") is the mean over rows,
+ * like ours; smart-pytorch's sym_kl_loss SUMS the outer loss
+ * (reduction="sum"): smart.lambda = its weight x W.
+ *
+ * ALUM (Liu et al. 2020, "Adversarial Training for Large Neural Language
+ * Models") is SMART's mt-dnn mode with these values (a documented preset,
+ * not a key): smart.mtdnn 1, smart.epsilon 1e-5, smart.eta 1e-3,
+ * smart.sigma 1e-5, smart.steps 1, smart.norm INF, smart.lambda 10 for
+ * pre-training and 1 for fine-tuning; add smart.stable_kl 1,
+ * smart.detach_target 1 and smart.same_seed 0 for the mt-dnn code's exact
+ * gradients.
+ *
  */
 enum regopt_smart_key {
     REGOPT_SMART_LAMBDA = 1200,     /* "smart.lambda": lambda_s, [0, 1e4], default 1
@@ -1671,6 +1733,17 @@ enum regopt_smart_key {
                                        adversarial passes reuse the clean pass's
                                        dropout seed (the perturbation is then the
                                        only difference); 0 = fresh seeds (mt-dnn) */
+    REGOPT_SMART_DETACH_TARGET = 1209, /* "smart.detach_target": int 0/1, default 0
+                                       = R_s's symmetric KL has its full gradient
+                                       (Eq. 2: nothing detached); 1 = the target
+                                       side of each direction is detached, as in
+                                       mt-dnn's SymKlCriterion and smart-pytorch's
+                                       sym_kl_loss: R_s = KL(sg(P)||Q) +
+                                       KL(sg(Q)||P), same value, gradient Q - P
+                                       into the adversarial logits and P - Q into
+                                       the clean ones (per row, times lambda_s and
+                                       the row weight). Classification only (MSE
+                                       keeps the squared error). Since 1.0. */
 
     /* Statistics (read-only). On the handle since 1.0 (0.x: trainer
      * statistics 919..920, "stat.smart_*"). */
@@ -1898,6 +1971,169 @@ REGOPT_API int regopt_regularizer_average_swapped(const regopt_regularizer *reg)
 REGOPT_API REGOPT_NODISCARD regopt_status
 regopt_regularizer_recalibrate(regopt_regularizer *reg, const regopt_batch *batches,
                                size_t count);
+
+/* ------------------------------------------------------------------------ */
+/* Adversarial training (REGOPT_REG_ADVERSARIAL, loss side)                 */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Since 1.0. REGOPT_REG_ADVERSARIAL ("adv") trains against a perturbation r
+ * of the host's input embeddings e, on SMART's machinery: the model needs
+ * regopt_model_set_input_width(d); forward adds pass->input_perturbation to
+ * the embeddings, backward writes d(loss)/d(embeddings) to pass->d_input when
+ * it is not NULL (flagged NO_PARAM_GRAD: d_input only). One engine, four
+ * methods (adv.method), whose facets can be overridden one by one (every
+ * facet key's -1 means "as adv.method says"):
+ *
+ *   facet        FGM        PGD        FreeLB       VAT
+ *   objective    task       task       task         KL(sg(P)||P_adv)
+ *   init         zero       zero       uniform      random direction
+ *   clean pass   yes        yes        no           yes
+ *   param grad   no         no         yes (1/K)    no
+ *   update       r = eps g^ r <- P(r + a g^) as PGD  r = (xi, last: eps) g^
+ *   passes (F+B) 2          K + 1      K            K + 2
+ *
+ * with g the gradient of the objective with respect to r, g^ = g / ||g||
+ * over a norm unit (adv.scope: per embedding row, per example -- the
+ * input_rows / rows embedding rows of one output row --, or per micro-batch),
+ * a = adv.step, eps = adv.epsilon, P the projection onto {||r|| <= eps}
+ * (eps 0: none), ||.|| the L2 norm or the L-inf norm (adv.norm).
+ *
+ *  - FGM (Miyato et al., ICLR 2017; official adversarial_text: eps 5.0 per
+ *    example): g is the clean backward's d_input (no extra ascent pass: the
+ *    clean backward of micro-batch slot 0 gets a d_input buffer);
+ *    r = eps g / ||g|| (0 where g = 0); L = L(e) + alpha L(e + r).
+ *    Callbacks: forward(0), backward(0, d_input), forward(s, e + r),
+ *    backward(s). The community snippet's "embedding table" mode (one r per
+ *    token id) is not offered: it needs token ids the library does not see.
+ *  - PGD (Madry et al. 2018; NLP snippet K 3, a 0.3, eps 1): r_0 = 0, g_0
+ *    from the clean backward, r_{k+1} = P(r_k + a g_k / ||g_k||), K - 1
+ *    ascent passes flagged NO_PARAM_GRAD, then L(e) + alpha L(e + r_K).
+ *  - FreeLB (Zhu et al., ICLR 2020; zhuchen03/FreeLB run_glue_freelb.py):
+ *    no separate clean pass: the task pass itself runs at e + delta_0 with
+ *    delta_0 = U(-1, 1) init_mag / sqrt(elements of the unit) (L2) or
+ *    U(-init_mag, init_mag) (L-inf); init_mag 0: delta_0 = 0 and no
+ *    perturbation is passed. For t = 1..K: forward/backward at
+ *    e + delta_{t-1} adding (1/K) of the parameter gradient, d_input from
+ *    the same backward; if t < K, delta <- delta + a g / max(||g||, 1e-8)
+ *    (L2) or a g / max(||g||_inf, 1e-8) (L-inf), then rescaled into the
+ *    eps ball (L2) or clamped to +-eps (L-inf), eps 0 = unbounded (the
+ *    code's max_norm 0). The task loss is the mean of the K passes' (1/K
+ *    each); adv.alpha does not apply. Dropout: adv.same_seed 1 reuses the
+ *    clean seed in every pass -- fairseq's choice ("same masks
+ *    everywhere"); the ALBERT code reuses only the attention and classifier
+ *    masks. With K = 1 and init_mag 0 FreeLB is plain training. The GLUE
+ *    scripts use K 2-4, a 0.03-0.2, init_mag 0-0.6, max_norm 0 (QQP 0.7).
+ *    The first pass is copy 0 of the task: with R-Drop, use two calls
+ *    (rdrop.doubled 0); R-Drop's second copy stays clean.
+ *  - VAT (Miyato et al., TPAMI 2018; official vat_tf): d ~ N(0, I)
+ *    normalised per unit as d / (1e-12 + max|d|) / sqrt(1e-6 + sum d^2);
+ *    K power iterations (default 1): r = xi d (xi = adv.init_mag), g =
+ *    d/dr KL(sg(P(e)) || P(e + r)) (forward and backward NO_PARAM_GRAD),
+ *    d = normalised g; then r_adv = eps d and L = L_task + alpha
+ *    KL(sg(P(e)) || P(e + r_adv)), a weighted mean over rows that INCLUDES
+ *    unlabelled rows (regopt_batch.task_mask 0): VAT trains semi-supervised.
+ *    Official values: xi 1e-6, eps 8.0 (image; README runs 2.5-10), alpha 1;
+ *    adversarial_text: xi 0.1, eps 5.0; the lyakaap port: xi 10, eps 1.
+ *    Hosts keep batch-norm statistics still in passes with an
+ *    input_perturbation, as the paper's code does.
+ *
+ * Objectives (adv.objective): the task loss of the perturbed pass (labelled
+ * rows only; its gradient at e + r); KL(sg(P) || P_adv) with the clean side
+ * detached (gradient P_adv - P into the adversarial logits); or the
+ * symmetric KL(P||P_adv) + KL(P_adv||P), not halved, with gradients into
+ * both passes (SMART's R_s). For MSE the two KL objectives are the squared
+ * error mean_k (a_k - z_k)^2, detached or not. The KL objectives are weighted
+ * means over every kept row, labelled or not; the task objective over
+ * labelled rows; all divide by the step's total row weight, like the task
+ * loss. With a KL objective the clean outputs are needed: adv.clean_pass 0
+ * then fails the step (REGOPT_ERR_STATE); adv.clean_pass 0 also needs
+ * adv.param_grad 1 (the passes at e + delta are the only ones that train).
+ * adv.init (zero, Gaussian N(0, init_mag^2) per element, FreeLB's uniform,
+ * VAT's random direction of length init_mag) applies wherever the first
+ * direction is not the clean backward's: with init zero and the task
+ * objective, FGM and PGD take g_0 from the clean backward.
+ *
+ * The first direction of FGM and PGD is the clean backward's d_input, i.e.
+ * the gradient of the whole objective of the first task pass -- the task
+ * loss alone unless R-Drop, SMART, Bregman or a user term add to it.
+ * A NaN or infinity in any adversarial pass (outputs, inner loss, d_input,
+ * perturbation) fails the step with REGOPT_ERR_NONFINITE_LOSS and a message
+ * naming the pass; it is never skipped. Slots: the adversarial passes use a
+ * slot of their own, the next after R-Drop's and SMART's (1 alone, 3 with
+ * both in two-call mode). With SAM, both gradient evaluations include the
+ * term; with gradient accumulation and data parallel, every micro-batch
+ * (replica) perturbs its own embeddings, and the norm units never span
+ * micro-batches. No state is kept between steps (the draws are functions of
+ * the trainer seed and the step count), so checkpoints hold only the
+ * options.
+ */
+enum regopt_adv_key {
+    REGOPT_ADV_METHOD = 1500,     /* "adv.method": int, REGOPT_ADV_FGM (0, default),
+                                     _PGD (1), _FREELB (2), _VAT (3) */
+    REGOPT_ADV_ALPHA = 1501,      /* "adv.alpha": weight of the adversarial term,
+                                     [0, 1e4], default 1 (FreeLB: unused) */
+    REGOPT_ADV_EPSILON = 1502,    /* "adv.epsilon": FGM's step, PGD's radius,
+                                     FreeLB's max_norm (0: unbounded), VAT's eps;
+                                     [0, 1e4], default 1 */
+    REGOPT_ADV_STEP = 1503,       /* "adv.step": ascent step a of PGD and FreeLB,
+                                     [0, 1e4], default 0.3 */
+    REGOPT_ADV_STEPS = 1504,      /* "adv.steps": K, int [1, 100], default 1: PGD's
+                                     ascent steps, FreeLB's passes, VAT's power
+                                     iterations (FGM: 1 whatever it says) */
+    REGOPT_ADV_INIT_MAG = 1505,   /* "adv.init_mag": size of the initial
+                                     perturbation: the Gaussian's sigma, FreeLB's
+                                     init_mag, VAT's xi; [-1, 1e4], default -1 =
+                                     the method's: 1e-6 for VAT, 0 otherwise */
+    REGOPT_ADV_NORM = 1506,       /* "adv.norm": REGOPT_ADV_NORM_L2 (0, default)
+                                     or REGOPT_ADV_NORM_INF (1) */
+    REGOPT_ADV_SCOPE = 1507,      /* "adv.scope": int [-1, 2], default -1 = per
+                                     example; REGOPT_ADV_SCOPE_ROW (0),
+                                     _EXAMPLE (1: needs input_rows a multiple of
+                                     rows), _BATCH (2: the micro-batch) */
+    REGOPT_ADV_OBJECTIVE = 1508,  /* "adv.objective": int [-1, 2], default -1 = the
+                                     method's; REGOPT_ADV_OBJ_TASK (0), _KL (1:
+                                     KL(sg(P)||P_adv)), _SYM_KL (2) */
+    REGOPT_ADV_INIT = 1509,       /* "adv.init": int [-1, 3], default -1 = the
+                                     method's; REGOPT_ADV_INIT_ZERO (0),
+                                     _GAUSSIAN (1), _UNIFORM (2: FreeLB's),
+                                     _DIRECTION (3: VAT's) */
+    REGOPT_ADV_PARAM_GRAD = 1510, /* "adv.param_grad": int [-1, 1], default -1 = the
+                                     method's (FreeLB 1); 1: every ascent pass
+                                     adds alpha/K of its parameter gradient
+                                     (FreeLB's 1/K accumulation) and there is no
+                                     final pass */
+    REGOPT_ADV_CLEAN_PASS = 1511, /* "adv.clean_pass": int [-1, 1], default -1 = the
+                                     method's (FreeLB 0); 0: the task pass is the
+                                     first pass at e + delta_0 */
+    REGOPT_ADV_SAME_SEED = 1512,  /* "adv.same_seed": int 0/1, default 1: the
+                                     adversarial passes reuse the clean pass's
+                                     dropout seed; 0 = a fresh seed per step */
+
+    /* Statistics (read-only). */
+    REGOPT_STAT_ADV_LOSS = 1590,  /* "adv.loss": the adversarial term before alpha
+                                     (FreeLB: the mean task loss of its K passes) */
+    REGOPT_STAT_ADV_NORM = 1591   /* "adv.norm_used": mean over norm units of
+                                     ||r|| of the last perturbation */
+};
+
+/* Values of REGOPT_ADV_METHOD, _NORM, _SCOPE, _OBJECTIVE and _INIT. */
+#define REGOPT_ADV_FGM 0
+#define REGOPT_ADV_PGD 1
+#define REGOPT_ADV_FREELB 2
+#define REGOPT_ADV_VAT 3
+#define REGOPT_ADV_NORM_L2 0
+#define REGOPT_ADV_NORM_INF 1
+#define REGOPT_ADV_SCOPE_ROW 0
+#define REGOPT_ADV_SCOPE_EXAMPLE 1
+#define REGOPT_ADV_SCOPE_BATCH 2
+#define REGOPT_ADV_OBJ_TASK 0
+#define REGOPT_ADV_OBJ_KL 1
+#define REGOPT_ADV_OBJ_SYM_KL 2
+#define REGOPT_ADV_INIT_ZERO 0
+#define REGOPT_ADV_INIT_GAUSSIAN 1
+#define REGOPT_ADV_INIT_UNIFORM 2
+#define REGOPT_ADV_INIT_DIRECTION 3
 
 /* ------------------------------------------------------------------------ */
 /* User-defined loss-side terms (REGOPT_REG_TERM)                           */

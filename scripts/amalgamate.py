@@ -33,7 +33,7 @@ INTERNAL_INCLUDE = re.compile(
 # The internal headers, inlined in this order (each includes only those
 # before it).
 HEADERS = ["core/core.h", "model/model.h", "optim/optim.h", "reg/reg.h",
-           "reg/sam_ascent.h", "trainer/pipeline.h", "trainer/trainer.h",
+           "reg/sam_ascent.h", "reg/adv.h", "trainer/pipeline.h", "trainer/trainer.h",
            "checkpoint/checkpoint.h"]
 FEATURE_MACRO = re.compile(r"^\s*#\s*define\s+(_[A-Z0-9_]*SOURCE)\b.*$")
 DEFINE = re.compile(r"^\s*#\s*define\s+([A-Za-z_][A-Za-z0-9_]*)")

@@ -39,6 +39,9 @@ int main(void)
     srunner_add_suite(sr, suite_flatness());
     srunner_add_suite(sr, suite_average());
     srunner_add_suite(sr, suite_mesa());
+    srunner_add_suite(sr, suite_adv());
+    srunner_add_suite(sr, suite_adv_errors());
+    srunner_add_suite(sr, suite_adv_mask());
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);
     srunner_free(sr);

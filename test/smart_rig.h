@@ -63,7 +63,7 @@ typedef struct sm_rec {
 typedef struct sm_host {
     size_t d, k;
     float A[SK * SD], b[SK], gA[SK * SD], gb[SK];
-    float x[3][SR * SD]; /* the (perturbed) inputs of each slot */
+    float x[4][SR * SD]; /* the (perturbed) inputs of each slot */
     int forwards, backwards, bad;
     int fail_forward;       /* 1-based forward number that fails, 0 = never */
     int fail_perturbed_adv; /* the next adversarial forward at perturbed weights fails */
@@ -113,7 +113,7 @@ static inline sm_rec *sm_record(sm_host *h, int backward, const regopt_pass *p)
 
 static inline int sm_shape_ok(const sm_host *h, const regopt_pass *p)
 {
-    return p->slot >= 0 && p->slot < 3 && p->rows > 0 && p->rows <= SO &&
+    return p->slot >= 0 && p->slot < 4 && p->rows > 0 && p->rows <= SO &&
            p->input_rows <= SR && p->input_rows % p->rows == 0 && p->input_width == h->d &&
            p->output_width == h->k;
 }

@@ -41,5 +41,8 @@ Suite *suite_term_teacher(void); /* check_term_teacher.c: a user term reading th
 Suite *suite_flatness(void); /* check_flatness.c: regopt_trainer_flatness */
 Suite *suite_average(void); /* check_average.c: EMA, SWA, swap, recalibration, state */
 Suite *suite_mesa(void);    /* check_mesa.c: the Bregman term's KL(teacher||student), window */
+Suite *suite_adv(void);      /* check_adv.c: FGM, PGD, FreeLB, VAT, mt-dnn-exact SMART */
+Suite *suite_adv_errors(void); /* check_adv_errors.c: bad inputs, rollback, composition */
+Suite *suite_adv_mask(void); /* check_adv_mask.c: regopt_batch.task_mask, semi-supervised VAT */
 
 #endif

@@ -97,7 +97,8 @@ class Pass:
 
 class BatchView:
     """The batch rows handed to a Python loss callback (a regopt_batch view):
-    .data, .rows and NumPy views of labels, targets, mask, weights (or None)."""
+    .data, .rows and NumPy views of labels, targets, mask, weights, task_mask
+    (or None)."""
 
     def __init__(self, c, data, width):
         self.data = data
@@ -110,6 +111,10 @@ class BatchView:
         self.mask = _view(ctypes.cast(c.mask, ctypes.c_void_p).value, (n,), _np and _np.uint8,
                           ctypes.c_uint8, True)
         self.weights = _view(ctypes.cast(c.weights, ctypes.c_void_p).value, (n,), readonly=True)
+        # a smaller (older) descriptor has no task_mask
+        has_tm = c.size >= type(c).task_mask.offset + ctypes.sizeof(ctypes.c_void_p)
+        self.task_mask = _view(ctypes.cast(c.task_mask, ctypes.c_void_p).value, (n,),
+                               _np and _np.uint8, ctypes.c_uint8, True) if has_tm else None
 
 
 class Batch:
@@ -122,23 +127,28 @@ class Batch:
     mask     1 = keep, 0 = padding (converted to uint8)
     weights  per-row weights (converted to float32)
     input_rows  embedding rows when the model has an input width (0 = rows)
+    task_mask   1 = labelled (task loss), 0 = unlabelled: no task loss, the
+                consistency terms (R-Drop, SMART, VAT, ...) still apply
+                (converted to uint8); None = every row labelled
 
     Per-step arrays are converted (copied if needed) and kept alive by the
     Batch object for as long as it exists."""
 
-    __slots__ = ("data", "rows", "labels", "targets", "mask", "weights", "input_rows")
+    __slots__ = ("data", "rows", "labels", "targets", "mask", "weights", "input_rows",
+                 "task_mask")
 
     def __init__(self, data=None, rows=None, labels=None, targets=None, mask=None,
-                 weights=None, input_rows=0):
-        np = _need_numpy() if any(a is not None for a in (labels, targets, mask, weights)) \
-            else _np
+                 weights=None, input_rows=0, task_mask=None):
+        np = _need_numpy() if any(a is not None for a in (labels, targets, mask, weights,
+                                                          task_mask)) else _np
         self.data = data
         self.labels = self._convert(labels, "labels", np and np.int32, integral=True)
         self.targets = self._convert(targets, "targets", np and np.float32)
         self.mask = self._convert(mask, "mask", np and np.uint8, integral=True)
         self.weights = self._convert(weights, "weights", np and np.float32)
+        self.task_mask = self._convert(task_mask, "task_mask", np and np.uint8, integral=True)
         if rows is None:
-            for a in (self.labels, self.mask, self.weights):
+            for a in (self.labels, self.mask, self.weights, self.task_mask):
                 if a is not None:
                     rows = a.shape[0]
                     break
@@ -151,7 +161,7 @@ class Batch:
             raise ValueError("Batch: rows is not given and cannot be inferred")
         self.rows = c_int(rows, "Batch rows", SIZE)
         self.input_rows = c_int(input_rows or 0, "Batch input_rows", SIZE)
-        for name in ("labels", "mask", "weights"):
+        for name in ("labels", "mask", "weights", "task_mask"):
             a = getattr(self, name)
             if a is not None and a.size != self.rows:
                 raise ValueError("Batch: %s has %d elements for %d rows" % (name, a.size,
@@ -190,6 +200,8 @@ class Batch:
         if self.weights is not None:
             c.weights = self.weights.ctypes.data_as(L.c_float_p)
         c.input_rows = self.input_rows
+        if self.task_mask is not None:
+            c.task_mask = self.task_mask.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
 
 
 def _leading_dim(data):

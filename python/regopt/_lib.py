@@ -72,6 +72,7 @@ class Batch(ctypes.Structure):
         ("mask", ctypes.POINTER(ctypes.c_uint8)),
         ("weights", c_float_p),
         ("input_rows", c_size_t),
+        ("task_mask", ctypes.POINTER(ctypes.c_uint8)),  # 1 = labelled, 0 = unlabelled
     ]
 
 
@@ -252,6 +253,7 @@ REG_SAM, REG_RDROP, REG_SMART, REG_BREGMAN, REG_TERM, REG_AVERAGE = 1, 2, 3, 4, 
 AVERAGE_EMA, AVERAGE_SWA = 0, 1
 AVERAGE_WARMUP_NONE, AVERAGE_WARMUP_TF, AVERAGE_WARMUP_TIMM, AVERAGE_WARMUP_FIRST = 0, 1, 2, 3
 BREGMAN_SYM_KL, BREGMAN_KL_TEACHER = 0, 1
+REG_ADVERSARIAL = 7
 REG_WEIGHT_SIDE = 0x1
 REG_SINGLE = 0x2
 TERM_MAX_PASSES = 8

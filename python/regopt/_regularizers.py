@@ -19,7 +19,8 @@ from ._keys import _Options, _full_name, key_from_name, key_info, keys
 
 
 REGULARIZER_KINDS = {"sam": L.REG_SAM, "rdrop": L.REG_RDROP, "smart": L.REG_SMART,
-                     "bregman": L.REG_BREGMAN, "average": L.REG_AVERAGE}
+                     "bregman": L.REG_BREGMAN, "average": L.REG_AVERAGE,
+                     "adv": L.REG_ADVERSARIAL}
 
 # Statistics whose 0.x trainer-level names differ from "<kind>_<short name>".
 _OLD_STAT_NAMES = {"sam.rho_used": "sam_rho", "bregman.beta_used": "bregman_beta"}
@@ -266,6 +267,15 @@ class SMART(Regularizer):
     prefix = "smart"
 
 
+class Adversarial(Regularizer):
+    """Adversarial training on the input embeddings; "adv.*": method (0 FGM,
+    1 PGD, 2 FreeLB, 3 VAT), alpha, epsilon, step, steps, init_mag, norm and
+    the facets scope, objective, init, param_grad, clean_pass (-1 = the
+    method's). VAT with Batch(task_mask=...) trains semi-supervised."""
+    kind = L.REG_ADVERSARIAL
+    prefix = "adv"
+
+
 class _Averaged:
     """Evaluation on averaged weights (Average, and Bregman's EMA teacher):
     swap(), swapped, recalibrate(batches) and the context manager
@@ -441,4 +451,5 @@ class Term(Regularizer):
 
 
 REGULARIZERS = {"sam": SAM, "rdrop": RDrop, "r-drop": RDrop, "r_drop": RDrop,
-                "smart": SMART, "bregman": Bregman, "average": Average, "mesa": mesa}
+                "smart": SMART, "bregman": Bregman, "average": Average, "mesa": mesa,
+                "adv": Adversarial, "adversarial": Adversarial}

@@ -37,8 +37,14 @@ static regopt_status check_rows(const regopt_batch *b, size_t bi,
         if (!keep)
             continue;
         sum += w;
-        if (!need_targets)
+        /* an unlabelled row (task_mask 0) has no label or target to read */
+        if (!need_targets || !ro_row_labelled(b, i))
             continue;
+        if ((loss_kind == REGOPT_LOSS_SOFTMAX_CE && !b->labels) ||
+            (loss_kind == REGOPT_LOSS_MSE && !b->targets))
+            return ro_fail(msg, REGOPT_ERR_NULL_POINTER,
+                           "batch %zu row %zu is labelled (task_mask) but %s is NULL", bi, i,
+                           loss_kind == REGOPT_LOSS_MSE ? "targets" : "labels");
         if (loss_kind == REGOPT_LOSS_SOFTMAX_CE &&
             (b->labels[i] < 0 || (size_t)b->labels[i] >= k))
             return ro_fail(msg, REGOPT_ERR_INVALID_ARGUMENT,
@@ -80,6 +86,10 @@ static regopt_status check_one(const regopt_batch *b, size_t bi,
         return ro_fail(msg, REGOPT_ERR_INVALID_ARGUMENT,
                        "batch %zu: %zu input rows x input width %zu is more than 2^36 floats",
                        bi, ro_input_rows(b), m->input_width);
+    /* with a task mask, labels may be NULL when no row is labelled
+       (check_rows looks at each labelled row) */
+    if (ro_task_mask(b))
+        return REGOPT_OK;
     if (need_targets && loss_kind == REGOPT_LOSS_SOFTMAX_CE && !b->labels)
         return ro_fail(msg, REGOPT_ERR_NULL_POINTER,
                        "batch %zu: the loss is softmax cross-entropy but labels is NULL", bi);

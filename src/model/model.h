@@ -147,6 +147,21 @@ static inline const regopt_batch *ro_batch_at(const regopt_batch *b, size_t i)
     return (const regopt_batch *)(const void *)((const char *)b + i * b->size);
 }
 
+/* The per-row task mask of a batch, or NULL when the host's descriptor is
+ * too old to have one (its size ends before the field) or leaves it unset. */
+static inline const uint8_t *ro_task_mask(const regopt_batch *b)
+{
+    return b->size >= offsetof(regopt_batch, task_mask) + sizeof b->task_mask ? b->task_mask
+                                                                             : NULL;
+}
+
+/* 1 if row i takes the task loss (labelled), 0 if it is unlabelled. */
+static inline int ro_row_labelled(const regopt_batch *b, size_t i)
+{
+    const uint8_t *t = ro_task_mask(b);
+    return !t || t[i] != 0;
+}
+
 /* m_i * w_i for row i. */
 static inline float ro_row_weight(const regopt_batch *b, size_t i)
 {

@@ -21,7 +21,8 @@ regopt_status ro_batch_loss(ro_env *e, const regopt_batch *b, const float *z,
             return ro_fail(e->msg, REGOPT_ERR_LOSS_CALLBACK,
                            "the loss callback returned %d", rc);
         for (i = 0; i < b->rows; i++) {
-            float rw = ro_row_weight(b, i), c = (float)(rw * inv_weight * grad_scale);
+            float rw = ro_row_labelled(b, i) ? ro_row_weight(b, i) : 0.0f;
+            float c = (float)(rw * inv_weight * grad_scale);
             if (rw != 0.0f)
                 sum += (double)rw * e->row_loss[i];
             for (j = 0; j < k; j++)
@@ -29,7 +30,10 @@ regopt_status ro_batch_loss(ro_env *e, const regopt_batch *b, const float *z,
         }
     } else {
         for (i = 0; i < b->rows; i++) {
-            float rw = ro_row_weight(b, i), c = (float)(rw * inv_weight * grad_scale);
+            /* unlabelled rows (task_mask 0) take no task loss, like padding,
+               but keep their weight in inv_weight (regopt.h, regopt_batch) */
+            float rw = ro_row_labelled(b, i) ? ro_row_weight(b, i) : 0.0f;
+            float c = (float)(rw * inv_weight * grad_scale);
             float *dzi = dz ? dz + i * k : NULL;
             if (rw == 0.0f) {
                 if (dzi)
@@ -107,6 +111,7 @@ void ro_batch_rows(regopt_batch *v, const regopt_batch *b, size_t r0, size_t row
     v->targets = b->targets ? b->targets + r0 * k : NULL;
     v->mask = b->mask ? b->mask + r0 : NULL;
     v->weights = b->weights ? b->weights + r0 : NULL;
+    v->task_mask = ro_task_mask(b) ? ro_task_mask(b) + r0 : NULL;
     /* a whole batch keeps its embedding rows; a chunk (m-sharpness, where
        they must be a multiple of rows) gets its share */
     v->input_rows = rows == b->rows ? b->input_rows

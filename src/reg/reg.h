@@ -39,6 +39,10 @@ typedef struct ro_view {
     uint32_t flags, role, chunk;
     uint64_t seed;       /* dropout seed of copy 0 */
     float *z, *dz;       /* outputs of copy 0 (copy c at z + c n k) and gradients */
+    const float *task_perturbation; /* input perturbation of copy 0's forward, set by
+                                       a begin hook (FreeLB's first pass); NULL: none */
+    double extra;        /* objective added by backward hooks (passes they run after
+                            the task backwards); checked finite, summed into the loss */
     double task[2];      /* task loss of each copy */
     regopt_pass pass[2]; /* the copies' passes (pass[1] unused when doubled) */
 } ro_view;
@@ -110,6 +114,7 @@ typedef struct ro_reg_ops {
     int (*due)(const ro_reg *r, uint64_t step);          /* NULL: always */
     void (*plan)(ro_reg *r, ro_plan *p, int due);        /* slots, blocks, copies */
     regopt_status (*prepare)(ro_reg *r, ro_step *s);     /* before any gradient pass */
+    regopt_status (*begin)(ro_reg *r, ro_view *v);       /* before the task forwards */
     regopt_status (*forward)(ro_reg *r, ro_view *v);     /* after the task forwards */
     regopt_status (*term)(ro_reg *r, ro_view *v, double *weighted); /* adds to v->dz */
     regopt_status (*backward)(ro_reg *r, ro_view *v);    /* after the task backwards */
@@ -158,7 +163,7 @@ const ro_reg_ops *ro_reg_ops_of(regopt_regularizer_kind kind);
 const ro_key_desc *ro_any_key(regopt_key key, const ro_reg_ops **owner);
 
 extern const ro_reg_ops ro_sam_ops, ro_rdrop_ops, ro_smart_ops, ro_bregman_ops, ro_term_ops,
-    ro_average_ops;
+    ro_average_ops, ro_adv_ops;
 
 /* regularizer.c */
 regopt_status ro_reg_check(const regopt_regularizer *r, const char *func);

@@ -7,6 +7,7 @@
 
 static const ro_reg_ops *const registry[] = {
     &ro_sam_ops, &ro_rdrop_ops, &ro_smart_ops, &ro_bregman_ops, &ro_term_ops, &ro_average_ops,
+    &ro_adv_ops,
 };
 
 #define N_KINDS (sizeof registry / sizeof registry[0])

@@ -16,7 +16,7 @@
 
 typedef struct smart {
     double lambda, epsilon, sigma, eta;
-    int steps, norm, mtdnn, stable_kl, same_seed;
+    int steps, norm, mtdnn, stable_kl, same_seed, detach;
     float *nu, *g;  /* perturbation and its gradient, cap_in embedding rows */
     float *sort;    /* L1 projection scratch, input width */
     size_t cap_in;
@@ -38,6 +38,7 @@ static const ro_key_desc smart_keys[] = {
     {REGOPT_SMART_MTDNN, "smart.mtdnn", I, RO_OWNER_REG, 0, 1, 0, 0},
     {REGOPT_SMART_STABLE_KL, "smart.stable_kl", I, RO_OWNER_REG, 0, 1, 0, 0},
     {REGOPT_SMART_SAME_SEED, "smart.same_seed", I, RO_OWNER_REG, 0, 1, 1, 0},
+    {REGOPT_SMART_DETACH_TARGET, "smart.detach_target", I, RO_OWNER_REG, 0, 1, 0, 0},
     {REGOPT_STAT_SMART_RS, "smart.rs", D, RO_OWNER_REG, -HUGE_VAL, HUGE_VAL, 0, RO},
     {REGOPT_STAT_SMART_NOISE_NORM, "smart.noise_norm", D, RO_OWNER_REG, 0, HUGE_VAL, 0, RO},
 };
@@ -67,6 +68,7 @@ static regopt_status smart_set(ro_reg *r, const ro_key_desc *k, int32_t group, d
     case REGOPT_SMART_NORM: s->norm = (int)v; break;
     case REGOPT_SMART_MTDNN: s->mtdnn = (int)v; break;
     case REGOPT_SMART_STABLE_KL: s->stable_kl = (int)v; break;
+    case REGOPT_SMART_DETACH_TARGET: s->detach = (int)v; break;
     default: s->same_seed = (int)v; break;
     }
     return REGOPT_OK;
@@ -85,6 +87,7 @@ static double smart_get(const ro_reg *r, const ro_key_desc *k, int32_t group)
     case REGOPT_SMART_NORM: return s->norm;
     case REGOPT_SMART_MTDNN: return s->mtdnn;
     case REGOPT_SMART_STABLE_KL: return s->stable_kl;
+    case REGOPT_SMART_DETACH_TARGET: return s->detach;
     default: return s->same_seed;
     }
 }
@@ -257,12 +260,44 @@ static void ascent_update(smart *s, size_t rows, size_t d)
     }
 }
 
+/* mt-dnn's SymKlCriterion (and smart-pytorch's sym_kl_loss) on one row:
+ * KL(sg(Q)||P) + KL(sg(P)||Q) with P = softmax(a), Q = softmax(z) -- the
+ * value of the symmetric KL, but each direction's target detached, so the
+ * gradient is coef (P - Q) into da and coef (Q - P) into dz (each may be
+ * NULL). */
+static double detached_sym_kl_row(const float *a, const float *z, size_t k, float coef,
+                                  float *da, float *dz)
+{
+    float ma = a[0], mz = z[0];
+    double sa = 0.0, sz = 0.0, la, lz, sum = 0.0;
+    size_t j;
+    for (j = 1; j < k; j++) {
+        ma = a[j] > ma ? a[j] : ma;
+        mz = z[j] > mz ? z[j] : mz;
+    }
+    for (j = 0; j < k; j++) {
+        sa += exp((double)a[j] - ma);
+        sz += exp((double)z[j] - mz);
+    }
+    la = (double)ma + log(sa);
+    lz = (double)mz + log(sz);
+    for (j = 0; j < k; j++) {
+        double lp = (double)a[j] - la, lq = (double)z[j] - lz, p = exp(lp), q = exp(lq);
+        sum += (p - q) * (lp - lq); /* KL(P||Q) + KL(Q||P) */
+        if (da)
+            da[j] += (float)(coef * (p - q));
+        if (dz)
+            dz[j] += (float)(coef * (q - p));
+    }
+    return sum;
+}
+
 /* l_s between adversarial outputs a and clean outputs z, row weighted:
  * gradient into da (scaled by `scale`) and, unless dz is NULL (detached),
- * into dz. */
+ * into dz; `detach` = mt-dnn's detached targets (smart.detach_target). */
 static double smooth_loss(const ro_env *e, const regopt_batch *v, const float *a,
                           const float *z, double inv_weight, double scale, int stable,
-                          float *da, float *dz)
+                          int detach, float *da, float *dz)
 {
     size_t i, k = e->model->output_width;
     double sum = 0.0;
@@ -276,6 +311,8 @@ static double smooth_loss(const ro_env *e, const regopt_batch *v, const float *a
             sum += rw * ro_sq_diff_row(ai, zi, k, c, dai, dzi);
         else if (stable)
             sum += rw * ro_stable_kl_row(ai, zi, k, c, dai);
+        else if (detach)
+            sum += rw * detached_sym_kl_row(ai, zi, k, c, dai, dzi);
         else /* KL + KL, not halved: twice ro_sym_kl_row */
             sum += rw * 2.0 * ro_sym_kl_row(ai, zi, k, 2.0f * c, dai, dzi);
     }
@@ -327,7 +364,8 @@ static regopt_status smart_term(ro_reg *r, ro_view *v, double *weighted)
         if (st != REGOPT_OK)
             return st;
         ro_zero(da, n * k);
-        inner = smooth_loss(e, &v->rows, a, v->z, st_->inv_weight, 1.0, s->stable_kl, da, NULL);
+        inner = smooth_loss(e, &v->rows, a, v->z, st_->inv_weight, 1.0, s->stable_kl, 0, da,
+                            NULL);
         /* Every non-finite value of the ascent fails the step here, in both
            modes, with the status of a non-finite R_s below: the paper
            mode's `n > 0` and inf-norm max would otherwise skip or clip it
@@ -362,7 +400,8 @@ static regopt_status smart_term(ro_reg *r, ro_view *v, double *weighted)
             st_->acc[r->acc0 + SM_NOISE_SUM] += row_norm(s->nu + i * d, d, s->norm);
             st_->acc[r->acc0 + SM_NOISE_ROWS] += 1.0;
         }
-    /* R_s with gradients into both passes (Eq. 2: nothing detached) */
+    /* R_s with gradients into both passes (Eq. 2: nothing detached; mt-dnn
+       detaches each direction's target: smart.detach_target) */
     p.flags = v->flags;
     p.d_outputs = NULL;
     p.d_input = NULL;
@@ -370,7 +409,8 @@ static regopt_status smart_term(ro_reg *r, ro_view *v, double *weighted)
     if (st != REGOPT_OK)
         return st;
     ro_zero(da, n * k);
-    rs = smooth_loss(e, &v->rows, a, v->z, st_->inv_weight, s->lambda, 0, da, v->dz);
+    rs = smooth_loss(e, &v->rows, a, v->z, st_->inv_weight, s->lambda, 0, s->detach, da,
+                     v->dz);
     if (!isfinite(rs))
         return ro_fail(e->msg, REGOPT_ERR_NONFINITE_LOSS,
                        "SMART's final adversarial forward of micro-batch %zu: R_s is %g",

@@ -32,6 +32,7 @@ static regopt_status copies_forward(ro_view *v)
     uint64_t s2;
     ro_pass_init(s->env, p1, &v->rows, v->bi, v->flags, v->seed, v->z);
     p1->row_offset = v->r0;
+    p1->input_perturbation = v->task_perturbation;
     if (s->plan.copies < 2)
         return ro_call_forward(s->env, p1);
     s2 = ro_step_seed(s, v->bi, v->role | RO_SEED_SECOND | (v->chunk << 8));
@@ -42,6 +43,7 @@ static regopt_status copies_forward(ro_view *v)
         return ro_call_forward(s->env, p1);
     }
     *p2 = *p1;
+    p2->input_perturbation = NULL; /* copy 1 stays clean */
     p2->slot = s->plan.copy_slot;
     p2->seed = s2;
     p2->outputs = v->z + v->n * v->k;
@@ -80,7 +82,7 @@ static regopt_status view_objective(ro_view *v, double *objective)
         return st;
     v->task[0] = l1;
     v->task[1] = l2;
-    obj = two ? s->plan.task_scale * (l1 + l2) : l1;
+    obj = s->plan.task_scale * (two ? l1 + l2 : l1);
     for (i = 0; i < s->n_regs && st == REGOPT_OK; i++) {
         ro_reg *r = s->regs[i];
         double w = 0.0;
@@ -97,16 +99,19 @@ static regopt_status view_objective(ro_view *v, double *objective)
     return REGOPT_OK;
 }
 
+enum { HOOK_BEGIN, HOOK_FORWARD, HOOK_BACKWARD };
+
 /* Run one hook of every due regularizer over the view. */
-static regopt_status each_view_hook(ro_view *v, int backward)
+static regopt_status each_view_hook(ro_view *v, int which)
 {
     ro_step *s = v->s;
     regopt_status st = REGOPT_OK;
     size_t i;
     for (i = 0; i < s->n_regs && st == REGOPT_OK; i++) {
         ro_reg *r = s->regs[i];
-        regopt_status (*hook)(ro_reg *, ro_view *) = backward ? r->ops->backward
-                                                              : r->ops->forward;
+        regopt_status (*hook)(ro_reg *, ro_view *) =
+            which == HOOK_BACKWARD ? r->ops->backward
+            : which == HOOK_FORWARD ? r->ops->forward : r->ops->begin;
         if (r->due && hook)
             st = hook(r, v);
     }
@@ -132,10 +137,14 @@ regopt_status ro_eval_rows(ro_step *s, size_t bi, size_t r0, size_t rows, uint32
     v.seed = ro_step_seed(s, bi, role | (chunk << 8));
     v.z = s->outputs;
     v.dz = s->d_outputs;
+    v.task_perturbation = NULL;
+    v.extra = 0.0;
     ro_batch_rows(&v.rows, b, r0, rows, v.k);
-    st = copies_forward(&v);
+    st = each_view_hook(&v, HOOK_BEGIN);
     if (st == REGOPT_OK)
-        st = each_view_hook(&v, 0);
+        st = copies_forward(&v);
+    if (st == REGOPT_OK)
+        st = each_view_hook(&v, HOOK_FORWARD);
     if (st == REGOPT_OK)
         st = view_objective(&v, &obj);
     if (st == REGOPT_OK && !isfinite(obj))
@@ -143,9 +152,15 @@ regopt_status ro_eval_rows(ro_step *s, size_t bi, size_t r0, size_t rows, uint32
                      "the loss of micro-batch %zu is %g", bi, obj);
     if (st != REGOPT_OK)
         return st;
-    *loss += obj;
     st = copies_backward(&v);
-    return st == REGOPT_OK ? each_view_hook(&v, 1) : st;
+    if (st == REGOPT_OK)
+        st = each_view_hook(&v, HOOK_BACKWARD);
+    if (st == REGOPT_OK && !isfinite(v.extra)) /* the hooks check their own; belt and braces */
+        st = ro_fail(s->env->msg, REGOPT_ERR_NONFINITE_LOSS,
+                     "the loss of micro-batch %zu after its backward passes is %g", bi, v.extra);
+    if (st == REGOPT_OK)
+        *loss += obj + v.extra;
+    return st;
 }
 
 static void zero_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
