@@ -138,13 +138,13 @@ void ro_sam_dir_begin(ro_sam_dir *d, const ro_par *par)
         }                                                                                   \
     }
 
-DIR_LOOP(make_first, b[j] = g[j]; nx[j] = nx[j] + g[j];)
-DIR_LOOP(make_friendly_fresh_sam, b[j] = g[j]; nx[j] = l * m[j] + c2 * g[j];)
-DIR_LOOP(make_friendly_fresh, b[j] = g[j] - c1 * (c3 * m[j]); nx[j] = l * m[j] + c2 * g[j];)
-DIR_LOOP(make_friendly_sam, b[j] = g[j]; nx[j] = nx[j] + c2 * g[j];)
-DIR_LOOP(make_friendly, b[j] = g[j] - c1 * (c3 * m[j]); nx[j] = nx[j] + c2 * g[j];)
-DIR_LOOP(make_vasso_one, b[j] = c2 * g[j]; nx[j] = nx[j] + b[j];)
-DIR_LOOP(make_vasso, b[j] = c1 * (c3 * m[j]) + c2 * g[j]; nx[j] = nx[j] + b[j];)
+DIR_LOOP(dir_make_first, b[j] = g[j]; nx[j] = nx[j] + g[j];)
+DIR_LOOP(dir_make_friendly_fresh_sam, b[j] = g[j]; nx[j] = l * m[j] + c2 * g[j];)
+DIR_LOOP(dir_make_friendly_fresh, b[j] = g[j] - c1 * (c3 * m[j]); nx[j] = l * m[j] + c2 * g[j];)
+DIR_LOOP(dir_make_friendly_sam, b[j] = g[j]; nx[j] = nx[j] + c2 * g[j];)
+DIR_LOOP(dir_make_friendly, b[j] = g[j] - c1 * (c3 * m[j]); nx[j] = nx[j] + c2 * g[j];)
+DIR_LOOP(dir_make_vasso_one, b[j] = c2 * g[j]; nx[j] = nx[j] + b[j];)
+DIR_LOOP(dir_make_vasso, b[j] = c1 * (c3 * m[j]) + c2 * g[j]; nx[j] = nx[j] + b[j];)
 
 static void dir_make_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
@@ -156,19 +156,19 @@ static void dir_make_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
     if (a->fresh && (a->first || !friendly))
         memset(nx, 0, n * sizeof(float));
     if (a->first)
-        make_first(b, nx, m, g, n, a);
+        dir_make_first(b, nx, m, g, n, a);
     else if (friendly && a->fresh && a->c1 == 0.0f) /* sigma 0: SAM's g, bits */
-        make_friendly_fresh_sam(b, nx, m, g, n, a);
+        dir_make_friendly_fresh_sam(b, nx, m, g, n, a);
     else if (friendly && a->fresh)
-        make_friendly_fresh(b, nx, m, g, n, a);
+        dir_make_friendly_fresh(b, nx, m, g, n, a);
     else if (friendly && a->c1 == 0.0f)
-        make_friendly_sam(b, nx, m, g, n, a);
+        dir_make_friendly_sam(b, nx, m, g, n, a);
     else if (friendly)
-        make_friendly(b, nx, m, g, n, a);
+        dir_make_friendly(b, nx, m, g, n, a);
     else if (a->c1 == 0.0f) /* theta 1: d = g, bits (signed zeros too) */
-        make_vasso_one(b, nx, m, g, n, a);
+        dir_make_vasso_one(b, nx, m, g, n, a);
     else
-        make_vasso(b, nx, m, g, n, a);
+        dir_make_vasso(b, nx, m, g, n, a);
 }
 
 /* The piece made, then (while it is in cache) its share of the ascent

@@ -35,7 +35,7 @@ void ro_sam_look_release(ro_sam_look *l, const ro_env *env)
 /* The elementwise loops over RO_BLOCK-element blocks of restrict-qualified
  * pointers (GCC -O2 vectorizes only loops of a known count without alias
  * checks), then the tail with the same operations. */
-static void store_block(float *restrict v, const float *restrict gs, const float *restrict g,
+static void look_store_block(float *restrict v, const float *restrict gs, const float *restrict g,
                         float c)
 {
     size_t j;
@@ -43,7 +43,7 @@ static void store_block(float *restrict v, const float *restrict gs, const float
         v[j] = gs[j] - c * g[j];
 }
 
-static void reuse_block(float *restrict g, const float *restrict v, float c)
+static void look_reuse_block(float *restrict g, const float *restrict v, float c)
 {
     size_t j;
     for (j = 0; j < RO_BLOCK; j++)
@@ -64,7 +64,7 @@ void ro_sam_look_store(ro_sam_look *l, const ro_env *env, const float *clean)
         n2 = ro_sum_squares(g, p->count);
         c = n2 > 0.0 ? (float)(ro_dot(g, gs, p->count) / n2) : 0.0f;
         for (j = 0; j + RO_BLOCK <= p->count; j += RO_BLOCK)
-            store_block(v + j, gs + j, g + j, c);
+            look_store_block(v + j, gs + j, g + j, c);
         for (; j < p->count; j++)
             v[j] = gs[j] - c * g[j];
     }
@@ -86,7 +86,7 @@ void ro_sam_look_reuse(const ro_sam_look *l, const ro_env *env)
         c = (float)(l->alpha * sqrt(ro_sum_squares(g, p->count)) /
                     (sqrt(ro_sum_squares(v, p->count)) + 1e-8));
         for (j = 0; j + RO_BLOCK <= p->count; j += RO_BLOCK)
-            reuse_block(g + j, v + j, c);
+            look_reuse_block(g + j, v + j, c);
         for (; j < p->count; j++)
             g[j] = g[j] + c * v[j];
     }

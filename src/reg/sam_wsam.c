@@ -26,7 +26,7 @@ typedef struct wsam_job {
 /* Every loop below runs over RO_BLOCK-element blocks of restrict-qualified
  * pointers (GCC -O2 vectorizes only loops of a known count without alias
  * checks), then over the tail with the same operations. */
-static void couple_block(float *restrict gp, const float *restrict g, float a, float b)
+static void wsam_couple_block(float *restrict gp, const float *restrict g, float a, float b)
 {
     size_t j;
     for (j = 0; j < RO_BLOCK; j++)
@@ -40,7 +40,7 @@ static void wsam_couple_piece(void *ctx, const ro_param *p, size_t j0, size_t j1
     float *gp = p->grad, a = w->a, b = w->b;
     size_t j = j0;
     for (; j + RO_BLOCK <= j1; j += RO_BLOCK)
-        couple_block(gp + j, g + j, a, b);
+        wsam_couple_block(gp + j, g + j, a, b);
     for (; j < j1; j++)
         gp[j] = a * gp[j] + b * g[j];
 }
@@ -56,7 +56,7 @@ static void wsam_couple(const ro_par *par, const float *clean, double alpha)
     ro_each_piece(par, wsam_couple_piece, &w);
 }
 
-static void split_block(float *restrict s, float *restrict gr, const float *restrict g)
+static void wsam_split_block(float *restrict s, float *restrict gr, const float *restrict g)
 {
     size_t j;
     for (j = 0; j < RO_BLOCK; j++) {
@@ -72,7 +72,7 @@ static void wsam_split_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
     float *s = w->sharp + p->offset, *gr = p->grad;
     size_t j = j0;
     for (; j + RO_BLOCK <= j1; j += RO_BLOCK)
-        split_block(s + j, gr + j, g + j);
+        wsam_split_block(s + j, gr + j, g + j);
     for (; j < j1; j++) {
         s[j] = gr[j] - g[j];
         gr[j] = g[j];
@@ -87,7 +87,7 @@ static void wsam_split(const ro_par *par, const float *clean, float *sharp)
     ro_each_piece(par, wsam_split_piece, &w);
 }
 
-static void swap_block(float *restrict s, float *restrict gr)
+static void wsam_swap_block(float *restrict s, float *restrict gr)
 {
     size_t j;
     for (j = 0; j < RO_BLOCK; j++) {
@@ -103,7 +103,7 @@ static void wsam_swap_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
     float *s = w->sharp + p->offset, *gr = p->grad;
     size_t j = j0;
     for (; j + RO_BLOCK <= j1; j += RO_BLOCK)
-        swap_block(s + j, gr + j);
+        wsam_swap_block(s + j, gr + j);
     for (; j < j1; j++) {
         float t = s[j];
         s[j] = gr[j];
@@ -118,7 +118,7 @@ static void wsam_swap(const ro_par *par, float *sharp)
     ro_each_piece(par, wsam_swap_piece, &w);
 }
 
-static void step_block(float *restrict x, const float *restrict s, float c)
+static void wsam_step_block(float *restrict x, const float *restrict s, float c)
 {
     size_t j;
     for (j = 0; j < RO_BLOCK; j++)
@@ -134,7 +134,7 @@ static void wsam_step_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
     if (c == 0.0f)
         return;
     for (; j + RO_BLOCK <= j1; j += RO_BLOCK)
-        step_block(x + j, s + j, c);
+        wsam_step_block(x + j, s + j, c);
     for (; j < j1; j++)
         x[j] = x[j] - c * s[j];
 }
