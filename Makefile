@@ -169,6 +169,7 @@ endif
 	@mkdir -p build
 	OPENBLAS_NUM_THREADS=1 ./examples/demo --seeds 1 --epochs 6 --quiet \
 	    --csv build/demo_test.csv --svg build/demo_test.svg --svg2 build/demo_test_sam.svg \
+	    --svg3 build/demo_test_more.svg \
 	    --flat-csv build/demo_test_flatness.csv --flat-svg build/demo_test_flatness.svg
 	@grep -q '</svg>' build/demo_test.svg && grep -q '</svg>' build/demo_test_sam.svg && \
 	    test $$(wc -l < build/demo_test.csv) -eq 7

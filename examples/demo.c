@@ -36,7 +36,7 @@ typedef struct options {
     long train, seeds, epochs, batch, hidden;
     double noise, lr, wd, dropout;
     int tune, quiet, no_probe;
-    const char *flat_csv, *flat_svg, *svg2;
+    const char *flat_csv, *flat_svg, *svg2, *svg3;
 } options;
 
 /* The flatness probe: the first PROBE_ROWS training examples of the split (a
@@ -159,6 +159,26 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* Evaluate b into out, on the weight average when the method keeps one (an
+ * "average" regularizer that has averaged an update: swapped in for the
+ * evaluation and back, bit for bit), else on the trained weights. */
+static regopt_status evaluate_averaged(regopt_trainer *tr, regopt_regularizer **regs,
+                                       const regopt_batch *b, float *out)
+{
+    regopt_regularizer *avg = NULL;
+    regopt_status st, back = REGOPT_OK;
+    int i;
+    for (i = 0; i < MAX_REGS; i++)
+        if (regs[i] && regopt_regularizer_get_kind(regs[i]) == REGOPT_REG_AVERAGE)
+            avg = regs[i];
+    if (avg && regopt_regularizer_swap_average(avg) != REGOPT_OK)
+        avg = NULL; /* nothing averaged yet (SWA before its start): the weights */
+    st = regopt_trainer_evaluate(tr, b, NULL, out);
+    if (avg)
+        back = regopt_regularizer_swap_average(avg);
+    return st != REGOPT_OK ? st : back;
+}
+
 /* Train one method on (xtr, ytr), evaluating (xev, yev) after every epoch
  * into acc[epoch]; then, if po is not NULL, probe flatness into *po. Adds
  * the seconds spent in regopt_trainer_step to *step_s and the steps to
@@ -230,7 +250,7 @@ static int run(const options *o, const method *m, uint64_t seed, const float *xt
         regopt_batch_init(&b);
         b.data = &hb;
         b.rows = nev;
-        TRY(regopt_trainer_evaluate(tr, &b, NULL, out));
+        TRY(evaluate_averaged(tr, regs, &b, out));
         acc[e] = accuracy(out, yev, nev, DIGITS_CLASSES);
     }
     if (po) {
@@ -303,7 +323,8 @@ static int write_svg(const char *path, const options *o, int chart, int nm, cons
     fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
     fprintf(f, "<text x=\"%.0f\" y=\"22\" font-size=\"14\">%sDigits, %ld examples, %.0f%% "
                "noisy labels: clean test accuracy (mean over %ld seed%s)</text>\n",
-            L, chart == 2 ? "SAM variants. " : "", o->train, o->noise * 100.0, o->seeds,
+            L, chart == 2 ? "SAM variants. " : chart == 3 ? "Averaging, MESA, adversarial. " : "",
+            o->train, o->noise * 100.0, o->seeds,
             o->seeds == 1 ? "" : "s");
     for (k = 0; k <= 5; k++) { /* horizontal grid and labels */
         double v = lo + (hi - lo) * k / 5.0, y = y0 + (y1 - y0) * k / 5.0;
@@ -413,10 +434,13 @@ static void usage(void)
            "  --epochs N        epochs (default 120)\n"
            "  --batch N         rows per step (default 32)\n"
            "  --methods LIST    comma-separated subset of adamw,sam,asam,rdrop,smart,\n"
-           "                    smart+sam,msam,looksam,fsam,vasso,wsam (default all)\n"
+           "                    smart+sam,msam,looksam,fsam,vasso,wsam,ema,swa,mesa,fgm,\n"
+           "                    pgd,freelb,vat (default all)\n"
            "  --csv PATH        per-epoch test accuracy (default demo_curves.csv)\n"
            "  --svg PATH        chart of the curves (default demo_curves.svg)\n"
            "  --svg2 PATH       chart of the SAM variants (default demo_curves_sam.svg)\n"
+           "  --svg3 PATH       chart of averaging, MESA and adversarial training\n"
+           "                    (default demo_curves_more.svg)\n"
            "  --flat-csv PATH   flatness at the end of each run (default demo_flatness.csv)\n"
            "  --flat-svg PATH   its chart beside test accuracy (default demo_flatness.svg)\n"
            "  --no-probe        skip the flatness probe (and those two files)\n"
@@ -495,6 +519,7 @@ static int parse(int argc, char **argv, options *o)
         else if (!strcmp(a, "--epochs")) bad = parse_long(v, 1, MAX_EPOCHS, &o->epochs);
         else if (!strcmp(a, "--batch")) bad = parse_long(v, 1, 512, &o->batch);
         else if (!strcmp(a, "--svg2")) o->svg2 = v;
+        else if (!strcmp(a, "--svg3")) o->svg3 = v;
         else if (!strcmp(a, "--set")) bad = set_option(v);
         else if (!strcmp(a, "--sam-rho")) bad = shorthand("sam", "sam.rho", v);
         else if (!strcmp(a, "--asam-rho")) bad = shorthand("asam", "sam.rho", v);
@@ -536,7 +561,8 @@ int main(int argc, char **argv)
 {
     options o = {"data/digits.csv", "demo_curves.csv", "demo_curves.svg", NULL,
                  600, 5, 120, 32, 128, 0.3, 1e-3, 1e-2, 0.1, 0, 0, 0,
-                 "demo_flatness.csv", "demo_flatness.svg", "demo_curves_sam.svg"};
+                 "demo_flatness.csv", "demo_flatness.svg", "demo_curves_sam.svg",
+                 "demo_curves_more.svg"};
     static double curves[MAX_METHODS][MAX_EPOCHS];
     static probe_out flat[MAX_METHODS][100];
     double final[MAX_METHODS][100], secs[MAX_METHODS], step_ms[MAX_METHODS], *acc = NULL;
@@ -657,11 +683,11 @@ int main(int argc, char **argv)
         }
     }
     if (!csv || fclose(csv) || write_svg(o.svg, &o, 1, nm, which, curves) ||
-        write_svg(o.svg2, &o, 2, nm, which, curves)) {
-        fprintf(stderr, "demo: cannot write %s, %s or %s\n", o.csv, o.svg, o.svg2);
+        write_svg(o.svg2, &o, 2, nm, which, curves) || write_svg(o.svg3, &o, 3, nm, which, curves)) {
+        fprintf(stderr, "demo: cannot write %s, %s, %s or %s\n", o.csv, o.svg, o.svg2, o.svg3);
         rc = 1;
     } else if (!o.quiet) {
-        printf("per-epoch curves: %s; charts: %s, %s\n", o.csv, o.svg, o.svg2);
+        printf("per-epoch curves: %s; charts: %s, %s, %s\n", o.csv, o.svg, o.svg2, o.svg3);
     }
     if (!o.no_probe && !rc) {
         const char *names[MAX_METHODS], *colors[MAX_METHODS];

@@ -16,13 +16,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_METHODS 16
+#define MAX_METHODS 24
 #define MAX_REGS 6
 #define SETTINGS_LEN 512
 
 typedef struct method {
     const char *name;
-    int chart;            /* 1: the main chart; 2: the SAM variants' chart */
+    int chart;            /* 1: the main chart; 2: the SAM variants'; 3: weight
+                             averaging, MESA and adversarial training */
     const char *color;
     const char *settings; /* "key=value ..." chosen by --tune (see the README) */
     const char *tuned;    /* the key --tune searches, NULL: nothing to tune */
@@ -54,6 +55,26 @@ static method methods[] = {
     {"fsam", 2, "#8c564b", "sam.rho=1 sam.direction=1", "sam.rho", SAM_GRID, ""},
     {"vasso", 2, "#e377c2", "sam.rho=1 sam.direction=2", "sam.rho", SAM_GRID, ""},
     {"wsam", 2, "#7f7f7f", "sam.rho=2 sam.wsam=1", "sam.rho", SAM_GRID, ""},
+    /* evaluated on the average (swapped in); SWA from the end of epoch 90
+       of 120 (18 steps an epoch), not tuned: the start is in steps */
+    {"ema", 3, "#393b79", "average.mode=0 average.decay=0.995 average.warmup=1",
+     "average.decay", {0.99, 0.995, 0.998, 0.999}, ""},
+    {"swa", 3, "#637939", "average.mode=1 average.start=1619 average.every=18", NULL, {0},
+     ""},
+    /* MESA's preset with a teacher decay for a run of 2,160 steps (the
+       paper's 0.9998 suits 10^5) and its start after 3 epochs */
+    {"mesa", 3, "#8c6d31", "bregman.mu=1 bregman.divergence=1 bregman.tau=5 "
+     "bregman.beta=0.995 bregman.beta_late=0.995 bregman.start_step=54", "bregman.mu",
+     {0.1, 0.3, 1.0, 3.0}, ""},
+    /* adversarial training on the pixels (L2 per example) */
+    {"fgm", 3, "#843c39", "adv.method=0 adv.epsilon=1", "adv.epsilon", {0.1, 0.3, 1.0, 3.0},
+     ""},
+    {"pgd", 3, "#7b4173", "adv.method=1 adv.epsilon=1 adv.steps=3", "adv.epsilon",
+     {0.1, 0.3, 1.0, 3.0}, ""},
+    {"freelb", 3, "#3182bd", "adv.method=2 adv.steps=3 adv.init_mag=0.1 adv.step=0.3",
+     "adv.step", {0.03, 0.1, 0.3, 1.0}, ""},
+    {"vat", 3, "#e6550d", "adv.method=3 adv.epsilon=3", "adv.epsilon", {0.3, 1.0, 3.0, 10.0},
+     ""},
 };
 
 #define N_METHODS ((int)(sizeof methods / sizeof methods[0]))
