@@ -289,75 +289,32 @@ static void mean_std(const double *x, long n, double *mean, double *sd)
     *sd = n > 1 ? sqrt(q / (double)(n - 1)) : 0.0;
 }
 
-/* curves[m][e]: mean test accuracy of method which[m] after epoch e; the
- * chart draws those whose row has chart `chart`, and adamw and sam (the
- * references) on every chart. */
+/* The chart `chart` draws the methods whose row has that chart, and adamw
+ * and sam (the references) on every chart. */
 static int on_chart(const method *m, int chart)
 {
     return m->chart == chart || !strcmp(m->name, "adamw") || !strcmp(m->name, "sam");
 }
 
+/* curves[m][e]: mean test accuracy of method which[m] after epoch e. */
 static int write_svg(const char *path, const options *o, int chart, int nm, const int *which,
                      double curves[][MAX_EPOCHS])
 {
-    const double W = 720, H = 420, L = 60, R = 150, T = 40, Bm = 50;
-    double lo = 1.0, hi = 0.0, x0 = L, x1 = W - R, y0 = H - Bm, y1 = T;
-    FILE *f = fopen(path, "w");
-    long e;
-    int m, k, line = 0;
-    if (!f)
-        return -1;
-    /* the scale follows the curves after the first tenth of training, so the
-       differences that matter are visible; earlier points are clamped */
+    const char *names[MAX_METHODS], *colors[MAX_METHODS];
+    const double *rows[MAX_METHODS];
+    char title[200];
+    int m, n = 0;
     for (m = 0; m < nm; m++)
-        for (e = o->epochs / 10; e < o->epochs && on_chart(&methods[which[m]], chart); e++) {
-            lo = curves[m][e] < lo ? curves[m][e] : lo;
-            hi = curves[m][e] > hi ? curves[m][e] : hi;
+        if (on_chart(&methods[which[m]], chart)) {
+            names[n] = methods[which[m]].name;
+            colors[n] = methods[which[m]].color;
+            rows[n++] = curves[m];
         }
-    lo = floor(lo * 20.0) / 20.0;
-    hi = ceil(hi * 20.0) / 20.0;
-    if (hi <= lo)
-        hi = lo + 0.05;
-    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
-               "font-family=\"sans-serif\" font-size=\"12\">\n", W, H);
-    fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
-    fprintf(f, "<text x=\"%.0f\" y=\"22\" font-size=\"14\">%sDigits, %ld examples, %.0f%% "
-               "noisy labels: clean test accuracy (mean over %ld seed%s)</text>\n",
-            L, chart == 2 ? "SAM variants. " : chart == 3 ? "Averaging, MESA, adversarial. " : "",
-            o->train, o->noise * 100.0, o->seeds,
-            o->seeds == 1 ? "" : "s");
-    for (k = 0; k <= 5; k++) { /* horizontal grid and labels */
-        double v = lo + (hi - lo) * k / 5.0, y = y0 + (y1 - y0) * k / 5.0;
-        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#dddddd\"/>\n",
-                x0, y, x1, y);
-        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.2f</text>\n", x0 - 6, y + 4,
-                v);
-    }
-    fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"black\"/>\n", x0,
-            y0, x1, y0);
-    for (k = 0; k <= 4; k++) { /* epoch ticks */
-        double x = x0 + (x1 - x0) * k / 4.0;
-        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%ld</text>\n", x,
-                y0 + 16, 1 + (o->epochs - 1) * k / 4);
-    }
-    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">epoch</text>\n",
-            (x0 + x1) / 2, H - 12);
-    for (m = 0; m < nm; m++) {
-        if (!on_chart(&methods[which[m]], chart))
-            continue;
-        fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\" points=\"",
-                methods[which[m]].color);
-        for (e = 0; e < o->epochs; e++) {
-            double x = x0 + (x1 - x0) * (o->epochs > 1 ? (double)e / (double)(o->epochs - 1) : 0);
-            double v = curves[m][e] < lo ? lo : curves[m][e];
-            double y = y0 + (y1 - y0) * (v - lo) / (hi - lo);
-            fprintf(f, "%.1f,%.1f ", x, y);
-        }
-        fprintf(f, "\"/>\n<text x=\"%.1f\" y=\"%.1f\" fill=\"%s\">%s</text>\n", x1 + 10,
-                y1 + 18.0 * ++line, methods[which[m]].color, methods[which[m]].name);
-    }
-    fprintf(f, "</svg>\n");
-    return fclose(f);
+    snprintf(title, sizeof title, "%sDigits, %ld examples, %.0f%% noisy labels: clean test "
+             "accuracy (mean over %ld seed%s)", chart == 2 ? "SAM variants. "
+             : chart == 3 ? "Averaging, MESA, adversarial. " : "", o->train, o->noise * 100.0,
+             o->seeds, o->seeds == 1 ? "" : "s");
+    return write_curves_svg(path, title, o->epochs, n, names, colors, rows);
 }
 
 static int selected(const options *o, int k)
