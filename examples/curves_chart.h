@@ -1,8 +1,8 @@
 /* curves_chart.h — test accuracy per epoch as an SVG line chart, several
  * panels side by side (one per protocol), one line per method, the legend
  * on the right. Each panel's scale follows its curves after the first
- * tenth of training, in steps of 0.05 (earlier points are clamped to it),
- * so the differences that matter are visible.
+ * tenth of training, in steps of 0.01, 0.05 or 0.1 (earlier points are
+ * clamped to it), so the differences that matter are visible.
  *
  * Header-only (a static function), for examples/demo_fashion.c. */
 #ifndef CURVES_CHART_H
@@ -36,6 +36,8 @@ static int write_curves_svg(const char *path, const char *title, int np,
     for (p = 0; p < np; p++) {
         const curves_panel *c = &panels[p];
         double lo = 1.0, hi = 0.0, x0 = L + p * (PW + gap), x1 = x0 + PW, y0 = T + PH, y1 = T;
+        double step;
+        int ticks;
         long e;
         for (m = 0; m < nm; m++)
             for (e = c->epochs / 10; e < c->epochs; e++) {
@@ -43,14 +45,17 @@ static int write_curves_svg(const char *path, const char *title, int np,
                 lo = v < lo ? v : lo;
                 hi = v > hi ? v : hi;
             }
-        lo = floor(lo * 20.0) / 20.0;
-        hi = ceil(hi * 20.0) / 20.0;
         if (hi <= lo)
-            hi = lo + 0.05;
+            hi = lo + 0.01;
         fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%s</text>\n",
                 (x0 + x1) / 2, T - 12, c->title);
-        for (k = 0; k <= 5; k++) { /* horizontal grid and labels */
-            double v = lo + (hi - lo) * k / 5.0, y = y0 + (y1 - y0) * k / 5.0;
+        /* a grid line every 0.01, 0.05 or 0.1 */
+        step = hi - lo <= 0.06 ? 0.01 : hi - lo <= 0.3 ? 0.05 : 0.1;
+        lo = floor(lo / step + 1e-9) * step;
+        hi = ceil(hi / step - 1e-9) * step;
+        ticks = (int)((hi - lo) / step + 0.5);
+        for (k = 0; k <= ticks; k++) { /* horizontal grid and labels */
+            double v = lo + (hi - lo) * k / ticks, y = y0 + (y1 - y0) * k / ticks;
             fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" "
                        "stroke=\"#dddddd\"/>\n", x0, y, x1, y);
             fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.3f</text>\n", x0 - 6,
@@ -58,9 +63,14 @@ static int write_curves_svg(const char *path, const char *title, int np,
         }
         fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"black\"/>\n",
                 x0, y0, x1, y0);
-        for (k = 0; k <= 4; k++) /* epoch ticks */
+        for (k = 0; k <= 4; k++) { /* epoch ticks, where that epoch is drawn */
+            long ep = 1 + (c->epochs - 1) * k / 4;
+            if (k && ep == 1 + (c->epochs - 1) * (k - 1) / 4)
+                continue;
             fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%ld</text>\n",
-                    x0 + (x1 - x0) * k / 4.0, y0 + 16, 1 + (c->epochs - 1) * k / 4);
+                    x0 + (x1 - x0) * (c->epochs > 1 ? (double)(ep - 1) / (double)(c->epochs - 1)
+                                                    : 0.0), y0 + 16, ep);
+        }
         fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">epoch</text>\n",
                 (x0 + x1) / 2, H - 12);
         for (m = 0; m < nm; m++) {
