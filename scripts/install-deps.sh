@@ -4,7 +4,8 @@
 set -e
 # abigail-tools: the ABI check; valgrind, clang-14 and libclang-rt-14-dev (the
 # libFuzzer and sanitizer runtimes): the memory checks and fuzzing.
-PKGS="build-essential g++ pkg-config libopenblas-dev check meson ninja-build cmake debhelper lintian openmpi-bin libopenmpi-dev python3-numpy python3-torch libtorch-dev python3-venv python3-setuptools python3-wheel abigail-tools valgrind clang-14 libclang-rt-14-dev"
+# dataset-fashion-mnist: the idx files make demo-fashion reads (30 MB).
+PKGS="build-essential g++ pkg-config libopenblas-dev check meson ninja-build cmake debhelper lintian openmpi-bin libopenmpi-dev python3-numpy python3-torch libtorch-dev python3-venv python3-setuptools python3-wheel abigail-tools valgrind clang-14 libclang-rt-14-dev dataset-fashion-mnist"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
