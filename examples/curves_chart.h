@@ -4,7 +4,8 @@
  * tenth of training, in steps of 0.01, 0.05 or 0.1 (earlier points are
  * clamped to it), so the differences that matter are visible.
  *
- * Header-only (a static function), for examples/demo_fashion.c. */
+ * Header-only (a static function), for examples/demo.c (one panel) and
+ * examples/demo_fashion.c (one panel per protocol). */
 #ifndef CURVES_CHART_H
 #define CURVES_CHART_H
 

@@ -23,6 +23,7 @@
  * worst-case sharpness and top Hessian eigenvalue, beside test accuracy
  * (regopt_trainer_flatness changes no training state; --no-probe skips it). */
 #define _POSIX_C_SOURCE 200809L /* strtok_r */
+#include "curves_chart.h"
 #include "demo_chart.h"
 #include "demo_methods.h"
 #include "digits_mlp.h"
@@ -296,25 +297,31 @@ static int on_chart(const method *m, int chart)
     return m->chart == chart || !strcmp(m->name, "adamw") || !strcmp(m->name, "sam");
 }
 
-/* curves[m][e]: mean test accuracy of method which[m] after epoch e. */
+/* curves[m][e]: mean test accuracy of method which[m] after epoch e; one
+ * panel of curves_chart.h with the methods of the chart. */
 static int write_svg(const char *path, const options *o, int chart, int nm, const int *which,
                      double curves[][MAX_EPOCHS])
 {
     const char *names[MAX_METHODS], *colors[MAX_METHODS];
-    const double *rows[MAX_METHODS];
+    static double rows[MAX_METHODS * MAX_EPOCHS];
+    curves_panel panel;
     char title[200];
     int m, n = 0;
     for (m = 0; m < nm; m++)
         if (on_chart(&methods[which[m]], chart)) {
             names[n] = methods[which[m]].name;
             colors[n] = methods[which[m]].color;
-            rows[n++] = curves[m];
+            memcpy(rows + (size_t)n++ * MAX_EPOCHS, curves[m], sizeof curves[m]);
         }
     snprintf(title, sizeof title, "%sDigits, %ld examples, %.0f%% noisy labels: clean test "
              "accuracy (mean over %ld seed%s)", chart == 2 ? "SAM variants. "
              : chart == 3 ? "Averaging, MESA, adversarial. " : "", o->train, o->noise * 100.0,
              o->seeds, o->seeds == 1 ? "" : "s");
-    return write_curves_svg(path, title, o->epochs, n, names, colors, rows);
+    panel.title = "";
+    panel.epochs = o->epochs;
+    panel.acc = rows;
+    panel.stride = MAX_EPOCHS;
+    return write_curves_svg(path, title, 1, &panel, n, names, colors);
 }
 
 static int selected(const options *o, int k)

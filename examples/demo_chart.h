@@ -1,6 +1,6 @@
-/* demo_chart.h — the demo's charts, hand-written SVG: the curves of test
- * accuracy per epoch (write_curves_svg) and the flatness chart in the same
- * style: one row per method and three panels side by side, the
+/* demo_chart.h — the demo's flatness chart, hand-written SVG in the style of
+ * its curves charts (curves_chart.h): one row per method and three panels
+ * side by side, the
  * mean over seeds of (0) clean test accuracy, (1) worst-case sharpness and
  * (2) the top Hessian eigenvalue at the end of training, each a dot with a
  * +-sd bar and its value. Accuracy keeps the curves chart's scale (steps of
@@ -108,67 +108,6 @@ static int write_flat_svg(const char *path, const char *title, int nm, const cha
                        "fill=\"%s\">", xm, y - 8, colors[m]);
             fprintf(f, j == 0 ? "%.4f</text>\n" : "%.3g</text>\n", mean[m][j]);
         }
-    }
-    fprintf(f, "</svg>\n");
-    return fclose(f);
-}
-
-/* The curves chart: rows[m][e] (e < epochs) for n methods, one polyline
- * each with its name and colour in the legend, under `title`. The scale
- * follows the curves after the first tenth of training, so the differences
- * that matter are visible; earlier points are clamped. Returns 0, or -1
- * when the file cannot be written. */
-static int write_curves_svg(const char *path, const char *title, long epochs, int n,
-                            const char *const *names, const char *const *colors,
-                            const double *const *rows)
-{
-    const double W = 720, H = 420, L = 60, R = 150, T = 40, Bm = 50;
-    double lo = 1.0, hi = 0.0, x0 = L, x1 = W - R, y0 = H - Bm, y1 = T;
-    FILE *f = fopen(path, "w");
-    long e;
-    int m, k;
-    if (!f)
-        return -1;
-    for (m = 0; m < n; m++)
-        for (e = epochs / 10; e < epochs; e++) {
-            lo = rows[m][e] < lo ? rows[m][e] : lo;
-            hi = rows[m][e] > hi ? rows[m][e] : hi;
-        }
-    lo = floor(lo * 20.0) / 20.0;
-    hi = ceil(hi * 20.0) / 20.0;
-    if (hi <= lo)
-        hi = lo + 0.05;
-    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
-               "font-family=\"sans-serif\" font-size=\"12\">\n", W, H);
-    fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
-    fprintf(f, "<text x=\"%.0f\" y=\"22\" font-size=\"14\">%s</text>\n", L, title);
-    for (k = 0; k <= 5; k++) { /* horizontal grid and labels */
-        double v = lo + (hi - lo) * k / 5.0, y = y0 + (y1 - y0) * k / 5.0;
-        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#dddddd\"/>\n",
-                x0, y, x1, y);
-        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.2f</text>\n", x0 - 6, y + 4,
-                v);
-    }
-    fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"black\"/>\n", x0,
-            y0, x1, y0);
-    for (k = 0; k <= 4; k++) { /* epoch ticks */
-        double x = x0 + (x1 - x0) * k / 4.0;
-        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%ld</text>\n", x,
-                y0 + 16, 1 + (epochs - 1) * k / 4);
-    }
-    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">epoch</text>\n",
-            (x0 + x1) / 2, H - 12);
-    for (m = 0; m < n; m++) {
-        fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\" points=\"",
-                colors[m]);
-        for (e = 0; e < epochs; e++) {
-            double x = x0 + (x1 - x0) * (epochs > 1 ? (double)e / (double)(epochs - 1) : 0);
-            double v = rows[m][e] < lo ? lo : rows[m][e];
-            double y = y0 + (y1 - y0) * (v - lo) / (hi - lo);
-            fprintf(f, "%.1f,%.1f ", x, y);
-        }
-        fprintf(f, "\"/>\n<text x=\"%.1f\" y=\"%.1f\" fill=\"%s\">%s</text>\n", x1 + 10,
-                y1 + 18.0 * (m + 1), colors[m], names[m]);
     }
     fprintf(f, "</svg>\n");
     return fclose(f);
