@@ -196,6 +196,8 @@ double ro_sum_scaled_squares(const float *w, const float *g, size_t n, float wd,
                              int ad);
 /* The dot product of x and y in double, in the lanes of ro_sum_squares. */
 double ro_dot(const float *x, const float *y, size_t n);
+/* a <-> b, elementwise (distinct buffers); twice is the identity. */
+void ro_exchange(float *a, float *b, size_t n);
 void ro_zero(float *x, size_t n);
 
 #endif

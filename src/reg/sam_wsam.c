@@ -87,28 +87,10 @@ static void wsam_split(const ro_par *par, const float *clean, float *sharp)
     ro_each_piece(par, wsam_split_piece, &w);
 }
 
-static void wsam_swap_block(float *restrict s, float *restrict gr)
-{
-    size_t j;
-    for (j = 0; j < RO_BLOCK; j++) {
-        float t = s[j];
-        s[j] = gr[j];
-        gr[j] = t;
-    }
-}
-
 static void wsam_swap_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
     const wsam_job *w = ctx;
-    float *s = w->sharp + p->offset, *gr = p->grad;
-    size_t j = j0;
-    for (; j + RO_BLOCK <= j1; j += RO_BLOCK)
-        wsam_swap_block(s + j, gr + j);
-    for (; j < j1; j++) {
-        float t = s[j];
-        s[j] = gr[j];
-        gr[j] = t;
-    }
+    ro_exchange(w->sharp + p->offset + j0, p->grad + j0, j1 - j0);
 }
 
 static void wsam_swap(const ro_par *par, float *sharp)

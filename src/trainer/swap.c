@@ -6,29 +6,11 @@
  * Names no method: it asks the ops table for the averaged weights. */
 #include "trainer/trainer.h"
 
-/* Exchange element by element: one pass, no scratch; twice restores both
- * sides bit for bit (a float move never rounds). */
-static void exchange_block(float *restrict w, float *restrict v)
-{
-    size_t j;
-    for (j = 0; j < RO_BLOCK; j++) {
-        float x = w[j];
-        w[j] = v[j];
-        v[j] = x;
-    }
-}
-
+/* w <-> the averaged weights, piece by piece (ro_exchange: twice restores
+ * both sides bit for bit). */
 static void exchange_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
-    float *w = p->data + j0, *v = (float *)ctx + p->offset + j0;
-    size_t n = j1 - j0, j;
-    for (j = 0; j + RO_BLOCK <= n; j += RO_BLOCK)
-        exchange_block(w + j, v + j);
-    for (; j < n; j++) {
-        float x = w[j];
-        w[j] = v[j];
-        v[j] = x;
-    }
+    ro_exchange(p->data + j0, (float *)ctx + p->offset + j0, j1 - j0);
 }
 
 regopt_status ro_trainer_swapped_check(regopt_trainer *t, const char *func)
