@@ -160,21 +160,25 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Evaluate b into out, on the weight average when the method keeps one (an
- * "average" regularizer that has averaged an update: swapped in for the
- * evaluation and back, bit for bit), else on the trained weights. */
-static regopt_status evaluate_averaged(regopt_trainer *tr, regopt_regularizer **regs,
-                                       const regopt_batch *b, float *out)
+/* The method's weight average swapped into the model (an "average"
+ * regularizer that has averaged an update), or NULL: the trained weights
+ * stay. Swapping it again puts them back bit for bit. */
+static regopt_regularizer *swap_in_average(regopt_regularizer **regs)
 {
-    regopt_regularizer *avg = NULL;
-    regopt_status st, back = REGOPT_OK;
     int i;
     for (i = 0; i < MAX_REGS; i++)
         if (regs[i] && regopt_regularizer_get_kind(regs[i]) == REGOPT_REG_AVERAGE)
-            avg = regs[i];
-    if (avg && regopt_regularizer_swap_average(avg) != REGOPT_OK)
-        avg = NULL; /* nothing averaged yet (SWA before its start): the weights */
-    st = regopt_trainer_evaluate(tr, b, NULL, out);
+            return regopt_regularizer_swap_average(regs[i]) == REGOPT_OK ? regs[i] : NULL;
+    return NULL; /* none, or nothing averaged yet (SWA before its start) */
+}
+
+/* Evaluate b into out on what the method deploys: its average if it keeps
+ * one, else the trained weights. */
+static regopt_status evaluate_averaged(regopt_trainer *tr, regopt_regularizer **regs,
+                                       const regopt_batch *b, float *out)
+{
+    regopt_regularizer *avg = swap_in_average(regs);
+    regopt_status st = regopt_trainer_evaluate(tr, b, NULL, out), back = REGOPT_OK;
     if (avg)
         back = regopt_regularizer_swap_average(avg);
     return st != REGOPT_OK ? st : back;
@@ -254,13 +258,13 @@ static int run(const options *o, const method *m, uint64_t seed, const float *xt
         TRY(evaluate_averaged(tr, regs, &b, out));
         acc[e] = accuracy(out, yev, nev, DIGITS_CLASSES);
     }
-    if (po) {
+    if (po) { /* flatness of what is evaluated: the average if the method keeps one */
+        regopt_regularizer *avg = swap_in_average(regs);
         t0 = now();
-        if (probe(tr, xtr, ytr, ntr, po)) {
-            rc = -1;
-            goto done;
-        }
+        rc = probe(tr, xtr, ytr, ntr, po);
         po->seconds = now() - t0;
+        if (avg && regopt_regularizer_swap_average(avg) != REGOPT_OK)
+            rc = -1;
     }
 done:
     regopt_trainer_free(tr); /* detaches the regularizers: free them after it */
