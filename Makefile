@@ -2,7 +2,7 @@
 #   make            library (shared + static), examples, tests
 #   make check      install missing Debian packages, build, run every test
 #   make demo       install missing Debian packages, build, run the main demo
-#   make demo-fashion  the same methods on Fashion-MNIST (about 15 minutes)
+#   make demo-fashion  the same methods on Fashion-MNIST (31 min on a shared 2-core machine)
 #   make install    PREFIX=/usr/local DESTDIR= (library, header, regopt.pc and the
 #                   CMake package regoptConfig.cmake) ; make uninstall ; make clean
 
@@ -220,7 +220,7 @@ run-demo: all
 	OPENBLAS_NUM_THREADS=1 ./examples/demo --data data/digits.csv
 	@echo
 	@echo "At benchmark scale: make demo-fashion (Fashion-MNIST, 60,000 images clean and"
-	@echo "10,000 with 40 % noisy labels, the same methods; about 15 minutes on 2 cores)"
+	@echo "10,000 with 40 % noisy labels, the same methods; README, \"At benchmark scale\")"
 
 # Both cores: two OpenBLAS threads and trainer.threads 2 (--threads).
 run-demo-fashion: all
