@@ -206,6 +206,8 @@ ifndef SANITIZE
 	@if $(PYTHON) -c 'import torch' 2>/dev/null; then \
 	    echo REGOPT_LIBRARY=lib/$(SONAME) $(PYTHON) examples/torch_finetune.py --min-test-acc 0.9; \
 	    REGOPT_LIBRARY=$(CURDIR)/lib/$(SONAME) $(PYTHON) examples/torch_finetune.py --min-test-acc 0.9 > build/torch_finetune.log || { cat build/torch_finetune.log; exit 1; }; tail -1 build/torch_finetune.log; \
+	    echo REGOPT_LIBRARY=lib/$(SONAME) $(PYTHON) examples/torch_loop.py --min-test-acc 0.9; \
+	    REGOPT_LIBRARY=$(CURDIR)/lib/$(SONAME) $(PYTHON) examples/torch_loop.py --min-test-acc 0.9 > build/torch_loop.log || { cat build/torch_loop.log; exit 1; }; tail -1 build/torch_loop.log; \
 	else echo 'check: no python3-torch, torch example skipped'; fi
 else
 	@echo 'check: SANITIZE: Python tests skipped (python3 would have to load the ASan runtime first)'

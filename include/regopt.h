@@ -293,8 +293,10 @@ typedef enum regopt_status {
                                          truncation, CRC, malformed section */
     REGOPT_ERR_MISMATCH = -15,        /* a checkpoint belongs to another setup:
                                          model layout, optimizer or regularizers */
-    REGOPT_ERR_IO = -16               /* a file operation or a checkpoint
+    REGOPT_ERR_IO = -16,              /* a file operation or a checkpoint
                                          read/write callback failed */
+    REGOPT_ERR_HOST_UPDATE = -17      /* the host's update callback of a REGOPT_HOST
+                                         optimizer returned non-zero (since 1.0) */
 } regopt_status;
 
 /* Static text naming a status code ("REGOPT_ERR_OUT_OF_RANGE: ..."); an
@@ -760,12 +762,15 @@ typedef struct regopt_optimizer regopt_optimizer;
  *          rho_t > 5: w -= lr * m/(1-b1^t) * r_t * sqrt(1-b2^t)/(sqrt(v)+eps)
  *          with r_t = sqrt((rho_t-4)(rho_t-2)rho_inf /
  *                          ((rho_inf-4)(rho_inf-2)rho_t));
- *          otherwise w -= lr * m/(1-b1^t). */
+ *          otherwise w -= lr * m/(1-b1^t).
+ *   HOST   the host's own update (torch.optim, LibTorch's torch::optim, its
+ *          own code): see regopt_optimizer_set_host_update below. */
 typedef enum regopt_optimizer_kind {
     REGOPT_SGD = 1,
     REGOPT_ADAM = 2,
     REGOPT_ADAMW = 3,
-    REGOPT_RADAM = 4
+    REGOPT_RADAM = 4,
+    REGOPT_HOST = 5 /* since 1.0 */
 } regopt_optimizer_kind;
 
 /* Learning-rate schedules (REGOPT_OPT_SCHEDULE). With t = completed steps,
@@ -825,6 +830,76 @@ REGOPT_API regopt_status regopt_optimizer_get_group(
 
 /* One-line detail of the optimizer's last failure ("" if none); never NULL. */
 REGOPT_API const char *regopt_optimizer_message(const regopt_optimizer *opt);
+
+/* ---- A host-owned update (REGOPT_HOST) ----------------------------------
+ *
+ * The library runs every pass of a step as with a built-in optimizer; only
+ * the last line of the update is the host's. When a step's update is due,
+ * each trainable tensor's gradient buffer (the `grad` given to
+ * regopt_model_add_param) holds, and the callback receives there:
+ *   - the gradient of the step's objective (task loss and every attached
+ *     loss-side term) at the weights the weight-side regularizer chose
+ *     (SAM and its variants: at the perturbed point, GSAM's / WSAM's
+ *     combined direction), averaged over the micro-batches by the row
+ *     weights,
+ *   - after the all-reduce (identical on every replica),
+ *   - multiplied by the clipping factor when optimizer.clip_norm is set
+ *     (torch.nn.utils.clip_grad_norm_'s factor, written into the buffers),
+ *   - with no weight decay added: decay is the host optimizer's business
+ *     (optimizer.weight_decay and the group keys do not apply to HOST).
+ * The parameters hold w, the point of the step: SAM's perturbation has been
+ * undone bit-exactly before the call. The host updates them in place, in
+ * the registered buffers (it may read and overwrite the gradient buffers
+ * too: the library rewrites them every step).
+ *
+ * step is the number of the update being made, counting from 1 (it becomes
+ * stat.step when the call succeeds); lr is the learning rate a built-in
+ * optimizer would have used: optimizer.lr times the schedule
+ * (REGOPT_OPT_SCHEDULE, _WARMUP_STEPS, _TOTAL_STEPS, _MIN_LR_RATIO), also
+ * reported as stat.lr. A host with its own scheduler may ignore it. The
+ * keys of a HOST optimizer are optimizer.lr, the schedule keys and
+ * optimizer.clip_norm; the others return REGOPT_ERR_UNKNOWN_KEY.
+ *
+ * After the callback returns 0 the step is made: the step count advances
+ * and what follows an update runs (the Bregman teacher's EMA, SAM's
+ * after-update state, statistics, trainer.check_host's record), reading the
+ * weights as the host left them. The callback runs on the thread that
+ * called regopt_trainer_step, once per step and replica, under the
+ * callback contract above (no calls back into the trainer; the optimizer's
+ * setters are refused while it runs). Replicas stay identical only if the
+ * host's update is deterministic.
+ *
+ * Failure: a non-zero return fails the step with REGOPT_ERR_HOST_UPDATE.
+ * The library cannot undo what the host did: the parameters and the host
+ * optimizer's state are what the callback left (a host that fails before
+ * writing anything gets a step that changed nothing). The library's own
+ * state is exactly as before the step: step count, regularizer state
+ * (teacher, SAM's state), statistics, the RNG stream (the step is retried
+ * with the same seeds). trainer.check_host records the parameters as the
+ * callback left them, so a retry is not refused for them. Momentum-SAM
+ * (sam.momentum) reads the library's momentum and is refused with a HOST
+ * optimizer (REGOPT_ERR_STATE).
+ *
+ * Checkpoints save the library's part (step count, options, the schedule
+ * keys, regularizer state, parameters) with no optimizer moments; the host
+ * saves and restores its optimizer's own state (torch's
+ * optimizer.state_dict()). A checkpoint of a HOST trainer loads only into a
+ * HOST trainer (REGOPT_ERR_MISMATCH otherwise).
+ *
+ * A step of a HOST optimizer with no callback set fails with
+ * REGOPT_ERR_STATE before any pass. */
+typedef int (*regopt_host_update_fn)(uint64_t step, double lr, void *user);
+
+/* Install the update of a REGOPT_HOST optimizer and its user pointer.
+ * free_user (may be NULL) is called with user when the optimizer is freed
+ * or the callback replaced. fn NULL: REGOPT_ERR_NULL_POINTER; an optimizer
+ * of another kind: REGOPT_ERR_INVALID_ARGUMENT; while a trainer of it runs
+ * host callbacks: REGOPT_ERR_STATE. If this call fails, free_user is not
+ * called and nothing changes. */
+REGOPT_API regopt_status regopt_optimizer_set_host_update(regopt_optimizer *opt,
+                                                          regopt_host_update_fn fn,
+                                                          void *user,
+                                                          regopt_free_fn free_user);
 
 /* ------------------------------------------------------------------------ */
 /* Losses                                                                   */

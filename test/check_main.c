@@ -12,6 +12,7 @@ int main(void)
     srunner_add_suite(sr, suite_model());
     srunner_add_suite(sr, suite_loss());
     srunner_add_suite(sr, suite_optim());
+    srunner_add_suite(sr, suite_optim_host());
     srunner_add_suite(sr, suite_trainer());
     srunner_add_suite(sr, suite_parallel());
     srunner_add_suite(sr, suite_sam());

@@ -301,6 +301,8 @@ static inline void ref_step(const ref_cfg *c, ref_state *s)
             else
                 s->unrectified += i == 0;
             break;
+        case REGOPT_HOST: /* the host's own update: not modelled here */
+            break;
         }
     }
     s->t++;

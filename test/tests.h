@@ -11,6 +11,7 @@ Suite *suite_rng(void);     /* check_rng.c: Philox known answers, uniform, norma
 Suite *suite_model(void);   /* check_model.c: registration and its bad inputs */
 Suite *suite_loss(void);    /* check_loss.c: losses, finite differences */
 Suite *suite_optim(void);   /* check_optim*.c: optimizers and schedules vs formulas */
+Suite *suite_optim_host(void); /* check_optim_host.c: REGOPT_HOST, the host's own update */
 Suite *suite_trainer(void); /* check_trainer*.c: steps, accumulation, rollback */
 Suite *suite_parallel(void); /* check_parallel.c: data-parallel all-reduce */
 Suite *suite_sam(void);     /* check_sam.c: SAM, ASAM, GSAM, rho schedule vs formulas */

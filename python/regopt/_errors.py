@@ -91,10 +91,18 @@ class CheckpointIOError(Error, OSError):
     status = L.ERR_IO
 
 
+class HostUpdateFailed(Error):
+    """The host's update (a REGOPT_HOST optimizer: torch.optim's step())
+    failed; the library's state is as before the step, the parameters and
+    the host optimizer's state are what the update left."""
+    status = L.ERR_HOST_UPDATE
+
+
 ERRORS = {cls.status: cls for cls in (
     NullPointer, InvalidArgument, OutOfRange, UnknownKey, Unsupported, NoMemory, StateError,
     ForwardFailed, BackwardFailed, LossCallbackFailed, NonFiniteLoss, NonFiniteGradient,
-    AllreduceFailed, CorruptCheckpoint, CheckpointMismatch, CheckpointIOError)}
+    AllreduceFailed, CorruptCheckpoint, CheckpointMismatch, CheckpointIOError,
+    HostUpdateFailed)}
 
 
 def _error(status, message):

@@ -122,6 +122,8 @@ TERM_STATE_SIZE_FN = ctypes.CFUNCTYPE(c_size_t, ctypes.c_void_p)
 TERM_SAVE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, c_size_t, ctypes.c_void_p)
 TERM_LOAD_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, c_size_t, ctypes.c_void_p)
 TERM_COMMITTED_FN = ctypes.CFUNCTYPE(None, ctypes.c_uint64, ctypes.c_void_p)
+# regopt_host_update_fn(step, lr, user)
+HOST_UPDATE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint64, ctypes.c_double, ctypes.c_void_p)
 
 
 class TermOps(ctypes.Structure):
@@ -208,6 +210,7 @@ ERR_ALLREDUCE = -13
 ERR_CORRUPT = -14
 ERR_MISMATCH = -15
 ERR_IO = -16
+ERR_HOST_UPDATE = -17
 
 CHECKPOINT_PARAMS = 0x1
 CHECKPOINT_OPTIONS = 0x2
@@ -246,7 +249,7 @@ DTYPE_FLOAT64 = 4
 MAX_GROUPS = 64
 MAX_NAME = 255
 
-SGD, ADAM, ADAMW, RADAM = 1, 2, 3, 4
+SGD, ADAM, ADAMW, RADAM, HOST = 1, 2, 3, 4, 5
 SCHEDULE_CONSTANT, SCHEDULE_LINEAR, SCHEDULE_COSINE = 0, 1, 2
 LOSS_SOFTMAX_CE, LOSS_MSE, LOSS_CALLBACK = 0, 1, 2
 REG_SAM, REG_RDROP, REG_SMART, REG_BREGMAN, REG_TERM, REG_AVERAGE = 1, 2, 3, 4, 5, 6
@@ -316,6 +319,7 @@ PROTOTYPES = {
     "regopt_optimizer_set_group": (_st, [_vp, _i32, _key, _d]),
     "regopt_optimizer_get_group": (_st, [_vp, _i32, _key, _dp]),
     "regopt_optimizer_message": (_cs, [_vp]),
+    "regopt_optimizer_set_host_update": (_st, [_vp, HOST_UPDATE_FN, _vp, USER_FREE_FN]),
     # trainer
     "regopt_trainer_create": (_vp, [_vp, _vp, _stp]),
     "regopt_trainer_free": (_st, [_vp]),

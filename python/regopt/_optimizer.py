@@ -5,13 +5,14 @@ from . import _lib as L
 from ._lib import lib
 from ._allocator import _alloc_arg
 from ._errors import InvalidArgument, StateError, UnknownKey, _text, last_error_message
-from ._guard import Call
-from ._handles import _Handle, _free_trainer_cell
+from ._guard import Call, trampoline
+from ._handles import _RELEASE_FN, _Handle, _free_trainer_cell, _keepalive, _register_user
 from ._ints import INT, c_int
 from ._keys import _Options, _full_name, key_from_name, key_info
 
 
-OPTIMIZER_KINDS = {"sgd": L.SGD, "adam": L.ADAM, "adamw": L.ADAMW, "radam": L.RADAM}
+OPTIMIZER_KINDS = {"sgd": L.SGD, "adam": L.ADAM, "adamw": L.ADAMW, "radam": L.RADAM,
+                   "host": L.HOST}
 
 
 class Optimizer(_Handle, _Options):
@@ -58,9 +59,31 @@ class Optimizer(_Handle, _Options):
     def message(self):
         return self._msg() if self._ptr else ""
 
+    def set_host_update(self, fn):
+        """The update of a 'host' optimizer (regopt_optimizer_set_host_update):
+        fn(step, lr) updates the parameters in place from the final gradient
+        in their registered gradient buffers (include/regopt.h says what it
+        holds); step counts from 1, lr is optimizer.lr times the schedule.
+        An exception (or a true return value) fails the step with
+        HostUpdateFailed; the exception is re-raised by the step."""
+        if not callable(fn):
+            raise TypeError("set_host_update needs a callable fn(step, lr)")
+
+        def body(step, lr, user):
+            rc = fn(step, lr)
+            return 0 if rc is None or rc is False or rc == 0 else 1
+
+        cfn = L.HOST_UPDATE_FN(trampoline(body, 1))
+        token = _register_user((cfn, fn))
+        with Call() as c:  # runs the free hook of the update replaced
+            st = lib.regopt_optimizer_set_host_update(self._p(), cfn, token, _RELEASE_FN)
+        if st != L.OK:
+            _keepalive.pop(token, None)  # on failure the library does not call free_user
+        c.finish(st, self._msg)
+
     @property
     def kind(self):
-        """'sgd', 'adam', 'adamw' or 'radam'."""
+        """'sgd', 'adam', 'adamw', 'radam' or 'host'."""
         k = lib.regopt_optimizer_get_kind(self._p())
         for name, v in OPTIMIZER_KINDS.items():
             if v == k:

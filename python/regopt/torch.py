@@ -11,6 +11,9 @@
     trainer.add("smart", lambda_=1.0)
     trainer.step(regopt.Batch(data=x, labels=y))    # x: tensor (or tuple/dict of tensors)
 
+A torch.optim optimizer and scheduler, a loss written in torch, state_dict()
+and torch.distributed: regopt.torch_train.TorchTrainer (its docstring).
+
 What the adapter does:
   * registers every parameter zero-copy: p.data and p.grad (allocated as
     zeros first) by data_ptr(); the library updates p in place and zeroes
@@ -56,6 +59,7 @@ import torch.nn as nn
 from . import _core
 from . import _lib as L
 from ._errors import StateError
+from ._torch_output import select_output
 
 
 def default_group(name, param):
@@ -184,15 +188,20 @@ class TorchModel(_core.Model):
                   module(*data) for tuples, module(**data) for dicts. data is
                   Batch.data sliced to the pass's rows.
     group_fn      group_fn(name, param) -> parameter group
+    output        which output the library sees when the module returns a
+                  dict (a key), a tuple or list (an index) or anything else
+                  (a callable(out) -> tensor); None: the module returns a
+                  tensor (a dict or tuple then raises, naming output=)
     """
 
     def __init__(self, module, output_width, *, embedding=None, input_width=None, slots=3,
-                 call=None, group_fn=default_group, allocator=None):
+                 call=None, group_fn=default_group, allocator=None, output=None):
         if not isinstance(module, nn.Module):
             raise TypeError("TorchModel needs a torch.nn.Module")
         super().__init__(output_width, slots=slots, allocator=allocator)
         self.module = module
         self.call = call or default_call
+        self.output = output
         self._graphs = {}
         self._registered = []  # _Registered, in registration order
         self._bns = [m for m in module.modules() if isinstance(m, _BN)]
@@ -336,7 +345,7 @@ class TorchModel(_core.Model):
                 if train:
                     torch.default_generator.manual_seed(int(c.seed))
                 with torch.set_grad_enabled(want_grad):
-                    out = self.call(module, data)
+                    out = select_output(self.call(module, data), self.output)
         finally:
             self._delta = None
             for bn, mom, nbt in bn_saved:

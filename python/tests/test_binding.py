@@ -133,6 +133,8 @@ class EveryFunctionTest(HandleCheck):
             opt.set_group(1, weight_decay=0.0)
             self.assertEqual(opt.get_group(1, "weight_decay"), 0.0)
             self.assertEqual(opt.kind, "sgd")
+            with self.assertRaises(regopt.InvalidArgument):  # only a "host" optimizer takes one
+                opt.set_host_update(lambda step, lr: None)
             opt.set(nesterov=1)
             self.assertEqual(opt.get("nesterov"), 1)
             self.assertEqual(opt.get("momentum"), 0.9)
@@ -345,7 +347,7 @@ class RandomTest(unittest.TestCase):
             self.assertEqual(cls("x").status, code)
         self.assertEqual(regopt.status_string(0), "REGOPT_OK: success")
         self.assertEqual(regopt.status_string(-999), "unknown status")
-        self.assertEqual(len(regopt.ERRORS), 16)
+        self.assertEqual(len(regopt.ERRORS), 17)
 
 
 if __name__ == "__main__":

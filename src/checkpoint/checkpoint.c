@@ -197,6 +197,7 @@ static const char *kind_name(uint32_t kind)
     case REGOPT_ADAM: return "adam";
     case REGOPT_ADAMW: return "adamw";
     case REGOPT_RADAM: return "radam";
+    case REGOPT_HOST: return "host (the host's own optimizer)";
     default: return "unknown";
     }
 }
@@ -447,7 +448,8 @@ static void apply_state(regopt_trainer *t, const ck_trainer *c, const ro_ck_foun
     t->momentum_ready = (int)c->momentum_ready;
     ro_ck_rdfloats(t->state, moments->data, m->n_trainable * t->per_element);
     { /* the update's guard bounds the first moment (momentum buffer) anew */
-        uint32_t b = ro_abs_max_bits(t->state, m->n_trainable);
+        /* REGOPT_HOST keeps no moments (per_element 0): nothing to bound */
+        uint32_t b = t->per_element ? ro_abs_max_bits(t->state, m->n_trainable) : 0u;
         float f;
         memcpy(&f, &b, sizeof f);
         t->state_bound = f;

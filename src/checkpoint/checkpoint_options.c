@@ -41,7 +41,8 @@ static int read_option(const regopt_trainer *t, const ro_reg *r, const ro_key_de
         *iv = (int64_t)*dv;
         return 1;
     }
-    if (d->owner == RO_OWNER_OPTIMIZER && !ro_optimizer_key_applies(t->opt->kind, d->key))
+    if ((d->owner == RO_OWNER_OPTIMIZER || d->owner == RO_OWNER_GROUP) &&
+        !ro_optimizer_key_applies(t->opt->kind, d->key))
         return 0;
     if (d->owner == RO_OWNER_GROUP)
         st = regopt_optimizer_get_group(t->opt, g, d->key, dv);
@@ -176,7 +177,8 @@ static regopt_status decode_option(regopt_trainer *t, const unsigned char *e, ck
     if (d->key == REGOPT_GROUP_WEIGHT_DECAY && o->value < 0.0 && o->value != -1.0)
         return ro_fail(t->msg, REGOPT_ERR_OUT_OF_RANGE, "the checkpoint's group.weight_decay "
                        "of group %d is %g: -1 (inherit) or >= 0", (int)o->group, o->value);
-    if (d->owner == RO_OWNER_OPTIMIZER && !ro_optimizer_key_applies(t->opt->kind, d->key))
+    if ((d->owner == RO_OWNER_OPTIMIZER || d->owner == RO_OWNER_GROUP) &&
+        !ro_optimizer_key_applies(t->opt->kind, d->key))
         return ro_fail(t->msg, REGOPT_ERR_CORRUPT, "the checkpoint's option %s does not "
                        "apply to its optimizer", d->name);
     return ro_key_check(d, o->value, t->msg);

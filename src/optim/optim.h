@@ -25,6 +25,10 @@ struct regopt_optimizer {
     double min_lr_ratio;
     double clip_norm;
     ro_group_cfg groups[REGOPT_MAX_GROUPS];
+    /* REGOPT_HOST: the host's update (optim_host.c) */
+    regopt_host_update_fn host_fn;
+    void *host_user;
+    regopt_free_fn host_free;
     int bound;
     atomic_int busy; /* trainers of it inside a call that runs host callbacks */
     char msg[RO_MSG_SIZE];
@@ -37,6 +41,8 @@ regopt_status ro_optimizer_validate(const regopt_optimizer *o, char *msg);
 /* Whether an optimizer key means something for this kind (momentum: SGD;
  * betas: the Adam family; ...). */
 int ro_optimizer_key_applies(regopt_optimizer_kind kind, regopt_key key);
+/* optim_host.c: release the host update's user pointer (optimizer freed). */
+void ro_optimizer_host_release(regopt_optimizer *o);
 /* Elements of optimizer state per trainable element for this config. */
 size_t ro_optimizer_state_per_element(const regopt_optimizer *o);
 

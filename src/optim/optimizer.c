@@ -39,6 +39,7 @@ static const char *optimizer_kind_name(regopt_optimizer_kind k)
     case REGOPT_ADAM: return "adam";
     case REGOPT_ADAMW: return "adamw";
     case REGOPT_RADAM: return "radam";
+    case REGOPT_HOST: return "host";
     }
     return "?";
 }
@@ -51,7 +52,7 @@ regopt_optimizer *regopt_optimizer_create(regopt_optimizer_kind kind,
     regopt_optimizer *o = NULL;
     regopt_status st = ro_alloc_init(&a, allocator);
     int g;
-    if (st == REGOPT_OK && (kind < REGOPT_SGD || kind > REGOPT_RADAM))
+    if (st == REGOPT_OK && (kind < REGOPT_SGD || kind > REGOPT_HOST))
         st = ro_fail_tls(REGOPT_ERR_INVALID_ARGUMENT,
                          "regopt_optimizer_create: unknown optimizer kind %d", (int)kind);
     if (st == REGOPT_OK) {
@@ -92,6 +93,7 @@ regopt_status regopt_optimizer_free(regopt_optimizer *o)
     if (o->bound) /* a trainer still reads it: refuse rather than dangle */
         return ro_fail_tls(REGOPT_ERR_STATE, "regopt_optimizer_free: still bound to %d "
                            "trainer(s); free them first (nothing was freed)", o->bound);
+    ro_optimizer_host_release(o);
     a = o->alloc;
     o->magic = RO_MAGIC_DEAD;
     ro_free(&a, o);
@@ -106,6 +108,10 @@ regopt_optimizer_kind regopt_optimizer_get_kind(const regopt_optimizer *o)
 int ro_optimizer_key_applies(regopt_optimizer_kind kind, regopt_key key)
 {
     int sgd = kind == REGOPT_SGD;
+    if (kind == REGOPT_HOST) /* the host's optimizer owns decay, moments and groups */
+        return key == REGOPT_OPT_LR || key == REGOPT_OPT_SCHEDULE ||
+               key == REGOPT_OPT_WARMUP_STEPS || key == REGOPT_OPT_TOTAL_STEPS ||
+               key == REGOPT_OPT_MIN_LR_RATIO || key == REGOPT_OPT_CLIP_NORM;
     switch (key) {
     case REGOPT_OPT_MOMENTUM:
     case REGOPT_OPT_DAMPENING:
@@ -258,6 +264,10 @@ static regopt_status group_key(const regopt_optimizer *o, int32_t group,
         return ro_fail((char *)o->msg, REGOPT_ERR_UNKNOWN_KEY,
                        "key %d (%s) is not a parameter-group key", (int)key,
                        d ? d->name : "unknown");
+    if (!ro_optimizer_key_applies(o->kind, key))
+        return ro_fail((char *)o->msg, REGOPT_ERR_UNKNOWN_KEY,
+                       "%s does not apply to a %s optimizer (its groups are the host's)",
+                       d->name, optimizer_kind_name(o->kind));
     if (group < 0 || group >= REGOPT_MAX_GROUPS)
         return ro_fail((char *)o->msg, REGOPT_ERR_OUT_OF_RANGE,
                        "group must be in [0, %d], got %d", REGOPT_MAX_GROUPS - 1, (int)group);
@@ -331,6 +341,7 @@ size_t ro_optimizer_state_per_element(const regopt_optimizer *o)
     case REGOPT_ADAM:
     case REGOPT_ADAMW: return 3; /* m, v, running max of v (AMSGrad) */
     case REGOPT_RADAM: return 2; /* m, v */
+    case REGOPT_HOST: return 0;  /* the host keeps its own */
     }
     return 0;
 }

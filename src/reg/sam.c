@@ -236,6 +236,10 @@ static regopt_status check(ro_reg *r, const ro_step *st)
                        "step's one pass at w - rho v/||v||: it cannot be combined with "
                        "sam.gsam, sam.wsam, sam.looksam, sam.direction, sam.m_rows or "
                        "sam.adaptive");
+    if (s->msam && !st->opt_m)
+        return ro_fail(r->env->msg, REGOPT_ERR_STATE, "sam.momentum reads the base "
+                       "optimizer's momentum, and a host-owned optimizer (REGOPT_HOST) keeps "
+                       "none in the library: use a built-in optimizer or sam.momentum = 0");
     if ((s->gsam && s->wsam.mode) || (s->look.on && s->gsam) || (s->look.on && s->wsam.mode))
         return ro_fail(r->env->msg, REGOPT_ERR_INVALID_ARGUMENT,
                        "%s cannot be combined with sam.gsam or sam.wsam: each makes the update "

@@ -38,6 +38,7 @@ regopt_status ro_trainer_begin(regopt_trainer *t, const char *func)
     t->env.busy = func;
     t->n_undo = 0;
     t->busy_applied = 0;
+    t->busy_host = 0;
     return REGOPT_OK;
 }
 
@@ -67,7 +68,7 @@ void ro_trainer_pop_undo(regopt_trainer *t)
 regopt_status regopt_trainer_recover(regopt_trainer *t)
 {
     const char *call;
-    int n_undo, applied;
+    int n_undo, applied, host;
     size_t i;
     regopt_status st = ro_trainer_check(t, "regopt_trainer_recover");
     if (st != REGOPT_OK)
@@ -78,6 +79,7 @@ regopt_status regopt_trainer_recover(regopt_trainer *t)
     }
     call = t->env.busy ? t->env.busy : "a call";
     applied = t->busy_applied;
+    host = t->busy_host;
     n_undo = t->n_undo;
     for (i = 0; i < t->n_regs; i++) /* weights swapped out: back first */
         if (t->regs[i]->ops->abandon)
@@ -89,7 +91,11 @@ regopt_status regopt_trainer_recover(regopt_trainer *t)
         n_undo--;
         t->undo[n_undo].fn(t, t->undo[n_undo].ctx);
     }
-    if (applied) /* a committed hook threw: the update had been made */
+    if (host) /* the host's update threw: its writes are its own */
+        (void)ro_fail(t->msg, REGOPT_OK, "recovered from an abandoned %s: the host's update "
+                      "did not return; the library's state is as before it, the parameters "
+                      "and the host optimizer's state are what the update left", call);
+    else if (applied) /* a committed hook threw: the update had been made */
         (void)ro_fail(t->msg, REGOPT_OK, "recovered from an abandoned %s: its update had "
                       "been applied (step %llu); a committed hook did not return",
                       call, (unsigned long long)t->step);

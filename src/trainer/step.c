@@ -27,6 +27,9 @@ static regopt_status config_check(regopt_trainer *t)
                        "optimizer.amsgrad was switched on after the trainer was created");
     if (t->env.loss_kind == REGOPT_LOSS_CALLBACK && !t->env.loss_fn)
         return ro_fail(t->msg, REGOPT_ERR_STATE, "the loss is a callback but none is set");
+    if (o->kind == REGOPT_HOST && !o->host_fn)
+        return ro_fail(t->msg, REGOPT_ERR_STATE, "the optimizer is REGOPT_HOST but has no "
+                       "update callback (regopt_optimizer_set_host_update)");
     /* options can change after attach (a plan may need more slots): check them */
     ro_trainer_plan(t, &p, 1);
     if (t->model->slots < p.slots)
@@ -62,7 +65,7 @@ static regopt_status step_begin(regopt_trainer *t, const regopt_batch *b, size_t
     s->lr_max = t->opt->lr;
     s->lr_min = t->opt->lr * t->opt->min_lr_ratio;
     s->opt = t->opt;
-    s->opt_m = t->state;
+    s->opt_m = t->per_element ? t->state : NULL; /* HOST keeps no moments */
     s->total_steps = t->opt->total_steps;
     s->driver = t;
     s->zero_grads = step_zero;
@@ -131,7 +134,8 @@ static regopt_status step_commit(regopt_trainer *t, ro_step *s, double norm)
 {
     double scale = ro_clip_scale(t->opt, norm);
     size_t i;
-    regopt_status st = ro_apply_update(t, s->lr, scale);
+    regopt_status st = t->opt->kind == REGOPT_HOST ? ro_host_update(t, s->lr, scale)
+                                                   : ro_apply_update(t, s->lr, scale);
     if (st != REGOPT_OK)
         return st;
     /* the step is made: counted before the hooks, for a user term's

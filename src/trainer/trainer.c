@@ -49,7 +49,7 @@ regopt_trainer *regopt_trainer_create(regopt_model *m, regopt_optimizer *o,
         if (t) {
             t->alloc = m->alloc;
             t->per_element = ro_optimizer_state_per_element(o);
-            if (o->kind != REGOPT_RADAM && o->kind != REGOPT_SGD && !o->amsgrad)
+            if ((o->kind == REGOPT_ADAM || o->kind == REGOPT_ADAMW) && !o->amsgrad)
                 t->per_element = 2; /* no AMSGrad maximum unless asked at creation */
             t->model = m;
             t->state = ro_calloc(&t->alloc, m->n_trainable, t->per_element * sizeof(float));

@@ -61,6 +61,7 @@ struct regopt_trainer {
     } undo[RO_MAX_UNDO];
     int n_undo;
     int busy_applied;   /* the abandoned step had already made its update */
+    int busy_host;      /* it was inside the host's update (REGOPT_HOST) */
 
     /* probe.c (trainer.check_host): the ends of each trainable tensor */
     uint32_t *probe;    /* 2 per tensor, NULL when the option is off */
@@ -155,5 +156,10 @@ regopt_status ro_sync(regopt_trainer *t, ro_step *s, regopt_status local, double
 regopt_status ro_gradient_norm(regopt_trainer *t, double *norm);
 double ro_clip_scale(const regopt_optimizer *o, double norm);
 regopt_status ro_apply_update(regopt_trainer *t, double lr, double scale);
+/* host_update.c: REGOPT_HOST's update in place of ro_apply_update: the
+ * clipping factor written into the gradient buffers, then the host's
+ * callback. REGOPT_ERR_HOST_UPDATE when it fails (the library's state
+ * unchanged; the parameters are what the host left). */
+regopt_status ro_host_update(regopt_trainer *t, double lr, double scale);
 
 #endif

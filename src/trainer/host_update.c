@@ -1,0 +1,49 @@
+/* host_update.c — the update of a REGOPT_HOST optimizer: the host's own
+ * (torch.optim, torch::optim, ...). What the callback receives is the
+ * header's contract (regopt_optimizer_set_host_update): the final gradient
+ * in the registered gradient buffers, clipped, the weights at w. */
+#include "trainer/trainer.h"
+
+typedef struct scale_job {
+    float scale;
+} scale_job;
+
+/* The built-in updates multiply each gradient element by the float factor
+ * as they read it (ro_update.grad_scale); the same product, in place, gives
+ * the host the same gradient bit for bit. */
+static void scale_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    const float c = ((const scale_job *)ctx)->scale;
+    float *g = p->grad;
+    size_t j;
+    for (j = j0; j < j1; j++)
+        g[j] = g[j] * c;
+}
+
+regopt_status ro_host_update(regopt_trainer *t, double lr, double scale)
+{
+    regopt_optimizer *o = t->opt;
+    int rc;
+    if (scale != 1.0) {
+        scale_job job;
+        job.scale = (float)scale;
+        ro_each_piece(&t->par, scale_piece, &job);
+    }
+    /* counted as a host call: the trainer and the optimizer refuse changes
+       from inside it, and an update that throws is seen by the guard */
+    ro_host_enter(&t->env);
+    t->busy_host = 1; /* regopt_trainer_recover's message, should it never return */
+    rc = o->host_fn(t->step + 1, lr, o->host_user);
+    t->busy_host = 0;
+    ro_host_leave(&t->env);
+    if (rc == 0)
+        return REGOPT_OK;
+    /* the library's state is untouched (the step counts only after this);
+       the parameters are the host's now: trainer.check_host takes them as
+       they are, so that a retried step is not refused for them */
+    ro_probe_record(t);
+    return ro_fail(t->msg, REGOPT_ERR_HOST_UPDATE, "the host's update callback returned %d at "
+                   "step %llu; the library's state is as before the step, the parameters and "
+                   "the host optimizer's state are what the callback left", rc,
+                   (unsigned long long)(t->step + 1));
+}
