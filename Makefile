@@ -124,8 +124,10 @@ examples/mpi_sam: examples/mpi_sam.c examples/digits_mlp.h lib
 	$(MPICC) $(CPPFLAGS) $(CFLAGS) $(APP_CFLAGS) $(BLAS_CFLAGS) $< -o $@ \
 	    -Llib -lregopt $(RPATH) $(BLAS_LIBS) -lm
 
-# C++17, LibTorch's headers as system headers (their warnings are not ours).
-examples/libtorch_sam: examples/libtorch_sam.cpp include/regopt_torch.hpp lib
+# C++17, LibTorch's headers as system headers (their warnings are not ours);
+# the library an order-only prerequisite: relinking a shared library's user is
+# not needed, and this compile takes minutes.
+examples/libtorch_sam: examples/libtorch_sam.cpp include/regopt_torch.hpp include/regopt.h | lib
 	$(CXX) -std=c++17 $(CPPFLAGS) $(CFLAGS) $(WARN) -Iinclude -isystem $(TORCH_INC) $< -o $@ \
 	    -Llib -lregopt $(RPATH) $(TORCH_LIBS)
 
