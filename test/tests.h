@@ -39,5 +39,6 @@ Suite *suite_term_inputs(void); /* check_term_inputs.c: create_term and term.wei
 Suite *suite_contract(void); /* check_contract.c: trainer.check_host, the host contract */
 Suite *suite_term_teacher(void); /* check_term_teacher.c: a user term reading the EMA teacher */
 Suite *suite_flatness(void); /* check_flatness.c: regopt_trainer_flatness */
+Suite *suite_precision(void); /* check_precision.c: fp16/bf16, master copy, loss scaling */
 
 #endif

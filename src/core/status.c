@@ -31,6 +31,7 @@ const char *regopt_status_string(regopt_status status)
     case REGOPT_ERR_CORRUPT: return "REGOPT_ERR_CORRUPT: the checkpoint is damaged";
     case REGOPT_ERR_MISMATCH: return "REGOPT_ERR_MISMATCH: the checkpoint does not fit this trainer";
     case REGOPT_ERR_IO: return "REGOPT_ERR_IO: a file or checkpoint callback operation failed";
+    case REGOPT_ERR_OVERFLOW: return "REGOPT_ERR_OVERFLOW: a loss-scaled gradient overflowed";
     }
     return "unknown status";
 }
