@@ -203,7 +203,9 @@
  * largest batch seen (or the size given to regopt_trainer_reserve) and are
  * then reused: a step never allocates once the batch sizes have been seen.
  *
- * Numbers. Parameters, gradients and outputs are float32. Scalars (losses,
+ * Numbers. Parameters and gradients are float32, or float16/bfloat16 with
+ * an fp32 master copy kept by the library and loss scaling (see "Mixed
+ * precision" at regopt_dtype); outputs are float32. Scalars (losses,
  * norms, options) cross the API as double.
  *
  * Checkpoints. regopt_trainer_save* and regopt_trainer_load* save and

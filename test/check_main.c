@@ -38,6 +38,7 @@ int main(void)
     srunner_add_suite(sr, suite_term_teacher());
     srunner_add_suite(sr, suite_flatness());
     srunner_add_suite(sr, suite_precision());
+    srunner_add_suite(sr, suite_precision_compose());
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);
     srunner_free(sr);

@@ -40,5 +40,6 @@ Suite *suite_contract(void); /* check_contract.c: trainer.check_host, the host c
 Suite *suite_term_teacher(void); /* check_term_teacher.c: a user term reading the EMA teacher */
 Suite *suite_flatness(void); /* check_flatness.c: regopt_trainer_flatness */
 Suite *suite_precision(void); /* check_precision.c: fp16/bf16, master copy, loss scaling */
+Suite *suite_precision_compose(void); /* check_precision_compose.c: with every method, replicas */
 
 #endif
