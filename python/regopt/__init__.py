@@ -29,7 +29,7 @@ from ._lib import (BINDING_VERSION, LibraryNotFound, LibraryVersionError, librar
 from ._core import (
     Error, NullPointer, InvalidArgument, OutOfRange, UnknownKey, Unsupported, NoMemory,
     StateError, ForwardFailed, BackwardFailed, LossCallbackFailed, NonFiniteLoss,
-    NonFiniteGradient, AllreduceFailed, CorruptCheckpoint, CheckpointMismatch,
+    NonFiniteGradient, AllreduceFailed, CorruptCheckpoint, CheckpointMismatch, Overflow,
     CheckpointIOError, ERRORS,
     status_string, last_error_message, version, version_number,
     KeyInfo, key_from_name, key_info, keys,
@@ -46,7 +46,7 @@ __version__ = "%d.%d.%d" % BINDING_VERSION
 __all__ = [
     "Error", "NullPointer", "InvalidArgument", "OutOfRange", "UnknownKey", "Unsupported",
     "NoMemory", "StateError", "ForwardFailed", "BackwardFailed", "LossCallbackFailed",
-    "NonFiniteLoss", "NonFiniteGradient", "AllreduceFailed", "CorruptCheckpoint",
+    "NonFiniteLoss", "NonFiniteGradient", "AllreduceFailed", "CorruptCheckpoint", "Overflow",
     "CheckpointMismatch", "CheckpointIOError", "LibraryNotFound",
     "LibraryVersionError", "status_string", "last_error_message", "version", "version_number",
     "KeyInfo", "key_from_name", "key_info", "keys", "live_handles", "pending_callbacks",

@@ -32,7 +32,7 @@ from ._lib import lib
 from ._errors import (
     Error, NullPointer, InvalidArgument, OutOfRange, UnknownKey, Unsupported, NoMemory,
     StateError, ForwardFailed, BackwardFailed, LossCallbackFailed, NonFiniteLoss,
-    NonFiniteGradient, AllreduceFailed, CorruptCheckpoint, CheckpointMismatch,
+    NonFiniteGradient, AllreduceFailed, CorruptCheckpoint, CheckpointMismatch, Overflow,
     CheckpointIOError, ERRORS, status_string, last_error_message, version, version_number)
 from ._keys import KeyInfo, key_from_name, key_info, keys, ENUM_VALUES
 from ._handles import live_handles, pending_callbacks
@@ -50,7 +50,7 @@ from ._rng import random_uniform, random_normal, dropout_mask
 __all__ = [
     "Error", "NullPointer", "InvalidArgument", "OutOfRange", "UnknownKey", "Unsupported",
     "NoMemory", "StateError", "ForwardFailed", "BackwardFailed", "LossCallbackFailed",
-    "NonFiniteLoss", "NonFiniteGradient", "AllreduceFailed", "CorruptCheckpoint",
+    "NonFiniteLoss", "NonFiniteGradient", "AllreduceFailed", "CorruptCheckpoint", "Overflow",
     "CheckpointMismatch", "CheckpointIOError", "ERRORS", "status_string",
     "last_error_message", "version", "version_number", "KeyInfo", "key_from_name",
     "key_info", "keys", "ENUM_VALUES", "live_handles", "pending_callbacks", "Allocator",

@@ -91,10 +91,16 @@ class CheckpointIOError(Error, OSError):
     status = L.ERR_IO
 
 
+class Overflow(Error, ArithmeticError):
+    """A loss-scaled gradient overflowed (calls other than a step, which
+    skips instead)."""
+    status = L.ERR_OVERFLOW
+
+
 ERRORS = {cls.status: cls for cls in (
     NullPointer, InvalidArgument, OutOfRange, UnknownKey, Unsupported, NoMemory, StateError,
     ForwardFailed, BackwardFailed, LossCallbackFailed, NonFiniteLoss, NonFiniteGradient,
-    AllreduceFailed, CorruptCheckpoint, CheckpointMismatch, CheckpointIOError)}
+    AllreduceFailed, CorruptCheckpoint, CheckpointMismatch, CheckpointIOError, Overflow)}
 
 
 def _error(status, message):
