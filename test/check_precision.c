@@ -602,6 +602,9 @@ START_TEST(float32_buffers_with_scaling_train_identically)
     prun_open(&b, REGOPT_DTYPE_FLOAT32, PD, PK, REGOPT_ADAM);
     MUST(regopt_trainer_set_int(b.t, REGOPT_TRAINER_LOSS_SCALING, REGOPT_SCALING_DYNAMIC));
     MUST(regopt_trainer_set_int(b.t, REGOPT_TRAINER_SCALE_INTERVAL, 2));
+    /* clipping sees the unscaled gradient */
+    MUST(regopt_optimizer_set_double(a.o, REGOPT_OPT_CLIP_NORM, 0.05));
+    MUST(regopt_optimizer_set_double(b.o, REGOPT_OPT_CLIP_NORM, 0.05));
     tu_add(a.t, REGOPT_REG_SAM);
     tu_add(b.t, REGOPT_REG_SAM);
     for (i = 0; i < 6; i++) {
@@ -609,6 +612,8 @@ START_TEST(float32_buffers_with_scaling_train_identically)
         pstep(&b);
         ck_assert(memcmp(a.h.w, b.h.w, wbytes(&a)) == 0);
         ck_assert_double_eq(stat(a.t, REGOPT_STAT_LOSS), stat(b.t, REGOPT_STAT_LOSS));
+        ck_assert_double_eq(stat(a.t, REGOPT_STAT_GRAD_NORM), stat(b.t, REGOPT_STAT_GRAD_NORM));
+        ck_assert(stat(b.t, REGOPT_STAT_CLIP_SCALE) < 1.0);
     }
     ck_assert_double_eq(b.h.seen_scale, 65536.0 * 4);
     ck_assert_double_eq(stat(b.t, REGOPT_STAT_LOSS_SCALE), 65536.0 * 8);
@@ -734,6 +739,40 @@ START_TEST(without_scaling_an_overflow_is_an_error)
 }
 END_TEST
 
+/* trainer.check_host with 16-bit tensors (the host writes its own
+ * gradient buffer), and regopt_trainer_flatness leaves round(w) in the
+ * host's buffers. */
+START_TEST(host_checks_and_flatness)
+{
+    prun r;
+    unsigned char w0[PD * PK * 2];
+    regopt_flatness_request rq;
+    regopt_flatness res;
+    prun_open(&r, REGOPT_DTYPE_FLOAT16, PD, PK, REGOPT_SGD);
+    MUST(regopt_trainer_set_int(r.t, REGOPT_TRAINER_CHECK_HOST, 1));
+    MUST(regopt_trainer_set_double(r.t, REGOPT_TRAINER_LOSS_SCALE, 256.0));
+    pstep(&r);
+    pstep(&r);
+    memcpy(w0, r.h.w, wbytes(&r));
+    regopt_flatness_request_init(&rq);
+    rq.measures = REGOPT_FLAT_WORST_CASE;
+    rq.worst_iterations = 2;
+    memset(&res, 0, sizeof res);
+    res.size = sizeof res;
+    ck_assert_msg(regopt_trainer_flatness(r.t, &r.batch, 1, &rq, &res) == REGOPT_OK, "%s",
+                  regopt_trainer_message(r.t));
+    ck_assert(res.worst_case >= 0.0);
+    ck_assert(memcmp(w0, r.h.w, wbytes(&r)) == 0);
+    /* a backward that adds nothing is caught through the host's buffer */
+    r.h.ignore_dout = 1;
+    r.h.fixed[0] = 0.0f;
+    ck_assert_int_eq(regopt_trainer_step(r.t, &r.batch, 1), REGOPT_ERR_BACKWARD);
+    ck_assert(strstr(regopt_trainer_message(r.t), "added nothing") != NULL);
+    ck_assert(memcmp(w0, r.h.w, wbytes(&r)) == 0);
+    prun_close(&r);
+}
+END_TEST
+
 START_TEST(bad_input_is_refused)
 {
     prun r;
@@ -817,6 +856,7 @@ Suite *suite_precision(void)
     tcase_add_test(c, accumulation_keeps_fp32_precision);
     tcase_add_test(c, threads_give_the_same_bits);
     tcase_add_test(c, without_scaling_an_overflow_is_an_error);
+    tcase_add_test(c, host_checks_and_flatness);
     tcase_add_test(c, bad_input_is_refused);
     suite_add_tcase(s, c);
     return s;
