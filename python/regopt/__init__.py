@@ -38,7 +38,7 @@ from ._core import (
     Pass, Batch, BatchView,
     Model, Optimizer, Trainer, Flatness,
     Regularizer, SAM, RDrop, SMART, Bregman, Term, TermView, regularizer_kinds,
-    random_uniform, random_normal, dropout_mask,
+    random_uniform, random_normal, dropout_mask, convert,
 )
 
 __version__ = "%d.%d.%d" % BINDING_VERSION
@@ -55,7 +55,7 @@ __all__ = [
     "regularizer_kinds", "TERM_PASS_FRESH_SEED", "TERM_PASS_EVAL", "TERM_PASS_NO_GRAD",
     "TERM_PASS_TEACHER",
     "random_uniform",
-    "random_normal", "dropout_mask", "PASS_TRAIN", "PASS_NO_GRAD", "PASS_PERTURBED_WEIGHTS",
+    "random_normal", "dropout_mask", "convert", "PASS_TRAIN", "PASS_NO_GRAD", "PASS_PERTURBED_WEIGHTS",
     "PASS_TEACHER", "PASS_NO_PARAM_GRAD", "PASS_DOUBLED", "PASS_PROBE", "CAP_DOUBLED_BATCH", "MAX_GROUPS",
     "MAX_NAME", "library_path", "CHECKPOINT_PARAMS", "CHECKPOINT_OPTIONS",
 ]

@@ -14,7 +14,7 @@ split into, one concept each (the public API is regopt/__init__.py's):
   _regularizers  Regularizer, SAM, RDrop, SMART, Bregman, REGULARIZERS
   _checkpoint    the Trainer's checkpoint methods (a mixin)
   _trainer       Trainer
-  _rng           random_uniform, random_normal, dropout_mask
+  _rng           random_uniform, random_normal, dropout_mask, convert
 
 Every name _core defined when it was one module still resolves here: the
 public ones are imported below, the private ones (_check, _view,
@@ -45,7 +45,7 @@ from ._regularizers import (
     regularizer_kinds)
 from ._trainer import Trainer
 from ._flatness import Flatness
-from ._rng import random_uniform, random_normal, dropout_mask
+from ._rng import random_uniform, random_normal, dropout_mask, convert
 
 __all__ = [
     "Error", "NullPointer", "InvalidArgument", "OutOfRange", "UnknownKey", "Unsupported",
@@ -57,7 +57,7 @@ __all__ = [
     "CountingAllocator", "Pass", "BatchView", "Batch", "Model", "Optimizer", "OPTIMIZER_KINDS",
     "Regularizer", "SAM", "RDrop", "SMART", "Bregman", "Term", "TermView",
     "regularizer_kinds", "REGULARIZERS", "REGULARIZER_KINDS",
-    "Trainer", "Flatness", "random_uniform", "random_normal", "dropout_mask", "L", "lib",
+    "Trainer", "Flatness", "random_uniform", "random_normal", "dropout_mask", "convert", "L", "lib",
 ]
 
 _MODULES = (_errors, _guard, _ints, _keys, _handles, _arrays, _allocator, _batch, _model,

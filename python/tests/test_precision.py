@@ -98,6 +98,17 @@ class Precision(HandleCheck):
             with self.assertRaises(regopt.OutOfRange):
                 tb.set_option("trainer.loss_scale", float("nan"))
 
+    def test_convert_matches_numpy_float16(self):
+        x = np.random.default_rng(3).standard_normal(10000).astype(np.float32) * 1000
+        h = regopt.convert(x, regopt.DTYPE_FLOAT16)
+        np.testing.assert_array_equal(h.view(np.uint16), x.astype(np.float16).view(np.uint16))
+        np.testing.assert_array_equal(regopt.convert(h), h.astype(np.float32))
+        b = regopt.convert(x, regopt.DTYPE_BFLOAT16)
+        back = regopt.convert(b)
+        self.assertTrue(np.all(np.abs(back - x) <= np.abs(x) * 2.0 ** -8))
+        with self.assertRaises(ValueError):
+            regopt.convert(x)
+
     def test_error_class(self):
         self.assertIs(regopt.ERRORS[-18], regopt.Overflow)
 
