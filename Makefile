@@ -108,7 +108,7 @@ pkgconfig/regopt.pc: pkgconfig/regopt.pc.in include/regopt.h
 	    -e 's|@includedir@|$(INCLUDEDIR)|' -e 's|@version@|$(VERSION)|' $< > $@
 
 # Examples link the shared library, so the exported ABI is what they use.
-examples/%: examples/%.c examples/digits_mlp.h examples/cli.h lib
+examples/%: examples/%.c examples/digits_mlp.h examples/half_host.h examples/cli.h lib
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(APP_CFLAGS) $(BLAS_CFLAGS) $< -o $@ \
 	    -Llib -lregopt $(RPATH) $(BLAS_LIBS) -lm
 
@@ -161,6 +161,8 @@ run-check: all test/header_c99 test/header_cxx test/abandon_cxx
 	./examples/mlp --data data/digits.csv --method sam --bn --epochs 10 --probe --quiet
 	./examples/mlp --data data/digits.csv --method asam --m-rows 16 --min-test-acc 0.95 --quiet
 	./examples/mlp --data data/digits.csv --rdrop 1 --bn --min-test-acc 0.95 --quiet
+	./examples/mlp --data data/digits.csv --precision bf16 --method sam --min-test-acc 0.95 --quiet
+	./examples/mlp --data data/digits.csv --precision fp16 --smart 1 --bregman 1 --bn --epochs 20 --min-test-acc 0.93 --quiet
 	./examples/charlm --rdrop 1 --epochs 4 --max-bits 4.5
 	./examples/textcls --smart 1 --bregman 1 --epochs 5 --min-acc 0.45
 	./examples/textcls --teacher-kl 1 --epochs 5 --min-acc 0.45

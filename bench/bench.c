@@ -642,7 +642,8 @@ int main(int argc, char **argv)
         if (optimizer_rate(REGOPT_SGD, "sgd_momentum", (size_t)opt_n, smoke ? 2 : 10,
                            triad_gbs) != 0 ||
             optimizer_rate(REGOPT_ADAM, "adam", (size_t)opt_n, smoke ? 2 : 10, triad_gbs) != 0 ||
-            optimizer_rate(REGOPT_ADAMW, "adamw", (size_t)opt_n, smoke ? 2 : 10, triad_gbs) != 0)
+            optimizer_rate(REGOPT_ADAMW, "adamw", (size_t)opt_n, smoke ? 2 : 10, triad_gbs) != 0 ||
+            precision_rate((size_t)opt_n, smoke ? 2 : 10) != 0)
             return 1;
     }
 

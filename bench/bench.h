@@ -68,5 +68,8 @@ double sgemm_rate(int m, int n, int k, int reps);
 int bandwidth(size_t n, int reps, int threads, double *copy_gbs, double *triad_gbs);
 int optimizer_rate(regopt_optimizer_kind kind, const char *name, size_t n, int reps,
                    double triad_gbs);
+/* One AdamW step over n elements in float32, bf16 and fp16 buffers (a
+ * host that does nothing): the library's cost of mixed precision. */
+int precision_rate(size_t n, int reps);
 
 #endif

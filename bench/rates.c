@@ -236,3 +236,87 @@ int optimizer_rate(regopt_optimizer_kind kind, const char *name, size_t n, int r
     free(t);
     return rc;
 }
+
+/* The library's cost of one mixed-precision step around a host that does
+ * nothing (one forward and one backward): AdamW over n elements held as
+ * float32, bf16 (no scaling) or fp16 (dynamic scaling from 2^16) buffers.
+ * Mixed precision adds the write of round(w) before the forward, the flush
+ * of the host's gradient into the fp32 sum after the backward and, for the
+ * float32 buffers with scaling, the same flush; the ratio to the plain
+ * float32 step is the overhead. */
+int precision_rate(size_t n, int reps)
+{
+    static const struct {
+        const char *name;
+        regopt_dtype dt;
+        int scaling;
+    } kinds[4] = {{"fp32", REGOPT_DTYPE_FLOAT32, REGOPT_SCALING_OFF},
+                  {"fp32_scaled", REGOPT_DTYPE_FLOAT32, REGOPT_SCALING_DYNAMIC},
+                  {"bf16", REGOPT_DTYPE_BFLOAT16, REGOPT_SCALING_AUTO},
+                  {"fp16", REGOPT_DTYPE_FLOAT16, REGOPT_SCALING_AUTO}};
+    double base = 0.0;
+    int k, rc = 0;
+    for (k = 0; k < 4 && rc == 0; k++) {
+        size_t es = kinds[k].dt == REGOPT_DTYPE_FLOAT32 ? 4 : 2;
+        float *w32 = malloc(n * sizeof *w32), target = 0.0f, x = 0.0f;
+        void *w = calloc(n, es), *g = calloc(n, es);
+        double *t = calloc((size_t)reps, sizeof(double));
+        regopt_model *m = NULL;
+        regopt_optimizer *o = NULL;
+        regopt_trainer *tr = NULL;
+        regopt_status st = REGOPT_ERR_NO_MEMORY;
+        regopt_batch b;
+        int r;
+        regopt_batch_init(&b);
+        b.data = &x;
+        b.rows = 1;
+        b.targets = &target;
+        if (w32 && w && g && t && regopt_random_normal(3, 0, w32, n) == REGOPT_OK &&
+            regopt_convert(w32, REGOPT_DTYPE_FLOAT32, w, kinds[k].dt, n) == REGOPT_OK)
+            m = regopt_model_create(NULL, &st);
+        if (m)
+            st = regopt_model_add_param(m, "w", w, g, n, kinds[k].dt, 0);
+        if (st == REGOPT_OK)
+            st = regopt_model_set_output_width(m, 1);
+        if (st == REGOPT_OK)
+            st = regopt_model_set_callbacks(m, noop_forward, noop_backward, NULL, NULL);
+        if (st == REGOPT_OK)
+            o = regopt_optimizer_create(REGOPT_ADAMW, NULL, &st);
+        if (st == REGOPT_OK)
+            tr = regopt_trainer_create(m, o, &st);
+        if (st == REGOPT_OK)
+            st = regopt_trainer_set_int(tr, REGOPT_TRAINER_LOSS, REGOPT_LOSS_MSE);
+        if (st == REGOPT_OK)
+            st = regopt_trainer_set_int(tr, REGOPT_TRAINER_THREADS, lib_threads);
+        if (st == REGOPT_OK)
+            st = regopt_trainer_set_int(tr, REGOPT_TRAINER_LOSS_SCALING, kinds[k].scaling);
+        for (r = -2; r < reps && st == REGOPT_OK; r++) {
+            double t0 = host_now();
+            st = regopt_trainer_step(tr, &b, 1);
+            if (r >= 0)
+                t[r] = host_now() - t0;
+        }
+        if (st == REGOPT_OK) {
+            double ms = median(t, (size_t)reps) * 1e3;
+            if (k == 0)
+                base = ms;
+            printf("# mixed precision %-11s n=%zu  %8.3f ms/step  %.2f x the fp32 step\n",
+                   kinds[k].name, n, ms, ms / base);
+            printf("BENCH kind=mixed_precision_step buffers=%s n=%zu ms=%.4f ratio_fp32=%.4f\n",
+                   kinds[k].name, n, ms, ms / base);
+        } else {
+            fprintf(stderr, "bench: mixed precision %s: %s %s\n", kinds[k].name,
+                    regopt_status_string(st),
+                    tr ? regopt_trainer_message(tr) : regopt_last_error_message());
+            rc = -1;
+        }
+        regopt_trainer_free(tr);
+        regopt_optimizer_free(o);
+        regopt_model_free(m);
+        free(w32);
+        free(w);
+        free(g);
+        free(t);
+    }
+    return rc;
+}

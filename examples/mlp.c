@@ -13,6 +13,7 @@
  * per step. With --probe it measures flatness at the end
  * (regopt_trainer_flatness) and checks that the weights did not move. */
 #include "digits_mlp.h"
+#include "half_host.h"
 
 #include <stdarg.h>
 #include <time.h>
@@ -26,6 +27,7 @@ typedef struct options {
     long stop_after;           /* stop after this many epochs (0: run all) */
     double ema, mesa;          /* EMA decay, MESA's lambda (-1: off) */
     long swa, mesa_start;      /* SWA's first epoch (0: off); MESA's term after epoch N */
+    const char *precision;     /* fp32 (default), bf16 or fp16 parameter buffers */
 } options;
 
 static void usage(FILE *f)
@@ -65,6 +67,10 @@ static void usage(FILE *f)
             "  --probe              measure flatness on the training set at the end\n"
             "                       (regopt_trainer_flatness: worst- and average-case\n"
             "                       sharpness, top Hessian eigenvalue, Hessian trace)\n"
+            "  --precision P        fp32 (default), bf16 or fp16: 16-bit parameter and\n"
+            "                       gradient buffers with the library's fp32 master and\n"
+            "                       loss scaling (fp16: dynamic from 2^16); the host\n"
+            "                       converts and computes in float32\n"
             "  --quiet              print only the final line\n"
             "  --help               this text\n");
 }
@@ -127,7 +133,10 @@ static int parse_args(int argc, char **argv, options *o)
         else if (!strcmp(a, "--weight-decay")) bad = parse_double(v, 0, 1e3, &o->wd);
         else if (!strcmp(a, "--dropout")) bad = parse_double(v, 0, 0.95, &o->dropout);
         else if (!strcmp(a, "--test-fraction")) bad = parse_double(v, 0.01, 0.99, &o->test_fraction);
-        else if (!strcmp(a, "--save")) o->save = v;
+        else if (!strcmp(a, "--precision")) {
+            o->precision = v;
+            bad = strcmp(v, "fp32") && strcmp(v, "bf16") && strcmp(v, "fp16");
+        } else if (!strcmp(a, "--save")) o->save = v;
         else if (!strcmp(a, "--resume")) o->resume = v;
         else if (!strcmp(a, "--stop-after")) bad = parse_long(v, 1, 100000, &o->stop_after);
         else if (!strcmp(a, "--min-test-acc")) bad = parse_double(v, 0, 1, &o->min_test_acc);
@@ -315,9 +324,11 @@ int main(int argc, char **argv)
 {
     options o = {"data/digits.csv", "adamw", 40, 64, 128, 1, 0, 1,
                  3e-3, 1e-2, 0.1, -1.0, 0.2, -1.0, -1.0, -1.0, -1.0, 0, 0, 0, 0, NULL, NULL,
-                 0, -1.0, -1.0, 0, 0};
+                 0, -1.0, -1.0, 0, 0, "fp32"};
     digits d = {0, NULL, NULL};
     mlp net;
+    half_host hh;
+    regopt_dtype dtype = REGOPT_DTYPE_FLOAT32;
     regopt_model *model = NULL;
     regopt_optimizer *opt = NULL;
     regopt_trainer *tr = NULL;
@@ -334,6 +345,11 @@ int main(int argc, char **argv)
     if (rc)
         return rc;
     memset(&net, 0, sizeof net);
+    memset(&hh, 0, sizeof hh);
+    if (!strcmp(o.precision, "bf16"))
+        dtype = REGOPT_DTYPE_BFLOAT16;
+    else if (!strcmp(o.precision, "fp16"))
+        dtype = REGOPT_DTYPE_FLOAT16;
     if (digits_load(o.data, &d))
         return 2;
 
@@ -367,7 +383,10 @@ int main(int argc, char **argv)
         rc = fail("create: %s", regopt_last_error_message());
         goto done;
     }
-    CHECK(mlp_register(&net, model), regopt_model_message(model));
+    if (dtype == REGOPT_DTYPE_FLOAT32)
+        CHECK(mlp_register(&net, model), regopt_model_message(model));
+    else
+        CHECK(hh_register(&hh, &net, dtype, model), regopt_model_message(model));
     steps_per_epoch = (n_train + (size_t)o.batch - 1) / (size_t)o.batch;
     CHECK(regopt_optimizer_set_double(opt, REGOPT_OPT_LR, o.lr), regopt_optimizer_message(opt));
     CHECK(regopt_optimizer_set_double(opt, REGOPT_OPT_WEIGHT_DECAY, o.wd),
@@ -564,6 +583,16 @@ int main(int argc, char **argv)
                    o.swa > 0 ? "swa" : "ema", (long long)count, avg_acc, avg_loss);
         }
     }
+    if (dtype != REGOPT_DTYPE_FLOAT32) {
+        int64_t skipped = 0;
+        double scale = 0;
+        CHECK(regopt_trainer_get_int(tr, REGOPT_STAT_SKIPPED_STEPS, &skipped),
+              regopt_trainer_message(tr));
+        CHECK(regopt_trainer_get_double(tr, REGOPT_STAT_LOSS_SCALE, &scale),
+              regopt_trainer_message(tr));
+        printf("PRECISION %s skipped_steps=%lld loss_scale=%g\n", o.precision,
+               (long long)skipped, scale);
+    }
     if (o.probe && (rc = probe(tr, &net, xtr, ytr, n_train)) != 0)
         goto done;
     if (o.bn) {
@@ -595,6 +624,7 @@ done:
     regopt_optimizer_free(opt);
     regopt_model_free(model);
     mlp_free(&net);
+    hh_free(&hh);
     digits_free(&d);
     free(idx); free(xtr); free(xte); free(ytr); free(yte); free(xb); free(yb); free(out);
     return rc;

@@ -203,7 +203,9 @@
  * largest batch seen (or the size given to regopt_trainer_reserve) and are
  * then reused: a step never allocates once the batch sizes have been seen.
  *
- * Numbers. Parameters, gradients and outputs are float32. Scalars (losses,
+ * Numbers. Parameters and gradients are float32, or float16/bfloat16 with
+ * an fp32 master copy kept by the library and loss scaling (see "Mixed
+ * precision" at regopt_dtype); outputs are float32. Scalars (losses,
  * norms, options) cross the API as double.
  *
  * Checkpoints. regopt_trainer_save* and regopt_trainer_load* save and
@@ -295,8 +297,16 @@ typedef enum regopt_status {
                                          model layout, optimizer or regularizers */
     REGOPT_ERR_IO = -16,              /* a file operation or a checkpoint
                                          read/write callback failed */
-    REGOPT_ERR_HOST_UPDATE = -17      /* the host's update callback of a REGOPT_HOST
+    REGOPT_ERR_HOST_UPDATE = -17,     /* the host's update callback of a REGOPT_HOST
                                          optimizer returned non-zero (since 1.0) */
+    REGOPT_ERR_OVERFLOW = -18         /* a scaled gradient overflowed (mixed
+                                         precision). regopt_trainer_step
+                                         never returns it: with loss scaling
+                                         such a step is skipped and
+                                         succeeds (stat.skipped); other
+                                         calls that take gradients
+                                         (regopt_trainer_flatness) may.
+                                         Since 1.0. */
 } regopt_status;
 
 /* Static text naming a status code ("REGOPT_ERR_OUT_OF_RANGE: ..."); an
@@ -411,6 +421,27 @@ enum regopt_core_key {
                                              regopt_trainer_step). Off, it costs
                                              nothing. Not saved in checkpoints.
                                              Since 1.0. */
+    /* Mixed precision: loss scaling (torch.amp.GradScaler's rules and
+     * defaults; see "Mixed precision" at regopt_model_add_param). Since 1.0. */
+    REGOPT_TRAINER_LOSS_SCALING = 310,    /* "trainer.loss_scaling": int, a
+                                             regopt_loss_scaling, default AUTO
+                                             (-1): DYNAMIC when the model holds
+                                             a FLOAT16 tensor, OFF otherwise */
+    REGOPT_TRAINER_LOSS_SCALE = 311,      /* "trainer.loss_scale": the initial
+                                             scale S (the scale itself under
+                                             FIXED), (0, FLT_MAX], default
+                                             65536 = 2^16. Setting it restarts
+                                             the schedule: S = this, counter 0.
+                                             Powers of two keep scaling exact. */
+    REGOPT_TRAINER_SCALE_GROWTH = 312,    /* "trainer.scale_growth": (1, 65536],
+                                             default 2: S *= this after
+                                             scale_interval committed steps in
+                                             a row (never past FLT_MAX) */
+    REGOPT_TRAINER_SCALE_BACKOFF = 313,   /* "trainer.scale_backoff": (0, 1),
+                                             default 0.5: S *= this on an
+                                             overflow (never below FLT_MIN) */
+    REGOPT_TRAINER_SCALE_INTERVAL = 314,  /* "trainer.scale_interval": int
+                                             [1, 2^53], default 2000 */
 
     /* Statistics of the last successful step (regopt_trainer_get_double),
      * read-only, 900..999. Before the first step they read 0. */
@@ -425,10 +456,34 @@ enum regopt_core_key {
     REGOPT_STAT_STEP = 905,       /* "stat.step": completed steps (also readable as int) */
     REGOPT_STAT_WEIGHT = 906,     /* "stat.weight": sum of m_i*w_i over the step's rows */
     REGOPT_STAT_FORWARD_CALLS = 907,  /* "stat.forward_calls" in the last step */
-    REGOPT_STAT_BACKWARD_CALLS = 908  /* "stat.backward_calls" in the last step */
+    REGOPT_STAT_BACKWARD_CALLS = 908, /* "stat.backward_calls" in the last step */
     /* 909..922: the regularizer statistics of 0.x, retired in 1.0 (they
        moved to the regularizer handles: REGOPT_STAT_SAM_* and friends) */
+    /* Loss scaling (mixed precision). Since 1.0. */
+    REGOPT_STAT_LOSS_SCALE = 930,     /* "stat.loss_scale": the scale S the next
+                                         step uses (1 when scaling is off) */
+    REGOPT_STAT_SKIPPED = 931,        /* "stat.skipped": int, 1 if the last
+                                         regopt_trainer_step skipped its update
+                                         on an overflow, 0 if it made it. The
+                                         other statistics stay those of the
+                                         last committed step */
+    REGOPT_STAT_SKIPPED_STEPS = 932,  /* "stat.skipped_steps": int, skipped
+                                         steps in all (saved in checkpoints) */
+    REGOPT_STAT_SCALE_COUNTER = 933   /* "stat.scale_counter": int, committed
+                                         steps since S last changed (growth
+                                         when it reaches scale_interval) */
 };
+
+/* Values of REGOPT_TRAINER_LOSS_SCALING. Since 1.0. */
+typedef enum regopt_loss_scaling {
+    REGOPT_SCALING_AUTO = -1,   /* DYNAMIC with a FLOAT16 tensor, else OFF */
+    REGOPT_SCALING_OFF = 0,     /* S = 1; a non-finite gradient fails the
+                                   step (REGOPT_ERR_NONFINITE_GRADIENT) */
+    REGOPT_SCALING_DYNAMIC = 1, /* GradScaler: skip and back off on an
+                                   overflow, grow after the interval */
+    REGOPT_SCALING_FIXED = 2    /* S = trainer.loss_scale always; an overflow
+                                   still skips the step */
+} regopt_loss_scaling;
 
 /* Value types reported by regopt_key_info. */
 #define REGOPT_TYPE_DOUBLE 1
@@ -555,6 +610,13 @@ typedef struct regopt_pass {
     size_t input_width;       /* regopt_model_set_input_width */
     uint64_t seed2;           /* REGOPT_PASS_DOUBLED: dropout seed of the second
                                  half; 0 otherwise */
+    double loss_scale;        /* mixed precision: the loss scale S of this
+                                 step. backward: d_outputs is d(loss)/d(outputs)
+                                 x S, and the gradients (and d_input) the
+                                 host computes from it are at scale S too;
+                                 the library unscales them. 1 without loss
+                                 scaling. Exists when size > offsetof(
+                                 regopt_pass, loss_scale). Since 1.0. */
 } regopt_pass;
 
 /* Forward and backward callbacks: return 0 on success, anything else aborts
@@ -642,14 +704,70 @@ REGOPT_API size_t regopt_sizeof_allocator(void);
 
 typedef struct regopt_model regopt_model;
 
-/* Element types of parameter tensors. Only FLOAT32 is supported for now;
- * the others are reserved and rejected with REGOPT_ERR_UNSUPPORTED. */
+/* Element types of parameter tensors: FLOAT32, and since 1.0 FLOAT16 (IEEE
+ * 754 binary16) and BFLOAT16 (the upper half of a binary32), as uint16_t
+ * bit patterns in host byte order. FLOAT64 is reserved and rejected with
+ * REGOPT_ERR_UNSUPPORTED.
+ *
+ * Mixed precision (Micikevicius et al., ICLR 2018). A FLOAT16 or BFLOAT16
+ * tensor's data and grad buffers both hold that dtype. The library keeps
+ * an fp32 master copy of its values (made at registration from the host's
+ * values, exactly) and does everything on it: updates, SAM's perturb and
+ * restore (the master is the restore point), the Bregman teacher, SMART
+ * (its noise and perturbations stay fp32), checkpoints. Before every
+ * forward it writes round(master) into the host's buffer, rounding to
+ * nearest, ties to even (regopt_convert's bits): a perturbed forward sees
+ * round(w + eps); after every regopt_trainer_step -- committed, skipped or
+ * failed -- the host's buffer holds round(w). Writing into the host's data
+ * buffer outside the library has no effect on training (the master wins).
+ *
+ * Gradients are half precision, in the host's grad buffer, because that is
+ * what a half-precision network's backward produces (torch's .half()
+ * modules have half .grad): no extra host buffer. Precision is not lost to
+ * accumulation: after EVERY backward call the library adds the host's
+ * buffer, unscaled (x 1/S, the product rounded once from double), into an
+ * fp32 accumulator of its own and zeroes the host's buffer, so the sum
+ * over passes and micro-batches is an fp32 sum. Within one backward the
+ * host accumulates in its own precision. After a step the host's grad
+ * buffers hold zeros; the step's gradient is internal.
+ *
+ * Loss scaling (REGOPT_TRAINER_LOSS_SCALING, torch.amp.GradScaler's rules
+ * and defaults): every backward receives d_outputs x S (pass->loss_scale
+ * says S); a non-finite gradient after unscaling -- on any replica, in any
+ * pass (both of SAM's) -- skips the step: nothing is committed (weights,
+ * moments, regularizer state, step count, RNG position and the other
+ * statistics are as before; the learning-rate schedule, a function of the
+ * step count, does not advance either, unlike a torch script that calls
+ * scheduler.step() after a skipped optimizer.step()), S is multiplied by
+ * trainer.scale_backoff, and the call returns REGOPT_OK with stat.skipped
+ * = 1. After trainer.scale_interval committed steps in a row, S is
+ * multiplied by trainer.scale_growth. A non-finite LOSS is not an overflow
+ * of the scale (the outputs are the host's): it fails the step as before.
+ * FLOAT32 tensors may use loss scaling too (hosts that compute in half
+ * precision internally): set trainer.loss_scaling to DYNAMIC or FIXED; the
+ * library then accumulates their gradients in fp32 buffers of its own the
+ * same way. Defaults: FLOAT16 in the model -> DYNAMIC at S = 2^16;
+ * BFLOAT16 only -> OFF (S = 1; bf16 has float32's range). Checkpoints save
+ * the masters, S, the counter and the skipped count (feature
+ * "mixed_precision"). Results are the same bits for every trainer.threads.
+ * Since 1.0. */
 typedef enum regopt_dtype {
     REGOPT_DTYPE_FLOAT32 = 1,
     REGOPT_DTYPE_FLOAT16 = 2,
     REGOPT_DTYPE_BFLOAT16 = 3,
     REGOPT_DTYPE_FLOAT64 = 4
 } regopt_dtype;
+
+/* Convert n elements between FLOAT32 and FLOAT16 or BFLOAT16 (either way;
+ * the same dtype on both sides copies), rounding to nearest, ties to even,
+ * overflow to infinity, NaN to a quiet NaN of the same sign: the bits the
+ * library writes into half-precision parameter buffers. src and dst may
+ * not overlap unless equal dtypes. NULL with n > 0:
+ * REGOPT_ERR_NULL_POINTER; FLOAT64: REGOPT_ERR_UNSUPPORTED; another value:
+ * REGOPT_ERR_INVALID_ARGUMENT (message in regopt_last_error_message).
+ * Since 1.0. */
+REGOPT_API regopt_status regopt_convert(const void *src, regopt_dtype src_dtype, void *dst,
+                                        regopt_dtype dst_dtype, size_t n);
 
 /* Parameter groups are numbered 0 .. REGOPT_MAX_GROUPS-1. */
 #define REGOPT_MAX_GROUPS 64
@@ -677,7 +795,9 @@ REGOPT_API regopt_status regopt_model_free(regopt_model *model);
  * the model, at most REGOPT_MAX_NAME bytes (copied). data: the values,
  * updated in place by the optimizer. grad: where backward accumulates the
  * gradient; NULL registers a frozen tensor that is never updated. dtype:
- * REGOPT_DTYPE_FLOAT32. group: 0 .. REGOPT_MAX_GROUPS-1. Fails with
+ * REGOPT_DTYPE_FLOAT32, _FLOAT16 or _BFLOAT16 (data and grad are `count`
+ * elements of it; half precision: see "Mixed precision" above; the fp32
+ * master and accumulator are allocated here). group: 0 .. REGOPT_MAX_GROUPS-1. Fails with
  * REGOPT_ERR_STATE once the model is bound to a trainer.
  *
  * Buffers may not overlap (the library saves, restores, zeroes and updates

@@ -43,6 +43,8 @@ int main(void)
     srunner_add_suite(sr, suite_adv());
     srunner_add_suite(sr, suite_adv_errors());
     srunner_add_suite(sr, suite_adv_mask());
+    srunner_add_suite(sr, suite_precision());
+    srunner_add_suite(sr, suite_precision_compose());
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);
     srunner_free(sr);

@@ -30,7 +30,7 @@ from ._lib import (BINDING_VERSION, LibraryNotFound, LibraryVersionError, librar
 from ._core import (
     Error, NullPointer, InvalidArgument, OutOfRange, UnknownKey, Unsupported, NoMemory,
     StateError, ForwardFailed, BackwardFailed, LossCallbackFailed, NonFiniteLoss,
-    NonFiniteGradient, AllreduceFailed, CorruptCheckpoint, CheckpointMismatch,
+    NonFiniteGradient, AllreduceFailed, CorruptCheckpoint, CheckpointMismatch, Overflow,
     CheckpointIOError, HostUpdateFailed, ERRORS,
     status_string, last_error_message, version, version_number,
     KeyInfo, key_from_name, key_info, keys,
@@ -40,7 +40,7 @@ from ._core import (
     Model, Optimizer, Trainer, Flatness,
     Regularizer, SAM, RDrop, SMART, Bregman, Adversarial, Term, TermView, regularizer_kinds,
     Average, mesa, MESA_PRESET,
-    random_uniform, random_normal, dropout_mask,
+    random_uniform, random_normal, dropout_mask, convert,
 )
 
 __version__ = "%d.%d.%d" % BINDING_VERSION
@@ -48,7 +48,7 @@ __version__ = "%d.%d.%d" % BINDING_VERSION
 __all__ = [
     "Error", "NullPointer", "InvalidArgument", "OutOfRange", "UnknownKey", "Unsupported",
     "NoMemory", "StateError", "ForwardFailed", "BackwardFailed", "LossCallbackFailed",
-    "NonFiniteLoss", "NonFiniteGradient", "AllreduceFailed", "CorruptCheckpoint",
+    "NonFiniteLoss", "NonFiniteGradient", "AllreduceFailed", "CorruptCheckpoint", "Overflow",
     "CheckpointMismatch", "CheckpointIOError", "HostUpdateFailed", "LibraryNotFound",
     "LibraryVersionError", "status_string", "last_error_message", "version", "version_number",
     "KeyInfo", "key_from_name", "key_info", "keys", "live_handles", "pending_callbacks",
@@ -58,7 +58,7 @@ __all__ = [
     "regularizer_kinds", "TERM_PASS_FRESH_SEED", "TERM_PASS_EVAL", "TERM_PASS_NO_GRAD",
     "TERM_PASS_TEACHER",
     "random_uniform",
-    "random_normal", "dropout_mask", "PASS_TRAIN", "PASS_NO_GRAD", "PASS_PERTURBED_WEIGHTS",
+    "random_normal", "dropout_mask", "convert", "PASS_TRAIN", "PASS_NO_GRAD", "PASS_PERTURBED_WEIGHTS",
     "PASS_TEACHER", "PASS_NO_PARAM_GRAD", "PASS_DOUBLED", "PASS_PROBE", "CAP_DOUBLED_BATCH", "MAX_GROUPS",
     "MAX_NAME", "library_path", "CHECKPOINT_PARAMS", "CHECKPOINT_OPTIONS",
 ]

@@ -35,6 +35,28 @@ def _check_float32_buffer(arr, what):
     return arr
 
 
+def _check_param_buffer(arr, what, dtype=None):
+    """A registered parameter buffer: float32 (FLOAT32), float16 (FLOAT16),
+    or uint16 holding bfloat16 bit patterns (dtype=DTYPE_BFLOAT16; NumPy has
+    no bfloat16). Returns the regopt dtype."""
+    np = _need_numpy()
+    from . import _lib as L
+    if not isinstance(arr, np.ndarray):
+        raise TypeError("%s must be a numpy.ndarray, got %s" % (what, type(arr).__name__))
+    want = {np.dtype(np.float32): L.DTYPE_FLOAT32, np.dtype(np.float16): L.DTYPE_FLOAT16,
+            np.dtype(np.uint16): L.DTYPE_BFLOAT16}.get(arr.dtype)
+    if want is None or (dtype is not None and dtype != want) or \
+            (want == L.DTYPE_BFLOAT16 and dtype != L.DTYPE_BFLOAT16):
+        raise TypeError("%s must have dtype float32, float16, or uint16 with "
+                        "dtype=DTYPE_BFLOAT16 (registered zero-copy), got %s%s"
+                        % (what, arr.dtype, "" if dtype is None else " for dtype %d" % dtype))
+    if arr.dtype == np.float32:
+        _check_float32_buffer(arr, what)
+    elif not arr.flags.c_contiguous or not arr.flags.writeable or arr.size == 0:
+        raise ValueError("%s must be a non-empty, C-contiguous, writable array" % what)
+    return want
+
+
 def _view(ptr, shape, np_dtype=None, ctype=ctypes.c_float, readonly=False):
     """A NumPy view over library memory (valid during the callback only)."""
     if not ptr:

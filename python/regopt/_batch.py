@@ -7,6 +7,8 @@ from ._lib import lib
 from ._arrays import _need_numpy, _np, _view
 from ._ints import SIZE, c_int
 
+Pass_loss_scale_offset = L.Pass.loss_scale.offset
+
 
 class Pass:
     """What one forward/backward invocation is about (regopt_pass). Array
@@ -32,6 +34,11 @@ class Pass:
     flags = property(lambda s: s._c.flags)
     seed = property(lambda s: s._c.seed)
     seed2 = property(lambda s: s._c.seed2)
+    # mixed precision: the scale S of d_outputs (and so of the gradients the
+    # backward computes); 1.0 without loss scaling (and from a library that
+    # predates the field)
+    loss_scale = property(lambda s: s._c.loss_scale
+                          if s._c.size > Pass_loss_scale_offset else 1.0)
     micro_batch = property(lambda s: s._c.micro_batch)
     output_width = property(lambda s: s._c.output_width)
     input_rows = property(lambda s: s._c.input_rows)

@@ -14,7 +14,7 @@ split into, one concept each (the public API is regopt/__init__.py's):
   _regularizers  Regularizer, SAM, RDrop, SMART, Bregman, REGULARIZERS
   _checkpoint    the Trainer's checkpoint methods (a mixin)
   _trainer       Trainer
-  _rng           random_uniform, random_normal, dropout_mask
+  _rng           random_uniform, random_normal, dropout_mask, convert
 
 Every name _core defined when it was one module still resolves here: the
 public ones are imported below, the private ones (_check, _view,
@@ -32,7 +32,7 @@ from ._lib import lib
 from ._errors import (
     Error, NullPointer, InvalidArgument, OutOfRange, UnknownKey, Unsupported, NoMemory,
     StateError, ForwardFailed, BackwardFailed, LossCallbackFailed, NonFiniteLoss,
-    NonFiniteGradient, AllreduceFailed, CorruptCheckpoint, CheckpointMismatch,
+    NonFiniteGradient, AllreduceFailed, CorruptCheckpoint, CheckpointMismatch, Overflow,
     CheckpointIOError, HostUpdateFailed, ERRORS, status_string, last_error_message, version,
     version_number)
 from ._keys import KeyInfo, key_from_name, key_info, keys, ENUM_VALUES
@@ -46,19 +46,20 @@ from ._regularizers import (
     regularizer_kinds, Average, mesa, MESA_PRESET)
 from ._trainer import Trainer
 from ._flatness import Flatness
-from ._rng import random_uniform, random_normal, dropout_mask
+from ._rng import random_uniform, random_normal, dropout_mask, convert
 
 __all__ = [
     "Error", "NullPointer", "InvalidArgument", "OutOfRange", "UnknownKey", "Unsupported",
     "NoMemory", "StateError", "ForwardFailed", "BackwardFailed", "LossCallbackFailed",
-    "NonFiniteLoss", "NonFiniteGradient", "AllreduceFailed", "CorruptCheckpoint",
+    "NonFiniteLoss", "NonFiniteGradient", "AllreduceFailed", "CorruptCheckpoint", "Overflow",
     "CheckpointMismatch", "CheckpointIOError", "HostUpdateFailed", "ERRORS", "status_string",
     "last_error_message", "version", "version_number", "KeyInfo", "key_from_name",
     "key_info", "keys", "ENUM_VALUES", "live_handles", "pending_callbacks", "Allocator",
     "CountingAllocator", "Pass", "BatchView", "Batch", "Model", "Optimizer", "OPTIMIZER_KINDS",
     "Regularizer", "SAM", "RDrop", "SMART", "Bregman", "Term", "TermView", "Average", "mesa",
     "MESA_PRESET", "regularizer_kinds", "REGULARIZERS", "REGULARIZER_KINDS",
-    "Trainer", "Flatness", "random_uniform", "random_normal", "dropout_mask", "L", "lib",
+    "Trainer", "Flatness", "random_uniform", "random_normal", "dropout_mask", "convert", "L",
+    "lib",
 ]
 
 _MODULES = (_errors, _guard, _ints, _keys, _handles, _arrays, _allocator, _batch, _model,

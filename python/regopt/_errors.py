@@ -98,11 +98,17 @@ class HostUpdateFailed(Error):
     status = L.ERR_HOST_UPDATE
 
 
+class Overflow(Error, ArithmeticError):
+    """A loss-scaled gradient overflowed (calls other than a step, which
+    skips instead)."""
+    status = L.ERR_OVERFLOW
+
+
 ERRORS = {cls.status: cls for cls in (
     NullPointer, InvalidArgument, OutOfRange, UnknownKey, Unsupported, NoMemory, StateError,
     ForwardFailed, BackwardFailed, LossCallbackFailed, NonFiniteLoss, NonFiniteGradient,
     AllreduceFailed, CorruptCheckpoint, CheckpointMismatch, CheckpointIOError,
-    HostUpdateFailed)}
+    HostUpdateFailed, Overflow)}
 
 
 def _error(status, message):

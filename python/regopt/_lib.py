@@ -58,6 +58,7 @@ class Pass(ctypes.Structure):
         ("input_rows", c_size_t),
         ("input_width", c_size_t),
         ("seed2", ctypes.c_uint64),
+        ("loss_scale", ctypes.c_double),
     ]
 
 
@@ -211,6 +212,7 @@ ERR_CORRUPT = -14
 ERR_MISMATCH = -15
 ERR_IO = -16
 ERR_HOST_UPDATE = -17
+ERR_OVERFLOW = -18
 
 CHECKPOINT_PARAMS = 0x1
 CHECKPOINT_OPTIONS = 0x2
@@ -292,6 +294,7 @@ PROTOTYPES = {
     "regopt_key_at": (_st, [c_size_t, ctypes.POINTER(ctypes.c_int)]),
     "regopt_random_uniform": (_st, [ctypes.c_uint64, ctypes.c_uint64, c_float_p, c_size_t]),
     "regopt_random_normal": (_st, [ctypes.c_uint64, ctypes.c_uint64, c_float_p, c_size_t]),
+    "regopt_convert": (_st, [_vp, ctypes.c_int, _vp, ctypes.c_int, c_size_t]),
     "regopt_batch_init": (None, [ctypes.POINTER(Batch)]),
     "regopt_sizeof_batch": (c_size_t, []),
     "regopt_sizeof_pass": (c_size_t, []),

@@ -5,7 +5,7 @@ import ctypes
 from . import _lib as L
 from ._lib import lib
 from ._allocator import _alloc_arg
-from ._arrays import _check_float32_buffer
+from ._arrays import _check_param_buffer
 from ._batch import Pass, _int_rc
 from ._errors import StateError, _check, _text, last_error_message
 from ._guard import Call, call, trampoline
@@ -66,17 +66,20 @@ class Model(_Handle):
         return self._msg() if self._ptr else ""
 
     # -- parameters --------------------------------------------------------
-    def add_param(self, name, data, grad=None, group=0):
-        """Register a float32 C-contiguous writable array (updated in place)
-        and its gradient buffer (same size; None = frozen tensor)."""
-        _check_float32_buffer(data, "parameter %r data" % name)
+    def add_param(self, name, data, grad=None, group=0, dtype=None):
+        """Register a C-contiguous writable array (updated in place) and its
+        gradient buffer (same size and dtype; None = frozen tensor).
+        float32 arrays; float16 arrays (mixed precision: the library keeps an
+        fp32 master and writes round(w) into the array before every forward);
+        uint16 arrays of bfloat16 bits with dtype=DTYPE_BFLOAT16."""
+        dt = _check_param_buffer(data, "parameter %r data" % name, dtype)
         if grad is not None:
-            _check_float32_buffer(grad, "parameter %r grad" % name)
+            _check_param_buffer(grad, "parameter %r grad" % name, dt)
             if grad.size != data.size:
                 raise ValueError("parameter %r: grad has %d elements, data %d"
                                  % (name, grad.size, data.size))
         self.add_param_address(name, data.ctypes.data, grad.ctypes.data if grad is not None
-                               else None, data.size, group, keepalive=(data, grad))
+                               else None, data.size, group, dtype=dt, keepalive=(data, grad))
         self._params[name] = (data, grad)
 
     def add_param_address(self, name, data_address, grad_address, count, group=0,

@@ -1,5 +1,6 @@
 """Random numbers: the library's Philox streams, and dropout masks drawn
-from them like the C hosts do."""
+from them like the C hosts do; and the library's float16/bfloat16
+conversions (the bits it writes into 16-bit parameter buffers)."""
 from . import _lib as L
 from ._lib import lib
 from ._arrays import _check_float32_buffer, _need_numpy
@@ -40,3 +41,28 @@ def dropout_mask(seed, shape, p, offset=0):
         n *= s
     u = random_uniform(seed, n, offset).reshape(shape)
     return (u >= p).astype(np.float32) / np.float32(1.0 - p)
+
+
+def convert(src, dtype=None):
+    """regopt_convert, rounding to nearest even: a float32 array to float16
+    (dtype=DTYPE_FLOAT16, a numpy.float16 array) or to bfloat16 bits
+    (dtype=DTYPE_BFLOAT16, a numpy.uint16 array); a float16 array, or a
+    uint16 array of bfloat16 bits, back to float32."""
+    np = _need_numpy()
+    src = np.ascontiguousarray(src)
+    if src.dtype == np.float32:
+        if dtype not in (L.DTYPE_FLOAT16, L.DTYPE_BFLOAT16):
+            raise ValueError("convert: float32 input needs dtype=DTYPE_FLOAT16 or "
+                             "DTYPE_BFLOAT16")
+        src_dt, dst_dt = L.DTYPE_FLOAT32, dtype
+        out = np.empty(src.shape, np.float16 if dtype == L.DTYPE_FLOAT16 else np.uint16)
+    elif src.dtype in (np.float16, np.uint16):
+        src_dt = L.DTYPE_FLOAT16 if src.dtype == np.float16 else L.DTYPE_BFLOAT16
+        dst_dt = L.DTYPE_FLOAT32
+        out = np.empty(src.shape, np.float32)
+    else:
+        raise TypeError("convert: input must be float32, float16 or uint16 (bfloat16 bits), "
+                        "got %s" % src.dtype)
+    _check(lib.regopt_convert(src.ctypes.data, src_dt, out.ctypes.data, dst_dt, src.size),
+           last_error_message)
+    return out

@@ -103,6 +103,13 @@ def _addr(ptr):
 
 _BN = (nn.modules.batchnorm._BatchNorm,)
 
+# Parameter dtypes the library takes; float16 and bfloat16 get the library's
+# fp32 master copy and loss scaling (float16: dynamic from 2^16), see
+# "Mixed precision" in regopt.h. The module computes in its own dtype; its
+# outputs are widened to float32 for the loss.
+_DTYPES = {torch.float32: L.DTYPE_FLOAT32, torch.float16: L.DTYPE_FLOAT16,
+           torch.bfloat16: L.DTYPE_BFLOAT16}
+
 
 class _PerturbHook:
     """The forward hook that adds SMART's perturbation to the embedding's
@@ -166,7 +173,7 @@ class _Registered:
         g = self.grad
         if g is not None:
             if g.data_ptr() != self.grad_ptr or g.numel() != self.numel \
-                    or g.dtype != torch.float32 or not g.is_contiguous():
+                    or g.dtype != self.dtype or not g.is_contiguous():
                 return ("its registered .grad buffer was moved or replaced in place (data_ptr "
                         "%#x -> %#x; module.share_memory(), grad.data = ...)"
                         % (self.grad_ptr, g.data_ptr()))
@@ -176,7 +183,9 @@ class _Registered:
 class TorchModel(_core.Model):
     """A regopt.Model over an nn.Module.
 
-    module        the network (float32 parameters on the CPU, contiguous)
+    module        the network (float32, float16 or bfloat16 parameters on the CPU,
+                  contiguous; 16-bit ones get the library's fp32 master and loss
+                  scaling)
     output_width  floats per output row (classes); outputs are reshaped to
                   (rows, output_width)
     embedding     name of the submodule whose output SMART perturbs
@@ -237,8 +246,10 @@ class TorchModel(_core.Model):
             if id(p) in seen:
                 continue
             seen.add(id(p))
-            if p.dtype != torch.float32:
-                raise TypeError("parameter %r is %s; libregopt needs float32 (module.float())"
+            dtype = _DTYPES.get(p.dtype)
+            if dtype is None:
+                raise TypeError("parameter %r is %s; libregopt takes float32, float16 "
+                                "(module.half()) or bfloat16 (module.bfloat16())"
                                 % (name, p.dtype))
             if p.device.type != "cpu":
                 raise ValueError("parameter %r is on %s; the adapter registers CPU memory"
@@ -250,12 +261,12 @@ class TorchModel(_core.Model):
                 if p.grad is None:
                     p.grad = torch.zeros_like(p, memory_format=torch.contiguous_format)
                 grad = p.grad
-                if grad.dtype != torch.float32 or not grad.is_contiguous() \
+                if grad.dtype != p.dtype or not grad.is_contiguous() \
                         or grad.data_ptr() == p.data_ptr():
                     raise ValueError("parameter %r: .grad must be a separate contiguous "
-                                     "float32 tensor" % name)
+                                     "%s tensor" % (name, p.dtype))
             self.add_param_address(name, p.data_ptr(), grad.data_ptr() if grad is not None
-                                   else None, p.numel(), group_fn(name, p),
+                                   else None, p.numel(), group_fn(name, p), dtype=dtype,
                                    keepalive=(p, grad))
             self._registered.append(_Registered(name, p, grad))
 

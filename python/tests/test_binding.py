@@ -118,6 +118,7 @@ class EveryFunctionTest(HandleCheck):
         regopt.version(), regopt.version_number(), regopt.status_string(-3)
         regopt.last_error_message(), regopt.keys(), regopt.key_from_name("optimizer.lr")
         regopt.random_uniform(1, 4), regopt.random_normal(1, 4)
+        regopt.convert(np.ones(2, np.float32), regopt.DTYPE_BFLOAT16)
         h = LinearHost()
         x, y = data()
         alloc = regopt.CountingAllocator()
@@ -347,7 +348,7 @@ class RandomTest(unittest.TestCase):
             self.assertEqual(cls("x").status, code)
         self.assertEqual(regopt.status_string(0), "REGOPT_OK: success")
         self.assertEqual(regopt.status_string(-999), "unknown status")
-        self.assertEqual(len(regopt.ERRORS), 17)
+        self.assertEqual(len(regopt.ERRORS), 18)  # -1 .. -18
 
 
 if __name__ == "__main__":

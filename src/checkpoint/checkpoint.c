@@ -17,10 +17,32 @@
 #define FEATURE_ENTRY 24u
 #define RO_CK_MAX_STEP 9007199254740992ull /* 2^53, as stat.step */
 
-/* Bit i of the required-features mask: the kind with registry index i. */
+/* Bit 32 of the mask: mixed precision (fp32 masters of half tensors, the
+ * loss scale and its counter in the "precision" section). */
+#define FEATURE_PRECISION 32u
+#define PRECISION_FIXED 40u /* bytes of "precision" before the masters */
+
+static int has_precision(const regopt_trainer *t)
+{
+    return t->model->n_half > 0 || ro_scaler_active(t);
+}
+
+/* Elements of the half-precision tensors (their masters are saved). */
+static uint64_t half_elements(const regopt_model *m)
+{
+    uint64_t n = 0;
+    size_t i;
+    for (i = 0; i < m->n_params; i++)
+        if (m->params[i].dtype != REGOPT_DTYPE_FLOAT32)
+            n += m->params[i].count;
+    return n;
+}
+
+/* Bit i of the required-features mask: the kind with registry index i;
+ * and FEATURE_PRECISION. */
 static uint64_t feature_mask(const regopt_trainer *t)
 {
-    uint64_t m = 0;
+    uint64_t m = has_precision(t) ? (uint64_t)1 << FEATURE_PRECISION : 0;
     size_t i, j;
     const ro_reg_ops *o;
     for (i = 0; i < t->n_regs; i++)
@@ -80,7 +102,7 @@ static void emit_features(const regopt_trainer *t, size_t arg, ro_ck_sink *s)
     for (j = 0; j < 64; j++)
         if (m >> j & 1u) {
             ro_ck_u32(s, j);
-            put_name(s, ro_reg_ops_at(j)->name, 20);
+            put_name(s, j == FEATURE_PRECISION ? "mixed_precision" : ro_reg_ops_at(j)->name, 20);
         }
 }
 
@@ -134,6 +156,25 @@ static void emit_params(const regopt_trainer *t, size_t arg, ro_ck_sink *s)
         ro_ck_floats(s, m->params[i].data, m->params[i].count);
 }
 
+/* scale (f64), init (f64), counter, skipped (u64), mode (i32), 0, the
+ * element count of the masters (u64), then the masters of the half
+ * tensors in registration order. */
+static void emit_precision(const regopt_trainer *t, size_t arg, ro_ck_sink *s)
+{
+    const regopt_model *m = t->model;
+    size_t i;
+    (void)arg;
+    ro_ck_f64(s, t->scaler.scale);
+    ro_ck_u64(s, t->scaler.counter);
+    ro_ck_u64(s, t->scaler.skipped);
+    ro_ck_u32(s, (uint32_t)(int32_t)t->scaler.mode);
+    ro_ck_u32(s, 0);
+    ro_ck_u64(s, half_elements(m));
+    for (i = 0; i < m->n_params; i++)
+        if (m->params[i].dtype != REGOPT_DTYPE_FLOAT32)
+            ro_ck_floats(s, m->params[i].data, m->params[i].count);
+}
+
 static size_t add_section(ro_ck_section *out, size_t n, const char *name,
                           void (*emit)(const regopt_trainer *, size_t, ro_ck_sink *), size_t arg)
 {
@@ -156,6 +197,8 @@ size_t ro_ck_sections(const regopt_trainer *t, uint32_t flags, ro_ck_section *ou
         snprintf(name, sizeof name, "reg.%u", (unsigned)i);
         n = add_section(out, n, name, emit_reg, i);
     }
+    if (has_precision(t))
+        n = add_section(out, n, "precision", emit_precision, 0);
     if (flags & REGOPT_CHECKPOINT_PARAMS)
         n = add_section(out, n, "params", emit_params, 0);
     if (flags & REGOPT_CHECKPOINT_OPTIONS)
@@ -289,7 +332,7 @@ static regopt_status check_features(regopt_trainer *t, const ro_ck_found *f)
     for (j = 0; j < 64; j++) {
         const char *name = "unnamed";
         char buf[21];
-        if (!(mask >> j & 1u) || ro_reg_ops_at(j))
+        if (!(mask >> j & 1u) || ro_reg_ops_at(j) || j == FEATURE_PRECISION)
             continue;
         for (i = 0; i < n; i++) {
             const unsigned char *e = f->data + 16 + (size_t)i * FEATURE_ENTRY;
@@ -303,7 +346,71 @@ static regopt_status check_features(regopt_trainer *t, const ro_ck_found *f)
                        "the checkpoint needs feature %u (\"%s\"), which libregopt %s does not "
                        "know: it was written by a newer version", j, name, REGOPT_VERSION_STRING);
     }
-    return mask != feature_mask(t) ? REGOPT_ERR_MISMATCH : REGOPT_OK;
+    mask &= ~((uint64_t)1 << FEATURE_PRECISION);
+    return mask != (feature_mask(t) & ~((uint64_t)1 << FEATURE_PRECISION)) ? REGOPT_ERR_MISMATCH
+                                                                         : REGOPT_OK;
+}
+
+/* Mixed precision on both sides or on neither (checked before the
+ * regularizers, whose mismatch message would not name it). */
+static regopt_status check_precision_bit(regopt_trainer *t, const ro_ck_found *f)
+{
+    uint64_t mask = ro_ck_rd64(f->data);
+    if ((mask ^ feature_mask(t)) >> FEATURE_PRECISION & 1u)
+        return ro_fail(t->msg, REGOPT_ERR_MISMATCH, "the checkpoint was saved %s mixed "
+                       "precision (half-precision tensors or loss scaling), this trainer "
+                       "runs %s it", (mask >> FEATURE_PRECISION & 1u) ? "with" : "without",
+                       (mask >> FEATURE_PRECISION & 1u) ? "without" : "with");
+    return REGOPT_OK;
+}
+
+/* The "precision" section: sized for this model's half tensors, a
+ * positive finite scale, finite masters. */
+static regopt_status check_precision(regopt_trainer *t, const ro_ck_found *f)
+{
+    uint64_t n = half_elements(t->model), i;
+    double scale;
+    if (!f)
+        return ro_fail(t->msg, REGOPT_ERR_CORRUPT, "the checkpoint has no \"precision\" "
+                       "section");
+    if (f->size < PRECISION_FIXED || ro_ck_rd64(f->data + 32) != n ||
+        f->size != PRECISION_FIXED + 4 * n || ro_ck_rd32(f->data + 28) != 0)
+        return ro_fail(t->msg, f->size >= PRECISION_FIXED && f->size == PRECISION_FIXED +
+                       4 * ro_ck_rd64(f->data + 32) ? REGOPT_ERR_MISMATCH : REGOPT_ERR_CORRUPT,
+                       "the checkpoint's \"precision\" section holds %" PRIu64 " master "
+                       "elements, the model's half tensors %" PRIu64,
+                       f->size >= PRECISION_FIXED ? ro_ck_rd64(f->data + 32) : 0, n);
+    scale = ro_ck_rdf64(f->data);
+    if (!(scale > 0.0 && scale <= 3.4028234663852886e38))
+        return ro_fail(t->msg, REGOPT_ERR_CORRUPT, "the checkpoint's loss scale %g is not in "
+                       "(0, FLT_MAX]", scale);
+    for (i = 0; i < n; i++) {
+        uint32_t b = ro_ck_rd32(f->data + PRECISION_FIXED + 4 * i);
+        if ((b & 0x7f800000u) == 0x7f800000u)
+            return ro_fail(t->msg, REGOPT_ERR_CORRUPT, "the checkpoint's master element %"
+                           PRIu64 " is not finite", i);
+    }
+    return REGOPT_OK;
+}
+
+/* After the options (which may set trainer.loss_scale and so restart the
+ * schedule): the scale, its counter and the masters. */
+static void apply_precision(regopt_trainer *t, const ro_ck_found *f)
+{
+    regopt_model *m = t->model;
+    const unsigned char *p = f->data + PRECISION_FIXED;
+    size_t i;
+    t->scaler.scale = ro_ck_rdf64(f->data);
+    t->scaler.counter = ro_ck_rd64(f->data + 8);
+    t->scaler.skipped = ro_ck_rd64(f->data + 16);
+    t->scaler.last_skipped = 0;
+    for (i = 0; i < m->n_params; i++)
+        if (m->params[i].dtype != REGOPT_DTYPE_FLOAT32) {
+            ro_ck_rdfloats(m->params[i].data, p, m->params[i].count);
+            p += 4 * m->params[i].count;
+        }
+    ro_scaler_sync_env(t);
+    ro_model_publish(&t->env);
 }
 
 /* "+"-joined names of the checkpoint's or the trainer's regularizers. */
@@ -499,6 +606,8 @@ static regopt_status check_core(regopt_trainer *t, const ro_ck_found *f, size_t 
         st = fs; /* unsupported or malformed */
     if (st == REGOPT_OK)
         st = match_trainer(t, c);
+    if (st == REGOPT_OK)
+        st = check_precision_bit(t, features);
     if (st == REGOPT_OK && (fs == REGOPT_ERR_MISMATCH || c->n_regs != t->n_regs))
         st = reg_mismatch(t, f, n, c->n_regs);
     if (st == REGOPT_OK)
@@ -514,7 +623,7 @@ static regopt_status check_core(regopt_trainer *t, const ro_ck_found *f, size_t 
 regopt_status ro_ck_restore(regopt_trainer *t, uint32_t flags, const ro_ck_found *f,
                             size_t count)
 {
-    const ro_ck_found *moments = NULL, *params = NULL, *options = NULL;
+    const ro_ck_found *moments = NULL, *params = NULL, *options = NULL, *prec = NULL;
     ro_ck_states rs;
     ck_trainer c;
     size_t i;
@@ -523,6 +632,10 @@ regopt_status ro_ck_restore(regopt_trainer *t, uint32_t flags, const ro_ck_found
     st = check_core(t, f, count, &c, &moments);
     for (i = 0; i < t->n_regs && st == REGOPT_OK; i++)
         st = check_reg(t, f, count, c.n_regs, i, &rs.at[i], &rs.size[i]);
+    if (st == REGOPT_OK && has_precision(t)) {
+        prec = find(f, count, "precision");
+        st = check_precision(t, prec);
+    }
     if (st == REGOPT_OK && (flags & REGOPT_CHECKPOINT_PARAMS)) {
         params = find(f, count, "params");
         st = params ? sized(t, params, t->model->n_elements)
@@ -540,6 +653,8 @@ regopt_status ro_ck_restore(regopt_trainer *t, uint32_t flags, const ro_ck_found
     if (st != REGOPT_OK)
         return st;
     apply_state(t, &c, f, count, moments, params);
+    if (prec) /* after params: the masters of half tensors are these */
+        apply_precision(t, prec);
     if (params) /* trainer.check_host: the tensors are the checkpoint's now */
         ro_probe_record(t);
     else        /* the host restores them its own way: nothing to compare */

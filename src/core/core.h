@@ -200,4 +200,21 @@ double ro_dot(const float *x, const float *y, size_t n);
 void ro_exchange(float *a, float *b, size_t n);
 void ro_zero(float *x, size_t n);
 
+/* ---- half.c: fp16 / bf16 conversions (round to nearest even) ------------ */
+
+uint16_t ro_f32_to_f16(float f);
+float ro_f16_to_f32(uint16_t h);
+uint16_t ro_f32_to_bf16(float f);
+float ro_bf16_to_f32(uint16_t h);
+/* dtype: REGOPT_DTYPE_FLOAT16 or REGOPT_DTYPE_BFLOAT16. */
+void ro_half_from_f32(uint16_t *dst, const float *src, size_t n, int dtype);
+void ro_half_to_f32(float *dst, const uint16_t *src, size_t n, int dtype);
+/* g += h * inv (h in dtype, FLOAT32 too), h = 0; returns the count of
+ * non-finite g. */
+size_t ro_grad_flush(float *g, void *h, size_t n, int dtype, double inv);
+/* x *= inv; returns the count of non-finite results. */
+size_t ro_unscale(float *x, size_t n, double inv);
+/* dst = src * s, each product rounded once from double. */
+void ro_scale_copy(float *dst, const float *src, size_t n, double s);
+
 #endif

@@ -2,6 +2,7 @@
  * bounds, defaults. Everything that validates or describes a key reads it. */
 #include "core/core.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,15 @@ static const ro_key_desc key_table[] = {
      9223372036854775808.0, 0, MAXX},
     {REGOPT_TRAINER_THREADS, "trainer.threads", I, RO_OWNER_TRAINER, 1, RO_MAX_THREADS, 1, 0},
     {REGOPT_TRAINER_CHECK_HOST, "trainer.check_host", I, RO_OWNER_TRAINER, 0, 1, 0, 0},
+    {REGOPT_TRAINER_LOSS_SCALING, "trainer.loss_scaling", I, RO_OWNER_TRAINER, -1, 2, -1, 0},
+    {REGOPT_TRAINER_LOSS_SCALE, "trainer.loss_scale", D, RO_OWNER_TRAINER, 0, FLT_MAX, 65536,
+     MINX},
+    {REGOPT_TRAINER_SCALE_GROWTH, "trainer.scale_growth", D, RO_OWNER_TRAINER, 1, 65536, 2,
+     MINX},
+    {REGOPT_TRAINER_SCALE_BACKOFF, "trainer.scale_backoff", D, RO_OWNER_TRAINER, 0, 1, 0.5,
+     MINX | MAXX},
+    {REGOPT_TRAINER_SCALE_INTERVAL, "trainer.scale_interval", I, RO_OWNER_TRAINER, 1, BIG, 2000,
+     0},
     {REGOPT_STAT_LOSS, "stat.loss", D, RO_OWNER_STAT, -HUGE_VAL, HUGE_VAL, 0, RO},
     {REGOPT_STAT_OBJECTIVE, "stat.objective", D, RO_OWNER_STAT, -HUGE_VAL, HUGE_VAL, 0, RO},
     {REGOPT_STAT_GRAD_NORM, "stat.grad_norm", D, RO_OWNER_STAT, 0, HUGE_VAL, 0, RO},
@@ -47,6 +57,10 @@ static const ro_key_desc key_table[] = {
     {REGOPT_STAT_WEIGHT, "stat.weight", D, RO_OWNER_STAT, 0, HUGE_VAL, 0, RO},
     {REGOPT_STAT_FORWARD_CALLS, "stat.forward_calls", I, RO_OWNER_STAT, 0, BIG, 0, RO},
     {REGOPT_STAT_BACKWARD_CALLS, "stat.backward_calls", I, RO_OWNER_STAT, 0, BIG, 0, RO},
+    {REGOPT_STAT_LOSS_SCALE, "stat.loss_scale", D, RO_OWNER_STAT, 0, FLT_MAX, 0, RO},
+    {REGOPT_STAT_SKIPPED, "stat.skipped", I, RO_OWNER_STAT, 0, 1, 0, RO},
+    {REGOPT_STAT_SKIPPED_STEPS, "stat.skipped_steps", I, RO_OWNER_STAT, 0, BIG, 0, RO},
+    {REGOPT_STAT_SCALE_COUNTER, "stat.scale_counter", I, RO_OWNER_STAT, 0, BIG, 0, RO},
 };
 
 #define N_KEYS (sizeof key_table / sizeof key_table[0])

@@ -33,6 +33,7 @@ const char *regopt_status_string(regopt_status status)
     case REGOPT_ERR_IO: return "REGOPT_ERR_IO: a file or checkpoint callback operation failed";
     case REGOPT_ERR_HOST_UPDATE:
         return "REGOPT_ERR_HOST_UPDATE: the host's update callback failed";
+    case REGOPT_ERR_OVERFLOW: return "REGOPT_ERR_OVERFLOW: a loss-scaled gradient overflowed";
     }
     return "unknown status";
 }

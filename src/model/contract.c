@@ -72,9 +72,14 @@ uint64_t ro_contract_grad_signature(const ro_env *e)
     size_t i, j;
     for (i = 0; i < m->n_params; i++) {
         const ro_param *q = &m->params[i];
+        /* a staged tensor (mixed precision): the host writes its own buffer,
+           flushed into q->grad only after this check */
+        size_t es = q->staged ? ro_dtype_size(q->dtype) : sizeof(float);
+        const unsigned char *g = q->staged ? (const unsigned char *)q->host_grad
+                                           : (const unsigned char *)q->grad;
         for (j = 0; q->grad && j < q->count; j++) {
-            uint32_t b;
-            memcpy(&b, &q->grad[j], sizeof b);
+            uint32_t b = 0;
+            memcpy(&b, g + j * es, es);
             sig = sig * 0x100000001b3ull + b;
         }
     }

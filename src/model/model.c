@@ -69,8 +69,14 @@ regopt_status regopt_model_free(regopt_model *m)
                            "trainer(s); free them first (nothing was freed)", m->bound);
     if (m->free_user)
         m->free_user(m->user);
-    for (i = 0; i < m->n_params; i++)
-        ro_free(&m->alloc, m->params[i].name);
+    for (i = 0; i < m->n_params; i++) {
+        ro_param *p = &m->params[i];
+        ro_free(&m->alloc, p->name);
+        if (p->data != p->host_data)
+            ro_free(&m->alloc, p->data);
+        if (p->staged)
+            ro_free(&m->alloc, p->grad);
+    }
     ro_free(&m->alloc, m->params);
     ro_free(&m->alloc, m->spans);
     ro_free(&m->alloc, m->names);
@@ -284,12 +290,13 @@ static regopt_status check_param(regopt_model *m, const char *name, void *data,
         return ro_fail(m->msg, REGOPT_ERR_INVALID_ARGUMENT,
                        "parameter name must have 1..%d bytes, got %zu",
                        REGOPT_MAX_NAME, len);
-    if (dtype != REGOPT_DTYPE_FLOAT32) {
-        regopt_status st = (dtype >= REGOPT_DTYPE_FLOAT16 && dtype <= REGOPT_DTYPE_FLOAT64)
-                               ? REGOPT_ERR_UNSUPPORTED
-                               : REGOPT_ERR_INVALID_ARGUMENT;
+    if (dtype != REGOPT_DTYPE_FLOAT32 && dtype != REGOPT_DTYPE_FLOAT16 &&
+        dtype != REGOPT_DTYPE_BFLOAT16) {
+        regopt_status st = dtype == REGOPT_DTYPE_FLOAT64 ? REGOPT_ERR_UNSUPPORTED
+                                                         : REGOPT_ERR_INVALID_ARGUMENT;
         return ro_fail(m->msg, st, "parameter \"%.64s\": dtype %d is not supported "
-                       "(only REGOPT_DTYPE_FLOAT32 = 1)", name, (int)dtype);
+                       "(REGOPT_DTYPE_FLOAT32 = 1, FLOAT16 = 2, BFLOAT16 = 3)", name,
+                       (int)dtype);
     }
     if (count == 0 || count > RO_MAX_ELEMENTS)
         return ro_fail(m->msg, REGOPT_ERR_INVALID_ARGUMENT,
@@ -307,10 +314,10 @@ static regopt_status check_param(regopt_model *m, const char *name, void *data,
                        "parameter \"%.64s\": group must be in [0, %d], got %d", name,
                        REGOPT_MAX_GROUPS - 1, (int)group);
     /* count <= SIZE_MAX / 16: the product cannot wrap; the range may */
-    bytes = (uintptr_t)(count * sizeof(float));
+    bytes = (uintptr_t)(count * ro_dtype_size(dtype));
     if ((uintptr_t)data > UINTPTR_MAX - bytes || (grad && (uintptr_t)grad > UINTPTR_MAX - bytes))
         return ro_fail(m->msg, REGOPT_ERR_INVALID_ARGUMENT,
-                       "parameter \"%.64s\": its %s (%zu floats at %p) runs past the end of "
+                       "parameter \"%.64s\": its %s (%zu elements at %p) runs past the end of "
                        "the address space", name,
                        (uintptr_t)data > UINTPTR_MAX - bytes ? "data" : "grad", count,
                        (uintptr_t)data > UINTPTR_MAX - bytes ? data : grad);
@@ -346,6 +353,7 @@ regopt_status regopt_model_add_param(regopt_model *m, const char *name,
 {
     ro_param *p;
     char *copy;
+    float *master = NULL, *acc = NULL;
     size_t len, i;
     regopt_status st = check_mutable(m, "regopt_model_add_param");
     if (st == REGOPT_OK)
@@ -363,11 +371,33 @@ regopt_status regopt_model_add_param(regopt_model *m, const char *name,
     if (!copy)
         return ro_fail(m->msg, REGOPT_ERR_NO_MEMORY, "regopt_model_add_param: out of memory");
     memcpy(copy, name, len + 1);
+    /* half precision: the fp32 master (the host's values widened: exact)
+       and, for a trainable tensor, the fp32 accumulator of its gradient */
+    if (dtype != REGOPT_DTYPE_FLOAT32 || (grad && m->staged)) {
+        master = dtype != REGOPT_DTYPE_FLOAT32 ? ro_malloc(&m->alloc, count * sizeof(float))
+                                               : NULL;
+        acc = grad ? ro_calloc(&m->alloc, count, sizeof(float)) : NULL;
+        if ((dtype != REGOPT_DTYPE_FLOAT32 && !master) || (grad && !acc)) {
+            ro_free(&m->alloc, master);
+            ro_free(&m->alloc, acc);
+            ro_free(&m->alloc, copy);
+            return ro_fail(m->msg, REGOPT_ERR_NO_MEMORY, "regopt_model_add_param: out of "
+                           "memory for the fp32 master of \"%.64s\" (%zu elements)", name,
+                           count);
+        }
+        if (master)
+            ro_half_to_f32(master, data, count, (int)dtype);
+    }
     i = m->n_params++;
     p = &m->params[i];
     p->name = copy;
-    p->data = data;
-    p->grad = grad;
+    p->host_data = data;
+    p->host_grad = grad;
+    p->dtype = (int)dtype;
+    p->data = master ? master : data;
+    p->grad = acc ? acc : grad;
+    p->staged = acc != NULL;
+    m->n_half += dtype != REGOPT_DTYPE_FLOAT32;
     p->count = count;
     p->group = group;
     p->offset = m->n_trainable;
@@ -376,9 +406,10 @@ regopt_status regopt_model_add_param(regopt_model *m, const char *name,
         m->n_trainable += count;
     name_put(m->names, m->cap_names, m->params, i);
     span_add(m, grad ? RO_SPANS_DATA : RO_SPANS_FROZEN, (uintptr_t)data,
-             (uintptr_t)data + count * sizeof(float), i);
+             (uintptr_t)data + count * ro_dtype_size(dtype), i);
     if (grad)
-        span_add(m, RO_SPANS_GRAD, (uintptr_t)grad, (uintptr_t)grad + count * sizeof(float), i);
+        span_add(m, RO_SPANS_GRAD, (uintptr_t)grad,
+                 (uintptr_t)grad + count * ro_dtype_size(dtype), i);
     return REGOPT_OK;
 }
 

@@ -13,8 +13,13 @@
 
 typedef struct ro_param {
     char *name;
-    float *data;
-    float *grad;   /* NULL: frozen */
+    float *data;   /* float32 tensors: the host's buffer; half: the fp32 master */
+    float *grad;   /* NULL: frozen. Staged: the library's fp32 accumulator */
+    void *host_data; /* the host's buffer as registered */
+    void *host_grad; /* the host's gradient buffer as registered (NULL: frozen) */
+    int dtype;       /* REGOPT_DTYPE_* of both host buffers */
+    int staged;      /* grad is the library's: backward writes host_grad,
+                        flushed into grad after every backward (precision.c) */
     size_t count;
     size_t offset; /* into flat optimizer state, counting trainable only */
     int32_t group;
@@ -61,6 +66,8 @@ struct regopt_model {
     void *user;
     regopt_free_fn free_user;
     int bound; /* number of live trainers using this model */
+    size_t n_half;  /* tensors registered as FLOAT16 or BFLOAT16 */
+    int staged;     /* every trainable tensor is staged (precision.c) */
     char msg[RO_MSG_SIZE];
 };
 
@@ -195,6 +202,15 @@ typedef struct ro_env {
     int in_host;
     atomic_int *opt_in_host;     /* the optimizer's count of the same */
     int check_host;              /* trainer.check_host: contract.c's checks */
+    /* Mixed precision (precision.c): the loss scale S every backward's
+       d_outputs is multiplied by (1: none), and whether a non-finite
+       gradient is an overflow that skips the step (REGOPT_ERR_OVERFLOW)
+       rather than an error. d_scaled: scratch of d_outputs x S, d_cap
+       floats. */
+    double loss_scale;
+    int skip_overflow;
+    float *d_scaled;
+    size_t d_cap;
 } ro_env;
 
 /* Floats of room after every output buffer a pass writes into: the guard
@@ -236,5 +252,20 @@ size_t ro_input_rows(const regopt_batch *v);
  * loss only). Masked rows get zero gradient whatever they hold. */
 regopt_status ro_batch_loss(ro_env *e, const regopt_batch *b, const float *z,
                             double inv_weight, double grad_scale, float *dz, double *loss);
+
+/* ---- precision.c: half-precision host buffers, loss scaling -------------- */
+
+/* Write round(master) into the host buffer of every half tensor. */
+void ro_model_publish(const ro_env *e);
+/* Give every trainable float32 tensor an fp32 accumulator of the
+ * library's own (loss scaling of float32 buffers); idempotent. */
+regopt_status ro_model_stage(regopt_model *m, char *msg);
+/* Zero the host gradient buffers of staged tensors, elements [j0, j1). */
+void ro_param_zero_host_grad(const ro_param *p, size_t j0, size_t j1);
+/* After a backward with parameter gradients: flush every staged host
+ * gradient into its accumulator, unscaled; REGOPT_ERR_OVERFLOW when one is
+ * non-finite and overflow skips the step. */
+regopt_status ro_grads_flush(ro_env *e);
+size_t ro_dtype_size(int dtype);
 
 #endif

@@ -66,6 +66,7 @@ void ro_pass_init(const ro_env *e, regopt_pass *p, const regopt_batch *b, size_t
     p->outputs = outputs;
     p->input_width = m->input_width;
     p->input_rows = m->input_width ? (b->input_rows ? b->input_rows : b->rows) : 0;
+    p->loss_scale = e->loss_scale;
 }
 
 regopt_status ro_call_forward(ro_env *e, regopt_pass *p)
@@ -74,6 +75,7 @@ regopt_status ro_call_forward(ro_env *e, regopt_pass *p)
     int rc;
     if (e->check_host)
         ro_contract_before_forward(p, saved);
+    ro_model_publish(e); /* half tensors: the host sees round(w) */
     ro_host_enter(e);
     rc = e->model->forward(p, e->model->user);
     ro_host_leave(e);
@@ -88,16 +90,41 @@ regopt_status ro_call_forward(ro_env *e, regopt_pass *p)
 regopt_status ro_call_backward(ro_env *e, regopt_pass *p)
 {
     uint64_t before = e->check_host ? ro_contract_grad_signature(e) : 0;
+    const float *d = p->d_outputs;
+    regopt_status st = REGOPT_OK;
     int rc;
+    /* loss scaling: the host receives d(loss)/d(outputs) x S (pass->loss_scale) */
+    if (e->loss_scale != 1.0 && d) {
+        size_t n = p->rows * p->output_width;
+        if (n > e->d_cap)
+            return ro_fail(e->msg, REGOPT_ERR_STATE, "internal: a pass of %zu outputs exceeds "
+                           "the scaled-gradient scratch (%zu)", n, e->d_cap);
+        ro_scale_copy(e->d_scaled, d, n, e->loss_scale);
+        p->d_outputs = e->d_scaled;
+    }
+    p->loss_scale = e->loss_scale;
     ro_host_enter(e);
     rc = e->model->backward(p, e->model->user);
     ro_host_leave(e);
+    p->d_outputs = d;
     e->backward_calls++;
     if (rc != 0)
         return ro_fail(e->msg, REGOPT_ERR_BACKWARD,
                        "the backward callback returned %d (micro-batch %zu, slot %d)", rc,
                        p->micro_batch, (int)p->slot);
-    return e->check_host ? ro_contract_after_backward(e, p, before) : REGOPT_OK;
+    if (e->check_host)
+        st = ro_contract_after_backward(e, p, before);
+    if (st != REGOPT_OK)
+        return st;
+    /* SMART's d_input arrives scaled too: unscale it first */
+    if (p->d_input && e->loss_scale != 1.0 &&
+        ro_unscale(p->d_input, p->input_rows * p->input_width, 1.0 / e->loss_scale) &&
+        e->skip_overflow)
+        return ro_fail(e->msg, REGOPT_ERR_OVERFLOW, "d_input overflow at loss scale %g "
+                       "(micro-batch %zu)", e->loss_scale, p->micro_batch);
+    if (!(p->flags & REGOPT_PASS_NO_PARAM_GRAD))
+        st = ro_grads_flush(e);
+    return st;
 }
 
 /* A view of rows [r0, r0 + rows) of a batch: same host data, shifted

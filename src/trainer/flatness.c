@@ -394,10 +394,21 @@ static regopt_status flat_run(regopt_trainer *t, const regopt_batch *b, size_t c
     return REGOPT_OK;
 }
 
+/* Half tensors: the host's buffers hold round(w) again afterwards (the
+ * last pass may have seen moved weights). */
+static regopt_status flat_call(regopt_trainer *t, const regopt_batch *batches, size_t count,
+                               const regopt_flatness_request *request,
+                               regopt_flatness *result)
+{
+    regopt_status st = flat_run(t, batches, count, request, result);
+    ro_model_publish(&t->env);
+    return st;
+}
+
 regopt_status regopt_trainer_flatness(regopt_trainer *t, const regopt_batch *batches,
                                       size_t count, const regopt_flatness_request *request,
                                       regopt_flatness *result)
 {
     RO_GUARDED(t, "regopt_trainer_flatness",
-               flat_run(t, batches, count, request, result));
+               flat_call(t, batches, count, request, result));
 }

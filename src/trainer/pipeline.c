@@ -167,6 +167,7 @@ static void zero_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
     (void)ctx;
     ro_zero(p->grad + j0, j1 - j0);
+    ro_param_zero_host_grad(p, j0, j1);
 }
 
 void ro_zero_gradients(ro_step *s) { ro_each_piece(s->env->par, zero_piece, NULL); }

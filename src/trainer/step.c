@@ -181,16 +181,35 @@ static regopt_status step_run(regopt_trainer *t, const regopt_batch *batches, si
     st = step_gradient(t, &s);
     if (!s.synced) /* the step's all-reduce, joined even after a local failure */
         st = ro_sync(t, &s, st, &s.weight, &s.loss, s.has_loss2 ? &s.loss2 : NULL);
-    if (st == REGOPT_OK)
+    if (st == REGOPT_OK) {
         st = ro_gradient_norm(t, &norm);
+        /* under loss scaling a non-finite gradient is an overflow (the
+           all-reduced sum included: every replica sees the same sum) */
+        if (st == REGOPT_ERR_NONFINITE_GRADIENT && t->env.skip_overflow)
+            st = REGOPT_ERR_OVERFLOW;
+    }
+    if (st == REGOPT_ERR_OVERFLOW) /* nothing was committed: skip, back off */
+        return ro_scaler_skip(t);
     if (st != REGOPT_OK)
         return st;
-    return step_commit(t, &s, norm);
+    st = step_commit(t, &s, norm);
+    if (st == REGOPT_OK)
+        ro_scaler_commit(t);
+    return st;
+}
+
+static regopt_status step_call(regopt_trainer *t, const regopt_batch *batches, size_t count)
+{
+    regopt_status st = step_run(t, batches, count);
+    /* half tensors: the host's buffers hold round(w) after every step --
+       committed, skipped or failed (a perturbed pass may have been last) */
+    ro_model_publish(&t->env);
+    return st;
 }
 
 regopt_status regopt_trainer_step(regopt_trainer *t, const regopt_batch *batches, size_t count)
 {
-    RO_GUARDED(t, "regopt_trainer_step", step_run(t, batches, count));
+    RO_GUARDED(t, "regopt_trainer_step", step_call(t, batches, count));
 }
 
 static regopt_status evaluate_run(regopt_trainer *t, const regopt_batch *batch,

@@ -32,7 +32,7 @@ regopt_status regopt_trainer_set_allreduce(regopt_trainer *t, regopt_allreduce_f
 }
 
 /* Layout: [g * weight (trainable elements), weight, loss * weight,
- * loss2 * weight, failed, the step's accumulators * weight]. Scaling by the
+ * loss2 * weight, failed, overflowed, the step's accumulators * weight]. Scaling by the
  * local weight before the sum and dividing by the summed weight after it
  * gives every replica the global weighted mean. A replica whose passes
  * failed (local != OK) still joins, so no peer blocks, and its mark makes
@@ -61,7 +61,9 @@ regopt_status ro_sync(regopt_trainer *t, ro_step *s, regopt_status local, double
     buf[n] = local == REGOPT_OK ? (float)*weight : 0.0f;
     buf[n + 1] = local == REGOPT_OK ? (float)(*loss * *weight) : 0.0f;
     buf[n + 2] = local == REGOPT_OK && loss2 ? (float)(*loss2 * *weight) : 0.0f;
-    buf[n + 3] = local == REGOPT_OK ? 0.0f : 1.0f;
+    /* an overflow (mixed precision) is not a failure: every replica skips */
+    buf[n + 3] = local == REGOPT_OK || local == REGOPT_ERR_OVERFLOW ? 0.0f : 1.0f;
+    buf[n + 4] = local == REGOPT_ERR_OVERFLOW ? 1.0f : 0.0f;
     for (j = 0; j < s->n_acc; j++)
         buf[n + RO_SYNC_HEAD + j] = local == REGOPT_OK ? (float)(s->acc[j] * *weight) : 0.0f;
     ro_host_enter(&t->env);
@@ -74,6 +76,9 @@ regopt_status ro_sync(regopt_trainer *t, ro_step *s, regopt_status local, double
     if (buf[n + 3] != 0.0f)
         return ro_fail(t->msg, REGOPT_ERR_ALLREDUCE,
                        "the step failed on %g other replica(s)", (double)buf[n + 3]);
+    if (buf[n + 4] != 0.0f)
+        return ro_fail(t->msg, REGOPT_ERR_OVERFLOW, "gradient overflow on %g other replica(s)",
+                       (double)buf[n + 4]);
     w = buf[n];
     if (!(w > 0.0) || !isfinite(w))
         return ro_fail(t->msg, REGOPT_ERR_INVALID_ARGUMENT,

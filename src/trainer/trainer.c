@@ -76,6 +76,17 @@ regopt_trainer *regopt_trainer_create(regopt_model *m, regopt_optimizer *o,
     t->env.msg = t->msg;
     t->env.loss_kind = REGOPT_LOSS_SOFTMAX_CE;
     t->env.opt_in_host = &o->busy;
+    ro_scaler_init(t);
+    if (ro_scaler_prepare(t) != REGOPT_OK) { /* fp16 with float32 tensors beside */
+        st = ro_fail_tls(REGOPT_ERR_NO_MEMORY, "regopt_trainer_create: %s", t->msg);
+        if (status)
+            *status = st;
+        ro_parallel_release(&t->par);
+        ro_free(&t->alloc, t->state);
+        t->magic = RO_MAGIC_DEAD;
+        ro_free(&t->alloc, t);
+        return NULL;
+    }
     m->bound++;
     o->bound++;
     return t;
@@ -86,6 +97,9 @@ static void free_scratch(regopt_trainer *t)
     ro_free(&t->alloc, t->outputs);
     ro_free(&t->alloc, t->d_outputs);
     ro_free(&t->alloc, t->row_loss);
+    ro_free(&t->alloc, t->env.d_scaled);
+    t->env.d_scaled = NULL;
+    t->env.d_cap = 0;
     t->outputs = t->d_outputs = t->row_loss = NULL;
     t->env.row_loss = t->env.d_scratch = NULL;
     t->cap_rows = 0;
@@ -136,16 +150,23 @@ regopt_status regopt_trainer_free(regopt_trainer *t)
 static regopt_status reserve_rows(regopt_trainer *t, size_t rows)
 {
     size_t k = t->model->output_width;
-    float *o, *d, *l;
-    if (rows <= t->cap_rows)
+    float *o, *d, *l, *ds = NULL;
+    /* loss scaling: a buffer for d_outputs x S (staged models only) */
+    int need_ds = t->model->staged || t->model->n_half;
+    if (rows <= t->cap_rows && (!need_ds || t->env.d_scaled))
         return REGOPT_OK;
+    if (rows < t->cap_rows)
+        rows = t->cap_rows;
     o = ro_calloc(&t->alloc, rows * k + RO_OUT_GUARD, sizeof(float));
     d = ro_calloc(&t->alloc, rows, k * sizeof(float));
     l = ro_calloc(&t->alloc, rows, sizeof(float));
-    if (!o || !d || !l) {
+    if (need_ds)
+        ds = ro_calloc(&t->alloc, rows, k * sizeof(float));
+    if (!o || !d || !l || (need_ds && !ds)) {
         ro_free(&t->alloc, o);
         ro_free(&t->alloc, d);
         ro_free(&t->alloc, l);
+        ro_free(&t->alloc, ds);
         return ro_fail(t->msg, REGOPT_ERR_NO_MEMORY,
                        "out of memory for scratch buffers of %zu rows x %zu outputs", rows, k);
     }
@@ -155,6 +176,8 @@ static regopt_status reserve_rows(regopt_trainer *t, size_t rows)
     t->row_loss = l;
     t->env.row_loss = l;
     t->env.d_scratch = d;
+    t->env.d_scaled = ds;
+    t->env.d_cap = ds ? rows * k : 0;
     t->cap_rows = rows;
     return REGOPT_OK;
 }
@@ -256,6 +279,8 @@ static regopt_status trainer_set_value(regopt_trainer *t, regopt_key key, double
         t->env.label_smoothing = dv;
     } else if (key == REGOPT_TRAINER_THREADS) {
         return ro_parallel_set_threads(&t->par, (unsigned)dv, t->msg);
+    } else if (key >= REGOPT_TRAINER_LOSS_SCALING && key <= REGOPT_TRAINER_SCALE_INTERVAL) {
+        return ro_scaler_set(t, key, dv);
     } else if (key == REGOPT_TRAINER_CHECK_HOST) {
         st = ro_probe_enable(t, dv != 0.0);
         if (st == REGOPT_OK)
@@ -312,6 +337,8 @@ static regopt_status trainer_get_value(const regopt_trainer *t, regopt_key key,
             v = (double)t->par.threads;
         else if (key == REGOPT_TRAINER_CHECK_HOST)
             v = (double)t->env.check_host;
+        else if (ro_scaler_get(t, key, &v))
+            ;
         else if (d->owner == RO_OWNER_STAT && key >= REGOPT_STAT_LOSS &&
                  key < REGOPT_STAT_LOSS + RO_N_STATS)
             v = t->stats[key - REGOPT_STAT_LOSS];

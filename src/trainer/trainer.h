@@ -10,8 +10,20 @@
 #define RO_STAT(t, k) ((t)->stats[(k) - REGOPT_STAT_LOSS])
 /* All-reduce buffer after the gradients: weight, loss, loss2, failure
  * mark, then the step's accumulators. */
-#define RO_SYNC_HEAD 4u
+#define RO_SYNC_HEAD 5u /* ... failure mark, overflow mark, accumulators */
 #define RO_SYNC_EXTRA (RO_SYNC_HEAD + 1 + 4 * RO_MAX_REGS)
+
+/* scaler.c: the loss scale and its schedule. */
+typedef struct ro_scaler {
+    int mode;          /* trainer.loss_scaling (REGOPT_SCALING_*) */
+    double init;       /* trainer.loss_scale */
+    double scale;      /* S of the next step */
+    double growth, backoff;
+    uint64_t interval;
+    uint64_t counter;  /* committed steps since the scale last changed */
+    uint64_t skipped;  /* skipped steps in all */
+    int last_skipped;  /* stat.skipped */
+} ro_scaler;
 
 /* Undone by regopt_trainer_recover when a call is abandoned with it pushed. */
 typedef void (*ro_undo_fn)(regopt_trainer *t, void *ctx);
@@ -35,6 +47,7 @@ struct regopt_trainer {
 
     /* training state */
     uint64_t step;      /* completed updates */
+    ro_scaler scaler;   /* mixed precision: the loss scale (scaler.c) */
     int momentum_ready; /* SGD: the momentum buffer holds a value */
     float *state;       /* optimizer moments, n_trainable * per_element */
     size_t per_element;
@@ -161,5 +174,20 @@ regopt_status ro_apply_update(regopt_trainer *t, double lr, double scale);
  * callback. REGOPT_ERR_HOST_UPDATE when it fails (the library's state
  * unchanged; the parameters are what the host left). */
 regopt_status ro_host_update(regopt_trainer *t, double lr, double scale);
+
+/* scaler.c: loss scaling. active: the step runs at scale S and skips on
+ * an overflow. sync_env: the env's scale and skip flag from the state.
+ * prepare: stage float32 tensors when a scale is in effect. set/get: the
+ * trainer.* scaling keys and the stat.* of 930..933 (get: 0 for another
+ * key). skip: after an overflowed (uncommitted) step, returns REGOPT_OK.
+ * commit: after a committed step. */
+int ro_scaler_active(const regopt_trainer *t);
+void ro_scaler_sync_env(regopt_trainer *t);
+void ro_scaler_init(regopt_trainer *t);
+regopt_status ro_scaler_prepare(regopt_trainer *t);
+regopt_status ro_scaler_set(regopt_trainer *t, regopt_key key, double v);
+int ro_scaler_get(const regopt_trainer *t, regopt_key key, double *v);
+regopt_status ro_scaler_skip(regopt_trainer *t);
+void ro_scaler_commit(regopt_trainer *t);
 
 #endif

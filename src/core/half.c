@@ -1,0 +1,185 @@
+/* half.c — conversions between float32 and the 16-bit formats of mixed
+ * precision: IEEE 754 binary16 (fp16) and bfloat16 (bf16), and the fused
+ * loops that move a tensor between the library's fp32 master and the
+ * host's half-precision buffer.
+ *
+ * Every conversion is integer arithmetic on the bit patterns, so the result
+ * does not depend on the floating-point environment (FTZ/DAZ, rounding
+ * mode) nor on the code path: the same bits everywhere. Rounding is to
+ * nearest, ties to even (IEEE 754-2019 section 4.3.1, the default
+ * roundTiesToEven); overflow goes to infinity as that attribute requires
+ * (section 7.4). A NaN stays a NaN of the same sign: the quiet bit is set
+ * and the leading payload bits kept (what x86 F16C's VCVTPS2PH and Arm's
+ * FCVT produce for fp16; bf16 keeps the top 7 bits the same way). */
+#include "core/core.h"
+
+#include <string.h>
+
+static inline uint32_t f32_bits(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, sizeof x);
+    return x;
+}
+
+static inline float bits_f32(uint32_t x)
+{
+    float f;
+    memcpy(&f, &x, sizeof f);
+    return f;
+}
+
+/* binary32 -> binary16. Biases 127 and 15: a normal half has the float's
+ * exponent minus 112; below 2^-14 the half is subnormal with unit 2^-24. */
+uint16_t ro_f32_to_f16(float f)
+{
+    uint32_t x = f32_bits(f), sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+    uint32_t r, m, shift, rem, half;
+    if (ax > 0x7f800000u) /* NaN: quiet, top 9 payload bits kept */
+        return (uint16_t)(sign | 0x7e00u | ((ax >> 13) & 0x3ffu));
+    if (ax >= 0x477ff000u) /* >= 65520 = 65504 + half an ulp: rounds to inf */
+        return (uint16_t)(sign | 0x7c00u);
+    if (ax >= 0x38800000u) { /* normal half: rebias, round off 13 bits */
+        r = ax - 0x38000000u;
+        r = (r + 0x0fffu + ((r >> 13) & 1u)) >> 13;
+        return (uint16_t)(sign | r);
+    }
+    if (ax <= 0x33000000u) /* <= 2^-25, half the smallest subnormal: to 0 (tie: even) */
+        return (uint16_t)sign;
+    /* subnormal half: the value in units of 2^-24 is m * 2^(e - 126) */
+    m = (ax & 0x7fffffu) | 0x800000u;
+    shift = 126u - (ax >> 23); /* 14 .. 24 */
+    r = m >> shift;
+    rem = m & ((1u << shift) - 1u);
+    half = 1u << (shift - 1u);
+    r += rem > half || (rem == half && (r & 1u)); /* may carry into 0x400: 2^-14 */
+    return (uint16_t)(sign | r);
+}
+
+float ro_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0x1fu)
+        return bits_f32(sign | 0x7f800000u | (m << 13));
+    if (e != 0)
+        return bits_f32(sign | ((e + 112u) << 23) | (m << 13));
+    if (m == 0)
+        return bits_f32(sign);
+    e = 113u; /* subnormal m * 2^-24: normalise so that bit 10 is the hidden one */
+    while (!(m & 0x400u)) {
+        m <<= 1;
+        e--;
+    }
+    return bits_f32(sign | (e << 23) | ((m & 0x3ffu) << 13));
+}
+
+/* binary32 -> bfloat16: the upper half of the float, rounded. */
+uint16_t ro_f32_to_bf16(float f)
+{
+    uint32_t x = f32_bits(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) /* NaN: quiet, top 7 payload bits kept */
+        return (uint16_t)((x >> 16) | 0x40u);
+    /* adding 0x7fff plus the kept lsb rounds ties to even; the carry walks
+       into the exponent, and past the largest finite value into inf */
+    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+float ro_bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
+
+/* The loops below convert one element at a time with the functions above:
+ * integer arithmetic, so any vectorisation the compiler makes gives the
+ * same bits. */
+void ro_half_from_f32(uint16_t *dst, const float *src, size_t n, int dtype)
+{
+    size_t i;
+    if (dtype == REGOPT_DTYPE_BFLOAT16)
+        for (i = 0; i < n; i++)
+            dst[i] = ro_f32_to_bf16(src[i]);
+    else
+        for (i = 0; i < n; i++)
+            dst[i] = ro_f32_to_f16(src[i]);
+}
+
+void ro_half_to_f32(float *dst, const uint16_t *src, size_t n, int dtype)
+{
+    size_t i;
+    if (dtype == REGOPT_DTYPE_BFLOAT16)
+        for (i = 0; i < n; i++)
+            dst[i] = ro_bf16_to_f32(src[i]);
+    else
+        for (i = 0; i < n; i++)
+            dst[i] = ro_f16_to_f32(src[i]);
+}
+
+/* g += h * inv, h = 0, in one pass: the flush of a host gradient buffer
+ * into the fp32 accumulator after a backward (the unscaled sum stays in
+ * fp32 over every backward of a step, so micro-batches lose nothing to the
+ * 11- or 8-bit significand). The product is taken in double and rounded
+ * once: inv = 1/S is exact for the power-of-two scales of dynamic scaling,
+ * and within half an ulp of double for a fixed scale. Returns the number of
+ * non-finite results (an overflow of the scaled gradient). dtype FLOAT32:
+ * h is a float buffer (loss scaling of float32 buffers). */
+size_t ro_grad_flush(float *g, void *h, size_t n, int dtype, double inv)
+{
+    size_t i, bad = 0;
+    if (dtype == REGOPT_DTYPE_FLOAT32) {
+        float *hf = h;
+        for (i = 0; i < n; i++) {
+            float v = (float)((double)hf[i] * inv);
+            g[i] += v;
+            hf[i] = 0.0f;
+            bad += (f32_bits(g[i]) & 0x7f800000u) == 0x7f800000u;
+        }
+    } else {
+        uint16_t *hh = h;
+        for (i = 0; i < n; i++) {
+            float w = dtype == REGOPT_DTYPE_BFLOAT16 ? ro_bf16_to_f32(hh[i]) : ro_f16_to_f32(hh[i]);
+            g[i] += (float)((double)w * inv);
+            hh[i] = 0;
+            bad += (f32_bits(g[i]) & 0x7f800000u) == 0x7f800000u;
+        }
+    }
+    return bad;
+}
+
+/* x *= inv with a count of non-finite results (SMART's d_input). */
+size_t ro_unscale(float *x, size_t n, double inv)
+{
+    size_t i, bad = 0;
+    for (i = 0; i < n; i++) {
+        x[i] = (float)((double)x[i] * inv);
+        bad += (f32_bits(x[i]) & 0x7f800000u) == 0x7f800000u;
+    }
+    return bad;
+}
+
+/* dst = src * s (the scaled d_outputs a backward receives). */
+void ro_scale_copy(float *dst, const float *src, size_t n, double s)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        dst[i] = (float)((double)src[i] * s);
+}
+
+regopt_status regopt_convert(const void *src, regopt_dtype src_dtype, void *dst,
+                             regopt_dtype dst_dtype, size_t n)
+{
+    int half_src = src_dtype == REGOPT_DTYPE_FLOAT16 || src_dtype == REGOPT_DTYPE_BFLOAT16;
+    int half_dst = dst_dtype == REGOPT_DTYPE_FLOAT16 || dst_dtype == REGOPT_DTYPE_BFLOAT16;
+    if (n && (!src || !dst))
+        return ro_fail_tls(REGOPT_ERR_NULL_POINTER, "regopt_convert: %s is NULL",
+                           src ? "dst" : "src");
+    if (half_src && dst_dtype == REGOPT_DTYPE_FLOAT32)
+        ro_half_to_f32(dst, src, n, (int)src_dtype);
+    else if (half_dst && src_dtype == REGOPT_DTYPE_FLOAT32)
+        ro_half_from_f32(dst, src, n, (int)dst_dtype);
+    else if (src_dtype == dst_dtype && (half_src || src_dtype == REGOPT_DTYPE_FLOAT32))
+        memmove(dst, src, n * (half_src ? 2u : 4u));
+    else
+        return ro_fail_tls((src_dtype >= 1 && src_dtype <= 4 && dst_dtype >= 1 && dst_dtype <= 4)
+                               ? REGOPT_ERR_UNSUPPORTED : REGOPT_ERR_INVALID_ARGUMENT,
+                           "regopt_convert: no conversion from dtype %d to dtype %d (float32 "
+                           "= 1 to or from float16 = 2 or bfloat16 = 3)",
+                           (int)src_dtype, (int)dst_dtype);
+    return REGOPT_OK;
+}
