@@ -407,7 +407,8 @@ check-valgrind: all
 	    --epochs 1 --hidden 32
 	OPENBLAS_NUM_THREADS=1 $(VALGRIND) ./examples/textcls --smart 1 --bregman 1 --epochs 1
 	OPENBLAS_NUM_THREADS=1 $(VALGRIND) ./examples/demo --seeds 1 --epochs 1 --quiet \
-	    --csv build/demo_vg.csv --svg build/demo_vg.svg \
+	    --csv build/demo_vg.csv --svg build/demo_vg.svg --svg2 build/demo_vg_sam.svg \
+	    --svg3 build/demo_vg_more.svg \
 	    --flat-csv build/demo_vg_flatness.csv --flat-svg build/demo_vg_flatness.svg
 
 fuzz: $(FUZZ_NAMES:%=build/fuzz/fuzz_%)
