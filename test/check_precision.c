@@ -1,195 +1,15 @@
-/* check_precision.c — mixed precision: the fp16/bf16 conversions against
- * the IEEE definitions (every fp16 value; sampled bf16 against a reference
- * computed in double), half-precision tensors with the fp32 master, loss
+/* check_precision.c — mixed precision: half-precision tensors with the fp32
+ * master (the conversions are check_precision_convert.c's case), loss
  * scaling (skip, back-off, growth, SAM's two passes, checkpoints, threads)
  * and every bad input. Expectations are computed here, independently of
  * src/core/half.c. */
-#include "tests.h"
+#include "precision_rig.h"
 #include "test_util.h"
 
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* ---- the IEEE definitions, in double ------------------------------------ */
-
-/* The value of binary16 bits h (NaN: NAN). */
-static double f16_value(uint16_t h)
-{
-    int e = (h >> 10) & 0x1f, m = h & 0x3ff;
-    double v;
-    if (e == 31)
-        v = m ? NAN : INFINITY;
-    else if (e == 0)
-        v = ldexp((double)m, -24);
-    else
-        v = ldexp((double)(m | 0x400), e - 25);
-    return (h & 0x8000) ? -v : v;
-}
-
-static uint32_t fbits(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    return x;
-}
-
-static float bitsf(uint32_t x)
-{
-    float f;
-    memcpy(&f, &x, 4);
-    return f;
-}
-
-static uint16_t to16(float f, regopt_dtype dt)
-{
-    uint16_t h;
-    ck_assert_int_eq(regopt_convert(&f, REGOPT_DTYPE_FLOAT32, &h, dt, 1), REGOPT_OK);
-    return h;
-}
-
-static float from16(uint16_t h, regopt_dtype dt)
-{
-    float f;
-    ck_assert_int_eq(regopt_convert(&h, dt, &f, REGOPT_DTYPE_FLOAT32, 1), REGOPT_OK);
-    return f;
-}
-
-START_TEST(fp16_every_value)
-{
-    uint32_t h;
-    for (h = 0; h < 65536; h++) {
-        double v = f16_value((uint16_t)h);
-        float f = from16((uint16_t)h, REGOPT_DTYPE_FLOAT16);
-        if (isnan(v)) {
-            ck_assert(isnan(f));
-            ck_assert_int_eq(signbit(f) != 0, (h & 0x8000) != 0);
-            /* back: quiet bit set, payload kept */
-            ck_assert_uint_eq(to16(f, REGOPT_DTYPE_FLOAT16), h | 0x200);
-            continue;
-        }
-        ck_assert_msg((double)f == v, "fp16 %04x widened to %a, want %a", h, (double)f, v);
-        ck_assert_int_eq(signbit(f) != 0, (h & 0x8000) != 0);
-        ck_assert_uint_eq(to16(f, REGOPT_DTYPE_FLOAT16), h); /* exact values round to themselves */
-    }
-}
-END_TEST
-
-/* Between consecutive positive fp16 values a < b: the midpoint goes to the
- * one with an even significand, anything below it to a, above to b. */
-START_TEST(fp16_rounds_to_nearest_even)
-{
-    uint32_t h;
-    for (h = 0; h < 0x7c00; h++) {
-        double a = f16_value((uint16_t)h);
-        double b = h + 1 == 0x7c00 ? 65536.0 : f16_value((uint16_t)(h + 1)); /* 65536: the
-                                                   "next" value of the overflow rule */
-        float mid = (float)((a + b) / 2); /* exact: 12 significant bits */
-        uint16_t even = (h & 1) ? (uint16_t)(h + 1) : (uint16_t)h;
-        ck_assert((double)mid == (a + b) / 2);
-        ck_assert_uint_eq(to16(mid, REGOPT_DTYPE_FLOAT16), even);
-        ck_assert_uint_eq(to16(nextafterf(mid, 0.0f), REGOPT_DTYPE_FLOAT16), h);
-        ck_assert_uint_eq(to16(nextafterf(mid, INFINITY), REGOPT_DTYPE_FLOAT16), h + 1);
-        ck_assert_uint_eq(to16(-mid, REGOPT_DTYPE_FLOAT16), even | 0x8000);
-    }
-    ck_assert_uint_eq(to16(65519.99f, REGOPT_DTYPE_FLOAT16), 0x7bff);
-    ck_assert_uint_eq(to16(65520.0f, REGOPT_DTYPE_FLOAT16), 0x7c00);
-    ck_assert_uint_eq(to16(INFINITY, REGOPT_DTYPE_FLOAT16), 0x7c00);
-    ck_assert_uint_eq(to16(-INFINITY, REGOPT_DTYPE_FLOAT16), 0xfc00);
-    ck_assert_uint_eq(to16(FLT_MAX, REGOPT_DTYPE_FLOAT16), 0x7c00);
-    ck_assert_uint_eq(to16(1e-30f, REGOPT_DTYPE_FLOAT16), 0);
-    ck_assert_uint_eq(to16(-0.0f, REGOPT_DTYPE_FLOAT16), 0x8000);
-    ck_assert_uint_eq(to16(bitsf(1), REGOPT_DTYPE_FLOAT16), 0); /* float subnormal */
-}
-END_TEST
-
-#ifdef __FLT16_MAX__
-/* The compiler's own _Float16 conversion (GCC 12 on x86-64: software
- * round-to-nearest-even) as a second reference, on random floats. */
-START_TEST(fp16_matches_the_compiler)
-{
-    uint32_t s = 12345u, i;
-    for (i = 0; i < 2000000u; i++) {
-        __extension__ _Float16 c;
-        uint16_t ref;
-        float f;
-        s = s * 1664525u + 1013904223u;
-        f = bitsf(s);
-        if (isnan(f))
-            continue;
-        c = f; /* the conversion by assignment: the compiler's rounding */
-        memcpy(&ref, &c, 2);
-        ck_assert_msg(to16(f, REGOPT_DTYPE_FLOAT16) == ref, "%a: %04x, compiler %04x",
-                      (double)f, to16(f, REGOPT_DTYPE_FLOAT16), ref);
-    }
-}
-END_TEST
-#endif
-
-/* bf16 reference: the two bf16 neighbours of x and the nearer in double. */
-static uint16_t bf16_reference(float x)
-{
-    uint32_t b = fbits(x), lo = b >> 16, hi = lo + 1;
-    double v = fabs((double)x), a, c;
-    if (isnan(x))
-        return (uint16_t)(lo | 0x40);
-    if ((b & 0xffffu) == 0)
-        return (uint16_t)lo;
-    a = fabs((double)bitsf(lo << 16));
-    c = (hi & 0x7fffu) == 0x7f80u ? ldexp(1.0, 128) : fabs((double)bitsf(hi << 16));
-    if (v - a < c - v)
-        return (uint16_t)lo;
-    if (v - a > c - v)
-        return (uint16_t)hi;
-    return (uint16_t)((lo & 1u) ? hi : lo);
-}
-
-START_TEST(bf16_sampled)
-{
-    uint32_t s = 987654321u, i;
-    for (i = 0; i < 4000000u; i++) {
-        float f;
-        uint16_t got, want;
-        s = s * 1664525u + 1013904223u;
-        /* every 4th sample a near-tie: low half 0x8000 +- 1 */
-        f = bitsf((i & 3) ? s : ((s & 0xffff0000u) | (0x7fffu + (s & 3u) % 3u)));
-        got = to16(f, REGOPT_DTYPE_BFLOAT16);
-        want = bf16_reference(f);
-        ck_assert_msg(got == want, "%08x: bf16 %04x, want %04x", fbits(f), got, want);
-        if (!isnan(f))
-            ck_assert(from16(got, REGOPT_DTYPE_BFLOAT16) == bitsf((uint32_t)got << 16));
-    }
-    for (i = 0; i < 65536; i++) { /* every bf16 value widens and narrows back */
-        float f = from16((uint16_t)i, REGOPT_DTYPE_BFLOAT16);
-        ck_assert_uint_eq(fbits(f), i << 16);
-        if (!isnan(f))
-            ck_assert_uint_eq(to16(f, REGOPT_DTYPE_BFLOAT16), i);
-    }
-    ck_assert_uint_eq(to16(FLT_MAX, REGOPT_DTYPE_BFLOAT16), 0x7f80); /* overflow: inf */
-}
-END_TEST
-
-START_TEST(convert_bad_input)
-{
-    float f[2] = {1, 2};
-    uint16_t h[2];
-    double d[2];
-    ck_assert_int_eq(regopt_convert(NULL, REGOPT_DTYPE_FLOAT32, h, REGOPT_DTYPE_FLOAT16, 2),
-                     REGOPT_ERR_NULL_POINTER);
-    ck_assert_int_eq(regopt_convert(f, REGOPT_DTYPE_FLOAT32, NULL, REGOPT_DTYPE_FLOAT16, 2),
-                     REGOPT_ERR_NULL_POINTER);
-    ck_assert_int_eq(regopt_convert(NULL, REGOPT_DTYPE_FLOAT32, NULL, REGOPT_DTYPE_FLOAT16, 0),
-                     REGOPT_OK);
-    ck_assert_int_eq(regopt_convert(f, REGOPT_DTYPE_FLOAT32, d, REGOPT_DTYPE_FLOAT64, 2),
-                     REGOPT_ERR_UNSUPPORTED);
-    ck_assert(strstr(regopt_last_error_message(), "dtype 1 to dtype 4") != NULL);
-    ck_assert_int_eq(regopt_convert(h, REGOPT_DTYPE_FLOAT16, h, REGOPT_DTYPE_BFLOAT16, 2),
-                     REGOPT_ERR_UNSUPPORTED);
-    ck_assert_int_eq(regopt_convert(f, (regopt_dtype)9, h, REGOPT_DTYPE_FLOAT16, 2),
-                     REGOPT_ERR_INVALID_ARGUMENT);
-}
-END_TEST
 
 /* ---- a host in half precision --------------------------------------------- */
 
@@ -834,16 +654,8 @@ END_TEST
 Suite *suite_precision(void)
 {
     Suite *s = suite_create("precision");
-    TCase *c = tcase_create("conversions");
-    tcase_set_timeout(c, 120);
-    tcase_add_test(c, fp16_every_value);
-    tcase_add_test(c, fp16_rounds_to_nearest_even);
-#ifdef __FLT16_MAX__
-    tcase_add_test(c, fp16_matches_the_compiler);
-#endif
-    tcase_add_test(c, bf16_sampled);
-    tcase_add_test(c, convert_bad_input);
-    suite_add_tcase(s, c);
+    TCase *c;
+    suite_add_tcase(s, precision_convert_tcase());
     c = tcase_create("scaling");
     tcase_set_timeout(c, 120);
     tcase_add_test(c, defaults_follow_gradscaler);
