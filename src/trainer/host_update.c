@@ -9,8 +9,8 @@ typedef struct scale_job {
 } scale_job;
 
 /* The built-in updates multiply each gradient element by the float factor
- * as they read it (ro_update.grad_scale); the same product, in place, gives
- * the host the same gradient bit for bit. */
+ * as they read it (ro_update.grad_scale); that product, in place, gives
+ * the host an identical gradient, bit for bit. */
 static void scale_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
     const float c = ((const scale_job *)ctx)->scale;

@@ -106,7 +106,7 @@ static regopt_status step_begin(regopt_trainer *t, const regopt_batch *b, size_t
     return st;
 }
 
-/* Prepare hooks (the teacher), then the weight-side regularizer's gradient
+/* Prepare hooks, then the weight-side regularizer's gradient
  * or one evaluation at w. A replica may hold only padding: its gradient is
  * then zero. */
 static regopt_status step_gradient(regopt_trainer *t, ro_step *s)
@@ -184,7 +184,7 @@ static regopt_status step_run(regopt_trainer *t, const regopt_batch *batches, si
     if (st == REGOPT_OK) {
         st = ro_gradient_norm(t, &norm);
         /* under loss scaling a non-finite gradient is an overflow (the
-           all-reduced sum included: every replica sees the same sum) */
+           all-reduced sum included: every replica sees one sum) */
         if (st == REGOPT_ERR_NONFINITE_GRADIENT && t->env.skip_overflow)
             st = REGOPT_ERR_OVERFLOW;
     }
