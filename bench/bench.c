@@ -28,14 +28,10 @@
 
 /* ---- methods ----------------------------------------------------------- */
 
-enum { M_PLAIN, M_SAM, M_ASAM, M_RDROP2, M_RDROP, M_SMART, M_SMART_SAM, M_MSAM, M_LOOKSAM,
-       M_FSAM, M_VASSO, M_WSAM, M_MESA, M_EMA,
-       M_FREELB, M_VAT, M_COUNT };
-
-static const char *method_name[M_COUNT] = {"plain", "sam", "asam", "rdrop_twocall",
-                                           "rdrop_doubled", "smart", "smart_sam", "msam",
-                                           "looksam", "fsam", "vasso", "wsam", "mesa",
-                                           "ema", "freelb", "vat"};
+const char *const method_name[M_COUNT] = {"plain", "sam", "asam", "rdrop_twocall",
+                                         "rdrop_doubled", "smart", "smart_sam", "msam",
+                                         "looksam", "fsam", "vasso", "wsam", "mesa",
+                                         "ema", "freelb", "vat"};
 
 /* The SAM family's second wave: the keys each variant sets on top of SAM's
  * rho 0.05, at its paper's defaults (LookSAM with k = 5, the issue's target). */
@@ -199,6 +195,7 @@ typedef struct config {
     int ref_n;              /* the reference SGEMM: ref_n^3, before every run */
     int smoke;              /* also check the doubled host against two calls */
     double sgemm_gflops;    /* its median over the runs */
+    double triad_gbs;       /* triad over buffers of the model's size, median */
 } config;
 
 /* --lib-threads: REGOPT_TRAINER_THREADS of every trainer benchmarked. */
@@ -325,7 +322,8 @@ static int setup_run(setup *s, const regopt_batch *b, long run, long steps, doub
     return 0;
 }
 
-static void setup_report(setup *s, const config *c, double *rdrop2_ms)
+static void setup_report(setup *s, const config *c, double *rdrop2_ms, double *step_ms,
+                         double *lib_ms)
 {
     long r = c->runs;
     double *tmp = malloc((size_t)r * sizeof *tmp);
@@ -353,6 +351,8 @@ static void setup_report(setup *s, const config *c, double *rdrop2_ms)
            c->size_name, method_name[s->method], c->batch, r, c->steps, ms, lo, hi, share,
            1.0 - share, lib, (double)s->timed_allocs / (double)s->timed_steps, s->first_allocs,
            s->flops * 1e-9, gf, gf / c->sgemm_gflops);
+    *step_ms = ms;
+    *lib_ms = lib;
     if (s->method == M_RDROP2)
         *rdrop2_ms = ms;
     if (s->method == M_RDROP && *rdrop2_ms > 0.0)
@@ -444,11 +444,32 @@ static int bench_flatness(setup *s, const regopt_batch *b, const config *c)
     return 0;
 }
 
+/* The traffic, memory and cost lines of every method of one size. */
+static void report_lines(const setup *s, int n, const config *c, const double *ms,
+                         const double *lib)
+{
+    size_t params = host_mlp_params(&s[0].host), inputs = c->batch * c->widths[0];
+    double plain = 0.0;
+    int i;
+    for (i = 0; i < n; i++) {
+        traffic_report(c->size_name, s[i].method, params, inputs, lib[i], c->triad_gbs);
+        if (s[i].method == M_PLAIN)
+            plain = ms[i];
+    }
+    for (i = 0; i < n; i++)
+        memory_report(c->size_name, s[i].method, params, s[i].count.live);
+    for (i = 0; plain > 0.0 && i < n; i++)
+        cost_report(c->size_name, s[i].method, ms[i], plain);
+}
+
 static int bench_size(const config *cfg, const int *methods, int n_methods,
                       long *allocs_after)
 {
     config cc = *cfg, *c = &cc;
     double *sg = calloc((size_t)cfg->runs, sizeof *sg);
+    double *tri = calloc((size_t)cfg->runs, sizeof *tri);
+    double *ms = calloc((size_t)n_methods, sizeof *ms), *lib = calloc((size_t)n_methods,
+                                                                        sizeof *lib);
     setup *s = calloc((size_t)n_methods, sizeof *s);
     double *scratch = malloc((size_t)c->steps * sizeof *scratch), rdrop2_ms = 0.0;
     float *x = malloc(c->batch * c->widths[0] * sizeof *x);
@@ -458,7 +479,7 @@ static int bench_size(const config *cfg, const int *methods, int n_methods,
     int i, rc = -1, made = 0;
     long r;
     size_t k = c->widths[c->layers], j;
-    if (!sg || !s || !scratch || !x || !y || !u)
+    if (!sg || !tri || !ms || !lib || !s || !scratch || !x || !y || !u)
         goto out;
     /* the peer's data: x ~ N(0, 1), uniformly random labels, one fixed batch */
     if (regopt_random_normal(7, 0, x, c->batch * c->widths[0]) != REGOPT_OK ||
@@ -479,7 +500,14 @@ static int bench_size(const config *cfg, const int *methods, int n_methods,
     for (r = 0; r < c->runs; r++) {
         /* the GEMM reference is measured between the runs too, so that the
            ratios compare numbers taken under the same load */
+        double copy_gbs;
         sg[r] = sgemm_rate(c->ref_n, c->ref_n, c->ref_n, 3);
+        /* the traffic bound's bandwidth: triad over three buffers of the
+           model's size, which sit where the step's buffers sit (a cache or
+           memory) */
+        if (bandwidth(host_mlp_params(&s[0].host) / 16 * 16 + 16, 5, (int)lib_threads,
+                      &copy_gbs, &tri[r]) != 0)
+            goto out;
         for (i = 0; i < n_methods; i++)
             if (setup_run(&s[i], &b, r, c->steps, scratch) != 0)
                 goto out;
@@ -489,10 +517,14 @@ static int bench_size(const config *cfg, const int *methods, int n_methods,
            c->sgemm_gflops);
     printf("BENCH kind=sgemm_interleaved size=%s m=%d n=%d k=%d gflops=%.3f\n", c->size_name,
            c->ref_n, c->ref_n, c->ref_n, c->sgemm_gflops);
+    c->triad_gbs = median(tri, (size_t)c->runs);
+    printf("# triad over %zu-element buffers between the runs: %.1f GB/s\n",
+           host_mlp_params(&s[0].host), c->triad_gbs);
     for (i = 0; i < n_methods; i++) {
-        setup_report(&s[i], c, &rdrop2_ms);
+        setup_report(&s[i], c, &rdrop2_ms, &ms[i], &lib[i]);
         *allocs_after += s[i].timed_allocs;
     }
+    report_lines(s, n_methods, c, ms, lib);
     if (c->smoke && same_training(s, n_methods, M_RDROP2, M_RDROP) != 0)
         goto out;
     if (bench_flatness(&s[0], &b, c) != 0)
@@ -503,6 +535,9 @@ out:
         setup_free(&s[i]);
     free(s);
     free(sg);
+    free(tri);
+    free(ms);
+    free(lib);
     free(scratch);
     free(x);
     free(y);

@@ -7,24 +7,42 @@
 #include <regopt.h>
 
 #include <stdlib.h>
+#include <string.h>
 
 /* ---- counting allocator ------------------------------------------------ */
 
+/* Counts calls and the bytes alive: each block carries its size in a
+ * 16-byte header (kept 16-aligned, as malloc's blocks are). */
 typedef struct counter {
     long allocs, frees;
+    size_t live, peak; /* bytes the library holds now, and at most */
 } counter;
+
+#define COUNT_HEADER 16
 
 static inline void *count_alloc(size_t size, void *user)
 {
-    ((counter *)user)->allocs++;
-    return malloc(size);
+    counter *c = user;
+    unsigned char *p = size <= (size_t)-1 - COUNT_HEADER ? malloc(size + COUNT_HEADER) : NULL;
+    if (!p)
+        return NULL;
+    memcpy(p, &size, sizeof size);
+    c->allocs++;
+    c->live += size;
+    c->peak = c->live > c->peak ? c->live : c->peak;
+    return p + COUNT_HEADER;
 }
 
 static inline void count_free(void *ptr, void *user)
 {
-    if (ptr)
-        ((counter *)user)->frees++;
-    free(ptr);
+    counter *c = user;
+    size_t size;
+    if (!ptr)
+        return;
+    memcpy(&size, (unsigned char *)ptr - COUNT_HEADER, sizeof size);
+    c->frees++;
+    c->live -= size;
+    free((unsigned char *)ptr - COUNT_HEADER);
 }
 
 /* ---- small helpers ----------------------------------------------------- */
@@ -58,6 +76,24 @@ static inline double max_of(const double *v, size_t n)
         m = v[i] > m ? v[i] : m;
     return m;
 }
+
+/* ---- the methods benchmarked (bench.c sets them up) ------------------- */
+
+enum { M_PLAIN, M_SAM, M_ASAM, M_RDROP2, M_RDROP, M_SMART, M_SMART_SAM, M_MSAM, M_LOOKSAM,
+       M_FSAM, M_VASSO, M_WSAM, M_MESA, M_EMA,
+       M_FREELB, M_VAT, M_COUNT };
+
+extern const char *const method_name[M_COUNT];
+
+/* ---- traffic.c: the traffic model, memory and cost lines ------------- */
+
+/* RATIO kind=traffic: library_ms against the model's bytes at triad_gbs. */
+void traffic_report(const char *size, int method, size_t params, size_t inputs,
+                    double library_ms, double triad_gbs);
+/* BENCH kind=memory: the bytes the library holds after its first steps. */
+void memory_report(const char *size, int method, size_t params, size_t bytes);
+/* RATIO kind=cost: a step against a plain step of the same run. */
+void cost_report(const char *size, int method, double step_ms, double plain_ms);
 
 /* ---- rates.c ----------------------------------------------------------- */
 

@@ -171,7 +171,7 @@ int optimizer_rate(regopt_optimizer_kind kind, const char *name, size_t n, int r
 {
     float *w = malloc(n * sizeof *w), *g = calloc(n, sizeof *g), target = 0.0f;
     double *t = calloc((size_t)reps, sizeof(double));
-    counter cnt = {0, 0};
+    counter cnt = {0, 0, 0, 0};
     regopt_allocator a;
     regopt_model *m = NULL;
     regopt_optimizer *o = NULL;

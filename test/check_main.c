@@ -45,6 +45,7 @@ int main(void)
     srunner_add_suite(sr, suite_adv_mask());
     srunner_add_suite(sr, suite_precision());
     srunner_add_suite(sr, suite_precision_compose());
+    srunner_add_suite(sr, suite_memory());
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);
     srunner_free(sr);

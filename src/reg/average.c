@@ -14,7 +14,13 @@
 #include <math.h>
 #include <string.h>
 
+typedef struct avg_job {
+    float *avg;
+    double keep, take; /* EMA: b and 1 - b; SWA: n + 1 in take */
+} avg_job;
+
 typedef struct average {
+    avg_job job;          /* the elementwise work of the step being made */
     int mode, warmup;
     double decay, gamma, power, min_decay;
     int64_t start, every;
@@ -120,7 +126,7 @@ static int counted(const average *a, uint64_t t)
 
 static void avg_copy_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
-    memcpy(((const average *)ctx)->avg + p->offset + j0, p->data + j0,
+    memcpy(((const avg_job *)ctx)->avg + p->offset + j0, p->data + j0,
            (j1 - j0) * sizeof(float));
 }
 
@@ -131,8 +137,9 @@ static void avg_copy_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 static regopt_status average_prepare(ro_reg *r, ro_step *s)
 {
     average *a = r->self;
+    a->job.avg = a->avg;
     if (a->mode == REGOPT_AVERAGE_EMA && a->count == 0 && counted(a, s->step))
-        ro_each_piece(r->env->par, avg_copy_piece, a);
+        ro_each_piece(r->env->par, avg_copy_piece, &a->job);
     return REGOPT_OK;
 }
 
@@ -156,11 +163,6 @@ static double ema_decay(const average *a, uint64_t n)
         return a->decay;
     }
 }
-
-typedef struct avg_job {
-    float *avg;
-    double keep, take; /* EMA: b and 1 - b; SWA: n + 1 in take */
-} avg_job;
 
 /* w_bar <- b w_bar + (1 - b) w in double, rounded once: a convex
  * combination of two finite floats, so finite, and independent of how the
@@ -198,29 +200,39 @@ static void avg_swa_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
         v[j] = (float)((double)v[j] + ((double)w[j] - (double)v[j]) / c);
 }
 
+/* The step's averaging, run by the trainer with the update's blocks. */
+static ro_piece_fn average_after_pieces(ro_reg *r, const ro_step *s, void **ctx)
+{
+    average *a = r->self;
+    avg_job *e = &a->job;
+    if (!counted(a, s->step))
+        return NULL;
+    *ctx = e;
+    e->avg = a->avg;
+    if (a->count == 0 && a->mode == REGOPT_AVERAGE_SWA)
+        return avg_copy_piece;
+    if (a->mode == REGOPT_AVERAGE_SWA) {
+        e->take = (double)a->count + 1.0; /* the divisor n + 1 */
+        return avg_swa_piece;
+    }
+    e->keep = ema_decay(a, a->count);
+    e->take = 1.0 - e->keep;
+    return avg_ema_piece;
+}
+
 static void average_after_update(ro_reg *r, const ro_step *s)
 {
     average *a = r->self;
-    avg_job e;
-    if (!counted(a, s->step)) {
+    if (!counted(a, s->step))
         a->last_decay = 1.0;
-        return;
-    }
-    e.avg = a->avg;
-    if (a->count == 0 && a->mode == REGOPT_AVERAGE_SWA) {
-        ro_each_piece(r->env->par, avg_copy_piece, a);
+    else if (a->count == 0 && a->mode == REGOPT_AVERAGE_SWA)
         a->last_decay = 0.0;
-    } else if (a->mode == REGOPT_AVERAGE_SWA) {
-        e.take = (double)a->count + 1.0; /* the divisor n + 1 */
-        ro_each_piece(r->env->par, avg_swa_piece, &e);
+    else if (a->mode == REGOPT_AVERAGE_SWA)
         a->last_decay = (double)a->count / ((double)a->count + 1.0);
-    } else {
-        e.keep = ema_decay(a, a->count);
-        e.take = 1.0 - e.keep;
-        ro_each_piece(r->env->par, avg_ema_piece, &e);
-        a->last_decay = e.keep;
-    }
-    a->count++;
+    else
+        a->last_decay = ema_decay(a, a->count);
+    if (counted(a, s->step))
+        a->count++;
 }
 
 static void average_commit(ro_reg *r, const ro_step *s)
@@ -302,6 +314,7 @@ const ro_reg_ops ro_average_ops = {
     .set = average_set,
     .get = average_get,
     .prepare = average_prepare,
+    .after_pieces = average_after_pieces,
     .after_update = average_after_update,
     .commit = average_commit,
     .state_size = average_state_size,

@@ -14,7 +14,13 @@
 #include <math.h>
 #include <string.h>
 
+typedef struct ema_job {
+    float *teacher;
+    float beta, keep;
+} ema_job;
+
 typedef struct bregman {
+    ema_job job;          /* the EMA of the step being made */
     int ready;            /* the teacher holds weights */
     int swapped;          /* the host's buffers hold the teacher's weights */
     double mu, beta, beta_late, sw;
@@ -336,11 +342,6 @@ static void ema_block(float *restrict tw, const float *restrict w, float beta, f
         tw[j] = beta * tw[j] + keep * w[j];
 }
 
-typedef struct ema_job {
-    float *teacher;
-    float beta, keep;
-} ema_job;
-
 static void ema_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
     const ema_job *e = ctx;
@@ -373,16 +374,22 @@ static int late(const bregman *br, const ro_step *s)
  * (1 - k) 2^104 and fl(b M) up by less than b 2^104, so the sum exceeds M by
  * less than r 2^128 <= 2^103, short of the overflow threshold M + 2^103;
  * smaller or mixed-sign inputs only lower it (rounding is monotonic). */
+static ro_piece_fn bregman_after_pieces(ro_reg *r, const ro_step *s, void **ctx)
+{
+    bregman *br = r->self;
+    br->job.teacher = br->teacher;
+    br->job.beta = (float)(late(br, s) ? br->beta_late : br->beta);
+    br->job.keep = (float)(1.0 - br->job.beta);
+    *ctx = &br->job;
+    return ema_piece;
+}
+
 static void bregman_after_update(ro_reg *r, const ro_step *s)
 {
     bregman *br = r->self;
-    ema_job e;
-    e.teacher = br->teacher;
-    e.beta = (float)(late(br, s) ? br->beta_late : br->beta);
-    e.keep = (float)(1.0 - e.beta);
-    ro_each_piece(r->env->par, ema_piece, &e);
+    (void)s;
     br->ready = 1;
-    br->last_beta = e.beta;
+    br->last_beta = br->job.beta;
 }
 
 static void bregman_commit(ro_reg *r, const ro_step *s)
@@ -476,6 +483,7 @@ const ro_reg_ops ro_bregman_ops = {
     .check = bregman_check,
     .prepare = prepare,
     .term = bregman_term,
+    .after_pieces = bregman_after_pieces,
     .after_update = bregman_after_update,
     .commit = bregman_commit,
     .abandon = bregman_abandon,

@@ -119,7 +119,16 @@ typedef struct ro_reg_ops {
     regopt_status (*term)(ro_reg *r, ro_view *v, double *weighted); /* adds to v->dz */
     regopt_status (*backward)(ro_reg *r, ro_view *v);    /* after the task backwards */
     regopt_status (*gradient)(ro_reg *r, ro_step *s);    /* weight side */
-    void (*after_update)(ro_reg *r, const ro_step *s);   /* cannot fail; may move w (WSAM) */
+    /* the elementwise work that follows the update (an average's or a
+       teacher's EMA, WSAM's raw step): its piece function over every
+       trainable element and the context it reads (kept in self, read-only
+       while it runs), NULL when there is none this step. The trainer runs
+       it on each block of elements right after the update wrote the block,
+       while the block is in cache (with a host's update: after it, one
+       pass each), in step order; nothing is changed when the update fails */
+    ro_piece_fn (*after_pieces)(ro_reg *r, const ro_step *s, void **ctx);
+    void (*after_update)(ro_reg *r, const ro_step *s);   /* cannot fail; the
+                                                            rest of the work */
     void (*commit)(ro_reg *r, const ro_step *s);         /* statistics */
     /* a step abandoned by a callback that never returned (threw, longjmp'd):
        undo what the method had in flight (regopt_trainer_recover) */

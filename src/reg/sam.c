@@ -656,6 +656,7 @@ const ro_reg_ops ro_sam_ops = {
     .check = check,
     .due = sam_due,
     .gradient = gradient,
+    .after_pieces = ro_sam_after_pieces,
     .after_update = ro_sam_after_update,
     .commit = ro_sam_commit,
     .abandon = sam_abandon,

@@ -102,6 +102,8 @@ typedef struct ro_sam_wsam {
     double gamma;  /* sam.wsam_gamma */
     float *sharp;  /* decoupled: g_p - g, for the raw step after the update */
     int pending;   /* the raw step is owed after this step's update */
+    const regopt_optimizer *opt; /* the raw step's scalars while it runs */
+    double c;      /* lr alpha */
 } ro_sam_wsam;
 
 /* The end of a SAM step's gradient (rc: how it went so far; applied: the
@@ -110,8 +112,11 @@ typedef struct ro_sam_wsam {
  * sharp g_p - g, averaged over replicas by a sync of its own. */
 regopt_status ro_sam_wsam_finish(ro_sam_wsam *w, const ro_env *env, ro_step *st,
                                  const float *clean, int applied, regopt_status rc);
-/* After the base update (a SAM step that was made): the decoupled raw step. */
-void ro_sam_wsam_after(ro_sam_wsam *w, const ro_env *env, const ro_step *st);
+/* The raw step owed after this step's update, run by the trainer with
+ * the update's blocks: its piece function (ctx: w), or NULL. */
+ro_piece_fn ro_sam_wsam_pieces(ro_sam_wsam *w, const ro_step *st, void **ctx);
+/* The step is made: nothing is owed any more. */
+void ro_sam_wsam_after(ro_sam_wsam *w);
 
 /* The SAM regularizer's own state (ro_reg.self), shared by sam.c and
  * sam_state.c. */
@@ -136,6 +141,7 @@ typedef struct ro_sam_state {
 /* sam_state.c: the hooks after a step and the checkpoint state. */
 void ro_sam_commit(ro_reg *r, const ro_step *st);
 void ro_sam_after_update(ro_reg *r, const ro_step *st);
+ro_piece_fn ro_sam_after_pieces(ro_reg *r, const ro_step *st, void **ctx);
 uint64_t ro_sam_ck_size(const ro_reg *r);
 void ro_sam_ck_save(const ro_reg *r, ro_ck_sink *out);
 regopt_status ro_sam_ck_check(ro_reg *r, const unsigned char *p, uint64_t size);

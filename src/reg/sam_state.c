@@ -22,11 +22,18 @@ void ro_sam_commit(ro_reg *r, const ro_step *st)
 void ro_sam_after_update(ro_reg *r, const ro_step *st)
 {
     ro_sam_state *s = r->self;
+    (void)st;
     if (!r->due)
         return;
     ro_sam_dir_commit(&s->dir);
     ro_sam_look_commit(&s->look);
-    ro_sam_wsam_after(&s->wsam, r->env, st);
+    ro_sam_wsam_after(&s->wsam);
+}
+
+ro_piece_fn ro_sam_after_pieces(ro_reg *r, const ro_step *st, void **ctx)
+{
+    ro_sam_state *s = r->self;
+    return r->due ? ro_sam_wsam_pieces(&s->wsam, st, ctx) : NULL;
 }
 
 uint64_t ro_sam_ck_size(const ro_reg *r)

@@ -109,7 +109,7 @@ static void wsam_step_block(float *restrict x, const float *restrict s, float c)
 
 static void wsam_step_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
-    const wsam_job *w = ctx;
+    const ro_sam_wsam *w = ctx;
     const float *s = w->sharp + p->offset;
     float *x = p->data, c = (float)(w->c * w->opt->groups[p->group].lr_scale);
     size_t j = j0;
@@ -119,18 +119,6 @@ static void wsam_step_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
         wsam_step_block(x + j, s + j, c);
     for (; j < j1; j++)
         x[j] = x[j] - c * s[j];
-}
-
-static void wsam_step(const ro_par *par, const regopt_optimizer *opt, double lr, double alpha,
-                      const float *sharp)
-{
-    wsam_job w;
-    if (alpha == 0.0) /* gamma 0: the base optimizer alone, bit for bit */
-        return;
-    w.sharp = (float *)sharp;
-    w.opt = opt;
-    w.c = lr * alpha;
-    ro_each_piece(par, wsam_step_piece, &w);
 }
 
 static double wsam_alpha(const ro_sam_wsam *w) { return w->gamma / (1.0 - w->gamma); }
@@ -164,12 +152,18 @@ regopt_status ro_sam_wsam_finish(ro_sam_wsam *w, const ro_env *env, ro_step *st,
     return rc;
 }
 
-void ro_sam_wsam_after(ro_sam_wsam *w, const ro_env *env, const ro_step *st)
+ro_piece_fn ro_sam_wsam_pieces(ro_sam_wsam *w, const ro_step *st, void **ctx)
 {
-    if (w->pending)
-        wsam_step(env->par, st->opt, st->lr, wsam_alpha(w), w->sharp);
-    w->pending = 0;
+    double alpha = wsam_alpha(w);
+    if (!w->pending || alpha == 0.0) /* gamma 0: the base optimizer alone, bit for bit */
+        return NULL;
+    w->opt = st->opt;
+    w->c = st->lr * alpha;
+    *ctx = w;
+    return wsam_step_piece;
 }
+
+void ro_sam_wsam_after(ro_sam_wsam *w) { w->pending = 0; }
 
 /* GSAM (Zhuang et al. 2022, Alg. 1): with u = g_p / (||g_p|| + delta),
  * g_perp = g - <g, u> u and the update direction g_p - alpha g_perp

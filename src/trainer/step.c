@@ -134,8 +134,22 @@ static regopt_status step_commit(regopt_trainer *t, ro_step *s, double norm)
 {
     double scale = ro_clip_scale(t->opt, norm);
     size_t i;
-    regopt_status st = t->opt->kind == REGOPT_HOST ? ro_host_update(t, s->lr, scale)
-                                                   : ro_apply_update(t, s->lr, scale);
+    ro_fused f;
+    regopt_status st;
+    f.n = 0;
+    for (i = 0; i < t->n_regs; i++) {
+        ro_reg *r = t->regs[i];
+        if (r->ops->after_pieces && (f.fn[f.n] = r->ops->after_pieces(r, s, &f.ctx[f.n])))
+            f.n++;
+    }
+    if (t->opt->kind == REGOPT_HOST) {
+        /* the host's update is its own: the work after it makes its passes */
+        st = ro_host_update(t, s->lr, scale);
+        for (i = 0; st == REGOPT_OK && i < f.n; i++)
+            ro_each_piece(&t->par, f.fn[i], f.ctx[i]);
+    } else {
+        st = ro_apply_update(t, s->lr, scale, &f);
+    }
     if (st != REGOPT_OK)
         return st;
     /* the step is made: counted before the hooks, for a user term's

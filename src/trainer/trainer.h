@@ -168,7 +168,14 @@ regopt_status ro_sync(regopt_trainer *t, ro_step *s, regopt_status local, double
  * non-finite weight or moment. */
 regopt_status ro_gradient_norm(regopt_trainer *t, double *norm);
 double ro_clip_scale(const regopt_optimizer *o, double norm);
-regopt_status ro_apply_update(regopt_trainer *t, double lr, double scale);
+/* The regularizers' after_pieces of a step, in step order. */
+typedef struct ro_fused {
+    ro_piece_fn fn[RO_MAX_REGS];
+    void *ctx[RO_MAX_REGS];
+    size_t n;
+} ro_fused;
+/* The update, with f's pieces run on each block right after it is updated. */
+regopt_status ro_apply_update(regopt_trainer *t, double lr, double scale, const ro_fused *f);
 /* host_update.c: REGOPT_HOST's update in place of ro_apply_update: the
  * clipping factor written into the gradient buffers, then the host's
  * callback. REGOPT_ERR_HOST_UPDATE when it fails (the library's state
