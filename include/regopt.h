@@ -1565,7 +1565,13 @@ REGOPT_API regopt_status regopt_regularizer_kind_info(size_t index,
  *   3. w is saved, w += eps; perturbed passes: forward/backward of every
  *      micro-batch (flags TRAIN | PERTURBED_WEIGHTS, so hosts freeze
  *      batch-norm statistics; dropout seed: sam.same_seed) -> g_p, L(w + eps).
- *   4. w is restored by copy (bit-exact), whatever happened in 3.
+ *   4. w is restored by copy (bit-exact), whatever happened in 3. When 3
+ *      succeeded on a whole step (no sam.m_rows chunks, not Momentum-SAM)
+ *      and the optimizer is built in, the copy rides in the update's own
+ *      pass (one trip through memory fewer): until then -- during the
+ *      step's all-reduce -- the host's buffers still hold w + eps; they hold
+ *      w (or the updated w) whenever the step returns, and a REGOPT_HOST
+ *      update callback always finds w.
  *   5. GSAM: g_perp = g - <g, u> u with u = g_p / (||g_p|| + delta); the
  *      update direction is g_p - alpha * g_perp. Otherwise it is g_p.
  *   6. the base optimizer steps from the restored w with that gradient (its

@@ -9,7 +9,7 @@
 /* 11. Rollback when a perturbed pass fails                                 */
 /* ======================================================================== */
 
-enum fault { F_FORWARD, F_BACKWARD, F_NAN_OUTPUT, F_INF_GRAD };
+enum fault { F_FORWARD, F_BACKWARD, F_NAN_OUTPUT, F_INF_GRAD, F_HUGE_GRAD };
 
 typedef struct snapshot {
     float w[NW], b[TH_K];
@@ -59,6 +59,7 @@ static void sam_rollback(int m_rows, int gsam, enum fault f, int at, regopt_stat
     case F_BACKWARD: bad->l.h.fail_backward = bad->l.h.backwards + at; break;
     case F_NAN_OUTPUT: bad->l.h.nan_output = bad->l.h.forwards + at; break;
     case F_INF_GRAD: bad->l.h.inf_grad = bad->l.h.backwards + at; break;
+    case F_HUGE_GRAD: bad->l.h.huge_grad = bad->l.h.backwards + at; break;
     }
     bad->l.nrec = 0;
     ck_assert_int_eq(regopt_trainer_step(bad->t, bad->b, 2), want);
@@ -71,7 +72,7 @@ static void sam_rollback(int m_rows, int gsam, enum fault f, int at, regopt_stat
     snap(bad, &after);
     same_bits(&before, &after, "after the failed step");
     bad->l.h.fail_forward = bad->l.h.fail_backward = bad->l.h.nan_output = 0;
-    bad->l.h.inf_grad = 0;
+    bad->l.h.inf_grad = bad->l.h.huge_grad = 0;
     for (i = 0; i < 3; i++) {
         lstep(bad, 2);
         lstep(good, 2);
@@ -109,6 +110,17 @@ START_TEST(rollback_perturbed_nonfinite)
 }
 END_TEST
 
+/* A finite perturbed gradient that the update cannot take (Adam's second
+ * moment would overflow): the failure comes after the perturbed passes, when
+ * the update's own pass was to put w back -- the weights are w all the same,
+ * not w + eps (issue 25's restore inside the update). */
+START_TEST(rollback_update_refused_after_ascent)
+{
+    sam_rollback(0, 0, F_HUGE_GRAD, 4, REGOPT_ERR_NONFINITE_GRADIENT, "second moment");
+    sam_rollback(0, 1, F_HUGE_GRAD, 3, REGOPT_ERR_NONFINITE_GRADIENT, "nothing was updated");
+}
+END_TEST
+
 Suite *suite_sam_rollback(void)
 {
     Suite *s = suite_create("sam_rollback");
@@ -116,6 +128,7 @@ Suite *suite_sam_rollback(void)
     tcase_add_test(tc, rollback_perturbed_forward);
     tcase_add_test(tc, rollback_perturbed_backward);
     tcase_add_test(tc, rollback_perturbed_nonfinite);
+    tcase_add_test(tc, rollback_update_refused_after_ascent);
     suite_add_tcase(s, tc);
     return s;
 }

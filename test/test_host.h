@@ -34,6 +34,7 @@ typedef struct th_host {
     int fail_backward;  /* 1-based backward call number that returns 9 */
     int nan_output;     /* forward call number whose first output is NaN */
     int inf_grad;       /* backward call number that writes +inf into gb[0] */
+    int huge_grad;      /* backward call number that writes 3e38 (finite) there */
     int forwards, backwards;
     int ncalls;
     th_call calls[TH_MAX_CALLS];
@@ -96,6 +97,8 @@ static inline int th_backward(const regopt_pass *p, void *user)
         }
     if (h->backwards == h->inf_grad)
         h->gb[0] = INFINITY;
+    if (h->backwards == h->huge_grad)
+        h->gb[0] = 3e38f;
     return 0;
 }
 

@@ -71,6 +71,12 @@ struct ro_step {
     double loss, loss2;   /* objective at w and (if has_loss2) at w + eps */
     int has_loss2;
     int synced;           /* 1: the step's all-reduce already ran and failed */
+    /* the weights, flat in ro_param.offset order, while the host's buffers
+       still hold moved ones (SAM's w + eps after its passes), else NULL:
+       the driver reads the weights from here, puts them back block by
+       block in the update's pass and, when the step fails or its update is
+       the host's, at once (ro_reg_ops.settle) */
+    const float *held;
     /* the teacher's outputs of every row of the step, in step-row order,
        left by a regularizer that keeps a teacher (RO_REG_KEEPS_TEACHER) in
        its prepare hook; NULL when none is attached */
@@ -133,6 +139,10 @@ typedef struct ro_reg_ops {
     /* a step abandoned by a callback that never returned (threw, longjmp'd):
        undo what the method had in flight (regopt_trainer_recover) */
     void (*abandon)(ro_reg *r);
+    /* put the weights it left in ro_step.held back now (a step that fails
+       after its gradient, a host's update); after_update learns that the
+       update did it */
+    void (*settle)(ro_reg *r);
 
     /* checkpoint: the method's state bytes in its "reg.N" section */
     uint64_t (*state_size)(const ro_reg *r);

@@ -442,11 +442,14 @@ static uint32_t perturbed_role(const sam *s)
 
 /* One ascent over the gradient now in the buffers: perturb, evaluate the
  * perturbed gradient with `passes`, restore. *applied stays 0 (and the
- * buffers keep g) when ||T a|| = 0. */
+ * buffers keep g) when ||T a|| = 0. `defer`: after passes that succeeded,
+ * leave w + eps in the host's buffers and w in st->held; the driver puts w
+ * back in the update's own pass (one trip through memory fewer, issue 25),
+ * or at once if the step fails or the host updates (sam_settle). */
 typedef regopt_status (*passes_fn)(const sam_reg *g, ro_step *st, void *ctx, double *loss);
 
 static regopt_status ascend(const sam_reg *g, ro_step *st, double rho, double wd_scale,
-                            passes_fn passes, void *ctx, double *norm, double *loss,
+                            passes_fn passes, void *ctx, int defer, double *norm, double *loss,
                             int *applied)
 {
     regopt_status rc;
@@ -457,8 +460,12 @@ static regopt_status ascend(const sam_reg *g, ro_step *st, double rho, double wd
     perturb(g, rho / (*norm + g->s->delta), wd_scale);
     g->s->perturbed = 1;
     rc = passes(g, st, ctx, loss);
-    restore(g);
-    g->s->perturbed = 0;
+    if (rc == REGOPT_OK && defer) {
+        st->held = g->s->save;
+    } else {
+        restore(g);
+        g->s->perturbed = 0;
+    }
     *applied = 1;
     return rc;
 }
@@ -491,7 +498,7 @@ static regopt_status whole_step(sam_reg *g, ro_step *st)
     if (rc == REGOPT_OK && s->dir.mode != RO_SAM_DIR_GRADIENT)
         make_direction(g, 1.0);
     if (rc == REGOPT_OK)
-        rc = ascend(g, st, s->rho_used, 1.0, whole_perturbed, NULL, &s->ascent_norm, &pert,
+        rc = ascend(g, st, s->rho_used, 1.0, whole_perturbed, NULL, 1, &s->ascent_norm, &pert,
                     &s->applied);
     if (rc == REGOPT_OK && s->applied && s->gsam)
         ro_sam_gsam_combine(g->r->env, g->s->clean, g->s->gsam_alpha, g->s->delta);
@@ -539,8 +546,8 @@ static regopt_status chunk_step(sam_reg *g, ro_step *st, chunk_ctx *c, double *n
             share += ro_row_weight(&v, i);
         g->dir = ro_sam_dir_make(&s->dir, g->r->env->par, share * st->inv_weight, 0, NULL,
                                  NULL, NULL);
-        rc = ascend(g, st, s->rho_used, share * st->inv_weight, chunk_perturbed, c, &norm, &pert,
-                    &applied);
+        rc = ascend(g, st, s->rho_used, share * st->inv_weight, chunk_perturbed, c, 0, &norm,
+                    &pert, &applied);
     }
     if (rc != REGOPT_OK)
         return rc;
@@ -625,8 +632,9 @@ static regopt_status gradient(ro_reg *r, ro_step *st)
     return rc;
 }
 
-/* A callback threw or longjmp'd out of a perturbed pass: w is still at
- * w + eps; put it back from the copy. */
+/* A callback threw or longjmp'd out of a perturbed pass, or the step
+ * failed (or the host updates) while the update's pass was to put w back:
+ * w is still at w + eps; put it back from the copy. */
 static void sam_abandon(ro_reg *r)
 {
     sam_reg g;
@@ -660,6 +668,7 @@ const ro_reg_ops ro_sam_ops = {
     .after_update = ro_sam_after_update,
     .commit = ro_sam_commit,
     .abandon = sam_abandon,
+    .settle = sam_abandon,
     .state_size = ro_sam_ck_size,
     .save = ro_sam_ck_save,
     .check_state = ro_sam_ck_check,

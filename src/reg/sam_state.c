@@ -22,7 +22,8 @@ void ro_sam_commit(ro_reg *r, const ro_step *st)
 void ro_sam_after_update(ro_reg *r, const ro_step *st)
 {
     ro_sam_state *s = r->self;
-    (void)st;
+    if (st->held) /* the update's pass put w back */
+        s->perturbed = 0;
     if (!r->due)
         return;
     ro_sam_dir_commit(&s->dir);

@@ -41,6 +41,17 @@ static regopt_status config_check(regopt_trainer *t)
 
 static void step_zero(ro_step *s) { ro_zero_gradients(s); }
 
+void ro_step_settle(regopt_trainer *t, ro_step *s)
+{
+    size_t i;
+    if (!s->held)
+        return;
+    for (i = 0; i < t->n_regs; i++)
+        if (t->regs[i]->ops->settle)
+            t->regs[i]->ops->settle(t->regs[i]);
+    s->held = NULL;
+}
+
 static regopt_status step_sync(ro_step *s, regopt_status local, double *loss, double *loss2)
 {
     double w = s->weight; /* the final all-reduce scales by the local weight again */
@@ -143,12 +154,14 @@ static regopt_status step_commit(regopt_trainer *t, ro_step *s, double norm)
             f.n++;
     }
     if (t->opt->kind == REGOPT_HOST) {
-        /* the host's update is its own: the work after it makes its passes */
+        /* the host's update is its own: it finds the weights in place, and
+           the work after it makes its passes */
+        ro_step_settle(t, s);
         st = ro_host_update(t, s->lr, scale);
         for (i = 0; st == REGOPT_OK && i < f.n; i++)
             ro_each_piece(&t->par, f.fn[i], f.ctx[i]);
     } else {
-        st = ro_apply_update(t, s->lr, scale, &f);
+        st = ro_apply_update(t, s->lr, scale, &f, s);
     }
     if (st != REGOPT_OK)
         return st;
@@ -196,12 +209,14 @@ static regopt_status step_run(regopt_trainer *t, const regopt_batch *batches, si
     if (!s.synced) /* the step's all-reduce, joined even after a local failure */
         st = ro_sync(t, &s, st, &s.weight, &s.loss, s.has_loss2 ? &s.loss2 : NULL);
     if (st == REGOPT_OK) {
-        st = ro_gradient_norm(t, &norm);
+        st = ro_gradient_norm(t, s.held, &norm);
         /* under loss scaling a non-finite gradient is an overflow (the
            all-reduced sum included: every replica sees one sum) */
         if (st == REGOPT_ERR_NONFINITE_GRADIENT && t->env.skip_overflow)
             st = REGOPT_ERR_OVERFLOW;
     }
+    if (st != REGOPT_OK) /* the weights the gradient passes moved go back */
+        ro_step_settle(t, &s);
     if (st == REGOPT_ERR_OVERFLOW) /* nothing was committed: skip, back off */
         return ro_scaler_skip(t);
     if (st != REGOPT_OK)

@@ -166,7 +166,9 @@ regopt_status ro_sync(regopt_trainer *t, ro_step *s, regopt_status local, double
  * base-optimizer update of every trainable tensor, after ro_gradient_norm:
  * NONFINITE_GRADIENT, with nothing written, when it would write a
  * non-finite weight or moment. */
-regopt_status ro_gradient_norm(regopt_trainer *t, double *norm);
+/* held: the weights when the host's buffers hold moved ones (ro_step.held),
+ * else NULL. */
+regopt_status ro_gradient_norm(regopt_trainer *t, const float *held, double *norm);
 double ro_clip_scale(const regopt_optimizer *o, double norm);
 /* The regularizers' after_pieces of a step, in step order. */
 typedef struct ro_fused {
@@ -174,8 +176,13 @@ typedef struct ro_fused {
     void *ctx[RO_MAX_REGS];
     size_t n;
 } ro_fused;
-/* The update, with f's pieces run on each block right after it is updated. */
-regopt_status ro_apply_update(regopt_trainer *t, double lr, double scale, const ro_fused *f);
+/* The update, with f's pieces run on each block right after it is
+ * updated and, when s->held, the weights put back from there into each
+ * block first. */
+regopt_status ro_apply_update(regopt_trainer *t, double lr, double scale, const ro_fused *f,
+                              ro_step *s);
+/* step.c: the weights in s->held back into the host's buffers now. */
+void ro_step_settle(regopt_trainer *t, ro_step *s);
 /* host_update.c: REGOPT_HOST's update in place of ro_apply_update: the
  * clipping factor written into the gradient buffers, then the host's
  * callback. REGOPT_ERR_HOST_UPDATE when it fails (the library's state

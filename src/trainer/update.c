@@ -27,17 +27,20 @@ static float float_of(unsigned bits)
 
 typedef struct norm_job {
     atomic_uint weight_bits; /* ro_abs_max_bits of every trainable weight */
+    const float *held;       /* the weights, if not in the host's buffers */
 } norm_job;
 
 /* One chunk of the gradient's sum of squares; the bound on the chunk's
  * weights for the update's guard rides along in this pass. */
 static double grad_squares(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
-    atomic_max(&((norm_job *)ctx)->weight_bits, ro_abs_max_bits(p->data + j0, j1 - j0));
+    norm_job *job = ctx;
+    const float *w = job->held ? job->held + p->offset : p->data;
+    atomic_max(&job->weight_bits, ro_abs_max_bits(w + j0, j1 - j0));
     return ro_sum_squares(p->grad + j0, j1 - j0);
 }
 
-regopt_status ro_gradient_norm(regopt_trainer *t, double *norm)
+regopt_status ro_gradient_norm(regopt_trainer *t, const float *held, double *norm)
 {
     const regopt_model *m = t->model;
     norm_job job;
@@ -45,6 +48,7 @@ regopt_status ro_gradient_norm(regopt_trainer *t, double *norm)
     unsigned wb;
     size_t i;
     atomic_init(&job.weight_bits, 0u);
+    job.held = held;
     s = ro_sum_pieces(&t->par, grad_squares, &job);
     if (!isfinite(s)) {
         for (i = 0; i < m->n_params; i++) {
@@ -81,6 +85,7 @@ typedef struct update_job {
     double lr;
     ro_update u; /* the scalars shared by every tensor */
     const ro_fused *fused;
+    const float *held; /* the weights to put back first (ro_step.held) */
 } update_job;
 
 /* The scalars of the update of a tensor in `group`: its lr and weight
@@ -128,13 +133,15 @@ static void update_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
     ro_update u;
     size_t a, b, k;
     group_update(job, p->group, &u);
-    if (!f || f->n == 0) {
+    if (!job->held && f->n == 0) {
         update_block(job, &u, p, j0, j1);
         return;
     }
     for (a = j0; a < j1; a = b) {
         b = (a / RO_CHUNK + 1) * RO_CHUNK;
         b = b < j1 ? b : j1;
+        if (job->held) /* w + eps out, w in: the update then reads it from cache */
+            memcpy(p->data + a, job->held + p->offset + a, (b - a) * sizeof(float));
         update_block(job, &u, p, a, b);
         for (k = 0; k < f->n; k++)
             f->fn[k](f->ctx[k], p, a, b);
@@ -271,7 +278,8 @@ static regopt_status exact_check(regopt_trainer *t, const update_job *job, doubl
                    "value; nothing was updated");
 }
 
-regopt_status ro_apply_update(regopt_trainer *t, double lr, double scale, const ro_fused *f)
+regopt_status ro_apply_update(regopt_trainer *t, double lr, double scale, const ro_fused *f,
+                              ro_step *s)
 {
     const regopt_optimizer *o = t->opt;
     update_job job;
@@ -279,6 +287,7 @@ regopt_status ro_apply_update(regopt_trainer *t, double lr, double scale, const 
     memset(&job, 0, sizeof job);
     job.t = t;
     job.fused = f;
+    job.held = s->held;
     job.lr = lr;
     job.u.grad_scale = (float)scale;
     job.u.momentum = (float)o->momentum;
@@ -286,7 +295,11 @@ regopt_status ro_apply_update(regopt_trainer *t, double lr, double scale, const 
     job.u.nesterov = o->nesterov;
     job.u.first = !t->momentum_ready;
     if (!proved_safe(&job, &bound)) {
-        regopt_status st = exact_check(t, &job, &bound);
+        regopt_status st;
+        /* the exact check reads the weights where they are: put them back */
+        ro_step_settle(t, s);
+        job.held = NULL;
+        st = exact_check(t, &job, &bound);
         if (st != REGOPT_OK)
             return st;
     }
