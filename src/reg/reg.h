@@ -77,6 +77,9 @@ struct ro_step {
        block in the update's pass and, when the step fails or its update is
        the host's, at once (ro_reg_ops.settle) */
     const float *held;
+    /* the gradient buffers were zeroed by the last pass over them (SAM's
+       perturbation): the next ro_eval_all need not zero them again */
+    int grads_zero;
     /* the teacher's outputs of every row of the step, in step-row order,
        left by a regularizer that keeps a teacher (RO_REG_KEEPS_TEACHER) in
        its prepare hook; NULL when none is attached */

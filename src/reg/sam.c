@@ -282,6 +282,7 @@ typedef struct ascent_job {
     const sam *s;
     const float *dir; /* flat direction, NULL: the gradient buffers */
     float wd, eta, c;
+    int zero;         /* perturb: zero the gradient buffers once read */
 } ascent_job;
 
 static const float *direction(const ascent_job *a, const ro_param *p, size_t j0)
@@ -309,6 +310,7 @@ static double ascent_norm(const sam_reg *g, double wd_scale)
     a.wd = (float)(g->s->ascent_wd * wd_scale);
     a.eta = (float)g->s->eta;
     a.c = 0.0f;
+    a.zero = 0;
     return sqrt(ro_sum_pieces(g->r->env->par, ascent_squares, &a));
 }
 
@@ -322,6 +324,7 @@ static void make_direction(sam_reg *g, double wd_scale)
     a.wd = (float)(g->s->ascent_wd * wd_scale);
     a.eta = (float)g->s->eta;
     a.c = 0.0f;
+    a.zero = 0;
     a.dir = g->s->dir.buf;
     g->dir = ro_sam_dir_make(&g->s->dir, g->r->env->par, 1.0, 1, ascent_squares, &a, &sum);
     g->norm = sqrt(sum);
@@ -336,6 +339,18 @@ static void perturb_block(float *restrict w, const float *restrict g, float *res
     for (j = 0; j < RO_BLOCK; j++) {
         save[j] = w[j];
         w[j] = w[j] + c * g[j];
+    }
+}
+
+/* The same, zeroing g once read (the perturbed passes start from zero). */
+static void perturb_block_zero(float *restrict w, float *restrict g, float *restrict save,
+                               float c)
+{
+    size_t j;
+    for (j = 0; j < RO_BLOCK; j++) {
+        save[j] = w[j];
+        w[j] = w[j] + c * g[j];
+        g[j] = 0.0f;
     }
 }
 
@@ -359,26 +374,38 @@ static void perturb_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
     const float *g = direction(a, p, j0);
     size_t n = j1 - j0, j = 0;
     int ad = adaptive(a->s, p);
+    size_t zeroed = 0; /* elements whose gradient this pass zeroed in its blocks */
     if (!a->s->group_perturb[p->group]) { /* SAM-ON: eps = 0, restored by copy all the same */
         memcpy(save, w, n * sizeof(float));
-        return;
+    } else {
+        if (!ad && wd == 0.0f && a->zero) { /* and the passes' zeroing, in this pass */
+            for (; j + RO_BLOCK <= n; j += RO_BLOCK)
+                perturb_block_zero(w + j, p->grad + j0 + j, save + j, c);
+            zeroed = j;
+        } else if (!ad && wd == 0.0f) { /* tw = 1: c (1 * 1 * a) is exactly c a */
+            for (; j + RO_BLOCK <= n; j += RO_BLOCK)
+                perturb_block(w + j, g + j, save + j, c);
+        } else if (ad) {
+            for (; j + RO_BLOCK <= n; j += RO_BLOCK)
+                perturb_block_adaptive(w + j, g + j, save + j, c, wd, eta);
+        }
+        for (; j < n; j++) {
+            float x = w[j], s = g[j] + wd * x;
+            float tw = ad ? fabsf(x) + eta : 1.0f;
+            save[j] = x;
+            w[j] = x + c * (tw * tw * s);
+        }
     }
-    if (!ad && wd == 0.0f) /* tw = 1: c (1 * 1 * a) is exactly c a */
-        for (; j + RO_BLOCK <= n; j += RO_BLOCK)
-            perturb_block(w + j, g + j, save + j, c);
-    else if (ad)
-        for (; j + RO_BLOCK <= n; j += RO_BLOCK)
-            perturb_block_adaptive(w + j, g + j, save + j, c, wd, eta);
-    for (; j < n; j++) {
-        float x = w[j], s = g[j] + wd * x;
-        float tw = ad ? fabsf(x) + eta : 1.0f;
-        save[j] = x;
-        w[j] = x + c * (tw * tw * s);
+    if (a->zero) { /* what the blocks did not zero (SAM-ON, ASAM, the tail), once read */
+        ro_zero(p->grad + j0 + zeroed, n - zeroed);
+        ro_param_zero_host_grad(p, j0, j1);
     }
 }
 
-/* Save w and move it to w + eps, eps = scale * T^2 a, in one pass. */
-static void perturb(const sam_reg *g, double scale, double wd_scale)
+/* Save w and move it to w + eps, eps = scale * T^2 a, in one pass; with
+ * `zero` (the direction is the gradient buffers, read here for the last
+ * time), zero them in the same pass for the perturbed passes. */
+static void perturb(const sam_reg *g, double scale, double wd_scale, int zero)
 {
     ascent_job a;
     a.s = g->s;
@@ -386,6 +413,7 @@ static void perturb(const sam_reg *g, double scale, double wd_scale)
     a.wd = (float)(g->s->ascent_wd * wd_scale);
     a.eta = (float)g->s->eta;
     a.c = (float)scale;
+    a.zero = zero && !g->dir;
     ro_each_piece(g->r->env->par, perturb_piece, &a);
 }
 
@@ -457,7 +485,9 @@ static regopt_status ascend(const sam_reg *g, ro_step *st, double rho, double wd
     rc = check_norm(g, *norm);
     if (rc != REGOPT_OK || *norm == 0.0)
         return rc;
-    perturb(g, rho / (*norm + g->s->delta), wd_scale);
+    /* a whole step's passes zero the gradient first: done in the perturbation */
+    perturb(g, rho / (*norm + g->s->delta), wd_scale, defer);
+    st->grads_zero = defer && !g->dir;
     g->s->perturbed = 1;
     rc = passes(g, st, ctx, loss);
     if (rc == REGOPT_OK && defer) {

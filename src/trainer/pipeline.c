@@ -176,7 +176,9 @@ regopt_status ro_eval_all(ro_step *s, uint32_t flags, uint32_t role, double *los
 {
     regopt_status st = REGOPT_OK;
     size_t bi;
-    ro_zero_gradients(s);
+    if (!s->grads_zero)
+        ro_zero_gradients(s);
+    s->grads_zero = 0;
     for (bi = 0; bi < s->count && st == REGOPT_OK; bi++) {
         const regopt_batch *b = ro_batch_at(s->batches, bi);
         st = ro_eval_rows(s, bi, 0, b->rows, 0, flags, role, loss);
