@@ -31,7 +31,7 @@
 const char *const method_name[M_COUNT] = {"plain", "sam", "asam", "rdrop_twocall",
                                          "rdrop_doubled", "smart", "smart_sam", "msam",
                                          "looksam", "fsam", "vasso", "wsam", "mesa",
-                                         "ema", "freelb", "vat"};
+                                         "ema", "freelb", "vat", "mesa_swap"};
 
 /* The SAM family's second wave: the keys each variant sets on top of SAM's
  * rho 0.05, at its paper's defaults (LookSAM with k = 5, the issue's target). */
@@ -142,7 +142,7 @@ static regopt_status configure(regopt_trainer *t, int method, const regopt_alloc
         if ((st = attach(t, r, st, why)) != REGOPT_OK)
             return st;
     }
-    if (method == M_MESA) {
+    if (method == M_MESA || method == M_MESA_SWAP) {
         if ((r = new_reg(REGOPT_REG_BREGMAN, a, regs, n_regs, &st, why)) == NULL)
             return st;
         st = regopt_regularizer_set_double(r, REGOPT_BREGMAN_MU, 0.3);
@@ -216,6 +216,7 @@ static int setup_create(setup *s, int method, const config *c)
         fprintf(stderr, "bench: out of memory for the host network\n");
         return -1;
     }
+    s->host.swap_teacher = method == M_MESA_SWAP;
     s->model = regopt_model_create(&a, &st);
     if (s->model)
         st = host_mlp_register(&s->host, s->model);
@@ -558,7 +559,9 @@ static void usage(void)
            "             [--steps S] [--warmup W] [--opt-n N] [--no-kernels] [--no-steps]\n"
            "             [--lib-threads T] [--smoke]\n"
            "methods: plain sam asam rdrop_twocall rdrop_doubled smart smart_sam msam looksam\n"
-           "         fsam vasso wsam mesa ema freelb vat (default all)\n"
+           "         fsam vasso wsam mesa ema freelb vat mesa_swap (default all;\n"
+           "         mesa_swap: MESA with a host that does not read its weights\n"
+           "         through pass->weights, so the teacher is swapped in)\n"
            "large: 784-1024-1024-10 batch 128; small: 64-256-256-10 batch 32; ReLU,\n"
            "dropout 0.1, AdamW lr 1e-4. Threads: OPENBLAS_NUM_THREADS for the host's\n"
            "BLAS, --lib-threads (default 1) for the library's loops and the\n"

@@ -81,7 +81,7 @@ static inline double max_of(const double *v, size_t n)
 
 enum { M_PLAIN, M_SAM, M_ASAM, M_RDROP2, M_RDROP, M_SMART, M_SMART_SAM, M_MSAM, M_LOOKSAM,
        M_FSAM, M_VASSO, M_WSAM, M_MESA, M_EMA,
-       M_FREELB, M_VAT, M_COUNT };
+       M_FREELB, M_VAT, M_MESA_SWAP, M_COUNT };
 
 extern const char *const method_name[M_COUNT];
 

@@ -9,6 +9,7 @@
 #include <cblas.h>
 
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -268,6 +269,9 @@ static int forward(host_mlp *h, const regopt_pass *p)
     int train = (p->flags & REGOPT_PASS_TRAIN) != 0;
     size_t rows = p->rows, n = doubled ? rows / 2 : rows, d0 = h->size[0], l, i, j;
     const float *x;
+    /* a teacher pass may hand the weights to use: W_l and b_l are tensors
+       2l and 2l + 1 in registration order */
+    const float *const *pw = p->size > offsetof(regopt_pass, weights) ? p->weights : NULL;
     if (s < 0 || s >= HOST_SLOTS || n > h->max_rows || p->output_width != h->size[h->layers])
         return 1;
     x = (const float *)p->batch + p->row_offset * d0;
@@ -286,13 +290,14 @@ static int forward(host_mlp *h, const regopt_pass *p)
     for (l = 0; l < h->layers; l++) {
         size_t in = h->size[l], out = h->size[l + 1], r = l == 0 && doubled ? n : rows;
         float *y = l + 1 < h->layers ? h->act[s][l] : p->outputs;
+        const float *w = pw ? pw[2 * l] : h->w[l], *b = pw ? pw[2 * l + 1] : h->b[l];
         for (i = 0; i < r; i++)
-            memcpy(y + i * out, h->b[l], out * sizeof(float));
+            memcpy(y + i * out, b, out * sizeof(float));
         if (small_fits(h, r, out, in))
-            small_gemm(r, out, in, x, in, 1, h->w[l], out, 1, y, out);
+            small_gemm(r, out, in, x, in, 1, w, out, 1, y, out);
         else
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)r, (int)out, (int)in,
-                        1.0f, x, (int)in, h->w[l], (int)out, 1.0f, y, (int)out);
+                        1.0f, x, (int)in, w, (int)out, 1.0f, y, (int)out);
         h->flops += 2.0 * (double)r * (double)in * (double)out;
         if (r < rows)
             memcpy(y + r * out, y, r * out * sizeof(float));
@@ -425,7 +430,8 @@ regopt_status host_mlp_register(host_mlp *h, regopt_model *model)
     if (st == REGOPT_OK)
         st = regopt_model_set_slots(model, HOST_SLOTS);
     if (st == REGOPT_OK)
-        st = regopt_model_set_capabilities(model, REGOPT_CAP_DOUBLED_BATCH);
+        st = regopt_model_set_capabilities(
+            model, REGOPT_CAP_DOUBLED_BATCH | (h->swap_teacher ? 0u : REGOPT_CAP_PASS_WEIGHTS));
     if (st == REGOPT_OK)
         st = regopt_model_set_callbacks(model, host_mlp_forward, host_mlp_backward, h, NULL);
     return st;

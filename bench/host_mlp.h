@@ -35,6 +35,9 @@ typedef struct host_mlp {
     float *ones;                      /* 2 max_rows ones: bias gradients by sgemv */
     float *tr0, *tr1;                 /* scratch: transposed d(outputs), d(inputs) */
     int fast;                         /* the AVX-512 products are usable here */
+    int swap_teacher;                 /* set before host_mlp_register: do not
+                                         declare REGOPT_CAP_PASS_WEIGHTS (the
+                                         library swaps a teacher's weights in) */
     /* self-measurement */
     double cb_seconds;                /* time inside forward and backward */
     double flops;                     /* multiply-adds x 2 of the matrix products */

@@ -28,9 +28,11 @@
  *   WSAM (decoupled): SAM keeping the clean gradient (64), clipping's norm
  *     of g (4), the base step and the raw step in one pass (read w g g_p m v,
  *     write w m v: 32 + 12 = 44 instead of 28 + 4): 80;
- *   teacher (SMART's Bregman term, MESA): swap it in saving w (16), put w
- *     back by copy (8), its EMA in the update's pass (read and write the
- *     teacher: 8) = 32; an EMA of the weights (average): 8.
+ *   teacher (SMART's Bregman term, MESA): its EMA in the update's pass
+ *     (read and write the teacher: 8); the host reads the teacher's
+ *     buffers through pass->weights (REGOPT_CAP_PASS_WEIGHTS, the bench
+ *     host does). A host that cannot (mesa_swap) has it swapped in saving w
+ *     (16) and w put back by copy (8): 32; an EMA of the weights: 8.
  * Per input element (the adversarial methods' perturbation of the batch's
  * embeddings): SMART and VAT, one ascent: the noise (write 4), the
  * gradient's norm (read 4), the step (read d_input and delta, write delta:
@@ -44,7 +46,8 @@ typedef struct traffic_model {
     double per_param, per_input;
 } traffic_model;
 
-#define TEACHER 32.0
+#define TEACHER 8.0
+#define TEACHER_SWAPPED 32.0
 #define BASE 36.0
 
 static const traffic_model model_of[M_COUNT] = {
@@ -64,6 +67,7 @@ static const traffic_model model_of[M_COUNT] = {
     [M_EMA] = {BASE + 8, 0},
     [M_FREELB] = {BASE, 52},
     [M_VAT] = {BASE, 20},
+    [M_MESA_SWAP] = {BASE + TEACHER_SWAPPED, 0},
 };
 
 void traffic_report(const char *size, int method, size_t params, size_t inputs,

@@ -557,7 +557,9 @@ REGOPT_API regopt_status regopt_random_normal(uint64_t seed, uint64_t offset,
                                               (SAM): do not update batch-norm
                                               running statistics */
 #define REGOPT_PASS_TEACHER 0x8u           /* the teacher's (EMA) weights are in
-                                              the parameter buffers (SMART) */
+                                              the parameter buffers (SMART), or
+                                              in pass->weights (see
+                                              REGOPT_CAP_PASS_WEIGHTS) */
 #define REGOPT_PASS_NO_PARAM_GRAD 0x10u    /* backward: compute d_input only, do
                                               not touch parameter gradients */
 #define REGOPT_PASS_DOUBLED 0x20u          /* the batch twice in one pass (R-Drop):
@@ -617,6 +619,17 @@ typedef struct regopt_pass {
                                  the library unscales them. 1 without loss
                                  scaling. Exists when size > offsetof(
                                  regopt_pass, loss_scale). Since 1.0. */
+    const float *const *weights; /* forward: NULL, or -- REGOPT_PASS_TEACHER
+                                 passes of a host that declared
+                                 REGOPT_CAP_PASS_WEIGHTS -- the weights to
+                                 compute with instead of the registered
+                                 buffers: weights[i] for tensor i in
+                                 registration order (the registered buffer
+                                 itself for frozen tensors), as many floats
+                                 as the tensor. The host's buffers then
+                                 keep the student's weights throughout.
+                                 Exists when size > offsetof(regopt_pass,
+                                 weights). Since 1.0. */
 } regopt_pass;
 
 /* Forward and backward callbacks: return 0 on success, anything else aborts
@@ -841,6 +854,14 @@ REGOPT_API regopt_status regopt_model_set_slots(regopt_model *model,
 
 /* Host capabilities (bits of regopt_model_set_capabilities). */
 #define REGOPT_CAP_DOUBLED_BATCH 0x1u /* the forward accepts REGOPT_PASS_DOUBLED */
+/* The forward computes with pass->weights when that is not NULL (it keeps
+ * pointers to its weights rather than the weights in fixed places, as a
+ * torch.func.functional_call does). The teacher's passes (Bregman, MESA)
+ * then hand the host the teacher's own buffers and never swap them into
+ * the host's: 32 bytes per parameter and two passes over the weights less
+ * per step. Used when every tensor is float32 (a half tensor's teacher is
+ * float32: those models are swapped as before). Since 1.0. */
+#define REGOPT_CAP_PASS_WEIGHTS 0x2u
 
 /* Declare what the host's callbacks can do beyond the basic contract
  * (REGOPT_CAP_* bits; default 0). Unknown bits: REGOPT_ERR_INVALID_ARGUMENT. */

@@ -46,6 +46,7 @@ int main(void)
     srunner_add_suite(sr, suite_precision());
     srunner_add_suite(sr, suite_precision_compose());
     srunner_add_suite(sr, suite_memory());
+    srunner_add_suite(sr, suite_pass_weights());
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);
     srunner_free(sr);

@@ -46,6 +46,7 @@ Suite *suite_adv(void);      /* check_adv.c: FGM, PGD, FreeLB, VAT, mt-dnn-exact
 Suite *suite_adv_errors(void); /* check_adv_errors.c: bad inputs, rollback, composition */
 Suite *suite_adv_mask(void); /* check_adv_mask.c: regopt_batch.task_mask, semi-supervised VAT */
 Suite *suite_precision(void); /* check_precision.c: fp16/bf16, master copy, loss scaling */
+Suite *suite_pass_weights(void); /* check_pass_weights.c: REGOPT_CAP_PASS_WEIGHTS teacher passes */
 Suite *suite_memory(void);   /* check_memory.c: bytes per parameter as README documents them */
 Suite *suite_precision_compose(void); /* check_precision_compose.c: with every method, replicas */
 

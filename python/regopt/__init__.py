@@ -23,6 +23,7 @@ from . import _lib
 from ._lib import (BINDING_VERSION, LibraryNotFound, LibraryVersionError, library_path,
                    PASS_TRAIN, PASS_NO_GRAD, PASS_PERTURBED_WEIGHTS, PASS_TEACHER,
                    PASS_NO_PARAM_GRAD, PASS_DOUBLED, PASS_PROBE, PASS_RECALIBRATE, CAP_DOUBLED_BATCH,
+                   CAP_PASS_WEIGHTS,
                    MAX_GROUPS, MAX_NAME,
                    CHECKPOINT_PARAMS, CHECKPOINT_OPTIONS,
                    DTYPE_FLOAT32, DTYPE_FLOAT16, DTYPE_BFLOAT16, DTYPE_FLOAT64,
@@ -59,6 +60,7 @@ __all__ = [
     "TERM_PASS_TEACHER",
     "random_uniform",
     "random_normal", "dropout_mask", "convert", "PASS_TRAIN", "PASS_NO_GRAD", "PASS_PERTURBED_WEIGHTS",
-    "PASS_TEACHER", "PASS_NO_PARAM_GRAD", "PASS_DOUBLED", "PASS_PROBE", "CAP_DOUBLED_BATCH", "MAX_GROUPS",
+    "PASS_TEACHER", "PASS_NO_PARAM_GRAD", "PASS_DOUBLED", "PASS_PROBE", "CAP_DOUBLED_BATCH", "CAP_PASS_WEIGHTS",
+    "MAX_GROUPS",
     "MAX_NAME", "library_path", "CHECKPOINT_PARAMS", "CHECKPOINT_OPTIONS",
 ]

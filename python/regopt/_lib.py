@@ -59,6 +59,8 @@ class Pass(ctypes.Structure):
         ("input_width", c_size_t),
         ("seed2", ctypes.c_uint64),
         ("loss_scale", ctypes.c_double),
+        # REGOPT_CAP_PASS_WEIGHTS teacher passes: one float* per tensor
+        ("weights", ctypes.POINTER(c_float_p)),
     ]
 
 
@@ -242,6 +244,7 @@ FLAT_NORM_L2 = 2
 FLAT_NORM_INF = 0
 
 CAP_DOUBLED_BATCH = 0x1
+CAP_PASS_WEIGHTS = 0x2
 
 DTYPE_FLOAT32 = 1
 DTYPE_FLOAT16 = 2

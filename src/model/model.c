@@ -451,12 +451,13 @@ regopt_status regopt_model_set_slots(regopt_model *m, int32_t slots)
 
 regopt_status regopt_model_set_capabilities(regopt_model *m, uint32_t caps)
 {
+    const uint32_t known = REGOPT_CAP_DOUBLED_BATCH | REGOPT_CAP_PASS_WEIGHTS;
     regopt_status st = check_mutable(m, "regopt_model_set_capabilities");
     if (st != REGOPT_OK)
         return st;
-    if (caps & ~(uint32_t)REGOPT_CAP_DOUBLED_BATCH)
-        return ro_fail(m->msg, REGOPT_ERR_INVALID_ARGUMENT,
-                       "unknown capability bits 0x%x", (unsigned)(caps & ~REGOPT_CAP_DOUBLED_BATCH));
+    if (caps & ~known)
+        return ro_fail(m->msg, REGOPT_ERR_INVALID_ARGUMENT, "unknown capability bits 0x%x",
+                       (unsigned)(caps & ~known));
     m->caps = caps;
     return REGOPT_OK;
 }

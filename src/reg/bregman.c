@@ -4,7 +4,9 @@
  * the student's,
  *   D_Breg = mean_i l_s(f(x_i; w), sg(f(x_i; w~))),  w~ <- beta w~ + (1-beta) w.
  * The teacher's weights enter the host's buffers by an in-place swap, so the
- * library needs no second copy of the model beyond w~ itself.
+ * library needs no second copy of the model beyond w~ itself; a host that
+ * reads its weights through pointers (REGOPT_CAP_PASS_WEIGHTS) is handed
+ * w~'s buffers instead, and nothing is swapped.
  * MESA (Du et al., NeurIPS 2022; AngusDujw/SAF MESA_train.py) is the same
  * term with l = tau^2 KL(softmax(q/tau) || softmax(z/tau)) and a window of
  * steps (bregman.divergence, .tau, .start_step, .end_step). */
@@ -26,6 +28,7 @@ typedef struct bregman {
     double mu, beta, beta_late, sw;
     int64_t switch_step;  /* -1: from sw and optimizer.total_steps */
     float *teacher;       /* n_trainable */
+    const float **wtab;   /* n_params: pass->weights of a teacher pass */
     float *out;           /* the teacher's outputs for the step's rows */
     size_t cap_out;       /* rows */
     double last_beta;
@@ -106,10 +109,28 @@ static double bregman_get(const ro_reg *r, const ro_key_desc *k, int32_t group)
 static regopt_status bregman_attach(ro_reg *r)
 {
     bregman *b = r->self;
-    b->teacher = ro_calloc(r->env->alloc, r->env->model->n_trainable, sizeof(float));
-    if (!b->teacher)
+    const regopt_model *m = r->env->model;
+    size_t i;
+    b->teacher = ro_calloc(r->env->alloc, m->n_trainable, sizeof(float));
+    b->wtab = ro_calloc(r->env->alloc, m->n_params ? m->n_params : 1, sizeof *b->wtab);
+    if (!b->teacher || !b->wtab) {
+        ro_free(r->env->alloc, b->teacher);
+        ro_free(r->env->alloc, (void *)b->wtab);
+        b->teacher = NULL;
+        b->wtab = NULL;
         return ro_fail(r->env->msg, REGOPT_ERR_NO_MEMORY,
-                       "out of memory for the teacher's %zu weights", r->env->model->n_trainable);
+                       "out of memory for the teacher's %zu weights", m->n_trainable);
+    }
+    /* the table is used only when every tensor is float32 (a half tensor's
+       teacher is float32, the host's forward would read halves) */
+    for (i = 0; i < m->n_params; i++) {
+        const ro_param *p = &m->params[i];
+        if (p->dtype != REGOPT_DTYPE_FLOAT32 || !(m->caps & REGOPT_CAP_PASS_WEIGHTS)) {
+            b->wtab[0] = NULL;
+            break;
+        }
+        b->wtab[i] = p->grad ? b->teacher + p->offset : p->data;
+    }
     b->ready = 0;
     b->last_beta = 0.0;
     return REGOPT_OK;
@@ -120,7 +141,9 @@ static void bregman_detach(ro_reg *r)
     bregman *b = r->self;
     ro_free(r->env->alloc, b->teacher);
     ro_free(r->env->alloc, b->out);
+    ro_free(r->env->alloc, (void *)b->wtab);
     b->teacher = b->out = NULL;
+    b->wtab = NULL;
     b->cap_out = 0;
     b->ready = 0;
 }
@@ -222,6 +245,10 @@ static regopt_status prepare(ro_reg *r, ro_step *s)
     bregman *br = r->self;
     size_t k = r->env->model->output_width, rows = 0, bi, at = 0;
     regopt_status st = REGOPT_OK;
+    /* the host reads the teacher's buffers in place: nothing to swap. A
+       weight that is not finite then reaches the update's guard, which
+       names it, instead of the swap's check */
+    int by_pointer = br->wtab[0] != NULL;
     for (bi = 0; bi < s->count; bi++)
         rows += ro_batch_at(s->batches, bi)->rows;
     if (bregman_grow(r, rows) != REGOPT_OK)
@@ -230,20 +257,23 @@ static regopt_status prepare(ro_reg *r, ro_step *s)
        when the step commits, so a failed first step starts over */
     if (!br->ready)
         ro_each_piece(r->env->par, copy_piece, br);
-    if (!swap_weights(r)) {
+    if (!by_pointer && !swap_weights(r)) {
         (void)swap_weights(r);
         return nonfinite_weight(r);
     }
-    br->swapped = 1;
+    br->swapped = !by_pointer;
     for (bi = 0; bi < s->count && st == REGOPT_OK; bi++) {
         const regopt_batch *x = ro_batch_at(s->batches, bi);
         regopt_pass p;
         ro_pass_init(r->env, &p, x, bi, REGOPT_PASS_TEACHER | REGOPT_PASS_NO_GRAD, 0,
                      br->out + at * k);
+        if (by_pointer)
+            p.weights = br->wtab;
         st = ro_call_forward(r->env, &p);
         at += x->rows;
     }
-    (void)swap_weights(r);
+    if (!by_pointer)
+        (void)swap_weights(r);
     br->swapped = 0;
     if (st == REGOPT_OK) /* user terms with a teacher pass read them too */
         s->teacher = br->out;
