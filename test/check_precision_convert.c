@@ -122,6 +122,68 @@ START_TEST(bf16_sampled)
 }
 END_TEST
 
+/* The tensor loops convert blocks of 16 without branches (vectorized, an
+ * AVX2 copy for fp16 narrowing) and the rest one by one (the functions the
+ * tests above check against the IEEE definitions): whole arrays, at every
+ * offset and length around a block, must give exactly the one-by-one bits.
+ * The floats: every fp16 value widened, the midpoint to the next one (a
+ * tie), random bit patterns and subnormal halves. */
+START_TEST(arrays_equal_one_by_one)
+{
+    enum { N = 65536 * 4 + 37 };
+    float *f = malloc(N * sizeof *f), *back = malloc(N * sizeof *back);
+    uint16_t *h = malloc(N * sizeof *h), *hs = malloc(N * sizeof *hs);
+    regopt_dtype dts[2] = {REGOPT_DTYPE_FLOAT16, REGOPT_DTYPE_BFLOAT16};
+    uint32_t s = 2468u, i;
+    int d;
+    ck_assert(f && back && h && hs);
+    for (i = 0; i < N; i++) {
+        s = s * 1664525u + 1013904223u;
+        switch (i & 3u) {
+        case 0: f[i] = from16((uint16_t)(i >> 2), REGOPT_DTYPE_FLOAT16); break;
+        case 1: { /* the midpoint to the next half up (exact in float): a tie */
+            uint16_t a = (uint16_t)(i >> 2);
+            f[i] = (a & 0x7fffu) < 0x7bffu
+                       ? (from16(a, REGOPT_DTYPE_FLOAT16) + from16((uint16_t)(a + 1),
+                                                                 REGOPT_DTYPE_FLOAT16)) / 2
+                       : nextafterf(from16(a, REGOPT_DTYPE_FLOAT16), INFINITY);
+            break;
+        }
+        case 2: f[i] = bitsf(s); break;
+        default: f[i] = bitsf((s & 0x807fffffu) | ((100u + s % 14u) << 23)); /* subnormal halves */
+        }
+    }
+    for (d = 0; d < 2; d++) {
+        size_t off, len;
+        for (i = 0; i < N; i++)
+            hs[i] = to16(f[i], dts[d]);
+        ck_assert_int_eq(regopt_convert(f, REGOPT_DTYPE_FLOAT32, h, dts[d], N), REGOPT_OK);
+        for (i = 0; i < N; i++)
+            ck_assert_msg(h[i] == hs[i], "dtype %d, %08x: array %04x, one by one %04x",
+                          (int)dts[d], fbits(f[i]), h[i], hs[i]);
+        ck_assert_int_eq(regopt_convert(h, dts[d], back, REGOPT_DTYPE_FLOAT32, N), REGOPT_OK);
+        for (i = 0; i < N; i++) {
+            float one = from16(h[i], dts[d]);
+            ck_assert_msg(fbits(back[i]) == fbits(one), "dtype %d, %04x: array %08x, one by "
+                          "one %08x", (int)dts[d], h[i], fbits(back[i]), fbits(one));
+        }
+        for (off = 0; off < 19; off++) /* every alignment and tail */
+            for (len = 0; len < 40; len++) {
+                memset(h, 0xee, 64 * sizeof *h);
+                ck_assert_int_eq(regopt_convert(f + off, REGOPT_DTYPE_FLOAT32, h, dts[d], len),
+                                 REGOPT_OK);
+                for (i = 0; i < len; i++)
+                    ck_assert_uint_eq(h[i], hs[off + i]);
+                ck_assert_uint_eq(h[len], 0xeeee); /* nothing past the end */
+            }
+    }
+    free(f);
+    free(back);
+    free(h);
+    free(hs);
+}
+END_TEST
+
 START_TEST(convert_bad_input)
 {
     float f[2] = {1, 2};
@@ -148,6 +210,7 @@ TCase *precision_convert_tcase(void)
     TCase *c = tcase_create("conversions");
     tcase_set_timeout(c, 120);
     tcase_add_test(c, fp16_every_value);
+    tcase_add_test(c, arrays_equal_one_by_one);
     tcase_add_test(c, fp16_rounds_to_nearest_even);
 #ifdef __FLT16_MAX__
     tcase_add_test(c, fp16_matches_the_compiler);

@@ -86,29 +86,128 @@ uint16_t ro_f32_to_bf16(float f)
 
 float ro_bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
 
-/* The loops below convert one element at a time with the functions above:
- * integer arithmetic, so any vectorisation the compiler makes gives the
- * same bits. */
+/* ---- the tensor loops ----------------------------------------------------
+ * RO_BLOCK elements at a time through restrict-qualified pointers, with the
+ * functions above rewritten without branches (every case computed, one
+ * selected), which GCC vectorizes; then the tail one element at a time.
+ * Integer arithmetic (and, widening an fp16 subnormal, one exact float
+ * product of normal numbers), so every path gives the same bits as the
+ * functions above (test: check_precision_convert.c compares them over every
+ * fp16 value and millions of floats). The fp16 narrowing shifts each lane
+ * by its own amount, which x86 vectors have from AVX2 on: that loop gets an
+ * AVX2 copy, picked at run time. */
+
+/* All ones where c holds, else 0: selections by masks, not branches. */
+#define MASK(c) (0u - (uint32_t)(c))
+#define PICK(mask, a, b) (((a) & (mask)) | ((b) & ~(mask)))
+
+RO_ALWAYS_INLINE void f16_from_block(uint16_t *restrict dst, const float *restrict src)
+{
+    uint32_t xb[RO_BLOCK], out[RO_BLOCK]; /* integers the vectorizer can type */
+    size_t j;
+    memcpy(xb, src, sizeof xb);
+    for (j = 0; j < RO_BLOCK; j++) {
+        uint32_t x = xb[j], ax = x & 0x7fffffffu;
+        uint32_t rn = ax - 0x38000000u, m = (ax & 0x7fffffu) | 0x800000u;
+        /* a subnormal half's shift, 126 - exponent, is 14 .. 24; clamped
+           there for the other lanes */
+        uint32_t e = ax >> 23, sh = 126u - (e < 102u ? 102u : e > 112u ? 112u : e);
+        uint32_t r = m >> sh, rem = m & ((1u << sh) - 1u), half = 1u << (sh - 1u);
+        /* up by one above half an ulp, and at half to an even r (masks:
+           a _Bool here would stop the vectorizer) */
+        uint32_t tie = MASK(rem == half) & (0u - (r & 1u));
+        uint32_t rs = r + ((MASK(rem > half) | tie) & 1u);
+        uint32_t v;
+        rn = (rn + 0x0fffu + ((rn >> 13) & 1u)) >> 13;
+        v = PICK(MASK(ax <= 0x33000000u), 0u, rs);
+        v = PICK(MASK(ax >= 0x38800000u), rn, v);
+        v = PICK(MASK(ax >= 0x477ff000u), 0x7c00u, v);
+        v = PICK(MASK(ax > 0x7f800000u), 0x7e00u | ((ax >> 13) & 0x3ffu), v);
+        out[j] = ((x >> 16) & 0x8000u) | v;
+    }
+    for (j = 0; j < RO_BLOCK; j++)
+        dst[j] = (uint16_t)out[j];
+}
+
+RO_ALWAYS_INLINE void bf16_from_block(uint16_t *restrict dst, const float *restrict src)
+{
+    uint32_t xb[RO_BLOCK];
+    size_t j;
+    memcpy(xb, src, sizeof xb);
+    for (j = 0; j < RO_BLOCK; j++) {
+        uint32_t x = xb[j];
+        uint32_t r = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16, q = (x >> 16) | 0x40u;
+        dst[j] = (uint16_t)PICK(MASK((x & 0x7fffffffu) > 0x7f800000u), q, r);
+    }
+}
+
+RO_ALWAYS_INLINE void f16_to_block(float *restrict dst, const uint16_t *restrict src)
+{
+    float sub[RO_BLOCK];
+    uint32_t sb[RO_BLOCK], out[RO_BLOCK];
+    size_t j;
+    /* a subnormal (or zero) is m 2^-24: exact in float, and normal */
+    for (j = 0; j < RO_BLOCK; j++)
+        sub[j] = (float)(int32_t)(src[j] & 0x3ffu) * 0x1p-24f;
+    memcpy(sb, sub, sizeof sb);
+    for (j = 0; j < RO_BLOCK; j++) {
+        uint32_t h = src[j], sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+        uint32_t v = sign | sb[j];
+        v = PICK(MASK(e != 0u), sign | ((e + 112u) << 23) | (m << 13), v);
+        v = PICK(MASK(e == 0x1fu), sign | 0x7f800000u | (m << 13), v);
+        out[j] = v;
+    }
+    memcpy(dst, out, sizeof out);
+}
+
+RO_ALWAYS_INLINE void f16_from_loop(uint16_t *dst, const float *src, size_t n)
+{
+    size_t i = 0;
+    for (; i + RO_BLOCK <= n; i += RO_BLOCK)
+        f16_from_block(dst + i, src + i);
+    for (; i < n; i++)
+        dst[i] = ro_f32_to_f16(src[i]);
+}
+
+#if RO_X86_DISPATCH
+RO_TARGET("avx2") static void f16_from_avx2(uint16_t *dst, const float *src, size_t n)
+{
+    f16_from_loop(dst, src, n);
+}
+#endif
+
 void ro_half_from_f32(uint16_t *dst, const float *src, size_t n, int dtype)
 {
-    size_t i;
-    if (dtype == REGOPT_DTYPE_BFLOAT16)
-        for (i = 0; i < n; i++)
+    size_t i = 0;
+    if (dtype == REGOPT_DTYPE_BFLOAT16) {
+        for (; i + RO_BLOCK <= n; i += RO_BLOCK)
+            bf16_from_block(dst + i, src + i);
+        for (; i < n; i++)
             dst[i] = ro_f32_to_bf16(src[i]);
-    else
-        for (i = 0; i < n; i++)
-            dst[i] = ro_f32_to_f16(src[i]);
+        return;
+    }
+#if RO_X86_DISPATCH
+    if (n >= RO_BLOCK && __builtin_cpu_supports("avx2")) {
+        f16_from_avx2(dst, src, n);
+        return;
+    }
+#endif
+    f16_from_loop(dst, src, n);
 }
 
 void ro_half_to_f32(float *dst, const uint16_t *src, size_t n, int dtype)
 {
-    size_t i;
-    if (dtype == REGOPT_DTYPE_BFLOAT16)
-        for (i = 0; i < n; i++)
-            dst[i] = ro_bf16_to_f32(src[i]);
-    else
-        for (i = 0; i < n; i++)
-            dst[i] = ro_f16_to_f32(src[i]);
+    size_t i = 0, j;
+    if (dtype == REGOPT_DTYPE_BFLOAT16) {
+        for (; i + RO_BLOCK <= n; i += RO_BLOCK)
+            for (j = 0; j < RO_BLOCK; j++)
+                dst[i + j] = bits_f32((uint32_t)src[i + j] << 16);
+    } else {
+        for (; i + RO_BLOCK <= n; i += RO_BLOCK)
+            f16_to_block(dst + i, src + i);
+    }
+    for (; i < n; i++)
+        dst[i] = dtype == REGOPT_DTYPE_BFLOAT16 ? ro_bf16_to_f32(src[i]) : ro_f16_to_f32(src[i]);
 }
 
 /* g += h * inv, h = 0, in one pass: the flush of a host gradient buffer
@@ -119,12 +218,29 @@ void ro_half_to_f32(float *dst, const uint16_t *src, size_t n, int dtype)
  * and within half an ulp of double for a fixed scale. Returns the number of
  * non-finite results (an overflow of the scaled gradient). dtype FLOAT32:
  * h is a float buffer (loss scaling of float32 buffers). */
+/* One block of the flush: the host's values already widened in w. */
+static void flush_block(float *restrict g, const float *restrict w, double inv,
+                        uint32_t *restrict bad)
+{
+    size_t j;
+    for (j = 0; j < RO_BLOCK; j++) {
+        g[j] += (float)((double)w[j] * inv);
+        bad[j] += (f32_bits(g[j]) & 0x7f800000u) == 0x7f800000u;
+    }
+}
+
 size_t ro_grad_flush(float *g, void *h, size_t n, int dtype, double inv)
 {
-    size_t i, bad = 0;
+    size_t i = 0, j, bad = 0;
+    uint32_t lanes[RO_BLOCK] = {0};
+    float w[RO_BLOCK];
     if (dtype == REGOPT_DTYPE_FLOAT32) {
         float *hf = h;
-        for (i = 0; i < n; i++) {
+        for (; i + RO_BLOCK <= n; i += RO_BLOCK) {
+            flush_block(g + i, hf + i, inv, lanes);
+            memset(hf + i, 0, sizeof w);
+        }
+        for (; i < n; i++) {
             float v = (float)((double)hf[i] * inv);
             g[i] += v;
             hf[i] = 0.0f;
@@ -132,13 +248,24 @@ size_t ro_grad_flush(float *g, void *h, size_t n, int dtype, double inv)
         }
     } else {
         uint16_t *hh = h;
-        for (i = 0; i < n; i++) {
-            float w = dtype == REGOPT_DTYPE_BFLOAT16 ? ro_bf16_to_f32(hh[i]) : ro_f16_to_f32(hh[i]);
-            g[i] += (float)((double)w * inv);
+        for (; i + RO_BLOCK <= n; i += RO_BLOCK) {
+            if (dtype == REGOPT_DTYPE_BFLOAT16)
+                for (j = 0; j < RO_BLOCK; j++)
+                    w[j] = bits_f32((uint32_t)hh[i + j] << 16);
+            else
+                f16_to_block(w, hh + i);
+            flush_block(g + i, w, inv, lanes);
+            memset(hh + i, 0, RO_BLOCK * sizeof *hh);
+        }
+        for (; i < n; i++) {
+            float v = dtype == REGOPT_DTYPE_BFLOAT16 ? ro_bf16_to_f32(hh[i]) : ro_f16_to_f32(hh[i]);
+            g[i] += (float)((double)v * inv);
             hh[i] = 0;
             bad += (f32_bits(g[i]) & 0x7f800000u) == 0x7f800000u;
         }
     }
+    for (j = 0; j < RO_BLOCK; j++)
+        bad += lanes[j];
     return bad;
 }
 
