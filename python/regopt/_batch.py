@@ -180,7 +180,8 @@ class Batch:
             return None
         np = _np
         if hasattr(a, "detach") and hasattr(a, "cpu"):  # a torch tensor
-            a = a.detach().cpu().numpy()
+            a = a.numpy() if a.device.type == "cpu" and not a.requires_grad \
+                else a.detach().cpu().numpy()
         arr = np.asarray(a)
         if integral and arr.dtype.kind not in "iub":
             raise TypeError("Batch: %s must be integers or booleans, got dtype %s"

@@ -102,6 +102,7 @@ class TorchTrainer(Trainer):
                             % type(model).__name__)
         self.torch_optimizer = None
         self.scheduler = None
+        self._lr_copied = None
         if isinstance(optimizer, torch.optim.Optimizer):
             self._check_params(model, optimizer)
             torch_opt = optimizer
@@ -157,9 +158,12 @@ class TorchTrainer(Trainer):
         self.torch_optimizer.step()
 
     def _sync_lr(self):
+        # compared with the value last copied, not read back from the library
+        # (a ctypes call a step); optimizer.lr of a host optimizer is ours
         lr = float(self.torch_optimizer.param_groups[0]["lr"])
-        if 0.0 < lr <= 1e3 and lr != self.optimizer.get("lr"):
+        if 0.0 < lr <= 1e3 and lr != self._lr_copied:
             self.optimizer.set_option("optimizer.lr", lr)
+            self._lr_copied = lr
 
     def step(self, batches=None, **fields):
         if self.torch_optimizer is not None:
@@ -255,6 +259,7 @@ class TorchTrainer(Trainer):
             raise ValueError("the state_dict's scheduler and this trainer's do not match "
                              "(one of them has none)")
         self.from_bytes(state["trainer"], params=False, options=True)
+        self._lr_copied = None  # the options just read hold the saved lr
         with torch.no_grad():
             self.model.module.load_state_dict(state["module"])  # copies in place
         if self.torch_optimizer is not None:
