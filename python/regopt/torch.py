@@ -107,18 +107,18 @@ def _autograd_backward():
     has it with the signature we call it with; else the public function."""
     engine = getattr(getattr(torch.autograd, "Variable", None), "_execution_engine", None)
 
-    def public(out, grad):
-        torch.autograd.backward(out, grad_tensors=grad)
+    def public(outs, grads):
+        torch.autograd.backward(outs, grad_tensors=grads)
 
     if engine is None:
         return public
 
-    def direct(out, grad):
-        engine.run_backward((out,), (grad,), False, False, (), allow_unreachable=True,
+    def direct(outs, grads):
+        engine.run_backward(outs, grads, False, False, (), allow_unreachable=True,
                             accumulate_grad=True)
     try:
         w = torch.ones(1, requires_grad=True)
-        direct(w * 2.0, torch.ones(1))
+        direct((w * 2.0,), (torch.ones(1),))
         if w.grad is None or float(w.grad) != 2.0:
             return public
     except Exception:  # another torch: its internals differ
@@ -248,6 +248,12 @@ class TorchModel(_core.Model):
         self._views = {}
         self._mods = []
         self._tree = ()
+        # auxiliary losses (TorchTrainer's loss_fn): each forward's module
+        # output by the address of its outputs (the loss callback's key), and
+        # the auxiliary term loss_fn returned for a slot, until its backward
+        self._keep_outputs = False
+        self._by_out = {}
+        self._aux = {}
         self._embedding = None
         self._delta = None
         self._hook = None
@@ -415,6 +421,7 @@ class TorchModel(_core.Model):
         if r0 or not isinstance(data, torch.Tensor) or data.shape[0] != rows:
             data = _slice(data, slice(r0, r0 + rows))
         self._graphs.pop(c.slot, None)
+        self._aux.pop(c.slot, None)
 
         # train()/eval() walks the tree and sets every module's attribute
         # through nn.Module.__setattr__: skipped when all are in mode already
@@ -454,10 +461,11 @@ class TorchModel(_core.Model):
                 rng = gen.get_state()
                 gen.manual_seed(int(c.seed))
             if want_grad == torch.is_grad_enabled():
-                out = select_output(self.call(module, data), self.output)
+                raw = self.call(module, data)
             else:
                 with torch.set_grad_enabled(want_grad):
-                    out = select_output(self.call(module, data), self.output)
+                    raw = self.call(module, data)
+            out = select_output(raw, self.output)
         finally:
             if rng is not None:
                 gen.set_state(rng)
@@ -476,7 +484,10 @@ class TorchModel(_core.Model):
         out = out.reshape(rows, c.output_width)
         if out.dtype != torch.float32:
             out = out.float()
-        self._view(_addr(c.outputs), n_out).view(rows, c.output_width).copy_(out.detach())
+        address = _addr(c.outputs)
+        self._view(address, n_out).view(rows, c.output_width).copy_(out.detach())
+        if self._keep_outputs:
+            self._by_out[address] = (c.slot, raw)
         if want_grad and out.requires_grad:
             self._graphs[c.slot] = (out, delta)
 
@@ -488,15 +499,29 @@ class TorchModel(_core.Model):
                                % c.slot)
         out, delta = entry
         d_out = self._view(_addr(c.d_outputs), c.rows * c.output_width).view(out.shape)
+        outs, grads = (out,), (d_out,)
+        aux = self._aux.pop(c.slot, None)
+        if self._by_out:
+            for k in [k for k, v in self._by_out.items() if v[0] == c.slot]:
+                del self._by_out[k]
+        if aux is not None and c.task_scale != 0.0:
+            # the auxiliary term enters as the task loss does: weighted by the
+            # pass's task_scale, at the step's loss scale like d_outputs
+            outs = (out, aux)
+            grads = (d_out, torch.tensor(c.task_scale * c.loss_scale, dtype=aux.dtype))
         flags = c.flags
         if flags & L.PASS_NO_PARAM_GRAD:
             if c.d_input:
                 if delta is None:
                     raise RuntimeError("d_input requested for a pass without perturbation")
-                (g,) = torch.autograd.grad(out, delta, grad_outputs=d_out)
-                _tensor_at(_addr(c.d_input), c.input_rows * c.input_width).copy_(g.reshape(-1))
+                (g,) = torch.autograd.grad(outs, delta, grad_outputs=grads, allow_unused=True)
+                dst = _tensor_at(_addr(c.d_input), c.input_rows * c.input_width)
+                if g is None:
+                    dst.zero_()
+                else:
+                    dst.copy_(g.reshape(-1))
             return 0
-        _run_backward(out, d_out)
+        _run_backward(outs, grads)
         if c.d_input:
             g = delta.grad if delta is not None else None
             dst = _tensor_at(_addr(c.d_input), c.input_rows * c.input_width)
@@ -531,6 +556,8 @@ class TorchModel(_core.Model):
                 self._hook.remove()
                 self._hook = None
         self._graphs = {}
+        self._by_out = {}
+        self._aux = {}
 
     def _save_host_state(self):
         """The batch-norm buffers (running mean, variance, batch count), put
