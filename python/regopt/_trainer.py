@@ -381,6 +381,7 @@ class Trainer(_Handle, _Options, _Checkpoints):
                 st = fn(self._p(), *args)
         finally:
             state.batch_objects = None
+            self.model._after_call()
         c.finish(st, self._msg)
 
     def _recalibrate(self, reg, batches):
@@ -396,6 +397,7 @@ class Trainer(_Handle, _Options, _Checkpoints):
                 st = lib.regopt_regularizer_recalibrate(reg._p(), arr, len(bl))
         finally:
             state.batch_objects = None
+            self.model._after_call()
         c.finish(st, reg._msg)
 
     def step(self, batches=None, **fields):

@@ -32,8 +32,9 @@ What the adapter does:
     (with torch.no_grad(): p.copy_(...)). A .grad set to None
     (zero_grad(set_to_none=True)) or replaced by another tensor is simply put
     back: gradients are zeroed at the start of each step anyway.
-  * forward: runs call(module, data[rows]) under a torch RNG fork seeded from
-    pass.seed (so dropout is reproducible from trainer.seed), in train() or
+  * forward: runs call(module, data[rows]) with torch's RNG seeded from
+    pass.seed (so dropout is reproducible from trainer.seed; the caller's RNG
+    state is put back when the step or evaluation returns), in train() or
     eval() mode by REGOPT_PASS_TRAIN, under torch.no_grad() for NO_GRAD, with
     batch-norm running statistics frozen (momentum 0, counters restored) for
     PERTURBED_WEIGHTS, TEACHER and input-perturbed passes, recomputed for
@@ -254,6 +255,7 @@ class TorchModel(_core.Model):
         self._keep_outputs = False
         self._by_out = {}
         self._aux = {}
+        self._rng = None  # the caller's torch RNG state during a call
         self._embedding = None
         self._delta = None
         self._hook = None
@@ -322,6 +324,11 @@ class TorchModel(_core.Model):
                                    else None, p.numel(), group_fn(name, p), dtype=dtype,
                                    keepalive=(p, grad))
             self._registered.append(_Registered(name, p, grad))
+
+    def _after_call(self):
+        if self._rng is not None:
+            torch.default_generator.set_state(self._rng)
+            self._rng = None
 
     def _snapshot(self):
         """Record the module tree (each module's parameter and child entries)
@@ -433,8 +440,6 @@ class TorchModel(_core.Model):
                 break
         bn_saved = []
         delta = None
-        gen = torch.default_generator
-        rng = None
         try:
             if freeze_bn and train:
                 for bn in self._bns:
@@ -455,10 +460,13 @@ class TorchModel(_core.Model):
                 if want_grad:
                     delta.requires_grad_(True)
             self._delta = delta
-            # dropout from pass.seed, the caller's RNG stream left as it was
-            # (torch.random.fork_rng's effect, without its generator overhead)
+            # dropout from pass.seed; the caller's RNG state is saved before the
+            # call's first seeded pass and put back by _after_call (what
+            # torch.random.fork_rng around each pass did, once per call)
             if train:
-                rng = gen.get_state()
+                gen = torch.default_generator
+                if self._rng is None:
+                    self._rng = gen.get_state()
                 gen.manual_seed(int(c.seed))
             if want_grad == torch.is_grad_enabled():
                 raw = self.call(module, data)
@@ -467,8 +475,6 @@ class TorchModel(_core.Model):
                     raw = self.call(module, data)
             out = select_output(raw, self.output)
         finally:
-            if rng is not None:
-                gen.set_state(rng)
             self._delta = None
             for bn, mom, nbt in bn_saved:
                 bn.momentum = mom

@@ -178,6 +178,25 @@ class TorchAuxTest(unittest.TestCase):
             self.assertTrue(any(s == 0.0 for f, s in seen))
             t.close()
 
+    def test_caller_rng_state_is_kept(self):
+        """Dropout is seeded from pass.seed; the caller's stream goes on as if
+        the step (several seeded passes) and a failed step had not run."""
+        torch.manual_seed(0)
+        net = AuxNet()
+        x, y = micro_batches(0)[0]
+        with TorchModel(net, 5, output="logits") as m:
+            t = TorchTrainer(m, torch.optim.SGD(net.parameters(), lr=LR), loss_fn=loss_fn)
+            t.add("rdrop", doubled=0)
+            torch.manual_seed(42)
+            expect = torch.rand(3)
+            torch.manual_seed(42)
+            t.step(regopt.Batch(data=x, labels=y))
+            t.set_torch_loss(lambda o, b: o.sum() * float("nan"))
+            with self.assertRaises(ValueError):
+                t.step(regopt.Batch(data=x, labels=y))
+            self.assertTrue(torch.equal(torch.rand(3), expect))
+            t.close()
+
     def test_bad_aux(self):
         torch.manual_seed(0)
         net = AuxNet()
