@@ -20,9 +20,12 @@ see the same machine load:
 and prints per method and size
 
     RATIO method=<m> size=<s> torch_ms=<x> adapter_ms=<y> ratio=<y/x>
+          cpu_torch_ms=<x'> cpu_adapter_ms=<y'> cpu_ratio=<y'/x'>
 
-(ratio < 1: the adapter is faster). Figures are medians over rounds of each
-round's median step time; torch.set_num_threads(--threads) for both.
+(ratio < 1: the adapter is faster; cpu_*: the thread's CPU time, which
+waiting for a core on a shared machine does not inflate). Figures are
+medians over rounds of each round's median step time;
+torch.set_num_threads(--threads) for both.
 
     REGOPT_LIBRARY=lib/libregopt.so /usr/bin/python3 bench/torch_adapter.py
 """
@@ -110,17 +113,22 @@ class AdapterRunner:
 
 
 def interleaved(runners, x, y, steps, warmup):
-    """Median step time (ms) of each runner, their steps alternating."""
+    """Median step time (ms) of each runner, their steps alternating: wall
+    time, and the thread's CPU time (which a busy machine's waits for a core
+    do not inflate)."""
     for _ in range(warmup):
         for r in runners:
             r.step(x, y)
-    times = [[] for _ in runners]
+    wall = [[] for _ in runners]
+    cpu = [[] for _ in runners]
     for _ in range(steps):
-        for r, t in zip(runners, times):
-            t0 = time.perf_counter()
+        for r, w, c in zip(runners, wall, cpu):
+            t0, c0 = time.perf_counter(), time.thread_time()
             r.step(x, y)
-            t.append(time.perf_counter() - t0)
-    return [statistics.median(t) * 1e3 for t in times]
+            c.append(time.thread_time() - c0)
+            w.append(time.perf_counter() - t0)
+    return ([statistics.median(t) * 1e3 for t in wall],
+            [statistics.median(t) * 1e3 for t in cpu])
 
 
 def main():
@@ -149,21 +157,26 @@ def main():
         x = torch.randn(batch, dims[0], generator=g)
         y = torch.randint(0, dims[-1], (batch,), generator=g)
         for method in a.methods.split(","):
-            res = {"torch": [], "adapter": []}
+            res = {k: [] for k in ("torch", "adapter", "torch_cpu", "adapter_cpu")}
             for r in range(a.rounds):
                 runners = [PeerRunner(peer, dims, method), AdapterRunner(peer, dims, method)]
                 if r % 2:  # alternate who steps first
                     runners.reverse()
-                ms = interleaved(runners, x, y, steps, a.warmup)
+                ms, cpu = interleaved(runners, x, y, steps, a.warmup)
                 if r % 2:
                     ms.reverse()
+                    cpu.reverse()
                     runners.reverse()
                 res["torch"].append(ms[0])
                 res["adapter"].append(ms[1])
+                res["torch_cpu"].append(cpu[0])
+                res["adapter_cpu"].append(cpu[1])
                 runners[1].close()
-            t, h = statistics.median(res["torch"]), statistics.median(res["adapter"])
-            print("RATIO method=%s size=%s torch_ms=%.3f adapter_ms=%.3f ratio=%.3f"
-                  % (method, size, t, h, h / t), flush=True)
+            t, h, tc, hc = (statistics.median(res[k])
+                            for k in ("torch", "adapter", "torch_cpu", "adapter_cpu"))
+            print("RATIO method=%s size=%s torch_ms=%.3f adapter_ms=%.3f ratio=%.3f "
+                  "cpu_torch_ms=%.3f cpu_adapter_ms=%.3f cpu_ratio=%.3f"
+                  % (method, size, t, h, h / t, tc, hc, hc / tc), flush=True)
     return 0
 
 
