@@ -329,6 +329,9 @@ class TorchModel(_core.Model):
         if self._rng is not None:
             torch.default_generator.set_state(self._rng)
             self._rng = None
+        if self._by_out or self._aux:  # module outputs (graphs) no pass will use
+            self._by_out.clear()
+            self._aux.clear()
 
     def _snapshot(self):
         """Record the module tree (each module's parameter and child entries)

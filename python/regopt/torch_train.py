@@ -196,12 +196,7 @@ class TorchTrainer(Trainer):
     def step(self, batches=None, **fields):
         if self.torch_optimizer is not None:
             self._sync_lr()
-        try:
-            return Trainer.step(self, batches, **fields)
-        finally:
-            if self.model._by_out or self.model._aux:  # graphs a failed step left behind
-                self.model._by_out.clear()
-                self.model._aux.clear()
+        return Trainer.step(self, batches, **fields)
 
     # -- loss ----------------------------------------------------------------
     def set_torch_loss(self, loss_fn):
