@@ -5,8 +5,9 @@ An encoder (Linear -> LayerNorm -> GELU -> Dropout, twice) and a linear head
 on data/digits.csv, trained the way torch users write it: a torch.optim
 optimizer (AdamW) with a torch scheduler (linear warm-up then cosine, via
 LambdaLR), gradient accumulation (each step is several micro-batches), a
-loss written in torch with an auxiliary term (cross-entropy plus a
-confidence penalty, Pereyra et al. 2017), and SAM + R-Drop composed by the
+loss written in torch with auxiliary terms (cross-entropy plus a
+confidence penalty, Pereyra et al. 2017, and an activation penalty on the
+encoder's hidden features), and SAM + R-Drop composed by the
 library around all of it (regopt.torch_train.TorchTrainer). Checkpoints are
 one torch.save dict (module, optimizer, scheduler, trainer).
 
@@ -45,12 +46,16 @@ class Encoder(nn.Module):
         return {"logits": self.head(h), "features": h}  # a dict: TorchModel(output=...)
 
 
-def loss_fn(logits, batch, beta=0.05):
-    """Cross-entropy plus an auxiliary confidence penalty (-beta * entropy)."""
+def loss_fn(logits, batch, beta=0.05, gamma=1e-3):
+    """Cross-entropy plus an auxiliary confidence penalty (-beta * entropy),
+    and an auxiliary term on the encoder's features (an activation penalty,
+    gamma * mean h^2): returned apart, it is weighted by the library as the
+    task loss is (each micro-batch's share, each R-Drop copy, SAM's points)."""
     ce = F.cross_entropy(logits, batch.labels)
     p = logits.log_softmax(-1)
     entropy = -(p.exp() * p).sum(-1).mean()
-    return ce - beta * entropy
+    features = batch.module_output["features"]  # hidden activations of this forward
+    return ce - beta * entropy, gamma * features.pow(2).mean()
 
 
 def load(path):

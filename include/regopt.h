@@ -619,6 +619,32 @@ typedef struct regopt_pass {
                                  the library unscales them. 1 without loss
                                  scaling. Exists when size > offsetof(
                                  regopt_pass, loss_scale). Since 1.0. */
+    double task_scale;        /* the weight of this pass's task loss in what
+                                 its backward differentiates: that objective
+                                 holds task_scale x L_p, L_p the weighted mean
+                                 of the task loss over the pass's rows (m_i w_i
+                                 of labelled rows; a DOUBLED pass: over both
+                                 halves). task_scale = c x W_p / W: W_p the
+                                 pass's row weight, W the step's (every
+                                 micro-batch, every replica), c the task
+                                 loss's coefficient: 1; rdrop.ce_weight for
+                                 each R-Drop copy; for adversarial passes
+                                 with adv.objective TASK, their weight (1/K
+                                 FreeLB, alpha/K free training, alpha the
+                                 final pass, 1 an ascent pass). 0 for passes
+                                 whose gradient is not of the task loss:
+                                 SMART's and the KL objectives' adversarial
+                                 passes, teacher, user-term, flatness-probe,
+                                 recalibration and evaluation passes. A host
+                                 that adds an auxiliary loss A (a mean over
+                                 the pass's rows, e.g. on hidden activations)
+                                 to its task loss adds task_scale x
+                                 loss_scale x dA to the gradients in
+                                 backward: A is then weighted, accumulated
+                                 and all-reduced as the task loss is. Set in
+                                 forward and backward alike. Exists when size
+                                 > offsetof(regopt_pass, task_scale). Since
+                                 1.0. */
     const float *const *weights; /* forward: NULL, or -- REGOPT_PASS_TEACHER
                                  passes of a host that declared
                                  REGOPT_CAP_PASS_WEIGHTS -- the weights to

@@ -145,6 +145,53 @@ START_TEST(weight_is_pooled_across_micro_batches)
 }
 END_TEST
 
+/* regopt_pass.task_scale: each micro-batch's share of the step's row weight
+ * times the task loss's coefficient, the same in forward and backward. */
+START_TEST(task_scale_is_the_task_loss_weight)
+{
+    run *r = run_open(REGOPT_SGD, NULL);
+    float w[N] = {3.0f, 1, 1, 1, 1, 1, 1, 1};
+    uint8_t m[2] = {1, 0};
+    regopt_regularizer *reg;
+    int i;
+    r->b[0].weights = w;   /* W_0 = 10 */
+    r->b[1].rows = 2;
+    r->b[1].mask = m;      /* W_1 = 1 */
+    ck_assert_int_eq(regopt_trainer_step(r->t, r->b, 2), REGOPT_OK);
+    ck_assert_int_eq(r->h.ncalls, 4);
+    for (i = 0; i < 4; i++)
+        ck_assert_double_eq_tol(r->h.calls[i].task_scale, i < 2 ? 10.0 / 11.0 : 1.0 / 11.0,
+                                1e-15);
+    /* SAM: both evaluations differentiate the task loss with weight 1 */
+    reg = regopt_regularizer_create(REGOPT_REG_SAM, NULL, NULL);
+    ck_assert_int_eq(regopt_trainer_attach(r->t, reg), REGOPT_OK);
+    r->h.ncalls = 0;
+    ck_assert_int_eq(regopt_trainer_step(r->t, &r->b[2], 1), REGOPT_OK);
+    ck_assert_int_eq(r->h.ncalls, 4);
+    for (i = 0; i < 4; i++)
+        ck_assert_double_eq(r->h.calls[i].task_scale, 1.0);
+    ck_assert_int_eq(regopt_trainer_detach(r->t, reg), REGOPT_OK);
+    regopt_regularizer_free(reg);
+    /* R-Drop, two calls: each copy's task loss weighs rdrop.ce_weight */
+    ck_assert_int_eq(regopt_trainer_free(r->t), REGOPT_OK); /* slots are set unbound */
+    ck_assert_int_eq(regopt_model_set_slots(r->m, 2), REGOPT_OK);
+    r->t = regopt_trainer_create(r->m, r->o, NULL);
+    ck_assert_ptr_nonnull(r->t);
+    reg = regopt_regularizer_create(REGOPT_REG_RDROP, NULL, NULL);
+    ck_assert_int_eq(regopt_regularizer_set_int(reg, REGOPT_RDROP_DOUBLED, 0), REGOPT_OK);
+    ck_assert_int_eq(regopt_regularizer_set_double(reg, REGOPT_RDROP_CE_WEIGHT, 0.5),
+                     REGOPT_OK);
+    ck_assert_int_eq(regopt_trainer_attach(r->t, reg), REGOPT_OK);
+    r->h.ncalls = 0;
+    ck_assert_int_eq(regopt_trainer_step(r->t, &r->b[2], 2), REGOPT_OK);
+    ck_assert_int_eq(r->h.ncalls, 8);
+    for (i = 0; i < 8; i++)
+        ck_assert_double_eq(r->h.calls[i].task_scale, 0.25);
+    run_close(r);
+    regopt_regularizer_free(reg);
+}
+END_TEST
+
 /* ---- allocation ---------------------------------------------------------- */
 
 START_TEST(no_allocation_after_the_first_step)
@@ -288,6 +335,7 @@ Suite *suite_trainer(void)
     tcase_add_test(tc, evaluate_changes_nothing);
     tcase_add_test(tc, frozen_tensor_is_never_touched);
     tcase_add_test(tc, step_statistics);
+    tcase_add_test(tc, task_scale_is_the_task_loss_weight);
     suite_add_tcase(s, tc);
     suite_add_tcase(s, trainer_rollback_tcase());
     tc = tcase_create("memory");

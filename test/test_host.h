@@ -24,6 +24,7 @@ typedef struct th_call {
     uint64_t seed;
     size_t rows, micro_batch;
     float grad_at_entry; /* first gradient element when backward was entered */
+    double task_scale;   /* regopt_pass.task_scale */
 } th_call;
 
 typedef struct th_host {
@@ -55,6 +56,7 @@ static inline int th_forward(const regopt_pass *p, void *user)
         c->seed = p->seed;
         c->rows = p->rows;
         c->micro_batch = p->micro_batch;
+        c->task_scale = p->task_scale;
     }
     if (h->forwards == h->fail_forward)
         return 7;
@@ -85,6 +87,7 @@ static inline int th_backward(const regopt_pass *p, void *user)
         c->rows = p->rows;
         c->micro_batch = p->micro_batch;
         c->grad_at_entry = h->gw[0];
+        c->task_scale = p->task_scale;
     }
     if (h->backwards == h->fail_backward)
         return 9;

@@ -8,6 +8,7 @@ from ._arrays import _need_numpy, _np, _view
 from ._ints import SIZE, c_int
 
 Pass_loss_scale_offset = L.Pass.loss_scale.offset
+Pass_task_scale_offset = L.Pass.task_scale.offset
 
 
 class Pass:
@@ -39,6 +40,11 @@ class Pass:
     # predates the field)
     loss_scale = property(lambda s: s._c.loss_scale
                           if s._c.size > Pass_loss_scale_offset else 1.0)
+    # the weight of this pass's task loss in what its backward differentiates
+    # (regopt_pass.task_scale): an auxiliary loss added to the task loss gets
+    # task_scale x loss_scale in backward; 0 for passes not of the task loss
+    task_scale = property(lambda s: s._c.task_scale
+                          if s._c.size > Pass_task_scale_offset else 0.0)
     micro_batch = property(lambda s: s._c.micro_batch)
     output_width = property(lambda s: s._c.output_width)
     input_rows = property(lambda s: s._c.input_rows)
@@ -180,7 +186,8 @@ class Batch:
             return None
         np = _np
         if hasattr(a, "detach") and hasattr(a, "cpu"):  # a torch tensor
-            a = a.detach().cpu().numpy()
+            a = a.numpy() if a.device.type == "cpu" and not a.requires_grad \
+                else a.detach().cpu().numpy()
         arr = np.asarray(a)
         if integral and arr.dtype.kind not in "iub":
             raise TypeError("Batch: %s must be integers or booleans, got dtype %s"

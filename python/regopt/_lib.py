@@ -59,6 +59,7 @@ class Pass(ctypes.Structure):
         ("input_width", c_size_t),
         ("seed2", ctypes.c_uint64),
         ("loss_scale", ctypes.c_double),
+        ("task_scale", ctypes.c_double),
         # REGOPT_CAP_PASS_WEIGHTS teacher passes: one float* per tensor
         ("weights", ctypes.POINTER(c_float_p)),
     ]

@@ -183,6 +183,11 @@ class Model(_Handle):
         """Called by the trainer before each step or evaluation (a hook for
         adapters that check their registered buffers, as TorchModel)."""
 
+    def _after_call(self):
+        """Called after each step, evaluation or recalibration that ran the
+        callbacks, whatever its outcome (TorchModel restores the caller's
+        RNG state there)."""
+
     def _save_host_state(self):
         """Before a batch-norm recalibration of averaged weights: what the
         host must get back afterwards (TorchModel: its batch-norm buffers).

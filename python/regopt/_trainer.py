@@ -19,6 +19,8 @@ from ._model import Model
 from ._optimizer import Optimizer
 from ._regularizers import REGULARIZERS, Regularizer, Term, _stat_alias, regularizer_kinds
 
+_STAT_LOSS = 900  # REGOPT_STAT_LOSS ("stat.loss"); key values are fixed forever
+
 
 class Trainer(_Handle, _Options, _Checkpoints):
     """regopt_trainer: binds a Model and an Optimizer (kept alive by the
@@ -379,6 +381,7 @@ class Trainer(_Handle, _Options, _Checkpoints):
                 st = fn(self._p(), *args)
         finally:
             state.batch_objects = None
+            self.model._after_call()
         c.finish(st, self._msg)
 
     def _recalibrate(self, reg, batches):
@@ -394,6 +397,7 @@ class Trainer(_Handle, _Options, _Checkpoints):
                 st = lib.regopt_regularizer_recalibrate(reg._p(), arr, len(bl))
         finally:
             state.batch_objects = None
+            self.model._after_call()
         c.finish(st, reg._msg)
 
     def step(self, batches=None, **fields):
@@ -409,7 +413,7 @@ class Trainer(_Handle, _Options, _Checkpoints):
         bl = _as_batches(batches, fields)
         arr = self._prepare(bl)
         self._run(bl, lib.regopt_trainer_step, arr, len(bl))
-        return self.stat("loss")
+        return self._get_raw(_STAT_LOSS, False)  # stat("loss") without its name lookups
 
     def evaluate(self, batch=None, *, outputs=True, loss=None, **fields):
         """Forward pass without training (dropout off). Returns (loss,

@@ -32,8 +32,9 @@ What the adapter does:
     (with torch.no_grad(): p.copy_(...)). A .grad set to None
     (zero_grad(set_to_none=True)) or replaced by another tensor is simply put
     back: gradients are zeroed at the start of each step anyway.
-  * forward: runs call(module, data[rows]) under a torch RNG fork seeded from
-    pass.seed (so dropout is reproducible from trainer.seed), in train() or
+  * forward: runs call(module, data[rows]) with torch's RNG seeded from
+    pass.seed (so dropout is reproducible from trainer.seed; the caller's RNG
+    state is put back when the step or evaluation returns), in train() or
     eval() mode by REGOPT_PASS_TRAIN, under torch.no_grad() for NO_GRAD, with
     batch-norm running statistics frozen (momentum 0, counters restored) for
     PERTURBED_WEIGHTS, TEACHER and input-perturbed passes, recomputed for
@@ -99,6 +100,34 @@ def _tensor_at(address, n):
 
 def _addr(ptr):
     return ctypes.cast(ptr, ctypes.c_void_p).value
+
+
+def _autograd_backward():
+    """torch.autograd.backward without its Python argument handling (~10 us
+    a pass on a small model): the engine's run_backward, when this torch
+    has it with the signature we call it with; else the public function."""
+    engine = getattr(getattr(torch.autograd, "Variable", None), "_execution_engine", None)
+
+    def public(outs, grads):
+        torch.autograd.backward(outs, grad_tensors=grads)
+
+    if engine is None:
+        return public
+
+    def direct(outs, grads):
+        engine.run_backward(outs, grads, False, False, (), allow_unreachable=True,
+                            accumulate_grad=True)
+    try:
+        w = torch.ones(1, requires_grad=True)
+        direct((w * 2.0,), (torch.ones(1),))
+        if w.grad is None or float(w.grad) != 2.0:
+            return public
+    except Exception:  # another torch: its internals differ
+        return public
+    return direct
+
+
+_run_backward = _autograd_backward()
 
 
 _BN = (nn.modules.batchnorm._BatchNorm,)
@@ -214,6 +243,19 @@ class TorchModel(_core.Model):
         self._graphs = {}
         self._registered = []  # _Registered, in registration order
         self._bns = [m for m in module.modules() if isinstance(m, _BN)]
+        # per-pass caches (the step's Python overhead is what a small model
+        # pays): library buffers wrapped once per (address, floats), and the
+        # module tree as last checked (_snapshot)
+        self._views = {}
+        self._mods = []
+        self._tree = ()
+        # auxiliary losses (TorchTrainer's loss_fn): each forward's module
+        # output by the address of its outputs (the loss callback's key), and
+        # the auxiliary term loss_fn returned for a slot, until its backward
+        self._keep_outputs = False
+        self._by_out = {}
+        self._aux = {}
+        self._rng = None  # the caller's torch RNG state during a call
         self._embedding = None
         self._delta = None
         self._hook = None
@@ -237,7 +279,20 @@ class TorchModel(_core.Model):
         except BaseException:
             self.close()
             raise
+        self._snapshot()
         self.set_callbacks(self._forward, self._backward)
+
+    def _view(self, address, n):
+        """A float32 tensor over n floats of library memory at address, made
+        once: the library's output and gradient buffers stay put between
+        reserves, so a step re-creates no wrapper."""
+        key = (address, n)
+        t = self._views.get(key)
+        if t is None:
+            if len(self._views) > 64:  # buffers were reallocated: drop the old ones
+                self._views.clear()
+            t = self._views[key] = _tensor_at(address, n)
+        return t
 
     # -- registration ------------------------------------------------------
     def _register(self, module, group_fn):
@@ -270,9 +325,55 @@ class TorchModel(_core.Model):
                                    keepalive=(p, grad))
             self._registered.append(_Registered(name, p, grad))
 
+    def _after_call(self):
+        if self._rng is not None:
+            torch.default_generator.set_state(self._rng)
+            self._rng = None
+        if self._by_out or self._aux:  # module outputs (graphs) no pass will use
+            self._by_out.clear()
+            self._aux.clear()
+
+    def _snapshot(self):
+        """Record the module tree (each module's parameter and child entries)
+        as it is now, so that _before_call can confirm nothing changed with
+        identity checks instead of walking named_parameters()."""
+        mods = list(self.module.modules())
+        entries = []
+        for m in mods:
+            for d in (m._parameters, m._modules):
+                entries.extend((d, k, v) for k, v in d.items())
+        self._mods = mods
+        self._tree = (tuple((m, len(m._parameters), len(m._modules)) for m in mods),
+                      tuple(entries))
+
+    def _unchanged(self):
+        """True when the tree and every registered tensor are as recorded:
+        the common case, a few identity and integer comparisons per tensor."""
+        shape, entries = self._tree
+        for m, n_p, n_m in shape:
+            if len(m._parameters) != n_p or len(m._modules) != n_m:
+                return False
+        for d, k, v in entries:
+            if d.get(k) is not v:
+                return False
+        for r in self._registered:
+            p = r.param
+            if p.data_ptr() != r.ptr or p.dtype != r.dtype or p.numel() != r.numel \
+                    or p.requires_grad != r.requires_grad or p.grad is not r.grad \
+                    or not p.is_contiguous() \
+                    or (r.grad is not None and r.grad.data_ptr() != r.grad_ptr):
+                return False
+        return True
+
     def _before_call(self):
         """Before each step, evaluation and checkpoint: the registered memory
         must still be the parameters' (see the module docstring)."""
+        if self._unchanged():
+            return
+        self._check_all()
+        self._snapshot()
+
+    def _check_all(self):
         regs = self._registered
         i = 0
         for name, p in self.module.named_parameters():
@@ -325,14 +426,24 @@ class TorchModel(_core.Model):
         perturbed_input = bool(c.input_perturbation)
         freeze_bn = bool(flags & (L.PASS_PERTURBED_WEIGHTS | L.PASS_TEACHER)) or perturbed_input
         recalibrate = bool(flags & L.PASS_RECALIBRATE)
-        data = _slice(p.data, slice(c.row_offset, c.row_offset + c.rows))
+        rows, r0 = c.rows, c.row_offset
+        data = p.data
+        if r0 or not isinstance(data, torch.Tensor) or data.shape[0] != rows:
+            data = _slice(data, slice(r0, r0 + rows))
         self._graphs.pop(c.slot, None)
+        self._aux.pop(c.slot, None)
 
-        modes = [(m, m.training) for m in module.modules()]
+        # train()/eval() walks the tree and sets every module's attribute
+        # through nn.Module.__setattr__: skipped when all are in mode already
+        modes = None
+        for m in self._mods:
+            if m.training != train:
+                modes = [(m, m.training) for m in self._mods]
+                module.train(train)
+                break
         bn_saved = []
         delta = None
         try:
-            module.train(train)
             if freeze_bn and train:
                 for bn in self._bns:
                     bn_saved.append((bn, bn.momentum, bn.num_batches_tracked.clone()
@@ -352,27 +463,40 @@ class TorchModel(_core.Model):
                 if want_grad:
                     delta.requires_grad_(True)
             self._delta = delta
-            with torch.random.fork_rng(devices=[], enabled=train):
-                if train:
-                    torch.default_generator.manual_seed(int(c.seed))
+            # dropout from pass.seed; the caller's RNG state is saved before the
+            # call's first seeded pass and put back by _after_call (what
+            # torch.random.fork_rng around each pass did, once per call)
+            if train:
+                gen = torch.default_generator
+                if self._rng is None:
+                    self._rng = gen.get_state()
+                gen.manual_seed(int(c.seed))
+            if want_grad == torch.is_grad_enabled():
+                raw = self.call(module, data)
+            else:
                 with torch.set_grad_enabled(want_grad):
-                    out = select_output(self.call(module, data), self.output)
+                    raw = self.call(module, data)
+            out = select_output(raw, self.output)
         finally:
             self._delta = None
             for bn, mom, nbt in bn_saved:
                 bn.momentum = mom
                 if nbt is not None:
                     bn.num_batches_tracked.copy_(nbt)
-            for m, mode in modes:
-                m.training = mode
-        n_out = c.rows * c.output_width
+            if modes is not None:
+                for m, mode in modes:
+                    m.training = mode
+        n_out = rows * c.output_width
         if out.numel() != n_out:
             raise ValueError("the module returned %s (%d floats) for %d rows x output_width %d"
-                             % (tuple(out.shape), out.numel(), c.rows, c.output_width))
-        out = out.reshape(c.rows, c.output_width)
+                             % (tuple(out.shape), out.numel(), rows, c.output_width))
+        out = out.reshape(rows, c.output_width)
         if out.dtype != torch.float32:
             out = out.float()
-        _tensor_at(_addr(c.outputs), n_out).copy_(out.detach().reshape(-1))
+        address = _addr(c.outputs)
+        self._view(address, n_out).view(rows, c.output_width).copy_(out.detach())
+        if self._keep_outputs:
+            self._by_out[address] = (c.slot, raw)
         if want_grad and out.requires_grad:
             self._graphs[c.slot] = (out, delta)
 
@@ -383,16 +507,30 @@ class TorchModel(_core.Model):
             raise RuntimeError("backward for slot %d without a forward that kept its graph"
                                % c.slot)
         out, delta = entry
-        d_out = _tensor_at(_addr(c.d_outputs), c.rows * c.output_width).view(out.shape)
+        d_out = self._view(_addr(c.d_outputs), c.rows * c.output_width).view(out.shape)
+        outs, grads = (out,), (d_out,)
+        aux = self._aux.pop(c.slot, None)
+        if self._by_out:
+            for k in [k for k, v in self._by_out.items() if v[0] == c.slot]:
+                del self._by_out[k]
+        if aux is not None and c.task_scale != 0.0:
+            # the auxiliary term enters as the task loss does: weighted by the
+            # pass's task_scale, at the step's loss scale like d_outputs
+            outs = (out, aux)
+            grads = (d_out, torch.tensor(c.task_scale * c.loss_scale, dtype=aux.dtype))
         flags = c.flags
         if flags & L.PASS_NO_PARAM_GRAD:
             if c.d_input:
                 if delta is None:
                     raise RuntimeError("d_input requested for a pass without perturbation")
-                (g,) = torch.autograd.grad(out, delta, grad_outputs=d_out)
-                _tensor_at(_addr(c.d_input), c.input_rows * c.input_width).copy_(g.reshape(-1))
+                (g,) = torch.autograd.grad(outs, delta, grad_outputs=grads, allow_unused=True)
+                dst = _tensor_at(_addr(c.d_input), c.input_rows * c.input_width)
+                if g is None:
+                    dst.zero_()
+                else:
+                    dst.copy_(g.reshape(-1))
             return 0
-        torch.autograd.backward(out, grad_tensors=d_out)
+        _run_backward(outs, grads)
         if c.d_input:
             g = delta.grad if delta is not None else None
             dst = _tensor_at(_addr(c.d_input), c.input_rows * c.input_width)
@@ -427,6 +565,8 @@ class TorchModel(_core.Model):
                 self._hook.remove()
                 self._hook = None
         self._graphs = {}
+        self._by_out = {}
+        self._aux = {}
 
     def _save_host_state(self):
         """The batch-norm buffers (running mean, variance, batch count), put

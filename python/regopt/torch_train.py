@@ -38,10 +38,22 @@ torch's losses do by default); the library weights micro-batches by their
 rows. Batch.mask and Batch.weights are refused with a loss_fn (it sees the
 whole batch: apply them inside it). A loss_fn that returns a non-scalar or
 a non-finite value fails the step (ValueError re-raised by step(), the
-library's state and the parameters unchanged). Losses that reach model
-internals other than the chosen output (an auxiliary loss on hidden
-activations) are not supported through loss_fn: return them as part of the
-output the loss sees, or add them as a regopt Term.
+library's state and the parameters unchanged).
+
+Auxiliary losses. loss_fn may return a pair (loss, aux): loss the task
+loss computed from `outputs` as above, aux a scalar tensor computed from
+model internals of the same forward -- batch.module_output is what the
+module returned there (a dict, tuple or tensor with hidden activations,
+in that forward's autograd graph), or anything else in that graph. aux is
+a mean over the pass's rows, like loss. The adapter adds task_scale x aux
+to that pass's backward (regopt_pass.task_scale: the weight of the pass's
+task loss in the step's objective), so the term is weighted per
+micro-batch, per R-Drop copy, at SAM's ascent and descent points and
+all-reduced exactly as the task loss; passes that are not of the task loss
+(SMART's adversarial ones, the Bregman teacher) carry weight 0 and get no
+aux. stat.loss reports the task loss alone. The task loss must come from
+`outputs` (its gradient reaches the library through them); a loss computed
+from batch.module_output's logits instead would get no gradient.
 
 Checkpoints. state_dict() returns {"module", "optimizer", "scheduler",
 "trainer"}: the module's state_dict (parameters and buffers, batch-norm
@@ -69,11 +81,27 @@ from .torch import TorchModel
 
 
 class LossBatch:
-    """What loss_fn receives as its batch: .data, .labels, .targets, .rows."""
-    __slots__ = ("data", "labels", "targets", "rows")
+    """What loss_fn receives as its batch: .data, .labels, .targets, .rows,
+    and .module_output: what the module returned in the forward that
+    produced these outputs (a dict, tuple or tensor, in that forward's
+    autograd graph; None when no such forward is known)."""
+    __slots__ = ("data", "labels", "targets", "rows", "module_output")
 
-    def __init__(self, data, labels, targets, rows):
+    def __init__(self, data, labels, targets, rows, module_output=None):
         self.data, self.labels, self.targets, self.rows = data, labels, targets, rows
+        self.module_output = module_output
+
+
+def _scalar(value, what):
+    """value as a finite float, or ValueError naming what loss_fn returned."""
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        raise ValueError("loss_fn must return a scalar tensor (%s), got %s" % (
+            what, "a tensor of shape %s" % (tuple(value.shape),)
+            if isinstance(value, torch.Tensor) else type(value).__name__))
+    v = float(value.detach())
+    if not _np.isfinite(v):
+        raise ValueError("loss_fn returned a non-finite %s (%r)" % (what, v))
+    return v
 
 
 def _torch_params(opt):
@@ -102,6 +130,7 @@ class TorchTrainer(Trainer):
                             % type(model).__name__)
         self.torch_optimizer = None
         self.scheduler = None
+        self._lr_copied = None
         if isinstance(optimizer, torch.optim.Optimizer):
             self._check_params(model, optimizer)
             torch_opt = optimizer
@@ -157,9 +186,12 @@ class TorchTrainer(Trainer):
         self.torch_optimizer.step()
 
     def _sync_lr(self):
+        # compared with the value last copied, not read back from the library
+        # (a ctypes call a step); optimizer.lr of a host optimizer is ours
         lr = float(self.torch_optimizer.param_groups[0]["lr"])
-        if 0.0 < lr <= 1e3 and lr != self.optimizer.get("lr"):
+        if 0.0 < lr <= 1e3 and lr != self._lr_copied:
             self.optimizer.set_option("optimizer.lr", lr)
+            self._lr_copied = lr
 
     def step(self, batches=None, **fields):
         if self.torch_optimizer is not None:
@@ -173,9 +205,12 @@ class TorchTrainer(Trainer):
         if loss_fn is None:
             self.set_loss(None)  # back to softmax CE
             self.loss_fn = None
+            self.model._keep_outputs = False
             return
         if not callable(loss_fn):
             raise TypeError("loss_fn must be callable: loss_fn(outputs, batch) -> scalar")
+
+        model = self.model
 
         def body(b, outputs, row_loss, d_outputs):
             if b.mask is not None or b.weights is not None:
@@ -186,18 +221,23 @@ class TorchTrainer(Trainer):
             labels = torch.from_numpy(b.labels.astype(_np.int64)) if b.labels is not None \
                 else None
             targets = torch.from_numpy(_np.array(b.targets)) if b.targets is not None else None
+            # the forward that wrote these outputs: its slot and module output
+            slot, raw = model._by_out.get(outputs.ctypes.data, (None, None))
             with torch.enable_grad():
-                loss = loss_fn(z, LossBatch(b.data, labels, targets, b.rows))
-                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                    raise ValueError("loss_fn must return a scalar tensor (the batch's mean "
-                                     "loss), got %s" % (
-                                         "a tensor of shape %s" % (tuple(loss.shape),)
-                                         if isinstance(loss, torch.Tensor)
-                                         else type(loss).__name__))
-                value = float(loss.detach())
-                if not _np.isfinite(value):
-                    raise ValueError("loss_fn returned a non-finite loss (%r)" % value)
-                (g,) = torch.autograd.grad(loss.reshape(()), z, allow_unused=True)
+                res = loss_fn(z, LossBatch(b.data, labels, targets, b.rows, raw))
+                aux = None
+                if isinstance(res, (tuple, list)):
+                    if len(res) != 2:
+                        raise ValueError("loss_fn must return a scalar tensor or a pair (loss, "
+                                         "aux), got a %s of %d items"
+                                         % (type(res).__name__, len(res)))
+                    res, aux = res
+                value = _scalar(res, "the batch's mean loss")
+                if aux is not None:
+                    _scalar(aux, "auxiliary term")
+                (g,) = torch.autograd.grad(res.reshape(()), z, allow_unused=True)
+            if aux is not None and aux.requires_grad and slot is not None:
+                model._aux[slot] = aux.reshape(())
             # every row carries the batch's mean; the library's mean over rows
             # then gives it back, and rows * g its gradient
             row_loss[:] = value
@@ -209,6 +249,7 @@ class TorchTrainer(Trainer):
 
         self.set_loss(body)
         self.loss_fn = loss_fn
+        self.model._keep_outputs = True
 
     # -- distributed -----------------------------------------------------------
     def set_process_group(self, group):
@@ -255,6 +296,7 @@ class TorchTrainer(Trainer):
             raise ValueError("the state_dict's scheduler and this trainer's do not match "
                              "(one of them has none)")
         self.from_bytes(state["trainer"], params=False, options=True)
+        self._lr_copied = None  # the options just read hold the saved lr
         with torch.no_grad():
             self.model.module.load_state_dict(state["module"])  # copies in place
         if self.torch_optimizer is not None:

@@ -196,6 +196,10 @@ class TorchTrainerTest(unittest.TestCase):
             # a scheduler attached to another optimizer
             with self.assertRaisesRegex(regopt.InvalidArgument, "another optimizer"):
                 TorchTrainer(m, opt, scheduler=torch.optim.lr_scheduler.StepLR(other, 5))
+            # a scheduler with the library's own optimizer (it has schedule keys)
+            with self.assertRaisesRegex(regopt.InvalidArgument, "needs a torch.optim"):
+                TorchTrainer(m, regopt.Optimizer("sgd", lr=0.1),
+                             scheduler=torch.optim.lr_scheduler.StepLR(opt, 5))
             # an optimizer over parameters of another module
             with self.assertRaisesRegex(regopt.InvalidArgument, "not one of the TorchModel"):
                 TorchTrainer(m, other)
@@ -216,6 +220,23 @@ class TorchTrainerTest(unittest.TestCase):
             for a, b in zip(net.parameters(), before):
                 self.assertTrue(torch.equal(a, b))
             self.assertEqual(str(opt.state_dict()), str(state))
+
+            # one that fails after writing: the library cannot undo the host's
+            # writes (documented); its own state stays as before the step, and
+            # the next step runs from the weights the host left
+            def half_done():
+                with torch.no_grad():
+                    next(net.parameters()).add_(1.0)
+                raise RuntimeError("failed half-way")
+            real, opt.step = opt.step, half_done
+            with self.assertRaisesRegex(RuntimeError, "failed half-way") as cm:
+                t.step(batch(x, y, 1))
+            self.assertIsInstance(cm.exception.regopt_error, regopt.HostUpdateFailed)
+            opt.step = real
+            self.assertEqual(t.steps, 1)
+            self.assertTrue(torch.equal(next(net.parameters()), before[0] + 1.0))
+            with torch.no_grad():
+                next(net.parameters()).copy_(before[0])
             # loss_fn: a non-scalar, then a non-finite value
             for fn, words in ((lambda o, b: F.cross_entropy(o, b.labels, reduction="none"),
                                "scalar tensor"),

@@ -239,6 +239,10 @@ uint64_t ro_contract_grad_signature(const ro_env *e);
 regopt_status ro_contract_after_backward(ro_env *e, const regopt_pass *p, uint64_t before);
 
 /* pass.c: the host as the library calls it. */
+/* regopt_pass.task_scale of a pass over rows b whose task loss has
+ * coefficient coef in a step of total row weight 1/inv_weight (0 unless
+ * set: passes not of the task loss). */
+double ro_task_scale(const regopt_batch *b, double inv_weight, double coef);
 void ro_pass_init(const ro_env *e, regopt_pass *p, const regopt_batch *b, size_t bi,
                   uint32_t flags, uint64_t seed, float *outputs);
 regopt_status ro_call_forward(ro_env *e, regopt_pass *p);

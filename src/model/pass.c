@@ -50,6 +50,16 @@ regopt_status ro_batch_loss(ro_env *e, const regopt_batch *b, const float *z,
     return REGOPT_OK;
 }
 
+double ro_task_scale(const regopt_batch *b, double inv_weight, double coef)
+{
+    double w = 0.0;
+    size_t i;
+    for (i = 0; i < b->rows; i++)
+        if (ro_row_labelled(b, i))
+            w += ro_row_weight(b, i);
+    return coef * w * inv_weight;
+}
+
 void ro_pass_init(const ro_env *e, regopt_pass *p, const regopt_batch *b, size_t bi,
                   uint32_t flags, uint64_t seed, float *outputs)
 {

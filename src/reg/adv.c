@@ -300,6 +300,9 @@ static regopt_status adv_forward_pass(ro_reg *r, ro_view *v, regopt_pass *p, int
     p->flags = v->flags;
     p->d_outputs = NULL;
     p->d_input = NULL;
+    /* the task objective at e + r is the task loss, weighted by scale */
+    p->task_scale = obj == REGOPT_ADV_OBJ_TASK
+                        ? ro_task_scale(&v->rows, s->inv_weight, scale) : 0.0;
     st = ro_call_forward(r->env, p);
     if (st == REGOPT_OK)
         st = adv_objective(r, v, obj, out, scale, dout, dz, value);

@@ -32,6 +32,7 @@ static regopt_status copies_forward(ro_view *v)
     uint64_t s2;
     ro_pass_init(s->env, p1, &v->rows, v->bi, v->flags, v->seed, v->z);
     p1->row_offset = v->r0;
+    p1->task_scale = ro_task_scale(&v->rows, s->inv_weight, s->plan.task_scale);
     p1->input_perturbation = v->task_perturbation;
     if (s->plan.copies < 2)
         return ro_call_forward(s->env, p1);
@@ -39,6 +40,7 @@ static regopt_status copies_forward(ro_view *v)
     if (s->plan.doubled) {
         p1->rows = 2 * v->n;
         p1->flags |= REGOPT_PASS_DOUBLED;
+        p1->task_scale *= 2.0; /* both copies' task losses, one mean over 2n rows */
         p1->seed2 = s2;
         return ro_call_forward(s->env, p1);
     }

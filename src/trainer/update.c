@@ -28,15 +28,18 @@ static float float_of(unsigned bits)
 typedef struct norm_job {
     atomic_uint weight_bits; /* ro_abs_max_bits of every trainable weight */
     const float *held;       /* the weights, if not in the host's buffers */
+    int guard;               /* a built-in update follows: it needs that bound */
 } norm_job;
 
 /* One chunk of the gradient's sum of squares; the bound on the chunk's
- * weights for the update's guard rides along in this pass. */
+ * weights for the update's guard rides along in this pass. A host's update
+ * is not guarded by us, so it is spared the read of every weight. */
 static double grad_squares(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
     norm_job *job = ctx;
     const float *w = job->held ? job->held + p->offset : p->data;
-    atomic_max(&job->weight_bits, ro_abs_max_bits(w + j0, j1 - j0));
+    if (job->guard)
+        atomic_max(&job->weight_bits, ro_abs_max_bits(w + j0, j1 - j0));
     return ro_sum_squares(p->grad + j0, j1 - j0);
 }
 
@@ -49,6 +52,7 @@ regopt_status ro_gradient_norm(regopt_trainer *t, const float *held, double *nor
     size_t i;
     atomic_init(&job.weight_bits, 0u);
     job.held = held;
+    job.guard = t->opt->kind != REGOPT_HOST;
     s = ro_sum_pieces(&t->par, grad_squares, &job);
     if (!isfinite(s)) {
         for (i = 0; i < m->n_params; i++) {
