@@ -16,11 +16,12 @@
  * AdamW, lr 1e-3, weight decay 1e-2 (not on biases), batch 128. Methods are
  * the rows of demo_methods.h by name (--methods; "all" takes every row),
  * each with the settings --tune picked for this data on held-out training
- * images, never the test set (the table `tuned` below; README,
+ * images, never the test set (the table `tuned` in fashion_tune.h; README,
  * "Fashion-MNIST"). SMART perturbs the pixels, the network's "embedding".
  *
  *   ./examples/demo_fashion            both protocols, every default method
  *   ./examples/demo_fashion --tune     the validation search behind the tables
+ *   ./examples/demo_fashion --tune-second   its second step (fashion_tune.h)
  *   ./examples/demo_fashion --help     options
  *
  * Prints a line per epoch, RESULT lines, the targets of issue 26 as
@@ -59,6 +60,7 @@ static void usage(void)
            "  --csv PATH          every epoch of every run (default demo_fashion.csv)\n"
            "  --svg PATH          chart of test accuracy per epoch (default demo_fashion.svg)\n"
            "  --tune              run the validation search behind the defaults instead\n"
+           "  --tune-second       the same for the second keys of some methods\n"
            "  --replot CSV        only redraw --svg from a CSV of an earlier run (same\n"
            "                      --hidden, --seed, --test, protocol sizes for the titles)\n"
            "  --quiet             no line per epoch, no tables: RESULT and TARGET lines\n",
@@ -91,6 +93,9 @@ static int parse(int argc, char **argv, options *o)
         if (!strcmp(a, "--help")) {
             usage();
             exit(0);
+        } else if (!strcmp(a, "--tune-second")) {
+            o->tune = 2;
+            continue;
         } else if (!strcmp(a, "--tune") || !strcmp(a, "--quiet")) {
             *(a[2] == 't' ? &o->tune : &o->quiet) = 1;
             continue;
