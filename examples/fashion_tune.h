@@ -77,6 +77,9 @@ static int method_for(int q, int k, method *m)
     return 0;
 }
 
+/* A row's own key while a grid searches another one (--tune-second). */
+static const char *row_keys[MAX_METHODS];
+
 /* "method:a,b,c,d": the method's four candidates for its row's key;
  * "method:key=a,b,c,d": for another key (a second setting searched with the
  * first one fixed at its tuned value). */
@@ -101,6 +104,8 @@ static int grid_option(const char *v)
         snprintf(key, sizeof keys[0], "%.*s", (int)(eq - colon - 1), colon + 1);
         if (regopt_key_from_name(key, &k) != REGOPT_OK)
             return 1;
+        if (!row_keys[m - methods])
+            row_keys[m - methods] = m->tuned;
         m->tuned = key;
     }
     for (tok = strtok_r(buf, ",", &save); tok && c < 4; tok = strtok_r(NULL, ",", &save))
@@ -115,22 +120,20 @@ static int grid_option(const char *v)
 static int tune(const options *o, const fashion_set *train)
 {
     const char *const(*table)[MAX_METHODS] = o->tune == 2 ? second : grids;
-    const char *keys[MAX_METHODS]; /* the rows' own keys: a grid may change one */
     int q, k, c;
     curve *cv = malloc(sizeof *cv);
     options quiet = *o;
     quiet.quiet = 1; /* no line per epoch */
     if (!cv)
         return -1;
-    for (k = 0; k < N_METHODS; k++)
-        keys[k] = methods[k].tuned;
     for (q = 0; q < N_PROTOCOLS; q++) {
         fashion_set d, fit, val;
         size_t nval;
         if (!o->run[q])
             continue;
-        for (k = 0; k < N_METHODS; k++)
-            methods[k].tuned = keys[k];
+        for (k = 0; k < N_METHODS; k++) /* each protocol's grids from the rows' keys */
+            if (row_keys[k])
+                methods[k].tuned = row_keys[k];
         for (k = 0; k < MAX_METHODS && table[q][k]; k++)
             grid_option(table[q][k]);
         for (k = 0; k < o->ngrid; k++)
@@ -151,7 +154,7 @@ static int tune(const options *o, const fashion_set *train)
                "key", "value", "final validation accuracy (peak)");
         for (k = 0; k < N_METHODS; k++) {
             if (!methods[k].tuned || !selected(o, k) ||
-                (o->tune == 2 && methods[k].tuned == keys[k])) /* no second key */
+                (o->tune == 2 && (!row_keys[k] || methods[k].tuned == row_keys[k])))
                 continue;
             for (c = 0; c < 4; c++) {
                 method m;
