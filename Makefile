@@ -2,7 +2,7 @@
 #   make            library (shared + static), examples, tests
 #   make check      install missing Debian packages, build, run every test
 #   make demo       install missing Debian packages, build, run the main demo
-#   make demo-fashion  the same methods on Fashion-MNIST (31 min on a shared 2-core machine)
+#   make demo-fashion  the same methods on Fashion-MNIST (about 9 min on an idle 2-core machine)
 #   make install    PREFIX=/usr/local DESTDIR= (library, header, regopt.pc and the
 #                   CMake package regoptConfig.cmake) ; make uninstall ; make clean
 
