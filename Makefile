@@ -2,7 +2,7 @@
 #   make            library (shared + static), examples, tests
 #   make check      install missing Debian packages, build, run every test
 #   make demo       install missing Debian packages, build, run the main demo
-#   make demo-fashion  the same methods on Fashion-MNIST (31 min on a shared 2-core machine)
+#   make demo-fashion  the same methods on Fashion-MNIST (about 9 min on an idle 2-core machine)
 #   make install    PREFIX=/usr/local DESTDIR= (library, header, regopt.pc and the
 #                   CMake package regoptConfig.cmake) ; make uninstall ; make clean
 
@@ -115,7 +115,8 @@ examples/%: examples/%.c examples/digits_mlp.h examples/half_host.h examples/cli
 examples/demo: examples/demo_chart.h
 
 # Fashion-MNIST on the benchmark's host network (bench/host_mlp.c).
-examples/demo_fashion: examples/demo_fashion.c examples/fashion_data.h examples/curves_chart.h \
+examples/demo_fashion: examples/demo_fashion.c examples/fashion_data.h examples/fashion_protocol.h \
+    examples/fashion_run.h examples/fashion_tune.h examples/fashion_report.h examples/curves_chart.h \
     examples/demo_methods.h examples/cli.h bench/host_mlp.c bench/host_mlp.h lib
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(APP_CFLAGS) $(BLAS_CFLAGS) examples/demo_fashion.c \
 	    bench/host_mlp.c -o $@ -Llib -lregopt $(RPATH) $(BLAS_LIBS) -lm
