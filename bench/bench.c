@@ -9,7 +9,9 @@
  *
  * Output: human-readable lines start with '#'; machine-readable lines are
  *   BENCH kind=<env|sgemm|bandwidth|optimizer|sgemm_interleaved|step|
- *              rdrop_doubled_speedup|flatness> key=value ...
+ *              rdrop_doubled_speedup|flatness|memory> key=value ...
+ *   RATIO kind=<traffic|cost> key=value ... (traffic.c: the library's time
+ *              against its traffic bound, a step against a plain step)
  * Run ./bench/bench --help for the options. */
 #define _POSIX_C_SOURCE 200112L
 #include "host_mlp.h"
@@ -56,7 +58,8 @@ static const sam_setting sam_settings[] = {
  * them: SAM rho 0.05; ASAM scaling every tensor by |w| (eta 0); R-Drop alpha
  * 1; SMART one ascent step, paper defaults, Bregman teacher with beta 0.999
  * throughout; MESA's preset (the Bregman term with KL(teacher || student),
- * mu 0.3, tau 5, beta 0.9998; issue 20's target: <= 1.35x plain); an EMA of
+ * mu 0.3, tau 5, beta 0.9998; issue 20's target: <= 1.35x plain; the host
+ * reads the teacher through pass->weights, mesa_swap has it swapped in); an EMA of
  * the weights (decay 0.9998); FreeLB K 3 from a uniform start of 0.1; VAT
  * one power iteration (no PyTorch peer for these two). The timing does not
  * depend on these values. Each regularizer

@@ -167,6 +167,17 @@ START_TEST(arrays_equal_one_by_one)
             ck_assert_msg(fbits(back[i]) == fbits(one), "dtype %d, %04x: array %08x, one by "
                           "one %08x", (int)dts[d], h[i], fbits(back[i]), fbits(one));
         }
+        for (i = 0; i < 65536; i++) /* every half, signalling NaNs included */
+            hs[i] = (uint16_t)i;
+        ck_assert_int_eq(regopt_convert(hs, dts[d], back, REGOPT_DTYPE_FLOAT32, 65536),
+                         REGOPT_OK);
+        for (i = 0; i < 65536; i++) {
+            float one = from16((uint16_t)i, dts[d]);
+            ck_assert_msg(fbits(back[i]) == fbits(one), "dtype %d, %04x: array %08x, one by "
+                          "one %08x", (int)dts[d], i, fbits(back[i]), fbits(one));
+        }
+        for (i = 0; i < N; i++)
+            hs[i] = to16(f[i], dts[d]);
         for (off = 0; off < 19; off++) /* every alignment and tail */
             for (len = 0; len < 40; len++) {
                 memset(h, 0xee, 64 * sizeof *h);
