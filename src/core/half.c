@@ -16,6 +16,8 @@
 #include <string.h>
 
 #if RO_X86_DISPATCH
+#include <stdatomic.h>
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -102,8 +104,8 @@ float ro_bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
  * AVX2 copy, picked at run time. */
 
 /* All ones where c holds, else 0: selections by masks, not branches. */
-#define MASK(c) (0u - (uint32_t)(c))
-#define PICK(mask, a, b) (((a) & (mask)) | ((b) & ~(mask)))
+#define HALF_MASK(c) (0u - (uint32_t)(c))
+#define HALF_PICK(mask, a, b) (((a) & (mask)) | ((b) & ~(mask)))
 
 RO_ALWAYS_INLINE void f16_from_block(uint16_t *restrict dst, const float *restrict src)
 {
@@ -119,14 +121,14 @@ RO_ALWAYS_INLINE void f16_from_block(uint16_t *restrict dst, const float *restri
         uint32_t r = m >> sh, rem = m & ((1u << sh) - 1u), half = 1u << (sh - 1u);
         /* up by one above half an ulp, and at half to an even r (masks:
            a _Bool here would stop the vectorizer) */
-        uint32_t tie = MASK(rem == half) & (0u - (r & 1u));
-        uint32_t rs = r + ((MASK(rem > half) | tie) & 1u);
+        uint32_t tie = HALF_MASK(rem == half) & (0u - (r & 1u));
+        uint32_t rs = r + ((HALF_MASK(rem > half) | tie) & 1u);
         uint32_t v;
         rn = (rn + 0x0fffu + ((rn >> 13) & 1u)) >> 13;
-        v = PICK(MASK(ax <= 0x33000000u), 0u, rs);
-        v = PICK(MASK(ax >= 0x38800000u), rn, v);
-        v = PICK(MASK(ax >= 0x477ff000u), 0x7c00u, v);
-        v = PICK(MASK(ax > 0x7f800000u), 0x7e00u | ((ax >> 13) & 0x3ffu), v);
+        v = HALF_PICK(HALF_MASK(ax <= 0x33000000u), 0u, rs);
+        v = HALF_PICK(HALF_MASK(ax >= 0x38800000u), rn, v);
+        v = HALF_PICK(HALF_MASK(ax >= 0x477ff000u), 0x7c00u, v);
+        v = HALF_PICK(HALF_MASK(ax > 0x7f800000u), 0x7e00u | ((ax >> 13) & 0x3ffu), v);
         out[j] = ((x >> 16) & 0x8000u) | v;
     }
     for (j = 0; j < RO_BLOCK; j++)
@@ -141,7 +143,7 @@ RO_ALWAYS_INLINE void bf16_from_block(uint16_t *restrict dst, const float *restr
     for (j = 0; j < RO_BLOCK; j++) {
         uint32_t x = xb[j];
         uint32_t r = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16, q = (x >> 16) | 0x40u;
-        dst[j] = (uint16_t)PICK(MASK((x & 0x7fffffffu) > 0x7f800000u), q, r);
+        dst[j] = (uint16_t)HALF_PICK(HALF_MASK((x & 0x7fffffffu) > 0x7f800000u), q, r);
     }
 }
 
@@ -157,8 +159,8 @@ RO_ALWAYS_INLINE void f16_to_block(float *restrict dst, const uint16_t *restrict
     for (j = 0; j < RO_BLOCK; j++) {
         uint32_t h = src[j], sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
         uint32_t v = sign | sb[j];
-        v = PICK(MASK(e != 0u), sign | ((e + 112u) << 23) | (m << 13), v);
-        v = PICK(MASK(e == 0x1fu), sign | 0x7f800000u | (m << 13), v);
+        v = HALF_PICK(HALF_MASK(e != 0u), sign | ((e + 112u) << 23) | (m << 13), v);
+        v = HALF_PICK(HALF_MASK(e == 0x1fu), sign | 0x7f800000u | (m << 13), v);
         out[j] = v;
     }
     memcpy(dst, out, sizeof out);
@@ -186,6 +188,21 @@ RO_TARGET("avx2") static void f16_from_avx2(uint16_t *dst, const float *src, siz
  * float subnormal under MXCSR.DAZ becomes a zero of its sign, which is what
  * it rounds to anyway. Checked over all 2^32 floats with and without
  * FTZ/DAZ when written, and by check_precision_convert.c's array test. */
+/* F16C (CPUID.1:ECX.F16C) with the OS's AVX state (clang 14's
+ * __builtin_cpu_supports does not know "f16c"). */
+static int has_f16c(void)
+{
+    static atomic_int known; /* 0 not asked yet, 1 no, 2 yes: any thread may ask */
+    int k = atomic_load_explicit(&known, memory_order_relaxed);
+    if (k == 0) {
+        unsigned a, b, c, d;
+        k = __builtin_cpu_supports("avx") && __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C)
+                ? 2 : 1;
+        atomic_store_explicit(&known, k, memory_order_relaxed);
+    }
+    return k == 2;
+}
+
 RO_TARGET("avx,f16c") static void f16_from_f16c(uint16_t *dst, const float *src, size_t n)
 {
     size_t i = 0;
@@ -228,7 +245,7 @@ void ro_half_from_f32(uint16_t *dst, const float *src, size_t n, int dtype)
         return;
     }
 #if RO_X86_DISPATCH
-    if (n >= RO_BLOCK && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx")) {
+    if (n >= RO_BLOCK && has_f16c()) {
         f16_from_f16c(dst, src, n);
         return;
     }
@@ -245,7 +262,7 @@ void ro_half_to_f32(float *dst, const uint16_t *src, size_t n, int dtype)
     size_t i = 0, j;
 #if RO_X86_DISPATCH
     if (dtype != REGOPT_DTYPE_BFLOAT16 && n >= RO_BLOCK && __builtin_cpu_supports("avx2") &&
-        __builtin_cpu_supports("f16c")) {
+        has_f16c()) {
         f16_to_f16c(dst, src, n);
         return;
     }
