@@ -139,6 +139,12 @@ typedef struct ro_reg_ops {
     void (*after_update)(ro_reg *r, const ro_step *s);   /* cannot fail; the
                                                             rest of the work */
     void (*commit)(ro_reg *r, const ro_step *s);         /* statistics */
+    /* last of a made step, when the library's own work is all done (the
+       update's pass wrote the methods' state, after_update and commit did
+       their bookkeeping, trainer.check_host recorded, half buffers
+       published): tell the host (`step`: the new step count). Its
+       callback may never return: nothing is then left half done */
+    void (*made)(ro_reg *r, uint64_t step);
     /* a step abandoned by a callback that never returned (threw, longjmp'd):
        undo what the method had in flight (regopt_trainer_recover) */
     void (*abandon)(ro_reg *r);

@@ -165,8 +165,8 @@ static regopt_status step_commit(regopt_trainer *t, ro_step *s, double norm)
     }
     if (st != REGOPT_OK)
         return st;
-    /* the step is made: counted before the hooks, for a user term's
-       committed hook may throw (regopt_trainer_recover then says so) */
+    /* the step is made (regopt_trainer_recover says so should a user
+       term's committed hook, called once everything here is done, throw) */
     t->step++;
     t->busy_applied = 1;
     RO_STAT(t, REGOPT_STAT_LOSS) = s->acc[0];
@@ -181,8 +181,8 @@ static regopt_status step_commit(regopt_trainer *t, ro_step *s, double norm)
     for (i = 0; i < t->n_regs; i++)
         if (t->regs[i]->ops->after_update)
             t->regs[i]->ops->after_update(t->regs[i], s);
-    /* after the hooks, which may still move the weights (a weight-side method's
-       after_update) */
+    /* the weights as the update's pass left them (with a weight-side
+       method's work after the update) */
     ro_probe_record(t);
     for (i = 0; i < t->n_regs; i++)
         if (t->regs[i]->ops->commit)
@@ -230,9 +230,16 @@ static regopt_status step_run(regopt_trainer *t, const regopt_batch *batches, si
 static regopt_status step_call(regopt_trainer *t, const regopt_batch *batches, size_t count)
 {
     regopt_status st = step_run(t, batches, count);
+    size_t i;
     /* half tensors: the host's buffers hold round(w) after every step --
        committed, skipped or failed (a perturbed pass may have been last) */
     ro_model_publish(&t->env);
+    /* a made step (not a skipped one): the host hears of it last, when no
+       work of the library's is left that a hook that never returns could
+       cut short (the update's pass already wrote every method's state) */
+    for (i = 0; st == REGOPT_OK && t->busy_applied && i < t->n_regs; i++)
+        if (t->regs[i]->ops->made)
+            t->regs[i]->ops->made(t->regs[i], t->step);
     return st;
 }
 
