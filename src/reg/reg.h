@@ -96,6 +96,11 @@ struct ro_step {
 /* ro_reg_ops.flags beyond the public REGOPT_REG_* bits. */
 #define RO_REG_LOAD_MAY_FAIL 0x100u /* load() calls the host */
 #define RO_REG_KEEPS_TEACHER 0x200u /* prepare() fills ro_step.teacher */
+/* its work after the update takes the weights into state it must keep
+   finite (the teacher's EMA): the step is refused while a weight is not
+   finite, also where the update would let it pass (SGD without momentum,
+   REGOPT_HOST) */
+#define RO_REG_TAKES_WEIGHTS 0x400u
 
 typedef struct ro_reg_ops {
     const char *name;            /* "sam": key prefix, messages, checkpoints */
