@@ -402,6 +402,69 @@ START_TEST(test_abandoned_committed_hook)
 }
 END_TEST
 
+/* A committed hook that never returns comes after ALL the step's own work:
+ * the methods' after-update work rides in the update's pass (an average's
+ * SWA mean, the teacher's EMA, SAM's restore), so their bookkeeping, the
+ * statistics and trainer.check_host's record must be done before the hook
+ * runs. After recover the trainer equals one whose hook returned, and its
+ * next steps are not refused as if the host had moved the weights. */
+START_TEST(test_abandoned_committed_hook_finishes_the_step)
+{
+    static unsigned char ca[16384], cb[16384];
+    jmp_buf jb;
+    jterm ja, jr;
+    gh g, ref;
+    regopt_regularizer *ra, *rr;
+    gh *both[2];
+    size_t na = 0, nb = 0;
+    int i, k;
+    memset(&g, 0, sizeof g);
+    memset(&ref, 0, sizeof ref);
+    memset(&ja, 0, sizeof ja);
+    memset(&jr, 0, sizeof jr);
+    ja.jb = &jb;
+    both[0] = &g;
+    both[1] = &ref;
+    gh_trainer(&g, REGOPT_REG_SAM);
+    gh_trainer(&ref, REGOPT_REG_SAM);
+    for (k = 0; k < 2; k++) {
+        regopt_regularizer *avg = tu_add(both[k]->t, REGOPT_REG_AVERAGE);
+        MUST(regopt_regularizer_set_int(avg, REGOPT_AVERAGE_MODE, REGOPT_AVERAGE_SWA));
+        (void)tu_add(both[k]->t, REGOPT_REG_BREGMAN);
+        TMUST(both[k]->t, regopt_trainer_set_int(both[k]->t, REGOPT_TRAINER_CHECK_HOST, 1));
+    }
+    ra = jt_attach(g.t, &ja);
+    rr = jt_attach(ref.t, &jr);
+    for (i = 0; i < 2; i++) { /* the SWA mean holds two models */
+        TMUST(g.t, regopt_trainer_step(g.t, &gb, 1));
+        TMUST(ref.t, regopt_trainer_step(ref.t, &gb, 1));
+    }
+    ja.jump_in_commit = 1;
+    if (setjmp(jb) == 0) {
+        regopt_status st = regopt_trainer_step(g.t, &gb, 1);
+        ck_abort_msg("committed did not run (%s)", regopt_status_string(st));
+    }
+    TMUST(ref.t, regopt_trainer_step(ref.t, &gb, 1));
+    TMUST(g.t, regopt_trainer_recover(g.t));
+    ja.jump_in_commit = 0;
+    for (i = 0; i < 3; i++) {
+        snapshot(g.t, ca, sizeof ca, &na);
+        snapshot(ref.t, cb, sizeof cb, &nb);
+        ck_assert_uint_eq(na, nb);
+        ck_assert_msg(memcmp(ca, cb, na) == 0, "after the abandoned hook (+%d steps): the "
+                      "trainer differs from one whose hook returned", i);
+        ck_assert_mem_eq(g.h.w, ref.h.w, sizeof g.h.w);
+        TMUST(g.t, regopt_trainer_step(g.t, &gb, 1)); /* check_host: not refused */
+        TMUST(ref.t, regopt_trainer_step(ref.t, &gb, 1));
+    }
+    ck_assert_uint_eq(ja.count, jr.count);
+    gh_free(&g);
+    gh_free(&ref);
+    MUST(regopt_regularizer_free(ra));
+    MUST(regopt_regularizer_free(rr));
+}
+END_TEST
+
 /* ---- the message follows the last call ----------------------------------- */
 
 START_TEST(test_message_cleared_by_success)
@@ -566,6 +629,7 @@ Suite *suite_guard(void)
     tcase_add_test(tc, test_abandoned_plain_step);
     tcase_add_test(tc, test_abandoned_load);
     tcase_add_test(tc, test_abandoned_committed_hook);
+    tcase_add_test(tc, test_abandoned_committed_hook_finishes_the_step);
     tcase_add_test(tc, test_message_cleared_by_success);
     tcase_add_test(tc, refused_frees_return_a_status);
     tcase_add_test(tc, test_fork_with_worker_threads);

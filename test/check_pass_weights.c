@@ -8,6 +8,7 @@
 #include "tests.h"
 #include "test_util.h"
 
+#include <math.h>
 #include <string.h>
 
 #define D 5
@@ -18,6 +19,7 @@
 typedef struct phost {
     float w[D * K], b[K], gw[D * K], gb[K];
     uint16_t half[4], ghalf[4]; /* an unused bf16 tensor, when registered */
+    float u[4], gu[4];          /* an unused float32 tensor, when registered */
     const float *x;
     int teacher_passes, given;  /* teacher passes; of them, with pass->weights */
     int buffers_moved;          /* a teacher pass found the teacher in w */
@@ -88,7 +90,7 @@ typedef struct prun {
     int n_regs;
 } prun;
 
-enum { WITH_SAM = 1, WITH_SMART = 2, WITH_HALF = 4 };
+enum { WITH_SAM = 1, WITH_SMART = 2, WITH_HALF = 4, WITH_UNUSED = 8, WITH_SGD = 16 };
 
 static void p_open(prun *r, uint32_t caps, int what)
 {
@@ -105,12 +107,14 @@ static void p_open(prun *r, uint32_t caps, int what)
     if (what & WITH_HALF)
         MUST(regopt_model_add_param(r->m, "h", r->h.half, r->h.ghalf, 4,
                                     REGOPT_DTYPE_BFLOAT16, 0));
+    if (what & WITH_UNUSED)
+        MUST(regopt_model_add_param(r->m, "u", r->h.u, r->h.gu, 4, REGOPT_DTYPE_FLOAT32, 0));
     MUST(regopt_model_set_output_width(r->m, K));
     MUST(regopt_model_set_input_width(r->m, D));
     MUST(regopt_model_set_slots(r->m, 2));
     MUST(regopt_model_set_capabilities(r->m, caps));
     MUST(regopt_model_set_callbacks(r->m, p_forward, p_backward, &r->h, NULL));
-    r->o = regopt_optimizer_create(REGOPT_ADAMW, NULL, &st);
+    r->o = regopt_optimizer_create(what & WITH_SGD ? REGOPT_SGD : REGOPT_ADAMW, NULL, &st);
     MUST(regopt_optimizer_set_double(r->o, REGOPT_OPT_LR, 0.05));
     r->t = regopt_trainer_create(r->m, r->o, &st);
     ck_assert_ptr_nonnull(r->t);
@@ -135,7 +139,7 @@ static void p_open(prun *r, uint32_t caps, int what)
     MUST(regopt_trainer_attach(r->t, br));
 }
 
-static void p_step(prun *r, int step)
+static regopt_status p_try(prun *r, int step)
 {
     float x[ROWS * D];
     int32_t y[ROWS];
@@ -150,8 +154,12 @@ static void p_step(prun *r, int step)
     b.rows = ROWS;
     b.labels = y;
     r->h.student_w0 = r->h.w[0];
-    ck_assert_msg(regopt_trainer_step(r->t, &b, 1) == REGOPT_OK, "%s",
-                  regopt_trainer_message(r->t));
+    return regopt_trainer_step(r->t, &b, 1);
+}
+
+static void p_step(prun *r, int step)
+{
+    ck_assert_msg(p_try(r, step) == REGOPT_OK, "%s", regopt_trainer_message(r->t));
 }
 
 static void p_close(prun *r)
@@ -218,6 +226,47 @@ START_TEST(half_tensor_falls_back_to_swap)
 }
 END_TEST
 
+/* A non-finite weight the teacher would take (here in a tensor the loss
+ * does not use, under SGD without momentum, whose update keeps it as it is
+ * and so lets it pass): the swapped twin refuses the step before any pass;
+ * handed by pointer, the step must be refused all the same -- the EMA
+ * would make the teacher non-finite for good, and the checkpoints saved
+ * from then on would not load. */
+START_TEST(nonfinite_weight_refused_by_pointer)
+{
+    static prun a;
+    static unsigned char before[8192], after[8192];
+    size_t nb = 0, na = 0;
+    uint32_t caps[2] = {REGOPT_CAP_PASS_WEIGHTS, 0};
+    int k, step;
+    for (k = 0; k < 2; k++) {
+        regopt_status st;
+        p_open(&a, caps[k], WITH_UNUSED | WITH_SGD);
+        for (step = 0; step < 2; step++)
+            p_step(&a, step);
+        MUST(regopt_trainer_save_buffer(a.t, REGOPT_CHECKPOINT_PARAMS, before, sizeof before,
+                                        &nb));
+        a.h.u[1] = NAN;
+        st = p_try(&a, 2);
+        ck_assert_msg(st == REGOPT_ERR_NONFINITE_GRADIENT, "caps 0x%x: %s: %s", caps[k],
+                      regopt_status_string(st), regopt_trainer_message(a.t));
+        ck_assert_msg(strstr(regopt_trainer_message(a.t), "\"u\"") != NULL, "%s",
+                      regopt_trainer_message(a.t));
+        a.h.u[1] = 0.0f; /* as it was */
+        MUST(regopt_trainer_save_buffer(a.t, REGOPT_CHECKPOINT_PARAMS, after, sizeof after,
+                                        &na));
+        ck_assert_uint_eq(na, nb);
+        ck_assert_msg(memcmp(before, after, nb) == 0, "caps 0x%x: the failed step changed "
+                      "the state", caps[k]);
+        p_step(&a, 2);
+        MUST(regopt_trainer_save_buffer(a.t, REGOPT_CHECKPOINT_PARAMS, after, sizeof after,
+                                        &na));
+        MUST(regopt_trainer_load_buffer(a.t, REGOPT_CHECKPOINT_PARAMS, after, na));
+        p_close(&a);
+    }
+}
+END_TEST
+
 START_TEST(unknown_capability_refused)
 {
     regopt_status st;
@@ -238,6 +287,7 @@ Suite *suite_pass_weights(void)
     tcase_add_test(tc, mesa_by_pointer_equals_swap);
     tcase_add_test(tc, smart_sam_by_pointer_equals_swap);
     tcase_add_test(tc, half_tensor_falls_back_to_swap);
+    tcase_add_test(tc, nonfinite_weight_refused_by_pointer);
     tcase_add_test(tc, unknown_capability_refused);
     suite_add_tcase(s, tc);
     return s;

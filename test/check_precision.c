@@ -8,6 +8,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <setjmp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -360,6 +361,54 @@ START_TEST(sam_overflow_in_each_pass)
 }
 END_TEST
 
+/* An all-reduce that never returns (throws, longjmps) after SAM's perturbed
+ * pass -- while the masters still hold w + eps, the update's pass to put w
+ * back -- and regopt_trainer_recover: the masters are w again, and so must
+ * the host's half buffers be, round(w) as after the last step, not the
+ * round(w + eps) the perturbed forward was given. */
+static jmp_buf *ar_jump;
+
+static int ar_jumps(float *buf, size_t n, void *user)
+{
+    (void)buf;
+    (void)n;
+    (void)user;
+    longjmp(*ar_jump, 1);
+}
+
+START_TEST(recover_republishes_half_buffers)
+{
+    prun r;
+    unsigned char *a, *b, w0[PD * PK * 2], b0[PK * 2];
+    size_t na, nb;
+    jmp_buf jb;
+    prun_open(&r, REGOPT_DTYPE_BFLOAT16, PD, PK, REGOPT_SGD);
+    tu_add(r.t, REGOPT_REG_SAM);
+    pstep(&r);
+    a = ckpt(&r, &na);
+    memcpy(w0, r.h.w, sizeof w0);
+    memcpy(b0, r.h.b, sizeof b0);
+    MUST(regopt_trainer_set_allreduce(r.t, ar_jumps, NULL, NULL));
+    ar_jump = &jb;
+    if (setjmp(jb) == 0) {
+        regopt_status st = regopt_trainer_step(r.t, &r.batch, 1);
+        ck_abort_msg("the all-reduce did not run (%s)", regopt_status_string(st));
+    }
+    ck_assert_int_ne(memcmp(w0, r.h.w, sizeof w0), 0); /* round(w + eps): the test bites */
+    TMUST(r.t, regopt_trainer_recover(r.t));
+    b = ckpt(&r, &nb);
+    ck_assert_uint_eq(na, nb);
+    ck_assert_msg(memcmp(a, b, na) == 0, "recover left other masters or state");
+    ck_assert_msg(memcmp(w0, r.h.w, sizeof w0) == 0 && memcmp(b0, r.h.b, sizeof b0) == 0,
+                  "after recover the host's half buffers are not round(w)");
+    MUST(regopt_trainer_set_allreduce(r.t, NULL, NULL, NULL));
+    pstep(&r);
+    free(a);
+    free(b);
+    prun_close(&r);
+}
+END_TEST
+
 /* A checkpoint carries the scale, the counter and the masters: a resumed
  * trainer continues the schedule bit for bit. */
 START_TEST(resume_continues_the_scale_schedule)
@@ -662,6 +711,7 @@ Suite *suite_precision(void)
     tcase_add_test(c, injected_inf_skips_the_step);
     tcase_add_test(c, scale_grows_after_the_interval);
     tcase_add_test(c, sam_overflow_in_each_pass);
+    tcase_add_test(c, recover_republishes_half_buffers);
     tcase_add_test(c, resume_continues_the_scale_schedule);
     tcase_add_test(c, float32_buffers_with_scaling_train_identically);
     tcase_add_test(c, exactly_representable_model_trains_identically);

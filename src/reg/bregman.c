@@ -246,8 +246,8 @@ static regopt_status prepare(ro_reg *r, ro_step *s)
     size_t k = r->env->model->output_width, rows = 0, bi, at = 0;
     regopt_status st = REGOPT_OK;
     /* the host reads the teacher's buffers in place: nothing to swap. A
-       weight that is not finite then reaches the update's guard, which
-       names it, instead of the swap's check */
+       weight that is not finite is then refused after the passes, by the
+       driver's check for RO_REG_TAKES_WEIGHTS, instead of the swap's */
     int by_pointer = br->wtab[0] != NULL;
     for (bi = 0; bi < s->count; bi++)
         rows += ro_batch_at(s->batches, bi)->rows;
@@ -396,9 +396,10 @@ static int late(const bregman *br, const ro_step *s)
 
 /* After the update: w~ <- beta w~ + (1 - beta) w. The teacher stays finite
  * (checkpoints refuse it otherwise): the update never writes a non-finite
- * weight, prepare refuses weights that already are, and the EMA of finite
- * values is finite. With b = fl(beta), k = fl(1 - b) and M = FLT_MAX =
- * (2^24 - 1) 2^104: for b >= 1/2, fl(b M) rounds down by exactly k 2^104
+ * weight, prepare (the driver, RO_REG_TAKES_WEIGHTS, when the host is
+ * handed the teacher by pointer) refuses weights that already are, and the
+ * EMA of finite values is finite. With b = fl(beta), k = fl(1 - b) and
+ * M = FLT_MAX = (2^24 - 1) 2^104: for b >= 1/2, fl(b M) rounds down by exactly k 2^104
  * while fl(k M) rounds up by at most that, so the sum is at most M; for
  * b < 1/2, k is 1 - b + r with |r| <= 2^-25, fl(k M) rounds down by
  * (1 - k) 2^104 and fl(b M) up by less than b 2^104, so the sum exceeds M by
@@ -496,7 +497,7 @@ const ro_reg_ops ro_bregman_ops = {
     .name = "bregman",
     .title = "Bregman",
     .kind = REGOPT_REG_BREGMAN,
-    .flags = REGOPT_REG_SINGLE | RO_REG_KEEPS_TEACHER,
+    .flags = REGOPT_REG_SINGLE | RO_REG_KEEPS_TEACHER | RO_REG_TAKES_WEIGHTS,
     .order = 20,
     .size = sizeof(bregman),
     .keys = bregman_keys,

@@ -96,6 +96,11 @@ struct ro_step {
 /* ro_reg_ops.flags beyond the public REGOPT_REG_* bits. */
 #define RO_REG_LOAD_MAY_FAIL 0x100u /* load() calls the host */
 #define RO_REG_KEEPS_TEACHER 0x200u /* prepare() fills ro_step.teacher */
+/* its work after the update takes the weights into state it must keep
+   finite (the teacher's EMA): the step is refused while a weight is not
+   finite, also where the update would let it pass (SGD without momentum,
+   REGOPT_HOST) */
+#define RO_REG_TAKES_WEIGHTS 0x400u
 
 typedef struct ro_reg_ops {
     const char *name;            /* "sam": key prefix, messages, checkpoints */
@@ -139,6 +144,12 @@ typedef struct ro_reg_ops {
     void (*after_update)(ro_reg *r, const ro_step *s);   /* cannot fail; the
                                                             rest of the work */
     void (*commit)(ro_reg *r, const ro_step *s);         /* statistics */
+    /* last of a made step, when the library's own work is all done (the
+       update's pass wrote the methods' state, after_update and commit did
+       their bookkeeping, trainer.check_host recorded, half buffers
+       published): tell the host (`step`: the new step count). Its
+       callback may never return: nothing is then left half done */
+    void (*made)(ro_reg *r, uint64_t step);
     /* a step abandoned by a callback that never returned (threw, longjmp'd):
        undo what the method had in flight (regopt_trainer_recover) */
     void (*abandon)(ro_reg *r);

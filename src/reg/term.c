@@ -199,12 +199,12 @@ static regopt_status backward(ro_reg *r, ro_view *v)
     return st;
 }
 
-static void term_after_update(ro_reg *r, const ro_step *s)
+static void term_made(ro_reg *r, uint64_t step)
 {
     term *u = r->self;
     if (u->ops.committed) {
         ro_host_enter(r->env);
-        u->ops.committed(s->step + 1, u->user);
+        u->ops.committed(step, u->user);
         ro_host_leave(r->env);
     }
 }
@@ -305,7 +305,7 @@ const ro_reg_ops ro_term_ops = {
     .forward = forward,
     .term = term_value,
     .backward = backward,
-    .after_update = term_after_update,
+    .made = term_made,
     .commit = term_commit,
     .state_size = term_state_size,
     .save = term_save,

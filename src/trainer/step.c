@@ -7,6 +7,7 @@
 #include "trainer/pipeline.h"
 #include "trainer/trainer.h"
 
+#include <math.h>
 #include <string.h>
 
 double ro_trainer_lr(const regopt_trainer *t)
@@ -139,6 +140,36 @@ static regopt_status step_gradient(regopt_trainer *t, ro_step *s)
     return ro_eval_all(s, REGOPT_PASS_TRAIN, RO_SEED_TASK, &s->loss);
 }
 
+/* A regularizer that takes the weights after the update (the teacher's
+ * EMA: RO_REG_TAKES_WEIGHTS) must not take a non-finite one, which some
+ * updates keep as it is (SGD without momentum) or never see (REGOPT_HOST).
+ * ro_gradient_norm's bound on |w| is infinite exactly when a weight is not
+ * finite: only then are the weights read again, to name it. */
+static regopt_status taken_weights_check(regopt_trainer *t, const ro_step *s)
+{
+    const regopt_model *m = t->model;
+    const ro_reg *taker = NULL;
+    size_t i, j;
+    if (t->weight_max != HUGE_VAL)
+        return REGOPT_OK;
+    for (i = 0; i < t->n_regs && !taker; i++)
+        if (t->regs[i]->ops->flags & RO_REG_TAKES_WEIGHTS)
+            taker = t->regs[i];
+    if (!taker)
+        return REGOPT_OK;
+    for (i = 0; i < m->n_params; i++) {
+        const ro_param *p = &m->params[i];
+        const float *w = s->held ? s->held + p->offset : p->data;
+        for (j = 0; p->grad && j < p->count; j++)
+            if (!isfinite(w[j]))
+                return ro_fail(t->msg, REGOPT_ERR_NONFINITE_GRADIENT,
+                               "parameter \"%.64s\" holds a non-finite weight at element %zu, "
+                               "which the %s would take; nothing was updated", p->name, j,
+                               taker->ops->title);
+    }
+    return REGOPT_OK;
+}
+
 /* The update and everything after it: only the update can fail, and then
  * before it has written anything (it would write a non-finite value). */
 static regopt_status step_commit(regopt_trainer *t, ro_step *s, double norm)
@@ -165,8 +196,8 @@ static regopt_status step_commit(regopt_trainer *t, ro_step *s, double norm)
     }
     if (st != REGOPT_OK)
         return st;
-    /* the step is made: counted before the hooks, for a user term's
-       committed hook may throw (regopt_trainer_recover then says so) */
+    /* the step is made (regopt_trainer_recover says so should a user
+       term's committed hook, called once everything here is done, throw) */
     t->step++;
     t->busy_applied = 1;
     RO_STAT(t, REGOPT_STAT_LOSS) = s->acc[0];
@@ -181,8 +212,8 @@ static regopt_status step_commit(regopt_trainer *t, ro_step *s, double norm)
     for (i = 0; i < t->n_regs; i++)
         if (t->regs[i]->ops->after_update)
             t->regs[i]->ops->after_update(t->regs[i], s);
-    /* after the hooks, which may still move the weights (a weight-side method's
-       after_update) */
+    /* the weights as the update's pass left them (with a weight-side
+       method's work after the update) */
     ro_probe_record(t);
     for (i = 0; i < t->n_regs; i++)
         if (t->regs[i]->ops->commit)
@@ -214,6 +245,8 @@ static regopt_status step_run(regopt_trainer *t, const regopt_batch *batches, si
            all-reduced sum included: every replica sees one sum) */
         if (st == REGOPT_ERR_NONFINITE_GRADIENT && t->env.skip_overflow)
             st = REGOPT_ERR_OVERFLOW;
+        else if (st == REGOPT_OK)
+            st = taken_weights_check(t, &s);
     }
     if (st != REGOPT_OK) /* the weights the gradient passes moved go back */
         ro_step_settle(t, &s);
@@ -230,9 +263,16 @@ static regopt_status step_run(regopt_trainer *t, const regopt_batch *batches, si
 static regopt_status step_call(regopt_trainer *t, const regopt_batch *batches, size_t count)
 {
     regopt_status st = step_run(t, batches, count);
+    size_t i;
     /* half tensors: the host's buffers hold round(w) after every step --
        committed, skipped or failed (a perturbed pass may have been last) */
     ro_model_publish(&t->env);
+    /* a made step (not a skipped one): the host hears of it last, when no
+       work of the library's is left that a hook that never returns could
+       cut short (the update's pass already wrote every method's state) */
+    for (i = 0; st == REGOPT_OK && t->busy_applied && i < t->n_regs; i++)
+        if (t->regs[i]->ops->made)
+            t->regs[i]->ops->made(t->regs[i], t->step);
     return st;
 }
 
