@@ -1618,7 +1618,7 @@ REGOPT_API regopt_status regopt_regularizer_kind_info(size_t index,
  *      pass (one trip through memory fewer): until then -- during the
  *      step's all-reduce -- the host's buffers still hold w + eps; they hold
  *      w (or the updated w) whenever the step returns, and a REGOPT_HOST
- *      update callback always finds w.
+ *      update callback finds w in its float32 buffers.
  *   5. GSAM: g_perp = g - <g, u> u with u = g_p / (||g_p|| + delta); the
  *      update direction is g_p - alpha * g_perp. Otherwise it is g_p.
  *   6. the base optimizer steps from the restored w with that gradient (its
