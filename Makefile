@@ -294,10 +294,10 @@ BENCH_CORETYPE ?= $(or $(OPENBLAS_CORETYPE),$(shell for f in avx512f avx512bw av
 BENCH_ENV := OPENBLAS_NUM_THREADS=$(BENCH_THREADS) \
     $(if $(BENCH_CORETYPE),OPENBLAS_CORETYPE=$(BENCH_CORETYPE))
 .PHONY: bench bench-smoke bench-clean
-bench/bench: bench/bench.c bench/rates.c bench/traffic.c bench/bench.h bench/host_mlp.c bench/host_mlp.h \
+bench/bench: bench/bench.c bench/methods.c bench/rates.c bench/traffic.c bench/bench.h bench/host_mlp.c bench/host_mlp.h \
     examples/cli.h lib
 	$(CC) $(CPPFLAGS) $(CFLAGS) -std=c99 $(WARN) -Iinclude $(BLAS_CFLAGS) bench/bench.c \
-	    bench/rates.c bench/traffic.c bench/host_mlp.c -o $@ -Llib -lregopt $(RPATH) $(BLAS_LIBS) -lm -pthread
+	    bench/methods.c bench/rates.c bench/traffic.c bench/host_mlp.c -o $@ -Llib -lregopt $(RPATH) $(BLAS_LIBS) -lm -pthread
 
 bench: bench/bench
 	$(BENCH_ENV) ./bench/bench $(BENCH_ARGS)

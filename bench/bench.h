@@ -85,6 +85,13 @@ enum { M_PLAIN, M_SAM, M_ASAM, M_RDROP2, M_RDROP, M_SMART, M_SMART_SAM, M_MSAM, 
 
 extern const char *const method_name[M_COUNT];
 
+/* methods.c: attach `method`'s regularizers to t, made from allocator a into
+ * regs[] (at most MAX_REGS; *n_regs counts them, freed by the caller after
+ * the trainer); on failure *why says why. */
+#define MAX_REGS 4
+regopt_status configure(regopt_trainer *t, int method, const regopt_allocator *a,
+                        regopt_regularizer **regs, int *n_regs, const char **why);
+
 /* ---- traffic.c: the traffic model, memory and cost lines ------------- */
 
 /* RATIO kind=traffic: library_ms against the model's bytes at triad_gbs. */
