@@ -92,7 +92,7 @@ regopt_status regopt_trainer_recover(regopt_trainer *t)
         t->undo[n_undo].fn(t, t->undo[n_undo].ctx);
     }
     /* half tensors: the masters are back; the host's buffers may still hold
-       what the last forward was given (round(w + eps), a teacher's) */
+       what the last forward was given (moved or other weights) */
     ro_model_publish(&t->env);
     if (host) /* the host's update threw: its writes are its own */
         (void)ro_fail(t->msg, REGOPT_OK, "recovered from an abandoned %s: the host's update "

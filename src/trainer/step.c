@@ -140,8 +140,8 @@ static regopt_status step_gradient(regopt_trainer *t, ro_step *s)
     return ro_eval_all(s, REGOPT_PASS_TRAIN, RO_SEED_TASK, &s->loss);
 }
 
-/* A regularizer that takes the weights after the update (the teacher's
- * EMA: RO_REG_TAKES_WEIGHTS) must not take a non-finite one, which some
+/* A regularizer that takes the weights after the update (a moving
+ * average of them: RO_REG_TAKES_WEIGHTS) must not take a non-finite one, which some
  * updates keep as it is (SGD without momentum) or never see (REGOPT_HOST).
  * ro_gradient_norm's bound on |w| is infinite exactly when a weight is not
  * finite: only then are the weights read again, to name it. */
