@@ -1054,7 +1054,10 @@ REGOPT_API const char *regopt_optimizer_message(const regopt_optimizer *opt);
  * HOST trainer (REGOPT_ERR_MISMATCH otherwise).
  *
  * A step of a HOST optimizer with no callback set fails with
- * REGOPT_ERR_STATE before any pass. */
+ * REGOPT_ERR_STATE before any pass. A HOST optimizer cannot train float16
+ * or bfloat16 tensors nor use loss scaling (the library keeps those fp32
+ * weights and gradient sums itself): such a step fails with
+ * REGOPT_ERR_UNSUPPORTED before any pass. */
 typedef int (*regopt_host_update_fn)(uint64_t step, double lr, void *user);
 
 /* Install the update of a REGOPT_HOST optimizer and its user pointer.

@@ -218,6 +218,16 @@ START_TEST(host_bad_input)
     ck_assert_int_eq(h.calls, 0);
     ck_assert_int_eq(steps_of(a), 0);
     ck_assert_int_eq(regopt_trainer_detach(a->t, msam), REGOPT_OK);
+    /* loss scaling keeps the gradient in the library's own fp32 sums (the
+       host's buffers are zeroed after each backward): refused, nothing run */
+    ck_assert_int_eq(regopt_trainer_set_int(a->t, REGOPT_TRAINER_LOSS_SCALING,
+                                            REGOPT_SCALING_DYNAMIC), REGOPT_OK);
+    ck_assert_int_eq(regopt_trainer_step(a->t, a->b, 1), REGOPT_ERR_UNSUPPORTED);
+    ck_assert(strstr(regopt_trainer_message(a->t), "loss scaling"));
+    ck_assert_int_eq(a->h.forwards, 0);
+    ck_assert_int_eq(h.calls, 0);
+    ck_assert_int_eq(regopt_trainer_set_int(a->t, REGOPT_TRAINER_LOSS_SCALING,
+                                            REGOPT_SCALING_OFF), REGOPT_OK);
     /* from inside the update: the optimizer and the trainer refuse */
     h.try_inside = 1;
     must_step(a, 0);
@@ -230,6 +240,56 @@ START_TEST(host_bad_input)
     run_close(s);
     regopt_regularizer_free(msam);
     ck_assert_int_eq(h.freed, 2);
+}
+END_TEST
+
+static int zero_forward(const regopt_pass *p, void *user)
+{
+    (void)user;
+    memset(p->outputs, 0, p->rows * p->output_width * sizeof(float));
+    return 0;
+}
+
+static int no_backward(const regopt_pass *p, void *user)
+{
+    (void)p;
+    (void)user;
+    return 0;
+}
+
+/* Half tensors live in the library's fp32 masters and gradient sums: a
+ * host's update would read its own zeroed buffers and be overwritten by the
+ * next publish. Refused before any pass. */
+START_TEST(host_refuses_half_tensors)
+{
+    uint16_t w[8] = {0}, g[8] = {0};
+    float target[2] = {0.0f, 0.0f}, x = 0.0f;
+    host_opt h;
+    regopt_status st;
+    regopt_batch b;
+    regopt_model *m = regopt_model_create(NULL, &st);
+    regopt_optimizer *o = regopt_optimizer_create(REGOPT_HOST, NULL, &st);
+    regopt_trainer *t;
+    int calls = 0;
+    memset(&h, 0, sizeof h);
+    MUST(regopt_model_add_param(m, "w", w, g, 8, REGOPT_DTYPE_BFLOAT16, 0));
+    MUST(regopt_model_set_output_width(m, 2));
+    MUST(regopt_model_set_callbacks(m, zero_forward, no_backward, &calls, NULL));
+    MUST(regopt_optimizer_set_host_update(o, host_sgd, &h, NULL));
+    t = regopt_trainer_create(m, o, &st);
+    ck_assert_ptr_nonnull(t);
+    MUST(regopt_trainer_set_int(t, REGOPT_TRAINER_LOSS, REGOPT_LOSS_MSE));
+    regopt_batch_init(&b);
+    b.data = &x;
+    b.rows = 1;
+    b.targets = target;
+    ck_assert_int_eq(regopt_trainer_step(t, &b, 1), REGOPT_ERR_UNSUPPORTED);
+    ck_assert_msg(strstr(regopt_trainer_message(t), "bfloat16") != NULL, "%s",
+                  regopt_trainer_message(t));
+    ck_assert_int_eq(h.calls, 0);
+    MUST(regopt_trainer_free(t));
+    MUST(regopt_optimizer_free(o));
+    MUST(regopt_model_free(m));
 }
 END_TEST
 
@@ -306,6 +366,7 @@ Suite *suite_optim_host(void)
     tcase_add_loop_test(tc, host_equals_builtin_sgd, 0, 2);
     tcase_add_test(tc, host_update_fails);
     tcase_add_test(tc, host_bad_input);
+    tcase_add_test(tc, host_refuses_half_tensors);
     tcase_add_test(tc, host_checkpoint);
     tcase_add_test(tc, host_update_abandoned);
     suite_add_tcase(s, tc);

@@ -31,6 +31,14 @@ static regopt_status config_check(regopt_trainer *t)
     if (o->kind == REGOPT_HOST && !o->host_fn)
         return ro_fail(t->msg, REGOPT_ERR_STATE, "the optimizer is REGOPT_HOST but has no "
                        "update callback (regopt_optimizer_set_host_update)");
+    /* staged gradients live in the library's fp32 sums and the weights in
+       its masters: a host's update would read zeroed buffers of its own and
+       be overwritten by the next publish */
+    if (o->kind == REGOPT_HOST && (t->model->n_half || ro_scaler_active(t)))
+        return ro_fail(t->msg, REGOPT_ERR_UNSUPPORTED, "a REGOPT_HOST update cannot be combined "
+                       "with %s (the library keeps the fp32 weights and gradients there); "
+                       "use a built-in optimizer", t->model->n_half ? "float16/bfloat16 tensors"
+                       : "loss scaling (trainer.loss_scaling)");
     /* options can change after attach (a plan may need more slots): check them */
     ro_trainer_plan(t, &p, 1);
     if (t->model->slots < p.slots)
