@@ -52,7 +52,12 @@ regopt_status ro_gradient_norm(regopt_trainer *t, const float *held, double *nor
     size_t i;
     atomic_init(&job.weight_bits, 0u);
     job.held = held;
+    /* the bound is for the built-in update's guard, and for a regularizer
+       that takes the weights after any update (step.c refuses a
+       non-finite one it would take) */
     job.guard = t->opt->kind != REGOPT_HOST;
+    for (i = 0; i < t->n_regs && !job.guard; i++)
+        job.guard = (t->regs[i]->ops->flags & RO_REG_TAKES_WEIGHTS) != 0;
     s = ro_sum_pieces(&t->par, grad_squares, &job);
     if (!isfinite(s)) {
         for (i = 0; i < m->n_params; i++) {
