@@ -133,7 +133,7 @@ static void update_block(const update_job *job, const ro_update *u, const ro_par
  * block by block while the block's weights are in cache: one trip through
  * memory instead of one per method (issue 25). Blocks start at multiples
  * of RO_CHUNK within the tensor, as pieces do, so the kernels give the
- * same bits as over the whole piece, and the work after them is
+ * identical bits to those over the whole piece, and the work after them is
  * elementwise. */
 static void update_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
