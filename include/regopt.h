@@ -2099,10 +2099,15 @@ enum regopt_bregman_key {
  * flagged TEACHER | NO_GRAD, eval mode); the teacher's forward runs outside
  * the window too (user terms with a teacher pass read it); only the term
  * is switched off.
- * The teacher is an average of the weights like REGOPT_REG_AVERAGE's EMA:
+ * The teacher is an average of the weights like REGOPT_REG_AVERAGE's EMA,
+ * by the same recurrence (w~ <- beta w~ + (1 - beta) w in double, rounded
+ * to float once, src/reg/ema.c): with one decay
+ * throughout, the teacher holds bit for bit what an EMA average with that
+ * decay and no warm-up, attached at the same time, would hold.
  * regopt_regularizer_swap_average and regopt_regularizer_recalibrate take a
- * Bregman handle too, so evaluating MESA's EMA needs no second copy of the
- * weights (attach an average only for another decay or for SWA).
+ * Bregman handle too, so the teacher's buffer is the EMA's: evaluating
+ * MESA's EMA needs no second copy of the weights (attach an average only
+ * for another decay, a warm-up or SWA; it then keeps a buffer of its own).
  */
 
 /* ------------------------------------------------------------------------ */

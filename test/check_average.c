@@ -338,6 +338,44 @@ START_TEST(bregman_teacher_swaps)
 }
 END_TEST
 
+/* One recurrence (src/reg/ema.c): MESA's teacher and an EMA average of the
+ * same decay, no warm-up, hold the same bits after every step -- so a MESA
+ * user evaluates the teacher and needs no second buffer -- and both equal
+ * the average's recurrence recomputed here in double, rounded per step. */
+START_TEST(teacher_is_the_average)
+{
+    regopt_regularizer *g;
+    sm_run *r = av_open(&g);
+    float tw[SW], avg[SW], w[SW], mirror[SW];
+    size_t nw = av_n(r), i;
+    const double decay = 0.75;
+    sm_set s;
+    int step;
+    sm_bregman(r, 0.3, decay);
+    sm_rset(r->breg, REGOPT_BREGMAN_BETA_LATE, decay);
+    RMUST(r->breg, regopt_regularizer_set_int(r->breg, REGOPT_BREGMAN_DIVERGENCE,
+                                              REGOPT_BREGMAN_KL_TEACHER));
+    sm_rset(r->breg, REGOPT_BREGMAN_TAU, 2.0);
+    sm_rset(g, REGOPT_AVERAGE_DECAY, decay);
+    av_weights(r, mirror);
+    for (step = 0; step < AV_STEPS; step++) {
+        sm_fill(&s, 2, 2, 1, 2, 3, 0, 0, 200 + (unsigned)step);
+        sm_step(r, &s);
+        av_weights(r, w);
+        for (i = 0; i < nw; i++)
+            mirror[i] = (float)(decay * (double)mirror[i] + (1.0 - decay) * (double)w[i]);
+        av_read(r, g, avg);
+        av_read(r, r->breg, tw);
+        ck_assert_msg(memcmp(avg, tw, nw * sizeof(float)) == 0,
+                      "step %d: the teacher and the average differ", step);
+        ck_assert_msg(memcmp(avg, mirror, nw * sizeof(float)) == 0,
+                      "step %d: the average is not the recurrence", step);
+    }
+    ck_assert(memcmp(avg, w, nw * sizeof(float)) != 0);
+    sm_close(r);
+}
+END_TEST
+
 /* Recalibration: one TRAIN | NO_GRAD | RECALIBRATE forward per batch, in
  * order, on the averaged weights; only while swapped; failures reported. */
 START_TEST(recalibrate_passes)
@@ -511,6 +549,7 @@ Suite *suite_average(void)
     tcase_add_test(sw, refused_while_swapped);
     tcase_add_test(sw, swap_rules);
     tcase_add_test(sw, bregman_teacher_swaps);
+    tcase_add_test(sw, teacher_is_the_average);
     tcase_add_test(sw, recalibrate_passes);
     tcase_add_test(st, rollback_keeps_average);
     tcase_add_test(st, resume_ema);

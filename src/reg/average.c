@@ -14,10 +14,8 @@
 #include <math.h>
 #include <string.h>
 
-typedef struct avg_job {
-    float *avg;
-    double keep, take; /* EMA: b and 1 - b; SWA: n + 1 in take */
-} avg_job;
+/* EMA: ro_ema_job as it is (ema.c); SWA: the divisor n + 1 in take. */
+typedef ro_ema_job avg_job;
 
 typedef struct average {
     avg_job job;          /* the elementwise work of the step being made */
@@ -164,29 +162,6 @@ static double ema_decay(const average *a, uint64_t n)
     }
 }
 
-/* w_bar <- b w_bar + (1 - b) w in double, rounded once: a convex
- * combination of two finite floats, so finite, and independent of how the
- * elements are split over threads. */
-static void avg_ema_block(float *restrict v, const float *restrict w, double b, double k)
-{
-    size_t j;
-    for (j = 0; j < RO_BLOCK; j++)
-        v[j] = (float)(b * (double)v[j] + k * (double)w[j]);
-}
-
-static void avg_ema_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
-{
-    const avg_job *e = ctx;
-    float *v = e->avg + p->offset + j0;
-    const float *w = p->data + j0;
-    double b = e->keep, k = e->take;
-    size_t n = j1 - j0, j;
-    for (j = 0; j + RO_BLOCK <= n; j += RO_BLOCK)
-        avg_ema_block(v + j, w + j, b, k);
-    for (; j < n; j++)
-        v[j] = (float)(b * (double)v[j] + k * (double)w[j]);
-}
-
 /* w_bar <- w_bar + (w - w_bar) / (n + 1) in double, rounded once (between
  * w_bar and w, so finite; torch computes it in the tensor's precision). */
 static void avg_swa_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
@@ -215,9 +190,8 @@ static ro_piece_fn average_after_pieces(ro_reg *r, const ro_step *s, void **ctx)
         e->take = (double)a->count + 1.0; /* the divisor n + 1 */
         return avg_swa_piece;
     }
-    e->keep = ema_decay(a, a->count);
-    e->take = 1.0 - e->keep;
-    return avg_ema_piece;
+    ro_ema_set(e, a->avg, ema_decay(a, a->count));
+    return ro_ema_piece;
 }
 
 static void average_after_update(ro_reg *r, const ro_step *s)

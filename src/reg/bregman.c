@@ -16,13 +16,8 @@
 #include <math.h>
 #include <string.h>
 
-typedef struct ema_job {
-    float *teacher;
-    float beta, keep;
-} ema_job;
-
 typedef struct bregman {
-    ema_job job;          /* the EMA of the step being made */
+    ro_ema_job job;       /* the EMA of the step being made (ema.c) */
     int ready;            /* the teacher holds weights */
     int swapped;          /* the host's buffers hold the teacher's weights */
     double mu, beta, beta_late, sw;
@@ -365,25 +360,6 @@ static regopt_status bregman_term(ro_reg *r, ro_view *v, double *weighted)
     return REGOPT_OK;
 }
 
-static void ema_block(float *restrict tw, const float *restrict w, float beta, float keep)
-{
-    size_t j;
-    for (j = 0; j < RO_BLOCK; j++)
-        tw[j] = beta * tw[j] + keep * w[j];
-}
-
-static void ema_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
-{
-    const ema_job *e = ctx;
-    float *tw = e->teacher + p->offset + j0;
-    const float *w = p->data + j0;
-    size_t n = j1 - j0, j;
-    for (j = 0; j + RO_BLOCK <= n; j += RO_BLOCK)
-        ema_block(tw + j, w + j, e->beta, e->keep);
-    for (; j < n; j++)
-        tw[j] = e->beta * tw[j] + e->keep * w[j];
-}
-
 /* beta_late from bregman.switch_step if bregman_set, else from bregman.switch of
  * optimizer.total_steps (never when total_steps is 0); s->step counts the
  * updates made before this one. */
@@ -394,25 +370,19 @@ static int late(const bregman *br, const ro_step *s)
     return s->total_steps > 0 && (double)s->step >= br->sw * (double)s->total_steps;
 }
 
-/* After the update: w~ <- beta w~ + (1 - beta) w. The teacher stays finite
- * (checkpoints refuse it otherwise): the update never writes a non-finite
- * weight, prepare (the driver, RO_REG_TAKES_WEIGHTS, when the host is
- * handed the teacher by pointer) refuses weights that already are, and the
- * EMA of finite values is finite. With b = fl(beta), k = fl(1 - b) and
- * M = FLT_MAX = (2^24 - 1) 2^104: for b >= 1/2, fl(b M) rounds down by exactly k 2^104
- * while fl(k M) rounds up by at most that, so the sum is at most M; for
- * b < 1/2, k is 1 - b + r with |r| <= 2^-25, fl(k M) rounds down by
- * (1 - k) 2^104 and fl(b M) up by less than b 2^104, so the sum exceeds M by
- * less than r 2^128 <= 2^103, short of the overflow threshold M + 2^103;
- * smaller or mixed-sign inputs only lower it (rounding is monotonic). */
+/* After the update: w~ <- beta w~ + (1 - beta) w, the average's recurrence
+ * (ema.c: in double, rounded once), so the teacher is bit for bit the EMA
+ * average of the same decay. The teacher stays finite (checkpoints refuse
+ * it otherwise): the update never writes a non-finite weight, prepare (the
+ * driver, RO_REG_TAKES_WEIGHTS, when the host is handed the teacher by
+ * pointer) refuses weights that already are, and the EMA of finite values
+ * is finite. */
 static ro_piece_fn bregman_after_pieces(ro_reg *r, const ro_step *s, void **ctx)
 {
     bregman *br = r->self;
-    br->job.teacher = br->teacher;
-    br->job.beta = (float)(late(br, s) ? br->beta_late : br->beta);
-    br->job.keep = (float)(1.0 - br->job.beta);
+    ro_ema_set(&br->job, br->teacher, late(br, s) ? br->beta_late : br->beta);
     *ctx = &br->job;
-    return ema_piece;
+    return ro_ema_piece;
 }
 
 static void bregman_after_update(ro_reg *r, const ro_step *s)
@@ -420,7 +390,7 @@ static void bregman_after_update(ro_reg *r, const ro_step *s)
     bregman *br = r->self;
     (void)s;
     br->ready = 1;
-    br->last_beta = br->job.beta;
+    br->last_beta = br->job.keep;
 }
 
 static void bregman_commit(ro_reg *r, const ro_step *s)

@@ -189,6 +189,15 @@ struct regopt_regularizer {
     char msg[RO_MSG_SIZE];
 };
 
+/* ema.c: v <- b v + (1 - b) w over the trainable weights (v: n_trainable
+ * floats), in double, rounded once -- the teacher's and the average's. */
+typedef struct ro_ema_job {
+    float *avg;
+    double keep, take; /* b and 1 - b */
+} ro_ema_job;
+void ro_ema_set(ro_ema_job *e, float *avg, double decay);
+void ro_ema_piece(void *ctx, const ro_param *p, size_t j0, size_t j1);
+
 /* registry.c: every built-in method (the only place that names them). */
 const ro_reg_ops *ro_reg_ops_at(size_t i);
 const ro_reg_ops *ro_reg_ops_of(regopt_regularizer_kind kind);
