@@ -344,8 +344,9 @@ END_TEST
  * the average's recurrence recomputed here in double, rounded per step. */
 START_TEST(teacher_is_the_average)
 {
-    regopt_regularizer *g;
-    sm_run *r = av_open(&g);
+    /* 4 x 4: A is one whole 16-element block (the vector path), b a tail */
+    sm_run *r = sm_open(4, 4, 2, REGOPT_LOSS_SOFTMAX_CE, 0.5, NULL, NULL);
+    regopt_regularizer *g = sm_attach(r, REGOPT_REG_AVERAGE);
     float tw[SW], avg[SW], w[SW], mirror[SW];
     size_t nw = av_n(r), i;
     const double decay = 0.75;
@@ -359,7 +360,7 @@ START_TEST(teacher_is_the_average)
     sm_rset(g, REGOPT_AVERAGE_DECAY, decay);
     av_weights(r, mirror);
     for (step = 0; step < AV_STEPS; step++) {
-        sm_fill(&s, 2, 2, 1, 2, 3, 0, 0, 200 + (unsigned)step);
+        sm_fill(&s, 2, 2, 1, 4, 4, 0, 0, 200 + (unsigned)step);
         sm_step(r, &s);
         av_weights(r, w);
         for (i = 0; i < nw; i++)
