@@ -1043,7 +1043,11 @@ REGOPT_API const char *regopt_optimizer_message(const regopt_optimizer *opt);
  * state is exactly as before the step: step count, regularizer state
  * (teacher, SAM's state), statistics, the RNG stream (the step is retried
  * with the same seeds). trainer.check_host records the parameters as the
- * callback left them, so a retry is not refused for them. Momentum-SAM
+ * callback left them, so a retry is not refused for them. A callback that
+ * returns 0 but wrote a NaN or infinite weight while a moving average of the
+ * weights is attached (the Bregman/MESA teacher, REGOPT_REG_AVERAGE) fails
+ * the same way, REGOPT_ERR_HOST_UPDATE naming the tensor and element,
+ * before the average takes it (it would keep it for good). Momentum-SAM
  * (sam.momentum) reads the library's momentum and is refused with a HOST
  * optimizer (REGOPT_ERR_STATE).
  *

@@ -377,6 +377,38 @@ START_TEST(teacher_is_the_average)
 }
 END_TEST
 
+/* A weight the host made non-finite between steps, under SGD without
+ * momentum (whose update would keep it as it is): the step is refused
+ * (here by its loss, which the weight makes NaN first; a weight that does
+ * not reach the loss is refused by name: RO_REG_TAKES_WEIGHTS, as the
+ * Bregman teacher), and the average and its count are as before. */
+START_TEST(nonfinite_weight_refused)
+{
+    regopt_regularizer *g;
+    sm_run *r = av_open(&g);
+    float avg0[SW], avg1[SW];
+    size_t nw = av_n(r);
+    int64_t n0 = -1, n1 = -1;
+    sm_set s;
+    SM_MUST(regopt_optimizer_set_double(r->o, REGOPT_OPT_MOMENTUM, 0.0));
+    sm_rset(g, REGOPT_AVERAGE_DECAY, 0.5);
+    sm_fill(&s, 2, 2, 1, 2, 3, 0, 0, 7);
+    sm_step(r, &s);
+    sm_step(r, &s);
+    av_read(r, g, avg0);
+    RMUST(g, regopt_regularizer_get_int(g, REGOPT_STAT_AVERAGE_COUNT, &n0));
+    r->h.A[1] = NAN;
+    ck_assert_int_eq(regopt_trainer_step(r->t, s.b, 2), REGOPT_ERR_NONFINITE_LOSS);
+    ck_assert(isnan(r->h.A[1]));
+    r->h.A[1] = 0.5f;
+    av_read(r, g, avg1);
+    ck_assert(memcmp(avg0, avg1, nw * sizeof(float)) == 0);
+    RMUST(g, regopt_regularizer_get_int(g, REGOPT_STAT_AVERAGE_COUNT, &n1));
+    ck_assert_int_eq(n0, n1);
+    sm_close(r);
+}
+END_TEST
+
 /* Recalibration: one TRAIN | NO_GRAD | RECALIBRATE forward per batch, in
  * order, on the averaged weights; only while swapped; failures reported. */
 START_TEST(recalibrate_passes)
@@ -551,6 +583,7 @@ Suite *suite_average(void)
     tcase_add_test(sw, swap_rules);
     tcase_add_test(sw, bregman_teacher_swaps);
     tcase_add_test(sw, teacher_is_the_average);
+    tcase_add_test(sw, nonfinite_weight_refused);
     tcase_add_test(sw, recalibrate_passes);
     tcase_add_test(st, rollback_keeps_average);
     tcase_add_test(st, resume_ema);

@@ -12,6 +12,7 @@
 typedef struct host_opt {
     run *r;
     int calls, fail_at, write_then_fail, freed;
+    int nan_at; /* the call (1-based) whose update writes a NaN into w[1] */
     uint64_t steps[64];
     double lrs[64];
     regopt_status inside_set, inside_step; /* calls back into the library */
@@ -40,6 +41,8 @@ static int host_sgd(uint64_t step, double lr, void *user)
         r->h.w[i] -= l * r->h.gw[i];
     for (i = 0; i < TH_K; i++)
         r->h.b[i] -= l * r->h.gb[i];
+    if (h->nan_at == h->calls)
+        r->h.w[1] = NAN;
     return h->fail_at == h->calls ? 4 : 0;
 }
 
@@ -170,6 +173,62 @@ START_TEST(host_update_fails)
     run_close(b);
     regopt_regularizer_free(sa);
     regopt_regularizer_free(sb);
+}
+END_TEST
+
+/* A host update that writes a NaN weight while an average would take the
+ * updated weights: REGOPT_ERR_HOST_UPDATE naming the tensor, element and
+ * the average, which stays as it was (its count too); without an average
+ * the library takes the host's weights as they are. _i: 0 EMA, 1 the
+ * Bregman teacher. */
+START_TEST(host_update_nonfinite_weight)
+{
+    host_opt h;
+    run *r = open_host(&h);
+    regopt_regularizer *avg =
+        regopt_regularizer_create(_i ? REGOPT_REG_BREGMAN : REGOPT_REG_AVERAGE, NULL, NULL);
+    float before[TH_D * TH_K + TH_K], after[TH_D * TH_K + TH_K];
+    int64_t count0 = -1, count1 = -1;
+    int k;
+    ck_assert_ptr_nonnull(avg);
+    if (!_i)
+        ck_assert_int_eq(regopt_regularizer_set_double(avg, REGOPT_AVERAGE_DECAY, 0.5), 0);
+    ck_assert_int_eq(regopt_trainer_attach(r->t, avg), REGOPT_OK);
+    for (k = 0; k < 3; k++)
+        must_step(r, k);
+    ck_assert_int_eq(regopt_regularizer_swap_average(avg), REGOPT_OK);
+    memcpy(before, r->h.w, sizeof r->h.w);
+    memcpy(before + TH_D * TH_K, r->h.b, sizeof r->h.b);
+    ck_assert_int_eq(regopt_regularizer_swap_average(avg), REGOPT_OK);
+    if (!_i)
+        ck_assert_int_eq(regopt_regularizer_get_int(avg, REGOPT_STAT_AVERAGE_COUNT, &count0), 0);
+    h.nan_at = h.calls + 1;
+    ck_assert_int_eq(regopt_trainer_step(r->t, &r->b[3], 1), REGOPT_ERR_HOST_UPDATE);
+    ck_assert_msg(strstr(regopt_trainer_message(r->t), "non-finite weight to parameter \"W\" "
+                                                       "at element 1 at step 4"),
+                  "%s", regopt_trainer_message(r->t));
+    ck_assert_msg(strstr(regopt_trainer_message(r->t), _i ? "Bregman" : "weight average"), "%s",
+                  regopt_trainer_message(r->t));
+    ck_assert_int_eq(steps_of(r), 3);
+    r->h.w[1] = 0.25f; /* the host repairs its weight; the average is as before */
+    ck_assert_int_eq(regopt_regularizer_swap_average(avg), REGOPT_OK);
+    memcpy(after, r->h.w, sizeof r->h.w);
+    memcpy(after + TH_D * TH_K, r->h.b, sizeof r->h.b);
+    ck_assert_int_eq(regopt_regularizer_swap_average(avg), REGOPT_OK);
+    ck_assert_int_eq(memcmp(before, after, sizeof before), 0);
+    if (!_i) {
+        ck_assert_int_eq(regopt_regularizer_get_int(avg, REGOPT_STAT_AVERAGE_COUNT, &count1), 0);
+        ck_assert_int_eq(count0, count1);
+    }
+    must_step(r, 4);
+    ck_assert_int_eq(steps_of(r), 4);
+    /* no average: the host's NaN is the host's business */
+    ck_assert_int_eq(regopt_trainer_detach(r->t, avg), REGOPT_OK);
+    h.nan_at = h.calls + 1;
+    ck_assert_int_eq(regopt_trainer_step(r->t, &r->b[0], 1), REGOPT_OK);
+    ck_assert(isnan(r->h.w[1]));
+    run_close(r);
+    regopt_regularizer_free(avg);
 }
 END_TEST
 
@@ -365,6 +424,7 @@ Suite *suite_optim_host(void)
     TCase *tc = tcase_create("host");
     tcase_add_loop_test(tc, host_equals_builtin_sgd, 0, 2);
     tcase_add_test(tc, host_update_fails);
+    tcase_add_loop_test(tc, host_update_nonfinite_weight, 0, 2);
     tcase_add_test(tc, host_bad_input);
     tcase_add_test(tc, host_refuses_half_tensors);
     tcase_add_test(tc, host_checkpoint);

@@ -4,6 +4,8 @@
  * in the registered gradient buffers, clipped, the weights at w. */
 #include "trainer/trainer.h"
 
+#include <math.h>
+
 typedef struct scale_job {
     float scale;
 } scale_job;
@@ -20,7 +22,40 @@ static void scale_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
         g[j] = g[j] * c;
 }
 
-regopt_status ro_host_update(regopt_trainer *t, double lr, double scale)
+static double weight_squares(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    (void)ctx;
+    return ro_sum_squares(p->data + j0, j1 - j0);
+}
+
+/* After the host's update, before a moving average (the teacher, an EMA or
+ * SWA) takes the weights: a non-finite one would stay in it for good. The
+ * double sum of squares of finite floats is finite (each square is below
+ * 2^256), so it is not finite exactly when a weight is not; only then are
+ * the weights read again, to name it. */
+static regopt_status taken_weights_finite(regopt_trainer *t, const char *taker)
+{
+    const regopt_model *m = t->model;
+    size_t i, j;
+    if (isfinite(ro_sum_pieces(&t->par, weight_squares, NULL)))
+        return REGOPT_OK;
+    ro_probe_record(t);
+    for (i = 0; i < m->n_params; i++) {
+        const ro_param *p = &m->params[i];
+        for (j = 0; p->grad && j < p->count; j++)
+            if (!isfinite(p->data[j]))
+                return ro_fail(t->msg, REGOPT_ERR_HOST_UPDATE,
+                               "the host's update callback wrote a non-finite weight to "
+                               "parameter \"%.64s\" at element %zu at step %llu, which the %s "
+                               "would take; the library's state is as before the step, the "
+                               "parameters and the host optimizer's state are what the "
+                               "callback left", p->name, j, (unsigned long long)(t->step + 1),
+                               taker);
+    }
+    return ro_fail(t->msg, REGOPT_ERR_HOST_UPDATE, "the host's update wrote a non-finite weight");
+}
+
+regopt_status ro_host_update(regopt_trainer *t, double lr, double scale, const char *taker)
 {
     regopt_optimizer *o = t->opt;
     int rc;
@@ -37,7 +72,7 @@ regopt_status ro_host_update(regopt_trainer *t, double lr, double scale)
     t->busy_host = 0;
     ro_host_leave(&t->env);
     if (rc == 0)
-        return REGOPT_OK;
+        return taker ? taken_weights_finite(t, taker) : REGOPT_OK;
     /* the library's state is untouched (the step counts only after this);
        the parameters are the host's now: trainer.check_host takes them as
        they are, so that a retried step is not refused for them */

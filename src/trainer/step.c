@@ -186,17 +186,22 @@ static regopt_status step_commit(regopt_trainer *t, ro_step *s, double norm)
     size_t i;
     ro_fused f;
     regopt_status st;
+    const char *taker = NULL; /* the first regularizer averaging the updated weights */
     f.n = 0;
     for (i = 0; i < t->n_regs; i++) {
         ro_reg *r = t->regs[i];
-        if (r->ops->after_pieces && (f.fn[f.n] = r->ops->after_pieces(r, s, &f.ctx[f.n])))
+        if (r->ops->after_pieces && (f.fn[f.n] = r->ops->after_pieces(r, s, &f.ctx[f.n]))) {
             f.n++;
+            if (!taker && (r->ops->flags & RO_REG_TAKES_WEIGHTS))
+                taker = r->ops->title;
+        }
     }
     if (t->opt->kind == REGOPT_HOST) {
         /* the host's update is its own: it finds the weights in place, and
-           the work after it makes its passes */
+           the work after it makes its passes, once the weights it would
+           average are known to be finite */
         ro_step_settle(t, s);
-        st = ro_host_update(t, s->lr, scale);
+        st = ro_host_update(t, s->lr, scale, taker);
         for (i = 0; st == REGOPT_OK && i < f.n; i++)
             ro_each_piece(&t->par, f.fn[i], f.ctx[i]);
     } else {

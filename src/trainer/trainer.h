@@ -186,8 +186,10 @@ void ro_step_settle(regopt_trainer *t, ro_step *s);
 /* host_update.c: REGOPT_HOST's update in place of ro_apply_update: the
  * clipping factor written into the gradient buffers, then the host's
  * callback. REGOPT_ERR_HOST_UPDATE when it fails (the library's state
- * unchanged; the parameters are what the host left). */
-regopt_status ro_host_update(regopt_trainer *t, double lr, double scale);
+ * unchanged; the parameters are what the host left), or when taker (the
+ * title of a regularizer about to average the weights; NULL: none) would
+ * take a non-finite weight the callback wrote. */
+regopt_status ro_host_update(regopt_trainer *t, double lr, double scale, const char *taker);
 
 /* scaler.c: loss scaling. active: the step runs at scale S and skips on
  * an overflow. sync_env: the env's scale and skip flag from the state.
