@@ -51,8 +51,8 @@ static const char *const grids[N_PROTOCOLS][MAX_METHODS] = {
  * grid joins the values of two searches (the runs are deterministic). Noisy
  * WSAM is coupled (sam.wsam 2: AdamW takes alpha g_p + (1 - alpha) g), as
  * a third search chose: the decoupled gamma 0.997 diverged on held-out
- * images with seeds 2 and 3; its gamma grid stays above 0.5, where coupled
- * WSAM is SAM itself (README). */
+ * images with seeds 2 and 3; its gamma grid stays above 0.5 (at 0.5,
+ * coupled WSAM is SAM itself; README). */
 static const char *const second[N_PROTOCOLS][MAX_METHODS] = {
     {"smart:bregman.mu=0.03,0.1,0.3,1", "looksam:sam.looksam_alpha=0.1,0.2,0.35,0.7",
      "vasso:sam.vasso_theta=0.2,0.4,0.6,0.9", "wsam:sam.wsam_gamma=0.7,0.9,0.99,0.997", NULL},
