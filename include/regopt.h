@@ -2110,8 +2110,15 @@ enum regopt_bregman_key {
  * decay and no warm-up, attached at the same time, would hold.
  * regopt_regularizer_swap_average and regopt_regularizer_recalibrate take a
  * Bregman handle too, so the teacher's buffer is the EMA's: evaluating
- * MESA's EMA needs no second copy of the weights (attach an average only
- * for another decay, a warm-up or SWA; it then keeps a buffer of its own).
+ * MESA's EMA needs no second copy of the weights. An EMA average attached
+ * beside the teacher with no warm-up, average.every 1 and average.decay
+ * equal to both betas holds the teacher's buffer instead of its own once
+ * the two are equal after an update (attached together, or loaded from one
+ * checkpoint): one EMA pass, 4 bytes per parameter less, the same bits. When
+ * a decay or the average's mode changes, the teacher is detached or a
+ * checkpoint is loaded, the average takes a copy of its own back before the
+ * next update (a step, or a checkpoint load, can then fail with
+ * REGOPT_ERR_NO_MEMORY, changing nothing).
  */
 
 /* ------------------------------------------------------------------------ */

@@ -22,8 +22,11 @@ typedef struct average {
     int mode, warmup;
     double decay, gamma, power, min_decay;
     int64_t start, every;
-    uint64_t count;       /* updates averaged; 0: avg holds nothing yet */
-    float *avg;           /* n_trainable */
+    uint64_t count;       /* updates averaged; 0: the buffer holds nothing yet */
+    ro_ema_buf *buf;      /* the average: its own (refs 1), or a teacher's (shared) */
+    ro_ema_buf *spare;    /* a buffer of its own made ready for a load while shared */
+    int shared;           /* this step, the buffer's owner makes its EMA */
+    int try_share;        /* after the next update, look for a teacher holding the same */
     double last_decay;    /* what the last step kept of the old average */
 } average;
 
@@ -65,6 +68,7 @@ static regopt_status average_set(ro_reg *r, const ro_key_desc *k, int32_t group,
 {
     average *a = r->self;
     (void)group;
+    a->try_share = 1;
     switch (k->key) {
     case REGOPT_AVERAGE_MODE: a->mode = (int)v; break;
     case REGOPT_AVERAGE_DECAY: a->decay = v; break;
@@ -97,8 +101,11 @@ static double average_get(const ro_reg *r, const ro_key_desc *k, int32_t group)
 static regopt_status average_attach(ro_reg *r)
 {
     average *a = r->self;
-    a->avg = ro_calloc(r->env->alloc, r->env->model->n_trainable, sizeof(float));
-    if (!a->avg)
+    a->buf = ro_ema_buf_new(r->env->alloc, r->env->model->n_trainable);
+    a->spare = NULL;
+    a->shared = 0;
+    a->try_share = 1;
+    if (!a->buf)
         return ro_fail(r->env->msg, REGOPT_ERR_NO_MEMORY,
                        "out of memory for the average's %zu weights",
                        r->env->model->n_trainable);
@@ -110,8 +117,9 @@ static regopt_status average_attach(ro_reg *r)
 static void average_detach(ro_reg *r)
 {
     average *a = r->self;
-    ro_free(r->env->alloc, a->avg);
-    a->avg = NULL;
+    ro_ema_buf_drop(r->env->alloc, a->buf);
+    ro_ema_buf_drop(r->env->alloc, a->spare);
+    a->buf = a->spare = NULL;
     a->count = 0;
 }
 
@@ -128,6 +136,76 @@ static void avg_copy_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
            (j1 - j0) * sizeof(float));
 }
 
+/* ---- one buffer with a teacher of the same EMA ------------------------------
+ * A Bregman/MESA teacher whose betas both equal average.decay makes, after
+ * every step, the same recurrence as an EMA average with no warm-up that
+ * counts every step (ema.c: the same bits). Once the two buffers are equal
+ * after an update (both started at the same step, or a checkpoint put the
+ * same weights in both), the average drops its own and holds the
+ * teacher's: one buffer, one update (the teacher's), 4 bytes per parameter
+ * less. When that stops being true (a decay or the mode changes, a
+ * checkpoint loads), the average takes a copy of its own back before the
+ * next update; a teacher detached leaves the buffer to the average. */
+
+/* The buffer of the attached regularizer that keeps this average's EMA, or
+ * NULL when none does (or this average is not an EMA of one fixed decay). */
+static ro_ema_buf *kept_by_other(const ro_reg *r, const ro_step *s)
+{
+    const average *a = r->self;
+    size_t i;
+    if (a->mode != REGOPT_AVERAGE_EMA || a->warmup != REGOPT_AVERAGE_WARMUP_NONE ||
+        a->every != 1)
+        return NULL;
+    for (i = 0; i < s->n_regs; i++) {
+        ro_reg *o = s->regs[i];
+        ro_ema_buf *b = o != r && o->ops->ema ? o->ops->ema(o, a->decay) : NULL;
+        if (b)
+            return b;
+    }
+    return NULL;
+}
+
+/* A buffer of its own again, with the shared one's weights. */
+static regopt_status unshare(ro_reg *r)
+{
+    average *a = r->self;
+    size_t n = r->env->model->n_trainable;
+    ro_ema_buf *own = a->spare ? a->spare : ro_ema_buf_new(r->env->alloc, n);
+    if (!own)
+        return ro_fail(r->env->msg, REGOPT_ERR_NO_MEMORY, "out of memory for the average's "
+                       "own copy of the %zu weights it shared with the teacher", n);
+    memcpy(own->v, a->buf->v, n * sizeof(float));
+    ro_ema_buf_drop(r->env->alloc, a->buf);
+    a->buf = own;
+    a->spare = NULL;
+    return REGOPT_OK;
+}
+
+/* Before a step: still shared only while the teacher keeps this very EMA. */
+static regopt_status keep_shared(ro_reg *r, const ro_step *s)
+{
+    average *a = r->self;
+    regopt_status st = REGOPT_OK;
+    if (a->buf->refs > 1 && kept_by_other(r, s) != a->buf)
+        st = unshare(r);
+    a->shared = st == REGOPT_OK && a->buf->refs > 1;
+    return st;
+}
+
+/* After an update: hold the teacher's buffer instead when it is equal. */
+static void try_share(ro_reg *r, const ro_step *s)
+{
+    average *a = r->self;
+    ro_ema_buf *b;
+    a->try_share = 0;
+    if (a->buf->refs > 1 || !(b = kept_by_other(r, s)) ||
+        memcmp(b->v, a->buf->v, r->env->model->n_trainable * sizeof(float)) != 0)
+        return;
+    ro_ema_buf_drop(r->env->alloc, a->buf);
+    b->refs++;
+    a->buf = b;
+}
+
 /* The EMA starts from the weights before its first update (timm's ModelEma
  * copies the model at creation; MESA's teacher too). Copied here, before any
  * pass, on every attempt until a step commits: a failed step leaves count 0
@@ -135,7 +213,10 @@ static void avg_copy_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 static regopt_status average_prepare(ro_reg *r, ro_step *s)
 {
     average *a = r->self;
-    a->job.avg = a->avg;
+    regopt_status st = keep_shared(r, s);
+    if (st != REGOPT_OK)
+        return st;
+    a->job.avg = a->buf->v;
     if (a->mode == REGOPT_AVERAGE_EMA && a->count == 0 && counted(a, s->step))
         ro_each_piece(r->env->par, avg_copy_piece, &a->job);
     return REGOPT_OK;
@@ -180,17 +261,17 @@ static ro_piece_fn average_after_pieces(ro_reg *r, const ro_step *s, void **ctx)
 {
     average *a = r->self;
     avg_job *e = &a->job;
-    if (!counted(a, s->step))
+    if (!counted(a, s->step) || a->shared) /* shared: the teacher's EMA is this one */
         return NULL;
     *ctx = e;
-    e->avg = a->avg;
+    e->avg = a->buf->v;
     if (a->count == 0 && a->mode == REGOPT_AVERAGE_SWA)
         return avg_copy_piece;
     if (a->mode == REGOPT_AVERAGE_SWA) {
         e->take = (double)a->count + 1.0; /* the divisor n + 1 */
         return avg_swa_piece;
     }
-    ro_ema_set(e, a->avg, ema_decay(a, a->count));
+    ro_ema_set(e, a->buf->v, ema_decay(a, a->count));
     return ro_ema_piece;
 }
 
@@ -207,6 +288,8 @@ static void average_after_update(ro_reg *r, const ro_step *s)
         a->last_decay = ema_decay(a, a->count);
     if (counted(a, s->step))
         a->count++;
+    if (a->count == 1 || a->try_share)
+        try_share(r, s);
 }
 
 static void average_commit(ro_reg *r, const ro_step *s)
@@ -230,11 +313,12 @@ static void average_save(const ro_reg *r, ro_ck_sink *out)
     ro_ck_u64(out, a->count);
     ro_ck_f64(out, a->last_decay);
     if (a->count)
-        ro_ck_floats(out, a->avg, r->env->model->n_trainable);
+        ro_ck_floats(out, a->buf->v, r->env->model->n_trainable);
 }
 
 static regopt_status average_check_state(ro_reg *r, const unsigned char *p, uint64_t size)
 {
+    average *a = r->self;
     uint64_t n = r->env->model->n_trainable, count = size >= 16 ? ro_ck_rd64(p) : 0, i;
     double last = size >= 16 ? ro_ck_rdf64(p + 8) : -1.0;
     if (size < 16 || size != 16u + (count ? 4u * n : 0u) || !(last >= 0.0 && last <= 1.0) ||
@@ -250,6 +334,11 @@ static regopt_status average_check_state(ro_reg *r, const unsigned char *p, uint
                            "the checkpoint's averaged weights hold a non-finite value at "
                            "element %" PRIu64, i);
     }
+    /* a load cannot fail: the buffer a shared average loads into is made here */
+    if (a->buf->refs > 1 && !a->spare &&
+        !(a->spare = ro_ema_buf_new(r->env->alloc, (size_t)n)))
+        return ro_fail(r->env->msg, REGOPT_ERR_NO_MEMORY, "out of memory for the average's "
+                       "own copy of the %" PRIu64 " weights it shares with the teacher", n);
     return REGOPT_OK;
 }
 
@@ -257,17 +346,23 @@ static regopt_status average_load(ro_reg *r, const unsigned char *p, uint64_t si
 {
     average *a = r->self;
     (void)size;
+    if (a->buf->refs > 1) { /* the teacher loads its own weights: apart, until equal */
+        ro_ema_buf_drop(r->env->alloc, a->buf);
+        a->buf = a->spare;
+        a->spare = NULL;
+    }
     a->count = ro_ck_rd64(p);
     a->last_decay = ro_ck_rdf64(p + 8);
     if (a->count)
-        ro_ck_rdfloats(a->avg, p + 16, r->env->model->n_trainable);
+        ro_ck_rdfloats(a->buf->v, p + 16, r->env->model->n_trainable);
+    a->try_share = 1;
     return REGOPT_OK;
 }
 
 static float *average_weights(ro_reg *r)
 {
     average *a = r->self;
-    return a->count ? a->avg : NULL;
+    return a->count ? a->buf->v : NULL;
 }
 
 const ro_reg_ops ro_average_ops = {

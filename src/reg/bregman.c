@@ -22,7 +22,8 @@ typedef struct bregman {
     int swapped;          /* the host's buffers hold the teacher's weights */
     double mu, beta, beta_late, sw;
     int64_t switch_step;  /* -1: from sw and optimizer.total_steps */
-    float *teacher;       /* n_trainable */
+    ro_ema_buf *buf;      /* the teacher's weights (an EMA average may hold them too) */
+    float *teacher;       /* buf->v: n_trainable */
     const float **wtab;   /* n_params: pass->weights of a teacher pass */
     float *out;           /* the teacher's outputs for the step's rows */
     size_t cap_out;       /* rows */
@@ -106,16 +107,17 @@ static regopt_status bregman_attach(ro_reg *r)
     bregman *b = r->self;
     const regopt_model *m = r->env->model;
     size_t i;
-    b->teacher = ro_calloc(r->env->alloc, m->n_trainable, sizeof(float));
+    b->buf = ro_ema_buf_new(r->env->alloc, m->n_trainable);
     b->wtab = ro_calloc(r->env->alloc, m->n_params ? m->n_params : 1, sizeof *b->wtab);
-    if (!b->teacher || !b->wtab) {
-        ro_free(r->env->alloc, b->teacher);
+    if (!b->buf || !b->wtab) {
+        ro_ema_buf_drop(r->env->alloc, b->buf);
         ro_free(r->env->alloc, (void *)b->wtab);
-        b->teacher = NULL;
+        b->buf = NULL;
         b->wtab = NULL;
         return ro_fail(r->env->msg, REGOPT_ERR_NO_MEMORY,
                        "out of memory for the teacher's %zu weights", m->n_trainable);
     }
+    b->teacher = b->buf->v;
     /* the table is used only when every tensor is float32 (a half tensor's
        teacher is float32, the host's forward would read halves) */
     for (i = 0; i < m->n_params; i++) {
@@ -134,9 +136,10 @@ static regopt_status bregman_attach(ro_reg *r)
 static void bregman_detach(ro_reg *r)
 {
     bregman *b = r->self;
-    ro_free(r->env->alloc, b->teacher);
+    ro_ema_buf_drop(r->env->alloc, b->buf); /* an average may keep it */
     ro_free(r->env->alloc, b->out);
     ro_free(r->env->alloc, (void *)b->wtab);
+    b->buf = NULL;
     b->teacher = b->out = NULL;
     b->wtab = NULL;
     b->cap_out = 0;
@@ -455,6 +458,14 @@ static float *bregman_averaged(ro_reg *r)
     return br->ready ? br->teacher : NULL;
 }
 
+/* The teacher is the EMA of decay d when both betas are d: an EMA average
+ * of that decay and history may hold its buffer (average.c). */
+static ro_ema_buf *bregman_ema(ro_reg *r, double decay)
+{
+    const bregman *br = r->self;
+    return br->beta == decay && br->beta_late == decay ? br->buf : NULL;
+}
+
 static void bregman_abandon(ro_reg *r)
 {
     bregman *br = r->self;
@@ -493,4 +504,5 @@ const ro_reg_ops ro_bregman_ops = {
     .check_state = bregman_check_state,
     .load = bregman_load,
     .averaged = bregman_averaged,
+    .ema = bregman_ema,
 };

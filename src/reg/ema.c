@@ -67,3 +67,20 @@ void ro_ema_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 #endif
     ema_base(v, w, j1 - j0, e->keep, e->take);
 }
+
+ro_ema_buf *ro_ema_buf_new(const ro_alloc *a, size_t n)
+{
+    /* one block: the count, then the floats (16-byte aligned after it) */
+    ro_ema_buf *b = ro_calloc(a, 1, sizeof(ro_ema_buf) + 16 + n * sizeof(float));
+    if (!b)
+        return NULL;
+    b->v = (float *)(void *)((char *)b + ((sizeof(ro_ema_buf) + 15) & ~(size_t)15));
+    b->refs = 1;
+    return b;
+}
+
+void ro_ema_buf_drop(const ro_alloc *a, ro_ema_buf *b)
+{
+    if (b && --b->refs == 0)
+        ro_free(a, b);
+}

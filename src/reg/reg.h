@@ -168,6 +168,11 @@ typedef struct ro_reg_ops {
        n_trainable floats in ro_param.offset order, or NULL while there are
        none yet; NULL hook: the method keeps none */
     float *(*averaged)(ro_reg *r);
+    /* the EMA buffer this regularizer itself updates after every step with
+       exactly this decay, w~ <- d w~ + (1 - d) w by ro_ema_piece; NULL: none.
+       Another regularizer keeping the same EMA may hold it (ro_ema_buf)
+       instead of a buffer of its own, and leave the update to its owner */
+    struct ro_ema_buf *(*ema)(ro_reg *r, double decay);
 } ro_reg_ops;
 
 /* The public handle: the common header of every regularizer. */
@@ -197,6 +202,14 @@ typedef struct ro_ema_job {
 } ro_ema_job;
 void ro_ema_set(ro_ema_job *e, float *avg, double decay);
 void ro_ema_piece(void *ctx, const ro_param *p, size_t j0, size_t j1);
+/* An EMA's weights, counted: a teacher and an average of the same decay
+ * and history hold one (ro_reg_ops.ema); the last drop frees it. */
+typedef struct ro_ema_buf {
+    float *v;      /* n_trainable floats, zeroed when made */
+    unsigned refs;
+} ro_ema_buf;
+ro_ema_buf *ro_ema_buf_new(const ro_alloc *a, size_t n);
+void ro_ema_buf_drop(const ro_alloc *a, ro_ema_buf *b); /* NULL: nothing */
 
 /* registry.c: every built-in method (the only place that names them). */
 const ro_reg_ops *ro_reg_ops_at(size_t i);
