@@ -43,6 +43,10 @@ What the adapter does:
     recalibration), and with SMART's
     perturbation added to the output of the submodule named `embedding`
     (a forward hook). The autograd graph is kept per activation slot.
+  * SMART and the adversarial family: the `embedding` submodule runs once
+    per micro-batch, its output reused by the perturbed passes at the
+    step's weights, bitwise the same training (reuse_embedding=False: every
+    pass runs the whole module; regopt._torch_lower says when it falls back).
   * backward: torch.autograd.backward(outputs, d_outputs) accumulates into
     p.grad; NO_PARAM_GRAD passes use torch.autograd.grad on the perturbation
     only (parameters untouched); d_input is written when asked.
@@ -59,6 +63,7 @@ import torch.nn as nn
 
 from . import _core
 from . import _lib as L
+from . import _torch_lower
 from ._errors import StateError
 from ._torch_output import select_output
 
@@ -108,14 +113,14 @@ def _autograd_backward():
     has it with the signature we call it with; else the public function."""
     engine = getattr(getattr(torch.autograd, "Variable", None), "_execution_engine", None)
 
-    def public(outs, grads):
-        torch.autograd.backward(outs, grad_tensors=grads)
+    def public(outs, grads, keep=False):
+        torch.autograd.backward(outs, grad_tensors=grads, retain_graph=keep)
 
     if engine is None:
         return public
 
-    def direct(outs, grads):
-        engine.run_backward(outs, grads, False, False, (), allow_unreachable=True,
+    def direct(outs, grads, keep=False):
+        engine.run_backward(outs, grads, keep, False, (), allow_unreachable=True,
                             accumulate_grad=True)
     try:
         w = torch.ones(1, requires_grad=True)
@@ -230,10 +235,16 @@ class TorchModel(_core.Model):
                   dict (a key), a tuple or list (an index) or anything else
                   (a callable(out) -> tensor); None: the module returns a
                   tensor (a dict or tuple then raises, naming output=)
+    reuse_embedding  run the embedding submodule once per micro-batch and
+                  reuse its output in the perturbed passes of the step
+                  (SMART, adversarial training); the results are the same
+                  (regopt._torch_lower says when, and when it falls back).
+                  False: every pass runs the whole module.
     """
 
     def __init__(self, module, output_width, *, embedding=None, input_width=None, slots=3,
-                 call=None, group_fn=default_group, allocator=None, output=None):
+                 call=None, group_fn=default_group, allocator=None, output=None,
+                 reuse_embedding=True):
         if not isinstance(module, nn.Module):
             raise TypeError("TorchModel needs a torch.nn.Module")
         super().__init__(output_width, slots=slots, allocator=allocator)
@@ -259,6 +270,7 @@ class TorchModel(_core.Model):
         self._embedding = None
         self._delta = None
         self._hook = None
+        self._lower = None  # _torch_lower.LowerCache when reuse_embedding
         if embedding is not None:
             sub = module.get_submodule(embedding)
             if input_width is None:
@@ -272,6 +284,8 @@ class TorchModel(_core.Model):
             self._embedding = sub
             self.embedding_name = embedding
             self._hook = sub.register_forward_hook(_PerturbHook(self))
+            if reuse_embedding:
+                self._lower = _torch_lower.LowerCache(sub)
         if input_width:
             self.input_width = input_width
         try:
@@ -326,6 +340,8 @@ class TorchModel(_core.Model):
             self._registered.append(_Registered(name, p, grad))
 
     def _after_call(self):
+        if self._lower is not None:
+            self._lower.clear()  # the records hold the submodule's graphs
         if self._rng is not None:
             torch.default_generator.set_state(self._rng)
             self._rng = None
@@ -368,6 +384,8 @@ class TorchModel(_core.Model):
     def _before_call(self):
         """Before each step, evaluation and checkpoint: the registered memory
         must still be the parameters' (see the module docstring)."""
+        if self._lower is not None:
+            self._lower.clear()
         if self._unchanged():
             return
         self._check_all()
@@ -443,6 +461,7 @@ class TorchModel(_core.Model):
                 break
         bn_saved = []
         delta = None
+        lower = None
         try:
             if freeze_bn and train:
                 for bn in self._bns:
@@ -463,6 +482,10 @@ class TorchModel(_core.Model):
                 if want_grad:
                     delta.requires_grad_(True)
             self._delta = delta
+            if self._lower is not None and _torch_lower.eligible(flags) \
+                    and self._lower.usable():
+                lower = self._lower.begin(c, perturbed_input,
+                                          want_grad and not flags & L.PASS_NO_PARAM_GRAD)
             # dropout from pass.seed; the caller's RNG state is saved before the
             # call's first seeded pass and put back by _after_call (what
             # torch.random.fork_rng around each pass did, once per call)
@@ -479,6 +502,8 @@ class TorchModel(_core.Model):
             out = select_output(raw, self.output)
         finally:
             self._delta = None
+            if lower is not None:
+                self._lower.end()
             for bn, mom, nbt in bn_saved:
                 bn.momentum = mom
                 if nbt is not None:
@@ -498,7 +523,7 @@ class TorchModel(_core.Model):
         if self._keep_outputs:
             self._by_out[address] = (c.slot, raw)
         if want_grad and out.requires_grad:
-            self._graphs[c.slot] = (out, delta)
+            self._graphs[c.slot] = (out, delta, lower)
 
     def _backward(self, p):
         c = p._c
@@ -506,7 +531,10 @@ class TorchModel(_core.Model):
         if entry is None:
             raise RuntimeError("backward for slot %d without a forward that kept its graph"
                                % c.slot)
-        out, delta = entry
+        out, delta, lower = entry
+        # a pass that recorded the embedding's output keeps its graph for
+        # the passes that reuse it (the call's end frees it)
+        keep = lower is not None and lower.stored
         d_out = self._view(_addr(c.d_outputs), c.rows * c.output_width).view(out.shape)
         outs, grads = (out,), (d_out,)
         aux = self._aux.pop(c.slot, None)
@@ -523,14 +551,17 @@ class TorchModel(_core.Model):
             if c.d_input:
                 if delta is None:
                     raise RuntimeError("d_input requested for a pass without perturbation")
-                (g,) = torch.autograd.grad(outs, delta, grad_outputs=grads, allow_unused=True)
+                (g,) = torch.autograd.grad(outs, delta, grad_outputs=grads, allow_unused=True,
+                                           retain_graph=keep)
                 dst = _tensor_at(_addr(c.d_input), c.input_rows * c.input_width)
                 if g is None:
                     dst.zero_()
                 else:
                     dst.copy_(g.reshape(-1))
             return 0
-        _run_backward(outs, grads)
+        _run_backward(outs, grads, keep)
+        if lower is not None and lower.reroutes:
+            self._reroute(lower.reroutes)
         if c.d_input:
             g = delta.grad if delta is not None else None
             dst = _tensor_at(_addr(c.d_input), c.input_rows * c.input_width)
@@ -540,6 +571,20 @@ class TorchModel(_core.Model):
                 dst.copy_(g.reshape(-1))
         self._check_grads()
         return 0
+
+    @staticmethod
+    def _reroute(reroutes):
+        """The gradient that reached the reused embedding outputs (leaves of
+        this pass), through the recorded submodule graph into its parameters:
+        what this pass's backward would have done had it run the submodule."""
+        outs, grads = [], []
+        for rec, leaf in reroutes:
+            if leaf.grad is not None:
+                outs.append(rec)
+                grads.append(leaf.grad)
+        del reroutes[:]
+        if outs:
+            _run_backward(tuple(outs), tuple(grads), True)
 
     def _check_grads(self):
         """Autograd accumulates into an existing .grad in place; should it ever
@@ -567,6 +612,8 @@ class TorchModel(_core.Model):
         self._graphs = {}
         self._by_out = {}
         self._aux = {}
+        if getattr(self, "_lower", None) is not None:
+            self._lower.clear()
 
     def _save_host_state(self):
         """The batch-norm buffers (running mean, variance, batch count), put
