@@ -56,6 +56,7 @@ with fewer than 2 dimensions (biases, normalisation weights) in group 1 and
 the rest in group 0, so Optimizer.set_group(1, weight_decay=0) exempts them.
 """
 import ctypes
+import operator
 import weakref
 
 import torch
@@ -103,8 +104,12 @@ def _tensor_at(address, n):
     return torch.frombuffer(buf, dtype=torch.float32)
 
 
-def _addr(ptr):
-    return ctypes.cast(ptr, ctypes.c_void_p).value
+class _PassAddr(ctypes.Structure):
+    """struct regopt_pass with its pointers as integers: read over a pass
+    (from_address) for the buffer addresses, which ctypes.cast would
+    otherwise compute at a microsecond or two each, several times a pass."""
+    _fields_ = [(n, ctypes.c_size_t if t is ctypes.c_void_p or issubclass(t, ctypes._Pointer)
+                 else t) for n, t in L.Pass._fields_]
 
 
 def _autograd_backward():
@@ -136,6 +141,9 @@ _run_backward = _autograd_backward()
 
 
 _BN = (nn.modules.batchnorm._BatchNorm,)
+_DTYPE = operator.attrgetter("dtype")
+_REQ = operator.attrgetter("requires_grad")
+_GRAD = operator.attrgetter("grad")
 
 # Parameter dtypes the library takes; float16 and bfloat16 get the library's
 # fp32 master copy and loss scaling (float16: dynamic from 2^16), see
@@ -296,16 +304,16 @@ class TorchModel(_core.Model):
         self._snapshot()
         self.set_callbacks(self._forward, self._backward)
 
-    def _view(self, address, n):
-        """A float32 tensor over n floats of library memory at address, made
+    def _view(self, address, rows, width):
+        """A (rows, width) float32 tensor over library memory at address, made
         once: the library's output and gradient buffers stay put between
         reserves, so a step re-creates no wrapper."""
-        key = (address, n)
+        key = (address, rows, width)
         t = self._views.get(key)
         if t is None:
             if len(self._views) > 64:  # buffers were reallocated: drop the old ones
                 self._views.clear()
-            t = self._views[key] = _tensor_at(address, n)
+            t = self._views[key] = _tensor_at(address, rows * width).view(rows, width)
         return t
 
     # -- registration ------------------------------------------------------
@@ -361,6 +369,15 @@ class TorchModel(_core.Model):
         self._mods = mods
         self._tree = (tuple((m, len(m._parameters), len(m._modules)) for m in mods),
                       tuple(entries))
+        # the registered tensors as parallel lists, compared by map() in C
+        # (a Python loop over the tensors was most of a small model's check)
+        regs = self._registered
+        with_grad = [r for r in regs if r.grad is not None]
+        self._flat = (
+            [r.param for r in regs], [r.ptr for r in regs], [r.dtype for r in regs],
+            [r.numel for r in regs], [r.requires_grad for r in regs],
+            [r.param for r in with_grad], [r.grad for r in with_grad],
+            [r.grad_ptr for r in with_grad])
 
     def _unchanged(self):
         """True when the tree and every registered tensor are as recorded:
@@ -372,14 +389,15 @@ class TorchModel(_core.Model):
         for d, k, v in entries:
             if d.get(k) is not v:
                 return False
-        for r in self._registered:
-            p = r.param
-            if p.data_ptr() != r.ptr or p.dtype != r.dtype or p.numel() != r.numel \
-                    or p.requires_grad != r.requires_grad or p.grad is not r.grad \
-                    or not p.is_contiguous() \
-                    or (r.grad is not None and r.grad.data_ptr() != r.grad_ptr):
-                return False
-        return True
+        params, ptrs, dtypes, numels, req, gparams, gbufs, gptrs = self._flat
+        T = torch.Tensor
+        return (list(map(T.data_ptr, params)) == ptrs
+                and list(map(_DTYPE, params)) == dtypes
+                and list(map(T.numel, params)) == numels
+                and list(map(_REQ, params)) == req
+                and all(map(T.is_contiguous, params))
+                and all(map(operator.is_, map(_GRAD, gparams), gbufs))
+                and list(map(T.data_ptr, gbufs)) == gptrs)
 
     def _before_call(self):
         """Before each step, evaluation and checkpoint: the registered memory
@@ -437,11 +455,12 @@ class TorchModel(_core.Model):
     # -- callbacks ---------------------------------------------------------
     def _forward(self, p):
         c = p._c
+        a = _PassAddr.from_address(ctypes.addressof(c))
         module = self.module
         flags = c.flags
         train = bool(flags & L.PASS_TRAIN)
         want_grad = not (flags & L.PASS_NO_GRAD)
-        perturbed_input = bool(c.input_perturbation)
+        perturbed_input = a.input_perturbation != 0
         freeze_bn = bool(flags & (L.PASS_PERTURBED_WEIGHTS | L.PASS_TEACHER)) or perturbed_input
         recalibrate = bool(flags & L.PASS_RECALIBRATE)
         rows, r0 = c.rows, c.row_offset
@@ -478,7 +497,7 @@ class TorchModel(_core.Model):
                 if self._embedding is None:
                     raise RuntimeError("SMART passes need TorchModel(embedding=...)")
                 n = c.input_rows * c.input_width
-                delta = _tensor_at(_addr(c.input_perturbation), n).clone()
+                delta = _tensor_at(a.input_perturbation, n).clone()
                 if want_grad:
                     delta.requires_grad_(True)
             self._delta = delta
@@ -511,15 +530,16 @@ class TorchModel(_core.Model):
             if modes is not None:
                 for m, mode in modes:
                     m.training = mode
-        n_out = rows * c.output_width
-        if out.numel() != n_out:
-            raise ValueError("the module returned %s (%d floats) for %d rows x output_width %d"
-                             % (tuple(out.shape), out.numel(), rows, c.output_width))
-        out = out.reshape(rows, c.output_width)
+        width = c.output_width
+        if out.shape != (rows, width):
+            if out.numel() != rows * width:
+                raise ValueError("the module returned %s (%d floats) for %d rows x output_width "
+                                 "%d" % (tuple(out.shape), out.numel(), rows, width))
+            out = out.reshape(rows, width)
         if out.dtype != torch.float32:
             out = out.float()
-        address = _addr(c.outputs)
-        self._view(address, n_out).view(rows, c.output_width).copy_(out.detach())
+        address = a.outputs
+        self._view(address, rows, width).copy_(out.detach())
         if self._keep_outputs:
             self._by_out[address] = (c.slot, raw)
         if want_grad and out.requires_grad:
@@ -527,6 +547,7 @@ class TorchModel(_core.Model):
 
     def _backward(self, p):
         c = p._c
+        a = _PassAddr.from_address(ctypes.addressof(c))
         entry = self._graphs.pop(c.slot, None)
         if entry is None:
             raise RuntimeError("backward for slot %d without a forward that kept its graph"
@@ -535,7 +556,7 @@ class TorchModel(_core.Model):
         # a pass that recorded the embedding's output keeps its graph for
         # the passes that reuse it (the call's end frees it)
         keep = lower is not None and lower.stored
-        d_out = self._view(_addr(c.d_outputs), c.rows * c.output_width).view(out.shape)
+        d_out = self._view(a.d_outputs, c.rows, c.output_width)
         outs, grads = (out,), (d_out,)
         aux = self._aux.pop(c.slot, None)
         if self._by_out:
@@ -548,12 +569,12 @@ class TorchModel(_core.Model):
             grads = (d_out, torch.tensor(c.task_scale * c.loss_scale, dtype=aux.dtype))
         flags = c.flags
         if flags & L.PASS_NO_PARAM_GRAD:
-            if c.d_input:
+            if a.d_input:
                 if delta is None:
                     raise RuntimeError("d_input requested for a pass without perturbation")
                 (g,) = torch.autograd.grad(outs, delta, grad_outputs=grads, allow_unused=True,
                                            retain_graph=keep)
-                dst = _tensor_at(_addr(c.d_input), c.input_rows * c.input_width)
+                dst = _tensor_at(a.d_input, c.input_rows * c.input_width)
                 if g is None:
                     dst.zero_()
                 else:
@@ -562,9 +583,9 @@ class TorchModel(_core.Model):
         _run_backward(outs, grads, keep)
         if lower is not None and lower.reroutes:
             self._reroute(lower.reroutes)
-        if c.d_input:
+        if a.d_input:
             g = delta.grad if delta is not None else None
-            dst = _tensor_at(_addr(c.d_input), c.input_rows * c.input_width)
+            dst = _tensor_at(a.d_input, c.input_rows * c.input_width)
             if g is None:
                 dst.zero_()
             else:
@@ -590,6 +611,9 @@ class TorchModel(_core.Model):
         """Autograd accumulates into an existing .grad in place; should it ever
         have replaced a .grad tensor, copy the sum back into the registered
         buffer and put that buffer back."""
+        gparams, gbufs = self._flat[5:7]
+        if all(map(operator.is_, map(_GRAD, gparams), gbufs)):
+            return  # the common case, checked in C
         for r in self._registered:
             grad, param = r.grad, r.param
             if grad is None:
