@@ -144,6 +144,8 @@ _BN = (nn.modules.batchnorm._BatchNorm,)
 _DTYPE = operator.attrgetter("dtype")
 _REQ = operator.attrgetter("requires_grad")
 _GRAD = operator.attrgetter("grad")
+_PARAMS = operator.attrgetter("_parameters")
+_MODULES = operator.attrgetter("_modules")
 
 # Parameter dtypes the library takes; float16 and bfloat16 get the library's
 # fp32 master copy and loss scaling (float16: dynamic from 2^16), see
@@ -362,15 +364,14 @@ class TorchModel(_core.Model):
         as it is now, so that _before_call can confirm nothing changed with
         identity checks instead of walking named_parameters()."""
         mods = list(self.module.modules())
-        entries = []
-        for m in mods:
-            for d in (m._parameters, m._modules):
-                entries.extend((d, k, v) for k, v in d.items())
+        pdicts = [m._parameters for m in mods]
+        mdicts = [m._modules for m in mods]
+        entries = [(d, k, v) for d in pdicts + mdicts for k, v in d.items()]
         self._mods = mods
-        self._tree = (tuple((m, len(m._parameters), len(m._modules)) for m in mods),
-                      tuple(entries))
-        # the registered tensors as parallel lists, compared by map() in C
-        # (a Python loop over the tensors was most of a small model's check)
+        # as parallel lists, compared by map() in C (a Python loop over the
+        # modules and tensors was most of a small model's check)
+        self._tree = (mods, pdicts, mdicts, [len(d) for d in pdicts + mdicts],
+                      [e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries])
         regs = self._registered
         with_grad = [r for r in regs if r.grad is not None]
         self._flat = (
@@ -382,13 +383,13 @@ class TorchModel(_core.Model):
     def _unchanged(self):
         """True when the tree and every registered tensor are as recorded:
         the common case, a few identity and integer comparisons per tensor."""
-        shape, entries = self._tree
-        for m, n_p, n_m in shape:
-            if len(m._parameters) != n_p or len(m._modules) != n_m:
-                return False
-        for d, k, v in entries:
-            if d.get(k) is not v:
-                return False
+        mods, pdicts, mdicts, lens, edicts, ekeys, evals = self._tree
+        is_ = operator.is_
+        if not (all(map(is_, map(_PARAMS, mods), pdicts))
+                and all(map(is_, map(_MODULES, mods), mdicts))
+                and list(map(len, pdicts + mdicts)) == lens
+                and all(map(is_, map(dict.get, edicts, ekeys), evals))):
+            return False
         params, ptrs, dtypes, numels, req, gparams, gbufs, gptrs = self._flat
         T = torch.Tensor
         return (list(map(T.data_ptr, params)) == ptrs
