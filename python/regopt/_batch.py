@@ -256,19 +256,47 @@ def _address(a):
 def _convert_torch(torch, a, name, dtype, integral):
     """Batch._convert for a torch tensor, in torch: the CPU tensor of the
     dtype, contiguous (the same memory when it already is)."""
-    t = a.detach()
-    if t.device.type != "cpu":
+    kinds = _torch_kinds(torch)
+    t = a.detach() if a.requires_grad else a
+    if not t.is_cpu:
         t = t.cpu()
-    if integral and (t.is_floating_point() or t.is_complex()):
+    kind = kinds.get(t.dtype)
+    if integral and kind not in ("i", "u", "b"):
         raise TypeError("Batch: %s must be integers or booleans, got dtype %s" % (name, t.dtype))
-    if not integral and (t.is_complex() or t.dtype == torch.bool):
+    if not integral and kind not in ("i", "u", "f"):
         raise TypeError("Batch: %s must be numbers, got dtype %s" % (name, t.dtype))
-    if name == "labels" and t.numel() and t.dtype not in (
-            torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool):
+    target = kinds[dtype]
+    if name == "labels" and t.dtype not in kinds["narrow"] and t.numel():
         lo, hi = torch.aminmax(t)
         if int(lo) < -2 ** 31 or int(hi) >= 2 ** 31:
             raise ValueError("Batch: labels do not fit int32")
-    return t.to(getattr(torch, dtype)).contiguous()
+    if t.dtype != target:
+        t = t.to(target)
+    return t.contiguous()
+
+
+_TORCH_KINDS = None
+
+
+def _torch_kinds(torch):
+    """torch dtype -> NumPy's kind letter ("i", "u", "b", "f", "c"), the
+    conversion targets by name, and "narrow": the dtypes whose values all
+    fit int32 (no range check for labels). Made once, on first use."""
+    global _TORCH_KINDS
+    if _TORCH_KINDS is None:
+        k = {}
+        for names, kind in (("int8 int16 int32 int64", "i"), ("uint8 uint16 uint32 uint64", "u"),
+                            ("bool", "b"), ("float16 bfloat16 float32 float64", "f"),
+                            ("complex32 complex64 complex128", "c")):
+            for n in names.split():
+                dt = getattr(torch, n, None)
+                if isinstance(dt, torch.dtype):
+                    k[dt] = kind
+        for n in ("int32", "float32", "uint8"):
+            k[n] = getattr(torch, n)
+        k["narrow"] = (torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
+        _TORCH_KINDS = k
+    return _TORCH_KINDS
 
 
 def _leading_dim(data):

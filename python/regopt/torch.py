@@ -141,6 +141,7 @@ _run_backward = _autograd_backward()
 
 
 _BN = (nn.modules.batchnorm._BatchNorm,)
+_WEIGHTS_OFFSET = L.Pass.weights.offset
 _DTYPE = operator.attrgetter("dtype")
 _REQ = operator.attrgetter("requires_grad")
 _GRAD = operator.attrgetter("grad")
@@ -305,6 +306,14 @@ class TorchModel(_core.Model):
             raise
         self._snapshot()
         self.set_callbacks(self._forward, self._backward)
+        # teacher passes (Bregman, MESA) compute with the teacher's own
+        # buffers, put under the parameters for the pass (p.data = a tensor
+        # over them), instead of the library copying the teacher into the
+        # registered memory and back: two passes over the weights less a
+        # step. The library uses this for float32 models only.
+        self._teacher_views = {}
+        if all(r.dtype == torch.float32 for r in self._registered):
+            self.set_capabilities(L.CAP_PASS_WEIGHTS)
 
     def _view(self, address, rows, width):
         """A (rows, width) float32 tensor over library memory at address, made
@@ -482,6 +491,7 @@ class TorchModel(_core.Model):
         bn_saved = []
         delta = None
         lower = None
+        swapped = []
         try:
             if freeze_bn and train:
                 for bn in self._bns:
@@ -502,6 +512,8 @@ class TorchModel(_core.Model):
                 if want_grad:
                     delta.requires_grad_(True)
             self._delta = delta
+            if flags & L.PASS_TEACHER and c.size > _WEIGHTS_OFFSET and a.weights:
+                self._swap_in_teacher(a.weights, swapped)
             if self._lower is not None and _torch_lower.eligible(flags) \
                     and self._lower.usable():
                 lower = self._lower.begin(c, perturbed_input,
@@ -522,6 +534,8 @@ class TorchModel(_core.Model):
             out = select_output(raw, self.output)
         finally:
             self._delta = None
+            for param, own in swapped:
+                param.data = own
             if lower is not None:
                 self._lower.end()
             for bn, mom, nbt in bn_saved:
@@ -593,6 +607,27 @@ class TorchModel(_core.Model):
                 dst.copy_(g.reshape(-1))
         self._check_grads()
         return 0
+
+    def _swap_in_teacher(self, weights, swapped):
+        """Put tensors over the teacher's buffers (pass->weights, one float*
+        per registered tensor) under the parameters; swapped gets what
+        restores them (the registered memory, as p.data), each before its
+        parameter is changed."""
+        regs = self._registered
+        addrs = (ctypes.c_size_t * len(regs)).from_address(weights)
+        views = self._teacher_views
+        for r, addr in zip(regs, addrs):
+            if addr == r.ptr:  # a frozen tensor: its own buffer
+                continue
+            key = (r.ptr, addr)
+            t = views.get(key)
+            if t is None:
+                if len(views) > 4 * len(regs):  # the teacher's buffers moved
+                    views.clear()
+                t = views[key] = _tensor_at(addr, r.numel).view(r.param.shape)
+            own = r.storage[0]
+            swapped.append((r.param, own))
+            r.param.data = t
 
     @staticmethod
     def _reroute(reroutes):

@@ -160,6 +160,34 @@ class ReuseEmbeddingTest(unittest.TestCase):
         self.assert_same(a, b, exact=False)
         self.assertEqual(set(a[3]), {2})
 
+    def test_teacher_from_its_own_buffers(self):
+        # REGOPT_CAP_PASS_WEIGHTS: the Bregman teacher's pass computes with
+        # the library's teacher buffers put under the parameters; the same
+        # bits as the library swapping the teacher into the registered memory
+        runs = []
+        for caps in (None, 0):
+            torch.manual_seed(3)
+            net = Net()
+            seen = []
+            with TorchModel(net, 5, embedding="embed", input_width=16) as model:
+                if caps is not None:
+                    model.set_capabilities(caps)
+                with regopt.Optimizer("adamw", lr=1e-2) as opt, \
+                        regopt.Trainer(model, opt, seed=1) as t:
+                    t.add("smart", **SMART)
+                    t.add("bregman", beta=0.9)
+                    losses = [t.step(batches(False)) for _ in range(12)]
+                    seen.append(len(model._teacher_views))
+                    ptrs = [p.data_ptr() for p in net.parameters()]
+                    self.assertEqual(ptrs, [r.ptr for r in model._registered])
+            runs.append((losses, [p.detach().clone() for p in net.parameters()], seen))
+        (la, pa, sa), (lb, pb, sb) = runs
+        self.assertEqual(la, lb)
+        for p, q in zip(pa, pb):
+            self.assertTrue(torch.equal(p, q))
+        self.assertEqual(sa, [len(pa)])  # every tensor's teacher buffer was used
+        self.assertEqual(sb, [0])
+
     def test_module_left_as_it_was(self):
         torch.manual_seed(0)
         net = Net()
