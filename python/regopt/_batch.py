@@ -1,14 +1,25 @@
 """Passes and batches as seen by Python callbacks, and the Batch given
 to Trainer.step / Trainer.evaluate."""
 import ctypes
+import sys
 
 from . import _lib as L
-from ._lib import lib
 from ._arrays import _need_numpy, _np, _view
 from ._ints import SIZE, c_int
 
 Pass_loss_scale_offset = L.Pass.loss_scale.offset
 Pass_task_scale_offset = L.Pass.task_scale.offset
+
+
+class _BatchAddr(ctypes.Structure):
+    """struct regopt_batch with its pointers as integers: _fill writes the
+    addresses over the descriptor (from_buffer) instead of building ctypes
+    pointer objects (numpy's .ctypes.data_as costs a cast per field)."""
+    _fields_ = [(n, ctypes.c_size_t if t is ctypes.c_void_p or issubclass(t, ctypes._Pointer)
+                 else t) for n, t in L.Batch._fields_]
+
+
+_BATCH_SIZE = ctypes.sizeof(L.Batch)  # what regopt_batch_init writes into .size
 
 
 class Pass:
@@ -145,21 +156,23 @@ class Batch:
                 (converted to uint8); None = every row labelled
 
     Per-step arrays are converted (copied if needed) and kept alive by the
-    Batch object for as long as it exists."""
+    Batch object for as long as it exists: NumPy arrays, or torch tensors
+    for torch tensors given (converted with torch, on the CPU: a training
+    step then touches no NumPy code, which a step on a small model paid for
+    in cold caches more than anything else the binding does)."""
 
     __slots__ = ("data", "rows", "labels", "targets", "mask", "weights", "input_rows",
                  "task_mask")
 
     def __init__(self, data=None, rows=None, labels=None, targets=None, mask=None,
                  weights=None, input_rows=0, task_mask=None):
-        np = _need_numpy() if any(a is not None for a in (labels, targets, mask, weights,
-                                                          task_mask)) else _np
         self.data = data
-        self.labels = self._convert(labels, "labels", np and np.int32, integral=True)
-        self.targets = self._convert(targets, "targets", np and np.float32)
-        self.mask = self._convert(mask, "mask", np and np.uint8, integral=True)
-        self.weights = self._convert(weights, "weights", np and np.float32)
-        self.task_mask = self._convert(task_mask, "task_mask", np and np.uint8, integral=True)
+        conv = self._convert
+        self.labels = conv(labels, "labels", "int32", integral=True)
+        self.targets = conv(targets, "targets", "float32")
+        self.mask = conv(mask, "mask", "uint8", integral=True)
+        self.weights = conv(weights, "weights", "float32")
+        self.task_mask = conv(task_mask, "task_mask", "uint8", integral=True)
         if rows is None:
             for a in (self.labels, self.mask, self.weights, self.task_mask):
                 if a is not None:
@@ -176,16 +189,21 @@ class Batch:
         self.input_rows = c_int(input_rows or 0, "Batch input_rows", SIZE)
         for name in ("labels", "mask", "weights", "task_mask"):
             a = getattr(self, name)
-            if a is not None and a.size != self.rows:
-                raise ValueError("Batch: %s has %d elements for %d rows" % (name, a.size,
+            if a is not None and _count(a) != self.rows:
+                raise ValueError("Batch: %s has %d elements for %d rows" % (name, _count(a),
                                                                            self.rows))
 
     @staticmethod
     def _convert(a, name, dtype, integral=False):
+        """a as a C-contiguous array of dtype ("int32", "float32", "uint8")."""
         if a is None:
             return None
-        np = _np
-        if hasattr(a, "detach") and hasattr(a, "cpu"):  # a torch tensor
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(a, torch.Tensor):
+            return _convert_torch(torch, a, name, dtype, integral)
+        np = _need_numpy()
+        dtype = getattr(np, dtype)
+        if hasattr(a, "detach") and hasattr(a, "cpu"):  # a torch-like tensor
             a = a.numpy() if a.device.type == "cpu" and not a.requires_grad \
                 else a.detach().cpu().numpy()
         arr = np.asarray(a)
@@ -198,24 +216,87 @@ class Batch:
             raise ValueError("Batch: labels do not fit int32")
         return np.ascontiguousarray(arr, dtype=dtype)
 
-    def _fill(self, c, token, width, has_input):
-        lib.regopt_batch_init(ctypes.byref(c))
-        c.data = token
-        c.rows = self.rows
-        if self.targets is not None and self.targets.size != self.rows * width:
+    def _fill(self, desc, token, width, has_input):
+        """Write the descriptor desc (an L.Batch, zeroed as ctypes makes it).
+        Its size is our struct's: what regopt_batch_init writes when the
+        library is the one this binding was written for, and, with a newer
+        library's longer struct, the stride the library then reads (where
+        regopt_batch_init would zero its longer size past our descriptor)."""
+        if self.targets is not None and _count(self.targets) != self.rows * width:
             raise ValueError("Batch: targets has %d elements, the model needs rows x "
-                             "output_width = %d x %d" % (self.targets.size, self.rows, width))
+                             "output_width = %d x %d" % (_count(self.targets), self.rows, width))
+        c = _BatchAddr.from_buffer(desc)
+        c.size = _BATCH_SIZE
+        c.data = token or 0
+        c.rows = self.rows
         if self.labels is not None:
-            c.labels = self.labels.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+            c.labels = _address(self.labels)
         if self.targets is not None:
-            c.targets = self.targets.ctypes.data_as(L.c_float_p)
+            c.targets = _address(self.targets)
         if self.mask is not None:
-            c.mask = self.mask.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+            c.mask = _address(self.mask)
         if self.weights is not None:
-            c.weights = self.weights.ctypes.data_as(L.c_float_p)
+            c.weights = _address(self.weights)
         c.input_rows = self.input_rows
         if self.task_mask is not None:
-            c.task_mask = self.task_mask.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+            c.task_mask = _address(self.task_mask)
+
+
+def _count(a):
+    """Elements of a converted array (a NumPy array or a torch tensor)."""
+    n = getattr(a, "numel", None)
+    return n() if n is not None else a.size
+
+
+def _address(a):
+    p = getattr(a, "data_ptr", None)
+    return p() if p is not None else a.ctypes.data
+
+
+def _convert_torch(torch, a, name, dtype, integral):
+    """Batch._convert for a torch tensor, in torch: the CPU tensor of the
+    dtype, contiguous (the same memory when it already is)."""
+    kinds = _torch_kinds(torch)
+    t = a.detach() if a.requires_grad else a
+    if not t.is_cpu:
+        t = t.cpu()
+    kind = kinds.get(t.dtype)
+    if integral and kind not in ("i", "u", "b"):
+        raise TypeError("Batch: %s must be integers or booleans, got dtype %s" % (name, t.dtype))
+    if not integral and kind not in ("i", "u", "f"):
+        raise TypeError("Batch: %s must be numbers, got dtype %s" % (name, t.dtype))
+    target = kinds[dtype]
+    if name == "labels" and t.dtype not in kinds["narrow"] and t.numel():
+        lo, hi = torch.aminmax(t)
+        if int(lo) < -2 ** 31 or int(hi) >= 2 ** 31:
+            raise ValueError("Batch: labels do not fit int32")
+    if t.dtype != target:
+        t = t.to(target)
+    return t.contiguous()
+
+
+_TORCH_KINDS = None
+
+
+def _torch_kinds(torch):
+    """torch dtype -> NumPy's kind letter ("i", "u", "b", "f", "c"), the
+    conversion targets by name, and "narrow": the dtypes whose values all
+    fit int32 (no range check for labels). Made once, on first use."""
+    global _TORCH_KINDS
+    if _TORCH_KINDS is None:
+        k = {}
+        for names, kind in (("int8 int16 int32 int64", "i"), ("uint8 uint16 uint32 uint64", "u"),
+                            ("bool", "b"), ("float16 bfloat16 float32 float64", "f"),
+                            ("complex32 complex64 complex128", "c")):
+            for n in names.split():
+                dt = getattr(torch, n, None)
+                if isinstance(dt, torch.dtype):
+                    k[dt] = kind
+        for n in ("int32", "float32", "uint8"):
+            k[n] = getattr(torch, n)
+        k["narrow"] = (torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
+        _TORCH_KINDS = k
+    return _TORCH_KINDS
 
 
 def _leading_dim(data):

@@ -148,16 +148,29 @@ class Call:
         st.depth += 1
         return self
 
+    # The handlers seen by the last scan and the signals among them with a
+    # Python handler: a step scans ~64 signals, and reading them all through
+    # map() and comparing with the last scan (identity first, in C) costs a
+    # fraction of testing each one in a Python loop.
+    _last_scan = None
+    _last_found = ()
+
     @staticmethod
     def _defer(st):
         swapped = []
         try:
-            for s in _SIGNALS:
-                h = _sig.getsignal(s)
-                if callable(h) and h is not _deferring_handler:
-                    st.saved[s] = h
-                    _sig.signal(s, _deferring_handler)
-                    swapped.append(s)
+            handlers = list(map(_sig.getsignal, _SIGNALS))
+            if handlers != Call._last_scan:
+                # SIG_DFL and SIG_IGN are ints, None: set from outside Python
+                Call._last_found = tuple(
+                    (s, h) for s, h in zip(_SIGNALS, handlers)
+                    if h is not None and h.__class__ is not int and callable(h)
+                    and h is not _deferring_handler)
+                Call._last_scan = handlers
+            for s, h in Call._last_found:
+                st.saved[s] = h
+                _sig.signal(s, _deferring_handler)
+                swapped.append(s)
         except (ValueError, OSError):  # not the main interpreter, or a signal refused
             pass
         return tuple(swapped)

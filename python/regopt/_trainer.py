@@ -413,7 +413,14 @@ class Trainer(_Handle, _Options, _Checkpoints):
         bl = _as_batches(batches, fields)
         arr = self._prepare(bl)
         self._run(bl, lib.regopt_trainer_step, arr, len(bl))
-        return self._get_raw(_STAT_LOSS, False)  # stat("loss") without its name lookups
+        # stat("loss") without its name lookups, into a box kept for it (a
+        # step on a small model pays for every object made on its path)
+        box = self.__dict__.get("_loss_box")
+        if box is None:
+            v = ctypes.c_double()
+            box = self._loss_box = (v, ctypes.byref(v))
+        _check(lib.regopt_trainer_get_double(self._p(), _STAT_LOSS, box[1]), self._msg)
+        return box[0].value
 
     def evaluate(self, batch=None, *, outputs=True, loss=None, **fields):
         """Forward pass without training (dropout off). Returns (loss,

@@ -43,6 +43,13 @@ What the adapter does:
     recalibration), and with SMART's
     perturbation added to the output of the submodule named `embedding`
     (a forward hook). The autograd graph is kept per activation slot.
+    Teacher passes of a float32 module (Bregman, MESA) compute with the
+    library's teacher buffers put under the parameters (p.data, restored
+    after the pass; REGOPT_CAP_PASS_WEIGHTS).
+  * SMART and the adversarial family: the `embedding` submodule runs once
+    per micro-batch, its output reused by the perturbed passes at the
+    step's weights, bitwise the same training (reuse_embedding=False: every
+    pass runs the whole module; regopt._torch_lower says when it falls back).
   * backward: torch.autograd.backward(outputs, d_outputs) accumulates into
     p.grad; NO_PARAM_GRAD passes use torch.autograd.grad on the perturbation
     only (parameters untouched); d_input is written when asked.
@@ -52,6 +59,7 @@ with fewer than 2 dimensions (biases, normalisation weights) in group 1 and
 the rest in group 0, so Optimizer.set_group(1, weight_decay=0) exempts them.
 """
 import ctypes
+import operator
 import weakref
 
 import torch
@@ -59,8 +67,10 @@ import torch.nn as nn
 
 from . import _core
 from . import _lib as L
+from . import _torch_lower
 from ._errors import StateError
 from ._torch_output import select_output
+from ._torch_registered import _Registered
 
 
 def default_group(name, param):
@@ -98,8 +108,12 @@ def _tensor_at(address, n):
     return torch.frombuffer(buf, dtype=torch.float32)
 
 
-def _addr(ptr):
-    return ctypes.cast(ptr, ctypes.c_void_p).value
+class _PassAddr(ctypes.Structure):
+    """struct regopt_pass with its pointers as integers: read over a pass
+    (from_address) for the buffer addresses, which ctypes.cast would
+    otherwise compute at a microsecond or two each, several times a pass."""
+    _fields_ = [(n, ctypes.c_size_t if t is ctypes.c_void_p or issubclass(t, ctypes._Pointer)
+                 else t) for n, t in L.Pass._fields_]
 
 
 def _autograd_backward():
@@ -108,14 +122,14 @@ def _autograd_backward():
     has it with the signature we call it with; else the public function."""
     engine = getattr(getattr(torch.autograd, "Variable", None), "_execution_engine", None)
 
-    def public(outs, grads):
-        torch.autograd.backward(outs, grad_tensors=grads)
+    def public(outs, grads, keep=False):
+        torch.autograd.backward(outs, grad_tensors=grads, retain_graph=keep)
 
     if engine is None:
         return public
 
-    def direct(outs, grads):
-        engine.run_backward(outs, grads, False, False, (), allow_unreachable=True,
+    def direct(outs, grads, keep=False):
+        engine.run_backward(outs, grads, keep, False, (), allow_unreachable=True,
                             accumulate_grad=True)
     try:
         w = torch.ones(1, requires_grad=True)
@@ -131,6 +145,12 @@ _run_backward = _autograd_backward()
 
 
 _BN = (nn.modules.batchnorm._BatchNorm,)
+_WEIGHTS_OFFSET = L.Pass.weights.offset
+_DTYPE = operator.attrgetter("dtype")
+_REQ = operator.attrgetter("requires_grad")
+_GRAD = operator.attrgetter("grad")
+_PARAMS = operator.attrgetter("_parameters")
+_MODULES = operator.attrgetter("_modules")
 
 # Parameter dtypes the library takes; float16 and bfloat16 get the library's
 # fp32 master copy and loss scaling (float16: dynamic from 2^16), see
@@ -157,58 +177,6 @@ class _PerturbHook:
         return (_PerturbHook, ())
 
 
-class _Registered:
-    """What was registered for one parameter, to notice a change before the
-    library touches the memory again."""
-    __slots__ = ("name", "param", "ptr", "dtype", "device", "numel", "requires_grad", "grad",
-                 "grad_ptr", "storage")
-
-    def __init__(self, name, param, grad):
-        self.name, self.param, self.grad = name, param, grad
-        # the registered memory stays allocated even if p.data is replaced
-        # (refused before the library uses it again, but not freed under it)
-        self.storage = (param.detach(), grad.detach() if grad is not None else None)
-        self.ptr, self.dtype, self.device = param.data_ptr(), param.dtype, param.device
-        self.numel, self.requires_grad = param.numel(), param.requires_grad
-        self.grad_ptr = grad.data_ptr() if grad is not None else None
-
-    def change(self, p):
-        """What changed in parameter p (the module's one under this name) since
-        registration, or None."""
-        if p is not self.param:
-            return ("the module now holds another Parameter object under this name (a "
-                    "module.to()/.cuda()/.half() that made new Parameters, or an assignment); "
-                    "the new one is %s on %s" % (p.dtype, p.device))
-        if p.dtype != self.dtype:
-            return "its dtype changed from %s to %s (module.double()/.half()/.to(dtype)?)" \
-                % (self.dtype, p.dtype)
-        if p.device != self.device:
-            return "it moved from %s to %s" % (self.device, p.device)
-        if p.numel() != self.numel:
-            return "its size changed from %d to %d elements" % (self.numel, p.numel())
-        if p.data_ptr() != self.ptr:
-            return ("its storage was replaced (data_ptr %#x -> %#x: p.data = ..., "
-                    "module.share_memory(), torch.nn.utils.vector_to_parameters, ...)"
-                    % (self.ptr, p.data_ptr()))
-        if not p.is_contiguous():
-            return "it is no longer contiguous (p.data = a strided view)"
-        if p.requires_grad != self.requires_grad:
-            return ("requires_grad changed from %s to %s (%s after TorchModel() registered it: "
-                    "the library would %s)"
-                    % (self.requires_grad, p.requires_grad,
-                       "frozen" if self.requires_grad else "unfrozen",
-                       "go on updating it from a zero gradient (weight decay, momentum)"
-                       if self.requires_grad else "never update it"))
-        g = self.grad
-        if g is not None:
-            if g.data_ptr() != self.grad_ptr or g.numel() != self.numel \
-                    or g.dtype != self.dtype or not g.is_contiguous():
-                return ("its registered .grad buffer was moved or replaced in place (data_ptr "
-                        "%#x -> %#x; module.share_memory(), grad.data = ...)"
-                        % (self.grad_ptr, g.data_ptr()))
-        return None
-
-
 class TorchModel(_core.Model):
     """A regopt.Model over an nn.Module.
 
@@ -230,10 +198,16 @@ class TorchModel(_core.Model):
                   dict (a key), a tuple or list (an index) or anything else
                   (a callable(out) -> tensor); None: the module returns a
                   tensor (a dict or tuple then raises, naming output=)
+    reuse_embedding  run the embedding submodule once per micro-batch and
+                  reuse its output in the perturbed passes of the step
+                  (SMART, adversarial training); the results are the same
+                  (regopt._torch_lower says when, and when it falls back).
+                  False: every pass runs the whole module.
     """
 
     def __init__(self, module, output_width, *, embedding=None, input_width=None, slots=3,
-                 call=None, group_fn=default_group, allocator=None, output=None):
+                 call=None, group_fn=default_group, allocator=None, output=None,
+                 reuse_embedding=True):
         if not isinstance(module, nn.Module):
             raise TypeError("TorchModel needs a torch.nn.Module")
         super().__init__(output_width, slots=slots, allocator=allocator)
@@ -259,6 +233,7 @@ class TorchModel(_core.Model):
         self._embedding = None
         self._delta = None
         self._hook = None
+        self._lower = None  # _torch_lower.LowerCache when reuse_embedding
         if embedding is not None:
             sub = module.get_submodule(embedding)
             if input_width is None:
@@ -272,6 +247,8 @@ class TorchModel(_core.Model):
             self._embedding = sub
             self.embedding_name = embedding
             self._hook = sub.register_forward_hook(_PerturbHook(self))
+            if reuse_embedding:
+                self._lower = _torch_lower.LowerCache(sub)
         if input_width:
             self.input_width = input_width
         try:
@@ -281,17 +258,25 @@ class TorchModel(_core.Model):
             raise
         self._snapshot()
         self.set_callbacks(self._forward, self._backward)
+        # teacher passes (Bregman, MESA) compute with the teacher's own
+        # buffers, put under the parameters for the pass (p.data = a tensor
+        # over them), instead of the library copying the teacher into the
+        # registered memory and back: two passes over the weights less a
+        # step. The library uses this for float32 models only.
+        self._teacher_views = {}
+        if all(r.dtype == torch.float32 for r in self._registered):
+            self.set_capabilities(L.CAP_PASS_WEIGHTS)
 
-    def _view(self, address, n):
-        """A float32 tensor over n floats of library memory at address, made
+    def _view(self, address, rows, width):
+        """A (rows, width) float32 tensor over library memory at address, made
         once: the library's output and gradient buffers stay put between
         reserves, so a step re-creates no wrapper."""
-        key = (address, n)
+        key = (address, rows, width)
         t = self._views.get(key)
         if t is None:
             if len(self._views) > 64:  # buffers were reallocated: drop the old ones
                 self._views.clear()
-            t = self._views[key] = _tensor_at(address, n)
+            t = self._views[key] = _tensor_at(address, rows * width).view(rows, width)
         return t
 
     # -- registration ------------------------------------------------------
@@ -326,6 +311,8 @@ class TorchModel(_core.Model):
             self._registered.append(_Registered(name, p, grad))
 
     def _after_call(self):
+        if self._lower is not None:
+            self._lower.clear()  # the records hold the submodule's graphs
         if self._rng is not None:
             torch.default_generator.set_state(self._rng)
             self._rng = None
@@ -338,36 +325,47 @@ class TorchModel(_core.Model):
         as it is now, so that _before_call can confirm nothing changed with
         identity checks instead of walking named_parameters()."""
         mods = list(self.module.modules())
-        entries = []
-        for m in mods:
-            for d in (m._parameters, m._modules):
-                entries.extend((d, k, v) for k, v in d.items())
+        pdicts = [m._parameters for m in mods]
+        mdicts = [m._modules for m in mods]
+        entries = [(d, k, v) for d in pdicts + mdicts for k, v in d.items()]
         self._mods = mods
-        self._tree = (tuple((m, len(m._parameters), len(m._modules)) for m in mods),
-                      tuple(entries))
+        # as parallel lists, compared by map() in C (a Python loop over the
+        # modules and tensors was most of a small model's check)
+        self._tree = (mods, pdicts, mdicts, [len(d) for d in pdicts + mdicts],
+                      [e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries])
+        regs = self._registered
+        with_grad = [r for r in regs if r.grad is not None]
+        self._flat = (
+            [r.param for r in regs], [r.ptr for r in regs], [r.dtype for r in regs],
+            [r.numel for r in regs], [r.requires_grad for r in regs],
+            [r.param for r in with_grad], [r.grad for r in with_grad],
+            [r.grad_ptr for r in with_grad])
 
     def _unchanged(self):
         """True when the tree and every registered tensor are as recorded:
         the common case, a few identity and integer comparisons per tensor."""
-        shape, entries = self._tree
-        for m, n_p, n_m in shape:
-            if len(m._parameters) != n_p or len(m._modules) != n_m:
-                return False
-        for d, k, v in entries:
-            if d.get(k) is not v:
-                return False
-        for r in self._registered:
-            p = r.param
-            if p.data_ptr() != r.ptr or p.dtype != r.dtype or p.numel() != r.numel \
-                    or p.requires_grad != r.requires_grad or p.grad is not r.grad \
-                    or not p.is_contiguous() \
-                    or (r.grad is not None and r.grad.data_ptr() != r.grad_ptr):
-                return False
-        return True
+        mods, pdicts, mdicts, lens, edicts, ekeys, evals = self._tree
+        is_ = operator.is_
+        if not (all(map(is_, map(_PARAMS, mods), pdicts))
+                and all(map(is_, map(_MODULES, mods), mdicts))
+                and list(map(len, pdicts + mdicts)) == lens
+                and all(map(is_, map(dict.get, edicts, ekeys), evals))):
+            return False
+        params, ptrs, dtypes, numels, req, gparams, gbufs, gptrs = self._flat
+        T = torch.Tensor
+        return (list(map(T.data_ptr, params)) == ptrs
+                and list(map(_DTYPE, params)) == dtypes
+                and list(map(T.numel, params)) == numels
+                and list(map(_REQ, params)) == req
+                and all(map(T.is_contiguous, params))
+                and all(map(operator.is_, map(_GRAD, gparams), gbufs))
+                and list(map(T.data_ptr, gbufs)) == gptrs)
 
     def _before_call(self):
         """Before each step, evaluation and checkpoint: the registered memory
         must still be the parameters' (see the module docstring)."""
+        if self._lower is not None:
+            self._lower.clear()
         if self._unchanged():
             return
         self._check_all()
@@ -419,11 +417,12 @@ class TorchModel(_core.Model):
     # -- callbacks ---------------------------------------------------------
     def _forward(self, p):
         c = p._c
+        a = _PassAddr.from_address(ctypes.addressof(c))
         module = self.module
         flags = c.flags
         train = bool(flags & L.PASS_TRAIN)
         want_grad = not (flags & L.PASS_NO_GRAD)
-        perturbed_input = bool(c.input_perturbation)
+        perturbed_input = a.input_perturbation != 0
         freeze_bn = bool(flags & (L.PASS_PERTURBED_WEIGHTS | L.PASS_TEACHER)) or perturbed_input
         recalibrate = bool(flags & L.PASS_RECALIBRATE)
         rows, r0 = c.rows, c.row_offset
@@ -443,6 +442,8 @@ class TorchModel(_core.Model):
                 break
         bn_saved = []
         delta = None
+        lower = None
+        swapped = []
         try:
             if freeze_bn and train:
                 for bn in self._bns:
@@ -459,10 +460,16 @@ class TorchModel(_core.Model):
                 if self._embedding is None:
                     raise RuntimeError("SMART passes need TorchModel(embedding=...)")
                 n = c.input_rows * c.input_width
-                delta = _tensor_at(_addr(c.input_perturbation), n).clone()
+                delta = _tensor_at(a.input_perturbation, n).clone()
                 if want_grad:
                     delta.requires_grad_(True)
             self._delta = delta
+            if flags & L.PASS_TEACHER and c.size > _WEIGHTS_OFFSET and a.weights:
+                self._swap_in_teacher(a.weights, swapped)
+            if self._lower is not None and _torch_lower.eligible(flags) \
+                    and self._lower.usable():
+                lower = self._lower.begin(c, perturbed_input,
+                                          want_grad and not flags & L.PASS_NO_PARAM_GRAD)
             # dropout from pass.seed; the caller's RNG state is saved before the
             # call's first seeded pass and put back by _after_call (what
             # torch.random.fork_rng around each pass did, once per call)
@@ -479,6 +486,10 @@ class TorchModel(_core.Model):
             out = select_output(raw, self.output)
         finally:
             self._delta = None
+            for param, own in swapped:
+                param.data = own
+            if lower is not None:
+                self._lower.end()
             for bn, mom, nbt in bn_saved:
                 bn.momentum = mom
                 if nbt is not None:
@@ -486,28 +497,33 @@ class TorchModel(_core.Model):
             if modes is not None:
                 for m, mode in modes:
                     m.training = mode
-        n_out = rows * c.output_width
-        if out.numel() != n_out:
-            raise ValueError("the module returned %s (%d floats) for %d rows x output_width %d"
-                             % (tuple(out.shape), out.numel(), rows, c.output_width))
-        out = out.reshape(rows, c.output_width)
+        width = c.output_width
+        if out.shape != (rows, width):
+            if out.numel() != rows * width:
+                raise ValueError("the module returned %s (%d floats) for %d rows x output_width "
+                                 "%d" % (tuple(out.shape), out.numel(), rows, width))
+            out = out.reshape(rows, width)
         if out.dtype != torch.float32:
             out = out.float()
-        address = _addr(c.outputs)
-        self._view(address, n_out).view(rows, c.output_width).copy_(out.detach())
+        address = a.outputs
+        self._view(address, rows, width).copy_(out.detach())
         if self._keep_outputs:
             self._by_out[address] = (c.slot, raw)
         if want_grad and out.requires_grad:
-            self._graphs[c.slot] = (out, delta)
+            self._graphs[c.slot] = (out, delta, lower)
 
     def _backward(self, p):
         c = p._c
+        a = _PassAddr.from_address(ctypes.addressof(c))
         entry = self._graphs.pop(c.slot, None)
         if entry is None:
             raise RuntimeError("backward for slot %d without a forward that kept its graph"
                                % c.slot)
-        out, delta = entry
-        d_out = self._view(_addr(c.d_outputs), c.rows * c.output_width).view(out.shape)
+        out, delta, lower = entry
+        # a pass that recorded the embedding's output keeps its graph for
+        # the passes that reuse it (the call's end frees it)
+        keep = lower is not None and lower.stored
+        d_out = self._view(a.d_outputs, c.rows, c.output_width)
         outs, grads = (out,), (d_out,)
         aux = self._aux.pop(c.slot, None)
         if self._by_out:
@@ -520,20 +536,23 @@ class TorchModel(_core.Model):
             grads = (d_out, torch.tensor(c.task_scale * c.loss_scale, dtype=aux.dtype))
         flags = c.flags
         if flags & L.PASS_NO_PARAM_GRAD:
-            if c.d_input:
+            if a.d_input:
                 if delta is None:
                     raise RuntimeError("d_input requested for a pass without perturbation")
-                (g,) = torch.autograd.grad(outs, delta, grad_outputs=grads, allow_unused=True)
-                dst = _tensor_at(_addr(c.d_input), c.input_rows * c.input_width)
+                (g,) = torch.autograd.grad(outs, delta, grad_outputs=grads, allow_unused=True,
+                                           retain_graph=keep)
+                dst = _tensor_at(a.d_input, c.input_rows * c.input_width)
                 if g is None:
                     dst.zero_()
                 else:
                     dst.copy_(g.reshape(-1))
             return 0
-        _run_backward(outs, grads)
-        if c.d_input:
+        _run_backward(outs, grads, keep)
+        if lower is not None and lower.reroutes:
+            self._reroute(lower.reroutes)
+        if a.d_input:
             g = delta.grad if delta is not None else None
-            dst = _tensor_at(_addr(c.d_input), c.input_rows * c.input_width)
+            dst = _tensor_at(a.d_input, c.input_rows * c.input_width)
             if g is None:
                 dst.zero_()
             else:
@@ -541,10 +560,48 @@ class TorchModel(_core.Model):
         self._check_grads()
         return 0
 
+    def _swap_in_teacher(self, weights, swapped):
+        """Put tensors over the teacher's buffers (pass->weights, one float*
+        per registered tensor) under the parameters; swapped gets what
+        restores them (the registered memory, as p.data), each before its
+        parameter is changed."""
+        regs = self._registered
+        addrs = (ctypes.c_size_t * len(regs)).from_address(weights)
+        views = self._teacher_views
+        for r, addr in zip(regs, addrs):
+            if addr == r.ptr:  # a frozen tensor: its own buffer
+                continue
+            key = (r.ptr, addr)
+            t = views.get(key)
+            if t is None:
+                if len(views) > 4 * len(regs):  # the teacher's buffers moved
+                    views.clear()
+                t = views[key] = _tensor_at(addr, r.numel).view(r.param.shape)
+            own = r.storage[0]
+            swapped.append((r.param, own))
+            r.param.data = t
+
+    @staticmethod
+    def _reroute(reroutes):
+        """The gradient that reached the reused embedding outputs (leaves of
+        this pass), through the recorded submodule graph into its parameters:
+        what this pass's backward would have done had it run the submodule."""
+        outs, grads = [], []
+        for rec, leaf in reroutes:
+            if leaf.grad is not None:
+                outs.append(rec)
+                grads.append(leaf.grad)
+        del reroutes[:]
+        if outs:
+            _run_backward(tuple(outs), tuple(grads), True)
+
     def _check_grads(self):
         """Autograd accumulates into an existing .grad in place; should it ever
         have replaced a .grad tensor, copy the sum back into the registered
         buffer and put that buffer back."""
+        gparams, gbufs = self._flat[5:7]
+        if all(map(operator.is_, map(_GRAD, gparams), gbufs)):
+            return  # the common case, checked in C
         for r in self._registered:
             grad, param = r.grad, r.param
             if grad is None:
@@ -567,6 +624,8 @@ class TorchModel(_core.Model):
         self._graphs = {}
         self._by_out = {}
         self._aux = {}
+        if getattr(self, "_lower", None) is not None:
+            self._lower.clear()
 
     def _save_host_state(self):
         """The batch-norm buffers (running mean, variance, batch count), put

@@ -1,0 +1,105 @@
+"""regopt.Batch over torch tensors: converted with torch (no NumPy on the
+step's path), the same checks and the same descriptor as NumPy input."""
+import ctypes
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import numpy as np  # noqa: E402
+
+import regopt  # noqa: E402
+from regopt import _lib as L  # noqa: E402
+
+try:
+    import torch
+    HAVE_TORCH = True
+except ImportError:  # pragma: no cover
+    HAVE_TORCH = False
+
+
+def descriptor(b, width):
+    c = L.Batch()
+    b._fill(c, 1, width, False)
+    return c
+
+
+@unittest.skipUnless(HAVE_TORCH, "torch (python3-torch) is not installed")
+class TorchBatchTest(unittest.TestCase):
+
+    def test_converted_like_numpy(self):
+        y = torch.tensor([2, 0, 1], dtype=torch.int64)
+        t = torch.arange(6, dtype=torch.float64).reshape(3, 2).requires_grad_(True)
+        w = torch.tensor([1, 0, 3], dtype=torch.int32)
+        m = torch.tensor([True, False, True])
+        b = regopt.Batch(data=None, labels=y, targets=t, weights=w, mask=m, task_mask=m)
+        self.assertEqual(b.rows, 3)
+        self.assertEqual((b.labels.dtype, b.targets.dtype, b.weights.dtype, b.mask.dtype),
+                         (torch.int32, torch.float32, torch.float32, torch.uint8))
+        c = descriptor(b, 2)
+        self.assertEqual(c.size, L.lib.regopt_sizeof_batch())
+        self.assertEqual((c.rows, c.data), (3, 1))
+        self.assertEqual([c.labels[i] for i in range(3)], [2, 0, 1])
+        self.assertEqual([c.targets[i] for i in range(6)], [0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+        self.assertEqual([c.weights[i] for i in range(3)], [1.0, 0.0, 3.0])
+        self.assertEqual([c.mask[i] for i in range(3)], [1, 0, 1])
+        self.assertEqual([c.task_mask[i] for i in range(3)], [1, 0, 1])
+        # the same descriptor as from NumPy arrays, but for the addresses
+        n = regopt.Batch(data=None, labels=y.numpy(), targets=t.detach().numpy(),
+                         weights=w.numpy(), mask=m.numpy(), task_mask=m.numpy())
+        cn = descriptor(n, 2)
+        for f, _ in L.Batch._fields_:
+            if f in ("size", "rows", "input_rows"):
+                self.assertEqual(getattr(c, f), getattr(cn, f), f)
+
+    def test_contiguous_int32_is_not_copied(self):
+        y = torch.tensor([1, 2, 3], dtype=torch.int32)
+        b = regopt.Batch(labels=y)
+        self.assertEqual(b.labels.data_ptr(), y.data_ptr())
+        s = torch.arange(6, dtype=torch.int32)[::2]  # strided: copied contiguous
+        b = regopt.Batch(labels=s)
+        self.assertTrue(b.labels.is_contiguous())
+        self.assertEqual(b.labels.tolist(), [0, 2, 4])
+
+    def test_bad_input(self):
+        with self.assertRaisesRegex(TypeError, "labels must be integers"):
+            regopt.Batch(labels=torch.tensor([0.0, 1.0]))
+        with self.assertRaisesRegex(TypeError, "weights must be numbers"):
+            regopt.Batch(labels=[0, 1], weights=torch.tensor([True, False]))
+        with self.assertRaisesRegex(ValueError, "labels do not fit int32"):
+            regopt.Batch(labels=torch.tensor([0, 2 ** 31], dtype=torch.int64))
+        with self.assertRaisesRegex(ValueError, "labels do not fit int32"):
+            regopt.Batch(labels=torch.tensor([-2 ** 31 - 1, 0], dtype=torch.int64))
+        with self.assertRaisesRegex(ValueError, "mask has 2 elements for 3 rows"):
+            regopt.Batch(labels=torch.tensor([0, 1, 2]), mask=torch.tensor([1, 1]))
+        b = regopt.Batch(labels=torch.tensor([0, 1]), targets=torch.zeros(3))
+        with self.assertRaisesRegex(ValueError, "targets has 3 elements"):
+            descriptor(b, 2)
+
+    def test_step_with_torch_and_numpy_labels_agrees(self):
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((8, 3)).astype(np.float32)
+        y = rng.integers(0, 4, 8)
+        finals = []
+        for labels in (torch.from_numpy(y), y):
+            w = np.zeros((4, 3), np.float32)
+            g = np.zeros_like(w)
+
+            def fwd(p):
+                p.outputs[:] = x[p.rows_slice] @ w.T
+
+            def bwd(p):
+                g[:] += p.d_outputs.T @ x[p.rows_slice]
+            with regopt.Model(4, forward=fwd, backward=bwd) as m:
+                m.add_param("w", w, g)
+                with regopt.Optimizer("sgd", lr=0.5) as opt, regopt.Trainer(m, opt) as t:
+                    for _ in range(3):
+                        t.step(regopt.Batch(data=x, labels=labels))
+            finals.append(w.copy())
+        self.assertTrue(np.array_equal(finals[0], finals[1]))
+        self.assertGreater(float(np.abs(finals[0]).sum()), 0.0)
+
+
+if __name__ == "__main__":
+    unittest.main()
