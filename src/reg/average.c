@@ -178,6 +178,7 @@ static regopt_status unshare(ro_reg *r)
     ro_ema_buf_drop(r->env->alloc, a->buf);
     a->buf = own;
     a->spare = NULL;
+    a->shared = 0;
     return REGOPT_OK;
 }
 
@@ -198,7 +199,9 @@ static void try_share(ro_reg *r, const ro_step *s)
     average *a = r->self;
     ro_ema_buf *b;
     a->try_share = 0;
-    if (a->buf->refs > 1 || !(b = kept_by_other(r, s)) ||
+    /* count 0: the buffer holds no average yet (its first copy would then
+       overwrite the teacher's) */
+    if (a->count == 0 || a->buf->refs > 1 || !(b = kept_by_other(r, s)) ||
         memcmp(b->v, a->buf->v, r->env->model->n_trainable * sizeof(float)) != 0)
         return;
     ro_ema_buf_drop(r->env->alloc, a->buf);
@@ -346,11 +349,13 @@ static regopt_status average_load(ro_reg *r, const unsigned char *p, uint64_t si
 {
     average *a = r->self;
     (void)size;
-    if (a->buf->refs > 1) { /* the teacher loads its own weights: apart, until equal */
+    if (a->buf->refs > 1 && a->spare) { /* check_state made it: the teacher loads
+                                              its own weights, apart until equal */
         ro_ema_buf_drop(r->env->alloc, a->buf);
         a->buf = a->spare;
         a->spare = NULL;
     }
+    a->shared = 0;
     a->count = ro_ck_rd64(p);
     a->last_decay = ro_ck_rdf64(p + 8);
     if (a->count)
