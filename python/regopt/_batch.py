@@ -168,28 +168,30 @@ class Batch:
                  weights=None, input_rows=0, task_mask=None):
         self.data = data
         conv = self._convert
-        self.labels = conv(labels, "labels", "int32", integral=True)
-        self.targets = conv(targets, "targets", "float32")
-        self.mask = conv(mask, "mask", "uint8", integral=True)
-        self.weights = conv(weights, "weights", "float32")
-        self.task_mask = conv(task_mask, "task_mask", "uint8", integral=True)
+        # the fields left out stay None without a call each (a step on a
+        # small model pays for every call on its path)
+        self.labels = None if labels is None else conv(labels, "labels", "int32", True)
+        self.targets = None if targets is None else conv(targets, "targets", "float32")
+        self.mask = None if mask is None else conv(mask, "mask", "uint8", True)
+        self.weights = None if weights is None else conv(weights, "weights", "float32")
+        self.task_mask = None if task_mask is None else conv(task_mask, "task_mask", "uint8",
+                                                             True)
+        per_row = [(n, a) for n, a in (("labels", self.labels), ("mask", self.mask),
+                                       ("weights", self.weights),
+                                       ("task_mask", self.task_mask)) if a is not None]
         if rows is None:
-            for a in (self.labels, self.mask, self.weights, self.task_mask):
-                if a is not None:
-                    rows = a.shape[0]
-                    break
+            if per_row:
+                rows = per_row[0][1].shape[0]
+            elif self.targets is not None:
+                rows = self.targets.shape[0]
             else:
-                if self.targets is not None:
-                    rows = self.targets.shape[0]
-                else:
-                    rows = _leading_dim(data)
+                rows = _leading_dim(data)
         if rows is None:
             raise ValueError("Batch: rows is not given and cannot be inferred")
         self.rows = c_int(rows, "Batch rows", SIZE)
-        self.input_rows = c_int(input_rows or 0, "Batch input_rows", SIZE)
-        for name in ("labels", "mask", "weights", "task_mask"):
-            a = getattr(self, name)
-            if a is not None and _count(a) != self.rows:
+        self.input_rows = c_int(input_rows, "Batch input_rows", SIZE) if input_rows else 0
+        for name, a in per_row:
+            if _count(a) != self.rows:
                 raise ValueError("Batch: %s has %d elements for %d rows" % (name, _count(a),
                                                                            self.rows))
 
@@ -266,13 +268,27 @@ def _convert_torch(torch, a, name, dtype, integral):
     if not integral and kind not in ("i", "u", "f"):
         raise TypeError("Batch: %s must be numbers, got dtype %s" % (name, t.dtype))
     target = kinds[dtype]
-    if name == "labels" and t.dtype not in kinds["narrow"] and t.numel():
-        lo, hi = torch.aminmax(t)
-        if int(lo) < -2 ** 31 or int(hi) >= 2 ** 31:
+    if name == "labels" and t.dtype not in kinds["narrow"]:
+        n = t.numel()
+        if n <= _LABELS_BY_LIST and t.dim() == 1:
+            # a small batch's labels read in one call and checked in Python:
+            # cheaper than torch.aminmax and two .item() (three dispatches)
+            v = t.tolist()
+            lo, hi = (min(v), max(v)) if v else (0, 0)
+        elif n:
+            lo, hi = (int(e) for e in torch.aminmax(t))
+        else:
+            lo = hi = 0
+        if lo < -2 ** 31 or hi >= 2 ** 31:
             raise ValueError("Batch: labels do not fit int32")
     if t.dtype != target:
         t = t.to(target)
-    return t.contiguous()
+    return t if t.is_contiguous() else t.contiguous()
+
+
+# labels of at most this many elements are range-checked through .tolist()
+# (faster than torch.aminmax below about this size)
+_LABELS_BY_LIST = 64
 
 
 _TORCH_KINDS = None

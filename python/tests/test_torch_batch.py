@@ -77,6 +77,26 @@ class TorchBatchTest(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "targets has 3 elements"):
             descriptor(b, 2)
 
+    def test_labels_range_checked_at_every_size(self):
+        # small 1-D labels are checked through .tolist(), others with
+        # torch.aminmax: both refuse the same values and convert the same
+        from regopt import _batch
+        for n in (1, _batch._LABELS_BY_LIST, _batch._LABELS_BY_LIST + 1, 1000):
+            for bad in (2 ** 31, -2 ** 31 - 1):
+                y = torch.zeros(n, dtype=torch.int64)
+                y[n // 2] = bad
+                with self.assertRaisesRegex(ValueError, "labels do not fit int32"):
+                    regopt.Batch(labels=y)
+                with self.assertRaisesRegex(ValueError, "labels do not fit int32"):
+                    regopt.Batch(labels=y.reshape(n, 1), rows=n)
+            y = torch.arange(n, dtype=torch.int64) * 7 - 3 + (2 ** 31 - 1 - 7 * n)
+            y[0] = -2 ** 31
+            b = regopt.Batch(labels=y)
+            self.assertEqual(b.labels.dtype, torch.int32)
+            self.assertEqual(b.labels.tolist(), y.tolist())
+        self.assertEqual(regopt.Batch(labels=torch.zeros(0, dtype=torch.int64), rows=0)
+                         .labels.numel(), 0)
+
     def test_step_with_torch_and_numpy_labels_agrees(self):
         rng = np.random.default_rng(0)
         x = rng.standard_normal((8, 3)).astype(np.float32)
