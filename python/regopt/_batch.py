@@ -1,6 +1,7 @@
 """Passes and batches as seen by Python callbacks, and the Batch given
 to Trainer.step / Trainer.evaluate."""
 import ctypes
+import struct
 import sys
 
 from . import _lib as L
@@ -218,30 +219,47 @@ class Batch:
             raise ValueError("Batch: labels do not fit int32")
         return np.ascontiguousarray(arr, dtype=dtype)
 
-    def _fill(self, desc, token, width, has_input):
-        """Write the descriptor desc (an L.Batch, zeroed as ctypes makes it).
-        Its size is our struct's: what regopt_batch_init writes when the
-        library is the one this binding was written for, and, with a newer
-        library's longer struct, the stride the library then reads (where
-        regopt_batch_init would zero its longer size past our descriptor)."""
+    def _fill(self, desc, token, width, has_input, offset=0):
+        """Write the descriptor at byte offset of desc (an L.Batch or an array
+        of them; what is not given is written 0). Its size is our struct's:
+        what regopt_batch_init writes when the library is the one this
+        binding was written for, and, with a newer library's longer struct,
+        the stride the library then reads (where regopt_batch_init would
+        zero its longer size past our descriptor). Written by one
+        struct.pack_into when the struct is all words (every platform the
+        binding runs on), else field by field through ctypes."""
         if self.targets is not None and _count(self.targets) != self.rows * width:
             raise ValueError("Batch: targets has %d elements, the model needs rows x "
                              "output_width = %d x %d" % (_count(self.targets), self.rows, width))
-        c = _BatchAddr.from_buffer(desc)
-        c.size = _BATCH_SIZE
-        c.data = token or 0
-        c.rows = self.rows
-        if self.labels is not None:
-            c.labels = _address(self.labels)
-        if self.targets is not None:
-            c.targets = _address(self.targets)
-        if self.mask is not None:
-            c.mask = _address(self.mask)
-        if self.weights is not None:
-            c.weights = _address(self.weights)
-        c.input_rows = self.input_rows
-        if self.task_mask is not None:
-            c.task_mask = _address(self.task_mask)
+        lab, tg, mk, wt, tm = self.labels, self.targets, self.mask, self.weights, self.task_mask
+        fields = (_BATCH_SIZE, token or 0, self.rows,
+                  0 if lab is None else _address(lab), 0 if tg is None else _address(tg),
+                  0 if mk is None else _address(mk), 0 if wt is None else _address(wt),
+                  self.input_rows, 0 if tm is None else _address(tm))
+        if _BATCH_WORDS is not None:
+            _BATCH_WORDS.pack_into(desc, offset, *fields)
+            return
+        c = _BatchAddr.from_buffer(desc, offset)
+        for (name, _), v in zip(_BatchAddr._fields_, fields):
+            setattr(c, name, v)
+
+
+def _words_layout():
+    """A struct.Struct writing struct regopt_batch in one call when each of
+    its fields is a size_t or a pointer, in order, without padding; else
+    None (Batch._fill then writes through ctypes)."""
+    fmt = ""
+    for name, t in L.Batch._fields_:
+        f = getattr(L.Batch, name)
+        if ctypes.sizeof(t) != ctypes.sizeof(ctypes.c_size_t) or f.offset != struct.calcsize(
+                "@" + fmt):
+            return None
+        fmt += "N" if t is ctypes.c_size_t else "P"
+    s = struct.Struct("@" + fmt)
+    return s if s.size == _BATCH_SIZE else None
+
+
+_BATCH_WORDS = _words_layout()
 
 
 def _count(a):

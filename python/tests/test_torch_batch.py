@@ -77,6 +77,40 @@ class TorchBatchTest(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "targets has 3 elements"):
             descriptor(b, 2)
 
+    def test_descriptor_packed_and_field_by_field_agree(self):
+        # Batch._fill writes the descriptor with one struct.pack_into; the
+        # ctypes fallback (a struct that is not all words) writes the same
+        from regopt import _batch
+        self.assertIsNotNone(_batch._BATCH_WORDS)
+        y = torch.tensor([2, 0, 1])
+        t = torch.zeros(3, 2)
+        m = torch.tensor([1, 0, 1], dtype=torch.uint8)
+        for kw in ({"labels": y}, {"targets": t, "weights": [1.0, 2.0, 3.0]},
+                   {"labels": y, "mask": m, "task_mask": m, "input_rows": 5}):
+            b = regopt.Batch(data=None, **kw)
+            arr = (L.Batch * 3)()
+            for i in range(3):  # stale values where the fill writes zeros
+                ctypes.memset(ctypes.byref(arr, i * ctypes.sizeof(L.Batch)), 0xAB,
+                              ctypes.sizeof(L.Batch))
+            b._fill(arr, 7, 2, False, ctypes.sizeof(L.Batch))
+            saved = _batch._BATCH_WORDS
+            _batch._BATCH_WORDS = None
+            try:
+                b._fill(arr, 7, 2, False, 2 * ctypes.sizeof(L.Batch))
+            finally:
+                _batch._BATCH_WORDS = saved
+            self.assertEqual(bytes(arr[1]), bytes(arr[2]))
+            self.assertEqual(bytes(arr[0]), b"\xab" * ctypes.sizeof(L.Batch))  # untouched
+            c = arr[1]
+            self.assertEqual((c.size, c.data, c.rows, c.input_rows),
+                             (L.lib.regopt_sizeof_batch(), 7, 3, kw.get("input_rows", 0)))
+            for name in ("labels", "targets", "mask", "weights", "task_mask"):
+                a = getattr(b, name)
+                got = ctypes.cast(getattr(c, name), ctypes.c_void_p).value
+                self.assertEqual(got, None if a is None else
+                                 (a.data_ptr() if hasattr(a, "data_ptr") else a.ctypes.data),
+                                 name)
+
     def test_labels_range_checked_at_every_size(self):
         # small 1-D labels are checked through .tolist(), others with
         # torch.aminmax: both refuse the same values and convert the same
