@@ -168,6 +168,13 @@ class Batch:
     def __init__(self, data=None, rows=None, labels=None, targets=None, mask=None,
                  weights=None, input_rows=0, task_mask=None):
         self.data = data
+        if labels.__class__ is _TORCH_TENSOR and rows is None and targets is None \
+                and mask is None and weights is None and task_mask is None and not input_rows:
+            lab = _torch_labels(labels)
+            if lab is not None:  # class labels alone, the common torch batch
+                self.labels, self.rows, self.input_rows = lab, lab.shape[0], 0
+                self.targets = self.mask = self.weights = self.task_mask = None
+                return
         conv = self._convert
         # the fields left out stay None without a call each (a step on a
         # small model pays for every call on its path)
@@ -308,6 +315,27 @@ def _convert_torch(torch, a, name, dtype, integral):
 # (faster than torch.aminmax below about this size)
 _LABELS_BY_LIST = 64
 
+_TORCH_TENSOR = None  # torch.Tensor once _torch_kinds has run (Batch's shortcut)
+_INT32 = _INT64 = None
+
+
+def _torch_labels(t):
+    """What _convert_torch gives for class labels t (a torch.Tensor, not a
+    subclass) in the common case -- a contiguous 1-D CPU tensor, int32, or
+    int64 of at most _LABELS_BY_LIST rows -- with fewer calls; None for
+    any other tensor (Batch then takes the general path)."""
+    if t.requires_grad or not t.is_cpu or t.dim() != 1 or not t.is_contiguous():
+        return None
+    dt = t.dtype
+    if dt == _INT32:
+        return t
+    if dt != _INT64 or t.shape[0] > _LABELS_BY_LIST:
+        return None
+    v = t.tolist()
+    if v and (min(v) < -2 ** 31 or max(v) >= 2 ** 31):
+        raise ValueError("Batch: labels do not fit int32")
+    return t.to(_INT32)
+
 
 _TORCH_KINDS = None
 
@@ -316,8 +344,9 @@ def _torch_kinds(torch):
     """torch dtype -> NumPy's kind letter ("i", "u", "b", "f", "c"), the
     conversion targets by name, and "narrow": the dtypes whose values all
     fit int32 (no range check for labels). Made once, on first use."""
-    global _TORCH_KINDS
+    global _TORCH_KINDS, _TORCH_TENSOR, _INT32, _INT64
     if _TORCH_KINDS is None:
+        _INT32, _INT64 = torch.int32, torch.int64
         k = {}
         for names, kind in (("int8 int16 int32 int64", "i"), ("uint8 uint16 uint32 uint64", "u"),
                             ("bool", "b"), ("float16 bfloat16 float32 float64", "f"),
@@ -330,6 +359,7 @@ def _torch_kinds(torch):
             k[n] = getattr(torch, n)
         k["narrow"] = (torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
         _TORCH_KINDS = k
+        _TORCH_TENSOR = torch.Tensor
     return _TORCH_KINDS
 
 

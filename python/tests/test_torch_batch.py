@@ -77,6 +77,34 @@ class TorchBatchTest(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "targets has 3 elements"):
             descriptor(b, 2)
 
+    def test_labels_shortcut_agrees_with_the_general_path(self):
+        # Batch(labels=t) alone takes a shortcut for common tensors; with
+        # rows= given it takes the general conversion: the same result
+        from regopt import _batch
+        regopt.Batch(labels=torch.tensor([0]), rows=1)  # the shortcut is armed
+        self.assertIs(_batch._TORCH_TENSOR, torch.Tensor)
+        n = _batch._LABELS_BY_LIST
+        cases = [torch.tensor([3, 1, 2]), torch.arange(n), torch.arange(n + 1),
+                 torch.tensor([5, 6], dtype=torch.int32), torch.arange(8)[::2],
+                 torch.arange(6, dtype=torch.int32)[::2], torch.tensor([[1], [2]]),
+                 torch.tensor([1, 0], dtype=torch.uint8), torch.tensor([True, False]),
+                 torch.zeros(0, dtype=torch.int64), torch.tensor([-2 ** 31, 2 ** 31 - 1])]
+        for t in cases:
+            fast, general = regopt.Batch(labels=t), regopt.Batch(labels=t, rows=t.numel())
+            self.assertEqual((fast.rows, fast.input_rows), (general.rows, general.input_rows))
+            self.assertEqual((fast.labels.dtype, fast.labels.tolist()),
+                             (general.labels.dtype, general.labels.tolist()))
+            self.assertTrue(fast.labels.is_contiguous())
+            self.assertEqual(fast.labels.data_ptr() == t.data_ptr(),
+                             general.labels.data_ptr() == t.data_ptr())
+            for f in ("targets", "mask", "weights", "task_mask"):
+                self.assertIsNone(getattr(fast, f))
+        for bad in (torch.tensor([0, 2 ** 31]), torch.tensor([-2 ** 31 - 1])):
+            with self.assertRaisesRegex(ValueError, "labels do not fit int32"):
+                regopt.Batch(labels=bad)
+        with self.assertRaisesRegex(TypeError, "labels must be integers"):
+            regopt.Batch(labels=torch.tensor([0.0]))
+
     def test_descriptor_packed_and_field_by_field_agree(self):
         # Batch._fill writes the descriptor with one struct.pack_into; the
         # ctypes fallback (a struct that is not all words) writes the same
@@ -130,6 +158,33 @@ class TorchBatchTest(unittest.TestCase):
             self.assertEqual(b.labels.tolist(), y.tolist())
         self.assertEqual(regopt.Batch(labels=torch.zeros(0, dtype=torch.int64), rows=0)
                          .labels.numel(), 0)
+
+    def test_labels_changed_in_place_between_steps_are_read_anew(self):
+        # one label tensor refilled in place before every step (as a loader
+        # reusing its buffers does) trains as fresh tensors of those values
+        from regopt.torch import TorchModel
+        from regopt.torch_train import TorchTrainer
+        g = torch.Generator().manual_seed(4)
+        x = torch.randn(6, 3, generator=g)
+        ys = [torch.randint(0, 4, (6,), generator=g) for _ in range(4)]
+        finals = []
+        for reuse in (True, False):
+            torch.manual_seed(0)
+            net = torch.nn.Linear(3, 4)
+            buf = torch.zeros(6, dtype=torch.int64)
+            with TorchModel(net, 4) as m:
+                t = TorchTrainer(m, torch.optim.SGD(net.parameters(), lr=0.5), seed=2)
+                losses = []
+                for y in ys:
+                    if reuse:
+                        buf.copy_(y)
+                        y = buf
+                    losses.append(t.step(regopt.Batch(data=x, labels=y)))
+                t.close()
+            finals.append((net.weight.detach().clone(), losses))
+        self.assertTrue(torch.equal(finals[0][0], finals[1][0]))
+        self.assertEqual(finals[0][1], finals[1][1])
+        self.assertEqual(len(set(finals[0][1])), 4)
 
     def test_step_with_torch_and_numpy_labels_agrees(self):
         rng = np.random.default_rng(0)
