@@ -38,7 +38,7 @@ class Pass:
     def __init__(self, c, data):
         self._c = c
         self.data = data
-        self._cache = {}
+        self._cache = None  # the array views made, on first use
 
     # scalar fields
     rows = property(lambda s: s._c.rows)
@@ -79,10 +79,13 @@ class Pass:
             and not self._c.input_perturbation
 
     def _arr(self, name, ptr, shape, readonly):
-        a = self._cache.get(name)
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = {}
+        a = cache.get(name)
         if a is None and ptr:
             a = _view(ptr, shape, readonly=readonly)
-            self._cache[name] = a
+            cache[name] = a
         return a
 
     @property
