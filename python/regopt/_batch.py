@@ -1,6 +1,7 @@
 """Passes and batches as seen by Python callbacks, and the Batch given
 to Trainer.step / Trainer.evaluate."""
 import ctypes
+import struct
 import sys
 
 from . import _lib as L
@@ -37,7 +38,7 @@ class Pass:
     def __init__(self, c, data):
         self._c = c
         self.data = data
-        self._cache = {}
+        self._cache = None  # the array views made, on first use
 
     # scalar fields
     rows = property(lambda s: s._c.rows)
@@ -78,10 +79,13 @@ class Pass:
             and not self._c.input_perturbation
 
     def _arr(self, name, ptr, shape, readonly):
-        a = self._cache.get(name)
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = {}
+        a = cache.get(name)
         if a is None and ptr:
             a = _view(ptr, shape, readonly=readonly)
-            self._cache[name] = a
+            cache[name] = a
         return a
 
     @property
@@ -167,29 +171,38 @@ class Batch:
     def __init__(self, data=None, rows=None, labels=None, targets=None, mask=None,
                  weights=None, input_rows=0, task_mask=None):
         self.data = data
+        if labels.__class__ is _TORCH_TENSOR and rows is None and targets is None \
+                and mask is None and weights is None and task_mask is None and not input_rows:
+            lab = _torch_labels(labels)
+            if lab is not None:  # class labels alone, the common torch batch
+                self.labels, self.rows, self.input_rows = lab, lab.shape[0], 0
+                self.targets = self.mask = self.weights = self.task_mask = None
+                return
         conv = self._convert
-        self.labels = conv(labels, "labels", "int32", integral=True)
-        self.targets = conv(targets, "targets", "float32")
-        self.mask = conv(mask, "mask", "uint8", integral=True)
-        self.weights = conv(weights, "weights", "float32")
-        self.task_mask = conv(task_mask, "task_mask", "uint8", integral=True)
+        # the fields left out stay None without a call each (a step on a
+        # small model pays for every call on its path)
+        self.labels = None if labels is None else conv(labels, "labels", "int32", True)
+        self.targets = None if targets is None else conv(targets, "targets", "float32")
+        self.mask = None if mask is None else conv(mask, "mask", "uint8", True)
+        self.weights = None if weights is None else conv(weights, "weights", "float32")
+        self.task_mask = None if task_mask is None else conv(task_mask, "task_mask", "uint8",
+                                                             True)
+        per_row = [(n, a) for n, a in (("labels", self.labels), ("mask", self.mask),
+                                       ("weights", self.weights),
+                                       ("task_mask", self.task_mask)) if a is not None]
         if rows is None:
-            for a in (self.labels, self.mask, self.weights, self.task_mask):
-                if a is not None:
-                    rows = a.shape[0]
-                    break
+            if per_row:
+                rows = per_row[0][1].shape[0]
+            elif self.targets is not None:
+                rows = self.targets.shape[0]
             else:
-                if self.targets is not None:
-                    rows = self.targets.shape[0]
-                else:
-                    rows = _leading_dim(data)
+                rows = _leading_dim(data)
         if rows is None:
             raise ValueError("Batch: rows is not given and cannot be inferred")
         self.rows = c_int(rows, "Batch rows", SIZE)
-        self.input_rows = c_int(input_rows or 0, "Batch input_rows", SIZE)
-        for name in ("labels", "mask", "weights", "task_mask"):
-            a = getattr(self, name)
-            if a is not None and _count(a) != self.rows:
+        self.input_rows = c_int(input_rows, "Batch input_rows", SIZE) if input_rows else 0
+        for name, a in per_row:
+            if _count(a) != self.rows:
                 raise ValueError("Batch: %s has %d elements for %d rows" % (name, _count(a),
                                                                            self.rows))
 
@@ -216,30 +229,47 @@ class Batch:
             raise ValueError("Batch: labels do not fit int32")
         return np.ascontiguousarray(arr, dtype=dtype)
 
-    def _fill(self, desc, token, width, has_input):
-        """Write the descriptor desc (an L.Batch, zeroed as ctypes makes it).
-        Its size is our struct's: what regopt_batch_init writes when the
-        library is the one this binding was written for, and, with a newer
-        library's longer struct, the stride the library then reads (where
-        regopt_batch_init would zero its longer size past our descriptor)."""
+    def _fill(self, desc, token, width, has_input, offset=0):
+        """Write the descriptor at byte offset of desc (an L.Batch or an array
+        of them; what is not given is written 0). Its size is our struct's:
+        what regopt_batch_init writes when the library is the one this
+        binding was written for, and, with a newer library's longer struct,
+        the stride the library then reads (where regopt_batch_init would
+        zero its longer size past our descriptor). Written by one
+        struct.pack_into when the struct is all words (every platform the
+        binding runs on), else field by field through ctypes."""
         if self.targets is not None and _count(self.targets) != self.rows * width:
             raise ValueError("Batch: targets has %d elements, the model needs rows x "
                              "output_width = %d x %d" % (_count(self.targets), self.rows, width))
-        c = _BatchAddr.from_buffer(desc)
-        c.size = _BATCH_SIZE
-        c.data = token or 0
-        c.rows = self.rows
-        if self.labels is not None:
-            c.labels = _address(self.labels)
-        if self.targets is not None:
-            c.targets = _address(self.targets)
-        if self.mask is not None:
-            c.mask = _address(self.mask)
-        if self.weights is not None:
-            c.weights = _address(self.weights)
-        c.input_rows = self.input_rows
-        if self.task_mask is not None:
-            c.task_mask = _address(self.task_mask)
+        lab, tg, mk, wt, tm = self.labels, self.targets, self.mask, self.weights, self.task_mask
+        fields = (_BATCH_SIZE, token or 0, self.rows,
+                  0 if lab is None else _address(lab), 0 if tg is None else _address(tg),
+                  0 if mk is None else _address(mk), 0 if wt is None else _address(wt),
+                  self.input_rows, 0 if tm is None else _address(tm))
+        if _BATCH_WORDS is not None:
+            _BATCH_WORDS.pack_into(desc, offset, *fields)
+            return
+        c = _BatchAddr.from_buffer(desc, offset)
+        for (name, _), v in zip(_BatchAddr._fields_, fields):
+            setattr(c, name, v)
+
+
+def _words_layout():
+    """A struct.Struct writing struct regopt_batch in one call when each of
+    its fields is a size_t or a pointer, in order, without padding; else
+    None (Batch._fill then writes through ctypes)."""
+    fmt = ""
+    for name, t in L.Batch._fields_:
+        f = getattr(L.Batch, name)
+        if ctypes.sizeof(t) != ctypes.sizeof(ctypes.c_size_t) or f.offset != struct.calcsize(
+                "@" + fmt):
+            return None
+        fmt += "N" if t is ctypes.c_size_t else "P"
+    s = struct.Struct("@" + fmt)
+    return s if s.size == _BATCH_SIZE else None
+
+
+_BATCH_WORDS = _words_layout()
 
 
 def _count(a):
@@ -266,13 +296,48 @@ def _convert_torch(torch, a, name, dtype, integral):
     if not integral and kind not in ("i", "u", "f"):
         raise TypeError("Batch: %s must be numbers, got dtype %s" % (name, t.dtype))
     target = kinds[dtype]
-    if name == "labels" and t.dtype not in kinds["narrow"] and t.numel():
-        lo, hi = torch.aminmax(t)
-        if int(lo) < -2 ** 31 or int(hi) >= 2 ** 31:
+    if name == "labels" and t.dtype not in kinds["narrow"]:
+        n = t.numel()
+        if n <= _LABELS_BY_LIST and t.dim() == 1:
+            # a small batch's labels read in one call and checked in Python:
+            # cheaper than torch.aminmax and two .item() (three dispatches)
+            v = t.tolist()
+            lo, hi = (min(v), max(v)) if v else (0, 0)
+        elif n:
+            lo, hi = (int(e) for e in torch.aminmax(t))
+        else:
+            lo = hi = 0
+        if lo < -2 ** 31 or hi >= 2 ** 31:
             raise ValueError("Batch: labels do not fit int32")
     if t.dtype != target:
         t = t.to(target)
-    return t.contiguous()
+    return t if t.is_contiguous() else t.contiguous()
+
+
+# labels of at most this many elements are range-checked through .tolist()
+# (faster than torch.aminmax below about this size)
+_LABELS_BY_LIST = 64
+
+_TORCH_TENSOR = None  # torch.Tensor once _torch_kinds has run (Batch's shortcut)
+_INT32 = _INT64 = None
+
+
+def _torch_labels(t):
+    """What _convert_torch gives for class labels t (a torch.Tensor, not a
+    subclass) in the common case -- a contiguous 1-D CPU tensor, int32, or
+    int64 of at most _LABELS_BY_LIST rows -- with fewer calls; None for
+    any other tensor (Batch then takes the general path)."""
+    if t.requires_grad or not t.is_cpu or t.dim() != 1 or not t.is_contiguous():
+        return None
+    dt = t.dtype
+    if dt == _INT32:
+        return t
+    if dt != _INT64 or t.shape[0] > _LABELS_BY_LIST:
+        return None
+    v = t.tolist()
+    if v and (min(v) < -2 ** 31 or max(v) >= 2 ** 31):
+        raise ValueError("Batch: labels do not fit int32")
+    return t.to(_INT32)
 
 
 _TORCH_KINDS = None
@@ -282,8 +347,9 @@ def _torch_kinds(torch):
     """torch dtype -> NumPy's kind letter ("i", "u", "b", "f", "c"), the
     conversion targets by name, and "narrow": the dtypes whose values all
     fit int32 (no range check for labels). Made once, on first use."""
-    global _TORCH_KINDS
+    global _TORCH_KINDS, _TORCH_TENSOR, _INT32, _INT64
     if _TORCH_KINDS is None:
+        _INT32, _INT64 = torch.int32, torch.int64
         k = {}
         for names, kind in (("int8 int16 int32 int64", "i"), ("uint8 uint16 uint32 uint64", "u"),
                             ("bool", "b"), ("float16 bfloat16 float32 float64", "f"),
@@ -296,6 +362,7 @@ def _torch_kinds(torch):
             k[n] = getattr(torch, n)
         k["narrow"] = (torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
         _TORCH_KINDS = k
+        _TORCH_TENSOR = torch.Tensor
     return _TORCH_KINDS
 
 

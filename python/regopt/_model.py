@@ -169,7 +169,10 @@ class Model(_Handle):
                 obj = ref()
                 if obj is None:
                     raise ReferenceError("the model of this callback was collected")
-                rc = func(obj, Pass(c, state.data(c.batch)))
+                # state.data(c.batch), inline
+                objs, token = state.batch_objects, c.batch
+                data = objs[token - 1] if objs is not None and 0 < token <= len(objs) else None
+                rc = func(obj, Pass(c, data))
                 return 0 if rc is None else _int_rc(rc)
             return trampoline(body, 1)
         fn = _weak_callable(fn, self)

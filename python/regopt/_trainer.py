@@ -6,7 +6,7 @@ from . import _flatness
 from . import _lib as L
 from ._lib import lib
 from ._arrays import _need_numpy, _np, _view
-from ._batch import BatchView, _as_batches, _int_rc
+from ._batch import Batch, BatchView, _as_batches, _int_rc
 from ._checkpoint import _Checkpoints
 from ._errors import (InvalidArgument, OutOfRange, StateError, UnknownKey, _check, _text,
                       last_error_message)
@@ -20,6 +20,8 @@ from ._optimizer import Optimizer
 from ._regularizers import REGULARIZERS, Regularizer, Term, _stat_alias, regularizer_kinds
 
 _STAT_LOSS = 900  # REGOPT_STAT_LOSS ("stat.loss"); key values are fixed forever
+_BATCH_BYTES = ctypes.sizeof(L.Batch)
+_ONE_BATCH = L.Batch * 1
 
 
 class Trainer(_Handle, _Options, _Checkpoints):
@@ -364,9 +366,9 @@ class Trainer(_Handle, _Options, _Checkpoints):
     def _prepare(self, batches):
         n = len(batches)
         arr = (L.Batch * n)()
-        width = self.model.output_width
+        width, has_input = self.model.output_width, self.model.input_width
         for i, b in enumerate(batches):
-            b._fill(arr[i], i + 1, width, self.model.input_width)
+            b._fill(arr, i + 1, width, has_input, i * _BATCH_BYTES)
         return arr
 
     def _run(self, bl, fn, *args):
@@ -410,16 +412,34 @@ class Trainer(_Handle, _Options, _Checkpoints):
         next callback (which then fails: the step is rolled back) or, when no
         callback is left (or only the all-reduce), raised once the step has
         completed."""
-        bl = _as_batches(batches, fields)
-        arr = self._prepare(bl)
-        self._run(bl, lib.regopt_trainer_step, arr, len(bl))
+        if batches.__class__ is Batch and not fields:  # one Batch: no list to build
+            bl = (batches,)
+            arr = _ONE_BATCH()
+            batches._fill(arr, 1, self.model.output_width, self.model.input_width)
+        else:
+            bl = _as_batches(batches, fields)
+            arr = self._prepare(bl)
+        # _run, inline (one frame less on a small model's step)
+        model = self.model
+        model._before_call()
+        state = model._cbs
+        state.batch_objects = [b.data for b in bl]
+        try:
+            with Call() as c:
+                st = lib.regopt_trainer_step(self._p(), arr, len(bl))
+        finally:
+            state.batch_objects = None
+            model._after_call()
+        c.finish(st, self._msg)
         # stat("loss") without its name lookups, into a box kept for it (a
         # step on a small model pays for every object made on its path)
         box = self.__dict__.get("_loss_box")
         if box is None:
             v = ctypes.c_double()
             box = self._loss_box = (v, ctypes.byref(v))
-        _check(lib.regopt_trainer_get_double(self._p(), _STAT_LOSS, box[1]), self._msg)
+        st = lib.regopt_trainer_get_double(self._p(), _STAT_LOSS, box[1])
+        if st:
+            _check(st, self._msg)
         return box[0].value
 
     def evaluate(self, batch=None, *, outputs=True, loss=None, **fields):

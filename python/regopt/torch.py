@@ -146,8 +146,7 @@ _run_backward = _autograd_backward()
 
 _BN = (nn.modules.batchnorm._BatchNorm,)
 _WEIGHTS_OFFSET = L.Pass.weights.offset
-_DTYPE = operator.attrgetter("dtype")
-_REQ = operator.attrgetter("requires_grad")
+_DTYPE_REQ = operator.attrgetter("dtype", "requires_grad")
 _GRAD = operator.attrgetter("grad")
 _PARAMS = operator.attrgetter("_parameters")
 _MODULES = operator.attrgetter("_modules")
@@ -331,32 +330,31 @@ class TorchModel(_core.Model):
         self._mods = mods
         # as parallel lists, compared by map() in C (a Python loop over the
         # modules and tensors was most of a small model's check)
-        self._tree = (mods, pdicts, mdicts, [len(d) for d in pdicts + mdicts],
+        self._tree = (mods, pdicts, mdicts, pdicts + mdicts, [len(d) for d in pdicts + mdicts],
                       [e[0] for e in entries], [e[1] for e in entries], [e[2] for e in entries])
         regs = self._registered
         with_grad = [r for r in regs if r.grad is not None]
         self._flat = (
-            [r.param for r in regs], [r.ptr for r in regs], [r.dtype for r in regs],
-            [r.numel for r in regs], [r.requires_grad for r in regs],
+            [r.param for r in regs], [r.ptr for r in regs],
+            [(r.dtype, r.requires_grad) for r in regs], [r.numel for r in regs], None,
             [r.param for r in with_grad], [r.grad for r in with_grad],
             [r.grad_ptr for r in with_grad])
 
     def _unchanged(self):
         """True when the tree and every registered tensor are as recorded:
         the common case, a few identity and integer comparisons per tensor."""
-        mods, pdicts, mdicts, lens, edicts, ekeys, evals = self._tree
+        mods, pdicts, mdicts, dicts, lens, edicts, ekeys, evals = self._tree
         is_ = operator.is_
         if not (all(map(is_, map(_PARAMS, mods), pdicts))
                 and all(map(is_, map(_MODULES, mods), mdicts))
-                and list(map(len, pdicts + mdicts)) == lens
+                and list(map(len, dicts)) == lens
                 and all(map(is_, map(dict.get, edicts, ekeys), evals))):
             return False
-        params, ptrs, dtypes, numels, req, gparams, gbufs, gptrs = self._flat
+        params, ptrs, dtype_req, numels, _, gparams, gbufs, gptrs = self._flat
         T = torch.Tensor
         return (list(map(T.data_ptr, params)) == ptrs
-                and list(map(_DTYPE, params)) == dtypes
+                and list(map(_DTYPE_REQ, params)) == dtype_req
                 and list(map(T.numel, params)) == numels
-                and list(map(_REQ, params)) == req
                 and all(map(T.is_contiguous, params))
                 and all(map(operator.is_, map(_GRAD, gparams), gbufs))
                 and list(map(T.data_ptr, gbufs)) == gptrs)
