@@ -371,36 +371,28 @@ class Trainer(_Handle, _Options, _Checkpoints):
             b._fill(arr, i + 1, width, has_input, i * _BATCH_BYTES)
         return arr
 
-    def _run(self, bl, fn, *args):
-        """fn(trainer, *args) -- a step or an evaluation of the batches bl --
-        with the batches' objects visible to the callbacks; raises as
+    def _run(self, bl, fn, *args, owner=None):
+        """fn(handle, *args) -- a step, an evaluation or a recalibration of
+        the batches bl -- with the batches' objects visible to the callbacks;
+        handle and message are owner's (default: the trainer's); raises as
         _guard.Call.finish (a callback's exception first)."""
+        owner = self if owner is None else owner
         self.model._before_call()
         state = self.model._cbs
         state.batch_objects = [b.data for b in bl]
         try:
             with Call() as c:
-                st = fn(self._p(), *args)
+                st = fn(owner._p(), *args)
         finally:
             state.batch_objects = None
             self.model._after_call()
-        c.finish(st, self._msg)
+        c.finish(st, owner._msg)
 
     def _recalibrate(self, reg, batches):
         """regopt_regularizer_recalibrate over batches, the batches' objects
         visible to the callbacks (Average.recalibrate)."""
         bl = _as_batches(batches, {})
-        arr = self._prepare(bl)
-        self.model._before_call()
-        state = self.model._cbs
-        state.batch_objects = [b.data for b in bl]
-        try:
-            with Call() as c:
-                st = lib.regopt_regularizer_recalibrate(reg._p(), arr, len(bl))
-        finally:
-            state.batch_objects = None
-            self.model._after_call()
-        c.finish(st, reg._msg)
+        self._run(bl, lib.regopt_regularizer_recalibrate, self._prepare(bl), len(bl), owner=reg)
 
     def step(self, batches=None, **fields):
         """One optimizer step over one Batch, a list of micro-batches, or the
