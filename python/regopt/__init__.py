@@ -31,7 +31,7 @@ from ._lib import (BINDING_VERSION, LibraryNotFound, LibraryVersionError, librar
 from ._core import (
     Error, NullPointer, InvalidArgument, OutOfRange, UnknownKey, Unsupported, NoMemory,
     StateError, ForwardFailed, BackwardFailed, LossCallbackFailed, NonFiniteLoss,
-    NonFiniteGradient, AllreduceFailed, CorruptCheckpoint, CheckpointMismatch, Overflow,
+    NonFiniteGradient, AllreduceFailed, CorruptCheckpoint, CheckpointMismatch, Overflow, BackendFailed,
     CheckpointIOError, HostUpdateFailed, ERRORS,
     status_string, last_error_message, version, version_number,
     KeyInfo, key_from_name, key_info, keys,
@@ -49,7 +49,7 @@ __version__ = "%d.%d.%d" % BINDING_VERSION
 __all__ = [
     "Error", "NullPointer", "InvalidArgument", "OutOfRange", "UnknownKey", "Unsupported",
     "NoMemory", "StateError", "ForwardFailed", "BackwardFailed", "LossCallbackFailed",
-    "NonFiniteLoss", "NonFiniteGradient", "AllreduceFailed", "CorruptCheckpoint", "Overflow",
+    "NonFiniteLoss", "NonFiniteGradient", "AllreduceFailed", "CorruptCheckpoint", "Overflow", "BackendFailed",
     "CheckpointMismatch", "CheckpointIOError", "HostUpdateFailed", "LibraryNotFound",
     "LibraryVersionError", "status_string", "last_error_message", "version", "version_number",
     "KeyInfo", "key_from_name", "key_info", "keys", "live_handles", "pending_callbacks",

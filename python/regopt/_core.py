@@ -32,7 +32,7 @@ from ._lib import lib
 from ._errors import (
     Error, NullPointer, InvalidArgument, OutOfRange, UnknownKey, Unsupported, NoMemory,
     StateError, ForwardFailed, BackwardFailed, LossCallbackFailed, NonFiniteLoss,
-    NonFiniteGradient, AllreduceFailed, CorruptCheckpoint, CheckpointMismatch, Overflow,
+    NonFiniteGradient, AllreduceFailed, CorruptCheckpoint, CheckpointMismatch, Overflow, BackendFailed,
     CheckpointIOError, HostUpdateFailed, ERRORS, status_string, last_error_message, version,
     version_number)
 from ._keys import KeyInfo, key_from_name, key_info, keys, ENUM_VALUES
@@ -51,7 +51,7 @@ from ._rng import random_uniform, random_normal, dropout_mask, convert
 __all__ = [
     "Error", "NullPointer", "InvalidArgument", "OutOfRange", "UnknownKey", "Unsupported",
     "NoMemory", "StateError", "ForwardFailed", "BackwardFailed", "LossCallbackFailed",
-    "NonFiniteLoss", "NonFiniteGradient", "AllreduceFailed", "CorruptCheckpoint", "Overflow",
+    "NonFiniteLoss", "NonFiniteGradient", "AllreduceFailed", "CorruptCheckpoint", "Overflow", "BackendFailed",
     "CheckpointMismatch", "CheckpointIOError", "HostUpdateFailed", "ERRORS", "status_string",
     "last_error_message", "version", "version_number", "KeyInfo", "key_from_name",
     "key_info", "keys", "ENUM_VALUES", "live_handles", "pending_callbacks", "Allocator",

@@ -104,11 +104,16 @@ class Overflow(Error, ArithmeticError):
     status = L.ERR_OVERFLOW
 
 
+class BackendFailed(Error):
+    """The model's backend (regopt_model_set_backend) failed an operation."""
+    status = L.ERR_BACKEND
+
+
 ERRORS = {cls.status: cls for cls in (
     NullPointer, InvalidArgument, OutOfRange, UnknownKey, Unsupported, NoMemory, StateError,
     ForwardFailed, BackwardFailed, LossCallbackFailed, NonFiniteLoss, NonFiniteGradient,
     AllreduceFailed, CorruptCheckpoint, CheckpointMismatch, CheckpointIOError,
-    HostUpdateFailed, Overflow)}
+    HostUpdateFailed, Overflow, BackendFailed)}
 
 
 def _error(status, message):

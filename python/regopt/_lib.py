@@ -193,6 +193,41 @@ class Flatness(ctypes.Structure):
     ]
 
 
+class Vop(ctypes.Structure):
+    """struct regopt_vop: one operation of a backend (since 1.0)."""
+    _fields_ = [
+        ("size", c_size_t),
+        ("code", ctypes.c_int32),
+        ("variant", ctypes.c_int32),
+        ("x", ctypes.c_int32),
+        ("y", ctypes.c_int32),
+        ("z", ctypes.c_int32),
+        ("u", ctypes.c_int32),
+        ("v", ctypes.c_int32),
+        ("tensors", c_size_t),
+        ("tensor", c_size_t),
+        ("data", ctypes.POINTER(ctypes.c_void_p)),
+        ("grad", ctypes.POINTER(ctypes.c_void_p)),
+        ("counts", ctypes.POINTER(c_size_t)),
+        ("flags", ctypes.POINTER(ctypes.c_int32)),
+        ("per_tensor", ctypes.POINTER(ctypes.c_double)),
+        ("s", ctypes.c_double * 16),
+        ("out", ctypes.c_double * 4),
+    ]
+
+
+BACKEND_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(Vop))
+
+
+class Backend(ctypes.Structure):
+    """struct regopt_backend: the backend table (since 1.0)."""
+    _fields_ = [
+        ("size", c_size_t),
+        ("run", BACKEND_FN),
+        ("user", ctypes.c_void_p),
+    ]
+
+
 # --------------------------------------------------------------------------
 # Constants
 # --------------------------------------------------------------------------
@@ -216,6 +251,27 @@ ERR_MISMATCH = -15
 ERR_IO = -16
 ERR_HOST_UPDATE = -17
 ERR_OVERFLOW = -18
+ERR_BACKEND = -19
+
+# backends (regopt_vop)
+VEC_NONE = -1
+VEC_WEIGHTS = 0
+VEC_GRADS = 1
+VEC_BUFFER0 = 2
+VOP_BIND = 1
+VOP_ALLOC = 2
+VOP_FREE = 3
+VOP_ZERO = 4
+VOP_COPY = 5
+VOP_SUM_SQUARES = 6
+VOP_ABS_MAX = 7
+VOP_UPDATE = 8
+VOP_UPDATE_CHECK = 9
+VOP_SAM_PERTURB = 10
+VOP_SAM_SQUARES = 11
+(VOP_S_GRAD_SCALE, VOP_S_MOMENTUM, VOP_S_ONE_MINUS_DAMPENING, VOP_S_NESTEROV, VOP_S_FIRST,
+ VOP_S_BETA1, VOP_S_BETA2, VOP_S_EPS, VOP_S_ONE_MINUS_BETA1, VOP_S_ONE_MINUS_BETA2,
+ VOP_S_BC2_SQRT, VOP_S_AMSGRAD, VOP_S_RECTIFIED) = range(13)
 
 CHECKPOINT_PARAMS = 0x1
 CHECKPOINT_OPTIONS = 0x2
@@ -315,6 +371,9 @@ PROTOTYPES = {
     "regopt_model_param_count": (c_size_t, [_vp]),
     "regopt_model_element_count": (c_size_t, [_vp]),
     "regopt_model_message": (_cs, [_vp]),
+    "regopt_model_set_backend": (_st, [_vp, ctypes.POINTER(Backend)]),
+    "regopt_backend_cpu_create": (_st, [ctypes.POINTER(Backend)]),
+    "regopt_backend_cpu_free": (_st, [ctypes.POINTER(Backend)]),
     # optimizer
     "regopt_optimizer_create": (_vp, [ctypes.c_int, ctypes.POINTER(Allocator), _stp]),
     "regopt_optimizer_free": (_st, [_vp]),
