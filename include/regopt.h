@@ -935,9 +935,10 @@ REGOPT_API const char *regopt_model_message(const regopt_model *model);
  * the backend to allocate (ids from REGOPT_VEC_BUFFER0 up, unique in the
  * model). Frozen tensors (grad NULL) are never part of a vector.
  *
- * What runs with a backend: every optimizer kind but REGOPT_HOST (SGD with
- * momentum and Nesterov, Adam, AdamW, AMSGrad, RAdam; schedules; clipping;
- * the finiteness guard), and the regularizers REGOPT_REG_SAM (SAM, ASAM,
+ * What runs with a backend: every optimizer kind (SGD with momentum and
+ * Nesterov, Adam, AdamW, AMSGrad, RAdam; schedules; clipping; the
+ * finiteness guard; REGOPT_HOST, whose callback updates the tensors where
+ * the host keeps them), and the regularizers REGOPT_REG_SAM (SAM, ASAM,
  * SAM-ON groups; not its stateful variants), REGOPT_REG_RDROP,
  * REGOPT_REG_SMART, REGOPT_REG_BREGMAN (SMART's proximal term and MESA;
  * its teacher is swapped in, never handed by pointer),
@@ -947,8 +948,8 @@ REGOPT_API const char *regopt_model_message(const regopt_model *model);
  * The rest is refused with REGOPT_ERR_UNSUPPORTED naming it (at attach, at
  * the setter, at the step or at the call): float16/bfloat16 tensors and
  * loss scaling, stateful SAM variants (m-sharpness, Momentum-SAM, LookSAM,
- * FriendlySAM, VaSSO, GSAM, WSAM), a REGOPT_HOST optimizer, an all-reduce,
- * trainer.check_host, regopt_trainer_flatness and checkpoints.
+ * FriendlySAM, VaSSO, GSAM, WSAM), an all-reduce, trainer.check_host,
+ * regopt_trainer_flatness and checkpoints.
  *
  * Guarantees. The step stays a transaction up to the update: every
  * operation before it writes only the gradient vector and the library's
@@ -1035,7 +1036,10 @@ typedef enum regopt_vop_code {
     REGOPT_VOP_EMA = 13,
     /* SWA's running mean x[i] = (float)((double)x[i] + ((double)y[i] -
        (double)x[i]) / s[0]) in double, rounded once (s[0] = n + 1). */
-    REGOPT_VOP_SWA = 14
+    REGOPT_VOP_SWA = 14,
+    /* x[i] = x[i] * s[0] in float32 (s[0] a float32 value): the clipping
+       factor applied to the gradient before a REGOPT_HOST update. */
+    REGOPT_VOP_SCALE = 15
 } regopt_vop_code;
 
 /* REGOPT_VOP_UPDATE's shared scalars, indices into regopt_vop.s (each a

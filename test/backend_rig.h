@@ -29,6 +29,7 @@ typedef struct bk_host {
     float *w[BK_T], *g[BK_T]; /* where the host computes: its buffers or the shadows */
     float x[4][BK_N * BK_D], a[4][BK_N * BK_H], m[4][BK_N * BK_H]; /* per slot */
     int nan_grad;             /* the next backward writes NaN into b1's gradient */
+    int nan_weight;           /* the host's update (check_backend.c) writes a NaN weight */
 } bk_host;
 
 /* The backend over shadows, counting and failing operations. */

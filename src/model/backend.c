@@ -23,6 +23,7 @@ static const char *vop_name(int32_t code)
     case REGOPT_VOP_SWAP: return "REGOPT_VOP_SWAP";
     case REGOPT_VOP_EMA: return "REGOPT_VOP_EMA";
     case REGOPT_VOP_SWA: return "REGOPT_VOP_SWA";
+    case REGOPT_VOP_SCALE: return "REGOPT_VOP_SCALE";
     default: return "an unknown operation";
     }
 }

@@ -54,9 +54,7 @@ void ro_backend_trainer_release(regopt_trainer *t)
 regopt_status ro_backend_config_check(regopt_trainer *t)
 {
     const char *what = NULL;
-    if (t->opt->kind == REGOPT_HOST)
-        what = "a REGOPT_HOST optimizer";
-    else if (ro_scaler_active(t)) /* belt and braces: the setters refuse these */
+    if (ro_scaler_active(t)) /* belt and braces: the setter refuses it */
         what = "loss scaling (trainer.loss_scaling)";
     return what ? ro_backend_refuse(t->msg, what) : REGOPT_OK;
 }

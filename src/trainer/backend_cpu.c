@@ -246,6 +246,14 @@ static void swap(const cpu_backend *c, regopt_vop *op)
     op->out[0] = bad == 0.0f;
 }
 
+/* host_update.c's clipping of the gradient, g = g * c in float. */
+static void scale(float *g, size_t n, float c)
+{
+    size_t j;
+    for (j = 0; j < n; j++)
+        g[j] = g[j] * c;
+}
+
 static int run(void *user, regopt_vop *op)
 {
     cpu_backend *c = user;
@@ -301,6 +309,12 @@ static int run(void *user, regopt_vop *op)
             op->out[0] = sum_chunks(c, op, 1);
         else
             perturb(c, op);
+        return CPU_OK;
+    case REGOPT_VOP_SCALE:
+        if (!vectors_ok(c, op, 0, 0))
+            return CPU_BAD_VECTOR;
+        for (k = 0; k < c->n; k++)
+            scale(part(c, op->x, k), c->counts[k], (float)op->s[0]);
         return CPU_OK;
     case REGOPT_VOP_SWAP:
     case REGOPT_VOP_EMA:

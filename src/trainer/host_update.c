@@ -55,11 +55,47 @@ static regopt_status taken_weights_finite(regopt_trainer *t, const char *taker)
     return ro_fail(t->msg, REGOPT_ERR_HOST_UPDATE, "the host's update wrote a non-finite weight");
 }
 
+/* taken_weights_finite through the model's backend: REGOPT_VOP_SUM_SQUARES
+ * of the weights, then of each tensor to name it. */
+static regopt_status backend_weights_finite(regopt_trainer *t, const char *taker)
+{
+    const regopt_model *m = t->model;
+    regopt_vop op;
+    regopt_status st;
+    size_t i, k = 0;
+    ro_vop_init(m, &op, REGOPT_VOP_SUM_SQUARES);
+    op.x = REGOPT_VEC_WEIGHTS;
+    st = ro_vop_run(m, &op, t->msg);
+    if (st != REGOPT_OK || isfinite(op.out[0]))
+        return st;
+    for (i = 0; st == REGOPT_OK && i < m->n_params; i++) {
+        if (!m->params[i].grad)
+            continue;
+        op.tensor = k++;
+        st = ro_vop_run(m, &op, t->msg);
+        if (st == REGOPT_OK && !isfinite(op.out[0]))
+            return ro_fail(t->msg, REGOPT_ERR_HOST_UPDATE,
+                           "the host's update callback wrote a non-finite weight to parameter "
+                           "\"%.64s\" at step %llu, which the %s would take; the library's "
+                           "state is as before the step, the parameters and the host "
+                           "optimizer's state are what the callback left", m->params[i].name,
+                           (unsigned long long)(t->step + 1), taker);
+    }
+    return st != REGOPT_OK ? st : ro_fail(t->msg, REGOPT_ERR_HOST_UPDATE, "the host's update "
+                                          "wrote a non-finite weight");
+}
+
 regopt_status ro_host_update(regopt_trainer *t, double lr, double scale, const char *taker)
 {
     regopt_optimizer *o = t->opt;
+    regopt_status st;
     int rc;
-    if (scale != 1.0) {
+    if (scale != 1.0 && t->model->has_backend) {
+        st = ro_vop_xy(t->model, REGOPT_VOP_SCALE, REGOPT_VEC_GRADS, REGOPT_VEC_NONE,
+                       (float)scale, 0.0, NULL, t->msg);
+        if (st != REGOPT_OK)
+            return st;
+    } else if (scale != 1.0) {
         scale_job job;
         job.scale = (float)scale;
         ro_each_piece(&t->par, scale_piece, &job);
@@ -71,8 +107,11 @@ regopt_status ro_host_update(regopt_trainer *t, double lr, double scale, const c
     rc = o->host_fn(t->step + 1, lr, o->host_user);
     t->busy_host = 0;
     ro_host_leave(&t->env);
+    if (rc == 0 && taker)
+        return t->model->has_backend ? backend_weights_finite(t, taker)
+                                     : taken_weights_finite(t, taker);
     if (rc == 0)
-        return taker ? taken_weights_finite(t, taker) : REGOPT_OK;
+        return REGOPT_OK;
     /* the library's state is untouched (the step counts only after this);
        the parameters are the host's now: trainer.check_host takes them as
        they are, so that a retried step is not refused for them */

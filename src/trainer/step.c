@@ -205,15 +205,20 @@ static regopt_status step_commit(regopt_trainer *t, ro_step *s, double norm)
            the work after it makes its passes, once the weights it would
            average are known to be finite */
         ro_step_settle(t, s);
+        /* through a backend, the averages take the weights after_backend */
+        if (t->model->has_backend)
+            for (i = 0; !taker && i < t->n_regs; i++)
+                if (t->regs[i]->ops->flags & RO_REG_TAKES_WEIGHTS)
+                    taker = t->regs[i]->ops->title;
         st = ro_host_update(t, s->lr, scale, taker);
         for (i = 0; st == REGOPT_OK && i < f.n; i++)
             ro_each_piece(&t->par, f.fn[i], f.ctx[i]);
     } else {
         st = ro_apply_update(t, s->lr, scale, &f, s);
-        for (i = 0; st == REGOPT_OK && t->model->has_backend && i < t->n_regs; i++)
-            if (t->regs[i]->ops->after_backend)
-                st = t->regs[i]->ops->after_backend(t->regs[i], s);
     }
+    for (i = 0; st == REGOPT_OK && t->model->has_backend && i < t->n_regs; i++)
+        if (t->regs[i]->ops->after_backend)
+            st = t->regs[i]->ops->after_backend(t->regs[i], s);
     if (st != REGOPT_OK)
         return st;
     /* the step is made (regopt_trainer_recover says so should a user
