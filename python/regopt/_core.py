@@ -33,7 +33,8 @@ from ._errors import (
     Error, NullPointer, InvalidArgument, OutOfRange, UnknownKey, Unsupported, NoMemory,
     StateError, ForwardFailed, BackwardFailed, LossCallbackFailed, NonFiniteLoss,
     NonFiniteGradient, AllreduceFailed, CorruptCheckpoint, CheckpointMismatch, Overflow,
-    CheckpointIOError, HostUpdateFailed, ERRORS, status_string, last_error_message, version,
+    CheckpointIOError, HostUpdateFailed, BackendFailed, ERRORS, status_string,
+    last_error_message, version,
     version_number)
 from ._keys import KeyInfo, key_from_name, key_info, keys, ENUM_VALUES
 from ._handles import live_handles, pending_callbacks
@@ -52,7 +53,8 @@ __all__ = [
     "Error", "NullPointer", "InvalidArgument", "OutOfRange", "UnknownKey", "Unsupported",
     "NoMemory", "StateError", "ForwardFailed", "BackwardFailed", "LossCallbackFailed",
     "NonFiniteLoss", "NonFiniteGradient", "AllreduceFailed", "CorruptCheckpoint", "Overflow",
-    "CheckpointMismatch", "CheckpointIOError", "HostUpdateFailed", "ERRORS", "status_string",
+    "CheckpointMismatch", "CheckpointIOError", "HostUpdateFailed", "BackendFailed", "ERRORS",
+    "status_string",
     "last_error_message", "version", "version_number", "KeyInfo", "key_from_name",
     "key_info", "keys", "ENUM_VALUES", "live_handles", "pending_callbacks", "Allocator",
     "CountingAllocator", "Pass", "BatchView", "Batch", "Model", "Optimizer", "OPTIMIZER_KINDS",

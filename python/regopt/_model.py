@@ -40,6 +40,7 @@ class Model(_Handle):
         self._cbs = _CallbackState()
         self._output_width = 0
         self._input_width = 0
+        self._backend = None  # (backend, its C callback, the table) while the model lives
         st = ctypes.c_int(0)
         with Call() as c:  # the allocator's hooks
             ptr = lib.regopt_model_create(_alloc_arg(allocator), ctypes.byref(st))
@@ -110,6 +111,32 @@ class Model(_Handle):
     @property
     def element_count(self):
         return int(lib.regopt_model_element_count(self._ptr))
+
+    # -- backend -----------------------------------------------------------
+    def set_backend(self, backend):
+        """regopt_model_set_backend: make the parameter memory a backend's,
+        before any add_param. backend.run(op) is called with a regopt._lib.Vop
+        for every operation on parameter-sized memory and returns None or 0
+        on success; an exception (or another value) fails the library call
+        with REGOPT_ERR_BACKEND, and the step re-raises that exception with
+        the BackendFailed error attached as .regopt_error. Afterwards
+        add_param_address takes opaque handles (ints the library hands back
+        to the backend, never dereferences). The model keeps backend and its
+        C callback alive until it is freed."""
+        run = backend.run
+
+        def body(user, op):
+            rc = run(op.contents)
+            return 0 if rc is None else _int_rc(rc)
+        cf = L.BACKEND_FN(trampoline(body, 1))
+        table = L.Backend(ctypes.sizeof(L.Backend), cf, None)
+        call(self._msg, lib.regopt_model_set_backend, self._p(), ctypes.byref(table))
+        self._backend = (backend, cf, table)
+
+    @property
+    def backend(self):
+        """The backend given to set_backend, or None."""
+        return self._backend[0] if self._backend is not None else None
 
     # -- shape -------------------------------------------------------------
     @property
@@ -240,6 +267,7 @@ class Model(_Handle):
         self._ptr = None
         self._count(-1)
         self._arrays = []
+        self._backend = None
         self._params.clear()
         self._trainer_cells = []
         c.finish()
