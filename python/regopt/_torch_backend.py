@@ -1,0 +1,245 @@
+"""TorchBackend: the library's operations on parameter-sized memory done
+by torch, on whatever device the parameters live (regopt_model_set_backend,
+"Backends" in regopt.h).
+
+With a backend the library never reads or writes a registered tensor: the
+handles it was given (TorchModel registers each tensor's data_ptr()) come
+back in REGOPT_VOP_BIND, and every later operation names vectors by id --
+0 the weights, 1 their gradients, 2 and up buffers the library asked this
+backend to allocate (optimizer moments, SAM's saved weights) -- each one
+float32 tensor per trainable parameter, in registration order.
+
+Arithmetic. Every elementwise formula is the C reference's (ro_sgd_update,
+ro_adam_update, ro_radam_update, SAM's move) with the same float32
+operations in the same order, each rounded once: multiplications,
+additions, divisions and square roots as separate torch operations (no
+alpha= or addcmul/addcdiv, which may fuse into a multiply-add), scalars
+rounded to float32 as the C code holds them. On the CPU this gives the
+library's own bits; sums of squares are in double, each tensor cut into
+chunks of 4096 elements whose sums are added in order (torch sums a chunk
+in its own order, which the contract allows). On a GPU torch's kernels
+round the same way except where a kernel rewrites a division by a scalar
+as a multiplication (torch's CUDA div by a CPU scalar), so trajectories
+agree to float32 rounding, not bit for bit.
+
+Failures. run(op) never raises: an exception is kept in .error and run
+returns 1, which fails the library call with REGOPT_ERR_BACKEND; through
+Model.set_backend the step then re-raises the exception itself with the
+library's error attached (.regopt_error). Results needing the host (sums,
+maxima, the update check) synchronize the device once per operation.
+"""
+import collections
+import math
+
+import torch
+
+from . import _lib as L
+from ._torch_update import _to_host, update
+
+CHUNK = 4096                 # the contract's summation chunk
+_SLICE = 256 * CHUNK         # elements widened to double at a time
+_INF = float("inf")
+
+OP_NAMES = {L.VOP_BIND: "BIND", L.VOP_ALLOC: "ALLOC", L.VOP_FREE: "FREE",
+            L.VOP_ZERO: "ZERO", L.VOP_COPY: "COPY", L.VOP_SUM_SQUARES: "SUM_SQUARES",
+            L.VOP_ABS_MAX: "ABS_MAX", L.VOP_UPDATE: "UPDATE",
+            L.VOP_UPDATE_CHECK: "UPDATE_CHECK", L.VOP_SAM_PERTURB: "SAM_PERTURB",
+            L.VOP_SAM_SQUARES: "SAM_SQUARES"}
+
+def chunk_sums(tensors):
+    """The contract's sum of squares of float32 tensors: each element
+    squared in double, chunks of CHUNK elements from each tensor's start
+    summed, the chunk sums added in order (here, in Python)."""
+    parts = []
+    for t in tensors:
+        n = t.numel()
+        for start in range(0, n, _SLICE):
+            piece = t[start:start + _SLICE].double()
+            piece = piece * piece
+            m = piece.numel()
+            full = m - m % CHUNK
+            if full:
+                parts.append(piece[:full].view(-1, CHUNK).sum(1))
+            if m > full:
+                parts.append(piece[full:].sum().view(1))
+    if not parts:
+        return 0.0
+    dev = parts[0].device
+    if all(p.device == dev for p in parts):
+        sums = torch.cat(parts).tolist()
+    else:
+        sums = torch.cat([p.cpu() for p in parts]).tolist()
+    total = 0.0
+    for s in sums:
+        total += s
+    return total
+
+
+class TorchBackend:
+    """A regopt backend whose vectors are torch tensors.
+
+        backend = TorchBackend()
+        backend.register(p.detach()); backend.register(p.grad)   # per tensor
+        model.set_backend(backend)
+        model.add_param_address(name, p.data_ptr(), p.grad.data_ptr(), p.numel())
+
+    register() makes a tensor findable by its data_ptr() when the library
+    binds its handles (REGOPT_VOP_BIND); TorchModel(backend="torch") does
+    all of this. Tensors must be float32 and contiguous, on any device.
+
+    .vectors   id -> list of 1-D tensors (views of the registered tensors
+               for ids 0 and 1; buffers from 2 up)
+    .error     the exception of the last failed operation (None before)
+    .calls     Counter of the operations run, by REGOPT_VOP_* code
+    """
+
+    def __init__(self):
+        self._by_ptr = collections.defaultdict(list)
+        self.vectors = {}
+        self.error = None
+        self.calls = collections.Counter()
+
+    def register(self, tensor):
+        """Make tensor (float32, contiguous) bindable by its data_ptr()."""
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError("TorchBackend.register takes a torch.Tensor, got %s"
+                            % type(tensor).__name__)
+        if tensor.dtype != torch.float32:
+            raise TypeError("TorchBackend: tensors must be float32, got %s (the library "
+                            "refuses float16/bfloat16 with a backend)" % tensor.dtype)
+        if not tensor.is_contiguous():
+            raise ValueError("TorchBackend: a registered tensor must be contiguous")
+        self._by_ptr[tensor.data_ptr()].append(tensor.detach())
+
+    def clear(self):
+        """Forget the registered tensors and vectors (a model closed)."""
+        self._by_ptr.clear()
+        self.vectors.clear()
+
+    # -- the entry point -----------------------------------------------------
+    def run(self, op):
+        """Run one regopt_vop (a regopt._lib.Vop); 0 on success, 1 on failure
+        with the exception in .error. Never raises."""
+        try:
+            fn = _DISPATCH.get(op.code)
+            if fn is None:
+                raise NotImplementedError("TorchBackend: unknown operation code %d (a newer "
+                                          "library?)" % op.code)
+            self.calls[op.code] += 1
+            fn(self, op)
+            return 0
+        except BaseException as exc:  # never into C; the caller re-raises it
+            self.error = exc
+            return 1
+
+    # -- helpers -------------------------------------------------------------
+    def vec(self, vid, what="x"):
+        v = self.vectors.get(vid)
+        if v is None:
+            raise KeyError("TorchBackend: operand %s names vector %d, which does not exist "
+                           "(known: %s)" % (what, vid, sorted(self.vectors)))
+        return v
+
+    def _lookup(self, handle, count, k, role):
+        cands = self._by_ptr.get(handle or 0, ())
+        for t in cands:
+            if t.numel() == count:
+                return t.view(-1)
+        raise LookupError("TorchBackend: BIND: %s handle %#x of tensor %d (%d elements) is no "
+                          "registered tensor's data_ptr()%s" % (
+                              role, handle or 0, k, count,
+                              " (registered there: %s elements)"
+                              % [t.numel() for t in cands] if cands else ""))
+
+    # -- operations ----------------------------------------------------------
+    def _bind(self, op):
+        n = op.tensors
+        w = [self._lookup(op.data[k], op.counts[k], k, "data") for k in range(n)]
+        g = [self._lookup(op.grad[k], op.counts[k], k, "grad") for k in range(n)]
+        self.vectors[L.VEC_WEIGHTS] = w
+        self.vectors[L.VEC_GRADS] = g
+
+    def _alloc(self, op):
+        if op.x < L.VEC_BUFFER0:
+            raise ValueError("TorchBackend: ALLOC of vector %d (buffers start at %d)"
+                             % (op.x, L.VEC_BUFFER0))
+        if op.x in self.vectors:
+            raise ValueError("TorchBackend: ALLOC of vector %d, which exists" % op.x)
+        w = self.vec(L.VEC_WEIGHTS, "weights")
+        self.vectors[op.x] = [torch.zeros_like(t) for t in w]
+
+    def _free(self, op):
+        if op.x >= L.VEC_BUFFER0:
+            self.vectors.pop(op.x, None)
+
+    def _zero(self, op):
+        torch._foreach_zero_(self.vec(op.x))
+
+    def _copy(self, op):
+        for a, b in zip(self.vec(op.x), self.vec(op.y, "y")):
+            a.copy_(b)
+
+    def _sum_squares(self, op):
+        x = self.vec(op.x)
+        op.out[0] = chunk_sums(x if op.tensor >= op.tensors else [x[op.tensor]])
+
+    def _abs_max(self, op):
+        x = [t for t in self.vec(op.x) if t.numel()]
+        if not x:
+            op.out[0] = 0.0
+            return
+        vals = _to_host(list(torch._foreach_norm(x, _INF)))  # NaN where a NaN is
+        op.out[0] = max(vals) if all(map(math.isfinite, vals)) else _INF
+
+    def _update(self, op):
+        update(self, op, check=False)
+
+    def _update_check(self, op):
+        update(self, op, check=True)
+
+    def _sam_q(self, op, x, y, idx):
+        """SAM's ascent direction q = t * t * a (the perturbation) or t * a
+        (the squares) on the tensors idx; returns (a, t) lists, t None
+        where t = 1."""
+        wd, eta = op.s[1], op.s[2]
+        xs, ys = [x[k] for k in idx], [y[k] for k in idx]
+        a = torch._foreach_add(ys, torch._foreach_mul(xs, wd)) if wd != 0.0 else ys
+        asam = [bool(op.flags[k] & 2) for k in idx]
+        ts = None
+        if any(asam):
+            ts = [torch.abs(xk).add_(eta) if f else None for xk, f in zip(xs, asam)]
+        return a, ts
+
+    def _sam_perturb(self, op):
+        x, y, z = self.vec(op.x), self.vec(op.y, "y"), self.vec(op.z, "z")
+        for zk, xk in zip(z, x):
+            zk.copy_(xk)
+        idx = [k for k in range(op.tensors) if op.flags[k] & 1]
+        if idx:
+            c = op.s[0]
+            a, ts = self._sam_q(op, x, y, idx)
+            q = list(a)
+            if ts is not None:
+                q = [ak if t is None else (t * t) * ak for ak, t in zip(a, ts)]
+            torch._foreach_add_([x[k] for k in idx], torch._foreach_mul(q, c))
+        if op.variant == 1:
+            torch._foreach_zero_(y)
+
+    def _sam_squares(self, op):
+        x, y = self.vec(op.x), self.vec(op.y, "y")
+        idx = [k for k in range(op.tensors) if op.flags[k] & 1]
+        if not idx:
+            op.out[0] = 0.0
+            return
+        a, ts = self._sam_q(op, x, y, idx)
+        q = a if ts is None else [ak if t is None else t * ak for ak, t in zip(a, ts)]
+        op.out[0] = chunk_sums(q)
+
+
+_DISPATCH = {L.VOP_BIND: TorchBackend._bind, L.VOP_ALLOC: TorchBackend._alloc,
+             L.VOP_FREE: TorchBackend._free, L.VOP_ZERO: TorchBackend._zero,
+             L.VOP_COPY: TorchBackend._copy, L.VOP_SUM_SQUARES: TorchBackend._sum_squares,
+             L.VOP_ABS_MAX: TorchBackend._abs_max, L.VOP_UPDATE: TorchBackend._update,
+             L.VOP_UPDATE_CHECK: TorchBackend._update_check,
+             L.VOP_SAM_PERTURB: TorchBackend._sam_perturb,
+             L.VOP_SAM_SQUARES: TorchBackend._sam_squares}
