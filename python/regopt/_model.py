@@ -119,15 +119,32 @@ class Model(_Handle):
         for every operation on parameter-sized memory and returns None or 0
         on success; an exception (or another value) fails the library call
         with REGOPT_ERR_BACKEND, and the step re-raises that exception with
-        the BackendFailed error attached as .regopt_error. Afterwards
+        the BackendFailed error attached as .regopt_error (a backend that
+        returns non-zero with its exception in backend.error, as TorchBackend
+        does, gets that one re-raised). Afterwards
         add_param_address takes opaque handles (ints the library hands back
         to the backend, never dereferences). The model keeps backend and its
-        C callback alive until it is freed."""
+        C callback alive until it is freed. A CpuBackend's C table is
+        installed as it is (no Python in between)."""
+        if isinstance(backend, CpuBackend):
+            call(self._msg, lib.regopt_model_set_backend, self._p(), backend._table_p())
+            backend._users += 1
+            self._backend = (backend, None, None)
+            return
         run = backend.run
+        seen = [None]
 
         def body(user, op):
             rc = run(op.contents)
-            return 0 if rc is None else _int_rc(rc)
+            if rc is None or rc == 0:
+                return 0
+            # a backend that keeps its exception (TorchBackend.error) instead
+            # of raising: raised here, so that the call re-raises it
+            exc = getattr(backend, "error", None)
+            if isinstance(exc, BaseException) and exc is not seen[0]:
+                seen[0] = exc
+                raise exc
+            return _int_rc(rc)
         cf = L.BACKEND_FN(trampoline(body, 1))
         table = L.Backend(ctypes.sizeof(L.Backend), cf, None)
         call(self._msg, lib.regopt_model_set_backend, self._p(), ctypes.byref(table))
@@ -267,6 +284,8 @@ class Model(_Handle):
         self._ptr = None
         self._count(-1)
         self._arrays = []
+        if self._backend is not None and isinstance(self._backend[0], CpuBackend):
+            self._backend[0]._users -= 1
         self._backend = None
         self._params.clear()
         self._trainer_cells = []
@@ -285,3 +304,39 @@ class Model(_Handle):
         return "<regopt.Model %s params=%d elements=%d output_width=%d>" % (
             "closed" if not self._ptr else "open", self.param_count, self.element_count,
             self._output_width)
+
+
+class CpuBackend:
+    """regopt_backend_cpu_create: the library's reference backend, whose
+    handles are float32 host addresses, worked on with the kernels the
+    library uses without a backend (the same bits). Model.set_backend takes
+    it; run(op) runs one regopt._lib.Vop through it directly (a reference
+    for another backend's operations). close() frees its state, refused
+    (StateError) while a model that uses it is open; the garbage collector
+    frees it too."""
+
+    def __init__(self):
+        self._table = L.Backend()
+        self._users = 0
+        _check(lib.regopt_backend_cpu_create(ctypes.byref(self._table)), last_error_message)
+
+    def _table_p(self):
+        if not self._table.run:
+            raise StateError("the CPU backend is closed", L.ERR_STATE)
+        return ctypes.byref(self._table)
+
+    def run(self, op):
+        """The table's run on op (a Vop): its return value (0: success)."""
+        self._table_p()
+        return self._table.run(self._table.user, ctypes.byref(op))
+
+    def close(self):
+        if self._users:
+            raise StateError("the CPU backend is used by %d open model(s): close them first"
+                             % self._users, L.ERR_STATE)
+        if self._table.run:
+            _check(lib.regopt_backend_cpu_free(ctypes.byref(self._table)), last_error_message)
+
+    def __del__(self):
+        if getattr(self, "_users", 1) == 0 and self._table.run:
+            lib.regopt_backend_cpu_free(ctypes.byref(self._table))

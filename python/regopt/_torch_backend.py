@@ -121,12 +121,12 @@ class TorchBackend:
         """Run one regopt_vop (a regopt._lib.Vop); 0 on success, 1 on failure
         with the exception in .error. Never raises."""
         try:
-            fn = _DISPATCH.get(op.code)
-            if fn is None:
+            name = _DISPATCH.get(op.code)
+            if name is None:
                 raise NotImplementedError("TorchBackend: unknown operation code %d (a newer "
                                           "library?)" % op.code)
             self.calls[op.code] += 1
-            fn(self, op)
+            getattr(self, name)(op)
             return 0
         except BaseException as exc:  # never into C; the caller re-raises it
             self.error = exc
@@ -236,10 +236,9 @@ class TorchBackend:
         op.out[0] = chunk_sums(q)
 
 
-_DISPATCH = {L.VOP_BIND: TorchBackend._bind, L.VOP_ALLOC: TorchBackend._alloc,
-             L.VOP_FREE: TorchBackend._free, L.VOP_ZERO: TorchBackend._zero,
-             L.VOP_COPY: TorchBackend._copy, L.VOP_SUM_SQUARES: TorchBackend._sum_squares,
-             L.VOP_ABS_MAX: TorchBackend._abs_max, L.VOP_UPDATE: TorchBackend._update,
-             L.VOP_UPDATE_CHECK: TorchBackend._update_check,
-             L.VOP_SAM_PERTURB: TorchBackend._sam_perturb,
-             L.VOP_SAM_SQUARES: TorchBackend._sam_squares}
+# code -> method name (looked up on the instance: a subclass may override one)
+_DISPATCH = {L.VOP_BIND: "_bind", L.VOP_ALLOC: "_alloc", L.VOP_FREE: "_free",
+             L.VOP_ZERO: "_zero", L.VOP_COPY: "_copy", L.VOP_SUM_SQUARES: "_sum_squares",
+             L.VOP_ABS_MAX: "_abs_max", L.VOP_UPDATE: "_update",
+             L.VOP_UPDATE_CHECK: "_update_check", L.VOP_SAM_PERTURB: "_sam_perturb",
+             L.VOP_SAM_SQUARES: "_sam_squares"}

@@ -190,6 +190,12 @@ class EveryFunctionTest(HandleCheck):
                     t.save(os.path.join(d, "c"))
                     t.load(os.path.join(d, "c"))
         self.assertEqual(alloc.live, 0)
+        be = regopt.CpuBackend()  # the backend table (its own tests: test_torch_backend*)
+        with regopt.Model(3) as mb:
+            mb.set_backend(be)
+            with self.assertRaises(regopt.StateError):
+                be.close()  # a model uses it
+        be.close()
 
 
 

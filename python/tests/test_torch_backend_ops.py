@@ -290,5 +290,79 @@ class TorchBackendOpsTest(unittest.TestCase):
                 np.testing.assert_array_equal(self.np_vec(1)[k], 0 * y0[k] if variant else y0[k])
 
 
+@unittest.skipUnless(HAVE_TORCH, "torch (python3-torch) is not installed")
+class AgainstCpuBackendTest(unittest.TestCase):
+    """The same operations through the library's CPU backend (its C
+    kernels, regopt_backend_cpu_create) on copies: the same bits."""
+
+    def test_operation_sequences(self):
+        gen = torch.Generator().manual_seed(9)
+        params = [torch.randn(sh, generator=gen) for sh in SHAPES]
+        grads = [torch.randn(sh, generator=gen) * 0.1 for sh in SHAPES]
+        sides = []
+        cpu = regopt.CpuBackend()
+        for be in (TorchBackend(), cpu):
+            p = [t.clone() for t in params]
+            g = [t.clone() for t in grads]
+            if isinstance(be, TorchBackend):
+                for t in p + g:
+                    be.register(t)
+            sides.append((be, p, g))
+        ob = OpBuilder([t.numel() for t in params])
+        flags = [1, 0, 3, 1]
+
+        def both(code, **kw):
+            outs = []
+            for be, p, g in sides:
+                op = ob.op(code, **kw)
+                self.assertEqual(be.run(op), 0, (code, getattr(be, "error", None)))
+                outs.append(list(op.out))
+            if code == L.VOP_ABS_MAX:  # the C one is a bound: at most 2^-7 above
+                self.assertTrue(outs[0][0] <= outs[1][0] <= outs[0][0] * (1 + 2 ** -7), outs)
+            else:
+                self.assertEqual(outs[0], outs[1], "operation %d" % code)
+            for a, b in zip(sides[0][1] + sides[0][2], sides[1][1] + sides[1][2]):
+                self.assertTrue(torch.equal(a, b), "operation %d" % code)
+            return outs[0]
+
+        for be, p, g in sides:  # each side binds its own tensors
+            self.assertEqual(be.run(ob.op(L.VOP_BIND, data=[t.data_ptr() for t in p],
+                                          grad=[t.data_ptr() for t in g])), 0)
+        for vid in (2, 3, 4, 5):
+            both(L.VOP_ALLOC, x=vid)
+        both(L.VOP_SUM_SQUARES, x=1)
+        both(L.VOP_SUM_SQUARES, x=0, tensor=2)
+        both(L.VOP_SAM_SQUARES, x=0, y=1, s={1: 1e-3, 2: 0.01}, flags=flags)
+        both(L.VOP_SAM_PERTURB, x=0, y=1, z=5, s={0: 0.02, 1: 1e-3, 2: 0.01}, flags=flags)
+        both(L.VOP_COPY, x=0, y=5)
+        for variant, amsgrad in ((L.ADAMW, 1), (L.RADAM, 0), (L.SGD, 0)):
+            for vid in (2, 3, 4):
+                both(L.VOP_ZERO, x=vid)
+            for t in range(1, 8):
+                if variant == L.SGD:
+                    sc, step = {L.VOP_S_GRAD_SCALE: 0.5, L.VOP_S_MOMENTUM: rnd(0.9),
+                                L.VOP_S_ONE_MINUS_DAMPENING: 1.0, L.VOP_S_NESTEROV: 1,
+                                L.VOP_S_FIRST: t == 1}, 0.0
+                else:
+                    sc, step = adam_scalars(t, 1e-2, amsgrad=amsgrad, radam=variant == L.RADAM)
+                pt = [rnd(1e-2), rnd(0.01), step] * len(SHAPES)
+                out = both(L.VOP_UPDATE_CHECK, variant=variant, x=0, y=1, z=2, u=3,
+                           v=4 if amsgrad else -1, s=sc, per_tensor=pt)
+                self.assertEqual(out[0], -1.0)
+                both(L.VOP_UPDATE, variant=variant, x=0, y=1, z=2, u=3,
+                     v=4 if amsgrad else -1, s=sc, per_tensor=pt)
+                both(L.VOP_ABS_MAX, x=0)
+            for vid in (2, 3, 4):  # the moments, read through the gradients
+                both(L.VOP_COPY, x=1, y=vid)
+                both(L.VOP_SUM_SQUARES, x=1)
+        sides[1][2][2][5] = sides[0][2][2][5] = float("inf")
+        sc, step = adam_scalars(8, 1e-2)
+        out = both(L.VOP_UPDATE_CHECK, variant=L.ADAM, x=0, y=1, z=2, u=3, s=sc,
+                   per_tensor=[rnd(1e-2), 0.0, step] * len(SHAPES))
+        self.assertEqual(out[:3], [2.0, 5.0, 3.0])
+        self.assertEqual(both(L.VOP_ABS_MAX, x=1)[0], float("inf"))
+        cpu.close()
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -1,0 +1,253 @@
+"""TorchModel(backend="torch"): the library's operations on the parameters
+done by TorchBackend (regopt._torch_backend) train as the library's own
+path does -- every supported method with every optimizer, 50 steps, the
+same module and data -- fail cleanly when the backend fails, and run on
+CUDA when there is one (scripts/check-torch-cuda.sh runs that test alone)."""
+import gc
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import regopt  # noqa: E402
+from regopt import _lib as L  # noqa: E402
+
+try:
+    import torch
+    import torch.nn as nn
+    from regopt.torch import TorchModel
+    from regopt._torch_backend import TorchBackend
+    HAVE_TORCH = True
+except ImportError:  # pragma: no cover
+    HAVE_TORCH = False
+
+CUDA = HAVE_TORCH and torch.cuda.is_available()
+SMART = dict(steps=1, epsilon=0.1, eta=0.05, sigma=0.01, norm="l2", lambda_=1.0)
+METHODS = [
+    ("plain", []),
+    ("sam", [("sam", dict(rho=0.05))]),
+    ("asam", [("sam", dict(rho=0.5, adaptive=1, eta=0.01))]),
+    ("rdrop", [("rdrop", dict(alpha=1.0))]),
+    ("smart", [("smart", SMART)]),
+    ("fgm", [("adv", dict(method=0, epsilon=0.3, alpha=0.5))]),
+    ("pgd", [("adv", dict(method=1, epsilon=0.3, step=0.1, steps=2, alpha=0.5))]),
+    ("freelb", [("adv", dict(method=2, epsilon=0.3, step=0.1, steps=2, init_mag=0.05))]),
+    ("vat", [("adv", dict(method=3, epsilon=1.0, init_mag=0.1, alpha=0.5))]),
+    ("sam+rdrop+smart", [("sam", dict(rho=0.05)), ("rdrop", dict(alpha=1.0)),
+                         ("smart", SMART)]),
+]
+OPTIMIZERS = [
+    ("sgd-nesterov", "sgd", dict(lr=0.05, momentum=0.9, nesterov=1, weight_decay=5e-4)),
+    ("adam", "adam", dict(lr=3e-3, weight_decay=1e-4, clip_norm=0.5)),
+    ("adamw", "adamw", dict(lr=3e-3, weight_decay=0.05)),
+    ("adamw-amsgrad", "adamw", dict(lr=3e-3, weight_decay=0.05, amsgrad=1)),
+    ("radam", "radam", dict(lr=3e-3, weight_decay=1e-4)),
+]
+
+if HAVE_TORCH:
+    class Net(nn.Module):
+        def __init__(self, dropout=0.1):
+            super().__init__()
+            self.embed = nn.Linear(12, 16)
+            self.drop = nn.Dropout(dropout)
+            self.head = nn.Linear(16, 5)
+
+        def forward(self, x):
+            return self.head(self.drop(torch.tanh(self.embed(x))))
+
+
+def batches(device="cpu"):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(48, 12, generator=g)
+    y = torch.randint(0, 5, (48,), generator=g)
+    return [regopt.Batch(data=x[i:i + 16].to(device), labels=y[i:i + 16])
+            for i in range(0, 48, 16)]
+
+
+def rel(a, b):
+    return float((a.double() - b.double()).norm() / max(float(b.double().norm()), 1e-30))
+
+
+def train(backend, opt_kind, opt_kw, regs, steps=50, device="cpu", dropout=0.1):
+    """(losses, final parameters on the CPU, the model's backend)."""
+    torch.manual_seed(3)
+    net = Net(dropout).to(device)
+    data = batches(device)
+    with TorchModel(net, 5, embedding="embed", backend=backend) as model, \
+            regopt.Optimizer(opt_kind, **opt_kw) as opt, \
+            regopt.Trainer(model, opt, seed=1) as t:
+        opt.set_group(1, weight_decay=0.0)  # biases: per-tensor decay differs
+        for name, kw in regs:
+            t.add(name, **kw)
+        losses = [t.step(data[i % len(data)]) for i in range(steps)]
+        be = model.backend
+    return losses, [p.detach().cpu().clone() for p in net.parameters()], be
+
+
+class Failing(TorchBackend):
+    """Fails operation `code` the `at`-th time it runs (counting from 1)."""
+
+    def __init__(self, code, at):
+        super().__init__()
+        self.code, self.at, self.seen = code, at, 0
+
+    def run(self, op):
+        if op.code == self.code:
+            self.seen += 1
+            if self.seen == self.at:
+                self.error = RuntimeError("injected failure of operation %d" % op.code)
+                return 1
+        return super().run(op)
+
+
+@unittest.skipUnless(HAVE_TORCH, "torch (python3-torch) is not installed")
+class TorchBackendTrainingTest(unittest.TestCase):
+
+    def tearDown(self):
+        gc.collect()
+        self.assertEqual(regopt.live_handles(), {"model": 0, "optimizer": 0, "trainer": 0})
+
+    def test_every_method_and_optimizer_matches_the_builtin_path(self):
+        worst = 0.0
+        for mname, regs in METHODS:
+            for oname, kind, kw in OPTIMIZERS:
+                with self.subTest(method=mname, optimizer=oname):
+                    ref_l, ref_p, none = train(None, kind, kw, regs)
+                    got_l, got_p, be = train("torch", kind, kw, regs)
+                    self.assertIsNone(none)
+                    self.assertIsInstance(be, TorchBackend)
+                    # the update ran through the backend, once per step
+                    self.assertEqual(be.calls[L.VOP_UPDATE], 50)
+                    self.assertEqual(be.calls[L.VOP_BIND], 1)
+                    if mname in ("sam", "asam", "sam+rdrop+smart"):
+                        self.assertEqual(be.calls[L.VOP_SAM_PERTURB], 50)
+                    for a, b in zip(got_l, ref_l):
+                        self.assertLess(abs(a - b), 1e-6 * abs(b) + 1e-12)
+                    for p, q in zip(got_p, ref_p):
+                        worst = max(worst, rel(p, q))
+                        self.assertLess(rel(p, q), 1e-6)
+                    self.assertLess(ref_l[-1], ref_l[0])  # it trained
+        print("\n  torch backend vs built-in, worst parameter difference: %.3g" % worst,
+              file=sys.stderr)
+
+    def test_failing_operation_raises_and_keeps_the_step_undone(self):
+        torch.manual_seed(3)
+        net = Net()
+        data = batches()
+        be = Failing(L.VOP_SAM_PERTURB, 3)
+        with TorchModel(net, 5, backend=be) as model, \
+                regopt.Optimizer("adamw", lr=1e-2) as opt, \
+                regopt.Trainer(model, opt, seed=1) as t:
+            t.add("sam", rho=0.05)
+            t.step(data[0])
+            t.step(data[1])
+            before = [p.detach().clone() for p in net.parameters()]
+            with self.assertRaises(RuntimeError) as cm:
+                t.step(data[2])
+            self.assertIn("injected failure", str(cm.exception))
+            err = cm.exception.regopt_error
+            self.assertIsInstance(err, regopt.BackendFailed)
+            self.assertEqual(err.status, L.ERR_BACKEND)
+            self.assertIn("SAM_PERTURB", str(err))
+            self.assertEqual(t.steps, 2)
+            for p, q in zip(net.parameters(), before):
+                self.assertTrue(torch.equal(p.detach(), q))
+            t.step(data[2])  # the failure was one-off: the step now succeeds
+            self.assertEqual(t.steps, 3)
+
+    def test_exception_inside_an_operation_reaches_the_caller(self):
+        class Broken(TorchBackend):
+            def _abs_max(self, op):
+                raise ZeroDivisionError("broken abs max")
+        net = Net()
+        with TorchModel(net, 5, backend=Broken()) as model, \
+                regopt.Optimizer("sgd", lr=0.1, momentum=0.9) as opt, \
+                regopt.Trainer(model, opt, seed=1) as t:
+            before = [p.detach().clone() for p in net.parameters()]
+            with self.assertRaises(ZeroDivisionError) as cm:
+                t.step(batches()[0])
+            self.assertIsInstance(cm.exception.regopt_error, regopt.BackendFailed)
+            self.assertIsInstance(model.backend.error, ZeroDivisionError)
+            for p, q in zip(net.parameters(), before):
+                self.assertTrue(torch.equal(p.detach(), q))
+
+    def test_refusals(self):
+        with self.assertRaises(TypeError) as cm:
+            TorchModel(Net().half(), 5, backend="torch")
+        self.assertIn("float32", str(cm.exception))
+        with self.assertRaises(ValueError):
+            TorchModel(Net(), 5, backend="gpu")
+        # what the library cannot run with a backend: refused by name
+        with TorchModel(Net(), 5, backend="torch") as model, \
+                regopt.Optimizer("adamw", lr=1e-2) as opt, \
+                regopt.Trainer(model, opt, seed=1) as t:
+            with self.assertRaises(regopt.Unsupported):
+                t.add("bregman", beta=0.9)
+                t.step(batches()[0])
+
+    def test_backend_outlives_its_callers_references(self):
+        net = Net()
+        model = TorchModel(net, 5, backend="torch")
+        opt = regopt.Optimizer("adam", lr=1e-2)
+        t = regopt.Trainer(model, opt, seed=1)
+        gc.collect()  # the model holds the backend and its C callback
+        for b in batches():
+            t.step(b)
+        self.assertEqual(model.backend.calls[L.VOP_UPDATE], 3)
+        t.close()
+        model.close()
+        opt.close()
+
+
+@unittest.skipUnless(HAVE_TORCH, "torch (python3-torch) is not installed")
+class TorchBackendCudaTest(unittest.TestCase):
+    """The module on a CUDA device (scripts/check-torch-cuda.sh)."""
+
+    def setUp(self):
+        if not CUDA:
+            self.skipTest("no CUDA device (torch.cuda.is_available() is False): the torch "
+                          "backend's GPU path is checked by scripts/check-torch-cuda.sh on a "
+                          "machine with one")
+
+    def tearDown(self):
+        gc.collect()
+        self.assertEqual(regopt.live_handles(), {"model": 0, "optimizer": 0, "trainer": 0})
+
+    def test_cuda_follows_the_cpu_path(self):
+        # without dropout (CUDA draws other masks than the CPU): the CUDA
+        # module with the backend against the CPU module on the library's
+        # own path, to float32 rounding of different kernels
+        for mname, regs in METHODS:
+            if mname == "rdrop" or "rdrop" in mname:
+                continue  # R-Drop needs dropout: checked below
+            for oname, kind, kw in OPTIMIZERS:
+                with self.subTest(method=mname, optimizer=oname):
+                    ref_l, ref_p, _ = train(None, kind, kw, regs, dropout=0.0)
+                    got_l, got_p, be = train("torch", kind, kw, regs, device="cuda",
+                                             dropout=0.0)
+                    self.assertEqual(be.calls[L.VOP_UPDATE], 50)
+                    for a, b in zip(got_l, ref_l):
+                        self.assertLess(abs(a - b), 1e-4 * abs(b) + 1e-6)
+                    for p, q in zip(got_p, ref_p):
+                        self.assertLess(rel(p, q), 1e-4)
+
+    def test_cuda_dropout_is_seeded_and_reproducible(self):
+        regs = [("rdrop", dict(alpha=1.0)), ("smart", SMART), ("sam", dict(rho=0.05))]
+        state = torch.cuda.get_rng_state()
+        a_l, a_p, _ = train("torch", "adamw", dict(lr=3e-3), regs, steps=20, device="cuda")
+        self.assertTrue(torch.equal(torch.cuda.get_rng_state(), state))  # put back
+        b_l, b_p, _ = train("torch", "adamw", dict(lr=3e-3), regs, steps=20, device="cuda")
+        self.assertEqual(a_l, b_l)
+        for p, q in zip(a_p, b_p):
+            self.assertTrue(torch.equal(p, q))
+        self.assertLess(a_l[-1], a_l[0])
+
+    def test_cuda_module_needs_the_backend(self):
+        with self.assertRaises(ValueError) as cm:
+            TorchModel(Net().cuda(), 5)
+        self.assertIn("backend='torch'", str(cm.exception))
+
+
+if __name__ == "__main__":
+    unittest.main()
