@@ -42,7 +42,7 @@ OPTIMIZERS = [
     ("adam", "adam", dict(lr=3e-3, weight_decay=1e-4, clip_norm=0.5)),
     ("adamw", "adamw", dict(lr=3e-3, weight_decay=0.05)),
     ("adamw-amsgrad", "adamw", dict(lr=3e-3, weight_decay=0.05, amsgrad=1)),
-    ("radam", "radam", dict(lr=3e-3, weight_decay=1e-4)),
+    ("radam", "radam", dict(lr=1e-2, weight_decay=1e-4)),
 ]
 
 if HAVE_TORCH:
@@ -127,7 +127,7 @@ class TorchBackendTrainingTest(unittest.TestCase):
                     for p, q in zip(got_p, ref_p):
                         worst = max(worst, rel(p, q))
                         self.assertLess(rel(p, q), 1e-6)
-                    self.assertLess(ref_l[-1], ref_l[0])  # it trained
+                    self.assertLess(sum(ref_l[-3:]), sum(ref_l[:3]))  # it trained
         print("\n  torch backend vs built-in, worst parameter difference: %.3g" % worst,
               file=sys.stderr)
 
@@ -241,7 +241,7 @@ class TorchBackendCudaTest(unittest.TestCase):
         self.assertEqual(a_l, b_l)
         for p, q in zip(a_p, b_p):
             self.assertTrue(torch.equal(p, q))
-        self.assertLess(a_l[-1], a_l[0])
+        self.assertLess(sum(a_l[-3:]), sum(a_l[:3]))
 
     def test_cuda_module_needs_the_backend(self):
         with self.assertRaises(ValueError) as cm:
