@@ -75,6 +75,8 @@ def _sgd(op, w, g, z, lrs, wds):
     if mu == 0.0:
         torch._foreach_sub_(w, torch._foreach_mul(d, lrs))
         return
+    # (the in-place forms below round as the out-of-place ones: one
+    # operation, one rounding)
     if s[L.VOP_S_FIRST] != 0.0:  # torch: the buffer starts as the first d
         for b, dk in zip(z, d):
             b.copy_(dk)
@@ -82,10 +84,12 @@ def _sgd(op, w, g, z, lrs, wds):
         torch._foreach_mul_(z, mu)
         torch._foreach_add_(z, torch._foreach_mul(d, s[L.VOP_S_ONE_MINUS_DAMPENING]))
     if s[L.VOP_S_NESTEROV] != 0.0:
-        step = torch._foreach_add(d, torch._foreach_mul(z, mu))
+        step = torch._foreach_mul(z, mu)
+        torch._foreach_add_(step, d)  # d + mu b
+        torch._foreach_mul_(step, lrs)
     else:
-        step = z
-    torch._foreach_sub_(w, torch._foreach_mul(step, lrs))
+        step = torch._foreach_mul(z, lrs)
+    torch._foreach_sub_(w, step)
 
 
 def _moments(op, g, m, v, d):
@@ -93,8 +97,9 @@ def _moments(op, g, m, v, d):
     torch._foreach_mul_(m, s[L.VOP_S_BETA1])
     torch._foreach_add_(m, torch._foreach_mul(d, s[L.VOP_S_ONE_MINUS_BETA1]))
     torch._foreach_mul_(v, s[L.VOP_S_BETA2])
-    torch._foreach_add_(v, torch._foreach_mul(torch._foreach_mul(d, s[L.VOP_S_ONE_MINUS_BETA2]),
-                                              d))
+    t = torch._foreach_mul(d, s[L.VOP_S_ONE_MINUS_BETA2])
+    torch._foreach_mul_(t, d)  # ((1 - b2) d) d
+    torch._foreach_add_(v, t)
 
 
 def _adam(op, w, g, m, v, vmax, lrs, wds, steps, decoupled):
@@ -114,7 +119,8 @@ def _adam(op, w, g, m, v, vmax, lrs, wds, steps, decoupled):
     torch._foreach_div_(den, s[L.VOP_S_BC2_SQRT])
     torch._foreach_add_(den, s[L.VOP_S_EPS])
     q = torch._foreach_div(m, den)
-    torch._foreach_sub_(w, torch._foreach_mul(q, steps))
+    torch._foreach_mul_(q, steps)
+    torch._foreach_sub_(w, q)
 
 
 def _radam(op, w, g, m, v, lrs, wds, steps):
