@@ -195,9 +195,40 @@ class TorchBackendTrainingTest(unittest.TestCase):
         for b in batches():
             t.step(b)
         self.assertEqual(model.backend.calls[L.VOP_UPDATE], 3)
+        b = batches()[0]
+        loss, out = t.evaluate(b)  # the outputs copied to the library's buffers
+        with torch.no_grad():
+            net.eval()
+            ref = net(b.data)
+        self.assertTrue(torch.equal(torch.from_numpy(out), ref))
+        self.assertGreater(loss, 0.0)
         t.close()
         model.close()
         opt.close()
+
+    def test_pass_rng_logic_with_stand_in_generators(self):
+        """PassRNG's bookkeeping (regopt._torch_device), which runs for CUDA
+        generators, with CPU generators standing in for them."""
+        from regopt._torch_device import PassRNG
+        rng = PassRNG([])
+        self.assertEqual(rng.cuda, [])
+        rng.cuda = [torch.Generator().manual_seed(11), torch.Generator().manual_seed(12)]
+        callers = [g.get_state() for g in rng.cuda]
+        rng.seed(77)
+        drawn = [torch.rand(3, generator=g) for g in rng.cuda]
+        self.assertTrue(torch.equal(drawn[0], drawn[1]))  # both seeded from the pass
+        rng.seed(78)  # the caller's states are kept from the first seed on
+        state = rng.get_state()
+        a = torch.rand(4, generator=rng.cuda[1])
+        torch.rand(2)  # the CPU generator moves too
+        rng.set_state(state)
+        self.assertTrue(torch.equal(torch.rand(4, generator=rng.cuda[1]), a))
+        self.assertEqual(state.numel(), torch.default_generator.get_state().numel()
+                         + sum(g.get_state().numel() for g in rng.cuda))
+        rng.restore()
+        for g, c in zip(rng.cuda, callers):
+            self.assertTrue(torch.equal(g.get_state(), c))
+        rng.restore()  # nothing kept: a no-op
 
 
 @unittest.skipUnless(HAVE_TORCH, "torch (python3-torch) is not installed")
