@@ -186,6 +186,33 @@ class TorchBackendTrainingTest(unittest.TestCase):
                 t.add("bregman", beta=0.9)
                 t.step(batches()[0])
 
+    def test_torch_trainer(self):
+        """TorchTrainer: a loss_fn with a library optimizer trains as on the
+        built-in path; a torch.optim optimizer (REGOPT_HOST) is refused."""
+        import torch.nn.functional as F
+        from regopt.torch_train import TorchTrainer
+        results = []
+        for backend in (None, "torch"):
+            torch.manual_seed(3)
+            net = Net()
+            model = TorchModel(net, 5, backend=backend)
+            with TorchTrainer(model, regopt.Optimizer("adam", lr=1e-2), seed=1,
+                              loss_fn=lambda out, b: F.cross_entropy(out, b.labels)) as t:
+                t.add("sam", rho=0.05)
+                losses = [t.step(b) for b in batches() * 3]
+            model.close()
+            results.append((losses, [p.detach().clone() for p in net.parameters()]))
+        self.assertEqual(results[0][0], results[1][0])
+        for p, q in zip(results[0][1], results[1][1]):
+            self.assertLess(rel(p, q), 1e-6)
+        net = Net()
+        model = TorchModel(net, 5, backend="torch")
+        with TorchTrainer(model, torch.optim.SGD(net.parameters(), lr=0.1), seed=1) as t:
+            with self.assertRaises(regopt.Unsupported) as cm:
+                t.step(batches()[0])
+            self.assertIn("REGOPT_HOST", str(cm.exception))
+        model.close()
+
     def test_backend_outlives_its_callers_references(self):
         net = Net()
         model = TorchModel(net, 5, backend="torch")
