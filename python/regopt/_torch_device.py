@@ -24,6 +24,10 @@ def backend_from(option):
     if option == "torch":
         return TorchBackend()
     if isinstance(option, TorchBackend):
+        if option.vectors or option._by_ptr:
+            raise ValueError("TorchModel(backend=...): this TorchBackend already serves a "
+                             "model (its vector ids and tensors are that model's); give each "
+                             "model its own")
         return option
     raise ValueError("TorchModel(backend=%r): None or 'cpu' (the library works in the "
                      "parameters' CPU memory) or 'torch' (a TorchBackend: parameters on any "

@@ -64,7 +64,8 @@ from pass.seed on the CUDA devices in use too (regopt._torch_device).
 Float32 parameters only; the library refuses (regopt.Unsupported) what it
 cannot run with a backend: the Bregman/MESA teacher, weight averages,
 stateful SAM variants, loss scaling, a host optimizer (TorchTrainer with a
-torch.optim optimizer), flatness and checkpoints.
+torch.optim optimizer), an all-reduce (process_group=), flatness and
+checkpoints.
 
 Parameter groups: group_fn(name, param) -> group; the default puts tensors
 with fewer than 2 dimensions (biases, normalisation weights) in group 1 and

@@ -178,6 +178,10 @@ class TorchBackendTrainingTest(unittest.TestCase):
         self.assertIn("float32", str(cm.exception))
         with self.assertRaises(ValueError):
             TorchModel(Net(), 5, backend="gpu")
+        with TorchModel(Net(), 5, backend="torch") as used:
+            with self.assertRaises(ValueError) as cm:
+                TorchModel(Net(), 5, backend=used.backend)
+            self.assertIn("already serves a model", str(cm.exception))
         # what the library cannot run with a backend: refused by name
         with TorchModel(Net(), 5, backend="torch") as model, \
                 regopt.Optimizer("adamw", lr=1e-2) as opt, \
