@@ -299,7 +299,7 @@ typedef enum regopt_status {
                                          read/write callback failed */
     REGOPT_ERR_HOST_UPDATE = -17,     /* the host's update callback of a REGOPT_HOST
                                          optimizer returned non-zero (since 1.0) */
-    REGOPT_ERR_OVERFLOW = -18         /* a scaled gradient overflowed (mixed
+    REGOPT_ERR_OVERFLOW = -18,        /* a scaled gradient overflowed (mixed
                                          precision). regopt_trainer_step
                                          never returns it: with loss scaling
                                          such a step is skipped and
@@ -307,6 +307,8 @@ typedef enum regopt_status {
                                          calls that take gradients
                                          (regopt_trainer_flatness) may.
                                          Since 1.0. */
+    REGOPT_ERR_BACKEND = -19          /* the model's backend (regopt_backend)
+                                         failed an operation. Since 1.0. */
 } regopt_status;
 
 /* Static text naming a status code ("REGOPT_ERR_OUT_OF_RANGE: ..."); an
@@ -910,6 +912,180 @@ REGOPT_API size_t regopt_model_element_count(const regopt_model *model);
 
 /* One-line detail of the model's last failure ("" if none). */
 REGOPT_API const char *regopt_model_message(const regopt_model *model);
+
+/* ------------------------------------------------------------------------ */
+/* Backends: parameter memory the library never touches (since 1.0)         */
+/* ------------------------------------------------------------------------ */
+/*
+ * By default the library reads and writes the registered buffers itself
+ * (the update, zeroing the gradients, norms, SAM's move and restore). A
+ * host whose tensors live where the CPU cannot read them (a GPU) sets a
+ * backend on the model before registering any tensor: then `data` and `grad`
+ * of regopt_model_add_param are opaque handles the library hands back to the
+ * backend and never dereferences, the library's own parameter-sized state
+ * (optimizer moments, SAM's saved weights) is allocated by the backend, and
+ * every operation on parameter-sized memory is one call of backend->run
+ * with a regopt_vop naming it. Batch-sized memory (outputs, d_outputs, input
+ * embeddings and their perturbations, labels) stays in host memory as
+ * always: the host's forward copies its outputs into pass->outputs.
+ *
+ * A vector is one float32 array per trainable tensor, in registration
+ * order, shaped as the tensors: REGOPT_VEC_WEIGHTS (the registered data),
+ * REGOPT_VEC_GRADS (the registered gradients) or a buffer the library asked
+ * the backend to allocate (ids from REGOPT_VEC_BUFFER0 up, unique in the
+ * model). Frozen tensors (grad NULL) are never part of a vector.
+ *
+ * What runs with a backend: every optimizer kind but REGOPT_HOST (SGD with
+ * momentum and Nesterov, Adam, AdamW, AMSGrad, RAdam; schedules; clipping;
+ * the finiteness guard), and the regularizers REGOPT_REG_SAM (SAM, ASAM,
+ * SAM-ON groups; not its stateful variants), REGOPT_REG_RDROP,
+ * REGOPT_REG_SMART (without its Bregman proximal term) and
+ * REGOPT_REG_ADVERSARIAL (FGM, PGD, FreeLB, VAT) in any combination. The
+ * rest is refused with REGOPT_ERR_UNSUPPORTED naming it (at attach, at the
+ * setter, at the step or at the call): float16/bfloat16 tensors and loss
+ * scaling, stateful SAM variants (m-sharpness, Momentum-SAM, LookSAM,
+ * FriendlySAM, VaSSO, GSAM, WSAM), the Bregman/MESA teacher, weight
+ * averages, a REGOPT_HOST optimizer, an all-reduce, trainer.check_host,
+ * regopt_trainer_flatness and checkpoints.
+ *
+ * Guarantees. The step stays a transaction up to the update: every
+ * operation before it writes only the gradient vector and the library's
+ * buffers, the weights SAM moved are copied back before any failure
+ * returns, and the update runs only after REGOPT_VOP_UPDATE_CHECK (or the
+ * library's proof from REGOPT_VOP_ABS_MAX bounds) showed it writes nothing
+ * non-finite. A backend call that fails (run returns non-zero) fails the
+ * call with REGOPT_ERR_BACKEND naming the operation; if that was the update
+ * itself, parameters and moments are what the backend left. Bit-identical
+ * trajectories need the backend to compute every operation with the
+ * float32 operations described below in the same order, and the sums in the
+ * order below; regopt_backend_cpu_create's backend does, so the same step
+ * through it gives the same bits as the library without a backend.
+ */
+
+/* Vector ids of regopt_vop.x .. v (-1: none). */
+#define REGOPT_VEC_NONE (-1)
+#define REGOPT_VEC_WEIGHTS 0
+#define REGOPT_VEC_GRADS 1
+#define REGOPT_VEC_BUFFER0 2
+
+/* The operations (values fixed forever; new ones are appended, and a
+ * backend returns non-zero for a code it does not know). Element i of
+ * tensor k of vector x is written x[i]; every elementwise operation is in
+ * float32 unless it says otherwise. Sums are in double: each tensor in
+ * registration order, cut into chunks of 4096 elements from its start,
+ * each chunk summed and the chunk sums added in order. */
+typedef enum regopt_vop_code {
+    /* Once per trainer, before any other: tensors trainable tensors with
+       the handles data[k], grad[k] and counts[k] elements. */
+    REGOPT_VOP_BIND = 1,
+    /* Create buffer x: shaped as the vectors, every element 0. */
+    REGOPT_VOP_ALLOC = 2,
+    /* Release buffer x (its result is ignored). */
+    REGOPT_VOP_FREE = 3,
+    /* x[i] = 0. */
+    REGOPT_VOP_ZERO = 4,
+    /* x[i] = y[i]. */
+    REGOPT_VOP_COPY = 5,
+    /* out[0] = sum of x[i]^2 (double; each chunk in any order of its
+       elements), over every tensor, or tensor `tensor` alone when it is
+       below `tensors`. */
+    REGOPT_VOP_SUM_SQUARES = 6,
+    /* out[0] >= max |x[i]| (an upper bound; the exact maximum will do), a
+       value >= 2^128 (infinity) when some x[i] is infinite or NaN. */
+    REGOPT_VOP_ABS_MAX = 7,
+    /* The base optimizer's update of x (weights) with gradient y and
+       moments z, u, v (variant: regopt_optimizer_kind; per_tensor[3k ..
+       3k+2]: lr, weight decay, Adam's step size of tensor k; s[]: see
+       REGOPT_VOP_S_*). The formulas are docs/methods.md §2 (torch.optim's,
+       in float32): the CPU backend's kernels are the reference. */
+    REGOPT_VOP_UPDATE = 8,
+    /* The same update computed and written nowhere: out[0] = the first
+       tensor with a non-finite result (-1: none), out[1] its element,
+       out[2] what (1 a weight already non-finite, 2 the new weight, 3 the
+       first moment or momentum buffer, 4 the second moment, 5 AMSGrad's
+       maximum), out[3] = max |first moment| after it (0 without one). */
+    REGOPT_VOP_UPDATE_CHECK = 9,
+    /* SAM's ascent: z[i] = x[i]; on tensors with flags[k] & 1,
+       x[i] = x[i] + c * (t * t * a) with a = y[i] + wd * x[i] and
+       t = |x[i]| + eta where flags[k] & 2 (ASAM), t = 1 elsewhere
+       (c = s[0], wd = s[1], eta = s[2]; with t = 1 and wd = 0 this is
+       x[i] + c * y[i]); then with variant 1, y[i] = 0 on every tensor. */
+    REGOPT_VOP_SAM_PERTURB = 10,
+    /* out[0] = the sum of q[i]^2 over tensors with flags[k] & 1, q = t * a
+       in float32 with a and t as in REGOPT_VOP_SAM_PERTURB (wd = s[1],
+       eta = s[2]; q = a where t = 1), each square in double: ||T a||^2 of
+       SAM's and ASAM's ascent (the sum as REGOPT_VOP_SUM_SQUARES's). */
+    REGOPT_VOP_SAM_SQUARES = 11
+} regopt_vop_code;
+
+/* REGOPT_VOP_UPDATE's shared scalars, indices into regopt_vop.s (each a
+ * float32 value held exactly, or a 0/1 flag). */
+enum {
+    REGOPT_VOP_S_GRAD_SCALE = 0, /* the clipping factor applied to y */
+    REGOPT_VOP_S_MOMENTUM = 1,   /* SGD */
+    REGOPT_VOP_S_ONE_MINUS_DAMPENING = 2,
+    REGOPT_VOP_S_NESTEROV = 3,
+    REGOPT_VOP_S_FIRST = 4,      /* SGD: the momentum buffer takes the gradient as it is */
+    REGOPT_VOP_S_BETA1 = 5,      /* Adam family */
+    REGOPT_VOP_S_BETA2 = 6,
+    REGOPT_VOP_S_EPS = 7,
+    REGOPT_VOP_S_ONE_MINUS_BETA1 = 8,
+    REGOPT_VOP_S_ONE_MINUS_BETA2 = 9,
+    REGOPT_VOP_S_BC2_SQRT = 10,  /* sqrt(1 - beta2^t) */
+    REGOPT_VOP_S_AMSGRAD = 11,
+    REGOPT_VOP_S_RECTIFIED = 12, /* RAdam: rho_t > 5 */
+    REGOPT_VOP_S_COUNT = 16
+};
+
+/* One operation: filled by the library, read by the backend, which writes
+ * out[] only. size: sizeof(regopt_vop) as the library knows it (later
+ * versions append fields). */
+typedef struct regopt_vop {
+    size_t size;
+    int32_t code;              /* REGOPT_VOP_* */
+    int32_t variant;           /* see the code */
+    int32_t x, y, z, u, v;     /* vector ids, REGOPT_VEC_NONE where unused */
+    size_t tensors;            /* trainable tensors (every vector's parts) */
+    size_t tensor;             /* SUM_SQUARES: one tensor (>= tensors: all) */
+    void *const *data;         /* BIND: the handles registered, per tensor */
+    void *const *grad;
+    const size_t *counts;      /* BIND: elements per tensor */
+    const int32_t *flags;      /* per tensor (SAM_*) */
+    const double *per_tensor;  /* per tensor, 3 each (UPDATE*) */
+    double s[REGOPT_VOP_S_COUNT];
+    double out[4];             /* results */
+} regopt_vop;
+
+/* Returns 0 on success. Called on the thread of the library call that
+ * needs it, one call at a time per trainer. */
+typedef int (*regopt_backend_fn)(void *user, regopt_vop *op);
+
+/* The backend table. size: sizeof(regopt_backend) as the host knows it. */
+typedef struct regopt_backend {
+    size_t size;
+    regopt_backend_fn run;
+    void *user;
+} regopt_backend;
+
+/* Make the model's parameter memory the backend's (copied; the host keeps
+ * user alive until the model is freed). Before the first
+ * regopt_model_add_param, and while no trainer is bound: else
+ * REGOPT_ERR_STATE. NULL backend or run: REGOPT_ERR_NULL_POINTER; a size
+ * smaller than the first version's: REGOPT_ERR_INVALID_ARGUMENT. With a
+ * backend, regopt_model_add_param takes opaque handles (checked for
+ * nothing but grad == NULL meaning frozen; they may even overlap) and
+ * refuses dtypes other than float32. */
+REGOPT_API regopt_status regopt_model_set_backend(regopt_model *model,
+                                                  const regopt_backend *backend);
+
+/* The CPU backend: handles are float32 host pointers, used exactly as the
+ * library uses registered buffers without a backend (same kernels, same
+ * order, one thread): a reference for hosts writing their own, and the
+ * backend a host wraps to work on copies (the PROT_NONE test). Fills
+ * *backend; free its state with regopt_backend_cpu_free after the models
+ * using it. NULL: REGOPT_ERR_NULL_POINTER; REGOPT_ERR_NO_MEMORY. */
+REGOPT_API regopt_status regopt_backend_cpu_create(regopt_backend *backend);
+REGOPT_API regopt_status regopt_backend_cpu_free(regopt_backend *backend);
 
 /* ------------------------------------------------------------------------ */
 /* Optimizer                                                                */

@@ -145,43 +145,6 @@ class TermOps(ctypes.Structure):
     ]
 
 
-class Vop(ctypes.Structure):
-    """struct regopt_vop (since 1.0): one operation on parameter-sized
-    memory, handed to a backend's run (regopt_model_set_backend)."""
-    _fields_ = [
-        ("size", c_size_t),
-        ("code", ctypes.c_int32),
-        ("variant", ctypes.c_int32),
-        ("x", ctypes.c_int32),
-        ("y", ctypes.c_int32),
-        ("z", ctypes.c_int32),
-        ("u", ctypes.c_int32),
-        ("v", ctypes.c_int32),
-        ("tensors", c_size_t),
-        ("tensor", c_size_t),
-        ("data", ctypes.POINTER(ctypes.c_void_p)),
-        ("grad", ctypes.POINTER(ctypes.c_void_p)),
-        ("counts", ctypes.POINTER(c_size_t)),
-        ("flags", ctypes.POINTER(ctypes.c_int32)),
-        ("per_tensor", ctypes.POINTER(ctypes.c_double)),
-        ("s", ctypes.c_double * 16),
-        ("out", ctypes.c_double * 4),
-    ]
-
-
-# regopt_backend_fn(user, op)
-BACKEND_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(Vop))
-
-
-class Backend(ctypes.Structure):
-    """struct regopt_backend (since 1.0)."""
-    _fields_ = [
-        ("size", c_size_t),
-        ("run", BACKEND_FN),
-        ("user", ctypes.c_void_p),
-    ]
-
-
 class FlatnessRequest(ctypes.Structure):
     """struct regopt_flatness_request (since 1.0)."""
     _fields_ = [
@@ -230,6 +193,41 @@ class Flatness(ctypes.Structure):
     ]
 
 
+class Vop(ctypes.Structure):
+    """struct regopt_vop: one operation of a backend (since 1.0)."""
+    _fields_ = [
+        ("size", c_size_t),
+        ("code", ctypes.c_int32),
+        ("variant", ctypes.c_int32),
+        ("x", ctypes.c_int32),
+        ("y", ctypes.c_int32),
+        ("z", ctypes.c_int32),
+        ("u", ctypes.c_int32),
+        ("v", ctypes.c_int32),
+        ("tensors", c_size_t),
+        ("tensor", c_size_t),
+        ("data", ctypes.POINTER(ctypes.c_void_p)),
+        ("grad", ctypes.POINTER(ctypes.c_void_p)),
+        ("counts", ctypes.POINTER(c_size_t)),
+        ("flags", ctypes.POINTER(ctypes.c_int32)),
+        ("per_tensor", ctypes.POINTER(ctypes.c_double)),
+        ("s", ctypes.c_double * 16),
+        ("out", ctypes.c_double * 4),
+    ]
+
+
+BACKEND_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(Vop))
+
+
+class Backend(ctypes.Structure):
+    """struct regopt_backend: the backend table (since 1.0)."""
+    _fields_ = [
+        ("size", c_size_t),
+        ("run", BACKEND_FN),
+        ("user", ctypes.c_void_p),
+    ]
+
+
 # --------------------------------------------------------------------------
 # Constants
 # --------------------------------------------------------------------------
@@ -254,6 +252,26 @@ ERR_IO = -16
 ERR_HOST_UPDATE = -17
 ERR_OVERFLOW = -18
 ERR_BACKEND = -19
+
+# backends (regopt_vop)
+VEC_NONE = -1
+VEC_WEIGHTS = 0
+VEC_GRADS = 1
+VEC_BUFFER0 = 2
+VOP_BIND = 1
+VOP_ALLOC = 2
+VOP_FREE = 3
+VOP_ZERO = 4
+VOP_COPY = 5
+VOP_SUM_SQUARES = 6
+VOP_ABS_MAX = 7
+VOP_UPDATE = 8
+VOP_UPDATE_CHECK = 9
+VOP_SAM_PERTURB = 10
+VOP_SAM_SQUARES = 11
+(VOP_S_GRAD_SCALE, VOP_S_MOMENTUM, VOP_S_ONE_MINUS_DAMPENING, VOP_S_NESTEROV, VOP_S_FIRST,
+ VOP_S_BETA1, VOP_S_BETA2, VOP_S_EPS, VOP_S_ONE_MINUS_BETA1, VOP_S_ONE_MINUS_BETA2,
+ VOP_S_BC2_SQRT, VOP_S_AMSGRAD, VOP_S_RECTIFIED) = range(13)
 
 CHECKPOINT_PARAMS = 0x1
 CHECKPOINT_OPTIONS = 0x2
@@ -289,17 +307,6 @@ DTYPE_FLOAT32 = 1
 DTYPE_FLOAT16 = 2
 DTYPE_BFLOAT16 = 3
 DTYPE_FLOAT64 = 4
-
-# backends (regopt_model_set_backend): vector ids and operations
-VEC_NONE, VEC_WEIGHTS, VEC_GRADS, VEC_BUFFER0 = -1, 0, 1, 2
-VOP_BIND, VOP_ALLOC, VOP_FREE, VOP_ZERO, VOP_COPY = 1, 2, 3, 4, 5
-VOP_SUM_SQUARES, VOP_ABS_MAX, VOP_UPDATE, VOP_UPDATE_CHECK = 6, 7, 8, 9
-VOP_SAM_PERTURB, VOP_SAM_SQUARES = 10, 11
-# REGOPT_VOP_UPDATE's shared scalars: indices into Vop.s
-VOP_S_GRAD_SCALE, VOP_S_MOMENTUM, VOP_S_ONE_MINUS_DAMPENING, VOP_S_NESTEROV = 0, 1, 2, 3
-VOP_S_FIRST, VOP_S_BETA1, VOP_S_BETA2, VOP_S_EPS = 4, 5, 6, 7
-VOP_S_ONE_MINUS_BETA1, VOP_S_ONE_MINUS_BETA2, VOP_S_BC2_SQRT = 8, 9, 10
-VOP_S_AMSGRAD, VOP_S_RECTIFIED, VOP_S_COUNT = 11, 12, 16
 
 MAX_GROUPS = 64
 MAX_NAME = 255

@@ -207,6 +207,8 @@ static regopt_status flags_check(regopt_trainer *t, uint32_t flags, const char *
     if (flags & ~(uint32_t)(REGOPT_CHECKPOINT_PARAMS | REGOPT_CHECKPOINT_OPTIONS))
         return ro_fail(t->msg, REGOPT_ERR_INVALID_ARGUMENT,
                        "%s: unknown flags 0x%" PRIx32, func, flags);
+    if (t->model->has_backend)
+        return ro_backend_refuse(t->msg, "checkpoints");
     /* swapped weights would be saved as the trained ones, or overwritten */
     return ro_trainer_swapped_check(t, func);
 }

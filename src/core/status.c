@@ -34,6 +34,7 @@ const char *regopt_status_string(regopt_status status)
     case REGOPT_ERR_HOST_UPDATE:
         return "REGOPT_ERR_HOST_UPDATE: the host's update callback failed";
     case REGOPT_ERR_OVERFLOW: return "REGOPT_ERR_OVERFLOW: a loss-scaled gradient overflowed";
+    case REGOPT_ERR_BACKEND: return "REGOPT_ERR_BACKEND: the model's backend failed an operation";
     }
     return "unknown status";
 }

@@ -313,6 +313,14 @@ static regopt_status check_param(regopt_model *m, const char *name, void *data,
         return ro_fail(m->msg, REGOPT_ERR_OUT_OF_RANGE,
                        "parameter \"%.64s\": group must be in [0, %d], got %d", name,
                        REGOPT_MAX_GROUPS - 1, (int)group);
+    if (m->has_backend && dtype != REGOPT_DTYPE_FLOAT32)
+        return ro_fail(m->msg, REGOPT_ERR_UNSUPPORTED, "parameter \"%.64s\": a model with a "
+                       "backend takes float32 tensors only (dtype %d)", name, (int)dtype);
+    if (name_taken(m, name))
+        return ro_fail(m->msg, REGOPT_ERR_INVALID_ARGUMENT,
+                       "parameter name \"%.64s\" is already registered", name);
+    if (m->has_backend) /* handles: nothing here reads or compares them */
+        return REGOPT_OK;
     /* count <= SIZE_MAX / 16: the product cannot wrap; the range may */
     bytes = (uintptr_t)(count * ro_dtype_size(dtype));
     if ((uintptr_t)data > UINTPTR_MAX - bytes || (grad && (uintptr_t)grad > UINTPTR_MAX - bytes))
@@ -321,9 +329,6 @@ static regopt_status check_param(regopt_model *m, const char *name, void *data,
                        "the address space", name,
                        (uintptr_t)data > UINTPTR_MAX - bytes ? "data" : "grad", count,
                        (uintptr_t)data > UINTPTR_MAX - bytes ? data : grad);
-    if (name_taken(m, name))
-        return ro_fail(m->msg, REGOPT_ERR_INVALID_ARGUMENT,
-                       "parameter name \"%.64s\" is already registered", name);
     return check_overlaps(m, name, (uintptr_t)data, (uintptr_t)grad, bytes);
 }
 
@@ -405,6 +410,8 @@ regopt_status regopt_model_add_param(regopt_model *m, const char *name,
     if (grad)
         m->n_trainable += count;
     name_put(m->names, m->cap_names, m->params, i);
+    if (m->has_backend)
+        return REGOPT_OK;
     span_add(m, grad ? RO_SPANS_DATA : RO_SPANS_FROZEN, (uintptr_t)data,
              (uintptr_t)data + count * ro_dtype_size(dtype), i);
     if (grad)

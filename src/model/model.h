@@ -68,6 +68,11 @@ struct regopt_model {
     int bound; /* number of live trainers using this model */
     size_t n_half;  /* tensors registered as FLOAT16 or BFLOAT16 */
     int staged;     /* every trainable tensor is staged (precision.c) */
+    /* backend.c: the host's backend (regopt_model_set_backend); then data
+       and grad of every tensor are handles the library never dereferences */
+    int has_backend;
+    regopt_backend backend;
+    int32_t next_vec; /* the next buffer id (REGOPT_VEC_BUFFER0 up) */
     char msg[RO_MSG_SIZE];
 };
 
@@ -83,6 +88,21 @@ regopt_status ro_model_check(const regopt_model *m, const char *func);
  * size, 256 GiB each at the bound). */
 #define RO_MAX_OUTPUT_FLOATS ((size_t)1 << 40)
 #define RO_MAX_INPUT_FLOATS ((size_t)1 << 36)
+
+/* ---- backend.c: the model's backend (regopt_model_set_backend) --------- */
+
+/* An operation with every vector unused and size, code and tensors set. */
+void ro_vop_init(const regopt_model *m, regopt_vop *op, int32_t code);
+/* Run op on the model's backend; REGOPT_ERR_BACKEND (message naming the
+ * operation, into msg) when it fails. */
+regopt_status ro_vop_run(const regopt_model *m, regopt_vop *op, char *msg);
+/* A new buffer (REGOPT_VOP_ALLOC), its id in *vec; REGOPT_VEC_NONE
+ * stays in *vec on failure. */
+regopt_status ro_vec_alloc(regopt_model *m, int32_t *vec, char *msg);
+/* Release buffer *vec (none: nothing) and set it to REGOPT_VEC_NONE. */
+void ro_vec_free(const regopt_model *m, int32_t *vec);
+/* The REGOPT_ERR_UNSUPPORTED of a feature a backend cannot serve yet. */
+regopt_status ro_backend_refuse(char *msg, const char *what);
 
 /* ---- parallel.c: loops over every trainable element -------------------- */
 

@@ -86,7 +86,7 @@ struct ro_step {
     const float *teacher;
     /* what a weight-side regularizer may call */
     void *driver;
-    void (*zero_grads)(ro_step *s);
+    regopt_status (*zero_grads)(ro_step *s);
     regopt_status (*eval_rows)(ro_step *s, size_t bi, size_t r0, size_t rows, uint32_t chunk,
                                uint32_t flags, uint32_t role, double *loss);
     regopt_status (*eval_all)(ro_step *s, uint32_t flags, uint32_t role, double *loss);
@@ -101,6 +101,9 @@ struct ro_step {
    finite, also where the update would let it pass (SGD without momentum,
    REGOPT_HOST) */
 #define RO_REG_TAKES_WEIGHTS 0x400u
+/* runs on a model with a backend (regopt_model_set_backend): its parameter-
+   sized work goes through the backend, or it has none */
+#define RO_REG_BACKEND 0x800u
 
 typedef struct ro_reg_ops {
     const char *name;            /* "sam": key prefix, messages, checkpoints */

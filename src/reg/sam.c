@@ -75,6 +75,7 @@ static void sam_init(ro_reg *r)
     memset(s->group_adaptive, 1, sizeof s->group_adaptive);
     memset(s->group_perturb, 1, sizeof s->group_perturb);
     ro_sam_dir_init(&s->dir);
+    s->save_vec = REGOPT_VEC_NONE;
 }
 
 static regopt_status reserve_one(ro_reg *r, float **buf, int needed)
@@ -95,6 +96,8 @@ static regopt_status buffers(ro_reg *r)
     regopt_status st;
     if (!r->env)
         return REGOPT_OK;
+    if (r->env->model->has_backend) /* what it can serve: save */
+        return ro_sam_backend_reserve(r);
     st = reserve_one(r, &s->save, 1);
     if (st == REGOPT_OK)
         st = reserve_one(r, &s->accum, s->m_rows > 0);
@@ -119,6 +122,7 @@ static void sam_detach(ro_reg *r)
     s->save = s->accum = s->clean = s->wsam.sharp = NULL;
     ro_sam_dir_release(&s->dir, r->env);
     ro_sam_look_release(&s->look, r->env);
+    ro_sam_backend_release(r);
 }
 
 static regopt_status sam_attach(ro_reg *r)
@@ -230,6 +234,9 @@ static regopt_status check(ro_reg *r, const ro_step *st)
 {
     const sam *s = r->self;
     size_t bi;
+    regopt_status bst = ro_sam_backend_check(r);
+    if (bst != REGOPT_OK)
+        return bst;
     if (s->msam && (s->gsam || s->wsam.mode || s->look.on || s->dir.mode || s->m_rows ||
                     s->adaptive))
         return ro_fail(r->env->msg, REGOPT_ERR_INVALID_ARGUMENT, "sam.momentum makes the "
@@ -272,159 +279,17 @@ static double rho_in_force(const sam *s, const ro_step *st)
     return r < lo ? lo : r > hi ? hi : r;
 }
 
-static int adaptive(const sam *s, const ro_param *p)
-{
-    return s->adaptive && s->group_adaptive[p->group];
-}
-
-/* The scalars of one ascent, shared by its passes over the tensors. */
-typedef struct ascent_job {
-    const sam *s;
-    const float *dir; /* flat direction, NULL: the gradient buffers */
-    float wd, eta, c;
-    int zero;         /* perturb: zero the gradient buffers once read */
-} ascent_job;
-
-static const float *direction(const ascent_job *a, const ro_param *p, size_t j0)
-{
-    return a->dir ? a->dir + p->offset + j0 : p->grad + j0;
-}
-
-static double ascent_squares(void *ctx, const ro_param *p, size_t j0, size_t j1)
-{
-    const ascent_job *a = ctx;
-    int ad = adaptive(a->s, p);
-    if (!a->s->group_perturb[p->group]) /* SAM-ON: out of the norm */
-        return 0.0;
-    if (!ad && a->wd == 0.0f)
-        return ro_sum_squares(direction(a, p, j0), j1 - j0);
-    return ro_sum_scaled_squares(p->data + j0, direction(a, p, j0), j1 - j0, a->wd, a->eta, ad);
-}
-
-/* ||T a||, a = g + wd w (the ascent gradient), T = |w| + eta on ASAM tensors. */
-static double ascent_norm(const sam_reg *g, double wd_scale)
-{
-    ascent_job a;
-    a.s = g->s;
-    a.dir = g->dir;
-    a.wd = (float)(g->s->ascent_wd * wd_scale);
-    a.eta = (float)g->s->eta;
-    a.c = 0.0f;
-    a.zero = 0;
-    return sqrt(ro_sum_pieces(g->r->env->par, ascent_squares, &a));
-}
-
 /* The whole step's direction with state, and its ascent norm in the same
  * pass (the squares of each piece while it is in cache). */
 static void make_direction(sam_reg *g, double wd_scale)
 {
-    ascent_job a;
+    ro_sam_ascent a;
     double sum = 0.0;
-    a.s = g->s;
-    a.wd = (float)(g->s->ascent_wd * wd_scale);
-    a.eta = (float)g->s->eta;
-    a.c = 0.0f;
-    a.zero = 0;
-    a.dir = g->s->dir.buf;
-    g->dir = ro_sam_dir_make(&g->s->dir, g->r->env->par, 1.0, 1, ascent_squares, &a, &sum);
+    ro_sam_ascent_init(&a, g->s, g->s->dir.buf, wd_scale, 0.0, 0);
+    g->dir = ro_sam_dir_make(&g->s->dir, g->r->env->par, 1.0, 1, ro_sam_ascent_squares, &a,
+                             &sum);
     g->norm = sqrt(sum);
 }
-
-/* One block of the plain ascent (T = 1, no ascent weight decay):
- * save = w, w += c a; the same operations as the general loop. */
-static void perturb_block(float *restrict w, const float *restrict g, float *restrict save,
-                          float c)
-{
-    size_t j;
-    for (j = 0; j < RO_BLOCK; j++) {
-        save[j] = w[j];
-        w[j] = w[j] + c * g[j];
-    }
-}
-
-/* The same, zeroing g once read (the perturbed passes start from zero). */
-static void perturb_block_zero(float *restrict w, float *restrict g, float *restrict save,
-                               float c)
-{
-    size_t j;
-    for (j = 0; j < RO_BLOCK; j++) {
-        save[j] = w[j];
-        w[j] = w[j] + c * g[j];
-        g[j] = 0.0f;
-    }
-}
-
-/* One block of the ASAM ascent: T = |w| + eta, a = g + wd w. */
-static void perturb_block_adaptive(float *restrict w, const float *restrict g,
-                                   float *restrict save, float c, float wd, float eta)
-{
-    size_t j;
-    for (j = 0; j < RO_BLOCK; j++) {
-        float x = w[j], a = g[j] + wd * x, tw = fabsf(x) + eta;
-        save[j] = x;
-        w[j] = x + c * (tw * tw * a);
-    }
-}
-
-static void perturb_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
-{
-    const ascent_job *a = ctx;
-    const float wd = a->wd, eta = a->eta, c = a->c;
-    float *w = p->data + j0, *save = a->s->save + p->offset + j0;
-    const float *g = direction(a, p, j0);
-    size_t n = j1 - j0, j = 0;
-    int ad = adaptive(a->s, p);
-    size_t zeroed = 0; /* elements whose gradient this pass zeroed in its blocks */
-    if (!a->s->group_perturb[p->group]) { /* SAM-ON: eps = 0, restored by copy all the same */
-        memcpy(save, w, n * sizeof(float));
-    } else {
-        if (!ad && wd == 0.0f && a->zero) { /* and the passes' zeroing, in this pass */
-            for (; j + RO_BLOCK <= n; j += RO_BLOCK)
-                perturb_block_zero(w + j, p->grad + j0 + j, save + j, c);
-            zeroed = j;
-        } else if (!ad && wd == 0.0f) { /* tw = 1: c (1 * 1 * a) is exactly c a */
-            for (; j + RO_BLOCK <= n; j += RO_BLOCK)
-                perturb_block(w + j, g + j, save + j, c);
-        } else if (ad) {
-            for (; j + RO_BLOCK <= n; j += RO_BLOCK)
-                perturb_block_adaptive(w + j, g + j, save + j, c, wd, eta);
-        }
-        for (; j < n; j++) {
-            float x = w[j], s = g[j] + wd * x;
-            float tw = ad ? fabsf(x) + eta : 1.0f;
-            save[j] = x;
-            w[j] = x + c * (tw * tw * s);
-        }
-    }
-    if (a->zero) { /* what the blocks did not zero (SAM-ON, ASAM, the tail), once read */
-        ro_zero(p->grad + j0 + zeroed, n - zeroed);
-        ro_param_zero_host_grad(p, j0, j1);
-    }
-}
-
-/* Save w and move it to w + eps, eps = scale * T^2 a, in one pass; with
- * `zero` (the direction is the gradient buffers, read here for the last
- * time), zero them in the same pass for the perturbed passes. */
-static void perturb(const sam_reg *g, double scale, double wd_scale, int zero)
-{
-    ascent_job a;
-    a.s = g->s;
-    a.dir = g->dir;
-    a.wd = (float)(g->s->ascent_wd * wd_scale);
-    a.eta = (float)g->s->eta;
-    a.c = (float)scale;
-    a.zero = zero && !g->dir;
-    ro_each_piece(g->r->env->par, perturb_piece, &a);
-}
-
-static void restore_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
-{
-    const sam *s = ctx;
-    memcpy(p->data + j0, s->save + p->offset + j0, (j1 - j0) * sizeof(float));
-}
-
-/* Put w back by copy: w + eps - eps is not w in floating point. */
-static void restore(const sam_reg *g) { ro_each_piece(g->r->env->par, restore_piece, g->s); }
 
 /* dst (flat, trainable order) += or = the gradient buffers. */
 static void gather(const sam_reg *g, float *dst, int add)
@@ -480,21 +345,29 @@ static regopt_status ascend(const sam_reg *g, ro_step *st, double rho, double wd
                             passes_fn passes, void *ctx, int defer, double *norm, double *loss,
                             int *applied)
 {
-    regopt_status rc;
-    *norm = g->norm >= 0.0 ? g->norm : ascent_norm(g, wd_scale);
-    rc = check_norm(g, *norm);
+    regopt_status rc = REGOPT_OK, back;
+    if (g->norm >= 0.0)
+        *norm = g->norm;
+    else
+        rc = ro_sam_ascent_norm(g->r, g->dir, wd_scale, norm);
+    if (rc == REGOPT_OK)
+        rc = check_norm(g, *norm);
     if (rc != REGOPT_OK || *norm == 0.0)
         return rc;
     /* a whole step's passes zero the gradient first: done in the perturbation */
-    perturb(g, rho / (*norm + g->s->delta), wd_scale, defer);
+    rc = ro_sam_perturb(g->r, g->dir, rho / (*norm + g->s->delta), wd_scale, defer);
+    if (rc != REGOPT_OK) /* a backend's, in a state only it knows: nothing to copy back */
+        return rc;
     st->grads_zero = defer && !g->dir;
     g->s->perturbed = 1;
     rc = passes(g, st, ctx, loss);
-    if (rc == REGOPT_OK && defer) {
+    /* through a backend there is no update pass of ours to restore in */
+    if (rc == REGOPT_OK && defer && !g->r->env->model->has_backend) {
         st->held = g->s->save;
     } else {
-        restore(g);
-        g->s->perturbed = 0;
+        back = ro_sam_restore(g->r);
+        g->s->perturbed = back != REGOPT_OK; /* the abandon hook tries again */
+        rc = rc != REGOPT_OK ? rc : back;
     }
     *applied = 1;
     return rc;
@@ -547,7 +420,9 @@ typedef struct chunk_ctx {
 static regopt_status chunk_perturbed(const sam_reg *g, ro_step *st, void *ctx, double *loss)
 {
     const chunk_ctx *c = ctx;
-    st->zero_grads(st);
+    regopt_status rc = st->zero_grads(st);
+    if (rc != REGOPT_OK)
+        return rc;
     return st->eval_rows(st, c->bi, c->r0, c->rows, c->chunk,
                          REGOPT_PASS_TRAIN | REGOPT_PASS_PERTURBED_WEIGHTS,
                          perturbed_role(g->s), loss);
@@ -559,9 +434,9 @@ static regopt_status chunk_step(sam_reg *g, ro_step *st, chunk_ctx *c, double *n
     sam *s = g->s;
     double clean = 0.0, pert = 0.0, norm = 0.0;
     int applied = 0;
-    regopt_status rc;
-    st->zero_grads(st);
-    rc = st->eval_rows(st, c->bi, c->r0, c->rows, c->chunk, REGOPT_PASS_TRAIN, RO_SEED_TASK,
+    regopt_status rc = st->zero_grads(st);
+    if (rc == REGOPT_OK)
+        rc = st->eval_rows(st, c->bi, c->r0, c->rows, c->chunk, REGOPT_PASS_TRAIN, RO_SEED_TASK,
                        &clean);
     if (rc == REGOPT_OK && (s->gsam || s->wsam.mode || s->look.on))
         gather(g, s->clean, 1);
@@ -629,6 +504,13 @@ static regopt_status gradient(ro_reg *r, ro_step *st)
     g.s = s;
     g.dir = NULL;
     g.norm = -1.0;
+    /* a backend that failed to put w back last step gets another chance */
+    if (s->perturbed && r->env->model->has_backend) {
+        rc = ro_sam_restore(r);
+        if (rc != REGOPT_OK)
+            return rc;
+        s->perturbed = 0;
+    }
     s->clean_loss = s->perturbed_loss = s->ascent_norm = 0.0;
     s->applied = 0;
     s->rho_used = rho_in_force(s, st);
@@ -667,19 +549,16 @@ static regopt_status gradient(ro_reg *r, ro_step *st)
  * w is still at w + eps; put it back from the copy. */
 static void sam_abandon(ro_reg *r)
 {
-    sam_reg g;
-    g.r = r;
-    g.s = r->self;
-    if (g.s->perturbed)
-        restore(&g);
-    g.s->perturbed = 0;
+    sam *s = r->self;
+    if (s->perturbed) /* a backend's failure to restore leaves it to recover */
+        s->perturbed = ro_sam_restore(r) != REGOPT_OK;
 }
 
 const ro_reg_ops ro_sam_ops = {
     .name = "sam",
     .title = "SAM",
     .kind = REGOPT_REG_SAM,
-    .flags = REGOPT_REG_WEIGHT_SIDE | REGOPT_REG_SINGLE,
+    .flags = REGOPT_REG_WEIGHT_SIDE | REGOPT_REG_SINGLE | RO_REG_BACKEND,
     .order = 0,
     .size = sizeof(sam),
     .keys = sam_keys,

@@ -136,7 +136,45 @@ typedef struct ro_sam_state {
     double clean_loss, perturbed_loss, ascent_norm, rho_used;
     int applied;
     int perturbed; /* w is at w + eps (save holds w) */
+    /* with a backend (regopt_model_set_backend): save is this buffer, and
+       flags the per-tensor bits of REGOPT_VOP_SAM_* (trainable tensors) */
+    int32_t save_vec;
+    int32_t *flags;
 } ro_sam_state;
+
+/* sam_move.c: SAM's move of the weights -- the ascent norm ||T a||, the
+ * perturbation w -> w + eps saving w, and the restore by copy -- on the
+ * host's buffers, or through the model's backend. */
+typedef struct ro_sam_ascent {
+    const ro_sam_state *s;
+    const float *dir; /* flat direction, NULL: the gradient buffers */
+    float wd, eta, c;
+    int zero;         /* perturb: zero the gradient buffers once read */
+} ro_sam_ascent;
+
+void ro_sam_ascent_init(ro_sam_ascent *a, const ro_sam_state *s, const float *dir,
+                        double wd_scale, double c, int zero);
+/* One chunk of ||T a||^2 (an ro_sum_fn; ctx: ro_sam_ascent). */
+double ro_sam_ascent_squares(void *ctx, const ro_param *p, size_t j0, size_t j1);
+/* ||T a|| over the trainable tensors. */
+regopt_status ro_sam_ascent_norm(ro_reg *r, const float *dir, double wd_scale, double *norm);
+/* save = w, w = w + c T^2 a; with zero (dir NULL), the gradient zeroed. */
+regopt_status ro_sam_perturb(ro_reg *r, const float *dir, double c, double wd_scale, int zero);
+/* w = save. */
+regopt_status ro_sam_restore(ro_reg *r);
+/* Backend: save_vec and flags while attached; the options it cannot serve. */
+regopt_status ro_sam_backend_reserve(ro_reg *r);
+void ro_sam_backend_release(ro_reg *r);
+regopt_status ro_sam_backend_check(ro_reg *r);
+
+/* The kernels of one range, shared with the CPU backend (trainer/
+ * backend_cpu.c): the sum of (T a)^2 over [0, n) (0 unless perturbed),
+ * and the move of [0, n) (zero_g: the gradient, zeroed once read, or
+ * NULL). */
+double ro_sam_squares_range(const float *w, const float *g, size_t n, float wd, float eta,
+                            int perturbed, int adaptive);
+void ro_sam_perturb_range(float *w, const float *g, float *save, size_t n, float c, float wd,
+                          float eta, int perturbed, int adaptive, float *zero_g);
 
 /* sam_state.c: the hooks after a step and the checkpoint state. */
 void ro_sam_commit(ro_reg *r, const ro_step *st);

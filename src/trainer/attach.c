@@ -70,6 +70,9 @@ regopt_status regopt_trainer_attach(regopt_trainer *t, regopt_regularizer *r)
         st = ro_reg_check(r, "regopt_trainer_attach");
     if (st == REGOPT_OK)
         st = conflict(t, r);
+    if (st == REGOPT_OK && t->model->has_backend && !(r->ops->flags & RO_REG_BACKEND))
+        st = ro_fail(t->msg, REGOPT_ERR_UNSUPPORTED, "the %s regularizer cannot run on a model "
+                     "with a backend (regopt_model_set_backend) yet", r->ops->title);
     if (st != REGOPT_OK)
         return st;
     r->env = &t->env;

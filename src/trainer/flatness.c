@@ -400,7 +400,10 @@ static regopt_status flat_call(regopt_trainer *t, const regopt_batch *batches, s
                                const regopt_flatness_request *request,
                                regopt_flatness *result)
 {
-    regopt_status st = flat_run(t, batches, count, request, result);
+    regopt_status st;
+    if (t->model->has_backend)
+        return ro_backend_refuse(t->msg, "regopt_trainer_flatness");
+    st = flat_run(t, batches, count, request, result);
     ro_model_publish(&t->env);
     return st;
 }

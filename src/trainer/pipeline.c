@@ -172,14 +172,25 @@ static void zero_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
     ro_param_zero_host_grad(p, j0, j1);
 }
 
-void ro_zero_gradients(ro_step *s) { ro_each_piece(s->env->par, zero_piece, NULL); }
+regopt_status ro_zero_gradients(ro_step *s)
+{
+    const regopt_model *m = s->env->model;
+    if (m->has_backend) {
+        regopt_vop op;
+        ro_vop_init(m, &op, REGOPT_VOP_ZERO);
+        op.x = REGOPT_VEC_GRADS;
+        return ro_vop_run(m, &op, s->env->msg);
+    }
+    ro_each_piece(s->env->par, zero_piece, NULL);
+    return REGOPT_OK;
+}
 
 regopt_status ro_eval_all(ro_step *s, uint32_t flags, uint32_t role, double *loss)
 {
     regopt_status st = REGOPT_OK;
     size_t bi;
     if (!s->grads_zero)
-        ro_zero_gradients(s);
+        st = ro_zero_gradients(s);
     s->grads_zero = 0;
     for (bi = 0; bi < s->count && st == REGOPT_OK; bi++) {
         const regopt_batch *b = ro_batch_at(s->batches, bi);

@@ -5,7 +5,7 @@
 
 #include "reg/reg.h"
 
-void ro_zero_gradients(ro_step *s);
+regopt_status ro_zero_gradients(ro_step *s);
 /* Forward, objective and backward over rows [r0, r0 + rows) of micro-batch
  * bi, adding to the gradients and adding the objective (already weighted by
  * the step's inv_weight) to *loss. chunk distinguishes the dropout seeds of

@@ -79,7 +79,10 @@ regopt_status ro_scaler_set(regopt_trainer *t, regopt_key key, double v)
     switch (key) {
     case REGOPT_TRAINER_LOSS_SCALING:
         t->scaler.mode = (int)v;
-        st = ro_scaler_prepare(t);
+        /* staging reads the host's gradients: not through a backend */
+        st = t->model->has_backend && ro_scaler_active(t)
+                 ? ro_backend_refuse(t->msg, "loss scaling (trainer.loss_scaling)")
+                 : ro_scaler_prepare(t);
         if (st != REGOPT_OK)
             t->scaler = old;
         break;

@@ -20,6 +20,8 @@ static regopt_status config_check(regopt_trainer *t)
     const regopt_optimizer *o = t->opt;
     ro_plan p;
     regopt_status st = ro_optimizer_validate(o, t->msg);
+    if (st == REGOPT_OK && t->model->has_backend)
+        st = ro_backend_config_check(t);
     if (st != REGOPT_OK)
         return st;
     if ((o->kind == REGOPT_ADAM || o->kind == REGOPT_ADAMW) && o->amsgrad &&
@@ -48,7 +50,7 @@ static regopt_status config_check(regopt_trainer *t)
     return REGOPT_OK;
 }
 
-static void step_zero(ro_step *s) { ro_zero_gradients(s); }
+static regopt_status step_zero(ro_step *s) { return ro_zero_gradients(s); }
 
 void ro_step_settle(regopt_trainer *t, ro_step *s)
 {

@@ -12,6 +12,8 @@ regopt_status regopt_trainer_set_allreduce(regopt_trainer *t, regopt_allreduce_f
     float *buf = NULL;
     if (st != REGOPT_OK)
         return st;
+    if (fn && t->model->has_backend) /* it packs the gradients into host memory */
+        return ro_backend_refuse(t->msg, "an all-reduce (regopt_trainer_set_allreduce)");
     if (fn && !t->sync) {
         buf = ro_calloc(&t->alloc, t->model->n_trainable + RO_SYNC_EXTRA, sizeof(float));
         if (!buf)

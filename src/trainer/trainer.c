@@ -52,8 +52,12 @@ regopt_trainer *regopt_trainer_create(regopt_model *m, regopt_optimizer *o,
             if ((o->kind == REGOPT_ADAM || o->kind == REGOPT_ADAMW) && !o->amsgrad)
                 t->per_element = 2; /* no AMSGrad maximum unless asked at creation */
             t->model = m;
-            t->state = ro_calloc(&t->alloc, m->n_trainable, t->per_element * sizeof(float));
-            if (!t->state || ro_parallel_init(&t->par, &t->alloc, m) != REGOPT_OK) {
+            t->state_vec[0] = t->state_vec[1] = t->state_vec[2] = REGOPT_VEC_NONE;
+            /* a backend's moments are its own buffers (ro_backend_trainer_init) */
+            if (!m->has_backend)
+                t->state = ro_calloc(&t->alloc, m->n_trainable, t->per_element * sizeof(float));
+            if ((!t->state && !m->has_backend) ||
+                ro_parallel_init(&t->par, &t->alloc, m) != REGOPT_OK) {
                 ro_free(&t->alloc, t->state);
                 ro_free(&t->alloc, t);
                 t = NULL;
@@ -77,8 +81,12 @@ regopt_trainer *regopt_trainer_create(regopt_model *m, regopt_optimizer *o,
     t->env.loss_kind = REGOPT_LOSS_SOFTMAX_CE;
     t->env.opt_in_host = &o->busy;
     ro_scaler_init(t);
-    if (ro_scaler_prepare(t) != REGOPT_OK) { /* fp16 with float32 tensors beside */
-        st = ro_fail_tls(REGOPT_ERR_NO_MEMORY, "regopt_trainer_create: %s", t->msg);
+    st = m->has_backend ? ro_backend_trainer_init(t, t->msg) : REGOPT_OK;
+    if (st == REGOPT_OK && ro_scaler_prepare(t) != REGOPT_OK) /* fp16 with float32 beside */
+        st = REGOPT_ERR_NO_MEMORY;
+    if (st != REGOPT_OK) {
+        ro_backend_trainer_release(t);
+        st = ro_fail_tls(st, "regopt_trainer_create: %s", t->msg);
         if (status)
             *status = st;
         ro_parallel_release(&t->par);
@@ -139,6 +147,7 @@ regopt_status regopt_trainer_free(regopt_trainer *t)
     ro_flat_release(t);
     ro_parallel_release(&t->par);
     ro_free(&t->alloc, t->state);
+    ro_backend_trainer_release(t);
     a = t->alloc;
     t->magic = RO_MAGIC_DEAD;
     ro_free(&a, t);
@@ -282,6 +291,8 @@ static regopt_status trainer_set_value(regopt_trainer *t, regopt_key key, double
     } else if (key >= REGOPT_TRAINER_LOSS_SCALING && key <= REGOPT_TRAINER_SCALE_INTERVAL) {
         return ro_scaler_set(t, key, dv);
     } else if (key == REGOPT_TRAINER_CHECK_HOST) {
+        if (dv != 0.0 && t->model->has_backend) /* it reads the tensors */
+            return ro_backend_refuse(t->msg, "trainer.check_host");
         st = ro_probe_enable(t, dv != 0.0);
         if (st == REGOPT_OK)
             t->env.check_host = dv != 0.0;

@@ -51,6 +51,10 @@ struct regopt_trainer {
     int momentum_ready; /* SGD: the momentum buffer holds a value */
     float *state;       /* optimizer moments, n_trainable * per_element */
     size_t per_element;
+    /* with a backend (backend.c): the moments are these buffers (t->state
+       NULL), and vop_tensor holds REGOPT_VOP_UPDATE's per-tensor scalars */
+    int32_t state_vec[3];
+    double *vop_tensor;
     /* the update's finiteness guard (update.c): state_bound >= max |first
        moment| (SGD: |momentum buffer|), kept by every update and load;
        weight_max and grad_max bound |w| and |g|, measured by the step's
@@ -156,6 +160,17 @@ regopt_status ro_flat_average(ro_flat *f);
 regopt_status ro_flat_eigen(ro_flat *f);
 regopt_status ro_flat_trace(ro_flat *f);
 void ro_flat_release(regopt_trainer *t);
+
+/* backend.c: a trainer on a model with a backend (regopt_model_set_backend):
+ * bind the tensors and allocate the moments at creation (REGOPT_ERR_BACKEND
+ * or NO_MEMORY, message in msg), release them at free; the options and
+ * calls it cannot serve yet (REGOPT_ERR_UNSUPPORTED naming them). */
+regopt_status ro_backend_trainer_init(regopt_trainer *t, char *msg);
+void ro_backend_trainer_release(regopt_trainer *t);
+regopt_status ro_backend_config_check(regopt_trainer *t);
+/* update.c: the gradient norm and the update through the backend. */
+regopt_status ro_backend_gradient_norm(regopt_trainer *t, double *norm);
+regopt_status ro_backend_update(regopt_trainer *t, double lr, double scale);
 
 /* sync.c: the one all-reduce of a step (a no-op without one). */
 regopt_status ro_sync(regopt_trainer *t, ro_step *s, regopt_status local, double *weight,

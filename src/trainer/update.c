@@ -50,6 +50,8 @@ regopt_status ro_gradient_norm(regopt_trainer *t, const float *held, double *nor
     double s;
     unsigned wb;
     size_t i;
+    if (m->has_backend)
+        return ro_backend_gradient_norm(t, norm);
     atomic_init(&job.weight_bits, 0u);
     job.held = held;
     /* the bound is for the built-in update's guard, and for a regularizer
@@ -287,22 +289,30 @@ static regopt_status exact_check(regopt_trainer *t, const update_job *job, doubl
                    "value; nothing was updated");
 }
 
+static void job_init(update_job *job, const regopt_trainer *t, double lr, double scale)
+{
+    const regopt_optimizer *o = t->opt;
+    memset(job, 0, sizeof *job);
+    job->t = t;
+    job->lr = lr;
+    job->u.grad_scale = (float)scale;
+    job->u.momentum = (float)o->momentum;
+    job->u.one_minus_dampening = (float)(1.0 - o->dampening);
+    job->u.nesterov = o->nesterov;
+    job->u.first = !t->momentum_ready;
+}
+
 regopt_status ro_apply_update(regopt_trainer *t, double lr, double scale, const ro_fused *f,
                               ro_step *s)
 {
     const regopt_optimizer *o = t->opt;
     update_job job;
     double bound;
-    memset(&job, 0, sizeof job);
-    job.t = t;
+    if (t->model->has_backend) /* nothing of f: its methods are refused there */
+        return ro_backend_update(t, lr, scale);
+    job_init(&job, t, lr, scale);
     job.fused = f;
     job.held = s->held;
-    job.lr = lr;
-    job.u.grad_scale = (float)scale;
-    job.u.momentum = (float)o->momentum;
-    job.u.one_minus_dampening = (float)(1.0 - o->dampening);
-    job.u.nesterov = o->nesterov;
-    job.u.first = !t->momentum_ready;
     if (!proved_safe(&job, &bound)) {
         regopt_status st;
         /* the exact check reads the weights where they are: put them back */
@@ -313,6 +323,144 @@ regopt_status ro_apply_update(regopt_trainer *t, double lr, double scale, const 
             return st;
     }
     ro_each_piece(&t->par, update_piece, &job);
+    if (o->kind == REGOPT_SGD && o->momentum > 0.0)
+        t->momentum_ready = 1;
+    t->state_bound = bound;
+    return REGOPT_OK;
+}
+
+/* ---- through the model's backend (regopt_model_set_backend) -------------- */
+
+/* The trainable tensor at position k of the backend's vectors. */
+static const ro_param *trainable_at(const regopt_model *m, size_t k)
+{
+    size_t i;
+    for (i = 0; i < m->n_params; i++)
+        if (m->params[i].grad && k-- == 0)
+            return &m->params[i];
+    return NULL;
+}
+
+static regopt_status backend_reduce(regopt_trainer *t, int32_t code, int32_t vec,
+                                    size_t tensor, double *out)
+{
+    regopt_vop op;
+    regopt_status st;
+    ro_vop_init(t->model, &op, code);
+    op.x = vec;
+    op.tensor = tensor;
+    st = ro_vop_run(t->model, &op, t->msg);
+    *out = op.out[0];
+    return st;
+}
+
+/* As ro_gradient_norm: the sum of squares, the tensor named when it is not
+ * finite (one more call per tensor, only then), and |w|'s bound for the
+ * update's guard. */
+regopt_status ro_backend_gradient_norm(regopt_trainer *t, double *norm)
+{
+    const regopt_model *m = t->model;
+    double s, wmax = 0.0;
+    size_t k = 0;
+    regopt_status st = backend_reduce(t, REGOPT_VOP_SUM_SQUARES, REGOPT_VEC_GRADS, SIZE_MAX, &s);
+    if (st != REGOPT_OK)
+        return st;
+    if (!isfinite(s)) {
+        const ro_param *p;
+        double sk = 0.0;
+        for (p = trainable_at(m, 0); p; p = trainable_at(m, ++k)) {
+            st = backend_reduce(t, REGOPT_VOP_SUM_SQUARES, REGOPT_VEC_GRADS, k, &sk);
+            if (st != REGOPT_OK || !isfinite(sk))
+                break;
+        }
+        if (st != REGOPT_OK)
+            return st;
+        return ro_fail(t->msg, REGOPT_ERR_NONFINITE_GRADIENT,
+                       "the gradient of parameter \"%.64s\" is not finite", p ? p->name : "?");
+    }
+    st = backend_reduce(t, REGOPT_VOP_ABS_MAX, REGOPT_VEC_WEIGHTS, SIZE_MAX, &wmax);
+    if (st != REGOPT_OK)
+        return st;
+    *norm = sqrt(s);
+    /* no finite float exceeds 2^128: above it (or NaN) a weight is not finite */
+    t->weight_max = wmax >= 0x1p128 || wmax != wmax ? HUGE_VAL : (double)(float)wmax;
+    t->grad_max = *norm * (1.0 + 0x1p-10);
+    return REGOPT_OK;
+}
+
+/* REGOPT_VOP_UPDATE's operation: the scalars of every tensor's group. */
+static void backend_update_op(regopt_trainer *t, const update_job *job, regopt_vop *op,
+                              int32_t code)
+{
+    const regopt_model *m = t->model;
+    const ro_param *p;
+    ro_update u = job->u;
+    size_t k = 0;
+    ro_vop_init(m, op, code);
+    op->variant = (int32_t)t->opt->kind;
+    op->x = REGOPT_VEC_WEIGHTS;
+    op->y = REGOPT_VEC_GRADS;
+    op->z = t->state_vec[0];
+    op->u = t->state_vec[1];
+    op->v = t->state_vec[2];
+    for (p = trainable_at(m, 0); p; p = trainable_at(m, ++k)) {
+        group_update(job, p->group, &u);
+        t->vop_tensor[3 * k] = u.lr;
+        t->vop_tensor[3 * k + 1] = u.wd;
+        t->vop_tensor[3 * k + 2] = u.step_size;
+    }
+    op->per_tensor = t->vop_tensor;
+    op->s[REGOPT_VOP_S_GRAD_SCALE] = u.grad_scale;
+    op->s[REGOPT_VOP_S_MOMENTUM] = u.momentum;
+    op->s[REGOPT_VOP_S_ONE_MINUS_DAMPENING] = u.one_minus_dampening;
+    op->s[REGOPT_VOP_S_NESTEROV] = u.nesterov;
+    op->s[REGOPT_VOP_S_FIRST] = u.first;
+    op->s[REGOPT_VOP_S_BETA1] = u.beta1;
+    op->s[REGOPT_VOP_S_BETA2] = u.beta2;
+    op->s[REGOPT_VOP_S_EPS] = u.eps;
+    op->s[REGOPT_VOP_S_ONE_MINUS_BETA1] = u.one_minus_beta1;
+    op->s[REGOPT_VOP_S_ONE_MINUS_BETA2] = u.one_minus_beta2;
+    op->s[REGOPT_VOP_S_BC2_SQRT] = u.bc2_sqrt;
+    op->s[REGOPT_VOP_S_AMSGRAD] = u.amsgrad;
+    op->s[REGOPT_VOP_S_RECTIFIED] = u.rectified;
+}
+
+/* As ro_apply_update: the proof, else the backend's exact check, and only
+ * then the update. */
+regopt_status ro_backend_update(regopt_trainer *t, double lr, double scale)
+{
+    const regopt_optimizer *o = t->opt;
+    update_job job;
+    regopt_vop op;
+    double bound;
+    regopt_status st;
+    job_init(&job, t, lr, scale);
+    if (!proved_safe(&job, &bound)) {
+        const ro_param *p;
+        backend_update_op(t, &job, &op, REGOPT_VOP_UPDATE_CHECK);
+        op.out[0] = -1.0;
+        st = ro_vop_run(t->model, &op, t->msg);
+        if (st != REGOPT_OK)
+            return st;
+        if (op.out[0] >= 0.0 && (p = trainable_at(t->model, (size_t)op.out[0])) != NULL) {
+            if ((int)op.out[2] == RO_NF_WEIGHT_BEFORE)
+                return ro_fail(t->msg, REGOPT_ERR_NONFINITE_GRADIENT,
+                               "parameter \"%.64s\" holds a non-finite weight at element %.0f "
+                               "before the update; nothing was updated", p->name, op.out[1]);
+            return ro_fail(t->msg, REGOPT_ERR_NONFINITE_GRADIENT,
+                           "the update of parameter \"%.64s\" would make %s non-finite at "
+                           "element %.0f; nothing was updated", p->name,
+                           nonfinite_what(o->kind, (int)op.out[2]), op.out[1]);
+        }
+        if (op.out[0] >= 0.0)
+            return ro_fail(t->msg, REGOPT_ERR_NONFINITE_GRADIENT, "the update would write a "
+                           "non-finite value; nothing was updated");
+        bound = o->kind == REGOPT_SGD && job.u.momentum == 0.0f ? t->state_bound : op.out[3];
+    }
+    backend_update_op(t, &job, &op, REGOPT_VOP_UPDATE);
+    st = ro_vop_run(t->model, &op, t->msg);
+    if (st != REGOPT_OK)
+        return st;
     if (o->kind == REGOPT_SGD && o->momentum > 0.0)
         t->momentum_ready = 1;
     t->state_bound = bound;

@@ -1,0 +1,362 @@
+/* check_backend.c — a model whose parameter memory is a backend's
+ * (regopt_model_set_backend). The registered buffers are mapped PROT_NONE
+ * (backend_rig.h): every method a backend serves trains through a backend
+ * working on shadow copies, and must give the same bits as the library on
+ * ordinary buffers; a backend's failure at any operation fails the step and
+ * loses nothing; what a backend cannot serve yet is refused by name. */
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
+#include "backend_rig.h"
+
+#include <stdio.h>
+
+#define STEPS 6
+
+enum { M_SAM = 1, M_ASAM = 2, M_RDROP = 4, M_SMART = 8, M_ADV = 16 };
+
+typedef struct method {
+    const char *name;
+    int bits;
+    int adv; /* REGOPT_ADV_* with M_ADV */
+} method;
+
+static const method methods[] = {
+    {"plain", 0, 0},
+    {"SAM", M_SAM, 0},
+    {"ASAM + SAM-ON", M_SAM | M_ASAM, 0},
+    {"R-Drop", M_RDROP, 0},
+    {"SMART", M_SMART, 0},
+    {"FGM", M_ADV, REGOPT_ADV_FGM},
+    {"PGD", M_ADV, REGOPT_ADV_PGD},
+    {"FreeLB", M_ADV, REGOPT_ADV_FREELB},
+    {"VAT", M_ADV, REGOPT_ADV_VAT},
+    {"SAM + R-Drop + SMART", M_SAM | M_RDROP | M_SMART, 0},
+};
+#define N_METHODS (sizeof methods / sizeof methods[0])
+
+static const regopt_optimizer_kind kinds[] = {REGOPT_SGD, REGOPT_ADAM, REGOPT_ADAMW,
+                                              REGOPT_RADAM};
+
+static void attach(bk_run *r, const method *m)
+{
+    if (m->bits & M_SAM) {
+        regopt_regularizer *s = tu_add(r->t, REGOPT_REG_SAM);
+        MUST(regopt_regularizer_set_double(s, REGOPT_SAM_RHO, 0.1));
+        if (m->bits & M_ASAM) {
+            MUST(regopt_regularizer_set_int(s, REGOPT_SAM_ADAPTIVE, 1));
+            MUST(regopt_regularizer_set_double(s, REGOPT_SAM_ASCENT_WEIGHT_DECAY, 1e-2));
+            MUST(regopt_regularizer_set_group(s, 1, REGOPT_SAM_GROUP_PERTURB, 0));
+        }
+    }
+    if (m->bits & M_RDROP)
+        MUST(regopt_regularizer_set_double(tu_add(r->t, REGOPT_REG_RDROP), REGOPT_RDROP_ALPHA,
+                                           0.5));
+    if (m->bits & M_SMART)
+        (void)tu_add(r->t, REGOPT_REG_SMART);
+    if (m->bits & M_ADV) {
+        regopt_regularizer *a = tu_add(r->t, REGOPT_REG_ADVERSARIAL);
+        MUST(regopt_regularizer_set_int(a, REGOPT_ADV_METHOD, m->adv));
+        if (m->adv != REGOPT_ADV_FGM && m->adv != REGOPT_ADV_VAT)
+            MUST(regopt_regularizer_set_int(a, REGOPT_ADV_STEPS, 2));
+    }
+}
+
+/* STEPS steps; the losses into loss (may be NULL). */
+static void train(bk_run *r, int steps, double *loss)
+{
+    int i;
+    for (i = 0; i < steps; i++) {
+        TMUST(r->t, regopt_trainer_step(r->t, &r->b, 1));
+        if (loss)
+            loss[i] = stat(r->t, REGOPT_STAT_OBJECTIVE);
+    }
+}
+
+/* The weights of run a and run b are the same bits, tensor by tensor. */
+static void same_weights(const bk_run *a, const bk_run *b, const char *what)
+{
+    size_t k, i;
+    for (k = 0; k < BK_T; k++)
+        for (i = 0; i < bk_count[k]; i++)
+            ck_assert_msg(memcmp(&a->h.w[k][i], &b->h.w[k][i], sizeof(float)) == 0,
+                          "%s: %s[%zu] is %.9g through the backend, %.9g without", what,
+                          bk_name[k], i, (double)b->h.w[k][i], (double)a->h.w[k][i]);
+}
+
+START_TEST(every_method_same_bits)
+{
+    const method *m = &methods[_i / 4];
+    regopt_optimizer_kind kind = kinds[_i % 4];
+    bk_run *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b);
+    double la[STEPS], lb[STEPS];
+    char what[96];
+    int i;
+    snprintf(what, sizeof what, "%s, optimizer %d", m->name, (int)kind);
+    bk_open(a, 0, kind);
+    bk_open(b, 1, kind);
+    attach(a, m);
+    attach(b, m);
+    train(a, STEPS, la);
+    train(b, STEPS, lb);
+    for (i = 0; i < STEPS; i++)
+        ck_assert_msg(memcmp(&la[i], &lb[i], sizeof la[i]) == 0, "%s: loss of step %d: %.17g "
+                      "through the backend, %.17g without", what, i, lb[i], la[i]);
+    same_weights(a, b, what);
+    /* and the weights moved: the comparison compared something */
+    ck_assert(a->h.w[2][7] != bk_uniform(3, 7) * 0.4f);
+    ck_assert_int_eq(b->s.calls[REGOPT_VOP_BIND], 1);
+    ck_assert_int_eq(b->s.calls[REGOPT_VOP_UPDATE], STEPS);
+    if (m->bits & M_SAM)
+        ck_assert_int_eq(b->s.calls[REGOPT_VOP_SAM_PERTURB], STEPS);
+    bk_close(a);
+    bk_close(b);
+    tu_free_regs();
+    free(a);
+    free(b);
+}
+END_TEST
+
+/* A backend that fails the n-th call of an operation: the step fails with
+ * REGOPT_ERR_BACKEND naming it, and nothing is lost -- the run that then
+ * goes on gives the same bits as one that never failed. */
+static const int failing[] = {REGOPT_VOP_ZERO,        REGOPT_VOP_SUM_SQUARES,
+                              REGOPT_VOP_ABS_MAX,     REGOPT_VOP_SAM_SQUARES,
+                              REGOPT_VOP_SAM_PERTURB, REGOPT_VOP_COPY,
+                              REGOPT_VOP_UPDATE};
+static const char *const failing_name[] = {"REGOPT_VOP_ZERO",        "REGOPT_VOP_SUM_SQUARES",
+                                           "REGOPT_VOP_ABS_MAX",     "REGOPT_VOP_SAM_SQUARES",
+                                           "REGOPT_VOP_SAM_PERTURB", "REGOPT_VOP_COPY",
+                                           "REGOPT_VOP_UPDATE"};
+
+START_TEST(failed_operation_loses_nothing)
+{
+    bk_run *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b);
+    const method *m = &methods[1]; /* SAM: every operation a step makes */
+    regopt_status st;
+    bk_open(a, 0, REGOPT_ADAMW);
+    bk_open(b, 1, REGOPT_ADAMW);
+    attach(a, m);
+    attach(b, m);
+    train(a, STEPS, NULL);
+    train(b, 3, NULL);
+    b->s.fail_code = failing[_i];
+    b->s.fail_at = b->s.calls[failing[_i]] + 1;
+    st = regopt_trainer_step(b->t, &b->b, 1);
+    ck_assert_int_eq(st, REGOPT_ERR_BACKEND);
+    ck_assert_msg(strstr(regopt_trainer_message(b->t), failing_name[_i]) != NULL, "%s",
+                  regopt_trainer_message(b->t));
+    ck_assert_int_eq(stat_int(b->t, REGOPT_STAT_STEP), 3);
+    train(b, STEPS - 3, NULL);
+    same_weights(a, b, failing_name[_i]);
+    bk_close(a);
+    bk_close(b);
+    tu_free_regs();
+    free(a);
+    free(b);
+}
+END_TEST
+
+/* A non-finite gradient is named as without a backend, and nothing moves. */
+START_TEST(nonfinite_gradient_named)
+{
+    bk_run *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b);
+    bk_open(a, 0, REGOPT_SGD);
+    bk_open(b, 1, REGOPT_SGD);
+    train(a, 2, NULL);
+    train(b, 2, NULL);
+    b->h.nan_grad = 1;
+    ck_assert_int_eq(regopt_trainer_step(b->t, &b->b, 1), REGOPT_ERR_NONFINITE_GRADIENT);
+    ck_assert_msg(strstr(regopt_trainer_message(b->t), "\"b1\"") != NULL, "%s",
+                  regopt_trainer_message(b->t));
+    same_weights(a, b, "after a non-finite gradient");
+    bk_close(a);
+    bk_close(b);
+    free(a);
+    free(b);
+}
+END_TEST
+
+/* An update that would overflow is caught by the backend's exact check
+ * (the bounds cannot prove it finite), named, and writes nothing. */
+START_TEST(update_check_refuses)
+{
+    bk_run *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b);
+    bk_run *runs[2] = {a, b};
+    char msg[2][256];
+    size_t len;
+    int i;
+    for (i = 0; i < 2; i++) {
+        bk_run *r = runs[i];
+        regopt_status st;
+        bk_open_model(r, i);
+        r->h.w[2][11] = 3e38f; /* W2: the SGD step below overflows it */
+        r->opt = bk_optimizer(REGOPT_SGD);
+        MUST(regopt_optimizer_set_double(r->opt, REGOPT_OPT_LR, 1e3));
+        MUST(regopt_optimizer_set_double(r->opt, REGOPT_OPT_CLIP_NORM, 0.0));
+        MUST(regopt_optimizer_set_double(r->opt, REGOPT_OPT_MOMENTUM, 0.0));
+        MUST(regopt_optimizer_set_int(r->opt, REGOPT_OPT_NESTEROV, 0));
+        r->t = regopt_trainer_create(r->model, r->opt, &st);
+        ck_assert_ptr_nonnull(r->t);
+        ck_assert_int_eq(regopt_trainer_step(r->t, &r->b, 1), REGOPT_ERR_NONFINITE_GRADIENT);
+        snprintf(msg[i], sizeof msg[i], "%s", regopt_trainer_message(r->t));
+    }
+    /* the same tensor, element and value named (the library alone can
+       quote the gradient) */
+    len = strcspn(msg[0], "(;");
+    while (len > 0 && msg[0][len - 1] == ' ')
+        len--;
+    ck_assert_msg(len > 20 && strncmp(msg[0], msg[1], len) == 0, "without: %s; through the "
+                  "backend: %s", msg[0], msg[1]);
+    ck_assert_ptr_nonnull(strstr(msg[1], "would make the weight non-finite at element"));
+    ck_assert_int_eq(b->s.calls[REGOPT_VOP_UPDATE_CHECK], 1);
+    ck_assert_int_eq(b->s.calls[REGOPT_VOP_UPDATE], 0);
+    same_weights(a, b, "after a refused update");
+    bk_close(a);
+    bk_close(b);
+    free(a);
+    free(b);
+}
+END_TEST
+
+static int never(void *user, regopt_vop *op)
+{
+    (void)user;
+    (void)op;
+    return 0;
+}
+
+START_TEST(set_backend_errors)
+{
+    regopt_status st;
+    regopt_model *m = regopt_model_create(NULL, &st);
+    regopt_backend b = {sizeof b, never, NULL}, small = {sizeof(size_t), never, NULL};
+    regopt_backend no_run = {sizeof b, NULL, NULL};
+    float w[4], g[4];
+    ck_assert_int_eq(regopt_model_set_backend(NULL, &b), REGOPT_ERR_NULL_POINTER);
+    ck_assert_int_eq(regopt_model_set_backend(m, NULL), REGOPT_ERR_NULL_POINTER);
+    ck_assert_int_eq(regopt_model_set_backend(m, &no_run), REGOPT_ERR_NULL_POINTER);
+    ck_assert_int_eq(regopt_model_set_backend(m, &small), REGOPT_ERR_INVALID_ARGUMENT);
+    MUST(regopt_model_add_param(m, "w", w, g, 4, REGOPT_DTYPE_FLOAT32, 0));
+    ck_assert_int_eq(regopt_model_set_backend(m, &b), REGOPT_ERR_STATE);
+    ck_assert_ptr_nonnull(strstr(regopt_model_message(m), "before registering"));
+    MUST(regopt_model_free(m));
+    m = regopt_model_create(NULL, &st);
+    MUST(regopt_model_set_backend(m, &b));
+    ck_assert_int_eq(regopt_model_add_param(m, "h", w, g, 4, REGOPT_DTYPE_FLOAT16, 0),
+                     REGOPT_ERR_UNSUPPORTED);
+    /* handles are opaque: even overlapping ones are taken */
+    MUST(regopt_model_add_param(m, "a", w, g, 4, REGOPT_DTYPE_FLOAT32, 0));
+    MUST(regopt_model_add_param(m, "b", w + 1, g + 1, 2, REGOPT_DTYPE_FLOAT32, 0));
+    MUST(regopt_model_free(m));
+    ck_assert_int_eq(regopt_backend_cpu_create(NULL), REGOPT_ERR_NULL_POINTER);
+    ck_assert_int_eq(regopt_backend_cpu_free(&b), REGOPT_ERR_INVALID_ARGUMENT);
+    MUST(regopt_backend_cpu_free(NULL));
+}
+END_TEST
+
+/* A trainer whose BIND or ALLOC fails is not made. */
+START_TEST(create_fails_cleanly)
+{
+    int code;
+    for (code = REGOPT_VOP_BIND; code <= REGOPT_VOP_ALLOC; code++) {
+        bk_run *r = calloc(1, sizeof *r);
+        regopt_status st;
+        bk_open_model(r, 1);
+        r->opt = bk_optimizer(REGOPT_ADAM);
+        r->s.fail_code = code;
+        r->s.fail_at = code == REGOPT_VOP_ALLOC ? 2 : 1; /* the second moment's */
+        r->t = regopt_trainer_create(r->model, r->opt, &st);
+        ck_assert_ptr_null(r->t);
+        ck_assert_int_eq(st, REGOPT_ERR_BACKEND);
+        ck_assert_ptr_nonnull(strstr(regopt_last_error_message(), "REGOPT_VOP_"));
+        /* the first moment's buffer was given back */
+        ck_assert_int_eq(r->s.calls[REGOPT_VOP_FREE], code == REGOPT_VOP_ALLOC ? 1 : 0);
+        bk_close(r);
+        free(r);
+    }
+}
+END_TEST
+
+static int reduce(float *x, size_t n, void *user)
+{
+    (void)x;
+    (void)n;
+    (void)user;
+    return 0;
+}
+
+/* What a backend cannot serve yet is refused by name, before anything
+ * reads the PROT_NONE buffers. */
+START_TEST(unsupported_refused)
+{
+    bk_run *r = calloc(1, sizeof *r);
+    regopt_regularizer *x;
+    unsigned char buf[64];
+    size_t size = 0;
+    bk_open(r, 1, REGOPT_ADAM);
+    x = tu_new(REGOPT_REG_BREGMAN);
+    ck_assert_int_eq(regopt_trainer_attach(r->t, x), REGOPT_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(regopt_trainer_message(r->t), "Bregman"));
+    x = tu_new(REGOPT_REG_AVERAGE);
+    ck_assert_int_eq(regopt_trainer_attach(r->t, x), REGOPT_ERR_UNSUPPORTED);
+    ck_assert_int_eq(regopt_trainer_set_int(r->t, REGOPT_TRAINER_CHECK_HOST, 1),
+                     REGOPT_ERR_UNSUPPORTED);
+    ck_assert_int_eq(regopt_trainer_set_int(r->t, REGOPT_TRAINER_LOSS_SCALING,
+                                            REGOPT_SCALING_FIXED),
+                     REGOPT_ERR_UNSUPPORTED);
+    ck_assert_int_eq(regopt_trainer_set_allreduce(r->t, reduce, NULL, NULL),
+                     REGOPT_ERR_UNSUPPORTED);
+    ck_assert_int_eq(regopt_trainer_checkpoint_size(r->t, 0, &size), REGOPT_ERR_UNSUPPORTED);
+    ck_assert_int_eq(regopt_trainer_save_buffer(r->t, 0, buf, sizeof buf, &size),
+                     REGOPT_ERR_UNSUPPORTED);
+    ck_assert_int_eq(regopt_trainer_load_buffer(r->t, 0, buf, sizeof buf),
+                     REGOPT_ERR_UNSUPPORTED);
+    ck_assert_int_eq(regopt_trainer_save_file(r->t, 0, "/nonexistent/x"),
+                     REGOPT_ERR_UNSUPPORTED);
+    x = tu_add(r->t, REGOPT_REG_SAM);
+    MUST(regopt_regularizer_set_int(x, REGOPT_SAM_LOOKSAM, 1));
+    ck_assert_int_eq(regopt_trainer_step(r->t, &r->b, 1), REGOPT_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(regopt_trainer_message(r->t), "LookSAM"));
+    MUST(regopt_regularizer_set_int(x, REGOPT_SAM_LOOKSAM, 0));
+    MUST(regopt_regularizer_set_int(x, REGOPT_SAM_M_ROWS, 2));
+    ck_assert_int_eq(regopt_trainer_step(r->t, &r->b, 1), REGOPT_ERR_UNSUPPORTED);
+    MUST(regopt_regularizer_set_int(x, REGOPT_SAM_M_ROWS, 0));
+    TMUST(r->t, regopt_trainer_step(r->t, &r->b, 1));
+    bk_close(r);
+    tu_free_regs();
+    free(r);
+}
+END_TEST
+
+START_TEST(host_optimizer_refused)
+{
+    bk_run *r = calloc(1, sizeof *r);
+    regopt_status st;
+    bk_open_model(r, 1);
+    r->opt = regopt_optimizer_create(REGOPT_HOST, NULL, &st);
+    ck_assert_ptr_nonnull(r->opt);
+    r->t = regopt_trainer_create(r->model, r->opt, &st);
+    ck_assert_ptr_nonnull(r->t);
+    ck_assert_int_eq(regopt_trainer_step(r->t, &r->b, 1), REGOPT_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(regopt_trainer_message(r->t), "REGOPT_HOST"));
+    bk_close(r);
+    free(r);
+}
+END_TEST
+
+Suite *suite_backend(void)
+{
+    Suite *s = suite_create("backend");
+    TCase *tc = tcase_create("backend");
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, every_method_same_bits, 0, (int)(4 * N_METHODS));
+    tcase_add_loop_test(tc, failed_operation_loses_nothing, 0,
+                        (int)(sizeof failing / sizeof failing[0]));
+    tcase_add_test(tc, nonfinite_gradient_named);
+    tcase_add_test(tc, update_check_refuses);
+    tcase_add_test(tc, set_backend_errors);
+    tcase_add_test(tc, create_fails_cleanly);
+    tcase_add_test(tc, unsupported_refused);
+    tcase_add_test(tc, host_optimizer_refused);
+    suite_add_tcase(s, tc);
+    return s;
+}
