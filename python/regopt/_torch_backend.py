@@ -37,7 +37,8 @@ from . import _lib as L
 from ._torch_update import _to_host, update
 
 CHUNK = 4096                 # the contract's summation chunk
-_SLICE = 256 * CHUNK         # elements widened to double at a time
+_SLICE = 1024 * CHUNK        # elements joined (or widened to double) at a time
+_SMALL = 64 * CHUNK          # tensors below this are joined with their neighbours
 _INF = float("inf")
 
 OP_NAMES = {L.VOP_BIND: "BIND", L.VOP_ALLOC: "ALLOC", L.VOP_FREE: "FREE",
@@ -46,33 +47,95 @@ OP_NAMES = {L.VOP_BIND: "BIND", L.VOP_ALLOC: "ALLOC", L.VOP_FREE: "FREE",
             L.VOP_UPDATE_CHECK: "UPDATE_CHECK", L.VOP_SAM_PERTURB: "SAM_PERTURB",
             L.VOP_SAM_SQUARES: "SAM_SQUARES"}
 
+def _groups(tensors, pad):
+    """Lists of consecutive 1-D pieces, one device each, joined by one
+    torch.cat: tensors below _SMALL elements (biases, norms: most tensors
+    of a model, and a kernel launch each on a GPU) gathered up to _SLICE
+    elements per group, larger ones sliced at most _SLICE elements each (a
+    multiple of CHUNK) and alone. pad: each small tensor followed by zeros
+    up to a multiple of CHUNK, so that every chunk of the join is a chunk of
+    one tensor from its start."""
+    group, size, dev = [], 0, None
+    for t in tensors:
+        n = t.numel()
+        if n >= _SMALL:
+            if group:
+                yield group
+                group, size = [], 0
+            for start in range(0, n, _SLICE):
+                yield [t[start:start + _SLICE]]
+            continue
+        tail = -n % CHUNK if pad else 0
+        if group and (size + n + tail > _SLICE or t.device != dev):
+            yield group
+            group, size = [], 0
+        group.append(t)
+        if tail:
+            group.append(_zeros(t.device, tail))
+        size += n + tail
+        dev = t.device
+    if group:
+        yield group
+
+
+_ZEROS = {}
+
+
+def _zeros(device, n):
+    z = _ZEROS.get(device)
+    if z is None:
+        z = _ZEROS[device] = torch.zeros(CHUNK, device=device)
+    return z[:n]
+
+
 def chunk_sums(tensors):
     """The contract's sum of squares of float32 tensors: each element
     squared in double, chunks of CHUNK elements from each tensor's start
     summed, the chunk sums added in order (here, in Python)."""
-    parts = []
-    for t in tensors:
-        n = t.numel()
-        for start in range(0, n, _SLICE):
-            piece = t[start:start + _SLICE].double()  # a copy: squared in place
-            piece.mul_(piece)
-            m = piece.numel()
-            full = m - m % CHUNK
-            if full:
-                parts.append(piece[:full].view(-1, CHUNK).sum(1))
-            if m > full:
-                parts.append(piece[full:].sum().view(1))
-    if not parts:
-        return 0.0
-    dev = parts[0].device
-    if all(p.device == dev for p in parts):
-        sums = torch.cat(parts).tolist()
-    else:
-        sums = torch.cat([p.cpu() for p in parts]).tolist()
     total = 0.0
-    for s in sums:
+    for s in chunk_list(tensors):
         total += s
     return total
+
+
+def chunk_list(tensors):
+    """The sums of squares of the chunks, in order, as Python floats: a few
+    kernels per _SLICE elements, whatever the number of tensors."""
+    parts = []
+    for group in _groups([t for t in tensors if t.numel()], pad=True):
+        # widened while joined into a double tensor padded to whole chunks
+        # (a lone piece by copy_, twice as fast as cat's conversion), then
+        # squared in place
+        n = sum(p.numel() for p in group)
+        d = torch.empty(n + -n % CHUNK, dtype=torch.float64, device=group[0].device)
+        if len(group) == 1:
+            d[:n].copy_(group[0])
+            d[n:].zero_()
+        else:
+            torch.cat(group, out=d)
+        d.mul_(d)
+        parts.append(d.view(-1, CHUNK).sum(1))
+    if not parts:
+        return []
+    dev = parts[0].device
+    if all(p.device == dev for p in parts):
+        return torch.cat(parts).tolist()
+    return torch.cat([p.cpu() for p in parts]).tolist()
+
+
+def abs_max(tensors):
+    """max |x| over the tensors, infinity when one holds a NaN or an
+    infinity: amax and amin (which propagate NaN; two reads without a
+    temporary, cheaper than abs().max() or an infinity norm), one pair per
+    group (_groups)."""
+    ends = []
+    for group in _groups([t for t in tensors if t.numel()], pad=False):
+        x = group[0] if len(group) == 1 else torch.cat(group)
+        ends += (x.amax(), x.amin())
+    if not ends:
+        return 0.0
+    vals = _to_host(ends)
+    return max(map(abs, vals)) if all(map(math.isfinite, vals)) else _INF
 
 
 class TorchBackend:
@@ -184,15 +247,7 @@ class TorchBackend:
         op.out[0] = chunk_sums(x if op.tensor >= op.tensors else [x[op.tensor]])
 
     def _abs_max(self, op):
-        x = [t for t in self.vec(op.x) if t.numel()]
-        if not x:
-            op.out[0] = 0.0
-            return
-        # amax and amin propagate NaN; two passes without a temporary are
-        # cheaper than abs().max() or an infinity norm (torch 1.13, CPU)
-        ends = [e for t in x for e in (t.amax(), t.amin())]
-        vals = _to_host(ends)
-        op.out[0] = max(map(abs, vals)) if all(map(math.isfinite, vals)) else _INF
+        op.out[0] = abs_max(self.vec(op.x))
 
     def _update(self, op):
         update(self, op, check=False)

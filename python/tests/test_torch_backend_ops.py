@@ -121,6 +121,38 @@ class TorchBackendOpsTest(unittest.TestCase):
         ref = float(np.sum(self.params[2].numpy().astype(np.float64) ** 2))
         self.assertAlmostEqual(op.out[0] / ref, 1.0, delta=1e-14)
 
+    def test_reductions_over_joined_and_sliced_tensors(self):
+        """chunk_sums and abs_max join small tensors and slice large ones
+        (_groups): with the limits made small, every boundary case, against
+        per-chunk exact sums (math.fsum) added in order."""
+        import regopt._torch_backend as TB
+        saved = TB._SLICE, TB._SMALL
+        TB._SLICE, TB._SMALL = 4 * CHUNK, 2 * CHUNK
+        try:
+            gen = torch.Generator().manual_seed(2)
+            sizes = [3, 2 * CHUNK + 5, 10, 0, 9 * CHUNK + 3, CHUNK, 1, CHUNK - 1, 4 * CHUNK,
+                     2 * CHUNK - 1, 3 * CHUNK]
+            ts = [torch.randn(n, generator=gen) * (k + 1) for k, n in enumerate(sizes)]
+            chunks = []
+            for t in ts:
+                d = t.numpy().astype(np.float64) ** 2
+                chunks += [math.fsum(d[i:i + CHUNK]) for i in range(0, d.size, CHUNK)]
+            got = TB.chunk_list(ts)
+            self.assertEqual(len(got), len(chunks))
+            for a, b in zip(got, chunks):
+                self.assertLessEqual(abs(a - b), 1e-14 * b)
+            total = 0.0
+            for c in chunks:
+                total += c
+            self.assertLessEqual(abs(TB.chunk_sums(ts) - total), 1e-14 * total)
+            self.assertEqual(TB.abs_max(ts), max(float(t.abs().max()) for t in ts if t.numel()))
+            ts[4][7 * CHUNK] = float("nan")  # in the third slice of a large tensor
+            self.assertEqual(TB.abs_max(ts), float("inf"))
+            self.assertEqual(TB.abs_max([]), 0.0)
+            self.assertEqual(TB.chunk_sums([torch.zeros(0)]), 0.0)
+        finally:
+            TB._SLICE, TB._SMALL = saved
+
     def test_abs_max_and_non_finite(self):
         op = self.run_op(L.VOP_ABS_MAX, x=L.VEC_WEIGHTS)
         ref = max(float(np.abs(p.numpy()).max()) for p in self.params)
