@@ -129,6 +129,7 @@ class Model(_Handle):
         if isinstance(backend, CpuBackend):
             call(self._msg, lib.regopt_model_set_backend, self._p(), backend._table_p())
             backend._users += 1
+            self._drop_backend()
             self._backend = (backend, None, None)
             return
         run = backend.run
@@ -148,7 +149,15 @@ class Model(_Handle):
         cf = L.BACKEND_FN(trampoline(body, 1))
         table = L.Backend(ctypes.sizeof(L.Backend), cf, None)
         call(self._msg, lib.regopt_model_set_backend, self._p(), ctypes.byref(table))
+        self._drop_backend()
         self._backend = (backend, cf, table)
+
+    def _drop_backend(self):
+        """Forget the backend the library no longer uses (replaced, or the
+        model freed): a CpuBackend counts one model less."""
+        if self._backend is not None and isinstance(self._backend[0], CpuBackend):
+            self._backend[0]._users -= 1
+        self._backend = None
 
     @property
     def backend(self):
@@ -284,9 +293,7 @@ class Model(_Handle):
         self._ptr = None
         self._count(-1)
         self._arrays = []
-        if self._backend is not None and isinstance(self._backend[0], CpuBackend):
-            self._backend[0]._users -= 1
-        self._backend = None
+        self._drop_backend()
         self._params.clear()
         self._trainer_cells = []
         c.finish()
@@ -338,5 +345,8 @@ class CpuBackend:
             _check(lib.regopt_backend_cpu_free(ctypes.byref(self._table)), last_error_message)
 
     def __del__(self):
-        if getattr(self, "_users", 1) == 0 and self._table.run:
-            lib.regopt_backend_cpu_free(ctypes.byref(self._table))
+        try:
+            if self._users == 0 and self._table.run:
+                lib.regopt_backend_cpu_free(ctypes.byref(self._table))
+        except Exception:  # a failed __init__, or the interpreter shutting down
+            pass

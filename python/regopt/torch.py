@@ -233,8 +233,7 @@ class TorchModel(_core.Model):
         torch_backend = _torch_device.backend_from(backend)
         devices = _torch_device.parameter_devices(module, torch_backend is not None)
         super().__init__(output_width, slots=slots, allocator=allocator)
-
-        self.devices = devices
+        self._devices = devices  # of the parameters, CUDA ones with their index
         self._cuda_rng = _torch_device.PassRNG(devices) \
             if any(d.type == "cuda" for d in devices) else None
         self.module = module
