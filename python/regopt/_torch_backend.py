@@ -47,6 +47,7 @@ OP_NAMES = {L.VOP_BIND: "BIND", L.VOP_ALLOC: "ALLOC", L.VOP_FREE: "FREE",
             L.VOP_UPDATE_CHECK: "UPDATE_CHECK", L.VOP_SAM_PERTURB: "SAM_PERTURB",
             L.VOP_SAM_SQUARES: "SAM_SQUARES"}
 
+
 def _groups(tensors, pad):
     """Lists of consecutive 1-D pieces, one device each, joined by one
     torch.cat: tensors below _SMALL elements (biases, norms: most tensors
@@ -174,11 +175,6 @@ class TorchBackend:
             raise ValueError("TorchBackend: a registered tensor must be contiguous")
         self._by_ptr[tensor.data_ptr()].append(tensor.detach())
 
-    def clear(self):
-        """Forget the registered tensors and vectors (a model closed)."""
-        self._by_ptr.clear()
-        self.vectors.clear()
-
     # -- the entry point -----------------------------------------------------
     def run(self, op):
         """Run one regopt_vop (a regopt._lib.Vop); 0 on success, 1 on failure
@@ -192,6 +188,8 @@ class TorchBackend:
             getattr(self, name)(op)
             return 0
         except BaseException as exc:  # never into C; the caller re-raises it
+            if hasattr(exc, "add_note") and op.code in OP_NAMES:
+                exc.add_note("TorchBackend: in REGOPT_VOP_%s" % OP_NAMES[op.code])
             self.error = exc
             return 1
 
