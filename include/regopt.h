@@ -939,23 +939,28 @@ REGOPT_API const char *regopt_model_message(const regopt_model *model);
  * momentum and Nesterov, Adam, AdamW, AMSGrad, RAdam; schedules; clipping;
  * the finiteness guard), and the regularizers REGOPT_REG_SAM (SAM, ASAM,
  * SAM-ON groups; not its stateful variants), REGOPT_REG_RDROP,
- * REGOPT_REG_SMART (without its Bregman proximal term) and
- * REGOPT_REG_ADVERSARIAL (FGM, PGD, FreeLB, VAT) in any combination. The
- * rest is refused with REGOPT_ERR_UNSUPPORTED naming it (at attach, at the
- * setter, at the step or at the call): float16/bfloat16 tensors and loss
- * scaling, stateful SAM variants (m-sharpness, Momentum-SAM, LookSAM,
- * FriendlySAM, VaSSO, GSAM, WSAM), the Bregman/MESA teacher, weight
- * averages, a REGOPT_HOST optimizer, an all-reduce, trainer.check_host,
- * regopt_trainer_flatness and checkpoints.
+ * REGOPT_REG_SMART, REGOPT_REG_BREGMAN (SMART's proximal term and MESA;
+ * its teacher is swapped in, never handed by pointer),
+ * REGOPT_REG_ADVERSARIAL (FGM, PGD, FreeLB, VAT) and REGOPT_REG_TERM in
+ * any combination. The rest is refused with REGOPT_ERR_UNSUPPORTED naming
+ * it (at attach, at the setter, at the step or at the call):
+ * float16/bfloat16 tensors and loss scaling, stateful SAM variants
+ * (m-sharpness, Momentum-SAM, LookSAM, FriendlySAM, VaSSO, GSAM, WSAM),
+ * weight averages, a REGOPT_HOST optimizer, an all-reduce,
+ * trainer.check_host, regopt_trainer_flatness and checkpoints.
  *
  * Guarantees. The step stays a transaction up to the update: every
  * operation before it writes only the gradient vector and the library's
- * buffers, the weights SAM moved are copied back before any failure
- * returns, and the update runs only after REGOPT_VOP_UPDATE_CHECK (or the
+ * buffers, or moves the weights and puts them back (SAM's ascent, the
+ * teacher's swap) before any failure returns, and the update runs only
+ * after REGOPT_VOP_UPDATE_CHECK (or the
  * library's proof from REGOPT_VOP_ABS_MAX bounds) showed it writes nothing
  * non-finite. A backend call that fails (run returns non-zero) fails the
- * call with REGOPT_ERR_BACKEND naming the operation; if that was the update
- * itself, parameters and moments are what the backend left. Bit-identical
+ * call with REGOPT_ERR_BACKEND naming the operation, and what the library
+ * moved is put back (SAM's w + eps, the teacher swapped in; if putting it
+ * back fails too, the next step tries again first). If the update or the
+ * work after it (the teacher's EMA) fails, the step is not counted and the
+ * parameters, moments and teacher are what the backend left. Bit-identical
  * trajectories need the backend to compute every operation with the
  * float32 operations described below in the same order, and the sums in the
  * order below; regopt_backend_cpu_create's backend does, so the same step
@@ -991,7 +996,8 @@ typedef enum regopt_vop_code {
        below `tensors`. */
     REGOPT_VOP_SUM_SQUARES = 6,
     /* out[0] >= max |x[i]| (an upper bound; the exact maximum will do), a
-       value >= 2^128 (infinity) when some x[i] is infinite or NaN. */
+       value >= 2^128 (infinity) when some x[i] is infinite or NaN; over
+       tensor `tensor` alone when it is below `tensors`. */
     REGOPT_VOP_ABS_MAX = 7,
     /* The base optimizer's update of x (weights) with gradient y and
        moments z, u, v (variant: regopt_optimizer_kind; per_tensor[3k ..
@@ -1015,7 +1021,16 @@ typedef enum regopt_vop_code {
        in float32 with a and t as in REGOPT_VOP_SAM_PERTURB (wd = s[1],
        eta = s[2]; q = a where t = 1), each square in double: ||T a||^2 of
        SAM's and ASAM's ascent (the sum as REGOPT_VOP_SUM_SQUARES's). */
-    REGOPT_VOP_SAM_SQUARES = 11
+    REGOPT_VOP_SAM_SQUARES = 11,
+    /* Exchange x[i] and y[i]; out[0] = 1 when every value that left x was
+       finite, 0 otherwise (the exchange is made all the same). The
+       Bregman/MESA teacher's swap into the weights. */
+    REGOPT_VOP_SWAP = 12,
+    /* The moving average x[i] = (float)(s[0] * (double)x[i] + s[1] *
+       (double)y[i]), computed in double and rounded once (s[0] the decay,
+       s[1] = 1 - decay as a double): the Bregman/MESA teacher's and the EMA
+       average's recurrence. */
+    REGOPT_VOP_EMA = 13
 } regopt_vop_code;
 
 /* REGOPT_VOP_UPDATE's shared scalars, indices into regopt_vop.s (each a

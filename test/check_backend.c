@@ -11,7 +11,7 @@
 
 #define STEPS 6
 
-enum { M_SAM = 1, M_ASAM = 2, M_RDROP = 4, M_SMART = 8, M_ADV = 16 };
+enum { M_SAM = 1, M_ASAM = 2, M_RDROP = 4, M_SMART = 8, M_ADV = 16, M_BREG = 32, M_MESA = 64 };
 
 typedef struct method {
     const char *name;
@@ -30,6 +30,9 @@ static const method methods[] = {
     {"FreeLB", M_ADV, REGOPT_ADV_FREELB},
     {"VAT", M_ADV, REGOPT_ADV_VAT},
     {"SAM + R-Drop + SMART", M_SAM | M_RDROP | M_SMART, 0},
+    {"SMART + Bregman", M_SMART | M_BREG, 0},
+    {"MESA", M_MESA, 0},
+    {"SAM + MESA", M_SAM | M_MESA, 0},
 };
 #define N_METHODS (sizeof methods / sizeof methods[0])
 
@@ -52,6 +55,17 @@ static void attach(bk_run *r, const method *m)
                                            0.5));
     if (m->bits & M_SMART)
         (void)tu_add(r->t, REGOPT_REG_SMART);
+    if (m->bits & (M_BREG | M_MESA)) {
+        regopt_regularizer *b = tu_add(r->t, REGOPT_REG_BREGMAN);
+        MUST(regopt_regularizer_set_double(b, REGOPT_BREGMAN_BETA, 0.8));
+        MUST(regopt_regularizer_set_int(b, REGOPT_BREGMAN_SWITCH_STEP, 3));
+        if (m->bits & M_MESA) {
+            MUST(regopt_regularizer_set_int(b, REGOPT_BREGMAN_DIVERGENCE,
+                                            REGOPT_BREGMAN_KL_TEACHER));
+            MUST(regopt_regularizer_set_double(b, REGOPT_BREGMAN_TAU, 2.0));
+            MUST(regopt_regularizer_set_int(b, REGOPT_BREGMAN_START_STEP, 1));
+        }
+    }
     if (m->bits & M_ADV) {
         regopt_regularizer *a = tu_add(r->t, REGOPT_REG_ADVERSARIAL);
         MUST(regopt_regularizer_set_int(a, REGOPT_ADV_METHOD, m->adv));
@@ -147,6 +161,69 @@ START_TEST(failed_operation_loses_nothing)
     ck_assert_int_eq(stat_int(b->t, REGOPT_STAT_STEP), 3);
     train(b, STEPS - 3, NULL);
     same_weights(a, b, failing_name[_i]);
+    bk_close(a);
+    bk_close(b);
+    tu_free_regs();
+    free(a);
+    free(b);
+}
+END_TEST
+
+/* The teacher's swap in, its swap back (retried at the next step) and its
+ * EMA: the first two lose nothing; the EMA runs after the update, which
+ * stays, and the step is not counted. */
+START_TEST(teacher_operations_fail)
+{
+    bk_run *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b);
+    const method *m = &methods[10]; /* SMART + Bregman */
+    int code = _i < 2 ? REGOPT_VOP_SWAP : REGOPT_VOP_EMA;
+    ck_assert(m->bits & M_BREG);
+    bk_open(a, 0, REGOPT_SGD);
+    bk_open(b, 1, REGOPT_SGD);
+    attach(a, m);
+    attach(b, m);
+    train(a, STEPS, NULL);
+    train(b, 2, NULL);
+    b->s.fail_code = code;
+    b->s.fail_at = b->s.calls[code] + 1 + (_i == 1);
+    ck_assert_int_eq(regopt_trainer_step(b->t, &b->b, 1), REGOPT_ERR_BACKEND);
+    ck_assert_ptr_nonnull(strstr(regopt_trainer_message(b->t),
+                                 code == REGOPT_VOP_SWAP ? "REGOPT_VOP_SWAP" : "REGOPT_VOP_EMA"));
+    ck_assert_int_eq(stat_int(b->t, REGOPT_STAT_STEP), 2);
+    if (code == REGOPT_VOP_SWAP) {
+        train(b, STEPS - 2, NULL);
+        same_weights(a, b, _i ? "the swap back failed" : "the swap in failed");
+    } else {
+        train(b, 1, NULL);
+        ck_assert_int_eq(stat_int(b->t, REGOPT_STAT_STEP), 3);
+    }
+    bk_close(a);
+    bk_close(b);
+    tu_free_regs();
+    free(a);
+    free(b);
+}
+END_TEST
+
+/* A non-finite weight the teacher would take is named, with and without a
+ * backend, before anything moves. */
+START_TEST(teacher_refuses_nonfinite_weight)
+{
+    bk_run *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b);
+    bk_run *runs[2] = {a, b};
+    int i;
+    for (i = 0; i < 2; i++) {
+        bk_open(runs[i], i, REGOPT_ADAM);
+        attach(runs[i], &methods[10]);
+        train(runs[i], 2, NULL);
+        runs[i]->h.w[2][5] = NAN;
+        ck_assert_int_eq(regopt_trainer_step(runs[i]->t, &runs[i]->b, 1),
+                         REGOPT_ERR_NONFINITE_GRADIENT);
+        ck_assert_msg(strstr(regopt_trainer_message(runs[i]->t), "\"W2\" holds a non-finite "
+                             "weight") != NULL, "%s", regopt_trainer_message(runs[i]->t));
+    }
+    a->h.w[2][5] = b->h.w[2][5] = 0.0f; /* NaN != NaN: compare the rest */
+    same_weights(a, b, "a non-finite weight refused");
     bk_close(a);
     bk_close(b);
     tu_free_regs();
@@ -293,11 +370,9 @@ START_TEST(unsupported_refused)
     unsigned char buf[64];
     size_t size = 0;
     bk_open(r, 1, REGOPT_ADAM);
-    x = tu_new(REGOPT_REG_BREGMAN);
-    ck_assert_int_eq(regopt_trainer_attach(r->t, x), REGOPT_ERR_UNSUPPORTED);
-    ck_assert_ptr_nonnull(strstr(regopt_trainer_message(r->t), "Bregman"));
     x = tu_new(REGOPT_REG_AVERAGE);
     ck_assert_int_eq(regopt_trainer_attach(r->t, x), REGOPT_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(regopt_trainer_message(r->t), "weight average"));
     ck_assert_int_eq(regopt_trainer_set_int(r->t, REGOPT_TRAINER_CHECK_HOST, 1),
                      REGOPT_ERR_UNSUPPORTED);
     ck_assert_int_eq(regopt_trainer_set_int(r->t, REGOPT_TRAINER_LOSS_SCALING,
@@ -351,6 +426,8 @@ Suite *suite_backend(void)
     tcase_add_loop_test(tc, every_method_same_bits, 0, (int)(4 * N_METHODS));
     tcase_add_loop_test(tc, failed_operation_loses_nothing, 0,
                         (int)(sizeof failing / sizeof failing[0]));
+    tcase_add_loop_test(tc, teacher_operations_fail, 0, 3);
+    tcase_add_test(tc, teacher_refuses_nonfinite_weight);
     tcase_add_test(tc, nonfinite_gradient_named);
     tcase_add_test(tc, update_check_refuses);
     tcase_add_test(tc, set_backend_errors);

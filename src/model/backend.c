@@ -20,6 +20,8 @@ static const char *vop_name(int32_t code)
     case REGOPT_VOP_UPDATE_CHECK: return "REGOPT_VOP_UPDATE_CHECK";
     case REGOPT_VOP_SAM_PERTURB: return "REGOPT_VOP_SAM_PERTURB";
     case REGOPT_VOP_SAM_SQUARES: return "REGOPT_VOP_SAM_SQUARES";
+    case REGOPT_VOP_SWAP: return "REGOPT_VOP_SWAP";
+    case REGOPT_VOP_EMA: return "REGOPT_VOP_EMA";
     default: return "an unknown operation";
     }
 }
@@ -107,4 +109,25 @@ regopt_status ro_backend_refuse(char *msg, const char *what)
 {
     return ro_fail(msg, REGOPT_ERR_UNSUPPORTED, "%s cannot run on a model with a backend "
                    "(regopt_model_set_backend) yet", what);
+}
+
+regopt_status ro_backend_nonfinite_weight(const regopt_model *m, const char *taker, char *msg)
+{
+    regopt_vop op;
+    regopt_status st = REGOPT_OK;
+    size_t i, k = 0;
+    for (i = 0; i < m->n_params && st == REGOPT_OK; i++) {
+        if (!m->params[i].grad)
+            continue;
+        ro_vop_init(m, &op, REGOPT_VOP_ABS_MAX);
+        op.x = REGOPT_VEC_WEIGHTS;
+        op.tensor = k++;
+        st = ro_vop_run(m, &op, msg);
+        if (st == REGOPT_OK && !(op.out[0] < 0x1p128))
+            return ro_fail(msg, REGOPT_ERR_NONFINITE_GRADIENT, "parameter \"%.64s\" holds a "
+                           "non-finite weight, which the %s would take; nothing was updated",
+                           m->params[i].name, taker);
+    }
+    return st != REGOPT_OK ? st : ro_fail(msg, REGOPT_ERR_NONFINITE_GRADIENT,
+                                          "a weight is not finite");
 }

@@ -101,6 +101,10 @@ regopt_status ro_vop_run(const regopt_model *m, regopt_vop *op, char *msg);
 regopt_status ro_vec_alloc(regopt_model *m, int32_t *vec, char *msg);
 /* Release buffer *vec (none: nothing) and set it to REGOPT_VEC_NONE. */
 void ro_vec_free(const regopt_model *m, int32_t *vec);
+/* A weight is not finite: name its tensor (REGOPT_VOP_ABS_MAX per tensor)
+ * for the regularizer titled `taker` that would take it:
+ * REGOPT_ERR_NONFINITE_GRADIENT, or the backend's failure. */
+regopt_status ro_backend_nonfinite_weight(const regopt_model *m, const char *taker, char *msg);
 /* The REGOPT_ERR_UNSUPPORTED of a feature a backend cannot serve yet. */
 regopt_status ro_backend_refuse(char *msg, const char *what);
 

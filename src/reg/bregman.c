@@ -31,6 +31,7 @@ typedef struct bregman {
     int divergence;       /* REGOPT_BREGMAN_SYM_KL or _KL_TEACHER */
     double tau;
     int64_t start_step, end_step; /* end -1: never */
+    int32_t teacher_vec;  /* with a backend: the teacher's weights (buf NULL) */
 } bregman;
 
 #define D REGOPT_TYPE_DOUBLE
@@ -65,6 +66,7 @@ static void bregman_init(ro_reg *r)
     b->tau = 1.0;
     b->start_step = 0;
     b->end_step = -1;
+    b->teacher_vec = REGOPT_VEC_NONE;
 }
 
 static regopt_status bregman_set(ro_reg *r, const ro_key_desc *k, int32_t group, double v)
@@ -102,11 +104,97 @@ static double bregman_get(const ro_reg *r, const ro_key_desc *k, int32_t group)
     }
 }
 
+/* ---- through the model's backend (regopt_model_set_backend) -------------
+ * The teacher is a backend buffer; it is swapped in (never handed by
+ * pointer: the library has no pointers to it) and kept by REGOPT_VOP_EMA.
+ * No average shares it. */
+
+static int late(const bregman *br, const ro_step *s);
+
+static regopt_status backend_attach(ro_reg *r)
+{
+    bregman *b = r->self;
+    regopt_status st;
+    b->wtab = ro_calloc(r->env->alloc, 1, sizeof *b->wtab); /* wtab[0] NULL: swapped */
+    if (!b->wtab)
+        return ro_fail(r->env->msg, REGOPT_ERR_NO_MEMORY, "out of memory for the teacher");
+    st = ro_vec_alloc((regopt_model *)r->env->model, &b->teacher_vec, r->env->msg);
+    if (st != REGOPT_OK) {
+        ro_free(r->env->alloc, (void *)b->wtab);
+        b->wtab = NULL;
+    }
+    b->ready = 0;
+    b->last_beta = 0.0;
+    return st;
+}
+
+static regopt_status backend_op(ro_reg *r, int32_t code, int32_t x, int32_t y, double *out)
+{
+    regopt_vop op;
+    regopt_status st;
+    ro_vop_init(r->env->model, &op, code);
+    op.x = x;
+    op.y = y;
+    if (out) {
+        op.s[0] = out[0];
+        op.s[1] = out[1];
+    }
+    st = ro_vop_run(r->env->model, &op, r->env->msg);
+    if (out)
+        out[0] = op.out[0];
+    return st;
+}
+
+/* The teacher into the host's buffers and back: REGOPT_VOP_SWAP. */
+static regopt_status backend_swap(ro_reg *r, int *finite)
+{
+    double io[2] = {0.0, 0.0};
+    regopt_status st = backend_op(r, REGOPT_VOP_SWAP, REGOPT_VEC_WEIGHTS,
+                                  ((bregman *)r->self)->teacher_vec, io);
+    *finite = io[0] == 1.0;
+    return st;
+}
+
+static regopt_status backend_prepare(ro_reg *r)
+{
+    bregman *br = r->self;
+    int finite = 1;
+    regopt_status st = REGOPT_OK;
+    if (br->swapped) { /* a swap back that failed: the teacher is still in */
+        st = backend_swap(r, &finite);
+        if (st != REGOPT_OK)
+            return st;
+        br->swapped = 0;
+    }
+    if (!br->ready)
+        st = backend_op(r, REGOPT_VOP_COPY, br->teacher_vec, REGOPT_VEC_WEIGHTS, NULL);
+    if (st == REGOPT_OK)
+        st = backend_swap(r, &finite);
+    if (st != REGOPT_OK || finite)
+        return st;
+    st = backend_swap(r, &finite);
+    return st != REGOPT_OK ? st : ro_backend_nonfinite_weight(r->env->model, "Bregman teacher",
+                                                              r->env->msg);
+}
+
+/* The teacher's EMA after the update (bregman_after_pieces's work). */
+static regopt_status bregman_after_backend(ro_reg *r, const ro_step *s)
+{
+    bregman *br = r->self;
+    double io[2];
+    ro_ema_set(&br->job, NULL, late(br, s) ? br->beta_late : br->beta);
+    io[0] = br->job.keep;
+    io[1] = br->job.take;
+    return backend_op(r, REGOPT_VOP_EMA, br->teacher_vec, REGOPT_VEC_WEIGHTS, io);
+}
+
 static regopt_status bregman_attach(ro_reg *r)
 {
     bregman *b = r->self;
     const regopt_model *m = r->env->model;
     size_t i;
+    if (m->has_backend)
+        return backend_attach(r);
     b->buf = ro_ema_buf_new(r->env->alloc, m->n_trainable);
     b->wtab = ro_calloc(r->env->alloc, m->n_params ? m->n_params : 1, sizeof *b->wtab);
     if (!b->buf || !b->wtab) {
@@ -137,6 +225,7 @@ static void bregman_detach(ro_reg *r)
 {
     bregman *b = r->self;
     ro_ema_buf_drop(r->env->alloc, b->buf); /* an average may keep it */
+    ro_vec_free(r->env->model, &b->teacher_vec);
     ro_free(r->env->alloc, b->out);
     ro_free(r->env->alloc, (void *)b->wtab);
     b->buf = NULL;
@@ -253,9 +342,16 @@ static regopt_status prepare(ro_reg *r, ro_step *s)
         return REGOPT_ERR_NO_MEMORY;
     /* the first step's teacher is the student itself; `ready` is bregman_set only
        when the step commits, so a failed first step starts over */
-    if (!br->ready)
+    if (r->env->model->has_backend) {
+        st = backend_prepare(r);
+        if (st != REGOPT_OK)
+            return st;
+    } else if (!br->ready) {
         ro_each_piece(r->env->par, copy_piece, br);
-    if (!by_pointer && !swap_weights(r)) {
+    }
+    if (r->env->model->has_backend) {
+        /* swapped above */
+    } else if (!by_pointer && !swap_weights(r)) {
         (void)swap_weights(r);
         return nonfinite_weight(r);
     }
@@ -270,9 +366,16 @@ static regopt_status prepare(ro_reg *r, ro_step *s)
         st = ro_call_forward(r->env, &p);
         at += x->rows;
     }
-    if (!by_pointer)
-        (void)swap_weights(r);
-    br->swapped = 0;
+    if (r->env->model->has_backend) {
+        int finite;
+        regopt_status back = backend_swap(r, &finite);
+        st = st != REGOPT_OK ? st : back;
+        br->swapped = back != REGOPT_OK; /* the abandon hook tries again */
+    } else {
+        if (!by_pointer)
+            (void)swap_weights(r);
+        br->swapped = 0;
+    }
     if (st == REGOPT_OK) /* user terms with a teacher pass read them too */
         s->teacher = br->out;
     return st;
@@ -383,6 +486,8 @@ static int late(const bregman *br, const ro_step *s)
 static ro_piece_fn bregman_after_pieces(ro_reg *r, const ro_step *s, void **ctx)
 {
     bregman *br = r->self;
+    if (r->env->model->has_backend) /* bregman_after_backend's */
+        return NULL;
     ro_ema_set(&br->job, br->teacher, late(br, s) ? br->beta_late : br->beta);
     *ctx = &br->job;
     return ro_ema_piece;
@@ -469,16 +574,19 @@ static ro_ema_buf *bregman_ema(ro_reg *r, double decay)
 static void bregman_abandon(ro_reg *r)
 {
     bregman *br = r->self;
-    if (br->swapped)
+    int finite;
+    if (br->swapped && r->env->model->has_backend) /* a failure leaves it to recover */
+        br->swapped = backend_swap(r, &finite) != REGOPT_OK;
+    else if (br->swapped)
         (void)swap_weights(r);
-    br->swapped = 0;
+    br->swapped = br->swapped && r->env->model->has_backend;
 }
 
 const ro_reg_ops ro_bregman_ops = {
     .name = "bregman",
     .title = "Bregman",
     .kind = REGOPT_REG_BREGMAN,
-    .flags = REGOPT_REG_SINGLE | RO_REG_KEEPS_TEACHER | RO_REG_TAKES_WEIGHTS,
+    .flags = REGOPT_REG_SINGLE | RO_REG_KEEPS_TEACHER | RO_REG_TAKES_WEIGHTS | RO_REG_BACKEND,
     .order = 20,
     .size = sizeof(bregman),
     .keys = bregman_keys,
@@ -497,6 +605,7 @@ const ro_reg_ops ro_bregman_ops = {
     .term = bregman_term,
     .after_pieces = bregman_after_pieces,
     .after_update = bregman_after_update,
+    .after_backend = bregman_after_backend,
     .commit = bregman_commit,
     .abandon = bregman_abandon,
     .state_size = bregman_state_size,

@@ -53,19 +53,22 @@ void ro_ema_set(ro_ema_job *e, float *avg, double decay)
     e->take = 1.0 - decay;
 }
 
-void ro_ema_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+void ro_ema_range(float *v, const float *w, size_t n, double keep, double take)
 {
-    const ro_ema_job *e = ctx;
-    float *v = e->avg + p->offset + j0;
-    const float *w = p->data + j0;
 #if RO_X86_DISPATCH
     __builtin_cpu_init();
-    if (j1 - j0 >= RO_BLOCK && __builtin_cpu_supports("avx")) {
-        ema_avx(v, w, j1 - j0, e->keep, e->take);
+    if (n >= RO_BLOCK && __builtin_cpu_supports("avx")) {
+        ema_avx(v, w, n, keep, take);
         return;
     }
 #endif
-    ema_base(v, w, j1 - j0, e->keep, e->take);
+    ema_base(v, w, n, keep, take);
+}
+
+void ro_ema_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
+{
+    const ro_ema_job *e = ctx;
+    ro_ema_range(e->avg + p->offset + j0, p->data + j0, j1 - j0, e->keep, e->take);
 }
 
 ro_ema_buf *ro_ema_buf_new(const ro_alloc *a, size_t n)

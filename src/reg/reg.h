@@ -146,6 +146,10 @@ typedef struct ro_reg_ops {
     ro_piece_fn (*after_pieces)(ro_reg *r, const ro_step *s, void **ctx);
     void (*after_update)(ro_reg *r, const ro_step *s);   /* cannot fail; the
                                                             rest of the work */
+    /* on a model with a backend, in place of after_pieces: the work after
+       the update as backend operations (a failure fails the step, which is
+       then not counted; what the update wrote stays) */
+    regopt_status (*after_backend)(ro_reg *r, const ro_step *s);
     void (*commit)(ro_reg *r, const ro_step *s);         /* statistics */
     /* last of a made step, when the library's own work is all done (the
        update's pass wrote the methods' state, after_update and commit did
@@ -205,6 +209,9 @@ typedef struct ro_ema_job {
 } ro_ema_job;
 void ro_ema_set(ro_ema_job *e, float *avg, double decay);
 void ro_ema_piece(void *ctx, const ro_param *p, size_t j0, size_t j1);
+/* The recurrence over [0, n): v = (float)(keep v + take w) (the CPU backend's
+ * REGOPT_VOP_EMA). */
+void ro_ema_range(float *v, const float *w, size_t n, double keep, double take);
 /* An EMA's weights, counted: a teacher and an average of the same decay
  * and history hold one (ro_reg_ops.ema); the last drop frees it. */
 typedef struct ro_ema_buf {

@@ -138,6 +138,8 @@ static double abs_max(const cpu_backend *c, const regopt_vop *op)
     size_t k;
     float f;
     for (k = 0; k < c->n; k++) {
+        if (op->tensor < op->tensors && k != op->tensor)
+            continue;
         b = ro_abs_max_bits(part(c, op->x, k), c->counts[k]);
         top = b > top ? b : top;
     }
@@ -227,6 +229,23 @@ static void perturb(const cpu_backend *c, const regopt_vop *op)
     }
 }
 
+/* x <-> y; out[0] = 1 when every value that left x was finite. */
+static void swap(const cpu_backend *c, regopt_vop *op)
+{
+    float bad = 0.0f;
+    size_t k, j;
+    for (k = 0; k < c->n; k++) {
+        float *x = part(c, op->x, k), *y = part(c, op->y, k);
+        for (j = 0; j < c->counts[k]; j++) {
+            float v = x[j];
+            x[j] = y[j];
+            y[j] = v;
+            bad += v - v; /* 0 when finite, NaN otherwise */
+        }
+    }
+    op->out[0] = bad == 0.0f;
+}
+
 static int run(void *user, regopt_vop *op)
 {
     cpu_backend *c = user;
@@ -282,6 +301,17 @@ static int run(void *user, regopt_vop *op)
             op->out[0] = sum_chunks(c, op, 1);
         else
             perturb(c, op);
+        return CPU_OK;
+    case REGOPT_VOP_SWAP:
+    case REGOPT_VOP_EMA:
+        if (!vectors_ok(c, op, 1, 0))
+            return CPU_BAD_VECTOR;
+        if (op->code == REGOPT_VOP_SWAP) {
+            swap(c, op);
+            return CPU_OK;
+        }
+        for (k = 0; k < c->n; k++)
+            ro_ema_range(part(c, op->x, k), part(c, op->y, k), c->counts[k], op->s[0], op->s[1]);
         return CPU_OK;
     default:
         return CPU_BAD_CODE;

@@ -167,6 +167,8 @@ static regopt_status taken_weights_check(regopt_trainer *t, const ro_step *s)
             taker = t->regs[i];
     if (!taker)
         return REGOPT_OK;
+    if (m->has_backend)
+        return ro_backend_nonfinite_weight(m, taker->ops->title, t->msg);
     for (i = 0; i < m->n_params; i++) {
         const ro_param *p = &m->params[i];
         const float *w = s->held ? s->held + p->offset : p->data;
@@ -208,6 +210,9 @@ static regopt_status step_commit(regopt_trainer *t, ro_step *s, double norm)
             ro_each_piece(&t->par, f.fn[i], f.ctx[i]);
     } else {
         st = ro_apply_update(t, s->lr, scale, &f, s);
+        for (i = 0; st == REGOPT_OK && t->model->has_backend && i < t->n_regs; i++)
+            if (t->regs[i]->ops->after_backend)
+                st = t->regs[i]->ops->after_backend(t->regs[i], s);
     }
     if (st != REGOPT_OK)
         return st;
