@@ -45,7 +45,7 @@ OP_NAMES = {L.VOP_BIND: "BIND", L.VOP_ALLOC: "ALLOC", L.VOP_FREE: "FREE",
             L.VOP_ZERO: "ZERO", L.VOP_COPY: "COPY", L.VOP_SUM_SQUARES: "SUM_SQUARES",
             L.VOP_ABS_MAX: "ABS_MAX", L.VOP_UPDATE: "UPDATE",
             L.VOP_UPDATE_CHECK: "UPDATE_CHECK", L.VOP_SAM_PERTURB: "SAM_PERTURB",
-            L.VOP_SAM_SQUARES: "SAM_SQUARES"}
+            L.VOP_SAM_SQUARES: "SAM_SQUARES", L.VOP_SWAP: "SWAP", L.VOP_EMA: "EMA"}
 
 
 def _groups(tensors, pad):
@@ -245,7 +245,29 @@ class TorchBackend:
         op.out[0] = chunk_sums(x if op.tensor >= op.tensors else [x[op.tensor]])
 
     def _abs_max(self, op):
-        op.out[0] = abs_max(self.vec(op.x))
+        x = self.vec(op.x)
+        op.out[0] = abs_max(x if op.tensor >= op.tensors else [x[op.tensor]])
+
+    def _swap(self, op):
+        """x <-> y (the Bregman/MESA teacher into the weights and back);
+        out[0] = 1 when every value that left x was finite."""
+        x, y = self.vec(op.x), self.vec(op.y, "y")
+        finite = math.isfinite(abs_max(x))
+        for a, b in zip(x, y):
+            t = a.clone()
+            a.copy_(b)
+            b.copy_(t)
+        op.out[0] = 1.0 if finite else 0.0
+
+    def _ema(self, op):
+        """x = (float)(s[0] * (double)x + s[1] * (double)y), in double and
+        rounded once (the teacher's and the EMA average's recurrence)."""
+        x, y = self.vec(op.x), self.vec(op.y, "y")
+        keep, take = op.s[0], op.s[1]
+        for a, b in zip(x, y):
+            d = a.double().mul_(keep)
+            d.add_(b.double().mul_(take))
+            a.copy_(d)
 
     def _update(self, op):
         update(self, op, check=False)
@@ -297,4 +319,4 @@ _DISPATCH = {L.VOP_BIND: "_bind", L.VOP_ALLOC: "_alloc", L.VOP_FREE: "_free",
              L.VOP_ZERO: "_zero", L.VOP_COPY: "_copy", L.VOP_SUM_SQUARES: "_sum_squares",
              L.VOP_ABS_MAX: "_abs_max", L.VOP_UPDATE: "_update",
              L.VOP_UPDATE_CHECK: "_update_check", L.VOP_SAM_PERTURB: "_sam_perturb",
-             L.VOP_SAM_SQUARES: "_sam_squares"}
+             L.VOP_SAM_SQUARES: "_sam_squares", L.VOP_SWAP: "_swap", L.VOP_EMA: "_ema"}

@@ -34,8 +34,10 @@ METHODS = [
     ("pgd", [("adv", dict(method=1, epsilon=0.3, step=0.1, steps=2, alpha=0.5))]),
     ("freelb", [("adv", dict(method=2, epsilon=0.3, step=0.1, steps=2, init_mag=0.05))]),
     ("vat", [("adv", dict(method=3, epsilon=1.0, init_mag=0.1, alpha=0.5))]),
-    ("sam+rdrop+smart", [("sam", dict(rho=0.05)), ("rdrop", dict(alpha=1.0)),
-                         ("smart", SMART)]),
+    ("smart+bregman", [("smart", SMART), ("bregman", dict(beta=0.9))]),
+    ("mesa", [("bregman", dict(mu=0.3, divergence="kl_teacher", tau=5.0, beta=0.99))]),
+    ("sam+rdrop+smart+bregman", [("sam", dict(rho=0.05)), ("rdrop", dict(alpha=1.0)),
+                                 ("smart", SMART), ("bregman", dict(beta=0.9))]),
 ]
 OPTIMIZERS = [
     ("sgd-nesterov", "sgd", dict(lr=0.05, momentum=0.9, nesterov=1, weight_decay=5e-4)),
@@ -120,8 +122,11 @@ class TorchBackendTrainingTest(unittest.TestCase):
                     # the update ran through the backend, once per step
                     self.assertEqual(be.calls[L.VOP_UPDATE], 50)
                     self.assertEqual(be.calls[L.VOP_BIND], 1)
-                    if mname in ("sam", "asam", "sam+rdrop+smart"):
+                    if mname.startswith(("sam", "asam")):
                         self.assertEqual(be.calls[L.VOP_SAM_PERTURB], 50)
+                    if "bregman" in mname or mname == "mesa":  # the teacher through it
+                        self.assertEqual(be.calls[L.VOP_EMA], 50)
+                        self.assertGreaterEqual(be.calls[L.VOP_SWAP], 100)
                     for a, b in zip(got_l, ref_l):
                         self.assertLess(abs(a - b), 1e-6 * abs(b) + 1e-12)
                     for p, q in zip(got_p, ref_p):
@@ -183,12 +188,13 @@ class TorchBackendTrainingTest(unittest.TestCase):
                 TorchModel(Net(), 5, backend=used.backend)
             self.assertIn("already serves a model", str(cm.exception))
         # what the library cannot run with a backend: refused by name
-        with TorchModel(Net(), 5, backend="torch") as model, \
-                regopt.Optimizer("adamw", lr=1e-2) as opt, \
-                regopt.Trainer(model, opt, seed=1) as t:
-            with self.assertRaises(regopt.Unsupported):
-                t.add("bregman", beta=0.9)
-                t.step(batches()[0])
+        for name, kw in (("average", {}), ("sam", dict(rho=0.05, looksam=1))):
+            with TorchModel(Net(), 5, backend="torch") as model, \
+                    regopt.Optimizer("adamw", lr=1e-2) as opt, \
+                    regopt.Trainer(model, opt, seed=1) as t:
+                with self.assertRaises(regopt.Unsupported):
+                    t.add(name, **kw)
+                    t.step(batches()[0])
 
     def test_frozen_parameters_and_micro_batches(self):
         results = []

@@ -162,6 +162,30 @@ class TorchBackendOpsTest(unittest.TestCase):
             op = self.run_op(L.VOP_ABS_MAX, x=L.VEC_WEIGHTS)
             self.assertEqual(op.out[0], float("inf"), bad)
 
+    def test_swap_and_ema(self):
+        self.alloc(2)
+        self.fill(2, 0.5, 4)
+        w0, b0 = self.np_vec(0), self.np_vec(2)
+        op = self.run_op(L.VOP_SWAP, x=0, y=2)
+        self.assertEqual(op.out[0], 1.0)
+        for k in range(len(w0)):
+            np.testing.assert_array_equal(self.np_vec(0)[k], b0[k])
+            np.testing.assert_array_equal(self.np_vec(2)[k], w0[k])
+        # the moving average in double, rounded once
+        keep = 0.9998
+        op = self.run_op(L.VOP_EMA, x=2, y=0, s={0: keep, 1: 1.0 - keep})
+        for k in range(len(w0)):
+            ref = (keep * w0[k].astype(np.float64)
+                   + (1.0 - keep) * b0[k].astype(np.float64)).astype(np.float32)
+            np.testing.assert_array_equal(self.np_vec(2)[k], ref)
+        # a NaN leaving x: reported, the exchange made all the same
+        self.params[1][2] = float("nan")
+        op = self.run_op(L.VOP_SWAP, x=0, y=2)
+        self.assertEqual(op.out[0], 0.0)
+        self.assertTrue(math.isnan(float(self.be.vectors[2][1][2])))
+        op = self.run_op(L.VOP_ABS_MAX, x=2, tensor=0)  # one tensor alone
+        self.assertEqual(op.out[0], float(self.be.vectors[2][0].abs().max()))
+
     # -- updates -------------------------------------------------------------
     def per_tensor(self, lr, wd, step=0.0):
         # group 1 (second tensor) without decay and half the rate
@@ -353,7 +377,7 @@ class AgainstCpuBackendTest(unittest.TestCase):
                 self.assertTrue(outs[0][0] <= outs[1][0] <= outs[0][0] * (1 + 2 ** -7), outs)
             elif code in (L.VOP_SUM_SQUARES, L.VOP_SAM_SQUARES):  # a chunk's own order
                 self.assertLessEqual(abs(outs[0][0] - outs[1][0]), 1e-14 * abs(outs[1][0]))
-            elif code == L.VOP_UPDATE_CHECK:  # out[] of the others means nothing
+            elif code in (L.VOP_UPDATE_CHECK, L.VOP_SWAP):  # out[] of the others: nothing
                 self.assertEqual(outs[0], outs[1], "operation %d" % code)
             for a, b in zip(sides[0][1] + sides[0][2], sides[1][1] + sides[1][2]):
                 self.assertTrue(torch.equal(a, b), "operation %d" % code)
@@ -369,6 +393,10 @@ class AgainstCpuBackendTest(unittest.TestCase):
         both(L.VOP_SAM_SQUARES, x=0, y=1, s={1: 1e-3, 2: 0.01}, flags=flags)
         both(L.VOP_SAM_PERTURB, x=0, y=1, z=5, s={0: 0.02, 1: 1e-3, 2: 0.01}, flags=flags)
         both(L.VOP_COPY, x=0, y=5)
+        both(L.VOP_ABS_MAX, x=0, tensor=1)
+        both(L.VOP_SWAP, x=0, y=5)
+        both(L.VOP_EMA, x=5, y=0, s={0: 0.99, 1: 1.0 - 0.99})
+        both(L.VOP_SWAP, x=0, y=5)
         for variant, amsgrad in ((L.ADAMW, 1), (L.RADAM, 0), (L.SGD, 0)):
             for vid in (2, 3, 4):
                 both(L.VOP_ZERO, x=vid)
