@@ -941,12 +941,13 @@ REGOPT_API const char *regopt_model_message(const regopt_model *model);
  * SAM-ON groups; not its stateful variants), REGOPT_REG_RDROP,
  * REGOPT_REG_SMART, REGOPT_REG_BREGMAN (SMART's proximal term and MESA;
  * its teacher is swapped in, never handed by pointer),
- * REGOPT_REG_ADVERSARIAL (FGM, PGD, FreeLB, VAT) and REGOPT_REG_TERM in
- * any combination. The rest is refused with REGOPT_ERR_UNSUPPORTED naming
- * it (at attach, at the setter, at the step or at the call):
- * float16/bfloat16 tensors and loss scaling, stateful SAM variants
- * (m-sharpness, Momentum-SAM, LookSAM, FriendlySAM, VaSSO, GSAM, WSAM),
- * weight averages, a REGOPT_HOST optimizer, an all-reduce,
+ * REGOPT_REG_ADVERSARIAL (FGM, PGD, FreeLB, VAT), REGOPT_REG_TERM and
+ * REGOPT_REG_AVERAGE (EMA and SWA, swapped in for evaluation and
+ * recalibration; never sharing the teacher's buffer) in any combination.
+ * The rest is refused with REGOPT_ERR_UNSUPPORTED naming it (at attach, at
+ * the setter, at the step or at the call): float16/bfloat16 tensors and
+ * loss scaling, stateful SAM variants (m-sharpness, Momentum-SAM, LookSAM,
+ * FriendlySAM, VaSSO, GSAM, WSAM), a REGOPT_HOST optimizer, an all-reduce,
  * trainer.check_host, regopt_trainer_flatness and checkpoints.
  *
  * Guarantees. The step stays a transaction up to the update: every
@@ -959,8 +960,9 @@ REGOPT_API const char *regopt_model_message(const regopt_model *model);
  * call with REGOPT_ERR_BACKEND naming the operation, and what the library
  * moved is put back (SAM's w + eps, the teacher swapped in; if putting it
  * back fails too, the next step tries again first). If the update or the
- * work after it (the teacher's EMA) fails, the step is not counted and the
- * parameters, moments and teacher are what the backend left. Bit-identical
+ * work after it (the teacher's EMA, an average's) fails, the step is not
+ * counted and the parameters, moments, teacher and average are what the
+ * backend left. Bit-identical
  * trajectories need the backend to compute every operation with the
  * float32 operations described below in the same order, and the sums in the
  * order below; regopt_backend_cpu_create's backend does, so the same step
@@ -1030,7 +1032,10 @@ typedef enum regopt_vop_code {
        (double)y[i]), computed in double and rounded once (s[0] the decay,
        s[1] = 1 - decay as a double): the Bregman/MESA teacher's and the EMA
        average's recurrence. */
-    REGOPT_VOP_EMA = 13
+    REGOPT_VOP_EMA = 13,
+    /* SWA's running mean x[i] = (float)((double)x[i] + ((double)y[i] -
+       (double)x[i]) / s[0]) in double, rounded once (s[0] = n + 1). */
+    REGOPT_VOP_SWA = 14
 } regopt_vop_code;
 
 /* REGOPT_VOP_UPDATE's shared scalars, indices into regopt_vop.s (each a

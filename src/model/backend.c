@@ -22,6 +22,7 @@ static const char *vop_name(int32_t code)
     case REGOPT_VOP_SAM_SQUARES: return "REGOPT_VOP_SAM_SQUARES";
     case REGOPT_VOP_SWAP: return "REGOPT_VOP_SWAP";
     case REGOPT_VOP_EMA: return "REGOPT_VOP_EMA";
+    case REGOPT_VOP_SWA: return "REGOPT_VOP_SWA";
     default: return "an unknown operation";
     }
 }
@@ -75,6 +76,22 @@ regopt_status ro_vop_run(const regopt_model *m, regopt_vop *op, char *msg)
         return ro_fail(msg, REGOPT_ERR_BACKEND, "the backend failed %s (it returned %d)",
                        vop_name(op->code), rc);
     return REGOPT_OK;
+}
+
+regopt_status ro_vop_xy(const regopt_model *m, int32_t code, int32_t x, int32_t y, double s0,
+                        double s1, double *out0, char *msg)
+{
+    regopt_vop op;
+    regopt_status st;
+    ro_vop_init(m, &op, code);
+    op.x = x;
+    op.y = y;
+    op.s[0] = s0;
+    op.s[1] = s1;
+    st = ro_vop_run(m, &op, msg);
+    if (out0)
+        *out0 = op.out[0];
+    return st;
 }
 
 regopt_status ro_vec_alloc(regopt_model *m, int32_t *vec, char *msg)

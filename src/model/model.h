@@ -96,6 +96,10 @@ void ro_vop_init(const regopt_model *m, regopt_vop *op, int32_t code);
 /* Run op on the model's backend; REGOPT_ERR_BACKEND (message naming the
  * operation, into msg) when it fails. */
 regopt_status ro_vop_run(const regopt_model *m, regopt_vop *op, char *msg);
+/* An elementwise operation of vectors x and y with scalars s0, s1 (COPY,
+ * SWAP, EMA, SWA ...); *out0 (may be NULL) receives out[0]. */
+regopt_status ro_vop_xy(const regopt_model *m, int32_t code, int32_t x, int32_t y, double s0,
+                        double s1, double *out0, char *msg);
 /* A new buffer (REGOPT_VOP_ALLOC), its id in *vec; REGOPT_VEC_NONE
  * stays in *vec on failure. */
 regopt_status ro_vec_alloc(regopt_model *m, int32_t *vec, char *msg);

@@ -28,6 +28,7 @@ typedef struct average {
     int shared;           /* this step, the buffer's owner makes its EMA */
     int try_share;        /* after the next update, look for a teacher holding the same */
     double last_decay;    /* what the last step kept of the old average */
+    int32_t vec;          /* with a backend: the average (buf NULL, never shared) */
 } average;
 
 #define D REGOPT_TYPE_DOUBLE
@@ -62,6 +63,7 @@ static void average_init(ro_reg *r)
     a->min_decay = 0.0;
     a->start = 0;
     a->every = 1;
+    a->vec = REGOPT_VEC_NONE;
 }
 
 static regopt_status average_set(ro_reg *r, const ro_key_desc *k, int32_t group, double v)
@@ -101,6 +103,12 @@ static double average_get(const ro_reg *r, const ro_key_desc *k, int32_t group)
 static regopt_status average_attach(ro_reg *r)
 {
     average *a = r->self;
+    if (r->env->model->has_backend) { /* a backend buffer, never shared */
+        a->count = 0;
+        a->last_decay = 0.0;
+        a->shared = a->try_share = 0;
+        return ro_vec_alloc((regopt_model *)r->env->model, &a->vec, r->env->msg);
+    }
     a->buf = ro_ema_buf_new(r->env->alloc, r->env->model->n_trainable);
     a->spare = NULL;
     a->shared = 0;
@@ -119,6 +127,7 @@ static void average_detach(ro_reg *r)
     average *a = r->self;
     ro_ema_buf_drop(r->env->alloc, a->buf);
     ro_ema_buf_drop(r->env->alloc, a->spare);
+    ro_vec_free(r->env->model, &a->vec);
     a->buf = a->spare = NULL;
     a->count = 0;
 }
@@ -216,7 +225,13 @@ static void try_share(ro_reg *r, const ro_step *s)
 static regopt_status average_prepare(ro_reg *r, ro_step *s)
 {
     average *a = r->self;
-    regopt_status st = keep_shared(r, s);
+    regopt_status st;
+    if (r->env->model->has_backend)
+        return a->mode == REGOPT_AVERAGE_EMA && a->count == 0 && counted(a, s->step)
+                   ? ro_vop_xy(r->env->model, REGOPT_VOP_COPY, a->vec, REGOPT_VEC_WEIGHTS, 0.0,
+                               0.0, NULL, r->env->msg)
+                   : REGOPT_OK;
+    st = keep_shared(r, s);
     if (st != REGOPT_OK)
         return st;
     a->job.avg = a->buf->v;
@@ -248,15 +263,17 @@ static double ema_decay(const average *a, uint64_t n)
 
 /* w_bar <- w_bar + (w - w_bar) / (n + 1) in double, rounded once (between
  * w_bar and w, so finite; torch computes it in the tensor's precision). */
+void ro_swa_range(float *restrict v, const float *restrict w, size_t n, double c)
+{
+    size_t j;
+    for (j = 0; j < n; j++)
+        v[j] = (float)((double)v[j] + ((double)w[j] - (double)v[j]) / c);
+}
+
 static void avg_swa_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 {
     const avg_job *e = ctx;
-    float *restrict v = e->avg + p->offset + j0;
-    const float *restrict w = p->data + j0;
-    double c = e->take;
-    size_t n = j1 - j0, j;
-    for (j = 0; j < n; j++)
-        v[j] = (float)((double)v[j] + ((double)w[j] - (double)v[j]) / c);
+    ro_swa_range(e->avg + p->offset + j0, p->data + j0, j1 - j0, e->take);
 }
 
 /* The step's averaging, run by the trainer with the update's blocks. */
@@ -264,8 +281,8 @@ static ro_piece_fn average_after_pieces(ro_reg *r, const ro_step *s, void **ctx)
 {
     average *a = r->self;
     avg_job *e = &a->job;
-    if (!counted(a, s->step) || a->shared) /* shared: the teacher's EMA is this one */
-        return NULL;
+    if (!counted(a, s->step) || a->shared || r->env->model->has_backend)
+        return NULL; /* shared: the teacher's EMA is this one; backend: after_backend */
     *ctx = e;
     e->avg = a->buf->v;
     if (a->count == 0 && a->mode == REGOPT_AVERAGE_SWA)
@@ -276,6 +293,25 @@ static ro_piece_fn average_after_pieces(ro_reg *r, const ro_step *s, void **ctx)
     }
     ro_ema_set(e, a->buf->v, ema_decay(a, a->count));
     return ro_ema_piece;
+}
+
+/* average_after_pieces's work on a model with a backend. */
+static regopt_status average_after_backend(ro_reg *r, const ro_step *s)
+{
+    const average *a = r->self;
+    const regopt_model *m = r->env->model;
+    double d;
+    if (!counted(a, s->step))
+        return REGOPT_OK;
+    if (a->count == 0 && a->mode == REGOPT_AVERAGE_SWA)
+        return ro_vop_xy(m, REGOPT_VOP_COPY, a->vec, REGOPT_VEC_WEIGHTS, 0.0, 0.0, NULL,
+                         r->env->msg);
+    if (a->mode == REGOPT_AVERAGE_SWA) /* the divisor n + 1 */
+        return ro_vop_xy(m, REGOPT_VOP_SWA, a->vec, REGOPT_VEC_WEIGHTS, (double)a->count + 1.0,
+                         0.0, NULL, r->env->msg);
+    d = ema_decay(a, a->count);
+    return ro_vop_xy(m, REGOPT_VOP_EMA, a->vec, REGOPT_VEC_WEIGHTS, d, 1.0 - d, NULL,
+                     r->env->msg);
 }
 
 static void average_after_update(ro_reg *r, const ro_step *s)
@@ -291,7 +327,7 @@ static void average_after_update(ro_reg *r, const ro_step *s)
         a->last_decay = ema_decay(a, a->count);
     if (counted(a, s->step))
         a->count++;
-    if (a->count == 1 || a->try_share)
+    if ((a->count == 1 || a->try_share) && !r->env->model->has_backend)
         try_share(r, s);
 }
 
@@ -370,11 +406,17 @@ static float *average_weights(ro_reg *r)
     return a->count ? a->buf->v : NULL;
 }
 
+static int32_t average_vec(ro_reg *r)
+{
+    const average *a = r->self;
+    return a->count ? a->vec : REGOPT_VEC_NONE;
+}
+
 const ro_reg_ops ro_average_ops = {
     .name = "average",
     .title = "weight average",
     .kind = REGOPT_REG_AVERAGE,
-    .flags = REGOPT_REG_SINGLE | RO_REG_TAKES_WEIGHTS,
+    .flags = REGOPT_REG_SINGLE | RO_REG_TAKES_WEIGHTS | RO_REG_BACKEND,
     .order = 60,
     .size = sizeof(average),
     .keys = average_keys,
@@ -396,4 +438,6 @@ const ro_reg_ops ro_average_ops = {
     .check_state = average_check_state,
     .load = average_load,
     .averaged = average_weights,
+    .averaged_vec = average_vec,
+    .after_backend = average_after_backend,
 };

@@ -128,30 +128,13 @@ static regopt_status backend_attach(ro_reg *r)
     return st;
 }
 
-static regopt_status backend_op(ro_reg *r, int32_t code, int32_t x, int32_t y, double *out)
-{
-    regopt_vop op;
-    regopt_status st;
-    ro_vop_init(r->env->model, &op, code);
-    op.x = x;
-    op.y = y;
-    if (out) {
-        op.s[0] = out[0];
-        op.s[1] = out[1];
-    }
-    st = ro_vop_run(r->env->model, &op, r->env->msg);
-    if (out)
-        out[0] = op.out[0];
-    return st;
-}
-
 /* The teacher into the host's buffers and back: REGOPT_VOP_SWAP. */
 static regopt_status backend_swap(ro_reg *r, int *finite)
 {
-    double io[2] = {0.0, 0.0};
-    regopt_status st = backend_op(r, REGOPT_VOP_SWAP, REGOPT_VEC_WEIGHTS,
-                                  ((bregman *)r->self)->teacher_vec, io);
-    *finite = io[0] == 1.0;
+    double fin = 0.0;
+    regopt_status st = ro_vop_xy(r->env->model, REGOPT_VOP_SWAP, REGOPT_VEC_WEIGHTS,
+                                 ((bregman *)r->self)->teacher_vec, 0.0, 0.0, &fin, r->env->msg);
+    *finite = fin == 1.0;
     return st;
 }
 
@@ -167,7 +150,8 @@ static regopt_status backend_prepare(ro_reg *r)
         br->swapped = 0;
     }
     if (!br->ready)
-        st = backend_op(r, REGOPT_VOP_COPY, br->teacher_vec, REGOPT_VEC_WEIGHTS, NULL);
+        st = ro_vop_xy(r->env->model, REGOPT_VOP_COPY, br->teacher_vec, REGOPT_VEC_WEIGHTS, 0.0,
+                       0.0, NULL, r->env->msg);
     if (st == REGOPT_OK)
         st = backend_swap(r, &finite);
     if (st != REGOPT_OK || finite)
@@ -181,11 +165,9 @@ static regopt_status backend_prepare(ro_reg *r)
 static regopt_status bregman_after_backend(ro_reg *r, const ro_step *s)
 {
     bregman *br = r->self;
-    double io[2];
     ro_ema_set(&br->job, NULL, late(br, s) ? br->beta_late : br->beta);
-    io[0] = br->job.keep;
-    io[1] = br->job.take;
-    return backend_op(r, REGOPT_VOP_EMA, br->teacher_vec, REGOPT_VEC_WEIGHTS, io);
+    return ro_vop_xy(r->env->model, REGOPT_VOP_EMA, br->teacher_vec, REGOPT_VEC_WEIGHTS,
+                     br->job.keep, br->job.take, NULL, r->env->msg);
 }
 
 static regopt_status bregman_attach(ro_reg *r)
@@ -563,6 +545,12 @@ static float *bregman_averaged(ro_reg *r)
     return br->ready ? br->teacher : NULL;
 }
 
+static int32_t bregman_averaged_vec(ro_reg *r)
+{
+    bregman *br = r->self;
+    return br->ready ? br->teacher_vec : REGOPT_VEC_NONE;
+}
+
 /* The teacher is the EMA of decay d when both betas are d: an EMA average
  * of that decay and history may hold its buffer (average.c). */
 static ro_ema_buf *bregman_ema(ro_reg *r, double decay)
@@ -613,5 +601,6 @@ const ro_reg_ops ro_bregman_ops = {
     .check_state = bregman_check_state,
     .load = bregman_load,
     .averaged = bregman_averaged,
+    .averaged_vec = bregman_averaged_vec,
     .ema = bregman_ema,
 };

@@ -175,6 +175,9 @@ typedef struct ro_reg_ops {
        n_trainable floats in ro_param.offset order, or NULL while there are
        none yet; NULL hook: the method keeps none */
     float *(*averaged)(ro_reg *r);
+    /* the same on a model with a backend: its buffer id, REGOPT_VEC_NONE
+       while there are none yet (the hook exactly where `averaged` is) */
+    int32_t (*averaged_vec)(ro_reg *r);
     /* the EMA buffer this regularizer itself updates after every step with
        exactly this decay, w~ <- d w~ + (1 - d) w by ro_ema_piece; NULL: none.
        Another regularizer keeping the same EMA may hold it (ro_ema_buf)
@@ -212,6 +215,9 @@ void ro_ema_piece(void *ctx, const ro_param *p, size_t j0, size_t j1);
 /* The recurrence over [0, n): v = (float)(keep v + take w) (the CPU backend's
  * REGOPT_VOP_EMA). */
 void ro_ema_range(float *v, const float *w, size_t n, double keep, double take);
+/* average.c: SWA's step over [0, n), v = (float)(v + (w - v) / c) in double
+ * (the CPU backend's REGOPT_VOP_SWA). */
+void ro_swa_range(float *restrict v, const float *restrict w, size_t n, double c);
 /* An EMA's weights, counted: a teacher and an average of the same decay
  * and history hold one (ro_reg_ops.ema); the last drop frees it. */
 typedef struct ro_ema_buf {

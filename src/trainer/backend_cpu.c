@@ -304,14 +304,15 @@ static int run(void *user, regopt_vop *op)
         return CPU_OK;
     case REGOPT_VOP_SWAP:
     case REGOPT_VOP_EMA:
+    case REGOPT_VOP_SWA:
         if (!vectors_ok(c, op, 1, 0))
             return CPU_BAD_VECTOR;
-        if (op->code == REGOPT_VOP_SWAP) {
+        if (op->code == REGOPT_VOP_SWAP)
             swap(c, op);
-            return CPU_OK;
-        }
-        for (k = 0; k < c->n; k++)
+        for (k = 0; op->code == REGOPT_VOP_EMA && k < c->n; k++)
             ro_ema_range(part(c, op->x, k), part(c, op->y, k), c->counts[k], op->s[0], op->s[1]);
+        for (k = 0; op->code == REGOPT_VOP_SWA && k < c->n; k++)
+            ro_swa_range(part(c, op->x, k), part(c, op->y, k), c->counts[k], op->s[0]);
         return CPU_OK;
     default:
         return CPU_BAD_CODE;

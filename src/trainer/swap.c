@@ -26,11 +26,23 @@ regopt_status ro_trainer_swapped_check(regopt_trainer *t, const char *func)
     return REGOPT_OK;
 }
 
+/* On a model with a backend: REGOPT_VOP_SWAP of the weights and buffer v. */
+static regopt_status exchange_vec(const regopt_trainer *t, int32_t v)
+{
+    return ro_vop_xy(t->model, REGOPT_VOP_SWAP, REGOPT_VEC_WEIGHTS, v, 0.0, 0.0, NULL,
+                     (char *)t->msg);
+}
+
 void ro_trainer_unswap(ro_reg *r)
 {
     float *v;
     if (!r->swapped)
         return;
+    if (r->env->model->has_backend) { /* detach: a failure keeps them swapped, named */
+        if (exchange_vec(r->trainer, r->ops->averaged_vec(r)) == REGOPT_OK)
+            r->swapped = 0;
+        return;
+    }
     v = r->ops->averaged(r);
     if (v)
         ro_each_piece(r->env->par, exchange_piece, v);
@@ -66,8 +78,8 @@ regopt_status regopt_regularizer_swap_average(regopt_regularizer *r)
     regopt_status st = swap_target(r, func, &t);
     if (st != REGOPT_OK)
         return st;
-    v = r->ops->averaged(r);
-    if (!v)
+    v = t->model->has_backend ? NULL : r->ops->averaged(r);
+    if (t->model->has_backend ? r->ops->averaged_vec(r) == REGOPT_VEC_NONE : !v)
         return ro_fail(r->msg, REGOPT_ERR_STATE, "%s: the %s regularizer has averaged no "
                        "update yet: there is nothing to swap in", func, r->ops->title);
     for (i = 0; !r->swapped && i < t->n_regs; i++)
@@ -75,7 +87,13 @@ regopt_status regopt_regularizer_swap_average(regopt_regularizer *r)
             return ro_fail(r->msg, REGOPT_ERR_STATE, "%s: the %s regularizer's averaged "
                            "weights are swapped in already; swap them back first", func,
                            t->regs[i]->ops->title);
-    ro_each_piece(&t->par, exchange_piece, v);
+    if (t->model->has_backend) {
+        st = exchange_vec(t, r->ops->averaged_vec(r));
+        if (st != REGOPT_OK)
+            return ro_fail(r->msg, st, "%s", t->msg);
+    } else {
+        ro_each_piece(&t->par, exchange_piece, v);
+    }
     r->swapped = !r->swapped;
     return REGOPT_OK;
 }
