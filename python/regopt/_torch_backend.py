@@ -45,7 +45,8 @@ OP_NAMES = {L.VOP_BIND: "BIND", L.VOP_ALLOC: "ALLOC", L.VOP_FREE: "FREE",
             L.VOP_ZERO: "ZERO", L.VOP_COPY: "COPY", L.VOP_SUM_SQUARES: "SUM_SQUARES",
             L.VOP_ABS_MAX: "ABS_MAX", L.VOP_UPDATE: "UPDATE",
             L.VOP_UPDATE_CHECK: "UPDATE_CHECK", L.VOP_SAM_PERTURB: "SAM_PERTURB",
-            L.VOP_SAM_SQUARES: "SAM_SQUARES", L.VOP_SWAP: "SWAP", L.VOP_EMA: "EMA"}
+            L.VOP_SAM_SQUARES: "SAM_SQUARES", L.VOP_SWAP: "SWAP", L.VOP_EMA: "EMA",
+            L.VOP_SWA: "SWA"}
 
 
 def _groups(tensors, pad):
@@ -269,6 +270,16 @@ class TorchBackend:
             d.add_(b.double().mul_(take))
             a.copy_(d)
 
+    def _swa(self, op):
+        """SWA's running mean x = (float)((double)x + ((double)y -
+        (double)x) / s[0]), in double and rounded once (s[0] = n + 1)."""
+        x, y = self.vec(op.x), self.vec(op.y, "y")
+        n1 = op.s[0]
+        for a, b in zip(x, y):
+            d = a.double()
+            d.add_(b.double().sub_(d).div_(n1))
+            a.copy_(d)
+
     def _update(self, op):
         update(self, op, check=False)
 
@@ -319,4 +330,5 @@ _DISPATCH = {L.VOP_BIND: "_bind", L.VOP_ALLOC: "_alloc", L.VOP_FREE: "_free",
              L.VOP_ZERO: "_zero", L.VOP_COPY: "_copy", L.VOP_SUM_SQUARES: "_sum_squares",
              L.VOP_ABS_MAX: "_abs_max", L.VOP_UPDATE: "_update",
              L.VOP_UPDATE_CHECK: "_update_check", L.VOP_SAM_PERTURB: "_sam_perturb",
-             L.VOP_SAM_SQUARES: "_sam_squares", L.VOP_SWAP: "_swap", L.VOP_EMA: "_ema"}
+             L.VOP_SAM_SQUARES: "_sam_squares", L.VOP_SWAP: "_swap", L.VOP_EMA: "_ema",
+             L.VOP_SWA: "_swa"}

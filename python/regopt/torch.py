@@ -57,13 +57,13 @@ What the adapter does:
 Parameters on a GPU: TorchModel(net, ..., backend="torch") registers each
 tensor's data_ptr() as an opaque handle and hands every operation of the
 library on the parameters (update, gradient zeroing, norms, SAM's move,
-the Bregman/MESA teacher's swap and average) to a TorchBackend
-(regopt._torch_backend), which does it in torch on the parameters' device;
-outputs are copied to the library's host buffers after each forward,
-d_outputs to the device for backward, and dropout is seeded from pass.seed
-on the CUDA devices in use too (regopt._torch_device). Float32 parameters
-only; the library refuses (regopt.Unsupported) what it cannot run with a
-backend: weight averages, stateful SAM variants, loss scaling, a host
+the Bregman/MESA teacher's and the weight averages' swaps and means) to a
+TorchBackend (regopt._torch_backend), which does it in torch on the
+parameters' device; outputs are copied to the library's host buffers after
+each forward, d_outputs to the device for backward, and dropout is seeded
+from pass.seed on the CUDA devices in use too (regopt._torch_device).
+Float32 parameters only; the library refuses (regopt.Unsupported) what it
+cannot run with a backend: stateful SAM variants, loss scaling, a host
 optimizer (TorchTrainer with a torch.optim optimizer), an all-reduce
 (process_group=), flatness and checkpoints.
 

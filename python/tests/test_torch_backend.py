@@ -188,13 +188,19 @@ class TorchBackendTrainingTest(unittest.TestCase):
                 TorchModel(Net(), 5, backend=used.backend)
             self.assertIn("already serves a model", str(cm.exception))
         # what the library cannot run with a backend: refused by name
-        for name, kw in (("average", {}), ("sam", dict(rho=0.05, looksam=1))):
+        for what in ("looksam", "checkpoint", "flatness"):
             with TorchModel(Net(), 5, backend="torch") as model, \
                     regopt.Optimizer("adamw", lr=1e-2) as opt, \
                     regopt.Trainer(model, opt, seed=1) as t:
-                with self.assertRaises(regopt.Unsupported):
-                    t.add(name, **kw)
-                    t.step(batches()[0])
+                with self.assertRaises(regopt.Unsupported, msg=what):
+                    b = batches()[0]
+                    if what == "looksam":
+                        t.add("sam", rho=0.05, looksam=1)
+                    t.step(b)
+                    if what == "checkpoint":
+                        t.to_bytes()
+                    if what == "flatness":
+                        t.flatness(b, measures="trace", trace_samples=2)
 
     def test_frozen_parameters_and_micro_batches(self):
         results = []
@@ -216,6 +222,39 @@ class TorchBackendTrainingTest(unittest.TestCase):
             self.assertLess(abs(a - b), 1e-6 * abs(b))
         for p, q in zip(results[1][1], results[0][1]):
             self.assertLess(rel(p, q), 1e-6)
+
+    def test_weight_averages(self):
+        """EMA and SWA averages kept through the backend (REGOPT_VOP_EMA,
+        REGOPT_VOP_SWA) and swapped in for evaluation: the same averaged
+        weights and outputs as the built-in path."""
+        for mode in ("ema", "swa"):
+            got = []
+            for backend in (None, "torch"):
+                torch.manual_seed(3)
+                net = Net()
+                with TorchModel(net, 5, backend=backend) as model, \
+                        regopt.Optimizer("adam", lr=1e-2) as opt, \
+                        regopt.Trainer(model, opt, seed=1) as t:
+                    avg = t.add("average", mode=mode, decay=0.9)
+                    t.add("sam", rho=0.05)
+                    data = batches()
+                    for i in range(12):
+                        t.step(data[i % 3])
+                    trained = [p.detach().clone() for p in net.parameters()]
+                    with avg.averaged():
+                        averaged = [p.detach().clone() for p in net.parameters()]
+                        loss, out = t.evaluate(data[0])
+                    back = [p.detach().clone() for p in net.parameters()]
+                    if backend:
+                        self.assertGreater(model.backend.calls[
+                            L.VOP_EMA if mode == "ema" else L.VOP_SWA], 0)
+                got.append((averaged, out, loss))
+                for p, q in zip(back, trained):  # swapped back out
+                    self.assertTrue(torch.equal(p, q))
+                self.assertFalse(all(torch.equal(p, q) for p, q in zip(averaged, trained)))
+            for p, q in zip(got[1][0], got[0][0]):
+                self.assertLess(rel(p, q), 1e-6, mode)
+            self.assertLess(abs(got[1][2] - got[0][2]), 1e-6 * got[0][2])
 
     def test_torch_trainer(self):
         """TorchTrainer: a loss_fn with a library optimizer trains as on the

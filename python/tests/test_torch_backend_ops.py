@@ -178,6 +178,13 @@ class TorchBackendOpsTest(unittest.TestCase):
             ref = (keep * w0[k].astype(np.float64)
                    + (1.0 - keep) * b0[k].astype(np.float64)).astype(np.float32)
             np.testing.assert_array_equal(self.np_vec(2)[k], ref)
+        # SWA's running mean, n + 1 = 3
+        a0, y0 = self.np_vec(2), self.np_vec(0)
+        self.run_op(L.VOP_SWA, x=2, y=0, s={0: 3.0})
+        for k in range(len(w0)):
+            a = a0[k].astype(np.float64)
+            ref = (a + (y0[k].astype(np.float64) - a) / 3.0).astype(np.float32)
+            np.testing.assert_array_equal(self.np_vec(2)[k], ref)
         # a NaN leaving x: reported, the exchange made all the same
         self.params[1][2] = float("nan")
         op = self.run_op(L.VOP_SWAP, x=0, y=2)
@@ -396,6 +403,7 @@ class AgainstCpuBackendTest(unittest.TestCase):
         both(L.VOP_ABS_MAX, x=0, tensor=1)
         both(L.VOP_SWAP, x=0, y=5)
         both(L.VOP_EMA, x=5, y=0, s={0: 0.99, 1: 1.0 - 0.99})
+        both(L.VOP_SWA, x=5, y=1, s={0: 7.0})
         both(L.VOP_SWAP, x=0, y=5)
         for variant, amsgrad in ((L.ADAMW, 1), (L.RADAM, 0), (L.SGD, 0)):
             for vid in (2, 3, 4):
