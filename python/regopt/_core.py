@@ -32,14 +32,15 @@ from ._lib import lib
 from ._errors import (
     Error, NullPointer, InvalidArgument, OutOfRange, UnknownKey, Unsupported, NoMemory,
     StateError, ForwardFailed, BackwardFailed, LossCallbackFailed, NonFiniteLoss,
-    NonFiniteGradient, AllreduceFailed, CorruptCheckpoint, CheckpointMismatch, Overflow, BackendFailed,
-    CheckpointIOError, HostUpdateFailed, ERRORS, status_string, last_error_message, version,
+    NonFiniteGradient, AllreduceFailed, CorruptCheckpoint, CheckpointMismatch, Overflow,
+    CheckpointIOError, HostUpdateFailed, BackendFailed, ERRORS, status_string,
+    last_error_message, version,
     version_number)
 from ._keys import KeyInfo, key_from_name, key_info, keys, ENUM_VALUES
 from ._handles import live_handles, pending_callbacks
 from ._allocator import Allocator, CountingAllocator
 from ._batch import Pass, BatchView, Batch
-from ._model import Model
+from ._model import CpuBackend, Model
 from ._optimizer import Optimizer, OPTIMIZER_KINDS
 from ._regularizers import (
     Regularizer, SAM, RDrop, SMART, Bregman, Term, TermView, REGULARIZERS, REGULARIZER_KINDS,
@@ -51,11 +52,13 @@ from ._rng import random_uniform, random_normal, dropout_mask, convert
 __all__ = [
     "Error", "NullPointer", "InvalidArgument", "OutOfRange", "UnknownKey", "Unsupported",
     "NoMemory", "StateError", "ForwardFailed", "BackwardFailed", "LossCallbackFailed",
-    "NonFiniteLoss", "NonFiniteGradient", "AllreduceFailed", "CorruptCheckpoint", "Overflow", "BackendFailed",
-    "CheckpointMismatch", "CheckpointIOError", "HostUpdateFailed", "ERRORS", "status_string",
+    "NonFiniteLoss", "NonFiniteGradient", "AllreduceFailed", "CorruptCheckpoint", "Overflow",
+    "CheckpointMismatch", "CheckpointIOError", "HostUpdateFailed", "BackendFailed", "ERRORS",
+    "status_string",
     "last_error_message", "version", "version_number", "KeyInfo", "key_from_name",
     "key_info", "keys", "ENUM_VALUES", "live_handles", "pending_callbacks", "Allocator",
-    "CountingAllocator", "Pass", "BatchView", "Batch", "Model", "Optimizer", "OPTIMIZER_KINDS",
+    "CountingAllocator", "Pass", "BatchView", "Batch", "Model", "CpuBackend", "Optimizer",
+    "OPTIMIZER_KINDS",
     "Regularizer", "SAM", "RDrop", "SMART", "Bregman", "Term", "TermView", "Average", "mesa",
     "MESA_PRESET", "regularizer_kinds", "REGULARIZERS", "REGULARIZER_KINDS",
     "Trainer", "Flatness", "random_uniform", "random_normal", "dropout_mask", "convert", "L",

@@ -105,7 +105,12 @@ class Overflow(Error, ArithmeticError):
 
 
 class BackendFailed(Error):
-    """The model's backend (regopt_model_set_backend) failed an operation."""
+    """A backend's run (regopt_model_set_backend) failed an operation on
+    parameter-sized memory; the message names the operation. A Python
+    backend's exception is re-raised itself, this error attached to it as
+    .regopt_error. The step is a transaction up to the update: before it
+    only gradients and the library's buffers were written and SAM's move
+    undone; a failed update leaves what the backend wrote."""
     status = L.ERR_BACKEND
 
 

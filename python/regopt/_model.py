@@ -40,6 +40,7 @@ class Model(_Handle):
         self._cbs = _CallbackState()
         self._output_width = 0
         self._input_width = 0
+        self._backend = None  # (backend, its C callback, the table) while the model lives
         st = ctypes.c_int(0)
         with Call() as c:  # the allocator's hooks
             ptr = lib.regopt_model_create(_alloc_arg(allocator), ctypes.byref(st))
@@ -110,6 +111,58 @@ class Model(_Handle):
     @property
     def element_count(self):
         return int(lib.regopt_model_element_count(self._ptr))
+
+    # -- backend -----------------------------------------------------------
+    def set_backend(self, backend):
+        """regopt_model_set_backend: make the parameter memory a backend's,
+        before any add_param. backend.run(op) is called with a regopt._lib.Vop
+        for every operation on parameter-sized memory and returns None or 0
+        on success; an exception (or another value) fails the library call
+        with REGOPT_ERR_BACKEND, and the step re-raises that exception with
+        the BackendFailed error attached as .regopt_error (a backend that
+        returns non-zero with its exception in backend.error, as TorchBackend
+        does, gets that one re-raised). Afterwards
+        add_param_address takes opaque handles (ints the library hands back
+        to the backend, never dereferences). The model keeps backend and its
+        C callback alive until it is freed. A CpuBackend's C table is
+        installed as it is (no Python in between)."""
+        if isinstance(backend, CpuBackend):
+            call(self._msg, lib.regopt_model_set_backend, self._p(), backend._table_p())
+            backend._users += 1
+            self._drop_backend()
+            self._backend = (backend, None, None)
+            return
+        run = backend.run
+        seen = [None]
+
+        def body(user, op):
+            rc = run(op.contents)
+            if rc is None or rc == 0:
+                return 0
+            # a backend that keeps its exception (TorchBackend.error) instead
+            # of raising: raised here, so that the call re-raises it
+            exc = getattr(backend, "error", None)
+            if isinstance(exc, BaseException) and exc is not seen[0]:
+                seen[0] = exc
+                raise exc
+            return _int_rc(rc)
+        cf = L.BACKEND_FN(trampoline(body, 1))
+        table = L.Backend(ctypes.sizeof(L.Backend), cf, None)
+        call(self._msg, lib.regopt_model_set_backend, self._p(), ctypes.byref(table))
+        self._drop_backend()
+        self._backend = (backend, cf, table)
+
+    def _drop_backend(self):
+        """Forget the backend the library no longer uses (replaced, or the
+        model freed): a CpuBackend counts one model less."""
+        if self._backend is not None and isinstance(self._backend[0], CpuBackend):
+            self._backend[0]._users -= 1
+        self._backend = None
+
+    @property
+    def backend(self):
+        """The backend given to set_backend, or None."""
+        return self._backend[0] if self._backend is not None else None
 
     # -- shape -------------------------------------------------------------
     @property
@@ -240,6 +293,7 @@ class Model(_Handle):
         self._ptr = None
         self._count(-1)
         self._arrays = []
+        self._drop_backend()
         self._params.clear()
         self._trainer_cells = []
         c.finish()
@@ -257,3 +311,42 @@ class Model(_Handle):
         return "<regopt.Model %s params=%d elements=%d output_width=%d>" % (
             "closed" if not self._ptr else "open", self.param_count, self.element_count,
             self._output_width)
+
+
+class CpuBackend:
+    """regopt_backend_cpu_create: the library's reference backend, whose
+    handles are float32 host addresses, worked on with the kernels the
+    library uses without a backend (the same bits). Model.set_backend takes
+    it; run(op) runs one regopt._lib.Vop through it directly (a reference
+    for another backend's operations). close() frees its state, refused
+    (StateError) while a model that uses it is open; the garbage collector
+    frees it too."""
+
+    def __init__(self):
+        self._table = L.Backend()
+        self._users = 0
+        _check(lib.regopt_backend_cpu_create(ctypes.byref(self._table)), last_error_message)
+
+    def _table_p(self):
+        if not self._table.run:
+            raise StateError("the CPU backend is closed", L.ERR_STATE)
+        return ctypes.byref(self._table)
+
+    def run(self, op):
+        """The table's run on op (a Vop): its return value (0: success)."""
+        self._table_p()
+        return self._table.run(self._table.user, ctypes.byref(op))
+
+    def close(self):
+        if self._users:
+            raise StateError("the CPU backend is used by %d open model(s): close them first"
+                             % self._users, L.ERR_STATE)
+        if self._table.run:
+            _check(lib.regopt_backend_cpu_free(ctypes.byref(self._table)), last_error_message)
+
+    def __del__(self):
+        try:
+            if self._users == 0 and self._table.run:
+                lib.regopt_backend_cpu_free(ctypes.byref(self._table))
+        except Exception:  # a failed __init__, or the interpreter shutting down
+            pass

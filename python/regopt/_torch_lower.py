@@ -109,13 +109,16 @@ class LowerCache:
     """The records of one TorchModel's embedding submodule (see the module
     docstring); `run` stands in for the submodule's forward during a pass."""
 
-    def __init__(self, sub):
+    def __init__(self, sub, rng_get=None, rng_set=None):
         self.sub = sub
         self.records = []
         self.micro_batch = None
         self.state = None
         self._saved = None
-        self._rng = torch.default_generator.get_state
+        # the state of every generator the submodule may draw from (the CPU
+        # one; with parameters on CUDA, those devices' too: _torch_device)
+        self._rng = rng_get or torch.default_generator.get_state
+        self._rng_set = rng_set or torch.default_generator.set_state
 
     def clear(self):
         self.records = []
@@ -185,7 +188,7 @@ class LowerCache:
 
     def _reuse(self, st, r, need_graph):
         if r.rng_after is not None:
-            torch.default_generator.set_state(r.rng_after)
+            self._rng_set(r.rng_after)
         out = r.out.detach()
         if need_graph and r.out.requires_grad:
             out.requires_grad_(True)

@@ -54,6 +54,19 @@ What the adapter does:
     p.grad; NO_PARAM_GRAD passes use torch.autograd.grad on the perturbation
     only (parameters untouched); d_input is written when asked.
 
+Parameters on a GPU: TorchModel(net, ..., backend="torch") registers each
+tensor's data_ptr() as an opaque handle and hands every operation of the
+library on the parameters (update, gradient zeroing, norms, SAM's move,
+the Bregman/MESA teacher's and the weight averages' swaps and means) to a
+TorchBackend (regopt._torch_backend), which does it in torch on the
+parameters' device; outputs are copied to the library's host buffers after
+each forward, d_outputs to the device for backward, and dropout is seeded
+from pass.seed on the CUDA devices in use too (regopt._torch_device).
+Float32 parameters only; the library refuses (regopt.Unsupported) what it
+cannot run with a backend: stateful SAM variants, loss scaling, a host
+optimizer (TorchTrainer with a torch.optim optimizer), an all-reduce
+(process_group=), flatness and checkpoints.
+
 Parameter groups: group_fn(name, param) -> group; the default puts tensors
 with fewer than 2 dimensions (biases, normalisation weights) in group 1 and
 the rest in group 0, so Optimizer.set_group(1, weight_decay=0) exempts them.
@@ -67,7 +80,7 @@ import torch.nn as nn
 
 from . import _core
 from . import _lib as L
-from . import _torch_lower
+from . import _torch_device, _torch_lower
 from ._errors import StateError
 from ._torch_output import select_output
 from ._torch_registered import _Registered
@@ -181,7 +194,7 @@ class TorchModel(_core.Model):
 
     module        the network (float32, float16 or bfloat16 parameters on the CPU,
                   contiguous; 16-bit ones get the library's fp32 master and loss
-                  scaling)
+                  scaling; with backend="torch": float32 on the CPU or CUDA)
     output_width  floats per output row (classes); outputs are reshaped to
                   (rows, output_width)
     embedding     name of the submodule whose output SMART perturbs
@@ -202,14 +215,27 @@ class TorchModel(_core.Model):
                   (SMART, adversarial training); the results are the same
                   (regopt._torch_lower says when, and when it falls back).
                   False: every pass runs the whole module.
+    backend       None or "cpu": the library works in the parameters' CPU
+                  memory itself (float32/16/bfloat16). "torch" (or a
+                  TorchBackend instance): float32 parameters on any CPU or
+                  CUDA device, the library's operations on them run by
+                  torch (see the module docstring); model.backend is the
+                  TorchBackend. Gradients stay on the parameters' device;
+                  reuse_embedding works there too (the RNG states it
+                  compares include the CUDA generators).
     """
 
     def __init__(self, module, output_width, *, embedding=None, input_width=None, slots=3,
                  call=None, group_fn=default_group, allocator=None, output=None,
-                 reuse_embedding=True):
+                 reuse_embedding=True, backend=None):
         if not isinstance(module, nn.Module):
             raise TypeError("TorchModel needs a torch.nn.Module")
+        torch_backend = _torch_device.backend_from(backend)
+        devices = _torch_device.parameter_devices(module, torch_backend is not None)
         super().__init__(output_width, slots=slots, allocator=allocator)
+        self._devices = devices  # of the parameters, CUDA ones with their index
+        self._cuda_rng = _torch_device.PassRNG(devices) \
+            if any(d.type == "cuda" for d in devices) else None
         self.module = module
         self.call = call or default_call
         self.output = output
@@ -247,10 +273,14 @@ class TorchModel(_core.Model):
             self.embedding_name = embedding
             self._hook = sub.register_forward_hook(_PerturbHook(self))
             if reuse_embedding:
-                self._lower = _torch_lower.LowerCache(sub)
+                rng = self._cuda_rng
+                self._lower = _torch_lower.LowerCache(sub) if rng is None \
+                    else _torch_lower.LowerCache(sub, rng.get_state, rng.set_state)
         if input_width:
             self.input_width = input_width
         try:
+            if torch_backend is not None:
+                self.set_backend(torch_backend)
             self._register(module, group_fn)
         except BaseException:
             self.close()
@@ -263,7 +293,7 @@ class TorchModel(_core.Model):
         # registered memory and back: two passes over the weights less a
         # step. The library uses this for float32 models only.
         self._teacher_views = {}
-        if all(r.dtype == torch.float32 for r in self._registered):
+        if torch_backend is None and all(r.dtype == torch.float32 for r in self._registered):
             self.set_capabilities(L.CAP_PASS_WEIGHTS)
 
     def _view(self, address, rows, width):
@@ -285,14 +315,14 @@ class TorchModel(_core.Model):
             if id(p) in seen:
                 continue
             seen.add(id(p))
+            backend = self.backend
+            if backend is not None:  # devices: _torch_device.parameter_devices
+                _torch_device.check_backend_dtype(name, p)
             dtype = _DTYPES.get(p.dtype)
             if dtype is None:
                 raise TypeError("parameter %r is %s; libregopt takes float32, float16 "
                                 "(module.half()) or bfloat16 (module.bfloat16())"
                                 % (name, p.dtype))
-            if p.device.type != "cpu":
-                raise ValueError("parameter %r is on %s; the adapter registers CPU memory"
-                                 % (name, p.device))
             if not p.is_contiguous():
                 raise ValueError("parameter %r is not contiguous" % name)
             grad = None
@@ -304,6 +334,10 @@ class TorchModel(_core.Model):
                         or grad.data_ptr() == p.data_ptr():
                     raise ValueError("parameter %r: .grad must be a separate contiguous "
                                      "%s tensor" % (name, p.dtype))
+            if backend is not None:  # the handles below: these tensors' data_ptr()
+                backend.register(p.detach())
+                if grad is not None:
+                    backend.register(grad)
             self.add_param_address(name, p.data_ptr(), grad.data_ptr() if grad is not None
                                    else None, p.numel(), group_fn(name, p), dtype=dtype,
                                    keepalive=(p, grad))
@@ -315,6 +349,8 @@ class TorchModel(_core.Model):
         if self._rng is not None:
             torch.default_generator.set_state(self._rng)
             self._rng = None
+        if self._cuda_rng is not None:
+            self._cuda_rng.restore()
         if self._by_out or self._aux:  # module outputs (graphs) no pass will use
             self._by_out.clear()
             self._aux.clear()
@@ -410,6 +446,8 @@ class TorchModel(_core.Model):
             raise ValueError("SMART: the perturbation has %d floats (input_rows x input_width) "
                              "but the output of %r has shape %s: give Batch(input_rows=...)"
                              % (d.numel(), self.embedding_name, tuple(output.shape)))
+        if d.device != output.device:  # backend='torch': the module on a device
+            d = d.to(output.device)
         return output + d.view_as(output)
 
     # -- callbacks ---------------------------------------------------------
@@ -476,6 +514,8 @@ class TorchModel(_core.Model):
                 if self._rng is None:
                     self._rng = gen.get_state()
                 gen.manual_seed(int(c.seed))
+                if self._cuda_rng is not None:
+                    self._cuda_rng.seed(int(c.seed))
             if want_grad == torch.is_grad_enabled():
                 raw = self.call(module, data)
             else:
@@ -522,6 +562,8 @@ class TorchModel(_core.Model):
         # the passes that reuse it (the call's end frees it)
         keep = lower is not None and lower.stored
         d_out = self._view(a.d_outputs, c.rows, c.output_width)
+        if out.device.type != "cpu":  # backend='torch': the module on a device
+            d_out = d_out.to(out.device)
         outs, grads = (out,), (d_out,)
         aux = self._aux.pop(c.slot, None)
         if self._by_out:
@@ -531,7 +573,8 @@ class TorchModel(_core.Model):
             # the auxiliary term enters as the task loss does: weighted by the
             # pass's task_scale, at the step's loss scale like d_outputs
             outs = (out, aux)
-            grads = (d_out, torch.tensor(c.task_scale * c.loss_scale, dtype=aux.dtype))
+            grads = (d_out, torch.tensor(c.task_scale * c.loss_scale, dtype=aux.dtype,
+                                         device=aux.device))
         flags = c.flags
         if flags & L.PASS_NO_PARAM_GRAD:
             if a.d_input:

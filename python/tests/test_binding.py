@@ -190,7 +190,47 @@ class EveryFunctionTest(HandleCheck):
                     t.save(os.path.join(d, "c"))
                     t.load(os.path.join(d, "c"))
         self.assertEqual(alloc.live, 0)
+        be = regopt.CpuBackend()  # the backend table (its own tests: test_torch_backend*)
+        with regopt.Model(3) as mb:
+            mb.set_backend(be)
+            with self.assertRaises(regopt.StateError):
+                be.close()  # a model uses it
+        be.close()
 
+
+
+class CpuBackendTest(HandleCheck):
+    def test_same_bits_as_without_a_backend(self):
+        """A NumPy host whose parameters the library's CPU backend serves
+        (regopt.CpuBackend through Model.set_backend) trains the same bits
+        as the library working in them itself."""
+        x, y = data()
+        out = []
+        for use in (False, True):
+            h = LinearHost()
+            be = regopt.CpuBackend() if use else None
+            with regopt.Model(3, forward=h.forward, backward=h.backward) as m:
+                if be is not None:
+                    m.set_backend(be)
+                    self.assertIs(m.backend, be)
+                m.add_param("w", h.w, h.gw, group=0)
+                m.add_param("b", h.b, h.gb, group=1)
+                with regopt.Optimizer("adamw", lr=0.05, weight_decay=0.1) as opt, \
+                        regopt.Trainer(m, opt, seed=2) as t:
+                    t.add("sam", rho=0.1)
+                    losses = [t.step(data=x, labels=y) for _ in range(10)]
+            if be is not None:
+                be.close()
+            out.append((losses, h.w.copy(), h.b.copy()))
+        self.assertEqual(out[0][0], out[1][0])
+        np.testing.assert_array_equal(out[0][1], out[1][1])
+        np.testing.assert_array_equal(out[0][2], out[1][2])
+
+    def test_set_backend_rules(self):
+        with regopt.Model(3) as m:
+            m.add_param("w", np.zeros(3, np.float32), np.zeros(3, np.float32))
+            with self.assertRaises(regopt.StateError):  # after a tensor
+                m.set_backend(regopt.CpuBackend())
 
 
 class ModelTest(HandleCheck):
