@@ -46,7 +46,7 @@ OP_NAMES = {L.VOP_BIND: "BIND", L.VOP_ALLOC: "ALLOC", L.VOP_FREE: "FREE",
             L.VOP_ABS_MAX: "ABS_MAX", L.VOP_UPDATE: "UPDATE",
             L.VOP_UPDATE_CHECK: "UPDATE_CHECK", L.VOP_SAM_PERTURB: "SAM_PERTURB",
             L.VOP_SAM_SQUARES: "SAM_SQUARES", L.VOP_SWAP: "SWAP", L.VOP_EMA: "EMA",
-            L.VOP_SWA: "SWA"}
+            L.VOP_SWA: "SWA", L.VOP_SCALE: "SCALE"}
 
 
 def _groups(tensors, pad):
@@ -280,6 +280,11 @@ class TorchBackend:
             d.add_(b.double().sub_(d).div_(n1))
             a.copy_(d)
 
+    def _scale(self, op):
+        """x = x * s[0] in float32: the clipping factor applied to the
+        gradient before a torch.optim update (REGOPT_HOST)."""
+        torch._foreach_mul_(self.vec(op.x), float(op.s[0]))
+
     def _update(self, op):
         update(self, op, check=False)
 
@@ -331,4 +336,4 @@ _DISPATCH = {L.VOP_BIND: "_bind", L.VOP_ALLOC: "_alloc", L.VOP_FREE: "_free",
              L.VOP_ABS_MAX: "_abs_max", L.VOP_UPDATE: "_update",
              L.VOP_UPDATE_CHECK: "_update_check", L.VOP_SAM_PERTURB: "_sam_perturb",
              L.VOP_SAM_SQUARES: "_sam_squares", L.VOP_SWAP: "_swap", L.VOP_EMA: "_ema",
-             L.VOP_SWA: "_swa"}
+             L.VOP_SWA: "_swa", L.VOP_SCALE: "_scale"}

@@ -257,8 +257,9 @@ class TorchBackendTrainingTest(unittest.TestCase):
             self.assertLess(abs(got[1][2] - got[0][2]), 1e-6 * got[0][2])
 
     def test_torch_trainer(self):
-        """TorchTrainer: a loss_fn with a library optimizer trains as on the
-        built-in path; a torch.optim optimizer (REGOPT_HOST) is refused."""
+        """TorchTrainer: a loss_fn with a library optimizer, and a torch.optim
+        optimizer (REGOPT_HOST, clipped through REGOPT_VOP_SCALE), train as
+        on the built-in path."""
         import torch.nn.functional as F
         from regopt.torch_train import TorchTrainer
         results = []
@@ -276,13 +277,23 @@ class TorchBackendTrainingTest(unittest.TestCase):
             self.assertLess(abs(a - b), 1e-6 * abs(b))
         for p, q in zip(results[1][1], results[0][1]):
             self.assertLess(rel(p, q), 1e-6)
-        net = Net()
-        model = TorchModel(net, 5, backend="torch")
-        with TorchTrainer(model, torch.optim.SGD(net.parameters(), lr=0.1), seed=1) as t:
-            with self.assertRaises(regopt.Unsupported) as cm:
-                t.step(batches()[0])
-            self.assertIn("REGOPT_HOST", str(cm.exception))
-        model.close()
+        results = []
+        for backend in (None, "torch"):
+            torch.manual_seed(3)
+            net = Net()
+            model = TorchModel(net, 5, backend=backend)
+            with TorchTrainer(model, torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9),
+                              seed=1) as t:
+                t.optimizer.set(clip_norm=0.05)
+                t.add("sam", rho=0.05)
+                losses = [t.step(b) for b in batches() * 3]
+                if backend:
+                    self.assertEqual(model.backend.calls[L.VOP_SCALE], len(losses))
+            model.close()
+            results.append((losses, [p.detach().clone() for p in net.parameters()]))
+        self.assertEqual(results[1][0], results[0][0])
+        for p, q in zip(results[1][1], results[0][1]):
+            self.assertTrue(torch.equal(p, q))
 
     def test_backend_outlives_its_callers_references(self):
         net = Net()
