@@ -44,6 +44,8 @@ typedef struct setup {
     regopt_model *model;
     regopt_optimizer *opt;
     regopt_trainer *trainer;
+    regopt_backend backend; /* --backend: the CPU backend (regopt_backend_cpu_create) */
+    int has_backend;
     regopt_regularizer *regs[MAX_REGS]; /* the method's, freed after the trainer */
     int n_regs;
     long first_allocs;      /* allocations made by the first step */
@@ -69,6 +71,8 @@ typedef struct config {
 
 /* --lib-threads: REGOPT_TRAINER_THREADS of every trainer benchmarked. */
 long lib_threads = 1;
+/* --backend: every model's parameter memory behind the CPU backend. */
+static int use_backend;
 
 static int setup_create(setup *s, int method, const config *c)
 {
@@ -87,7 +91,13 @@ static int setup_create(setup *s, int method, const config *c)
     }
     s->host.swap_teacher = method == M_MESA_SWAP;
     s->model = regopt_model_create(&a, &st);
-    if (s->model)
+    if (s->model && use_backend) {
+        st = regopt_backend_cpu_create(&s->backend);
+        s->has_backend = st == REGOPT_OK;
+        if (st == REGOPT_OK)
+            st = regopt_model_set_backend(s->model, &s->backend);
+    }
+    if (s->model && st == REGOPT_OK)
         st = host_mlp_register(&s->host, s->model);
     if (st == REGOPT_OK)
         s->opt = regopt_optimizer_create(REGOPT_ADAMW, &a, &st);
@@ -120,6 +130,8 @@ static void setup_free(setup *s)
         regopt_regularizer_free(s->regs[i]);
     regopt_optimizer_free(s->opt);
     regopt_model_free(s->model);
+    if (s->has_backend)
+        regopt_backend_cpu_free(&s->backend);
     host_mlp_free(&s->host);
     free(s->step_ms);
     free(s->cb_share);
@@ -426,7 +438,7 @@ static void usage(void)
 {
     printf("usage: bench [--size large|small|all] [--methods m1,m2,...] [--runs R]\n"
            "             [--steps S] [--warmup W] [--opt-n N] [--no-kernels] [--no-steps]\n"
-           "             [--lib-threads T] [--smoke]\n"
+           "             [--lib-threads T] [--smoke] [--backend]\n"
            "methods: plain sam asam rdrop_twocall rdrop_doubled smart smart_sam msam looksam\n"
            "         fsam vasso wsam mesa ema freelb vat mesa_swap (default all;\n"
            "         mesa_swap: MESA with a host that does not read its weights\n"
@@ -435,7 +447,9 @@ static void usage(void)
            "dropout 0.1, AdamW lr 1e-4. Threads: OPENBLAS_NUM_THREADS for the host's\n"
            "BLAS, --lib-threads (default 1) for the library's loops and the\n"
            "copy/triad reference.\n"
-           "--smoke: small size, 3 steps, tiny kernels; fails if a step allocates.\n");
+           "--smoke: small size, 3 steps, tiny kernels; fails if a step allocates.\n"
+           "--backend: the parameters behind the CPU backend (regopt_backend_cpu_create):\n"
+           "           every parameter-sized operation one call of its table, one thread.\n");
 }
 
 static int parse_methods(const char *list, int *methods, int *n)
@@ -476,6 +490,8 @@ int main(int argc, char **argv)
             steps_on = 0;
         } else if (!strcmp(a, "--smoke")) {
             smoke = 1;
+        } else if (!strcmp(a, "--backend")) {
+            use_backend = 1;
         } else if (!v) {
             bad = 1;
         } else if (!strcmp(a, "--size")) {
