@@ -938,13 +938,13 @@ REGOPT_API const char *regopt_model_message(const regopt_model *model);
  * What runs with a backend: every optimizer kind but REGOPT_HOST (SGD with
  * momentum and Nesterov, Adam, AdamW, AMSGrad, RAdam; schedules; clipping;
  * the finiteness guard), and the regularizers REGOPT_REG_SAM (SAM, ASAM,
- * SAM-ON groups; not its stateful variants), REGOPT_REG_RDROP,
+ * SAM-ON groups and its stateful variants: m-sharpness, Momentum-SAM,
+ * LookSAM, FriendlySAM, VaSSO, GSAM, WSAM), REGOPT_REG_RDROP,
  * REGOPT_REG_SMART (without its Bregman proximal term) and
  * REGOPT_REG_ADVERSARIAL (FGM, PGD, FreeLB, VAT) in any combination. The
  * rest is refused with REGOPT_ERR_UNSUPPORTED naming it (at attach, at the
  * setter, at the step or at the call): float16/bfloat16 tensors and loss
- * scaling, stateful SAM variants (m-sharpness, Momentum-SAM, LookSAM,
- * FriendlySAM, VaSSO, GSAM, WSAM), the Bregman/MESA teacher, weight
+ * scaling, the Bregman/MESA teacher, weight
  * averages, a REGOPT_HOST optimizer, an all-reduce, trainer.check_host,
  * regopt_trainer_flatness and checkpoints.
  *
@@ -955,7 +955,8 @@ REGOPT_API const char *regopt_model_message(const regopt_model *model);
  * library's proof from REGOPT_VOP_ABS_MAX bounds) showed it writes nothing
  * non-finite. A backend call that fails (run returns non-zero) fails the
  * call with REGOPT_ERR_BACKEND naming the operation; if that was the update
- * itself, parameters and moments are what the backend left. Bit-identical
+ * itself, or decoupled WSAM's step after it, parameters and moments are
+ * what the backend left. Bit-identical
  * trajectories need the backend to compute every operation with the
  * float32 operations described below in the same order, and the sums in the
  * order below; regopt_backend_cpu_create's backend does, so the same step
@@ -1015,7 +1016,30 @@ typedef enum regopt_vop_code {
        in float32 with a and t as in REGOPT_VOP_SAM_PERTURB (wd = s[1],
        eta = s[2]; q = a where t = 1), each square in double: ||T a||^2 of
        SAM's and ASAM's ascent (the sum as REGOPT_VOP_SUM_SQUARES's). */
-    REGOPT_VOP_SAM_SQUARES = 11
+    REGOPT_VOP_SAM_SQUARES = 11,
+    /* x[i] = a * y[i] + b * z[i]: the two products rounded to float32,
+       then their sum (z = REGOPT_VEC_NONE: x[i] = a * y[i]). a = s[0],
+       b = s[1], or per tensor a = per_tensor[2k], b = per_tensor[2k + 1]
+       when per_tensor is not NULL (each a float32 value held exactly);
+       when flags is not NULL, tensors with flags[k] & 1 == 0 are left as
+       they are. x may be y or z (elementwise, in place). With a = 1 this
+       is exactly y[i] + b * z[i], with b = -c exactly y[i] - c * z[i]: the
+       SAM family's stateful variants (m-sharpness's sums, GSAM's and
+       WSAM's combinations, WSAM's step after the update, LookSAM,
+       FriendlySAM, VaSSO, Momentum-SAM's move) are made of these. */
+    REGOPT_VOP_AXPBY = 20,
+    /* out[0] = the sum of x[i] * y[i], each product in double (y may be
+       x), over every tensor or tensor `tensor` alone when it is below
+       `tensors`; the tensor sums added in order to 0.0. variant 0: each
+       tensor summed whole in sixteen double lanes, lane l adding the
+       products of elements i = l (mod 16) in order over the tensor's
+       complete groups of 16, the last n % 16 products then added into
+       lanes 0, 1, ... in order, the lanes folded as l + 8 into l (l < 8),
+       l + 4 into l (l < 4), 2 into 0, 3 into 1, and the result lane 0 +
+       lane 1 (LookSAM's per-tensor norms and projections). variant 1:
+       one running double sum in element order, tensor after tensor
+       (GSAM's). */
+    REGOPT_VOP_DOT = 21
 } regopt_vop_code;
 
 /* REGOPT_VOP_UPDATE's shared scalars, indices into regopt_vop.s (each a
