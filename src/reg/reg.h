@@ -60,6 +60,7 @@ struct ro_step {
     const regopt_optimizer *opt; /* the base optimizer, read-only (groups' lr_scale) */
     const float *opt_m;   /* its first block of state, read-only: SGD's momentum
                              buffer, Adam's / RAdam's m (n_trainable; Momentum-SAM) */
+    int32_t opt_m_vec;    /* the same with a backend: its vector, or REGOPT_VEC_NONE */
     int64_t total_steps;  /* optimizer.total_steps */
     uint64_t step, seed;
     ro_plan plan;
@@ -144,6 +145,11 @@ typedef struct ro_reg_ops {
        while the block is in cache (with a host's update: after it, one
        pass each), in step order; nothing is changed when the update fails */
     ro_piece_fn (*after_pieces)(ro_reg *r, const ro_step *s, void **ctx);
+    /* on a model with a backend, in place of after_pieces (which then
+       returns NULL): the same work as backend operations, run once the
+       update has succeeded; a failure fails the step with the update made,
+       as a failed update does */
+    regopt_status (*backend_after)(ro_reg *r, const ro_step *s);
     void (*after_update)(ro_reg *r, const ro_step *s);   /* cannot fail; the
                                                             rest of the work */
     void (*commit)(ro_reg *r, const ro_step *s);         /* statistics */
