@@ -1070,12 +1070,12 @@ typedef struct regopt_vop {
     int32_t variant;           /* see the code */
     int32_t x, y, z, u, v;     /* vector ids, REGOPT_VEC_NONE where unused */
     size_t tensors;            /* trainable tensors (every vector's parts) */
-    size_t tensor;             /* SUM_SQUARES: one tensor (>= tensors: all) */
+    size_t tensor;             /* SUM_SQUARES, DOT: one tensor (>= tensors: all) */
     void *const *data;         /* BIND: the handles registered, per tensor */
     void *const *grad;
     const size_t *counts;      /* BIND: elements per tensor */
-    const int32_t *flags;      /* per tensor (SAM_*) */
-    const double *per_tensor;  /* per tensor, 3 each (UPDATE*) */
+    const int32_t *flags;      /* per tensor (SAM_*, AXPBY) */
+    const double *per_tensor;  /* per tensor, 3 each (UPDATE*) or 2 each (AXPBY) */
     double s[REGOPT_VOP_S_COUNT];
     double out[4];             /* results */
 } regopt_vop;
