@@ -196,6 +196,31 @@ START_TEST(failed_operation_loses_nothing)
 }
 END_TEST
 
+/* Decoupled WSAM's raw step runs after the update: its failure fails the
+ * step with REGOPT_ERR_BACKEND naming the operation (the update made, as
+ * the header says of a failed update), the step is not counted, and the
+ * trainer goes on. */
+START_TEST(wsam_raw_step_failure)
+{
+    bk_run *b = calloc(1, sizeof *b);
+    regopt_status st;
+    open_run(b, 1, REGOPT_ADAMW, &variants[14]);
+    train(b, 3, NULL);
+    b->s.fail_code = REGOPT_VOP_AXPBY;
+    b->s.fail_at = b->s.calls[REGOPT_VOP_AXPBY] + 2; /* the split's, then the raw step's */
+    st = regopt_trainer_step(b->t, &b->b, 1);
+    ck_assert_int_eq(st, REGOPT_ERR_BACKEND);
+    ck_assert_ptr_nonnull(strstr(regopt_trainer_message(b->t), "REGOPT_VOP_AXPBY"));
+    ck_assert_int_eq(b->s.calls[REGOPT_VOP_UPDATE], 4); /* it came after the update */
+    ck_assert_int_eq(stat_int(b->t, REGOPT_STAT_STEP), 3);
+    train(b, 1, NULL);
+    ck_assert_int_eq(stat_int(b->t, REGOPT_STAT_STEP), 4);
+    bk_close(b);
+    tu_free_regs();
+    free(b);
+}
+END_TEST
+
 /* The CPU backend's new operations on their own, against numbers worked
  * here: AXPBY's forms (shared and per-tensor scalars, skipped tensors, z
  * none), DOT's two orders. */
@@ -339,6 +364,7 @@ Suite *suite_backend_sam(void)
                         (int)(sizeof failures / sizeof failures[0]));
     tcase_add_test(tc, cpu_ops_direct);
     tcase_add_test(tc, dot_orders);
+    tcase_add_test(tc, wsam_raw_step_failure);
     suite_add_tcase(s, tc);
     return s;
 }
