@@ -939,7 +939,8 @@ REGOPT_API const char *regopt_model_message(const regopt_model *model);
  * Nesterov, Adam, AdamW, AMSGrad, RAdam; schedules; clipping; the
  * finiteness guard; REGOPT_HOST, whose callback updates the tensors where
  * the host keeps them), and the regularizers REGOPT_REG_SAM (SAM, ASAM,
- * SAM-ON groups; not its stateful variants), REGOPT_REG_RDROP,
+ * SAM-ON groups and the stateful variants: m-sharpness, Momentum-SAM,
+ * LookSAM, FriendlySAM, VaSSO, GSAM, WSAM), REGOPT_REG_RDROP,
  * REGOPT_REG_SMART, REGOPT_REG_BREGMAN (SMART's proximal term and MESA;
  * its teacher is swapped in, never handed by pointer),
  * REGOPT_REG_ADVERSARIAL (FGM, PGD, FreeLB, VAT), REGOPT_REG_TERM and
@@ -947,8 +948,7 @@ REGOPT_API const char *regopt_model_message(const regopt_model *model);
  * recalibration; never sharing the teacher's buffer) in any combination.
  * The rest is refused with REGOPT_ERR_UNSUPPORTED naming it (at attach, at
  * the setter, at the step or at the call): float16/bfloat16 tensors and
- * loss scaling, stateful SAM variants (m-sharpness, Momentum-SAM, LookSAM,
- * FriendlySAM, VaSSO, GSAM, WSAM), an all-reduce, trainer.check_host,
+ * loss scaling, an all-reduce, trainer.check_host,
  * regopt_trainer_flatness and checkpoints.
  *
  * Guarantees. The step stays a transaction up to the update: every
@@ -961,7 +961,8 @@ REGOPT_API const char *regopt_model_message(const regopt_model *model);
  * call with REGOPT_ERR_BACKEND naming the operation, and what the library
  * moved is put back (SAM's w + eps, the teacher swapped in; if putting it
  * back fails too, the next step tries again first). If the update or the
- * work after it (the teacher's EMA, an average's) fails, the step is not
+ * work after it (the teacher's EMA, an average's, decoupled WSAM's step)
+ * fails, the step is not
  * counted and the parameters, moments, teacher and average are what the
  * backend left. Bit-identical
  * trajectories need the backend to compute every operation with the
@@ -1039,7 +1040,30 @@ typedef enum regopt_vop_code {
     REGOPT_VOP_SWA = 14,
     /* x[i] = x[i] * s[0] in float32 (s[0] a float32 value): the clipping
        factor applied to the gradient before a REGOPT_HOST update. */
-    REGOPT_VOP_SCALE = 15
+    REGOPT_VOP_SCALE = 15,
+    /* x[i] = a * y[i] + b * z[i]: the two products rounded to float32,
+       then their sum (z = REGOPT_VEC_NONE: x[i] = a * y[i]). a = s[0],
+       b = s[1], or per tensor a = per_tensor[2k], b = per_tensor[2k + 1]
+       when per_tensor is not NULL (each a float32 value held exactly);
+       when flags is not NULL, tensors with flags[k] & 1 == 0 are left as
+       they are. x may be y or z (elementwise, in place). With a = 1 this
+       is exactly y[i] + b * z[i], with b = -c exactly y[i] - c * z[i]: the
+       SAM family's stateful variants (m-sharpness's sums, GSAM's and
+       WSAM's combinations, WSAM's step after the update, LookSAM,
+       FriendlySAM, VaSSO, Momentum-SAM's move) are made of these. */
+    REGOPT_VOP_AXPBY = 16,
+    /* out[0] = the sum of x[i] * y[i], each product in double (y may be
+       x), over every tensor or tensor `tensor` alone when it is below
+       `tensors`; the tensor sums added in order to 0.0. variant 0: each
+       tensor summed whole in sixteen double lanes, lane l adding the
+       products of elements i = l (mod 16) in order over the tensor's
+       complete groups of 16, the last n % 16 products then added into
+       lanes 0, 1, ... in order, the lanes folded as l + 8 into l (l < 8),
+       l + 4 into l (l < 4), 2 into 0, 3 into 1, and the result lane 0 +
+       lane 1 (LookSAM's per-tensor norms and projections). variant 1:
+       one running double sum in element order, tensor after tensor
+       (GSAM's). */
+    REGOPT_VOP_DOT = 17
 } regopt_vop_code;
 
 /* REGOPT_VOP_UPDATE's shared scalars, indices into regopt_vop.s (each a
@@ -1070,12 +1094,12 @@ typedef struct regopt_vop {
     int32_t variant;           /* see the code */
     int32_t x, y, z, u, v;     /* vector ids, REGOPT_VEC_NONE where unused */
     size_t tensors;            /* trainable tensors (every vector's parts) */
-    size_t tensor;             /* SUM_SQUARES: one tensor (>= tensors: all) */
+    size_t tensor;             /* SUM_SQUARES, DOT: one tensor (>= tensors: all) */
     void *const *data;         /* BIND: the handles registered, per tensor */
     void *const *grad;
     const size_t *counts;      /* BIND: elements per tensor */
-    const int32_t *flags;      /* per tensor (SAM_*) */
-    const double *per_tensor;  /* per tensor, 3 each (UPDATE*) */
+    const int32_t *flags;      /* per tensor (SAM_*, AXPBY) */
+    const double *per_tensor;  /* per tensor, 3 each (UPDATE*) or 2 each (AXPBY) */
     double s[REGOPT_VOP_S_COUNT];
     double out[4];             /* results */
 } regopt_vop;

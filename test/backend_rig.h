@@ -37,7 +37,7 @@ typedef struct bk_shadow {
     regopt_backend cpu;
     void *reg[2][BK_T]; /* the registered (PROT_NONE) addresses: data, grad */
     float *sh[2][BK_T]; /* their shadows */
-    long calls[16];
+    long calls[32];     /* per operation code (codes below 32) */
     int fail_code;      /* fail the fail_at-th call of this code (0: never) */
     long fail_at;
 } bk_shadow;
@@ -57,7 +57,7 @@ static inline int bk_shadow_run(void *user, regopt_vop *op)
     bk_shadow *s = user;
     void *data[BK_T], *grad[BK_T];
     size_t k;
-    if (op->code > 0 && op->code < 16)
+    if (op->code > 0 && op->code < 32)
         s->calls[op->code]++;
     if (op->code == s->fail_code && s->calls[op->code] == s->fail_at)
         return 42;

@@ -24,6 +24,8 @@ static const char *vop_name(int32_t code)
     case REGOPT_VOP_EMA: return "REGOPT_VOP_EMA";
     case REGOPT_VOP_SWA: return "REGOPT_VOP_SWA";
     case REGOPT_VOP_SCALE: return "REGOPT_VOP_SCALE";
+    case REGOPT_VOP_AXPBY: return "REGOPT_VOP_AXPBY";
+    case REGOPT_VOP_DOT: return "REGOPT_VOP_DOT";
     default: return "an unknown operation";
     }
 }
@@ -121,6 +123,47 @@ void ro_vec_free(const regopt_model *m, int32_t *vec)
     op.x = *vec;
     (void)m->backend.run(m->backend.user, &op);
     *vec = REGOPT_VEC_NONE;
+}
+
+/* ---- the elementwise and reducing operations, one call each ------------- */
+
+regopt_status ro_vop_copy(const regopt_model *m, int32_t x, int32_t y, char *msg)
+{
+    regopt_vop op;
+    ro_vop_init(m, &op, y == REGOPT_VEC_NONE ? REGOPT_VOP_ZERO : REGOPT_VOP_COPY);
+    op.x = x;
+    op.y = y;
+    return ro_vop_run(m, &op, msg);
+}
+
+regopt_status ro_vop_axpby(const regopt_model *m, int32_t x, int32_t y, int32_t z, double a,
+                           double b, const double *per_tensor, const int32_t *flags, char *msg)
+{
+    regopt_vop op;
+    ro_vop_init(m, &op, REGOPT_VOP_AXPBY);
+    op.x = x;
+    op.y = y;
+    op.z = z;
+    op.s[0] = a;
+    op.s[1] = b;
+    op.per_tensor = per_tensor;
+    op.flags = flags;
+    return ro_vop_run(m, &op, msg);
+}
+
+regopt_status ro_vop_reduce(const regopt_model *m, int32_t code, int32_t variant, int32_t x,
+                            int32_t y, size_t tensor, double *out, char *msg)
+{
+    regopt_vop op;
+    regopt_status st;
+    ro_vop_init(m, &op, code);
+    op.variant = variant;
+    op.x = x;
+    op.y = y;
+    op.tensor = tensor;
+    st = ro_vop_run(m, &op, msg);
+    *out = op.out[0];
+    return st;
 }
 
 regopt_status ro_backend_refuse(char *msg, const char *what)

@@ -110,6 +110,14 @@ void ro_vec_free(const regopt_model *m, int32_t *vec);
  * REGOPT_ERR_NONFINITE_GRADIENT, or the backend's failure. */
 regopt_status ro_backend_nonfinite_weight(const regopt_model *m, const char *taker, char *msg);
 /* The REGOPT_ERR_UNSUPPORTED of a feature a backend cannot serve yet. */
+/* One operation each: x = y (y REGOPT_VEC_NONE: x = 0); REGOPT_VOP_AXPBY
+ * (per_tensor, flags: NULL or as the header says); a reduction (code
+ * REGOPT_VOP_SUM_SQUARES or REGOPT_VOP_DOT) whose out[0] goes to *out. */
+regopt_status ro_vop_copy(const regopt_model *m, int32_t x, int32_t y, char *msg);
+regopt_status ro_vop_axpby(const regopt_model *m, int32_t x, int32_t y, int32_t z, double a,
+                           double b, const double *per_tensor, const int32_t *flags, char *msg);
+regopt_status ro_vop_reduce(const regopt_model *m, int32_t code, int32_t variant, int32_t x,
+                            int32_t y, size_t tensor, double *out, char *msg);
 regopt_status ro_backend_refuse(char *msg, const char *what);
 
 /* ---- parallel.c: loops over every trainable element -------------------- */

@@ -60,6 +60,7 @@ struct ro_step {
     const regopt_optimizer *opt; /* the base optimizer, read-only (groups' lr_scale) */
     const float *opt_m;   /* its first block of state, read-only: SGD's momentum
                              buffer, Adam's / RAdam's m (n_trainable; Momentum-SAM) */
+    int32_t opt_m_vec;    /* the same with a backend: its vector, or REGOPT_VEC_NONE */
     int64_t total_steps;  /* optimizer.total_steps */
     uint64_t step, seed;
     ro_plan plan;
@@ -144,12 +145,14 @@ typedef struct ro_reg_ops {
        while the block is in cache (with a host's update: after it, one
        pass each), in step order; nothing is changed when the update fails */
     ro_piece_fn (*after_pieces)(ro_reg *r, const ro_step *s, void **ctx);
+    /* on a model with a backend, in place of after_pieces (which then
+       returns NULL): the same work as backend operations, run once the
+       update (the built-in one or the host's) has succeeded, in step
+       order; a failure fails the step, which is then not counted, with
+       the update made, as a failed update does */
+    regopt_status (*after_backend)(ro_reg *r, const ro_step *s);
     void (*after_update)(ro_reg *r, const ro_step *s);   /* cannot fail; the
                                                             rest of the work */
-    /* on a model with a backend, in place of after_pieces: the work after
-       the update as backend operations (a failure fails the step, which is
-       then not counted; what the update wrote stays) */
-    regopt_status (*after_backend)(ro_reg *r, const ro_step *s);
     void (*commit)(ro_reg *r, const ro_step *s);         /* statistics */
     /* last of a made step, when the library's own work is all done (the
        update's pass wrote the methods' state, after_update and commit did

@@ -75,7 +75,9 @@ static void sam_init(ro_reg *r)
     memset(s->group_adaptive, 1, sizeof s->group_adaptive);
     memset(s->group_perturb, 1, sizeof s->group_perturb);
     ro_sam_dir_init(&s->dir);
-    s->save_vec = REGOPT_VEC_NONE;
+    s->save_vec = s->accum_vec = s->clean_vec = s->wsam.sharp_vec = REGOPT_VEC_NONE;
+    s->dir.state_vec = s->dir.next_vec = s->dir.buf_vec = REGOPT_VEC_NONE;
+    s->look.gv_vec = s->look.next_vec = REGOPT_VEC_NONE;
 }
 
 static regopt_status reserve_one(ro_reg *r, float **buf, int needed)
@@ -199,6 +201,18 @@ static regopt_status sam_set(ro_reg *r, const ro_key_desc *k, int32_t group, dou
         old.dir.state = s->dir.state;
         old.dir.next = s->dir.next;
         old.dir.buf = s->dir.buf;
+        old.save_vec = s->save_vec; /* and the backend's buffers */
+        old.accum_vec = s->accum_vec;
+        old.clean_vec = s->clean_vec;
+        old.wsam.sharp_vec = s->wsam.sharp_vec;
+        old.dir.state_vec = s->dir.state_vec;
+        old.dir.next_vec = s->dir.next_vec;
+        old.dir.buf_vec = s->dir.buf_vec;
+        old.look.gv_vec = s->look.gv_vec;
+        old.look.next_vec = s->look.next_vec;
+        old.flags = s->flags;
+        old.coef = old.look.coef = old.wsam.coef = s->coef;
+        old.wsam.flags = s->flags;
         *s = old;
     }
     return st;
@@ -234,16 +248,13 @@ static regopt_status check(ro_reg *r, const ro_step *st)
 {
     const sam *s = r->self;
     size_t bi;
-    regopt_status bst = ro_sam_backend_check(r);
-    if (bst != REGOPT_OK)
-        return bst;
     if (s->msam && (s->gsam || s->wsam.mode || s->look.on || s->dir.mode || s->m_rows ||
                     s->adaptive))
         return ro_fail(r->env->msg, REGOPT_ERR_INVALID_ARGUMENT, "sam.momentum makes the "
                        "step's one pass at w - rho v/||v||: it cannot be combined with "
                        "sam.gsam, sam.wsam, sam.looksam, sam.direction, sam.m_rows or "
                        "sam.adaptive");
-    if (s->msam && !st->opt_m)
+    if (s->msam && (r->env->model->has_backend ? st->opt_m_vec == REGOPT_VEC_NONE : !st->opt_m))
         return ro_fail(r->env->msg, REGOPT_ERR_STATE, "sam.momentum reads the base "
                        "optimizer's momentum, and a host-owned optimizer (REGOPT_HOST) keeps "
                        "none in the library: use a built-in optimizer or sam.momentum = 0");
@@ -279,23 +290,34 @@ static double rho_in_force(const sam *s, const ro_step *st)
     return r < lo ? lo : r > hi ? hi : r;
 }
 
+static int on_backend(const sam_reg *g) { return g->r->env->model->has_backend; }
+
 /* The whole step's direction with state, and its ascent norm in the same
- * pass (the squares of each piece while it is in cache). */
-static void make_direction(sam_reg *g, double wd_scale)
+ * pass (the squares of each piece while it is in cache); with a backend
+ * the norm is a call of its own, ascend()'s. */
+static regopt_status make_direction(sam_reg *g, double wd_scale)
 {
     ro_sam_ascent a;
     double sum = 0.0;
+    if (on_backend(g))
+        return ro_sam_dir_make_vops(&g->s->dir, g->r->env, 1.0, 1);
     ro_sam_ascent_init(&a, g->s, g->s->dir.buf, wd_scale, 0.0, 0);
     g->dir = ro_sam_dir_make(&g->s->dir, g->r->env->par, 1.0, 1, ro_sam_ascent_squares, &a,
                              &sum);
     g->norm = sqrt(sum);
+    return REGOPT_OK;
 }
 
-/* dst (flat, trainable order) += or = the gradient buffers. */
-static void gather(const sam_reg *g, float *dst, int add)
+/* dst (flat, trainable order) += or = the gradient buffers; with a
+ * backend, its vector vec (x + y is 1 * x + 1 * y exactly). */
+static regopt_status gather(const sam_reg *g, float *dst, int32_t vec, int add)
 {
     const regopt_model *m = g->r->env->model;
     size_t i, j;
+    if (on_backend(g))
+        return add ? ro_vop_axpby(m, vec, vec, REGOPT_VEC_GRADS, 1.0, 1.0, NULL, NULL,
+                                  g->r->env->msg)
+                   : ro_vop_copy(m, vec, REGOPT_VEC_GRADS, g->r->env->msg);
     for (i = 0; i < m->n_params; i++) {
         const ro_param *p = &m->params[i];
         float *d = dst + p->offset;
@@ -307,17 +329,30 @@ static void gather(const sam_reg *g, float *dst, int add)
         else
             memcpy(d, p->grad, p->count * sizeof(float));
     }
+    return REGOPT_OK;
 }
 
-static void scatter(const sam_reg *g, const float *src)
+static regopt_status scatter(const sam_reg *g, const float *src, int32_t vec)
 {
     const regopt_model *m = g->r->env->model;
     size_t i;
+    if (on_backend(g))
+        return ro_vop_copy(m, REGOPT_VEC_GRADS, vec, g->r->env->msg);
     for (i = 0; i < m->n_params; i++) {
         const ro_param *p = &m->params[i];
         if (p->grad)
             memcpy(p->grad, src + p->offset, p->count * sizeof(float));
     }
+    return REGOPT_OK;
+}
+
+/* x = 0, flat or the backend's vector. */
+static regopt_status zero(const sam_reg *g, float *x, int32_t vec)
+{
+    if (on_backend(g))
+        return ro_vop_copy(g->r->env->model, vec, REGOPT_VEC_NONE, g->r->env->msg);
+    ro_zero(x, g->r->env->model->n_trainable);
+    return REGOPT_OK;
 }
 
 static regopt_status check_norm(const sam_reg *g, double norm)
@@ -358,7 +393,7 @@ static regopt_status ascend(const sam_reg *g, ro_step *st, double rho, double wd
     rc = ro_sam_perturb(g->r, g->dir, rho / (*norm + g->s->delta), wd_scale, defer);
     if (rc != REGOPT_OK) /* a backend's, in a state only it knows: nothing to copy back */
         return rc;
-    st->grads_zero = defer && !g->dir;
+    st->grads_zero = defer && !g->dir && g->s->dir.mode == RO_SAM_DIR_GRADIENT;
     g->s->perturbed = 1;
     rc = passes(g, st, ctx, loss);
     /* through a backend there is no update pass of ours to restore in */
@@ -397,14 +432,14 @@ static regopt_status whole_step(sam_reg *g, ro_step *st)
         }
     }
     if (rc == REGOPT_OK && (s->gsam || s->wsam.mode || s->look.on))
-        gather(g, s->clean, 0);
+        rc = gather(g, s->clean, s->clean_vec, 0);
     if (rc == REGOPT_OK && s->dir.mode != RO_SAM_DIR_GRADIENT)
-        make_direction(g, 1.0);
+        rc = make_direction(g, 1.0);
     if (rc == REGOPT_OK)
         rc = ascend(g, st, s->rho_used, 1.0, whole_perturbed, NULL, 1, &s->ascent_norm, &pert,
                     &s->applied);
     if (rc == REGOPT_OK && s->applied && s->gsam)
-        ro_sam_gsam_combine(g->r->env, g->s->clean, g->s->gsam_alpha, g->s->delta);
+        rc = ro_sam_gsam_combine(g->r->env, s->clean, s->clean_vec, s->gsam_alpha, s->delta);
     s->perturbed_loss = s->applied ? pert : s->clean_loss;
     return rc;
 }
@@ -439,7 +474,7 @@ static regopt_status chunk_step(sam_reg *g, ro_step *st, chunk_ctx *c, double *n
         rc = st->eval_rows(st, c->bi, c->r0, c->rows, c->chunk, REGOPT_PASS_TRAIN, RO_SEED_TASK,
                        &clean);
     if (rc == REGOPT_OK && (s->gsam || s->wsam.mode || s->look.on))
-        gather(g, s->clean, 1);
+        rc = gather(g, s->clean, s->clean_vec, 1);
     if (rc == REGOPT_OK) {
         /* the chunk's gradient carries its share of the step's weight: give
            the ascent's weight-decay term the same share */
@@ -449,14 +484,19 @@ static regopt_status chunk_step(sam_reg *g, ro_step *st, chunk_ctx *c, double *n
         ro_batch_rows(&v, c->b, c->r0, c->rows, g->r->env->model->output_width);
         for (i = 0; i < v.rows; i++)
             share += ro_row_weight(&v, i);
-        g->dir = ro_sam_dir_make(&s->dir, g->r->env->par, share * st->inv_weight, 0, NULL,
-                                 NULL, NULL);
-        rc = ascend(g, st, s->rho_used, share * st->inv_weight, chunk_perturbed, c, 0, &norm,
+        if (on_backend(g) && s->dir.mode != RO_SAM_DIR_GRADIENT)
+            rc = ro_sam_dir_make_vops(&s->dir, g->r->env, share * st->inv_weight, 0);
+        else
+            g->dir = ro_sam_dir_make(&s->dir, g->r->env->par, share * st->inv_weight, 0, NULL,
+                                     NULL, NULL);
+        if (rc == REGOPT_OK)
+            rc = ascend(g, st, s->rho_used, share * st->inv_weight, chunk_perturbed, c, 0, &norm,
                     &pert, &applied);
     }
+    if (rc == REGOPT_OK)
+        rc = gather(g, s->accum, s->accum_vec, 1);
     if (rc != REGOPT_OK)
         return rc;
-    gather(g, s->accum, 1);
     s->clean_loss += clean;
     s->perturbed_loss += applied ? pert : clean;
     s->applied |= applied;
@@ -468,12 +508,11 @@ static regopt_status chunk_step(sam_reg *g, ro_step *st, chunk_ctx *c, double *n
 static regopt_status chunked_step(sam_reg *g, ro_step *st)
 {
     sam *s = g->s;
-    size_t n = g->r->env->model->n_trainable, bi, chunks = 0, m = (size_t)s->m_rows;
+    size_t bi, chunks = 0, m = (size_t)s->m_rows;
     double norm_sum = 0.0;
-    regopt_status rc = REGOPT_OK;
-    ro_zero(s->accum, n);
-    if (s->gsam || s->wsam.mode || s->look.on)
-        ro_zero(s->clean, n);
+    regopt_status rc = zero(g, s->accum, s->accum_vec);
+    if (rc == REGOPT_OK && (s->gsam || s->wsam.mode || s->look.on))
+        rc = zero(g, s->clean, s->clean_vec);
     for (bi = 0; bi < st->count && rc == REGOPT_OK; bi++) {
         chunk_ctx c;
         c.b = ro_batch_at(st->batches, bi);
@@ -483,13 +522,12 @@ static regopt_status chunked_step(sam_reg *g, ro_step *st)
             rc = chunk_step(g, st, &c, &norm_sum, &chunks);
         }
     }
-    if (rc != REGOPT_OK)
-        return rc;
-    scatter(g, s->accum); /* the sum of the chunks' weighted gradients */
-    if (s->applied && s->gsam)
-        ro_sam_gsam_combine(g->r->env, g->s->clean, g->s->gsam_alpha, g->s->delta);
+    if (rc == REGOPT_OK) /* the sum of the chunks' weighted gradients */
+        rc = scatter(g, s->accum, s->accum_vec);
+    if (rc == REGOPT_OK && s->applied && s->gsam)
+        rc = ro_sam_gsam_combine(g->r->env, s->clean, s->clean_vec, s->gsam_alpha, s->delta);
     s->ascent_norm = chunks ? norm_sum / (double)chunks : 0.0;
-    return REGOPT_OK;
+    return rc;
 }
 
 /* The final gradient of a SAM step in the gradient buffers, weights
@@ -515,8 +553,11 @@ static regopt_status gradient(ro_reg *r, ro_step *st)
     s->applied = 0;
     s->rho_used = rho_in_force(s, st);
     if (s->msam) { /* Momentum-SAM: the one pass, at w - rho v / ||v|| */
-        rc = ro_sam_msam(r->env, st, s->save, s->rho_used, s->delta, &s->perturbed,
-                         &s->clean_loss, &s->ascent_norm, &s->applied);
+        rc = r->env->model->has_backend
+                 ? ro_sam_msam_vops(r->env, st, s->save_vec, s->rho_used, s->delta,
+                                    &s->perturbed, &s->clean_loss, &s->ascent_norm, &s->applied)
+                 : ro_sam_msam(r->env, st, s->save, s->rho_used, s->delta, &s->perturbed,
+                               &s->clean_loss, &s->ascent_norm, &s->applied);
         st->loss = st->loss2 = s->perturbed_loss = s->clean_loss;
         st->has_loss2 = 1;
         return rc;
@@ -525,19 +566,25 @@ static regopt_status gradient(ro_reg *r, ro_step *st)
         s->rho_used = 0.0;
         rc = st->eval_all(st, REGOPT_PASS_TRAIN, RO_SEED_TASK, &s->clean_loss);
         if (rc == REGOPT_OK)
-            ro_sam_look_reuse(&s->look, r->env);
+            rc = ro_sam_look_reuse(&s->look, r->env);
         st->loss = st->loss2 = s->perturbed_loss = s->clean_loss;
         st->has_loss2 = 1;
         return rc;
     }
-    if (s->dir.mode != RO_SAM_DIR_GRADIENT && s->m_rows > 0)
-        ro_sam_dir_begin(&s->dir, r->env->par);
-    rc = s->m_rows > 0 ? chunked_step(&g, st) : whole_step(&g, st);
+    rc = REGOPT_OK;
+    if (s->dir.mode != RO_SAM_DIR_GRADIENT && s->m_rows > 0) {
+        if (r->env->model->has_backend)
+            rc = ro_sam_dir_begin_vops(&s->dir, r->env);
+        else
+            ro_sam_dir_begin(&s->dir, r->env->par);
+    }
+    if (rc == REGOPT_OK)
+        rc = s->m_rows > 0 ? chunked_step(&g, st) : whole_step(&g, st);
     if (rc == REGOPT_OK)
         ro_sam_dir_end(&s->dir);
     if (rc == REGOPT_OK && s->look.on)
-        ro_sam_look_store(&s->look, r->env, s->clean);
-    rc = ro_sam_wsam_finish(&s->wsam, r->env, st, s->clean, s->applied, rc);
+        rc = ro_sam_look_store(&s->look, r->env, s->clean, s->clean_vec);
+    rc = ro_sam_wsam_finish(&s->wsam, r->env, st, s->clean, s->clean_vec, s->applied, rc);
     st->loss = s->clean_loss;
     st->loss2 = s->perturbed_loss;
     st->has_loss2 = 1;
@@ -574,6 +621,7 @@ const ro_reg_ops ro_sam_ops = {
     .due = sam_due,
     .gradient = gradient,
     .after_pieces = ro_sam_after_pieces,
+    .after_backend = ro_sam_after_backend,
     .after_update = ro_sam_after_update,
     .commit = ro_sam_commit,
     .abandon = sam_abandon,

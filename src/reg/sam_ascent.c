@@ -210,16 +210,88 @@ const float *ro_sam_dir_make(ro_sam_dir *d, const ro_par *par, double share, int
     return d->buf;
 }
 
+/* ---- the same through the model's backend ----------------------------------
+ * Each loop above as REGOPT_VOP_AXPBY / COPY / ZERO calls, every element
+ * getting the same float operations in the same order: b = g - c1 (c3 m)
+ * is t = c3 m, then b = 1 g + (-c1) t (1 g is g, and adding -(c1 t) is
+ * subtracting c1 t); nx + g is 1 nx + 1 g. */
+
+static regopt_status vop_copy(const ro_env *env, int32_t x, int32_t y)
+{
+    return ro_vop_copy(env->model, x, y, env->msg);
+}
+
+static regopt_status vop_axpby(const ro_env *env, int32_t x, int32_t y, int32_t z, float a,
+                               float b)
+{
+    return ro_vop_axpby(env->model, x, y, z, a, b, NULL, NULL, env->msg);
+}
+
+regopt_status ro_sam_dir_begin_vops(ro_sam_dir *d, const ro_env *env)
+{
+    d->pending = 0;
+    if (!dir_in_use(d) || d->mode != RO_SAM_DIR_FRIENDLY)
+        return vop_copy(env, d->next_vec, REGOPT_VEC_NONE);
+    return vop_axpby(env, d->next_vec, d->state_vec, REGOPT_VEC_NONE, (float)d->lambda, 0.0f);
+}
+
+regopt_status ro_sam_dir_make_vops(ro_sam_dir *d, const ro_env *env, double share, int fresh)
+{
+    const int32_t b = d->buf_vec, nx = d->next_vec, m = d->state_vec, g = REGOPT_VEC_GRADS;
+    const int friendly = d->mode == RO_SAM_DIR_FRIENDLY, first = !dir_in_use(d);
+    const float l = (float)d->lambda, c3 = (float)share;
+    const float c1 = (float)(friendly ? d->sigma : 1.0 - d->theta);
+    const float c2 = (float)(friendly ? 1.0 - d->lambda : d->theta);
+    regopt_status st = REGOPT_OK;
+    if (d->mode == RO_SAM_DIR_GRADIENT)
+        return REGOPT_OK;
+    if (fresh)
+        d->pending = 0;
+    if (fresh && (first || !friendly))
+        st = vop_copy(env, nx, REGOPT_VEC_NONE);
+    if (st != REGOPT_OK)
+        return st;
+    if (first) { /* b = g; nx = nx + g */
+        st = vop_copy(env, b, g);
+        return st == REGOPT_OK ? vop_axpby(env, nx, nx, g, 1.0f, 1.0f) : st;
+    }
+    if (friendly) {
+        if (c1 == 0.0f) /* sigma 0: b = g */
+            st = vop_copy(env, b, g);
+        else { /* b = g - c1 (c3 m) */
+            st = vop_axpby(env, b, m, REGOPT_VEC_NONE, c3, 0.0f);
+            if (st == REGOPT_OK)
+                st = vop_axpby(env, b, g, b, 1.0f, -c1);
+        }
+        if (st != REGOPT_OK)
+            return st;
+        /* fresh: nx = l m + c2 g; else nx = nx + c2 g */
+        return fresh ? vop_axpby(env, nx, m, g, l, c2) : vop_axpby(env, nx, nx, g, 1.0f, c2);
+    }
+    if (c1 == 0.0f) { /* theta 1: b = c2 g */
+        st = vop_axpby(env, b, g, REGOPT_VEC_NONE, c2, 0.0f);
+    } else { /* b = c1 (c3 m) + c2 g */
+        st = vop_axpby(env, b, m, REGOPT_VEC_NONE, c3, 0.0f);
+        if (st == REGOPT_OK)
+            st = vop_axpby(env, b, b, g, c1, c2);
+    }
+    return st == REGOPT_OK ? vop_axpby(env, nx, nx, b, 1.0f, 1.0f) : st; /* nx = nx + b */
+}
+
 void ro_sam_dir_end(ro_sam_dir *d) { d->pending = d->mode != RO_SAM_DIR_GRADIENT; }
 
 void ro_sam_dir_commit(ro_sam_dir *d)
 {
     float *t;
+    int32_t v;
     if (!d->pending)
         return;
     t = d->state;
     d->state = d->next;
     d->next = t;
+    v = d->state_vec; /* with a backend; none and none otherwise */
+    d->state_vec = d->next_vec;
+    d->next_vec = v;
     d->held = 1;
     d->held_mode = d->mode;
     d->pending = 0;

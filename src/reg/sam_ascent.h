@@ -19,6 +19,7 @@ typedef struct ro_sam_dir {
     float *state; /* committed: FriendlySAM's m or VaSSO's d (n_trainable) */
     float *next;  /* the step's new state, committed by ro_sam_dir_commit */
     float *buf;   /* the ascent direction of the chunk under way */
+    int32_t state_vec, next_vec, buf_vec; /* the same with a backend */
     int held;      /* state holds a value */
     int held_mode; /* ... of this mode (in use only while it is sam.direction) */
     int pending;   /* next is complete: the step may commit it */
@@ -45,6 +46,11 @@ const float *ro_sam_dir_make(ro_sam_dir *d, const ro_par *par, double share, int
                              ro_sum_fn squares, void *squares_ctx, double *sum);
 void ro_sam_dir_end(ro_sam_dir *d);
 void ro_sam_dir_commit(ro_sam_dir *d);
+/* The same through the model's backend (the vectors of state_vec ...):
+ * begin(), and make(), whose direction is then buf_vec (its ascent norm a
+ * separate REGOPT_VOP_SAM_SQUARES: the same bits). */
+regopt_status ro_sam_dir_begin_vops(ro_sam_dir *d, const ro_env *env);
+regopt_status ro_sam_dir_make_vops(ro_sam_dir *d, const ro_env *env, double share, int fresh);
 /* A buffer of n_trainable floats (idempotent: nothing when *buf is set). */
 regopt_status ro_sam_buffer(const ro_env *env, float **buf, char *msg);
 
@@ -55,6 +61,8 @@ typedef struct ro_sam_look {
     double alpha;   /* sam.looksam_alpha */
     float *gv;      /* committed: g_v of the last SAM step (n_trainable) */
     float *next;    /* this SAM step's g_v, committed by ro_sam_look_commit */
+    int32_t gv_vec, next_vec; /* the same with a backend */
+    double *coef;   /* with a backend: per trainable tensor, REGOPT_VOP_AXPBY's a, b */
     int held, pending;
 } ro_sam_look;
 
@@ -62,10 +70,11 @@ regopt_status ro_sam_look_reserve(ro_sam_look *l, const ro_env *env, char *msg);
 void ro_sam_look_release(ro_sam_look *l, const ro_env *env);
 /* A SAM step's end (g_s in the gradient buffers, clean the flat g): next =
  * g_s - (<g, g_s> / ||g||^2) g per tensor. */
-void ro_sam_look_store(ro_sam_look *l, const ro_env *env, const float *clean);
+regopt_status ro_sam_look_store(ro_sam_look *l, const ro_env *env, const float *clean,
+                                int32_t clean_vec);
 /* A reuse step's end (g in the gradient buffers): per tensor
  * g += alpha ||g|| / (||g_v|| + 1e-8) g_v. */
-void ro_sam_look_reuse(const ro_sam_look *l, const ro_env *env);
+regopt_status ro_sam_look_reuse(const ro_sam_look *l, const ro_env *env);
 void ro_sam_look_commit(ro_sam_look *l);
 
 /* ---- sam_momentum.c: Momentum-SAM (sam.momentum) ------------------------- */
@@ -76,6 +85,10 @@ void ro_sam_look_commit(ro_sam_look *l);
 regopt_status ro_sam_msam(const ro_env *env, ro_step *st, float *save, double rho,
                           double delta, int *perturbed, double *loss, double *norm,
                           int *applied);
+/* The same through the model's backend: save_vec holds w meanwhile. */
+regopt_status ro_sam_msam_vops(const ro_env *env, ro_step *st, int32_t save_vec, double rho,
+                               double delta, int *perturbed, double *loss, double *norm,
+                               int *applied);
 
 /* ---- the SAM section's checkpoint state (sam_ascent.c) -------------------
  * Records of 16 + 4E bytes (docs/checkpoint-format.md §3.5): the
@@ -91,7 +104,8 @@ void ro_sam_state_load(ro_sam_dir *d, ro_sam_look *l, size_t n, const unsigned c
 
 /* GSAM (sam.gsam): grad = (1 + alpha c) g_p - alpha g, c = <g, g_p> /
  * (||g_p|| + delta)^2, sums in double in sequential order. */
-void ro_sam_gsam_combine(const ro_env *env, const float *clean, double alpha, double delta);
+regopt_status ro_sam_gsam_combine(const ro_env *env, const float *clean, int32_t clean_vec,
+                                  double alpha, double delta);
 
 #define RO_SAM_WSAM_OFF 0
 #define RO_SAM_WSAM_DECOUPLED 1
@@ -101,6 +115,9 @@ typedef struct ro_sam_wsam {
     int mode;      /* sam.wsam */
     double gamma;  /* sam.wsam_gamma */
     float *sharp;  /* decoupled: g_p - g, for the raw step after the update */
+    int32_t sharp_vec; /* the same with a backend */
+    double *coef;      /* with a backend: per trainable tensor, the raw step's a, b */
+    int32_t *flags;    /* ... and whether it moves the tensor */
     int pending;   /* the raw step is owed after this step's update */
     const regopt_optimizer *opt; /* the raw step's scalars while it runs */
     double c;      /* lr alpha */
@@ -111,10 +128,13 @@ typedef struct ro_sam_wsam {
  * gradient becomes alpha g_p + (1 - alpha) g; decoupled, it becomes g and
  * sharp g_p - g, averaged over replicas by a sync of its own. */
 regopt_status ro_sam_wsam_finish(ro_sam_wsam *w, const ro_env *env, ro_step *st,
-                                 const float *clean, int applied, regopt_status rc);
+                                 const float *clean, int32_t clean_vec, int applied,
+                                 regopt_status rc);
 /* The raw step owed after this step's update, run by the trainer with
  * the update's blocks: its piece function (ctx: w), or NULL. */
 ro_piece_fn ro_sam_wsam_pieces(ro_sam_wsam *w, const ro_step *st, void **ctx);
+/* ... and with a backend, the raw step as one REGOPT_VOP_AXPBY. */
+regopt_status ro_sam_wsam_vops(ro_sam_wsam *w, const ro_env *env, const ro_step *st);
 /* The step is made: nothing is owed any more. */
 void ro_sam_wsam_after(ro_sam_wsam *w);
 
@@ -140,6 +160,8 @@ typedef struct ro_sam_state {
        flags the per-tensor bits of REGOPT_VOP_SAM_* (trainable tensors) */
     int32_t save_vec;
     int32_t *flags;
+    int32_t accum_vec, clean_vec; /* accum and clean with a backend */
+    double *coef; /* per trainable tensor, two: REGOPT_VOP_AXPBY's a, b */
 } ro_sam_state;
 
 /* sam_move.c: SAM's move of the weights -- the ascent norm ||T a||, the
@@ -148,6 +170,8 @@ typedef struct ro_sam_state {
 typedef struct ro_sam_ascent {
     const ro_sam_state *s;
     const float *dir; /* flat direction, NULL: the gradient buffers */
+    int32_t dir_vec;  /* with a backend: the direction's vector (sam.direction's
+                         buf_vec, else the gradients) */
     float wd, eta, c;
     int zero;         /* perturb: zero the gradient buffers once read */
 } ro_sam_ascent;
@@ -162,10 +186,10 @@ regopt_status ro_sam_ascent_norm(ro_reg *r, const float *dir, double wd_scale, d
 regopt_status ro_sam_perturb(ro_reg *r, const float *dir, double c, double wd_scale, int zero);
 /* w = save. */
 regopt_status ro_sam_restore(ro_reg *r);
-/* Backend: save_vec and flags while attached; the options it cannot serve. */
+/* Backend: the vectors the options need (idempotent), flags and coef,
+ * while attached. */
 regopt_status ro_sam_backend_reserve(ro_reg *r);
 void ro_sam_backend_release(ro_reg *r);
-regopt_status ro_sam_backend_check(ro_reg *r);
 
 /* The kernels of one range, shared with the CPU backend (trainer/
  * backend_cpu.c): the sum of (T a)^2 over [0, n) (0 unless perturbed),
@@ -180,6 +204,7 @@ void ro_sam_perturb_range(float *w, const float *g, float *save, size_t n, float
 void ro_sam_commit(ro_reg *r, const ro_step *st);
 void ro_sam_after_update(ro_reg *r, const ro_step *st);
 ro_piece_fn ro_sam_after_pieces(ro_reg *r, const ro_step *st, void **ctx);
+regopt_status ro_sam_after_backend(ro_reg *r, const ro_step *st);
 uint64_t ro_sam_ck_size(const ro_reg *r);
 void ro_sam_ck_save(const ro_reg *r, ro_ck_sink *out);
 regopt_status ro_sam_ck_check(ro_reg *r, const unsigned char *p, uint64_t size);

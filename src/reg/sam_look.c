@@ -50,10 +50,69 @@ static void look_reuse_block(float *restrict g, const float *restrict v, float c
         g[j] = g[j] + c * v[j];
 }
 
-void ro_sam_look_store(ro_sam_look *l, const ro_env *env, const float *clean)
+/* ---- through the model's backend -------------------------------------------
+ * The per-tensor sums are REGOPT_VOP_DOT variant 0 (ro_dot's lanes, which
+ * are ro_sum_squares' when y is x), one call per tensor; the loops one
+ * REGOPT_VOP_AXPBY with per-tensor coefficients: gs - c g is 1 gs + (-c) g
+ * and g + c v is 1 g + c v, the same float operations. */
+
+static regopt_status tensor_dot(const ro_env *env, int32_t x, int32_t y, size_t k, double *out)
+{
+    return ro_vop_reduce(env->model, REGOPT_VOP_DOT, 0, x, y, k, out, env->msg);
+}
+
+static regopt_status store_vops(ro_sam_look *l, const ro_env *env, int32_t clean)
+{
+    const regopt_model *m = env->model;
+    size_t i, k = 0;
+    regopt_status st = REGOPT_OK;
+    for (i = 0; i < m->n_params && st == REGOPT_OK; i++) {
+        double n2 = 0.0, d = 0.0;
+        if (!m->params[i].grad)
+            continue;
+        st = tensor_dot(env, clean, clean, k, &n2);
+        if (st == REGOPT_OK)
+            st = tensor_dot(env, clean, REGOPT_VEC_GRADS, k, &d);
+        l->coef[2 * k] = 1.0;
+        l->coef[2 * k + 1] = -(double)(n2 > 0.0 ? (float)(d / n2) : 0.0f);
+        k++;
+    }
+    if (st == REGOPT_OK)
+        st = ro_vop_axpby(m, l->next_vec, REGOPT_VEC_GRADS, clean, 0.0, 0.0, l->coef, NULL,
+                          env->msg);
+    l->pending = st == REGOPT_OK;
+    return st;
+}
+
+static regopt_status reuse_vops(const ro_sam_look *l, const ro_env *env)
+{
+    const regopt_model *m = env->model;
+    size_t i, k = 0;
+    regopt_status st = REGOPT_OK;
+    for (i = 0; i < m->n_params && st == REGOPT_OK; i++) {
+        double gg = 0.0, vv = 0.0;
+        if (!m->params[i].grad)
+            continue;
+        st = tensor_dot(env, REGOPT_VEC_GRADS, REGOPT_VEC_GRADS, k, &gg);
+        if (st == REGOPT_OK)
+            st = tensor_dot(env, l->gv_vec, l->gv_vec, k, &vv);
+        l->coef[2 * k] = 1.0;
+        l->coef[2 * k + 1] = (float)(l->alpha * sqrt(gg) / (sqrt(vv) + 1e-8));
+        k++;
+    }
+    if (st != REGOPT_OK)
+        return st;
+    return ro_vop_axpby(m, REGOPT_VEC_GRADS, REGOPT_VEC_GRADS, l->gv_vec, 0.0, 0.0, l->coef,
+                        NULL, env->msg);
+}
+
+regopt_status ro_sam_look_store(ro_sam_look *l, const ro_env *env, const float *clean,
+                                int32_t clean_vec)
 {
     const regopt_model *m = env->model;
     size_t i, j;
+    if (m->has_backend)
+        return store_vops(l, env, clean_vec);
     for (i = 0; i < m->n_params; i++) {
         const ro_param *p = &m->params[i];
         const float *g = clean + p->offset, *gs = p->grad;
@@ -69,14 +128,17 @@ void ro_sam_look_store(ro_sam_look *l, const ro_env *env, const float *clean)
             v[j] = gs[j] - c * g[j];
     }
     l->pending = 1;
+    return REGOPT_OK;
 }
 
-void ro_sam_look_reuse(const ro_sam_look *l, const ro_env *env)
+regopt_status ro_sam_look_reuse(const ro_sam_look *l, const ro_env *env)
 {
     const regopt_model *m = env->model;
     size_t i, j;
     if (!l->held)
-        return;
+        return REGOPT_OK;
+    if (m->has_backend)
+        return reuse_vops(l, env);
     for (i = 0; i < m->n_params; i++) {
         const ro_param *p = &m->params[i];
         const float *v = l->gv + p->offset;
@@ -90,16 +152,21 @@ void ro_sam_look_reuse(const ro_sam_look *l, const ro_env *env)
         for (; j < p->count; j++)
             g[j] = g[j] + c * v[j];
     }
+    return REGOPT_OK;
 }
 
 void ro_sam_look_commit(ro_sam_look *l)
 {
     float *t;
+    int32_t v;
     if (!l->pending)
         return;
     t = l->gv;
     l->gv = l->next;
     l->next = t;
+    v = l->gv_vec; /* with a backend; none and none otherwise */
+    l->gv_vec = l->next_vec;
+    l->next_vec = v;
     l->held = 1;
     l->pending = 0;
 }

@@ -78,3 +78,38 @@ regopt_status ro_sam_msam(const ro_env *env, ro_step *st, float *save, double rh
     *applied = 1;
     return rc;
 }
+
+/* Through the model's backend: ||v|| as REGOPT_VOP_SUM_SQUARES (the
+ * chunks of ro_sum_pieces), save = w, w + c v as 1 w + c v, back by copy.
+ * A failed call leaves w where it was, or (the copy back) perturbed set
+ * for sam.c to try again. */
+regopt_status ro_sam_msam_vops(const ro_env *env, ro_step *st, int32_t save_vec, double rho,
+                               double delta, int *perturbed, double *loss, double *norm,
+                               int *applied)
+{
+    const regopt_model *m = env->model;
+    double sum = 0.0;
+    float c;
+    regopt_status rc, back;
+    *applied = 0;
+    rc = ro_vop_reduce(m, REGOPT_VOP_SUM_SQUARES, 0, st->opt_m_vec, REGOPT_VEC_NONE, SIZE_MAX,
+                       &sum, env->msg);
+    if (rc != REGOPT_OK)
+        return rc;
+    *norm = sqrt(sum);
+    if (!(*norm > 0.0) || !isfinite(*norm) || rho == 0.0)
+        return st->eval_all(st, REGOPT_PASS_TRAIN, RO_SEED_TASK, loss);
+    c = (float)(-rho / (*norm + delta));
+    rc = ro_vop_copy(m, save_vec, REGOPT_VEC_WEIGHTS, env->msg);
+    if (rc == REGOPT_OK)
+        rc = ro_vop_axpby(m, REGOPT_VEC_WEIGHTS, REGOPT_VEC_WEIGHTS, st->opt_m_vec, 1.0, c,
+                          NULL, NULL, env->msg);
+    if (rc != REGOPT_OK)
+        return rc;
+    *perturbed = 1;
+    rc = st->eval_all(st, REGOPT_PASS_TRAIN, RO_SEED_TASK, loss);
+    back = ro_vop_copy(m, REGOPT_VEC_WEIGHTS, save_vec, env->msg);
+    *perturbed = back != REGOPT_OK;
+    *applied = 1;
+    return rc != REGOPT_OK ? rc : back;
+}

@@ -22,10 +22,13 @@ void ro_sam_ascent_init(ro_sam_ascent *a, const ro_sam_state *s, const float *di
 {
     a->s = s;
     a->dir = dir;
+    /* sam.c passes a direction exactly when sam.direction makes one; with a
+       backend it is buf_vec (dir stays NULL there) */
+    a->dir_vec = s->dir.mode != RO_SAM_DIR_GRADIENT ? s->dir.buf_vec : REGOPT_VEC_GRADS;
     a->wd = (float)(s->ascent_wd * wd_scale);
     a->eta = (float)s->eta;
     a->c = (float)c;
-    a->zero = zero && !dir;
+    a->zero = zero && !dir && s->dir.mode == RO_SAM_DIR_GRADIENT;
 }
 
 static const float *direction(const ro_sam_ascent *a, const ro_param *p, size_t j0)
@@ -157,7 +160,7 @@ static regopt_status backend_move(ro_reg *r, const ro_sam_ascent *a, int32_t cod
     backend_flags(r);
     ro_vop_init(r->env->model, &op, code);
     op.x = REGOPT_VEC_WEIGHTS;
-    op.y = REGOPT_VEC_GRADS; /* the directions with state are refused (check) */
+    op.y = a->dir_vec;
     op.flags = s->flags;
     op.s[0] = a->c;
     op.s[1] = a->wd;
@@ -172,48 +175,74 @@ static regopt_status backend_move(ro_reg *r, const ro_sam_ascent *a, int32_t cod
     return st;
 }
 
+/* A buffer when `needed` and not there yet. */
+static regopt_status need(ro_reg *r, int32_t *vec, int needed)
+{
+    if (!needed || *vec != REGOPT_VEC_NONE)
+        return REGOPT_OK;
+    return ro_vec_alloc((regopt_model *)r->env->model, vec, r->msg); /* its buffer ids */
+}
+
 regopt_status ro_sam_backend_reserve(ro_reg *r)
 {
     ro_sam_state *s = r->self;
-    regopt_model *m = (regopt_model *)r->env->model; /* its buffer ids */
+    const regopt_model *m = r->env->model;
+    size_t n = m->n_params ? m->n_params : 1;
     regopt_status st;
-    if (!on_backend(r) || s->save_vec != REGOPT_VEC_NONE)
+    int dir = s->dir.mode != RO_SAM_DIR_GRADIENT;
+    if (!on_backend(r))
         return REGOPT_OK;
-    s->flags = ro_calloc(r->env->alloc, m->n_params ? m->n_params : 1, sizeof *s->flags);
-    if (!s->flags)
-        return ro_fail(r->msg, REGOPT_ERR_NO_MEMORY, "out of memory for SAM's tensor flags");
-    st = ro_vec_alloc(m, &s->save_vec, r->msg);
-    if (st != REGOPT_OK) {
-        ro_free(r->env->alloc, s->flags);
-        s->flags = NULL;
+    if (!s->flags) {
+        s->flags = ro_calloc(r->env->alloc, n, sizeof *s->flags);
+        s->coef = ro_calloc(r->env->alloc, 2 * n, sizeof *s->coef);
+        if (!s->flags || !s->coef) {
+            ro_free(r->env->alloc, s->flags);
+            ro_free(r->env->alloc, s->coef);
+            s->flags = NULL;
+            s->coef = NULL;
+            return ro_fail(r->msg, REGOPT_ERR_NO_MEMORY, "out of memory for SAM's tensor "
+                           "flags");
+        }
     }
+    s->look.coef = s->wsam.coef = s->coef;
+    s->wsam.flags = s->flags;
+    /* what it holds stays until detach, as the host buffers do */
+    st = need(r, &s->save_vec, 1);
+    if (st == REGOPT_OK)
+        st = need(r, &s->accum_vec, s->m_rows > 0);
+    if (st == REGOPT_OK)
+        st = need(r, &s->clean_vec, s->gsam || s->wsam.mode || s->look.on);
+    if (st == REGOPT_OK)
+        st = need(r, &s->wsam.sharp_vec, s->wsam.mode == RO_SAM_WSAM_DECOUPLED);
+    if (st == REGOPT_OK)
+        st = need(r, &s->dir.state_vec, dir);
+    if (st == REGOPT_OK)
+        st = need(r, &s->dir.next_vec, dir);
+    if (st == REGOPT_OK)
+        st = need(r, &s->dir.buf_vec, dir);
+    if (st == REGOPT_OK)
+        st = need(r, &s->look.gv_vec, s->look.on);
+    if (st == REGOPT_OK)
+        st = need(r, &s->look.next_vec, s->look.on);
     return st;
 }
 
 void ro_sam_backend_release(ro_reg *r)
 {
     ro_sam_state *s = r->self;
+    int32_t *vecs[] = {&s->save_vec,      &s->accum_vec,     &s->clean_vec,
+                       &s->wsam.sharp_vec, &s->dir.state_vec, &s->dir.next_vec,
+                       &s->dir.buf_vec,    &s->look.gv_vec,   &s->look.next_vec};
+    size_t i;
     if (!on_backend(r))
         return;
-    ro_vec_free(r->env->model, &s->save_vec);
+    for (i = 0; i < sizeof vecs / sizeof vecs[0]; i++)
+        ro_vec_free(r->env->model, vecs[i]);
     ro_free(r->env->alloc, s->flags);
+    ro_free(r->env->alloc, s->coef);
     s->flags = NULL;
-}
-
-regopt_status ro_sam_backend_check(ro_reg *r)
-{
-    const ro_sam_state *s = r->self;
-    const char *what = s->m_rows > 0               ? "SAM's m-sharpness (sam.m_rows)"
-                       : s->msam                   ? "Momentum-SAM (sam.momentum)"
-                       : s->look.on                ? "LookSAM (sam.looksam)"
-                       : s->dir.mode != RO_SAM_DIR_GRADIENT ? "SAM's ascent directions with "
-                                                              "state (sam.direction)"
-                       : s->gsam                   ? "GSAM (sam.gsam)"
-                       : s->wsam.mode              ? "WSAM (sam.wsam)"
-                                                   : NULL;
-    if (!on_backend(r) || !what)
-        return REGOPT_OK;
-    return ro_backend_refuse(r->env->msg, what);
+    s->coef = s->look.coef = s->wsam.coef = NULL;
+    s->wsam.flags = NULL;
 }
 
 /* ---- the three operations ------------------------------------------------ */

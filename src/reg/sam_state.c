@@ -34,7 +34,16 @@ void ro_sam_after_update(ro_reg *r, const ro_step *st)
 ro_piece_fn ro_sam_after_pieces(ro_reg *r, const ro_step *st, void **ctx)
 {
     ro_sam_state *s = r->self;
+    if (r->env->model->has_backend) /* ro_sam_after_backend's */
+        return NULL;
     return r->due ? ro_sam_wsam_pieces(&s->wsam, st, ctx) : NULL;
+}
+
+/* With a backend: WSAM's raw step, once the update has been made. */
+regopt_status ro_sam_after_backend(ro_reg *r, const ro_step *st)
+{
+    ro_sam_state *s = r->self;
+    return r->due ? ro_sam_wsam_vops(&s->wsam, r->env, st) : REGOPT_OK;
 }
 
 uint64_t ro_sam_ck_size(const ro_reg *r)

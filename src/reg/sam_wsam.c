@@ -123,13 +123,64 @@ static void wsam_step_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 
 static double wsam_alpha(const ro_sam_wsam *w) { return w->gamma / (1.0 - w->gamma); }
 
+/* ---- through the model's backend: one REGOPT_VOP_AXPBY per loop ----------
+ * a gp + b g as it is; gr - g is 1 gr + (-1) g, x - c s is 1 x + (-c) s
+ * (the same float operations). No all-reduce runs with a backend. */
+static regopt_status wsam_finish_vops(ro_sam_wsam *w, const ro_env *env, int32_t clean,
+                                      int applied)
+{
+    const regopt_model *m = env->model;
+    double alpha = wsam_alpha(w);
+    regopt_status st;
+    if (w->mode == RO_SAM_WSAM_COUPLED) {
+        if (!applied || alpha == 1.0)
+            return REGOPT_OK;
+        return ro_vop_axpby(m, REGOPT_VEC_GRADS, REGOPT_VEC_GRADS, clean, (float)alpha,
+                            (float)(1.0 - alpha), NULL, NULL, env->msg);
+    }
+    if (!applied) /* sharp = 0 */
+        return ro_vop_copy(m, w->sharp_vec, REGOPT_VEC_NONE, env->msg);
+    st = ro_vop_axpby(m, w->sharp_vec, REGOPT_VEC_GRADS, clean, 1.0, -1.0, NULL, NULL,
+                      env->msg);
+    return st == REGOPT_OK ? ro_vop_copy(m, REGOPT_VEC_GRADS, clean, env->msg) : st;
+}
+
+regopt_status ro_sam_wsam_vops(ro_sam_wsam *w, const ro_env *env, const ro_step *st)
+{
+    const regopt_model *m = env->model;
+    double alpha = wsam_alpha(w);
+    size_t i, k = 0;
+    if (!w->pending || alpha == 0.0) /* as ro_sam_wsam_pieces */
+        return REGOPT_OK;
+    for (i = 0; i < m->n_params; i++) {
+        const ro_param *p = &m->params[i];
+        float c;
+        if (!p->grad)
+            continue;
+        c = (float)(st->lr * alpha * st->opt->groups[p->group].lr_scale);
+        w->flags[k] = c != 0.0f; /* wsam_step_piece leaves those tensors */
+        w->coef[2 * k] = 1.0;
+        w->coef[2 * k + 1] = -(double)c;
+        k++;
+    }
+    return ro_vop_axpby(m, REGOPT_VEC_WEIGHTS, REGOPT_VEC_WEIGHTS, w->sharp_vec, 0.0, 0.0,
+                        w->coef, w->flags, env->msg);
+}
+
 /* Every replica joins the decoupled sync, with its failure if any, so none
  * waits; a failed sync_ascent (st->synced) already stopped them all. */
 regopt_status ro_sam_wsam_finish(ro_sam_wsam *w, const ro_env *env, ro_step *st,
-                                 const float *clean, int applied, regopt_status rc)
+                                 const float *clean, int32_t clean_vec, int applied,
+                                 regopt_status rc)
 {
     double unused = 0.0;
     w->pending = 0;
+    if (env->model->has_backend) {
+        if (w->mode && rc == REGOPT_OK)
+            rc = wsam_finish_vops(w, env, clean_vec, applied);
+        w->pending = w->mode == RO_SAM_WSAM_DECOUPLED && rc == REGOPT_OK;
+        return rc;
+    }
     if (w->mode == RO_SAM_WSAM_COUPLED && rc == REGOPT_OK && applied)
         wsam_couple(env->par, clean, wsam_alpha(w));
     if (w->mode != RO_SAM_WSAM_DECOUPLED)
@@ -168,13 +219,29 @@ void ro_sam_wsam_after(ro_sam_wsam *w) { w->pending = 0; }
 /* GSAM (Zhuang et al. 2022, Alg. 1): with u = g_p / (||g_p|| + delta),
  * g_perp = g - <g, u> u and the update direction g_p - alpha g_perp
  * = (1 + alpha c) g_p - alpha g with c = <g, g_p> / (||g_p|| + delta)^2. */
-void ro_sam_gsam_combine(const ro_env *env, const float *clean, double alpha, double delta)
+regopt_status ro_sam_gsam_combine(const ro_env *env, const float *clean, int32_t clean_vec,
+                                  double alpha, double delta)
 {
     const regopt_model *m = env->model;
     const float *g = clean;
     double dot = 0.0, np2 = 0.0, c, den;
     float a = (float)alpha, cp;
     size_t i, j;
+    regopt_status st;
+    if (m->has_backend) { /* the sums in element order (REGOPT_VOP_DOT variant 1),
+                             then cp gp - a g as cp gp + (-a) g */
+        st = ro_vop_reduce(m, REGOPT_VOP_DOT, 1, clean_vec, REGOPT_VEC_GRADS, SIZE_MAX, &dot,
+                           env->msg);
+        if (st == REGOPT_OK)
+            st = ro_vop_reduce(m, REGOPT_VOP_DOT, 1, REGOPT_VEC_GRADS, REGOPT_VEC_GRADS,
+                               SIZE_MAX, &np2, env->msg);
+        if (st != REGOPT_OK)
+            return st;
+        den = sqrt(np2) + delta;
+        c = den > 0.0 ? dot / (den * den) : 0.0;
+        return ro_vop_axpby(m, REGOPT_VEC_GRADS, REGOPT_VEC_GRADS, clean_vec,
+                            (float)(1.0 + alpha * c), -a, NULL, NULL, env->msg);
+    }
     for (i = 0; i < m->n_params; i++) {
         const ro_param *p = &m->params[i];
         if (!p->grad)
@@ -194,4 +261,5 @@ void ro_sam_gsam_combine(const ro_env *env, const float *clean, double alpha, do
         for (j = 0; j < p->count; j++)
             p->grad[j] = cp * p->grad[j] - a * g[p->offset + j];
     }
+    return REGOPT_OK;
 }

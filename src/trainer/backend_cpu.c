@@ -254,6 +254,54 @@ static void scale(float *g, size_t n, float c)
         g[j] = g[j] * c;
 }
 
+/* x = a y + b z (z none: a y), per tensor or shared scalars, tensors
+ * without flags[k] & 1 skipped: each product rounded to float, then the
+ * sum, as the SAM family's loops (-ffp-contract=off keeps them apart). */
+static int axpby(const cpu_backend *c, const regopt_vop *op)
+{
+    size_t k, j;
+    if (!vectors_ok(c, op, 1, op->z != REGOPT_VEC_NONE))
+        return CPU_BAD_VECTOR;
+    for (k = 0; k < c->n; k++) {
+        float *x = part(c, op->x, k);
+        const float *y = part(c, op->y, k);
+        const float *z = op->z != REGOPT_VEC_NONE ? part(c, op->z, k) : NULL;
+        float a = (float)(op->per_tensor ? op->per_tensor[2 * k] : op->s[0]);
+        float b = (float)(op->per_tensor ? op->per_tensor[2 * k + 1] : op->s[1]);
+        if (op->flags && !(op->flags[k] & 1))
+            continue;
+        if (z)
+            for (j = 0; j < c->counts[k]; j++)
+                x[j] = a * y[j] + b * z[j];
+        else
+            for (j = 0; j < c->counts[k]; j++)
+                x[j] = a * y[j];
+    }
+    return CPU_OK;
+}
+
+/* Variant 0: ro_dot's sixteen lanes over each whole tensor (ro_dot(x, x)
+ * is ro_sum_squares(x), bit for bit); variant 1: in element order. */
+static int dot(const cpu_backend *c, regopt_vop *op)
+{
+    double s = 0.0;
+    size_t k, j;
+    if (!vectors_ok(c, op, 1, 0) || op->variant < 0 || op->variant > 1)
+        return CPU_BAD_VECTOR;
+    for (k = 0; k < c->n; k++) {
+        const float *x = part(c, op->x, k), *y = part(c, op->y, k);
+        if (op->tensor < op->tensors && k != op->tensor)
+            continue;
+        if (op->variant == 0)
+            s += ro_dot(x, y, c->counts[k]);
+        else
+            for (j = 0; j < c->counts[k]; j++)
+                s += (double)x[j] * y[j];
+    }
+    op->out[0] = s;
+    return CPU_OK;
+}
+
 static int run(void *user, regopt_vop *op)
 {
     cpu_backend *c = user;
@@ -328,6 +376,10 @@ static int run(void *user, regopt_vop *op)
         for (k = 0; op->code == REGOPT_VOP_SWA && k < c->n; k++)
             ro_swa_range(part(c, op->x, k), part(c, op->y, k), c->counts[k], op->s[0]);
         return CPU_OK;
+    case REGOPT_VOP_AXPBY:
+        return axpby(c, op);
+    case REGOPT_VOP_DOT:
+        return dot(c, op);
     default:
         return CPU_BAD_CODE;
     }

@@ -88,6 +88,7 @@ static regopt_status step_begin(regopt_trainer *t, const regopt_batch *b, size_t
     s->lr_min = t->opt->lr * t->opt->min_lr_ratio;
     s->opt = t->opt;
     s->opt_m = t->per_element ? t->state : NULL; /* HOST keeps no moments */
+    s->opt_m_vec = t->model->has_backend && t->per_element ? t->state_vec[0] : REGOPT_VEC_NONE;
     s->total_steps = t->opt->total_steps;
     s->driver = t;
     s->zero_grads = step_zero;
@@ -216,6 +217,7 @@ static regopt_status step_commit(regopt_trainer *t, ro_step *s, double norm)
     } else {
         st = ro_apply_update(t, s->lr, scale, &f, s);
     }
+    /* with a backend the work after the update is its own operations */
     for (i = 0; st == REGOPT_OK && t->model->has_backend && i < t->n_regs; i++)
         if (t->regs[i]->ops->after_backend)
             st = t->regs[i]->ops->after_backend(t->regs[i], s);
