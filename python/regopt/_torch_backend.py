@@ -46,7 +46,7 @@ OP_NAMES = {L.VOP_BIND: "BIND", L.VOP_ALLOC: "ALLOC", L.VOP_FREE: "FREE",
             L.VOP_ABS_MAX: "ABS_MAX", L.VOP_UPDATE: "UPDATE",
             L.VOP_UPDATE_CHECK: "UPDATE_CHECK", L.VOP_SAM_PERTURB: "SAM_PERTURB",
             L.VOP_SAM_SQUARES: "SAM_SQUARES", L.VOP_SWAP: "SWAP", L.VOP_EMA: "EMA",
-            L.VOP_SWA: "SWA", L.VOP_SCALE: "SCALE"}
+            L.VOP_SWA: "SWA", L.VOP_SCALE: "SCALE", L.VOP_AXPBY: "AXPBY", L.VOP_DOT: "DOT"}
 
 
 def _groups(tensors, pad):
@@ -285,6 +285,51 @@ class TorchBackend:
         gradient before a torch.optim update (REGOPT_HOST)."""
         torch._foreach_mul_(self.vec(op.x), float(op.s[0]))
 
+    def _axpby(self, op):
+        """x = a * y + b * z in float32, each product rounded, then the sum
+        (z none: a * y); a, b shared (s[0], s[1]) or per tensor
+        (per_tensor[2k], [2k + 1]); tensors without flags[k] & 1 untouched:
+        the SAM family's stateful variants."""
+        x, y = self.vec(op.x), self.vec(op.y, "y")
+        z = self.vec(op.z, "z") if op.z != L.VEC_NONE else None
+        for k in range(len(x)):
+            if op.flags and not op.flags[k] & 1:
+                continue
+            a = op.per_tensor[2 * k] if op.per_tensor else op.s[0]
+            b = op.per_tensor[2 * k + 1] if op.per_tensor else op.s[1]
+            r = torch.mul(y[k], a)  # float32 tensor x float32 value: one rounding
+            if z is not None:
+                r.add_(torch.mul(z[k], b))
+            x[k].copy_(r)
+
+    def _dot(self, op):
+        """out[0] = sum of x * y in double over every tensor or op.tensor:
+        variant 0 in the contract's sixteen lanes per tensor, variant 1 one
+        running sum in element order (cumulative sums: sequential on the
+        CPU, so the CPU backend's bits there)."""
+        x, y = self.vec(op.x), self.vec(op.y, "y")
+        ks = range(len(x)) if op.tensor >= op.tensors else [op.tensor]
+        prods = [x[k].double() * y[k].double() for k in ks]
+        if op.variant == 1:
+            flat = torch.cat(prods) if prods else torch.zeros(1, dtype=torch.float64)
+            op.out[0] = float(flat.cumsum(0)[-1]) if flat.numel() else 0.0
+            return
+        total = 0.0
+        for p in prods:
+            n16 = p.numel() // 16 * 16
+            lanes = (p[:n16].view(-1, 16).cumsum(0)[-1] if n16
+                     else torch.zeros(16, dtype=torch.float64, device=p.device))
+            lanes = lanes.tolist()
+            for i, v in enumerate(p[n16:].tolist()):
+                lanes[i] += v
+            for w in (8, 4):
+                for i in range(w):
+                    lanes[i] += lanes[i + w]
+            lanes[0] += lanes[2]
+            lanes[1] += lanes[3]
+            total += lanes[0] + lanes[1]
+        op.out[0] = total
+
     def _update(self, op):
         update(self, op, check=False)
 
@@ -336,4 +381,5 @@ _DISPATCH = {L.VOP_BIND: "_bind", L.VOP_ALLOC: "_alloc", L.VOP_FREE: "_free",
              L.VOP_ABS_MAX: "_abs_max", L.VOP_UPDATE: "_update",
              L.VOP_UPDATE_CHECK: "_update_check", L.VOP_SAM_PERTURB: "_sam_perturb",
              L.VOP_SAM_SQUARES: "_sam_squares", L.VOP_SWAP: "_swap", L.VOP_EMA: "_ema",
-             L.VOP_SWA: "_swa", L.VOP_SCALE: "_scale"}
+             L.VOP_SWA: "_swa", L.VOP_SCALE: "_scale", L.VOP_AXPBY: "_axpby",
+             L.VOP_DOT: "_dot"}

@@ -38,6 +38,14 @@ METHODS = [
     ("mesa", [("bregman", dict(mu=0.3, divergence="kl_teacher", tau=5.0, beta=0.99))]),
     ("sam+rdrop+smart+bregman", [("sam", dict(rho=0.05)), ("rdrop", dict(alpha=1.0)),
                                  ("smart", SMART), ("bregman", dict(beta=0.9))]),
+    # SAM's stateful variants (REGOPT_VOP_AXPBY, REGOPT_VOP_DOT)
+    ("v-m-sharpness", [("sam", dict(rho=0.05, m_rows=4))]),
+    ("v-momentum-sam", [("sam", dict(rho=0.05, momentum=1))]),
+    ("v-looksam", [("sam", dict(rho=0.05, looksam=1, every=2))]),
+    ("v-friendlysam", [("sam", dict(rho=0.05, direction=1))]),
+    ("v-vasso", [("sam", dict(rho=0.05, direction=2))]),
+    ("v-gsam", [("sam", dict(rho=0.05, gsam=1))]),
+    ("v-wsam", [("sam", dict(rho=0.05, wsam=2))]),
 ]
 OPTIMIZERS = [
     ("sgd-nesterov", "sgd", dict(lr=0.05, momentum=0.9, nesterov=1, weight_decay=5e-4)),
@@ -124,6 +132,8 @@ class TorchBackendTrainingTest(unittest.TestCase):
                     self.assertEqual(be.calls[L.VOP_BIND], 1)
                     if mname.startswith(("sam", "asam")):
                         self.assertEqual(be.calls[L.VOP_SAM_PERTURB], 50)
+                    if mname.startswith("v-"):  # the variants' own operations
+                        self.assertGreater(be.calls[L.VOP_AXPBY] + be.calls[L.VOP_DOT], 0)
                     if "bregman" in mname or mname == "mesa":  # the teacher through it
                         self.assertEqual(be.calls[L.VOP_EMA], 50)
                         self.assertGreaterEqual(be.calls[L.VOP_SWAP], 100)
@@ -188,14 +198,14 @@ class TorchBackendTrainingTest(unittest.TestCase):
                 TorchModel(Net(), 5, backend=used.backend)
             self.assertIn("already serves a model", str(cm.exception))
         # what the library cannot run with a backend: refused by name
-        for what in ("looksam", "checkpoint", "flatness"):
+        for what in ("check_host", "checkpoint", "flatness"):
             with TorchModel(Net(), 5, backend="torch") as model, \
                     regopt.Optimizer("adamw", lr=1e-2) as opt, \
                     regopt.Trainer(model, opt, seed=1) as t:
                 with self.assertRaises(regopt.Unsupported, msg=what):
                     b = batches()[0]
-                    if what == "looksam":
-                        t.add("sam", rho=0.05, looksam=1)
+                    if what == "check_host":
+                        t.set(check_host=1)
                     t.step(b)
                     if what == "checkpoint":
                         t.to_bytes()

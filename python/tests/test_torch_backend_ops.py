@@ -384,6 +384,8 @@ class AgainstCpuBackendTest(unittest.TestCase):
                 self.assertTrue(outs[0][0] <= outs[1][0] <= outs[0][0] * (1 + 2 ** -7), outs)
             elif code in (L.VOP_SUM_SQUARES, L.VOP_SAM_SQUARES):  # a chunk's own order
                 self.assertLessEqual(abs(outs[0][0] - outs[1][0]), 1e-14 * abs(outs[1][0]))
+            elif code == L.VOP_DOT:  # the lanes and the running sum: the same bits
+                self.assertEqual(outs[0][0], outs[1][0])
             elif code in (L.VOP_UPDATE_CHECK, L.VOP_SWAP):  # out[] of the others: nothing
                 self.assertEqual(outs[0], outs[1], "operation %d" % code)
             for a, b in zip(sides[0][1] + sides[0][2], sides[1][1] + sides[1][2]):
@@ -405,6 +407,15 @@ class AgainstCpuBackendTest(unittest.TestCase):
         both(L.VOP_EMA, x=5, y=0, s={0: 0.99, 1: 1.0 - 0.99})
         both(L.VOP_SWA, x=5, y=1, s={0: 7.0})
         both(L.VOP_SWAP, x=0, y=5)
+        # the SAM variants' operations: shared and per-tensor scalars, flags,
+        # in place, without z; DOT in its two orders, whole and one tensor
+        both(L.VOP_AXPBY, x=5, y=0, z=1, s={0: 1.0, 1: rnd(-0.37)})
+        both(L.VOP_AXPBY, x=5, y=5, z=1, per_tensor=[rnd(0.9), rnd(0.1)] * len(SHAPES),
+             flags=flags)
+        both(L.VOP_AXPBY, x=4, y=1, s={0: rnd(1.7)})
+        for variant in (0, 1):
+            both(L.VOP_DOT, variant=variant, x=5, y=1)
+            both(L.VOP_DOT, variant=variant, x=0, y=0, tensor=2)
         for variant, amsgrad in ((L.ADAMW, 1), (L.RADAM, 0), (L.SGD, 0)):
             for vid in (2, 3, 4):
                 both(L.VOP_ZERO, x=vid)
