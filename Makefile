@@ -74,7 +74,7 @@ HDR  := $(foreach d,$(SRC_DIRS),$(wildcard src/$(d)/*.h))
 OBJ  := $(patsubst src/%.c,build/obj/%.o,$(SRC))
 TEST_SRC := $(filter-out test/header_c99.c,$(wildcard test/check_*.c))
 EXAMPLES := examples/mlp examples/minimal examples/charlm examples/textcls examples/demo \
-            examples/user_rdrop examples/js_rdrop examples/demo_fashion
+            examples/user_rdrop examples/js_rdrop examples/demo_fashion examples/backend
 APP_CFLAGS := -std=c11 $(WARN) -Iinclude
 RPATH := -Wl,-rpath,$(abspath lib)
 
@@ -170,6 +170,7 @@ run-check: all test/header_c99 test/header_cxx test/abandon_cxx
 	./examples/textcls --adv freelb --epochs 5 --min-acc 0.45
 	./examples/textcls --adv vat --labelled 0.1 --epochs 5 --min-acc 0.33
 	./examples/user_rdrop --check
+	./examples/backend --data data/digits.csv --check
 ifdef HAVE_TORCH
 	OMP_NUM_THREADS=1 ./examples/libtorch_sam --check
 	OMP_NUM_THREADS=1 ./examples/libtorch_sam --epochs 3 --min-test-acc 0.9
