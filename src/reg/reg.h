@@ -207,6 +207,10 @@ struct regopt_regularizer {
     char msg[RO_MSG_SIZE];
 };
 
+/* The attached regularizer's model keeps its parameters behind a backend
+ * (regopt_model_set_backend): its parameter-sized work goes through it. */
+static inline int ro_reg_on_backend(const ro_reg *r) { return r->env->model->has_backend; }
+
 /* ema.c: v <- b v + (1 - b) w over the trainable weights (v: n_trainable
  * floats), in double, rounded once -- the teacher's and the average's. */
 typedef struct ro_ema_job {

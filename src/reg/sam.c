@@ -290,7 +290,6 @@ static double rho_in_force(const sam *s, const ro_step *st)
     return r < lo ? lo : r > hi ? hi : r;
 }
 
-static int on_backend(const sam_reg *g) { return g->r->env->model->has_backend; }
 
 /* The whole step's direction with state, and its ascent norm in the same
  * pass (the squares of each piece while it is in cache); with a backend
@@ -299,7 +298,7 @@ static regopt_status make_direction(sam_reg *g, double wd_scale)
 {
     ro_sam_ascent a;
     double sum = 0.0;
-    if (on_backend(g))
+    if (ro_reg_on_backend(g->r))
         return ro_sam_dir_make_vops(&g->s->dir, g->r->env, 1.0, 1);
     ro_sam_ascent_init(&a, g->s, g->s->dir.buf, wd_scale, 0.0, 0);
     g->dir = ro_sam_dir_make(&g->s->dir, g->r->env->par, 1.0, 1, ro_sam_ascent_squares, &a,
@@ -314,7 +313,7 @@ static regopt_status gather(const sam_reg *g, float *dst, int32_t vec, int add)
 {
     const regopt_model *m = g->r->env->model;
     size_t i, j;
-    if (on_backend(g))
+    if (ro_reg_on_backend(g->r))
         return add ? ro_vop_axpby(m, vec, vec, REGOPT_VEC_GRADS, 1.0, 1.0, NULL, NULL,
                                   g->r->env->msg)
                    : ro_vop_copy(m, vec, REGOPT_VEC_GRADS, g->r->env->msg);
@@ -336,7 +335,7 @@ static regopt_status scatter(const sam_reg *g, const float *src, int32_t vec)
 {
     const regopt_model *m = g->r->env->model;
     size_t i;
-    if (on_backend(g))
+    if (ro_reg_on_backend(g->r))
         return ro_vop_copy(m, REGOPT_VEC_GRADS, vec, g->r->env->msg);
     for (i = 0; i < m->n_params; i++) {
         const ro_param *p = &m->params[i];
@@ -349,7 +348,7 @@ static regopt_status scatter(const sam_reg *g, const float *src, int32_t vec)
 /* x = 0, flat or the backend's vector. */
 static regopt_status zero(const sam_reg *g, float *x, int32_t vec)
 {
-    if (on_backend(g))
+    if (ro_reg_on_backend(g->r))
         return ro_vop_copy(g->r->env->model, vec, REGOPT_VEC_NONE, g->r->env->msg);
     ro_zero(x, g->r->env->model->n_trainable);
     return REGOPT_OK;
@@ -484,7 +483,7 @@ static regopt_status chunk_step(sam_reg *g, ro_step *st, chunk_ctx *c, double *n
         ro_batch_rows(&v, c->b, c->r0, c->rows, g->r->env->model->output_width);
         for (i = 0; i < v.rows; i++)
             share += ro_row_weight(&v, i);
-        if (on_backend(g) && s->dir.mode != RO_SAM_DIR_GRADIENT)
+        if (ro_reg_on_backend(g->r) && s->dir.mode != RO_SAM_DIR_GRADIENT)
             rc = ro_sam_dir_make_vops(&s->dir, g->r->env, share * st->inv_weight, 0);
         else
             g->dir = ro_sam_dir_make(&s->dir, g->r->env->par, share * st->inv_weight, 0, NULL,

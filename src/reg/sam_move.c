@@ -136,7 +136,6 @@ static void restore_piece(void *ctx, const ro_param *p, size_t j0, size_t j1)
 
 /* ---- through the backend -------------------------------------------------- */
 
-static int on_backend(const ro_reg *r) { return r->env->model->has_backend; }
 
 /* The per-tensor bits of REGOPT_VOP_SAM_*: 1 in the ascent, 2 ASAM. */
 static void backend_flags(const ro_reg *r)
@@ -176,7 +175,7 @@ static regopt_status backend_move(ro_reg *r, const ro_sam_ascent *a, int32_t cod
 }
 
 /* A buffer when `needed` and not there yet. */
-static regopt_status need(ro_reg *r, int32_t *vec, int needed)
+static regopt_status reserve_vec(ro_reg *r, int32_t *vec, int needed)
 {
     if (!needed || *vec != REGOPT_VEC_NONE)
         return REGOPT_OK;
@@ -190,7 +189,7 @@ regopt_status ro_sam_backend_reserve(ro_reg *r)
     size_t n = m->n_params ? m->n_params : 1;
     regopt_status st;
     int dir = s->dir.mode != RO_SAM_DIR_GRADIENT;
-    if (!on_backend(r))
+    if (!ro_reg_on_backend(r))
         return REGOPT_OK;
     if (!s->flags) {
         s->flags = ro_calloc(r->env->alloc, n, sizeof *s->flags);
@@ -207,23 +206,23 @@ regopt_status ro_sam_backend_reserve(ro_reg *r)
     s->look.coef = s->wsam.coef = s->coef;
     s->wsam.flags = s->flags;
     /* what it holds stays until detach, as the host buffers do */
-    st = need(r, &s->save_vec, 1);
+    st = reserve_vec(r, &s->save_vec, 1);
     if (st == REGOPT_OK)
-        st = need(r, &s->accum_vec, s->m_rows > 0);
+        st = reserve_vec(r, &s->accum_vec, s->m_rows > 0);
     if (st == REGOPT_OK)
-        st = need(r, &s->clean_vec, s->gsam || s->wsam.mode || s->look.on);
+        st = reserve_vec(r, &s->clean_vec, s->gsam || s->wsam.mode || s->look.on);
     if (st == REGOPT_OK)
-        st = need(r, &s->wsam.sharp_vec, s->wsam.mode == RO_SAM_WSAM_DECOUPLED);
+        st = reserve_vec(r, &s->wsam.sharp_vec, s->wsam.mode == RO_SAM_WSAM_DECOUPLED);
     if (st == REGOPT_OK)
-        st = need(r, &s->dir.state_vec, dir);
+        st = reserve_vec(r, &s->dir.state_vec, dir);
     if (st == REGOPT_OK)
-        st = need(r, &s->dir.next_vec, dir);
+        st = reserve_vec(r, &s->dir.next_vec, dir);
     if (st == REGOPT_OK)
-        st = need(r, &s->dir.buf_vec, dir);
+        st = reserve_vec(r, &s->dir.buf_vec, dir);
     if (st == REGOPT_OK)
-        st = need(r, &s->look.gv_vec, s->look.on);
+        st = reserve_vec(r, &s->look.gv_vec, s->look.on);
     if (st == REGOPT_OK)
-        st = need(r, &s->look.next_vec, s->look.on);
+        st = reserve_vec(r, &s->look.next_vec, s->look.on);
     return st;
 }
 
@@ -234,7 +233,7 @@ void ro_sam_backend_release(ro_reg *r)
                        &s->wsam.sharp_vec, &s->dir.state_vec, &s->dir.next_vec,
                        &s->dir.buf_vec,    &s->look.gv_vec,   &s->look.next_vec};
     size_t i;
-    if (!on_backend(r))
+    if (!ro_reg_on_backend(r))
         return;
     for (i = 0; i < sizeof vecs / sizeof vecs[0]; i++)
         ro_vec_free(r->env->model, vecs[i]);
@@ -253,7 +252,7 @@ regopt_status ro_sam_ascent_norm(ro_reg *r, const float *dir, double wd_scale, d
     double sum = 0.0;
     regopt_status st = REGOPT_OK;
     ro_sam_ascent_init(&a, r->self, dir, wd_scale, 0.0, 0);
-    if (on_backend(r))
+    if (ro_reg_on_backend(r))
         st = backend_move(r, &a, REGOPT_VOP_SAM_SQUARES, &sum);
     else
         sum = ro_sum_pieces(r->env->par, ro_sam_ascent_squares, &a);
@@ -265,7 +264,7 @@ regopt_status ro_sam_perturb(ro_reg *r, const float *dir, double c, double wd_sc
 {
     ro_sam_ascent a;
     ro_sam_ascent_init(&a, r->self, dir, wd_scale, c, zero);
-    if (on_backend(r))
+    if (ro_reg_on_backend(r))
         return backend_move(r, &a, REGOPT_VOP_SAM_PERTURB, NULL);
     ro_each_piece(r->env->par, perturb_piece, &a);
     return REGOPT_OK;
@@ -274,7 +273,7 @@ regopt_status ro_sam_perturb(ro_reg *r, const float *dir, double c, double wd_sc
 regopt_status ro_sam_restore(ro_reg *r)
 {
     ro_sam_state *s = r->self;
-    if (on_backend(r)) {
+    if (ro_reg_on_backend(r)) {
         regopt_vop op;
         ro_vop_init(r->env->model, &op, REGOPT_VOP_COPY);
         op.x = REGOPT_VEC_WEIGHTS;
