@@ -946,15 +946,16 @@ REGOPT_API const char *regopt_model_message(const regopt_model *model);
  * REGOPT_REG_ADVERSARIAL (FGM, PGD, FreeLB, VAT), REGOPT_REG_TERM and
  * REGOPT_REG_AVERAGE (EMA and SWA, swapped in for evaluation and
  * recalibration; never sharing the teacher's buffer) in any combination;
- * and checkpoints (every save, load and size call, since 1.1): the bytes
+ * and checkpoints (every save, load and size call): the bytes
  * are those the same trainer writes without a backend, so either loads the
  * other's. A save reads the backend's buffers with REGOPT_VOP_READ (a size
  * query calls nothing); a load validates the whole checkpoint in host
- * memory first, then writes through REGOPT_VOP_WRITE. If a WRITE fails
- * (REGOPT_ERR_BACKEND naming it), the buffers written so far hold the
- * checkpoint's values, the others and the trainer's step, counters and
- * options what they held (a regularizer's state written in full is the
- * checkpoint's): load a checkpoint again before training on.
+ * memory first, then writes through REGOPT_VOP_WRITE (the regularizers'
+ * state, then the moments, then the tensors). If a WRITE fails
+ * (REGOPT_ERR_BACKEND naming it), what was written holds the checkpoint's
+ * values and the rest what it held; the step count, seed and statistics
+ * are the old ones, the options the old or the checkpoint's: load a
+ * checkpoint again (it then restores everything) before training on.
  * The rest is refused with REGOPT_ERR_UNSUPPORTED naming it (at attach, at
  * the setter, at the step or at the call): float16/bfloat16 tensors and
  * loss scaling, an all-reduce, trainer.check_host and
@@ -1084,11 +1085,11 @@ typedef enum regopt_vop_code {
        REGOPT_VEC_FROZEN: frozen tensor `tensor`): the exact float32 bits,
        nothing else read or written. A checkpoint's save reads every vector
        it stores this way, in pieces of at most a few thousand elements
-       (since 1.1). */
+       */
     REGOPT_VOP_READ = 18,
     /* The reverse: x[first + j] of tensor `tensor` = host[j] for j < count,
        the exact bits (x may be REGOPT_VEC_FROZEN). A checkpoint's load,
-       after it has validated every byte of the checkpoint (since 1.1). */
+       after it has validated every byte of the checkpoint */
     REGOPT_VOP_WRITE = 19
 } regopt_vop_code;
 
@@ -1128,7 +1129,7 @@ typedef struct regopt_vop {
     const double *per_tensor;  /* per tensor, 3 each (UPDATE*) or 2 each (AXPBY) */
     double s[REGOPT_VOP_S_COUNT];
     double out[4];             /* results */
-    /* Since 1.1 (appended: a backend built against 1.0 reads none of them): */
+    /* Checkpoints (REGOPT_VOP_READ, REGOPT_VOP_WRITE) and the frozen tensors: */
     float *host;               /* READ: count floats written; WRITE: read */
     size_t first, count;       /* READ, WRITE: elements [first, first + count)
                                   of part `tensor` (within its count) */
