@@ -948,7 +948,8 @@ REGOPT_API const char *regopt_model_message(const regopt_model *model);
  * recalibration; never sharing the teacher's buffer) in any combination;
  * and checkpoints (every save, load and size call): the bytes
  * are those the same trainer writes without a backend, so either loads the
- * other's. A save reads the backend's buffers with REGOPT_VOP_READ (a size
+ * other's. A save reads the backend's buffers with REGOPT_VOP_READ, twice
+ * (once for the CRCs, which precede the bytes, once to write them; a size
  * query calls nothing); a load validates the whole checkpoint in host
  * memory first, then writes through REGOPT_VOP_WRITE (the regularizers'
  * state, then the moments, then the tensors). If a WRITE fails
