@@ -141,37 +141,6 @@ static void emit_model(const regopt_trainer *t, size_t arg, ro_ck_sink *s)
     }
 }
 
-/* The moments block after block (first moment or momentum, second,
- * AMSGrad's maximum), each over the trainable tensors in order: t->state's
- * layout, and with a backend its buffers read in that order. */
-static void emit_moments(const regopt_trainer *t, size_t arg, ro_ck_sink *s)
-{
-    size_t j;
-    (void)arg;
-    if (!t->model->has_backend) {
-        ro_ck_floats(s, t->state, t->model->n_trainable * t->per_element);
-        return;
-    }
-    for (j = 0; j < t->per_element; j++)
-        ro_ck_vec(s, t->model, t->state_vec[j], (char *)t->msg);
-}
-
-static void emit_params(const regopt_trainer *t, size_t arg, ro_ck_sink *s)
-{
-    const regopt_model *m = t->model;
-    size_t i, k = 0, frozen = 0;
-    (void)arg;
-    for (i = 0; i < m->n_params; i++) {
-        const ro_param *p = &m->params[i];
-        if (!m->has_backend)
-            ro_ck_floats(s, p->data, p->count);
-        else if (p->grad)
-            ro_ck_part(s, m, REGOPT_VEC_WEIGHTS, k++, p->count, (char *)t->msg);
-        else
-            ro_ck_part(s, m, REGOPT_VEC_FROZEN, frozen++, p->count, (char *)t->msg);
-    }
-}
-
 /* scale (f64), init (f64), counter, skipped (u64), mode (i32), 0, the
  * element count of the masters (u64), then the masters of the half
  * tensors in registration order. */
@@ -207,7 +176,7 @@ size_t ro_ck_sections(const regopt_trainer *t, uint32_t flags, ro_ck_section *ou
     n = add_section(out, n, "trainer", emit_trainer, 0);
     n = add_section(out, n, "features", emit_features, 0);
     n = add_section(out, n, "model", emit_model, 0);
-    n = add_section(out, n, "moments", emit_moments, 0);
+    n = add_section(out, n, "moments", ro_ck_emit_moments, 0);
     for (i = 0; i < t->n_regs; i++) {
         char name[24];
         snprintf(name, sizeof name, "reg.%u", (unsigned)i);
@@ -216,7 +185,7 @@ size_t ro_ck_sections(const regopt_trainer *t, uint32_t flags, ro_ck_section *ou
     if (has_precision(t))
         n = add_section(out, n, "precision", emit_precision, 0);
     if (flags & REGOPT_CHECKPOINT_PARAMS)
-        n = add_section(out, n, "params", emit_params, 0);
+        n = add_section(out, n, "params", ro_ck_emit_params, 0);
     if (flags & REGOPT_CHECKPOINT_OPTIONS)
         n = add_section(out, n, "options", ro_ck_emit_options, 0);
     return n;
@@ -561,65 +530,18 @@ static regopt_status sized(regopt_trainer *t, const ro_ck_found *f, uint64_t flo
 
 /* ---- restore ----------------------------------------------------------- */
 
-/* The backend's share of a load: moments and tensors through
- * REGOPT_VOP_WRITE, before anything on the host changes. */
-static regopt_status write_backend(regopt_trainer *t, const ro_ck_found *moments,
-                                   const ro_ck_found *params)
-{
-    regopt_model *m = t->model;
-    size_t i, j, k = 0, frozen = 0;
-    regopt_status st = REGOPT_OK;
-    for (j = 0; j < t->per_element && st == REGOPT_OK; j++)
-        st = ro_vec_load(m, t->state_vec[j], moments->data + 4 * j * m->n_trainable, t->msg);
-    if (params) {
-        const unsigned char *p = params->data;
-        for (i = 0; i < m->n_params && st == REGOPT_OK; i++) {
-            const ro_param *q = &m->params[i];
-            st = ro_vec_load_part(m, q->grad ? REGOPT_VEC_WEIGHTS : REGOPT_VEC_FROZEN,
-                                  q->grad ? k++ : frozen++, q->count, p, t->msg);
-            p += 4 * q->count;
-        }
-    }
-    return st;
-}
-
-/* The bound ro_abs_max_bits gives of the first moments, from the
- * checkpoint's bytes (with a backend they are nowhere else on the host):
- * the largest top half of the sign-cleared bits, the rest of the bits set. */
-static float moment_bound(const unsigned char *p, size_t n)
-{
-    uint32_t top = 0, v;
-    size_t i;
-    float f;
-    for (i = 0; i < n; i++) {
-        v = (ro_ck_rd32(p + 4 * i) & 0x7fffffffu) >> 16;
-        top = v > top ? v : top;
-    }
-    top = top << 16 | 0xffffu;
-    memcpy(&f, &top, sizeof f);
-    return f;
-}
-
 static regopt_status apply_state(regopt_trainer *t, const ck_trainer *c, const ro_ck_found *f,
                                  size_t n, const ro_ck_found *moments,
                                  const ro_ck_found *params)
 {
-    regopt_model *m = t->model;
     size_t i, k = c->n_stats < RO_N_STATS ? c->n_stats : RO_N_STATS;
-    if (m->has_backend) {
-        regopt_status st = write_backend(t, moments, params);
-        if (st != REGOPT_OK)
-            return st;
-        params = NULL; /* written */
-    } else {
-        ro_ck_rdfloats(t->state, moments->data, m->n_trainable * t->per_element);
-    }
+    /* first: with a backend its WRITE may fail, and the counters below stay */
+    regopt_status st = ro_ck_apply_tensors(t, moments, params);
+    if (st != REGOPT_OK)
+        return st;
     t->step = c->step;
     t->seed = c->seed;
     t->momentum_ready = (int)c->momentum_ready;
-    /* the update's guard bounds the first moment (momentum buffer) anew;
-       REGOPT_HOST keeps no moments (per_element 0): nothing to bound */
-    t->state_bound = t->per_element ? moment_bound(moments->data, m->n_trainable) : 0.0f;
     memset(t->stats, 0, sizeof t->stats);
     for (i = 0; i < k; i++)
         t->stats[i] = ro_ck_rdf64(c->stats + 8 * i);
@@ -633,13 +555,6 @@ static regopt_status apply_state(regopt_trainer *t, const ck_trainer *c, const r
         k = ro_ck_rd32(g->data + 32);
         for (j = 0; j < r->ops->n_stats; j++)
             r->stats[j] = j < k ? ro_ck_rdf64(g->data + REG_FIXED + 8 * j) : 0.0;
-    }
-    if (params) {
-        const unsigned char *p = params->data;
-        for (i = 0; i < m->n_params; i++) {
-            ro_ck_rdfloats(m->params[i].data, p, m->params[i].count);
-            p += 4 * m->params[i].count;
-        }
     }
     return REGOPT_OK;
 }
