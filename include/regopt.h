@@ -945,11 +945,22 @@ REGOPT_API const char *regopt_model_message(const regopt_model *model);
  * its teacher is swapped in, never handed by pointer),
  * REGOPT_REG_ADVERSARIAL (FGM, PGD, FreeLB, VAT), REGOPT_REG_TERM and
  * REGOPT_REG_AVERAGE (EMA and SWA, swapped in for evaluation and
- * recalibration; never sharing the teacher's buffer) in any combination.
+ * recalibration; never sharing the teacher's buffer) in any combination;
+ * and checkpoints (every save, load and size call): the bytes
+ * are those the same trainer writes without a backend, so either loads the
+ * other's. A save reads the backend's buffers with REGOPT_VOP_READ, twice
+ * (once for the CRCs, which precede the bytes, once to write them; a size
+ * query calls nothing); a load validates the whole checkpoint in host
+ * memory first, then writes through REGOPT_VOP_WRITE (the regularizers'
+ * state, then the moments, then the tensors). If a WRITE fails
+ * (REGOPT_ERR_BACKEND naming it), what was written holds the checkpoint's
+ * values and the rest what it held; the step count, seed and statistics
+ * are the old ones, the options the old or the checkpoint's: load a
+ * checkpoint again (it then restores everything) before training on.
  * The rest is refused with REGOPT_ERR_UNSUPPORTED naming it (at attach, at
  * the setter, at the step or at the call): float16/bfloat16 tensors and
- * loss scaling, an all-reduce, trainer.check_host,
- * regopt_trainer_flatness and checkpoints.
+ * loss scaling, an all-reduce, trainer.check_host and
+ * regopt_trainer_flatness.
  *
  * Guarantees. The step stays a transaction up to the update: every
  * operation before it writes only the gradient vector and the library's
@@ -976,6 +987,11 @@ REGOPT_API const char *regopt_model_message(const regopt_model *model);
 #define REGOPT_VEC_WEIGHTS 0
 #define REGOPT_VEC_GRADS 1
 #define REGOPT_VEC_BUFFER0 2
+/* REGOPT_VOP_READ and REGOPT_VOP_WRITE only: regopt_vop.tensor counts the
+ * frozen tensors (grad NULL, in registration order; their handles came
+ * with REGOPT_VOP_BIND's frozen_data), which no vector holds, so that a
+ * checkpoint can save and restore every tensor's data. */
+#define REGOPT_VEC_FROZEN (-2)
 
 /* The operations (values fixed forever; new ones are appended, and a
  * backend returns non-zero for a code it does not know). Element i of
@@ -985,7 +1001,9 @@ REGOPT_API const char *regopt_model_message(const regopt_model *model);
  * each chunk summed and the chunk sums added in order. */
 typedef enum regopt_vop_code {
     /* Once per trainer, before any other: tensors trainable tensors with
-       the handles data[k], grad[k] and counts[k] elements. */
+       the handles data[k], grad[k] and counts[k] elements; and `frozen`
+       frozen tensors with the handles frozen_data[k] and frozen_counts[k]
+       elements (touched only by REGOPT_VOP_READ and REGOPT_VOP_WRITE). */
     REGOPT_VOP_BIND = 1,
     /* Create buffer x: shaped as the vectors, every element 0. */
     REGOPT_VOP_ALLOC = 2,
@@ -1063,7 +1081,17 @@ typedef enum regopt_vop_code {
        lane 1 (LookSAM's per-tensor norms and projections). variant 1:
        one running double sum in element order, tensor after tensor
        (GSAM's). */
-    REGOPT_VOP_DOT = 17
+    REGOPT_VOP_DOT = 17,
+    /* host[j] = x[first + j] of tensor `tensor` for j < count (x may be
+       REGOPT_VEC_FROZEN: frozen tensor `tensor`): the exact float32 bits,
+       nothing else read or written. A checkpoint's save reads every vector
+       it stores this way, in pieces of at most a few thousand elements
+       */
+    REGOPT_VOP_READ = 18,
+    /* The reverse: x[first + j] of tensor `tensor` = host[j] for j < count,
+       the exact bits (x may be REGOPT_VEC_FROZEN). A checkpoint's load,
+       after it has validated every byte of the checkpoint */
+    REGOPT_VOP_WRITE = 19
 } regopt_vop_code;
 
 /* REGOPT_VOP_UPDATE's shared scalars, indices into regopt_vop.s (each a
@@ -1102,6 +1130,13 @@ typedef struct regopt_vop {
     const double *per_tensor;  /* per tensor, 3 each (UPDATE*) or 2 each (AXPBY) */
     double s[REGOPT_VOP_S_COUNT];
     double out[4];             /* results */
+    /* Checkpoints (REGOPT_VOP_READ, REGOPT_VOP_WRITE) and the frozen tensors: */
+    float *host;               /* READ: count floats written; WRITE: read */
+    size_t first, count;       /* READ, WRITE: elements [first, first + count)
+                                  of part `tensor` (within its count) */
+    size_t frozen;             /* BIND: the frozen tensors (grad NULL) */
+    void *const *frozen_data;  /* BIND: their data handles, in registration order */
+    const size_t *frozen_counts; /* BIND: their elements */
 } regopt_vop;
 
 /* Returns 0 on success. Called on the thread of the library call that

@@ -55,7 +55,7 @@ static inline void *bk_lookup(const bk_shadow *s, void *h)
 static inline int bk_shadow_run(void *user, regopt_vop *op)
 {
     bk_shadow *s = user;
-    void *data[BK_T], *grad[BK_T];
+    void *data[BK_T], *grad[BK_T], *frozen[BK_T];
     size_t k;
     if (op->code > 0 && op->code < 32)
         s->calls[op->code]++;
@@ -70,8 +70,14 @@ static inline int bk_shadow_run(void *user, regopt_vop *op)
             ck_assert_ptr_nonnull(data[k]);
             ck_assert_ptr_nonnull(grad[k]);
         }
+        ck_assert_uint_le(op->tensors + op->frozen, BK_T);
+        for (k = 0; k < op->frozen; k++) { /* the frozen tensors, for checkpoints */
+            frozen[k] = bk_lookup(s, op->frozen_data[k]);
+            ck_assert_ptr_nonnull(frozen[k]);
+        }
         o.data = data;
         o.grad = grad;
+        o.frozen_data = frozen;
         return s->cpu.run(s->cpu.user, &o);
     }
     return s->cpu.run(s->cpu.user, op);

@@ -42,6 +42,7 @@ int main(void)
     srunner_add_suite(sr, suite_average_share());
     srunner_add_suite(sr, suite_backend());
     srunner_add_suite(sr, suite_backend_sam());
+    srunner_add_suite(sr, suite_backend_checkpoint());
     srunner_add_suite(sr, suite_mesa());
     srunner_add_suite(sr, suite_adv());
     srunner_add_suite(sr, suite_adv_errors());

@@ -43,6 +43,7 @@ Suite *suite_flatness(void); /* check_flatness.c: regopt_trainer_flatness */
 Suite *suite_average(void); /* check_average.c: EMA, SWA, swap, recalibration, state */
 Suite *suite_backend(void);       /* check_backend.c: parameter memory behind a backend, PROT_NONE */
 Suite *suite_backend_sam(void);   /* check_backend_sam.c: SAM's stateful variants through it */
+Suite *suite_backend_checkpoint(void); /* check_backend_checkpoint.c: checkpoints through a backend */
 Suite *suite_average_share(void); /* check_average_share.c: one buffer for a teacher and an EMA */
 Suite *suite_mesa(void);    /* check_mesa.c: the Bregman term's KL(teacher||student), window */
 Suite *suite_adv(void);      /* check_adv.c: FGM, PGD, FreeLB, VAT, mt-dnn-exact SMART */

@@ -213,6 +213,13 @@ class Vop(ctypes.Structure):
         ("per_tensor", ctypes.POINTER(ctypes.c_double)),
         ("s", ctypes.c_double * 16),
         ("out", ctypes.c_double * 4),
+        # since 1.1: checkpoints' transfers, and the frozen tensors at BIND
+        ("host", ctypes.POINTER(ctypes.c_float)),
+        ("first", c_size_t),
+        ("count", c_size_t),
+        ("frozen", c_size_t),
+        ("frozen_data", ctypes.POINTER(ctypes.c_void_p)),
+        ("frozen_counts", ctypes.POINTER(c_size_t)),
     ]
 
 
@@ -258,6 +265,7 @@ VEC_NONE = -1
 VEC_WEIGHTS = 0
 VEC_GRADS = 1
 VEC_BUFFER0 = 2
+VEC_FROZEN = -2
 VOP_BIND = 1
 VOP_ALLOC = 2
 VOP_FREE = 3
@@ -275,6 +283,8 @@ VOP_SWA = 14
 VOP_SCALE = 15
 VOP_AXPBY = 16
 VOP_DOT = 17
+VOP_READ = 18
+VOP_WRITE = 19
 (VOP_S_GRAD_SCALE, VOP_S_MOMENTUM, VOP_S_ONE_MINUS_DAMPENING, VOP_S_NESTEROV, VOP_S_FIRST,
  VOP_S_BETA1, VOP_S_BETA2, VOP_S_EPS, VOP_S_ONE_MINUS_BETA1, VOP_S_ONE_MINUS_BETA2,
  VOP_S_BC2_SQRT, VOP_S_AMSGRAD, VOP_S_RECTIFIED) = range(13)

@@ -22,6 +22,10 @@ round the same way except where a kernel rewrites a division by a scalar
 as a multiplication (torch's CUDA div by a CPU scalar), so trajectories
 agree to float32 rounding, not bit for bit.
 
+Checkpoints. REGOPT_VOP_READ and REGOPT_VOP_WRITE copy pieces of a vector
+(or of a frozen tensor) to and from a host float array: the library's
+checkpoints of this backend's trainer are the built-in path's bytes.
+
 Failures. run(op) never raises: an exception is kept in .error and run
 returns 1, which fails the library call with REGOPT_ERR_BACKEND; through
 Model.set_backend the step then re-raises the exception itself with the
@@ -29,6 +33,7 @@ library's error attached (.regopt_error). Results needing the host (sums,
 maxima, the update check) synchronize the device once per operation.
 """
 import collections
+import ctypes
 import math
 
 import torch
@@ -46,7 +51,8 @@ OP_NAMES = {L.VOP_BIND: "BIND", L.VOP_ALLOC: "ALLOC", L.VOP_FREE: "FREE",
             L.VOP_ABS_MAX: "ABS_MAX", L.VOP_UPDATE: "UPDATE",
             L.VOP_UPDATE_CHECK: "UPDATE_CHECK", L.VOP_SAM_PERTURB: "SAM_PERTURB",
             L.VOP_SAM_SQUARES: "SAM_SQUARES", L.VOP_SWAP: "SWAP", L.VOP_EMA: "EMA",
-            L.VOP_SWA: "SWA", L.VOP_SCALE: "SCALE", L.VOP_AXPBY: "AXPBY", L.VOP_DOT: "DOT"}
+            L.VOP_SWA: "SWA", L.VOP_SCALE: "SCALE", L.VOP_AXPBY: "AXPBY", L.VOP_DOT: "DOT",
+            L.VOP_READ: "READ", L.VOP_WRITE: "WRITE"}
 
 
 def _groups(tensors, pad):
@@ -154,6 +160,8 @@ class TorchBackend:
 
     .vectors   id -> list of 1-D tensors (views of the registered tensors
                for ids 0 and 1; buffers from 2 up)
+    .frozen    1-D views of the frozen tensors (no gradient), which only a
+               checkpoint reads and writes (REGOPT_VOP_READ / WRITE)
     .error     the exception of the last failed operation (None before)
     .calls     Counter of the operations run, by REGOPT_VOP_* code
     """
@@ -161,6 +169,7 @@ class TorchBackend:
     def __init__(self):
         self._by_ptr = collections.defaultdict(list)
         self.vectors = {}
+        self.frozen = []
         self.error = None
         self.calls = collections.Counter()
 
@@ -220,6 +229,41 @@ class TorchBackend:
         g = [self._lookup(op.grad[k], op.counts[k], k, "grad") for k in range(n)]
         self.vectors[L.VEC_WEIGHTS] = w
         self.vectors[L.VEC_GRADS] = g
+        self.frozen = [self._lookup(op.frozen_data[k], op.frozen_counts[k], k, "frozen data")
+                       for k in range(op.frozen)]
+
+    def _piece(self, op):
+        """The elements [first, first + count) of part op.tensor of op.x
+        (VEC_FROZEN: frozen tensor op.tensor), and a float32 CPU tensor over
+        the host array op.host of count floats (None when count is 0)."""
+        parts = self.frozen if op.x == L.VEC_FROZEN else self.vec(op.x)
+        if op.tensor >= len(parts):
+            raise IndexError("TorchBackend: tensor %d of vector %d (it has %d)"
+                             % (op.tensor, op.x, len(parts)))
+        t = parts[op.tensor]
+        if op.first > t.numel() or op.count > t.numel() - op.first:
+            raise IndexError("TorchBackend: elements [%d, %d) of a %d-element tensor"
+                             % (op.first, op.first + op.count, t.numel()))
+        if not op.count:
+            return t[:0], None
+        addr = ctypes.cast(op.host, ctypes.c_void_p).value
+        host = torch.frombuffer((ctypes.c_float * op.count).from_address(addr),
+                                dtype=torch.float32)
+        return t[op.first:op.first + op.count], host
+
+    def _read(self, op):
+        """host = the piece, the exact bits (a checkpoint's save); the copy
+        to the host waits for the device."""
+        src, host = self._piece(op)
+        if host is not None:
+            host.copy_(src)
+
+    def _write(self, op):
+        """The piece = host (a checkpoint's load); the library reuses the
+        host array after the call, so a device gets its own copy first."""
+        dst, host = self._piece(op)
+        if host is not None:
+            dst.copy_(host if dst.device.type == "cpu" else host.clone())
 
     def _alloc(self, op):
         if op.x < L.VEC_BUFFER0:
@@ -382,4 +426,4 @@ _DISPATCH = {L.VOP_BIND: "_bind", L.VOP_ALLOC: "_alloc", L.VOP_FREE: "_free",
              L.VOP_UPDATE_CHECK: "_update_check", L.VOP_SAM_PERTURB: "_sam_perturb",
              L.VOP_SAM_SQUARES: "_sam_squares", L.VOP_SWAP: "_swap", L.VOP_EMA: "_ema",
              L.VOP_SWA: "_swa", L.VOP_SCALE: "_scale", L.VOP_AXPBY: "_axpby",
-             L.VOP_DOT: "_dot"}
+             L.VOP_DOT: "_dot", L.VOP_READ: "_read", L.VOP_WRITE: "_write"}

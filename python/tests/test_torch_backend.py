@@ -198,7 +198,7 @@ class TorchBackendTrainingTest(unittest.TestCase):
                 TorchModel(Net(), 5, backend=used.backend)
             self.assertIn("already serves a model", str(cm.exception))
         # what the library cannot run with a backend: refused by name
-        for what in ("check_host", "checkpoint", "flatness"):
+        for what in ("check_host", "flatness"):
             with TorchModel(Net(), 5, backend="torch") as model, \
                     regopt.Optimizer("adamw", lr=1e-2) as opt, \
                     regopt.Trainer(model, opt, seed=1) as t:
@@ -207,10 +207,54 @@ class TorchBackendTrainingTest(unittest.TestCase):
                     if what == "check_host":
                         t.set(check_host=1)
                     t.step(b)
-                    if what == "checkpoint":
-                        t.to_bytes()
                     if what == "flatness":
                         t.flatness(b, measures="trace", trace_samples=2)
+
+    def test_checkpoints_cross_between_backend_and_built_in(self):
+        """A torch-backend trainer's checkpoint (REGOPT_VOP_READ) is the
+        built-in trainer's bytes and loads into one (and back, through
+        REGOPT_VOP_WRITE, the frozen tensor included); both go on with the
+        same losses and weights."""
+        def make(backend):
+            torch.manual_seed(3)
+            net = Net()
+            net.embed.bias.requires_grad_(False)  # frozen: saved all the same
+            model = TorchModel(net, 5, backend=backend)
+            opt = regopt.Optimizer("adamw", lr=1e-2, weight_decay=0.05)
+            t = regopt.Trainer(model, opt, seed=1)
+            t.add("sam", rho=0.05, direction=2)  # VaSSO: state kept in a buffer
+            t.add("average", decay=0.9)
+            return net, model, opt, t
+
+        def close(run):
+            run[3].close()
+            run[2].close()
+            run[1].close()
+
+        data = batches()
+        src, ref = make("torch"), make(None)
+        for i in range(4):
+            src[3].step(data[i % 3])
+            ref[3].step(data[i % 3])
+        with torch.no_grad():
+            src[0].embed.bias.add_(0.5)  # the host moves the frozen tensor
+            ref[0].embed.bias.add_(0.5)
+        ck = src[3].to_bytes()
+        self.assertEqual(ck, ref[3].to_bytes())
+        self.assertGreater(src[1].backend.calls[L.VOP_READ], 0)
+        built, back = make(None), make("torch")
+        built[3].from_bytes(ck)             # the backend's checkpoint, built in
+        back[3].from_bytes(ref[3].to_bytes())  # and the built-in one, through torch
+        self.assertGreater(back[1].backend.calls[L.VOP_WRITE], 0)
+        self.assertTrue(torch.equal(back[0].embed.bias, ref[0].embed.bias))
+        losses = {id(r): [r[3].step(data[i % 3]) for i in range(3)]
+                  for r in (src, ref, built, back)}
+        for r in (src, built, back):
+            self.assertEqual(losses[id(r)], losses[id(ref)])
+            for p, q in zip(r[0].parameters(), ref[0].parameters()):
+                self.assertTrue(torch.equal(p.detach(), q.detach()))
+        for r in (src, ref, built, back):
+            close(r)
 
     def test_frozen_parameters_and_micro_batches(self):
         results = []

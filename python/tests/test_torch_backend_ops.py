@@ -2,6 +2,7 @@
 against NumPy float32 computations of the formulas (the C kernels' element
 code: the same operations in the same order, so the same bits on the CPU)
 and torch.optim for the updates."""
+import ctypes
 import math
 import os
 import sys
@@ -98,6 +99,48 @@ class TorchBackendOpsTest(unittest.TestCase):
         op = self.ob.op(L.VOP_ZERO, x=2)
         self.assertEqual(self.be.run(op), 1)
         self.assertIn("does not exist", str(self.be.error))
+
+    def piece(self, code, x, tensor, first, values=None, count=None):
+        """REGOPT_VOP_READ / WRITE of one piece through a host float array;
+        returns (rc, the array's values after the call)."""
+        n = len(values) if values is not None else count
+        host = (ctypes.c_float * max(n, 1))(*(values or []))
+        op = self.ob.op(code, x=x, tensor=tensor)
+        op.host = ctypes.cast(host, ctypes.POINTER(ctypes.c_float))
+        op.first, op.count = first, n
+        rc = self.be.run(op)
+        return rc, list(host)[:n]
+
+    def test_read_write_pieces_and_the_frozen_tensor(self):
+        # BIND again, this time with the frozen tensor's handle
+        op = self.ob.op(L.VOP_BIND, data=[t.data_ptr() for t in self.params],
+                        grad=[t.data_ptr() for t in self.grads])
+        fd = (ctypes.c_void_p * 1)(self.frozen.data_ptr())
+        fc = (ctypes.c_size_t * 1)(self.frozen.numel())
+        op.frozen = 1
+        op.frozen_data = ctypes.cast(fd, ctypes.POINTER(ctypes.c_void_p))
+        op.frozen_counts = ctypes.cast(fc, ctypes.POINTER(ctypes.c_size_t))
+        self.assertEqual(self.be.run(op), 0, repr(self.be.error))
+        w2 = self.params[2].numpy().reshape(-1)
+        rc, got = self.piece(L.VOP_READ, L.VEC_WEIGHTS, 2, CHUNK - 3, count=9)
+        self.assertEqual(rc, 0)
+        self.assertEqual(np.array(got, np.float32).tobytes(), w2[CHUNK - 3:CHUNK + 6].tobytes())
+        rc, got = self.piece(L.VOP_READ, L.VEC_FROZEN, 0, 1, count=3)
+        self.assertEqual(rc, 0)
+        self.assertEqual(np.array(got, np.float32).tobytes(),
+                         self.frozen.numpy()[1:4].tobytes())
+        before = w2.copy()
+        rc, _ = self.piece(L.VOP_WRITE, L.VEC_WEIGHTS, 2, 10, values=[1.5, -0.25])
+        self.assertEqual(rc, 0)
+        self.assertEqual(list(w2[10:12]), [1.5, -0.25])
+        self.assertTrue(np.array_equal(np.delete(w2, [10, 11]), np.delete(before, [10, 11])))
+        rc, _ = self.piece(L.VOP_WRITE, L.VEC_FROZEN, 0, 3, values=[7.0])
+        self.assertEqual(rc, 0)
+        self.assertEqual(float(self.frozen[3]), 7.0)
+        # beyond the tensor, or a frozen tensor that does not exist: refused
+        self.assertEqual(self.piece(L.VOP_READ, L.VEC_WEIGHTS, 1, 3, count=3)[0], 1)
+        self.assertIsInstance(self.be.error, IndexError)
+        self.assertEqual(self.piece(L.VOP_WRITE, L.VEC_FROZEN, 1, 0, values=[1.0])[0], 1)
 
     def test_unknown_code_fails(self):
         self.assertEqual(self.be.run(self.ob.op(99)), 1)

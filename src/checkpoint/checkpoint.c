@@ -141,21 +141,6 @@ static void emit_model(const regopt_trainer *t, size_t arg, ro_ck_sink *s)
     }
 }
 
-static void emit_moments(const regopt_trainer *t, size_t arg, ro_ck_sink *s)
-{
-    (void)arg;
-    ro_ck_floats(s, t->state, t->model->n_trainable * t->per_element);
-}
-
-static void emit_params(const regopt_trainer *t, size_t arg, ro_ck_sink *s)
-{
-    const regopt_model *m = t->model;
-    size_t i;
-    (void)arg;
-    for (i = 0; i < m->n_params; i++)
-        ro_ck_floats(s, m->params[i].data, m->params[i].count);
-}
-
 /* scale (f64), init (f64), counter, skipped (u64), mode (i32), 0, the
  * element count of the masters (u64), then the masters of the half
  * tensors in registration order. */
@@ -191,7 +176,7 @@ size_t ro_ck_sections(const regopt_trainer *t, uint32_t flags, ro_ck_section *ou
     n = add_section(out, n, "trainer", emit_trainer, 0);
     n = add_section(out, n, "features", emit_features, 0);
     n = add_section(out, n, "model", emit_model, 0);
-    n = add_section(out, n, "moments", emit_moments, 0);
+    n = add_section(out, n, "moments", ro_ck_emit_moments, 0);
     for (i = 0; i < t->n_regs; i++) {
         char name[24];
         snprintf(name, sizeof name, "reg.%u", (unsigned)i);
@@ -200,7 +185,7 @@ size_t ro_ck_sections(const regopt_trainer *t, uint32_t flags, ro_ck_section *ou
     if (has_precision(t))
         n = add_section(out, n, "precision", emit_precision, 0);
     if (flags & REGOPT_CHECKPOINT_PARAMS)
-        n = add_section(out, n, "params", emit_params, 0);
+        n = add_section(out, n, "params", ro_ck_emit_params, 0);
     if (flags & REGOPT_CHECKPOINT_OPTIONS)
         n = add_section(out, n, "options", ro_ck_emit_options, 0);
     return n;
@@ -545,22 +530,18 @@ static regopt_status sized(regopt_trainer *t, const ro_ck_found *f, uint64_t flo
 
 /* ---- restore ----------------------------------------------------------- */
 
-static void apply_state(regopt_trainer *t, const ck_trainer *c, const ro_ck_found *f, size_t n,
-                        const ro_ck_found *moments, const ro_ck_found *params)
+static regopt_status apply_state(regopt_trainer *t, const ck_trainer *c, const ro_ck_found *f,
+                                 size_t n, const ro_ck_found *moments,
+                                 const ro_ck_found *params)
 {
-    regopt_model *m = t->model;
     size_t i, k = c->n_stats < RO_N_STATS ? c->n_stats : RO_N_STATS;
+    /* first: with a backend its WRITE may fail, and the counters below stay */
+    regopt_status st = ro_ck_apply_tensors(t, moments, params);
+    if (st != REGOPT_OK)
+        return st;
     t->step = c->step;
     t->seed = c->seed;
     t->momentum_ready = (int)c->momentum_ready;
-    ro_ck_rdfloats(t->state, moments->data, m->n_trainable * t->per_element);
-    { /* the update's guard bounds the first moment (momentum buffer) anew */
-        /* REGOPT_HOST keeps no moments (per_element 0): nothing to bound */
-        uint32_t b = t->per_element ? ro_abs_max_bits(t->state, m->n_trainable) : 0u;
-        float f;
-        memcpy(&f, &b, sizeof f);
-        t->state_bound = f;
-    }
     memset(t->stats, 0, sizeof t->stats);
     for (i = 0; i < k; i++)
         t->stats[i] = ro_ck_rdf64(c->stats + 8 * i);
@@ -575,13 +556,7 @@ static void apply_state(regopt_trainer *t, const ck_trainer *c, const ro_ck_foun
         for (j = 0; j < r->ops->n_stats; j++)
             r->stats[j] = j < k ? ro_ck_rdf64(g->data + REG_FIXED + 8 * j) : 0.0;
     }
-    if (params) {
-        const unsigned char *p = params->data;
-        for (i = 0; i < m->n_params; i++) {
-            ro_ck_rdfloats(m->params[i].data, p, m->params[i].count);
-            p += 4 * m->params[i].count;
-        }
-    }
+    return REGOPT_OK;
 }
 
 /* The sections every checkpoint has, validated against the trainer. */
@@ -652,7 +627,11 @@ regopt_status ro_ck_restore(regopt_trainer *t, uint32_t flags, const ro_ck_found
         st = ro_ck_apply_options(t, options, &rs);
     if (st != REGOPT_OK)
         return st;
-    apply_state(t, &c, f, count, moments, params);
+    /* with a backend REGOPT_VOP_WRITE may fail here: the header says what
+       then holds what */
+    st = apply_state(t, &c, f, count, moments, params);
+    if (st != REGOPT_OK)
+        return st;
     if (prec) /* after params: the masters of half tensors are these */
         apply_precision(t, prec);
     if (params) /* trainer.check_host: the tensors are the checkpoint's now */

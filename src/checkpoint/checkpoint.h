@@ -34,6 +34,15 @@ size_t ro_ck_sections(const regopt_trainer *t, uint32_t flags, ro_ck_section *ou
  * failure nothing has changed. */
 regopt_status ro_ck_restore(regopt_trainer *t, uint32_t flags, const ro_ck_found *found,
                             size_t count);
+/* checkpoint_tensors.c: the "moments" and "params" sections' writers
+ * (through the backend's REGOPT_VOP_READ when the model has one); and, on
+ * load, both applied (moments, then params when not NULL; with a backend
+ * through REGOPT_VOP_WRITE, which may fail: REGOPT_ERR_BACKEND, what was
+ * written stays) with the guard's bound of the first moments. */
+void ro_ck_emit_moments(const regopt_trainer *t, size_t arg, ro_ck_sink *s);
+void ro_ck_emit_params(const regopt_trainer *t, size_t arg, ro_ck_sink *s);
+regopt_status ro_ck_apply_tensors(regopt_trainer *t, const ro_ck_found *moments,
+                                  const ro_ck_found *params);
 /* checkpoint_options.c: the "options" section's writer; and, on load,
  * the options applied, then every attached regularizer's state (at[i],
  * size[i] of regularizer i, already checked), all rolled back when any is

@@ -137,8 +137,6 @@ static regopt_status save_file_run(const regopt_trainer *t, uint32_t flags,
                      "regopt_trainer_save_file: unknown flags 0x%" PRIx32, flags);
     if (st == REGOPT_OK)
         st = ro_trainer_swapped_check((regopt_trainer *)t, "regopt_trainer_save_file");
-    if (st == REGOPT_OK && t->model->has_backend)
-        st = ro_backend_refuse((char *)t->msg, "checkpoints");
     if (st != REGOPT_OK)
         return st;
     target = save_target(path, resolved);
@@ -201,8 +199,6 @@ static regopt_status load_file_run(regopt_trainer *t, uint32_t flags, const char
                      "regopt_trainer_load_file: unknown flags 0x%" PRIx32, flags);
     if (st == REGOPT_OK)
         st = ro_trainer_swapped_check(t, "regopt_trainer_load_file");
-    if (st == REGOPT_OK && t->model->has_backend)
-        st = ro_backend_refuse(t->msg, "checkpoints");
     if (st != REGOPT_OK)
         return st;
     /* O_NONBLOCK: a FIFO under this name must not hang us before the

@@ -46,24 +46,30 @@ regopt_status ro_ck_save(const regopt_trainer *t, uint32_t flags, regopt_write_f
     uint64_t off[RO_CK_MAX_SECTIONS], size[RO_CK_MAX_SECTIONS], end;
     uint32_t crc[RO_CK_MAX_SECTIONS];
     unsigned char buf[CK_CHUNK], h[RO_CK_HEADER], table[RO_CK_MAX_SECTIONS * CK_ENTRY];
+    float scratch[RO_XFER_FLOATS]; /* what a backend's buffers are read into */
     size_t n = ro_ck_sections(t, flags, secs), i;
     ro_ck_sink s;
-    int lost = 0;
+    regopt_status lost = REGOPT_OK;
 
     end = RO_CK_HEADER + (uint64_t)n * CK_ENTRY;
     for (i = 0; i < n; i++) {
         memset(&s, 0, sizeof s);
         s.crc_on = write != NULL; /* a size query needs no CRC */
-        secs[i].emit(t, secs[i].arg, &s);
-        lost |= s.lost; /* a user term's save_state failed: sizes and CRCs are wrong */
+        s.scratch = scratch;
+        s.scratch_n = RO_XFER_FLOATS;
+        if (lost == REGOPT_OK) /* after a failure: no more calls of the backend or host */
+            secs[i].emit(t, secs[i].arg, &s);
+        /* a user term's save_state or the backend failed: sizes and CRCs are wrong */
+        if (s.lost && lost == REGOPT_OK)
+            lost = s.lost_st ? s.lost_st : REGOPT_ERR_IO;
         off[i] = end;
         size[i] = s.size;
         crc[i] = s.crc;
         end = off[i] + size[i];
     }
     *total = end;
-    if (lost)
-        return REGOPT_ERR_IO; /* the term wrote the message */
+    if (lost != REGOPT_OK)
+        return lost; /* the term or the backend call wrote the message */
     if (!write)
         return REGOPT_OK;
 
@@ -81,13 +87,15 @@ regopt_status ro_ck_save(const regopt_trainer *t, uint32_t flags, regopt_write_f
     s.user = user;
     s.buf = buf;
     s.cap = sizeof buf;
+    s.scratch = scratch;
+    s.scratch_n = RO_XFER_FLOATS;
     ro_ck_put(&s, h, sizeof h);
     ro_ck_put(&s, table, n * CK_ENTRY);
     for (i = 0; i < n; i++)
         secs[i].emit(t, secs[i].arg, &s);
     ro_ck_flush(&s);
-    if (s.lost)
-        return REGOPT_ERR_IO;
+    if (s.lost) /* the second pass read something else: the bytes written are not a checkpoint */
+        return s.lost_st ? s.lost_st : REGOPT_ERR_IO;
     if (s.failed)
         return ro_fail((char *)t->msg, REGOPT_ERR_IO,
                        "the checkpoint write callback failed (a %" PRIu64 "-byte checkpoint)",
@@ -207,8 +215,6 @@ static regopt_status flags_check(regopt_trainer *t, uint32_t flags, const char *
     if (flags & ~(uint32_t)(REGOPT_CHECKPOINT_PARAMS | REGOPT_CHECKPOINT_OPTIONS))
         return ro_fail(t->msg, REGOPT_ERR_INVALID_ARGUMENT,
                        "%s: unknown flags 0x%" PRIx32, func, flags);
-    if (t->model->has_backend)
-        return ro_backend_refuse(t->msg, "checkpoints");
     /* swapped weights would be saved as the trained ones, or overwritten */
     return ro_trainer_swapped_check(t, func);
 }

@@ -143,6 +143,9 @@ typedef struct ro_ck_sink {
     uint32_t crc;
     int crc_on, failed;
     int lost; /* a regularizer could not give its state (message written) */
+    regopt_status lost_st; /* what lost returns: 0 means REGOPT_ERR_IO (a term's) */
+    float *scratch; /* a save's host floats for what a backend reads (model/backend_io.c) */
+    size_t scratch_n;
 } ro_ck_sink;
 
 void ro_ck_put(ro_ck_sink *s, const void *data, size_t n);

@@ -26,6 +26,8 @@ static const char *vop_name(int32_t code)
     case REGOPT_VOP_SCALE: return "REGOPT_VOP_SCALE";
     case REGOPT_VOP_AXPBY: return "REGOPT_VOP_AXPBY";
     case REGOPT_VOP_DOT: return "REGOPT_VOP_DOT";
+    case REGOPT_VOP_READ: return "REGOPT_VOP_READ";
+    case REGOPT_VOP_WRITE: return "REGOPT_VOP_WRITE";
     default: return "an unknown operation";
     }
 }

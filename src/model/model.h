@@ -120,6 +120,28 @@ regopt_status ro_vop_reduce(const regopt_model *m, int32_t code, int32_t variant
                             int32_t y, size_t tensor, double *out, char *msg);
 regopt_status ro_backend_refuse(char *msg, const char *what);
 
+/* ---- backend_io.c: checkpoints' transfers (REGOPT_VOP_READ / WRITE) ----- */
+
+/* Floats of a save's scratch (ro_ck_sink.scratch) and of a load's pieces:
+ * one backend call moves at most this many. */
+#define RO_XFER_FLOATS 2048
+/* Put `count` elements of part `tensor` of vector vec (REGOPT_VEC_FROZEN:
+ * frozen tensor `tensor`) into the sink, read in pieces through the
+ * scratch. A size query only counts them; a backend failure marks the
+ * sink lost with REGOPT_ERR_BACKEND (message in msg) and every later call
+ * on it does nothing. */
+void ro_ck_part(ro_ck_sink *s, const regopt_model *m, int32_t vec, size_t tensor, size_t count,
+                char *msg);
+/* Every trainable tensor of vec, in order: n_trainable floats. */
+void ro_ck_vec(ro_ck_sink *s, const regopt_model *m, int32_t vec, char *msg);
+/* The reverse from a checkpoint's little-endian bytes (validated), in
+ * pieces through a buffer of its own: REGOPT_ERR_BACKEND naming
+ * REGOPT_VOP_WRITE when the backend fails (the pieces before it written). */
+regopt_status ro_vec_load_part(const regopt_model *m, int32_t vec, size_t tensor, size_t count,
+                               const unsigned char *src, char *msg);
+regopt_status ro_vec_load(const regopt_model *m, int32_t vec, const unsigned char *src,
+                          char *msg);
+
 /* ---- parallel.c: loops over every trainable element -------------------- */
 
 #define RO_CHUNK 4096               /* elements; pieces start at multiples */

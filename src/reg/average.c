@@ -351,7 +351,9 @@ static void average_save(const ro_reg *r, ro_ck_sink *out)
     const average *a = r->self;
     ro_ck_u64(out, a->count);
     ro_ck_f64(out, a->last_decay);
-    if (a->count)
+    if (a->count && r->env->model->has_backend)
+        ro_ck_vec(out, r->env->model, a->vec, r->env->msg);
+    else if (a->count)
         ro_ck_floats(out, a->buf->v, r->env->model->n_trainable);
 }
 
@@ -373,8 +375,9 @@ static regopt_status average_check_state(ro_reg *r, const unsigned char *p, uint
                            "the checkpoint's averaged weights hold a non-finite value at "
                            "element %" PRIu64, i);
     }
-    /* a load cannot fail: the buffer a shared average loads into is made here */
-    if (a->buf->refs > 1 && !a->spare &&
+    /* a load cannot fail: the buffer a shared average loads into is made here
+       (with a backend its buffer is its own, never shared) */
+    if (a->buf && a->buf->refs > 1 && !a->spare &&
         !(a->spare = ro_ema_buf_new(r->env->alloc, (size_t)n)))
         return ro_fail(r->env->msg, REGOPT_ERR_NO_MEMORY, "out of memory for the average's "
                        "own copy of the %" PRIu64 " weights it shares with the teacher", n);
@@ -385,6 +388,15 @@ static regopt_status average_load(ro_reg *r, const unsigned char *p, uint64_t si
 {
     average *a = r->self;
     (void)size;
+    if (r->env->model->has_backend) { /* its own buffer; the WRITE may fail */
+        regopt_status st = ro_ck_rd64(p) ? ro_vec_load(r->env->model, a->vec, p + 16,
+                                                       r->env->msg) : REGOPT_OK;
+        if (st != REGOPT_OK)
+            return st;
+        a->count = ro_ck_rd64(p);
+        a->last_decay = ro_ck_rdf64(p + 8);
+        return REGOPT_OK;
+    }
     if (a->buf->refs > 1 && a->spare) { /* check_state made it: the teacher loads
                                               its own weights, apart until equal */
         ro_ema_buf_drop(r->env->alloc, a->buf);

@@ -502,7 +502,9 @@ static void bregman_save(const ro_reg *r, ro_ck_sink *out)
     ro_ck_u32(out, (uint32_t)br->ready);
     ro_ck_u32(out, 0);
     ro_ck_f64(out, br->last_beta);
-    if (br->ready)
+    if (br->ready && r->env->model->has_backend)
+        ro_ck_vec(out, r->env->model, br->teacher_vec, r->env->msg);
+    else if (br->ready)
         ro_ck_floats(out, br->teacher, r->env->model->n_trainable);
 }
 
@@ -530,10 +532,15 @@ static regopt_status bregman_load(ro_reg *r, const unsigned char *p, uint64_t si
 {
     bregman *br = r->self;
     (void)size;
+    if (ro_ck_rd32(p) && r->env->model->has_backend) { /* the one way it can fail: first */
+        regopt_status st = ro_vec_load(r->env->model, br->teacher_vec, p + 16, r->env->msg);
+        if (st != REGOPT_OK)
+            return st;
+    } else if (ro_ck_rd32(p)) {
+        ro_ck_rdfloats(br->teacher, p + 16, r->env->model->n_trainable);
+    }
     br->ready = (int)ro_ck_rd32(p);
     br->last_beta = ro_ck_rdf64(p + 8);
-    if (br->ready)
-        ro_ck_rdfloats(br->teacher, p + 16, r->env->model->n_trainable);
     return REGOPT_OK;
 }
 

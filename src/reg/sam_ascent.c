@@ -311,20 +311,36 @@ uint64_t ro_sam_state_size(const ro_sam_dir *d, const ro_sam_look *l, size_t n)
     return (d->held ? record_size(n) : 0u) + (l->held ? record_size(n) : 0u);
 }
 
-static void record(uint32_t kind, const float *f, size_t n, ro_ck_sink *out)
+/* A record of f, or with a backend of its buffer vec. */
+static void record(uint32_t kind, const float *f, int32_t vec, const ro_env *env,
+                   ro_ck_sink *out)
 {
+    const regopt_model *m = env->model;
     ro_ck_u32(out, kind);
     ro_ck_u32(out, 0);
-    ro_ck_u64(out, (uint64_t)n);
-    ro_ck_floats(out, f, n);
+    ro_ck_u64(out, (uint64_t)m->n_trainable);
+    if (m->has_backend)
+        ro_ck_vec(out, m, vec, env->msg);
+    else
+        ro_ck_floats(out, f, m->n_trainable);
 }
 
-void ro_sam_state_save(const ro_sam_dir *d, const ro_sam_look *l, size_t n, ro_ck_sink *out)
+void ro_sam_state_save(const ro_sam_dir *d, const ro_sam_look *l, const ro_env *env,
+                       ro_ck_sink *out)
 {
     if (d->held)
-        record((uint32_t)d->held_mode, d->state, n, out);
+        record((uint32_t)d->held_mode, d->state, d->state_vec, env, out);
     if (l->held)
-        record(RO_SAM_STATE_LOOK, l->gv, n, out);
+        record(RO_SAM_STATE_LOOK, l->gv, l->gv_vec, env, out);
+}
+
+/* With a backend the check takes the buffers the load writes (ids in the
+ * SAM's own buffer set, freed at detach as the others). */
+static regopt_status vec_alloc(const ro_env *env, int32_t *vec, char *msg)
+{
+    if (*vec != REGOPT_VEC_NONE)
+        return REGOPT_OK;
+    return ro_vec_alloc((regopt_model *)env->model, vec, msg);
 }
 
 regopt_status ro_sam_state_check(ro_sam_dir *d, ro_sam_look *l, const ro_env *env,
@@ -354,6 +370,13 @@ regopt_status ro_sam_state_check(ro_sam_dir *d, ro_sam_look *l, const ro_env *en
     }
     /* the load cannot fail: take the buffers now (sam.direction and
        sam.looksam may still be 0 here: the options come after this check) */
+    if (env->model->has_backend) {
+        if (seen & 2u)
+            st = vec_alloc(env, &d->state_vec, msg);
+        if (st == REGOPT_OK && (seen & 4u))
+            st = vec_alloc(env, &l->gv_vec, msg);
+        return st;
+    }
     if (seen & 2u)
         st = dir_alloc(env, &d->state, msg);
     if (st == REGOPT_OK && (seen & 4u))
@@ -361,23 +384,30 @@ regopt_status ro_sam_state_check(ro_sam_dir *d, ro_sam_look *l, const ro_env *en
     return st;
 }
 
-void ro_sam_state_load(ro_sam_dir *d, ro_sam_look *l, size_t n, const unsigned char *p,
-                       uint64_t size)
+regopt_status ro_sam_state_load(ro_sam_dir *d, ro_sam_look *l, const ro_env *env,
+                                const unsigned char *p, uint64_t size)
 {
+    const regopt_model *m = env->model;
+    size_t n = m->n_trainable;
     uint64_t rs = record_size(n), at;
+    regopt_status st = REGOPT_OK;
     d->pending = l->pending = 0;
     d->held = l->held = 0;
-    for (at = 0; at < size; at += rs) {
+    for (at = 0; at < size && st == REGOPT_OK; at += rs) {
         uint32_t kind = ro_ck_rd32(p + at);
-        if (kind == RO_SAM_STATE_LOOK) {
+        int look = kind == RO_SAM_STATE_LOOK;
+        if (m->has_backend) /* a failure leaves that record not held */
+            st = ro_vec_load(m, look ? l->gv_vec : d->state_vec, p + at + 16, env->msg);
+        else
+            ro_ck_rdfloats(look ? l->gv : d->state, p + at + 16, n);
+        if (st == REGOPT_OK && look) {
             l->held = 1;
-            ro_ck_rdfloats(l->gv, p + at + 16, n);
-        } else {
+        } else if (st == REGOPT_OK) {
             d->held = 1;
             d->held_mode = (int)kind;
-            ro_ck_rdfloats(d->state, p + at + 16, n);
         }
     }
+    return st;
 }
 
 /* For sam_look.c: one more buffer of n_trainable floats (idempotent). */

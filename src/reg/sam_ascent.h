@@ -92,13 +92,17 @@ regopt_status ro_sam_msam_vops(const ro_env *env, ro_step *st, int32_t save_vec,
 
 /* ---- the SAM section's checkpoint state (sam_ascent.c) -------------------
  * Records of 16 + 4E bytes (docs/checkpoint-format.md §3.5): the
- * direction's state, then LookSAM's g_v, each when held. */
+ * direction's state, then LookSAM's g_v, each when held; with a backend
+ * the same bytes, through its buffers. */
 uint64_t ro_sam_state_size(const ro_sam_dir *d, const ro_sam_look *l, size_t n);
-void ro_sam_state_save(const ro_sam_dir *d, const ro_sam_look *l, size_t n, ro_ck_sink *out);
+void ro_sam_state_save(const ro_sam_dir *d, const ro_sam_look *l, const ro_env *env,
+                       ro_ck_sink *out);
 regopt_status ro_sam_state_check(ro_sam_dir *d, ro_sam_look *l, const ro_env *env,
                                  const unsigned char *p, uint64_t size, char *msg);
-void ro_sam_state_load(ro_sam_dir *d, ro_sam_look *l, size_t n, const unsigned char *p,
-                       uint64_t size);
+/* With a backend through REGOPT_VOP_WRITE, which may fail (what was not
+ * written is then not held). */
+regopt_status ro_sam_state_load(ro_sam_dir *d, ro_sam_look *l, const ro_env *env,
+                                const unsigned char *p, uint64_t size);
 
 /* ---- sam_wsam.c: GSAM's and WSAM's update directions ------------------- */
 

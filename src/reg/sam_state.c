@@ -55,7 +55,7 @@ uint64_t ro_sam_ck_size(const ro_reg *r)
 void ro_sam_ck_save(const ro_reg *r, ro_ck_sink *out)
 {
     const ro_sam_state *s = r->self;
-    ro_sam_state_save(&s->dir, &s->look, r->env->model->n_trainable, out);
+    ro_sam_state_save(&s->dir, &s->look, r->env, out);
 }
 
 regopt_status ro_sam_ck_check(ro_reg *r, const unsigned char *p, uint64_t size)
@@ -67,6 +67,5 @@ regopt_status ro_sam_ck_check(ro_reg *r, const unsigned char *p, uint64_t size)
 regopt_status ro_sam_ck_load(ro_reg *r, const unsigned char *p, uint64_t size)
 {
     ro_sam_state *s = r->self;
-    ro_sam_state_load(&s->dir, &s->look, r->env->model->n_trainable, p, size);
-    return REGOPT_OK;
+    return ro_sam_state_load(&s->dir, &s->look, r->env, p, size);
 }

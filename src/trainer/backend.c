@@ -1,6 +1,7 @@
 /* backend.c — a trainer on a model whose parameter memory is the host's
  * backend's (regopt_model_set_backend): the tensors bound and the moments
- * allocated through it, and what it cannot serve yet refused by name. The
+ * allocated through it (the frozen tensors' handles too, for checkpoints),
+ * and what it cannot serve yet refused by name. The
  * step's operations through it are where their built-in loops are
  * (pipeline.c, update.c, reg/sam_move.c). */
 #include "trainer/trainer.h"
@@ -9,13 +10,14 @@ regopt_status ro_backend_trainer_init(regopt_trainer *t, char *msg)
 {
     regopt_model *m = t->model;
     void **handles;
-    size_t *counts, i, k = 0, n;
+    size_t *counts, i, k = 0, n, nf, f = 0;
     regopt_vop op;
     regopt_status st;
     ro_vop_init(m, &op, REGOPT_VOP_BIND);
     n = op.tensors;
-    handles = ro_calloc(&t->alloc, 2 * n + 1, sizeof *handles);
-    counts = ro_calloc(&t->alloc, n + 1, sizeof *counts);
+    nf = m->n_params - n; /* frozen: handed over for checkpoints' READ and WRITE */
+    handles = ro_calloc(&t->alloc, 2 * n + nf + 1, sizeof *handles);
+    counts = ro_calloc(&t->alloc, n + nf + 1, sizeof *counts);
     t->vop_tensor = ro_calloc(&t->alloc, 3 * n + 1, sizeof *t->vop_tensor);
     if (!handles || !counts || !t->vop_tensor) {
         ro_free(&t->alloc, handles);
@@ -25,8 +27,11 @@ regopt_status ro_backend_trainer_init(regopt_trainer *t, char *msg)
     }
     for (i = 0; i < m->n_params; i++) {
         const ro_param *p = &m->params[i];
-        if (!p->grad)
+        if (!p->grad) {
+            handles[2 * n + f] = p->host_data;
+            counts[n + f++] = p->count;
             continue;
+        }
         handles[k] = p->host_data;
         handles[n + k] = p->host_grad;
         counts[k++] = p->count;
@@ -34,6 +39,9 @@ regopt_status ro_backend_trainer_init(regopt_trainer *t, char *msg)
     op.data = handles;
     op.grad = handles + n;
     op.counts = counts;
+    op.frozen = nf;
+    op.frozen_data = handles + 2 * n;
+    op.frozen_counts = counts + n;
     st = ro_vop_run(m, &op, msg);
     ro_free(&t->alloc, handles);
     ro_free(&t->alloc, counts);

@@ -16,6 +16,9 @@ typedef struct cpu_backend {
     size_t n;                /* tensors bound */
     float **data, **grad;    /* their handles: host arrays */
     size_t *counts, *offset; /* elements, and the start within a buffer */
+    size_t nf;               /* frozen tensors: only READ and WRITE reach them */
+    float **frozen;
+    size_t *frozen_counts;
     size_t total;
     float **bufs;            /* buffer id - REGOPT_VEC_BUFFER0 -> array of total */
     size_t n_bufs;
@@ -51,22 +54,24 @@ static void unbind(cpu_backend *c)
 {
     ro_free(&c->alloc, c->data);
     ro_free(&c->alloc, c->counts);
-    c->data = c->grad = NULL;
-    c->counts = c->offset = NULL;
-    c->n = 0;
+    c->data = c->grad = c->frozen = NULL;
+    c->counts = c->offset = c->frozen_counts = NULL;
+    c->n = c->nf = 0;
 }
 
 static int bind(cpu_backend *c, const regopt_vop *op)
 {
-    size_t k, total = 0, n = op->tensors;
+    size_t k, total = 0, n = op->tensors, nf = op->frozen;
     float **h;
     size_t *cnt;
     for (k = 0; k < n; k++)
         total += op->counts[k];
     if (c->n_bufs && total != c->total) /* buffers exist for another layout */
         return CPU_BAD_BIND;
-    h = ro_calloc(&c->alloc, 2 * n + 1, sizeof *h);
-    cnt = ro_calloc(&c->alloc, 2 * n + 1, sizeof *cnt);
+    if (nf && (!op->frozen_data || !op->frozen_counts))
+        return CPU_BAD_BIND;
+    h = ro_calloc(&c->alloc, 2 * n + nf + 1, sizeof *h);
+    cnt = ro_calloc(&c->alloc, 2 * n + nf + 1, sizeof *cnt);
     if (!h || !cnt) {
         ro_free(&c->alloc, h);
         ro_free(&c->alloc, cnt);
@@ -77,6 +82,13 @@ static int bind(cpu_backend *c, const regopt_vop *op)
     c->grad = h + n;
     c->counts = cnt;
     c->offset = cnt + n;
+    c->frozen = h + 2 * n;
+    c->frozen_counts = cnt + 2 * n;
+    for (k = 0; k < nf; k++) {
+        c->frozen[k] = op->frozen_data[k];
+        c->frozen_counts[k] = op->frozen_counts[k];
+    }
+    c->nf = nf;
     for (k = 0, total = 0; k < n; k++) {
         c->data[k] = op->data[k];
         c->grad[k] = op->grad[k];
@@ -302,6 +314,26 @@ static int dot(const cpu_backend *c, regopt_vop *op)
     return CPU_OK;
 }
 
+/* A checkpoint's piece: elements [first, first + count) of one part,
+ * copied as bits to or from host. */
+static int transfer(const cpu_backend *c, const regopt_vop *op)
+{
+    int frozen = op->x == REGOPT_VEC_FROZEN;
+    size_t n = frozen ? c->nf : c->n, len;
+    float *p;
+    if (op->tensor >= n || !op->host)
+        return CPU_BAD_VECTOR;
+    p = frozen ? c->frozen[op->tensor] : part(c, op->x, op->tensor);
+    len = frozen ? c->frozen_counts[op->tensor] : c->counts[op->tensor];
+    if (!p || op->first > len || op->count > len - op->first)
+        return CPU_BAD_VECTOR;
+    if (op->code == REGOPT_VOP_READ)
+        memcpy(op->host, p + op->first, op->count * sizeof(float));
+    else
+        memcpy(p + op->first, op->host, op->count * sizeof(float));
+    return CPU_OK;
+}
+
 static int run(void *user, regopt_vop *op)
 {
     cpu_backend *c = user;
@@ -380,6 +412,9 @@ static int run(void *user, regopt_vop *op)
         return axpby(c, op);
     case REGOPT_VOP_DOT:
         return dot(c, op);
+    case REGOPT_VOP_READ:
+    case REGOPT_VOP_WRITE:
+        return transfer(c, op);
     default:
         return CPU_BAD_CODE;
     }
