@@ -287,4 +287,38 @@ static inline void bk_close(bk_run *r)
     }
 }
 
+/* `steps` steps (the test fails on any error); the objectives into loss
+ * (may be NULL). */
+static inline void bk_train(bk_run *r, int steps, double *loss)
+{
+    int i;
+    for (i = 0; i < steps; i++) {
+        TMUST(r->t, regopt_trainer_step(r->t, &r->b, 1));
+        if (loss)
+            loss[i] = stat(r->t, REGOPT_STAT_OBJECTIVE);
+    }
+}
+
+/* The weights of run a (without a backend) and run b are the same bits,
+ * tensor by tensor. */
+static inline void bk_same_weights(const bk_run *a, const bk_run *b, const char *what)
+{
+    size_t k, i;
+    for (k = 0; k < BK_T; k++)
+        for (i = 0; i < bk_count[k]; i++)
+            ck_assert_msg(memcmp(&a->h.w[k][i], &b->h.w[k][i], sizeof(float)) == 0,
+                          "%s: %s[%zu] is %.9g, %.9g without a backend", what, bk_name[k], i,
+                          (double)b->h.w[k][i], (double)a->h.w[k][i]);
+}
+
+/* Close both runs of a comparison, their regularizers and the runs. */
+static inline void bk_close_pair(bk_run *a, bk_run *b)
+{
+    bk_close(a);
+    bk_close(b);
+    tu_free_regs();
+    free(a);
+    free(b);
+}
+
 #endif

@@ -95,28 +95,6 @@ static void attach(bk_run *r, const method *m)
     }
 }
 
-/* STEPS steps; the losses into loss (may be NULL). */
-static void train(bk_run *r, int steps, double *loss)
-{
-    int i;
-    for (i = 0; i < steps; i++) {
-        TMUST(r->t, regopt_trainer_step(r->t, &r->b, 1));
-        if (loss)
-            loss[i] = stat(r->t, REGOPT_STAT_OBJECTIVE);
-    }
-}
-
-/* The weights of run a and run b are the same bits, tensor by tensor. */
-static void same_weights(const bk_run *a, const bk_run *b, const char *what)
-{
-    size_t k, i;
-    for (k = 0; k < BK_T; k++)
-        for (i = 0; i < bk_count[k]; i++)
-            ck_assert_msg(memcmp(&a->h.w[k][i], &b->h.w[k][i], sizeof(float)) == 0,
-                          "%s: %s[%zu] is %.9g through the backend, %.9g without", what,
-                          bk_name[k], i, (double)b->h.w[k][i], (double)a->h.w[k][i]);
-}
-
 START_TEST(every_method_same_bits)
 {
     const method *m = &methods[_i / 4];
@@ -130,12 +108,12 @@ START_TEST(every_method_same_bits)
     bk_open(b, 1, kind);
     attach(a, m);
     attach(b, m);
-    train(a, STEPS, la);
-    train(b, STEPS, lb);
+    bk_train(a, STEPS, la);
+    bk_train(b, STEPS, lb);
     for (i = 0; i < STEPS; i++)
         ck_assert_msg(memcmp(&la[i], &lb[i], sizeof la[i]) == 0, "%s: loss of step %d: %.17g "
                       "through the backend, %.17g without", what, i, lb[i], la[i]);
-    same_weights(a, b, what);
+    bk_same_weights(a, b, what);
     if (m->bits & (M_EMA | M_SWA | M_MESA)) { /* the averages too, swapped in and out */
         regopt_regularizer *va = tu_reg(a->t, m->bits & (M_EMA | M_SWA) ? REGOPT_REG_AVERAGE
                                                                         : REGOPT_REG_BREGMAN);
@@ -143,11 +121,11 @@ START_TEST(every_method_same_bits)
                                                                         : REGOPT_REG_BREGMAN);
         MUST(regopt_regularizer_swap_average(va));
         MUST(regopt_regularizer_swap_average(vb));
-        same_weights(a, b, "the average swapped in");
+        bk_same_weights(a, b, "the average swapped in");
         ck_assert_int_eq(regopt_trainer_step(b->t, &b->b, 1), REGOPT_ERR_STATE);
         MUST(regopt_regularizer_swap_average(va));
         MUST(regopt_regularizer_swap_average(vb));
-        same_weights(a, b, "the average swapped out");
+        bk_same_weights(a, b, "the average swapped out");
         ck_assert_int_eq(b->s.calls[REGOPT_VOP_SWAP] - (m->bits & M_MESA ? 2 * STEPS : 0), 2);
     }
     /* and the weights moved: the comparison compared something */
@@ -156,11 +134,7 @@ START_TEST(every_method_same_bits)
     ck_assert_int_eq(b->s.calls[REGOPT_VOP_UPDATE], STEPS);
     if (m->bits & M_SAM)
         ck_assert_int_eq(b->s.calls[REGOPT_VOP_SAM_PERTURB], STEPS);
-    bk_close(a);
-    bk_close(b);
-    tu_free_regs();
-    free(a);
-    free(b);
+    bk_close_pair(a, b);
 }
 END_TEST
 
@@ -185,8 +159,8 @@ START_TEST(failed_operation_loses_nothing)
     bk_open(b, 1, REGOPT_ADAMW);
     attach(a, m);
     attach(b, m);
-    train(a, STEPS, NULL);
-    train(b, 3, NULL);
+    bk_train(a, STEPS, NULL);
+    bk_train(b, 3, NULL);
     b->s.fail_code = failing[_i];
     b->s.fail_at = b->s.calls[failing[_i]] + 1;
     st = regopt_trainer_step(b->t, &b->b, 1);
@@ -194,13 +168,9 @@ START_TEST(failed_operation_loses_nothing)
     ck_assert_msg(strstr(regopt_trainer_message(b->t), failing_name[_i]) != NULL, "%s",
                   regopt_trainer_message(b->t));
     ck_assert_int_eq(stat_int(b->t, REGOPT_STAT_STEP), 3);
-    train(b, STEPS - 3, NULL);
-    same_weights(a, b, failing_name[_i]);
-    bk_close(a);
-    bk_close(b);
-    tu_free_regs();
-    free(a);
-    free(b);
+    bk_train(b, STEPS - 3, NULL);
+    bk_same_weights(a, b, failing_name[_i]);
+    bk_close_pair(a, b);
 }
 END_TEST
 
@@ -217,8 +187,8 @@ START_TEST(teacher_operations_fail)
     bk_open(b, 1, REGOPT_SGD);
     attach(a, m);
     attach(b, m);
-    train(a, STEPS, NULL);
-    train(b, 2, NULL);
+    bk_train(a, STEPS, NULL);
+    bk_train(b, 2, NULL);
     b->s.fail_code = code;
     b->s.fail_at = b->s.calls[code] + 1 + (_i == 1);
     ck_assert_int_eq(regopt_trainer_step(b->t, &b->b, 1), REGOPT_ERR_BACKEND);
@@ -226,17 +196,13 @@ START_TEST(teacher_operations_fail)
                                  code == REGOPT_VOP_SWAP ? "REGOPT_VOP_SWAP" : "REGOPT_VOP_EMA"));
     ck_assert_int_eq(stat_int(b->t, REGOPT_STAT_STEP), 2);
     if (code == REGOPT_VOP_SWAP) {
-        train(b, STEPS - 2, NULL);
-        same_weights(a, b, _i ? "the swap back failed" : "the swap in failed");
+        bk_train(b, STEPS - 2, NULL);
+        bk_same_weights(a, b, _i ? "the swap back failed" : "the swap in failed");
     } else {
-        train(b, 1, NULL);
+        bk_train(b, 1, NULL);
         ck_assert_int_eq(stat_int(b->t, REGOPT_STAT_STEP), 3);
     }
-    bk_close(a);
-    bk_close(b);
-    tu_free_regs();
-    free(a);
-    free(b);
+    bk_close_pair(a, b);
 }
 END_TEST
 
@@ -250,7 +216,7 @@ START_TEST(teacher_refuses_nonfinite_weight)
     for (i = 0; i < 2; i++) {
         bk_open(runs[i], i, REGOPT_ADAM);
         attach(runs[i], &methods[10]);
-        train(runs[i], 2, NULL);
+        bk_train(runs[i], 2, NULL);
         runs[i]->h.w[2][5] = NAN;
         ck_assert_int_eq(regopt_trainer_step(runs[i]->t, &runs[i]->b, 1),
                          REGOPT_ERR_NONFINITE_GRADIENT);
@@ -258,12 +224,8 @@ START_TEST(teacher_refuses_nonfinite_weight)
                              "weight") != NULL, "%s", regopt_trainer_message(runs[i]->t));
     }
     a->h.w[2][5] = b->h.w[2][5] = 0.0f; /* NaN != NaN: compare the rest */
-    same_weights(a, b, "a non-finite weight refused");
-    bk_close(a);
-    bk_close(b);
-    tu_free_regs();
-    free(a);
-    free(b);
+    bk_same_weights(a, b, "a non-finite weight refused");
+    bk_close_pair(a, b);
 }
 END_TEST
 
@@ -273,13 +235,13 @@ START_TEST(nonfinite_gradient_named)
     bk_run *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b);
     bk_open(a, 0, REGOPT_SGD);
     bk_open(b, 1, REGOPT_SGD);
-    train(a, 2, NULL);
-    train(b, 2, NULL);
+    bk_train(a, 2, NULL);
+    bk_train(b, 2, NULL);
     b->h.nan_grad = 1;
     ck_assert_int_eq(regopt_trainer_step(b->t, &b->b, 1), REGOPT_ERR_NONFINITE_GRADIENT);
     ck_assert_msg(strstr(regopt_trainer_message(b->t), "\"b1\"") != NULL, "%s",
                   regopt_trainer_message(b->t));
-    same_weights(a, b, "after a non-finite gradient");
+    bk_same_weights(a, b, "after a non-finite gradient");
     bk_close(a);
     bk_close(b);
     free(a);
@@ -321,7 +283,7 @@ START_TEST(update_check_refuses)
     ck_assert_ptr_nonnull(strstr(msg[1], "would make the weight non-finite at element"));
     ck_assert_int_eq(b->s.calls[REGOPT_VOP_UPDATE_CHECK], 1);
     ck_assert_int_eq(b->s.calls[REGOPT_VOP_UPDATE], 0);
-    same_weights(a, b, "after a refused update");
+    bk_same_weights(a, b, "after a refused update");
     bk_close(a);
     bk_close(b);
     free(a);
@@ -474,20 +436,16 @@ START_TEST(host_optimizer_same_bits)
         ck_assert_ptr_nonnull(r->t);
         attach(r, &methods[1]); /* SAM */
         attach(r, &methods[13]); /* an EMA average */
-        train(r, STEPS, NULL);
+        bk_train(r, STEPS, NULL);
         ck_assert(stat(r->t, REGOPT_STAT_CLIP_SCALE) < 1.0);
     }
-    same_weights(a, b, "a host's update");
+    bk_same_weights(a, b, "a host's update");
     ck_assert_int_eq(b->s.calls[REGOPT_VOP_SCALE], STEPS);
     b->h.nan_weight = 1;
     ck_assert_int_eq(regopt_trainer_step(b->t, &b->b, 1), REGOPT_ERR_HOST_UPDATE);
     ck_assert_ptr_nonnull(strstr(regopt_trainer_message(b->t), "\"b2\""));
     ck_assert_int_eq(stat_int(b->t, REGOPT_STAT_STEP), STEPS);
-    bk_close(a);
-    bk_close(b);
-    tu_free_regs();
-    free(a);
-    free(b);
+    bk_close_pair(a, b);
 }
 END_TEST
 

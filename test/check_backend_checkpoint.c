@@ -62,16 +62,6 @@ static void open_run(bk_run *r, int backend, const method *m)
     }
 }
 
-static void train(bk_run *r, int steps, double *loss)
-{
-    int i;
-    for (i = 0; i < steps; i++) {
-        TMUST(r->t, regopt_trainer_step(r->t, &r->b, 1));
-        if (loss)
-            loss[i] = stat(r->t, REGOPT_STAT_OBJECTIVE);
-    }
-}
-
 /* The host moves the frozen offset (its own business): a checkpoint with
  * the tensors must carry it. */
 static void move_frozen(bk_run *r)
@@ -92,16 +82,6 @@ static unsigned char *save(bk_run *r, size_t *size)
     TMUST(r->t, regopt_trainer_save_buffer(r->t, FLAGS, buf, *size, &written));
     ck_assert_uint_eq(written, *size);
     return buf;
-}
-
-static void same_weights(const bk_run *a, const bk_run *b, const char *what)
-{
-    size_t k, i;
-    for (k = 0; k < BK_T; k++)
-        for (i = 0; i < bk_count[k]; i++)
-            ck_assert_msg(memcmp(&a->h.w[k][i], &b->h.w[k][i], sizeof(float)) == 0,
-                          "%s: %s[%zu] is %.9g, %.9g expected", what, bk_name[k], i,
-                          (double)b->h.w[k][i], (double)a->h.w[k][i]);
 }
 
 static void same_losses(const double *a, const double *b, const char *what)
@@ -132,8 +112,8 @@ START_TEST(same_bytes_either_way)
     long reads;
     open_run(a, 0, m);
     open_run(b, 1, m);
-    train(a, STEPS, NULL);
-    train(b, STEPS, NULL);
+    bk_train(a, STEPS, NULL);
+    bk_train(b, STEPS, NULL);
     move_frozen(a);
     move_frozen(b);
     reads = b->s.calls[REGOPT_VOP_READ];
@@ -152,19 +132,19 @@ START_TEST(same_bytes_either_way)
     TMUST(c->t, regopt_trainer_load_buffer(c->t, FLAGS, bb, sb));
     TMUST(d->t, regopt_trainer_load_buffer(d->t, FLAGS, ba, sa));
     ck_assert_int_gt(d->s.calls[REGOPT_VOP_WRITE], 0);
-    same_weights(a, c, "loaded, built-in");
-    same_weights(a, d, "loaded, backend");
+    bk_same_weights(a, c, "loaded, built-in");
+    bk_same_weights(a, d, "loaded, backend");
     ck_assert_float_eq(d->h.w[4][3], 0.25f * 3.0f - 0.3f); /* the frozen tensor, restored */
-    train(a, AFTER, la);
-    train(b, AFTER, lb);
-    train(c, AFTER, lc);
-    train(d, AFTER, ld);
+    bk_train(a, AFTER, la);
+    bk_train(b, AFTER, lb);
+    bk_train(c, AFTER, lc);
+    bk_train(d, AFTER, ld);
     same_losses(la, lb, "backend run");
     same_losses(la, lc, "built-in from the backend's checkpoint");
     same_losses(la, ld, "backend from the built-in checkpoint");
-    same_weights(a, b, m->name);
-    same_weights(a, c, m->name);
-    same_weights(a, d, m->name);
+    bk_same_weights(a, b, m->name);
+    bk_same_weights(a, c, m->name);
+    bk_same_weights(a, d, m->name);
     free(ba);
     free(bb);
     close_run(a);
@@ -191,8 +171,8 @@ START_TEST(read_failure_fails_the_save)
     int j;
     open_run(a, 0, m);
     open_run(b, 1, m);
-    train(a, STEPS, NULL);
-    train(b, STEPS, NULL);
+    bk_train(a, STEPS, NULL);
+    bk_train(b, STEPS, NULL);
     before = b->s.calls[REGOPT_VOP_READ];
     ref = save(b, &size);
     per_pass = (b->s.calls[REGOPT_VOP_READ] - before) / 2;
@@ -219,10 +199,10 @@ START_TEST(read_failure_fails_the_save)
     TMUST(b->t, regopt_trainer_save_file(b->t, FLAGS, path));
     TMUST(b->t, regopt_trainer_load_file(b->t, FLAGS, path));
     unlink(path);
-    train(a, AFTER, la);
-    train(b, AFTER, lb);
+    bk_train(a, AFTER, la);
+    bk_train(b, AFTER, lb);
     same_losses(la, lb, "after the failed saves");
-    same_weights(a, b, "after the failed saves");
+    bk_same_weights(a, b, "after the failed saves");
     free(ref);
     free(again);
     free(buf);
@@ -247,11 +227,11 @@ START_TEST(write_failure_fails_the_load)
     double la[AFTER], ld[AFTER];
     int j;
     open_run(a, 0, m);
-    train(a, STEPS, NULL);
+    bk_train(a, STEPS, NULL);
     move_frozen(a);
     ba = save(a, &sa);
     open_run(d, 1, m);
-    train(d, 1, NULL);
+    bk_train(d, 1, NULL);
     ba[sa - 5] ^= 0x40; /* the last section's CRC no longer holds */
     ck_assert_int_eq(regopt_trainer_load_buffer(d->t, FLAGS, ba, sa), REGOPT_ERR_CORRUPT);
     ck_assert_int_eq(d->s.calls[REGOPT_VOP_WRITE], 0);
@@ -272,11 +252,11 @@ START_TEST(write_failure_fails_the_load)
     }
     d->s.fail_code = 0;
     TMUST(d->t, regopt_trainer_load_buffer(d->t, FLAGS, ba, sa));
-    same_weights(a, d, "loaded again");
-    train(a, AFTER, la);
-    train(d, AFTER, ld);
+    bk_same_weights(a, d, "loaded again");
+    bk_train(a, AFTER, la);
+    bk_train(d, AFTER, ld);
     same_losses(la, ld, "loaded again after the failures");
-    same_weights(a, d, "loaded again after the failures");
+    bk_same_weights(a, d, "loaded again after the failures");
     free(ba);
     close_run(a);
     close_run(d);

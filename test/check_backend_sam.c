@@ -73,16 +73,6 @@ static void open_run(bk_run *r, int backend, regopt_optimizer_kind kind, const v
     }
 }
 
-static void train(bk_run *r, int steps, double *loss)
-{
-    int i;
-    for (i = 0; i < steps; i++) {
-        TMUST(r->t, regopt_trainer_step(r->t, &r->b, 1));
-        if (loss)
-            loss[i] = stat(r->t, REGOPT_STAT_OBJECTIVE);
-    }
-}
-
 /* The index of the first weight where runs a and b differ, or -1. */
 static long first_difference(const bk_run *a, const bk_run *b, size_t *tensor)
 {
@@ -94,15 +84,6 @@ static long first_difference(const bk_run *a, const bk_run *b, size_t *tensor)
                 return (long)i;
             }
     return -1;
-}
-
-static void same_weights(const bk_run *a, const bk_run *b, const char *what)
-{
-    size_t k = 0;
-    long i = first_difference(a, b, &k);
-    ck_assert_msg(i < 0, "%s: %s[%ld] is %.9g through the backend, %.9g without", what,
-                  bk_name[k], i, i < 0 ? 0.0 : (double)b->h.w[k][i],
-                  i < 0 ? 0.0 : (double)a->h.w[k][i]);
 }
 
 START_TEST(every_variant_same_bits)
@@ -117,19 +98,19 @@ START_TEST(every_variant_same_bits)
     snprintf(what, sizeof what, "%s, optimizer %d", v->name, (int)kind);
     open_run(a, 0, kind, v);
     open_run(b, 1, kind, v);
-    train(a, STEPS, la);
-    train(b, STEPS, lb);
+    bk_train(a, STEPS, la);
+    bk_train(b, STEPS, lb);
     for (i = 0; i < STEPS; i++)
         ck_assert_msg(memcmp(&la[i], &lb[i], sizeof la[i]) == 0, "%s: loss of step %d: %.17g "
                       "through the backend, %.17g without", what, i, lb[i], la[i]);
-    same_weights(a, b, what);
+    bk_same_weights(a, b, what);
     ck_assert_int_eq(b->s.calls[REGOPT_VOP_UPDATE], STEPS);
     if (_i >= (int)N_KINDS) {
         /* the variant ran: the weights are not plain SAM's -- but FriendlySAM
            with sigma 0 and VaSSO with theta 1 ascend along g: SAM's bits */
         int as_sam = v->sigma < 0.0 || v->theta == 1.0;
         open_run(p, 0, kind, &variants[0]);
-        train(p, STEPS, NULL);
+        bk_train(p, STEPS, NULL);
         ck_assert_msg((first_difference(a, p, &k) < 0) == as_sam, "%s: %s weights as plain SAM",
                       what, as_sam ? "not the same" : "the same");
         bk_close(p);
@@ -138,11 +119,7 @@ START_TEST(every_variant_same_bits)
     }
     if (v->gsam || v->look)
         ck_assert_msg(b->s.calls[REGOPT_VOP_DOT] > 0, "%s: no REGOPT_VOP_DOT", what);
-    bk_close(a);
-    bk_close(b);
-    tu_free_regs();
-    free(a);
-    free(b);
+    bk_close_pair(a, b);
     free(p);
 }
 END_TEST
@@ -177,8 +154,8 @@ START_TEST(failed_operation_loses_nothing)
     snprintf(what, sizeof what, "%s failing %s", v->name, f->name);
     open_run(a, 0, REGOPT_ADAMW, v);
     open_run(b, 1, REGOPT_ADAMW, v);
-    train(a, STEPS, NULL);
-    train(b, 3, NULL);
+    bk_train(a, STEPS, NULL);
+    bk_train(b, 3, NULL);
     b->s.fail_code = f->code;
     b->s.fail_at = b->s.calls[f->code] + 1;
     st = regopt_trainer_step(b->t, &b->b, 1);
@@ -186,13 +163,9 @@ START_TEST(failed_operation_loses_nothing)
     ck_assert_msg(strstr(regopt_trainer_message(b->t), f->name) != NULL, "%s: %s", what,
                   regopt_trainer_message(b->t));
     ck_assert_int_eq(stat_int(b->t, REGOPT_STAT_STEP), 3);
-    train(b, STEPS - 3, NULL);
-    same_weights(a, b, what);
-    bk_close(a);
-    bk_close(b);
-    tu_free_regs();
-    free(a);
-    free(b);
+    bk_train(b, STEPS - 3, NULL);
+    bk_same_weights(a, b, what);
+    bk_close_pair(a, b);
 }
 END_TEST
 
@@ -205,7 +178,7 @@ START_TEST(wsam_raw_step_failure)
     bk_run *b = calloc(1, sizeof *b);
     regopt_status st;
     open_run(b, 1, REGOPT_ADAMW, &variants[14]);
-    train(b, 3, NULL);
+    bk_train(b, 3, NULL);
     b->s.fail_code = REGOPT_VOP_AXPBY;
     b->s.fail_at = b->s.calls[REGOPT_VOP_AXPBY] + 2; /* the split's, then the raw step's */
     st = regopt_trainer_step(b->t, &b->b, 1);
@@ -213,7 +186,7 @@ START_TEST(wsam_raw_step_failure)
     ck_assert_ptr_nonnull(strstr(regopt_trainer_message(b->t), "REGOPT_VOP_AXPBY"));
     ck_assert_int_eq(b->s.calls[REGOPT_VOP_UPDATE], 4); /* it came after the update */
     ck_assert_int_eq(stat_int(b->t, REGOPT_STAT_STEP), 3);
-    train(b, 1, NULL);
+    bk_train(b, 1, NULL);
     ck_assert_int_eq(stat_int(b->t, REGOPT_STAT_STEP), 4);
     bk_close(b);
     tu_free_regs();
