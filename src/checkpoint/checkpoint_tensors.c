@@ -8,8 +8,8 @@
 
 #include <string.h>
 
-/* The moments block after block (first moment or momentum, second,
- * AMSGrad's maximum), each over the trainable tensors in order: t->state's
+/* The moments block after block (the optimizer's first, second and
+ * third state element), each over the trainable tensors in order: t->state's
  * layout, and with a backend its buffers read in that order. */
 void ro_ck_emit_moments(const regopt_trainer *t, size_t arg, ro_ck_sink *s)
 {

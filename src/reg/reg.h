@@ -222,6 +222,14 @@ void ro_ema_piece(void *ctx, const ro_param *p, size_t j0, size_t j1);
 /* The recurrence over [0, n): v = (float)(keep v + take w) (the CPU backend's
  * REGOPT_VOP_EMA). */
 void ro_ema_range(float *v, const float *w, size_t n, double keep, double take);
+/* vop_cpu.c: the CPU backend's operations that belong to a method
+ * (REGOPT_VOP_SAM_PERTURB, _SAM_SQUARES, _EMA, _SWA) on part k of its
+ * vectors (x, y, z: the parts, NULL where the vector is none; n elements).
+ * A reduction adds its part's chunk sums to *sum in order. Returns 0 (n 0:
+ * nothing done), 1 when an operand is missing, -1 when the code is not one
+ * of them. */
+int ro_reg_vop_part(const regopt_vop *op, size_t k, float *x, float *y, float *z, size_t n,
+                    double *sum);
 /* average.c: SWA's step over [0, n), v = (float)(v + (w - v) / c) in double
  * (the CPU backend's REGOPT_VOP_SWA). */
 void ro_swa_range(float *restrict v, const float *restrict w, size_t n, double c);

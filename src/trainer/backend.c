@@ -3,7 +3,7 @@
  * allocated through it (the frozen tensors' handles too, for checkpoints),
  * and what it cannot serve yet refused by name. The
  * step's operations through it are where their built-in loops are
- * (pipeline.c, update.c, reg/sam_move.c). */
+ * (pipeline.c, update.c, and each regularizer's own file). */
 #include "trainer/trainer.h"
 
 regopt_status ro_backend_trainer_init(regopt_trainer *t, char *msg)

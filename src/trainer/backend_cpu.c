@@ -5,7 +5,6 @@
  * reference for a host's own backend, and what a host wraps to work on
  * copies: the same step through it gives the same bits as the library
  * without one (test/check_backend.c). One thread. */
-#include "reg/sam_ascent.h"
 #include "trainer/trainer.h"
 
 #include <math.h>
@@ -126,20 +125,16 @@ static int alloc_buffer(cpu_backend *c, int32_t vec)
 
 /* The sums of the library's loops: each tensor in chunks of RO_CHUNK from
  * its start, the chunk sums added in order (parallel.c). */
-static double sum_chunks(const cpu_backend *c, const regopt_vop *op, int sam)
+static double sum_chunks(const cpu_backend *c, const regopt_vop *op)
 {
     double s = 0.0;
     size_t k, j;
     for (k = 0; k < c->n; k++) {
-        const float *x = part(c, op->x, k), *y = sam ? part(c, op->y, k) : NULL;
+        const float *x = part(c, op->x, k);
         if (op->tensor < op->tensors && k != op->tensor)
             continue;
-        for (j = 0; j < c->counts[k]; j += RO_CHUNK) {
-            size_t len = c->counts[k] - j < RO_CHUNK ? c->counts[k] - j : RO_CHUNK;
-            s += sam ? ro_sam_squares_range(x + j, y + j, len, (float)op->s[1], (float)op->s[2],
-                                            op->flags[k] & 1, (op->flags[k] & 2) != 0)
-                     : ro_sum_squares(x + j, len);
-        }
+        for (j = 0; j < c->counts[k]; j += RO_CHUNK)
+            s += ro_sum_squares(x + j, c->counts[k] - j < RO_CHUNK ? c->counts[k] - j : RO_CHUNK);
     }
     return s;
 }
@@ -230,17 +225,6 @@ static int update(const cpu_backend *c, regopt_vop *op)
     return CPU_OK;
 }
 
-static void perturb(const cpu_backend *c, const regopt_vop *op)
-{
-    size_t k;
-    for (k = 0; k < c->n; k++) {
-        float *y = part(c, op->y, k);
-        ro_sam_perturb_range(part(c, op->x, k), y, part(c, op->z, k), c->counts[k],
-                             (float)op->s[0], (float)op->s[1], (float)op->s[2], op->flags[k] & 1,
-                             (op->flags[k] & 2) != 0, op->variant == 1 ? y : NULL);
-    }
-}
-
 /* x <-> y; out[0] = 1 when every value that left x was finite. */
 static void swap(const cpu_backend *c, regopt_vop *op)
 {
@@ -268,7 +252,7 @@ static void scale(float *g, size_t n, float c)
 
 /* x = a y + b z (z none: a y), per tensor or shared scalars, tensors
  * without flags[k] & 1 skipped: each product rounded to float, then the
- * sum, as the SAM family's loops (-ffp-contract=off keeps them apart). */
+ * sum, as the methods' loops (-ffp-contract=off keeps them apart). */
 static int axpby(const cpu_backend *c, const regopt_vop *op)
 {
     size_t k, j;
@@ -334,6 +318,22 @@ static int transfer(const cpu_backend *c, const regopt_vop *op)
     return CPU_OK;
 }
 
+/* The operations that belong to a method: the regularizers' kernels on
+ * each part (reg/vop_cpu.c), a reduction's chunk sums added in order. */
+static int method_op(const cpu_backend *c, regopt_vop *op)
+{
+    double s = 0.0;
+    size_t k;
+    int rc = ro_reg_vop_part(op, 0, NULL, NULL, NULL, 0, &s); /* -1: no such code */
+    for (k = 0; rc == 0 && k < c->n; k++)
+        rc = ro_reg_vop_part(op, k, part(c, op->x, k), part(c, op->y, k), part(c, op->z, k),
+                             c->counts[k], &s);
+    if (rc)
+        return rc < 0 ? CPU_BAD_CODE : CPU_BAD_VECTOR;
+    op->out[0] = s;
+    return CPU_OK;
+}
+
 static int run(void *user, regopt_vop *op)
 {
     cpu_backend *c = user;
@@ -369,7 +369,7 @@ static int run(void *user, regopt_vop *op)
     case REGOPT_VOP_SUM_SQUARES:
         if (!vectors_ok(c, op, 0, 0))
             return CPU_BAD_VECTOR;
-        op->out[0] = sum_chunks(c, op, 0);
+        op->out[0] = sum_chunks(c, op);
         return CPU_OK;
     case REGOPT_VOP_ABS_MAX:
         if (!vectors_ok(c, op, 0, 0))
@@ -381,15 +381,6 @@ static int run(void *user, regopt_vop *op)
         if (!vectors_ok(c, op, 1, 0))
             return CPU_BAD_VECTOR;
         return update(c, op);
-    case REGOPT_VOP_SAM_PERTURB:
-    case REGOPT_VOP_SAM_SQUARES:
-        if (!op->flags || !vectors_ok(c, op, 1, op->code == REGOPT_VOP_SAM_PERTURB))
-            return CPU_BAD_VECTOR;
-        if (op->code == REGOPT_VOP_SAM_SQUARES)
-            op->out[0] = sum_chunks(c, op, 1);
-        else
-            perturb(c, op);
-        return CPU_OK;
     case REGOPT_VOP_SCALE:
         if (!vectors_ok(c, op, 0, 0))
             return CPU_BAD_VECTOR;
@@ -397,16 +388,9 @@ static int run(void *user, regopt_vop *op)
             scale(part(c, op->x, k), c->counts[k], (float)op->s[0]);
         return CPU_OK;
     case REGOPT_VOP_SWAP:
-    case REGOPT_VOP_EMA:
-    case REGOPT_VOP_SWA:
         if (!vectors_ok(c, op, 1, 0))
             return CPU_BAD_VECTOR;
-        if (op->code == REGOPT_VOP_SWAP)
-            swap(c, op);
-        for (k = 0; op->code == REGOPT_VOP_EMA && k < c->n; k++)
-            ro_ema_range(part(c, op->x, k), part(c, op->y, k), c->counts[k], op->s[0], op->s[1]);
-        for (k = 0; op->code == REGOPT_VOP_SWA && k < c->n; k++)
-            ro_swa_range(part(c, op->x, k), part(c, op->y, k), c->counts[k], op->s[0]);
+        swap(c, op);
         return CPU_OK;
     case REGOPT_VOP_AXPBY:
         return axpby(c, op);
@@ -416,7 +400,7 @@ static int run(void *user, regopt_vop *op)
     case REGOPT_VOP_WRITE:
         return transfer(c, op);
     default:
-        return CPU_BAD_CODE;
+        return method_op(c, op);
     }
 }
 
